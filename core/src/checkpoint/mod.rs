@@ -1,0 +1,237 @@
+//! Checkpoint stores: where a run's manifest and every item's progress are saved, so a later
+//! run resumes where this one stopped.
+//!
+//! A run's manifest (every item key with the record the source gave) is written in one
+//! transaction before any item is processed. From then on, the runner sends item updates to a
+//! group-committing [`writer`]; each update names the item's state, the stage it is at, and (after
+//! a stage finished) the record as that stage left it.
+
+mod sqlite;
+pub(crate) mod writer;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+/// What can go wrong with a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file is not a checkpoint store, or it is damaged.
+    #[error("checkpoint store {path}: {message}")]
+    Corrupt {
+        /// The store's path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store was written by a newer version of stagewise.
+    #[error("checkpoint store {path} has schema version {found}, newer than this build reads (up to {supported}): upgrade stagewise, or point `[checkpoint] store` elsewhere")]
+    TooNew {
+        /// The store's path.
+        path: String,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build reads.
+        supported: i64,
+    },
+    /// A database error.
+    #[error("checkpoint store: {0}")]
+    Db(String),
+}
+
+/// The state of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    /// Not started, or interrupted: will run.
+    Pending,
+    /// Being processed (or was, when the process died: treated as pending on resume).
+    InFlight,
+    /// Went through every stage.
+    Done,
+    /// Filtered out by a stage, with a reason.
+    Skipped,
+    /// Failed permanently, with its last error.
+    Failed,
+}
+
+impl ItemState {
+    /// All states, in display order.
+    pub const ALL: [ItemState; 5] = [
+        ItemState::Pending,
+        ItemState::InFlight,
+        ItemState::Done,
+        ItemState::Skipped,
+        ItemState::Failed,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::InFlight => "in_flight",
+            ItemState::Done => "done",
+            ItemState::Skipped => "skipped",
+            ItemState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// The state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Being processed, or the process died.
+    Running,
+    /// Stopped by a signal or `max_run_time`; resumes next time.
+    Interrupted,
+    /// Stopped by `max_failures`, a fatal error or a wedged stage; resumes next time.
+    Aborted,
+    /// Every item ended; the next run takes a new batch.
+    Finished,
+}
+
+impl RunStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Aborted => "aborted",
+            RunStatus::Finished => "finished",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [RunStatus::Running, RunStatus::Interrupted, RunStatus::Aborted, RunStatus::Finished]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Run id, increasing.
+    pub id: i64,
+    /// Its status.
+    pub status: RunStatus,
+    /// Items in its manifest.
+    pub items: u64,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+}
+
+/// An item to (re)process, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredItem {
+    /// Position in the manifest.
+    pub seq: i64,
+    /// The item key.
+    pub key: String,
+    /// The stage to run next (`None`: the first stage after the source).
+    pub stage: Option<String>,
+    /// The record's fields as JSON, as the last finished stage left them.
+    pub record: String,
+}
+
+/// A failed item, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedItem {
+    /// Item key.
+    pub key: String,
+    /// The stage it failed in.
+    pub stage: String,
+    /// Its last error.
+    pub error: String,
+    /// Attempts made in that stage.
+    pub attempts: u32,
+}
+
+/// A skipped item, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedItem {
+    /// Item key.
+    pub key: String,
+    /// The stage that skipped it.
+    pub stage: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What `status` shows of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The run.
+    pub run: RunInfo,
+    /// Items per state (every state present).
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Per stage: items per state that are at (pending, in flight) or ended in (skipped, failed)
+    /// that stage.
+    pub stages: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// Failed items (the first 1,000).
+    pub failed: Vec<FailedItem>,
+    /// Skipped items (the first 1,000).
+    pub skipped: Vec<SkippedItem>,
+}
+
+/// One change to one item, sent by the runner.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Change {
+    /// An attempt at `stage` began.
+    Started { stage: String },
+    /// A stage finished; the item is next at `stage` with this record.
+    Advanced { stage: String, record: String },
+    /// The item went through every stage.
+    Done,
+    /// A stage skipped the item.
+    Skipped { stage: String, reason: String },
+    /// The item failed at `stage`.
+    Failed { stage: String, error: String, attempts: u32 },
+    /// Shutdown stopped the item at `stage`: it goes back to pending, no attempt used.
+    Interrupted { stage: String },
+}
+
+/// An update of one item.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Update {
+    pub seq: i64,
+    pub change: Change,
+}
+
+/// Writes a new run's manifest; nothing is visible until [`ManifestWriter::commit`].
+pub(crate) trait ManifestWriter: Send {
+    /// Add an item. Returns false (and adds nothing) when the key is already in the manifest.
+    fn add(&mut self, key: &str, record: &str) -> Result<bool, StoreError>;
+    /// Make the run and its manifest visible.
+    fn commit(self: Box<Self>) -> Result<RunInfo, StoreError>;
+}
+
+/// Applies batches of updates, each batch in one transaction.
+pub(crate) trait UpdateWriter: Send {
+    fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError>;
+}
+
+/// A checkpoint store.
+pub(crate) trait CheckpointStore: Send + Sync {
+    /// The newest run of a pipeline.
+    fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError>;
+    /// Start writing a new run's manifest.
+    fn begin_run(&self, pipeline: &str) -> Result<Box<dyn ManifestWriter>, StoreError>;
+    /// Items of `run` still to process, in manifest order, after `after_seq`.
+    fn pending(&self, run: i64, after_seq: i64, limit: usize) -> Result<Vec<StoredItem>, StoreError>;
+    /// Items per state.
+    fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError>;
+    /// The status report of a run.
+    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError>;
+    /// Put a run's failed items back to pending with their attempts reset; returns how many.
+    fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
+    /// A writer of item updates for `run` (one at a time).
+    fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError>;
+}

@@ -1,0 +1,587 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! Schema versions live in `PRAGMA user_version`. Opening a store upgrades an older schema in
+//! place (there is only version 1 so far), refuses a newer one, and refuses a file that is not
+//! a SQLite database before writing a single byte to it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    Change, CheckpointStore, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus, SkippedItem,
+    StatusReport, StoreError, StoredItem, Update, UpdateWriter,
+};
+
+/// The schema this build writes.
+const SCHEMA_VERSION: i64 = 1;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const REPORT_LIMIT: i64 = 1000;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX runs_by_pipeline ON runs (pipeline, id);
+CREATE TABLE items (
+    run_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT,
+    record TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    PRIMARY KEY (run_id, seq),
+    UNIQUE (run_id, key)
+) WITHOUT ROWID;
+";
+
+/// A checkpoint store in a SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl SqliteStore {
+    /// Open (creating it and its folder if missing) and migrate the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        check_header(path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
+                path: shown.clone(),
+                message: format!("cannot create folder {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = connect(path)?;
+        migrate(&conn, &shown)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Open an existing store; `None` when there is no file yet.
+    pub fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: SQLite rolls back.
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Refuse a file that is not SQLite before SQLite touches it (it would otherwise be
+/// overwritten or half-read).
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    let mut header = [0u8; 16];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let n = file.read(&mut header).unwrap_or(0);
+    if n == 0 {
+        return Ok(());
+    }
+    if n < 16 || &header != b"SQLite format 3\0" {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: "not a SQLite database (corrupt, or another kind of file): move it away or point `[checkpoint] store` elsewhere; it was not modified".into(),
+        });
+    }
+    Ok(())
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let shown = path.display().to_string();
+    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let conn = Connection::open(path).map_err(corrupt)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
+    // WAL + NORMAL: a commit survives the process being killed; readers never block the writer.
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(corrupt)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
+    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+        path: shown.to_owned(),
+        message: e.to_string(),
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(corrupt)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: shown.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if tables > 0 {
+            return Err(StoreError::Corrupt {
+                path: shown.to_owned(),
+                message: "a SQLite database that is not a stagewise checkpoint store; it was not modified".into(),
+            });
+        }
+        conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            .map_err(corrupt)?;
+    }
+    // Later versions add their steps here: `if version < 2 { … }`, each in a transaction.
+    Ok(())
+}
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, String)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn to_run(shown: &Path, (id, status, items, started_at): (i64, String, i64, String)) -> Result<RunInfo, StoreError> {
+    let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+        path: shown.display().to_string(),
+        message: format!("run {id} has an unknown status `{status}`"),
+    })?;
+    Ok(RunInfo {
+        id,
+        status,
+        items: items.max(0) as u64,
+        started_at,
+    })
+}
+
+impl CheckpointStore for SqliteStore {
+    fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1",
+                [pipeline],
+                run_from_row,
+            )
+            .optional()
+            .map_err(db)?;
+        row.map(|r| to_run(&self.path, r)).transpose()
+    }
+
+    fn begin_run(&self, pipeline: &str) -> Result<Box<dyn ManifestWriter>, StoreError> {
+        let conn = connect(&self.path)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        let started = now();
+        conn.execute(
+            "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'running', 0, ?2, ?2)",
+            params![pipeline, started],
+        )
+        .map_err(db)?;
+        let run = conn.last_insert_rowid();
+        Ok(Box::new(SqliteManifest {
+            conn,
+            path: self.path.clone(),
+            run,
+            started,
+            next_seq: 0,
+        }))
+    }
+
+    fn pending(&self, run: i64, after_seq: i64, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, key, stage, record FROM items
+                 WHERE run_id = ?1 AND seq > ?2 AND state IN ('pending', 'in_flight')
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![run, after_seq, limit as i64], |r| {
+                Ok(StoredItem {
+                    seq: r.get(0)?,
+                    key: r.get(1)?,
+                    stage: r.get(2)?,
+                    record: r.get::<_, Option<String>>(3)?.unwrap_or_else(|| "{}".into()),
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
+            .map_err(db)?;
+        let mut counts: BTreeMap<&'static str, u64> = ItemState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let rows = stmt
+            .query_map([run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db)?;
+        for row in rows {
+            let (state, n) = row.map_err(db)?;
+            if let Some(state) = ItemState::parse(&state) {
+                *counts.entry(state.as_str()).or_default() += n.max(0) as u64;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
+        let counts = self.counts(run.id)?;
+        let conn = self.conn();
+        let mut stages: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
+        let mut stmt = conn
+            .prepare("SELECT stage, state, count(*) FROM items WHERE run_id = ?1 AND stage IS NOT NULL GROUP BY stage, state")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([run.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+            .map_err(db)?;
+        for row in rows {
+            let (stage, state, n) = row.map_err(db)?;
+            if let Some(state) = ItemState::parse(&state) {
+                *stages.entry(stage).or_default().entry(state.as_str()).or_default() += n.max(0) as u64;
+            }
+        }
+        let mut stmt = conn
+            .prepare("SELECT key, stage, error, attempts FROM items WHERE run_id = ?1 AND state = 'failed' ORDER BY seq LIMIT ?2")
+            .map_err(db)?;
+        let failed = stmt
+            .query_map(params![run.id, REPORT_LIMIT], |r| {
+                Ok(FailedItem {
+                    key: r.get(0)?,
+                    stage: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    error: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    attempts: r.get::<_, i64>(3)?.max(0) as u32,
+                })
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        let mut stmt = conn
+            .prepare("SELECT key, stage, error FROM items WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq LIMIT ?2")
+            .map_err(db)?;
+        let skipped = stmt
+            .query_map(params![run.id, REPORT_LIMIT], |r| {
+                Ok(SkippedItem {
+                    key: r.get(0)?,
+                    stage: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    reason: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(StatusReport {
+            run: run.clone(),
+            counts,
+            stages,
+            failed,
+            skipped,
+        })
+    }
+
+    fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "UPDATE items SET state = 'pending', attempts = 0, error = NULL WHERE run_id = ?1 AND state = 'failed'",
+                [run],
+            )
+            .map_err(db)?;
+        if n > 0 {
+            tx.execute(
+                "UPDATE runs SET status = 'interrupted', updated_at = ?2 WHERE id = ?1",
+                params![run, now()],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n as u64)
+    }
+
+    fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError> {
+        Ok(Box::new(SqliteUpdates {
+            conn: connect(&self.path)?,
+            run,
+        }))
+    }
+}
+
+struct SqliteManifest {
+    conn: Connection,
+    path: PathBuf,
+    run: i64,
+    started: String,
+    next_seq: i64,
+}
+
+impl ManifestWriter for SqliteManifest {
+    fn add(&mut self, key: &str, record: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO items (run_id, seq, key, state, record) VALUES (?1, ?2, ?3, 'pending', ?4)",
+            )
+            .map_err(db)?;
+        let n = stmt.execute(params![self.run, self.next_seq + 1, key, record]).map_err(db)?;
+        if n == 1 {
+            self.next_seq += 1;
+        }
+        Ok(n == 1)
+    }
+
+    fn commit(self: Box<Self>) -> Result<RunInfo, StoreError> {
+        self.conn
+            .execute("UPDATE runs SET items = ?2 WHERE id = ?1", params![self.run, self.next_seq])
+            .map_err(db)?;
+        self.conn.execute_batch("COMMIT").map_err(db)?;
+        let _ = &self.path;
+        Ok(RunInfo {
+            id: self.run,
+            status: RunStatus::Running,
+            items: self.next_seq as u64,
+            started_at: self.started.clone(),
+        })
+    }
+}
+
+impl Drop for SqliteManifest {
+    fn drop(&mut self) {
+        if !self.conn.is_autocommit() {
+            // Not committed: the run and its manifest vanish together.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+struct SqliteUpdates {
+    conn: Connection,
+    run: i64,
+}
+
+/// The columns one update sets; `None` leaves a column as it is.
+struct Columns<'a> {
+    state: ItemState,
+    stage: Option<&'a str>,
+    record: Option<Option<&'a str>>,
+    attempts: Option<i64>,
+    error: Option<Option<&'a str>>,
+}
+
+fn columns(change: &Change) -> Columns<'_> {
+    match change {
+        Change::Started { stage } => Columns {
+            state: ItemState::InFlight,
+            stage: Some(stage),
+            record: None,
+            attempts: None,
+            error: None,
+        },
+        Change::Advanced { stage, record } => Columns {
+            state: ItemState::InFlight,
+            stage: Some(stage),
+            record: Some(Some(record)),
+            attempts: Some(0),
+            error: Some(None),
+        },
+        Change::Done => Columns {
+            state: ItemState::Done,
+            stage: None,
+            record: Some(None),
+            attempts: None,
+            error: Some(None),
+        },
+        Change::Skipped { stage, reason } => Columns {
+            state: ItemState::Skipped,
+            stage: Some(stage),
+            record: Some(None),
+            attempts: None,
+            error: Some(Some(reason)),
+        },
+        Change::Failed { stage, error, attempts } => Columns {
+            state: ItemState::Failed,
+            stage: Some(stage),
+            record: None,
+            attempts: Some(i64::from(*attempts)),
+            error: Some(Some(error)),
+        },
+        Change::Interrupted { stage } => Columns {
+            state: ItemState::Pending,
+            stage: Some(stage),
+            record: None,
+            attempts: None,
+            error: None,
+        },
+    }
+}
+
+impl UpdateWriter for SqliteUpdates {
+    fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE items SET
+                        state = ?3,
+                        stage = ?4,
+                        record = CASE WHEN ?5 THEN ?6 ELSE record END,
+                        attempts = COALESCE(?7, attempts),
+                        error = CASE WHEN ?8 THEN ?9 ELSE error END
+                     WHERE run_id = ?1 AND seq = ?2",
+                )
+                .map_err(db)?;
+            for u in updates {
+                let c = columns(&u.change);
+                stmt.execute(params![
+                    self.run,
+                    u.seq,
+                    c.state.as_str(),
+                    c.stage,
+                    c.record.is_some(),
+                    c.record.flatten(),
+                    c.attempts,
+                    c.error.is_some(),
+                    c.error.flatten(),
+                ])
+                .map_err(db)?;
+            }
+        }
+        if let Some(status) = status {
+            tx.execute(
+                "UPDATE runs SET status = ?2, updated_at = ?3 WHERE id = ?1",
+                params![self.run, status.as_str(), now()],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("stagewise-sqlite-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir.join("state.db")
+    }
+
+    #[test]
+    fn manifest_is_invisible_until_committed() {
+        let path = temp_path("manifest");
+        let store = SqliteStore::open(&path).expect("open");
+        {
+            let mut m = store.begin_run("p").expect("begin");
+            assert!(m.add("a", "{}").expect("add"));
+            // dropped without commit
+        }
+        assert!(store.latest_run("p").expect("latest").is_none());
+        let mut m = store.begin_run("p").expect("begin");
+        assert!(m.add("a", "{}").expect("add"));
+        assert!(!m.add("a", "{}").expect("dup"), "a repeated key is refused");
+        assert!(m.add("b", r#"{"n":1}"#).expect("add"));
+        let run = m.commit().expect("commit");
+        assert_eq!(run.items, 2);
+        let pending = store.pending(run.id, 0, 10).expect("pending");
+        assert_eq!(pending.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn updates_move_items_through_states() {
+        let path = temp_path("updates");
+        let store = SqliteStore::open(&path).expect("open");
+        let mut m = store.begin_run("p").expect("begin");
+        for k in ["a", "b", "c", "d"] {
+            m.add(k, "{}").expect("add");
+        }
+        let run = m.commit().expect("commit");
+        let mut w = store.update_writer(run.id).expect("writer");
+        let s = |x: &str| x.to_owned();
+        w.apply(
+            &[
+                Update { seq: 1, change: Change::Advanced { stage: s("two"), record: s(r#"{"x":1}"#) } },
+                Update { seq: 1, change: Change::Interrupted { stage: s("two") } },
+                Update { seq: 2, change: Change::Done },
+                Update { seq: 3, change: Change::Failed { stage: s("one"), error: s("boom"), attempts: 3 } },
+                Update { seq: 4, change: Change::Skipped { stage: s("one"), reason: s("empty") } },
+            ],
+            Some(RunStatus::Interrupted),
+        )
+        .expect("apply");
+        let pending = store.pending(run.id, 0, 10).expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].stage.as_deref(), Some("two"));
+        assert_eq!(pending[0].record, r#"{"x":1}"#, "the record survives a later update without one");
+        let report = store.status(&store.latest_run("p").expect("run").expect("some")).expect("status");
+        assert_eq!(report.run.status, RunStatus::Interrupted);
+        assert_eq!(report.counts["done"], 1);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!((report.failed[0].error.as_str(), report.failed[0].attempts), ("boom", 3));
+        assert_eq!(report.skipped[0].reason, "empty");
+        assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
+        assert_eq!(store.pending(run.id, 0, 10).expect("pending").len(), 2);
+    }
+
+    #[test]
+    fn refuses_garbage_without_touching_it() {
+        let path = temp_path("garbage");
+        let garbage = b"this is not a database at all, not even close".repeat(20);
+        std::fs::write(&path, &garbage).expect("write");
+        let err = SqliteStore::open(&path).expect_err("garbage");
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), garbage);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let path = temp_path("newer");
+        drop(SqliteStore::open(&path).expect("open"));
+        let conn = Connection::open(&path).expect("conn");
+        conn.pragma_update(None, "user_version", 99).expect("set");
+        drop(conn);
+        let err = SqliteStore::open(&path).expect_err("newer");
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_foreign_database() {
+        let path = temp_path("foreign");
+        let conn = Connection::open(&path).expect("conn");
+        conn.execute_batch("CREATE TABLE customers (id INTEGER)").expect("create");
+        drop(conn);
+        let err = SqliteStore::open(&path).expect_err("foreign");
+        assert!(err.to_string().contains("not a stagewise checkpoint store"), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! stagewise-core: the model and the machinery of a stagewise pipeline.
+//!
+//! A pipeline (`pipeline.toml`) is a list of stages. The first, a [`Source`], yields the run's
+//! batch of [`Record`]s; each later stage — an [`AsyncStage`] or a [`BlockingStage`] — turns a
+//! record into a new record, a skip, or a classified [`StageError`]. The runner moves every
+//! item through the stages under shared policies (timeout, retry with backoff, concurrency,
+//! rate limit, failure budget), runs blocking work on bounded per-stage pools, checkpoints each
+//! item after each stage so a restart resumes mid-batch, stops in order on signals and
+//! `max_run_time`, and logs a heartbeat and a summary.
+//!
+//! - [`spec`]: reading and validating `pipeline.toml` (raw → validated → built).
+//! - [`Registry`] and [`StageKind`]: how stage crates plug their kinds in.
+//! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.
+//!
+//! A stage kind in a few lines:
+//!
+//! ```
+//! use stagewise_core::{BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind};
+//! use std::sync::Arc;
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct UpperConfig {
+//!     /// The field to upper-case.
+//!     field: String,
+//! }
+//!
+//! struct Upper(String);
+//!
+//! impl BlockingStage for Upper {
+//!     fn process(&self, mut record: Record, _cx: &Context) -> Result<Outcome, StageError> {
+//!         let text = record.get_str(&self.0).ok_or_else(|| StageError::permanent("no such field"))?;
+//!         let upper = text.to_uppercase();
+//!         record.fields.insert(self.0.clone(), upper.into());
+//!         Ok(Outcome::Continue(record))
+//!     }
+//! }
+//!
+//! struct UpperKind;
+//!
+//! impl StageKind for UpperKind {
+//!     type Config = UpperConfig;
+//!     fn kind(&self) -> &'static str { "upper" }
+//!     fn roles(&self) -> &'static [Role] { &[Role::Transform] }
+//!     fn build(&self, config: UpperConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {
+//!         Ok(StageImpl::Blocking(Arc::new(Upper(config.field))))
+//!     }
+//! }
+//!
+//! let mut registry = stagewise_core::Registry::new();
+//! registry.register(UpperKind);
+//! assert!(registry.kinds().any(|k| k == "upper"));
+//! ```
+
+#![deny(missing_docs)]
+
+mod checkpoint;
+pub mod commands;
+mod policy;
+mod record;
+mod registry;
+mod runner;
+pub mod spec;
+mod stage;
+pub mod telemetry;
+
+pub use async_trait::async_trait;
+pub use checkpoint::{FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError};
+pub use policy::{Policy, Retry};
+pub use record::{Fields, Record};
+pub use registry::{BuildContext, KindDefaults, Registry, Role, StageKind};
+pub use runner::{run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary};
+pub use stage::{AsyncStage, BlockingStage, CancelFlag, Context, ErrorClass, Outcome, Source, StageError, StageImpl, Stop};
+
+/// A URL with its password replaced by `***`, for logs, errors and `plan`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{scheme}://{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+pub(crate) fn runner_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        let cases = [
+            ("postgres://app:s3cret@db:5432/x", "postgres://app:***@db:5432/x"),
+            ("postgres://app@db/x", "postgres://app@db/x"),
+            ("sqlite:state.db", "sqlite:state.db"),
+            ("https://u:p@h/a@b", "https://u:***@h/a@b"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(super::redact_url(input), want);
+        }
+    }
+}

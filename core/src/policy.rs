@@ -1,0 +1,228 @@
+//! The policies every stage shares, resolved from the stage's keys, `[defaults]`, the kind's
+//! defaults and the built-in defaults, in that order of precedence.
+//!
+//! They wrap each stage call in one order: concurrency → retry → timeout (per attempt) → rate
+//! limit → call. A stage only classifies its errors; backoff, jitter and caps live here.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::registry::KindDefaults;
+use crate::spec::types::{PolicySpec, RateLimit};
+
+/// Built-in defaults, used where neither the stage, `[defaults]` nor the kind says otherwise.
+pub(crate) mod builtin {
+    use std::time::Duration;
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+    pub const ATTEMPTS: u32 = 3;
+    pub const INITIAL: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(30);
+    pub const MULTIPLIER: f64 = 2.0;
+    pub const CONCURRENCY: usize = 4;
+}
+
+/// The resolved policy of one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Time limit of one attempt.
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Items in the stage at once (threads, for a blocking stage).
+    pub concurrency: usize,
+    /// Most attempts started per period.
+    pub rate_limit: Option<RateLimit>,
+    /// Abandoned blocking calls after which the stage is wedged.
+    pub max_abandoned: usize,
+}
+
+/// Exponential backoff with optional full jitter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, including the first.
+    pub attempts: u32,
+    /// Backoff before the second attempt.
+    pub initial: Duration,
+    /// Largest backoff.
+    pub max: Duration,
+    /// Growth per attempt.
+    pub multiplier: f64,
+    /// Wait a uniform random time in `[0, backoff]` instead of the backoff itself.
+    pub jitter: bool,
+}
+
+impl Retry {
+    /// The ceiling of the wait after failed attempt `attempt` (1-based): `initial ×
+    /// multiplier^(attempt-1)`, capped at `max`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let secs = self.initial.as_secs_f64() * exp;
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+
+    /// The wait after failed attempt `attempt`; a stage's retry-after hint wins.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        if let Some(hint) = retry_after {
+            return hint;
+        }
+        let ceiling = self.ceiling(attempt);
+        if self.jitter && !ceiling.is_zero() {
+            Duration::from_secs_f64(rng.random_range(0.0..=ceiling.as_secs_f64()))
+        } else {
+            ceiling
+        }
+    }
+}
+
+impl Policy {
+    /// Resolve a stage's policy: stage keys, then `[defaults]`, then the kind, then built-ins.
+    pub(crate) fn resolve(stage: &PolicySpec, defaults: &PolicySpec, kind: &KindDefaults, is_source: bool) -> Policy {
+        let sr = stage.retry.clone().unwrap_or_default();
+        let dr = defaults.retry.clone().unwrap_or_default();
+        let concurrency = if is_source {
+            1
+        } else {
+            stage
+                .concurrency
+                .or(defaults.concurrency)
+                .or(kind.concurrency)
+                .unwrap_or(builtin::CONCURRENCY)
+        };
+        Policy {
+            timeout: stage
+                .timeout
+                .or(defaults.timeout)
+                .or(kind.timeout)
+                .unwrap_or(builtin::TIMEOUT),
+            retry: Retry {
+                attempts: sr.attempts.or(dr.attempts).or(kind.attempts).unwrap_or(builtin::ATTEMPTS),
+                initial: sr.initial.or(dr.initial).unwrap_or(builtin::INITIAL),
+                max: sr.max.or(dr.max).or(kind.backoff_max).unwrap_or(builtin::MAX),
+                multiplier: sr.multiplier.or(dr.multiplier).unwrap_or(builtin::MULTIPLIER),
+                jitter: sr.jitter.or(dr.jitter).unwrap_or(true),
+            },
+            concurrency,
+            rate_limit: stage.rate_limit.or(defaults.rate_limit),
+            max_abandoned: stage
+                .max_abandoned
+                .or(defaults.max_abandoned)
+                .unwrap_or(concurrency),
+        }
+    }
+
+    /// The longest one item can spend in this stage: every attempt timing out, with the
+    /// largest backoff between them.
+    pub fn worst_case(&self) -> Duration {
+        let attempts = self.retry.attempts.max(1);
+        let backoff: Duration = (1..attempts).map(|a| self.retry.ceiling(a)).sum();
+        self.timeout.saturating_mul(attempts) + backoff
+    }
+
+    /// Problems with the resolved values, as `(key, message)`.
+    pub(crate) fn check(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.timeout.is_zero() {
+            problems.push(("timeout", "`timeout` must be greater than 0".to_owned()));
+        }
+        if self.retry.attempts == 0 {
+            problems.push(("retry.attempts", "`retry.attempts` must be at least 1".to_owned()));
+        }
+        if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
+            problems.push(("retry.multiplier", "`retry.multiplier` must be at least 1.0".to_owned()));
+        }
+        if self.retry.initial > self.retry.max {
+            problems.push(("retry.initial", "`retry.initial` must not exceed `retry.max`".to_owned()));
+        }
+        if self.concurrency == 0 {
+            problems.push(("concurrency", "`concurrency` must be at least 1".to_owned()));
+        }
+        if self.max_abandoned == 0 {
+            problems.push(("max_abandoned", "`max_abandoned` must be at least 1".to_owned()));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn retry(jitter: bool) -> Retry {
+        Retry {
+            attempts: 5,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            multiplier: 2.0,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let r = retry(false);
+        let ms: Vec<u128> = (1..=6).map(|a| r.ceiling(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_ceiling_and_varies() {
+        let r = retry(true);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let waits: Vec<Duration> = (0..200).map(|_| r.delay(3, None, &mut rng)).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(400)));
+        assert!(waits.iter().any(|w| *w < Duration::from_millis(200)));
+        assert!(waits.iter().any(|w| *w > Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn retry_after_wins() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let hint = Duration::from_secs(7);
+        assert_eq!(retry(true).delay(1, Some(hint), &mut rng), hint);
+    }
+
+    #[test]
+    fn precedence_is_stage_defaults_kind_builtin() {
+        let stage = PolicySpec {
+            timeout: Some(Duration::from_secs(1)),
+            ..PolicySpec::default()
+        };
+        let defaults = PolicySpec {
+            timeout: Some(Duration::from_secs(2)),
+            concurrency: Some(8),
+            ..PolicySpec::default()
+        };
+        let kind = KindDefaults {
+            timeout: Some(Duration::from_secs(3)),
+            attempts: Some(9),
+            concurrency: Some(16),
+            ..KindDefaults::default()
+        };
+        let p = Policy::resolve(&stage, &defaults, &kind, false);
+        assert_eq!(p.timeout, Duration::from_secs(1));
+        assert_eq!(p.concurrency, 8);
+        assert_eq!(p.retry.attempts, 9);
+        assert_eq!(p.retry.initial, builtin::INITIAL);
+        assert_eq!(p.max_abandoned, 8);
+        assert_eq!(Policy::resolve(&stage, &defaults, &kind, true).concurrency, 1);
+    }
+
+    #[test]
+    fn worst_case_adds_timeouts_and_backoff() {
+        let p = Policy {
+            timeout: Duration::from_secs(10),
+            retry: retry(false),
+            concurrency: 1,
+            rate_limit: None,
+            max_abandoned: 1,
+        };
+        // 5 × 10 s + (100 + 200 + 400 + 800) ms
+        assert_eq!(p.worst_case(), Duration::from_millis(51_500));
+    }
+}

@@ -1,0 +1,157 @@
+//! One attempt of one stage on one item: the timeout, the panic guard and cancellation, for
+//! async and blocking stages alike.
+//!
+//! A blocking call runs on `spawn_blocking` while holding a permit of the stage's pool, and the
+//! permit moves into the closure: it is released only when the thread really returns. An
+//! attempt that times out raises the call's cancel flag and waits a short grace for it; a call
+//! that still has not returned is *abandoned* — counted, named in the heartbeat, and when a
+//! stage has `max_abandoned` of them the run aborts as wedged. Threads are never multiplied.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+
+use super::{Shared, StageRt};
+use crate::record::Record;
+use crate::runner::control::AbortReason;
+use crate::stage::{BlockingStage, CancelFlag, Context, Outcome, StageError, StageImpl};
+
+/// How long a timed-out or cancelled blocking call gets to notice its flag before it counts as
+/// abandoned.
+const ABANDON_GRACE: Duration = Duration::from_millis(250);
+
+/// An attempt ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimedOut {
+    pub after: Duration,
+}
+
+/// Why an attempt produced no outcome.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The stage answered with an error.
+    Stage(StageError),
+    /// The attempt timed out.
+    Timeout(TimedOut),
+    /// The stage panicked; the message.
+    Panic(String),
+    /// The run cancelled in-flight work.
+    Cancelled,
+}
+
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    crate::runner_panic_message(payload)
+}
+
+/// Run one attempt.
+pub(crate) async fn call(
+    shared: &Arc<Shared>,
+    stage: &StageRt,
+    key: &Arc<str>,
+    record: Record,
+    attempt: u32,
+) -> Result<Outcome, CallError> {
+    let timeout = stage.policy.timeout;
+    let deadline = Instant::now() + timeout;
+    let cx = Context::new(key.clone(), stage.name.clone(), attempt, deadline, CancelFlag::new());
+    let _tracked = stage.stats.begin(key.clone(), timeout);
+    match &stage.imp {
+        StageImpl::Async(s) => {
+            let fut = AssertUnwindSafe(s.process(record, &cx)).catch_unwind();
+            tokio::select! {
+                biased;
+                () = shared.control.hard.cancelled() => Err(CallError::Cancelled),
+                r = tokio::time::timeout_at(deadline.into(), fut) => match r {
+                    Err(_) => Err(CallError::Timeout(TimedOut { after: timeout })),
+                    Ok(Err(panic)) => Err(CallError::Panic(panic_message(&*panic))),
+                    Ok(Ok(result)) => result.map_err(CallError::Stage),
+                },
+            }
+        }
+        StageImpl::Blocking(s) => blocking(shared, stage, s.clone(), record, cx).await,
+        StageImpl::Source(_) => Err(CallError::Stage(StageError::fatal(
+            "a source can only be the first stage",
+        ))),
+    }
+}
+
+async fn blocking(
+    shared: &Arc<Shared>,
+    stage: &StageRt,
+    s: Arc<dyn BlockingStage>,
+    record: Record,
+    cx: Context,
+) -> Result<Outcome, CallError> {
+    let timeout = stage.policy.timeout;
+    let deadline = tokio::time::Instant::from_std(cx.deadline());
+    let pool = stage
+        .pool
+        .clone()
+        .expect("every blocking stage is built with a pool");
+    // Waiting for a free thread counts against the attempt: a pool full of stuck calls makes
+    // attempts time out rather than queue forever.
+    let permit = tokio::select! {
+        biased;
+        () = shared.control.hard.cancelled() => return Err(CallError::Cancelled),
+        p = tokio::time::timeout_at(deadline, pool.acquire_owned()) => match p {
+            Err(_) => return Err(CallError::Timeout(TimedOut { after: timeout })),
+            Ok(p) => p.expect("stage pools are never closed"),
+        },
+    };
+    let thread_cx = cx.clone();
+    let mut handle = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        std::panic::catch_unwind(AssertUnwindSafe(|| s.process(record, &thread_cx)))
+    });
+    let unfinished = tokio::select! {
+        biased;
+        () = shared.control.hard.cancelled() => CallError::Cancelled,
+        r = tokio::time::timeout_at(deadline, &mut handle) => match r {
+            Ok(joined) => return finish(joined),
+            Err(_) => CallError::Timeout(TimedOut { after: timeout }),
+        },
+    };
+    cx.cancel_flag().cancel();
+    if tokio::time::timeout(ABANDON_GRACE, &mut handle).await.is_ok() {
+        // It honoured the flag; whatever it answered, the attempt already ended.
+        return Err(unfinished);
+    }
+    let since = cx.deadline() - timeout;
+    let id = stage.stats.abandon(Arc::from(cx.key()), since);
+    tracing::warn!(
+        stage = %stage.name,
+        key = %cx.key(),
+        abandoned = stage.stats.abandoned_now(),
+        max_abandoned = stage.policy.max_abandoned,
+        "blocking call ignored its timeout; its thread stays taken until it returns"
+    );
+    let watched = shared.clone();
+    let index = stage.index;
+    tokio::spawn(async move {
+        let _ = handle.await;
+        let stage = &watched.stages[index];
+        stage.stats.returned(id);
+        tracing::info!(stage = %stage.name, "abandoned blocking call returned; its thread is free");
+    });
+    if stage.stats.abandoned_now() >= stage.policy.max_abandoned {
+        shared.control.abort(AbortReason::Wedged {
+            stage: stage.name.to_string(),
+            stuck: stage.stats.stuck(),
+        });
+    }
+    Err(unfinished)
+}
+
+type Joined = Result<std::thread::Result<Result<Outcome, StageError>>, tokio::task::JoinError>;
+
+fn finish(joined: Joined) -> Result<Outcome, CallError> {
+    match joined {
+        Ok(Ok(result)) => result.map_err(CallError::Stage),
+        Ok(Err(panic)) => Err(CallError::Panic(panic_message(&*panic))),
+        Err(e) if e.is_panic() => Err(CallError::Panic(panic_message(&*e.into_panic()))),
+        Err(_) => Err(CallError::Cancelled),
+    }
+}

@@ -1,0 +1,160 @@
+//! How a run stops: an orderly drain on a signal or `max_run_time`, at once on a second signal
+//! or an abort. No code runs in a signal handler: signals arrive as tokio streams and only flip
+//! cancellation tokens.
+//!
+//! Two tokens: `soft` (stop taking new items) and `hard` (cancel what is in flight). A drain
+//! cancels `soft`, then `hard` once `shutdown_grace` has passed; an abort cancels both.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::spec::fmt_duration;
+
+/// Why a run stops before its items are all done.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AbortReason {
+    MaxFailures { failed: u64, limit: String },
+    Fatal { stage: String, key: String, error: String },
+    Wedged { stage: String, stuck: Vec<(String, Duration)> },
+    Checkpoint(String),
+    Source { stage: String, error: String },
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbortReason::MaxFailures { failed, limit } => {
+                write!(f, "{failed} items failed, more than `max_failures` ({limit}) allows")
+            }
+            AbortReason::Fatal { stage, key, error } => {
+                write!(f, "stage `{stage}` returned a fatal error for item `{key}`: {error}")
+            }
+            AbortReason::Wedged { stage, stuck } => {
+                let items: Vec<String> = stuck
+                    .iter()
+                    .map(|(key, age)| format!("`{key}` (running for {})", fmt_duration(*age)))
+                    .collect();
+                write!(
+                    f,
+                    "stage `{stage}` is wedged: {} blocking calls ignored their timeout and still hold its threads: {}; restart the process to get fresh threads",
+                    stuck.len(),
+                    items.join(", ")
+                )
+            }
+            AbortReason::Checkpoint(message) => write!(f, "checkpoint store failed: {message}"),
+            AbortReason::Source { stage, error } => write!(f, "source `{stage}` failed: {error}"),
+        }
+    }
+}
+
+/// Why a run was interrupted (progress saved; the next run resumes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupt {
+    Signal(&'static str),
+    MaxRunTime,
+}
+
+impl std::fmt::Display for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interrupt::Signal(name) => write!(f, "received {name}"),
+            Interrupt::MaxRunTime => f.write_str("`max_run_time` reached"),
+        }
+    }
+}
+
+pub(crate) struct Control {
+    /// Stop taking new items.
+    pub soft: CancellationToken,
+    /// Cancel in-flight attempts.
+    pub hard: CancellationToken,
+    grace: Duration,
+    abort: Mutex<Option<AbortReason>>,
+    interrupt: Mutex<Option<Interrupt>>,
+}
+
+impl Control {
+    pub(crate) fn new(grace: Duration) -> Self {
+        Control {
+            soft: CancellationToken::new(),
+            hard: CancellationToken::new(),
+            grace,
+            abort: Mutex::new(None),
+            interrupt: Mutex::new(None),
+        }
+    }
+
+    /// Stop everything now. The first reason is kept.
+    pub(crate) fn abort(&self, reason: AbortReason) {
+        let mut slot = self.abort.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            tracing::error!(reason = %reason, "aborting the run");
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.soft.cancel();
+        self.hard.cancel();
+    }
+
+    pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
+        self.abort.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn interrupt_reason(&self) -> Option<Interrupt> {
+        *self.interrupt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A stop request: the first drains (hard cancel after the grace), the second cancels now.
+    pub(crate) fn request_stop(self: &std::sync::Arc<Self>, why: Interrupt) {
+        let first = {
+            let mut slot = self.interrupt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let first = slot.is_none();
+            if first {
+                *slot = Some(why);
+            }
+            first
+        };
+        if first && !self.soft.is_cancelled() {
+            tracing::warn!(
+                reason = %why,
+                grace = %fmt_duration(self.grace),
+                "stopping: no new items; in-flight items may finish within the grace period"
+            );
+            self.soft.cancel();
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(me.grace) => {
+                        if !me.hard.is_cancelled() {
+                            tracing::warn!("shutdown grace period over: cancelling in-flight items");
+                            me.hard.cancel();
+                        }
+                    }
+                    () = me.hard.cancelled() => {}
+                }
+            });
+        } else if !self.hard.is_cancelled() {
+            tracing::warn!(reason = %why, "second stop request: cancelling in-flight items now");
+            self.hard.cancel();
+        }
+    }
+}
+
+/// Turn SIGTERM and SIGINT into stop requests until `done` is cancelled.
+pub(crate) async fn watch_signals(control: std::sync::Arc<Control>, done: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal streams: SIGTERM/SIGINT will kill the process without saving");
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            () = done.cancelled() => return,
+        };
+        control.request_stop(Interrupt::Signal(name));
+    }
+}

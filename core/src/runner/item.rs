@@ -1,0 +1,191 @@
+//! One item's way through the stages, with the policies in their documented order:
+//! concurrency → retry → timeout (per attempt) → rate limit → call.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::call::{call, CallError};
+use super::control::AbortReason;
+use super::{Shared, StageRt};
+use crate::checkpoint::Change;
+use crate::record::Record;
+use crate::spec::fmt_duration;
+use crate::stage::{ErrorClass, Outcome, StageError};
+
+/// An item ready to run from stage `stage` on.
+pub(crate) struct WorkItem {
+    pub seq: i64,
+    pub key: Arc<str>,
+    pub record: Record,
+    pub stage: usize,
+}
+
+/// How an item's time in one stage ended without an outcome.
+enum Ended {
+    Failed { error: StageError, attempts: u32 },
+    Interrupted,
+}
+
+/// Process one item through its remaining stages. `_window` is the item's place among the
+/// items in flight; it is released when the item leaves.
+pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: OwnedSemaphorePermit) {
+    let WorkItem { seq, key, mut record, stage: mut index } = item;
+    let mut started = false;
+    while index < shared.stages.len() {
+        let stage = &shared.stages[index];
+        let control = &shared.control;
+        // An item that has not started yet does not start after a stop request.
+        let slot = tokio::select! {
+            biased;
+            () = control.hard.cancelled() => None,
+            () = control.soft.cancelled(), if !started => None,
+            p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
+        };
+        let Some(slot) = slot else {
+            checkpoint(&shared, seq, Change::Interrupted { stage: stage.name.to_string() }).await;
+            return;
+        };
+        started = true;
+        if !checkpoint(&shared, seq, Change::Started { stage: stage.name.to_string() }).await {
+            return;
+        }
+        let result = attempts(&shared, stage, &key, &record).await;
+        drop(slot);
+        match result {
+            Ok(Outcome::Continue(next)) => {
+                stage.stats.done.incr();
+                record = next;
+                index += 1;
+                let change = match shared.stages.get(index) {
+                    Some(next_stage) => Change::Advanced {
+                        stage: next_stage.name.to_string(),
+                        record: serde_json::to_string(&record.fields)
+                            .expect("JSON values always serialize"),
+                    },
+                    None => Change::Done,
+                };
+                if !checkpoint(&shared, seq, change).await {
+                    return;
+                }
+            }
+            Ok(Outcome::Skip { reason }) => {
+                stage.stats.skipped.incr();
+                shared.totals.skipped.incr();
+                tracing::debug!(stage = %stage.name, key = %key, reason = %reason, "item skipped");
+                checkpoint(&shared, seq, Change::Skipped { stage: stage.name.to_string(), reason }).await;
+                return;
+            }
+            Err(Ended::Interrupted) => {
+                checkpoint(&shared, seq, Change::Interrupted { stage: stage.name.to_string() }).await;
+                return;
+            }
+            Err(Ended::Failed { error, attempts }) => {
+                fail(&shared, stage, seq, &key, error, attempts).await;
+                return;
+            }
+        }
+    }
+    shared.totals.done.incr();
+}
+
+/// Send an update; a dead writer aborts the run. Returns whether the item may go on.
+async fn checkpoint(shared: &Shared, seq: i64, change: Change) -> bool {
+    match shared.checkpoint.send(seq, change).await {
+        Ok(()) => true,
+        Err(e) => {
+            shared.control.abort(AbortReason::Checkpoint(e.0));
+            false
+        }
+    }
+}
+
+async fn fail(shared: &Shared, stage: &StageRt, seq: i64, key: &str, error: StageError, attempts: u32) {
+    stage.stats.failed.incr();
+    shared.totals.failed.incr();
+    tracing::warn!(
+        stage = %stage.name,
+        key = %key,
+        attempts,
+        class = %error.class,
+        error = %error.message,
+        "item failed"
+    );
+    let message = error.message.clone();
+    checkpoint(
+        shared,
+        seq,
+        Change::Failed {
+            stage: stage.name.to_string(),
+            error: message.clone(),
+            attempts,
+        },
+    )
+    .await;
+    if error.class == ErrorClass::Fatal {
+        shared.control.abort(AbortReason::Fatal {
+            stage: stage.name.to_string(),
+            key: key.to_owned(),
+            error: message,
+        });
+    } else if let Some(limit) = shared.max_failures {
+        let failed = shared.totals.failed.get();
+        if limit.crossed(failed, shared.totals.items) {
+            shared.control.abort(AbortReason::MaxFailures {
+                failed,
+                limit: limit.to_string(),
+            });
+        }
+    }
+}
+
+/// The retry loop around single attempts.
+async fn attempts(shared: &Arc<Shared>, stage: &StageRt, key: &Arc<str>, record: &Record) -> Result<Outcome, Ended> {
+    let retry = &stage.policy.retry;
+    let hard = &shared.control.hard;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if let Some(limiter) = &stage.limiter {
+            tokio::select! {
+                biased;
+                () = hard.cancelled() => return Err(Ended::Interrupted),
+                () = limiter.until_ready() => {}
+            }
+        }
+        let began = std::time::Instant::now();
+        let result = call(shared, stage, key, record.clone(), attempt).await;
+        stage.stats.record_latency(began.elapsed());
+        let error = match result {
+            Ok(outcome) => return Ok(outcome),
+            Err(CallError::Cancelled) => return Err(Ended::Interrupted),
+            Err(CallError::Timeout(t)) => {
+                stage.stats.timeouts.incr();
+                StageError::transient(format!("timed out after {}", fmt_duration(t.after)))
+            }
+            Err(CallError::Panic(message)) => {
+                stage.stats.panics.incr();
+                StageError::permanent(format!("panicked: {message}"))
+            }
+            Err(CallError::Stage(e)) => e,
+        };
+        if error.class != ErrorClass::Transient || attempt >= retry.attempts {
+            return Err(Ended::Failed { error, attempts: attempt });
+        }
+        stage.stats.retries.incr();
+        let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());
+        tracing::debug!(
+            stage = %stage.name,
+            key = %key,
+            attempt,
+            error = %error.message,
+            delay = %fmt_duration(delay),
+            "retrying"
+        );
+        tokio::select! {
+            biased;
+            () = hard.cancelled() => return Err(Ended::Interrupted),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}

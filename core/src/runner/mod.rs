@@ -1,0 +1,402 @@
+//! The runner: builds the stages, takes or resumes a run, feeds its items through the stages,
+//! and stops in order — on completion, a signal, `max_run_time`, or an abort — always saving
+//! the checkpoint and writing a summary.
+//!
+//! Tasks: one per item in flight (bounded by the sum of the stages' concurrency), spawned
+//! through one tracker; a checkpoint writer; the heartbeat; the signal watcher. Shutdown is
+//! close → cancel → wait, driven by [`control::Control`].
+
+mod call;
+pub(crate) mod control;
+mod item;
+mod source;
+mod stats;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::checkpoint::writer::Checkpointer;
+use crate::checkpoint::{CheckpointStore, RunStatus, SqliteStore, StoreError};
+use crate::policy::Policy;
+use crate::record::Record;
+use crate::registry::{BuildContext, Registry};
+use crate::spec::{MaxFailures, Pipeline, StoreLocation};
+use crate::stage::StageImpl;
+use control::{AbortReason, Control, Interrupt};
+use item::WorkItem;
+use stats::{Counter, StageStats};
+pub use stats::Latency;
+pub use telemetry::{StageSummary, Summary};
+
+/// Items read from the store per page when feeding.
+const PAGE: usize = 512;
+/// How long the runtime waits for stuck blocking threads at exit before leaving them.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
+
+/// How a run ended, and the exit code it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every item done or skipped.
+    Finished,
+    /// Finished; some items failed permanently (under `max_failures`).
+    FinishedWithFailures,
+    /// `max_failures` crossed, a fatal error, a wedged stage, or a broken store.
+    Aborted,
+    /// Stopped by a signal or `max_run_time`; progress saved.
+    Interrupted,
+}
+
+impl Exit {
+    /// The process exit code (see the exit-code table in the docs).
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Finished => 0,
+            Exit::FinishedWithFailures => 1,
+            Exit::Aborted => 3,
+            Exit::Interrupted => 75,
+        }
+    }
+}
+
+/// What `run` and `retry-failed` ask for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Start a new run even if the last one is unfinished.
+    pub fresh: bool,
+    /// Put the latest run's failed items back to pending first.
+    pub retry_failed: bool,
+}
+
+/// A run that could not start: nothing was processed (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A stage could not be built.
+    #[error("stage `{stage}`: {message}")]
+    Build {
+        /// The stage.
+        stage: String,
+        /// Why.
+        message: String,
+    },
+    /// The checkpoint store cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// `retry-failed` with no run to retry.
+    #[error("no run of pipeline `{0}` yet: nothing to retry")]
+    NoRun(String),
+}
+
+/// One stage, built and ready.
+pub(crate) struct StageRt {
+    pub name: Arc<str>,
+    pub index: usize,
+    pub imp: StageImpl,
+    pub policy: Policy,
+    /// Items in the stage at once.
+    pub slots: Arc<Semaphore>,
+    /// Threads of a blocking stage; a permit lives as long as its thread's call.
+    pub pool: Option<Arc<Semaphore>>,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub stats: StageStats,
+}
+
+pub(crate) struct Totals {
+    pub items: u64,
+    pub done: Counter,
+    pub failed: Counter,
+    pub skipped: Counter,
+}
+
+impl Totals {
+    fn remaining(&self) -> u64 {
+        self.items
+            .saturating_sub(self.done.get() + self.failed.get() + self.skipped.get())
+    }
+}
+
+/// What every task of a run shares.
+pub(crate) struct Shared {
+    pub stages: Vec<StageRt>,
+    pub control: Arc<Control>,
+    pub checkpoint: Checkpointer,
+    pub totals: Totals,
+    pub max_failures: Option<MaxFailures>,
+}
+
+fn build_stages(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<StageRt>, RunError> {
+    let mut out = Vec::with_capacity(pipeline.stages.len());
+    for (index, stage) in pipeline.stages.iter().enumerate() {
+        let build_error = |message: String| RunError::Build {
+            stage: stage.name.clone(),
+            message,
+        };
+        let kind = registry
+            .get(&stage.kind)
+            .ok_or_else(|| build_error(format!("unknown kind `{}`", stage.kind)))?;
+        let cx = BuildContext {
+            stage: stage.name.clone(),
+            role: stage.role,
+            base_dir: pipeline.base_dir.clone(),
+            concurrency: stage.policy.concurrency,
+        };
+        let imp = kind
+            .build(&stage.options, &cx)
+            .map_err(|e| build_error(e.message))?;
+        let pool = matches!(imp, StageImpl::Blocking(_))
+            .then(|| Arc::new(Semaphore::new(stage.policy.concurrency)));
+        let limiter = stage.policy.rate_limit.map(|r| {
+            let period = r.per / r.count;
+            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+                .expect("a rate's period is never zero");
+            RateLimiter::direct(quota)
+        });
+        out.push(StageRt {
+            name: Arc::from(stage.name.as_str()),
+            index,
+            imp,
+            policy: stage.policy.clone(),
+            slots: Arc::new(Semaphore::new(stage.policy.concurrency)),
+            pool,
+            limiter,
+            stats: StageStats::default(),
+        });
+    }
+    Ok(out)
+}
+
+fn open_store(pipeline: &Pipeline) -> Result<SqliteStore, StoreError> {
+    match &pipeline.checkpoint.store {
+        StoreLocation::Sqlite(path) => SqliteStore::open(path),
+    }
+}
+
+/// Where the summary of the last run is written: beside the store.
+pub fn summary_path(pipeline: &Pipeline) -> std::path::PathBuf {
+    match &pipeline.checkpoint.store {
+        StoreLocation::Sqlite(path) => path
+            .parent()
+            .unwrap_or_else(|| std::path::Path::new("."))
+            .join(format!("{}.summary.json", pipeline.name)),
+    }
+}
+
+/// Run a pipeline to its end (or its interruption). Builds its own runtime, sized so that the
+/// blocking threads are bounded by the stages' pools.
+pub fn run(pipeline: &Pipeline, registry: &Registry, options: RunOptions) -> Result<Summary, RunError> {
+    let stages = build_stages(pipeline, registry)?;
+    let store: Arc<dyn CheckpointStore> = Arc::new(open_store(pipeline)?);
+    let pools: usize = stages.iter().filter_map(|s| s.pool.as_ref().map(|_| s.policy.concurrency)).sum();
+    // Pools, plus the source's read, the store's pages and commits, and one spare.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stagewise")
+        .max_blocking_threads(pools + 4)
+        .build()
+        .map_err(RunError::Runtime)?;
+    let result = runtime.block_on(execute(pipeline, stages, store, options));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
+}
+
+async fn execute(
+    pipeline: &Pipeline,
+    stages: Vec<StageRt>,
+    store: Arc<dyn CheckpointStore>,
+    options: RunOptions,
+) -> Result<Summary, RunError> {
+    let began = Instant::now();
+    let control = Arc::new(Control::new(pipeline.shutdown_grace));
+    let done = CancellationToken::new();
+    tokio::spawn(control::watch_signals(control.clone(), done.clone()));
+    if let Some(limit) = pipeline.max_run_time {
+        let (control, done) = (control.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(limit) => control.request_stop(Interrupt::MaxRunTime),
+                () = done.cancelled() => {}
+            }
+        });
+    }
+
+    let mut latest = store.latest_run(&pipeline.name)?;
+    if options.retry_failed {
+        let Some(run) = latest.as_mut() else {
+            return Err(RunError::NoRun(pipeline.name.clone()));
+        };
+        let reset = store.reset_failed(run.id)?;
+        tracing::info!(run = run.id, items = reset, "failed items put back to pending");
+        if reset > 0 {
+            run.status = RunStatus::Interrupted;
+        }
+    }
+    let (run, resumed) = match latest {
+        Some(run) if run.status != RunStatus::Finished && !options.fresh => (Some(run), true),
+        _ => {
+            let taken = source::take(&control, &stages[0], store.clone(), &pipeline.name, pipeline.batch_size).await;
+            match taken {
+                Ok(run) => (run, false),
+                Err(reason) => {
+                    control.abort(reason);
+                    (None, false)
+                }
+            }
+        }
+    };
+    let Some(run) = run else {
+        // Nothing was taken: a stop request or an abort came before the batch.
+        let exit = if control.abort_reason().is_some() { Exit::Aborted } else { Exit::Interrupted };
+        done.cancel();
+        let summary = telemetry::summarize(pipeline, None, &stages, None, exit, &control, began);
+        telemetry::finish(pipeline, &summary);
+        return Ok(summary);
+    };
+    let counts = store.counts(run.id)?;
+    tracing::info!(
+        pipeline = %pipeline.name,
+        run = run.id,
+        items = run.items,
+        resumed,
+        done = counts["done"],
+        failed = counts["failed"],
+        skipped = counts["skipped"],
+        "run started"
+    );
+    let (checkpoint, writer) = Checkpointer::start(
+        &*store,
+        run.id,
+        pipeline.checkpoint.commit_interval,
+        pipeline.checkpoint.commit_max_items,
+    )?;
+    let window: usize = stages.iter().skip(1).map(|s| s.policy.concurrency).sum::<usize>().max(1);
+    let shared = Arc::new(Shared {
+        stages,
+        control: control.clone(),
+        checkpoint,
+        totals: Totals {
+            items: run.items,
+            done: Counter::default(),
+            failed: Counter::default(),
+            skipped: Counter::default(),
+        },
+        max_failures: pipeline.max_failures,
+    });
+    shared.totals.done.add(counts["done"]);
+    shared.totals.failed.add(counts["failed"]);
+    shared.totals.skipped.add(counts["skipped"]);
+    if let Some(limit) = pipeline.max_failures {
+        let failed = shared.totals.failed.get();
+        if limit.crossed(failed, run.items) {
+            control.abort(AbortReason::MaxFailures {
+                failed,
+                limit: format!("{limit}; fix the cause, then `stagewise retry-failed` or `run --fresh`"),
+            });
+        }
+    }
+    tokio::spawn(telemetry::heartbeat(shared.clone(), pipeline.heartbeat, done.clone(), began));
+
+    let tracker = TaskTracker::new();
+    if let Err(e) = feed(&shared, &*store, run.id, window, &tracker).await {
+        control.abort(AbortReason::Checkpoint(e.to_string()));
+    }
+    tracker.close();
+    tracker.wait().await;
+
+    let remaining = shared.totals.remaining();
+    let (exit, status) = if control.abort_reason().is_some() {
+        (Exit::Aborted, RunStatus::Aborted)
+    } else if remaining == 0 {
+        if shared.totals.failed.get() > 0 {
+            (Exit::FinishedWithFailures, RunStatus::Finished)
+        } else {
+            (Exit::Finished, RunStatus::Finished)
+        }
+    } else {
+        (Exit::Interrupted, RunStatus::Interrupted)
+    };
+    let mut exit = exit;
+    if let Err(e) = shared.checkpoint.flush(Some(status)).await {
+        control.abort(AbortReason::Checkpoint(e.0));
+        exit = Exit::Aborted;
+    }
+    done.cancel();
+    // Everything is durable after the flush. The writer task ends when the last handle goes;
+    // an abandoned call's watcher may keep one alive, so it is not waited for.
+    drop(writer);
+    let summary = telemetry::summarize(pipeline, Some(&run), &shared.stages, Some(&shared.totals), exit, &control, began);
+    telemetry::finish(pipeline, &summary);
+    Ok(summary)
+}
+
+/// Read pending items page by page and start a task for each, keeping at most `window` in
+/// flight. Stops early on a stop request.
+async fn feed(
+    shared: &Arc<Shared>,
+    store: &dyn CheckpointStore,
+    run: i64,
+    window: usize,
+    tracker: &TaskTracker,
+) -> Result<(), StoreError> {
+    let window = Arc::new(Semaphore::new(window));
+    let soft = &shared.control.soft;
+    let mut after = 0;
+    loop {
+        if soft.is_cancelled() {
+            return Ok(());
+        }
+        // A page is a quick indexed read; it runs here rather than on a pool thread so that the
+        // feeder needs no thread of its own.
+        let page = tokio::task::block_in_place(|| store.pending(run, after, PAGE))?;
+        if page.is_empty() {
+            return Ok(());
+        }
+        for stored in page {
+            after = stored.seq;
+            let permit = tokio::select! {
+                biased;
+                () = soft.cancelled() => return Ok(()),
+                p = window.clone().acquire_owned() => p.expect("the window is never closed"),
+            };
+            let key: Arc<str> = Arc::from(stored.key.as_str());
+            let stage = match &stored.stage {
+                None => Ok(1),
+                Some(name) => shared
+                    .stages
+                    .iter()
+                    .position(|s| &*s.name == name && s.index > 0)
+                    .ok_or_else(|| format!("the checkpoint puts this item at stage `{name}`, which is not in the pipeline (run with --fresh to start over)")),
+            };
+            let fields = serde_json::from_str::<crate::record::Fields>(&stored.record)
+                .map_err(|e| format!("the checkpointed record is not a JSON object: {e}"));
+            match (stage, fields) {
+                (Ok(stage), Ok(fields)) if stage < shared.stages.len() => {
+                    let item = WorkItem {
+                        seq: stored.seq,
+                        key: key.clone(),
+                        record: Record::with_fields(stored.key, fields),
+                        stage,
+                    };
+                    tracker.spawn(item::run_item(shared.clone(), item, permit));
+                }
+                (stage, fields) => {
+                    let error = stage.err().or(fields.err()).unwrap_or_else(|| "no stage left to run".into());
+                    let stage_name = stored.stage.clone().unwrap_or_default();
+                    tracing::warn!(key = %key, error = %error, "item cannot resume");
+                    shared.totals.failed.incr();
+                    let _ = shared
+                        .checkpoint
+                        .send(stored.seq, crate::checkpoint::Change::Failed { stage: stage_name, error, attempts: 0 })
+                        .await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Taking the batch: the source's read, with its stage's timeout and retry policy, writes the
+//! run's manifest in one transaction. A failed, timed-out or interrupted read leaves nothing
+//! behind, so the next attempt (or the next run) starts clean.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::call::panic_message;
+use super::control::{AbortReason, Control};
+use super::StageRt;
+use crate::checkpoint::{CheckpointStore, RunInfo, StoreError};
+use crate::spec::fmt_duration;
+use crate::stage::{CancelFlag, Context, ErrorClass, StageError, StageImpl, Stop};
+
+/// Repeated keys reported by name, at most.
+const SHOWN_DUPLICATES: usize = 5;
+
+enum TakeError {
+    Stage(StageError),
+    Store(StoreError),
+    Cancelled,
+}
+
+struct Taken {
+    run: RunInfo,
+    duplicates: u64,
+    shown: Vec<String>,
+}
+
+/// Take a new batch. `Ok(None)`: a stop request came first; nothing was taken.
+pub(crate) async fn take(
+    control: &Arc<Control>,
+    stage: &StageRt,
+    store: Arc<dyn CheckpointStore>,
+    pipeline: &str,
+    limit: Option<u64>,
+) -> Result<Option<RunInfo>, AbortReason> {
+    let StageImpl::Source(source) = &stage.imp else {
+        return Err(AbortReason::Source {
+            stage: stage.name.to_string(),
+            error: "the first stage is not a source".into(),
+        });
+    };
+    let retry = &stage.policy.retry;
+    let timeout = stage.policy.timeout;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let deadline = Instant::now() + timeout;
+        let cancel = CancelFlag::new();
+        let cx = Context::new("(batch)", stage.name.clone(), attempt, deadline, cancel.clone());
+        let source = source.clone();
+        let store = store.clone();
+        let pipeline = pipeline.to_owned();
+        let mut handle = tokio::task::spawn_blocking(move || read(&*source, &*store, &pipeline, limit, &cx));
+        let result = tokio::select! {
+            biased;
+            () = control.soft.cancelled() => {
+                cancel.cancel();
+                return Ok(None);
+            }
+            r = tokio::time::timeout_at(deadline.into(), &mut handle) => match r {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => Err(TakeError::Stage(StageError::permanent(format!("panicked: {}", panic_message(&*e.into_panic()))))),
+                Err(_) => {
+                    cancel.cancel();
+                    Err(TakeError::Stage(StageError::transient(format!("timed out after {}", fmt_duration(timeout)))))
+                }
+            },
+        };
+        let error = match result {
+            Ok(taken) => {
+                if taken.duplicates > 0 {
+                    tracing::warn!(
+                        stage = %stage.name,
+                        duplicates = taken.duplicates,
+                        first = %taken.shown.join(", "),
+                        "the source yielded repeated keys; each was kept once"
+                    );
+                }
+                return Ok(Some(taken.run));
+            }
+            Err(TakeError::Cancelled) => return Ok(None),
+            Err(TakeError::Store(e)) => return Err(AbortReason::Checkpoint(e.to_string())),
+            Err(TakeError::Stage(e)) => e,
+        };
+        if error.class != ErrorClass::Transient || attempt >= retry.attempts {
+            return Err(AbortReason::Source {
+                stage: stage.name.to_string(),
+                error: format!("{} (after {attempt} attempt(s))", error.message),
+            });
+        }
+        let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());
+        tracing::warn!(stage = %stage.name, attempt, error = %error.message, delay = %fmt_duration(delay), "reading the batch failed; retrying");
+        tokio::select! {
+            biased;
+            () = control.soft.cancelled() => return Ok(None),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+fn read(
+    source: &dyn crate::stage::Source,
+    store: &dyn CheckpointStore,
+    pipeline: &str,
+    limit: Option<u64>,
+    cx: &Context,
+) -> Result<Taken, TakeError> {
+    let mut manifest = store.begin_run(pipeline).map_err(TakeError::Store)?;
+    let mut taken = 0u64;
+    let mut duplicates = 0u64;
+    let mut shown = Vec::new();
+    let mut store_error = None;
+    let mut emit = |record: crate::record::Record| -> Result<(), Stop> {
+        if cx.cancel_flag().is_cancelled() || limit.is_some_and(|l| taken >= l) {
+            return Err(Stop);
+        }
+        let fields = serde_json::to_string(&record.fields).expect("JSON values always serialize");
+        match manifest.add(&record.key, &fields) {
+            Ok(true) => taken += 1,
+            Ok(false) => {
+                duplicates += 1;
+                if shown.len() < SHOWN_DUPLICATES {
+                    shown.push(record.key);
+                }
+            }
+            Err(e) => {
+                store_error = Some(e);
+                return Err(Stop);
+            }
+        }
+        Ok(())
+    };
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| source.read(limit, cx, &mut emit)));
+    if let Some(e) = store_error {
+        return Err(TakeError::Store(e));
+    }
+    if cx.cancel_flag().is_cancelled() {
+        return Err(TakeError::Cancelled);
+    }
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(TakeError::Stage(e)),
+        Err(panic) => {
+            return Err(TakeError::Stage(StageError::permanent(format!(
+                "panicked: {}",
+                panic_message(&*panic)
+            ))))
+        }
+    }
+    let run = manifest.commit().map_err(TakeError::Store)?;
+    Ok(Taken { run, duplicates, shown })
+}

@@ -1,0 +1,263 @@
+//! What a run tells while it runs and when it ends: heartbeat lines, slow-attempt warnings,
+//! and the summary (in the log and as JSON beside the checkpoint store).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::control::Control;
+use super::stats::Latency;
+use super::{Exit, Shared, StageRt, Totals};
+use crate::checkpoint::RunInfo;
+use crate::spec::{fmt_duration, Pipeline};
+use crate::telemetry::events;
+
+/// Log a heartbeat every `every`, and warn once about each attempt past half its timeout.
+pub(crate) async fn heartbeat(shared: Arc<Shared>, every: Duration, done: CancellationToken, began: Instant) {
+    let mut beat = tokio::time::interval(every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
+    let mut watch = tokio::time::interval(every.min(Duration::from_secs(1)));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            _ = beat.tick() => log_heartbeat(&shared, began),
+            _ = watch.tick() => warn_slow(&shared),
+        }
+    }
+}
+
+fn log_heartbeat(shared: &Shared, began: Instant) {
+    let t = &shared.totals;
+    // Items that ended in this process: through the last stage, or failed or skipped anywhere.
+    let ended_here: u64 = shared
+        .stages
+        .last()
+        .map_or(0, |s| s.stats.done.get())
+        + shared.stages.iter().map(|s| s.stats.failed.get() + s.stats.skipped.get()).sum::<u64>();
+    let elapsed = began.elapsed().as_secs_f64().max(1e-3);
+    let rate = ended_here as f64 / elapsed;
+    let remaining = t.remaining();
+    let eta = if rate > 0.0 {
+        fmt_duration(Duration::from_secs_f64(remaining as f64 / rate))
+    } else {
+        "unknown".to_owned()
+    };
+    let in_flight: usize = shared.stages.iter().map(|s| s.stats.in_flight_count()).sum();
+    let oldest = shared
+        .stages
+        .iter()
+        .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
+        .max_by_key(|(_, age, _)| *age)
+        .map(|(key, age, stage)| format!("{key} in {stage} for {}", fmt_duration(age)))
+        .unwrap_or_else(|| "none".to_owned());
+    let stages: Vec<String> = shared.stages.iter().skip(1).map(stage_line).collect();
+    tracing::info!(
+        done = t.done.get(),
+        failed = t.failed.get(),
+        skipped = t.skipped.get(),
+        remaining,
+        in_flight,
+        items_per_sec = format!("{rate:.1}"),
+        eta = %eta,
+        oldest = %oldest,
+        stages = %stages.join(" | "),
+        "{}",
+        events::HEARTBEAT
+    );
+}
+
+fn stage_line(s: &StageRt) -> String {
+    let st = &s.stats;
+    let mut line = format!(
+        "{}: in_flight={} done={} failed={}",
+        s.name,
+        st.in_flight_count(),
+        st.done.get(),
+        st.failed.get()
+    );
+    if st.retries.get() > 0 {
+        line.push_str(&format!(" retries={}", st.retries.get()));
+    }
+    if st.timeouts.get() > 0 {
+        line.push_str(&format!(" timeouts={}", st.timeouts.get()));
+    }
+    if st.abandoned_total.get() > 0 {
+        line.push_str(&format!(" abandoned={}/{}", st.abandoned_now(), s.policy.max_abandoned));
+    }
+    line
+}
+
+fn warn_slow(shared: &Shared) {
+    for s in &shared.stages {
+        for (key, age, timeout) in s.stats.newly_slow() {
+            tracing::warn!(
+                stage = %s.name,
+                key = %key,
+                elapsed = %fmt_duration(age),
+                timeout = %fmt_duration(timeout),
+                "{}",
+                events::SLOW_ATTEMPT
+            );
+        }
+    }
+}
+
+/// One stage's figures in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    /// Stage name.
+    pub name: String,
+    /// Stage kind.
+    pub kind: String,
+    /// Items it passed on.
+    pub done: u64,
+    /// Items that failed in it.
+    pub failed: u64,
+    /// Items it skipped.
+    pub skipped: u64,
+    /// Retries (attempts after the first).
+    pub retries: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
+    /// Attempts that panicked.
+    pub panics: u64,
+    /// Blocking calls abandoned after their timeout.
+    pub abandoned: u64,
+    /// Attempt latency.
+    pub latency: Option<Latency>,
+}
+
+/// The end-of-run summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Run id, when a batch was taken.
+    pub run: Option<i64>,
+    /// How it ended.
+    pub outcome: &'static str,
+    /// The process exit code.
+    pub exit_code: i32,
+    /// Why it stopped early, if it did.
+    pub reason: Option<String>,
+    /// Seconds this process ran.
+    pub elapsed_secs: f64,
+    /// Items in the run.
+    pub items: u64,
+    /// Items done (this run, all processes).
+    pub done: u64,
+    /// Items failed.
+    pub failed: u64,
+    /// Items skipped.
+    pub skipped: u64,
+    /// Items not yet ended.
+    pub remaining: u64,
+    /// Per stage.
+    pub stages: Vec<StageSummary>,
+    #[serde(skip)]
+    exit: Option<Exit>,
+}
+
+impl Summary {
+    /// How the run ended.
+    pub fn exit(&self) -> Exit {
+        self.exit.unwrap_or(Exit::Aborted)
+    }
+}
+
+pub(crate) fn summarize(
+    pipeline: &Pipeline,
+    run: Option<&RunInfo>,
+    stages: &[StageRt],
+    totals: Option<&Totals>,
+    exit: Exit,
+    control: &Control,
+    began: Instant,
+) -> Summary {
+    let reason = control
+        .abort_reason()
+        .map(|r| r.to_string())
+        .or_else(|| control.interrupt_reason().map(|r| r.to_string()));
+    let stage_summaries = stages
+        .iter()
+        .zip(&pipeline.stages)
+        .map(|(s, spec)| StageSummary {
+            name: s.name.to_string(),
+            kind: spec.kind.clone(),
+            done: s.stats.done.get(),
+            failed: s.stats.failed.get(),
+            skipped: s.stats.skipped.get(),
+            retries: s.stats.retries.get(),
+            timeouts: s.stats.timeouts.get(),
+            panics: s.stats.panics.get(),
+            abandoned: s.stats.abandoned_total.get(),
+            latency: s.stats.latency(),
+        })
+        .collect();
+    Summary {
+        pipeline: pipeline.name.clone(),
+        run: run.map(|r| r.id),
+        outcome: match exit {
+            Exit::Finished => "finished",
+            Exit::FinishedWithFailures => "finished_with_failures",
+            Exit::Aborted => "aborted",
+            Exit::Interrupted => "interrupted",
+        },
+        exit_code: exit.code(),
+        reason,
+        elapsed_secs: began.elapsed().as_secs_f64(),
+        items: totals.map_or(0, |t| t.items),
+        done: totals.map_or(0, |t| t.done.get()),
+        failed: totals.map_or(0, |t| t.failed.get()),
+        skipped: totals.map_or(0, |t| t.skipped.get()),
+        remaining: totals.map_or(0, Totals::remaining),
+        stages: stage_summaries,
+        exit: Some(exit),
+    }
+}
+
+/// Log the summary and write it beside the store. This is the run's last log event.
+pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
+    let path = super::summary_path(pipeline);
+    let json = serde_json::to_string_pretty(summary).expect("the summary always serializes");
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::create_dir_all(path.parent().unwrap_or_else(|| std::path::Path::new(".")))
+        .and_then(|()| std::fs::write(&tmp, json.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the summary file");
+    }
+    let stages: Vec<String> = summary
+        .stages
+        .iter()
+        .skip(1)
+        .map(|s| {
+            let latency = s.latency.map_or_else(String::new, |l| {
+                format!(" p50={:.1}ms p95={:.1}ms max={:.1}ms", l.p50_ms, l.p95_ms, l.max_ms)
+            });
+            format!(
+                "{}: done={} failed={} skipped={} retries={} timeouts={} abandoned={}{latency}",
+                s.name, s.done, s.failed, s.skipped, s.retries, s.timeouts, s.abandoned
+            )
+        })
+        .collect();
+    tracing::info!(
+        outcome = summary.outcome,
+        exit_code = summary.exit_code,
+        reason = summary.reason.as_deref().unwrap_or("-"),
+        items = summary.items,
+        done = summary.done,
+        failed = summary.failed,
+        skipped = summary.skipped,
+        remaining = summary.remaining,
+        elapsed = %fmt_duration(Duration::from_secs_f64(summary.elapsed_secs)),
+        stages = %stages.join(" | "),
+        file = %path.display(),
+        "{}",
+        events::SUMMARY
+    );
+}

@@ -1,0 +1,571 @@
+//! The pipeline spec in three phases: raw (serde types 1:1 with `pipeline.toml`), validated
+//! (pure: every problem of the file collected, each with its place and stage), and built (in the
+//! runner: files, pools and connections opened).
+
+mod de;
+mod located;
+pub(crate) mod types;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub(crate) use de::deserialize_all;
+pub use located::Place;
+use located::{KeyPath, Origins};
+pub use types::{MaxFailures, RateLimit};
+use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
+
+use crate::policy::Policy;
+use crate::registry::{KeyProblem, KeyProblemKind, Registry, Role};
+
+const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
+
+/// How serious a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The file cannot be run.
+    Error,
+    /// The file runs, but probably not as meant.
+    Warning,
+}
+
+/// One problem of a pipeline file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The pipeline file as the user named it.
+    pub file: String,
+    /// Where in the file (or which environment variable), when known.
+    pub place: Option<Place>,
+    /// The stage the problem belongs to.
+    pub stage: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.place {
+            Some(Place::File { line, col }) => write!(f, "{}:{line}:{col}: ", self.file)?,
+            Some(Place::Env(var)) => write!(f, "environment variable `{var}`: ")?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if let Some(stage) = &self.stage {
+            write!(f, "stage `{stage}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A pipeline file that cannot be run: every error found in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} error(s) in the pipeline file", .diagnostics.len())]
+pub struct ConfigError {
+    /// The errors (and any warnings found before them).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Where progress is saved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLocation {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+}
+
+/// The resolved `[checkpoint]`.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// Where.
+    pub store: StoreLocation,
+    /// Longest wait of an update before commit.
+    pub commit_interval: Duration,
+    /// Most updates per commit.
+    pub commit_max_items: usize,
+}
+
+/// One resolved stage.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// Unique name.
+    pub name: String,
+    /// Registered kind.
+    pub kind: String,
+    /// Its place in the pipeline.
+    pub role: Role,
+    /// Its resolved policies.
+    pub policy: Policy,
+    /// The kind's own keys, checked by the kind.
+    pub(crate) options: toml::Table,
+}
+
+/// A validated pipeline, ready to build and run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// `[pipeline] name`.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The file's folder: relative paths are relative to it.
+    pub base_dir: PathBuf,
+    /// Items per run.
+    pub batch_size: Option<u64>,
+    /// Stop taking work after this long.
+    pub max_run_time: Option<Duration>,
+    /// Drain time after a stop request.
+    pub shutdown_grace: Duration,
+    /// Failure limit.
+    pub max_failures: Option<MaxFailures>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Checkpointing.
+    pub checkpoint: CheckpointConfig,
+    /// The stages in order; the first is the source.
+    pub stages: Vec<StageConfig>,
+}
+
+/// A pipeline and the warnings found while validating it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Warnings (the timing-budget check among them).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Read, validate and resolve a pipeline file with the process environment.
+pub fn load(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
+    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("STAGEWISE_")).collect();
+    load_with(path, registry, &|name| std::env::var(name).ok(), &vars)
+}
+
+/// [`load`] with an explicit environment, for tests.
+pub fn load_with(
+    path: &Path,
+    registry: &Registry,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    overrides: &[(String, String)],
+) -> Result<Loaded, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            file: file.clone(),
+            place: None,
+            stage: None,
+            message: format!("cannot read the pipeline file: {e}"),
+        }],
+    })?;
+    let base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut v = Validator::new(file, &text)?;
+    let result = v.validate(registry, lookup, overrides, path, base_dir);
+    let (errors, warnings): (Vec<_>, Vec<_>) =
+        v.diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
+    match result {
+        Some(pipeline) if errors.is_empty() => Ok(Loaded { pipeline, warnings }),
+        _ => Err(ConfigError {
+            diagnostics: errors.into_iter().chain(warnings).collect(),
+        }),
+    }
+}
+
+struct Validator {
+    file: String,
+    origins: Origins,
+    doc: toml::Table,
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn path_of(parts: &[&str]) -> KeyPath {
+    parts.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Validator {
+    fn new(file: String, text: &str) -> Result<Self, ConfigError> {
+        let syntax = |place: Option<Place>, message: String| ConfigError {
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                file: file.clone(),
+                place,
+                stage: None,
+                message,
+            }],
+        };
+        let parsed = toml::de::DeTable::parse(text).map_err(|e| {
+            let place = e.span().map(|s| located_line_col(text, s.start));
+            syntax(place, format!("invalid TOML: {}", e.message().trim()))
+        })?;
+        let origins = Origins::new(text, parsed.get_ref());
+        let doc: toml::Table = toml::from_str(text)
+            .map_err(|e| syntax(None, format!("invalid TOML: {}", e.message().trim())))?;
+        Ok(Validator {
+            file,
+            origins,
+            doc,
+            diagnostics: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, severity: Severity, path: Option<&[String]>, at_key: bool, stage: Option<&str>, message: String) {
+        let place = path.and_then(|p| self.origins.place(p, at_key));
+        self.diagnostics.push(Diagnostic {
+            severity,
+            file: self.file.clone(),
+            place,
+            stage: stage.map(str::to_owned),
+            message,
+        });
+    }
+
+    fn error(&mut self, path: &[String], at_key: bool, stage: Option<&str>, message: String) {
+        self.push(Severity::Error, Some(path), at_key, stage, message);
+    }
+
+    fn key_problems(&mut self, prefix: &[String], stage: Option<&str>, problems: Vec<KeyProblem>, extra_known: &[&str]) {
+        for problem in problems {
+            let mut path = prefix.to_vec();
+            path.extend(problem.path.iter().cloned());
+            match problem.kind {
+                KeyProblemKind::Unknown { key, mut expected } => {
+                    if problem.path.len() == 1 {
+                        expected.extend(extra_known.iter().map(|s| (*s).to_owned()));
+                    }
+                    let message = format!("unknown key `{key}`{}", did_you_mean(&key, &expected));
+                    self.error(&path, true, stage, message);
+                }
+                KeyProblemKind::Invalid(message) => {
+                    let message = match problem.path.last() {
+                        Some(key) if !message.contains('`') => format!("`{key}`: {message}"),
+                        _ => message,
+                    };
+                    self.error(&path, false, stage, message);
+                }
+            }
+        }
+    }
+
+    fn section<T: serde::de::DeserializeOwned + Default>(&mut self, name: &str, required: bool) -> Option<T> {
+        match self.doc.get(name).cloned() {
+            None if required => {
+                self.push(Severity::Error, None, false, None, format!("missing `[{name}]` table"));
+                None
+            }
+            None => Some(T::default()),
+            Some(toml::Value::Table(t)) => match deserialize_all::<T>(&t) {
+                Ok(v) => Some(v),
+                Err(problems) => {
+                    self.key_problems(&path_of(&[name]), None, problems, &[]);
+                    None
+                }
+            },
+            Some(_) => {
+                self.error(&path_of(&[name]), true, None, format!("`{name}` must be a table"));
+                None
+            }
+        }
+    }
+
+    fn validate(
+        &mut self,
+        registry: &Registry,
+        lookup: &dyn Fn(&str) -> Option<String>,
+        overrides: &[(String, String)],
+        path: &Path,
+        base_dir: PathBuf,
+    ) -> Option<Pipeline> {
+        // The environment first, so that everything below sees the values that will run.
+        let mut doc_value = toml::Value::Table(std::mem::take(&mut self.doc));
+        let mut missing = Vec::new();
+        located::substitute_env(&mut doc_value, &mut Vec::new(), lookup, &mut missing);
+        let toml::Value::Table(mut doc) = doc_value else {
+            unreachable!("a table stays a table")
+        };
+        let mut override_problems = Vec::new();
+        located::apply_overrides(&mut doc, overrides, &mut self.origins, &mut override_problems);
+        self.doc = doc;
+        for (p, message) in missing {
+            let stage = self.stage_name_of(&p);
+            self.error(&p, false, stage.as_deref(), message);
+        }
+        for (_, message) in override_problems {
+            self.push(Severity::Error, None, false, None, message);
+        }
+
+        for key in self.doc.keys().cloned().collect::<Vec<_>>() {
+            if !TOP_KEYS.contains(&key.as_str()) {
+                let expected: Vec<String> = TOP_KEYS.iter().map(|s| (*s).to_owned()).collect();
+                let message = format!("unknown key `{key}`{}", did_you_mean(&key, &expected));
+                self.error(&[key], true, None, message);
+            }
+        }
+        let pipeline = self.section::<PipelineSpecOpt>("pipeline", true).and_then(|p| p.0);
+        let checkpoint = self.section::<CheckpointSpec>("checkpoint", false);
+        let defaults = self.section::<PolicySpec>("defaults", false).unwrap_or_default();
+        let stages = self.stages(registry, &defaults);
+
+        let pipeline = pipeline?;
+        let checkpoint = checkpoint?;
+        let stages = stages?;
+        self.check_pipeline(&pipeline);
+        let store = match checkpoint.store.as_deref() {
+            None => Some(StoreLocation::Sqlite(base_dir.join(".stagewise").join(format!("{}.db", pipeline.name)))),
+            Some(url) => match url.strip_prefix("sqlite:") {
+                Some(p) => {
+                    let p = Path::new(p.strip_prefix("//").unwrap_or(p));
+                    Some(StoreLocation::Sqlite(if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }))
+                }
+                None => {
+                    let shown = crate::redact_url(url);
+                    self.error(
+                        &path_of(&["checkpoint", "store"]),
+                        false,
+                        None,
+                        format!("unsupported checkpoint store `{shown}`: use `sqlite:PATH`"),
+                    );
+                    None
+                }
+            },
+        };
+        if checkpoint.commit_max_items == Some(0) {
+            self.error(&path_of(&["checkpoint", "commit_max_items"]), false, None, "`commit_max_items` must be at least 1".into());
+        }
+        let pipeline = Pipeline {
+            name: pipeline.name,
+            file: path.to_path_buf(),
+            base_dir,
+            batch_size: pipeline.batch_size,
+            max_run_time: pipeline.max_run_time,
+            shutdown_grace: pipeline.shutdown_grace.unwrap_or(DEFAULT_GRACE),
+            max_failures: pipeline.max_failures,
+            heartbeat: pipeline.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+            checkpoint: CheckpointConfig {
+                store: store?,
+                commit_interval: checkpoint.commit_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL),
+                commit_max_items: checkpoint.commit_max_items.unwrap_or(DEFAULT_COMMIT_MAX_ITEMS).max(1),
+            },
+            stages,
+        };
+        self.timing_budget(&pipeline);
+        Some(pipeline)
+    }
+
+    fn stage_name_of(&self, path: &[String]) -> Option<String> {
+        if path.first().map(String::as_str) != Some("stage") {
+            return None;
+        }
+        let i: usize = path.get(1)?.parse().ok()?;
+        self.doc.get("stage")?.as_array()?.get(i)?.get("name")?.as_str().map(str::to_owned)
+    }
+
+    fn check_pipeline(&mut self, p: &PipelineSpec) {
+        let checks: [(&str, bool, &str); 4] = [
+            ("name", p.name.trim().is_empty(), "`name` must not be empty"),
+            ("batch_size", p.batch_size == Some(0), "`batch_size` must be at least 1"),
+            ("heartbeat", p.heartbeat.is_some_and(|h| h.is_zero()), "`heartbeat` must be greater than 0"),
+            ("max_run_time", p.max_run_time.is_some_and(|h| h.is_zero()), "`max_run_time` must be greater than 0"),
+        ];
+        for (key, bad, message) in checks {
+            if bad {
+                self.error(&path_of(&["pipeline", key]), false, None, message.to_owned());
+            }
+        }
+        if p.name.contains(['/', '\\']) {
+            self.error(&path_of(&["pipeline", "name"]), false, None, "`name` must not contain `/`".into());
+        }
+    }
+
+    fn stages(&mut self, registry: &Registry, defaults: &PolicySpec) -> Option<Vec<StageConfig>> {
+        let tables = match self.doc.get("stage").cloned() {
+            None => {
+                self.push(Severity::Error, None, false, None, "no `[[stage]]`: a pipeline needs at least a source".into());
+                return None;
+            }
+            Some(toml::Value::Array(items)) => items,
+            Some(_) => {
+                self.error(&path_of(&["stage"]), true, None, "`stage` must be a list of tables (`[[stage]]`)".into());
+                return None;
+            }
+        };
+        let count = tables.len();
+        let mut ok = true;
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, table) in tables.into_iter().enumerate() {
+            let prefix = vec!["stage".to_owned(), i.to_string()];
+            let toml::Value::Table(mut table) = table else {
+                self.error(&prefix, true, None, "a stage must be a table".into());
+                ok = false;
+                continue;
+            };
+            let name = match table.remove("name") {
+                Some(toml::Value::String(n)) if !n.trim().is_empty() => n,
+                Some(_) => {
+                    self.error(&[prefix.clone(), vec!["name".into()]].concat(), false, None, "`name` must be a non-empty string".into());
+                    ok = false;
+                    continue;
+                }
+                None => {
+                    self.error(&prefix, true, None, format!("stage {} has no `name`", i + 1));
+                    ok = false;
+                    continue;
+                }
+            };
+            if !names.insert(name.clone()) {
+                self.error(&[prefix.clone(), vec!["name".into()]].concat(), false, Some(&name), format!("duplicate stage name `{name}`: names must be unique"));
+                ok = false;
+            }
+            let kind_name = match table.remove("kind") {
+                Some(toml::Value::String(k)) => k,
+                _ => {
+                    self.error(&prefix, true, Some(&name), "missing `kind` (a string)".into());
+                    ok = false;
+                    continue;
+                }
+            };
+            let Some(kind) = registry.get(&kind_name) else {
+                let known: Vec<String> = registry.kinds().map(str::to_owned).collect();
+                self.error(
+                    &[prefix.clone(), vec!["kind".into()]].concat(),
+                    false,
+                    Some(&name),
+                    format!("unknown kind `{kind_name}`{}; known kinds: {}", did_you_mean(&kind_name, &known), known.join(", ")),
+                );
+                ok = false;
+                continue;
+            };
+            let role = if i == 0 {
+                Role::Source
+            } else if i + 1 == count && kind.roles().contains(&Role::Sink) {
+                Role::Sink
+            } else {
+                Role::Transform
+            };
+            if !kind.roles().contains(&role) {
+                let message = match role {
+                    Role::Source => format!("kind `{kind_name}` is not a source: the first stage must be one"),
+                    _ if kind.roles() == [Role::Source] => format!("kind `{kind_name}` is a source: only the first stage can be one"),
+                    _ if kind.roles().contains(&Role::Sink) => format!("kind `{kind_name}` is a sink: it must be the last stage"),
+                    _ => format!("kind `{kind_name}` cannot be used as a {}", role.as_str()),
+                };
+                self.error(&[prefix.clone(), vec!["kind".into()]].concat(), false, Some(&name), message);
+                ok = false;
+            }
+            let mut policy_table = toml::Table::new();
+            for key in POLICY_KEYS {
+                if let Some(v) = table.remove(*key) {
+                    policy_table.insert((*key).to_owned(), v);
+                }
+            }
+            let spec = match deserialize_all::<PolicySpec>(&policy_table) {
+                Ok(spec) => spec,
+                Err(problems) => {
+                    self.key_problems(&prefix, Some(&name), problems, &[]);
+                    ok = false;
+                    PolicySpec::default()
+                }
+            };
+            let known: Vec<&str> = POLICY_KEYS.iter().copied().chain(["name", "kind"]).collect();
+            let problems = kind.check(&table, role);
+            if !problems.is_empty() {
+                self.key_problems(&prefix, Some(&name), problems, &known);
+                ok = false;
+            }
+            let policy = Policy::resolve(&spec, defaults, &kind.defaults(), role == Role::Source);
+            for (key, message) in policy.check() {
+                let mut p = prefix.clone();
+                p.extend(key.split('.').map(str::to_owned));
+                self.error(&p, false, Some(&name), message);
+                ok = false;
+            }
+            out.push(StageConfig {
+                name,
+                kind: kind_name,
+                role,
+                policy,
+                options: table,
+            });
+        }
+        ok.then_some(out)
+    }
+
+    /// Warn where a stage's worst case cannot fit the run's time budget.
+    fn timing_budget(&mut self, p: &Pipeline) {
+        for (i, stage) in p.stages.iter().enumerate() {
+            let prefix = vec!["stage".to_owned(), i.to_string()];
+            let worst = stage.policy.worst_case();
+            if let Some(budget) = p.max_run_time {
+                if worst > budget {
+                    let message = format!(
+                        "one item's worst case here ({} attempts × {} timeout + backoff = {}) exceeds `max_run_time` ({}): such an item can never finish within one run",
+                        stage.policy.retry.attempts,
+                        fmt_duration(stage.policy.timeout),
+                        fmt_duration(worst),
+                        fmt_duration(budget),
+                    );
+                    self.push(Severity::Warning, Some(&prefix), true, Some(&stage.name), message);
+                }
+            }
+            if p.shutdown_grace < stage.policy.timeout {
+                let message = format!(
+                    "`shutdown_grace` ({}) is shorter than this stage's `timeout` ({}): attempts still running at shutdown are cut off and redone next run",
+                    fmt_duration(p.shutdown_grace),
+                    fmt_duration(stage.policy.timeout),
+                );
+                self.push(Severity::Warning, Some(&prefix), true, Some(&stage.name), message);
+            }
+        }
+    }
+}
+
+/// `[pipeline]` is required, but `section` needs a `Default` type.
+#[derive(Default)]
+struct PipelineSpecOpt(Option<PipelineSpec>);
+
+impl<'de> serde::Deserialize<'de> for PipelineSpecOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        PipelineSpec::deserialize(d).map(|p| PipelineSpecOpt(Some(p)))
+    }
+}
+
+fn located_line_col(text: &str, offset: usize) -> Place {
+    let o = Origins::new(text, &toml::de::DeTable::default());
+    o.line_col(offset)
+}
+
+/// A duration as a user writes it ("1m 30s").
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+/// " (did you mean `x`?)" when a known name is close to `word`, else "".
+fn did_you_mean(word: &str, known: &[String]) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(word, k), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        let known: Vec<String> = ["duration", "jitter", "blocking", "timeout"].map(String::from).to_vec();
+        assert_eq!(did_you_mean("duraton", &known), " (did you mean `duration`?)");
+        assert_eq!(did_you_mean("timeuot", &known), " (did you mean `timeout`?)");
+        assert_eq!(did_you_mean("colour", &known), "");
+    }
+}

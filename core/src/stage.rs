@@ -1,0 +1,279 @@
+//! The stage contract: what a stage is handed, what it may answer, and what each answer means
+//! for the item and the run.
+//!
+//! A pipeline is a list of stages. The first is a [`Source`]: it yields the batch once per run.
+//! Every later stage is either an [`AsyncStage`] (runs on the async runtime; must not block) or a
+//! [`BlockingStage`] (runs on the stage's own bounded pool of `concurrency` threads). The last stage
+//! may be a sink; a sink is an ordinary stage whose output record is not used further.
+//!
+//! # One attempt
+//!
+//! The runner calls a stage once per attempt, wrapped in the policies in this order:
+//! concurrency → retry → timeout (per attempt) → rate limit → call. Each call gets a [`Context`]
+//! with the item key, the attempt number (1-based), the attempt's deadline and a cancellation
+//! flag.
+//!
+//! The answer decides what happens to the item:
+//!
+//! | answer | item | run |
+//! |---|---|---|
+//! | `Ok(Outcome::Continue(record))` | goes to the next stage with `record` (checkpointed) | goes on |
+//! | `Ok(Outcome::Skip { reason })` | ends as `skipped` with the reason | goes on |
+//! | `Err` [`ErrorClass::Transient`] | retried after a backoff while attempts remain, then `failed` | goes on |
+//! | `Err` [`ErrorClass::Permanent`] | `failed` at once, never retried | goes on unless `max_failures` is crossed |
+//! | `Err` [`ErrorClass::Fatal`] | `failed` | stops: checkpoint saved, exit 3 |
+//! | the attempt times out | like a transient error | goes on |
+//! | the stage panics | `failed` with the panic message | goes on |
+//!
+//! A [`StageError::retry_after`] hint replaces the computed backoff for the next attempt.
+//!
+//! # Cancellation and deadlines
+//!
+//! An async stage is cancelled by dropping its future: at the deadline, or when the run is shut
+//! down. A blocking stage cannot be dropped, so it must honour its deadline itself: give every
+//! blocking operation a timeout no later than [`Context::deadline`], and poll
+//! [`Context::is_cancelled`] between steps. A blocking call that ignores both is *abandoned* when
+//! its attempt times out: the item moves on, but the pool thread stays taken until the call
+//! really returns, so a hanging stage cannot multiply threads. When a stage has `max_abandoned`
+//! such calls outstanding it is *wedged* and the run stops with exit 3, naming the stuck items.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::record::Record;
+
+/// What a stage answers for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The item goes on to the next stage with this record.
+    Continue(Record),
+    /// The item is filtered out: it ends as `skipped` with this reason.
+    Skip {
+        /// Why the item was skipped, for `status` and the logs.
+        reason: String,
+    },
+}
+
+/// How the runner treats a stage error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Worth retrying: a timeout, a dropped connection, a 503.
+    Transient,
+    /// Retrying cannot help: bad input, a 404, a constraint violation. The item fails.
+    Permanent,
+    /// Nothing further can succeed: a wrong credential, a missing table. The run stops.
+    Fatal,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Fatal => "fatal",
+        })
+    }
+}
+
+/// A classified stage error. The stage says *what kind* of failure this is; backoff, jitter,
+/// caps and attempt counting are the runner's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageError {
+    /// How the runner treats it.
+    pub class: ErrorClass,
+    /// What went wrong, lowercase, without a trailing period.
+    pub message: String,
+    /// Wait at least this long before the next attempt (e.g. from a `Retry-After` header).
+    pub retry_after: Option<Duration>,
+}
+
+impl StageError {
+    /// An error worth retrying.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Transient, message)
+    }
+
+    /// An error that fails the item without retrying.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, message)
+    }
+
+    /// An error that stops the whole run.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Fatal, message)
+    }
+
+    fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Ask the runner to wait `delay` before the next attempt instead of its own backoff.
+    #[must_use]
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error: {}", self.class, self.message)
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// A flag the runner raises when an attempt should stop: its deadline passed, or the run is
+/// shutting down. Blocking stages poll it; cloning shares the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// A new, lowered flag.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raise the flag.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the flag was raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What one attempt of one stage on one item is handed.
+#[derive(Debug, Clone)]
+pub struct Context {
+    key: Arc<str>,
+    stage: Arc<str>,
+    attempt: u32,
+    deadline: Instant,
+    cancel: CancelFlag,
+}
+
+impl Context {
+    /// A context for one attempt. The runner makes these; tests of stages may too.
+    pub fn new(
+        key: impl Into<Arc<str>>,
+        stage: impl Into<Arc<str>>,
+        attempt: u32,
+        deadline: Instant,
+        cancel: CancelFlag,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            stage: stage.into(),
+            attempt,
+            deadline,
+            cancel,
+        }
+    }
+
+    /// The item's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The name of the stage, as in `pipeline.toml`.
+    pub fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    /// The attempt number, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When this attempt times out. Blocking work must not outlive it.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once it passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the attempt should stop now: cancelled by the runner, or past its deadline.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || Instant::now() >= self.deadline
+    }
+
+    /// The attempt's cancellation flag, to hand to code that polls it.
+    pub fn cancel_flag(&self) -> &CancelFlag {
+        &self.cancel
+    }
+}
+
+/// A stage that runs on the async runtime. It must never block the thread: blocking work
+/// belongs in a [`BlockingStage`].
+///
+/// # Cancel safety
+///
+/// The future is dropped at the attempt's deadline and on shutdown; `process` must leave no
+/// half-done side effect that a later attempt would trip over.
+#[async_trait]
+pub trait AsyncStage: Send + Sync + 'static {
+    /// Process one item.
+    async fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError>;
+}
+
+/// A stage whose work blocks: file and database I/O, CPU-bound parsing, synchronous HTTP.
+/// It runs on the stage's bounded pool of `concurrency` threads and must honour
+/// [`Context::deadline`] and [`Context::is_cancelled`] (see the module docs).
+pub trait BlockingStage: Send + Sync + 'static {
+    /// Process one item.
+    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError>;
+}
+
+/// Returned by a source's `emit` callback when the read must stop (the attempt was
+/// cancelled or timed out). A source returns it as it is, or simply stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop;
+
+/// The first stage of a pipeline: yields the batch. Runs once per run, on a blocking thread,
+/// with the stage's timeout and retry policy around the whole read. Records emitted by a failed
+/// or cancelled attempt are discarded, so a retried read starts from scratch.
+pub trait Source: Send + Sync + 'static {
+    /// Emit up to `limit` records (`None`: no limit). Keys must be unique within a batch; a
+    /// repeated key is reported and dropped by the runner.
+    fn read(
+        &self,
+        limit: Option<u64>,
+        cx: &Context,
+        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+    ) -> Result<(), StageError>;
+}
+
+/// A built stage, ready to run.
+#[derive(Clone)]
+pub enum StageImpl {
+    /// The pipeline's first stage.
+    Source(Arc<dyn Source>),
+    /// Runs on the async runtime.
+    Async(Arc<dyn AsyncStage>),
+    /// Runs on the stage's blocking pool.
+    Blocking(Arc<dyn BlockingStage>),
+}
+
+impl fmt::Debug for StageImpl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StageImpl::Source(_) => "Source",
+            StageImpl::Async(_) => "Async",
+            StageImpl::Blocking(_) => "Blocking",
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! The `stagewise` command: parses arguments, calls the library, prints, and maps every result
+//! to a documented exit code. The only place that prints an error to the user.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use stagewise_core::spec::{self, Diagnostic, Loaded, Severity};
+use stagewise_core::telemetry::{self, LogFormat};
+use stagewise_core::{commands, Registry, RunOptions};
+
+/// Exit code of a usage or configuration error (nothing was run).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "stagewise", version, about = "A runner for batch pipelines that must not die silently")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: resume its unfinished run, or take a new batch.
+    Run {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Start a new run even if the last one is unfinished.
+        #[arg(long)]
+        fresh: bool,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "pretty")]
+        log_format: Format,
+    },
+    /// Check the pipeline file without running anything.
+    Validate {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+    },
+    /// Show the latest run: counts per state and stage, failed items with their errors.
+    Status {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the latest run's failed items back to pending and run them again.
+    RetryFailed {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "pretty")]
+        log_format: Format,
+    },
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    stagewise_stages_util::register(&mut registry);
+    registry
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        let level = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        eprintln!("{level}: {d}");
+    }
+}
+
+/// Load and validate, printing warnings; `Err` is the exit code.
+fn load(path: &std::path::Path, registry: &Registry) -> Result<Loaded, ExitCode> {
+    match spec::load(path, registry) {
+        Ok(loaded) => {
+            print_diagnostics(&loaded.warnings);
+            Ok(loaded)
+        }
+        Err(e) => {
+            print_diagnostics(&e.diagnostics);
+            let errors = e.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+            eprintln!("error: {} has {errors} error(s); nothing was run", path.display());
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn run(path: &std::path::Path, format: Format, options: RunOptions) -> ExitCode {
+    telemetry::init(match format {
+        Format::Pretty => LogFormat::Pretty,
+        Format::Json => LogFormat::Json,
+    });
+    let registry = registry();
+    let loaded = match load(path, &registry) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    match stagewise_core::run(&loaded.pipeline, &registry, options) {
+        Ok(summary) => ExitCode::from(u8::try_from(summary.exit().code()).unwrap_or(EXIT_CONFIG)),
+        Err(e) => {
+            eprintln!("error: {e}; nothing was run");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Print to stdout; a closed pipe (`stagewise status | head`) is not an error.
+fn out(text: &str) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { pipeline, fresh, log_format } => run(
+            &pipeline,
+            log_format,
+            RunOptions {
+                fresh,
+                retry_failed: false,
+            },
+        ),
+        Command::RetryFailed { pipeline, log_format } => run(
+            &pipeline,
+            log_format,
+            RunOptions {
+                fresh: false,
+                retry_failed: true,
+            },
+        ),
+        Command::Validate { pipeline } => match load(&pipeline, &registry()) {
+            Ok(loaded) => {
+                eprintln!(
+                    "{} is valid: pipeline `{}`, {} stage(s)",
+                    pipeline.display(),
+                    loaded.pipeline.name,
+                    loaded.pipeline.stages.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Status { pipeline, json } => {
+            let loaded = match load(&pipeline, &registry()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            match commands::status(&loaded.pipeline) {
+                Ok(report) if json => out(&format!("{}\n", commands::status_json(&loaded.pipeline, report.as_ref()))),
+                Ok(Some(report)) => out(&commands::render_status(&loaded.pipeline, &report)),
+                Ok(None) => out(&format!("pipeline {}: no run yet\n", loaded.pipeline.name)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+    }
+}
