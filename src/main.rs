@@ -13,7 +13,11 @@ use stagewise_core::{commands, Registry, RunOptions};
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "stagewise", version, about = "A runner for batch pipelines that must not die silently")]
+#[command(
+    name = "stagewise",
+    version,
+    about = "A runner for batch pipelines that must not die silently"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,17 +85,26 @@ fn print_diagnostics(diagnostics: &[Diagnostic]) {
     }
 }
 
-/// Load and validate, printing warnings; `Err` is the exit code.
-fn load(path: &std::path::Path, registry: &Registry) -> Result<Loaded, ExitCode> {
+/// Load and validate, printing errors (and warnings, if asked); `Err` is the exit code.
+fn load(path: &std::path::Path, registry: &Registry, warnings: bool) -> Result<Loaded, ExitCode> {
     match spec::load(path, registry) {
         Ok(loaded) => {
-            print_diagnostics(&loaded.warnings);
+            if warnings {
+                print_diagnostics(&loaded.warnings);
+            }
             Ok(loaded)
         }
         Err(e) => {
             print_diagnostics(&e.diagnostics);
-            let errors = e.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-            eprintln!("error: {} has {errors} error(s); nothing was run", path.display());
+            let errors = e
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
+            eprintln!(
+                "error: {} has {errors} error(s); nothing was run",
+                path.display()
+            );
             Err(ExitCode::from(EXIT_CONFIG))
         }
     }
@@ -103,7 +116,7 @@ fn run(path: &std::path::Path, format: Format, options: RunOptions) -> ExitCode 
         Format::Json => LogFormat::Json,
     });
     let registry = registry();
-    let loaded = match load(path, &registry) {
+    let loaded = match load(path, &registry, true) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -131,7 +144,11 @@ fn out(text: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { pipeline, fresh, log_format } => run(
+        Command::Run {
+            pipeline,
+            fresh,
+            log_format,
+        } => run(
             &pipeline,
             log_format,
             RunOptions {
@@ -139,7 +156,10 @@ fn main() -> ExitCode {
                 retry_failed: false,
             },
         ),
-        Command::RetryFailed { pipeline, log_format } => run(
+        Command::RetryFailed {
+            pipeline,
+            log_format,
+        } => run(
             &pipeline,
             log_format,
             RunOptions {
@@ -147,7 +167,7 @@ fn main() -> ExitCode {
                 retry_failed: true,
             },
         ),
-        Command::Validate { pipeline } => match load(&pipeline, &registry()) {
+        Command::Validate { pipeline } => match load(&pipeline, &registry(), true) {
             Ok(loaded) => {
                 eprintln!(
                     "{} is valid: pipeline `{}`, {} stage(s)",
@@ -160,12 +180,15 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Status { pipeline, json } => {
-            let loaded = match load(&pipeline, &registry()) {
+            let loaded = match load(&pipeline, &registry(), false) {
                 Ok(l) => l,
                 Err(code) => return code,
             };
             match commands::status(&loaded.pipeline) {
-                Ok(report) if json => out(&format!("{}\n", commands::status_json(&loaded.pipeline, report.as_ref()))),
+                Ok(report) if json => out(&format!(
+                    "{}\n",
+                    commands::status_json(&loaded.pipeline, report.as_ref())
+                )),
                 Ok(Some(report)) => out(&commands::render_status(&loaded.pipeline, &report)),
                 Ok(None) => out(&format!("pipeline {}: no run yet\n", loaded.pipeline.name)),
                 Err(e) => {

@@ -31,7 +31,11 @@ pub fn render_status(pipeline: &Pipeline, report: &StatusReport) -> String {
         report.run.items,
         report.run.started_at
     );
-    let counts: Vec<String> = report.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let counts: Vec<String> = report
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     let _ = writeln!(out, "  {}", counts.join(", "));
     for stage in &pipeline.stages {
         if let Some(c) = report.stages.get(&stage.name) {
@@ -42,7 +46,11 @@ pub fn render_status(pipeline: &Pipeline, report: &StatusReport) -> String {
     if !report.failed.is_empty() {
         let _ = writeln!(out, "failed items:");
         for f in &report.failed {
-            let _ = writeln!(out, "  {} at {} after {} attempt(s): {}", f.key, f.stage, f.attempts, f.error);
+            let _ = writeln!(
+                out,
+                "  {} at {} after {} attempt(s): {}",
+                f.key, f.stage, f.attempts, f.error
+            );
         }
     }
     if !report.skipped.is_empty() {

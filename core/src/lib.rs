@@ -65,12 +65,17 @@ mod stage;
 pub mod telemetry;
 
 pub use async_trait::async_trait;
-pub use checkpoint::{FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError};
+pub use checkpoint::{
+    FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError,
+};
 pub use policy::{Policy, Retry};
 pub use record::{Fields, Record};
 pub use registry::{BuildContext, KindDefaults, Registry, Role, StageKind};
 pub use runner::{run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary};
-pub use stage::{AsyncStage, BlockingStage, CancelFlag, Context, ErrorClass, Outcome, Source, StageError, StageImpl, Stop};
+pub use stage::{
+    AsyncStage, BlockingStage, CancelFlag, Context, ErrorClass, Outcome, Source, StageError,
+    StageImpl, Stop,
+};
 
 /// A URL with its password replaced by `***`, for logs, errors and `plan`.
 pub fn redact_url(url: &str) -> String {
@@ -84,7 +89,11 @@ pub fn redact_url(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let hidden = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
             format!("{scheme}://{hidden}@{host}{tail}")
         }
         None => url.to_owned(),
@@ -106,7 +115,10 @@ mod tests {
     #[test]
     fn redacts_passwords() {
         let cases = [
-            ("postgres://app:s3cret@db:5432/x", "postgres://app:***@db:5432/x"),
+            (
+                "postgres://app:s3cret@db:5432/x",
+                "postgres://app:***@db:5432/x",
+            ),
             ("postgres://app@db/x", "postgres://app@db/x"),
             ("sqlite:state.db", "sqlite:state.db"),
             ("https://u:p@h/a@b", "https://u:***@h/a@b"),

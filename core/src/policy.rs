@@ -56,7 +56,9 @@ impl Retry {
     /// The ceiling of the wait after failed attempt `attempt` (1-based): `initial ×
     /// multiplier^(attempt-1)`, capped at `max`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let secs = self.initial.as_secs_f64() * exp;
         if !secs.is_finite() || secs >= self.max.as_secs_f64() {
             self.max
@@ -66,7 +68,12 @@ impl Retry {
     }
 
     /// The wait after failed attempt `attempt`; a stage's retry-after hint wins.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
         if let Some(hint) = retry_after {
             return hint;
         }
@@ -81,7 +88,12 @@ impl Retry {
 
 impl Policy {
     /// Resolve a stage's policy: stage keys, then `[defaults]`, then the kind, then built-ins.
-    pub(crate) fn resolve(stage: &PolicySpec, defaults: &PolicySpec, kind: &KindDefaults, is_source: bool) -> Policy {
+    pub(crate) fn resolve(
+        stage: &PolicySpec,
+        defaults: &PolicySpec,
+        kind: &KindDefaults,
+        is_source: bool,
+    ) -> Policy {
         let sr = stage.retry.clone().unwrap_or_default();
         let dr = defaults.retry.clone().unwrap_or_default();
         let concurrency = if is_source {
@@ -100,10 +112,21 @@ impl Policy {
                 .or(kind.timeout)
                 .unwrap_or(builtin::TIMEOUT),
             retry: Retry {
-                attempts: sr.attempts.or(dr.attempts).or(kind.attempts).unwrap_or(builtin::ATTEMPTS),
+                attempts: sr
+                    .attempts
+                    .or(dr.attempts)
+                    .or(kind.attempts)
+                    .unwrap_or(builtin::ATTEMPTS),
                 initial: sr.initial.or(dr.initial).unwrap_or(builtin::INITIAL),
-                max: sr.max.or(dr.max).or(kind.backoff_max).unwrap_or(builtin::MAX),
-                multiplier: sr.multiplier.or(dr.multiplier).unwrap_or(builtin::MULTIPLIER),
+                max: sr
+                    .max
+                    .or(dr.max)
+                    .or(kind.backoff_max)
+                    .unwrap_or(builtin::MAX),
+                multiplier: sr
+                    .multiplier
+                    .or(dr.multiplier)
+                    .unwrap_or(builtin::MULTIPLIER),
                 jitter: sr.jitter.or(dr.jitter).unwrap_or(true),
             },
             concurrency,
@@ -130,19 +153,31 @@ impl Policy {
             problems.push(("timeout", "`timeout` must be greater than 0".to_owned()));
         }
         if self.retry.attempts == 0 {
-            problems.push(("retry.attempts", "`retry.attempts` must be at least 1".to_owned()));
+            problems.push((
+                "retry.attempts",
+                "`retry.attempts` must be at least 1".to_owned(),
+            ));
         }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
-            problems.push(("retry.multiplier", "`retry.multiplier` must be at least 1.0".to_owned()));
+            problems.push((
+                "retry.multiplier",
+                "`retry.multiplier` must be at least 1.0".to_owned(),
+            ));
         }
         if self.retry.initial > self.retry.max {
-            problems.push(("retry.initial", "`retry.initial` must not exceed `retry.max`".to_owned()));
+            problems.push((
+                "retry.initial",
+                "`retry.initial` must not exceed `retry.max`".to_owned(),
+            ));
         }
         if self.concurrency == 0 {
             problems.push(("concurrency", "`concurrency` must be at least 1".to_owned()));
         }
         if self.max_abandoned == 0 {
-            problems.push(("max_abandoned", "`max_abandoned` must be at least 1".to_owned()));
+            problems.push((
+                "max_abandoned",
+                "`max_abandoned` must be at least 1".to_owned(),
+            ));
         }
         problems
     }
@@ -210,7 +245,10 @@ mod tests {
         assert_eq!(p.retry.attempts, 9);
         assert_eq!(p.retry.initial, builtin::INITIAL);
         assert_eq!(p.max_abandoned, 8);
-        assert_eq!(Policy::resolve(&stage, &defaults, &kind, true).concurrency, 1);
+        assert_eq!(
+            Policy::resolve(&stage, &defaults, &kind, true).concurrency,
+            1
+        );
     }
 
     #[test]

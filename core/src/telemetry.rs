@@ -27,18 +27,24 @@ pub enum LogFormat {
 /// Install the global subscriber and a panic hook that reports through it. The level comes
 /// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default `info`.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
-        LogFormat::Pretty => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     std::panic::set_hook(Box::new(|info| {
         let message = crate::runner_panic_message(info.payload());
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let thread = std::thread::current();
         tracing::error!(
             thread = thread.name().unwrap_or("unnamed"),

@@ -109,9 +109,14 @@ impl RunStatus {
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [RunStatus::Running, RunStatus::Interrupted, RunStatus::Aborted, RunStatus::Finished]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            RunStatus::Running,
+            RunStatus::Interrupted,
+            RunStatus::Aborted,
+            RunStatus::Finished,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -193,7 +198,11 @@ pub(crate) enum Change {
     /// A stage skipped the item.
     Skipped { stage: String, reason: String },
     /// The item failed at `stage`.
-    Failed { stage: String, error: String, attempts: u32 },
+    Failed {
+        stage: String,
+        error: String,
+        attempts: u32,
+    },
     /// Shutdown stopped the item at `stage`: it goes back to pending, no attempt used.
     Interrupted { stage: String },
 }
@@ -222,10 +231,19 @@ pub(crate) trait UpdateWriter: Send {
 pub(crate) trait CheckpointStore: Send + Sync {
     /// The newest run of a pipeline.
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError>;
-    /// Start writing a new run's manifest.
-    fn begin_run(&self, pipeline: &str) -> Result<Box<dyn ManifestWriter>, StoreError>;
+    /// Start writing a new run's manifest; its items start at stage `first_stage`.
+    fn begin_run(
+        &self,
+        pipeline: &str,
+        first_stage: &str,
+    ) -> Result<Box<dyn ManifestWriter>, StoreError>;
     /// Items of `run` still to process, in manifest order, after `after_seq`.
-    fn pending(&self, run: i64, after_seq: i64, limit: usize) -> Result<Vec<StoredItem>, StoreError>;
+    fn pending(
+        &self,
+        run: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StoreError>;
     /// Items per state.
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError>;
     /// The status report of a run.

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Change, CheckpointStore, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus, SkippedItem,
-    StatusReport, StoreError, StoredItem, Update, UpdateWriter,
+    Change, CheckpointStore, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
+    SkippedItem, StatusReport, StoreError, StoredItem, Update, UpdateWriter,
 };
 
 /// The schema this build writes.
@@ -54,7 +54,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -95,7 +97,9 @@ impl SqliteStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable: SQLite rolls back.
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -128,8 +132,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(corrupt)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
     // WAL + NORMAL: a commit survives the process being killed; readers never block the writer.
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(corrupt)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(corrupt)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(corrupt)?;
     Ok(conn)
 }
 
@@ -150,7 +156,11 @@ fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     }
     if version == 0 {
         let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(corrupt)?;
         if tables > 0 {
             return Err(StoreError::Corrupt {
@@ -158,8 +168,10 @@ fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
                 message: "a SQLite database that is not a stagewise checkpoint store; it was not modified".into(),
             });
         }
-        conn.execute_batch(&format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-            .map_err(corrupt)?;
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(corrupt)?;
     }
     // Later versions add their steps here: `if version < 2 { … }`, each in a transaction.
     Ok(())
@@ -169,7 +181,10 @@ fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, 
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
-fn to_run(shown: &Path, (id, status, items, started_at): (i64, String, i64, String)) -> Result<RunInfo, StoreError> {
+fn to_run(
+    shown: &Path,
+    (id, status, items, started_at): (i64, String, i64, String),
+) -> Result<RunInfo, StoreError> {
     let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
         path: shown.display().to_string(),
         message: format!("run {id} has an unknown status `{status}`"),
@@ -196,7 +211,11 @@ impl CheckpointStore for SqliteStore {
         row.map(|r| to_run(&self.path, r)).transpose()
     }
 
-    fn begin_run(&self, pipeline: &str) -> Result<Box<dyn ManifestWriter>, StoreError> {
+    fn begin_run(
+        &self,
+        pipeline: &str,
+        first_stage: &str,
+    ) -> Result<Box<dyn ManifestWriter>, StoreError> {
         let conn = connect(&self.path)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
         let started = now();
@@ -208,14 +227,19 @@ impl CheckpointStore for SqliteStore {
         let run = conn.last_insert_rowid();
         Ok(Box::new(SqliteManifest {
             conn,
-            path: self.path.clone(),
             run,
             started,
+            first_stage: first_stage.to_owned(),
             next_seq: 0,
         }))
     }
 
-    fn pending(&self, run: i64, after_seq: i64, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+    fn pending(
+        &self,
+        run: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -230,7 +254,9 @@ impl CheckpointStore for SqliteStore {
                     seq: r.get(0)?,
                     key: r.get(1)?,
                     stage: r.get(2)?,
-                    record: r.get::<_, Option<String>>(3)?.unwrap_or_else(|| "{}".into()),
+                    record: r
+                        .get::<_, Option<String>>(3)?
+                        .unwrap_or_else(|| "{}".into()),
                 })
             })
             .map_err(db)?;
@@ -242,7 +268,8 @@ impl CheckpointStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
             .map_err(db)?;
-        let mut counts: BTreeMap<&'static str, u64> = ItemState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut counts: BTreeMap<&'static str, u64> =
+            ItemState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
         let rows = stmt
             .query_map([run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .map_err(db)?;
@@ -263,12 +290,22 @@ impl CheckpointStore for SqliteStore {
             .prepare("SELECT stage, state, count(*) FROM items WHERE run_id = ?1 AND stage IS NOT NULL GROUP BY stage, state")
             .map_err(db)?;
         let rows = stmt
-            .query_map([run.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+            .query_map([run.id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
             .map_err(db)?;
         for row in rows {
             let (stage, state, n) = row.map_err(db)?;
             if let Some(state) = ItemState::parse(&state) {
-                *stages.entry(stage).or_default().entry(state.as_str()).or_default() += n.max(0) as u64;
+                *stages
+                    .entry(stage)
+                    .or_default()
+                    .entry(state.as_str())
+                    .or_default() += n.max(0) as u64;
             }
         }
         let mut stmt = conn
@@ -339,9 +376,9 @@ impl CheckpointStore for SqliteStore {
 
 struct SqliteManifest {
     conn: Connection,
-    path: PathBuf,
     run: i64,
     started: String,
+    first_stage: String,
     next_seq: i64,
 }
 
@@ -350,10 +387,18 @@ impl ManifestWriter for SqliteManifest {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO items (run_id, seq, key, state, record) VALUES (?1, ?2, ?3, 'pending', ?4)",
+                "INSERT OR IGNORE INTO items (run_id, seq, key, state, stage, record) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
             )
             .map_err(db)?;
-        let n = stmt.execute(params![self.run, self.next_seq + 1, key, record]).map_err(db)?;
+        let n = stmt
+            .execute(params![
+                self.run,
+                self.next_seq + 1,
+                key,
+                self.first_stage,
+                record
+            ])
+            .map_err(db)?;
         if n == 1 {
             self.next_seq += 1;
         }
@@ -362,10 +407,12 @@ impl ManifestWriter for SqliteManifest {
 
     fn commit(self: Box<Self>) -> Result<RunInfo, StoreError> {
         self.conn
-            .execute("UPDATE runs SET items = ?2 WHERE id = ?1", params![self.run, self.next_seq])
+            .execute(
+                "UPDATE runs SET items = ?2 WHERE id = ?1",
+                params![self.run, self.next_seq],
+            )
             .map_err(db)?;
         self.conn.execute_batch("COMMIT").map_err(db)?;
-        let _ = &self.path;
         Ok(RunInfo {
             id: self.run,
             status: RunStatus::Running,
@@ -428,7 +475,11 @@ fn columns(change: &Change) -> Columns<'_> {
             attempts: None,
             error: Some(Some(reason)),
         },
-        Change::Failed { stage, error, attempts } => Columns {
+        Change::Failed {
+            stage,
+            error,
+            attempts,
+        } => Columns {
             state: ItemState::Failed,
             stage: Some(stage),
             record: None,
@@ -492,7 +543,8 @@ mod tests {
     use super::*;
 
     fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("stagewise-sqlite-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("stagewise-sqlite-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir.join("state.db")
@@ -503,26 +555,29 @@ mod tests {
         let path = temp_path("manifest");
         let store = SqliteStore::open(&path).expect("open");
         {
-            let mut m = store.begin_run("p").expect("begin");
+            let mut m = store.begin_run("p", "one").expect("begin");
             assert!(m.add("a", "{}").expect("add"));
             // dropped without commit
         }
         assert!(store.latest_run("p").expect("latest").is_none());
-        let mut m = store.begin_run("p").expect("begin");
+        let mut m = store.begin_run("p", "one").expect("begin");
         assert!(m.add("a", "{}").expect("add"));
         assert!(!m.add("a", "{}").expect("dup"), "a repeated key is refused");
         assert!(m.add("b", r#"{"n":1}"#).expect("add"));
         let run = m.commit().expect("commit");
         assert_eq!(run.items, 2);
         let pending = store.pending(run.id, 0, 10).expect("pending");
-        assert_eq!(pending.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            pending.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 
     #[test]
     fn updates_move_items_through_states() {
         let path = temp_path("updates");
         let store = SqliteStore::open(&path).expect("open");
-        let mut m = store.begin_run("p").expect("begin");
+        let mut m = store.begin_run("p", "one").expect("begin");
         for k in ["a", "b", "c", "d"] {
             m.add(k, "{}").expect("add");
         }
@@ -531,11 +586,36 @@ mod tests {
         let s = |x: &str| x.to_owned();
         w.apply(
             &[
-                Update { seq: 1, change: Change::Advanced { stage: s("two"), record: s(r#"{"x":1}"#) } },
-                Update { seq: 1, change: Change::Interrupted { stage: s("two") } },
-                Update { seq: 2, change: Change::Done },
-                Update { seq: 3, change: Change::Failed { stage: s("one"), error: s("boom"), attempts: 3 } },
-                Update { seq: 4, change: Change::Skipped { stage: s("one"), reason: s("empty") } },
+                Update {
+                    seq: 1,
+                    change: Change::Advanced {
+                        stage: s("two"),
+                        record: s(r#"{"x":1}"#),
+                    },
+                },
+                Update {
+                    seq: 1,
+                    change: Change::Interrupted { stage: s("two") },
+                },
+                Update {
+                    seq: 2,
+                    change: Change::Done,
+                },
+                Update {
+                    seq: 3,
+                    change: Change::Failed {
+                        stage: s("one"),
+                        error: s("boom"),
+                        attempts: 3,
+                    },
+                },
+                Update {
+                    seq: 4,
+                    change: Change::Skipped {
+                        stage: s("one"),
+                        reason: s("empty"),
+                    },
+                },
             ],
             Some(RunStatus::Interrupted),
         )
@@ -543,12 +623,20 @@ mod tests {
         let pending = store.pending(run.id, 0, 10).expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].stage.as_deref(), Some("two"));
-        assert_eq!(pending[0].record, r#"{"x":1}"#, "the record survives a later update without one");
-        let report = store.status(&store.latest_run("p").expect("run").expect("some")).expect("status");
+        assert_eq!(
+            pending[0].record, r#"{"x":1}"#,
+            "the record survives a later update without one"
+        );
+        let report = store
+            .status(&store.latest_run("p").expect("run").expect("some"))
+            .expect("status");
         assert_eq!(report.run.status, RunStatus::Interrupted);
         assert_eq!(report.counts["done"], 1);
         assert_eq!(report.failed.len(), 1);
-        assert_eq!((report.failed[0].error.as_str(), report.failed[0].attempts), ("boom", 3));
+        assert_eq!(
+            (report.failed[0].error.as_str(), report.failed[0].attempts),
+            ("boom", 3)
+        );
         assert_eq!(report.skipped[0].reason, "empty");
         assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
         assert_eq!(store.pending(run.id, 0, 10).expect("pending").len(), 2);
@@ -579,9 +667,13 @@ mod tests {
     fn refuses_a_foreign_database() {
         let path = temp_path("foreign");
         let conn = Connection::open(&path).expect("conn");
-        conn.execute_batch("CREATE TABLE customers (id INTEGER)").expect("create");
+        conn.execute_batch("CREATE TABLE customers (id INTEGER)")
+            .expect("create");
         drop(conn);
         let err = SqliteStore::open(&path).expect_err("foreign");
-        assert!(err.to_string().contains("not a stagewise checkpoint store"), "{err}");
+        assert!(
+            err.to_string().contains("not a stagewise checkpoint store"),
+            "{err}"
+        );
     }
 }

@@ -44,12 +44,23 @@ impl Checkpointer {
         let writer = store.update_writer(run)?;
         let (tx, rx) = mpsc::channel(max_items.max(1));
         let failure = Arc::new(OnceLock::new());
-        let task = tokio::spawn(write_loop(writer, rx, interval, max_items.max(1), failure.clone()));
+        let task = tokio::spawn(write_loop(
+            writer,
+            rx,
+            interval,
+            max_items.max(1),
+            failure.clone(),
+        ));
         Ok((Checkpointer { tx, failure }, task))
     }
 
     fn failed(&self) -> CheckpointFailed {
-        CheckpointFailed(self.failure.get().cloned().unwrap_or_else(|| "the writer stopped".into()))
+        CheckpointFailed(
+            self.failure
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the writer stopped".into()),
+        )
     }
 
     /// Queue an update; waits while the queue is full.
@@ -68,7 +79,10 @@ impl Checkpointer {
     /// durable.
     pub(crate) async fn flush(&self, status: Option<RunStatus>) -> Result<(), CheckpointFailed> {
         let (ack, done) = oneshot::channel();
-        self.tx.send(Msg::Flush(status, ack)).await.map_err(|_| self.failed())?;
+        self.tx
+            .send(Msg::Flush(status, ack))
+            .await
+            .map_err(|_| self.failed())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(CheckpointFailed(message)),
@@ -97,11 +111,19 @@ impl Batch {
         match self.slots.get_mut(&u.seq) {
             None => {
                 self.order.push(u.seq);
-                self.slots.insert(u.seq, Slot { advanced: None, last: u.change });
+                self.slots.insert(
+                    u.seq,
+                    Slot {
+                        advanced: None,
+                        last: u.change,
+                    },
+                );
             }
             Some(slot) => {
                 match &u.change {
-                    Change::Advanced { .. } | Change::Done | Change::Skipped { .. } => slot.advanced = None,
+                    Change::Advanced { .. } | Change::Done | Change::Skipped { .. } => {
+                        slot.advanced = None
+                    }
                     _ => {
                         if matches!(slot.last, Change::Advanced { .. }) {
                             slot.advanced = Some(slot.last.clone());
@@ -120,7 +142,10 @@ impl Batch {
                 if let Some(change) = slot.advanced {
                     out.push(Update { seq, change });
                 }
-                out.push(Update { seq, change: slot.last });
+                out.push(Update {
+                    seq,
+                    change: slot.last,
+                });
             }
         }
         self.received = 0;
@@ -201,18 +226,48 @@ mod tests {
     #[test]
     fn a_batch_keeps_the_record_of_an_item_that_moved_on() {
         let mut b = Batch::default();
-        b.push(Update { seq: 1, change: Change::Started { stage: s("a") } });
-        b.push(Update { seq: 1, change: Change::Advanced { stage: s("b"), record: s("r1") } });
-        b.push(Update { seq: 1, change: Change::Started { stage: s("b") } });
-        b.push(Update { seq: 2, change: Change::Started { stage: s("a") } });
-        b.push(Update { seq: 2, change: Change::Done });
+        b.push(Update {
+            seq: 1,
+            change: Change::Started { stage: s("a") },
+        });
+        b.push(Update {
+            seq: 1,
+            change: Change::Advanced {
+                stage: s("b"),
+                record: s("r1"),
+            },
+        });
+        b.push(Update {
+            seq: 1,
+            change: Change::Started { stage: s("b") },
+        });
+        b.push(Update {
+            seq: 2,
+            change: Change::Started { stage: s("a") },
+        });
+        b.push(Update {
+            seq: 2,
+            change: Change::Done,
+        });
         let out = b.take();
         assert_eq!(
             out,
             vec![
-                Update { seq: 1, change: Change::Advanced { stage: s("b"), record: s("r1") } },
-                Update { seq: 1, change: Change::Started { stage: s("b") } },
-                Update { seq: 2, change: Change::Done },
+                Update {
+                    seq: 1,
+                    change: Change::Advanced {
+                        stage: s("b"),
+                        record: s("r1")
+                    }
+                },
+                Update {
+                    seq: 1,
+                    change: Change::Started { stage: s("b") }
+                },
+                Update {
+                    seq: 2,
+                    change: Change::Done
+                },
             ]
         );
         assert!(b.take().is_empty());

@@ -56,7 +56,13 @@ pub(crate) async fn call(
 ) -> Result<Outcome, CallError> {
     let timeout = stage.policy.timeout;
     let deadline = Instant::now() + timeout;
-    let cx = Context::new(key.clone(), stage.name.clone(), attempt, deadline, CancelFlag::new());
+    let cx = Context::new(
+        key.clone(),
+        stage.name.clone(),
+        attempt,
+        deadline,
+        CancelFlag::new(),
+    );
     let _tracked = stage.stats.begin(key.clone(), timeout);
     match &stage.imp {
         StageImpl::Async(s) => {
@@ -115,7 +121,10 @@ async fn blocking(
         },
     };
     cx.cancel_flag().cancel();
-    if tokio::time::timeout(ABANDON_GRACE, &mut handle).await.is_ok() {
+    if tokio::time::timeout(ABANDON_GRACE, &mut handle)
+        .await
+        .is_ok()
+    {
         // It honoured the flag; whatever it answered, the attempt already ended.
         return Err(unfinished);
     }

@@ -15,21 +15,40 @@ use crate::spec::fmt_duration;
 /// Why a run stops before its items are all done.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AbortReason {
-    MaxFailures { failed: u64, limit: String },
-    Fatal { stage: String, key: String, error: String },
-    Wedged { stage: String, stuck: Vec<(String, Duration)> },
+    MaxFailures {
+        failed: u64,
+        limit: String,
+    },
+    Fatal {
+        stage: String,
+        key: String,
+        error: String,
+    },
+    Wedged {
+        stage: String,
+        stuck: Vec<(String, Duration)>,
+    },
     Checkpoint(String),
-    Source { stage: String, error: String },
+    Source {
+        stage: String,
+        error: String,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AbortReason::MaxFailures { failed, limit } => {
-                write!(f, "{failed} items failed, more than `max_failures` ({limit}) allows")
+                write!(
+                    f,
+                    "{failed} items failed, more than `max_failures` ({limit}) allows"
+                )
             }
             AbortReason::Fatal { stage, key, error } => {
-                write!(f, "stage `{stage}` returned a fatal error for item `{key}`: {error}")
+                write!(
+                    f,
+                    "stage `{stage}` returned a fatal error for item `{key}`: {error}"
+                )
             }
             AbortReason::Wedged { stage, stuck } => {
                 let items: Vec<String> = stuck
@@ -88,7 +107,10 @@ impl Control {
 
     /// Stop everything now. The first reason is kept.
     pub(crate) fn abort(&self, reason: AbortReason) {
-        let mut slot = self.abort.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self
+            .abort
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.is_none() {
             tracing::error!(reason = %reason, "aborting the run");
             *slot = Some(reason);
@@ -99,17 +121,26 @@ impl Control {
     }
 
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
-        self.abort.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.abort
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn interrupt_reason(&self) -> Option<Interrupt> {
-        *self.interrupt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .interrupt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A stop request: the first drains (hard cancel after the grace), the second cancels now.
     pub(crate) fn request_stop(self: &std::sync::Arc<Self>, why: Interrupt) {
         let first = {
-            let mut slot = self.interrupt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut slot = self
+                .interrupt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let first = slot.is_none();
             if first {
                 *slot = Some(why);
@@ -145,8 +176,13 @@ impl Control {
 /// Turn SIGTERM and SIGINT into stop requests until `done` is cancelled.
 pub(crate) async fn watch_signals(control: std::sync::Arc<Control>, done: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal streams: SIGTERM/SIGINT will kill the process without saving");
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "cannot install signal streams: SIGTERM/SIGINT will kill the process without saving"
+        );
         return;
     };
     loop {

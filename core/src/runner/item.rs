@@ -30,7 +30,12 @@ enum Ended {
 /// Process one item through its remaining stages. `_window` is the item's place among the
 /// items in flight; it is released when the item leaves.
 pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: OwnedSemaphorePermit) {
-    let WorkItem { seq, key, mut record, stage: mut index } = item;
+    let WorkItem {
+        seq,
+        key,
+        mut record,
+        stage: mut index,
+    } = item;
     let mut started = false;
     while index < shared.stages.len() {
         let stage = &shared.stages[index];
@@ -43,11 +48,26 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
         };
         let Some(slot) = slot else {
-            checkpoint(&shared, seq, Change::Interrupted { stage: stage.name.to_string() }).await;
+            checkpoint(
+                &shared,
+                seq,
+                Change::Interrupted {
+                    stage: stage.name.to_string(),
+                },
+            )
+            .await;
             return;
         };
         started = true;
-        if !checkpoint(&shared, seq, Change::Started { stage: stage.name.to_string() }).await {
+        if !checkpoint(
+            &shared,
+            seq,
+            Change::Started {
+                stage: stage.name.to_string(),
+            },
+        )
+        .await
+        {
             return;
         }
         let result = attempts(&shared, stage, &key, &record).await;
@@ -73,11 +93,26 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 stage.stats.skipped.incr();
                 shared.totals.skipped.incr();
                 tracing::debug!(stage = %stage.name, key = %key, reason = %reason, "item skipped");
-                checkpoint(&shared, seq, Change::Skipped { stage: stage.name.to_string(), reason }).await;
+                checkpoint(
+                    &shared,
+                    seq,
+                    Change::Skipped {
+                        stage: stage.name.to_string(),
+                        reason,
+                    },
+                )
+                .await;
                 return;
             }
             Err(Ended::Interrupted) => {
-                checkpoint(&shared, seq, Change::Interrupted { stage: stage.name.to_string() }).await;
+                checkpoint(
+                    &shared,
+                    seq,
+                    Change::Interrupted {
+                        stage: stage.name.to_string(),
+                    },
+                )
+                .await;
                 return;
             }
             Err(Ended::Failed { error, attempts }) => {
@@ -100,7 +135,14 @@ async fn checkpoint(shared: &Shared, seq: i64, change: Change) -> bool {
     }
 }
 
-async fn fail(shared: &Shared, stage: &StageRt, seq: i64, key: &str, error: StageError, attempts: u32) {
+async fn fail(
+    shared: &Shared,
+    stage: &StageRt,
+    seq: i64,
+    key: &str,
+    error: StageError,
+    attempts: u32,
+) {
     stage.stats.failed.incr();
     shared.totals.failed.incr();
     tracing::warn!(
@@ -140,7 +182,12 @@ async fn fail(shared: &Shared, stage: &StageRt, seq: i64, key: &str, error: Stag
 }
 
 /// The retry loop around single attempts.
-async fn attempts(shared: &Arc<Shared>, stage: &StageRt, key: &Arc<str>, record: &Record) -> Result<Outcome, Ended> {
+async fn attempts(
+    shared: &Arc<Shared>,
+    stage: &StageRt,
+    key: &Arc<str>,
+    record: &Record,
+) -> Result<Outcome, Ended> {
     let retry = &stage.policy.retry;
     let hard = &shared.control.hard;
     let mut attempt = 0;
@@ -155,7 +202,9 @@ async fn attempts(shared: &Arc<Shared>, stage: &StageRt, key: &Arc<str>, record:
         }
         let began = std::time::Instant::now();
         let result = call(shared, stage, key, record.clone(), attempt).await;
-        stage.stats.record_latency(began.elapsed());
+        if !matches!(result, Err(CallError::Cancelled)) {
+            stage.stats.record_latency(began.elapsed());
+        }
         let error = match result {
             Ok(outcome) => return Ok(outcome),
             Err(CallError::Cancelled) => return Err(Ended::Interrupted),
@@ -170,7 +219,10 @@ async fn attempts(shared: &Arc<Shared>, stage: &StageRt, key: &Arc<str>, record:
             Err(CallError::Stage(e)) => e,
         };
         if error.class != ErrorClass::Transient || attempt >= retry.attempts {
-            return Err(Ended::Failed { error, attempts: attempt });
+            return Err(Ended::Failed {
+                error,
+                attempts: attempt,
+            });
         }
         stage.stats.retries.incr();
         let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());

@@ -30,8 +30,8 @@ use crate::spec::{MaxFailures, Pipeline, StoreLocation};
 use crate::stage::StageImpl;
 use control::{AbortReason, Control, Interrupt};
 use item::WorkItem;
-use stats::{Counter, StageStats};
 pub use stats::Latency;
+use stats::{Counter, StageStats};
 pub use telemetry::{StageSummary, Summary};
 
 /// Items read from the store per page when feeding.
@@ -191,10 +191,19 @@ pub fn summary_path(pipeline: &Pipeline) -> std::path::PathBuf {
 
 /// Run a pipeline to its end (or its interruption). Builds its own runtime, sized so that the
 /// blocking threads are bounded by the stages' pools.
-pub fn run(pipeline: &Pipeline, registry: &Registry, options: RunOptions) -> Result<Summary, RunError> {
-    let stages = build_stages(pipeline, registry)?;
+pub fn run(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    options: RunOptions,
+) -> Result<Summary, RunError> {
+    // The store first: a store that cannot be used must stop the run before any stage opens
+    // (and perhaps creates) its files.
     let store: Arc<dyn CheckpointStore> = Arc::new(open_store(pipeline)?);
-    let pools: usize = stages.iter().filter_map(|s| s.pool.as_ref().map(|_| s.policy.concurrency)).sum();
+    let stages = build_stages(pipeline, registry)?;
+    let pools: usize = stages
+        .iter()
+        .filter_map(|s| s.pool.as_ref().map(|_| s.policy.concurrency))
+        .sum();
     // Pools, plus the source's read, the store's pages and commits, and one spare.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -233,7 +242,11 @@ async fn execute(
             return Err(RunError::NoRun(pipeline.name.clone()));
         };
         let reset = store.reset_failed(run.id)?;
-        tracing::info!(run = run.id, items = reset, "failed items put back to pending");
+        tracing::info!(
+            run = run.id,
+            items = reset,
+            "failed items put back to pending"
+        );
         if reset > 0 {
             run.status = RunStatus::Interrupted;
         }
@@ -241,7 +254,17 @@ async fn execute(
     let (run, resumed) = match latest {
         Some(run) if run.status != RunStatus::Finished && !options.fresh => (Some(run), true),
         _ => {
-            let taken = source::take(&control, &stages[0], store.clone(), &pipeline.name, pipeline.batch_size).await;
+            // Items start at the stage after the source (or end at once in a one-stage pipeline).
+            let first = stages.get(1).map_or("", |s| &*s.name);
+            let taken = source::take(
+                &control,
+                &stages[0],
+                store.clone(),
+                &pipeline.name,
+                first,
+                pipeline.batch_size,
+            )
+            .await;
             match taken {
                 Ok(run) => (run, false),
                 Err(reason) => {
@@ -253,7 +276,11 @@ async fn execute(
     };
     let Some(run) = run else {
         // Nothing was taken: a stop request or an abort came before the batch.
-        let exit = if control.abort_reason().is_some() { Exit::Aborted } else { Exit::Interrupted };
+        let exit = if control.abort_reason().is_some() {
+            Exit::Aborted
+        } else {
+            Exit::Interrupted
+        };
         done.cancel();
         let summary = telemetry::summarize(pipeline, None, &stages, None, exit, &control, began);
         telemetry::finish(pipeline, &summary);
@@ -276,7 +303,12 @@ async fn execute(
         pipeline.checkpoint.commit_interval,
         pipeline.checkpoint.commit_max_items,
     )?;
-    let window: usize = stages.iter().skip(1).map(|s| s.policy.concurrency).sum::<usize>().max(1);
+    let window: usize = stages
+        .iter()
+        .skip(1)
+        .map(|s| s.policy.concurrency)
+        .sum::<usize>()
+        .max(1);
     let shared = Arc::new(Shared {
         stages,
         control: control.clone(),
@@ -297,11 +329,18 @@ async fn execute(
         if limit.crossed(failed, run.items) {
             control.abort(AbortReason::MaxFailures {
                 failed,
-                limit: format!("{limit}; fix the cause, then `stagewise retry-failed` or `run --fresh`"),
+                limit: format!(
+                    "{limit}; fix the cause, then `stagewise retry-failed` or `run --fresh`"
+                ),
             });
         }
     }
-    tokio::spawn(telemetry::heartbeat(shared.clone(), pipeline.heartbeat, done.clone(), began));
+    tokio::spawn(telemetry::heartbeat(
+        shared.clone(),
+        pipeline.heartbeat,
+        done.clone(),
+        began,
+    ));
 
     let tracker = TaskTracker::new();
     if let Err(e) = feed(&shared, &*store, run.id, window, &tracker).await {
@@ -331,7 +370,15 @@ async fn execute(
     // Everything is durable after the flush. The writer task ends when the last handle goes;
     // an abandoned call's watcher may keep one alive, so it is not waited for.
     drop(writer);
-    let summary = telemetry::summarize(pipeline, Some(&run), &shared.stages, Some(&shared.totals), exit, &control, began);
+    let summary = telemetry::summarize(
+        pipeline,
+        Some(&run),
+        &shared.stages,
+        Some(&shared.totals),
+        exit,
+        &control,
+        began,
+    );
     telemetry::finish(pipeline, &summary);
     Ok(summary)
 }
@@ -366,8 +413,10 @@ async fn feed(
                 p = window.clone().acquire_owned() => p.expect("the window is never closed"),
             };
             let key: Arc<str> = Arc::from(stored.key.as_str());
-            let stage = match &stored.stage {
+            let stage = match stored.stage.as_deref() {
                 None => Ok(1),
+                // A pipeline that is only a source: nothing to do per item.
+                Some("") => Ok(shared.stages.len()),
                 Some(name) => shared
                     .stages
                     .iter()
@@ -386,14 +435,32 @@ async fn feed(
                     };
                     tracker.spawn(item::run_item(shared.clone(), item, permit));
                 }
+                (Ok(stage), Ok(_)) if stage == shared.stages.len() => {
+                    shared.totals.done.incr();
+                    shared
+                        .checkpoint
+                        .send(stored.seq, crate::checkpoint::Change::Done)
+                        .await
+                        .map_err(|e| StoreError::Db(e.0))?;
+                }
                 (stage, fields) => {
-                    let error = stage.err().or(fields.err()).unwrap_or_else(|| "no stage left to run".into());
+                    let error = stage
+                        .err()
+                        .or(fields.err())
+                        .unwrap_or_else(|| "no stage left to run".into());
                     let stage_name = stored.stage.clone().unwrap_or_default();
                     tracing::warn!(key = %key, error = %error, "item cannot resume");
                     shared.totals.failed.incr();
                     let _ = shared
                         .checkpoint
-                        .send(stored.seq, crate::checkpoint::Change::Failed { stage: stage_name, error, attempts: 0 })
+                        .send(
+                            stored.seq,
+                            crate::checkpoint::Change::Failed {
+                                stage: stage_name,
+                                error,
+                                attempts: 0,
+                            },
+                        )
                         .await;
                 }
             }

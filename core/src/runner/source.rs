@@ -34,6 +34,7 @@ pub(crate) async fn take(
     stage: &StageRt,
     store: Arc<dyn CheckpointStore>,
     pipeline: &str,
+    first_stage: &str,
     limit: Option<u64>,
 ) -> Result<Option<RunInfo>, AbortReason> {
     let StageImpl::Source(source) = &stage.imp else {
@@ -49,11 +50,20 @@ pub(crate) async fn take(
         attempt += 1;
         let deadline = Instant::now() + timeout;
         let cancel = CancelFlag::new();
-        let cx = Context::new("(batch)", stage.name.clone(), attempt, deadline, cancel.clone());
+        let cx = Context::new(
+            "(batch)",
+            stage.name.clone(),
+            attempt,
+            deadline,
+            cancel.clone(),
+        );
         let source = source.clone();
         let store = store.clone();
         let pipeline = pipeline.to_owned();
-        let mut handle = tokio::task::spawn_blocking(move || read(&*source, &*store, &pipeline, limit, &cx));
+        let first_stage = first_stage.to_owned();
+        let mut handle = tokio::task::spawn_blocking(move || {
+            read(&*source, &*store, &pipeline, &first_stage, limit, &cx)
+        });
         let result = tokio::select! {
             biased;
             () = control.soft.cancelled() => {
@@ -105,10 +115,13 @@ fn read(
     source: &dyn crate::stage::Source,
     store: &dyn CheckpointStore,
     pipeline: &str,
+    first_stage: &str,
     limit: Option<u64>,
     cx: &Context,
 ) -> Result<Taken, TakeError> {
-    let mut manifest = store.begin_run(pipeline).map_err(TakeError::Store)?;
+    let mut manifest = store
+        .begin_run(pipeline, first_stage)
+        .map_err(TakeError::Store)?;
     let mut taken = 0u64;
     let mut duplicates = 0u64;
     let mut shown = Vec::new();
@@ -151,5 +164,9 @@ fn read(
         }
     }
     let run = manifest.commit().map_err(TakeError::Store)?;
-    Ok(Taken { run, duplicates, shown })
+    Ok(Taken {
+        run,
+        duplicates,
+        shown,
+    })
 }

@@ -61,7 +61,8 @@ impl Default for StageStats {
             panics: Counter::default(),
             abandoned_total: Counter::default(),
             latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 24 * 3600 * 1_000_000, 2).expect("static histogram bounds are valid"),
+                Histogram::new_with_bounds(1, 24 * 3600 * 1_000_000, 2)
+                    .expect("static histogram bounds are valid"),
             ),
             in_flight: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashMap::new()),
@@ -174,7 +175,7 @@ impl StageStats {
             .values()
             .map(|(k, since)| (k.to_string(), since.elapsed()))
             .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|(_, age)| std::cmp::Reverse(*age));
         v
     }
 }

@@ -15,7 +15,12 @@ use crate::spec::{fmt_duration, Pipeline};
 use crate::telemetry::events;
 
 /// Log a heartbeat every `every`, and warn once about each attempt past half its timeout.
-pub(crate) async fn heartbeat(shared: Arc<Shared>, every: Duration, done: CancellationToken, began: Instant) {
+pub(crate) async fn heartbeat(
+    shared: Arc<Shared>,
+    every: Duration,
+    done: CancellationToken,
+    began: Instant,
+) {
     let mut beat = tokio::time::interval(every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
@@ -33,11 +38,12 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, every: Duration, done: Cancel
 fn log_heartbeat(shared: &Shared, began: Instant) {
     let t = &shared.totals;
     // Items that ended in this process: through the last stage, or failed or skipped anywhere.
-    let ended_here: u64 = shared
-        .stages
-        .last()
-        .map_or(0, |s| s.stats.done.get())
-        + shared.stages.iter().map(|s| s.stats.failed.get() + s.stats.skipped.get()).sum::<u64>();
+    let ended_here: u64 = shared.stages.last().map_or(0, |s| s.stats.done.get())
+        + shared
+            .stages
+            .iter()
+            .map(|s| s.stats.failed.get() + s.stats.skipped.get())
+            .sum::<u64>();
     let elapsed = began.elapsed().as_secs_f64().max(1e-3);
     let rate = ended_here as f64 / elapsed;
     let remaining = t.remaining();
@@ -46,7 +52,11 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
     } else {
         "unknown".to_owned()
     };
-    let in_flight: usize = shared.stages.iter().map(|s| s.stats.in_flight_count()).sum();
+    let in_flight: usize = shared
+        .stages
+        .iter()
+        .map(|s| s.stats.in_flight_count())
+        .sum();
     let oldest = shared
         .stages
         .iter()
@@ -86,7 +96,11 @@ fn stage_line(s: &StageRt) -> String {
         line.push_str(&format!(" timeouts={}", st.timeouts.get()));
     }
     if st.abandoned_total.get() > 0 {
-        line.push_str(&format!(" abandoned={}/{}", st.abandoned_now(), s.policy.max_abandoned));
+        line.push_str(&format!(
+            " abandoned={}/{}",
+            st.abandoned_now(),
+            s.policy.max_abandoned
+        ));
     }
     line
 }
@@ -225,9 +239,10 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
     let path = super::summary_path(pipeline);
     let json = serde_json::to_string_pretty(summary).expect("the summary always serializes");
     let tmp = path.with_extension("json.tmp");
-    let written = std::fs::create_dir_all(path.parent().unwrap_or_else(|| std::path::Path::new(".")))
-        .and_then(|()| std::fs::write(&tmp, json.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+    let written =
+        std::fs::create_dir_all(path.parent().unwrap_or_else(|| std::path::Path::new(".")))
+            .and_then(|()| std::fs::write(&tmp, json.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the summary file");
     }
@@ -237,7 +252,10 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
         .skip(1)
         .map(|s| {
             let latency = s.latency.map_or_else(String::new, |l| {
-                format!(" p50={:.1}ms p95={:.1}ms max={:.1}ms", l.p50_ms, l.p95_ms, l.max_ms)
+                format!(
+                    " p50={:.1}ms p95={:.1}ms max={:.1}ms",
+                    l.p50_ms, l.p95_ms, l.max_ms
+                )
             });
             format!(
                 "{}: done={} failed={} skipped={} retries={} timeouts={} abandoned={}{latency}",

@@ -9,12 +9,15 @@ use serde::de::DeserializeOwned;
 use crate::registry::{KeyProblem, KeyProblemKind};
 
 /// Deserialize `table` as `T`, or return every problem found, each with its key path.
-pub(crate) fn deserialize_all<T: DeserializeOwned>(table: &toml::Table) -> Result<T, Vec<KeyProblem>> {
+pub(crate) fn deserialize_all<T: DeserializeOwned>(
+    table: &toml::Table,
+) -> Result<T, Vec<KeyProblem>> {
     let mut table = table.clone();
     let mut problems: Vec<KeyProblem> = Vec::new();
     let mut removed: Vec<Vec<String>> = Vec::new();
     loop {
-        let err = match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
+        let err = match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone()))
+        {
             Ok(value) if problems.is_empty() => return Ok(value),
             Ok(_) => return Err(problems),
             Err(err) => err,
@@ -146,12 +149,15 @@ mod tests {
     fn a_missing_field_is_reported_once() {
         let got = problems("label = \"x\"\n");
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(matches!(&got[0].kind, KeyProblemKind::Invalid(m) if m.contains("missing field `count`")));
+        assert!(
+            matches!(&got[0].kind, KeyProblemKind::Invalid(m) if m.contains("missing field `count`"))
+        );
     }
 
     #[test]
     fn accepts_a_valid_table() {
-        let table: toml::Table = toml::from_str("count = 3\nretry = { attempts = 2 }").expect("toml");
+        let table: toml::Table =
+            toml::from_str("count = 3\nretry = { attempts = 2 }").expect("toml");
         let outer = deserialize_all::<Outer>(&table).expect("valid");
         assert_eq!(outer.count, 3);
     }

@@ -83,7 +83,11 @@ impl Origins {
                 return Some(Place::Env(var.clone()));
             }
             if let Some((key, value)) = self.spans.get(&joined) {
-                let offset = if at_key || len < path.len() { key.start } else { value.start };
+                let offset = if at_key || len < path.len() {
+                    key.start
+                } else {
+                    value.start
+                };
                 return Some(self.line_col(offset));
             }
         }
@@ -157,10 +161,12 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, St
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!("invalid environment variable name `{name}` in `${{…}}`"));
+                return Err(format!(
+                    "invalid environment variable name `{name}` in `${{…}}`"
+                ));
             }
-            let value = lookup(name)
-                .ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {
@@ -201,7 +207,10 @@ pub(crate) fn apply_overrides(
         let keys: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
         let path: KeyPath = if section == "stage" {
             let Some(wanted) = segs.get(1) else {
-                problems.push((None, format!("`{var}`: expected STAGEWISE_STAGE__<NAME>__<KEY>")));
+                problems.push((
+                    None,
+                    format!("`{var}`: expected STAGEWISE_STAGE__<NAME>__<KEY>"),
+                ));
                 continue;
             };
             let stages = doc.get("stage").and_then(toml::Value::as_array);
@@ -213,7 +222,10 @@ pub(crate) fn apply_overrides(
                 })
             });
             let Some(index) = index else {
-                problems.push((None, format!("`{var}`: there is no stage named like `{wanted}`")));
+                problems.push((
+                    None,
+                    format!("`{var}`: there is no stage named like `{wanted}`"),
+                ));
                 continue;
             };
             let mut path = vec!["stage".to_owned(), index.to_string()];
@@ -300,8 +312,14 @@ mod tests {
         let parsed = toml::de::DeTable::parse(text).expect("toml");
         let mut origins = Origins::new(text, parsed.get_ref());
         let vars = vec![
-            ("STAGEWISE_STAGE__HTTP_GET__TIMEOUT".to_owned(), "60s".to_owned()),
-            ("STAGEWISE_STAGE__HTTP_GET__RETRY__ATTEMPTS".to_owned(), "5".to_owned()),
+            (
+                "STAGEWISE_STAGE__HTTP_GET__TIMEOUT".to_owned(),
+                "60s".to_owned(),
+            ),
+            (
+                "STAGEWISE_STAGE__HTTP_GET__RETRY__ATTEMPTS".to_owned(),
+                "5".to_owned(),
+            ),
             ("STAGEWISE_PIPELINE__BATCH_SIZE".to_owned(), "10".to_owned()),
             ("STAGEWISE_TEST_PG".to_owned(), "ignored".to_owned()),
             ("STAGEWISE_STAGE__NOPE__TIMEOUT".to_owned(), "1s".to_owned()),
@@ -320,6 +338,9 @@ mod tests {
             Some(Place::Env("STAGEWISE_STAGE__HTTP_GET__TIMEOUT".to_owned()))
         );
         let name: Vec<String> = ["stage", "0", "name"].map(String::from).to_vec();
-        assert_eq!(origins.place(&name, true), Some(Place::File { line: 4, col: 1 }));
+        assert_eq!(
+            origins.place(&name, true),
+            Some(Place::File { line: 4, col: 1 })
+        );
     }
 }

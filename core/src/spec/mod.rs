@@ -14,8 +14,8 @@ use std::time::Duration;
 pub(crate) use de::deserialize_all;
 pub use located::Place;
 use located::{KeyPath, Origins};
-pub use types::{MaxFailures, RateLimit};
 use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
+pub use types::{MaxFailures, RateLimit};
 
 use crate::policy::Policy;
 use crate::registry::{KeyProblem, KeyProblemKind, Registry, Role};
@@ -141,7 +141,9 @@ pub struct Loaded {
 
 /// Read, validate and resolve a pipeline file with the process environment.
 pub fn load(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
-    let vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with("STAGEWISE_")).collect();
+    let vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("STAGEWISE_"))
+        .collect();
     load_with(path, registry, &|name| std::env::var(name).ok(), &vars)
 }
 
@@ -168,8 +170,16 @@ pub fn load_with(
     };
     let mut v = Validator::new(file, &text)?;
     let result = v.validate(registry, lookup, overrides, path, base_dir);
-    let (errors, warnings): (Vec<_>, Vec<_>) =
-        v.diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
+    // In file order; problems from the environment and without a place come last.
+    v.diagnostics.sort_by_key(|d| match &d.place {
+        Some(Place::File { line, col }) => (0, *line, *col),
+        Some(Place::Env(_)) => (1, 0, 0),
+        None => (2, 0, 0),
+    });
+    let (errors, warnings): (Vec<_>, Vec<_>) = v
+        .diagnostics
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
     match result {
         Some(pipeline) if errors.is_empty() => Ok(Loaded { pipeline, warnings }),
         _ => Err(ConfigError {
@@ -215,7 +225,14 @@ impl Validator {
         })
     }
 
-    fn push(&mut self, severity: Severity, path: Option<&[String]>, at_key: bool, stage: Option<&str>, message: String) {
+    fn push(
+        &mut self,
+        severity: Severity,
+        path: Option<&[String]>,
+        at_key: bool,
+        stage: Option<&str>,
+        message: String,
+    ) {
         let place = path.and_then(|p| self.origins.place(p, at_key));
         self.diagnostics.push(Diagnostic {
             severity,
@@ -230,8 +247,29 @@ impl Validator {
         self.push(Severity::Error, Some(path), at_key, stage, message);
     }
 
-    fn key_problems(&mut self, prefix: &[String], stage: Option<&str>, problems: Vec<KeyProblem>, extra_known: &[&str]) {
+    fn key_problems(
+        &mut self,
+        prefix: &[String],
+        stage: Option<&str>,
+        problems: Vec<KeyProblem>,
+        extra_known: &[&str],
+    ) {
+        // "missing field `duration`" next to "unknown key `duraton` (did you mean `duration`?)"
+        // says the same thing twice.
+        let mut suggested = Vec::new();
+        for problem in &problems {
+            if let KeyProblemKind::Unknown { key, expected } = &problem.kind {
+                let mut known = expected.clone();
+                known.extend(extra_known.iter().map(|s| (*s).to_owned()));
+                if let Some(best) = closest(key, &known) {
+                    suggested.push(format!("missing field `{best}`"));
+                }
+            }
+        }
         for problem in problems {
+            if matches!(&problem.kind, KeyProblemKind::Invalid(m) if suggested.contains(m)) {
+                continue;
+            }
             let mut path = prefix.to_vec();
             path.extend(problem.path.iter().cloned());
             match problem.kind {
@@ -253,10 +291,20 @@ impl Validator {
         }
     }
 
-    fn section<T: serde::de::DeserializeOwned + Default>(&mut self, name: &str, required: bool) -> Option<T> {
+    fn section<T: serde::de::DeserializeOwned + Default>(
+        &mut self,
+        name: &str,
+        required: bool,
+    ) -> Option<T> {
         match self.doc.get(name).cloned() {
             None if required => {
-                self.push(Severity::Error, None, false, None, format!("missing `[{name}]` table"));
+                self.push(
+                    Severity::Error,
+                    None,
+                    false,
+                    None,
+                    format!("missing `[{name}]` table"),
+                );
                 None
             }
             None => Some(T::default()),
@@ -268,7 +316,12 @@ impl Validator {
                 }
             },
             Some(_) => {
-                self.error(&path_of(&[name]), true, None, format!("`{name}` must be a table"));
+                self.error(
+                    &path_of(&[name]),
+                    true,
+                    None,
+                    format!("`{name}` must be a table"),
+                );
                 None
             }
         }
@@ -290,7 +343,12 @@ impl Validator {
             unreachable!("a table stays a table")
         };
         let mut override_problems = Vec::new();
-        located::apply_overrides(&mut doc, overrides, &mut self.origins, &mut override_problems);
+        located::apply_overrides(
+            &mut doc,
+            overrides,
+            &mut self.origins,
+            &mut override_problems,
+        );
         self.doc = doc;
         for (p, message) in missing {
             let stage = self.stage_name_of(&p);
@@ -307,9 +365,13 @@ impl Validator {
                 self.error(&[key], true, None, message);
             }
         }
-        let pipeline = self.section::<PipelineSpecOpt>("pipeline", true).and_then(|p| p.0);
+        let pipeline = self
+            .section::<PipelineSpecOpt>("pipeline", true)
+            .and_then(|p| p.0);
         let checkpoint = self.section::<CheckpointSpec>("checkpoint", false);
-        let defaults = self.section::<PolicySpec>("defaults", false).unwrap_or_default();
+        let defaults = self
+            .section::<PolicySpec>("defaults", false)
+            .unwrap_or_default();
         let stages = self.stages(registry, &defaults);
 
         let pipeline = pipeline?;
@@ -317,11 +379,19 @@ impl Validator {
         let stages = stages?;
         self.check_pipeline(&pipeline);
         let store = match checkpoint.store.as_deref() {
-            None => Some(StoreLocation::Sqlite(base_dir.join(".stagewise").join(format!("{}.db", pipeline.name)))),
+            None => Some(StoreLocation::Sqlite(
+                base_dir
+                    .join(".stagewise")
+                    .join(format!("{}.db", pipeline.name)),
+            )),
             Some(url) => match url.strip_prefix("sqlite:") {
                 Some(p) => {
                     let p = Path::new(p.strip_prefix("//").unwrap_or(p));
-                    Some(StoreLocation::Sqlite(if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }))
+                    Some(StoreLocation::Sqlite(if p.is_absolute() {
+                        p.to_path_buf()
+                    } else {
+                        base_dir.join(p)
+                    }))
                 }
                 None => {
                     let shown = crate::redact_url(url);
@@ -336,7 +406,12 @@ impl Validator {
             },
         };
         if checkpoint.commit_max_items == Some(0) {
-            self.error(&path_of(&["checkpoint", "commit_max_items"]), false, None, "`commit_max_items` must be at least 1".into());
+            self.error(
+                &path_of(&["checkpoint", "commit_max_items"]),
+                false,
+                None,
+                "`commit_max_items` must be at least 1".into(),
+            );
         }
         let pipeline = Pipeline {
             name: pipeline.name,
@@ -349,8 +424,13 @@ impl Validator {
             heartbeat: pipeline.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             checkpoint: CheckpointConfig {
                 store: store?,
-                commit_interval: checkpoint.commit_interval.unwrap_or(DEFAULT_COMMIT_INTERVAL),
-                commit_max_items: checkpoint.commit_max_items.unwrap_or(DEFAULT_COMMIT_MAX_ITEMS).max(1),
+                commit_interval: checkpoint
+                    .commit_interval
+                    .unwrap_or(DEFAULT_COMMIT_INTERVAL),
+                commit_max_items: checkpoint
+                    .commit_max_items
+                    .unwrap_or(DEFAULT_COMMIT_MAX_ITEMS)
+                    .max(1),
             },
             stages,
         };
@@ -363,35 +443,74 @@ impl Validator {
             return None;
         }
         let i: usize = path.get(1)?.parse().ok()?;
-        self.doc.get("stage")?.as_array()?.get(i)?.get("name")?.as_str().map(str::to_owned)
+        self.doc
+            .get("stage")?
+            .as_array()?
+            .get(i)?
+            .get("name")?
+            .as_str()
+            .map(str::to_owned)
     }
 
     fn check_pipeline(&mut self, p: &PipelineSpec) {
         let checks: [(&str, bool, &str); 4] = [
             ("name", p.name.trim().is_empty(), "`name` must not be empty"),
-            ("batch_size", p.batch_size == Some(0), "`batch_size` must be at least 1"),
-            ("heartbeat", p.heartbeat.is_some_and(|h| h.is_zero()), "`heartbeat` must be greater than 0"),
-            ("max_run_time", p.max_run_time.is_some_and(|h| h.is_zero()), "`max_run_time` must be greater than 0"),
+            (
+                "batch_size",
+                p.batch_size == Some(0),
+                "`batch_size` must be at least 1",
+            ),
+            (
+                "heartbeat",
+                p.heartbeat.is_some_and(|h| h.is_zero()),
+                "`heartbeat` must be greater than 0",
+            ),
+            (
+                "max_run_time",
+                p.max_run_time.is_some_and(|h| h.is_zero()),
+                "`max_run_time` must be greater than 0",
+            ),
         ];
         for (key, bad, message) in checks {
             if bad {
-                self.error(&path_of(&["pipeline", key]), false, None, message.to_owned());
+                self.error(
+                    &path_of(&["pipeline", key]),
+                    false,
+                    None,
+                    message.to_owned(),
+                );
             }
         }
         if p.name.contains(['/', '\\']) {
-            self.error(&path_of(&["pipeline", "name"]), false, None, "`name` must not contain `/`".into());
+            self.error(
+                &path_of(&["pipeline", "name"]),
+                false,
+                None,
+                "`name` must not contain `/`".into(),
+            );
         }
     }
 
     fn stages(&mut self, registry: &Registry, defaults: &PolicySpec) -> Option<Vec<StageConfig>> {
         let tables = match self.doc.get("stage").cloned() {
             None => {
-                self.push(Severity::Error, None, false, None, "no `[[stage]]`: a pipeline needs at least a source".into());
+                self.push(
+                    Severity::Error,
+                    None,
+                    false,
+                    None,
+                    "no `[[stage]]`: a pipeline needs at least a source".into(),
+                );
                 return None;
             }
             Some(toml::Value::Array(items)) => items,
             Some(_) => {
-                self.error(&path_of(&["stage"]), true, None, "`stage` must be a list of tables (`[[stage]]`)".into());
+                self.error(
+                    &path_of(&["stage"]),
+                    true,
+                    None,
+                    "`stage` must be a list of tables (`[[stage]]`)".into(),
+                );
                 return None;
             }
         };
@@ -409,24 +528,44 @@ impl Validator {
             let name = match table.remove("name") {
                 Some(toml::Value::String(n)) if !n.trim().is_empty() => n,
                 Some(_) => {
-                    self.error(&[prefix.clone(), vec!["name".into()]].concat(), false, None, "`name` must be a non-empty string".into());
+                    self.error(
+                        &[prefix.clone(), vec!["name".into()]].concat(),
+                        false,
+                        None,
+                        "`name` must be a non-empty string".into(),
+                    );
                     ok = false;
                     continue;
                 }
                 None => {
-                    self.error(&prefix, true, None, format!("stage {} has no `name`", i + 1));
+                    self.error(
+                        &prefix,
+                        true,
+                        None,
+                        format!("stage {} has no `name`", i + 1),
+                    );
                     ok = false;
                     continue;
                 }
             };
             if !names.insert(name.clone()) {
-                self.error(&[prefix.clone(), vec!["name".into()]].concat(), false, Some(&name), format!("duplicate stage name `{name}`: names must be unique"));
+                self.error(
+                    &[prefix.clone(), vec!["name".into()]].concat(),
+                    false,
+                    Some(&name),
+                    format!("duplicate stage name `{name}`: names must be unique"),
+                );
                 ok = false;
             }
             let kind_name = match table.remove("kind") {
                 Some(toml::Value::String(k)) => k,
                 _ => {
-                    self.error(&prefix, true, Some(&name), "missing `kind` (a string)".into());
+                    self.error(
+                        &prefix,
+                        true,
+                        Some(&name),
+                        "missing `kind` (a string)".into(),
+                    );
                     ok = false;
                     continue;
                 }
@@ -437,7 +576,11 @@ impl Validator {
                     &[prefix.clone(), vec!["kind".into()]].concat(),
                     false,
                     Some(&name),
-                    format!("unknown kind `{kind_name}`{}; known kinds: {}", did_you_mean(&kind_name, &known), known.join(", ")),
+                    format!(
+                        "unknown kind `{kind_name}`{}; known kinds: {}",
+                        did_you_mean(&kind_name, &known),
+                        known.join(", ")
+                    ),
                 );
                 ok = false;
                 continue;
@@ -451,12 +594,23 @@ impl Validator {
             };
             if !kind.roles().contains(&role) {
                 let message = match role {
-                    Role::Source => format!("kind `{kind_name}` is not a source: the first stage must be one"),
-                    _ if kind.roles() == [Role::Source] => format!("kind `{kind_name}` is a source: only the first stage can be one"),
-                    _ if kind.roles().contains(&Role::Sink) => format!("kind `{kind_name}` is a sink: it must be the last stage"),
+                    Role::Source => {
+                        format!("kind `{kind_name}` is not a source: the first stage must be one")
+                    }
+                    _ if kind.roles() == [Role::Source] => {
+                        format!("kind `{kind_name}` is a source: only the first stage can be one")
+                    }
+                    _ if kind.roles().contains(&Role::Sink) => {
+                        format!("kind `{kind_name}` is a sink: it must be the last stage")
+                    }
                     _ => format!("kind `{kind_name}` cannot be used as a {}", role.as_str()),
                 };
-                self.error(&[prefix.clone(), vec!["kind".into()]].concat(), false, Some(&name), message);
+                self.error(
+                    &[prefix.clone(), vec!["kind".into()]].concat(),
+                    false,
+                    Some(&name),
+                    message,
+                );
                 ok = false;
             }
             let mut policy_table = toml::Table::new();
@@ -473,7 +627,11 @@ impl Validator {
                     PolicySpec::default()
                 }
             };
-            let known: Vec<&str> = POLICY_KEYS.iter().copied().chain(["name", "kind"]).collect();
+            let known: Vec<&str> = POLICY_KEYS
+                .iter()
+                .copied()
+                .chain(["name", "kind"])
+                .collect();
             let problems = kind.check(&table, role);
             if !problems.is_empty() {
                 self.key_problems(&prefix, Some(&name), problems, &known);
@@ -511,16 +669,29 @@ impl Validator {
                         fmt_duration(worst),
                         fmt_duration(budget),
                     );
-                    self.push(Severity::Warning, Some(&prefix), true, Some(&stage.name), message);
+                    self.push(
+                        Severity::Warning,
+                        Some(&prefix),
+                        true,
+                        Some(&stage.name),
+                        message,
+                    );
                 }
             }
-            if p.shutdown_grace < stage.policy.timeout {
+            // The source's read happens before any item is in flight; the grace does not apply.
+            if stage.role != Role::Source && p.shutdown_grace < stage.policy.timeout {
                 let message = format!(
                     "`shutdown_grace` ({}) is shorter than this stage's `timeout` ({}): attempts still running at shutdown are cut off and redone next run",
                     fmt_duration(p.shutdown_grace),
                     fmt_duration(stage.policy.timeout),
                 );
-                self.push(Severity::Warning, Some(&prefix), true, Some(&stage.name), message);
+                self.push(
+                    Severity::Warning,
+                    Some(&prefix),
+                    true,
+                    Some(&stage.name),
+                    message,
+                );
             }
         }
     }
@@ -546,14 +717,20 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
-/// " (did you mean `x`?)" when a known name is close to `word`, else "".
-fn did_you_mean(word: &str, known: &[String]) -> String {
+/// The known name closest to `word`, if any is close.
+fn closest<'a>(word: &str, known: &'a [String]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (strsim::jaro_winkler(word, k), k))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .map(|(_, k)| k.as_str())
+}
+
+/// " (did you mean `x`?)" when a known name is close to `word`, else "".
+fn did_you_mean(word: &str, known: &[String]) -> String {
+    closest(word, known)
+        .map(|k| format!(" (did you mean `{k}`?)"))
         .unwrap_or_default()
 }
 
@@ -563,9 +740,17 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let known: Vec<String> = ["duration", "jitter", "blocking", "timeout"].map(String::from).to_vec();
-        assert_eq!(did_you_mean("duraton", &known), " (did you mean `duration`?)");
-        assert_eq!(did_you_mean("timeuot", &known), " (did you mean `timeout`?)");
+        let known: Vec<String> = ["duration", "jitter", "blocking", "timeout"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            did_you_mean("duraton", &known),
+            " (did you mean `duration`?)"
+        );
+        assert_eq!(
+            did_you_mean("timeuot", &known),
+            " (did you mean `timeout`?)"
+        );
         assert_eq!(did_you_mean("colour", &known), "");
     }
 }

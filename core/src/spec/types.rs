@@ -216,7 +216,10 @@ mod tests {
             ("5/week", None),
         ];
         for (text, want) in cases {
-            let got = text.parse::<RateLimit>().ok().map(|r| (r.count, r.per.as_secs()));
+            let got = text
+                .parse::<RateLimit>()
+                .ok()
+                .map(|r| (r.count, r.per.as_secs()));
             assert_eq!(got, want, "{text}");
         }
     }
