@@ -1,0 +1,214 @@
+//! Orderly stops: SIGTERM drains within `shutdown_grace` and exits 75, a second signal stops at
+//! once, `max_run_time` stops the run by itself; in every case progress is saved, interrupted
+//! items go back to pending without using an attempt, and the next `run` resumes to the end.
+
+mod util;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{keys, Pipeline, Status};
+
+/// Interrupted items are neither failed nor left in flight.
+fn assert_interrupted_cleanly(status: &Status, total: u64) {
+    assert_eq!(status.count("failed"), 0, "{:?}", status.counts);
+    assert_eq!(status.count("in_flight"), 0, "{:?}", status.counts);
+    assert_eq!(
+        status.count("pending") + status.count("done"),
+        total,
+        "{:?}",
+        status.counts
+    );
+}
+
+#[test]
+fn sigterm_drains_within_grace_and_the_next_run_resumes() {
+    // `attempts = 1`: if an interrupted item used up an attempt, the resumed run would fail it.
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "sigterm"
+        shutdown_grace = "1s"
+        heartbeat = "200ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 40
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "2s"
+        timeout = "10s"
+        concurrency = 20
+        retry = { attempts = 1 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    // Started = the first heartbeat; on a slow machine give up waiting and signal anyway.
+    running.wait_for_stderr("heartbeat", Duration::from_millis(1500));
+    assert!(!running.has_exited(), "{}", running.stderr_so_far());
+    let signalled = Instant::now();
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    let after_signal = signalled.elapsed();
+
+    out.assert_code(75);
+    // Grace is 1 s; the rest is slack for a loaded 2-CPU machine, not a latency target.
+    assert!(
+        after_signal < Duration::from_secs(10),
+        "exit took {after_signal:?} after SIGTERM with a 1s grace\n{out}"
+    );
+    out.assert_summary_last();
+    assert_interrupted_cleanly(&p.status(), 40);
+
+    let out = p.run();
+    out.assert_code(0);
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(40), "{out}");
+    assert_eq!(p.status().count("done"), 40);
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "double-sigint"
+        shutdown_grace = "60s"
+        heartbeat = "200ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 16
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "30s"
+        timeout = "60s"
+        concurrency = 8
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    running.wait_for_stderr("heartbeat", Duration::from_millis(1500));
+    running.signal(libc::SIGINT);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !running.has_exited(),
+        "after one signal in-flight items get their grace\n{}",
+        running.stderr_so_far()
+    );
+    let signalled = Instant::now();
+    running.signal(libc::SIGINT);
+    let out = running.wait();
+    let after_signal = signalled.elapsed();
+
+    out.assert_code(75);
+    assert!(
+        after_signal < Duration::from_secs(10),
+        "exit took {after_signal:?} after the second SIGINT\n{out}"
+    );
+    out.assert_summary_last();
+    assert_interrupted_cleanly(&p.status(), 16);
+}
+
+/// `max_run_time` stops the run by itself with exit 75; run again (as a scheduler would) until
+/// it finishes. Uses `--log-format json`: every stderr line is one JSON event and the last one
+/// is the summary.
+#[test]
+fn max_run_time_stops_and_runs_resume_to_the_end() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "deadline"
+        max_run_time = "1s"
+        heartbeat = "200ms"
+
+        # Every stage's worst case fits in `max_run_time`, so `run` has no config warnings to
+        # print and stderr holds log events only.
+        [defaults]
+        timeout = "900ms"
+        retry = { attempts = 1 }
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 24
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "400ms"
+        concurrency = 4
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut codes = Vec::new();
+    let mut done_before = 0;
+    for _ in 0..10 {
+        let out = p.cmd("run").arg("--log-format").arg("json").output();
+        for (i, line) in out.stderr_lines().enumerate() {
+            if !line.trim().is_empty() {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "stderr line {} is not a JSON event: {line:?}\n{out}",
+                    i + 1
+                );
+            }
+        }
+        let last = out
+            .stderr_lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        assert!(
+            last.contains("summary"),
+            "the last event must be the summary, got {last:?}\n{out}"
+        );
+        let code = out.code;
+        assert!(
+            code == Some(75) || code == Some(0),
+            "each run ends 75 (deadline) or 0 (finished)\n{out}"
+        );
+        assert!(
+            out.elapsed < Duration::from_secs(15),
+            "max_run_time = 1s should stop the run in seconds\n{out}"
+        );
+        let status = p.status();
+        let done = status.count("done");
+        assert!(done > done_before, "every run makes progress\n{out}");
+        done_before = done;
+        codes.push(code);
+        if code == Some(0) {
+            break;
+        }
+        assert_interrupted_cleanly(&status, 24);
+    }
+    assert_eq!(
+        codes.first(),
+        Some(&Some(75)),
+        "the first run hits max_run_time"
+    );
+    assert_eq!(
+        codes.last(),
+        Some(&Some(0)),
+        "runs {codes:?} never finished"
+    );
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(24));
+    assert_eq!(p.status().count("done"), 24);
+}

@@ -1,0 +1,665 @@
+//! The configuration contract: `stagewise validate` (and `run`, which validates first) accepts a
+//! good file, rejects a bad one with exit 2 and `error: FILE:LINE:COL: stage `NAME`: MESSAGE`
+//! lines (all of them at once), warns about timing budgets, resolves `${VAR}` and
+//! `STAGEWISE_*` overrides, and never damages a checkpoint it cannot read.
+
+mod util;
+
+use util::{keys, locate, Pipeline};
+
+/// A small valid pipeline the bad-input cases are variations of.
+const GOOD: &str = r#"
+    [pipeline]
+    name = "good"
+
+    [[stage]]
+    name = "src"
+    kind = "generate"
+    count = 3
+
+    [[stage]]
+    name = "nap"
+    kind = "sleep"
+    duration = "1ms"
+
+    [[stage]]
+    name = "out"
+    kind = "jsonl"
+    path = "out.jsonl"
+"#;
+
+#[test]
+fn a_valid_file_passes_without_running_anything() {
+    let p = Pipeline::new(GOOD);
+    let out = p.validate();
+    out.assert_code(0);
+    assert!(out.errors().is_empty(), "no error lines expected\n{out}");
+    assert!(!p.dir.exists("out.jsonl"), "validate must not run stages");
+    assert!(
+        !p.dir.exists(".stagewise"),
+        "validate must not create a checkpoint store"
+    );
+}
+
+#[test]
+fn a_typo_names_file_line_column_stage_and_suggestion() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "typo"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duraton = "10ms"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let (line, col) = locate(p.toml(), "duraton");
+    let expected = format!(
+        "error: pipeline.toml:{line}:{col}: stage `nap`: unknown key `duraton` (did you mean `duration`?)"
+    );
+
+    for command in ["validate", "run"] {
+        let out = p.cmd(command).output();
+        out.assert_code(2);
+        assert!(
+            out.errors().iter().any(|l| l.starts_with(&expected)),
+            "`{command}` should print the line {expected:?}\n{out}"
+        );
+    }
+    assert!(!p.dir.exists("out.jsonl"), "nothing may run on a bad file");
+}
+
+#[test]
+fn every_error_of_the_file_is_reported_at_once() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "two-typos"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "first-nap"
+        kind = "sleep"
+        duraton = "10ms"
+
+        [[stage]]
+        name = "shaky"
+        kind = "fault"
+        eror_rate = 0.1
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    let errors = out.errors();
+    for (stage, typo, suggestion) in [
+        ("first-nap", "duraton", "duration"),
+        ("shaky", "eror_rate", "error_rate"),
+    ] {
+        let (line, col) = locate(p.toml(), typo);
+        let expected = format!(
+            "error: pipeline.toml:{line}:{col}: stage `{stage}`: unknown key `{typo}` (did you mean `{suggestion}`?)"
+        );
+        assert!(
+            errors.iter().any(|l| l.starts_with(&expected)),
+            "missing {expected:?}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_key_outside_a_stage_omits_the_stage() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "pipeline-typo"
+        heartbeet = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    let (line, col) = locate(p.toml(), "heartbeet");
+    let out = p.validate();
+    out.assert_code(2);
+    let expected = format!(
+        "error: pipeline.toml:{line}:{col}: unknown key `heartbeet` (did you mean `heartbeat`?)"
+    );
+    assert!(
+        out.errors().iter().any(|l| l.starts_with(&expected)),
+        "missing {expected:?}\n{out}"
+    );
+}
+
+#[test]
+fn an_unknown_key_inside_an_inline_table_points_at_that_key() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "nested-typo"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1ms"
+        retry = { attempts = 2, intial = "1ms" }
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    let (line, col) = locate(p.toml(), "intial");
+    let out = p.validate();
+    out.assert_code(2);
+    let prefix = format!("error: pipeline.toml:{line}:{col}: stage `nap`: unknown key `");
+    assert!(
+        out.errors().iter().any(|l| l.starts_with(&prefix)
+            && l.contains("intial`")
+            && l.contains("(did you mean `initial`?)")),
+        "missing an error starting {prefix:?} about `intial` suggesting `initial`\n{out}"
+    );
+}
+
+/// Bad files other than unknown keys: each is exit 2 from both `validate` and `run`, with an
+/// error line that mentions what is wrong (and, where given, on which line).
+#[test]
+fn bad_files_are_rejected_with_a_clear_error() {
+    struct Case {
+        what: &'static str,
+        toml: &'static str,
+        /// Text that must appear on one `error:` line.
+        mentions: &'static [&'static str],
+        /// A fixture fragment whose line the error must point at.
+        at_line_of: Option<&'static str>,
+    }
+    let cases = [
+        Case {
+            what: "malformed TOML",
+            toml: r#"
+                [pipeline]
+                name = "malformed"
+
+                [[stage]]
+                name = "src"
+                kind = "generate"
+                count == 3
+            "#,
+            mentions: &[],
+            at_line_of: Some("count =="),
+        },
+        Case {
+            what: "unknown kind",
+            toml: r#"
+                [pipeline]
+                name = "unknown-kind"
+
+                [[stage]]
+                name = "src"
+                kind = "generate"
+                count = 3
+
+                [[stage]]
+                name = "warp"
+                kind = "teleport"
+
+                [[stage]]
+                name = "out"
+                kind = "blackhole"
+            "#,
+            mentions: &["stage `warp`", "teleport"],
+            at_line_of: Some("\"teleport\""),
+        },
+        Case {
+            what: "a value of the wrong type",
+            toml: r#"
+                [pipeline]
+                name = "bad-duration"
+
+                [[stage]]
+                name = "src"
+                kind = "generate"
+                count = 3
+
+                [[stage]]
+                name = "nap"
+                kind = "sleep"
+                duration = "1ms"
+                timeout = "soon"
+
+                [[stage]]
+                name = "out"
+                kind = "blackhole"
+            "#,
+            mentions: &["stage `nap`"],
+            at_line_of: Some("\"soon\""),
+        },
+        Case {
+            what: "duplicate stage names",
+            toml: r#"
+                [pipeline]
+                name = "duplicates"
+
+                [[stage]]
+                name = "src"
+                kind = "generate"
+                count = 3
+
+                [[stage]]
+                name = "twin"
+                kind = "sleep"
+                duration = "1ms"
+
+                [[stage]]
+                name = "twin"
+                kind = "sleep"
+                duration = "1ms"
+
+                [[stage]]
+                name = "out"
+                kind = "blackhole"
+            "#,
+            mentions: &["twin"],
+            at_line_of: None,
+        },
+        Case {
+            what: "a sink that is not last",
+            toml: r#"
+                [pipeline]
+                name = "early-sink"
+
+                [[stage]]
+                name = "src"
+                kind = "generate"
+                count = 3
+
+                [[stage]]
+                name = "drain"
+                kind = "blackhole"
+
+                [[stage]]
+                name = "nap"
+                kind = "sleep"
+                duration = "1ms"
+            "#,
+            mentions: &["drain"],
+            at_line_of: None,
+        },
+        Case {
+            what: "a first stage that is not a source",
+            toml: r#"
+                [pipeline]
+                name = "no-source"
+
+                [[stage]]
+                name = "nap"
+                kind = "sleep"
+                duration = "1ms"
+
+                [[stage]]
+                name = "out"
+                kind = "blackhole"
+            "#,
+            mentions: &["nap"],
+            at_line_of: None,
+        },
+    ];
+
+    for case in cases {
+        let p = Pipeline::new(case.toml);
+        for command in ["validate", "run"] {
+            let out = p.cmd(command).output();
+            assert_eq!(
+                out.code,
+                Some(2),
+                "{}: `{command}` should exit 2\n{out}",
+                case.what
+            );
+            let errors = out.errors();
+            let prefix = case
+                .at_line_of
+                .map(|needle| format!("error: pipeline.toml:{}:", locate(p.toml(), needle).0));
+            assert!(
+                errors.iter().any(|l| {
+                    prefix.as_ref().is_none_or(|p| l.starts_with(p))
+                        && case.mentions.iter().all(|m| l.contains(m))
+                }),
+                "{}: `{command}` should print an error line{} mentioning {:?}\n{out}",
+                case.what,
+                prefix
+                    .map(|p| format!(" starting {p:?}"))
+                    .unwrap_or_default(),
+                case.mentions,
+            );
+        }
+        assert!(!p.dir.exists("out.jsonl"), "{}: nothing may run", case.what);
+    }
+}
+
+#[test]
+fn a_missing_pipeline_file_is_a_usage_error() {
+    let dir = util::TestDir::new();
+    let out = util::Cmd::new(dir.path(), "validate", "nowhere.toml").output();
+    out.assert_code(2);
+    out.assert_stderr_contains("nowhere.toml");
+}
+
+#[test]
+fn environment_variables_fill_placeholders_and_a_missing_one_is_named() {
+    let toml = r#"
+        [pipeline]
+        name = "placeholders"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "${SW_TEST_SINK_PATH}"
+    "#;
+
+    let missing = Pipeline::new(toml);
+    for command in ["validate", "run"] {
+        let out = missing
+            .cmd(command)
+            .env_remove("SW_TEST_SINK_PATH")
+            .output();
+        out.assert_code(2);
+        assert!(
+            out.errors().iter().any(|l| l.contains("SW_TEST_SINK_PATH")),
+            "`{command}`: the error should name the missing variable\n{out}"
+        );
+    }
+
+    let set = Pipeline::new(toml);
+    set.cmd("run")
+        .env("SW_TEST_SINK_PATH", "from-env.jsonl")
+        .output()
+        .assert_code(0);
+    assert_eq!(set.sink("from-env.jsonl").unique_keys(), keys(3));
+}
+
+#[test]
+fn an_override_of_an_unknown_key_is_an_error() {
+    let p = Pipeline::new(GOOD);
+    for (var, key) in [
+        ("STAGEWISE_PIPELINE__MAX_RUN_TIEM", "max_run_tiem"),
+        ("STAGEWISE_STAGE__NAP__DURATON", "duraton"),
+    ] {
+        for command in ["validate", "run"] {
+            let out = p.cmd(command).env(var, "1m").output();
+            out.assert_code(2);
+            assert!(
+                out.stderr.to_lowercase().contains(key),
+                "`{command}` with {var}: the error should name `{key}`\n{out}"
+            );
+        }
+    }
+    assert!(!p.dir.exists("out.jsonl"), "nothing may run");
+}
+
+/// Overrides change behaviour, not just parse: a too-short timeout makes every item fail; the
+/// same file with the timeout overridden (at stage level, with the `-` → `_` name rule, or in
+/// `[defaults]`) succeeds.
+#[test]
+fn a_timeout_override_takes_effect() {
+    let stage_level = r#"
+        [pipeline]
+        name = "override-timeout"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "slow-nap"
+        kind = "sleep"
+        duration = "300ms"
+        timeout = "50ms"
+        concurrency = 4
+        retry = { attempts = 1 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+    "#;
+    let defaults_level = r#"
+        [pipeline]
+        name = "override-default-timeout"
+
+        [defaults]
+        timeout = "50ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "slow-nap"
+        kind = "sleep"
+        duration = "300ms"
+        concurrency = 4
+        retry = { attempts = 1 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+    "#;
+    for (toml, var) in [
+        (stage_level, "STAGEWISE_STAGE__SLOW_NAP__TIMEOUT"),
+        (defaults_level, "STAGEWISE_DEFAULTS__TIMEOUT"),
+    ] {
+        let baseline = Pipeline::new(toml);
+        let out = baseline.run();
+        out.assert_code(1);
+        assert_eq!(baseline.status().count("failed"), 4, "baseline\n{out}");
+
+        let fixed = Pipeline::new(toml);
+        let out = fixed.cmd("run").env(var, "10s").output();
+        out.assert_code(0);
+        assert_eq!(fixed.sink("out.jsonl").unique_keys(), keys(4), "{var}");
+    }
+}
+
+#[test]
+fn a_max_failures_override_takes_effect() {
+    let toml = r#"
+        [pipeline]
+        name = "override-max-failures"
+        max_failures = 2
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 40
+
+        [[stage]]
+        name = "breaker"
+        kind = "fault"
+        permanent_rate = 0.5
+        seed = 7
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+    "#;
+    Pipeline::new(toml).run().assert_code(3);
+
+    let fixed = Pipeline::new(toml);
+    fixed
+        .cmd("run")
+        .env("STAGEWISE_PIPELINE__MAX_FAILURES", "1000")
+        .output()
+        .assert_code(1);
+    let status = fixed.status();
+    assert!(status.count("failed") > 2, "{:?}", status.counts);
+    assert_eq!(status.count("done") + status.count("failed"), 40);
+}
+
+#[test]
+fn a_checkpoint_override_moves_the_store() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "override-store"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    p.cmd("run")
+        .env("STAGEWISE_CHECKPOINT__STORE", "sqlite:custom.db")
+        .output()
+        .assert_code(0);
+    assert!(p.dir.exists("custom.db"), "the overridden store is used");
+    assert!(
+        !p.dir.exists(".stagewise/override-store.db"),
+        "the default store is not used"
+    );
+}
+
+/// The timing-budget check: worst case attempts × timeout + backoff over `max_run_time`, or a
+/// `shutdown_grace` shorter than a timeout, is a warning naming the stage, not an error.
+#[test]
+fn timing_budget_problems_are_warnings_naming_the_stage() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "budget"
+        max_run_time = "10s"
+        shutdown_grace = "2s"
+
+        [defaults]
+        timeout = "1s"
+        retry = { attempts = 2, initial = "10ms", max = "10ms" }
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        # 4 attempts x 4s = 16s > 10s, and 4s > 2s of grace.
+        [[stage]]
+        name = "budget-buster"
+        kind = "sleep"
+        duration = "1ms"
+        timeout = "4s"
+        retry = { attempts = 4 }
+
+        # Fits in 10s, but 3s > 2s of grace.
+        [[stage]]
+        name = "grace-breaker"
+        kind = "sleep"
+        duration = "1ms"
+        timeout = "3s"
+        retry = { attempts = 1 }
+
+        # 2 x 1s + 10ms fits; 1s <= 2s of grace.
+        [[stage]]
+        name = "well-within"
+        kind = "sleep"
+        duration = "1ms"
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    let out = p.validate();
+    out.assert_code(0);
+    let warnings = out.warnings();
+    for stage in ["budget-buster", "grace-breaker"] {
+        assert!(
+            warnings.iter().any(|w| w.contains(stage)),
+            "expected a warning naming `{stage}`\n{out}"
+        );
+    }
+    assert!(
+        !warnings.iter().any(|w| w.contains("well-within")),
+        "`well-within` fits its budget and must not be warned about\n{out}"
+    );
+    assert!(out.errors().is_empty(), "warnings only\n{out}");
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_refused_and_left_untouched() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "corrupt"
+
+        [checkpoint]
+        store = "sqlite:.stagewise/state.db"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut garbage = b"this is not a checkpoint store\n".repeat(64);
+    garbage.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    p.dir.write(".stagewise/state.db", &garbage);
+
+    let out = p.run();
+    out.assert_code(2);
+    let stderr = out.stderr.to_lowercase();
+    assert!(
+        stderr.contains("state.db") || stderr.contains("checkpoint"),
+        "the error should say which store it cannot use\n{out}"
+    );
+    assert_eq!(
+        p.dir.read(".stagewise/state.db"),
+        garbage,
+        "the corrupt store must be left byte-identical"
+    );
+    // The sink may have been opened before the store was; nothing may have been written to it.
+    assert_eq!(p.sink("out.jsonl").len(), 0, "nothing may run");
+}
