@@ -75,36 +75,49 @@ fn registry() -> Registry {
     registry
 }
 
-fn print_diagnostics(diagnostics: &[Diagnostic]) {
+/// How to show a file's problems: plain lines for a person, log events for `run
+/// --log-format json` (so that its output stays JSON from the first line).
+#[derive(Clone, Copy, PartialEq)]
+enum Report {
+    Plain,
+    Logged,
+    ErrorsOnly,
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic], report: Report) {
     for d in diagnostics {
-        let level = match d.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        eprintln!("{level}: {d}");
+        match (report, d.severity) {
+            (Report::ErrorsOnly, Severity::Warning) => {}
+            (Report::Logged, Severity::Error) => {
+                tracing::error!(problem = %d, "invalid pipeline file")
+            }
+            (Report::Logged, Severity::Warning) => tracing::warn!(problem = %d, "pipeline file"),
+            (_, Severity::Error) => eprintln!("error: {d}"),
+            (_, Severity::Warning) => eprintln!("warning: {d}"),
+        }
     }
 }
 
-/// Load and validate, printing errors (and warnings, if asked); `Err` is the exit code.
-fn load(path: &std::path::Path, registry: &Registry, warnings: bool) -> Result<Loaded, ExitCode> {
+/// Load and validate, reporting problems; `Err` is the exit code.
+fn load(path: &std::path::Path, registry: &Registry, report: Report) -> Result<Loaded, ExitCode> {
     match spec::load(path, registry) {
         Ok(loaded) => {
-            if warnings {
-                print_diagnostics(&loaded.warnings);
-            }
+            print_diagnostics(&loaded.warnings, report);
             Ok(loaded)
         }
         Err(e) => {
-            print_diagnostics(&e.diagnostics);
+            print_diagnostics(&e.diagnostics, report);
             let errors = e
                 .diagnostics
                 .iter()
                 .filter(|d| d.severity == Severity::Error)
                 .count();
-            eprintln!(
-                "error: {} has {errors} error(s); nothing was run",
-                path.display()
-            );
+            let message = format!("{} has {errors} error(s); nothing was run", path.display());
+            if report == Report::Logged {
+                tracing::error!("{message}");
+            } else {
+                eprintln!("error: {message}");
+            }
             Err(ExitCode::from(EXIT_CONFIG))
         }
     }
@@ -116,14 +129,19 @@ fn run(path: &std::path::Path, format: Format, options: RunOptions) -> ExitCode 
         Format::Json => LogFormat::Json,
     });
     let registry = registry();
-    let loaded = match load(path, &registry, true) {
+    // A person reads plain lines; a log collector needs every line to be JSON.
+    let report = match format {
+        Format::Pretty => Report::Plain,
+        Format::Json => Report::Logged,
+    };
+    let loaded = match load(path, &registry, report) {
         Ok(l) => l,
         Err(code) => return code,
     };
     match stagewise_core::run(&loaded.pipeline, &registry, options) {
         Ok(summary) => ExitCode::from(u8::try_from(summary.exit().code()).unwrap_or(EXIT_CONFIG)),
         Err(e) => {
-            eprintln!("error: {e}; nothing was run");
+            tracing::error!(error = %e, "nothing was run");
             ExitCode::from(EXIT_CONFIG)
         }
     }
@@ -167,7 +185,7 @@ fn main() -> ExitCode {
                 retry_failed: true,
             },
         ),
-        Command::Validate { pipeline } => match load(&pipeline, &registry(), true) {
+        Command::Validate { pipeline } => match load(&pipeline, &registry(), Report::Plain) {
             Ok(loaded) => {
                 eprintln!(
                     "{} is valid: pipeline `{}`, {} stage(s)",
@@ -180,7 +198,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Status { pipeline, json } => {
-            let loaded = match load(&pipeline, &registry(), false) {
+            let loaded = match load(&pipeline, &registry(), Report::ErrorsOnly) {
                 Ok(l) => l,
                 Err(code) => return code,
             };

@@ -91,7 +91,8 @@ pub trait StageKind: Send + Sync + 'static {
         KindDefaults::default()
     }
 
-    /// Checks beyond types, without I/O. Each problem is `(key, message)`.
+    /// Checks beyond types, without I/O. Each problem is `(key, message)`; the key is a dotted
+    /// path inside the stage table (`"headers.accept"`), or `""` for the table as a whole.
     fn check(&self, _config: &Self::Config, _role: Role) -> Vec<(String, String)> {
         Vec::new()
     }
@@ -138,7 +139,12 @@ impl<K: StageKind> DynKind for K {
             Ok(config) => StageKind::check(self, &config, role)
                 .into_iter()
                 .map(|(key, message)| KeyProblem {
-                    path: key.split('.').map(str::to_owned).collect(),
+                    // An empty key is a problem of the stage table as a whole.
+                    path: key
+                        .split('.')
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
                     kind: KeyProblemKind::Invalid(message),
                 })
                 .collect(),

@@ -246,6 +246,10 @@ pub struct Stop;
 /// The first stage of a pipeline: yields the batch. Runs once per run, on a blocking thread,
 /// with the stage's timeout and retry policy around the whole read. Records emitted by a failed
 /// or cancelled attempt are discarded, so a retried read starts from scratch.
+///
+/// `emit` answers [`Stop`] when the batch is full or the attempt was cancelled; the source then
+/// returns (with `Ok(())` or its error: the runner knows which case it was, and a cancelled
+/// read is discarded whatever it returns).
 pub trait Source: Send + Sync + 'static {
     /// Emit up to `limit` records (`None`: no limit). Keys must be unique within a batch; a
     /// repeated key is reported and dropped by the runner.

@@ -1,0 +1,436 @@
+//! The `jsonl` kind: JSON Lines in and out.
+//!
+//! As the source it reads one JSON object per line and takes each record's key from one of its
+//! fields. As the sink it appends one line per record, `{"key": …, …fields}`, so a sink file can
+//! be read back by a `jsonl` source with the default `key`.
+//!
+//! The sink hands each whole line to one `write_all` call on an unbuffered file opened for
+//! appending: once `process` returns, the line is with the operating system, which is what the
+//! runner's checkpoint (written right after) relies on.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Deserialize;
+use serde_json::Value;
+use stagewise_core::{
+    BlockingStage, BuildContext, Context, Outcome, Record, Role, Source, StageError, StageImpl,
+    StageKind, Stop,
+};
+
+/// How often (in lines) a long read looks at the cancellation flag.
+const CANCEL_CHECK_EVERY: u64 = 1024;
+
+/// Configuration of a `jsonl` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlConfig {
+    /// The JSON Lines file. As the source it is read, one JSON object per line (blank lines are
+    /// skipped); as the sink, one line per record is appended to it, creating the file and its
+    /// folders if needed. A relative path is relative to the pipeline file's folder.
+    pub path: PathBuf,
+    /// As the source: the field that holds each record's key, a string or an integer (used as
+    /// its decimal text). The field stays among the record's fields. The sink ignores it and
+    /// always writes the key as `key`.
+    #[serde(default = "default_key_field")]
+    pub key: String,
+}
+
+fn default_key_field() -> String {
+    "key".to_owned()
+}
+
+/// The `jsonl` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonlKind;
+
+impl StageKind for JsonlKind {
+    type Config = JsonlConfig;
+
+    fn kind(&self) -> &'static str {
+        "jsonl"
+    }
+
+    fn roles(&self) -> &'static [Role] {
+        &[Role::Source, Role::Sink]
+    }
+
+    fn build(&self, config: JsonlConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let path = cx.resolve(&config.path);
+        match cx.role {
+            // The file is opened on each read, not here: a retried read starts from its top.
+            Role::Source => Ok(StageImpl::Source(Arc::new(JsonlSource {
+                path,
+                key_field: config.key,
+            }))),
+            // Core only builds a kind in the roles it lists; were `jsonl` ever allowed in the
+            // middle, appending and passing the record on is what it would do there.
+            Role::Sink | Role::Transform => {
+                Ok(StageImpl::Blocking(Arc::new(JsonlSink::open(path)?)))
+            }
+        }
+    }
+}
+
+struct JsonlSource {
+    path: PathBuf,
+    key_field: String,
+}
+
+impl JsonlSource {
+    /// The record of one non-blank line, or why the line is not one.
+    fn parse_line(&self, line: &[u8]) -> Result<Record, String> {
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
+        let Value::Object(fields) = value else {
+            return Err("expected a JSON object".to_owned());
+        };
+        let key = match fields.get(&self.key_field) {
+            Some(Value::String(key)) => key.clone(),
+            Some(Value::Number(key)) if key.is_i64() || key.is_u64() => key.to_string(),
+            Some(_) => {
+                return Err(format!(
+                    "key field `{}` must be a string or an integer",
+                    self.key_field
+                ))
+            }
+            None => return Err(format!("missing key field `{}`", self.key_field)),
+        };
+        Ok(Record::with_fields(key, fields))
+    }
+}
+
+impl Source for JsonlSource {
+    fn read(
+        &self,
+        limit: Option<u64>,
+        cx: &Context,
+        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+    ) -> Result<(), StageError> {
+        let path = self.path.display();
+        let file = File::open(&self.path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => StageError::permanent(format!("{path}: no such file")),
+            _ => StageError::permanent(format!("{path}: cannot open: {e}")),
+        })?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        let mut emitted = 0u64;
+        let mut line_no = 0u64;
+        loop {
+            if limit.is_some_and(|limit| emitted >= limit) {
+                return Ok(());
+            }
+            // A cancelled read's records are discarded by the runner, so stopping quietly is
+            // enough.
+            if line_no % CANCEL_CHECK_EVERY == 0 && cx.is_cancelled() {
+                return Ok(());
+            }
+            line.clear();
+            // Bytes, not `lines()`: invalid UTF-8 is then a bad line with its number, reported
+            // by the JSON parser, rather than an I/O error.
+            let read = reader.read_until(b'\n', &mut line).map_err(|e| {
+                StageError::transient(format!("{path}:{}: cannot read: {e}", line_no + 1))
+            })?;
+            if read == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let record = self
+                .parse_line(&line)
+                .map_err(|message| StageError::permanent(format!("{path}:{line_no}: {message}")))?;
+            if emit(record).is_err() {
+                return Ok(());
+            }
+            emitted += 1;
+        }
+    }
+}
+
+struct JsonlSink {
+    path: PathBuf,
+    /// Unbuffered on purpose (see the module docs); the lock keeps concurrent lines whole.
+    file: Mutex<File>,
+}
+
+impl JsonlSink {
+    fn open(path: PathBuf) -> Result<Self, StageError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StageError::fatal(format!("{}: cannot create folder: {e}", parent.display()))
+            })?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| StageError::fatal(format!("{}: cannot open: {e}", path.display())))?;
+        Ok(Self {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+}
+
+/// The line for `record`: `{"key":…` first, then its fields but a `key` field, then `}\n`.
+///
+/// Written by hand because `Fields` keeps its entries sorted by name (or in insertion order,
+/// should serde_json's `preserve_order` be on), neither of which puts `key` first.
+fn encode_line(record: &Record) -> Vec<u8> {
+    const WHY: &str = "JSON strings and values always serialize to memory";
+    let mut line = Vec::with_capacity(64);
+    line.extend_from_slice(b"{\"key\":");
+    serde_json::to_writer(&mut line, &record.key).expect(WHY);
+    for (name, value) in record.fields.iter().filter(|(name, _)| *name != "key") {
+        line.push(b',');
+        serde_json::to_writer(&mut line, name).expect(WHY);
+        line.push(b':');
+        serde_json::to_writer(&mut line, value).expect(WHY);
+    }
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+impl BlockingStage for JsonlSink {
+    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        let line = encode_line(&record);
+        // A panic while the lock was held cannot have left the file itself broken.
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        // An attempt that timed out while waiting for the lock will be retried: writing its line
+        // now would write it twice.
+        if cx.is_cancelled() {
+            return Err(StageError::transient("cancelled"));
+        }
+        // One call with the whole line: with `O_APPEND` the line lands after every earlier one.
+        // Should the disk fail half-way, the retry appends a whole line after the torn one.
+        file.write_all(&line).map_err(|e| {
+            StageError::transient(format!("{}: cannot write: {e}", self.path.display()))
+        })?;
+        Ok(Outcome::Continue(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{build_cx, config, cx, TempDir};
+    use serde_json::json;
+    use stagewise_core::{ErrorClass, Fields};
+    use std::path::Path;
+
+    fn build(toml_text: &str, role: Role, dir: &Path) -> StageImpl {
+        let config: JsonlConfig = config(toml_text).expect("valid config");
+        JsonlKind
+            .build(config, &build_cx(role, dir))
+            .expect("builds")
+    }
+
+    fn source(toml_text: &str, dir: &Path) -> Arc<dyn Source> {
+        match build(toml_text, Role::Source, dir) {
+            StageImpl::Source(source) => source,
+            other => panic!("expected a source, got {other:?}"),
+        }
+    }
+
+    fn sink(toml_text: &str, dir: &Path) -> Arc<dyn BlockingStage> {
+        match build(toml_text, Role::Sink, dir) {
+            StageImpl::Blocking(sink) => sink,
+            other => panic!("expected a blocking sink, got {other:?}"),
+        }
+    }
+
+    fn read_all(source: &dyn Source, limit: Option<u64>) -> Result<Vec<Record>, StageError> {
+        let mut out = Vec::new();
+        source.read(limit, &cx("", 1), &mut |record| {
+            out.push(record);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn fields(value: Value) -> Fields {
+        match value {
+            Value::Object(fields) => fields,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn source_reads_string_and_integer_keys() {
+        let dir = TempDir::new("jsonl-keys");
+        std::fs::write(
+            dir.path().join("in.jsonl"),
+            "{\"id\": \"a\", \"x\": 1}\n\n   \n{\"id\": 42}\r\n{\"id\": -7, \"y\": [true]}",
+        )
+        .expect("write input");
+        let source = source("path = \"in.jsonl\"\nkey = \"id\"", dir.path());
+        let records = read_all(&*source, None).expect("reads");
+        let expected = [
+            ("a", json!({"id": "a", "x": 1})),
+            ("42", json!({"id": 42})),
+            ("-7", json!({"id": -7, "y": [true]})),
+        ];
+        assert_eq!(records.len(), expected.len());
+        for (record, (key, value)) in records.iter().zip(expected) {
+            assert_eq!(record.key, key);
+            assert_eq!(
+                record.fields,
+                fields(value),
+                "the key field stays in the fields"
+            );
+        }
+
+        let limited = read_all(&*source, Some(2)).expect("reads");
+        assert_eq!(
+            limited.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["a", "42"]
+        );
+    }
+
+    #[test]
+    fn source_names_the_file_and_line_of_a_bad_line() {
+        let dir = TempDir::new("jsonl-bad");
+        // (input, expected message ending)
+        let cases: [(&[u8], &str); 6] = [
+            (b"{\"key\": 1}\n\n{nope}\n", ":3: invalid JSON: "),
+            (b"{\"key\": 1}\n[1, 2]\n", ":2: expected a JSON object"),
+            (
+                b"{\"key\": 1}\n{\"key\": 2}\n{\"id\": 3}\n",
+                ":3: missing key field `key`",
+            ),
+            (
+                b"{\"key\": 1.5}\n",
+                ":1: key field `key` must be a string or an integer",
+            ),
+            (
+                b"{\"key\": null}\n",
+                ":1: key field `key` must be a string or an integer",
+            ),
+            (
+                b"{\"key\": \"a\"}\n{\"key\": \"\xff\"}\n",
+                ":2: invalid JSON: ",
+            ),
+        ];
+        for (i, (input, expected)) in cases.into_iter().enumerate() {
+            let name = format!("bad{i}.jsonl");
+            std::fs::write(dir.path().join(&name), input).expect("write input");
+            let source = source(&format!("path = \"{name}\""), dir.path());
+            let input = String::from_utf8_lossy(input);
+            let err = read_all(&*source, None).expect_err(&input);
+            assert_eq!(err.class, ErrorClass::Permanent, "{input:?}");
+            let prefix = format!("{}{expected}", dir.path().join(&name).display());
+            assert!(
+                err.message.starts_with(&prefix),
+                "{input:?}: {:?} does not start with {prefix:?}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn source_reports_a_missing_file_as_permanent() {
+        let dir = TempDir::new("jsonl-missing");
+        let source = source("path = \"nope.jsonl\"", dir.path());
+        let err = read_all(&*source, None).expect_err("missing file");
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(err.message.contains("nope.jsonl"), "{}", err.message);
+    }
+
+    #[test]
+    fn sink_appends_one_line_per_record_key_first() {
+        let dir = TempDir::new("jsonl-sink");
+        let records = [
+            Record::with_fields("1", fields(json!({"b": 2, "a": "x\ny"}))),
+            Record::with_fields("2", fields(json!({"key": "ignored", "z": null}))),
+            Record::new("3"),
+        ];
+        // Two instances on the same file, as two runs (or a resumed run) would have.
+        for _ in 0..2 {
+            let sink = sink("path = \"out/deeper/out.jsonl\"", dir.path());
+            for record in &records {
+                let out = sink
+                    .process(record.clone(), &cx(&record.key, 1))
+                    .expect("writes");
+                assert_eq!(out, Outcome::Continue(record.clone()));
+            }
+        }
+        let text = std::fs::read_to_string(dir.path().join("out/deeper/out.jsonl")).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        let once = [
+            r#"{"key":"1","a":"x\ny","b":2}"#,
+            r#"{"key":"2","z":null}"#,
+            r#"{"key":"3"}"#,
+        ];
+        assert_eq!(lines[..3], once);
+        assert_eq!(lines[3..], once);
+
+        // What the sink writes, the source reads back.
+        let source = source("path = \"out/deeper/out.jsonl\"", dir.path());
+        let back = read_all(&*source, Some(3)).expect("reads back");
+        assert_eq!(
+            back.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["1", "2", "3"]
+        );
+        assert_eq!(
+            back[0].fields,
+            fields(json!({"key": "1", "a": "x\ny", "b": 2}))
+        );
+    }
+
+    #[test]
+    fn sink_keeps_concurrent_lines_whole() {
+        let dir = TempDir::new("jsonl-concurrent");
+        let sink = sink("path = \"out.jsonl\"", dir.path());
+        let long = "x".repeat(10_000);
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (sink, long) = (&sink, &long);
+                scope.spawn(move || {
+                    for i in 0..100 {
+                        let key = format!("{t}-{i}");
+                        let record = Record::with_fields(&key, fields(json!({"pad": long})));
+                        sink.process(record, &cx(&key, 1)).expect("writes");
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("read");
+        let mut keys: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let value: Value = serde_json::from_str(line).expect("a whole JSON line");
+                value["key"].as_str().expect("string key").to_owned()
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 400);
+    }
+
+    #[test]
+    fn sink_does_not_write_for_a_cancelled_attempt() {
+        let dir = TempDir::new("jsonl-cancel");
+        let sink = sink("path = \"out.jsonl\"", dir.path());
+        let cancel = stagewise_core::CancelFlag::new();
+        cancel.cancel();
+        let cx = crate::testing::cx_with("1", 1, cancel);
+        let err = sink.process(Record::new("1"), &cx).expect_err("cancelled");
+        assert_eq!(err.class, ErrorClass::Transient);
+        let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("read");
+        assert_eq!(text, "");
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_keys() {
+        let config: JsonlConfig = config("path = \"a.jsonl\"").expect("valid");
+        assert_eq!(config.key, "key");
+        assert_eq!(config.path, PathBuf::from("a.jsonl"));
+        assert!(crate::testing::config::<JsonlConfig>("key = \"id\"").is_err());
+        assert!(crate::testing::config::<JsonlConfig>("path = \"a\"\nkeys = \"id\"").is_err());
+    }
+}
