@@ -119,6 +119,7 @@ pub(crate) enum KeyProblemKind {
 /// Object-safe face of a [`StageKind`], so kinds with different config types share a registry.
 pub(crate) trait DynKind: Send + Sync {
     fn roles(&self) -> &'static [Role];
+    fn keys(&self) -> &'static [&'static str];
     fn defaults(&self) -> KindDefaults;
     /// Deserialize and check, collecting every problem.
     fn check(&self, options: &toml::Table, role: Role) -> Vec<KeyProblem>;
@@ -128,6 +129,10 @@ pub(crate) trait DynKind: Send + Sync {
 impl<K: StageKind> DynKind for K {
     fn roles(&self) -> &'static [Role] {
         StageKind::roles(self)
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        crate::spec::struct_fields::<K::Config>()
     }
 
     fn defaults(&self) -> KindDefaults {
@@ -187,6 +192,11 @@ impl Registry {
 
     pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn DynKind>> {
         self.kinds.get(kind)
+    }
+
+    /// A kind's own keys (besides the policy keys every stage has) and the places it can take.
+    pub fn describe(&self, kind: &str) -> Option<(&'static [&'static str], &'static [Role])> {
+        self.kinds.get(kind).map(|k| (k.keys(), k.roles()))
     }
 
     /// The names of all registered kinds, sorted.

@@ -3,6 +3,7 @@
 //! runner: files, pools and connections opened).
 
 mod de;
+mod keys;
 mod located;
 pub(crate) mod types;
 
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub(crate) use de::deserialize_all;
+pub use keys::section_keys;
+pub(crate) use keys::struct_fields;
 pub use located::Place;
 use located::{KeyPath, Origins};
 use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
