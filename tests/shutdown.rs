@@ -212,3 +212,42 @@ fn max_run_time_stops_and_runs_resume_to_the_end() {
     assert_eq!(p.sink("out.jsonl").unique_keys(), keys(24));
     assert_eq!(p.status().count("done"), 24);
 }
+
+#[test]
+fn a_second_runner_on_the_same_store_is_refused() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "overlap"
+        heartbeat = "200ms"
+        shutdown_grace = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 10
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "3s"
+        timeout = "10s"
+        concurrency = 10
+        "#,
+    );
+    let mut first = p.cmd("run").spawn();
+    assert!(
+        first.wait_for_stderr("heartbeat", Duration::from_secs(10)),
+        "{}",
+        first.stderr_so_far()
+    );
+    let second = p.run();
+    second
+        .assert_code(2)
+        .assert_stderr_contains("in use by another `stagewise run`");
+    assert!(!first.has_exited(), "the first runner is not disturbed");
+    first.signal(libc::SIGTERM);
+    first.wait().assert_code(75);
+    // Once the first has stopped, the store is free again.
+    p.run().assert_code(0);
+}

@@ -36,6 +36,14 @@ pub enum StoreError {
         /// The newest this build reads.
         supported: i64,
     },
+    /// Another process is running this store's pipeline.
+    #[error("checkpoint store {path} is in use by another `stagewise run` ({holder}); two runners on one SQLite store would do the same items twice")]
+    Busy {
+        /// The store's path.
+        path: String,
+        /// Who holds it, as far as known.
+        holder: String,
+    },
     /// A database error.
     #[error("checkpoint store: {0}")]
     Db(String),

@@ -87,6 +87,50 @@ impl SqliteStore {
         })
     }
 
+    /// Take the store for this process's run: an exclusive lock on `<store>.lock`, held until
+    /// the returned guard drops (or the process dies: the OS releases it, so a `kill -9` leaves
+    /// no stale lock).
+    pub fn lock(&self) -> Result<RunnerLock, StoreError> {
+        use std::io::Write;
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let shown = self.path.display().to_string();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::Db(format!("cannot open lock file {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "process unknown".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(StoreError::Busy {
+                    path: shown,
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Db(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(RunnerLock { _file: file })
+    }
+
     /// Open an existing store; `None` when there is no file yet.
     pub fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
         if !path.exists() {
@@ -101,6 +145,12 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Held while a run uses the store; see [`SqliteStore::lock`].
+#[derive(Debug)]
+pub struct RunnerLock {
+    _file: std::fs::File,
 }
 
 /// Refuse a file that is not SQLite before SQLite touches it (it would otherwise be
@@ -650,6 +700,20 @@ mod tests {
         let err = SqliteStore::open(&path).expect_err("garbage");
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), garbage);
+    }
+
+    #[test]
+    fn one_runner_at_a_time() {
+        let path = temp_path("lock");
+        let store = SqliteStore::open(&path).expect("open");
+        let held = store.lock().expect("first lock");
+        let err = store.lock().expect_err("second lock");
+        assert!(
+            matches!(&err, StoreError::Busy { holder, .. } if holder.contains(&std::process::id().to_string())),
+            "{err}"
+        );
+        drop(held);
+        store.lock().expect("free again");
     }
 
     #[test]

@@ -198,7 +198,9 @@ pub fn run(
 ) -> Result<Summary, RunError> {
     // The store first: a store that cannot be used must stop the run before any stage opens
     // (and perhaps creates) its files.
-    let store: Arc<dyn CheckpointStore> = Arc::new(open_store(pipeline)?);
+    let store = open_store(pipeline)?;
+    let _lock = store.lock()?;
+    let store: Arc<dyn CheckpointStore> = Arc::new(store);
     let stages = build_stages(pipeline, registry)?;
     let pools: usize = stages
         .iter()
