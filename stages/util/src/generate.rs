@@ -58,7 +58,7 @@ impl Source for Generate {
         for n in 0..count {
             // A cancelled read's records are discarded by the runner, so stopping quietly is
             // enough; the runner knows why it cancelled.
-            if n % CANCEL_CHECK_EVERY == 0 && cx.is_cancelled() {
+            if n.is_multiple_of(CANCEL_CHECK_EVERY) && cx.is_cancelled() {
                 return Ok(());
             }
             let mut fields = Fields::new();

@@ -124,7 +124,7 @@ impl Source for JsonlSource {
             }
             // A cancelled read's records are discarded by the runner, so stopping quietly is
             // enough.
-            if line_no % CANCEL_CHECK_EVERY == 0 && cx.is_cancelled() {
+            if line_no.is_multiple_of(CANCEL_CHECK_EVERY) && cx.is_cancelled() {
                 return Ok(());
             }
             line.clear();
