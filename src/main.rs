@@ -11,6 +11,8 @@ use stagewise_core::{commands, Registry, RunOptions};
 
 /// Exit code of a usage or configuration error (nothing was run).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code of an aborted run.
+const EXIT_ABORTED: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -138,11 +140,22 @@ fn run(path: &std::path::Path, format: Format, options: RunOptions) -> ExitCode 
         Ok(l) => l,
         Err(code) => return code,
     };
-    match stagewise_core::run(&loaded.pipeline, &registry, options) {
-        Ok(summary) => ExitCode::from(u8::try_from(summary.exit().code()).unwrap_or(EXIT_CONFIG)),
-        Err(e) => {
+    // Stage panics are caught per item; this catches a fault in the runner itself, so that it
+    // too ends with a logged reason and a documented code instead of an unexplained crash.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stagewise_core::run(&loaded.pipeline, &registry, options)
+    }));
+    match result {
+        Ok(Ok(summary)) => {
+            ExitCode::from(u8::try_from(summary.exit().code()).unwrap_or(EXIT_ABORTED))
+        }
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "nothing was run");
             ExitCode::from(EXIT_CONFIG)
+        }
+        Err(_) => {
+            tracing::error!("the runner failed unexpectedly (the panic is logged above); progress committed so far is kept and the next run resumes");
+            ExitCode::from(EXIT_ABORTED)
         }
     }
 }
