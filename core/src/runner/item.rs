@@ -58,18 +58,16 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             .await;
             return;
         };
-        started = true;
-        if !checkpoint(
-            &shared,
-            seq,
-            Change::Started {
+        // After the first stage, `Advanced` already recorded the item as in flight here.
+        if !started {
+            let change = Change::Started {
                 stage: stage.name.to_string(),
-            },
-        )
-        .await
-        {
-            return;
+            };
+            if !checkpoint(&shared, seq, change).await {
+                return;
+            }
         }
+        started = true;
         let result = attempts(&shared, stage, &key, &record).await;
         drop(slot);
         match result {
