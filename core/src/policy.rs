@@ -11,6 +11,13 @@ use rand::Rng;
 use crate::registry::KindDefaults;
 use crate::spec::types::{PolicySpec, RateLimit};
 
+/// A rate limit as a GCRA quota: attempts evenly spaced at `per / count`, with no burst, so that
+/// no window of `per` ever sees more than `count` attempts started (plus the one at its edge).
+pub(crate) fn quota(rate: RateLimit) -> governor::Quota {
+    let period = (rate.per / rate.count).max(Duration::from_nanos(1));
+    governor::Quota::with_period(period).expect("the period is at least 1ns")
+}
+
 /// Built-in defaults, used where neither the stage, `[defaults]` nor the kind says otherwise.
 pub(crate) mod builtin {
     use std::time::Duration;
@@ -249,6 +256,30 @@ mod tests {
             Policy::resolve(&stage, &defaults, &kind, true).concurrency,
             1
         );
+    }
+
+    #[test]
+    fn rate_limits_space_attempts_evenly() {
+        use governor::clock::FakeRelativeClock;
+        let clock = FakeRelativeClock::default();
+        let rate = RateLimit {
+            count: 60,
+            per: Duration::from_secs(60),
+        };
+        let limiter = governor::RateLimiter::direct_with_clock(quota(rate), clock.clone());
+        assert!(limiter.check().is_ok(), "the first attempt goes at once");
+        assert!(limiter.check().is_err(), "no burst: the second waits");
+        clock.advance(Duration::from_millis(999));
+        assert!(limiter.check().is_err(), "60/min is one a second");
+        clock.advance(Duration::from_millis(1));
+        assert!(limiter.check().is_ok());
+        // Over a minute, no more than 60 (+1 at the edge) get through.
+        let mut allowed = 0;
+        for _ in 0..600 {
+            clock.advance(Duration::from_millis(100));
+            allowed += usize::from(limiter.check().is_ok());
+        }
+        assert_eq!(allowed, 60);
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod telemetry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -153,12 +153,10 @@ fn build_stages(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<StageRt>
             .map_err(|e| build_error(e.message))?;
         let pool = matches!(imp, StageImpl::Blocking(_))
             .then(|| Arc::new(Semaphore::new(stage.policy.concurrency)));
-        let limiter = stage.policy.rate_limit.map(|r| {
-            let period = r.per / r.count;
-            let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-                .expect("a rate's period is never zero");
-            RateLimiter::direct(quota)
-        });
+        let limiter = stage
+            .policy
+            .rate_limit
+            .map(|r| RateLimiter::direct(crate::policy::quota(r)));
         out.push(StageRt {
             name: Arc::from(stage.name.as_str()),
             index,
