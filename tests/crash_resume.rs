@@ -1,5 +1,5 @@
 //! Delivery after `kill -9`: nothing finished is lost, and redone work per kill is bounded by the
-//! items in flight plus two checkpoint commits (ARCHITECTURE.md "Run semantics").
+//! items in flight plus three checkpoint batches (ARCHITECTURE.md "Run semantics").
 
 mod util;
 
@@ -13,8 +13,9 @@ const ITEMS: usize = 2000;
 /// `concurrency` of the non-source stages below: sleep 8 + sink 1.
 const IN_FLIGHT: usize = 8 + 1;
 const COMMIT_MAX_ITEMS: usize = 50;
-/// Redone sink writes one kill may cause: in flight, plus one commit being written and one queued.
-const REDONE_PER_KILL: usize = IN_FLIGHT + 2 * COMMIT_MAX_ITEMS;
+/// Redone sink writes one kill may cause: in flight, plus one batch being committed, one being
+/// collected and one channel's worth queued.
+const REDONE_PER_KILL: usize = IN_FLIGHT + 3 * COMMIT_MAX_ITEMS;
 
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_redoes_little() {

@@ -199,8 +199,13 @@ pub struct StatusReport {
 pub(crate) enum Change {
     /// An attempt at `stage` began.
     Started { stage: String },
-    /// A stage finished; the item is next at `stage` with this record.
-    Advanced { stage: String, record: String },
+    /// A stage finished; the item is next at `stage` with this record. The record is
+    /// serialized only if this update is still the item's latest when its batch is written:
+    /// a fast item's record is never serialized at all.
+    Advanced {
+        stage: String,
+        record: std::sync::Arc<crate::record::Record>,
+    },
     /// The item went through every stage.
     Done,
     /// A stage skipped the item.

@@ -490,7 +490,7 @@ struct SqliteUpdates {
 struct Columns<'a> {
     state: ItemState,
     stage: Option<&'a str>,
-    record: Option<Option<&'a str>>,
+    record: Option<Option<String>>,
     attempts: Option<i64>,
     error: Option<Option<&'a str>>,
 }
@@ -507,7 +507,9 @@ fn columns(change: &Change) -> Columns<'_> {
         Change::Advanced { stage, record } => Columns {
             state: ItemState::InFlight,
             stage: Some(stage),
-            record: Some(Some(record)),
+            record: Some(Some(
+                serde_json::to_string(&record.fields).expect("JSON values always serialize"),
+            )),
             attempts: Some(0),
             error: Some(None),
         },
@@ -640,7 +642,13 @@ mod tests {
                     seq: 1,
                     change: Change::Advanced {
                         stage: s("two"),
-                        record: s(r#"{"x":1}"#),
+                        record: std::sync::Arc::new(crate::record::Record::with_fields(
+                            "a",
+                            serde_json::json!({"x": 1})
+                                .as_object()
+                                .cloned()
+                                .unwrap_or_default(),
+                        )),
                     },
                 },
                 Update {

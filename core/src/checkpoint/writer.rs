@@ -1,11 +1,13 @@
 //! Group commit: item updates from every task go through one bounded channel to one writer,
-//! which commits them in batches of at most `commit_max_items` updates or `commit_interval`,
-//! whichever comes first. Several updates of one item within a batch collapse to what the last
-//! one needs, so a fast item costs one row write per batch, not one per stage.
+//! which commits them in batches covering at most `commit_max_items` items or
+//! `commit_interval`, whichever comes first. Several updates of one item within a batch
+//! collapse to what the last one needs, so an item that moves through all its stages within a
+//! batch costs one row write, not one per stage.
 //!
-//! The channel holds at most `commit_max_items` updates while a batch is being committed, so
-//! at any moment at most two batches of updates are not yet durable: the bound on redone work
-//! after `kill -9`.
+//! The next batch is collected while the previous one commits, and the channel holds at most
+//! `commit_max_items` updates, so at any moment the updates of at most `3 × commit_max_items`
+//! items are not yet durable (one batch committing, one collecting, the channel): the bound on
+//! redone work after `kill -9`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -96,7 +98,6 @@ impl Checkpointer {
 struct Batch {
     slots: HashMap<i64, Slot>,
     order: Vec<i64>,
-    received: usize,
 }
 
 struct Slot {
@@ -107,7 +108,6 @@ struct Slot {
 
 impl Batch {
     fn push(&mut self, u: Update) {
-        self.received += 1;
         match self.slots.get_mut(&u.seq) {
             None => {
                 self.order.push(u.seq);
@@ -148,11 +148,28 @@ impl Batch {
                 });
             }
         }
-        self.received = 0;
         out
     }
 }
 
+type Committing = tokio::task::JoinHandle<(Box<dyn UpdateWriter>, Result<(), StoreError>)>;
+
+/// Wait for the commit in progress, if any; give the writer back, or the error.
+async fn settle(
+    committing: &mut Option<Committing>,
+) -> Result<Option<Box<dyn UpdateWriter>>, String> {
+    let Some(handle) = committing.take() else {
+        return Ok(None);
+    };
+    match handle.await {
+        Ok((w, Ok(()))) => Ok(Some(w)),
+        Ok((_, Err(e))) => Err(e.to_string()),
+        Err(e) => Err(format!("the checkpoint writer panicked: {e}")),
+    }
+}
+
+/// Collects the next batch while the previous one commits on a blocking thread, so that a
+/// commit never stalls the items; one commit at a time, on one connection.
 async fn write_loop(
     writer: Box<dyn UpdateWriter>,
     mut rx: mpsc::Receiver<Msg>,
@@ -160,8 +177,13 @@ async fn write_loop(
     max_items: usize,
     failure: Arc<OnceLock<String>>,
 ) {
-    let mut writer = Some(writer);
+    let mut idle = Some(writer);
+    let mut committing: Option<Committing> = None;
     let mut batch = Batch::default();
+    let fail = |message: String| {
+        tracing::error!(error = %message, "checkpoint commit failed; stopping the run");
+        let _ = failure.set(message);
+    };
     while let Some(first) = rx.recv().await {
         let mut flush = None;
         match first {
@@ -170,7 +192,7 @@ async fn write_loop(
         }
         if flush.is_none() {
             let deadline = Instant::now() + interval;
-            while batch.received < max_items {
+            while batch.order.len() < max_items {
                 tokio::select! {
                     biased;
                     msg = rx.recv() => match msg {
@@ -185,33 +207,43 @@ async fn write_loop(
                 }
             }
         }
+        match settle(&mut committing).await {
+            Ok(Some(w)) => idle = Some(w),
+            Ok(None) => {}
+            Err(message) => {
+                if let Some((_, ack)) = flush {
+                    let _ = ack.send(Err(message.clone()));
+                }
+                return fail(message);
+            }
+        }
         let updates = batch.take();
         let status = flush.as_ref().and_then(|(s, _)| *s);
-        let Some(mut w) = writer.take() else { break };
-        let joined = tokio::task::spawn_blocking(move || {
+        let Some(mut w) = idle.take() else { return };
+        committing = Some(tokio::task::spawn_blocking(move || {
             let result = if updates.is_empty() && status.is_none() {
                 Ok(())
             } else {
                 w.apply(&updates, status)
             };
             (w, result)
-        })
-        .await;
-        let result = match joined {
-            Ok((w, result)) => {
-                writer = Some(w);
-                result.map_err(|e| e.to_string())
-            }
-            Err(e) => Err(format!("the checkpoint writer panicked: {e}")),
-        };
+        }));
         if let Some((_, ack)) = flush {
-            let _ = ack.send(result.clone());
+            // A flush returns only once everything before it is durable.
+            match settle(&mut committing).await {
+                Ok(w) => {
+                    idle = w;
+                    let _ = ack.send(Ok(()));
+                }
+                Err(message) => {
+                    let _ = ack.send(Err(message.clone()));
+                    return fail(message);
+                }
+            }
         }
-        if let Err(message) = result {
-            tracing::error!(error = %message, "checkpoint commit failed; stopping the run");
-            let _ = failure.set(message);
-            return;
-        }
+    }
+    if let Err(message) = settle(&mut committing).await {
+        fail(message);
     }
 }
 
@@ -225,6 +257,7 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_the_record_of_an_item_that_moved_on() {
+        let r1 = std::sync::Arc::new(crate::record::Record::new("1"));
         let mut b = Batch::default();
         b.push(Update {
             seq: 1,
@@ -234,7 +267,7 @@ mod tests {
             seq: 1,
             change: Change::Advanced {
                 stage: s("b"),
-                record: s("r1"),
+                record: r1.clone(),
             },
         });
         b.push(Update {
@@ -257,7 +290,7 @@ mod tests {
                     seq: 1,
                     change: Change::Advanced {
                         stage: s("b"),
-                        record: s("r1")
+                        record: r1.clone()
                     }
                 },
                 Update {

@@ -54,6 +54,9 @@ pub(crate) async fn call(
     record: Record,
     attempt: u32,
 ) -> Result<Outcome, CallError> {
+    if shared.control.hard.is_cancelled() {
+        return Err(CallError::Cancelled);
+    }
     let timeout = stage.policy.timeout;
     let deadline = Instant::now() + timeout;
     let cx = Context::new(
@@ -67,14 +70,15 @@ pub(crate) async fn call(
     match &stage.imp {
         StageImpl::Async(s) => {
             let fut = AssertUnwindSafe(s.process(record, &cx)).catch_unwind();
+            // The call first: a stage that answers at once needs no cancellation waiter.
             tokio::select! {
                 biased;
-                () = shared.control.hard.cancelled() => Err(CallError::Cancelled),
                 r = tokio::time::timeout_at(deadline.into(), fut) => match r {
                     Err(_) => Err(CallError::Timeout(TimedOut { after: timeout })),
                     Ok(Err(panic)) => Err(CallError::Panic(panic_message(&*panic))),
                     Ok(Ok(result)) => result.map_err(CallError::Stage),
                 },
+                () = shared.control.hard.cancelled() => Err(CallError::Cancelled),
             }
         }
         StageImpl::Blocking(s) => blocking(shared, stage, s.clone(), record, cx).await,

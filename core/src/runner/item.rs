@@ -33,19 +33,27 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
     let WorkItem {
         seq,
         key,
-        mut record,
+        record,
         stage: mut index,
     } = item;
+    // Shared with the checkpoint writer, which serializes it only if it must.
+    let mut record = Arc::new(record);
     let mut started = false;
     while index < shared.stages.len() {
         let stage = &shared.stages[index];
         let control = &shared.control;
-        // An item that has not started yet does not start after a stop request.
-        let slot = tokio::select! {
-            biased;
-            () = control.hard.cancelled() => None,
-            () = control.soft.cancelled(), if !started => None,
-            p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
+        // An item that has not started yet does not start after a stop request. The flags are
+        // checked first so that a free slot, the common case, needs no cancellation waiter.
+        let stopping = control.hard.is_cancelled() || (!started && control.soft.is_cancelled());
+        let slot = if stopping {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                () = control.hard.cancelled() => None,
+                () = control.soft.cancelled(), if !started => None,
+                p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
+            }
         };
         let Some(slot) = slot else {
             checkpoint(
@@ -73,13 +81,12 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         match result {
             Ok(Outcome::Continue(next)) => {
                 stage.stats.done.incr();
-                record = next;
+                record = Arc::new(next);
                 index += 1;
                 let change = match shared.stages.get(index) {
                     Some(next_stage) => Change::Advanced {
                         stage: next_stage.name.to_string(),
-                        record: serde_json::to_string(&record.fields)
-                            .expect("JSON values always serialize"),
+                        record: record.clone(),
                     },
                     None => Change::Done,
                 };

@@ -407,10 +407,13 @@ async fn feed(
         }
         for stored in page {
             after = stored.seq;
+            if soft.is_cancelled() {
+                return Ok(());
+            }
             let permit = tokio::select! {
                 biased;
-                () = soft.cancelled() => return Ok(()),
                 p = window.clone().acquire_owned() => p.expect("the window is never closed"),
+                () = soft.cancelled() => return Ok(()),
             };
             let key: Arc<str> = Arc::from(stored.key.as_str());
             let stage = match stored.stage.as_deref() {

@@ -39,7 +39,8 @@ pub(crate) struct CheckpointSpec {
     /// Longest time an item update waits before it is committed (default 200ms).
     #[serde(default, with = "humantime_serde")]
     pub commit_interval: Option<Duration>,
-    /// Most item updates in one commit (default 1000).
+    /// Most items in one commit (default 1000). The work redone after `kill -9` is at most the
+    /// items in flight plus three times this.
     pub commit_max_items: Option<usize>,
 }
 
