@@ -660,6 +660,52 @@ fn a_corrupt_checkpoint_is_refused_and_left_untouched() {
         garbage,
         "the corrupt store must be left byte-identical"
     );
-    // The sink may have been opened before the store was; nothing may have been written to it.
-    assert_eq!(p.sink("out.jsonl").len(), 0, "nothing may run");
+    assert!(
+        !p.dir.exists("out.jsonl"),
+        "no stage may be opened before the store is"
+    );
+}
+
+#[test]
+fn a_checkpoint_from_a_newer_version_is_refused_and_left_untouched() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "newer"
+
+        [checkpoint]
+        store = "sqlite:state.db"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    p.run().assert_code(0);
+    // A later stagewise would have raised the schema version.
+    let conn = rusqlite::Connection::open(p.dir.join("state.db")).expect("open the store");
+    conn.pragma_update(None, "user_version", 42)
+        .expect("set the version");
+    drop(conn);
+    let before = p.dir.read("state.db");
+
+    let out = p.run();
+    out.assert_code(2)
+        .assert_stderr_contains("schema version 42, newer than this build reads");
+    assert_eq!(
+        p.dir.read("state.db"),
+        before,
+        "the newer store must be left as it was"
+    );
+    assert_eq!(p.sink("out.jsonl").len(), 3, "nothing ran the second time");
+    let status = p.cmd("status").output();
+    status
+        .assert_code(2)
+        .assert_stderr_contains("newer than this build reads");
 }
