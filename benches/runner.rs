@@ -205,6 +205,7 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
     let (runs, items) = (plan.runs, plan.latency_items);
     let ideal = CONCURRENCY as f64 / (LATENCY_SLEEP_MS as f64 / 1000.0);
     let mut slow = Vec::new();
+    let mut threads = Vec::new();
     let mut fixed = Vec::new();
     let mut bare = Vec::new();
     for i in 0..runs {
@@ -219,7 +220,16 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
         ));
         slow.push(run_stagewise(
             &format!("latency-sleep-{i}"),
-            &latency_pipeline(items, LATENCY_SLEEP_MS),
+            &latency_pipeline(items, LATENCY_SLEEP_MS, false),
+            items,
+        )?);
+        progress(&format!(
+            "latency: run {}/{runs}: stagewise, blocking sleep {LATENCY_SLEEP_MS}ms",
+            i + 1
+        ));
+        threads.push(run_stagewise(
+            &format!("latency-blocking-{i}"),
+            &latency_pipeline(items, LATENCY_SLEEP_MS, true),
             items,
         )?);
         progress(&format!(
@@ -228,14 +238,16 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
         ));
         fixed.push(run_stagewise(
             &format!("latency-zero-{i}"),
-            &latency_pipeline(items, 0),
+            &latency_pipeline(items, 0, false),
             items,
         )?);
     }
     let slow = Median::of(slow);
+    let threads = Median::of(threads);
     let fixed = Median::of(fixed);
     let bare = Median::of(bare);
     table.row("latency: stagewise, sleep 50ms", &slow);
+    table.row("latency: stagewise, blocking sleep 50ms", &threads);
     table.row("latency: stagewise, sleep 0s (fixed costs)", &fixed);
     table.row("latency: bare tokio, sleep 50ms", &bare);
 
@@ -270,9 +282,19 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
         "latency:   bare tokio end to end: {}",
         share(bare.items_per_sec())
     ));
+    let threads_window = threads.processing.map(|d| items as f64 / d.as_secs_f64());
+    table.line(&format!(
+        "latency:   stagewise, blocking sleep, processing window: {}",
+        threads_window.map_or_else(|| "unknown".to_owned(), share)
+    ));
     if let Some(l) = slow.stage_latency("sleep") {
         table.line(&format!(
-            "latency:   `sleep` stage attempt latency (median run): {l}"
+            "latency:   `sleep` stage attempt latency, async timer (median run): {l}"
+        ));
+    }
+    if let Some(l) = threads.stage_latency("sleep") {
+        table.line(&format!(
+            "latency:   `sleep` stage attempt latency, blocking (median run): {l}"
         ));
     }
     // The processing window (from the `run started` event, once the batch is taken, to the
@@ -286,13 +308,16 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
             "wall minus the 0s run's wall: no log markers seen",
         ),
     };
+    let blocking_held = threads_window.unwrap_or(0.0);
     Ok(format!(
-        "target ≥ 95% of ideal {} items/s (held against {against}): {} ({:.1}%; end to end incl. process start and taking the batch: {:.1}%; bare tokio: {:.1}%)",
+        "target ≥ 95% of ideal {} items/s (held against {against}): async sleep {} ({:.1}%; end to end incl. process start and taking the batch: {:.1}%; bare tokio: {:.1}%); blocking sleep {} ({:.1}%)",
         thousands(ideal),
         met(held >= TARGET_IDEAL_SHARE * ideal),
         100.0 * held / ideal,
         100.0 * end_to_end / ideal,
-        100.0 * bare.items_per_sec() / ideal
+        100.0 * bare.items_per_sec() / ideal,
+        met(blocking_held >= TARGET_IDEAL_SHARE * ideal),
+        100.0 * blocking_held / ideal,
     ))
 }
 
@@ -363,7 +388,7 @@ kind = "blackhole"
     )
 }
 
-fn latency_pipeline(items: u64, sleep_ms: u64) -> String {
+fn latency_pipeline(items: u64, sleep_ms: u64, blocking: bool) -> String {
     format!(
         r#"[pipeline]
 name = "bench"
@@ -386,6 +411,7 @@ timeout = "5m"
 name = "sleep"
 kind = "sleep"
 duration = "{sleep_ms}ms"
+blocking = {blocking}
 concurrency = {CONCURRENCY}
 
 [[stage]]
