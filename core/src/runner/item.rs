@@ -50,9 +50,9 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         } else {
             tokio::select! {
                 biased;
+                p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
                 () = control.hard.cancelled() => None,
                 () = control.soft.cancelled(), if !started => None,
-                p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
             }
         };
         let Some(slot) = slot else {

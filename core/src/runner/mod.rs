@@ -256,6 +256,12 @@ async fn execute(
         _ => {
             // Items start at the stage after the source (or end at once in a one-stage pipeline).
             let first = stages.get(1).map_or("", |s| &*s.name);
+            tracing::info!(
+                pipeline = %pipeline.name,
+                source = %stages[0].name,
+                batch_size = pipeline.batch_size.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+                "taking a new batch"
+            );
             let taken = source::take(
                 &control,
                 &stages[0],

@@ -187,6 +187,10 @@ pub(crate) fn env_stage_name(name: &str) -> String {
 }
 
 /// Apply `STAGEWISE_PIPELINE__KEY=value`, `STAGEWISE_STAGE__<NAME>__KEY=value` and the like.
+///
+/// Overrides are applied to the parsed document itself rather than layered with figment, so
+/// that every later error can still say where its value came from (a line of the file, or the
+/// variable), and so that stages are addressed by name although they are a list.
 /// Values are read as TOML values when they parse as one (`5`, `true`, `[1, 2]`) and as strings
 /// otherwise (`2m`). Other `STAGEWISE_` variables are not overrides and are left alone.
 pub(crate) fn apply_overrides(
