@@ -74,6 +74,7 @@ enum Command {
 fn registry() -> Registry {
     let mut registry = Registry::new();
     stagewise_stages_util::register(&mut registry);
+    stagewise_stages_db::register(&mut registry);
     registry
 }
 

@@ -57,6 +57,8 @@ pub struct BuildContext {
     pub base_dir: PathBuf,
     /// The stage's resolved concurrency (pool size for blocking stages).
     pub concurrency: usize,
+    /// The stage's resolved per-attempt timeout (a default for the kind's own time limits).
+    pub timeout: Duration,
 }
 
 impl BuildContext {

@@ -147,6 +147,7 @@ fn build_stages(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<StageRt>
             role: stage.role,
             base_dir: pipeline.base_dir.clone(),
             concurrency: stage.policy.concurrency,
+            timeout: stage.policy.timeout,
         };
         let imp = kind
             .build(&stage.options, &cx)

@@ -60,6 +60,7 @@ pub(crate) mod testing {
             role,
             base_dir: base_dir.to_path_buf(),
             concurrency: 1,
+            timeout: Duration::from_secs(30),
         }
     }
 

@@ -1,0 +1,146 @@
+//! The database stages of stagewise: `db-fetch` (source) reads the batch with a query,
+//! `persist` (sink) writes each record with an idempotent statement — on PostgreSQL (`postgres://`)
+//! or SQLite (`sqlite:PATH`).
+//!
+//! No query outlives its attempt: each PostgreSQL session has a `statement_timeout`, and a query
+//! still running at its attempt's deadline (or when the run is cancelled) is cancelled on the
+//! server with the connection's cancel token; SQLite statements are interrupted the same way.
+//! Connections are pooled per stage (never more than its `concurrency` threads use), and a
+//! broken or cancelled connection is dropped, not reused. Connection trouble, serialization
+//! failures and timeouts are transient; syntax errors, missing tables or columns, constraint
+//! violations and bad values are permanent with the server's message; a refused password is
+//! fatal. A password in a URL is never printed.
+
+mod config;
+mod params;
+mod postgres;
+mod sqlite;
+mod stage;
+
+use std::sync::Arc;
+
+use stagewise_core::{
+    BuildContext, KindDefaults, Registry, Role, StageError, StageImpl, StageKind,
+};
+
+pub use config::{FetchConfig, PersistConfig};
+use config::{Limits, Target};
+use params::Style;
+use stage::{Backend, Batcher, DbFetch, Persist};
+
+/// Register `db-fetch` and `persist`.
+pub fn register(registry: &mut Registry) {
+    registry.register(DbFetchKind).register(PersistKind);
+}
+
+fn backend(url: &str, cx: &BuildContext, limits: Limits) -> Result<(Backend, Style), StageError> {
+    match Target::parse(url, cx).map_err(StageError::fatal)? {
+        Target::Postgres(url) => {
+            let pool = postgres::PgPool::new(&url, &cx.stage, limits).map_err(StageError::fatal)?;
+            Ok((Backend::Postgres(Box::new(pool)), Style::Dollar))
+        }
+        Target::Sqlite(path) => Ok((
+            Backend::Sqlite(sqlite::SqlitePool::new(path, limits)),
+            Style::Question,
+        )),
+    }
+}
+
+fn check_url(url: &str) -> Vec<(String, String)> {
+    let known = ["postgres://", "postgresql://", "sqlite:"];
+    // An unresolved `${VAR}` is reported as such already.
+    if known.iter().any(|p| url.starts_with(p)) || url.contains("${") {
+        Vec::new()
+    } else {
+        vec![(
+            "url".into(),
+            format!(
+                "`url` must start with `postgres://` or `sqlite:` (got `{}`)",
+                stagewise_core::redact_url(url)
+            ),
+        )]
+    }
+}
+
+/// The `db-fetch` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DbFetchKind;
+
+impl StageKind for DbFetchKind {
+    type Config = FetchConfig;
+
+    fn kind(&self) -> &'static str {
+        "db-fetch"
+    }
+
+    fn roles(&self) -> &'static [Role] {
+        &[Role::Source]
+    }
+
+    fn check(&self, config: &FetchConfig, _role: Role) -> Vec<(String, String)> {
+        let mut problems = check_url(&config.url);
+        if config.query.trim().is_empty() {
+            problems.push(("query".into(), "`query` must not be empty".into()));
+        }
+        if config.key.trim().is_empty() {
+            problems.push(("key".into(), "`key` must name a column".into()));
+        }
+        problems
+    }
+
+    fn build(&self, config: FetchConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let limits = Limits::new(config.connect_timeout, config.statement_timeout, cx);
+        let (backend, style) = backend(&config.url, cx, limits)?;
+        let (sql, takes_limit) = params::rewrite_limit(&config.query, style);
+        Ok(StageImpl::Source(Arc::new(DbFetch {
+            backend,
+            sql,
+            takes_limit,
+            key: config.key,
+        })))
+    }
+}
+
+/// The `persist` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PersistKind;
+
+impl StageKind for PersistKind {
+    type Config = PersistConfig;
+
+    fn kind(&self) -> &'static str {
+        "persist"
+    }
+
+    fn roles(&self) -> &'static [Role] {
+        &[Role::Sink]
+    }
+
+    fn defaults(&self) -> KindDefaults {
+        KindDefaults::default()
+    }
+
+    fn check(&self, config: &PersistConfig, _role: Role) -> Vec<(String, String)> {
+        let mut problems = check_url(&config.url);
+        if config.statement.trim().is_empty() {
+            problems.push(("statement".into(), "`statement` must not be empty".into()));
+        }
+        if config.batch_size == 0 {
+            problems.push((
+                "batch_size".into(),
+                "`batch_size` must be at least 1".into(),
+            ));
+        }
+        problems
+    }
+
+    fn build(&self, config: PersistConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let limits = Limits::new(config.connect_timeout, config.statement_timeout, cx);
+        let (backend, style) = backend(&config.url, cx, limits)?;
+        Ok(StageImpl::Blocking(Arc::new(Persist {
+            backend,
+            script: params::script(&config.statement, style),
+            batcher: (config.batch_size > 1).then(|| Batcher::new(config.batch_size)),
+        })))
+    }
+}

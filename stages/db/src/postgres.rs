@@ -1,0 +1,532 @@
+//! The PostgreSQL client: connections pooled per stage, session time limits, a canceller that
+//! stops a query on the server when its attempt's deadline passes, column and parameter types,
+//! and the classification of server errors.
+//!
+//! The `postgres` crate is synchronous and runs its own runtime per client: every call, and
+//! every drop, happens on the stage's blocking threads (or, for the pool's leftovers, on a
+//! thread of its own), never on the async runtime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{ToSql, Type};
+use postgres::{CancelToken, Client, NoTls, Row, Statement};
+use serde_json::Value;
+use stagewise_core::{CancelFlag, Context, Fields, StageError};
+
+use crate::config::Limits;
+use crate::params::Script;
+
+/// How often the canceller looks at the queries in flight.
+const CANCEL_TICK: Duration = Duration::from_millis(20);
+
+/// A pooled connection with its prepared statements.
+pub(crate) struct PgConn {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+/// The connections of one stage.
+pub(crate) struct PgPool {
+    config: postgres::Config,
+    limits: Limits,
+    idle: Mutex<Vec<PgConn>>,
+    watches: Arc<Mutex<Vec<Watch>>>,
+}
+
+struct Watch {
+    id: u64,
+    token: CancelToken,
+    deadline: Instant,
+    flag: CancelFlag,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Keeps a query under watch; says afterwards whether the canceller fired on it.
+pub(crate) struct Watched {
+    watches: Arc<Mutex<Vec<Watch>>>,
+    id: u64,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watched {
+    fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        lock(&self.watches).retain(|w| w.id != self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        // Dropping a client inside the async runtime panics; the pool may be dropped there.
+        let idle = std::mem::take(&mut *lock(&self.idle));
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("stagewise-pg-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
+
+impl PgPool {
+    /// A pool for `url`, named `stagewise/<stage>` on the server. Nothing connects yet.
+    pub(crate) fn new(url: &str, stage: &str, limits: Limits) -> Result<Self, String> {
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            format!(
+                "`url`: invalid PostgreSQL URL `{}`: {e}",
+                stagewise_core::redact_url(url)
+            )
+        })?;
+        config
+            .application_name(&format!("stagewise/{stage}"))
+            .connect_timeout(limits.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
+        let watches = Arc::new(Mutex::new(Vec::new()));
+        spawn_canceller(Arc::downgrade(&watches));
+        Ok(PgPool {
+            config,
+            limits,
+            idle: Mutex::new(Vec::new()),
+            watches,
+        })
+    }
+
+    /// A connection: an idle one, or a new one within the connect timeout and the attempt's
+    /// deadline.
+    pub(crate) fn get(&self, cx: &Context) -> Result<PgConn, StageError> {
+        if let Some(conn) = lock(&self.idle).pop() {
+            if !conn.client.is_closed() {
+                return Ok(conn);
+            }
+        }
+        let mut config = self.config.clone();
+        let budget = self.limits.connect_timeout.min(cx.remaining());
+        if budget.is_zero() {
+            return Err(StageError::transient(
+                "no time left to connect before the attempt's deadline",
+            ));
+        }
+        config.connect_timeout(budget);
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| connect_error(&e, budget))?;
+        let ms = self.limits.statement_timeout.as_millis().max(1);
+        client
+            .batch_execute(&format!("SET statement_timeout = {ms}"))
+            .map_err(|e| classify(&e))?;
+        Ok(PgConn {
+            client,
+            prepared: HashMap::new(),
+        })
+    }
+
+    /// Give a connection back; a broken one, or one the canceller fired on, is dropped.
+    pub(crate) fn put(&self, conn: PgConn, watched: Option<&Watched>) {
+        if !conn.client.is_closed() && !watched.is_some_and(Watched::fired) {
+            lock(&self.idle).push(conn);
+        }
+    }
+
+    /// Watch the connection's next query: cancel it on the server at the attempt's deadline or
+    /// when the attempt is cancelled.
+    pub(crate) fn watch(&self, conn: &PgConn, cx: &Context) -> Watched {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        lock(&self.watches).push(Watch {
+            id,
+            token: conn.client.cancel_token(),
+            deadline: cx.deadline(),
+            flag: cx.cancel_flag().clone(),
+            fired: fired.clone(),
+        });
+        Watched {
+            watches: self.watches.clone(),
+            id,
+            fired,
+        }
+    }
+}
+
+/// One thread per pool: cancels watched queries whose attempt is over. It ends with the pool.
+fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
+    let _ = std::thread::Builder::new()
+        .name("stagewise-pg-cancel".into())
+        .spawn(move || loop {
+            std::thread::sleep(CANCEL_TICK);
+            let Some(watches) = watches.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let due: Vec<Watch> = {
+                let mut list = lock(&watches);
+                let (due, keep): (Vec<Watch>, Vec<Watch>) = std::mem::take(&mut *list)
+                    .into_iter()
+                    .partition(|w| now >= w.deadline || w.flag.is_cancelled());
+                *list = keep;
+                due
+            };
+            drop(watches);
+            for w in due {
+                w.fired.store(true, std::sync::atomic::Ordering::Release);
+                // Cancelling opens a connection of its own: do it aside, so that an unreachable
+                // server delays no other cancellation.
+                let _ = std::thread::Builder::new()
+                    .name("stagewise-pg-cancel-query".into())
+                    .spawn(move || {
+                        if let Err(e) = w.token.cancel_query(NoTls) {
+                            tracing::warn!(error = %e, "could not cancel a query on the server");
+                        }
+                    });
+            }
+        });
+}
+
+impl PgConn {
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.prepared.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Run a `db-fetch` query, streaming each row to `emit` as fields.
+    pub(crate) fn fetch(
+        &mut self,
+        sql: &str,
+        limit: Option<i64>,
+        emit: &mut dyn FnMut(Fields) -> bool,
+    ) -> Result<(), StageError> {
+        let stmt = self.statement(sql).map_err(|e| classify(&e))?;
+        let columns: Vec<(String, Type)> = stmt
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_().clone()))
+            .collect();
+        for (name, ty) in &columns {
+            if !readable(ty) {
+                return Err(StageError::permanent(format!(
+                    "column `{name}` has type `{ty}`, which db-fetch cannot read: cast it in the query (e.g. `{name}::text` or `{name}::float8`)"
+                )));
+            }
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = match &limit {
+            Some(l) => vec![l],
+            None => Vec::new(),
+        };
+        let mut rows = self
+            .client
+            .query_raw(&stmt, params.iter().copied())
+            .map_err(|e| classify(&e))?;
+        while let Some(row) = rows.next().map_err(|e| classify(&e))? {
+            let mut fields = Fields::new();
+            for (i, (name, ty)) in columns.iter().enumerate() {
+                let value = read(&row, i, ty)
+                    .map_err(|e| StageError::permanent(format!("column `{name}` ({ty}): {e}")))?;
+                fields.insert(name.clone(), value);
+            }
+            if !emit(fields) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the script once per record's values, all in one transaction. Every value is
+    /// converted before the transaction starts: a bad one writes nothing.
+    pub(crate) fn persist(
+        &mut self,
+        script: &Script,
+        batch: &[&[Value]],
+    ) -> Result<(), StageError> {
+        let mut statements = Vec::with_capacity(script.parts.len());
+        for part in &script.parts {
+            statements.push(self.statement(&part.sql).map_err(|e| classify(&e))?);
+        }
+        let mut bound: Vec<Vec<Box<dyn ToSql + Sync>>> =
+            Vec::with_capacity(batch.len() * statements.len());
+        for values in batch {
+            for (part, stmt) in script.parts.iter().zip(&statements) {
+                let mut one = Vec::with_capacity(part.args.len());
+                for (&arg, ty) in part.args.iter().zip(stmt.params()) {
+                    let name = &script.names[arg];
+                    one.push(
+                        bind(&values[arg], ty)
+                            .map_err(|e| StageError::permanent(format!("`:{name}`: {e}")))?,
+                    );
+                }
+                bound.push(one);
+            }
+        }
+        let mut tx = self.client.transaction().map_err(|e| classify(&e))?;
+        for (i, one) in bound.iter().enumerate() {
+            let refs: Vec<&(dyn ToSql + Sync)> = one.iter().map(|b| &**b).collect();
+            tx.execute(&statements[i % statements.len()], &refs)
+                .map_err(|e| classify(&e))?;
+        }
+        tx.commit().map_err(|e| classify(&e))
+    }
+}
+
+/// Run `f` on a pooled connection with its query watched; the connection goes back unless it
+/// broke or was cancelled.
+pub(crate) fn with_conn<T>(
+    pool: &PgPool,
+    cx: &Context,
+    f: impl FnOnce(&mut PgConn) -> Result<T, StageError>,
+) -> Result<T, StageError> {
+    let mut conn = pool.get(cx)?;
+    let watched = pool.watch(&conn, cx);
+    let result = f(&mut conn);
+    let fired = watched.fired();
+    pool.put(conn, Some(&watched));
+    drop(watched);
+    match result {
+        Err(e) if fired => Err(StageError::transient(format!(
+            "the query was cancelled on the server at the attempt's deadline ({})",
+            e.message
+        ))),
+        other => other,
+    }
+}
+
+fn readable(ty: &Type) -> bool {
+    [
+        Type::BOOL,
+        Type::INT2,
+        Type::INT4,
+        Type::INT8,
+        Type::OID,
+        Type::FLOAT4,
+        Type::FLOAT8,
+        Type::TEXT,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::NAME,
+        Type::UNKNOWN,
+        Type::JSON,
+        Type::JSONB,
+        Type::TIMESTAMP,
+        Type::TIMESTAMPTZ,
+        Type::DATE,
+    ]
+    .contains(ty)
+}
+
+fn float(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or_else(|| Value::String(x.to_string()), Value::Number)
+}
+
+fn read(row: &Row, i: usize, ty: &Type) -> Result<Value, postgres::Error> {
+    Ok(match *ty {
+        Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map(Value::from),
+        Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map(Value::from),
+        Type::INT4 => row.try_get::<_, Option<i32>>(i)?.map(Value::from),
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::from),
+        Type::OID => row.try_get::<_, Option<u32>>(i)?.map(Value::from),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)?
+            .map(|x| float(f64::from(x))),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(float),
+        Type::JSON | Type::JSONB => row.try_get::<_, Option<Value>>(i)?,
+        Type::TIMESTAMP => row
+            .try_get::<_, Option<chrono::NaiveDateTime>>(i)?
+            .map(|t| Value::String(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string())),
+        Type::TIMESTAMPTZ => row
+            .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)?
+            .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))),
+        Type::DATE => row
+            .try_get::<_, Option<chrono::NaiveDate>>(i)?
+            .map(|d| Value::String(d.format("%Y-%m-%d").to_string())),
+        _ => row.try_get::<_, Option<String>>(i)?.map(Value::String),
+    }
+    .unwrap_or(Value::Null))
+}
+
+macro_rules! null_of {
+    ($ty:expr, $($t:ty => $($pg:ident)|+),+ $(,)?) => {
+        match *$ty {
+            $($(Type::$pg)|+ => Box::new(None::<$t>) as Box<dyn ToSql + Sync>,)+
+            _ => Box::new(None::<String>),
+        }
+    };
+}
+
+fn integer(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| format!("{n} is not an integer")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an integer")),
+        Value::Bool(b) => Ok(i64::from(*b)),
+        other => Err(format!("{} is not an integer", kind(other))),
+    }
+}
+
+fn number(value: &Value) -> Result<f64, String> {
+    match value {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number")),
+        other => Err(format!("{} is not a number", kind(other))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A field's value as the statement's parameter type wants it.
+fn bind(value: &Value, ty: &Type) -> Result<Box<dyn ToSql + Sync>, String> {
+    if value.is_null() && !matches!(*ty, Type::JSON | Type::JSONB) {
+        return Ok(null_of!(ty,
+            bool => BOOL,
+            i16 => INT2,
+            i32 => INT4,
+            i64 => INT8,
+            f32 => FLOAT4,
+            f64 => FLOAT8,
+            chrono::NaiveDateTime => TIMESTAMP,
+            chrono::DateTime<chrono::Utc> => TIMESTAMPTZ,
+            chrono::NaiveDate => DATE,
+        ));
+    }
+    let out_of_range = |t: &str| format!("{value} does not fit in a `{t}` column");
+    Ok(match *ty {
+        Type::BOOL => match value {
+            Value::Bool(b) => Box::new(*b),
+            Value::String(s) if s == "true" || s == "false" => Box::new(s == "true"),
+            other => return Err(format!("{} is not a boolean", kind(other))),
+        },
+        Type::INT2 => Box::new(i16::try_from(integer(value)?).map_err(|_| out_of_range("int2"))?),
+        Type::INT4 => Box::new(i32::try_from(integer(value)?).map_err(|_| out_of_range("int4"))?),
+        Type::INT8 => Box::new(integer(value)?),
+        Type::FLOAT4 => Box::new(number(value)? as f32),
+        Type::FLOAT8 => Box::new(number(value)?),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => Box::new(text(value)),
+        Type::JSON | Type::JSONB => Box::new(postgres::types::Json(value.clone())),
+        Type::TIMESTAMPTZ => {
+            let s = text(value);
+            let t = chrono::DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| format!("{s:?} is not an RFC 3339 timestamp"))?;
+            Box::new(t.with_timezone(&chrono::Utc))
+        }
+        Type::TIMESTAMP => {
+            let s = text(value);
+            let t = chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%dT%H:%M:%S%.f")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f"))
+                .map_err(|_| format!("{s:?} is not a timestamp (YYYY-MM-DDTHH:MM:SS)"))?;
+            Box::new(t)
+        }
+        Type::DATE => {
+            let s = text(value);
+            let d = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+                .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))?;
+            Box::new(d)
+        }
+        _ => {
+            return Err(format!(
+                "its column has type `{ty}`, which persist cannot write: cast the parameter in the statement (e.g. `:name::text::{ty}`)"
+            ))
+        }
+    })
+}
+
+/// An error's message with its causes: the `postgres` crate's own text is terse ("error
+/// connecting to server"); the cause says what happened ("Name or service not known").
+fn describe(e: &postgres::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn connect_error(e: &postgres::Error, budget: Duration) -> StageError {
+    if let Some(db) = e.as_db_error() {
+        return classify_db(db.code(), db.message());
+    }
+    let message = describe(e);
+    let lower = message.to_lowercase();
+    if lower.contains("timed out") || lower.contains("timeout") {
+        StageError::transient(format!(
+            "could not connect within {}: {message}",
+            humantime::format_duration(Duration::from_millis(budget.as_millis() as u64))
+        ))
+    } else {
+        StageError::transient(format!("could not connect: {message}"))
+    }
+}
+
+/// Transient: the connection or the server's state; permanent: the statement or the data;
+/// fatal: the credentials (every item would fail alike).
+pub(crate) fn classify(e: &postgres::Error) -> StageError {
+    match e.as_db_error() {
+        Some(db) => classify_db(db.code(), db.message()),
+        None if e.is_closed() => StageError::transient(format!("connection lost: {}", describe(e))),
+        None => StageError::transient(describe(e)),
+    }
+}
+
+fn classify_db(code: &SqlState, message: &str) -> StageError {
+    let text = format!("{message} (SQLSTATE {})", code.code());
+    let class = &code.code()[..2];
+    if *code == SqlState::QUERY_CANCELED {
+        StageError::transient(format!("statement cancelled or timed out: {text}"))
+    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+    {
+        StageError::transient(text)
+    } else if matches!(class, "08" | "53" | "57" | "58") {
+        // Connection exceptions, insufficient resources, operator intervention, system errors.
+        StageError::transient(text)
+    } else if class == "28" {
+        StageError::fatal(format!("authentication failed: {text}"))
+    } else {
+        StageError::permanent(text)
+    }
+}

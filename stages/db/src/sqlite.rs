@@ -1,0 +1,174 @@
+//! The SQLite client, for `sqlite:` URLs: the embedded default that needs no server. A
+//! connection per pool thread, a busy timeout, and a progress handler that interrupts a
+//! statement still running at its attempt's deadline.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::types::{Value as Sql, ValueRef};
+use rusqlite::{Connection, ErrorCode};
+use serde_json::Value;
+use stagewise_core::{Context, Fields, StageError};
+
+use crate::config::Limits;
+use crate::params::Script;
+
+/// The connections of one stage.
+pub(crate) struct SqlitePool {
+    path: PathBuf,
+    limits: Limits,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SqlitePool {
+    pub(crate) fn new(path: PathBuf, limits: Limits) -> Self {
+        SqlitePool {
+            path,
+            limits,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Run `f` on a connection whose statements are interrupted at the attempt's deadline.
+    pub(crate) fn with_conn<T>(
+        &self,
+        cx: &Context,
+        f: impl FnOnce(&mut Connection) -> Result<T, StageError>,
+    ) -> Result<T, StageError> {
+        let mut conn = match lock(&self.idle).pop() {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let deadline = cx
+            .deadline()
+            .min(std::time::Instant::now() + self.limits.statement_timeout);
+        let flag = cx.cancel_flag().clone();
+        // Called every 1,000 virtual machine steps; a true answer interrupts the statement.
+        conn.progress_handler(
+            1000,
+            Some(move || flag.is_cancelled() || std::time::Instant::now() >= deadline),
+        );
+        let result = f(&mut conn);
+        conn.progress_handler(0, None::<fn() -> bool>);
+        if conn.is_autocommit() {
+            lock(&self.idle).push(conn);
+        }
+        result
+    }
+
+    fn connect(&self) -> Result<Connection, StageError> {
+        let shown = self.path.display();
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(StageError::permanent(format!(
+                    "cannot open {shown}: folder {} does not exist",
+                    dir.display()
+                )));
+            }
+        }
+        let conn = Connection::open(&self.path)
+            .map_err(|e| StageError::permanent(format!("cannot open {shown}: {e}")))?;
+        conn.busy_timeout(self.limits.connect_timeout.max(Duration::from_millis(100)))
+            .map_err(|e| classify(&e))?;
+        Ok(conn)
+    }
+}
+
+/// Run a `db-fetch` query, streaming each row to `emit` as fields.
+pub(crate) fn fetch(
+    conn: &mut Connection,
+    sql: &str,
+    limit: Option<i64>,
+    emit: &mut dyn FnMut(Fields) -> bool,
+) -> Result<(), StageError> {
+    let mut stmt = conn.prepare(sql).map_err(|e| classify(&e))?;
+    let names: Vec<String> = stmt
+        .column_names()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut rows = match limit {
+        Some(l) => stmt.query([l]),
+        None => stmt.query([]),
+    }
+    .map_err(|e| classify(&e))?;
+    while let Some(row) = rows.next().map_err(|e| classify(&e))? {
+        let mut fields = Fields::new();
+        for (i, name) in names.iter().enumerate() {
+            let value = match row.get_ref(i).map_err(|e| classify(&e))? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(n) => Value::from(n),
+                ValueRef::Real(x) => {
+                    serde_json::Number::from_f64(x).map_or_else(|| Value::String(x.to_string()), Value::Number)
+                }
+                ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(_) => {
+                    return Err(StageError::permanent(format!(
+                        "column `{name}` holds a blob, which db-fetch cannot read: select it as text or hex (e.g. `hex({name})`)"
+                    )))
+                }
+            };
+            fields.insert(name.clone(), value);
+        }
+        if !emit(fields) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Run the script once per record's values, all in one transaction.
+pub(crate) fn persist(
+    conn: &mut Connection,
+    script: &Script,
+    batch: &[&[Value]],
+) -> Result<(), StageError> {
+    let tx = conn.transaction().map_err(|e| classify(&e))?;
+    for values in batch {
+        for part in &script.parts {
+            let mut stmt = tx.prepare_cached(&part.sql).map_err(|e| classify(&e))?;
+            let params: Vec<Sql> = part.args.iter().map(|&i| to_sql(&values[i])).collect();
+            stmt.execute(rusqlite::params_from_iter(params))
+                .map_err(|e| classify(&e))?;
+        }
+    }
+    tx.commit().map_err(|e| classify(&e))
+}
+
+/// SQLite is dynamically typed: numbers, text and null go as they are, booleans as 0/1, and
+/// arrays and objects as their JSON text.
+fn to_sql(value: &Value) -> Sql {
+    match value {
+        Value::Null => Sql::Null,
+        Value::Bool(b) => Sql::Integer(i64::from(*b)),
+        Value::Number(n) => n
+            .as_i64()
+            .map(Sql::Integer)
+            .or_else(|| n.as_f64().map(Sql::Real))
+            .unwrap_or_else(|| Sql::Text(n.to_string())),
+        Value::String(s) => Sql::Text(s.clone()),
+        other => Sql::Text(other.to_string()),
+    }
+}
+
+/// Busy and locked databases are transient; an interrupted statement is a timeout; the rest
+/// (syntax, missing tables, constraints) is permanent with SQLite's message.
+pub(crate) fn classify(e: &rusqlite::Error) -> StageError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StageError::transient(format!("database busy: {e}"))
+        }
+        Some(ErrorCode::OperationInterrupted) => StageError::transient(format!(
+            "statement interrupted at the attempt's deadline: {e}"
+        )),
+        Some(ErrorCode::CannotOpen | ErrorCode::SystemIoFailure) => {
+            StageError::transient(e.to_string())
+        }
+        _ => StageError::permanent(e.to_string()),
+    }
+}

@@ -1,0 +1,258 @@
+//! The two stages: `db-fetch` reads the batch, `persist` writes each record; both on either
+//! backend, and `persist` optionally sharing transactions between records that arrive together.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stagewise_core::{BlockingStage, Context, Fields, Outcome, Record, Source, StageError, Stop};
+
+use crate::params::Script;
+use crate::postgres::{self as pg, PgPool};
+use crate::sqlite::{self, SqlitePool};
+
+/// How long a batch leader waits for company before it writes.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// A database a stage talks to.
+pub(crate) enum Backend {
+    Postgres(Box<PgPool>),
+    Sqlite(SqlitePool),
+}
+
+/// `db-fetch`.
+pub(crate) struct DbFetch {
+    pub backend: Backend,
+    /// The query with `$limit` rewritten to the backend's first placeholder.
+    pub sql: String,
+    /// Whether the query takes the batch size.
+    pub takes_limit: bool,
+    pub key: String,
+}
+
+fn key_of(fields: &Fields, column: &str, row: u64) -> Result<String, StageError> {
+    match fields.get(column) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Some(Value::Null) => Err(StageError::permanent(format!(
+            "row {row}: the key column `{column}` is null"
+        ))),
+        Some(other) => Err(StageError::permanent(format!(
+            "row {row}: the key column `{column}` holds {other}, neither text nor an integer"
+        ))),
+        None => {
+            let columns: Vec<&str> = fields.keys().map(String::as_str).collect();
+            Err(StageError::permanent(format!(
+                "the query has no column `{column}` for the key (its columns: {})",
+                columns.join(", ")
+            )))
+        }
+    }
+}
+
+impl Source for DbFetch {
+    fn read(
+        &self,
+        limit: Option<u64>,
+        cx: &Context,
+        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+    ) -> Result<(), StageError> {
+        let bound = self
+            .takes_limit
+            .then(|| limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX)));
+        let mut rows = 0u64;
+        let mut failure = None;
+        let mut on_row = |fields: Fields| -> bool {
+            rows += 1;
+            match key_of(&fields, &self.key, rows) {
+                Ok(key) => emit(Record::with_fields(key, fields)).is_ok(),
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        };
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                pg::with_conn(pool, cx, |c| c.fetch(&self.sql, bound, &mut on_row))
+            }
+            Backend::Sqlite(pool) => {
+                pool.with_conn(cx, |c| sqlite::fetch(c, &self.sql, bound, &mut on_row))
+            }
+        }?;
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// `persist`.
+pub(crate) struct Persist {
+    pub backend: Backend,
+    /// The statements and the names they use.
+    pub script: Script,
+    /// Shares transactions when `batch_size` > 1.
+    pub batcher: Option<Batcher>,
+}
+
+impl Persist {
+    fn values(&self, record: &Record) -> Result<Vec<Value>, StageError> {
+        self.script
+            .names
+            .iter()
+            .map(|name| {
+                if name == "key" {
+                    return Ok(Value::String(record.key.clone()));
+                }
+                record.fields.get(name).cloned().ok_or_else(|| {
+                    let fields: Vec<&str> = record.fields.keys().map(String::as_str).collect();
+                    StageError::permanent(format!(
+                        "the statement names `:{name}`, but the record has no field `{name}` (its fields: {})",
+                        fields.join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    fn write(&self, cx: &Context, batch: &[&[Value]]) -> Result<(), StageError> {
+        match &self.backend {
+            Backend::Postgres(pool) => pg::with_conn(pool, cx, |c| c.persist(&self.script, batch)),
+            Backend::Sqlite(pool) => {
+                pool.with_conn(cx, |c| sqlite::persist(c, &self.script, batch))
+            }
+        }
+    }
+}
+
+impl BlockingStage for Persist {
+    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        // Every parameter is resolved before anything is written: no partial writes.
+        let values = self.values(&record)?;
+        match &self.batcher {
+            None => self.write(cx, &[&values])?,
+            Some(b) => b.submit(values, cx, |batch| self.write(cx, batch))?,
+        }
+        Ok(Outcome::Continue(record))
+    }
+}
+
+/// Group commit for `persist`: the first of the calls waiting becomes the leader, gathers what
+/// arrives within a moment (up to `max` records), writes them in one transaction and hands each
+/// caller its result. If the shared transaction fails for a reason tied to the data, each
+/// record is written again on its own, so that only the bad one fails.
+pub(crate) struct Batcher {
+    max: usize,
+    state: Mutex<BatchState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct BatchState {
+    next: u64,
+    queue: VecDeque<(u64, Vec<Value>)>,
+    results: HashMap<u64, Result<(), StageError>>,
+    /// Callers that gave up (deadline) after their record was taken: drop their results.
+    gone: HashSet<u64>,
+    leading: bool,
+}
+
+impl Batcher {
+    pub(crate) fn new(max: usize) -> Self {
+        Batcher {
+            max: max.max(1),
+            state: Mutex::new(BatchState::default()),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn submit(
+        &self,
+        values: Vec<Value>,
+        cx: &Context,
+        write: impl Fn(&[&[Value]]) -> Result<(), StageError>,
+    ) -> Result<(), StageError> {
+        let mut st = self.lock();
+        let id = st.next;
+        st.next += 1;
+        st.queue.push_back((id, values));
+        self.wake.notify_all();
+        loop {
+            if let Some(result) = st.results.remove(&id) {
+                return result;
+            }
+            if !st.leading && st.queue.iter().any(|(i, _)| *i == id) {
+                st.leading = true;
+                let until = Instant::now() + LINGER;
+                while st.queue.len() < self.max {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = self
+                        .wake
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+                let n = st.queue.len().min(self.max);
+                let taken: Vec<(u64, Vec<Value>)> = st.queue.drain(..n).collect();
+                drop(st);
+                let results = write_batch(&taken, &write);
+                st = self.lock();
+                for (i, r) in results {
+                    if !st.gone.remove(&i) {
+                        st.results.insert(i, r);
+                    }
+                }
+                st.leading = false;
+                self.wake.notify_all();
+                continue;
+            }
+            if cx.is_cancelled() {
+                let queued = st.queue.iter().position(|(i, _)| *i == id);
+                match queued {
+                    Some(p) => {
+                        st.queue.remove(p);
+                    }
+                    None => {
+                        st.gone.insert(id);
+                    }
+                }
+                return Err(StageError::transient(
+                    "timed out waiting for a batch to be written",
+                ));
+            }
+            let wait = cx
+                .remaining()
+                .min(Duration::from_millis(50))
+                .max(Duration::from_millis(1));
+            st = self
+                .wake
+                .wait_timeout(st, wait)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+fn write_batch(
+    taken: &[(u64, Vec<Value>)],
+    write: &impl Fn(&[&[Value]]) -> Result<(), StageError>,
+) -> Vec<(u64, Result<(), StageError>)> {
+    let all: Vec<&[Value]> = taken.iter().map(|(_, v)| v.as_slice()).collect();
+    match write(&all) {
+        Ok(()) => taken.iter().map(|(i, _)| (*i, Ok(()))).collect(),
+        // One record's data (a constraint, a type) spoilt the transaction: find which.
+        Err(e) if taken.len() > 1 && e.class == stagewise_core::ErrorClass::Permanent => taken
+            .iter()
+            .map(|(i, v)| (*i, write(&[v.as_slice()])))
+            .collect(),
+        Err(e) => taken.iter().map(|(i, _)| (*i, Err(e.clone()))).collect(),
+    }
+}
