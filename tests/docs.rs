@@ -51,8 +51,9 @@ fn the_reference_documents_every_key() {
     }
     let mut registry = Registry::new();
     stagewise_stages_util::register(&mut registry);
+    stagewise_stages_db::register(&mut registry);
     let kinds: Vec<&str> = registry.kinds().collect();
-    assert!(kinds.len() >= 5, "{kinds:?}");
+    assert!(kinds.len() >= 7, "{kinds:?}");
     for kind in kinds {
         let (keys, _) = registry.describe(kind).expect("registered");
         let text = find(&sections, kind);
