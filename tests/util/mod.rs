@@ -11,6 +11,9 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+/// PostgreSQL: the shared test cluster, a database per test, private clusters.
+pub mod pg;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;

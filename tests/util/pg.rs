@@ -1,0 +1,493 @@
+//! PostgreSQL for the black-box tests (STYLE.md, "Tests").
+//!
+//! `./scripts/test` (and so `.ci/run`) starts a throwaway cluster with `scripts/pg` and sets
+//! `STAGEWISE_TEST_PG` to `postgres://stagewise:stagewise@127.0.0.1:PORT/stagewise_test` and
+//! `STAGEWISE_TEST_PG_BIN` to the directory holding `initdb`, `pg_ctl` and `psql`. Without the
+//! URL, a test skips with a loud message; under `CI=true` it fails instead.
+//!
+//! - [`Db`]: a fresh database of its own on that cluster, dropped afterwards; the usual fixture.
+//! - [`PrivateCluster`]: a whole cluster of its own, for tests that stop and start the server.
+//!
+//! ```ignore
+//! let Some(mut db) = Db::new() else { return };
+//! db.execute("CREATE TABLE articles (id bigint PRIMARY KEY, title text)");
+//! // … run the binary on a pipeline that names db.url() …
+//! assert_eq!(db.query_i64("SELECT count(*) FROM articles"), 1000);
+//! ```
+//!
+//! The `postgres` client is synchronous: call it from the test thread, never inside a runtime.
+
+use std::env;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// The URL of the shared test cluster (a role that may create databases, and its database).
+pub const URL_VAR: &str = "STAGEWISE_TEST_PG";
+/// The PostgreSQL bin directory (`initdb`, `pg_ctl`, `psql`, …).
+pub const BIN_VAR: &str = "STAGEWISE_TEST_PG_BIN";
+
+/// How long the harness waits for a connection before failing the test.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shared cluster's URL from `STAGEWISE_TEST_PG`. When it is not set: under `CI=true` the
+/// test fails; elsewhere it says loudly that it skipped and returns None:
+///
+/// ```ignore
+/// let Some(url) = test_pg() else { return };
+/// ```
+pub fn test_pg() -> Option<String> {
+    match env::var(URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            let test = thread::current().name().unwrap_or("this test").to_owned();
+            if in_ci() {
+                panic!(
+                    "{URL_VAR} is not set, and CI=true: the PostgreSQL tests must run in CI. \
+                     Run them through ./scripts/test (or .ci/run), which starts PostgreSQL \
+                     and sets {URL_VAR}."
+                );
+            }
+            eprintln!(
+                "\n\
+                 ************************************************************************\n\
+                 SKIPPED {test}: {URL_VAR} is not set;\n\
+                 run ./scripts/test to start PostgreSQL (scripts/pg) and run it for real.\n\
+                 ************************************************************************\n"
+            );
+            None
+        }
+    }
+}
+
+/// Whether this is a CI run (`CI=true`, as CI services set it), where nothing may skip.
+pub fn in_ci() -> bool {
+    env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// `scripts/pg`, which starts, stops and finds PostgreSQL.
+pub fn script() -> PathBuf {
+    super::workspace_root().join("scripts").join("pg")
+}
+
+/// The PostgreSQL bin directory: `STAGEWISE_TEST_PG_BIN`, else what `scripts/pg bin` finds
+/// (which installs PostgreSQL if it is missing).
+pub fn pg_bin() -> PathBuf {
+    match env::var(BIN_VAR) {
+        Ok(dir) if !dir.trim().is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(run_script(&["bin"])),
+    }
+}
+
+/// Runs `scripts/pg ARGS`, failing the test with its stderr if it fails; returns its stdout.
+fn run_script(args: &[&str]) -> String {
+    let out = Command::new(script())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/pg {} failed ({})\n{stderr}",
+        args.join(" "),
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Connects to `url`, failing the test if that does not work within [`CONNECT_TIMEOUT`].
+pub fn connect(url: &str) -> Client {
+    try_connect(url).unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+/// Connects to `url`, returning the error (for tests of refused connections).
+pub fn try_connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("not a PostgreSQL URL: {url}: {e}"));
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.connect(NoTls)
+}
+
+/// `url` with its database replaced by `database` (user, password, host, port and any
+/// `?options` kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_at = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_at..].find('/') {
+        Some(slash) => &base[..authority_at + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// `url` with its password replaced (for "wrong password" tests).
+pub fn with_password(url: &str, password: &str) -> String {
+    let authority_at = url.find("://").map_or(0, |i| i + 3);
+    let at = url[authority_at..]
+        .find('@')
+        .map(|i| authority_at + i)
+        .unwrap_or_else(|| panic!("no user in {url}"));
+    let user_end = url[authority_at..at]
+        .find(':')
+        .map_or(at, |i| authority_at + i);
+    format!("{}:{password}{}", &url[..user_end], &url[at..])
+}
+
+/// A name no other test (in this or a concurrent test process) uses.
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A database of its own for one test, created on the cluster at the given URL and dropped
+/// (`WITH (FORCE)`, so sessions the binary left behind do not keep it) when this goes out of
+/// scope. Same role and password as the cluster URL.
+///
+/// The helpers reconnect and retry once when the connection turns out to be gone (after a
+/// server restart), so a test can keep using the same `Db` across [`PrivateCluster::stop`].
+pub struct Db {
+    name: String,
+    url: String,
+    admin_url: String,
+    client: Option<Client>,
+}
+
+impl Db {
+    /// A fresh database on the shared cluster; None when the PostgreSQL tests are skipped.
+    pub fn new() -> Option<Db> {
+        test_pg().map(|url| Db::create_on(&url))
+    }
+
+    /// A fresh database on the cluster at `admin_url` (a URL whose role may create databases).
+    pub fn create_on(admin_url: &str) -> Db {
+        let name = unique_name("test");
+        let mut admin = connect(admin_url);
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {admin_url}: {e}"));
+        let url = with_database(admin_url, &name);
+        let client = connect(&url);
+        Db {
+            name,
+            url,
+            admin_url: admin_url.to_owned(),
+            client: Some(client),
+        }
+    }
+
+    /// The database's name (`test_…`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its URL, for the pipeline under test: `postgres://stagewise:stagewise@127.0.0.1:PORT/test_…`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The harness's own connection (reopened if it was closed).
+    pub fn client(&mut self) -> &mut Client {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(connect(&self.url));
+        }
+        self.client.as_mut().expect("just connected")
+    }
+
+    /// Another connection of its own (e.g. to hold a lock while the binary runs).
+    pub fn connect(&self) -> Client {
+        connect(&self.url)
+    }
+
+    /// Runs `sql` (any number of `;`-separated statements, no parameters); returns the row count
+    /// of the last statement (rows inserted, updated, deleted, …; 0 for DDL).
+    pub fn execute(&mut self, sql: &str) -> u64 {
+        let messages = self.simple_query(sql);
+        messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// Runs a statement with parameters (`$1`, `$2`, …); returns the number of rows it touched.
+    pub fn execute_params(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> u64 {
+        let result = match self.client().execute(sql, params) {
+            Err(e) if self.connection_lost(&e) => self.reconnect().execute(sql, params),
+            other => other,
+        };
+        result.unwrap_or_else(|e| panic!("{sql}\n  on {}: {}", self.name, DbErr(&e)))
+    }
+
+    /// Every row of `sql`'s result, every value as PostgreSQL prints it (None for NULL).
+    pub fn query_rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.simple_query(sql)
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The first column of every row as text; NULL fails the test.
+    pub fn query_strings(&mut self, sql: &str) -> Vec<String> {
+        self.query_rows(sql)
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .next()
+                    .flatten()
+                    .unwrap_or_else(|| panic!("{sql}: NULL or no column in a row"))
+            })
+            .collect()
+    }
+
+    /// The single value of a query returning one row and one integer column (`count(*)`, …).
+    pub fn query_i64(&mut self, sql: &str) -> i64 {
+        let rows = self.query_rows(sql);
+        assert_eq!(rows.len(), 1, "{sql}: expected one row, got {rows:?}");
+        let text = rows[0]
+            .first()
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| panic!("{sql}: NULL or no column"));
+        text.parse()
+            .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
+    }
+
+    /// Whether a table (or view) of that name exists in the `public` schema.
+    pub fn table_exists(&mut self, table: &str) -> bool {
+        let table = table.replace('\'', "''");
+        self.query_i64(&format!(
+            "SELECT count(*) FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_name = '{table}'"
+        )) > 0
+    }
+
+    /// Whether `e` means the connection is gone rather than the statement failed: closed, or
+    /// ended by a server shutdown (57P01 and friends, which a restarted server's first reply
+    /// on an old connection is).
+    fn connection_lost(&self, e: &postgres::Error) -> bool {
+        e.is_closed()
+            || self.client.as_ref().is_none_or(Client::is_closed)
+            || e.code().is_some_and(|c| c.code().starts_with("57P"))
+    }
+
+    fn reconnect(&mut self) -> &mut Client {
+        self.client = None;
+        self.client()
+    }
+
+    fn simple_query(&mut self, sql: &str) -> Vec<SimpleQueryMessage> {
+        let result = match self.client().simple_query(sql) {
+            Err(e) if self.connection_lost(&e) => self.reconnect().simple_query(sql),
+            other => other,
+        };
+        result.unwrap_or_else(|e| panic!("{sql}\n  on {}: {}", self.name, DbErr(&e)))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Close ours first; FORCE ends whatever else is still connected.
+        self.client = None;
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        match try_connect(&self.admin_url).and_then(|mut admin| admin.batch_execute(&sql)) {
+            Ok(()) => {}
+            // A private cluster the test stopped, or already gone: nothing to clean.
+            Err(e) => eprintln!(
+                "pg harness: could not drop database {}: {}",
+                self.name,
+                DbErr(&e)
+            ),
+        }
+    }
+}
+
+/// A `postgres::Error` with the server's message, detail and hint, or its chain of causes: its
+/// own `Display` says just "db error" or "error connecting to server".
+pub struct DbErr<'a>(pub &'a postgres::Error);
+
+impl fmt::Display for DbErr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => {
+                write!(
+                    f,
+                    "{}: {} ({})",
+                    db.severity(),
+                    db.message(),
+                    db.code().code()
+                )?;
+                if let Some(detail) = db.detail() {
+                    write!(f, "; detail: {detail}")?;
+                }
+                if let Some(hint) = db.hint() {
+                    write!(f, "; hint: {hint}")?;
+                }
+                Ok(())
+            }
+            None => {
+                write!(f, "{}", self.0)?;
+                let mut source = std::error::Error::source(self.0);
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (about a second to start), for tests that stop,
+/// crash and restart the server. Same role, password and database as the shared cluster; its
+/// data directory lives in the system temp dir (the `postgres` user must reach it when the
+/// tests run as root). Dropping it stops the server and deletes everything.
+pub struct PrivateCluster {
+    dir: PathBuf,
+    url: String,
+    bin: PathBuf,
+}
+
+impl PrivateCluster {
+    /// Starts one; None when the PostgreSQL tests are skipped (same rule as [`test_pg`]).
+    pub fn new() -> Option<PrivateCluster> {
+        test_pg()?;
+        let bin = pg_bin();
+        let dir = env::temp_dir().join(unique_name("stagewise-pg"));
+        let mut cluster = PrivateCluster {
+            dir,
+            url: String::new(),
+            bin,
+        };
+        cluster.url = cluster.pg(&["start"]);
+        Some(cluster)
+    }
+
+    /// `postgres://stagewise:stagewise@127.0.0.1:PORT/stagewise_test`; the port survives
+    /// [`stop`](Self::stop) and [`start`](Self::start).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn port(&self) -> u16 {
+        let after_colon = self.url.rsplit_once(':').map_or("", |(_, rest)| rest);
+        let port = after_colon.split('/').next().unwrap_or("");
+        port.parse()
+            .unwrap_or_else(|e| panic!("no port in {}: {e}", self.url))
+    }
+
+    /// A fresh database on this cluster.
+    pub fn db(&self) -> Db {
+        Db::create_on(&self.url)
+    }
+
+    /// The cluster's data and log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended, the data stays).
+    pub fn stop(&self) {
+        self.pg(&["stop", "--keep"]);
+    }
+
+    /// Stops the server without a clean shutdown, as a crash would (recovery on the next start).
+    pub fn crash(&self) {
+        self.pg(&["stop", "--keep", "--immediate"]);
+    }
+
+    /// Starts it again: same port, same data. Returns once it accepts connections.
+    pub fn start(&self) {
+        let url = self.pg(&["start"]);
+        assert_eq!(url, self.url, "the cluster came back with another URL");
+    }
+
+    /// Whether it accepts connections right now.
+    pub fn is_up(&self) -> bool {
+        try_connect(&self.url).is_ok()
+    }
+
+    fn pg(&self, args: &[&str]) -> String {
+        let dir = self.dir.to_string_lossy();
+        let mut full = vec![args[0], &dir];
+        full.extend_from_slice(&args[1..]);
+        let out = Command::new(script())
+            .args(&full)
+            .env(BIN_VAR, &self.bin)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
+        assert!(
+            out.status.success(),
+            "scripts/pg {} failed ({})\n{}",
+            full.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- private cluster's server log (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let out = Command::new(script())
+            .arg("stop")
+            .arg(&self.dir)
+            .env(BIN_VAR, &self.bin)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "pg harness: scripts/pg stop {} failed: {}",
+                self.dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("pg harness: run scripts/pg: {e}"),
+        }
+    }
+}
