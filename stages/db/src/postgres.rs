@@ -530,3 +530,68 @@ fn classify_db(code: &SqlState, message: &str) -> StageError {
         StageError::permanent(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn binds_values_into_the_parameter_types() {
+        let ok = [
+            (json!(42), Type::INT4),
+            (json!("42"), Type::INT4),
+            (json!(42.0), Type::INT8),
+            (json!(true), Type::BOOL),
+            (json!("false"), Type::BOOL),
+            (json!(1.5), Type::FLOAT8),
+            (json!("1.5"), Type::FLOAT4),
+            (json!({"a": [1, 2]}), Type::JSONB),
+            (json!(null), Type::JSONB),
+            (json!(7), Type::TEXT),
+            (json!("2026-12-01T03:20:00Z"), Type::TIMESTAMPTZ),
+            (json!("2026-12-01T03:20:00.5"), Type::TIMESTAMP),
+            (json!("2026-12-01"), Type::DATE),
+            (json!(null), Type::INT4),
+        ];
+        for (value, ty) in ok {
+            assert!(bind(&value, &ty).is_ok(), "{value} into {ty}");
+        }
+        let bad = [
+            (json!(70000), Type::INT2, "does not fit"),
+            (json!(1.5), Type::INT4, "not an integer"),
+            (json!("x"), Type::INT8, "not an integer"),
+            (json!([1]), Type::BOOL, "not a boolean"),
+            (json!("yesterday"), Type::TIMESTAMPTZ, "RFC 3339"),
+            (json!("1.0"), Type::NUMERIC, "cannot write"),
+        ];
+        for (value, ty, want) in bad {
+            let err = bind(&value, &ty).err().unwrap_or_default();
+            assert!(err.contains(want), "{value} into {ty}: {err}");
+        }
+    }
+
+    #[test]
+    fn classifies_server_errors() {
+        use stagewise_core::ErrorClass::{Fatal, Permanent, Transient};
+        let cases = [
+            (SqlState::QUERY_CANCELED, Transient),
+            (SqlState::T_R_SERIALIZATION_FAILURE, Transient),
+            (SqlState::T_R_DEADLOCK_DETECTED, Transient),
+            (SqlState::ADMIN_SHUTDOWN, Transient),
+            (SqlState::CONNECTION_FAILURE, Transient),
+            (SqlState::TOO_MANY_CONNECTIONS, Transient),
+            (SqlState::INVALID_PASSWORD, Fatal),
+            (SqlState::UNDEFINED_TABLE, Permanent),
+            (SqlState::UNDEFINED_COLUMN, Permanent),
+            (SqlState::SYNTAX_ERROR, Permanent),
+            (SqlState::UNIQUE_VIOLATION, Permanent),
+            (SqlState::NOT_NULL_VIOLATION, Permanent),
+        ];
+        for (code, class) in cases {
+            let e = classify_db(&code, "server says no");
+            assert_eq!(e.class, class, "{}", code.code());
+            assert!(e.message.contains("server says no") && e.message.contains(code.code()));
+        }
+    }
+}

@@ -256,3 +256,92 @@ fn write_batch(
         Err(e) => taken.iter().map(|(i, _)| (*i, Err(e.clone()))).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagewise_core::CancelFlag;
+    use std::sync::Arc;
+
+    fn cx(timeout: Duration) -> Context {
+        Context::new("k", "save", 1, Instant::now() + timeout, CancelFlag::new())
+    }
+
+    #[test]
+    fn batches_share_transactions_and_isolate_a_bad_record() {
+        let batcher = Arc::new(Batcher::new(8));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let together = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (batcher, sizes, together) = (batcher.clone(), sizes.clone(), together.clone());
+                std::thread::spawn(move || {
+                    together.wait();
+                    let write = |batch: &[&[Value]]| {
+                        sizes.lock().expect("lock").push(batch.len());
+                        if batch.iter().any(|v| v[0] == Value::from(3)) {
+                            Err(StageError::permanent("record 3 violates a constraint"))
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    batcher.submit(vec![Value::from(i)], &cx(Duration::from_secs(5)), write)
+                })
+            })
+            .collect();
+        let results: Vec<Result<(), StageError>> = threads
+            .into_iter()
+            .map(|t| t.join().expect("no panic"))
+            .collect();
+        for (i, r) in results.iter().enumerate() {
+            assert_eq!(r.is_err(), i == 3, "record {i}: {r:?}");
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert!(
+            sizes.iter().any(|&n| n > 1),
+            "some records shared a transaction: {sizes:?}"
+        );
+    }
+
+    #[test]
+    fn a_transient_failure_is_not_retried_record_by_record() {
+        let batcher = Batcher::new(4);
+        let calls = Mutex::new(0);
+        let result = batcher.submit(vec![Value::from(1)], &cx(Duration::from_secs(5)), |_| {
+            *calls.lock().expect("lock") += 1;
+            Err(StageError::transient("connection lost"))
+        });
+        assert!(result.is_err());
+        assert_eq!(*calls.lock().expect("lock"), 1);
+    }
+
+    #[test]
+    fn a_caller_past_its_deadline_gives_up() {
+        let batcher = Arc::new(Batcher::new(4));
+        // A leader stuck in a slow write holds the batch; a second caller must not wait past
+        // its own deadline.
+        let slow = {
+            let batcher = batcher.clone();
+            std::thread::spawn(move || {
+                batcher.submit(vec![Value::from(1)], &cx(Duration::from_secs(5)), |_| {
+                    std::thread::sleep(Duration::from_millis(600));
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        let result = batcher.submit(
+            vec![Value::from(2)],
+            &cx(Duration::from_millis(100)),
+            |_| Ok(()),
+        );
+        assert!(result.is_err(), "timed out");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(slow.join().expect("no panic").is_ok());
+    }
+}
