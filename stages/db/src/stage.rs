@@ -279,7 +279,7 @@ mod tests {
                     together.wait();
                     let write = |batch: &[&[Value]]| {
                         sizes.lock().expect("lock").push(batch.len());
-                        if batch.iter().any(|v| v[0] == Value::from(3)) {
+                        if batch.iter().any(|v| v[0] == 3) {
                             Err(StageError::permanent("record 3 violates a constraint"))
                         } else {
                             Ok(())
