@@ -6,7 +6,28 @@ mod util;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use util::pg::Db;
 use util::{workspace_root, Cmd, TestDir};
+
+/// Copy `examples/<name>` (and the shared input it reads) into a fresh folder, without state or
+/// output left by earlier runs.
+fn example_copy(name: &str) -> (TestDir, PathBuf) {
+    let root = workspace_root().join("examples");
+    let dir = TestDir::new();
+    for sub in [name, "jsonl"] {
+        let from = root.join(sub);
+        let to = dir.path().join("examples").join(sub);
+        fs::create_dir_all(&to).expect("create example folder");
+        for entry in fs::read_dir(&from).expect("read example") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                fs::copy(&path, to.join(path.file_name().expect("file name"))).expect("copy");
+            }
+        }
+    }
+    let pipeline = dir.path().join("examples").join(name).join("pipeline.toml");
+    (dir, pipeline)
+}
 
 fn tomls_under(dir: &Path, found: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -36,7 +57,13 @@ fn shipped_pipelines_validate() {
     let cwd = TestDir::new();
     let mut failures = Vec::new();
     for pipeline in &pipelines {
-        let out = Cmd::new(cwd.path(), "validate", &pipeline.to_string_lossy()).output();
+        // Examples that talk to PostgreSQL take its URL from the environment.
+        let out = Cmd::new(cwd.path(), "validate", &pipeline.to_string_lossy())
+            .env(
+                "DATABASE_URL",
+                "postgres://example:secret@127.0.0.1:5432/example",
+            )
+            .output();
         if out.code != Some(0) {
             failures.push(out.to_string());
         }
@@ -54,4 +81,54 @@ fn shipped_pipelines_validate() {
             .unwrap_or(true),
         "validate wrote into the working directory"
     );
+}
+
+#[test]
+fn the_sqlite_example_runs_and_a_rerun_only_updates() {
+    let (dir, pipeline) = example_copy("sqlite-upsert");
+    let run = || Cmd::new(dir.path(), "run", &pipeline.to_string_lossy()).output();
+    run().assert_code(0);
+    run().assert_code(0);
+    let db = dir.path().join("examples/sqlite-upsert/out/articles.db");
+    let conn = rusqlite::Connection::open(&db).expect("the example's database");
+    let (rows, writes): (i64, i64) = conn
+        .query_row("SELECT count(*), sum(writes) FROM articles", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("query");
+    assert_eq!(rows, 30, "every article once");
+    assert_eq!(writes, 60, "the second run upserted each article again");
+}
+
+#[test]
+fn the_postgres_example_runs_against_a_real_server() {
+    let Some(mut db) = Db::new() else { return };
+    let (dir, pipeline) = example_copy("postgres");
+    let schema =
+        fs::read_to_string(dir.path().join("examples/postgres/schema.sql")).expect("schema");
+    db.client()
+        .batch_execute(&schema)
+        .expect("apply schema.sql");
+    let url = db.url().to_owned();
+    let run = || {
+        Cmd::new(dir.path(), "run", &pipeline.to_string_lossy())
+            .env("DATABASE_URL", &url)
+            .output()
+    };
+    for _ in 0..2 {
+        let out = run();
+        out.assert_code(0);
+        assert!(
+            !out.stderr.contains(":stagewise@"),
+            "the password must not be printed\n{out}"
+        );
+    }
+    assert_eq!(db.query_i64("SELECT count(*) FROM article_copies"), 200);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM articles WHERE processed_at IS NULL"),
+        0
+    );
+    // Nothing left: a third run takes an empty batch.
+    run().assert_code(0);
+    assert_eq!(db.query_i64("SELECT count(*) FROM article_copies"), 200);
 }

@@ -34,13 +34,14 @@ pub fn register(registry: &mut Registry) {
 }
 
 fn backend(url: &str, cx: &BuildContext, limits: Limits) -> Result<(Backend, Style), StageError> {
+    let create = cx.role != Role::Source;
     match Target::parse(url, cx).map_err(StageError::fatal)? {
         Target::Postgres(url) => {
             let pool = postgres::PgPool::new(&url, &cx.stage, limits).map_err(StageError::fatal)?;
             Ok((Backend::Postgres(Box::new(pool)), Style::Dollar))
         }
         Target::Sqlite(path) => Ok((
-            Backend::Sqlite(sqlite::SqlitePool::new(path, limits)),
+            Backend::Sqlite(sqlite::SqlitePool::new(path, limits, create)),
             Style::Question,
         )),
     }

@@ -18,6 +18,8 @@ use crate::params::Script;
 pub(crate) struct SqlitePool {
     path: PathBuf,
     limits: Limits,
+    /// A sink creates the file and its folder; a source needs them to exist.
+    create: bool,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -26,10 +28,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SqlitePool {
-    pub(crate) fn new(path: PathBuf, limits: Limits) -> Self {
+    pub(crate) fn new(path: PathBuf, limits: Limits, create: bool) -> Self {
         SqlitePool {
             path,
             limits,
+            create,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -63,13 +66,15 @@ impl SqlitePool {
 
     fn connect(&self) -> Result<Connection, StageError> {
         let shown = self.path.display();
+        if !self.create && !self.path.is_file() {
+            return Err(StageError::permanent(format!(
+                "database {shown} does not exist"
+            )));
+        }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                return Err(StageError::permanent(format!(
-                    "cannot open {shown}: folder {} does not exist",
-                    dir.display()
-                )));
-            }
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StageError::permanent(format!("cannot create folder {}: {e}", dir.display()))
+            })?;
         }
         let conn = Connection::open(&self.path)
             .map_err(|e| StageError::permanent(format!("cannot open {shown}: {e}")))?;
