@@ -52,12 +52,6 @@ pub(crate) struct Watched {
     fired: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Watched {
-    fn fired(&self) -> bool {
-        self.fired.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
 impl Drop for Watched {
     fn drop(&mut self) {
         lock(&self.watches).retain(|w| w.id != self.id);
@@ -135,9 +129,10 @@ impl PgPool {
         })
     }
 
-    /// Give a connection back; a broken one, or one the canceller fired on, is dropped.
-    pub(crate) fn put(&self, conn: PgConn, watched: Option<&Watched>) {
-        if !conn.client.is_closed() && !watched.is_some_and(Watched::fired) {
+    /// Give a connection back; a broken one, or one the canceller fired on (its cancel request
+    /// may still be on its way), is dropped.
+    pub(crate) fn put(&self, conn: PgConn, fired: bool) {
+        if !conn.client.is_closed() && !fired {
             lock(&self.idle).push(conn);
         }
     }
@@ -179,11 +174,15 @@ fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
                     .into_iter()
                     .partition(|w| now >= w.deadline || w.flag.is_cancelled());
                 *list = keep;
+                // Marked under the lock: once a `Watched` is dropped (which takes the lock),
+                // its `fired` flag is final.
+                for w in &due {
+                    w.fired.store(true, std::sync::atomic::Ordering::Release);
+                }
                 due
             };
             drop(watches);
             for w in due {
-                w.fired.store(true, std::sync::atomic::Ordering::Release);
                 // Cancelling opens a connection of its own: do it aside, so that an unreachable
                 // server delays no other cancellation.
                 let _ = std::thread::Builder::new()
@@ -295,9 +294,10 @@ pub(crate) fn with_conn<T>(
     let mut conn = pool.get(cx)?;
     let watched = pool.watch(&conn, cx);
     let result = f(&mut conn);
-    let fired = watched.fired();
-    pool.put(conn, Some(&watched));
+    let fired = watched.fired.clone();
     drop(watched);
+    let fired = fired.load(std::sync::atomic::Ordering::Acquire);
+    pool.put(conn, fired);
     match result {
         Err(e) if fired => Err(StageError::transient(format!(
             "the query was cancelled on the server at the attempt's deadline ({})",
