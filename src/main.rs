@@ -75,6 +75,7 @@ fn registry() -> Registry {
     let mut registry = Registry::new();
     stagewise_stages_util::register(&mut registry);
     stagewise_stages_db::register(&mut registry);
+    stagewise_stages_http::register(&mut registry);
     registry
 }
 

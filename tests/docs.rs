@@ -52,8 +52,9 @@ fn the_reference_documents_every_key() {
     let mut registry = Registry::new();
     stagewise_stages_util::register(&mut registry);
     stagewise_stages_db::register(&mut registry);
+    stagewise_stages_http::register(&mut registry);
     let kinds: Vec<&str> = registry.kinds().collect();
-    assert!(kinds.len() >= 7, "{kinds:?}");
+    assert!(kinds.len() >= 8, "{kinds:?}");
     for kind in kinds {
         let (keys, _) = registry.describe(kind).expect("registered");
         let text = find(&sections, kind);

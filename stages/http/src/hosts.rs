@@ -1,0 +1,192 @@
+//! Politeness and safety per host: at most `per_host_concurrency` requests to one host at once,
+//! and no requests to addresses a URL from the outside should never reach.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+/// Counts requests per host.
+pub(crate) struct HostSlots {
+    max: usize,
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+}
+
+/// A request's place on its host; freed on drop.
+pub(crate) struct Slot<'a> {
+    slots: &'a HostSlots,
+    host: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.slots.lock();
+        if let Some(n) = busy.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.host);
+            }
+        }
+        self.slots.freed.notify_all();
+    }
+}
+
+impl HostSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        HostSlots {
+            max: max.max(1),
+            busy: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait for a free slot on `host` until `deadline`; `None` when it passed.
+    pub(crate) fn acquire(&self, host: &str, deadline: Instant) -> Option<Slot<'_>> {
+        let mut busy = self.lock();
+        loop {
+            let n = busy.entry(host.to_owned()).or_insert(0);
+            if *n < self.max {
+                *n += 1;
+                return Some(Slot {
+                    slots: self,
+                    host: host.to_owned(),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// Why an address is not for a URL from the outside, if it is not.
+pub(crate) fn forbidden(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden_v4(v4);
+            }
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if (v6.segments()[0] & 0xfe00) == 0xfc00 {
+                Some("private (unique local)")
+            } else if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+                Some("cloud metadata")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn forbidden_v4(v4: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = v4.octets();
+    if v4.is_loopback() {
+        Some("loopback")
+    } else if v4.is_private() {
+        Some("private")
+    } else if v4.is_link_local() {
+        // 169.254.169.254, the cloud metadata service, is here too.
+        Some("link-local or cloud metadata")
+    } else if v4.is_unspecified() || v4.is_broadcast() || a == 0 {
+        Some("unspecified or broadcast")
+    } else if a == 100 && (64..128).contains(&b) {
+        Some("shared (carrier-grade NAT)")
+    } else {
+        None
+    }
+}
+
+/// Resolve `host:port` and refuse it if any address is forbidden.
+pub(crate) fn check_host(host: &str, port: u16) -> Result<(), String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    for addr in addrs {
+        if let Some(why) = forbidden(addr.ip()) {
+            return Err(format!(
+                "refused: `{host}` resolves to {} ({why}); set `allow_private_networks = true` to allow it",
+                addr.ip()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_addresses() {
+        let cases = [
+            ("127.0.0.1", true),
+            ("10.1.2.3", true),
+            ("172.16.0.1", true),
+            ("192.168.1.1", true),
+            ("169.254.169.254", true),
+            ("100.64.0.1", true),
+            ("0.0.0.0", true),
+            ("::1", true),
+            ("fd00::1", true),
+            ("fe80::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("93.184.216.34", false),
+            ("2606:2800:220:1::", false),
+        ];
+        for (ip, refused) in cases {
+            let ip: IpAddr = ip.parse().expect("valid address");
+            assert_eq!(forbidden(ip).is_some(), refused, "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_literal_private_address_is_refused_without_a_lookup() {
+        let err = check_host("127.0.0.1", 80).expect_err("loopback");
+        assert!(
+            err.contains("127.0.0.1") && err.contains("loopback"),
+            "{err}"
+        );
+        assert!(check_host("[::1]", 80).is_err());
+    }
+
+    #[test]
+    fn host_slots_bound_requests_per_host() {
+        let slots = HostSlots::new(2);
+        let soon = Instant::now() + std::time::Duration::from_millis(50);
+        let a = slots.acquire("a", soon).expect("first");
+        let _b = slots.acquire("a", soon).expect("second");
+        assert!(
+            slots.acquire("a", soon).is_none(),
+            "a third waits and times out"
+        );
+        assert!(
+            slots.acquire("b", soon).is_some(),
+            "another host is not held up"
+        );
+        drop(a);
+        assert!(slots
+            .acquire("a", Instant::now() + std::time::Duration::from_millis(50))
+            .is_some());
+    }
+}

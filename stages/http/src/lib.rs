@@ -1,0 +1,93 @@
+//! The `http-download` stage of stagewise: fetches the page a record's URL names, on the
+//! stage's blocking pool, so that no server, however broken, can stall a run.
+//!
+//! Every request is bounded: `connect_timeout` to connect, `read_timeout` for any single read
+//! (a server dripping a byte at a time), the attempt's `timeout` for the whole download,
+//! `max_bytes` for the body (never read into memory whole), `max_redirects` for the chain (a
+//! loop is detected). Failures are classified: connection errors, timeouts, 408, 429 and 5xx
+//! are transient (a 429's or 503's `Retry-After` becomes the retry-after hint); other 4xx and
+//! bad URLs are permanent. At most `per_host_concurrency` requests go to one host at once, and
+//! by default URLs resolving to loopback, private, link-local or metadata addresses are
+//! refused. `file://` URLs read local files with the same limits.
+
+mod config;
+mod decode;
+mod hosts;
+mod stage;
+
+use std::sync::Arc;
+
+use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageKind};
+
+pub use config::DownloadConfig;
+use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
+use stage::Download;
+
+/// Register `http-download`.
+pub fn register(registry: &mut Registry) {
+    registry.register(DownloadKind);
+}
+
+/// The `http-download` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DownloadKind;
+
+impl StageKind for DownloadKind {
+    type Config = DownloadConfig;
+
+    fn kind(&self) -> &'static str {
+        "http-download"
+    }
+
+    fn roles(&self) -> &'static [Role] {
+        &[Role::Transform]
+    }
+
+    fn check(&self, config: &DownloadConfig, _role: Role) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if config.max_bytes.as_u64() == 0 {
+            problems.push(("max_bytes".into(), "`max_bytes` must be more than 0".into()));
+        }
+        if config.per_host_concurrency == 0 {
+            problems.push((
+                "per_host_concurrency".into(),
+                "`per_host_concurrency` must be at least 1".into(),
+            ));
+        }
+        for (name, value) in &config.headers {
+            if ureq::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || ureq::http::HeaderValue::from_str(value).is_err()
+            {
+                problems.push((
+                    format!("headers.{name}"),
+                    format!("`{name}` is not a valid header"),
+                ));
+            }
+        }
+        problems
+    }
+
+    fn build(&self, config: DownloadConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(config.user_agent.as_str())
+            .timeout_connect(Some(
+                config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            ))
+            .timeout_per_read(Some(config.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)))
+            .build()
+            .into();
+        Ok(StageImpl::Blocking(Arc::new(Download {
+            input: config.input,
+            output: config.output,
+            max_bytes: config.max_bytes.as_u64(),
+            max_redirects: config.max_redirects,
+            headers: config.headers.into_iter().collect(),
+            allow_private_networks: config.allow_private_networks,
+            allow_binary: config.allow_binary,
+            agent,
+            hosts: hosts::HostSlots::new(config.per_host_concurrency),
+        })))
+    }
+}

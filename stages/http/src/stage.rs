@@ -1,0 +1,337 @@
+//! The download itself: one request per redirect hop, each checked and bounded, the body read
+//! up to `max_bytes`, then decoded to text.
+
+use std::io::Read;
+use std::time::{Duration, SystemTime};
+
+use stagewise_core::{BlockingStage, Context, Outcome, Record, StageError};
+use url::Url;
+
+use crate::decode::decode;
+use crate::hosts::{self, HostSlots};
+
+/// A downloaded body and what came with it.
+struct Page {
+    status: u16,
+    final_url: String,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+/// `http-download`.
+pub(crate) struct Download {
+    pub input: String,
+    pub output: String,
+    pub max_bytes: u64,
+    pub max_redirects: u32,
+    pub headers: Vec<(String, String)>,
+    pub allow_private_networks: bool,
+    pub allow_binary: bool,
+    pub agent: ureq::Agent,
+    pub hosts: HostSlots,
+}
+
+impl BlockingStage for Download {
+    fn process(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        let raw = record.get_str(&self.input).ok_or_else(|| {
+            StageError::permanent(format!(
+                "the record has no text field `{}` with a URL",
+                self.input
+            ))
+        })?;
+        let url = Url::parse(raw.trim())
+            .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))?;
+        let page = match url.scheme() {
+            "http" | "https" => self.fetch(url, cx)?,
+            "file" => self.read_file(&url)?,
+            other => {
+                return Err(StageError::permanent(format!(
+                    "unsupported URL scheme `{other}`: use http, https or file"
+                )))
+            }
+        };
+        if let Some(ct) = page.content_type.as_deref().filter(|ct| is_binary(ct)) {
+            if !self.allow_binary {
+                return Ok(Outcome::Skip {
+                    reason: format!("binary content ({ct}); set `allow_binary = true` to keep it"),
+                });
+            }
+        }
+        let (text, _) = decode(&page.body, page.content_type.as_deref());
+        let fields = &mut record.fields;
+        fields.insert(self.output.clone(), text.into());
+        fields.insert("status".into(), page.status.into());
+        fields.insert("final_url".into(), page.final_url.into());
+        fields.insert(
+            "content_type".into(),
+            page.content_type
+                .map_or(serde_json::Value::Null, Into::into),
+        );
+        fields.insert(
+            "fetched_at".into(),
+            humantime::format_rfc3339_seconds(SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        Ok(Outcome::Continue(record))
+    }
+}
+
+impl Download {
+    fn fetch(&self, mut url: Url, cx: &Context) -> Result<Page, StageError> {
+        let mut chain = vec![url.to_string()];
+        for _ in 0..=self.max_redirects {
+            let host = url
+                .host_str()
+                .ok_or_else(|| StageError::permanent(format!("the URL {url} has no host")))?
+                .to_owned();
+            if !self.allow_private_networks {
+                let port = url.port_or_known_default().unwrap_or(80);
+                hosts::check_host(&host, port).map_err(|m| {
+                    if m.starts_with("refused") {
+                        StageError::permanent(m)
+                    } else {
+                        StageError::transient(m)
+                    }
+                })?;
+            }
+            let _slot = self.hosts.acquire(&host, cx.deadline()).ok_or_else(|| {
+                StageError::transient(format!(
+                    "timed out waiting for a free slot on {host} (`per_host_concurrency`)"
+                ))
+            })?;
+            let remaining = cx.remaining();
+            if remaining.is_zero() {
+                return Err(StageError::transient(
+                    "no time left before the attempt's deadline",
+                ));
+            }
+            let mut request = self.agent.get(url.as_str());
+            for (k, v) in &self.headers {
+                request = request.header(k, v);
+            }
+            let response = request
+                .config()
+                .timeout_global(Some(remaining))
+                .build()
+                .call()
+                .map_err(|e| classify(&e))?;
+            let status = response.status().as_u16();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            if (300..400).contains(&status) && status != 304 {
+                if let Some(location) = header("location") {
+                    let next = url.join(&location).map_err(|e| {
+                        StageError::permanent(format!(
+                            "HTTP {status} to an invalid location {location:?}: {e}"
+                        ))
+                    })?;
+                    let looped = chain.contains(&next.to_string());
+                    chain.push(next.to_string());
+                    if looped {
+                        return Err(StageError::permanent(format!(
+                            "redirect loop: {}",
+                            chain.join(" → ")
+                        )));
+                    }
+                    url = next;
+                    continue;
+                }
+            }
+            let reason = response.status().canonical_reason().unwrap_or("");
+            if status == 429 || status == 503 {
+                let error = StageError::transient(format!("HTTP {status} {reason}"));
+                return Err(match header("retry-after").and_then(|v| retry_after(&v)) {
+                    Some(wait) => error.with_retry_after(wait),
+                    None => error,
+                });
+            }
+            if status == 408 || status >= 500 {
+                return Err(StageError::transient(format!("HTTP {status} {reason}")));
+            }
+            if status >= 400 {
+                return Err(StageError::permanent(format!("HTTP {status} {reason}")));
+            }
+            if let Some(length) =
+                header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                if length > self.max_bytes {
+                    return Err(self.too_big(Some(length)));
+                }
+            }
+            let content_type = header("content-type");
+            let body = self.read_limited(response.into_body().into_reader())?;
+            return Ok(Page {
+                status,
+                final_url: url.to_string(),
+                content_type,
+                body,
+            });
+        }
+        Err(StageError::permanent(format!(
+            "too many redirects (more than {}): {}",
+            self.max_redirects,
+            chain.join(" → ")
+        )))
+    }
+
+    fn read_file(&self, url: &Url) -> Result<Page, StageError> {
+        let path = url
+            .to_file_path()
+            .map_err(|()| StageError::permanent(format!("{url} is not a local file path")))?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| StageError::permanent(format!("cannot open {}: {e}", path.display())))?;
+        if let Ok(meta) = file.metadata() {
+            if meta.len() > self.max_bytes {
+                return Err(self.too_big(Some(meta.len())));
+            }
+        }
+        let body = self.read_limited(file)?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let content_type = match ext.as_str() {
+            "html" | "htm" => Some("text/html".to_owned()),
+            "txt" => Some("text/plain".to_owned()),
+            _ => None,
+        };
+        Ok(Page {
+            status: 200,
+            final_url: url.to_string(),
+            content_type,
+            body,
+        })
+    }
+
+    /// Read at most `max_bytes` (one more byte tells that the body is larger).
+    fn read_limited(&self, reader: impl Read) -> Result<Vec<u8>, StageError> {
+        let mut body = Vec::new();
+        reader
+            .take(self.max_bytes.saturating_add(1))
+            .read_to_end(&mut body)
+            .map_err(|e| io_error(&e))?;
+        if body.len() as u64 > self.max_bytes {
+            return Err(self.too_big(None));
+        }
+        Ok(body)
+    }
+
+    fn too_big(&self, length: Option<u64>) -> StageError {
+        let limit = bytesize::ByteSize(self.max_bytes);
+        StageError::permanent(match length {
+            Some(n) => format!(
+                "the body is {} bytes, more than `max_bytes` ({limit}); not read",
+                n
+            ),
+            None => format!("the body is larger than `max_bytes` ({limit}); reading stopped there"),
+        })
+    }
+}
+
+/// Anything not text-like: images, audio, video, fonts, PDFs, archives, octet streams.
+fn is_binary(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime.is_empty() || mime.starts_with("text/") {
+        return false;
+    }
+    !["html", "xml", "json", "javascript"]
+        .iter()
+        .any(|t| mime.contains(t))
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn io_error(e: &std::io::Error) -> StageError {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            StageError::transient(format!("reading the body timed out: {e}"))
+        }
+        _ => StageError::transient(format!("reading the body failed: {e}")),
+    }
+}
+
+/// Connection trouble and timeouts are transient; a malformed URL or response is permanent.
+fn classify(e: &ureq::Error) -> StageError {
+    use ureq::Error as E;
+    match e {
+        E::Timeout(which) => StageError::transient(match which {
+            ureq::Timeout::Connect => "connect timed out (`connect_timeout`)".to_owned(),
+            ureq::Timeout::PerRead => "the server sent nothing for `read_timeout`".to_owned(),
+            ureq::Timeout::Global => "timed out at the attempt's deadline (`timeout`)".to_owned(),
+            other => format!("timed out ({other})"),
+        }),
+        E::Io(io) => io_error(io),
+        E::HostNotFound => StageError::transient("host not found"),
+        E::ConnectionFailed => StageError::transient("connection failed"),
+        E::BadUri(uri) => StageError::permanent(format!("invalid URL: {uri}")),
+        E::TooManyRedirects | E::RedirectFailed => StageError::permanent(e.to_string()),
+        E::Protocol(_) => {
+            StageError::permanent(format!("the server's response is not valid HTTP: {e}"))
+        }
+        other => StageError::transient(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_types() {
+        for ct in [
+            "application/pdf",
+            "image/png",
+            "application/octet-stream",
+            "video/mp4",
+        ] {
+            assert!(is_binary(ct), "{ct}");
+        }
+        for ct in [
+            "text/html; charset=utf-8",
+            "application/xhtml+xml",
+            "application/json",
+            "",
+        ] {
+            assert!(!is_binary(ct), "{ct}");
+        }
+    }
+
+    #[test]
+    fn retry_after_values() {
+        assert_eq!(retry_after("120"), Some(Duration::from_secs(120)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        let wait = retry_after(&httpdate::fmt_http_date(later)).expect("a date");
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+}
