@@ -77,27 +77,43 @@ pub use stage::{
     StageImpl, Stop,
 };
 
-/// A URL with its password replaced by `***`, for logs, errors and `plan`.
+/// A URL with its passwords replaced by `***`, for logs, errors and `plan`: the one in
+/// `user:password@` and any `password=` (or `sslpassword=`) query parameter.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
     };
-    let (authority, tail) = match rest.find(['/', '?', '#']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_owned()
+    let head = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, tail) = match rest.find(['/', '#']) {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
             };
-            format!("{scheme}://{hidden}@{host}{tail}")
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    let hidden = if userinfo.contains(':') {
+                        format!("{user}:***")
+                    } else {
+                        user.to_owned()
+                    };
+                    format!("{scheme}://{hidden}@{host}{tail}")
+                }
+                None => head.to_owned(),
+            }
         }
-        None => url.to_owned(),
-    }
+        None => head.to_owned(),
+    };
+    let Some(query) = query else { return head };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
 }
 
 pub(crate) fn runner_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -122,6 +138,18 @@ mod tests {
             ("postgres://app@db/x", "postgres://app@db/x"),
             ("sqlite:state.db", "sqlite:state.db"),
             ("https://u:p@h/a@b", "https://u:***@h/a@b"),
+            (
+                "postgres://u@h:x/db?password=Hunter2&sslmode=disable",
+                "postgres://u@h:x/db?password=***&sslmode=disable",
+            ),
+            (
+                "postgress://u@h/db?sslpassword=s&PASSWORD=t",
+                "postgress://u@h/db?sslpassword=***&PASSWORD=***",
+            ),
+            (
+                "postgres://u:p@h/db?application_name=x",
+                "postgres://u:***@h/db?application_name=x",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(super::redact_url(input), want);
