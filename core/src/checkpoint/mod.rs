@@ -229,10 +229,20 @@ pub(crate) struct Update {
 
 /// Writes a new run's manifest; nothing is visible until [`ManifestWriter::commit`].
 pub(crate) trait ManifestWriter: Send {
-    /// Add an item. Returns false (and adds nothing) when the key is already in the manifest.
-    fn add(&mut self, key: &str, record: &str) -> Result<bool, StoreError>;
+    /// Add an item. A key already in the manifest is not added again; [`ManifestWriter::commit`]
+    /// counts such repeats.
+    fn add(&mut self, key: &str, record: &str) -> Result<(), StoreError>;
     /// Make the run and its manifest visible.
-    fn commit(self: Box<Self>) -> Result<RunInfo, StoreError>;
+    fn commit(self: Box<Self>) -> Result<(RunInfo, Duplicates), StoreError>;
+}
+
+/// Keys a source yielded more than once (each kept once).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Duplicates {
+    /// How many repeats.
+    pub count: u64,
+    /// The first few repeated keys.
+    pub first: Vec<String>,
 }
 
 /// Applies batches of updates, each batch in one transaction.

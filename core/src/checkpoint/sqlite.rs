@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Change, CheckpointStore, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
+    Change, CheckpointStore, Duplicates, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
     SkippedItem, StatusReport, StoreError, StoredItem, Update, UpdateWriter,
 };
 
@@ -21,6 +21,10 @@ use super::{
 const SCHEMA_VERSION: i64 = 1;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const REPORT_LIMIT: i64 = 1000;
+/// Manifest rows per transaction while a batch is taken.
+const MANIFEST_CHUNK: usize = 1000;
+/// Repeated keys reported by name, at most.
+const SHOWN_DUPLICATES: usize = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE runs (
@@ -252,7 +256,7 @@ impl CheckpointStore for SqliteStore {
         let row = self
             .conn()
             .query_row(
-                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 ORDER BY id DESC LIMIT 1",
+                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' ORDER BY id DESC LIMIT 1",
                 [pipeline],
                 run_from_row,
             )
@@ -267,20 +271,35 @@ impl CheckpointStore for SqliteStore {
         first_stage: &str,
     ) -> Result<Box<dyn ManifestWriter>, StoreError> {
         let conn = connect(&self.path)?;
+        // A read that failed, timed out or died left its rows under a run still `taking`.
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        conn.execute(
+            "DELETE FROM items WHERE run_id IN (SELECT id FROM runs WHERE pipeline = ?1 AND status = 'taking')",
+            [pipeline],
+        )
+        .map_err(db)?;
+        conn.execute(
+            "DELETE FROM runs WHERE pipeline = ?1 AND status = 'taking'",
+            [pipeline],
+        )
+        .map_err(db)?;
         let started = now();
         conn.execute(
-            "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'running', 0, ?2, ?2)",
+            "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'taking', 0, ?2, ?2)",
             params![pipeline, started],
         )
         .map_err(db)?;
         let run = conn.last_insert_rowid();
+        conn.execute_batch("COMMIT").map_err(db)?;
         Ok(Box::new(SqliteManifest {
             conn,
             run,
             started,
             first_stage: first_stage.to_owned(),
             next_seq: 0,
+            buffer: Vec::with_capacity(MANIFEST_CHUNK),
+            duplicates: Duplicates::default(),
+            committed: false,
         }))
     }
 
@@ -430,53 +449,92 @@ struct SqliteManifest {
     started: String,
     first_stage: String,
     next_seq: i64,
+    /// Rows not yet written.
+    buffer: Vec<(String, String)>,
+    duplicates: Duplicates,
+    committed: bool,
+}
+
+impl SqliteManifest {
+    /// Write the buffered rows in one short transaction: the write lock is held only while rows
+    /// are written, never while the source is reading (a source stuck past its timeout must not
+    /// block the next attempt).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO items (run_id, seq, key, state, stage, record) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
+                )
+                .map_err(db)?;
+            for (key, record) in self.buffer.drain(..) {
+                let n = stmt
+                    .execute(params![
+                        self.run,
+                        self.next_seq + 1,
+                        key,
+                        self.first_stage,
+                        record
+                    ])
+                    .map_err(db)?;
+                if n == 1 {
+                    self.next_seq += 1;
+                } else {
+                    self.duplicates.count += 1;
+                    if self.duplicates.first.len() < SHOWN_DUPLICATES {
+                        self.duplicates.first.push(key);
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(db)
+    }
 }
 
 impl ManifestWriter for SqliteManifest {
-    fn add(&mut self, key: &str, record: &str) -> Result<bool, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO items (run_id, seq, key, state, stage, record) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
-            )
-            .map_err(db)?;
-        let n = stmt
-            .execute(params![
-                self.run,
-                self.next_seq + 1,
-                key,
-                self.first_stage,
-                record
-            ])
-            .map_err(db)?;
-        if n == 1 {
-            self.next_seq += 1;
+    fn add(&mut self, key: &str, record: &str) -> Result<(), StoreError> {
+        self.buffer.push((key.to_owned(), record.to_owned()));
+        if self.buffer.len() >= MANIFEST_CHUNK {
+            self.flush()?;
         }
-        Ok(n == 1)
+        Ok(())
     }
 
-    fn commit(self: Box<Self>) -> Result<RunInfo, StoreError> {
+    fn commit(mut self: Box<Self>) -> Result<(RunInfo, Duplicates), StoreError> {
+        self.flush()?;
         self.conn
             .execute(
-                "UPDATE runs SET items = ?2 WHERE id = ?1",
+                "UPDATE runs SET status = 'running', items = ?2 WHERE id = ?1",
                 params![self.run, self.next_seq],
             )
             .map_err(db)?;
-        self.conn.execute_batch("COMMIT").map_err(db)?;
-        Ok(RunInfo {
+        self.committed = true;
+        let run = RunInfo {
             id: self.run,
             status: RunStatus::Running,
             items: self.next_seq as u64,
             started_at: self.started.clone(),
-        })
+        };
+        Ok((run, std::mem::take(&mut self.duplicates)))
     }
 }
 
 impl Drop for SqliteManifest {
     fn drop(&mut self) {
-        if !self.conn.is_autocommit() {
-            // Not committed: the run and its manifest vanish together.
-            let _ = self.conn.execute_batch("ROLLBACK");
+        if !self.committed {
+            // Not committed: the run and its manifest vanish together (or at the next take).
+            let _ = self
+                .conn
+                .execute("DELETE FROM items WHERE run_id = ?1", [self.run]);
+            let _ = self
+                .conn
+                .execute("DELETE FROM runs WHERE id = ?1", [self.run]);
         }
     }
 }
@@ -608,21 +666,56 @@ mod tests {
         let store = SqliteStore::open(&path).expect("open");
         {
             let mut m = store.begin_run("p", "one").expect("begin");
-            assert!(m.add("a", "{}").expect("add"));
-            // dropped without commit
+            for i in 0..2500 {
+                m.add(&i.to_string(), "{}").expect("add");
+            }
+            // dropped without commit, with two chunks written
         }
         assert!(store.latest_run("p").expect("latest").is_none());
         let mut m = store.begin_run("p", "one").expect("begin");
-        assert!(m.add("a", "{}").expect("add"));
-        assert!(!m.add("a", "{}").expect("dup"), "a repeated key is refused");
-        assert!(m.add("b", r#"{"n":1}"#).expect("add"));
-        let run = m.commit().expect("commit");
+        m.add("a", "{}").expect("add");
+        m.add("a", "{}").expect("add");
+        m.add("b", r#"{"n":1}"#).expect("add");
+        let (run, duplicates) = m.commit().expect("commit");
         assert_eq!(run.items, 2);
+        assert_eq!(
+            (duplicates.count, duplicates.first),
+            (1, vec!["a".to_owned()])
+        );
         let pending = store.pending(run.id, 0, 10).expect("pending");
         assert_eq!(
             pending.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn a_stuck_read_does_not_lock_out_the_next_attempt() {
+        let path = temp_path("stuck");
+        let store = SqliteStore::open(&path).expect("open");
+        // The first attempt's source is stuck mid-chunk (rows buffered, none written) and its
+        // manifest is never dropped while the second attempt takes the batch.
+        let mut stuck = store.begin_run("p", "one").expect("begin");
+        for i in 0..1500 {
+            stuck.add(&format!("old-{i}"), "{}").expect("add");
+        }
+        let started = std::time::Instant::now();
+        let mut m = store
+            .begin_run("p", "one")
+            .expect("a second attempt can begin");
+        m.add("x", "{}").expect("add");
+        let (run, _) = m.commit().expect("and commit");
+        assert!(
+            started.elapsed() < BUSY_TIMEOUT / 2,
+            "it did not wait for a lock"
+        );
+        assert_eq!(run.items, 1, "the stuck attempt's rows are not part of it");
+        drop(stuck);
+        assert_eq!(
+            store.latest_run("p").expect("latest").map(|r| r.id),
+            Some(run.id)
+        );
+        assert_eq!(store.pending(run.id, 0, 10).expect("pending").len(), 1);
     }
 
     #[test]
@@ -633,7 +726,7 @@ mod tests {
         for k in ["a", "b", "c", "d"] {
             m.add(k, "{}").expect("add");
         }
-        let run = m.commit().expect("commit");
+        let (run, _) = m.commit().expect("commit");
         let mut w = store.update_writer(run.id).expect("writer");
         let s = |x: &str| x.to_owned();
         w.apply(

@@ -1,6 +1,7 @@
 //! Taking the batch: the source's read, with its stage's timeout and retry policy, writes the
-//! run's manifest in one transaction. A failed, timed-out or interrupted read leaves nothing
-//! behind, so the next attempt (or the next run) starts clean.
+//! run's manifest in chunks under a run that stays invisible until the read completes. A failed,
+//! timed-out or interrupted read leaves nothing that counts, and its rows are cleared by the
+//! next attempt, so the next attempt (or the next run) starts clean.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -9,12 +10,9 @@ use std::time::Instant;
 use super::call::panic_message;
 use super::control::{AbortReason, Control};
 use super::StageRt;
-use crate::checkpoint::{CheckpointStore, RunInfo, StoreError};
+use crate::checkpoint::{CheckpointStore, Duplicates, RunInfo, StoreError};
 use crate::spec::fmt_duration;
 use crate::stage::{CancelFlag, Context, ErrorClass, StageError, StageImpl, Stop};
-
-/// Repeated keys reported by name, at most.
-const SHOWN_DUPLICATES: usize = 5;
 
 enum TakeError {
     Stage(StageError),
@@ -24,8 +22,7 @@ enum TakeError {
 
 struct Taken {
     run: RunInfo,
-    duplicates: u64,
-    shown: Vec<String>,
+    duplicates: Duplicates,
 }
 
 /// Take a new batch. `Ok(None)`: a stop request came first; nothing was taken.
@@ -81,11 +78,11 @@ pub(crate) async fn take(
         };
         let error = match result {
             Ok(taken) => {
-                if taken.duplicates > 0 {
+                if taken.duplicates.count > 0 {
                     tracing::warn!(
                         stage = %stage.name,
-                        duplicates = taken.duplicates,
-                        first = %taken.shown.join(", "),
+                        duplicates = taken.duplicates.count,
+                        first = %taken.duplicates.first.join(", "),
                         "the source yielded repeated keys; each was kept once"
                     );
                 }
@@ -123,27 +120,17 @@ fn read(
         .begin_run(pipeline, first_stage)
         .map_err(TakeError::Store)?;
     let mut taken = 0u64;
-    let mut duplicates = 0u64;
-    let mut shown = Vec::new();
     let mut store_error = None;
     let mut emit = |record: crate::record::Record| -> Result<(), Stop> {
         if cx.cancel_flag().is_cancelled() || limit.is_some_and(|l| taken >= l) {
             return Err(Stop);
         }
         let fields = serde_json::to_string(&record.fields).expect("JSON values always serialize");
-        match manifest.add(&record.key, &fields) {
-            Ok(true) => taken += 1,
-            Ok(false) => {
-                duplicates += 1;
-                if shown.len() < SHOWN_DUPLICATES {
-                    shown.push(record.key);
-                }
-            }
-            Err(e) => {
-                store_error = Some(e);
-                return Err(Stop);
-            }
+        if let Err(e) = manifest.add(&record.key, &fields) {
+            store_error = Some(e);
+            return Err(Stop);
         }
+        taken += 1;
         Ok(())
     };
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| source.read(limit, cx, &mut emit)));
@@ -163,10 +150,6 @@ fn read(
             ))))
         }
     }
-    let run = manifest.commit().map_err(TakeError::Store)?;
-    Ok(Taken {
-        run,
-        duplicates,
-        shown,
-    })
+    let (run, duplicates) = manifest.commit().map_err(TakeError::Store)?;
+    Ok(Taken { run, duplicates })
 }
