@@ -116,6 +116,7 @@ impl PgPool {
             ));
         }
         config.connect_timeout(budget);
+        probe(&self.config, budget)?;
         let mut client = config
             .connect(NoTls)
             .map_err(|e| connect_error(&e, budget))?;
@@ -156,6 +157,44 @@ impl PgPool {
             fired,
         }
     }
+}
+
+/// Make sure the server answers before connecting: the client's `connect_timeout` bounds only
+/// opening the TCP connection, not the startup exchange, so a server that accepts and then says
+/// nothing would hold the attempt until its deadline. The probe sends PostgreSQL's 8-byte
+/// SSLRequest, which every server answers at once with one byte, and waits at most `budget`.
+fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Some(postgres::config::Host::Tcp(host)) = config.get_hosts().first() else {
+        return Ok(());
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let unreachable = |e: std::io::Error| {
+        StageError::transient(format!("could not connect to {host}:{port}: {e}"))
+    };
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(unreachable)?
+        .next()
+        .ok_or_else(|| StageError::transient(format!("`{host}` has no address")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, budget).map_err(unreachable)?;
+    let silent = || {
+        StageError::transient(format!(
+            "{host}:{port} accepted the connection but did not answer within {} (`connect_timeout`)",
+            humantime::format_duration(Duration::from_millis(budget.as_millis() as u64))
+        ))
+    };
+    stream.set_read_timeout(Some(budget)).map_err(unreachable)?;
+    stream
+        .set_write_timeout(Some(budget))
+        .map_err(unreachable)?;
+    stream
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .map_err(|_| silent())?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).map_err(|_| silent())?;
+    Ok(())
 }
 
 /// One thread per pool: cancels watched queries whose attempt is over. It ends with the pool.
