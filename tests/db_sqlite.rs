@@ -1,0 +1,365 @@
+//! `db-fetch` and `persist` on SQLite (`sqlite:PATH`), the embedded default that needs no
+//! server: the seed's job end to end, and bad input (a missing field, a missing table) that must
+//! fail clearly and write nothing partial. The database file lives in the test's directory,
+//! beside the pipeline, and is created and inspected with rusqlite.
+
+mod util;
+
+use rusqlite::Connection;
+use serde_json::Value;
+use util::Pipeline;
+
+const ARTICLES: i64 = 1000;
+
+/// The database file, relative to the pipeline (`url = "sqlite:articles.db"`).
+const DB_FILE: &str = "articles.db";
+
+fn open(p: &Pipeline) -> Connection {
+    Connection::open(p.dir.join(DB_FILE)).expect("open the test's SQLite database")
+}
+
+/// The single integer `sql` returns.
+fn query_i64(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |row| row.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The first column of every row, as integers.
+fn ids(conn: &Connection, sql: &str) -> Vec<i64> {
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    stmt.query_map([], |row| row.get(0))
+        .and_then(Iterator::collect)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `articles` with `n` unprocessed rows whose titles have 2 to 8 words, and an empty `results`
+/// whose `writes` counts how often the upsert touched each row.
+fn seed(p: &Pipeline, n: i64) {
+    let mut conn = open(p);
+    conn.execute_batch(
+        "CREATE TABLE articles (
+             id INTEGER PRIMARY KEY,
+             url TEXT NOT NULL,
+             title TEXT NOT NULL,
+             processed_at TEXT
+         );
+         CREATE TABLE results (
+             article_id INTEGER PRIMARY KEY,
+             title TEXT NOT NULL,
+             words INTEGER NOT NULL,
+             fetched TEXT NOT NULL,
+             writes INTEGER NOT NULL DEFAULT 1
+         );
+         CREATE TABLE facts (article_id INTEGER PRIMARY KEY, title TEXT NOT NULL);
+         CREATE TABLE audit (article_id INTEGER PRIMARY KEY, note TEXT NOT NULL);",
+    )
+    .expect("create tables");
+    let tx = conn.transaction().expect("begin");
+    for id in 1..=n {
+        let title = format!("Article {id}{}", " word".repeat((id % 7) as usize));
+        tx.execute(
+            "INSERT INTO articles (id, url, title) VALUES (?1, ?2, ?3)",
+            rusqlite::params![id, format!("https://example.com/articles/{id}"), title],
+        )
+        .expect("insert an article");
+    }
+    tx.commit().expect("commit");
+}
+
+/// A snapshot of both tables, to show a later run changed nothing.
+fn fingerprint(conn: &Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT article_id || '|' || title || '|' || words || '|' || fetched || '|' || writes
+             FROM results
+             UNION ALL
+             SELECT id || '|' || coalesce(processed_at, '-') FROM articles",
+        )
+        .expect("prepare");
+    stmt.query_map([], |row| row.get(0))
+        .and_then(Iterator::collect)
+        .expect("fingerprint")
+}
+
+/// The whole batch done, every article processed exactly once with the right values; then a
+/// second run takes a batch of nothing and changes nothing.
+fn end_to_end(name: &str, persist_extra: &str) {
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+
+        [[stage]]
+        name = "fetch"
+        kind = "db-fetch"
+        url = "sqlite:{DB_FILE}"
+        query = "SELECT id, url, title, length(title) - length(replace(title, ' ', '')) + 1 AS words, json_object('url', url, 'id', id) AS fetched FROM articles WHERE processed_at IS NULL ORDER BY id LIMIT $limit"
+        key = "id"
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1ms"
+
+        [[stage]]
+        name = "save"
+        kind = "persist"
+        url = "sqlite:{DB_FILE}"
+        statement = """
+        INSERT INTO results (article_id, title, words, fetched) VALUES (:key, :title, :words, :fetched)
+            ON CONFLICT (article_id) DO UPDATE
+            SET title = excluded.title, words = excluded.words, fetched = excluded.fetched,
+                writes = results.writes + 1;
+        UPDATE articles SET processed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = :key
+        """
+        {persist_extra}
+        "#
+    ));
+    seed(&p, ARTICLES);
+
+    let out = p.run();
+    out.assert_code(0);
+    let status = p.status();
+    assert_eq!(
+        status.count("done"),
+        ARTICLES as u64,
+        "{:?}\n{out}",
+        status.counts
+    );
+    assert_eq!(status.total(), ARTICLES as u64, "{:?}", status.counts);
+
+    let conn = open(&p);
+    assert_eq!(query_i64(&conn, "SELECT count(*) FROM results"), ARTICLES);
+    assert_eq!(
+        query_i64(
+            &conn,
+            "SELECT count(*) FROM articles WHERE processed_at IS NULL"
+        ),
+        0,
+        "every article must be marked processed"
+    );
+    assert_eq!(
+        query_i64(
+            &conn,
+            "SELECT count(*) FROM results r JOIN articles a ON a.id = r.article_id
+             WHERE r.title = a.title
+               AND r.words = length(a.title) - length(replace(a.title, ' ', '')) + 1
+               AND r.fetched = json_object('url', a.url, 'id', a.id)
+               AND typeof(r.article_id) = 'integer' AND typeof(r.words) = 'integer'"
+        ),
+        ARTICLES,
+        "values differ from the articles"
+    );
+    assert_eq!(
+        query_i64(&conn, "SELECT sum(writes) FROM results"),
+        ARTICLES,
+        "without a crash every record is written exactly once"
+    );
+
+    let before = fingerprint(&conn);
+    drop(conn);
+    let again = p.run();
+    again.assert_code(0);
+    let status = p.status();
+    assert_eq!(status.raw["run"]["id"], 2, "a second run\n{again}");
+    assert_eq!(
+        status.raw["run"]["items"], 0,
+        "the second run must find nothing to do\n{again}"
+    );
+    assert_eq!(
+        fingerprint(&open(&p)),
+        before,
+        "the second run changed the tables"
+    );
+}
+
+/// One transaction per record from the stage's 4 threads: the writers take turns through
+/// SQLite's busy timeout.
+#[test]
+fn end_to_end_every_article_processed_once_then_nothing_to_do() {
+    end_to_end("articles", "");
+}
+
+/// Records arriving together share a transaction, written by one thread at a time.
+#[test]
+fn end_to_end_with_batched_transactions() {
+    end_to_end("articles-batched", "batch_size = 16\nconcurrency = 8");
+}
+
+/// `in.jsonl` (keyed by `id`) → persist `statement` to the test's SQLite file.
+fn persist_only(name: &str, statement: &str, persist_extra: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "save"
+        kind = "persist"
+        url = "sqlite:{DB_FILE}"
+        statement = """
+        {statement}
+        """
+        {persist_extra}
+        "#
+    ))
+}
+
+/// `in.jsonl`: records 1..=20; those in `without_title` lack `title`, those in `null_note` have
+/// a null `note`.
+fn write_records(p: &Pipeline, without_title: &[i64], null_note: &[i64]) {
+    let mut lines = String::new();
+    for id in 1..=20 {
+        let mut record = serde_json::json!({ "id": id, "note": format!("note {id}") });
+        if !without_title.contains(&id) {
+            record["title"] = Value::from(format!("title {id}"));
+        }
+        if null_note.contains(&id) {
+            record["note"] = Value::Null;
+        }
+        lines.push_str(&format!("{record}\n"));
+    }
+    p.dir.write("in.jsonl", lines);
+}
+
+/// Ids 1..=20 without `bad`.
+fn all_but(bad: &[i64]) -> Vec<i64> {
+    (1..=20).filter(|id| !bad.contains(id)).collect()
+}
+
+#[test]
+fn a_record_missing_a_field_fails_alone_and_writes_nothing() {
+    let p = persist_only(
+        "missing-field",
+        "INSERT INTO facts (article_id, title) VALUES (:key, :title)
+             ON CONFLICT (article_id) DO UPDATE SET title = excluded.title;
+         UPDATE articles SET processed_at = 'now' WHERE id = :key",
+        "",
+    );
+    seed(&p, 20);
+    let bad = [5, 10, 15];
+    write_records(&p, &bad, &[]);
+
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    assert_eq!(status.count("done"), 17, "{:?}\n{out}", status.counts);
+    let mut failed: Vec<String> = status.failed.iter().map(|f| f.key.clone()).collect();
+    failed.sort_by_key(|k| k.parse::<i64>().unwrap_or(0));
+    assert_eq!(failed, ["5", "10", "15"], "{:?}", status.failed);
+    for f in &status.failed {
+        assert_eq!(f.stage, "save", "{f:?}");
+        assert_eq!(f.attempts, 1, "a missing field is permanent: {f:?}");
+        assert!(
+            f.error
+                .contains("the statement names `:title`, but the record has no field `title`"),
+            "{f:?}"
+        );
+    }
+    let conn = open(&p);
+    assert_eq!(
+        ids(&conn, "SELECT article_id FROM facts ORDER BY 1"),
+        all_but(&bad)
+    );
+    assert_eq!(
+        ids(
+            &conn,
+            "SELECT id FROM articles WHERE processed_at IS NOT NULL ORDER BY 1"
+        ),
+        all_but(&bad),
+        "the second statement must not have run for the failed records"
+    );
+}
+
+/// The first statement succeeds, the second violates NOT NULL: the transaction rolls back.
+#[test]
+fn a_failing_second_statement_rolls_back_the_first() {
+    let p = persist_only(
+        "no-partial-writes",
+        "INSERT INTO facts (article_id, title) VALUES (:key, :title)
+             ON CONFLICT (article_id) DO UPDATE SET title = excluded.title;
+         INSERT INTO audit (article_id, note) VALUES (:key, :note)
+             ON CONFLICT (article_id) DO UPDATE SET note = excluded.note",
+        "batch_size = 8\nconcurrency = 4",
+    );
+    seed(&p, 20);
+    let bad = [4, 8, 12, 16];
+    write_records(&p, &[], &bad);
+
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    assert_eq!(status.count("done"), 16, "{:?}\n{out}", status.counts);
+    assert_eq!(status.failed.len(), 4, "{:?}", status.failed);
+    for f in &status.failed {
+        assert!(
+            f.error.contains("NOT NULL constraint failed: audit.note"),
+            "SQLite's message: {f:?}"
+        );
+        assert_eq!(f.attempts, 1, "a constraint violation is permanent: {f:?}");
+    }
+    let conn = open(&p);
+    assert_eq!(
+        ids(&conn, "SELECT article_id FROM facts ORDER BY 1"),
+        all_but(&bad),
+        "the first statement's rows of failed records must be rolled back"
+    );
+    assert_eq!(
+        ids(&conn, "SELECT article_id FROM audit ORDER BY 1"),
+        all_but(&bad)
+    );
+}
+
+#[test]
+fn a_missing_table_in_the_query_aborts_the_run() {
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "missing-table"
+
+        [[stage]]
+        name = "fetch"
+        kind = "db-fetch"
+        url = "sqlite:{DB_FILE}"
+        query = "SELECT id, title FROM no_such_articles LIMIT $limit"
+        key = "id"
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#
+    ));
+    seed(&p, 3);
+    let out = p.run();
+    out.assert_code(3);
+    out.assert_stderr_contains("source `fetch` failed");
+    out.assert_stderr_contains("no such table: no_such_articles");
+    out.assert_stderr_contains("after 1 attempt(s)");
+}
+
+#[test]
+fn a_statement_into_a_missing_table_fails_the_items() {
+    let p = persist_only(
+        "missing-sink-table",
+        "INSERT INTO no_such_results (id) VALUES (:key)",
+        "",
+    );
+    seed(&p, 3);
+    p.dir
+        .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    assert_eq!(status.count("failed"), 3, "{:?}\n{out}", status.counts);
+    for f in &status.failed {
+        assert_eq!(f.stage, "save", "{f:?}");
+        assert_eq!(f.attempts, 1, "a missing table is permanent: {f:?}");
+        assert!(f.error.contains("no such table: no_such_results"), "{f:?}");
+    }
+}
