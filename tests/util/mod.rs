@@ -11,6 +11,8 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+/// A local HTTP server that misbehaves on purpose, for the `http-download` tests.
+pub mod http;
 /// PostgreSQL: the shared test cluster, a database per test, private clusters.
 pub mod pg;
 

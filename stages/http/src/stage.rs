@@ -265,6 +265,11 @@ fn retry_after(value: &str) -> Option<Duration> {
 }
 
 fn io_error(e: &std::io::Error) -> StageError {
+    // ureq reports its own failures while the body is read (a `read_timeout`, say) as an
+    // `io::Error` wrapping a `ureq::Error`: classify those as ureq's.
+    if let Some(inner) = e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+        return classify(inner);
+    }
     match e.kind() {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
             StageError::transient(format!("reading the body timed out: {e}"))

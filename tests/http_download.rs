@@ -1,0 +1,500 @@
+//! `http-download` end to end, against a real HTTP server on 127.0.0.1 that misbehaves on
+//! purpose (tests/util/http.rs): every failure mode of a network fetch must end bounded,
+//! classified (retried or not) and visible in `status --json` with a useful error.
+//!
+//! Each test runs `jsonl` (one `{"id", "url"}` per line) → `http-download` → `jsonl` sink. Items
+//! whose expectations are independent share a pipeline, so the slow cases wait side by side.
+//! Durations are asserted only as generous upper bounds, except the `Retry-After` wait, which is
+//! measured on the server's own request log.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use util::http::{Server, BIG, GZIP_TEXT, PAGE};
+use util::{Failed, Pipeline, Status};
+
+/// `items` (key, URL) → `http-download` with `allow_private_networks` and `keys` → `out.jsonl`.
+fn download(name: &str, items: &[(&str, String)], keys: &str) -> Pipeline {
+    download_by_default(
+        name,
+        items,
+        &format!("allow_private_networks = true\n{keys}"),
+    )
+}
+
+/// As [`download`], with `allow_private_networks` left at its default (off).
+fn download_by_default(name: &str, items: &[(&str, String)], keys: &str) -> Pipeline {
+    let p = Pipeline::new(&format!(
+        r#"
+[pipeline]
+name = "{name}"
+
+[[stage]]
+name = "urls"
+kind = "jsonl"
+path = "urls.jsonl"
+key = "id"
+
+[[stage]]
+name = "fetch"
+kind = "http-download"
+concurrency = 8
+per_host_concurrency = 8
+{keys}
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#
+    ));
+    let lines: String = items
+        .iter()
+        .map(|(id, url)| format!("{}\n", serde_json::json!({ "id": id, "url": url })))
+        .collect();
+    p.dir.write("urls.jsonl", lines);
+    p
+}
+
+/// The failed item `key`, which must have failed at the download stage.
+fn failed(status: &Status, key: &str) -> Failed {
+    let f = status
+        .failed
+        .iter()
+        .find(|f| f.key == key)
+        .unwrap_or_else(|| panic!("`{key}` is not among the failed items: {:#}", status.raw))
+        .clone();
+    assert_eq!(f.stage, "fetch", "{f:?}");
+    f
+}
+
+/// The skip reason of item `key`, which must have been skipped at the download stage.
+fn skipped(status: &Status, key: &str) -> String {
+    let item = status.raw["skipped"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status --json has no `skipped` list: {:#}", status.raw))
+        .iter()
+        .find(|s| s["key"] == key)
+        .unwrap_or_else(|| panic!("`{key}` is not among the skipped items: {:#}", status.raw));
+    assert_eq!(item["stage"], "fetch", "{item}");
+    item["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("skipped item without a string `reason`: {item}"))
+        .to_owned()
+}
+
+/// The sink's record for `key`, which must appear exactly once.
+fn record(p: &Pipeline, key: &str) -> serde_json::Map<String, Value> {
+    let sink = p.sink("out.jsonl");
+    let mut found = sink.records.iter().filter(|r| r["key"] == key);
+    let first = found
+        .next()
+        .unwrap_or_else(|| panic!("`{key}` is not in the sink: {:?}", sink.keys()))
+        .clone();
+    assert!(found.next().is_none(), "`{key}` written twice");
+    first
+}
+
+/// The downloaded text of a sink record.
+fn html(record: &serde_json::Map<String, Value>) -> &str {
+    record["html"]
+        .as_str()
+        .unwrap_or_else(|| panic!("`html` is not text: {record:?}"))
+}
+
+/// Asserts the item counts of a run: `done`, `skipped` and `failed`, nothing left over.
+fn assert_counts(status: &Status, done: u64, skipped: u64, failed: u64) {
+    let want = [
+        ("done", done),
+        ("skipped", skipped),
+        ("failed", failed),
+        ("pending", 0),
+        ("in_flight", 0),
+    ];
+    for (state, n) in want {
+        assert_eq!(status.count(state), n, "`{state}`: {:#}", status.raw);
+    }
+}
+
+/// `fetched_at` looks like RFC 3339 in UTC to the second: `2024-05-01T12:00:00Z`.
+fn is_rfc3339_seconds(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// Largest peak resident set, in bytes, among the child processes this test process has waited
+/// for. Under nextest every test is its own process, so that is the runs of this test; under
+/// `cargo test` it includes other tests' children, which only makes it a looser upper bound.
+/// The kernel keeps the exact peak, where sampling `/proc/PID/status` could miss the last
+/// moments before exit.
+// `getrusage` has no safe wrapper in std; this is the only `unsafe` here.
+#[allow(unsafe_code)]
+fn children_peak_rss() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given and touches nothing else.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    // SAFETY: getrusage succeeded, so it initialized the struct (and zeroed was valid anyway).
+    let usage = unsafe { usage.assume_init() };
+    // Kilobytes on Linux.
+    u64::try_from(usage.ru_maxrss).expect("a peak is never negative") * 1024
+}
+
+const MB: u64 = 1024 * 1024;
+
+#[test]
+fn a_page_is_fetched_with_its_text_and_metadata() {
+    let server = Server::start();
+    let url = server.url("/page");
+    let p = download("page", &[("article", url.clone())], "");
+    p.run().assert_code(0);
+    assert_counts(&p.status(), 1, 0, 0);
+    let r = record(&p, "article");
+    assert_eq!(html(&r), PAGE);
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["final_url"], url.as_str());
+    assert_eq!(r["content_type"], "text/html; charset=utf-8");
+    assert_eq!(r["url"], url.as_str(), "the input fields are kept");
+    let fetched_at = r["fetched_at"].as_str().unwrap_or("");
+    assert!(is_rfc3339_seconds(fetched_at), "fetched_at: {r:?}");
+    let requests = server.requests_to("/page");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].method, "GET");
+    assert!(
+        requests[0]
+            .header("user-agent")
+            .is_some_and(|ua| ua.starts_with("stagewise/")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn redirects_are_followed_up_to_max_redirects_and_loops_refused() {
+    let server = Server::start();
+    let p = download(
+        "redirects",
+        &[
+            // /redirect/2 → /redirect/1 → /redirect/0 → /page: three redirects, the limit.
+            ("chain", server.url("/redirect/2")),
+            // Four redirects: one too many.
+            ("too-long", server.url("/redirect/3")),
+            ("loop", server.url("/loop/a")),
+        ],
+        "max_redirects = 3\nretry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    p.run().assert_code(1);
+    let status = p.status();
+    assert_counts(&status, 1, 0, 2);
+
+    let chain = record(&p, "chain");
+    assert_eq!(chain["final_url"], server.url("/page").as_str());
+    assert_eq!(chain["status"], 200);
+    assert_eq!(html(&chain), PAGE);
+
+    let too_long = failed(&status, "too-long");
+    assert!(
+        too_long.error.contains("too many redirects"),
+        "{too_long:?}"
+    );
+    assert_eq!(too_long.attempts, 1, "a permanent error: {too_long:?}");
+
+    let looped = failed(&status, "loop");
+    assert!(looped.error.contains("redirect loop"), "{looped:?}");
+    assert_eq!(looped.attempts, 1, "a permanent error: {looped:?}");
+    // /loop/a, /loop/b, and the loop is seen at the second /loop/a without asking again.
+    assert_eq!(server.hits("/loop/a"), 1);
+    assert_eq!(server.hits("/loop/b"), 1);
+    // The too-long chain got its fourth redirect from /redirect/0 and did not follow it: only
+    // the chain of three reached /page.
+    assert_eq!(server.hits("/redirect/3"), 1);
+    assert_eq!(server.hits("/redirect/0"), 2);
+    assert_eq!(server.hits("/page"), 1);
+}
+
+#[test]
+fn a_404_fails_permanently_without_a_retry() {
+    let server = Server::start();
+    let p = download(
+        "not-found",
+        &[("gone", server.url("/missing"))],
+        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    p.run().assert_code(1);
+    let status = p.status();
+    assert_counts(&status, 0, 0, 1);
+    let f = failed(&status, "gone");
+    assert_eq!(f.attempts, 1, "{f:?}");
+    assert!(f.error.contains("HTTP 404"), "{f:?}");
+    assert_eq!(server.hits("/missing"), 1);
+    assert_eq!(p.sink("out.jsonl").len(), 0);
+}
+
+#[test]
+fn a_500_is_retried_until_the_page_comes() {
+    let server = Server::start();
+    let p = download(
+        "flaky",
+        &[("a", server.url("/flaky/a")), ("b", server.url("/flaky/b"))],
+        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    p.run().assert_code(0);
+    assert_counts(&p.status(), 2, 0, 0);
+    for id in ["a", "b"] {
+        let r = record(&p, id);
+        assert_eq!(r["status"], 200, "{r:?}");
+        assert_eq!(html(&r), PAGE);
+        assert_eq!(server.hits(&format!("/flaky/{id}")), 2, "one 500, one 200");
+    }
+}
+
+#[test]
+fn a_429_retry_after_sets_the_wait_before_the_next_attempt() {
+    let server = Server::start();
+    let p = download(
+        "rate-limited",
+        &[("slow-down", server.url("/ratelimited/x"))],
+        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    p.run().assert_code(0);
+    assert_counts(&p.status(), 1, 0, 0);
+    assert_eq!(html(&record(&p, "slow-down")), PAGE);
+    let requests = server.requests_to("/ratelimited/x");
+    assert_eq!(requests.len(), 2, "one 429, one 200: {requests:?}");
+    // The backoff alone would wait at most 200ms; `Retry-After: 2` must win.
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the second request came {waited:?} after the 429 with `Retry-After: 2`"
+    );
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+}
+
+#[test]
+fn a_server_that_never_answers_ends_at_the_attempt_timeout() {
+    let server = Server::start();
+    let p = download(
+        "silent",
+        &[("mute", server.url("/silent"))],
+        "timeout = \"2s\"\nretry = { attempts = 2, initial = \"50ms\", max = \"200ms\" }",
+    );
+    let out = p.run();
+    out.assert_code(1);
+    assert!(
+        out.elapsed < Duration::from_secs(15),
+        "two 2 s attempts took {:?}\n{out}",
+        out.elapsed
+    );
+    let status = p.status();
+    assert_counts(&status, 0, 0, 1);
+    let f = failed(&status, "mute");
+    assert_eq!(f.attempts, 2, "a timeout is transient: {f:?}");
+    assert!(f.error.contains("timed out"), "{f:?}");
+    assert_eq!(server.hits("/silent"), 2, "one request per attempt");
+}
+
+#[test]
+fn a_slow_drip_ends_at_read_timeout_not_at_the_attempt_timeout() {
+    let server = Server::start();
+    let p = download(
+        "drip",
+        &[
+            // Headers at once, then a body byte every 3 s.
+            ("body", server.url("/drip")),
+            // The status line, then a header byte every 3 s.
+            ("head", server.url("/drip-head")),
+        ],
+        "read_timeout = \"1s\"\ntimeout = \"30s\"\nretry = { attempts = 2, initial = \"50ms\", max = \"200ms\" }",
+    );
+    let out = p.run();
+    out.assert_code(1);
+    assert!(
+        out.elapsed < Duration::from_secs(15),
+        "the 1 s `read_timeout` should end both items long before the 30 s `timeout`: {:?}\n{out}",
+        out.elapsed
+    );
+    let status = p.status();
+    assert_counts(&status, 0, 0, 2);
+    // Both items are checked before failing, so a message shows every one that is wrong.
+    let wrong: Vec<Failed> = ["body", "head"]
+        .into_iter()
+        .map(|key| failed(&status, key))
+        .filter(|f| f.attempts != 2 || !f.error.contains("read_timeout"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "each should fail after 2 attempts (a timeout is transient) with an error naming \
+         `read_timeout`: {wrong:#?}"
+    );
+}
+
+#[test]
+fn a_body_over_max_bytes_is_refused_without_reading_it_all() {
+    let server = Server::start();
+    let p = download(
+        "too-big",
+        &[
+            ("declared", server.url("/big")),
+            ("undeclared", server.url("/big-undeclared")),
+        ],
+        "max_bytes = \"1MB\"\nretry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    let out = p.run();
+    out.assert_code(1);
+    assert!(out.elapsed < Duration::from_secs(30), "{out}");
+    let status = p.status();
+    assert_counts(&status, 0, 0, 2);
+
+    let declared = failed(&status, "declared");
+    assert_eq!(declared.attempts, 1, "a permanent error: {declared:?}");
+    assert!(
+        declared.error.contains("more than `max_bytes`")
+            && declared.error.contains(&BIG.to_string()),
+        "{declared:?}"
+    );
+    let undeclared = failed(&status, "undeclared");
+    assert_eq!(undeclared.attempts, 1, "a permanent error: {undeclared:?}");
+    assert!(
+        undeclared.error.contains("larger than `max_bytes`"),
+        "{undeclared:?}"
+    );
+
+    // The client hung up early: what the server got rid of is what fits in the socket buffers
+    // plus the 1 MB read, far from the 50 MB body.
+    for path in ["/big", "/big-undeclared"] {
+        assert_eq!(server.hits(path), 1, "{path}");
+        let written = server.body_bytes_written(path, Duration::from_secs(10));
+        assert!(
+            written < 20 * MB,
+            "the server wrote {written} bytes of {path} before the client hung up"
+        );
+    }
+    let peak = children_peak_rss();
+    assert!(
+        peak < 40 * MB,
+        "peak RSS of the run was {} MB; a 50 MB body must never be held in memory",
+        peak / MB
+    );
+}
+
+#[test]
+fn a_gzip_body_is_decompressed() {
+    let server = Server::start();
+    let p = download("gzip", &[("zipped", server.url("/gzip"))], "");
+    p.run().assert_code(0);
+    assert_counts(&p.status(), 1, 0, 0);
+    let r = record(&p, "zipped");
+    assert_eq!(html(&r), GZIP_TEXT);
+    assert_eq!(r["status"], 200);
+}
+
+#[test]
+fn a_latin1_page_is_decoded_by_its_meta_charset() {
+    let server = Server::start();
+    let p = download("latin1", &[("cafe", server.url("/latin1"))], "");
+    p.run().assert_code(0);
+    assert_counts(&p.status(), 1, 0, 0);
+    let r = record(&p, "cafe");
+    let text = html(&r);
+    for word in ["Café", "Müller", "crème brûlée"] {
+        assert!(text.contains(word), "{word:?} not in {text:?}");
+    }
+    assert!(
+        !text.contains('\u{fffd}'),
+        "replacement characters: {text:?}"
+    );
+    assert_eq!(r["content_type"], "text/html");
+}
+
+#[test]
+fn private_addresses_are_refused_by_default() {
+    let server = Server::start();
+    let p = download_by_default(
+        "private",
+        &[
+            ("loopback", server.url("/page")),
+            (
+                "localhost",
+                format!("http://localhost:{}/page", server.port()),
+            ),
+        ],
+        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    p.run().assert_code(1);
+    let status = p.status();
+    assert_counts(&status, 0, 0, 2);
+    let loopback = failed(&status, "loopback");
+    assert_eq!(loopback.attempts, 1, "a permanent error: {loopback:?}");
+    assert!(
+        loopback.error.contains("127.0.0.1") && loopback.error.contains("allow_private_networks"),
+        "{loopback:?}"
+    );
+    // A name is refused by what it resolves to.
+    let localhost = failed(&status, "localhost");
+    assert_eq!(localhost.attempts, 1, "a permanent error: {localhost:?}");
+    assert!(
+        (localhost.error.contains("127.0.0.1") || localhost.error.contains("::1"))
+            && localhost.error.contains("allow_private_networks"),
+        "{localhost:?}"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "a refused address must not be contacted: {:?}",
+        server.requests()
+    );
+}
+
+#[test]
+fn binary_content_is_skipped_with_a_reason() {
+    let server = Server::start();
+    let p = download(
+        "binary",
+        &[("doc", server.url("/pdf")), ("page", server.url("/page"))],
+        "",
+    );
+    p.run().assert_code(0);
+    let status = p.status();
+    assert_counts(&status, 1, 1, 0);
+    let reason = skipped(&status, "doc");
+    assert!(
+        reason.contains("binary content") && reason.contains("application/pdf"),
+        "{reason}"
+    );
+    assert_eq!(p.sink("out.jsonl").keys(), ["page"]);
+}
+
+#[test]
+fn file_urls_read_local_files() {
+    let dir = util::TestDir::new();
+    dir.write("corpus/page.html", PAGE);
+    let page = dir.join("corpus/page.html");
+    let page_url = format!("file://{}", page.display());
+    let missing_url = format!("file://{}", dir.join("corpus/missing.html").display());
+    let p = download(
+        "files",
+        &[("here", page_url.clone()), ("absent", missing_url)],
+        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    p.run().assert_code(1);
+    let status = p.status();
+    assert_counts(&status, 1, 0, 1);
+    let r = record(&p, "here");
+    assert_eq!(html(&r), PAGE);
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["final_url"], page_url.as_str());
+    assert_eq!(r["content_type"], "text/html");
+    let f = failed(&status, "absent");
+    assert_eq!(f.attempts, 1, "a missing file is permanent: {f:?}");
+    assert!(
+        f.error.contains("missing.html") && f.error.contains("cannot open"),
+        "{f:?}"
+    );
+}
