@@ -344,4 +344,14 @@ seed = 9
         failed as usize,
         "only the failed items run again"
     );
+
+    // Nothing left to retry: no new batch is taken.
+    let run_before = p.status().raw["run"]["id"].clone();
+    p.cmd("retry-failed").output().assert_code(0);
+    assert_eq!(
+        p.status().raw["run"]["id"],
+        run_before,
+        "retry-failed must not start a new run"
+    );
+    assert_eq!(p.sink("out.jsonl").len(), sink.len(), "nothing ran again");
 }

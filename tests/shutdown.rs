@@ -213,6 +213,41 @@ fn max_run_time_stops_and_runs_resume_to_the_end() {
     assert_eq!(p.status().count("done"), 24);
 }
 
+/// Blocking calls still running at the end of the grace period are cut off, not counted as
+/// stuck: the run is interrupted (75), not wedged (3).
+#[test]
+fn sigterm_with_stuck_blocking_calls_is_an_interruption_not_a_wedge() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "stuck-at-shutdown"
+        shutdown_grace = "1s"
+        heartbeat = "200ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 10
+
+        [[stage]]
+        name = "hang"
+        kind = "fault"
+        hang_rate = 1.0
+        blocking = true
+        concurrency = 2
+        timeout = "60s"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    running.wait_for_stderr("heartbeat", Duration::from_secs(10));
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(75);
+    assert!(!out.stderr.contains("wedged"), "{out}");
+    let status = p.status();
+    assert_eq!(status.count("pending"), 10, "{:?}", status.counts);
+}
+
 #[test]
 fn a_second_runner_on_the_same_store_is_refused() {
     let p = Pipeline::new(

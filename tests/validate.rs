@@ -709,3 +709,34 @@ fn a_checkpoint_from_a_newer_version_is_refused_and_left_untouched() {
         .assert_code(2)
         .assert_stderr_contains("newer than this build reads");
 }
+
+#[test]
+fn a_variable_in_an_override_is_expanded() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "override-var"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "first.jsonl"
+        "#,
+    );
+    p.cmd("run")
+        .env("STAGEWISE_STAGE__OUT__PATH", "${SINK_FILE}")
+        .env("SINK_FILE", "chosen.jsonl")
+        .output()
+        .assert_code(0);
+    assert_eq!(
+        p.sink("chosen.jsonl").len(),
+        3,
+        "the override's `${{SINK_FILE}}` was expanded"
+    );
+    assert!(!p.dir.exists("first.jsonl"));
+}

@@ -68,7 +68,7 @@ pub use async_trait::async_trait;
 pub use checkpoint::{
     FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError,
 };
-pub use policy::{Policy, Retry};
+pub use policy::{Policy, Retry, MAX_RETRY_AFTER};
 pub use record::{Fields, Record};
 pub use registry::{BuildContext, KindDefaults, Registry, Role, StageKind};
 pub use runner::{run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary};

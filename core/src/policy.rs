@@ -18,6 +18,9 @@ pub(crate) fn quota(rate: RateLimit) -> governor::Quota {
     governor::Quota::with_period(period).expect("the period is at least 1ns")
 }
 
+/// The longest a stage's retry-after hint is honoured when `retry.max` is shorter.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// Built-in defaults, used where neither the stage, `[defaults]` nor the kind says otherwise.
 pub(crate) mod builtin {
     use std::time::Duration;
@@ -74,7 +77,9 @@ impl Retry {
         }
     }
 
-    /// The wait after failed attempt `attempt`; a stage's retry-after hint wins.
+    /// The wait after failed attempt `attempt`; a stage's retry-after hint wins, up to
+    /// [`MAX_RETRY_AFTER`] or `max`, whichever is longer (a server asking for a day's wait must
+    /// not stall an item for a day).
     pub fn delay(
         &self,
         attempt: u32,
@@ -82,7 +87,7 @@ impl Retry {
         rng: &mut impl Rng,
     ) -> Duration {
         if let Some(hint) = retry_after {
-            return hint;
+            return hint.min(self.max.max(MAX_RETRY_AFTER));
         }
         let ceiling = self.ceiling(attempt);
         if self.jitter && !ceiling.is_zero() {
@@ -138,10 +143,13 @@ impl Policy {
             },
             concurrency,
             rate_limit: stage.rate_limit.or(defaults.rate_limit),
+            // More stuck calls than threads cannot happen: once every thread is stuck, the stage
+            // is wedged whatever the setting says.
             max_abandoned: stage
                 .max_abandoned
                 .or(defaults.max_abandoned)
-                .unwrap_or(concurrency),
+                .unwrap_or(concurrency)
+                .min(concurrency),
         }
     }
 
@@ -225,8 +233,14 @@ mod tests {
     #[test]
     fn retry_after_wins() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let hint = Duration::from_secs(7);
+        let hint = Duration::from_millis(700);
         assert_eq!(retry(true).delay(1, Some(hint), &mut rng), hint);
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            retry(true).delay(1, Some(day), &mut rng),
+            MAX_RETRY_AFTER,
+            "capped"
+        );
     }
 
     #[test]

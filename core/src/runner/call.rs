@@ -132,6 +132,16 @@ async fn blocking(
         // It honoured the flag; whatever it answered, the attempt already ended.
         return Err(unfinished);
     }
+    if matches!(unfinished, CallError::Cancelled) {
+        // Shutting down: the call had not reached its timeout, so it is not stuck, just cut off.
+        // The process exits without waiting for its thread.
+        tracing::info!(
+            stage = %stage.name,
+            key = %cx.key(),
+            "a blocking call is still running at shutdown; its item goes back to pending"
+        );
+        return Err(unfinished);
+    }
     let since = cx.deadline() - timeout;
     let id = stage.stats.abandon(Arc::from(cx.key()), since);
     tracing::warn!(

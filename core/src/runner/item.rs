@@ -148,6 +148,24 @@ async fn fail(
     error: StageError,
     attempts: u32,
 ) {
+    if error.class == ErrorClass::Fatal {
+        // The error is the run's, not the item's (a refused password, say): the item goes back
+        // to pending, uses no attempt, and runs again once the cause is fixed.
+        checkpoint(
+            shared,
+            seq,
+            Change::Interrupted {
+                stage: stage.name.to_string(),
+            },
+        )
+        .await;
+        shared.control.abort(AbortReason::Fatal {
+            stage: stage.name.to_string(),
+            key: key.to_owned(),
+            error: error.message,
+        });
+        return;
+    }
     stage.stats.failed.incr();
     shared.totals.failed.incr();
     tracing::warn!(
@@ -169,13 +187,7 @@ async fn fail(
         },
     )
     .await;
-    if error.class == ErrorClass::Fatal {
-        shared.control.abort(AbortReason::Fatal {
-            stage: stage.name.to_string(),
-            key: key.to_owned(),
-            error: message,
-        });
-    } else if let Some(limit) = shared.max_failures {
+    if let Some(limit) = shared.max_failures {
         let failed = shared.totals.failed.get();
         if limit.crossed(failed, shared.totals.items) {
             shared.control.abort(AbortReason::MaxFailures {
@@ -239,10 +251,15 @@ async fn attempts(
             delay = %fmt_duration(delay),
             "retrying"
         );
-        tokio::select! {
+        stage.stats.backing_off.incr();
+        let interrupted = tokio::select! {
             biased;
-            () = hard.cancelled() => return Err(Ended::Interrupted),
-            () = tokio::time::sleep(delay) => {}
+            () = hard.cancelled() => true,
+            () = tokio::time::sleep(delay) => false,
+        };
+        stage.stats.backing_off.decr();
+        if interrupted {
+            return Err(Ended::Interrupted);
         }
     }
 }

@@ -254,6 +254,11 @@ async fn execute(
     }
     let (run, resumed) = match latest {
         Some(run) if run.status != RunStatus::Finished && !options.fresh => (Some(run), true),
+        // `retry-failed` on a finished run with nothing failed: nothing to do, and no new batch.
+        Some(run) if options.retry_failed => {
+            tracing::info!(run = run.id, "no failed items to retry");
+            (Some(run), true)
+        }
         _ => {
             // Items start at the stage after the source (or end at once in a one-stage pipeline).
             let first = stages.get(1).map_or("", |s| &*s.name);

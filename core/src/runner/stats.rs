@@ -32,6 +32,9 @@ impl Counter {
     pub(crate) fn incr(&self) {
         self.add(1);
     }
+    pub(crate) fn decr(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -45,6 +48,8 @@ pub(crate) struct StageStats {
     pub timeouts: Counter,
     pub panics: Counter,
     pub abandoned_total: Counter,
+    /// Items waiting between attempts (backoff or a retry-after hint).
+    pub backing_off: Counter,
     latency_us: Mutex<Histogram<u64>>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     abandoned: Mutex<HashMap<u64, (Arc<str>, Instant)>>,
@@ -60,6 +65,7 @@ impl Default for StageStats {
             timeouts: Counter::default(),
             panics: Counter::default(),
             abandoned_total: Counter::default(),
+            backing_off: Counter::default(),
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 24 * 3600 * 1_000_000, 2)
                     .expect("static histogram bounds are valid"),

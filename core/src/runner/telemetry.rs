@@ -95,6 +95,9 @@ fn stage_line(s: &StageRt) -> String {
     if st.timeouts.get() > 0 {
         line.push_str(&format!(" timeouts={}", st.timeouts.get()));
     }
+    if st.backing_off.get() > 0 {
+        line.push_str(&format!(" backing_off={}", st.backing_off.get()));
+    }
     if st.abandoned_total.get() > 0 {
         line.push_str(&format!(
             " abandoned={}/{}",

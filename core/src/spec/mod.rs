@@ -338,20 +338,21 @@ impl Validator {
         path: &Path,
         base_dir: PathBuf,
     ) -> Option<Pipeline> {
-        // The environment first, so that everything below sees the values that will run.
-        let mut doc_value = toml::Value::Table(std::mem::take(&mut self.doc));
-        let mut missing = Vec::new();
-        located::substitute_env(&mut doc_value, &mut Vec::new(), lookup, &mut missing);
-        let toml::Value::Table(mut doc) = doc_value else {
-            unreachable!("a table stays a table")
-        };
+        // The environment first, so that everything below sees the values that will run;
+        // overrides before `${VAR}`, so that a variable in an override's value is expanded too.
         let mut override_problems = Vec::new();
         located::apply_overrides(
-            &mut doc,
+            &mut self.doc,
             overrides,
             &mut self.origins,
             &mut override_problems,
         );
+        let mut doc_value = toml::Value::Table(std::mem::take(&mut self.doc));
+        let mut missing = Vec::new();
+        located::substitute_env(&mut doc_value, &mut Vec::new(), lookup, &mut missing);
+        let toml::Value::Table(doc) = doc_value else {
+            unreachable!("a table stays a table")
+        };
         self.doc = doc;
         for (p, message) in missing {
             let stage = self.stage_name_of(&p);
