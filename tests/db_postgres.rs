@@ -587,6 +587,16 @@ fn a_wrong_password_for_the_sink_aborts_the_run_and_is_never_printed() {
     let out = run_everything_without_printing(&p, &[("DATABASE_URL", &wrong)], SECRET);
     out.assert_code(3);
     out.assert_stderr_contains("authentication failed");
+    // The error is the run's, not the items': none is failed, all wait for the next run.
+    let out = p
+        .cmd("status")
+        .arg("--json")
+        .env("DATABASE_URL", &wrong)
+        .output();
+    out.assert_code(0);
+    let status = util::Status::parse(&out);
+    assert_eq!(status.count("failed"), 0, "{:?}", status.counts);
+    assert_eq!(status.count("pending"), 3, "{:?}", status.counts);
 }
 
 #[test]

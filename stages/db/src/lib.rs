@@ -141,7 +141,8 @@ impl StageKind for PersistKind {
         Ok(StageImpl::Blocking(Arc::new(Persist {
             backend,
             script: params::script(&config.statement, style),
-            batcher: (config.batch_size > 1).then(|| Batcher::new(config.batch_size)),
+            batcher: (config.batch_size > 1 && cx.concurrency > 1)
+                .then(|| Batcher::new(config.batch_size, cx.concurrency)),
         })))
     }
 }

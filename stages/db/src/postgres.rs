@@ -173,28 +173,41 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     let unreachable = |e: std::io::Error| {
         StageError::transient(format!("could not connect to {host}:{port}: {e}"))
     };
-    let addr = (host.as_str(), port)
+    let addrs: Vec<std::net::SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(unreachable)?
-        .next()
-        .ok_or_else(|| StageError::transient(format!("`{host}` has no address")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, budget).map_err(unreachable)?;
+        .collect();
+    if addrs.is_empty() {
+        return Err(StageError::transient(format!("`{host}` has no address")));
+    }
     let silent = || {
         StageError::transient(format!(
             "{host}:{port} accepted the connection but did not answer within {} (`connect_timeout`)",
             humantime::format_duration(Duration::from_millis(budget.as_millis() as u64))
         ))
     };
-    stream.set_read_timeout(Some(budget)).map_err(unreachable)?;
-    stream
-        .set_write_timeout(Some(budget))
-        .map_err(unreachable)?;
-    stream
-        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .map_err(|_| silent())?;
-    let mut answer = [0u8; 1];
-    stream.read_exact(&mut answer).map_err(|_| silent())?;
-    Ok(())
+    // Like the client, try each address; the first that answers will do.
+    let mut last = None;
+    for addr in addrs {
+        let mut stream = match TcpStream::connect_timeout(&addr, budget) {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(unreachable(e));
+                continue;
+            }
+        };
+        let answered = stream.set_read_timeout(Some(budget)).is_ok()
+            && stream.set_write_timeout(Some(budget)).is_ok()
+            && stream
+                .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+                .is_ok()
+            && stream.read_exact(&mut [0u8; 1]).is_ok();
+        if answered {
+            return Ok(());
+        }
+        last = Some(silent());
+    }
+    Err(last.unwrap_or_else(silent))
 }
 
 /// One thread per pool: cancels watched queries whose attempt is over. It ends with the pool.
@@ -525,6 +538,17 @@ fn describe(e: &postgres::Error) -> String {
     message
 }
 
+fn has_io_cause(e: &postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn connect_error(e: &postgres::Error, budget: Duration) -> StageError {
     if let Some(db) = e.as_db_error() {
         return classify_db(db.code(), db.message());
@@ -547,7 +571,10 @@ pub(crate) fn classify(e: &postgres::Error) -> StageError {
     match e.as_db_error() {
         Some(db) => classify_db(db.code(), db.message()),
         None if e.is_closed() => StageError::transient(format!("connection lost: {}", describe(e))),
-        None => StageError::transient(describe(e)),
+        // I/O trouble is the connection's; anything else the client library refuses (a value it
+        // cannot encode, a wrong number of parameters) will not change on a retry.
+        None if has_io_cause(e) => StageError::transient(describe(e)),
+        None => StageError::permanent(describe(e)),
     }
 }
 

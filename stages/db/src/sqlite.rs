@@ -47,6 +47,14 @@ impl SqlitePool {
             Some(c) => c,
             None => self.connect()?,
         };
+        // A busy database waits at most until the attempt's deadline: SQLite's busy wait does not
+        // run the progress handler.
+        let wait = self
+            .limits
+            .connect_timeout
+            .min(cx.remaining())
+            .max(Duration::from_millis(1));
+        conn.busy_timeout(wait).map_err(|e| classify(&e))?;
         let deadline = cx
             .deadline()
             .min(std::time::Instant::now() + self.limits.statement_timeout);

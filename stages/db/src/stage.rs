@@ -142,6 +142,7 @@ impl BlockingStage for Persist {
 /// record is written again on its own, so that only the bad one fails.
 pub(crate) struct Batcher {
     max: usize,
+    linger: Duration,
     state: Mutex<BatchState>,
     wake: Condvar,
 }
@@ -157,9 +158,12 @@ struct BatchState {
 }
 
 impl Batcher {
-    pub(crate) fn new(max: usize) -> Self {
+    /// Groups of at most `max` records; never more than the stage's threads, which are all
+    /// that can ever be waiting to join a group.
+    pub(crate) fn new(max: usize, concurrency: usize) -> Self {
         Batcher {
-            max: max.max(1),
+            max: max.min(concurrency).max(1),
+            linger: LINGER,
             state: Mutex::new(BatchState::default()),
             wake: Condvar::new(),
         }
@@ -188,7 +192,7 @@ impl Batcher {
             }
             if !st.leading && st.queue.iter().any(|(i, _)| *i == id) {
                 st.leading = true;
-                let until = Instant::now() + LINGER;
+                let until = Instant::now() + self.linger;
                 while st.queue.len() < self.max {
                     let left = until.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -202,15 +206,27 @@ impl Batcher {
                 }
                 let n = st.queue.len().min(self.max);
                 let taken: Vec<(u64, Vec<Value>)> = st.queue.drain(..n).collect();
+                // The next group can gather (and write, on another connection) while this one
+                // is written.
+                st.leading = false;
+                self.wake.notify_all();
                 drop(st);
-                let results = write_batch(&taken, &write);
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write_batch(&taken, &write)
+                }))
+                .unwrap_or_else(|_| {
+                    let error = StageError::permanent("panicked while writing the batch");
+                    taken
+                        .iter()
+                        .map(|(i, _)| (*i, Err(error.clone())))
+                        .collect()
+                });
                 st = self.lock();
                 for (i, r) in results {
                     if !st.gone.remove(&i) {
                         st.results.insert(i, r);
                     }
                 }
-                st.leading = false;
                 self.wake.notify_all();
                 continue;
             }
@@ -269,7 +285,7 @@ mod tests {
 
     #[test]
     fn batches_share_transactions_and_isolate_a_bad_record() {
-        let batcher = Arc::new(Batcher::new(8));
+        let batcher = Arc::new(Batcher::new(8, 8));
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let together = Arc::new(std::sync::Barrier::new(8));
         let threads: Vec<_> = (0..8)
@@ -305,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_transient_failure_is_not_retried_record_by_record() {
-        let batcher = Batcher::new(4);
+        let batcher = Batcher::new(4, 4);
         let calls = Mutex::new(0);
         let result = batcher.submit(vec![Value::from(1)], &cx(Duration::from_secs(5)), |_| {
             *calls.lock().expect("lock") += 1;
@@ -317,9 +333,11 @@ mod tests {
 
     #[test]
     fn a_caller_past_its_deadline_gives_up() {
-        let batcher = Arc::new(Batcher::new(4));
-        // A leader stuck in a slow write holds the batch; a second caller must not wait past
-        // its own deadline.
+        // A long linger, so that the first caller surely gathers the second one's record; its
+        // write is slow, and the second caller must not wait for it past its own deadline.
+        let mut batcher = Batcher::new(2, 2);
+        batcher.linger = Duration::from_millis(300);
+        let batcher = Arc::new(batcher);
         let slow = {
             let batcher = batcher.clone();
             std::thread::spawn(move || {
