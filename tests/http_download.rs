@@ -478,14 +478,27 @@ fn file_urls_read_local_files() {
     let page = dir.join("corpus/page.html");
     let page_url = format!("file://{}", page.display());
     let missing_url = format!("file://{}", dir.join("corpus/missing.html").display());
+    let outside_url = "file:///proc/self/environ".to_owned();
     let p = download(
         "files",
-        &[("here", page_url.clone()), ("absent", missing_url)],
-        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+        &[
+            ("here", page_url.clone()),
+            ("absent", missing_url),
+            ("outside", outside_url),
+        ],
+        &format!(
+            "retry = {{ attempts = 3, initial = \"50ms\", max = \"200ms\" }}\nfiles_root = \"{}\"",
+            dir.join("corpus").display()
+        ),
     );
     p.run().assert_code(1);
     let status = p.status();
-    assert_counts(&status, 1, 0, 1);
+    assert_counts(&status, 1, 0, 2);
+    let f = failed(&status, "outside");
+    assert!(
+        f.error.contains("outside `files_root`") && f.attempts == 1,
+        "a file outside the root is refused: {f:?}"
+    );
     let r = record(&p, "here");
     assert_eq!(html(&r), PAGE);
     assert_eq!(r["status"], 200);
@@ -497,4 +510,19 @@ fn file_urls_read_local_files() {
         f.error.contains("missing.html") && f.error.contains("cannot open"),
         "{f:?}"
     );
+}
+
+#[test]
+fn file_urls_are_refused_without_files_root() {
+    let dir = util::TestDir::new();
+    dir.write("corpus/page.html", PAGE);
+    let page_url = format!("file://{}", dir.join("corpus/page.html").display());
+    let p = download("no-files-root", &[("here", page_url)], "");
+    p.run().assert_code(1);
+    let f = failed(&p.status(), "here");
+    assert!(
+        f.error.contains("refused") && f.error.contains("files_root") && f.attempts == 1,
+        "{f:?}"
+    );
+    assert!(p.sink("out.jsonl").keys().is_empty());
 }

@@ -44,6 +44,10 @@ pub struct DownloadConfig {
     /// (default false: the URLs come from data the runner does not control).
     #[serde(default)]
     pub allow_private_networks: bool,
+    /// The folder `file://` URLs may read from (relative to the pipeline file), for offline
+    /// corpora. Unset (the default), `file://` URLs are refused: like private addresses, local
+    /// files are not for URLs that come from data. Only regular files under it are read.
+    pub files_root: Option<std::path::PathBuf>,
     /// Keep binary bodies (PDFs, images, archives) instead of skipping them (default false).
     /// They are decoded as text like any other body.
     #[serde(default)]

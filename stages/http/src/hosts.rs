@@ -47,8 +47,13 @@ impl HostSlots {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Wait for a free slot on `host` until `deadline`; `None` when it passed.
-    pub(crate) fn acquire(&self, host: &str, deadline: Instant) -> Option<Slot<'_>> {
+    /// Wait for a free slot on `host` until `deadline` or until `stop()` says so; `None` then.
+    pub(crate) fn acquire(
+        &self,
+        host: &str,
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<Slot<'_>> {
         let mut busy = self.lock();
         loop {
             let n = busy.entry(host.to_owned()).or_insert(0);
@@ -60,12 +65,13 @@ impl HostSlots {
                 });
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || stop() {
                 return None;
             }
+            // Wake now and then to notice a cancelled attempt.
             busy = self
                 .freed
-                .wait_timeout(busy, left)
+                .wait_timeout(busy, left.min(std::time::Duration::from_millis(50)))
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
@@ -77,8 +83,36 @@ pub(crate) fn forbidden(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            let seg = v6.segments();
+            // IPv4 inside IPv6: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d), NAT64
+            // (64:ff9b::a.b.c.d) and 6to4 (2002:aabb:ccdd::).
+            let embedded = v6.to_ipv4_mapped().or_else(|| {
+                let tail = Ipv4Addr::new(
+                    (seg[6] >> 8) as u8,
+                    seg[6] as u8,
+                    (seg[7] >> 8) as u8,
+                    seg[7] as u8,
+                );
+                let compatible = seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified();
+                let nat64 = seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+                if compatible || nat64 {
+                    Some(tail)
+                } else if seg[0] == 0x2002 {
+                    Some(Ipv4Addr::new(
+                        (seg[1] >> 8) as u8,
+                        seg[1] as u8,
+                        (seg[2] >> 8) as u8,
+                        seg[2] as u8,
+                    ))
+                } else {
+                    None
+                }
+            });
+            if let Some(v4) = embedded {
                 return forbidden_v4(v4);
+            }
+            if v6.is_multicast() {
+                return Some("multicast");
             }
             if v6.is_loopback() {
                 Some("loopback")
@@ -110,6 +144,8 @@ fn forbidden_v4(v4: Ipv4Addr) -> Option<&'static str> {
         Some("unspecified or broadcast")
     } else if a == 100 && (64..128).contains(&b) {
         Some("shared (carrier-grade NAT)")
+    } else if v4.is_multicast() || a >= 240 {
+        Some("multicast or reserved")
     } else {
         None
     }
@@ -151,6 +187,13 @@ mod tests {
             ("fd00::1", true),
             ("fe80::1", true),
             ("::ffff:127.0.0.1", true),
+            ("::10.0.0.1", true),
+            ("64:ff9b::a00:1", true),
+            ("2002:c0a8:0101::1", true),
+            ("ff02::1", true),
+            ("224.0.0.1", true),
+            ("240.0.0.1", true),
+            ("64:ff9b::5db8:d822", false),
             ("93.184.216.34", false),
             ("2606:2800:220:1::", false),
         ];
@@ -174,19 +217,26 @@ mod tests {
     fn host_slots_bound_requests_per_host() {
         let slots = HostSlots::new(2);
         let soon = Instant::now() + std::time::Duration::from_millis(50);
-        let a = slots.acquire("a", soon).expect("first");
-        let _b = slots.acquire("a", soon).expect("second");
+        let never = || false;
+        let a = slots.acquire("a", soon, &never).expect("first");
+        let _b = slots.acquire("a", soon, &never).expect("second");
         assert!(
-            slots.acquire("a", soon).is_none(),
+            slots.acquire("a", soon, &never).is_none(),
             "a third waits and times out"
         );
         assert!(
-            slots.acquire("b", soon).is_some(),
+            slots.acquire("b", soon, &never).is_some(),
             "another host is not held up"
         );
+        let later = Instant::now() + std::time::Duration::from_secs(10);
+        let started = Instant::now();
+        assert!(
+            slots.acquire("a", later, &|| true).is_none(),
+            "a cancelled wait gives up"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
         drop(a);
-        assert!(slots
-            .acquire("a", Instant::now() + std::time::Duration::from_millis(50))
-            .is_some());
+        let soon = Instant::now() + std::time::Duration::from_millis(50);
+        assert!(slots.acquire("a", soon, &never).is_some());
     }
 }

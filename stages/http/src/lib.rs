@@ -67,7 +67,16 @@ impl StageKind for DownloadKind {
         problems
     }
 
-    fn build(&self, config: DownloadConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {
+    fn build(&self, config: DownloadConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let files_root = match &config.files_root {
+            None => None,
+            Some(root) => {
+                let root = cx.resolve(root);
+                Some(root.canonicalize().map_err(|e| {
+                    StageError::fatal(format!("`files_root`: cannot use {}: {e}", root.display()))
+                })?)
+            }
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -86,6 +95,7 @@ impl StageKind for DownloadKind {
             headers: config.headers.into_iter().collect(),
             allow_private_networks: config.allow_private_networks,
             allow_binary: config.allow_binary,
+            files_root,
             agent,
             hosts: hosts::HostSlots::new(config.per_host_concurrency),
         })))

@@ -27,6 +27,8 @@ pub(crate) struct Download {
     pub headers: Vec<(String, String)>,
     pub allow_private_networks: bool,
     pub allow_binary: bool,
+    /// The canonical folder `file://` URLs may read from; `None`: they are refused.
+    pub files_root: Option<std::path::PathBuf>,
     pub agent: ureq::Agent,
     pub hosts: HostSlots,
 }
@@ -95,11 +97,14 @@ impl Download {
                     }
                 })?;
             }
-            let _slot = self.hosts.acquire(&host, cx.deadline()).ok_or_else(|| {
-                StageError::transient(format!(
-                    "timed out waiting for a free slot on {host} (`per_host_concurrency`)"
-                ))
-            })?;
+            let _slot = self
+                .hosts
+                .acquire(&host, cx.deadline(), &|| cx.is_cancelled())
+                .ok_or_else(|| {
+                    StageError::transient(format!(
+                        "timed out waiting for a free slot on {host} (`per_host_concurrency`)"
+                    ))
+                })?;
             let remaining = cx.remaining();
             if remaining.is_zero() {
                 return Err(StageError::transient(
@@ -125,7 +130,12 @@ impl Download {
                     .map(str::to_owned)
             };
             if (300..400).contains(&status) && status != 304 {
-                if let Some(location) = header("location") {
+                let Some(location) = header("location") else {
+                    return Err(StageError::permanent(format!(
+                        "HTTP {status} without a Location to follow"
+                    )));
+                };
+                {
                     let next = url.join(&location).map_err(|e| {
                         StageError::permanent(format!(
                             "HTTP {status} to an invalid location {location:?}: {e}"
@@ -181,9 +191,34 @@ impl Download {
     }
 
     fn read_file(&self, url: &Url) -> Result<Page, StageError> {
+        let root = self.files_root.as_ref().ok_or_else(|| {
+            StageError::permanent(format!(
+                "refused: {url} is a local file; set `files_root` to the folder such URLs may read"
+            ))
+        })?;
         let path = url
             .to_file_path()
             .map_err(|()| StageError::permanent(format!("{url} is not a local file path")))?;
+        let path = path
+            .canonicalize()
+            .map_err(|e| StageError::permanent(format!("cannot open {}: {e}", path.display())))?;
+        if !path.starts_with(root) {
+            return Err(StageError::permanent(format!(
+                "refused: {} is outside `files_root` ({})",
+                path.display(),
+                root.display()
+            )));
+        }
+        // Not a FIFO or a device: reading one could block past any deadline.
+        let regular = std::fs::metadata(&path)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
+        if !regular {
+            return Err(StageError::permanent(format!(
+                "refused: {} is not a regular file",
+                path.display()
+            )));
+        }
         let file = std::fs::File::open(&path)
             .map_err(|e| StageError::permanent(format!("cannot open {}: {e}", path.display())))?;
         if let Ok(meta) = file.metadata() {
