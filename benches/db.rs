@@ -1,0 +1,929 @@
+//! Benchmarks of the database stages on a real PostgreSQL (issue 3, "Benchmark"; figures and
+//! commands in `BENCHMARKS.md`). Like `benches/runner.rs`, each measurement spawns the release
+//! `stagewise run` process on a pipeline in a fresh directory and times it from spawn to exit;
+//! the ceiling is `psql`'s `\copy` of the same data on the same cluster, timed around the `psql`
+//! process. Runs are interleaved with their ceiling's, and medians are reported.
+//!
+//! - `persist`: `generate` N → `persist` (an upsert, concurrency 8) with `batch_size` 1 (a
+//!   transaction per item), 8 (the stage's concurrency: the largest group that can form) and
+//!   64, into an emptied table; ceiling: `\copy t FROM` a CSV of the same N rows.
+//! - `fetch`: `db-fetch` of N rows → `blackhole`, with the time of taking the batch (the fetch
+//!   plus writing the manifest) from the JSON log; a `generate` N → `blackhole` run shows what
+//!   the manifest alone costs; ceiling: `\copy (SELECT …) TO` a file.
+//!
+//! The bench starts its own throwaway cluster with `scripts/pg start` (fsync off, see its
+//! header) and stops it at the end; if PostgreSQL cannot be started it says so and fails.
+//! Besides wall time it reports the CPU time of the client process (from `wait4`) and of the
+//! server (the postmaster's children, from `/proc`), and the transactions the server committed,
+//! since on a small machine client and server share the CPUs.
+//!
+//! `cargo bench --bench db` runs both; `cargo bench --bench db -- fetch` one; `--runs N`
+//! changes the number of runs. Without cargo's `--bench` flag (`cargo test --benches`) it only
+//! smoke-tests itself on 2,000 rows, once.
+
+// The child's rusage (CPU time, peak RSS) needs `libc::wait4`, and `/proc` counts CPU time in
+// clock ticks, which `libc::sysconf` gives: two FFI calls, hence unsafe, and nothing else.
+#![allow(unsafe_code)]
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use serde_json::Value;
+
+/// Threads of the `persist` stage (issue 3's benchmark setting).
+const PERSIST_CONCURRENCY: usize = 8;
+/// `persist` transactions: one per item, as many as the stage's threads, and more.
+const BATCH_SIZES: [usize; 3] = [1, PERSIST_CONCURRENCY, 64];
+/// Runs of each measurement; the median is reported.
+const DEFAULT_RUNS: usize = 3;
+
+/// `generate` gives `{"n": i}` keyed `"i"`; the payload is derived in SQL.
+const PERSIST_STATEMENT: &str = "INSERT INTO t (id, n, payload) VALUES (:key, :n, 'item ' || :n::bigint) ON CONFLICT (id) DO UPDATE SET n = excluded.n, payload = excluded.payload";
+const FETCH_QUERY: &str = "SELECT id, url, title FROM src ORDER BY id LIMIT $limit";
+const COPY_OUT_QUERY: &str = "SELECT id, url, title FROM src ORDER BY id";
+
+/// What one invocation measures.
+struct Plan {
+    runs: usize,
+    rows: u64,
+    full: bool,
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` appends `--bench`; without it this is a smoke test (see the top of the file).
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let full = raw.iter().any(|a| a == "--bench");
+    let mut plan = Plan {
+        runs: if full { DEFAULT_RUNS } else { 1 },
+        rows: if full { 100_000 } else { 2_000 },
+        full,
+    };
+    let mut chosen = Vec::new();
+    let mut args = raw.into_iter().filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
+                Some(n) => plan.runs = n,
+                None => return usage(),
+            },
+            "persist" | "fetch" => chosen.push(arg),
+            "all" => {}
+            _ => return usage(),
+        }
+    }
+    let wants = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
+
+    // Client and server share the machine with whatever else runs: say how busy it was.
+    let load_before = load_average();
+    progress("starting a throwaway PostgreSQL cluster (scripts/pg start)");
+    let cluster = match Cluster::start() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot start PostgreSQL, so nothing was measured: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut table = Table::default();
+    let result = Bench::new(&cluster, &plan).and_then(|mut bench| {
+        if wants("persist") {
+            bench.persist(&mut table)?;
+        }
+        if wants("fetch") {
+            bench.fetch(&mut table)?;
+        }
+        // Kept after a failure: the logs of the failed run are in it.
+        let _ = std::fs::remove_dir_all(&bench.work);
+        Ok(())
+    });
+    table.print();
+    println!(
+        "load average (1 min) before: {load_before}, after: {}",
+        load_average()
+    );
+    if !plan.full {
+        println!("\nsmoke run (no `--bench` flag): {} rows, once", plan.rows);
+    }
+    progress("stopping the cluster (scripts/pg stop)");
+    drop(cluster);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo bench --bench db [-- [persist|fetch|all]... [--runs N]]");
+    ExitCode::from(2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster
+
+/// A throwaway cluster from `scripts/pg`, stopped and deleted when dropped.
+struct Cluster {
+    dir: PathBuf,
+    url: String,
+    psql: PathBuf,
+    postmaster: Option<u32>,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster, String> {
+        // Under /tmp: as root, the server runs as `postgres`, which must reach the directory.
+        let dir = std::env::temp_dir().join(format!("stagewise-bench-db-{}", std::process::id()));
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let url = match pg_script(&["start", &dir_arg]) {
+            Ok(url) => url,
+            Err(e) => {
+                // A half-made cluster (initdb done, start failed) is removed too.
+                let _ = pg_script(&["stop", &dir_arg]);
+                return Err(e);
+            }
+        };
+        let mut cluster = Cluster {
+            dir,
+            url,
+            psql: PathBuf::new(),
+            postmaster: None,
+        };
+        cluster.psql = PathBuf::from(pg_script(&["bin"])?).join("psql");
+        // The first line of postmaster.pid; without it the server's CPU time is not reported.
+        cluster.postmaster = std::fs::read_to_string(cluster.dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = pg_script(&["stop", &self.dir.to_string_lossy()]) {
+            eprintln!(
+                "warning: could not stop the cluster in {}: {e}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Run `scripts/pg ARGS`: its stdout, or its stderr as the error.
+fn pg_script(args: &[&str]) -> Result<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg");
+    let out = Command::new(&script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/pg {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            stderr.trim()
+        ));
+    }
+    for line in stderr.lines() {
+        progress(line);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+struct Bench<'a> {
+    cluster: &'a Cluster,
+    plan: &'a Plan,
+    /// Sets up, empties and checks the tables; reads the server's statistics.
+    admin: Client,
+    /// Pipelines' directories, the CSV and the copied-out file.
+    work: PathBuf,
+}
+
+impl<'a> Bench<'a> {
+    fn new(cluster: &'a Cluster, plan: &'a Plan) -> Result<Self, String> {
+        let mut config: postgres::Config = cluster
+            .url
+            .parse()
+            .map_err(|e| format!("scripts/pg printed no PostgreSQL URL: {e}"))?;
+        config.connect_timeout(Duration::from_secs(10));
+        let mut admin = config
+            .connect(NoTls)
+            .map_err(|e| format!("cannot connect to the cluster: {e}"))?;
+        let rows = plan.rows;
+        progress(&format!("creating the tables; src gets {rows} rows"));
+        // Autovacuum off on both tables: a worker waking in the middle of one run and not
+        // another would be noise; TRUNCATE between runs leaves nothing to vacuum anyway.
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE t (id int PRIMARY KEY, n bigint, payload text) WITH (autovacuum_enabled = off);
+                 CREATE TABLE src (id int PRIMARY KEY, url text, title text) WITH (autovacuum_enabled = off);
+                 INSERT INTO src SELECT i, 'https://example.com/articles/' || i,
+                     'Article ' || i || ': a title of some forty characters'
+                     FROM generate_series(1, {rows}) i"
+            ))
+            .and_then(|()| admin.batch_execute("VACUUM ANALYZE src"))
+            .map_err(|e| format!("cannot create the tables: {e}"))?;
+        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("stagewise-bench-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)
+            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        Ok(Bench {
+            cluster,
+            plan,
+            admin,
+            work,
+        })
+    }
+
+    fn persist(&mut self, table: &mut Table) -> Result<(), String> {
+        let (rows, runs) = (self.plan.rows, self.plan.runs);
+        let csv = self.work.join("t.csv");
+        let text: String = (0..rows).map(|i| format!("{i},{i},item {i}\n")).collect();
+        std::fs::write(&csv, text).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+        let copy_in = format!("\\copy t FROM '{}' WITH (FORMAT csv)", csv.display());
+
+        let mut variants: Vec<Vec<Run>> = BATCH_SIZES.iter().map(|_| Vec::new()).collect();
+        let mut ceiling = Vec::new();
+        for i in 0..runs {
+            for (&batch_size, results) in BATCH_SIZES.iter().zip(&mut variants) {
+                progress(&format!(
+                    "persist: run {}/{runs}: stagewise, batch_size {batch_size}",
+                    i + 1
+                ));
+                self.empty_t()?;
+                let pipeline = persist_pipeline(rows, &self.cluster.url, batch_size);
+                results.push(self.run_stagewise(&format!("persist-{batch_size}-{i}"), &pipeline)?);
+                self.check_t()?;
+            }
+            progress(&format!(
+                "persist: run {}/{runs}: ceiling, psql \\copy FROM csv",
+                i + 1
+            ));
+            self.empty_t()?;
+            ceiling.push(self.run_psql(&format!("copy-in-{i}"), &copy_in)?);
+            self.check_t()?;
+        }
+
+        let ceiling = Median::of(ceiling, rows);
+        let top = ceiling.rate();
+        let mut details = Vec::new();
+        for (batch_size, results) in BATCH_SIZES.into_iter().zip(variants) {
+            let m = Median::of(results, rows);
+            let what = match batch_size {
+                1 => " (per item)".to_owned(),
+                _ => String::new(),
+            };
+            table.row(
+                &format!("persist: stagewise, batch_size {batch_size}{what}"),
+                &m,
+                top,
+            );
+            details.push(format!(
+                "persist:   batch_size {batch_size}: {}; `save` attempt latency {}; {}; {}",
+                m.transactions(),
+                m.stage_latency("save")
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                m.phases(),
+                m.cpu_share()
+            ));
+        }
+        table.row("persist: ceiling, psql \\copy t FROM csv", &ceiling, top);
+        for d in details {
+            table.line(&d);
+        }
+        table.line(&format!("persist:   ceiling: {}", ceiling.transactions()));
+        Ok(())
+    }
+
+    fn fetch(&mut self, table: &mut Table) -> Result<(), String> {
+        let (rows, runs) = (self.plan.rows, self.plan.runs);
+        let out = self.work.join("src.out");
+        let copy_out = format!("\\copy ({COPY_OUT_QUERY}) TO '{}'", out.display());
+        let mut fetched = Vec::new();
+        let mut generated = Vec::new();
+        let mut ceiling = Vec::new();
+        for i in 0..runs {
+            progress(&format!(
+                "fetch: run {}/{runs}: stagewise, db-fetch → blackhole",
+                i + 1
+            ));
+            let pipeline = fetch_pipeline(rows, Some(&self.cluster.url));
+            fetched.push(self.run_stagewise(&format!("fetch-{i}"), &pipeline)?);
+            progress(&format!(
+                "fetch: run {}/{runs}: reference, generate → blackhole",
+                i + 1
+            ));
+            let pipeline = fetch_pipeline(rows, None);
+            generated.push(self.run_stagewise(&format!("generate-{i}"), &pipeline)?);
+            progress(&format!(
+                "fetch: run {}/{runs}: ceiling, psql \\copy (SELECT …) TO file",
+                i + 1
+            ));
+            let _ = std::fs::remove_file(&out);
+            ceiling.push(self.run_psql(&format!("copy-out-{i}"), &copy_out)?);
+            let lines = std::fs::read_to_string(&out)
+                .map_err(|e| format!("cannot read {}: {e}", out.display()))?
+                .lines()
+                .count();
+            if lines as u64 != rows {
+                return Err(format!("\\copy wrote {lines} rows, not {rows}"));
+            }
+        }
+        let fetched = Median::of(fetched, rows);
+        let generated = Median::of(generated, rows);
+        let ceiling = Median::of(ceiling, rows);
+        let top = ceiling.rate();
+        table.row("fetch: stagewise, db-fetch → blackhole", &fetched, top);
+        if let Some(take) = fetched.take {
+            table.window_row(
+                "fetch:   taking the batch (fetch + manifest)",
+                &fetched,
+                take,
+                top,
+            );
+        }
+        table.row("fetch: reference, generate → blackhole", &generated, top);
+        if let Some(take) = generated.take {
+            table.window_row(
+                "fetch:   taking the batch (manifest only)",
+                &generated,
+                take,
+                top,
+            );
+        }
+        table.row(
+            "fetch: ceiling, psql \\copy (SELECT …) TO file",
+            &ceiling,
+            top,
+        );
+        table.line(&format!(
+            "fetch:   db-fetch run: {}; {}",
+            fetched.phases(),
+            fetched.cpu_share()
+        ));
+        table.line(&format!("fetch:   generate run: {}", generated.phases()));
+        if let (Some(a), Some(b)) = (fetched.take, generated.take) {
+            let alone = a.as_secs_f64() - b.as_secs_f64();
+            table.line(&format!(
+                "fetch:   the fetch alone ≈ taking the batch minus the generate run's: {alone:.3} s = {} rows/s = {:.3}x the ceiling",
+                thousands(rows as f64 / alone),
+                rows as f64 / alone / top
+            ));
+        }
+        Ok(())
+    }
+
+    fn empty_t(&mut self) -> Result<(), String> {
+        self.admin
+            .batch_execute("TRUNCATE t")
+            .map_err(|e| format!("cannot empty t: {e}"))
+    }
+
+    /// Every row written, with the payload its `n` implies.
+    fn check_t(&mut self) -> Result<(), String> {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE id = n AND payload = 'item ' || n) FROM t",
+                &[],
+            )
+            .map_err(|e| format!("cannot count t: {e}"))?;
+        let (all, right): (i64, i64) = (row.get(0), row.get(1));
+        if all as u64 != self.plan.rows || right != all {
+            return Err(format!(
+                "t holds {all} rows ({right} as expected), not {}",
+                self.plan.rows
+            ));
+        }
+        Ok(())
+    }
+
+    fn commits(&mut self) -> Option<i64> {
+        self.admin
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .ok()
+            .map(|r| r.get(0))
+    }
+
+    /// Run the `stagewise` binary on `pipeline` in a fresh directory; fails unless every item
+    /// is done.
+    fn run_stagewise(&mut self, name: &str, pipeline: &str) -> Result<Run, String> {
+        let dir = self.work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::write(dir.join("pipeline.toml"), pipeline)
+            .map_err(|e| format!("cannot write the pipeline: {e}"))?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagewise"));
+        cmd.args(["run", "pipeline.toml", "--log-format", "json"])
+            .current_dir(&dir);
+        // A developer's overrides (`STAGEWISE_STAGE__…`, a debug log level) would change what
+        // is measured.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("STAGEWISE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("STAGEWISE_LOG", "info");
+        let log = dir.join("stderr.log");
+        let mut run = self.measure(cmd, &log, name)?;
+        run.summary = std::fs::read_to_string(dir.join("bench.summary.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        let done = run.summary.as_ref().and_then(|s| s["done"].as_u64());
+        if run.status.code() != Some(0) || done != Some(self.plan.rows) {
+            return Err(format!(
+                "{name}: stagewise exited with {} and {done:?} of {} items done; see {}",
+                run.status,
+                self.plan.rows,
+                log.display()
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(run)
+    }
+
+    /// Run `psql -c COMMAND` against the cluster.
+    fn run_psql(&mut self, name: &str, command: &str) -> Result<Run, String> {
+        let mut cmd = Command::new(&self.cluster.psql);
+        cmd.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.cluster.url,
+            "-c",
+            command,
+        ]);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(key);
+            }
+        }
+        let log = self.work.join(format!("{name}.log"));
+        let run = self.measure(cmd, &log, name)?;
+        if !run.status.success() {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!(
+                "{name}: psql exited with {}: {}",
+                run.status,
+                stderr.trim()
+            ));
+        }
+        Ok(run)
+    }
+
+    /// Spawn `cmd` and measure it; around it, the server's CPU time and committed transactions,
+    /// read once the sessions it opened have ended (their figures are only counted then).
+    fn measure(&mut self, cmd: Command, log: &Path, name: &str) -> Result<Run, String> {
+        let before = self.cluster.postmaster.and_then(server_cpu);
+        let commits_before = self.commits();
+        let mut run = measure(cmd, log).map_err(|e| format!("{name}: cannot run it: {e}"))?;
+        let settled = match (&before, self.cluster.postmaster) {
+            (Some((_, sessions)), Some(pm)) => wait_for_sessions(pm, sessions),
+            _ => None,
+        };
+        run.server_cpu = match (before, settled) {
+            (Some((a, _)), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        run.transactions = match (commits_before, self.commits()) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        Ok(run)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelines
+
+fn persist_pipeline(rows: u64, url: &str, batch_size: usize) -> String {
+    format!(
+        r#"[pipeline]
+name = "bench"
+heartbeat = "60s"
+
+[checkpoint]
+store = "sqlite:state.db"
+
+[defaults]
+timeout = "30s"
+
+[[stage]]
+name = "src"
+kind = "generate"
+count = {rows}
+timeout = "5m"
+
+[[stage]]
+name = "save"
+kind = "persist"
+url = "{url}"
+statement = "{PERSIST_STATEMENT}"
+concurrency = {PERSIST_CONCURRENCY}
+batch_size = {batch_size}
+"#
+    )
+}
+
+/// `db-fetch` from `url`, or without one the same flow from `generate`.
+fn fetch_pipeline(rows: u64, url: Option<&str>) -> String {
+    let source = match url {
+        Some(url) => {
+            format!("kind = \"db-fetch\"\nurl = \"{url}\"\nquery = \"{FETCH_QUERY}\"\nkey = \"id\"")
+        }
+        None => format!("kind = \"generate\"\ncount = {rows}"),
+    };
+    format!(
+        r#"[pipeline]
+name = "bench"
+heartbeat = "60s"
+
+[checkpoint]
+store = "sqlite:state.db"
+
+[defaults]
+timeout = "30s"
+concurrency = 64
+
+[[stage]]
+name = "src"
+{source}
+timeout = "5m"
+
+[[stage]]
+name = "sink"
+kind = "blackhole"
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring a child process and the server
+
+/// One run of a child process.
+struct Run {
+    status: ExitStatus,
+    wall: Duration,
+    /// `ru_maxrss`, in KiB on Linux.
+    peak_rss_kib: u64,
+    /// User plus system time of the child.
+    client_cpu: Duration,
+    /// CPU time of the server's processes during the run.
+    server_cpu: Option<Duration>,
+    /// Transactions committed in the database during the run.
+    transactions: Option<i64>,
+    /// When the `taking a new batch`, `run started` and `summary` events arrived, since spawn.
+    taking: Option<Duration>,
+    started: Option<Duration>,
+    summarized: Option<Duration>,
+    /// The run's `<name>.summary.json` (stagewise only).
+    summary: Option<Value>,
+}
+
+/// Spawn `cmd`, timestamp the JSON log events it writes to stderr (copying them to `log`), and
+/// reap it with `wait4` for its CPU time and peak RSS.
+fn measure(mut cmd: Command, log: &Path) -> io::Result<Run> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut log = std::fs::File::create(log)?;
+    let began = Instant::now();
+    let mut child = cmd.spawn()?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut at = [None; 3];
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let now = began.elapsed();
+            let _ = writeln!(log, "{line}");
+            let message = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned));
+            let slot = match message.as_deref() {
+                Some("taking a new batch") => 0,
+                Some("run started") => 1,
+                Some("summary") => 2,
+                _ => continue,
+            };
+            at[slot] = Some(now);
+        }
+        at
+    });
+    // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
+    let (status, usage) = wait4(child.id())?;
+    let wall = began.elapsed();
+    let [taking, started, summarized] = reader.join().unwrap_or([None; 3]);
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Ok(Run {
+        status,
+        wall,
+        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        client_cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        server_cpu: None,
+        transactions: None,
+        taking,
+        started,
+        summarized,
+        summary: None,
+    })
+}
+
+/// Reap child `pid`: its exit status and resource usage.
+fn wait4(pid: u32) -> io::Result<(ExitStatus, libc::rusage)> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let mut status: libc::c_int = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    loop {
+        // SAFETY: `status` and `usage` are valid, writable and outlive the call; `pid` is a
+        // child of this process that nothing else reaps.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
+        if reaped == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // SAFETY: zero is a valid `rusage` (plain integers), and wait4 has filled it in.
+    let usage = unsafe { usage.assume_init() };
+    Ok((ExitStatus::from_raw(status), usage))
+}
+
+/// From `/proc/PID/stat`: the parent, the process's own CPU ticks and its reaped children's.
+fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces): state, ppid, …, utime (the 12th),
+    // stime, cutime, cstime.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((u32::try_from(n(1)?).ok()?, n(11)? + n(12)?, n(13)? + n(14)?))
+}
+
+/// CPU time the cluster has used so far: the postmaster's, its ended children's (backends of
+/// closed sessions, which it has reaped) and its live children's; and the live children.
+fn server_cpu(postmaster: u32) -> Option<(Duration, HashSet<u32>)> {
+    let (_, own, reaped) = proc_stat(postmaster)?;
+    let mut ticks = own + reaped;
+    let mut children = HashSet::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Some((parent, own, reaped)) = proc_stat(pid) {
+            if parent == postmaster {
+                ticks += own + reaped;
+                children.insert(pid);
+            }
+        }
+    }
+    // SAFETY: sysconf only reads a configuration value.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_sec = u64::try_from(per_sec).ok().filter(|&t| t > 0)?;
+    Some((
+        Duration::from_secs_f64(ticks as f64 / per_sec as f64),
+        children,
+    ))
+}
+
+/// Wait until the backends a run opened have ended and been reaped (a closed session's backend
+/// exits just after its client), then read the server's CPU time; None after 10 s.
+fn wait_for_sessions(postmaster: u32, before: &HashSet<u32>) -> Option<Duration> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let (cpu, children) = server_cpu(postmaster)?;
+        if children.is_subset(before) {
+            return Some(cpu);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+
+/// The median of each figure over several runs (taken per figure).
+struct Median {
+    runs: usize,
+    rows: u64,
+    wall: Duration,
+    /// The fastest and slowest runs' wall times.
+    wall_range: (Duration, Duration),
+    peak_rss_kib: u64,
+    client_cpu: Duration,
+    server_cpu: Option<Duration>,
+    /// Spawn to `taking a new batch`; that event to `run started`; to `summary`.
+    starting: Option<Duration>,
+    take: Option<Duration>,
+    processing: Option<Duration>,
+    transactions: Option<i64>,
+    /// The summary of the run with the median wall time.
+    summary: Option<Value>,
+}
+
+impl Median {
+    fn of(mut runs: Vec<Run>, rows: u64) -> Median {
+        fn mid<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
+            v.sort();
+            v.get(v.len() / 2).copied()
+        }
+        fn span(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+            b?.checked_sub(a?)
+        }
+        runs.sort_by_key(|r| r.wall);
+        let n = runs.len();
+        Median {
+            runs: n,
+            rows,
+            wall: runs[n / 2].wall,
+            wall_range: (runs[0].wall, runs[n - 1].wall),
+            peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib).collect()).unwrap_or(0),
+            client_cpu: mid(runs.iter().map(|r| r.client_cpu).collect()).unwrap_or_default(),
+            server_cpu: mid(runs.iter().filter_map(|r| r.server_cpu).collect()),
+            starting: mid(runs.iter().filter_map(|r| r.taking).collect()),
+            take: mid(runs
+                .iter()
+                .filter_map(|r| span(r.taking, r.started))
+                .collect()),
+            processing: mid(runs
+                .iter()
+                .filter_map(|r| span(r.started, r.summarized))
+                .collect()),
+            transactions: mid(runs.iter().filter_map(|r| r.transactions).collect()),
+            summary: runs[n / 2].summary.take(),
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.rows as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Rows/s of the slowest and the fastest run.
+    fn rate_range(&self) -> (f64, f64) {
+        let rate = |d: Duration| self.rows as f64 / d.as_secs_f64();
+        (rate(self.wall_range.1), rate(self.wall_range.0))
+    }
+
+    /// "N server transactions (R rows each)".
+    fn transactions(&self) -> String {
+        match self.transactions {
+            Some(t) if t > 0 => format!(
+                "{} server transactions ({:.2} rows each)",
+                thousands(t as f64),
+                self.rows as f64 / t as f64
+            ),
+            _ => "server transactions unknown".to_owned(),
+        }
+    }
+
+    /// Where a stagewise run's wall time went, from its log events.
+    fn phases(&self) -> String {
+        let secs = |d: Option<Duration>| {
+            d.map_or_else(|| "?".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()))
+        };
+        format!(
+            "spawn to `taking a new batch` {}, taking the batch {}, processing {}",
+            secs(self.starting),
+            secs(self.take),
+            secs(self.processing)
+        )
+    }
+
+    /// How busy the machine's CPUs were: client and server CPU time over the wall time. Client
+    /// and server share the CPUs, so near all of them means the run is CPU-bound.
+    fn cpu_share(&self) -> String {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let Some(server) = self.server_cpu else {
+            return "server CPU unknown".to_owned();
+        };
+        let busy = (self.client_cpu + server).as_secs_f64() / self.wall.as_secs_f64();
+        format!("client + server CPU {busy:.2} of {cpus} CPUs")
+    }
+
+    /// A stage's attempt latency from the summary: "p50 … p95 … max …".
+    fn stage_latency(&self, stage: &str) -> Option<String> {
+        let stages = self.summary.as_ref()?["stages"].as_array()?;
+        let l = &stages.iter().find(|s| s["name"] == stage)?["latency"];
+        Some(format!(
+            "p50 {:.2} ms, p95 {:.2} ms, max {:.1} ms",
+            l["p50_ms"].as_f64()?,
+            l["p95_ms"].as_f64()?,
+            l["max_ms"].as_f64()?
+        ))
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    lines: Vec<String>,
+}
+
+impl Table {
+    fn header() -> String {
+        format!(
+            "{:<48} {:>4} {:>9} {:>9} {:>17} {:>10} {:>8} {:>10} {:>10}",
+            "benchmark",
+            "runs",
+            "wall",
+            "rows/s",
+            "rows/s range",
+            "vs ceiling",
+            "peak RSS",
+            "client CPU",
+            "server CPU"
+        )
+    }
+
+    fn row(&mut self, name: &str, m: &Median, ceiling: f64) {
+        let (low, high) = m.rate_range();
+        let server = m
+            .server_cpu
+            .map_or_else(|| "?".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+        self.lines.push(format!(
+            "{:<48} {:>4} {:>7.3} s {:>9} {:>17} {:>9.3}x {:>5.1} MB {:>8.2} s {:>10}",
+            name,
+            m.runs,
+            m.wall.as_secs_f64(),
+            thousands(m.rate()),
+            format!("{}–{}", thousands(low), thousands(high)),
+            m.rate() / ceiling,
+            m.peak_rss_kib as f64 * 1024.0 / 1e6,
+            m.client_cpu.as_secs_f64(),
+            server
+        ));
+    }
+
+    /// A part of a run, timed from its log events.
+    fn window_row(&mut self, name: &str, m: &Median, window: Duration, ceiling: f64) {
+        let rate = m.rows as f64 / window.as_secs_f64();
+        self.lines.push(format!(
+            "{:<48} {:>4} {:>7.3} s {:>9} {:>17} {:>9.3}x",
+            name,
+            m.runs,
+            window.as_secs_f64(),
+            thousands(rate),
+            "",
+            rate / ceiling
+        ));
+    }
+
+    fn line(&mut self, text: &str) {
+        self.lines.push(text.to_owned());
+    }
+
+    fn print(&self) {
+        println!("{}", Self::header());
+        for l in &self.lines {
+            println!("{l}");
+        }
+        println!("(medians of the runs; wall is process start to exit; rows/s = rows / wall; MB = 10^6 bytes of ru_maxrss; client CPU = user + system time of the process; server CPU = all PostgreSQL processes)");
+    }
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}

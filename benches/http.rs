@@ -1,0 +1,833 @@
+//! The benchmark of `http-download` (issue 4, "Benchmark"; figures and command in
+//! `BENCHMARKS.md`): 2,000 pages from a local HTTP server that takes 20 ms to answer each
+//! request, fetched at concurrency 32, against the ideal 32 / 0.02 s = 1,600 pages/s and
+//! against the seed's pattern on the same server and machine.
+//!
+//! - The server runs in this process on 127.0.0.1 (std threads, a thread per connection,
+//!   HTTP/1.1 keep-alive unless the client asks to close): it reads a request, sleeps 20 ms,
+//!   and answers with a ~10 KB HTML page. It counts the connections it accepts and the requests
+//!   it answers, so each run also says how many connections its client opened.
+//! - stagewise: like `benches/runner.rs`, the release `stagewise run` process on a pipeline in a
+//!   fresh directory: `jsonl` source of the URLs → `http-download` (`concurrency = 32`,
+//!   `per_host_concurrency = 32`, `allow_private_networks = true`) → `blackhole`. Wall time is
+//!   spawn to exit; the processing window runs from the `run started` to the `summary` log
+//!   event (`--log-format json`).
+//! - The seed's pattern: `benches/seed_pattern.py` under the machine's `python3` (standard
+//!   library only): asyncio tasks calling `await loop.run_in_executor(None, fetch, url)` with a
+//!   blocking `urllib` fetch, at most 32 in flight, on the loop's default executor, whose size is
+//!   `min(32, cpus + 4)`. Its processing window is the one the script prints. A variant with a
+//!   32-thread executor (not what the seed did) tells the executor's size from the rest.
+//!
+//! Every measurement is run 3 times, interleaved, and the medians are reported, with the peak
+//! RSS (`ru_maxrss` from `wait4`) and CPU time of each child.
+//!
+//! `cargo bench --bench http` runs it; `--runs N` changes the number of runs, `--python PATH`
+//! the interpreter. Without cargo's `--bench` flag (`cargo test --benches` or `--all-targets`)
+//! it only smoke-tests itself on 200 pages, once.
+
+// The child's rusage (peak RSS, CPU time) needs `libc::wait4`, and this process's CPU time (the
+// server's) `libc::getrusage`: two FFI calls, hence unsafe, and nothing else.
+#![allow(unsafe_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Requests in flight, for stagewise and the seed's pattern alike.
+const CONCURRENCY: usize = 32;
+/// How long the server takes to answer each request.
+const LATENCY: Duration = Duration::from_millis(20);
+/// Runs of each measurement; the median is reported.
+const DEFAULT_RUNS: usize = 3;
+/// The threads of the seed-pattern variant's executor (the seed used the default one).
+const VARIANT_WORKERS: usize = 32;
+/// The seed's script, run by `python3`.
+const SEED_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seed_pattern.py");
+
+/// What one invocation measures.
+struct Plan {
+    runs: usize,
+    pages: u64,
+    python: String,
+    full: bool,
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` appends `--bench`; without it this is a smoke test (see the top of the file).
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let full = raw.iter().any(|a| a == "--bench");
+    let mut plan = Plan {
+        runs: if full { DEFAULT_RUNS } else { 1 },
+        pages: if full { 2_000 } else { 200 },
+        python: "python3".to_owned(),
+        full,
+    };
+    let mut args = raw.into_iter().filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
+                Some(n) => plan.runs = n,
+                None => return usage(),
+            },
+            "--python" => match args.next() {
+                Some(p) => plan.python = p,
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+
+    let load_before = load_average();
+    let server = match Server::start(LATENCY) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot start the HTTP server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    progress(&format!(
+        "server on {}: {} ms per response, {} byte pages",
+        server.addr,
+        LATENCY.as_millis(),
+        page_body("/page/0").len()
+    ));
+    let mut table = Table::default();
+    let result = bench(&plan, &server, &mut table);
+    table.print();
+    println!(
+        "load average (1 min) before: {load_before}, after: {}",
+        load_average()
+    );
+    if !plan.full {
+        println!(
+            "\nsmoke run (no `--bench` flag): {} pages, once",
+            plan.pages
+        );
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: cargo bench --bench http [-- [--runs N] [--python PATH]]");
+    ExitCode::from(2)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The measurement
+
+fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> {
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("stagewise-bench-http")
+        .join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let urls = work.join("urls.jsonl");
+    let lines: String = (0..plan.pages)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"id": i, "url": format!("http://{}/page/{i}", server.addr)})
+            )
+        })
+        .collect();
+    std::fs::write(&urls, lines).map_err(|e| format!("cannot write {}: {e}", urls.display()))?;
+
+    // Without python3 a smoke run still checks the stagewise side; a real run needs both.
+    let python_found = Command::new(&plan.python)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_found {
+        let message = format!("`{}` not found: cannot run the seed's pattern", plan.python);
+        if plan.full {
+            return Err(message);
+        }
+        eprintln!("SKIPPED the seed's pattern: {message}");
+    }
+
+    let (mut ours, mut seed, mut variant) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..plan.runs {
+        let n = format!("run {}/{}", i + 1, plan.runs);
+        if python_found {
+            progress(&format!("{n}: seed pattern, default executor"));
+            seed.push(run_seed(plan, server, &work, &urls, None)?);
+        }
+        progress(&format!("{n}: stagewise"));
+        ours.push(run_stagewise(plan, server, &work, &urls, i)?);
+        if python_found {
+            progress(&format!(
+                "{n}: seed pattern, executor of {VARIANT_WORKERS} threads"
+            ));
+            variant.push(run_seed(plan, server, &work, &urls, Some(VARIANT_WORKERS))?);
+        }
+    }
+    // Kept after a failure: the logs of the failed run are in it.
+    let _ = std::fs::remove_dir_all(&work);
+
+    let ours = Median::of(ours);
+    let ideal = CONCURRENCY as f64 / LATENCY.as_secs_f64();
+    table.row("stagewise http-download", &ours);
+    let seed = (!seed.is_empty()).then(|| Median::of(seed));
+    let variant = (!variant.is_empty()).then(|| Median::of(variant));
+    let default_workers = seed.as_ref().and_then(|s| s.max_workers).unwrap_or(0);
+    if let Some(seed) = &seed {
+        table.row(
+            &format!("seed pattern, default executor ({default_workers} thr.)"),
+            seed,
+        );
+    }
+    if let Some(variant) = &variant {
+        table.row(
+            &format!("seed pattern, executor of {VARIANT_WORKERS} (variant)"),
+            variant,
+        );
+    }
+
+    let pages = plan.pages as f64;
+    let share = |rate: f64| {
+        format!(
+            "{} pages/s = {:.1}% of ideal",
+            thousands(rate),
+            100.0 * rate / ideal
+        )
+    };
+    let rounds = plan.pages.div_ceil(CONCURRENCY as u64);
+    table.line(&format!(
+        "ideal {CONCURRENCY} / {} s = {} pages/s ({} pages are {rounds} rounds of {CONCURRENCY}: at most {} pages/s with exact {} ms responses)",
+        LATENCY.as_secs_f64(),
+        thousands(ideal),
+        thousands(pages),
+        thousands(pages / (rounds as f64 * LATENCY.as_secs_f64())),
+        LATENCY.as_millis()
+    ));
+    table.line(&format!(
+        "  stagewise end to end (process start to exit): {}",
+        share(ours.rate_end_to_end())
+    ));
+    table.line(&format!(
+        "  stagewise processing window (`run started` to `summary`): {}",
+        ours.rate_window()
+            .map_or_else(|| "unknown".to_owned(), share)
+    ));
+    if let Some(l) = ours.stage_latency("download") {
+        table.line(&format!(
+            "  `download` attempt latency (median run's summary): {l}"
+        ));
+    }
+    if let Some(seed) = &seed {
+        table.line(&format!(
+            "  seed pattern end to end: {}",
+            share(seed.rate_end_to_end())
+        ));
+        table.line(&format!(
+            "  seed pattern processing window (the script's own clock): {}",
+            seed.rate_window()
+                .map_or_else(|| "unknown".to_owned(), share)
+        ));
+        table.line(&format!(
+            "  seed pattern's ceiling with {default_workers} executor threads: {default_workers} / {} s = {} pages/s",
+            LATENCY.as_secs_f64(),
+            thousands(default_workers as f64 / LATENCY.as_secs_f64())
+        ));
+        let window_ratio = match (ours.rate_window(), seed.rate_window()) {
+            (Some(a), Some(b)) => format!("{:.2}x", a / b),
+            _ => "unknown".to_owned(),
+        };
+        table.line(&format!(
+            "  stagewise / seed pattern: end to end {:.2}x, processing window {window_ratio}, peak RSS {:.2}x, CPU time {:.2}x",
+            ours.rate_end_to_end() / seed.rate_end_to_end(),
+            ours.peak_rss_bytes() / seed.peak_rss_bytes(),
+            ours.cpu.as_secs_f64() / seed.cpu.as_secs_f64()
+        ));
+    }
+    if let Some(variant) = &variant {
+        table.line(&format!(
+            "  seed pattern, {VARIANT_WORKERS}-thread executor (variant): end to end {}; window {}",
+            share(variant.rate_end_to_end()),
+            variant
+                .rate_window()
+                .map_or_else(|| "unknown".to_owned(), share)
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two clients
+
+/// One run of a client.
+struct Run {
+    pages: u64,
+    wall: Duration,
+    /// `ru_maxrss`, in KiB on Linux.
+    peak_rss_kib: u64,
+    /// The child's user + system CPU time.
+    cpu: Duration,
+    /// The server's (this process's) CPU time during the run.
+    server_cpu: Duration,
+    /// From the first request to the last page (stagewise: `run started` to `summary`).
+    window: Option<Duration>,
+    /// Connections the server accepted during the run.
+    connections: u64,
+    /// stagewise's `<name>.summary.json`.
+    summary: Option<Value>,
+    /// The seed script's executor size.
+    max_workers: Option<u64>,
+}
+
+/// `stagewise run` on the pipeline, in a fresh directory; fails unless every page is done.
+fn run_stagewise(
+    plan: &Plan,
+    server: &Server,
+    work: &Path,
+    urls: &Path,
+    i: usize,
+) -> Result<Run, String> {
+    let name = format!("stagewise-{i}");
+    let dir = work.join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::copy(urls, dir.join("urls.jsonl"))
+        .map_err(|e| format!("cannot copy the URL list: {e}"))?;
+    std::fs::write(dir.join("pipeline.toml"), pipeline())
+        .map_err(|e| format!("cannot write the pipeline: {e}"))?;
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagewise"));
+    cmd.args(["run", "pipeline.toml", "--log-format", "json"])
+        .current_dir(&dir);
+    // A developer's overrides (`STAGEWISE_STAGE__…`, a debug log level) would change what is measured.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("STAGEWISE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("STAGEWISE_LOG", "info");
+    let log = dir.join("stderr.log");
+    let m = measure(cmd, server, &log).map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
+
+    let summary = std::fs::read_to_string(dir.join("bench.summary.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let done = summary.as_ref().and_then(|s| s["done"].as_u64());
+    if m.status.code() != Some(0) || done != Some(plan.pages) {
+        return Err(format!(
+            "{name}: stagewise exited with {} and {done:?} of {} pages done; see {}",
+            m.status,
+            plan.pages,
+            log.display()
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let window = match (m.started, m.summarized) {
+        (Some(a), Some(b)) => b.checked_sub(a),
+        _ => None,
+    };
+    Ok(Run {
+        pages: plan.pages,
+        wall: m.wall,
+        peak_rss_kib: m.peak_rss_kib,
+        cpu: m.cpu,
+        server_cpu: m.server_cpu,
+        window,
+        connections: m.connections,
+        summary,
+        max_workers: None,
+    })
+}
+
+/// `benches/seed_pattern.py` on the URL list; fails unless every page was fetched.
+fn run_seed(
+    plan: &Plan,
+    server: &Server,
+    work: &Path,
+    urls: &Path,
+    workers: Option<usize>,
+) -> Result<Run, String> {
+    let mut cmd = Command::new(&plan.python);
+    cmd.arg(SEED_SCRIPT).arg(urls).args([
+        "--concurrency",
+        &CONCURRENCY.to_string(),
+        "--timeout",
+        "30",
+    ]);
+    if let Some(w) = workers {
+        cmd.args(["--workers", &w.to_string()]);
+    }
+    let log = work.join("seed-stderr.log");
+    let m = measure(cmd, server, &log).map_err(|e| format!("cannot run the seed pattern: {e}"))?;
+    let out = serde_json::from_str::<Value>(m.stdout.trim()).ok();
+    let fetched = out.as_ref().and_then(|o| o["pages"].as_u64());
+    if !m.status.success() || fetched != Some(plan.pages) {
+        return Err(format!(
+            "the seed pattern exited with {} and {fetched:?} of {} pages fetched; see {}",
+            m.status,
+            plan.pages,
+            log.display()
+        ));
+    }
+    let out = out.unwrap_or_default();
+    Ok(Run {
+        pages: plan.pages,
+        wall: m.wall,
+        peak_rss_kib: m.peak_rss_kib,
+        cpu: m.cpu,
+        server_cpu: m.server_cpu,
+        window: out["seconds"].as_f64().map(Duration::from_secs_f64),
+        connections: m.connections,
+        summary: None,
+        max_workers: out["max_workers"].as_u64(),
+    })
+}
+
+fn pipeline() -> String {
+    format!(
+        r#"[pipeline]
+name = "bench"
+heartbeat = "60s"
+
+[checkpoint]
+store = "sqlite:state.db"
+
+[[stage]]
+name = "src"
+kind = "jsonl"
+path = "urls.jsonl"
+key = "id"
+timeout = "5m"
+
+[[stage]]
+name = "download"
+kind = "http-download"
+allow_private_networks = true
+concurrency = {CONCURRENCY}
+per_host_concurrency = {CONCURRENCY}
+
+[[stage]]
+name = "sink"
+kind = "blackhole"
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring a child process
+
+struct Measured {
+    status: ExitStatus,
+    wall: Duration,
+    peak_rss_kib: u64,
+    cpu: Duration,
+    server_cpu: Duration,
+    connections: u64,
+    stdout: String,
+    /// When the `run started` and `summary` JSON log events arrived, since spawn.
+    started: Option<Duration>,
+    summarized: Option<Duration>,
+}
+
+/// Spawn `cmd`, timestamp the JSON log events it writes to stderr (copying stderr to `log`),
+/// keep its stdout, and reap it with `wait4` for its peak RSS and CPU time.
+fn measure(mut cmd: Command, server: &Server, log: &Path) -> io::Result<Measured> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut log = std::fs::File::create(log)?;
+    let connections_before = server.connections();
+    let server_cpu_before = own_cpu();
+    let began = Instant::now();
+    let mut child = cmd.spawn()?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let err_reader = std::thread::spawn(move || {
+        let (mut started, mut summarized) = (None, None);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let at = began.elapsed();
+            let _ = writeln!(log, "{line}");
+            let message = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned));
+            match message.as_deref() {
+                Some("run started") => started = Some(at),
+                Some("summary") => summarized = Some(at),
+                _ => {}
+            }
+        }
+        (started, summarized)
+    });
+    // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
+    let (status, usage) = wait4(child.id())?;
+    let wall = began.elapsed();
+    let server_cpu = own_cpu().saturating_sub(server_cpu_before);
+    let stdout = out_reader.join().unwrap_or_default();
+    let (started, summarized) = err_reader.join().unwrap_or((None, None));
+    Ok(Measured {
+        status,
+        wall,
+        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        server_cpu,
+        connections: server.connections() - connections_before,
+        stdout,
+        started,
+        summarized,
+    })
+}
+
+/// Reap child `pid`: its exit status and rusage.
+fn wait4(pid: u32) -> io::Result<(ExitStatus, libc::rusage)> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let mut status: libc::c_int = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    loop {
+        // SAFETY: `status` and `usage` are valid, writable and outlive the call; `pid` is a
+        // child of this process that nothing else reaps.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
+        if reaped == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    // SAFETY: zero is a valid `rusage` (plain integers), and wait4 has filled it in.
+    let usage = unsafe { usage.assume_init() };
+    Ok((ExitStatus::from_raw(status), usage))
+}
+
+/// This process's CPU time so far, all threads: in this bench, almost all of it the server's.
+fn own_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is valid and writable for the call.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    // SAFETY: zero is a valid `rusage` (plain integers), and getrusage has filled it in.
+    let usage = unsafe { usage.assume_init() };
+    timeval(usage.ru_utime) + timeval(usage.ru_stime)
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(t.tv_usec).unwrap_or(0);
+    Duration::from_secs(secs) + Duration::from_micros(micros)
+}
+
+/// The first field of `/proc/loadavg`, or "unknown".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/// A slow HTTP/1.1 server on 127.0.0.1: every request is answered after `latency`. It lives as
+/// long as this process (the accept thread is never joined; the bench exits when done).
+struct Server {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+}
+
+impl Server {
+    fn start(latency: Duration) -> io::Result<Server> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted = connections.clone();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // Out of file descriptors, say: let connections close, try again.
+                            eprintln!("[server] accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                    };
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let spawned = std::thread::Builder::new()
+                        .name("conn".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || {
+                            if let Err(e) = serve(stream, latency) {
+                                // A client closing or resetting its end is its business.
+                                if !matches!(
+                                    e.kind(),
+                                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                                ) {
+                                    eprintln!("[server] connection failed: {e}");
+                                }
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        eprintln!("[server] cannot start a connection thread: {e}");
+                    }
+                }
+            })?;
+        Ok(Server { addr, connections })
+    }
+
+    /// Connections accepted so far.
+    fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Answer the requests of one connection until the client closes it or asks to.
+fn serve(stream: TcpStream, latency: Duration) -> io::Result<()> {
+    // Each response goes out in one write; without this, a response split by the kernel could
+    // wait on the client's delayed ACK.
+    stream.set_nodelay(true)?;
+    // A client that vanished without closing must not hold a thread for ever.
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_owned();
+        let target = parts.next().unwrap_or("").to_owned();
+        let version = parts.next().unwrap_or("").to_owned();
+        let mut close = version != "HTTP/1.1";
+        let mut content_length = 0u64;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("connection") {
+                if value.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if value.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            } else if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.parse().unwrap_or(0);
+            }
+        }
+        io::copy(&mut (&mut reader).take(content_length), &mut io::sink())?;
+
+        std::thread::sleep(latency);
+        let (status, body) = if method == "GET" && target.starts_with("/page/") {
+            ("200 OK", page_body(&target))
+        } else {
+            ("404 Not Found", "not found\n".to_owned())
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        response.push_str(&body);
+        writer.write_all(response.as_bytes())?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// A ~10 KB HTML page that names its path.
+fn page_body(path: &str) -> String {
+    const PARAGRAPH: &str = "<p>Batch pipelines that must not die silently: every stage bounded, \
+        every failure classified, every item checkpointed, and every run summarized.</p>\n";
+    let mut body = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{path}</title></head>\n<body><h1>{path}</h1>\n"
+    );
+    for _ in 0..68 {
+        body.push_str(PARAGRAPH);
+    }
+    body.push_str("</body></html>\n");
+    body
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+
+/// The median of each figure over several runs (taken per figure).
+struct Median {
+    runs: usize,
+    pages: u64,
+    wall: Duration,
+    /// The fastest and slowest runs' wall times.
+    wall_range: (Duration, Duration),
+    window: Option<Duration>,
+    peak_rss_kib: u64,
+    cpu: Duration,
+    server_cpu: Duration,
+    connections: u64,
+    /// The summary of the run with the median wall time.
+    summary: Option<Value>,
+    max_workers: Option<u64>,
+}
+
+impl Median {
+    fn of(mut runs: Vec<Run>) -> Median {
+        fn mid<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
+            v.sort();
+            v.get(v.len() / 2).copied()
+        }
+        runs.sort_by_key(|r| r.wall);
+        let n = runs.len();
+        let middle = &runs[n / 2];
+        Median {
+            runs: n,
+            pages: middle.pages,
+            wall: middle.wall,
+            wall_range: (runs[0].wall, runs[n - 1].wall),
+            window: mid(runs.iter().filter_map(|r| r.window).collect()),
+            peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib).collect()).unwrap_or(0),
+            cpu: mid(runs.iter().map(|r| r.cpu).collect()).unwrap_or_default(),
+            server_cpu: mid(runs.iter().map(|r| r.server_cpu).collect()).unwrap_or_default(),
+            connections: mid(runs.iter().map(|r| r.connections).collect()).unwrap_or(0),
+            summary: middle.summary.clone(),
+            max_workers: middle.max_workers,
+        }
+    }
+
+    fn rate_end_to_end(&self) -> f64 {
+        self.pages as f64 / self.wall.as_secs_f64()
+    }
+
+    fn rate_window(&self) -> Option<f64> {
+        self.window.map(|w| self.pages as f64 / w.as_secs_f64())
+    }
+
+    /// Pages/s of the slowest and the fastest run, end to end.
+    fn rate_range(&self) -> (f64, f64) {
+        let rate = |d: Duration| self.pages as f64 / d.as_secs_f64();
+        (rate(self.wall_range.1), rate(self.wall_range.0))
+    }
+
+    fn peak_rss_bytes(&self) -> f64 {
+        self.peak_rss_kib as f64 * 1024.0
+    }
+
+    /// A stage's attempt latency from the summary: "p50 … p95 … max …".
+    fn stage_latency(&self, stage: &str) -> Option<String> {
+        let stages = self.summary.as_ref()?["stages"].as_array()?;
+        let l = &stages.iter().find(|s| s["name"] == stage)?["latency"];
+        Some(format!(
+            "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+            l["p50_ms"].as_f64()?,
+            l["p95_ms"].as_f64()?,
+            l["max_ms"].as_f64()?
+        ))
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    lines: Vec<String>,
+}
+
+impl Table {
+    fn header() -> String {
+        format!(
+            "{:<42} {:>4} {:>8} {:>8} {:>13} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6}",
+            "client",
+            "runs",
+            "wall",
+            "pages/s",
+            "range",
+            "window",
+            "pages/s",
+            "peak RSS",
+            "CPU",
+            "server",
+            "conns"
+        )
+    }
+
+    fn row(&mut self, name: &str, m: &Median) {
+        let (low, high) = m.rate_range();
+        self.lines.push(format!(
+            "{:<42} {:>4} {:>6.3} s {:>8} {:>13} {:>8} {:>8} {:>6.1} MB {:>5.2} s {:>5.2} s {:>6}",
+            name,
+            m.runs,
+            m.wall.as_secs_f64(),
+            thousands(m.rate_end_to_end()),
+            format!("{}–{}", thousands(low), thousands(high)),
+            m.window
+                .map_or_else(|| "-".to_owned(), |w| format!("{:.3} s", w.as_secs_f64())),
+            m.rate_window().map_or_else(|| "-".to_owned(), thousands),
+            m.peak_rss_bytes() / 1e6,
+            m.cpu.as_secs_f64(),
+            m.server_cpu.as_secs_f64(),
+            m.connections
+        ));
+    }
+
+    fn line(&mut self, text: &str) {
+        self.lines.push(text.to_owned());
+    }
+
+    fn print(&self) {
+        println!("{}", Self::header());
+        for l in &self.lines {
+            println!("{l}");
+        }
+        println!(
+            "(medians of the runs; wall and the first pages/s: process start to exit; range: slowest–fastest run, end to end; \
+             window: stagewise `run started` to `summary`, the seed script's own clock from its first task to its last; \
+             CPU: the client's user+system; server: the in-process server's; conns: connections the server accepted; MB = 10^6 bytes of ru_maxrss)"
+        );
+    }
+}
+
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn progress(message: &str) {
+    eprintln!("[bench] {message}");
+}
