@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use stagewise_core::{BlockingStage, Context, Fields, Outcome, Record, Source, StageError, Stop};
@@ -11,9 +11,6 @@ use stagewise_core::{BlockingStage, Context, Fields, Outcome, Record, Source, St
 use crate::params::Script;
 use crate::postgres::{self as pg, PgPool};
 use crate::sqlite::{self, SqlitePool};
-
-/// How long a batch leader waits for company before it writes.
-const LINGER: Duration = Duration::from_millis(2);
 
 /// A database a stage talks to.
 pub(crate) enum Backend {
@@ -136,13 +133,14 @@ impl BlockingStage for Persist {
     }
 }
 
-/// Group commit for `persist`: the first of the calls waiting becomes the leader, gathers what
-/// arrives within a moment (up to `max` records), writes them in one transaction and hands each
-/// caller its result. If the shared transaction fails for a reason tied to the data, each
-/// record is written again on its own, so that only the bad one fails.
+/// Group commit for `persist`: one group is written at a time; records that arrive meanwhile
+/// queue, and when the write ends the first caller still queued takes the queue (up to `max`
+/// records) and writes it in one transaction, handing each caller its result. Nobody waits for
+/// company: under light load a group is one record, under heavy load groups grow by themselves.
+/// If the shared transaction fails for a reason tied to the data, each record is written again
+/// on its own, so that only the bad one fails.
 pub(crate) struct Batcher {
     max: usize,
-    linger: Duration,
     state: Mutex<BatchState>,
     wake: Condvar,
 }
@@ -154,7 +152,8 @@ struct BatchState {
     results: HashMap<u64, Result<(), StageError>>,
     /// Callers that gave up (deadline) after their record was taken: drop their results.
     gone: HashSet<u64>,
-    leading: bool,
+    /// A group is being written.
+    writing: bool,
 }
 
 impl Batcher {
@@ -163,7 +162,6 @@ impl Batcher {
     pub(crate) fn new(max: usize, concurrency: usize) -> Self {
         Batcher {
             max: max.min(concurrency).max(1),
-            linger: LINGER,
             state: Mutex::new(BatchState::default()),
             wake: Condvar::new(),
         }
@@ -190,26 +188,10 @@ impl Batcher {
             if let Some(result) = st.results.remove(&id) {
                 return result;
             }
-            if !st.leading && st.queue.iter().any(|(i, _)| *i == id) {
-                st.leading = true;
-                let until = Instant::now() + self.linger;
-                while st.queue.len() < self.max {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    st = self
-                        .wake
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
-                }
+            if !st.writing && st.queue.iter().any(|(i, _)| *i == id) {
+                st.writing = true;
                 let n = st.queue.len().min(self.max);
                 let taken: Vec<(u64, Vec<Value>)> = st.queue.drain(..n).collect();
-                // The next group can gather (and write, on another connection) while this one
-                // is written.
-                st.leading = false;
-                self.wake.notify_all();
                 drop(st);
                 let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     write_batch(&taken, &write)
@@ -227,6 +209,7 @@ impl Batcher {
                         st.results.insert(i, r);
                     }
                 }
+                st.writing = false;
                 self.wake.notify_all();
                 continue;
             }
@@ -278,6 +261,7 @@ mod tests {
     use super::*;
     use stagewise_core::CancelFlag;
     use std::sync::Arc;
+    use std::time::Instant;
 
     fn cx(timeout: Duration) -> Context {
         Context::new("k", "save", 1, Instant::now() + timeout, CancelFlag::new())
@@ -295,6 +279,8 @@ mod tests {
                     together.wait();
                     let write = |batch: &[&[Value]]| {
                         sizes.lock().expect("lock").push(batch.len());
+                        // A write takes a while, so that records queue behind it.
+                        std::thread::sleep(Duration::from_millis(20));
                         if batch.iter().any(|v| v[0] == 3) {
                             Err(StageError::permanent("record 3 violates a constraint"))
                         } else {
@@ -333,11 +319,9 @@ mod tests {
 
     #[test]
     fn a_caller_past_its_deadline_gives_up() {
-        // A long linger, so that the first caller surely gathers the second one's record; its
-        // write is slow, and the second caller must not wait for it past its own deadline.
-        let mut batcher = Batcher::new(2, 2);
-        batcher.linger = Duration::from_millis(300);
-        let batcher = Arc::new(batcher);
+        // The first caller's write is slow; the second caller queues behind it and must not
+        // wait for it past its own deadline.
+        let batcher = Arc::new(Batcher::new(2, 2));
         let slow = {
             let batcher = batcher.clone();
             std::thread::spawn(move || {
