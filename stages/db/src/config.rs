@@ -43,9 +43,10 @@ pub struct PersistConfig {
     /// It must be idempotent — an upsert such as `INSERT … ON CONFLICT (id) DO UPDATE SET …` —
     /// because a record is written again when its run resumes after a crash.
     pub statement: String,
-    /// Records written per transaction (default 1). Above 1, records arriving together from the
-    /// stage's `concurrency` threads share one transaction; a record whose write fails is
-    /// retried in a transaction of its own, so one bad record never fails the others.
+    /// Most records per transaction (default 1). Above 1, the stage writes one transaction at
+    /// a time and the records that arrive meanwhile share the next; a record whose write fails
+    /// is retried in a transaction of its own, so one bad record never fails the others. It
+    /// saves commits at the cost of parallelism: worth it where commits are slow.
     #[serde(default = "one")]
     pub batch_size: usize,
     /// Longest wait for a connection (default 10s).
