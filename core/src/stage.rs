@@ -21,7 +21,7 @@
 //! | `Ok(Outcome::Skip { reason })` | ends as `skipped` with the reason | goes on |
 //! | `Err` [`ErrorClass::Transient`] | retried after a backoff while attempts remain, then `failed` | goes on |
 //! | `Err` [`ErrorClass::Permanent`] | `failed` at once, never retried | goes on unless `max_failures` is crossed |
-//! | `Err` [`ErrorClass::Fatal`] | `failed` | stops: checkpoint saved, exit 3 |
+//! | `Err` [`ErrorClass::Fatal`] | back to `pending`, no attempt used | stops: checkpoint saved, exit 3 |
 //! | the attempt times out | like a transient error | goes on |
 //! | the stage panics | `failed` with the panic message | goes on |
 //!
