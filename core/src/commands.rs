@@ -1,8 +1,6 @@
 //! What each CLI command does, short of printing: the binary parses arguments, calls these,
 //! prints, and maps the results to exit codes.
 
-use std::path::Path;
-
 use crate::checkpoint::{CheckpointStore, SqliteStore, StatusReport, StoreError};
 use crate::spec::{Pipeline, StoreLocation};
 
@@ -79,9 +77,4 @@ pub fn status_json(pipeline: &Pipeline, report: Option<&StatusReport>) -> serde_
             v
         }
     }
-}
-
-/// Does `path` look like a pipeline file that exists?
-pub fn exists(path: &Path) -> bool {
-    path.is_file()
 }

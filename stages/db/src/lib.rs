@@ -19,9 +19,7 @@ mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::{
-    BuildContext, KindDefaults, Registry, Role, StageError, StageImpl, StageKind,
-};
+use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageKind};
 
 pub use config::{FetchConfig, PersistConfig};
 use config::{Limits, Target};
@@ -115,10 +113,6 @@ impl StageKind for PersistKind {
 
     fn roles(&self) -> &'static [Role] {
         &[Role::Sink]
-    }
-
-    fn defaults(&self) -> KindDefaults {
-        KindDefaults::default()
     }
 
     fn check(&self, config: &PersistConfig, _role: Role) -> Vec<(String, String)> {
