@@ -275,6 +275,7 @@ async fn execute(
                 &pipeline.name,
                 first,
                 pipeline.batch_size,
+                pipeline.heartbeat,
             )
             .await;
             match taken {

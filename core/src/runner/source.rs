@@ -4,8 +4,9 @@
 //! next attempt, so the next attempt (or the next run) starts clean.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::call::panic_message;
 use super::control::{AbortReason, Control};
@@ -33,6 +34,7 @@ pub(crate) async fn take(
     pipeline: &str,
     first_stage: &str,
     limit: Option<u64>,
+    heartbeat: Duration,
 ) -> Result<Option<RunInfo>, AbortReason> {
     let StageImpl::Source(source) = &stage.imp else {
         return Err(AbortReason::Source {
@@ -58,23 +60,47 @@ pub(crate) async fn take(
         let store = store.clone();
         let pipeline = pipeline.to_owned();
         let first_stage = first_stage.to_owned();
+        let read_so_far = Arc::new(AtomicU64::new(0));
+        let counter = read_so_far.clone();
         let mut handle = tokio::task::spawn_blocking(move || {
-            read(&*source, &*store, &pipeline, &first_stage, limit, &cx)
+            read(
+                &*source,
+                &*store,
+                &pipeline,
+                &first_stage,
+                limit,
+                &cx,
+                &counter,
+            )
         });
-        let result = tokio::select! {
-            biased;
-            () = control.soft.cancelled() => {
-                cancel.cancel();
-                return Ok(None);
-            }
-            r = tokio::time::timeout_at(deadline.into(), &mut handle) => match r {
-                Ok(Ok(result)) => result,
-                Ok(Err(e)) => Err(TakeError::Stage(StageError::permanent(format!("panicked: {}", panic_message(&*e.into_panic()))))),
-                Err(_) => {
+        // A long read is not silent: the heartbeat says how far it got.
+        let began = Instant::now();
+        let mut beat = tokio::time::interval(heartbeat);
+        beat.tick().await;
+        let result = loop {
+            tokio::select! {
+                biased;
+                () = control.soft.cancelled() => {
                     cancel.cancel();
-                    Err(TakeError::Stage(StageError::transient(format!("timed out after {}", fmt_duration(timeout)))))
+                    return Ok(None);
                 }
-            },
+                r = tokio::time::timeout_at(deadline.into(), &mut handle) => break match r {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(e)) => Err(TakeError::Stage(StageError::permanent(format!("panicked: {}", panic_message(&*e.into_panic()))))),
+                    Err(_) => {
+                        cancel.cancel();
+                        Err(TakeError::Stage(StageError::transient(format!("timed out after {}", fmt_duration(timeout)))))
+                    }
+                },
+                _ = beat.tick() => tracing::info!(
+                    stage = %stage.name,
+                    attempt,
+                    records_read = read_so_far.load(Ordering::Relaxed),
+                    elapsed = %fmt_duration(began.elapsed()),
+                    "{} (taking the batch)",
+                    crate::telemetry::events::HEARTBEAT
+                ),
+            }
         };
         let error = match result {
             Ok(taken) => {
@@ -115,6 +141,7 @@ fn read(
     first_stage: &str,
     limit: Option<u64>,
     cx: &Context,
+    read_so_far: &AtomicU64,
 ) -> Result<Taken, TakeError> {
     let mut manifest = store
         .begin_run(pipeline, first_stage)
@@ -131,6 +158,7 @@ fn read(
             return Err(Stop);
         }
         taken += 1;
+        read_so_far.store(taken, Ordering::Relaxed);
         Ok(())
     };
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| source.read(limit, cx, &mut emit)));
