@@ -25,9 +25,11 @@
 // clock ticks, which `libc::sysconf` gives: two FFI calls, hence unsafe, and nothing else.
 #![allow(unsafe_code)]
 
+mod common;
+
+use common::{progress, thousands, wait4};
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -648,28 +650,6 @@ fn measure(mut cmd: Command, log: &Path) -> io::Result<Run> {
     })
 }
 
-/// Reap child `pid`: its exit status and resource usage.
-fn wait4(pid: u32) -> io::Result<(ExitStatus, libc::rusage)> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    let mut status: libc::c_int = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    loop {
-        // SAFETY: `status` and `usage` are valid, writable and outlive the call; `pid` is a
-        // child of this process that nothing else reaps.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
-        if reaped == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    // SAFETY: zero is a valid `rusage` (plain integers), and wait4 has filled it in.
-    let usage = unsafe { usage.assume_init() };
-    Ok((ExitStatus::from_raw(status), usage))
-}
-
 /// From `/proc/PID/stat`: the parent, the process's own CPU ticks and its reaped children's.
 fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -910,20 +890,4 @@ fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned())
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn progress(message: &str) {
-    eprintln!("[bench] {message}");
 }

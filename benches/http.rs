@@ -29,9 +29,11 @@
 // server's) `libc::getrusage`: two FFI calls, hence unsafe, and nothing else.
 #![allow(unsafe_code)]
 
+mod common;
+
+use common::{progress, thousands, wait4};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -493,28 +495,6 @@ fn measure(mut cmd: Command, server: &Server, log: &Path) -> io::Result<Measured
     })
 }
 
-/// Reap child `pid`: its exit status and rusage.
-fn wait4(pid: u32) -> io::Result<(ExitStatus, libc::rusage)> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    let mut status: libc::c_int = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    loop {
-        // SAFETY: `status` and `usage` are valid, writable and outlive the call; `pid` is a
-        // child of this process that nothing else reaps.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
-        if reaped == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    // SAFETY: zero is a valid `rusage` (plain integers), and wait4 has filled it in.
-    let usage = unsafe { usage.assume_init() };
-    Ok((ExitStatus::from_raw(status), usage))
-}
-
 /// This process's CPU time so far, all threads: in this bench, almost all of it the server's.
 fn own_cpu() -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -814,20 +794,4 @@ impl Table {
              CPU: the client's user+system; server: the in-process server's; conns: connections the server accepted; MB = 10^6 bytes of ru_maxrss)"
         );
     }
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn progress(message: &str) {
-    eprintln!("[bench] {message}");
 }

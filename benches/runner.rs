@@ -26,8 +26,10 @@
 // denies unsafe code; this file needs it for that one call and nothing else.
 #![allow(unsafe_code)]
 
+mod common;
+
+use common::{progress, thousands, wait4};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -550,7 +552,8 @@ fn measure(mut cmd: Command, log: Option<&Path>) -> io::Result<Measured> {
         (started, summarized)
     });
     // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
-    let (status, peak_rss_kib) = wait4(child.id())?;
+    let (status, usage) = wait4(child.id())?;
+    let peak_rss_kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
     let wall = began.elapsed();
     let (started, summarized) = reader.join().unwrap_or((None, None));
     Ok(Measured {
@@ -560,31 +563,6 @@ fn measure(mut cmd: Command, log: Option<&Path>) -> io::Result<Measured> {
         started,
         summarized,
     })
-}
-
-/// Reap child `pid`: its exit status and `ru_maxrss` (KiB on Linux).
-fn wait4(pid: u32) -> io::Result<(ExitStatus, u64)> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    let mut status: libc::c_int = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    loop {
-        // SAFETY: `status` and `usage` are valid, writable and outlive the call; `pid` is a
-        // child of this process that nothing else reaps.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()) };
-        if reaped == pid {
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    // SAFETY: zero is a valid `rusage` (plain integers), and wait4 has filled it in.
-    let usage = unsafe { usage.assume_init() };
-    Ok((
-        ExitStatus::from_raw(status),
-        u64::try_from(usage.ru_maxrss).unwrap_or(0),
-    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -817,20 +795,4 @@ fn met(ok: bool) -> &'static str {
     } else {
         "MISSED"
     }
-}
-
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn progress(message: &str) {
-    eprintln!("[bench] {message}");
 }
