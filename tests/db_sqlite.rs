@@ -250,18 +250,13 @@ fn a_record_missing_a_field_fails_alone_and_writes_nothing() {
     out.assert_code(1);
     let status = p.status();
     assert_eq!(status.count("done"), 17, "{:?}\n{out}", status.counts);
-    let mut failed: Vec<String> = status.failed.iter().map(|f| f.key.clone()).collect();
-    failed.sort_by_key(|k| k.parse::<i64>().unwrap_or(0));
-    assert_eq!(failed, ["5", "10", "15"], "{:?}", status.failed);
-    for f in &status.failed {
-        assert_eq!(f.stage, "save", "{f:?}");
-        assert_eq!(f.attempts, 1, "a missing field is permanent: {f:?}");
-        assert!(
-            f.error
-                .contains("the statement names `:title`, but the record has no field `title`"),
-            "{f:?}"
-        );
-    }
+    // A missing field is permanent: one attempt.
+    status.assert_failed(
+        &["5", "10", "15"],
+        "save",
+        1,
+        "the statement names `:title`, but the record has no field `title`",
+    );
     let conn = open(&p);
     assert_eq!(
         ids(&conn, "SELECT article_id FROM facts ORDER BY 1"),

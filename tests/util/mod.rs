@@ -559,6 +559,19 @@ impl Status {
         self.counts[state]
     }
 
+    /// Exactly the items `keys` failed, all at `stage` after `attempts` attempts, each with an
+    /// error containing `error`.
+    pub fn assert_failed(&self, keys: &[&str], stage: &str, attempts: u64, error: &str) {
+        let mut failed: Vec<&str> = self.failed.iter().map(|f| f.key.as_str()).collect();
+        failed.sort_by_key(|k| k.parse::<i64>().unwrap_or(0));
+        assert_eq!(failed, keys, "{:?}", self.failed);
+        for f in &self.failed {
+            assert_eq!(f.stage, stage, "{f:?}");
+            assert_eq!(f.attempts, attempts, "{f:?}");
+            assert!(f.error.contains(error), "{f:?} should mention {error:?}");
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
     }
