@@ -22,6 +22,8 @@ use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageK
 pub use config::DownloadConfig;
 use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
 use stage::Download;
+/// How a ureq failure maps to a stage error; shared with the other stages that speak HTTP.
+pub use stage::{classify as classify_ureq_error, io_error as classify_read_error};
 
 /// Register `http-download`.
 pub fn register(registry: &mut Registry) {
