@@ -132,15 +132,19 @@ impl Llm {
     }
 
     fn check(&self, value: &Value) -> Result<(), Invalid> {
-        match self.validator.validate(value) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(Invalid::Schema(format!(
-                "{e} (at {})",
-                match e.instance_path().to_string() {
-                    p if p.is_empty() => "/".to_owned(),
-                    p => p,
-                }
-            ))),
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(value)
+            .take(3)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                format!("{e} (at {})", if at.is_empty() { "/" } else { &at })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid::Schema(problems.join("; ")))
         }
     }
 
