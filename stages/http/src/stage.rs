@@ -29,6 +29,8 @@ pub(crate) struct Download {
     pub allow_binary: bool,
     /// The canonical folder `file://` URLs may read from; `None`: they are refused.
     pub files_root: Option<std::path::PathBuf>,
+    /// What URLs without a scheme are relative to.
+    pub base_url: Option<Url>,
     pub agent: ureq::Agent,
     pub hosts: HostSlots,
 }
@@ -41,8 +43,11 @@ impl BlockingStage for Download {
                 self.input
             ))
         })?;
-        let url = Url::parse(raw.trim())
-            .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))?;
+        let url = match &self.base_url {
+            Some(base) => base.join(raw.trim()),
+            None => Url::parse(raw.trim()),
+        }
+        .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))?;
         let page = match url.scheme() {
             "http" | "https" => self.fetch(url, cx)?,
             "file" => self.read_file(&url)?,
