@@ -179,9 +179,10 @@ pub fn split_sentences(text: &str) -> Vec<String> {
 
 fn push_sentence(out: &mut Vec<String>, chars: &[char]) {
     let s: String = chars.iter().collect();
-    let s = s.trim();
+    // Runs of spaces (table cells, layout) become one.
+    let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if !s.is_empty() {
-        out.push(s.to_owned());
+        out.push(s);
     }
 }
 
@@ -202,7 +203,11 @@ fn before_is_abbreviation(before: &[char]) -> bool {
 /// Factual signal of a sentence; 0 for sentences not worth returning.
 fn score(sentence: &str) -> f64 {
     let words: Vec<&str> = sentence.split_whitespace().collect();
-    if words.len() < 5 || words.len() > 60 || sentence.ends_with('?') {
+    // A fact is a sentence: headings, table rows and list items without a full stop are not.
+    let ends_a_sentence = sentence
+        .trim_end_matches(['"', '\'', '”', '’', ')', '»'])
+        .ends_with(['.', '!']);
+    if words.len() < 5 || words.len() > 60 || !ends_a_sentence {
         return 0.0;
     }
     let mut score = 0.0;
@@ -243,7 +248,7 @@ mod tests {
     #[test]
     fn splits_sentences_but_not_abbreviations_or_decimals() {
         let s = split_sentences(
-            "Dr. Okafor said the budget grew 4.2 percent. It passed 7 to 2! Was it fair? \"Yes,\" she said.\nA new line.",
+            "Dr. Okafor said the budget grew 4.2 percent. It passed 7 to 2! Was it fair? \"Yes,\" she said.\nA   new line.",
         );
         assert_eq!(
             s,
@@ -271,6 +276,17 @@ mod tests {
         assert_eq!(
             v["summary"],
             "The weather was pleasant and everyone seemed to enjoy the afternoon."
+        );
+    }
+
+    #[test]
+    fn table_rows_and_headings_are_not_facts() {
+        let text = "Results 2026 by category\n1   8.5 km / 520 m   Nadia Holm   52:18   9th\nThe relay drew 412 runners from 37 clubs on 4 October.";
+        let shape = Shape::of(&default_schema()).expect("the default schema fits");
+        let v = answer(text, &shape, 5);
+        assert_eq!(
+            v["facts"],
+            serde_json::json!(["The relay drew 412 runners from 37 clubs on 4 October."])
         );
     }
 
