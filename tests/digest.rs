@@ -10,6 +10,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use util::llm::{LlmConfig, LlmServer, Scenario};
 use util::{workspace_root, Cmd, TestDir};
 
 /// The fixture's articles (examples/digest/articles.sql).
@@ -178,4 +179,94 @@ fn a_kill_9_in_the_middle_loses_nothing() {
     assert_all_digested(&dir);
     let again = run(&dir).output();
     again.assert_code(0).assert_stderr_contains("items=0");
+}
+
+/// `examples/digest-postgres/`: the same job on a real PostgreSQL server and an
+/// OpenAI-compatible server on 127.0.0.1. The example rows' URLs are placeholders, so the test
+/// points them at the fixture's pages (and the stages at the local servers) by environment.
+#[test]
+fn the_postgres_job_runs_against_a_real_server_and_model() {
+    let Some(mut db) = util::pg::Db::new() else {
+        return;
+    };
+    let root = workspace_root();
+    let schema =
+        fs::read_to_string(root.join("examples/digest-postgres/schema.sql")).expect("schema.sql");
+    db.client()
+        .batch_execute(&schema)
+        .expect("apply schema.sql");
+    // The fixture's page of each article id, from the SQLite fixture's INSERT lines
+    // (`  (1, 'ridgeback-50k-race-report.html', …`).
+    let fixture =
+        fs::read_to_string(root.join("examples/digest/articles.sql")).expect("articles.sql");
+    let mut pages = 0;
+    for line in fixture.lines() {
+        let Some(rest) = line.trim().strip_prefix('(') else {
+            continue;
+        };
+        let Some((id, rest)) = rest.split_once(", '") else {
+            continue;
+        };
+        let Some((page, _)) = rest.split_once('\'') else {
+            continue;
+        };
+        let Ok(id) = id.parse::<i64>() else { continue };
+        db.client()
+            .execute("UPDATE articles SET url = $1 WHERE id = $2", &[&page, &id])
+            .expect("point the article at its page");
+        pages += 1;
+    }
+    assert_eq!(pages, ARTICLES, "pages found in articles.sql");
+
+    let server = LlmServer::start(LlmConfig::default());
+    let dir = TestDir::new();
+    let pipeline = root.join("examples/digest-postgres/pipeline.toml");
+    let pages_dir = root.join("examples/digest/pages");
+    let url = db.url().to_owned();
+    let run = |fresh: bool| {
+        let mut cmd = Cmd::new(dir.path(), "run", &pipeline.to_string_lossy())
+            .env("DATABASE_URL", &url)
+            .env("OPENAI_API_KEY", "sk-test-digest")
+            .env(
+                "STAGEWISE_STAGE__DOWNLOAD__BASE_URL",
+                &pages_dir.to_string_lossy(),
+            )
+            .env(
+                "STAGEWISE_STAGE__FACTS__BASE_URL",
+                &server.base_url(Scenario::Ok),
+            )
+            // The checkpoint beside the test, not in the repository's example folder.
+            .env(
+                "STAGEWISE_CHECKPOINT__STORE",
+                &format!("sqlite:{}", dir.join("state.db").display()),
+            );
+        if fresh {
+            cmd = cmd.arg("--fresh");
+        }
+        cmd.output()
+    };
+    run(false).assert_code(0);
+    let check = db.client();
+    let unprocessed: i64 = check
+        .query_one(
+            "SELECT count(*) FROM articles WHERE processed_at IS NULL",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(unprocessed, 0);
+    let rows = check
+        .query("SELECT facts, title, published FROM digests", &[])
+        .expect("digests");
+    assert_eq!(rows.len() as i64, ARTICLES);
+    for row in &rows {
+        let facts: serde_json::Value = row.get(0);
+        assert_eq!(facts, util::llm::default_answer());
+        assert!(row.get::<_, Option<String>>(1).is_some());
+    }
+    assert_eq!(server.calls() as i64, ARTICLES);
+    // Nothing left to do; and a fresh batch of nothing makes no call either.
+    run(false).assert_code(0).assert_stderr_contains("items=0");
+    run(true).assert_code(0);
+    assert_eq!(server.calls() as i64, ARTICLES);
 }
