@@ -1,0 +1,522 @@
+//! The deployment examples in `examples/deploy/` keep what docs/operations.md promises: each
+//! platform leaves stagewise room to stop by itself (`max_run_time`) and to drain after a
+//! SIGTERM (`shutdown_grace`), exit codes mean what they should to the platform, runs never
+//! overlap, and signals reach the process. The numbers are read from the files and checked
+//! against the pipeline the manifests carry, so changing one without the other fails here.
+
+mod util;
+
+use std::fs;
+use std::time::Duration;
+
+use util::{workspace_root, Cmd, TestDir};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// What the checks require beyond the bare sum: time to be scheduled, to save the checkpoint
+/// and to write the summary. The manifests leave more; less than this is a mistake.
+const MARGIN: Duration = Duration::from_secs(10);
+
+fn deploy_file(name: &str) -> String {
+    let path = workspace_root().join("examples/deploy").join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn yaml_docs(name: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(&deploy_file(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The one document of `kind` in cronjob.yaml.
+fn manifest(kind: &str) -> Yaml {
+    let docs: Vec<Yaml> = yaml_docs("cronjob.yaml")
+        .into_iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect();
+    assert_eq!(docs.len(), 1, "cronjob.yaml should hold one {kind}");
+    docs.into_iter().next().expect("checked above")
+}
+
+fn str_at<'a>(yaml: &'a Yaml, what: &str) -> &'a str {
+    yaml.as_str()
+        .unwrap_or_else(|| panic!("`{what}` should be a string, is {yaml:?}"))
+}
+
+fn secs_at(yaml: &Yaml, what: &str) -> Duration {
+    let n = yaml
+        .as_i64()
+        .unwrap_or_else(|| panic!("`{what}` should be a number of seconds, is {yaml:?}"));
+    Duration::from_secs(u64::try_from(n).expect("a positive number of seconds"))
+}
+
+fn list_at<'a>(yaml: &'a Yaml, what: &str) -> &'a [Yaml] {
+    yaml.as_vec()
+        .unwrap_or_else(|| panic!("`{what}` should be a list, is {yaml:?}"))
+}
+
+/// The `pipeline.toml` the ConfigMap carries: what the CronJob runs, and what the systemd unit
+/// is installed with.
+fn carried_pipeline() -> String {
+    let config_map = manifest("ConfigMap");
+    str_at(&config_map["data"]["pipeline.toml"], "data.pipeline.toml").to_owned()
+}
+
+/// The durations a platform's limits must be measured against.
+struct Budget {
+    max_run_time: Duration,
+    shutdown_grace: Duration,
+}
+
+fn budget(pipeline: &str) -> Budget {
+    let table: toml::Table = pipeline.parse().expect("the carried pipeline is TOML");
+    let section = &table["pipeline"];
+    let duration = |key: &str| -> Option<Duration> {
+        section.get(key).map(|v| {
+            let text = v
+                .as_str()
+                .unwrap_or_else(|| panic!("`pipeline.{key}` is not a string"));
+            humantime::parse_duration(text).expect("a humantime duration")
+        })
+    };
+    Budget {
+        // A deployed pipeline must stop by itself: without it the platform's deadline does.
+        max_run_time: duration("max_run_time").expect("the deployed pipeline sets `max_run_time`"),
+        // The documented default.
+        shutdown_grace: duration("shutdown_grace").unwrap_or(Duration::from_secs(30)),
+    }
+}
+
+/// A systemd time span: bare seconds, or units as humantime reads them ("90s", "15min").
+fn systemd_span(text: &str) -> Duration {
+    match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text)
+            .unwrap_or_else(|e| panic!("{text:?} is not a systemd time span: {e}")),
+    }
+}
+
+/// The period of a `*/N * * * *` schedule, the only form the examples use.
+fn every_n_minutes(schedule: &str) -> Duration {
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    assert_eq!(
+        fields.len(),
+        5,
+        "{schedule:?} is not a five-field cron schedule"
+    );
+    assert_eq!(
+        fields[1..],
+        ["*", "*", "*", "*"],
+        "{schedule:?}: only `*/N * * * *` is checked"
+    );
+    let n: u64 = fields[0]
+        .strip_prefix("*/")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{schedule:?} is not `*/N * * * *`"));
+    Duration::from_secs(n * 60)
+}
+
+#[test]
+fn the_cronjob_lets_a_run_stop_by_itself_and_drain_before_it_is_killed() {
+    let budget = budget(&carried_pipeline());
+    let cronjob = manifest("CronJob");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    let pod = &job["template"]["spec"];
+
+    let deadline = secs_at(&job["activeDeadlineSeconds"], "activeDeadlineSeconds");
+    assert!(
+        deadline >= budget.max_run_time + budget.shutdown_grace + MARGIN,
+        "activeDeadlineSeconds ({deadline:?}) must exceed max_run_time ({:?}) + shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.max_run_time,
+        budget.shutdown_grace
+    );
+    let grace = secs_at(
+        &pod["terminationGracePeriodSeconds"],
+        "terminationGracePeriodSeconds",
+    );
+    assert!(
+        grace >= budget.shutdown_grace + MARGIN,
+        "terminationGracePeriodSeconds ({grace:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    // A Job that hits its deadline is gone (after its grace period) before the next tick.
+    let period = every_n_minutes(str_at(&cronjob["spec"]["schedule"], "schedule"));
+    assert!(
+        deadline + grace <= period,
+        "activeDeadlineSeconds + terminationGracePeriodSeconds ({:?}) should fit in the schedule's period ({period:?})",
+        deadline + grace
+    );
+}
+
+#[test]
+fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
+    let cronjob = manifest("CronJob");
+    let spec = &cronjob["spec"];
+    assert_eq!(spec["concurrencyPolicy"].as_str(), Some("Forbid"));
+    secs_at(&spec["startingDeadlineSeconds"], "startingDeadlineSeconds");
+
+    let job = &spec["jobTemplate"]["spec"];
+    let retries = job["backoffLimit"]
+        .as_i64()
+        .expect("`backoffLimit` is set: exit 3 and crashes are retried a bounded number of times");
+    assert!(
+        retries >= 1,
+        "backoffLimit {retries}: exit 3 should be retried"
+    );
+    let pod = &job["template"]["spec"];
+    assert_eq!(
+        pod["restartPolicy"].as_str(),
+        Some("Never"),
+        "podFailurePolicy requires restartPolicy: Never"
+    );
+    let containers = list_at(&pod["containers"], "containers");
+    assert_eq!(containers.len(), 1);
+    let container = str_at(&containers[0]["name"], "containers[0].name");
+
+    let rules = list_at(&job["podFailurePolicy"]["rules"], "podFailurePolicy.rules");
+    // The first rule whose exit codes include `code` decides, as in Kubernetes.
+    let action_for = |code: i64| -> String {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                let on = &r["onExitCodes"];
+                on["operator"].as_str() == Some("In")
+                    && on["values"]
+                        .as_vec()
+                        .is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(code)))
+            })
+            .unwrap_or_else(|| panic!("no podFailurePolicy rule covers exit {code}"));
+        assert_eq!(
+            rule["onExitCodes"]["containerName"].as_str(),
+            Some(container),
+            "the rule for exit {code} must name the container"
+        );
+        str_at(&rule["action"], "action").to_owned()
+    };
+    assert_eq!(action_for(75), "Ignore", "75 means: run again to resume");
+    assert_eq!(action_for(2), "FailJob", "2 means: a configuration error");
+}
+
+#[test]
+fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
+    let pipeline = carried_pipeline();
+    let cronjob = manifest("CronJob");
+    let pod = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let container = &list_at(&pod["containers"], "containers")[0];
+    let volumes = list_at(&pod["volumes"], "volumes");
+    let mounts = list_at(&container["volumeMounts"], "volumeMounts");
+    // Where the volume backed by `source` (configMap, persistentVolumeClaim) is mounted.
+    let mount_of = |source: &str| -> String {
+        let volume = volumes
+            .iter()
+            .find(|v| !v[source].is_badvalue())
+            .unwrap_or_else(|| panic!("no {source} volume"));
+        let name = str_at(&volume["name"], "volume name");
+        let mount = mounts
+            .iter()
+            .find(|m| m["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("volume {name} is not mounted"));
+        str_at(&mount["mountPath"], "mountPath").to_owned()
+    };
+    assert_eq!(
+        manifest("ConfigMap")["metadata"]["name"].as_str(),
+        volumes.iter().find_map(|v| v["configMap"]["name"].as_str()),
+        "the pipeline volume is the ConfigMap in this file"
+    );
+
+    let args: Vec<&str> = list_at(&container["args"], "args")
+        .iter()
+        .map(|a| str_at(a, "args[]"))
+        .collect();
+    let pipeline_path = format!("{}/pipeline.toml", mount_of("configMap"));
+    assert_eq!(
+        args,
+        ["run", pipeline_path.as_str(), "--log-format", "json"],
+        "the container runs the ConfigMap's pipeline, logging JSON"
+    );
+
+    let table: toml::Table = pipeline.parse().expect("TOML");
+    let store = table["checkpoint"]["store"]
+        .as_str()
+        .expect("the carried pipeline names its checkpoint store");
+    let state = mount_of("persistentVolumeClaim");
+    assert!(
+        store.starts_with(&format!("sqlite:{state}/")),
+        "checkpoint store {store:?} must be on the persistent volume mounted at {state}"
+    );
+
+    // Every `${VAR}` the pipeline reads, and every API key variable, comes from a Secret.
+    let env = list_at(&container["env"], "env");
+    let mut wanted: Vec<String> = pipeline
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned()))
+        .collect();
+    for stage in table["stage"].as_array().expect("[[stage]]") {
+        if let Some(var) = stage.get("api_key_env").and_then(|v| v.as_str()) {
+            wanted.push(var.to_owned());
+        }
+    }
+    assert!(!wanted.is_empty(), "the pipeline reads no variable?");
+    for var in wanted {
+        let entry = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some(var.as_str()))
+            .unwrap_or_else(|| panic!("the container does not set {var}"));
+        assert!(
+            !entry["valueFrom"]["secretKeyRef"]["name"].is_badvalue(),
+            "{var} must come from a Secret, not a literal"
+        );
+    }
+}
+
+#[test]
+fn the_carried_pipeline_validates() {
+    let dir = TestDir::new();
+    dir.write("pipeline.toml", carried_pipeline());
+    let out = Cmd::new(dir.path(), "validate", "pipeline.toml")
+        .env(
+            "DATABASE_URL",
+            "postgres://digest:secret@127.0.0.1:5432/news",
+        )
+        .env("OPENAI_API_KEY", "sk-test")
+        .output();
+    out.assert_code(0);
+    assert!(out.errors().is_empty(), "{out}");
+}
+
+/// Dockerfile instructions: keyword (upper-cased) and arguments, continuation lines joined.
+fn dockerfile() -> Vec<(String, String)> {
+    let text = deploy_file("Dockerfile");
+    let mut out = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && pending.is_empty()) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(trimmed);
+        let (keyword, args) = pending
+            .split_once(char::is_whitespace)
+            .unwrap_or((&pending, ""));
+        out.push((keyword.to_uppercase(), args.trim().to_owned()));
+        pending.clear();
+    }
+    out
+}
+
+#[test]
+fn the_image_runs_stagewise_directly_as_a_non_root_user() {
+    let instructions = dockerfile();
+    let all = |keyword: &str| -> Vec<&str> {
+        instructions
+            .iter()
+            .filter(|(k, _)| k == keyword)
+            .map(|(_, a)| a.as_str())
+            .collect()
+    };
+    // Only ARG may come before the first FROM.
+    assert_eq!(
+        instructions
+            .iter()
+            .find(|(k, _)| k != "ARG")
+            .map(|(k, _)| k.as_str()),
+        Some("FROM"),
+        "a Dockerfile's first instruction is FROM"
+    );
+    assert!(
+        all("RUN")
+            .iter()
+            .any(|r| r.contains("cargo build --release --locked")),
+        "the binary is built from Cargo.lock"
+    );
+
+    let entrypoints = all("ENTRYPOINT");
+    assert_eq!(entrypoints.len(), 1, "one ENTRYPOINT");
+    let entrypoint: Vec<String> = serde_json::from_str(entrypoints[0]).unwrap_or_else(|_| {
+        panic!(
+            "ENTRYPOINT {} must be exec form (a JSON array): in shell form /bin/sh is PID 1 and SIGTERM never reaches stagewise",
+            entrypoints[0]
+        )
+    });
+    assert!(
+        entrypoint
+            .first()
+            .is_some_and(|p| p == "stagewise" || p.ends_with("/stagewise")),
+        "ENTRYPOINT {entrypoint:?} must start stagewise itself"
+    );
+    assert!(
+        !entrypoint
+            .iter()
+            .any(|a| a == "sh" || a.ends_with("/sh") || a == "-c"),
+        "ENTRYPOINT {entrypoint:?} must not wrap stagewise in a shell"
+    );
+    let cmds = all("CMD");
+    let cmd: Vec<String> =
+        serde_json::from_str(cmds.last().expect("a CMD")).expect("CMD in exec form");
+    assert!(
+        cmd.windows(2).any(|w| w == ["--log-format", "json"]),
+        "CMD {cmd:?} logs JSON for log collectors"
+    );
+
+    let user = *all("USER").last().expect("a USER instruction");
+    let name = user.split(':').next().unwrap_or(user);
+    assert!(
+        name != "root" && name != "0",
+        "the image must not run as root (USER {user})"
+    );
+    assert!(
+        name.parse::<u32>().is_ok(),
+        "USER {user} should be numeric, so Kubernetes' runAsNonRoot can check it"
+    );
+    assert_eq!(all("STOPSIGNAL"), ["SIGTERM"]);
+    assert!(!all("VOLUME").is_empty(), "a VOLUME for the checkpoint");
+}
+
+/// A systemd unit's `Key=value` lines, section by section: (section, key, value).
+fn unit(name: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in deploy_file(name).lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = s.to_owned();
+        } else if let Some((key, value)) = line.split_once('=') {
+            out.push((
+                section.clone(),
+                key.trim().to_owned(),
+                value.trim().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// The last value of `key` in `section` (systemd's rule for single-valued settings).
+fn setting(unit: &[(String, String, String)], section: &str, key: &str) -> String {
+    unit.iter()
+        .rev()
+        .find(|(s, k, _)| s == section && k == key)
+        .map(|(_, _, v)| v.clone())
+        .unwrap_or_else(|| panic!("no {key}= in [{section}]"))
+}
+
+#[test]
+fn the_systemd_unit_lets_the_run_drain_and_treats_75_as_success() {
+    // The unit runs /etc/stagewise/pipeline.toml, installed from the ConfigMap's pipeline.
+    let budget = budget(&carried_pipeline());
+    let service = unit("stagewise.service");
+    let exec: Vec<String> = setting(&service, "Service", "ExecStart")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        exec.first().is_some_and(|p| p.ends_with("/stagewise"))
+            && exec.get(1).is_some_and(|a| a == "run"),
+        "ExecStart {exec:?} runs `stagewise run` directly"
+    );
+    assert!(
+        exec.windows(2).any(|w| w == ["--log-format", "json"]),
+        "ExecStart {exec:?} logs JSON to the journal"
+    );
+
+    assert_eq!(setting(&service, "Service", "KillSignal"), "SIGTERM");
+    let stop = systemd_span(&setting(&service, "Service", "TimeoutStopSec"));
+    assert!(
+        stop >= budget.shutdown_grace + MARGIN,
+        "TimeoutStopSec ({stop:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    let runtime = systemd_span(&setting(&service, "Service", "RuntimeMaxSec"));
+    assert!(
+        runtime >= budget.max_run_time + budget.shutdown_grace + MARGIN,
+        "RuntimeMaxSec ({runtime:?}) must exceed max_run_time ({:?}) + shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.max_run_time,
+        budget.shutdown_grace
+    );
+    assert_ne!(
+        setting(&service, "Service", "Type"),
+        "oneshot",
+        "RuntimeMaxSec has no effect on a oneshot service"
+    );
+    let codes = |key: &str| -> Vec<String> {
+        setting(&service, "Service", key)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        codes("SuccessExitStatus").iter().any(|c| c == "75"),
+        "SuccessExitStatus must include 75 (interrupted, progress saved)"
+    );
+    assert!(
+        codes("RestartPreventExitStatus").iter().any(|c| c == "2"),
+        "a configuration error (2) must not be restarted"
+    );
+
+    let timer = unit("stagewise.timer");
+    setting(&timer, "Timer", "OnCalendar");
+    assert_eq!(setting(&timer, "Timer", "Unit"), "stagewise.service");
+}
+
+#[test]
+fn the_render_blueprint_is_a_docker_cron_job_running_stagewise_directly() {
+    let docs = yaml_docs("render.yaml");
+    assert_eq!(docs.len(), 1, "render.yaml is one document");
+    let services = list_at(&docs[0]["services"], "services");
+    let cron = services
+        .iter()
+        .find(|s| s["type"].as_str() == Some("cron"))
+        .expect("a service of type cron");
+    let period = every_n_minutes(str_at(&cron["schedule"], "schedule"));
+    assert_eq!(cron["runtime"].as_str(), Some("docker"));
+    assert_eq!(
+        cron["dockerfilePath"].as_str(),
+        Some("./examples/deploy/Dockerfile")
+    );
+    // Render refuses a disk on a cron job; the blueprint must not pretend to have one.
+    assert!(
+        cron["disk"].is_badvalue(),
+        "Render cron jobs cannot have a persistent disk"
+    );
+    let command: Vec<&str> = str_at(&cron["dockerCommand"], "dockerCommand")
+        .split_whitespace()
+        .collect();
+    assert!(
+        command.starts_with(&["stagewise", "run"]),
+        "dockerCommand {command:?} runs stagewise directly, no shell"
+    );
+    assert!(command.windows(2).any(|w| w == ["--log-format", "json"]));
+
+    // The overrides it sets fit between two ticks.
+    let env = list_at(&cron["envVars"], "envVars");
+    let value = |key: &str| -> Duration {
+        let entry = env
+            .iter()
+            .find(|e| e["key"].as_str() == Some(key))
+            .unwrap_or_else(|| panic!("envVars sets no {key}"));
+        humantime::parse_duration(str_at(&entry["value"], key)).expect("a duration")
+    };
+    let run =
+        value("STAGEWISE_PIPELINE__MAX_RUN_TIME") + value("STAGEWISE_PIPELINE__SHUTDOWN_GRACE");
+    assert!(
+        run + MARGIN <= period,
+        "max_run_time + shutdown_grace ({run:?}) must end before the next tick ({period:?})"
+    );
+    for secret in ["DATABASE_URL", "OPENAI_API_KEY"] {
+        let entry = env
+            .iter()
+            .find(|e| e["key"].as_str() == Some(secret))
+            .unwrap_or_else(|| panic!("envVars names no {secret}"));
+        assert_eq!(
+            entry["sync"].as_bool(),
+            Some(false),
+            "{secret} is set in the Dashboard, never in the file"
+        );
+    }
+}
