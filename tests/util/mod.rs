@@ -15,6 +15,8 @@
 pub mod http;
 /// PostgreSQL: the shared test cluster, a database per test, private clusters.
 pub mod pg;
+/// The plugin libraries, built on first use.
+pub mod plugins;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
