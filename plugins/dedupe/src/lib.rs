@@ -246,11 +246,7 @@ mod tests {
                 Some("duplicate of 1"),
             ),
             // The same story with a word added at the end.
-            (
-                "3",
-                format!("{ARTICLE} Updated."),
-                Some("duplicate of 1"),
-            ),
+            ("3", format!("{ARTICLE} Updated."), Some("duplicate of 1")),
             (
                 "4",
                 "A completely different story about the weather and the harvest this year."
