@@ -105,7 +105,6 @@ fn the_dedupe_plugin_skips_repeated_texts_with_a_path_relative_to_the_pipeline()
         kind = "plugin"
         path = "plugins/libdedupe.so"
         similarity = 0.8
-        concurrency = 1             # which of two duplicates passes depends on the order
 
         [[stage]]
         name = "out"
@@ -121,20 +120,32 @@ fn the_dedupe_plugin_skips_repeated_texts_with_a_path_relative_to_the_pipeline()
     out.assert_code(0);
 
     let sink = util::Sink::read(&dir.join("job/out.jsonl"));
-    assert_eq!(sorted(sink.keys()), ["1", "2", "5"], "{out}");
     let status = Cmd::new(dir.path(), "status", "job/pipeline.toml")
         .arg("--json")
         .output();
     let status = util::Status::parse(&status);
-    let mut skipped = skipped_reasons(&status);
-    skipped.sort();
-    assert_eq!(
-        skipped,
-        [
-            ("3".to_owned(), "duplicate of 1".to_owned()),
-            ("4".to_owned(), "duplicate of 1".to_owned())
-        ]
+    // 1, 3 and 4 tell one story: whichever was processed first passes, the others name it.
+    let kept = sorted(sink.keys());
+    let survivor: Vec<&String> = kept
+        .iter()
+        .filter(|k| ["1", "3", "4"].contains(&k.as_str()))
+        .collect();
+    assert_eq!(survivor.len(), 1, "{kept:?}\n{out}");
+    let survivor = survivor[0].clone();
+    assert!(
+        kept.contains(&"2".to_owned()) && kept.contains(&"5".to_owned()),
+        "{kept:?}"
     );
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let skipped = skipped_reasons(&status);
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    for (key, reason) in skipped {
+        assert!(
+            ["1", "3", "4"].contains(&key.as_str()) && key != survivor,
+            "{key}"
+        );
+        assert_eq!(reason, format!("duplicate of {survivor}"));
+    }
 }
 
 #[test]
@@ -211,8 +222,19 @@ fn a_hanging_plugin_times_out_like_any_blocking_stage() {
         out.elapsed < Duration::from_secs(15),
         "the run must end soon after the timeouts\n{out}"
     );
-    p.status()
-        .assert_failed(&["2", "3"], "plug", 2, "timed out after 300ms");
+    let status = p.status();
+    let failed: Vec<_> = status.failed.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(failed, ["2", "3"], "{out}");
+    for f in &status.failed {
+        assert_eq!((f.stage.as_str(), f.attempts), ("plug", 2), "{f:?}");
+        // Item 3 ignores cancellation: only the host's timeout ends its attempts. Item 2 polls
+        // it, and may notice the deadline itself a moment before the host's timer fires.
+        let timed_out = f.error.contains("timed out after 300ms");
+        assert!(
+            timed_out || (f.key == "2" && f.error.contains("cancelled while hanging")),
+            "{f:?}"
+        );
+    }
     assert_eq!(sorted(p.sink("out.jsonl").keys()), ["1", "4"]);
 }
 

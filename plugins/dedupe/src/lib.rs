@@ -10,6 +10,9 @@
 //! item reaches `similarity`. With `similarity = 1.0` only texts with the same shingles
 //! (the same words, whatever the case, spacing and punctuation) are duplicates.
 //!
+//! Of two duplicates, the one processed first passes. With `concurrency` above 1 (or even at 1,
+//! as items are scheduled on several threads) that is not necessarily the one first in the input.
+//!
 //! Memory: about 300 bytes per distinct item, kept for the life of the process. What was seen
 //! is not checkpointed: a resumed run only compares the items it processes itself.
 
