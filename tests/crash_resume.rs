@@ -119,3 +119,82 @@ fn kill_9_at_random_moments_loses_nothing_and_redoes_little() {
     );
     assert_eq!(p.status().count("done"), ITEMS as u64);
 }
+
+/// A store as version 1 of the schema left it (before the response cache): an interrupted run
+/// with two items done and three still to do. Opening it upgrades it in place, and the run
+/// resumes where it stopped.
+#[test]
+fn a_store_written_by_schema_version_1_is_upgraded_and_resumed() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "old-store"
+
+        [checkpoint]
+        store = "sqlite:state.db"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 5
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let conn = rusqlite::Connection::open(p.dir.join("state.db")).expect("create the store");
+    conn.execute_batch(
+        "CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            pipeline TEXT NOT NULL,
+            status TEXT NOT NULL,
+            items INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX runs_by_pipeline ON runs (pipeline, id);
+        CREATE TABLE items (
+            run_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            stage TEXT,
+            record TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            PRIMARY KEY (run_id, seq),
+            UNIQUE (run_id, key)
+        ) WITHOUT ROWID;
+        INSERT INTO runs VALUES (1, 'old-store', 'interrupted', 5, '2026-11-01T00:00:00Z', '2026-11-01T00:01:00Z');
+        INSERT INTO items VALUES (1, 1, '0', 'done', NULL, NULL, 1, NULL);
+        INSERT INTO items VALUES (1, 2, '1', 'done', NULL, NULL, 1, NULL);
+        INSERT INTO items VALUES (1, 3, '2', 'pending', 'out', '{\"n\":2}', 0, NULL);
+        INSERT INTO items VALUES (1, 4, '3', 'in_flight', 'out', '{\"n\":3}', 1, NULL);
+        INSERT INTO items VALUES (1, 5, '4', 'pending', 'out', '{\"n\":4}', 0, NULL);
+        PRAGMA user_version = 1;",
+    )
+    .expect("write a version 1 store");
+    drop(conn);
+
+    p.run().assert_code(0);
+    let keys = p.sink("out.jsonl").unique_keys();
+    assert_eq!(
+        keys.into_iter().collect::<Vec<_>>(),
+        ["2", "3", "4"],
+        "only the unfinished items ran"
+    );
+    let status = p.status();
+    assert_eq!(status.raw["run"]["id"], 1, "the old run was resumed");
+    assert_eq!(status.counts["done"], 5);
+    let conn = rusqlite::Connection::open(p.dir.join("state.db")).expect("open the store");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("read the version");
+    assert_eq!(version, 2);
+    let cached: i64 = conn
+        .query_row("SELECT count(*) FROM responses", [], |r| r.get(0))
+        .expect("the response cache exists");
+    assert_eq!(cached, 0);
+}

@@ -62,6 +62,7 @@ mod policy;
 mod record;
 mod registry;
 mod runner;
+mod services;
 pub mod spec;
 mod stage;
 pub mod telemetry;
@@ -70,10 +71,11 @@ pub use async_trait::async_trait;
 pub use checkpoint::{
     FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError,
 };
-pub use policy::{Policy, Retry, MAX_RETRY_AFTER};
+pub use policy::{parse_retry_after, Policy, Retry, MAX_RETRY_AFTER};
 pub use record::{Fields, Record};
 pub use registry::{BuildContext, KindDefaults, Registry, Role, StageKind};
 pub use runner::{run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary};
+pub use services::{Meter, ResponseCache, SharedCache};
 pub use stage::{
     AsyncStage, BlockingStage, CancelFlag, Context, ErrorClass, Outcome, Source, StageError,
     StageImpl, Stop,

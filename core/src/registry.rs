@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::services::{Meter, SharedCache};
 use crate::stage::{StageError, StageImpl};
 
 /// Where a stage stands in the pipeline; a kind says which places it can take.
@@ -59,9 +60,32 @@ pub struct BuildContext {
     pub concurrency: usize,
     /// The stage's resolved per-attempt timeout (a default for the kind's own time limits).
     pub timeout: Duration,
+    /// Where the stage reports its own figures for the summary.
+    pub meter: Meter,
+    /// The run's response cache (in the checkpoint store); `None` outside a run.
+    pub cache: Option<SharedCache>,
 }
 
 impl BuildContext {
+    /// A context for a stage built outside a run (tests, tools): a fresh meter and no cache.
+    pub fn new(
+        stage: impl Into<String>,
+        role: Role,
+        base_dir: impl Into<PathBuf>,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> Self {
+        BuildContext {
+            stage: stage.into(),
+            role,
+            base_dir: base_dir.into(),
+            concurrency,
+            timeout,
+            meter: Meter::default(),
+            cache: None,
+        }
+    }
+
     /// Resolve a path from the pipeline file against the file's folder.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {

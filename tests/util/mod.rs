@@ -13,6 +13,8 @@
 
 /// A local HTTP server that misbehaves on purpose, for the `http-download` tests.
 pub mod http;
+/// A local stand-in for the OpenAI and Anthropic APIs, for the `llm` stage's tests.
+pub mod llm;
 /// PostgreSQL: the shared test cluster, a database per test, private clusters.
 pub mod pg;
 /// The plugin libraries, built on first use.

@@ -275,4 +275,6 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
     /// A writer of item updates for `run` (one at a time).
     fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError>;
+    /// The store's response cache, on a connection of its own.
+    fn response_cache(&self) -> Result<crate::SharedCache, StoreError>;
 }

@@ -1,8 +1,9 @@
 //! The embedded default store: one SQLite file in WAL mode.
 //!
 //! Schema versions live in `PRAGMA user_version`. Opening a store upgrades an older schema in
-//! place (there is only version 1 so far), refuses a newer one, and refuses a file that is not
-//! a SQLite database before writing a single byte to it.
+//! place, one version at a time, each step in a transaction (version 2 added the response
+//! cache); it refuses a newer one, and refuses a file that is not a SQLite database before
+//! writing a single byte to it.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -18,7 +19,7 @@ use super::{
 };
 
 /// The schema this build writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const REPORT_LIMIT: i64 = 1000;
 /// Manifest rows per transaction while a batch is taken.
@@ -47,6 +48,16 @@ CREATE TABLE items (
     error TEXT,
     PRIMARY KEY (run_id, seq),
     UNIQUE (run_id, key)
+) WITHOUT ROWID;
+";
+
+/// Version 2: answers kept across runs (see [`crate::ResponseCache`]).
+const SCHEMA_V2: &str = "
+CREATE TABLE responses (
+    key TEXT PRIMARY KEY,
+    stage TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -151,6 +162,50 @@ impl SqliteStore {
     }
 }
 
+/// The response cache of a SQLite store, on a connection of its own so that stage threads
+/// never wait for the checkpoint writer's connection.
+struct SqliteCache {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteCache")
+    }
+}
+
+impl SqliteCache {
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl crate::ResponseCache for SqliteCache {
+    fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM responses WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO responses (key, stage, value, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET stage = excluded.stage, value = excluded.value, created_at = excluded.created_at",
+                params![key, stage, value, now()],
+            )
+            .map(drop)
+            .map_err(db)
+    }
+}
+
 /// Held while a run uses the store; see [`SqliteStore::lock`].
 #[derive(Debug)]
 pub struct RunnerLock {
@@ -223,11 +278,17 @@ fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
             });
         }
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
         ))
         .map_err(corrupt)?;
     }
-    // Later versions add their steps here: `if version < 2 { … }`, each in a transaction.
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
+        ))
+        .map_err(corrupt)?;
+    }
+    // Later versions add their steps here: `if version < 3 { … }`, each in a transaction.
     Ok(())
 }
 
@@ -252,6 +313,12 @@ fn to_run(
 }
 
 impl CheckpointStore for SqliteStore {
+    fn response_cache(&self) -> Result<crate::SharedCache, StoreError> {
+        Ok(std::sync::Arc::new(SqliteCache {
+            conn: Mutex::new(connect(&self.path)?),
+        }))
+    }
+
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
         let row = self
             .conn()

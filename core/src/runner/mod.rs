@@ -107,6 +107,8 @@ pub(crate) struct StageRt {
     pub pool: Option<Arc<Semaphore>>,
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub stats: StageStats,
+    /// The stage's own figures (see [`crate::Meter`]).
+    pub meter: crate::Meter,
 }
 
 pub(crate) struct Totals {
@@ -132,7 +134,11 @@ pub(crate) struct Shared {
     pub max_failures: Option<MaxFailures>,
 }
 
-fn build_stages(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<StageRt>, RunError> {
+fn build_stages(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    cache: &crate::SharedCache,
+) -> Result<Vec<StageRt>, RunError> {
     let mut out = Vec::with_capacity(pipeline.stages.len());
     for (index, stage) in pipeline.stages.iter().enumerate() {
         let build_error = |message: String| RunError::Build {
@@ -143,11 +149,14 @@ fn build_stages(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<StageRt>
             .get(&stage.kind)
             .ok_or_else(|| build_error(format!("unknown kind `{}`", stage.kind)))?;
         let cx = BuildContext {
-            stage: stage.name.clone(),
-            role: stage.role,
-            base_dir: pipeline.base_dir.clone(),
-            concurrency: stage.policy.concurrency,
-            timeout: stage.policy.timeout,
+            cache: Some(cache.clone()),
+            ..BuildContext::new(
+                stage.name.clone(),
+                stage.role,
+                pipeline.base_dir.clone(),
+                stage.policy.concurrency,
+                stage.policy.timeout,
+            )
         };
         let imp = kind
             .build(&stage.options, &cx)
@@ -167,6 +176,7 @@ fn build_stages(pipeline: &Pipeline, registry: &Registry) -> Result<Vec<StageRt>
             pool,
             limiter,
             stats: StageStats::default(),
+            meter: cx.meter,
         });
     }
     Ok(out)
@@ -200,7 +210,7 @@ pub fn run(
     let store = open_store(pipeline)?;
     let _lock = store.lock()?;
     let store: Arc<dyn CheckpointStore> = Arc::new(store);
-    let stages = build_stages(pipeline, registry)?;
+    let stages = build_stages(pipeline, registry, &store.response_cache()?)?;
     let pools: usize = stages
         .iter()
         .filter_map(|s| s.pool.as_ref().map(|_| s.policy.concurrency))

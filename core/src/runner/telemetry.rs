@@ -146,6 +146,9 @@ pub struct StageSummary {
     pub abandoned: u64,
     /// Attempt latency.
     pub latency: Option<Latency>,
+    /// The stage's own figures (an LLM stage's calls, cache hits, tokens, cost).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub figures: std::collections::BTreeMap<String, f64>,
 }
 
 /// The end-of-run summary.
@@ -213,6 +216,7 @@ pub(crate) fn summarize(
             panics: s.stats.panics.get(),
             abandoned: s.stats.abandoned_total.get(),
             latency: s.stats.latency(),
+            figures: s.meter.snapshot(),
         })
         .collect();
     Summary {
@@ -234,6 +238,16 @@ pub(crate) fn summarize(
         remaining: totals.map_or(0, Totals::remaining),
         stages: stage_summaries,
         exit: Some(exit),
+    }
+}
+
+/// A figure as a whole number when it is one, else with up to 6 decimals (costs).
+fn fmt_figure(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{value:.0}")
+    } else {
+        let s = format!("{value:.6}");
+        s.trim_end_matches('0').to_owned()
     }
 }
 
@@ -260,8 +274,13 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
                     l.p50_ms, l.p95_ms, l.max_ms
                 )
             });
+            let figures: String = s
+                .figures
+                .iter()
+                .map(|(name, value)| format!(" {name}={}", fmt_figure(*value)))
+                .collect();
             format!(
-                "{}: done={} failed={} skipped={} retries={} timeouts={} abandoned={}{latency}",
+                "{}: done={} failed={} skipped={} retries={} timeouts={} abandoned={}{latency}{figures}",
                 s.name, s.done, s.failed, s.skipped, s.retries, s.timeouts, s.abandoned
             )
         })

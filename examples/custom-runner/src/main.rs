@@ -90,6 +90,7 @@ fn registry() -> Registry {
     stagewise_stages_db::register(&mut registry);
     stagewise_stages_http::register(&mut registry);
     stagewise_stages_extract::register(&mut registry);
+    stagewise_stages_llm::register(&mut registry);
     stagewise_core::plugin::register(&mut registry);
     registry.register(WordCountKind);
     registry

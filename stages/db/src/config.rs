@@ -30,6 +30,10 @@ pub struct FetchConfig {
     /// either way.
     #[serde(default, with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
+    /// SQLite only: a SQL script (relative to the pipeline file) that creates the database when
+    /// its file does not exist yet — the tables and, say, a fixture's rows. It runs in one
+    /// transaction; if it fails, no file is left behind.
+    pub init_script: Option<std::path::PathBuf>,
 }
 
 /// `persist`: the sink that writes each record with one SQL statement.

@@ -89,6 +89,16 @@ impl StageKind for DbFetchKind {
 
     fn build(&self, config: FetchConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
         let limits = Limits::new(config.connect_timeout, config.statement_timeout, cx);
+        if let Some(script) = &config.init_script {
+            match Target::parse(&config.url, cx).map_err(StageError::fatal)? {
+                Target::Sqlite(path) => sqlite::create_from_script(&path, &cx.resolve(script))?,
+                Target::Postgres(_) => {
+                    return Err(StageError::fatal(
+                        "`init_script` is for `sqlite:` databases only: create a PostgreSQL database with its own tools (`psql -f`)",
+                    ))
+                }
+            }
+        }
         let (backend, style) = backend(&config.url, cx, limits)?;
         let (sql, takes_limit) = params::rewrite_limit(&config.query, style);
         Ok(StageImpl::Source(Arc::new(DbFetch {

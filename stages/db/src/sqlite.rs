@@ -185,3 +185,49 @@ pub(crate) fn classify(e: &rusqlite::Error) -> StageError {
         _ => StageError::permanent(e.to_string()),
     }
 }
+/// Create the database at `path` from the SQL script `script`, if the file does not exist yet.
+/// The script runs in one transaction in a temporary file that is renamed into place only when
+/// it succeeded, so a failed script (or a crash) never leaves a half-made database behind.
+pub(crate) fn create_from_script(
+    path: &std::path::Path,
+    script: &std::path::Path,
+) -> Result<(), StageError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let sql = std::fs::read_to_string(script).map_err(|e| {
+        StageError::fatal(format!(
+            "`init_script`: cannot read {}: {e}",
+            script.display()
+        ))
+    })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StageError::fatal(format!("cannot create folder {}: {e}", dir.display()))
+        })?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".init");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let made = Connection::open(&tmp).and_then(|conn| {
+        conn.execute_batch(&format!("BEGIN;\n{sql}\nCOMMIT;"))?;
+        conn.close().map_err(|(_, e)| e)
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StageError::fatal(format!(
+            "`init_script` {} failed, so {} was not created: {e}",
+            script.display(),
+            path.display()
+        )));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        StageError::fatal(format!(
+            "cannot move the new database into {}: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(database = %path.display(), script = %script.display(), "database created from its init script");
+    Ok(())
+}

@@ -76,10 +76,14 @@ impl BlockingStage for Extract {
             ("language", article.language),
             ("site_name", article.site_name),
         ];
+        // Every field is set, null when the page has none, so later stages (a `persist`
+        // statement naming `:author`, say) see the same shape for every page.
         for (name, value) in metadata {
-            if let Some(value) = value.map(|v| clean(&v)).filter(|v| !v.is_empty()) {
-                fields.insert(name.into(), value.into());
-            }
+            let value = value.map(|v| clean(&v)).filter(|v| !v.is_empty());
+            fields.insert(
+                name.into(),
+                value.map_or(serde_json::Value::Null, Into::into),
+            );
         }
         Ok(Outcome::Continue(record))
     }

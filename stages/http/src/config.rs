@@ -48,6 +48,10 @@ pub struct DownloadConfig {
     /// corpora. Unset (the default), `file://` URLs are refused: like private addresses, local
     /// files are not for URLs that come from data. Only regular files under it are read.
     pub files_root: Option<std::path::PathBuf>,
+    /// What URLs without a scheme (`pages/a.html`, `/news/1`) are relative to: an `http://`,
+    /// `https://` or `file://` URL, or a folder (relative to the pipeline file), which then also
+    /// serves as `files_root` unless that is set. Unset, such URLs are invalid.
+    pub base_url: Option<String>,
     /// Keep binary bodies (PDFs, images, archives) instead of skipping them (default false).
     /// They are decoded as text like any other body.
     #[serde(default)]

@@ -22,6 +22,8 @@ use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageK
 pub use config::DownloadConfig;
 use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
 use stage::Download;
+/// How a ureq failure maps to a stage error; shared with the other stages that speak HTTP.
+pub use stage::{classify as classify_ureq_error, io_error as classify_read_error};
 
 /// Register `http-download`.
 pub fn register(registry: &mut Registry) {
@@ -68,14 +70,38 @@ impl StageKind for DownloadKind {
     }
 
     fn build(&self, config: DownloadConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
-        let files_root = match &config.files_root {
-            None => None,
-            Some(root) => {
-                let root = cx.resolve(root);
-                Some(root.canonicalize().map_err(|e| {
-                    StageError::fatal(format!("`files_root`: cannot use {}: {e}", root.display()))
-                })?)
+        let canonical = |key: &str, path: &std::path::Path| {
+            let path = cx.resolve(path);
+            path.canonicalize().map_err(|e| {
+                StageError::fatal(format!("`{key}`: cannot use {}: {e}", path.display()))
+            })
+        };
+        let (base_url, base_folder) = match config.base_url.as_deref() {
+            None => (None, None),
+            Some(base) if base.contains("://") => {
+                let mut url = url::Url::parse(base)
+                    .map_err(|e| StageError::fatal(format!("`base_url` {base:?}: {e}")))?;
+                if !url.path().ends_with('/') {
+                    // `join` would replace the last segment: a base is a folder.
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                (Some(url), None)
             }
+            Some(folder) => {
+                let folder = canonical("base_url", std::path::Path::new(folder))?;
+                let url = url::Url::from_directory_path(&folder).map_err(|()| {
+                    StageError::fatal(format!(
+                        "`base_url`: {} is not a usable folder",
+                        folder.display()
+                    ))
+                })?;
+                (Some(url), Some(folder))
+            }
+        };
+        let files_root = match &config.files_root {
+            None => base_folder,
+            Some(root) => Some(canonical("files_root", root)?),
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -96,6 +122,7 @@ impl StageKind for DownloadKind {
             allow_private_networks: config.allow_private_networks,
             allow_binary: config.allow_binary,
             files_root,
+            base_url,
             agent,
             hosts: hosts::HostSlots::new(config.per_host_concurrency),
         })))

@@ -2,9 +2,9 @@
 //! up to `max_bytes`, then decoded to text.
 
 use std::io::Read;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use stagewise_core::{BlockingStage, Context, Outcome, Record, StageError};
+use stagewise_core::{parse_retry_after, BlockingStage, Context, Outcome, Record, StageError};
 use url::Url;
 
 use crate::decode::decode;
@@ -29,6 +29,8 @@ pub(crate) struct Download {
     pub allow_binary: bool,
     /// The canonical folder `file://` URLs may read from; `None`: they are refused.
     pub files_root: Option<std::path::PathBuf>,
+    /// What URLs without a scheme are relative to.
+    pub base_url: Option<Url>,
     pub agent: ureq::Agent,
     pub hosts: HostSlots,
 }
@@ -41,8 +43,11 @@ impl BlockingStage for Download {
                 self.input
             ))
         })?;
-        let url = Url::parse(raw.trim())
-            .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))?;
+        let url = match &self.base_url {
+            Some(base) => base.join(raw.trim()),
+            None => Url::parse(raw.trim()),
+        }
+        .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))?;
         let page = match url.scheme() {
             "http" | "https" => self.fetch(url, cx)?,
             "file" => self.read_file(&url)?,
@@ -156,10 +161,12 @@ impl Download {
             let reason = response.status().canonical_reason().unwrap_or("");
             if status == 429 || status == 503 {
                 let error = StageError::transient(format!("HTTP {status} {reason}"));
-                return Err(match header("retry-after").and_then(|v| retry_after(&v)) {
-                    Some(wait) => error.with_retry_after(wait),
-                    None => error,
-                });
+                return Err(
+                    match header("retry-after").and_then(|v| parse_retry_after(&v)) {
+                        Some(wait) => error.with_retry_after(wait),
+                        None => error,
+                    },
+                );
             }
             if status == 408 || status >= 500 {
                 return Err(StageError::transient(format!("HTTP {status} {reason}")));
@@ -286,20 +293,8 @@ fn is_binary(content_type: &str) -> bool {
         .any(|t| mime.contains(t))
 }
 
-/// `Retry-After`: seconds, or an HTTP date.
-fn retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-fn io_error(e: &std::io::Error) -> StageError {
+/// A failure while reading a body, classified (ureq's own failures as [`classify`] does).
+pub fn io_error(e: &std::io::Error) -> StageError {
     // ureq reports its own failures while the body is read (a `read_timeout`, say) as an
     // `io::Error` wrapping a `ureq::Error`: classify those as ureq's.
     if let Some(inner) = e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
@@ -314,7 +309,7 @@ fn io_error(e: &std::io::Error) -> StageError {
 }
 
 /// Connection trouble and timeouts are transient; a malformed URL or response is permanent.
-fn classify(e: &ureq::Error) -> StageError {
+pub fn classify(e: &ureq::Error) -> StageError {
     use ureq::Error as E;
     match e {
         E::Timeout(which) => StageError::transient(match which {
@@ -357,21 +352,5 @@ mod tests {
         ] {
             assert!(!is_binary(ct), "{ct}");
         }
-    }
-
-    #[test]
-    fn retry_after_values() {
-        assert_eq!(retry_after("120"), Some(Duration::from_secs(120)));
-        let later = SystemTime::now() + Duration::from_secs(30);
-        let wait = retry_after(&httpdate::fmt_http_date(later)).expect("a date");
-        assert!(
-            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
-            "{wait:?}"
-        );
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after("soon"), None);
     }
 }

@@ -55,13 +55,7 @@ pub(crate) mod testing {
 
     /// A build context for a stage in `role`, relative paths resolved against `base_dir`.
     pub(crate) fn build_cx(role: Role, base_dir: &Path) -> BuildContext {
-        BuildContext {
-            stage: "test".to_owned(),
-            role,
-            base_dir: base_dir.to_path_buf(),
-            concurrency: 1,
-            timeout: Duration::from_secs(30),
-        }
+        BuildContext::new("test", role, base_dir, 1, Duration::from_secs(30))
     }
 
     /// A context for one attempt with a far deadline and its own (lowered) cancel flag.

@@ -1,0 +1,267 @@
+//! The `llm` stage of stagewise: structured facts from a record's text, asked of any
+//! OpenAI-compatible endpoint or Anthropic's Messages API — or, offline, picked from the text by
+//! the `extractive` provider.
+//!
+//! A slow, rate-limited, down or wrong endpoint cannot stall or lose a run: each call runs on
+//! the stage's blocking pool, bounded by `connect_timeout` and the attempt's `timeout`; 429 and
+//! 5xx are transient, with the provider's `Retry-After` or rate-limit reset headers as the
+//! retry-after hint; 400/404 fail the item; 401/403 stop the run (a wrong key fails every item).
+//! An answer that is not JSON or does not fit `schema` is retried up to
+//! `invalid_output_attempts`, then fails the item quoting the answer. Valid answers are kept in
+//! the checkpoint store's response cache, keyed by a hash of the request, so a rerun, a resume,
+//! `retry-failed` or `--fresh` never pays for the same answer twice; the summary shows calls,
+//! cache hits, tokens and cost, and `max_cost` stops the run before a call could cross it.
+
+mod config;
+mod extractive;
+mod provider;
+mod stage;
+mod template;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stagewise_core::{
+    BuildContext, KindDefaults, Registry, Role, StageError, StageImpl, StageKind,
+};
+
+pub use config::{default_schema, LlmConfig, Provider};
+pub use extractive::split_sentences;
+use provider::Client;
+use stage::{Answerer, Budget, Llm, Prices};
+use template::Template;
+
+/// Register `llm`.
+pub fn register(registry: &mut Registry) {
+    registry.register(LlmKind);
+}
+
+/// The `llm` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LlmKind;
+
+impl StageKind for LlmKind {
+    type Config = LlmConfig;
+
+    fn kind(&self) -> &'static str {
+        "llm"
+    }
+
+    fn roles(&self) -> &'static [Role] {
+        &[Role::Transform]
+    }
+
+    /// LLM APIs are slow and rate-limited: long attempts, more of them, patient backoff.
+    fn defaults(&self) -> KindDefaults {
+        KindDefaults {
+            timeout: Some(Duration::from_secs(120)),
+            attempts: Some(5),
+            backoff_max: Some(Duration::from_secs(60)),
+            concurrency: None,
+        }
+    }
+
+    fn check(&self, config: &LlmConfig, _role: Role) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| problems.push((key.to_owned(), message));
+        let api = config.provider != Provider::Extractive;
+        if api && config.model.as_deref().is_none_or(str::is_empty) {
+            problem(
+                "model",
+                format!(
+                    "`model` is required with provider `{}`",
+                    config.provider.as_str()
+                ),
+            );
+        }
+        if let Some(url) = &config.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                problem(
+                    "base_url",
+                    format!("`base_url` must be an http:// or https:// URL, not `{url}`"),
+                );
+            }
+        }
+        for (key, source) in [
+            ("prompt", Some(&config.prompt)),
+            ("system", config.system.as_ref()),
+        ] {
+            if let Some(Err(e)) = source.map(|s| Template::parse(s)) {
+                problem(key, format!("`{key}`: {e}"));
+            }
+        }
+        if api && Template::parse(&config.prompt).is_ok_and(|t| t.fields().next().is_none()) {
+            problem(
+                "prompt",
+                "`prompt` uses no record field (`{{text}}`, say): every item would get the same answer".into(),
+            );
+        }
+        if config.schema.is_some() && config.schema_file.is_some() {
+            problem(
+                "schema_file",
+                "give `schema` or `schema_file`, not both".into(),
+            );
+        }
+        if let Some(schema) = &config.schema {
+            if let Err(e) = jsonschema::validator_for(schema) {
+                problem(
+                    "schema",
+                    format!("`schema` is not a valid JSON Schema: {e}"),
+                );
+            }
+        }
+        if config.invalid_output_attempts == 0 {
+            problem(
+                "invalid_output_attempts",
+                "`invalid_output_attempts` must be at least 1".into(),
+            );
+        }
+        if config.max_input_chars == 0 {
+            problem(
+                "max_input_chars",
+                "`max_input_chars` must be more than 0".into(),
+            );
+        }
+        if config.max_tokens == 0 {
+            problem("max_tokens", "`max_tokens` must be more than 0".into());
+        }
+        for (key, price) in [
+            ("price_per_mtok_in", config.price_per_mtok_in),
+            ("price_per_mtok_out", config.price_per_mtok_out),
+            ("max_cost", config.max_cost),
+        ] {
+            if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                problem(key, format!("`{key}` must be a number of at least 0"));
+            }
+        }
+        if config.max_cost.is_some()
+            && (config.price_per_mtok_in.is_none() || config.price_per_mtok_out.is_none())
+        {
+            problem(
+                "max_cost",
+                "`max_cost` needs `price_per_mtok_in` and `price_per_mtok_out` to count the cost"
+                    .into(),
+            );
+        }
+        if config.price_per_mtok_in.is_some() != config.price_per_mtok_out.is_some() {
+            problem(
+                "price_per_mtok_out",
+                "set both `price_per_mtok_in` and `price_per_mtok_out`, or neither".into(),
+            );
+        }
+        if config.output.is_empty() {
+            problem("output", "`output` must not be empty".into());
+        }
+        problems
+    }
+
+    fn build(&self, config: LlmConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let schema = match (&config.schema, &config.schema_file) {
+            (Some(schema), _) => schema.clone(),
+            (None, Some(file)) => {
+                let path = cx.resolve(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    StageError::fatal(format!(
+                        "`schema_file`: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                serde_json::from_str(&text).map_err(|e| {
+                    StageError::fatal(format!(
+                        "`schema_file`: {} is not JSON: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+            (None, None) => default_schema(),
+        };
+        let validator = jsonschema::validator_for(&schema).map_err(|e| {
+            StageError::fatal(format!(
+                "the answer's schema is not a valid JSON Schema: {e}"
+            ))
+        })?;
+        let template = |source: &str| {
+            Template::parse(source)
+                .map_err(|e| StageError::fatal(format!("a prompt template: {e}")))
+        };
+        let answerer = match config.provider {
+            Provider::Extractive => Answerer::Extractive {
+                shape: extractive::Shape::of(&schema).map_err(StageError::fatal)?,
+                max_sentences: config.max_sentences,
+            },
+            provider => {
+                let key_env = config
+                    .api_key_env
+                    .clone()
+                    .unwrap_or_else(|| provider.default_key_env().to_owned());
+                let key = std::env::var(&key_env)
+                    .ok()
+                    .filter(|k| !k.trim().is_empty());
+                if key.is_none() && provider == Provider::Anthropic {
+                    return Err(StageError::fatal(format!(
+                        "the API key variable `{key_env}` is not set (set it, or `api_key_env` to the variable that holds the key)"
+                    )));
+                }
+                if provider == Provider::Anthropic
+                    && schema.get("type").and_then(|t| t.as_str()) != Some("object")
+                    && config.structured_output
+                {
+                    return Err(StageError::fatal(
+                        "with provider `anthropic` and `structured_output`, the schema's root must be of type object (it is sent as a tool's input schema)",
+                    ));
+                }
+                let mut client = Client::new(
+                    provider,
+                    config
+                        .base_url
+                        .as_deref()
+                        .unwrap_or(provider.default_base_url()),
+                    config.model.clone().unwrap_or_default(),
+                    key,
+                    key_env,
+                    config.connect_timeout,
+                    cx.concurrency,
+                );
+                client.max_tokens = config.max_tokens;
+                client.temperature = config.temperature;
+                client.schema = config.structured_output.then(|| schema.clone());
+                Answerer::Api(client)
+            }
+        };
+        let prices = match (config.price_per_mtok_in, config.price_per_mtok_out) {
+            (Some(input), Some(output)) => Some(Prices { input, output }),
+            _ => None,
+        };
+        let meter = cx.meter.clone();
+        match &answerer {
+            Answerer::Api(_) => {
+                for figure in ["calls", "cache_hits", "tokens_in", "tokens_out"] {
+                    meter.declare(figure);
+                }
+                if prices.is_some() {
+                    meter.declare("cost");
+                }
+            }
+            Answerer::Extractive { .. } => meter.declare("answers"),
+        }
+        Ok(StageImpl::Blocking(Arc::new(Llm {
+            stage: cx.stage.clone(),
+            answerer,
+            system: config.system.as_deref().map(template).transpose()?,
+            prompt: template(&config.prompt)?,
+            input: config.input,
+            output: config.output,
+            max_input_chars: config.max_input_chars,
+            validator,
+            invalid_output_attempts: config.invalid_output_attempts,
+            cache: if config.cache { cx.cache.clone() } else { None },
+            prices,
+            budget: config.max_cost.map(|max| Budget {
+                max,
+                state: Mutex::new((0.0, 0.0)),
+            }),
+            meter,
+            invalid: Mutex::new(Default::default()),
+        })))
+    }
+}

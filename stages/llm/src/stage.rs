@@ -1,0 +1,334 @@
+//! One item through the `llm` stage: render the prompt, answer from the cache or the provider
+//! (within the budget), parse and check the answer, keep it.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use stagewise_core::{BlockingStage, Context, Meter, Outcome, Record, SharedCache, StageError};
+
+use crate::extractive::{self, Shape};
+use crate::provider::{excerpt, Client, Content, Reply};
+use crate::template::{cut, Template};
+
+/// Characters of an invalid answer quoted in the item's error.
+const QUOTED_ANSWER: usize = 500;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Who answers.
+pub(crate) enum Answerer {
+    Api(Client),
+    Extractive { shape: Shape, max_sentences: usize },
+}
+
+pub(crate) struct Llm {
+    pub stage: String,
+    pub answerer: Answerer,
+    pub system: Option<Template>,
+    pub prompt: Template,
+    pub input: String,
+    pub output: String,
+    pub max_input_chars: usize,
+    pub validator: jsonschema::Validator,
+    pub invalid_output_attempts: u32,
+    /// `None` with `cache = false` (or outside a run).
+    pub cache: Option<SharedCache>,
+    pub prices: Option<Prices>,
+    pub budget: Option<Budget>,
+    pub meter: Meter,
+    /// Invalid answers so far, per item still being retried.
+    pub invalid: Mutex<HashMap<String, u32>>,
+}
+
+/// Prices of a million tokens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prices {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Prices {
+    fn cost(self, tokens_in: u64, tokens_out: u64) -> f64 {
+        (tokens_in as f64 * self.input + tokens_out as f64 * self.output) / 1e6
+    }
+}
+
+/// `max_cost`: what this process has spent and what the calls in flight may still spend.
+pub(crate) struct Budget {
+    pub max: f64,
+    pub state: Mutex<(f64, f64)>,
+}
+
+impl Budget {
+    /// Set aside `worst` for a call, or refuse it if it could cross the limit.
+    fn reserve(&self, worst: f64) -> Result<(), StageError> {
+        let mut state = lock(&self.state);
+        let (spent, reserved) = *state;
+        if spent + reserved + worst > self.max {
+            return Err(StageError::fatal(format!(
+                "max_cost {} would be crossed: {spent:.4} spent, {reserved:.4} set aside for calls in flight, and the next call may cost up to {worst:.4}; the run stops here (raise `max_cost` to go on)",
+                self.max
+            )));
+        }
+        state.1 += worst;
+        Ok(())
+    }
+
+    fn settle(&self, worst: f64, actual: f64) {
+        let mut state = lock(&self.state);
+        state.1 = (state.1 - worst).max(0.0);
+        state.0 += actual;
+    }
+}
+
+/// Why an answer is not usable.
+enum Invalid {
+    NotJson(String),
+    Schema(String),
+    Cut,
+}
+
+impl Llm {
+    fn render(&self, record: &Record, cx: &Context) -> (Option<String>, String) {
+        let system = self
+            .system
+            .as_ref()
+            .map(|t| t.render(record, self.max_input_chars));
+        let prompt = self.prompt.render(record, self.max_input_chars);
+        let cuts = system
+            .iter()
+            .flat_map(|s| &s.truncated)
+            .chain(&prompt.truncated);
+        for (field, chars) in cuts {
+            if cx.attempt() == 1 {
+                self.meter.add("truncated", 1.0);
+                tracing::warn!(
+                    stage = %self.stage,
+                    key = cx.key(),
+                    field = %field,
+                    chars,
+                    max_input_chars = self.max_input_chars,
+                    "field cut to max_input_chars in the prompt"
+                );
+            }
+        }
+        (system.map(|s| s.text), prompt.text)
+    }
+
+    /// The cache key: everything that determines the answer (the request names the provider's
+    /// API, model, prompts, schema and limits).
+    fn cache_key(client: &Client, body: &Value) -> String {
+        let mut hash = Sha256::new();
+        hash.update(client.provider.as_str().as_bytes());
+        hash.update([0]);
+        hash.update(client.endpoint.as_bytes());
+        hash.update([0]);
+        hash.update(body.to_string().as_bytes());
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn check(&self, value: &Value) -> Result<(), Invalid> {
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(value)
+            .take(3)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                format!("{e} (at {})", if at.is_empty() { "/" } else { &at })
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid::Schema(problems.join("; ")))
+        }
+    }
+
+    fn parse(&self, reply: &Reply) -> Result<Value, Invalid> {
+        let value = match &reply.content {
+            Content::Json(v) => v.clone(),
+            Content::Text(text) => parse_json_text(text)
+                .ok_or_else(|| Invalid::NotJson(excerpt(text, QUOTED_ANSWER).to_owned()))?,
+        };
+        if let Err(invalid) = self.check(&value) {
+            if matches!(reply.stop.as_deref(), Some("length" | "max_tokens")) {
+                return Err(Invalid::Cut);
+            }
+            return Err(invalid);
+        }
+        Ok(value)
+    }
+
+    fn ask(&self, client: &Client, record: &Record, cx: &Context) -> Result<Value, StageError> {
+        let (system, prompt) = self.render(record, cx);
+        let body = client.body(system.as_deref(), &prompt);
+        let key = self.cache.as_ref().map(|_| Self::cache_key(client, &body));
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            match cache.get(key) {
+                Ok(Some(stored)) => match serde_json::from_str::<Value>(&stored) {
+                    Ok(value) if self.check(&value).is_ok() => {
+                        self.meter.add("cache_hits", 1.0);
+                        return Ok(value);
+                    }
+                    _ => {
+                        tracing::warn!(stage = %self.stage, key = cx.key(), "a cached answer no longer fits the schema; asking again")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(stage = %self.stage, error = %e, "cannot read the response cache; asking the API")
+                }
+            }
+        }
+        let worst = self.prices.map_or(0.0, |p| {
+            // About 4 characters a token; 3 errs on the dear side.
+            p.cost(
+                body.to_string().chars().count() as u64 / 3 + 1,
+                u64::from(client.max_tokens),
+            )
+        });
+        if let Some(budget) = &self.budget {
+            budget.reserve(worst)?;
+        }
+        let reply = client.call(&body, cx.remaining());
+        let actual = match &reply {
+            Ok(r) => {
+                self.meter.add("tokens_in", r.tokens_in as f64);
+                self.meter.add("tokens_out", r.tokens_out as f64);
+                self.prices
+                    .map_or(0.0, |p| p.cost(r.tokens_in, r.tokens_out))
+            }
+            Err(_) => 0.0,
+        };
+        self.meter.add("calls", 1.0);
+        if self.prices.is_some() {
+            self.meter.add("cost", actual);
+        }
+        if let Some(budget) = &self.budget {
+            budget.settle(worst, actual);
+        }
+        let reply = reply?;
+        let value = self
+            .parse(&reply)
+            .map_err(|invalid| self.invalid(cx, invalid))?;
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            if let Err(e) = cache.put(key, &self.stage, &value.to_string()) {
+                tracing::warn!(stage = %self.stage, key = cx.key(), error = %e, "cannot keep the answer in the response cache");
+            }
+        }
+        Ok(value)
+    }
+
+    /// An invalid answer: transient until the item has had `invalid_output_attempts` of them.
+    fn invalid(&self, cx: &Context, invalid: Invalid) -> StageError {
+        self.meter.add("invalid_answers", 1.0);
+        let message = match invalid {
+            Invalid::NotJson(text) => format!("the answer is not JSON: {text}"),
+            Invalid::Schema(why) => format!("the answer does not fit the schema: {why}"),
+            Invalid::Cut => "the answer was cut at `max_tokens` before it was complete".to_owned(),
+        };
+        let mut invalid = lock(&self.invalid);
+        let count = invalid.entry(cx.key().to_owned()).or_insert(0);
+        *count += 1;
+        if *count >= self.invalid_output_attempts {
+            let count = *count;
+            invalid.remove(cx.key());
+            StageError::permanent(format!("{message} (invalid answer {count} of {count} allowed by `invalid_output_attempts`)"))
+        } else {
+            StageError::transient(message)
+        }
+    }
+}
+
+impl BlockingStage for Llm {
+    fn process(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        let value = match &self.answerer {
+            Answerer::Api(client) => self.ask(client, &record, cx)?,
+            Answerer::Extractive {
+                shape,
+                max_sentences,
+            } => {
+                let text = record.get_str(&self.input).unwrap_or_default();
+                let value =
+                    extractive::answer(cut(text, self.max_input_chars), shape, *max_sentences);
+                self.check(&value).map_err(|invalid| match invalid {
+                    Invalid::Schema(why) => StageError::permanent(format!(
+                        "the extractive answer does not fit the schema: {why}"
+                    )),
+                    _ => StageError::permanent("the extractive answer is not usable"),
+                })?;
+                self.meter.add("answers", 1.0);
+                value
+            }
+        };
+        lock(&self.invalid).remove(cx.key());
+        record.fields.insert(self.output.clone(), value);
+        Ok(Outcome::Continue(record))
+    }
+}
+
+/// The JSON in an answer's text: the whole text, or inside a Markdown code fence, or from its
+/// first `{` to its last `}` (models like to add a sentence around it).
+fn parse_json_text(text: &str) -> Option<Value> {
+    let trimmed = text.trim();
+    if let Ok(v) = serde_json::from_str(trimmed) {
+        return Some(v);
+    }
+    let fenced = trimmed
+        .strip_prefix("```")
+        .and_then(|rest| rest.split_once('\n'))
+        .and_then(|(_, rest)| rest.trim_end().strip_suffix("```"));
+    if let Some(v) = fenced.and_then(|f| serde_json::from_str(f).ok()) {
+        return Some(v);
+    }
+    let (start, end) = (trimmed.find('{')?, trimmed.rfind('}')?);
+    (start < end)
+        .then(|| serde_json::from_str(&trimmed[start..=end]).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn finds_json_in_chatty_answers() {
+        assert_eq!(parse_json_text(" {\"a\": 1} "), Some(json!({"a": 1})));
+        assert_eq!(
+            parse_json_text("```json\n{\"a\": 1}\n```"),
+            Some(json!({"a": 1}))
+        );
+        assert_eq!(
+            parse_json_text("Here you go: {\"a\": [1]} Hope it helps."),
+            Some(json!({"a": [1]}))
+        );
+        assert_eq!(parse_json_text("Sure! Here are the facts."), None);
+    }
+
+    #[test]
+    fn a_budget_refuses_a_call_that_could_cross_it() {
+        let b = Budget {
+            max: 1.0,
+            state: Mutex::new((0.0, 0.0)),
+        };
+        b.reserve(0.6).expect("fits");
+        let e = b.reserve(0.6).expect_err("0.6 set aside + 0.6 > 1.0");
+        assert_eq!(e.class, stagewise_core::ErrorClass::Fatal);
+        assert!(e.message.contains("max_cost 1"), "{}", e.message);
+        b.settle(0.6, 0.1);
+        b.reserve(0.6).expect("0.1 spent + 0.6 fits");
+        assert_eq!(
+            Prices {
+                input: 2.0,
+                output: 10.0
+            }
+            .cost(1_000_000, 100_000),
+            3.0
+        );
+    }
+}

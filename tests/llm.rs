@@ -1,0 +1,461 @@
+//! The `llm` stage end to end, against a real OpenAI- and Anthropic-compatible server on
+//! 127.0.0.1 that misbehaves on purpose (tests/util/llm.rs): answers must be parsed and checked,
+//! every failure bounded and classified, a wrong key must stop the run, and a paid answer must
+//! never be paid for twice.
+//!
+//! Each pipeline is `jsonl` (one `{"id", "title", "text"}` per line) → `llm` → `jsonl` sink.
+//! The server counts and logs every request, so tests assert what the client did.
+
+mod util;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use util::llm::{default_answer, LlmConfig, LlmServer, Scenario, PROSE};
+use util::{Pipeline, Status};
+
+const KEY: &str = "sk-test-7f3a9c";
+
+fn article(i: usize) -> Value {
+    json!({
+        "id": format!("a{i}"),
+        "title": format!("Council vote {i}"),
+        "text": format!("The council approved budget number {i} on 3 March 2026 by 7 votes to 2. It totals {i}.2 million euros."),
+    })
+}
+
+/// `n` articles → `llm` with `keys` → `out.jsonl`.
+fn pipeline(name: &str, n: usize, keys: &str) -> Pipeline {
+    let p = Pipeline::new(&format!(
+        r#"
+[pipeline]
+name = "{name}"
+
+[[stage]]
+name = "articles"
+kind = "jsonl"
+path = "articles.jsonl"
+key = "id"
+
+[[stage]]
+name = "facts"
+kind = "llm"
+concurrency = 4
+{keys}
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#
+    ));
+    let lines: String = (0..n).map(|i| format!("{}\n", article(i))).collect();
+    p.dir.write("articles.jsonl", lines);
+    p
+}
+
+fn openai(server: &LlmServer, scenario: Scenario, extra: &str) -> String {
+    format!(
+        "provider = \"openai\"\nmodel = \"test-model\"\nbase_url = \"{}\"\n{extra}",
+        server.base_url(scenario)
+    )
+}
+
+/// The stage's figures in the summary file (calls, cache hits, tokens, cost).
+fn figures(p: &Pipeline, name: &str) -> Value {
+    let raw = p.dir.read(&format!(".stagewise/{name}.summary.json"));
+    let summary: Value = serde_json::from_slice(&raw).expect("the summary is JSON");
+    summary["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "facts"))
+        .map(|s| s["figures"].clone())
+        .unwrap_or_else(|| panic!("no stage `facts` in the summary: {summary:#}"))
+}
+
+#[test]
+fn openai_answers_are_parsed_checked_and_kept() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-openai",
+        3,
+        &openai(
+            &server,
+            Scenario::Ok,
+            "system = \"You are careful. Article {{key}}.\"",
+        ),
+    );
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    let out = p.sink("out.jsonl");
+    assert_eq!(out.len(), 3);
+    for record in &out.records {
+        assert_eq!(record["facts"], default_answer(), "{record:?}");
+    }
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    let a1 = requests
+        .iter()
+        .find(|r| {
+            r.body
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains("Council vote 1"))
+        })
+        .expect("the request for a1");
+    assert_eq!(
+        a1.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    let body = a1.body.as_ref().expect("a JSON body");
+    assert_eq!(body["model"], "test-model");
+    assert_eq!(body["messages"][0]["role"], "system");
+    assert_eq!(
+        body["messages"][0]["content"],
+        "You are careful. Article a1."
+    );
+    let prompt = body["messages"][1]["content"].as_str().expect("the prompt");
+    assert!(prompt.contains("Title: Council vote 1"), "{prompt}");
+    assert!(
+        prompt.contains("budget number 1 on 3 March 2026"),
+        "{prompt}"
+    );
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        body["response_format"]["json_schema"]["schema"]["required"],
+        json!(["facts", "summary"])
+    );
+    let f = figures(&p, "llm-openai");
+    assert_eq!(
+        (f["calls"].as_f64(), f["cache_hits"].as_f64()),
+        (Some(3.0), Some(0.0)),
+        "{f}"
+    );
+    assert_eq!(f["tokens_in"], 3000.0, "{f}");
+    assert_eq!(f["tokens_out"], 600.0, "{f}");
+}
+
+#[test]
+fn anthropic_answers_come_from_a_forced_tool() {
+    let server = LlmServer::start(LlmConfig::default());
+    let keys = format!(
+        "provider = \"anthropic\"\nmodel = \"claude-test\"\nbase_url = \"{}\"\noutput = \"digest\"\n",
+        server.base_url(Scenario::Ok)
+    );
+    let p = pipeline("llm-anthropic", 2, &keys);
+    p.cmd("run")
+        .env("ANTHROPIC_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    for record in p.sink("out.jsonl").records {
+        assert_eq!(record["digest"], default_answer());
+    }
+    let r = &server.requests()[0];
+    assert_eq!(r.header("x-api-key"), Some(KEY));
+    assert!(r.header("anthropic-version").is_some());
+    let body = r.body.as_ref().expect("a JSON body");
+    assert_eq!(body["tool_choice"]["type"], "tool");
+    assert_eq!(body["tools"][0]["input_schema"]["type"], "object");
+    assert!(body["max_tokens"].as_u64().is_some_and(|n| n > 0));
+
+    // Without the key variable, nothing starts: exit 2 naming the variable.
+    let out = p
+        .cmd("run")
+        .arg("--fresh")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output();
+    out.assert_code(2)
+        .assert_stderr_contains("ANTHROPIC_API_KEY");
+}
+
+#[test]
+fn invalid_answers_are_retried_then_fail_quoting_the_answer() {
+    let server = LlmServer::start(LlmConfig::default());
+    let retry = "retry = { attempts = 5, initial = \"10ms\", max = \"50ms\" }";
+    let prose = pipeline("llm-prose", 2, &openai(&server, Scenario::NotJson, retry));
+    prose
+        .cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(1);
+    let status = prose.status();
+    status.assert_failed(&["a0", "a1"], "facts", 2, "the answer is not JSON");
+    assert!(
+        status.failed[0].error.contains(&PROSE[..40]),
+        "{:?}",
+        status.failed
+    );
+
+    let shape = pipeline(
+        "llm-shape",
+        1,
+        &openai(
+            &server,
+            Scenario::BadSchema,
+            &format!("{retry}\ninvalid_output_attempts = 3"),
+        ),
+    );
+    shape
+        .cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(1);
+    let status = shape.status();
+    status.assert_failed(&["a0"], "facts", 3, "does not fit the schema");
+    assert!(
+        status.failed[0]
+            .error
+            .contains("\"not a list\" is not of type \"array\""),
+        "{:?}",
+        status.failed
+    );
+    // Two invalid answers per item for the first pipeline, three for the second.
+    assert_eq!(server.calls(), 2 * 2 + 3);
+
+    let second = pipeline(
+        "llm-second",
+        2,
+        &openai(&server, Scenario::InvalidThenOk, retry),
+    );
+    second
+        .cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    for record in second.sink("out.jsonl").records {
+        assert_eq!(record["facts"], default_answer());
+    }
+}
+
+#[test]
+fn a_429_waits_as_long_as_the_server_asks() {
+    let server = LlmServer::start(LlmConfig::default());
+    // Without the hint the backoff would retry within 20 ms.
+    let p = pipeline(
+        "llm-429",
+        2,
+        &openai(
+            &server,
+            Scenario::RateLimitedOnce,
+            "retry = { attempts = 3, initial = \"10ms\", max = \"20ms\" }",
+        ),
+    );
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(0);
+    assert_eq!(server.count_429(), 2);
+    assert_eq!(server.answered_ok(), 2);
+    for key in ["Council vote 0", "Council vote 1"] {
+        let times: Vec<_> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.body.as_ref().is_some_and(|b| b.to_string().contains(key)))
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(times.len(), 2, "{key}");
+        let waited = times[1] - times[0];
+        assert!(
+            waited >= Duration::from_millis(1900) && waited < Duration::from_secs(10),
+            "{key}: retried after {waited:?}, asked 2 s"
+        );
+    }
+}
+
+#[test]
+fn server_errors_are_retried_and_client_errors_are_not() {
+    let server = LlmServer::start(LlmConfig::default());
+    let retry = "retry = { attempts = 3, initial = \"10ms\", max = \"50ms\" }";
+    let flaky = pipeline("llm-500", 2, &openai(&server, Scenario::ErrorOnce, retry));
+    flaky
+        .cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls_with_status(500), 2);
+    assert_eq!(flaky.sink("out.jsonl").len(), 2);
+
+    let bad = pipeline("llm-400", 2, &openai(&server, Scenario::BadRequest, retry));
+    bad.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(1);
+    bad.status()
+        .assert_failed(&["a0", "a1"], "facts", 1, "HTTP 400");
+    assert_eq!(server.calls_with_status(400), 2);
+}
+
+#[test]
+fn a_server_that_never_answers_ends_at_the_timeout() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-silent",
+        1,
+        &openai(
+            &server,
+            Scenario::Silent,
+            "timeout = \"1s\"\nretry = { attempts = 2, initial = \"10ms\", max = \"10ms\" }",
+        ),
+    );
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(1);
+    assert!(
+        out.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        out.elapsed
+    );
+    let status = p.status();
+    status.assert_failed(&["a0"], "facts", 2, "timed out");
+    assert_eq!(server.calls(), 2);
+}
+
+#[test]
+fn a_refused_key_stops_the_run_and_names_the_variable_not_the_key() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-401",
+        40,
+        &openai(
+            &server,
+            Scenario::Unauthorized,
+            "api_key_env = \"MY_LLM_KEY\"",
+        ),
+    );
+    let out = p.cmd("run").env("MY_LLM_KEY", KEY).output();
+    out.assert_code(3).assert_stderr_contains("MY_LLM_KEY");
+    assert!(
+        !out.stderr.contains(KEY),
+        "the key leaked into the log\n{out}"
+    );
+    // The run stops at once: the calls in flight (concurrency 4) and those that had begun
+    // meanwhile, not one per item.
+    assert!(server.calls() <= 8, "{} calls", server.calls());
+    let status = p.status();
+    assert_eq!(
+        status.counts["failed"], 0,
+        "no item is blamed for the key: {:?}",
+        status.failed
+    );
+    assert_eq!(status.counts["pending"] + status.counts["in_flight"], 40);
+    assert!(!status.raw.to_string().contains(KEY));
+}
+
+#[test]
+fn answers_are_never_paid_for_twice() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline("llm-cache", 5, &openai(&server, Scenario::Ok, ""));
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls(), 5);
+    // A new batch of the same items: every answer from the cache.
+    let out = p
+        .cmd("run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", KEY)
+        .output();
+    out.assert_code(0);
+    assert_eq!(
+        server.calls(),
+        5,
+        "a --fresh run called the API again\n{out}"
+    );
+    let f = figures(&p, "llm-cache");
+    assert_eq!(
+        (f["calls"].as_f64(), f["cache_hits"].as_f64()),
+        (Some(0.0), Some(5.0)),
+        "{f}"
+    );
+    // The jsonl sink appends: the second run wrote the same five records again.
+    assert_eq!(p.sink("out.jsonl").len(), 10);
+    assert_eq!(p.sink("out.jsonl").unique_keys().len(), 5);
+    for record in p.sink("out.jsonl").records {
+        assert_eq!(record["facts"], default_answer());
+    }
+    // A changed prompt is another question.
+    let changed = p.toml().replace(
+        "model = \"test-model\"",
+        "model = \"test-model\"\nprompt = \"Facts of: {{text}}\"",
+    );
+    p.dir.write("pipeline.toml", &changed);
+    p.cmd("run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls(), 10);
+    // `cache = false` asks every time.
+    p.dir.write(
+        "pipeline.toml",
+        changed.replace("prompt =", "cache = false\nprompt ="),
+    );
+    p.cmd("run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls(), 15);
+}
+
+#[test]
+fn max_cost_stops_the_run_before_it_is_crossed() {
+    // Each answer reports 1,000 input and 200 output tokens: 0.001 + 0.001 = 0.002 at these
+    // prices; the stage sets aside up to 0.00512 + the prompt's share before each call.
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-cost",
+        30,
+        &openai(
+            &server,
+            Scenario::Ok,
+            "price_per_mtok_in = 1.0\nprice_per_mtok_out = 5.0\nmax_cost = 0.03",
+        ),
+    );
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(3).assert_stderr_contains("max_cost");
+    let calls = server.calls();
+    assert!(calls > 0 && calls < 30, "{calls} calls");
+    let f = figures(&p, "llm-cost");
+    let cost = f["cost"].as_f64().expect("a cost");
+    assert!(cost <= 0.03, "spent {cost}");
+    assert!(
+        (cost - 0.002 * calls as f64).abs() < 1e-9,
+        "cost {cost} for {calls} calls"
+    );
+    let status: Status = p.status();
+    assert_eq!(
+        status.counts["failed"], 0,
+        "no item is blamed for the budget"
+    );
+    assert!(status.counts["done"] <= calls as u64);
+    // With a larger budget the run resumes; an answer paid for before the stop (even one whose
+    // item was not yet saved) comes from the cache.
+    p.dir.write(
+        "pipeline.toml",
+        p.toml().replace("max_cost = 0.03", "max_cost = 1.0"),
+    );
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(p.status().counts["done"], 30);
+    assert_eq!(server.calls(), 30, "an answer was paid for twice");
+}
+
+#[test]
+fn llm_keys_are_checked_before_anything_runs() {
+    let p = pipeline(
+        "llm-validate",
+        1,
+        "provider = \"openai\"\nprompt = \"Facts: {{text\"\nmax_cost = 2.0\nschema = { type = \"nonsense\" }",
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    for needle in [
+        "`model` is required",
+        "never closed",
+        "`max_cost` needs",
+        "not a valid JSON Schema",
+    ] {
+        out.assert_stderr_contains(needle);
+    }
+}
