@@ -9,9 +9,11 @@
 //! `oneOf`, …) are not checked here; the plugin's own parsing of its configuration still
 //! rejects a bad value when the stage is built, before any item runs.
 //!
-//! A full validator (the `jsonschema` crate) would bring a regex engine and reference
-//! resolution for keywords a stage table does not need, and its errors would still have to be
-//! turned into key paths and suggestions; this walk gives them directly.
+//! Why not the `jsonschema` crate, which the `llm` stage uses for model answers: core is what
+//! every runner links, custom ones included, and that crate would add a regex engine and
+//! reference resolution to it for keywords a stage table does not need; its errors would still
+//! have to be turned into key paths, house-style messages and "did you mean" suggestions, which
+//! this walk produces directly.
 //!
 //! One deliberate difference from JSON Schema: at the top level a schema without
 //! `additionalProperties` is closed, because an unknown key in `pipeline.toml` is always an
