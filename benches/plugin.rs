@@ -76,16 +76,18 @@ fn compare(items: u64, runs: usize) -> Result<(), String> {
     let native = Median::of(&native);
     let plugin = Median::of(&plugin);
     let n = thousands(items as f64);
-    println!("variant (generate {n} → no-op, concurrency {CONCURRENCY} → blackhole)   runs      wall  processing    items/s");
+    println!("variant (generate {n} → no-op, concurrency {CONCURRENCY} → blackhole)   runs      wall  processing    items/s  processing range");
     for (name, m) in [
         ("compiled-in blocking no-op (`sleep` 0s)", &native),
         ("plugin no-op (`noop` via the C ABI)", &plugin),
     ] {
         println!(
-            "{name:<52} {runs:>4} {:>7.3} s   {:>7.3} s {:>10}",
+            "{name:<52} {runs:>4} {:>7.3} s   {:>7.3} s {:>10}  {:.3}–{:.3} s",
             m.wall.as_secs_f64(),
             m.processing.as_secs_f64(),
-            thousands(items as f64 / m.processing.as_secs_f64())
+            thousands(items as f64 / m.processing.as_secs_f64()),
+            m.fastest.as_secs_f64(),
+            m.slowest.as_secs_f64(),
         );
     }
     let extra = (plugin.processing.as_secs_f64() - native.processing.as_secs_f64()) / items as f64;
@@ -245,10 +247,12 @@ fn run(name: &str, pipeline: &str, items: u64) -> Result<Timed, String> {
     Ok(Timed { wall, processing })
 }
 
-/// Medians of each figure over the runs.
+/// Medians of each figure over the runs, and the range of the processing window.
 struct Median {
     wall: Duration,
     processing: Duration,
+    fastest: Duration,
+    slowest: Duration,
 }
 
 impl Median {
@@ -257,9 +261,12 @@ impl Median {
             v.sort();
             v[v.len() / 2]
         };
+        let processing = runs.iter().map(|r| r.processing);
         Median {
             wall: median(runs.iter().map(|r| r.wall).collect()),
-            processing: median(runs.iter().map(|r| r.processing).collect()),
+            processing: median(processing.clone().collect()),
+            fastest: processing.clone().min().unwrap_or_default(),
+            slowest: processing.max().unwrap_or_default(),
         }
     }
 }
