@@ -69,6 +69,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: Format,
     },
+    /// Dynamic stage plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a plugin library and show its name, version, ABI version, kinds and their schemas.
+    Inspect {
+        /// The plugin library (e.g. target/release/libmy_stage.so).
+        path: PathBuf,
+    },
 }
 
 fn registry() -> Registry {
@@ -78,7 +90,36 @@ fn registry() -> Registry {
     stagewise_stages_http::register(&mut registry);
     stagewise_stages_extract::register(&mut registry);
     stagewise_stages_llm::register(&mut registry);
+    stagewise_core::plugin::register(&mut registry);
     registry
+}
+
+/// `plugin inspect`: what a library says about itself, or why it is not a plugin (exit 2).
+fn inspect(path: &std::path::Path) -> ExitCode {
+    let info = match stagewise_core::plugin::inspect(path) {
+        Ok(info) => info,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut text = format!(
+        "plugin {} {}\nfile: {}\nABI version: {}\n",
+        info.name,
+        info.version,
+        info.path.display(),
+        info.abi_version
+    );
+    for kind in &info.kinds {
+        let schema = serde_json::to_string_pretty(&kind.config_schema)
+            .expect("a JSON value always serializes");
+        text.push_str(&format!("\nkind `{}`", kind.name));
+        if !kind.description.is_empty() {
+            text.push_str(&format!(": {}", kind.description));
+        }
+        text.push_str(&format!("\nconfig schema:\n{schema}\n"));
+    }
+    out(&text)
 }
 
 /// How to show a file's problems: plain lines for a person, log events for `run
@@ -214,6 +255,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
         Command::Status { pipeline, json } => {
             let loaded = match load(&pipeline, &registry(), Report::ErrorsOnly) {
                 Ok(l) => l,

@@ -55,6 +55,7 @@ fn the_reference_documents_every_key() {
     stagewise_stages_http::register(&mut registry);
     stagewise_stages_extract::register(&mut registry);
     stagewise_stages_llm::register(&mut registry);
+    stagewise_core::plugin::register(&mut registry);
     let kinds: Vec<&str> = registry.kinds().collect();
     assert!(kinds.len() >= 8, "{kinds:?}");
     for kind in kinds {

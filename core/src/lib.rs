@@ -10,6 +10,7 @@
 //!
 //! - [`spec`]: reading and validating `pipeline.toml` (raw → validated → built).
 //! - [`Registry`] and [`StageKind`]: how stage crates plug their kinds in.
+//! - [`plugin`]: the host of dynamic plugins (`kind = "plugin"`), built with `stagewise-plugin`.
 //! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.
 //!
 //! A stage kind in a few lines:
@@ -56,6 +57,7 @@
 
 mod checkpoint;
 pub mod commands;
+pub mod plugin;
 mod policy;
 mod record;
 mod registry;

@@ -145,10 +145,12 @@ pub(crate) enum KeyProblemKind {
 /// Object-safe face of a [`StageKind`], so kinds with different config types share a registry.
 pub(crate) trait DynKind: Send + Sync {
     fn roles(&self) -> &'static [Role];
+    /// The kind's own keys. A plugin stage has more: those its library's schema declares.
     fn keys(&self) -> &'static [&'static str];
     fn defaults(&self) -> KindDefaults;
-    /// Deserialize and check, collecting every problem.
-    fn check(&self, options: &toml::Table, role: Role) -> Vec<KeyProblem>;
+    /// Deserialize and check, collecting every problem. `base_dir` is the pipeline file's
+    /// folder, for kinds whose keys depend on a file (a plugin's schema).
+    fn check(&self, options: &toml::Table, role: Role, base_dir: &Path) -> Vec<KeyProblem>;
     fn build(&self, options: &toml::Table, cx: &BuildContext) -> Result<StageImpl, StageError>;
 }
 
@@ -165,7 +167,7 @@ impl<K: StageKind> DynKind for K {
         StageKind::defaults(self)
     }
 
-    fn check(&self, options: &toml::Table, role: Role) -> Vec<KeyProblem> {
+    fn check(&self, options: &toml::Table, role: Role, _base_dir: &Path) -> Vec<KeyProblem> {
         match crate::spec::deserialize_all::<K::Config>(options) {
             Ok(config) => StageKind::check(self, &config, role)
                 .into_iter()
@@ -216,11 +218,19 @@ impl Registry {
         self
     }
 
+    /// Add a kind that is not a [`StageKind`] (the plugin host's).
+    pub(crate) fn insert_dyn(&mut self, name: &'static str, kind: Arc<dyn DynKind>) -> &mut Self {
+        self.kinds.insert(name, kind);
+        self
+    }
+
     pub(crate) fn get(&self, kind: &str) -> Option<&Arc<dyn DynKind>> {
         self.kinds.get(kind)
     }
 
     /// A kind's own keys (besides the policy keys every stage has) and the places it can take.
+    /// For `plugin`, the host's keys (`path`, `plugin_kind`); the plugin's own come from its
+    /// library.
     pub fn describe(&self, kind: &str) -> Option<(&'static [&'static str], &'static [Role])> {
         self.kinds.get(kind).map(|k| (k.keys(), k.roles()))
     }

@@ -17,6 +17,8 @@ pub mod http;
 pub mod llm;
 /// PostgreSQL: the shared test cluster, a database per test, private clusters.
 pub mod pg;
+/// The plugin libraries, built on first use.
+pub mod plugins;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

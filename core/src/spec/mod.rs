@@ -376,7 +376,7 @@ impl Validator {
         let defaults = self
             .section::<PolicySpec>("defaults", false)
             .unwrap_or_default();
-        let stages = self.stages(registry, &defaults);
+        let stages = self.stages(registry, &defaults, &base_dir);
 
         let pipeline = pipeline?;
         let checkpoint = checkpoint?;
@@ -495,7 +495,12 @@ impl Validator {
         }
     }
 
-    fn stages(&mut self, registry: &Registry, defaults: &PolicySpec) -> Option<Vec<StageConfig>> {
+    fn stages(
+        &mut self,
+        registry: &Registry,
+        defaults: &PolicySpec,
+        base_dir: &Path,
+    ) -> Option<Vec<StageConfig>> {
         let tables = match self.doc.get("stage").cloned() {
             None => {
                 self.push(
@@ -636,7 +641,7 @@ impl Validator {
                 .copied()
                 .chain(["name", "kind"])
                 .collect();
-            let problems = kind.check(&table, role);
+            let problems = kind.check(&table, role, base_dir);
             if !problems.is_empty() {
                 self.key_problems(&prefix, Some(&name), problems, &known);
                 ok = false;
