@@ -14,13 +14,15 @@
 //! - Variants, run interleaved (a, b, c, then again): (a) `concurrency = 20`, the server's
 //!   limit; (b) `concurrency = 32` without a rate limit, over the limit; (c) `concurrency = 32`
 //!   with `rate_limit = "95/s"`: 95/s × 0.2 s = 19 requests in flight on average, one below the
-//!   limit, so that the server's latency overshoot and the spread of arrivals stay under it.
+//!   limit, so that the server's latency overshoot and the spread of arrivals stay under it
+//!   (100/s would be exactly 20, and any bunching a 429; `BENCHMARKS.md` has the rates tried).
 //!
 //! Every measurement is run 3 times and the medians are reported, with the peak RSS
 //! (`ru_maxrss` from `wait4`) and CPU time of the stagewise process.
 //!
 //! `cargo bench --bench llm` runs it; `--runs N` changes the number of runs, `--rate N` the
-//! rate limit of variant c (per second), and `a`, `b`, `c` choose variants. Without cargo's
+//! rate limit of variant c (per second), `a`, `b`, `c` choose variants, and `--keep` keeps each
+//! run's directory (pipeline, log, summary, checkpoint) for inspection. Without cargo's
 //! `--bench` flag (`cargo test --benches` or `--all-targets`) it only smoke-tests itself on 50
 //! items with a 20 ms server, once.
 
@@ -63,6 +65,8 @@ struct Plan {
     /// Variant c's rate limit, per second.
     rate: u32,
     variants: Vec<Variant>,
+    /// Keep each run's directory (pipeline, log, summary) instead of removing it.
+    keep: bool,
     full: bool,
 }
 
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         latency,
         rate: (RATE_SHARE * MAX_IN_FLIGHT as f64 / latency.as_secs_f64()) as u32,
         variants: Vec::new(),
+        keep: false,
         full,
     };
     let mut args = raw.into_iter().filter(|a| a != "--bench");
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
                 Some(n) => plan.rate = n,
                 None => return usage(),
             },
+            "--keep" => plan.keep = true,
             "a" => plan.variants.push(Variant::A),
             "b" => plan.variants.push(Variant::B),
             "c" => plan.variants.push(Variant::C),
@@ -176,7 +182,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo bench --bench llm [-- [--runs N] [--rate N] [a] [b] [c]]");
+    eprintln!("usage: cargo bench --bench llm [-- [--runs N] [--rate N] [--keep] [a] [b] [c]]");
     ExitCode::from(2)
 }
 
@@ -222,7 +228,11 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
         }
     }
     // Kept after a failure: the logs of the failed run are in it.
-    let _ = std::fs::remove_dir_all(&work);
+    if plan.keep {
+        progress(&format!("kept the runs' directories in {}", work.display()));
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 
     let ideal = plan.ideal();
     let medians: Vec<(Variant, Median)> = plan
@@ -245,11 +255,22 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
     for (variant, m) in &medians {
         table.line(&format!("{}:", variant.name(plan)));
         table.line(&format!(
-            "  per run: 429s {}; answered 200 {}; failed items {}; the most 429s one item got: {}",
+            "  per run: 429s {}; items that got a 429 {}; answered 200 {}; failed items {}; the most 429s one item got: {}",
             m.per_run(|r| r.count_429 as u64),
+            m.per_run(|r| r.items_429),
             m.per_run(|r| r.answered_ok as u64),
             m.per_run(|r| r.failed),
             m.max_429s_per_item
+        ));
+        table.line(&format!(
+            "  requests arriving at the server, first to last (per run): {} requests/s",
+            m.runs
+                .iter()
+                .map(|r| r
+                    .arrival_rate
+                    .map_or_else(|| "-".to_owned(), |a| format!("{a:.1}")))
+                .collect::<Vec<_>>()
+                .join(" / ")
         ));
         if let Some(l) = m.stage_latency("facts") {
             table.line(&format!(
@@ -299,7 +320,8 @@ fn article(i: u64) -> Value {
 
 /// One run of one variant.
 struct Run {
-    items: u64,
+    /// Items done (answered and passed on), from the summary.
+    done: u64,
     wall: Duration,
     /// `ru_maxrss`, in KiB on Linux.
     peak_rss_kib: u64,
@@ -319,10 +341,26 @@ struct Run {
     max_in_flight: usize,
     /// The most 429s any one item (request body) received.
     max_429s_per_item: usize,
+    /// Items that received at least one 429.
+    items_429: u64,
+    /// Requests per second from the first request's arrival to the last one's.
+    arrival_rate: Option<f64>,
     /// Items failed, from the summary.
     failed: u64,
     /// stagewise's `<name>.summary.json`.
     summary: Option<Value>,
+}
+
+impl Run {
+    /// Items done per second, process start to exit.
+    fn rate_end_to_end(&self) -> f64 {
+        self.done as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Items done per second in the processing window.
+    fn rate_window(&self) -> Option<f64> {
+        self.window.map(|w| self.done as f64 / w.as_secs_f64())
+    }
 }
 
 /// `stagewise run` on the pipeline of `variant`, against a fresh server, in a fresh directory.
@@ -377,7 +415,9 @@ fn run_stagewise(
             log.display()
         ));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if !plan.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     let requests = server.requests();
     let started = m.started.map(|s| m.began + s);
@@ -389,8 +429,13 @@ fn run_stagewise(
         let body = r.body.as_ref().map(|b| b["messages"].to_string());
         *per_item.entry(body.unwrap_or_default()).or_default() += 1;
     }
+    let arrival_rate = first
+        .zip(last)
+        .map(|(f, l)| (l - f).as_secs_f64())
+        .filter(|&s| s > 0.0)
+        .map(|s| (requests.len() - 1) as f64 / s);
     Ok(Run {
-        items: plan.items,
+        done: done.unwrap_or(0),
         wall: m.wall,
         peak_rss_kib: m.peak_rss_kib,
         cpu: m.cpu,
@@ -410,6 +455,8 @@ fn run_stagewise(
         connections: server.connections(),
         max_in_flight: server.max_in_flight_seen(),
         max_429s_per_item: per_item.values().copied().max().unwrap_or(0),
+        items_429: per_item.len() as u64,
+        arrival_rate,
         failed: failed.unwrap_or(0),
         summary,
     })
@@ -528,11 +575,13 @@ fn load_average() -> String {
 /// The median of each figure over several runs (taken per figure), and the runs themselves.
 struct Median {
     runs: Vec<Run>,
-    items: u64,
     wall: Duration,
-    /// The fastest and slowest runs' wall times.
-    wall_range: (Duration, Duration),
+    /// Items done per second, process start to exit.
+    rate_end_to_end: f64,
+    /// Of the slowest and the fastest run, end to end.
+    rate_range: (f64, f64),
     window: Option<Duration>,
+    rate_window: Option<f64>,
     first_call: Option<Duration>,
     tail: Option<Duration>,
     peak_rss_kib: u64,
@@ -555,16 +604,25 @@ impl Median {
             v.sort();
             v.get(v.len() / 2).copied()
         }
+        fn mid_f64(v: impl Iterator<Item = f64>) -> Option<f64> {
+            let mut v: Vec<f64> = v.collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        }
         // `runs` stays in the order of measurement; `by_wall` ranks them.
         let mut by_wall: Vec<&Run> = runs.iter().collect();
         by_wall.sort_by_key(|r| r.wall);
-        let n = by_wall.len();
-        let middle = by_wall[n / 2];
+        let middle = by_wall[by_wall.len() / 2];
+        let rates = || runs.iter().map(Run::rate_end_to_end);
         Median {
-            items: middle.items,
             wall: middle.wall,
-            wall_range: (by_wall[0].wall, by_wall[n - 1].wall),
+            rate_end_to_end: mid_f64(rates()).unwrap_or(0.0),
+            rate_range: (
+                rates().fold(f64::INFINITY, f64::min),
+                rates().fold(0.0, f64::max),
+            ),
             window: mid(runs.iter().filter_map(|r| r.window)),
+            rate_window: mid_f64(runs.iter().filter_map(Run::rate_window)),
             first_call: mid(runs.iter().filter_map(|r| r.first_call)),
             tail: mid(runs.iter().filter_map(|r| r.tail)),
             peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib)).unwrap_or(0),
@@ -584,20 +642,6 @@ impl Median {
     fn per_run(&self, figure: impl Fn(&Run) -> u64) -> String {
         let figures: Vec<String> = self.runs.iter().map(|r| figure(r).to_string()).collect();
         figures.join(" / ")
-    }
-
-    fn rate_end_to_end(&self) -> f64 {
-        self.items as f64 / self.wall.as_secs_f64()
-    }
-
-    fn rate_window(&self) -> Option<f64> {
-        self.window.map(|w| self.items as f64 / w.as_secs_f64())
-    }
-
-    /// Items/s of the slowest and the fastest run, end to end.
-    fn rate_range(&self) -> (f64, f64) {
-        let rate = |d: Duration| self.items as f64 / d.as_secs_f64();
-        (rate(self.wall_range.1), rate(self.wall_range.0))
     }
 
     /// A stage's attempt latency from the summary: "p50 … p95 … max …".
@@ -642,21 +686,21 @@ impl Table {
     }
 
     fn row(&mut self, name: &str, m: &Median, ideal: f64) {
-        let (low, high) = m.rate_range();
+        let (low, high) = m.rate_range;
         let share = |rate: f64| format!("{:.1}%", 100.0 * rate / ideal);
         self.lines.push(format!(
             "{:<36} {:>4} {:>6.3} s {:>7.1} {:>5} {:>11} {:>8} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>5.1} MB {:>4.2} s",
             name,
             m.runs.len(),
             m.wall.as_secs_f64(),
-            m.rate_end_to_end(),
-            share(m.rate_end_to_end()),
+            m.rate_end_to_end,
+            share(m.rate_end_to_end),
             format!("{low:.1}–{high:.1}"),
             m.window
                 .map_or_else(|| "-".to_owned(), |w| format!("{:.3} s", w.as_secs_f64())),
-            m.rate_window()
+            m.rate_window
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
-            m.rate_window().map_or_else(|| "-".to_owned(), share),
+            m.rate_window.map_or_else(|| "-".to_owned(), share),
             m.count_429,
             m.calls,
             m.connections,
@@ -677,7 +721,7 @@ impl Table {
             println!("{l}");
         }
         println!(
-            "(medians of the runs, each figure on its own; wall and the first items/s: process start to exit; ideal: share of the ideal rate; \
+            "(medians of the runs, each figure on its own; items/s: items done (failed ones not counted) per second; wall and the first items/s: process start to exit; ideal: share of the ideal rate; \
              range: slowest–fastest run, end to end; window: `run started` to `summary`; 429s, calls (requests, 429s included), conns (connections accepted) \
              and maxif (most requests admitted at once) are the server's; failed: items failed; CPU: stagewise's user+system; MB = 10^6 bytes of ru_maxrss)"
         );
