@@ -79,7 +79,9 @@ impl Retry {
 
     /// The wait after failed attempt `attempt`; a stage's retry-after hint wins, up to
     /// [`MAX_RETRY_AFTER`] or `max`, whichever is longer (a server asking for a day's wait must
-    /// not stall an item for a day).
+    /// not stall an item for a day). With `jitter`, a hinted wait is stretched by up to half
+    /// again at random: the items a server turned away together (a burst of 429s, all told
+    /// "1 s") must not all come back in the same millisecond and be turned away again.
     pub fn delay(
         &self,
         attempt: u32,
@@ -87,7 +89,13 @@ impl Retry {
         rng: &mut impl Rng,
     ) -> Duration {
         if let Some(hint) = retry_after {
-            return hint.min(self.max.max(MAX_RETRY_AFTER));
+            let cap = self.max.max(MAX_RETRY_AFTER);
+            let hint = hint.min(cap);
+            if !self.jitter || hint.is_zero() {
+                return hint;
+            }
+            let spread = rng.random_range(0.0..=hint.as_secs_f64() / 2.0);
+            return (hint + Duration::from_secs_f64(spread)).min(cap.max(hint));
         }
         let ceiling = self.ceiling(attempt);
         if self.jitter && !ceiling.is_zero() {
@@ -248,7 +256,21 @@ mod tests {
     fn retry_after_wins() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let hint = Duration::from_millis(700);
-        assert_eq!(retry(true).delay(1, Some(hint), &mut rng), hint);
+        assert_eq!(retry(false).delay(1, Some(hint), &mut rng), hint);
+        // With jitter: never sooner than asked, at most half again, and spread out.
+        let waits: Vec<Duration> = (0..50)
+            .map(|_| retry(true).delay(1, Some(hint), &mut rng))
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w >= hint && *w <= hint * 3 / 2),
+            "{waits:?}"
+        );
+        let (lo, hi) = (waits.iter().min(), waits.iter().max());
+        assert!(
+            hi.zip(lo)
+                .is_some_and(|(h, l)| *h - *l > Duration::from_millis(100)),
+            "{waits:?}"
+        );
         let day = Duration::from_secs(86_400);
         assert_eq!(
             retry(true).delay(1, Some(day), &mut rng),
