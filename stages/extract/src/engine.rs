@@ -95,11 +95,35 @@ fn extract_here(html: &str) -> Result<Article, String> {
     for found in candidates {
         article.title = article.title.or(found.title);
         article.author = article.author.or(found.author);
-        article.published = article.published.or(found.published);
+        article.published = article
+            .published
+            .or(found.published.filter(|d| names_the_day(d, html)));
         article.language = article.language.or(found.language);
         article.site_name = article.site_name.or(found.site_name);
     }
     Ok(article)
+}
+
+/// Whether a found date is one the page gives. The trafilatura ports fall back to a bare year
+/// (from a copyright line, say) and report it as 1 January: such a date is kept only when the
+/// page names that day in a common form.
+fn names_the_day(date: &str, html: &str) -> bool {
+    let Some(year) = date.strip_suffix("-01-01") else {
+        return true;
+    };
+    [
+        format!("{year}-01-01"),
+        format!("{year}/01/01"),
+        format!("01/01/{year}"),
+        format!("01.01.{year}"),
+        format!("1 January {year}"),
+        format!("January 1, {year}"),
+        format!("Jan 1, {year}"),
+        format!("1 Jan {year}"),
+        format!("{year}0101"),
+    ]
+    .iter()
+    .any(|form| html.contains(form.as_str()))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -531,6 +555,22 @@ mod tests {
         assert_eq!(most_agreed(&texts), 1);
         // A tie goes to the first.
         assert_eq!(most_agreed(&[article, article, ""]), 0);
+    }
+
+    #[test]
+    fn a_bare_year_is_not_a_publication_date() {
+        let body = "<article><h1>Rhubarb cake</h1><p>".to_owned()
+            + &"Rhubarb and almonds make a soft, sharp cake that keeps for days. ".repeat(12)
+            + "</p></article>";
+        let page = format!("<html><head><title>Rhubarb cake</title></head><body>{body}<footer>© 2026 Saltmarsh Kitchen</footer></body></html>");
+        let article = extract(&page).expect("extracts");
+        assert_ne!(article.published.as_deref(), Some("2026-01-01"));
+        assert!(names_the_day(
+            "2026-01-01",
+            "<time datetime=\"2026-01-01T09:00\">"
+        ));
+        assert!(names_the_day("2026-03-04", "no day named at all"));
+        assert!(!names_the_day("2026-01-01", "© 2026"));
     }
 
     #[test]
