@@ -61,6 +61,22 @@ fn openai(server: &LlmServer, scenario: Scenario, extra: &str) -> String {
     )
 }
 
+trait WithConcurrency {
+    fn with_concurrency(self, n: usize) -> Self;
+}
+
+impl WithConcurrency for Pipeline {
+    /// The `facts` stage at concurrency `n` instead of 4.
+    fn with_concurrency(self, n: usize) -> Self {
+        let toml = self.toml().replace(
+            "kind = \"llm\"\nconcurrency = 4",
+            &format!("kind = \"llm\"\nconcurrency = {n}"),
+        );
+        self.dir.write("pipeline.toml", &toml);
+        self
+    }
+}
+
 /// The stage's figures in the summary file (calls, cache hits, tokens, cost).
 fn figures(p: &Pipeline, name: &str) -> Value {
     let raw = p.dir.read(&format!(".stagewise/{name}.summary.json"));
@@ -458,4 +474,41 @@ fn llm_keys_are_checked_before_anything_runs() {
     ] {
         out.assert_stderr_contains(needle);
     }
+}
+
+#[test]
+fn over_the_services_limit_the_stage_adapts_and_loses_nothing() {
+    // The server admits 4 requests at once and turns the rest away with 429 and
+    // `Retry-After: 1`; the stage is set to 12. Fixed at 12, the 8 turned away would meet a full
+    // server on every retry and fail after their attempts; adapted, they get in.
+    let server = LlmServer::start(LlmConfig {
+        latency: Duration::from_millis(50),
+        max_in_flight: Some(4),
+        ..LlmConfig::default()
+    });
+    let p = pipeline(
+        "llm-adapt",
+        60,
+        &openai(
+            &server,
+            Scenario::Ok,
+            "retry = { attempts = 4, initial = \"10ms\", max = \"50ms\" }",
+        ),
+    )
+    .with_concurrency(12);
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(0)
+        .assert_stderr_contains("the service asks to slow down");
+    assert_eq!(p.status().counts["done"], 60);
+    assert!(server.count_429() > 0, "the limit was never reached");
+    assert_eq!(server.answered_ok(), 60);
+    let raw = p.dir.read(".stagewise/llm-adapt.summary.json");
+    let summary: Value = serde_json::from_slice(&raw).expect("the summary is JSON");
+    let facts = summary["stages"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "facts"))
+        .expect("the stage's summary")
+        .clone();
+    let lowest = facts["lowest_concurrency"].as_u64().expect("lowered");
+    assert!((1..=4).contains(&lowest), "lowest concurrency {lowest}");
 }

@@ -198,6 +198,27 @@ async fn fail(
     }
 }
 
+/// The service behind the stage asked it to wait (a transient error with a retry-after hint):
+/// one place fewer for its attempts (see [`super::adaptive`]).
+fn slow_down(stage: &StageRt, key: &str, error: &StageError) {
+    let limit = stage.adaptive.overloaded();
+    if !stage
+        .slowed
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            stage = %stage.name,
+            key = %key,
+            error = %error.message,
+            concurrency = limit,
+            configured = stage.adaptive.max(),
+            "the service asks to slow down: fewer attempts at once, growing back as calls succeed"
+        );
+    } else {
+        tracing::debug!(stage = %stage.name, concurrency = limit, "concurrency lowered");
+    }
+}
+
 /// The retry loop around single attempts.
 async fn attempts(
     shared: &Arc<Shared>,
@@ -210,6 +231,11 @@ async fn attempts(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let place = tokio::select! {
+            biased;
+            () = hard.cancelled() => return Err(Ended::Interrupted),
+            place = stage.adaptive.acquire() => place,
+        };
         if let Some(limiter) = &stage.limiter {
             tokio::select! {
                 biased;
@@ -219,11 +245,15 @@ async fn attempts(
         }
         let began = std::time::Instant::now();
         let result = call(shared, stage, key, record.clone(), attempt).await;
+        drop(place);
         if !matches!(result, Err(CallError::Cancelled)) {
             stage.stats.record_latency(began.elapsed());
         }
         let error = match result {
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => {
+                stage.adaptive.succeeded();
+                return Ok(outcome);
+            }
             Err(CallError::Cancelled) => return Err(Ended::Interrupted),
             Err(CallError::Timeout(t)) => {
                 stage.stats.timeouts.incr();
@@ -235,6 +265,9 @@ async fn attempts(
             }
             Err(CallError::Stage(e)) => e,
         };
+        if error.class == ErrorClass::Transient && error.retry_after.is_some() {
+            slow_down(stage, key, &error);
+        }
         if error.class != ErrorClass::Transient || attempt >= retry.attempts {
             return Err(Ended::Failed {
                 error,

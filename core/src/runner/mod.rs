@@ -6,6 +6,7 @@
 //! through one tracker; a checkpoint writer; the heartbeat; the signal watcher. Shutdown is
 //! close → cancel → wait, driven by [`control::Control`].
 
+mod adaptive;
 mod call;
 pub(crate) mod control;
 mod item;
@@ -109,6 +110,10 @@ pub(crate) struct StageRt {
     pub stats: StageStats,
     /// The stage's own figures (see [`crate::Meter`]).
     pub meter: crate::Meter,
+    /// How many attempts may be under way, adapted to the service's overload signals.
+    pub adaptive: adaptive::Adaptive,
+    /// Whether the stage has been told to slow down yet (logged once).
+    pub slowed: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) struct Totals {
@@ -177,6 +182,8 @@ fn build_stages(
             limiter,
             stats: StageStats::default(),
             meter: cx.meter,
+            adaptive: adaptive::Adaptive::new(stage.policy.concurrency),
+            slowed: std::sync::atomic::AtomicBool::new(false),
         });
     }
     Ok(out)

@@ -146,6 +146,9 @@ pub struct StageSummary {
     pub abandoned: u64,
     /// Attempt latency.
     pub latency: Option<Latency>,
+    /// The lowest its concurrency went when the service behind it asked it to slow down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lowest_concurrency: Option<usize>,
     /// The stage's own figures (an LLM stage's calls, cache hits, tokens, cost).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub figures: std::collections::BTreeMap<String, f64>,
@@ -216,6 +219,7 @@ pub(crate) fn summarize(
             panics: s.stats.panics.get(),
             abandoned: s.stats.abandoned_total.get(),
             latency: s.stats.latency(),
+            lowest_concurrency: s.adaptive.lowest(),
             figures: s.meter.snapshot(),
         })
         .collect();
@@ -274,11 +278,14 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
                     l.p50_ms, l.p95_ms, l.max_ms
                 )
             });
-            let figures: String = s
+            let mut figures: String = s
                 .figures
                 .iter()
                 .map(|(name, value)| format!(" {name}={}", fmt_figure(*value)))
                 .collect();
+            if let Some(lowest) = s.lowest_concurrency {
+                figures.push_str(&format!(" lowest_concurrency={lowest}"));
+            }
             format!(
                 "{}: done={} failed={} skipped={} retries={} timeouts={} abandoned={}{latency}{figures}",
                 s.name, s.done, s.failed, s.skipped, s.retries, s.timeouts, s.abandoned
