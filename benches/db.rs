@@ -27,9 +27,9 @@
 
 mod common;
 
-use common::{progress, thousands, wait4};
+use common::{event_times, progress, thousands, timeval, wait4};
 use std::collections::HashSet;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -605,42 +605,25 @@ fn measure(mut cmd: Command, log: &Path) -> io::Result<Run> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut log = std::fs::File::create(log)?;
+    let log = std::fs::File::create(log)?;
     let began = Instant::now();
     let mut child = cmd.spawn()?;
     let stderr = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || {
-        let mut at = [None; 3];
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let now = began.elapsed();
-            let _ = writeln!(log, "{line}");
-            let message = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned));
-            let slot = match message.as_deref() {
-                Some("taking a new batch") => 0,
-                Some("run started") => 1,
-                Some("summary") => 2,
-                _ => continue,
-            };
-            at[slot] = Some(now);
-        }
-        at
-    });
+    let reader = event_times(
+        stderr,
+        began,
+        Some(log),
+        ["taking a new batch", "run started", "summary"],
+    );
     // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
     let (status, usage) = wait4(child.id())?;
     let wall = began.elapsed();
     let [taking, started, summarized] = reader.join().unwrap_or([None; 3]);
-    let time = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
     Ok(Run {
         status,
         wall,
         peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        client_cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        client_cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         server_cpu: None,
         transactions: None,
         taking,

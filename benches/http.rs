@@ -31,7 +31,7 @@
 
 mod common;
 
-use common::{progress, thousands, wait4};
+use common::{event_times, progress, thousands, timeval, wait4};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -447,7 +447,7 @@ fn measure(mut cmd: Command, server: &Server, log: &Path) -> io::Result<Measured
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut log = std::fs::File::create(log)?;
+    let log = std::fs::File::create(log)?;
     let connections_before = server.connections();
     let server_cpu_before = own_cpu();
     let began = Instant::now();
@@ -459,29 +459,13 @@ fn measure(mut cmd: Command, server: &Server, log: &Path) -> io::Result<Measured
         let _ = stdout.read_to_string(&mut text);
         text
     });
-    let err_reader = std::thread::spawn(move || {
-        let (mut started, mut summarized) = (None, None);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let at = began.elapsed();
-            let _ = writeln!(log, "{line}");
-            let message = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned));
-            match message.as_deref() {
-                Some("run started") => started = Some(at),
-                Some("summary") => summarized = Some(at),
-                _ => {}
-            }
-        }
-        (started, summarized)
-    });
+    let err_reader = event_times(stderr, began, Some(log), ["run started", "summary"]);
     // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
     let (status, usage) = wait4(child.id())?;
     let wall = began.elapsed();
     let server_cpu = own_cpu().saturating_sub(server_cpu_before);
     let stdout = out_reader.join().unwrap_or_default();
-    let (started, summarized) = err_reader.join().unwrap_or((None, None));
+    let [started, summarized] = err_reader.join().unwrap_or([None; 2]);
     Ok(Measured {
         status,
         wall,
@@ -506,12 +490,6 @@ fn own_cpu() -> Duration {
     // SAFETY: zero is a valid `rusage` (plain integers), and getrusage has filled it in.
     let usage = unsafe { usage.assume_init() };
     timeval(usage.ru_utime) + timeval(usage.ru_stime)
-}
-
-fn timeval(t: libc::timeval) -> Duration {
-    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
-    let micros = u64::try_from(t.tv_usec).unwrap_or(0);
-    Duration::from_secs(secs) + Duration::from_micros(micros)
 }
 
 /// The first field of `/proc/loadavg`, or "unknown".
@@ -726,14 +704,7 @@ impl Median {
 
     /// A stage's attempt latency from the summary: "p50 … p95 … max …".
     fn stage_latency(&self, stage: &str) -> Option<String> {
-        let stages = self.summary.as_ref()?["stages"].as_array()?;
-        let l = &stages.iter().find(|s| s["name"] == stage)?["latency"];
-        Some(format!(
-            "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
-            l["p50_ms"].as_f64()?,
-            l["p95_ms"].as_f64()?,
-            l["max_ms"].as_f64()?
-        ))
+        common::stage_latency(self.summary.as_ref(), stage)
     }
 }
 

@@ -36,10 +36,10 @@ mod common;
 #[path = "../tests/util/llm.rs"]
 mod llm_server;
 
-use common::{progress, thousands, wait4};
+use common::{event_times, progress, thousands, timeval, wait4};
 use llm_server::{LlmConfig, LlmServer, Scenario};
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -519,31 +519,15 @@ fn measure(mut cmd: Command, log: &Path) -> io::Result<Measured> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut log = std::fs::File::create(log)?;
+    let log = std::fs::File::create(log)?;
     let began = Instant::now();
     let mut child = cmd.spawn()?;
     let stderr = child.stderr.take().expect("stderr is piped");
-    let err_reader = std::thread::spawn(move || {
-        let (mut started, mut summarized) = (None, None);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let at = began.elapsed();
-            let _ = writeln!(log, "{line}");
-            let message = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned));
-            match message.as_deref() {
-                Some("run started") => started = Some(at),
-                Some("summary") => summarized = Some(at),
-                _ => {}
-            }
-        }
-        (started, summarized)
-    });
+    let err_reader = event_times(stderr, began, Some(log), ["run started", "summary"]);
     // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
     let (status, usage) = wait4(child.id())?;
     let wall = began.elapsed();
-    let (started, summarized) = err_reader.join().unwrap_or((None, None));
+    let [started, summarized] = err_reader.join().unwrap_or([None; 2]);
     Ok(Measured {
         status,
         began,
@@ -553,12 +537,6 @@ fn measure(mut cmd: Command, log: &Path) -> io::Result<Measured> {
         started,
         summarized,
     })
-}
-
-fn timeval(t: libc::timeval) -> Duration {
-    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
-    let micros = u64::try_from(t.tv_usec).unwrap_or(0);
-    Duration::from_secs(secs) + Duration::from_micros(micros)
 }
 
 /// The first field of `/proc/loadavg`, or "unknown".
@@ -646,14 +624,7 @@ impl Median {
 
     /// A stage's attempt latency from the summary: "p50 … p95 … max …".
     fn stage_latency(&self, stage: &str) -> Option<String> {
-        let stages = self.summary.as_ref()?["stages"].as_array()?;
-        let l = &stages.iter().find(|s| s["name"] == stage)?["latency"];
-        Some(format!(
-            "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
-            l["p50_ms"].as_f64()?,
-            l["p95_ms"].as_f64()?,
-            l["max_ms"].as_f64()?
-        ))
+        common::stage_latency(self.summary.as_ref(), stage)
     }
 }
 

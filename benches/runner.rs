@@ -28,8 +28,8 @@
 
 mod common;
 
-use common::{progress, thousands, wait4};
-use std::io::{self, BufRead, BufReader, Write};
+use common::{event_times, progress, thousands, wait4};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -528,34 +528,16 @@ fn measure(mut cmd: Command, log: Option<&Path>) -> io::Result<Measured> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut log = log.map(std::fs::File::create).transpose()?;
+    let log = log.map(std::fs::File::create).transpose()?;
     let began = Instant::now();
     let mut child = cmd.spawn()?;
     let stderr = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || {
-        let (mut started, mut summarized) = (None, None);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let at = began.elapsed();
-            if let Some(log) = log.as_mut() {
-                let _ = writeln!(log, "{line}");
-            }
-            let message = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned));
-            match message.as_deref() {
-                Some("run started") => started = Some(at),
-                Some("summary") => summarized = Some(at),
-                _ => {}
-            }
-        }
-        (started, summarized)
-    });
+    let reader = event_times(stderr, began, log, ["run started", "summary"]);
     // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
     let (status, usage) = wait4(child.id())?;
     let peak_rss_kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
     let wall = began.elapsed();
-    let (started, summarized) = reader.join().unwrap_or((None, None));
+    let [started, summarized] = reader.join().unwrap_or([None; 2]);
     Ok(Measured {
         status,
         wall,
@@ -723,14 +705,7 @@ impl Median {
 
     /// A stage's attempt latency from the summary: "p50 … p95 … max …".
     fn stage_latency(&self, stage: &str) -> Option<String> {
-        let stages = self.summary.as_ref()?["stages"].as_array()?;
-        let l = &stages.iter().find(|s| s["name"] == stage)?["latency"];
-        Some(format!(
-            "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
-            l["p50_ms"].as_f64()?,
-            l["p95_ms"].as_f64()?,
-            l["max_ms"].as_f64()?
-        ))
+        common::stage_latency(self.summary.as_ref(), stage)
     }
 }
 
