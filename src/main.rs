@@ -79,6 +79,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: Format,
     },
+    /// Print a JSON Schema of pipeline.toml, for editors that complete and check TOML.
+    Schema,
     /// Dynamic stage plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -279,6 +281,7 @@ fn main() -> ExitCode {
             }
             Err(e) => invalid(&pipeline, &e, Report::Plain),
         },
+        Command::Schema => out(&format!("{:#}\n", spec::json_schema(&registry()))),
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
         Command::Status { pipeline, json } => {
             let loaded = match load(&pipeline, &registry(), Report::ErrorsOnly) {

@@ -5,8 +5,11 @@
 
 mod util;
 
+use std::path::{Path, PathBuf};
+
 use serde_json::Value;
-use util::{locate, Pipeline};
+use stagewise_core::Registry;
+use util::{locate, workspace_root, Cmd, Pipeline, TestDir};
 
 /// Settings from every origin: `[defaults]`, the `llm` kind's defaults, the file, built-ins.
 const ORIGINS: &str = r#"
@@ -360,4 +363,193 @@ fn plan_creates_nothing() {
     }
     assert_eq!(listing(), before, "plan must not create files");
     assert!(!p.dir.exists(".stagewise") && !p.dir.exists("data/source.db"));
+}
+
+/// `stagewise schema`, parsed; it must be a valid draft 2020-12 schema.
+fn schema() -> Value {
+    let dir = TestDir::new();
+    let out = Cmd::bare(dir.path(), "schema").output();
+    out.assert_code(0);
+    let schema: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("`stagewise schema` is not JSON ({e})\n{out}"));
+    assert_eq!(
+        schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+        "{out}"
+    );
+    if let Err(e) = jsonschema::meta::validate(&schema) {
+        panic!("not a valid JSON Schema: {e} at {}", e.instance_path());
+    }
+    schema
+}
+
+/// The kinds the `stagewise` binary registers.
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    stagewise_stages_util::register(&mut registry);
+    stagewise_stages_db::register(&mut registry);
+    stagewise_stages_http::register(&mut registry);
+    stagewise_stages_extract::register(&mut registry);
+    stagewise_stages_llm::register(&mut registry);
+    stagewise_core::plugin::register(&mut registry);
+    registry
+}
+
+/// The problems of a TOML file against the schema, as `(instance path, message)`.
+fn problems(schema: &Value, toml_text: &str) -> Vec<(String, String)> {
+    let table: toml::Table = toml::from_str(toml_text).expect("valid TOML");
+    let instance = serde_json::to_value(table).expect("TOML converts to JSON");
+    let validator = jsonschema::validator_for(schema).expect("the schema compiles");
+    validator
+        .iter_errors(&instance)
+        .map(|e| (e.instance_path().to_string(), e.to_string()))
+        .collect()
+}
+
+#[test]
+fn schema_lists_every_key_of_every_kind() {
+    let schema = schema();
+    let defs = &schema["$defs"];
+    let resolve = |v: &Value| -> Value {
+        match v["$ref"].as_str() {
+            Some(r) => {
+                let name = r.strip_prefix("#/$defs/").expect("a local reference");
+                defs[name].clone()
+            }
+            None => v.clone(),
+        }
+    };
+    let root = &schema["properties"];
+    let mut missing = Vec::new();
+    for (table, keys) in stagewise_core::spec::section_keys() {
+        let section = resolve(&root[table]);
+        for key in keys {
+            let mut at = &section;
+            for part in key.split('.') {
+                at = &at["properties"][part];
+            }
+            if at.is_null() {
+                missing.push(format!("[{table}] {key}"));
+            }
+        }
+    }
+    let registry = registry();
+    let stage = resolve(&root["stage"]["items"]);
+    let kinds: Vec<&str> = registry.kinds().collect();
+    assert_eq!(
+        stage["properties"]["kind"]["enum"],
+        serde_json::json!(kinds)
+    );
+    let branches = stage["allOf"].as_array().expect("one branch per kind");
+    for kind in &kinds {
+        let branch = branches
+            .iter()
+            .find(|b| b["if"]["properties"]["kind"]["const"] == *kind)
+            .unwrap_or_else(|| panic!("no branch for kind `{kind}`"));
+        let own = resolve(&branch["then"]);
+        let (keys, _) = registry.describe(kind).expect("registered");
+        for key in keys {
+            if own["properties"][key].is_null() {
+                missing.push(format!("{kind}: {key}"));
+            }
+        }
+        // Unknown keys are errors everywhere but in a plugin's table (the plugin's own keys).
+        let strict = own["additionalProperties"] == false;
+        assert_eq!(strict, *kind != "plugin", "{kind}: {own:#}");
+    }
+    assert!(
+        missing.is_empty(),
+        "keys missing from the schema: {missing:?}"
+    );
+    assert_eq!(
+        defs["kind-llm"]["properties"]["provider"]["enum"],
+        serde_json::json!(["openai", "anthropic", "extractive"])
+    );
+    assert_eq!(
+        defs["kind-generate"]["required"],
+        serde_json::json!(["count"])
+    );
+}
+
+fn pipelines_under(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read examples/") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            pipelines_under(&path, found);
+        } else if path.file_name().is_some_and(|n| n == "pipeline.toml") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn shipped_pipelines_pass_the_schema() {
+    let schema = schema();
+    let root = workspace_root();
+    let mut pipelines = vec![root.join("pipeline.toml")];
+    pipelines_under(&root.join("examples"), &mut pipelines);
+    assert!(pipelines.len() >= 5, "{pipelines:?}");
+    for path in pipelines {
+        let text = std::fs::read_to_string(&path).expect("read pipeline");
+        let found = problems(&schema, &text);
+        if path.ends_with("examples/custom-runner/pipeline.toml") {
+            // Its `word-count` kind is compiled into that runner, not into `stagewise`.
+            assert!(
+                !found.is_empty() && found.iter().all(|(at, _)| at == "/stage/1/kind"),
+                "{}: {found:?}",
+                path.display()
+            );
+        } else {
+            assert!(found.is_empty(), "{}: {found:?}", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_schema_rejects_what_validate_rejects_by_key_or_type() {
+    let schema = schema();
+    let good = util::dedent(
+        r#"
+        [pipeline]
+        name = "good"
+
+        [defaults]
+        retry = { attempts = 2 }
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1ms"
+        timeout = "1s"
+
+        [[stage]]
+        name = "plug"
+        kind = "plugin"
+        path = "libx.so"
+        anything = { the = "plugin's" }
+        "#,
+    );
+    assert_eq!(problems(&schema, &good), vec![], "the base case passes");
+    let cases = [
+        ("duration = \"1ms\"", "duraton = \"1ms\"", "/stage/1"),
+        ("name = \"good\"", "name = \"good\"\nbatch = 5", "/pipeline"),
+        ("attempts = 2", "atempts = 2", "/defaults/retry"),
+        ("count = 3", "count = \"three\"", "/stage/0/count"),
+        ("kind = \"sleep\"", "kind = \"slep\"", "/stage/1/kind"),
+        ("path = \"libx.so\"\n", "", "/stage/2"),
+        ("[defaults]", "[default]", ""),
+    ];
+    for (from, to, at) in cases {
+        assert!(good.contains(from), "{from}");
+        let bad = good.replacen(from, to, 1);
+        let found = problems(&schema, &bad);
+        assert!(
+            found.iter().any(|(path, _)| path == at),
+            "`{to}` should fail at `{at}`: {found:?}"
+        );
+    }
 }

@@ -6,6 +6,8 @@ mod de;
 mod keys;
 mod located;
 mod plan;
+mod schema;
+mod shape;
 pub(crate) mod types;
 
 use std::collections::HashSet;
@@ -19,6 +21,8 @@ pub(crate) use keys::struct_fields;
 pub use located::Place;
 use located::{KeyPath, Origins, Substitutions};
 pub use plan::{Origin, Plan, Setting, StagePlan};
+pub use schema::json_schema;
+pub(crate) use shape::schema_of;
 use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
 pub use types::{MaxFailures, RateLimit};
 
