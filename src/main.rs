@@ -51,8 +51,10 @@ enum Command {
         #[arg(default_value = "pipeline.toml")]
         pipeline: PathBuf,
     },
-    /// Show every setting after resolution and where it came from (file, environment,
-    /// `[defaults]`, the stage's kind, or the built-in default). Runs and opens nothing.
+    /// Show every setting after resolution and where it came from; runs and opens nothing.
+    ///
+    /// Each value's origin is a place in the file, an environment override, `[defaults]`, the
+    /// stage's kind, or the built-in default. Secrets are shown as `***`.
     Plan {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]
