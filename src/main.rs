@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use stagewise_core::spec::{self, Diagnostic, Loaded, Severity};
+use stagewise_core::spec::{self, ConfigError, Diagnostic, Loaded, Severity};
 use stagewise_core::telemetry::{self, LogFormat};
 use stagewise_core::{commands, Registry, RunOptions};
 
@@ -51,6 +51,18 @@ enum Command {
         #[arg(default_value = "pipeline.toml")]
         pipeline: PathBuf,
     },
+    /// Show every setting after resolution and where it came from; runs and opens nothing.
+    ///
+    /// Each value's origin is a place in the file, an environment override, `[defaults]`, the
+    /// stage's kind, or the built-in default. Secrets are shown as `***`.
+    Plan {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the latest run: counts per state and stage, failed items with their errors.
     Status {
         /// The pipeline file.
@@ -69,6 +81,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: Format,
     },
+    /// Print a JSON Schema of pipeline.toml, for editors that complete and check TOML.
+    Schema,
     /// Dynamic stage plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -152,22 +166,25 @@ fn load(path: &std::path::Path, registry: &Registry, report: Report) -> Result<L
             print_diagnostics(&loaded.warnings, report);
             Ok(loaded)
         }
-        Err(e) => {
-            print_diagnostics(&e.diagnostics, report);
-            let errors = e
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-                .count();
-            let message = format!("{} has {errors} error(s); nothing was run", path.display());
-            if report == Report::Logged {
-                tracing::error!("{message}");
-            } else {
-                eprintln!("error: {message}");
-            }
-            Err(ExitCode::from(EXIT_CONFIG))
-        }
+        Err(e) => Err(invalid(path, &e, report)),
     }
+}
+
+/// Report a file that failed validation; the exit code.
+fn invalid(path: &std::path::Path, e: &ConfigError, report: Report) -> ExitCode {
+    print_diagnostics(&e.diagnostics, report);
+    let errors = e
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let message = format!("{} has {errors} error(s); nothing was run", path.display());
+    if report == Report::Logged {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn run(path: &std::path::Path, format: Format, options: RunOptions) -> ExitCode {
@@ -255,6 +272,18 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Plan { pipeline, json } => match spec::plan(&pipeline, &registry()) {
+            Ok(planned) => {
+                print_diagnostics(&planned.warnings, Report::Plain);
+                if json {
+                    out(&format!("{:#}\n", planned.plan.to_json()))
+                } else {
+                    out(&planned.plan.render())
+                }
+            }
+            Err(e) => invalid(&pipeline, &e, Report::Plain),
+        },
+        Command::Schema => out(&format!("{:#}\n", spec::json_schema(&registry()))),
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
         Command::Status { pipeline, json } => {
             let loaded = match load(&pipeline, &registry(), Report::ErrorsOnly) {

@@ -8,7 +8,9 @@
 //! item after each stage so a restart resumes mid-batch, stops in order on signals and
 //! `max_run_time`, and logs a heartbeat and a summary.
 //!
-//! - [`spec`]: reading and validating `pipeline.toml` (raw → validated → built).
+//! - [`spec`]: reading and validating `pipeline.toml` (raw → validated → built); what a file
+//!   resolves to and where each value came from ([`spec::plan`]); its JSON Schema
+//!   ([`spec::json_schema`]).
 //! - [`Registry`] and [`StageKind`]: how stage crates plug their kinds in.
 //! - [`plugin`]: the host of dynamic plugins (`kind = "plugin"`), built with `stagewise-plugin`.
 //! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.

@@ -106,59 +106,141 @@ impl Retry {
     }
 }
 
+/// The layer a resolved policy value came from, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layer {
+    /// The stage's own table.
+    Stage,
+    /// `[defaults]`.
+    Defaults,
+    /// The stage kind's [`KindDefaults`].
+    Kind,
+    /// The built-in default.
+    BuiltIn,
+    /// Not configurable here: a source runs one read at a time.
+    Source,
+}
+
+/// The layer of each resolved policy key, by dotted key (`"retry.attempts"`), in the order
+/// `plan` shows them.
+pub(crate) type Layers = Vec<(&'static str, Layer)>;
+
+/// The first of `stage`, `defaults`, `kind` that is set, else `builtin`; its layer goes to
+/// `layers` under `key`.
+fn pick<T>(
+    layers: &mut Layers,
+    key: &'static str,
+    stage: Option<T>,
+    defaults: Option<T>,
+    kind: Option<T>,
+    builtin: T,
+) -> T {
+    let (value, layer) = match (stage, defaults, kind) {
+        (Some(v), _, _) => (v, Layer::Stage),
+        (None, Some(v), _) => (v, Layer::Defaults),
+        (None, None, Some(v)) => (v, Layer::Kind),
+        (None, None, None) => (builtin, Layer::BuiltIn),
+    };
+    layers.push((key, layer));
+    value
+}
+
 impl Policy {
-    /// Resolve a stage's policy: stage keys, then `[defaults]`, then the kind, then built-ins.
+    /// Resolve a stage's policy: stage keys, then `[defaults]`, then the kind, then built-ins;
+    /// with the layer each value came from (for `plan`).
     pub(crate) fn resolve(
         stage: &PolicySpec,
         defaults: &PolicySpec,
         kind: &KindDefaults,
         is_source: bool,
-    ) -> Policy {
+    ) -> (Policy, Layers) {
         let sr = stage.retry.clone().unwrap_or_default();
         let dr = defaults.retry.clone().unwrap_or_default();
+        let mut layers = Layers::new();
+        let l = &mut layers;
+        let timeout = pick(
+            l,
+            "timeout",
+            stage.timeout,
+            defaults.timeout,
+            kind.timeout,
+            builtin::TIMEOUT,
+        );
+        let retry = Retry {
+            attempts: pick(
+                l,
+                "retry.attempts",
+                sr.attempts,
+                dr.attempts,
+                kind.attempts,
+                builtin::ATTEMPTS,
+            ),
+            initial: pick(
+                l,
+                "retry.initial",
+                sr.initial,
+                dr.initial,
+                None,
+                builtin::INITIAL,
+            ),
+            max: pick(
+                l,
+                "retry.max",
+                sr.max,
+                dr.max,
+                kind.backoff_max,
+                builtin::MAX,
+            ),
+            multiplier: pick(
+                l,
+                "retry.multiplier",
+                sr.multiplier,
+                dr.multiplier,
+                None,
+                builtin::MULTIPLIER,
+            ),
+            jitter: pick(l, "retry.jitter", sr.jitter, dr.jitter, None, true),
+        };
         let concurrency = if is_source {
+            l.push(("concurrency", Layer::Source));
             1
         } else {
-            stage
-                .concurrency
-                .or(defaults.concurrency)
-                .or(kind.concurrency)
-                .unwrap_or(builtin::CONCURRENCY)
+            pick(
+                l,
+                "concurrency",
+                stage.concurrency,
+                defaults.concurrency,
+                kind.concurrency,
+                builtin::CONCURRENCY,
+            )
         };
-        Policy {
-            timeout: stage
-                .timeout
-                .or(defaults.timeout)
-                .or(kind.timeout)
-                .unwrap_or(builtin::TIMEOUT),
-            retry: Retry {
-                attempts: sr
-                    .attempts
-                    .or(dr.attempts)
-                    .or(kind.attempts)
-                    .unwrap_or(builtin::ATTEMPTS),
-                initial: sr.initial.or(dr.initial).unwrap_or(builtin::INITIAL),
-                max: sr
-                    .max
-                    .or(dr.max)
-                    .or(kind.backoff_max)
-                    .unwrap_or(builtin::MAX),
-                multiplier: sr
-                    .multiplier
-                    .or(dr.multiplier)
-                    .unwrap_or(builtin::MULTIPLIER),
-                jitter: sr.jitter.or(dr.jitter).unwrap_or(true),
-            },
+        let rate_limit = pick(
+            l,
+            "rate_limit",
+            stage.rate_limit.map(Some),
+            defaults.rate_limit.map(Some),
+            None,
+            None,
+        );
+        // More stuck calls than threads cannot happen: once every thread is stuck, the stage
+        // is wedged whatever the setting says.
+        let max_abandoned = pick(
+            l,
+            "max_abandoned",
+            stage.max_abandoned,
+            defaults.max_abandoned,
+            None,
             concurrency,
-            rate_limit: stage.rate_limit.or(defaults.rate_limit),
-            // More stuck calls than threads cannot happen: once every thread is stuck, the stage
-            // is wedged whatever the setting says.
-            max_abandoned: stage
-                .max_abandoned
-                .or(defaults.max_abandoned)
-                .unwrap_or(concurrency)
-                .min(concurrency),
-        }
+        )
+        .min(concurrency);
+        let policy = Policy {
+            timeout,
+            retry,
+            concurrency,
+            rate_limit,
+            max_abandoned,
+        };
+        (policy, layers)
     }
 
     /// The longest one item can spend in this stage: every attempt timing out, with the
@@ -296,16 +378,32 @@ mod tests {
             concurrency: Some(16),
             ..KindDefaults::default()
         };
-        let p = Policy::resolve(&stage, &defaults, &kind, false);
+        let p = Policy::resolve(&stage, &defaults, &kind, false).0;
         assert_eq!(p.timeout, Duration::from_secs(1));
         assert_eq!(p.concurrency, 8);
         assert_eq!(p.retry.attempts, 9);
         assert_eq!(p.retry.initial, builtin::INITIAL);
         assert_eq!(p.max_abandoned, 8);
         assert_eq!(
-            Policy::resolve(&stage, &defaults, &kind, true).concurrency,
+            Policy::resolve(&stage, &defaults, &kind, true)
+                .0
+                .concurrency,
             1
         );
+        let (_, layers) = Policy::resolve(&stage, &defaults, &kind, false);
+        let layer = |key: &str| layers.iter().find(|(k, _)| *k == key).map(|(_, l)| *l);
+        let cases = [
+            ("timeout", Layer::Stage),
+            ("concurrency", Layer::Defaults),
+            ("retry.attempts", Layer::Kind),
+            ("retry.initial", Layer::BuiltIn),
+            ("rate_limit", Layer::BuiltIn),
+        ];
+        for (key, want) in cases {
+            assert_eq!(layer(key), Some(want), "{key}");
+        }
+        let (_, layers) = Policy::resolve(&stage, &defaults, &kind, true);
+        assert!(layers.contains(&("concurrency", Layer::Source)));
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub(crate) trait DynKind: Send + Sync {
     fn roles(&self) -> &'static [Role];
     /// The kind's own keys. A plugin stage has more: those its library's schema declares.
     fn keys(&self) -> &'static [&'static str];
+    /// The JSON Schema of the kind's own keys (for `stagewise schema`).
+    fn schema(&self) -> serde_json::Value;
     fn defaults(&self) -> KindDefaults;
     /// Deserialize and check, collecting every problem. `base_dir` is the pipeline file's
     /// folder, for kinds whose keys depend on a file (a plugin's schema).
@@ -161,6 +163,10 @@ impl<K: StageKind> DynKind for K {
 
     fn keys(&self) -> &'static [&'static str] {
         crate::spec::struct_fields::<K::Config>()
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        crate::spec::schema_of::<K::Config>()
     }
 
     fn defaults(&self) -> KindDefaults {

@@ -167,8 +167,13 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(dir: &Path, subcommand: &str, pipeline: &str) -> Cmd {
+        Cmd::bare(dir, subcommand).arg(pipeline)
+    }
+
+    /// `stagewise <subcommand>` without a pipeline argument (`schema`).
+    pub fn bare(dir: &Path, subcommand: &str) -> Cmd {
         let mut command = Command::new(bin());
-        command.current_dir(dir).arg(subcommand).arg(pipeline);
+        command.current_dir(dir).arg(subcommand);
         // The developer's shell must not leak overrides or filters into the run under test.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("STAGEWISE_") {
@@ -179,7 +184,7 @@ impl Cmd {
         Cmd {
             command,
             timeout: KILL_GUARD,
-            line: format!("stagewise {subcommand} {pipeline}"),
+            line: format!("stagewise {subcommand}"),
         }
     }
 

@@ -159,6 +159,18 @@ impl DynKind for PluginKind {
         HOST_KEYS
     }
 
+    fn schema(&self) -> serde_json::Value {
+        // Without the library, any other key may be the plugin's.
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "path": { "type": "string", "description": "the plugin library (relative to the pipeline file)" },
+                "plugin_kind": { "type": "string", "description": "which kind of the library to use, when it offers several" },
+            },
+            "required": ["path"],
+        })
+    }
+
     fn defaults(&self) -> KindDefaults {
         KindDefaults::default()
     }

@@ -77,11 +77,15 @@ impl Origins {
     /// The place of the key at `path` (`at_key`) or of its value, or of the nearest enclosing
     /// key that has one.
     pub(crate) fn place(&self, path: &[String], at_key: bool) -> Option<Place> {
+        // An override replaces the whole value at its path, so whatever lies under it comes
+        // from the variable, even where the file had a key of the same name.
         for len in (0..=path.len()).rev() {
-            let joined = join(&path[..len]);
-            if let Some(var) = self.env.get(&joined) {
+            if let Some(var) = self.env.get(&join(&path[..len])) {
                 return Some(Place::Env(var.clone()));
             }
+        }
+        for len in (0..=path.len()).rev() {
+            let joined = join(&path[..len]);
             if let Some((key, value)) = self.spans.get(&joined) {
                 let offset = if at_key || len < path.len() {
                     key.start
@@ -112,30 +116,41 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// The values taken from `${VAR}`: each string's path and the variables it names.
+pub(crate) type Substitutions = Vec<(KeyPath, Vec<String>)>;
+
 /// Replace `${VAR}` in every string value from `lookup`; `$${` stands for a literal `${`.
-/// Returns the paths and messages of the references that could not be resolved.
+/// Records the strings that named variables in `used`, and returns in `problems` the paths
+/// and messages of the references that could not be resolved.
 pub(crate) fn substitute_env(
     value: &mut toml::Value,
     path: &mut KeyPath,
     lookup: &dyn Fn(&str) -> Option<String>,
+    used: &mut Substitutions,
     problems: &mut Vec<(KeyPath, String)>,
 ) {
     match value {
-        toml::Value::String(s) if s.contains('$') => match expand(s, lookup) {
-            Ok(expanded) => *s = expanded,
-            Err(message) => problems.push((path.clone(), message)),
-        },
+        toml::Value::String(s) if s.contains('$') => {
+            let mut vars = Vec::new();
+            match expand(s, lookup, &mut vars) {
+                Ok(expanded) => *s = expanded,
+                Err(message) => problems.push((path.clone(), message)),
+            }
+            if !vars.is_empty() {
+                used.push((path.clone(), vars));
+            }
+        }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 path.push(i.to_string());
-                substitute_env(item, path, lookup, problems);
+                substitute_env(item, path, lookup, used, problems);
                 path.pop();
             }
         }
         toml::Value::Table(table) => {
             for (key, item) in table.iter_mut() {
                 path.push(key.clone());
-                substitute_env(item, path, lookup, problems);
+                substitute_env(item, path, lookup, used, problems);
                 path.pop();
             }
         }
@@ -143,7 +158,12 @@ pub(crate) fn substitute_env(
     }
 }
 
-fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// `s` with its `${VAR}`s replaced; the names of the variables it read go to `vars`.
+fn expand(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    vars: &mut Vec<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -167,6 +187,7 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, St
             }
             let value =
                 lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            vars.push(name.to_owned());
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {
@@ -301,7 +322,7 @@ mod tests {
             ("${1X}", Err("invalid")),
         ];
         for (input, want) in cases {
-            match (expand(input, &lookup), want) {
+            match (expand(input, &lookup, &mut Vec::new()), want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
                 (Err(got), Err(want)) => assert!(got.contains(want), "{input}: {got}"),
                 (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
@@ -346,5 +367,45 @@ mod tests {
             origins.place(&name, true),
             Some(Place::File { line: 4, col: 1 })
         );
+    }
+
+    #[test]
+    fn an_override_of_a_table_hides_the_keys_the_file_had_in_it() {
+        let text = "[defaults]\nretry = { attempts = 2 }\n";
+        let mut doc: toml::Table = toml::from_str(text).expect("toml");
+        let parsed = toml::de::DeTable::parse(text).expect("toml");
+        let mut origins = Origins::new(text, parsed.get_ref());
+        let var = "STAGEWISE_DEFAULTS__RETRY".to_owned();
+        let vars = vec![(var.clone(), "{ attempts = 5 }".to_owned())];
+        apply_overrides(&mut doc, &vars, &mut origins, &mut Vec::new());
+        let path: Vec<String> = ["defaults", "retry", "attempts"].map(String::from).to_vec();
+        assert_eq!(origins.place(&path, true), Some(Place::Env(var)));
+    }
+
+    #[test]
+    fn substitutions_name_their_variables() {
+        let mut value = toml::Value::Table(
+            toml::from_str("a = \"${X}-${Y}\"\nb = [\"$${X}\", \"${X}\"]\nc = \"plain\"")
+                .expect("toml"),
+        );
+        let lookup = |_: &str| Some("v".to_owned());
+        let (mut used, mut problems) = (Vec::new(), Vec::new());
+        substitute_env(
+            &mut value,
+            &mut Vec::new(),
+            &lookup,
+            &mut used,
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let path = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect::<KeyPath>();
+        assert_eq!(
+            used,
+            vec![
+                (path(&["a"]), vec!["X".to_owned(), "Y".to_owned()]),
+                (path(&["b", "1"]), vec!["X".to_owned()]),
+            ]
+        );
+        assert_eq!(value["b"][0].as_str(), Some("${X}"));
     }
 }

@@ -5,6 +5,9 @@
 mod de;
 mod keys;
 mod located;
+mod plan;
+mod schema;
+mod shape;
 pub(crate) mod types;
 
 use std::collections::HashSet;
@@ -16,11 +19,14 @@ pub(crate) use de::deserialize_all;
 pub use keys::section_keys;
 pub(crate) use keys::struct_fields;
 pub use located::Place;
-use located::{KeyPath, Origins};
+use located::{KeyPath, Origins, Substitutions};
+pub use plan::{Origin, Plan, Setting, StagePlan};
+pub use schema::json_schema;
+pub(crate) use shape::schema_of;
 use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
 pub use types::{MaxFailures, RateLimit};
 
-use crate::policy::Policy;
+use crate::policy::{Layers, Policy};
 use crate::registry::{KeyProblem, KeyProblemKind, Registry, Role};
 
 const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
@@ -142,12 +148,30 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// A pipeline's resolved settings with their origins, and the warnings found while validating it.
+#[derive(Debug)]
+pub struct Planned {
+    /// Every setting and where it came from.
+    pub plan: Plan,
+    /// Warnings (the timing-budget check among them).
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// The `STAGEWISE_…` variables of the process environment.
+fn env_overrides() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("STAGEWISE_"))
+        .collect()
+}
+
 /// Read, validate and resolve a pipeline file with the process environment.
 pub fn load(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
-    let vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("STAGEWISE_"))
-        .collect();
-    load_with(path, registry, &|name| std::env::var(name).ok(), &vars)
+    load_with(
+        path,
+        registry,
+        &|name| std::env::var(name).ok(),
+        &env_overrides(),
+    )
 }
 
 /// [`load`] with an explicit environment, for tests.
@@ -157,6 +181,42 @@ pub fn load_with(
     lookup: &dyn Fn(&str) -> Option<String>,
     overrides: &[(String, String)],
 ) -> Result<Loaded, ConfigError> {
+    validated(path, registry, lookup, overrides).map(|(loaded, _)| loaded)
+}
+
+/// Validate a pipeline file as [`load`] does (the same problems, the same resolution) and say
+/// where each resolved setting came from, for `stagewise plan`. Nothing is built or opened.
+pub fn plan(path: &Path, registry: &Registry) -> Result<Planned, ConfigError> {
+    plan_with(
+        path,
+        registry,
+        &|name| std::env::var(name).ok(),
+        &env_overrides(),
+    )
+}
+
+/// [`plan`] with an explicit environment, for tests.
+pub fn plan_with(
+    path: &Path,
+    registry: &Registry,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    overrides: &[(String, String)],
+) -> Result<Planned, ConfigError> {
+    let (loaded, v) = validated(path, registry, lookup, overrides)?;
+    Ok(Planned {
+        plan: plan::Plan::new(&loaded.pipeline, &v),
+        warnings: loaded.warnings,
+    })
+}
+
+/// The one validation behind [`load`] and [`plan`]: the pipeline, and the validator that still
+/// holds the file's spans and what the environment changed.
+fn validated(
+    path: &Path,
+    registry: &Registry,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    overrides: &[(String, String)],
+) -> Result<(Loaded, Validator), ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         diagnostics: vec![Diagnostic {
@@ -179,12 +239,11 @@ pub fn load_with(
         Some(Place::Env(_)) => (1, 0, 0),
         None => (2, 0, 0),
     });
-    let (errors, warnings): (Vec<_>, Vec<_>) = v
-        .diagnostics
+    let (errors, warnings): (Vec<_>, Vec<_>) = std::mem::take(&mut v.diagnostics)
         .into_iter()
         .partition(|d| d.severity == Severity::Error);
     match result {
-        Some(pipeline) if errors.is_empty() => Ok(Loaded { pipeline, warnings }),
+        Some(pipeline) if errors.is_empty() => Ok((Loaded { pipeline, warnings }, v)),
         _ => Err(ConfigError {
             diagnostics: errors.into_iter().chain(warnings).collect(),
         }),
@@ -194,7 +253,12 @@ pub fn load_with(
 struct Validator {
     file: String,
     origins: Origins,
+    /// The document with the environment applied: overrides and `${VAR}`s.
     doc: toml::Table,
+    /// The strings that took a `${VAR}`.
+    substitutions: Substitutions,
+    /// The layer of each policy value, per stage, in order (for `plan`).
+    layers: Vec<Layers>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -224,6 +288,8 @@ impl Validator {
             file,
             origins,
             doc,
+            substitutions: Substitutions::new(),
+            layers: Vec::new(),
             diagnostics: Vec::new(),
         })
     }
@@ -349,7 +415,13 @@ impl Validator {
         );
         let mut doc_value = toml::Value::Table(std::mem::take(&mut self.doc));
         let mut missing = Vec::new();
-        located::substitute_env(&mut doc_value, &mut Vec::new(), lookup, &mut missing);
+        located::substitute_env(
+            &mut doc_value,
+            &mut Vec::new(),
+            lookup,
+            &mut self.substitutions,
+            &mut missing,
+        );
         let toml::Value::Table(doc) = doc_value else {
             unreachable!("a table stays a table")
         };
@@ -646,13 +718,15 @@ impl Validator {
                 self.key_problems(&prefix, Some(&name), problems, &known);
                 ok = false;
             }
-            let policy = Policy::resolve(&spec, defaults, &kind.defaults(), role == Role::Source);
+            let (policy, layers) =
+                Policy::resolve(&spec, defaults, &kind.defaults(), role == Role::Source);
             for (key, message) in policy.check() {
                 let mut p = prefix.clone();
                 p.extend(key.split('.').map(str::to_owned));
                 self.error(&p, false, Some(&name), message);
                 ok = false;
             }
+            self.layers.push(layers);
             out.push(StageConfig {
                 name,
                 kind: kind_name,

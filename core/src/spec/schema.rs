@@ -1,0 +1,113 @@
+//! `stagewise schema`: a JSON Schema (draft 2020-12) of `pipeline.toml`, so that editors
+//! (Taplo, Even Better TOML) can complete keys and flag mistakes as they are typed.
+//!
+//! It is made from the same types the validator reads ([`super::shape`]) and from the kinds
+//! registered in the runner, so it cannot drift from what `validate` accepts by key or type.
+//! Checks beyond keys and types (a source first, `retry.initial` ≤ `retry.max`, a plugin's own
+//! keys) remain `validate`'s.
+
+use serde_json::{json, Value};
+
+use super::schema_of;
+use super::types::{CheckpointSpec, PipelineSpec, PolicySpec};
+use crate::registry::{Registry, Role};
+
+const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// The JSON Schema of a pipeline file for the kinds in `registry`.
+pub fn json_schema(registry: &Registry) -> Value {
+    let policy = schema_of::<PolicySpec>();
+    let mut pipeline = schema_of::<PipelineSpec>();
+    // A custom `Deserialize` that takes either; the probe sees only "anything".
+    pipeline["properties"]["max_failures"] = json!({
+        "type": ["integer", "string"],
+        "description": "a count (10) or a share of the batch (\"10%\")",
+    });
+
+    let kinds: Vec<&str> = registry.kinds().collect();
+    let mut stage_properties = json!({
+        "name": {
+            "type": "string",
+            "minLength": 1,
+            "description": "unique; used in logs, `status`, the checkpoint and environment overrides",
+        },
+        "kind": {
+            "enum": kinds,
+            "description": "the stage's kind: its own keys follow it",
+        },
+    });
+    let shared = policy["properties"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    stage_properties
+        .as_object_mut()
+        .expect("built as an object")
+        .extend(shared.clone());
+
+    let mut defs = serde_json::Map::new();
+    let mut branches = Vec::new();
+    for kind in &kinds {
+        let dyn_kind = registry.get(kind).expect("listed by the registry");
+        let mut schema = dyn_kind.schema();
+        // The branch checks the kind's own keys; the shared ones are typed on the stage itself
+        // and only need to be known here, so that `additionalProperties` lets them through.
+        let properties = schema["properties"]
+            .as_object_mut()
+            .expect("a kind's configuration is a table");
+        for key in shared.keys().map(String::as_str).chain(["name", "kind"]) {
+            properties.insert(key.to_owned(), json!(true));
+        }
+        let roles: Vec<&str> = dyn_kind.roles().iter().map(|r| Role::as_str(*r)).collect();
+        schema["description"] = json!(format!(
+            "the keys of `{kind}` stages ({})",
+            roles.join(" or ")
+        ));
+        let name = format!("kind-{kind}");
+        branches.push(json!({
+            "if": { "properties": { "kind": { "const": kind } }, "required": ["kind"] },
+            "then": { "$ref": format!("#/$defs/{name}") },
+        }));
+        defs.insert(name, schema);
+    }
+    defs.insert("policy".to_owned(), policy);
+    defs.insert(
+        "stage".to_owned(),
+        json!({
+            "type": "object",
+            "description": "one stage: a `name`, a `kind`, the policy keys of `[defaults]`, and its kind's own keys",
+            "properties": stage_properties,
+            "required": ["name", "kind"],
+            "allOf": branches,
+        }),
+    );
+
+    json!({
+        "$schema": DRAFT,
+        "title": "stagewise pipeline.toml",
+        "description": "A stagewise pipeline. `stagewise validate` checks what a schema cannot; docs/pipeline.md documents every key.",
+        "type": "object",
+        "properties": {
+            "pipeline": with_description(pipeline, "the run as a whole"),
+            "checkpoint": with_description(schema_of::<CheckpointSpec>(), "where progress is saved"),
+            "defaults": {
+                "$ref": "#/$defs/policy",
+                "description": "policy keys every stage inherits unless it sets its own",
+            },
+            "stage": {
+                "type": "array",
+                "minItems": 1,
+                "items": { "$ref": "#/$defs/stage" },
+                "description": "the stages in order: a source first, a sink (if any) last",
+            },
+        },
+        "required": ["pipeline", "stage"],
+        "additionalProperties": false,
+        "$defs": defs,
+    })
+}
+
+fn with_description(mut schema: Value, description: &str) -> Value {
+    schema["description"] = json!(description);
+    schema
+}
