@@ -120,7 +120,7 @@ async fn blocking(
         biased;
         () = shared.control.hard.cancelled() => CallError::Cancelled,
         r = tokio::time::timeout_at(deadline, &mut handle) => match r {
-            Ok(joined) => return finish(joined),
+            Ok(joined) => return late_is_timeout(finish(joined), &cx, timeout),
             Err(_) => CallError::Timeout(TimedOut { after: timeout }),
         },
     };
@@ -166,6 +166,25 @@ async fn blocking(
         });
     }
     Err(unfinished)
+}
+
+/// A blocking call that gave up with a transient error at its deadline (seeing
+/// [`Context::is_cancelled`] turn true) may return a moment before the runtime's timer fires:
+/// that attempt timed out, whatever the stage called it.
+fn late_is_timeout(
+    result: Result<Outcome, CallError>,
+    cx: &Context,
+    timeout: Duration,
+) -> Result<Outcome, CallError> {
+    match result {
+        Err(CallError::Stage(e))
+            if e.class == crate::stage::ErrorClass::Transient
+                && Instant::now() >= cx.deadline() =>
+        {
+            Err(CallError::Timeout(TimedOut { after: timeout }))
+        }
+        other => other,
+    }
 }
 
 type Joined = Result<std::thread::Result<Result<Outcome, StageError>>, tokio::task::JoinError>;
