@@ -512,3 +512,59 @@ fn over_the_services_limit_the_stage_adapts_and_loses_nothing() {
     let lowest = facts["lowest_concurrency"].as_u64().expect("lowered");
     assert!((1..=4).contains(&lowest), "lowest concurrency {lowest}");
 }
+
+#[test]
+fn a_schema_file_without_structured_output_still_checks_and_keys_the_cache() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-schema-file",
+        2,
+        &openai(
+            &server,
+            Scenario::Ok,
+            "schema_file = \"facts.schema.json\"\nstructured_output = false",
+        ),
+    );
+    let schema = json!({
+        "type": "object",
+        "properties": { "facts": { "type": "array", "items": { "type": "string" } } },
+        "required": ["facts"]
+    });
+    p.dir.write("facts.schema.json", schema.to_string());
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls(), 2);
+    let body = server.last_body().expect("a request");
+    assert!(body.get("response_format").is_none(), "{body}");
+    // The same request under another schema is another question, even though the schema is
+    // not sent: the cache must not answer it.
+    let mut stricter = schema.clone();
+    stricter["properties"]["summary"] = json!({ "type": "string" });
+    p.dir.write("facts.schema.json", stricter.to_string());
+    p.cmd("run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls(), 4);
+    // A schema the answer does not fit fails the items, quoting the answer.
+    stricter["required"] = json!(["facts", "sources"]);
+    p.dir.write("facts.schema.json", stricter.to_string());
+    p.cmd("run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(1);
+    let status = p.status();
+    assert!(
+        status
+            .failed
+            .iter()
+            .all(|f| f.error.contains("\"sources\" is a required property")
+                && f.error.contains("it begins: {")),
+        "{:?}",
+        status.failed
+    );
+}

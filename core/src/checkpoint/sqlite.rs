@@ -277,19 +277,34 @@ fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
                 message: "a SQLite database that is not a stagewise checkpoint store; it was not modified".into(),
             });
         }
-        conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-        ))
-        .map_err(corrupt)?;
     }
-    if version < 2 {
-        conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
-        ))
-        .map_err(corrupt)?;
+    // Each step only where needed: a current store is opened without taking the write lock.
+    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        if version < to {
+            step(conn, to, sql).map_err(corrupt)?;
+        }
     }
-    // Later versions add their steps here: `if version < 3 { … }`, each in a transaction.
+    // Later versions add their steps here: `step(conn, 3, SCHEMA_V3)`.
     Ok(())
+}
+
+/// Bring the schema to version `to` with `sql`, unless it is there already. The version is read
+/// again inside a write transaction, so two processes opening an old store at once upgrade it
+/// once, one after the other.
+fn step(conn: &Connection, to: i64, sql: &str) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let applied = (|| {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version < to {
+            conn.execute_batch(sql)?;
+            conn.pragma_update(None, "user_version", to)?;
+        }
+        conn.execute_batch("COMMIT")
+    })();
+    if applied.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    applied
 }
 
 fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, String)> {

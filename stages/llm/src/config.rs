@@ -107,6 +107,11 @@ pub struct LlmConfig {
     /// Longest wait to connect (default 10s).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Longest the server may send nothing while an answer is awaited (default: the attempt's
+    /// `timeout` alone bounds the call). The whole answer comes at once after the model has
+    /// written it, so this must allow for the longest generation.
+    #[serde(default, with = "humantime_serde")]
+    pub read_timeout: Option<Duration>,
     /// Sentences the `extractive` provider picks (default 8).
     #[serde(default = "default_max_sentences")]
     pub max_sentences: usize,

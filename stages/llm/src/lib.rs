@@ -196,7 +196,8 @@ impl StageKind for LlmKind {
                     .unwrap_or_else(|| provider.default_key_env().to_owned());
                 let key = std::env::var(&key_env)
                     .ok()
-                    .filter(|k| !k.trim().is_empty());
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty());
                 if key.is_none() && provider == Provider::Anthropic {
                     return Err(StageError::fatal(format!(
                         "the API key variable `{key_env}` is not set (set it, or `api_key_env` to the variable that holds the key)"
@@ -219,8 +220,11 @@ impl StageKind for LlmKind {
                     config.model.clone().unwrap_or_default(),
                     key,
                     key_env,
-                    config.connect_timeout,
-                    cx.concurrency,
+                    provider::Connection {
+                        connect_timeout: config.connect_timeout,
+                        read_timeout: config.read_timeout,
+                        concurrency: cx.concurrency,
+                    },
                 );
                 client.max_tokens = config.max_tokens;
                 client.temperature = config.temperature;
@@ -255,6 +259,8 @@ impl StageKind for LlmKind {
             validator,
             invalid_output_attempts: config.invalid_output_attempts,
             cache: if config.cache { cx.cache.clone() } else { None },
+            schema_hash: stage::hash(&[schema.to_string().as_bytes()]),
+            missing: Mutex::new(Default::default()),
             prices,
             budget: config.max_cost.map(|max| Budget {
                 max,

@@ -15,10 +15,30 @@ use crate::config::Provider;
 const ERROR_BODY_CHARS: usize = 300;
 /// Largest response body read.
 const MAX_BODY: u64 = 16 * 1024 * 1024;
+/// Largest error body read (for its message).
+const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// The Messages API version sent to Anthropic.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The name of the tool that carries a structured answer on Anthropic.
 const ANSWER_TOOL: &str = "answer";
+
+/// A call that produced no answer.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: StageError,
+    /// Whether the provider may have billed it: the request went out and the answer was lost
+    /// (a timeout or a broken connection while waiting), as opposed to refused (a status).
+    pub maybe_billed: bool,
+}
+
+impl Failure {
+    fn refused(error: StageError) -> Failure {
+        Failure {
+            error,
+            maybe_billed: false,
+        }
+    }
+}
 
 /// One answer, as the provider sent it.
 #[derive(Debug)]
@@ -37,8 +57,16 @@ pub enum Content {
     Text(String),
 }
 
-/// What a request needs besides the prompt.
-#[derive(Debug)]
+/// How the client connects: its time limits, and how many connections it keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub connect_timeout: Duration,
+    pub read_timeout: Option<Duration>,
+    /// Calls at once (idle connections kept).
+    pub concurrency: usize,
+}
+
+/// What a request needs besides the prompt. Its `Debug` leaves the key out.
 pub struct Client {
     pub provider: Provider,
     pub endpoint: String,
@@ -53,6 +81,18 @@ pub struct Client {
     pub agent: ureq::Agent,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("provider", &self.provider)
+            .field("endpoint", &self.endpoint)
+            .field("model", &self.model)
+            .field("key_env", &self.key_env)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     pub fn new(
         provider: Provider,
@@ -60,8 +100,7 @@ impl Client {
         model: String,
         key: Option<String>,
         key_env: String,
-        connect_timeout: Duration,
-        concurrency: usize,
+        connection: Connection,
     ) -> Client {
         let path = match provider {
             Provider::Anthropic => "messages",
@@ -71,11 +110,12 @@ impl Client {
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(concat!("stagewise/", env!("CARGO_PKG_VERSION")))
-            .timeout_connect(Some(connect_timeout))
+            .timeout_connect(Some(connection.connect_timeout))
+            .timeout_per_read(connection.read_timeout)
             // Keep a connection per thread of the pool: without it, most calls would open a
             // new connection (and TLS session) at full concurrency.
-            .max_idle_connections_per_host(concurrency.max(1))
-            .max_idle_connections(concurrency.max(1) * 2)
+            .max_idle_connections_per_host(connection.concurrency.max(1))
+            .max_idle_connections(connection.concurrency.max(1) * 2)
             .build()
             .into();
         Client {
@@ -121,9 +161,19 @@ impl Client {
                 messages.push(json!({ "role": "user", "content": prompt }));
                 let mut body = json!({
                     "model": self.model,
-                    "max_tokens": self.max_tokens,
                     "messages": messages,
                 });
+                // OpenAI's own API (and Azure's) took `max_tokens` over to
+                // `max_completion_tokens`, and its reasoning models refuse the old name; the
+                // servers that copy the API (Ollama, vLLM, llama.cpp…) know the old one.
+                let field = if self.endpoint.contains("openai.com")
+                    || self.endpoint.contains("openai.azure.com")
+                {
+                    "max_completion_tokens"
+                } else {
+                    "max_tokens"
+                };
+                body[field] = json!(self.max_tokens);
                 if let Some(schema) = &self.schema {
                     body["response_format"] = json!({
                         "type": "json_schema",
@@ -140,7 +190,7 @@ impl Client {
     }
 
     /// Send one request; `remaining` bounds it as a whole.
-    pub fn call(&self, body: &Value, remaining: Duration) -> Result<Reply, StageError> {
+    pub fn call(&self, body: &Value, remaining: Duration) -> Result<Reply, Failure> {
         let mut request = self
             .agent
             .post(self.endpoint.as_str())
@@ -162,21 +212,36 @@ impl Client {
             .timeout_global(Some(remaining))
             .build()
             .send(body.to_string().as_bytes())
-            .map_err(|e| classify_ureq_error(&e))?;
+            .map_err(|e| Failure {
+                maybe_billed: sent(&e),
+                error: self.scrub(classify_ureq_error(&e)),
+            })?;
         let status = response.status().as_u16();
         let hint = retry_hint(response.headers());
-        let mut text = String::new();
-        response
-            .into_body()
-            .into_reader()
-            .take(MAX_BODY)
-            .read_to_string(&mut text)
-            .map_err(|e| classify_read_error(&e))?;
+        let mut reader = response.into_body().into_reader();
+        let mut bytes = Vec::new();
         if status != 200 {
-            return Err(self.status_error(status, &text, hint));
+            // An error's body is only read for its message: a bounded, best-effort read.
+            let _ = (&mut reader).take(MAX_ERROR_BODY).read_to_end(&mut bytes);
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(Failure::refused(
+                self.scrub(self.status_error(status, &text, hint)),
+            ));
         }
+        reader
+            .take(MAX_BODY)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Failure {
+                error: self.scrub(classify_read_error(&e)),
+                maybe_billed: true,
+            })?;
+        let text = String::from_utf8_lossy(&bytes);
+        let garbled = |what: String| Failure {
+            error: self.scrub(StageError::transient(what)),
+            maybe_billed: true,
+        };
         let value: Value = serde_json::from_str(&text).map_err(|e| {
-            StageError::transient(format!(
+            garbled(format!(
                 "the API's response is not JSON ({e}): {}",
                 excerpt(&text, ERROR_BODY_CHARS)
             ))
@@ -186,12 +251,20 @@ impl Client {
             _ => openai_reply(&value),
         }
         .ok_or_else(|| {
-            StageError::transient(format!(
+            garbled(format!(
                 "the API's response has no answer where the {} API puts it: {}",
                 self.provider.as_str(),
                 excerpt(&text, ERROR_BODY_CHARS)
             ))
         })
+    }
+
+    /// An error message with the key taken out, should a server or proxy echo it back.
+    fn scrub(&self, mut error: StageError) -> StageError {
+        if let Some(key) = self.key.as_deref().filter(|k| k.len() >= 4) {
+            error.message = error.message.replace(key, "***");
+        }
+        error
     }
 
     fn status_error(&self, status: u16, body: &str, hint: Option<Duration>) -> StageError {
@@ -217,6 +290,27 @@ impl Client {
             _ => StageError::permanent(message),
         }
     }
+}
+
+/// Whether a failed request may have reached the provider and been answered (and billed)
+/// without the answer reaching us: anything but a failure to connect.
+fn sent(e: &ureq::Error) -> bool {
+    !matches!(
+        e,
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve)
+            | ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::BadUri(_)
+    )
+}
+
+/// A number of seconds as a wait, if it is one (a number, not negative), at most a day.
+fn seconds(secs: f64) -> Option<Duration> {
+    const DAY: f64 = 24.0 * 3600.0;
+    if secs.is_nan() {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.min(DAY)).ok()
 }
 
 /// The error message of an API error body, or an excerpt of the body.
@@ -305,10 +399,11 @@ fn anthropic_reply(v: &Value) -> Option<Reply> {
 /// The longest of the reset times wins: every limit must have reset before the retry.
 fn retry_hint(headers: &ureq::http::HeaderMap) -> Option<Duration> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
+    if let Some(wait) = get("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|ms| seconds(ms / 1000.0))
+    {
+        return Some(wait);
     }
     if let Some(wait) = get("retry-after").and_then(parse_retry_after) {
         return Some(wait);
@@ -362,7 +457,7 @@ fn go_duration(text: &str) -> Option<Duration> {
         total += number * scale;
         rest = &rest[unit_len..];
     }
-    total.is_finite().then(|| Duration::from_secs_f64(total))
+    seconds(total)
 }
 
 #[cfg(test)]
@@ -403,6 +498,45 @@ mod tests {
             wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn absurd_waits_are_capped_not_a_panic() {
+        let mut h = ureq::http::HeaderMap::new();
+        h.insert("retry-after-ms", "1e300".parse().expect("value"));
+        assert_eq!(retry_hint(&h), Some(Duration::from_secs(24 * 3600)));
+        let mut h = ureq::http::HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset-tokens",
+            "99999999999999999999h".parse().expect("value"),
+        );
+        assert_eq!(retry_hint(&h), Some(Duration::from_secs(24 * 3600)));
+        let mut h = ureq::http::HeaderMap::new();
+        h.insert("retry-after-ms", "-5".parse().expect("value"));
+        assert_eq!(retry_hint(&h), None);
+    }
+
+    #[test]
+    fn the_key_stays_out_of_debug_and_errors() {
+        let mut client = Client::new(
+            Provider::Openai,
+            "http://127.0.0.1:9/v1",
+            "m".into(),
+            Some("sk-secret-123".into()),
+            "OPENAI_API_KEY".into(),
+            Connection {
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: None,
+                concurrency: 1,
+            },
+        );
+        assert!(!format!("{client:?}").contains("sk-secret-123"));
+        let echoed = client.scrub(StageError::transient("proxy said: bad key sk-secret-123"));
+        assert_eq!(echoed.message, "proxy said: bad key ***");
+        client.endpoint = "https://api.openai.com/v1/chat/completions".into();
+        let body = client.body(None, "hi");
+        assert_eq!(body["max_completion_tokens"], 1024);
+        assert!(body.get("max_tokens").is_none());
     }
 
     #[test]

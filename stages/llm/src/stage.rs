@@ -6,7 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use stagewise_core::{BlockingStage, Context, Meter, Outcome, Record, SharedCache, StageError};
+use stagewise_core::{
+    BlockingStage, Context, ErrorClass, Meter, Outcome, Record, SharedCache, StageError,
+};
 
 use crate::extractive::{self, Shape};
 use crate::provider::{excerpt, Client, Content, Reply};
@@ -37,6 +39,11 @@ pub(crate) struct Llm {
     pub invalid_output_attempts: u32,
     /// `None` with `cache = false` (or outside a run).
     pub cache: Option<SharedCache>,
+    /// A hash of the answer's schema, part of every cache key (the request carries the schema
+    /// only with `structured_output`).
+    pub schema_hash: String,
+    /// Template fields found missing so far (each warned about once).
+    pub missing: Mutex<std::collections::HashSet<String>>,
     pub prices: Option<Prices>,
     pub budget: Option<Budget>,
     pub meter: Meter,
@@ -85,11 +92,24 @@ impl Budget {
     }
 }
 
-/// Why an answer is not usable.
+/// Why an answer is not usable; each carries the start of the answer.
 enum Invalid {
-    NotJson(String),
-    Schema(String),
-    Cut,
+    NotJson { parse: String, answer: String },
+    Schema { problems: String, answer: String },
+    Cut { answer: String },
+}
+
+/// Longest schema problem quoted (a problem's text embeds the offending value).
+const PROBLEM_CHARS: usize = 200;
+
+/// A SHA-256 of `parts`, each followed by a NUL, in hex.
+pub(crate) fn hash(parts: &[&[u8]]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part);
+        hash.update([0]);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Llm {
@@ -99,6 +119,20 @@ impl Llm {
             .as_ref()
             .map(|t| t.render(record, self.max_input_chars));
         let prompt = self.prompt.render(record, self.max_input_chars);
+        for field in system
+            .iter()
+            .flat_map(|s| &s.missing)
+            .chain(&prompt.missing)
+        {
+            if lock(&self.missing).insert(field.clone()) {
+                tracing::warn!(
+                    stage = %self.stage,
+                    key = cx.key(),
+                    field = %field,
+                    "a prompt names a field this record does not have: it is left empty (warned once per field)"
+                );
+            }
+        }
         let cuts = system
             .iter()
             .flat_map(|s| &s.truncated)
@@ -119,46 +153,65 @@ impl Llm {
         (system.map(|s| s.text), prompt.text)
     }
 
-    /// The cache key: everything that determines the answer (the request names the provider's
-    /// API, model, prompts, schema and limits).
-    fn cache_key(client: &Client, body: &Value) -> String {
-        let mut hash = Sha256::new();
-        hash.update(client.provider.as_str().as_bytes());
-        hash.update([0]);
-        hash.update(client.endpoint.as_bytes());
-        hash.update([0]);
-        hash.update(body.to_string().as_bytes());
-        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    /// The cache key: everything that determines the answer — the provider's API and endpoint,
+    /// the request (model, prompts, limits, the schema when sent) and the schema itself.
+    fn cache_key(&self, client: &Client, body: &Value) -> String {
+        hash(&[
+            client.provider.as_str().as_bytes(),
+            client.endpoint.as_bytes(),
+            body.to_string().as_bytes(),
+            self.schema_hash.as_bytes(),
+        ])
     }
 
-    fn check(&self, value: &Value) -> Result<(), Invalid> {
+    /// The schema's complaints about `value`, at most three, each cut short.
+    fn check(&self, value: &Value) -> Result<(), String> {
         let problems: Vec<String> = self
             .validator
             .iter_errors(value)
             .take(3)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                format!("{e} (at {})", if at.is_empty() { "/" } else { &at })
+                let text = e.to_string();
+                format!(
+                    "{}{} (at {})",
+                    excerpt(&text, PROBLEM_CHARS),
+                    if text.chars().count() > PROBLEM_CHARS {
+                        "…"
+                    } else {
+                        ""
+                    },
+                    if at.is_empty() { "/" } else { &at }
+                )
             })
             .collect();
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Invalid::Schema(problems.join("; ")))
+            Err(problems.join("; "))
         }
     }
 
     fn parse(&self, reply: &Reply) -> Result<Value, Invalid> {
+        let answer = || match &reply.content {
+            Content::Json(v) => excerpt(&v.to_string(), QUOTED_ANSWER).to_owned(),
+            Content::Text(t) => excerpt(t, QUOTED_ANSWER).to_owned(),
+        };
         let value = match &reply.content {
             Content::Json(v) => v.clone(),
-            Content::Text(text) => parse_json_text(text)
-                .ok_or_else(|| Invalid::NotJson(excerpt(text, QUOTED_ANSWER).to_owned()))?,
+            Content::Text(text) => parse_json_text(text).map_err(|parse| Invalid::NotJson {
+                parse,
+                answer: answer(),
+            })?,
         };
-        if let Err(invalid) = self.check(&value) {
+        if let Err(problems) = self.check(&value) {
             if matches!(reply.stop.as_deref(), Some("length" | "max_tokens")) {
-                return Err(Invalid::Cut);
+                return Err(Invalid::Cut { answer: answer() });
             }
-            return Err(invalid);
+            return Err(Invalid::Schema {
+                problems,
+                answer: answer(),
+            });
         }
         Ok(value)
     }
@@ -166,7 +219,7 @@ impl Llm {
     fn ask(&self, client: &Client, record: &Record, cx: &Context) -> Result<Value, StageError> {
         let (system, prompt) = self.render(record, cx);
         let body = client.body(system.as_deref(), &prompt);
-        let key = self.cache.as_ref().map(|_| Self::cache_key(client, &body));
+        let key = self.cache.as_ref().map(|_| self.cache_key(client, &body));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             match cache.get(key) {
                 Ok(Some(stored)) => match serde_json::from_str::<Value>(&stored) {
@@ -199,9 +252,16 @@ impl Llm {
             Ok(r) => {
                 self.meter.add("tokens_in", r.tokens_in as f64);
                 self.meter.add("tokens_out", r.tokens_out as f64);
-                self.prices
-                    .map_or(0.0, |p| p.cost(r.tokens_in, r.tokens_out))
+                if r.tokens_in + r.tokens_out == 0 {
+                    // No usage reported: count the worst case rather than nothing.
+                    worst
+                } else {
+                    self.prices
+                        .map_or(0.0, |p| p.cost(r.tokens_in, r.tokens_out))
+                }
             }
+            // Sent, and the answer lost: it may be billed.
+            Err(failure) if failure.maybe_billed => worst,
             Err(_) => 0.0,
         };
         self.meter.add("calls", 1.0);
@@ -211,7 +271,7 @@ impl Llm {
         if let Some(budget) = &self.budget {
             budget.settle(worst, actual);
         }
-        let reply = reply?;
+        let reply = reply.map_err(|failure| failure.error)?;
         let value = self
             .parse(&reply)
             .map_err(|invalid| self.invalid(cx, invalid))?;
@@ -227,9 +287,15 @@ impl Llm {
     fn invalid(&self, cx: &Context, invalid: Invalid) -> StageError {
         self.meter.add("invalid_answers", 1.0);
         let message = match invalid {
-            Invalid::NotJson(text) => format!("the answer is not JSON: {text}"),
-            Invalid::Schema(why) => format!("the answer does not fit the schema: {why}"),
-            Invalid::Cut => "the answer was cut at `max_tokens` before it was complete".to_owned(),
+            Invalid::NotJson { parse, answer } => {
+                format!("the answer is not JSON ({parse}); it begins: {answer}")
+            }
+            Invalid::Schema { problems, answer } => {
+                format!("the answer does not fit the schema: {problems}; it begins: {answer}")
+            }
+            Invalid::Cut { answer } => format!(
+                "the answer was cut at `max_tokens` before it was complete; it begins: {answer}"
+            ),
         };
         let mut invalid = lock(&self.invalid);
         let count = invalid.entry(cx.key().to_owned()).or_insert(0);
@@ -246,20 +312,39 @@ impl Llm {
 
 impl BlockingStage for Llm {
     fn process(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        if cx.attempt() == 1 {
+            // A count left by an earlier run of this key (ended by another error) starts over.
+            lock(&self.invalid).remove(cx.key());
+        }
         let value = match &self.answerer {
-            Answerer::Api(client) => self.ask(client, &record, cx)?,
+            Answerer::Api(client) => self.ask(client, &record, cx).inspect_err(|e| {
+                if e.class != ErrorClass::Transient {
+                    lock(&self.invalid).remove(cx.key());
+                }
+            })?,
             Answerer::Extractive {
                 shape,
                 max_sentences,
             } => {
                 let text = record.get_str(&self.input).unwrap_or_default();
+                let chars = text.chars().count();
+                if chars > self.max_input_chars && cx.attempt() == 1 {
+                    self.meter.add("truncated", 1.0);
+                    tracing::warn!(
+                        stage = %self.stage,
+                        key = cx.key(),
+                        field = %self.input,
+                        chars,
+                        max_input_chars = self.max_input_chars,
+                        "field cut to max_input_chars"
+                    );
+                }
                 let value =
                     extractive::answer(cut(text, self.max_input_chars), shape, *max_sentences);
-                self.check(&value).map_err(|invalid| match invalid {
-                    Invalid::Schema(why) => StageError::permanent(format!(
-                        "the extractive answer does not fit the schema: {why}"
-                    )),
-                    _ => StageError::permanent("the extractive answer is not usable"),
+                self.check(&value).map_err(|problems| {
+                    StageError::permanent(format!(
+                        "the extractive answer does not fit the schema: {problems}"
+                    ))
                 })?;
                 self.meter.add("answers", 1.0);
                 value
@@ -273,22 +358,25 @@ impl BlockingStage for Llm {
 
 /// The JSON in an answer's text: the whole text, or inside a Markdown code fence, or from its
 /// first `{` to its last `}` (models like to add a sentence around it).
-fn parse_json_text(text: &str) -> Option<Value> {
+fn parse_json_text(text: &str) -> Result<Value, String> {
     let trimmed = text.trim();
-    if let Ok(v) = serde_json::from_str(trimmed) {
-        return Some(v);
-    }
+    let first = match serde_json::from_str(trimmed) {
+        Ok(v) => return Ok(v),
+        Err(e) => e.to_string(),
+    };
     let fenced = trimmed
         .strip_prefix("```")
         .and_then(|rest| rest.split_once('\n'))
         .and_then(|(_, rest)| rest.trim_end().strip_suffix("```"));
     if let Some(v) = fenced.and_then(|f| serde_json::from_str(f).ok()) {
-        return Some(v);
+        return Ok(v);
     }
-    let (start, end) = (trimmed.find('{')?, trimmed.rfind('}')?);
-    (start < end)
-        .then(|| serde_json::from_str(&trimmed[start..=end]).ok())
-        .flatten()
+    match (trimmed.find('{'), trimmed.rfind('}')) {
+        (Some(start), Some(end)) if start < end => {
+            serde_json::from_str(&trimmed[start..=end]).map_err(|_| first)
+        }
+        _ => Err(first),
+    }
 }
 
 #[cfg(test)]
@@ -298,16 +386,17 @@ mod tests {
 
     #[test]
     fn finds_json_in_chatty_answers() {
-        assert_eq!(parse_json_text(" {\"a\": 1} "), Some(json!({"a": 1})));
+        assert_eq!(parse_json_text(" {\"a\": 1} "), Ok(json!({"a": 1})));
         assert_eq!(
             parse_json_text("```json\n{\"a\": 1}\n```"),
-            Some(json!({"a": 1}))
+            Ok(json!({"a": 1}))
         );
         assert_eq!(
             parse_json_text("Here you go: {\"a\": [1]} Hope it helps."),
-            Some(json!({"a": [1]}))
+            Ok(json!({"a": [1]}))
         );
-        assert_eq!(parse_json_text("Sure! Here are the facts."), None);
+        let e = parse_json_text("Sure! Here are the facts.").expect_err("no JSON");
+        assert!(e.contains("expected value"), "{e}");
     }
 
     #[test]

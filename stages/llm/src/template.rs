@@ -18,6 +18,8 @@ pub struct Rendered {
     pub text: String,
     /// `(field, its length in characters)` for every field cut to `max_chars`.
     pub truncated: Vec<(String, usize)>,
+    /// Fields the record does not have (rendered as nothing).
+    pub missing: Vec<String>,
 }
 
 impl Template {
@@ -40,10 +42,10 @@ impl Template {
             if name.is_empty()
                 || !name
                     .chars()
-                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.')
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
             {
                 return Err(format!(
-                    "`{{{{{}}}}}` is not a field name (letters, digits, `_`, `-`, `.`)",
+                    "`{{{{{}}}}}` is not a field name (letters, digits, `_`, `-`)",
                     &after[..close]
                 ));
             }
@@ -71,6 +73,9 @@ impl Template {
             match part {
                 Part::Text(text) => out.text.push_str(text),
                 Part::Field(name) => {
+                    if !(name == "key" || record.fields.contains_key(name)) {
+                        out.missing.push(name.clone());
+                    }
                     let value = field_text(record, name);
                     let chars = value.chars().count();
                     if chars > max_chars {
@@ -156,6 +161,10 @@ mod tests {
             .expect_err("an error")
             .contains("not a field name"));
         assert!(Template::parse("a {{two words}} b").is_err());
+        assert!(
+            Template::parse("a {{meta.title}} b").is_err(),
+            "fields are flat"
+        );
         assert_eq!(
             Template::parse("no fields").expect("ok").fields().count(),
             0
