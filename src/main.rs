@@ -117,19 +117,32 @@ fn inspect(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The library's own words, with control characters escaped: a file must not be able to
+    // drive the terminal it is inspected on.
+    let plain = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
     let mut text = format!(
         "plugin {} {}\nfile: {}\nABI version: {}\n",
-        info.name,
-        info.version,
+        plain(&info.name),
+        plain(&info.version),
         info.path.display(),
         info.abi_version
     );
     for kind in &info.kinds {
         let schema = serde_json::to_string_pretty(&kind.config_schema)
             .expect("a JSON value always serializes");
-        text.push_str(&format!("\nkind `{}`", kind.name));
+        text.push_str(&format!("\nkind `{}`", plain(&kind.name)));
         if !kind.description.is_empty() {
-            text.push_str(&format!(": {}", kind.description));
+            text.push_str(&format!(": {}", plain(&kind.description)));
         }
         text.push_str(&format!("\nconfig schema:\n{schema}\n"));
     }

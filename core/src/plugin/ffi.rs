@@ -184,8 +184,11 @@ fn load_new(path: &Path, shown: &str) -> Result<Plugin, LoadError> {
             expected: abi::ABI_VERSION,
         });
     }
-    // SAFETY: the version matches, so the pointer is to a `PluginTable` of this ABI, which
-    // lives as long as the (never unloaded) library.
+    if !table.is_aligned() {
+        return Err(malformed("its table is not aligned".to_owned()));
+    }
+    // SAFETY: the version matches, so the pointer is to a `PluginTable` of this ABI (aligned,
+    // checked above), which lives as long as the (never unloaded) library.
     let table: &'static PluginTable = unsafe { &*table };
     let (Some(create), Some(process), Some(destroy), Some(free_buffer)) = (
         table.create,
@@ -200,11 +203,16 @@ fn load_new(path: &Path, shown: &str) -> Result<Plugin, LoadError> {
         let bytes = unsafe { s.as_bytes() };
         String::from_utf8(bytes.to_vec()).map_err(|_| malformed(format!("its {what} is not UTF-8")))
     };
-    if table.kinds_len == 0 || table.kinds_len > MAX_KINDS || table.kinds.is_null() {
+    if table.kinds_len == 0 || table.kinds_len > MAX_KINDS {
         return Err(malformed(format!(
             "it declares {} kinds (1 to {MAX_KINDS} expected)",
             table.kinds_len
         )));
+    }
+    if table.kinds.is_null() || !table.kinds.is_aligned() {
+        return Err(malformed(
+            "its list of kinds is missing or misplaced".to_owned(),
+        ));
     }
     // SAFETY: `kinds` points to `kinds_len` entries that live as long as the library.
     let kinds = unsafe { std::slice::from_raw_parts(table.kinds, table.kinds_len) };
@@ -262,6 +270,10 @@ fn loader_message(e: &libloading::Error) -> String {
 impl Plugin {
     /// Copy a buffer the plugin allocated, and give it back.
     fn take(&self, buffer: Buffer) -> Vec<u8> {
+        if buffer.ptr.is_null() {
+            // The empty buffer: nothing was allocated, nothing to give back.
+            return Vec::new();
+        }
         // SAFETY: the buffer came from this plugin and is freed exactly once, here.
         let bytes = unsafe { buffer.as_bytes() }.to_vec();
         // SAFETY: as above.
@@ -287,13 +299,19 @@ impl Plugin {
                 &mut error,
             )
         };
+        // Whatever the code, an error buffer the plugin wrote is given back.
+        let message = String::from_utf8_lossy(&self.take(error)).into_owned();
         if code == abi::CREATE_OK && !instance.is_null() {
             return Ok(Instance {
                 plugin: self.clone(),
                 ptr: instance,
             });
         }
-        let message = String::from_utf8_lossy(&self.take(error)).into_owned();
+        if !instance.is_null() {
+            // An instance made and then disowned by an error code: destroyed, not leaked.
+            // SAFETY: it came from this plugin's `create` and is destroyed once, here.
+            unsafe { (self.fns.destroy)(instance) };
+        }
         Err(match code {
             abi::REPLY_PANIC => format!("panicked: {message}"),
             abi::CREATE_OK => "it returned no instance".to_owned(),

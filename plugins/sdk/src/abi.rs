@@ -104,9 +104,10 @@ impl Slice {
     /// # Safety
     ///
     /// `ptr` is null, or points to `len` initialized bytes that stay valid and unchanged for
-    /// `'a`.
+    /// `'a`. A length no allocation can have (over `isize::MAX`) reads as empty rather than
+    /// as undefined behaviour.
     pub unsafe fn as_bytes<'a>(self) -> &'a [u8] {
-        if self.ptr.is_null() || self.len == 0 {
+        if self.ptr.is_null() || self.len == 0 || self.len > isize::MAX as usize {
             &[]
         } else {
             // SAFETY: the caller vouches for `ptr` and `len`.
