@@ -496,9 +496,19 @@ fn over_the_services_limit_the_stage_adapts_and_loses_nothing() {
         ),
     )
     .with_concurrency(12);
-    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    let out = p
+        .cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .env("STAGEWISE_PIPELINE__HEARTBEAT", "200ms")
+        .output();
     out.assert_code(0)
         .assert_stderr_contains("the service asks to slow down");
+    // While lowered, the heartbeat shows the stage's current limit against its setting.
+    assert!(
+        out.stderr_lines()
+            .any(|l| l.contains("heartbeat") && l.contains("/12")),
+        "no heartbeat with the lowered limit\n{out}"
+    );
     assert_eq!(p.status().counts["done"], 60);
     assert!(server.count_429() > 0, "the limit was never reached");
     assert_eq!(server.answered_ok(), 60);

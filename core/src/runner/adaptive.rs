@@ -120,6 +120,11 @@ impl Adaptive {
         (lowest < self.max).then_some(lowest)
     }
 
+    /// The current whole limit.
+    pub(crate) fn limit(&self) -> usize {
+        whole(self.lock().limit)
+    }
+
     /// The configured concurrency.
     pub(crate) fn max(&self) -> usize {
         self.max

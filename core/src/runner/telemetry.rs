@@ -98,6 +98,10 @@ fn stage_line(s: &StageRt) -> String {
     if st.backing_off.get() > 0 {
         line.push_str(&format!(" backing_off={}", st.backing_off.get()));
     }
+    let limit = s.adaptive.limit();
+    if limit < s.adaptive.max() {
+        line.push_str(&format!(" concurrency={limit}/{}", s.adaptive.max()));
+    }
     if st.abandoned_total.get() > 0 {
         line.push_str(&format!(
             " abandoned={}/{}",
