@@ -24,11 +24,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The default filter: `info`, except for libraries the stages use, whose own `info` events
+/// (an extractor narrating its steps, say) say nothing about the run.
+const DEFAULT_FILTER: &str = "info,trafilatura=warn,rs_trafilatura=warn,dom_smoothie=warn,html5ever=warn,markup5ever=warn,selectors=warn,ureq=warn,ureq_proto=warn,rustls=warn,postgres=warn,tokio_postgres=warn,libloading=warn";
+
 /// Install the global subscriber and a panic hook that reports through it. The level comes
-/// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default `info`.
+/// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default [`DEFAULT_FILTER`].
 pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("STAGEWISE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
