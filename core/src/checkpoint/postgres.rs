@@ -266,7 +266,7 @@ impl PgStore {
         });
         let holder = match holder {
             Ok(Some(r)) => format!(
-                "server process {} for {} ({})",
+                "the session of server pid {}, from {}, `{}`",
                 r.get::<_, i32>(0),
                 r.get::<_, String>(1),
                 r.get::<_, String>(2)
