@@ -422,3 +422,37 @@ fn repeated_keys_are_kept_once_across_manifest_chunks() {
         .expect("key 0");
     assert_eq!(first["line"], 0, "the first record of a key is kept");
 }
+
+/// The server goes away in the middle of a run: the run stops with its progress saved up to
+/// the last commit (exit 3), and once the server is back the next run resumes and finishes.
+#[test]
+fn a_lost_server_aborts_the_run_and_the_next_one_resumes() {
+    let Some(cluster) = pg::PrivateCluster::new() else {
+        return;
+    };
+    let db = cluster.db();
+    const N: usize = 300;
+    let p = pipeline("pg-lost", N, N, SLOW);
+    let mut running = cmd(&p, &db, "run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.crash();
+    let out = running.wait();
+    assert_eq!(out.code, Some(3), "{out}");
+    out.assert_stderr_contains("checkpoint");
+    assert!(
+        !out.stderr.contains(db.url()),
+        "the password was shown\n{out}"
+    );
+
+    cluster.start();
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("resumed=true");
+    assert_eq!(status(&p, &db).count("done"), N as u64);
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
+}
