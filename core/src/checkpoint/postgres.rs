@@ -748,33 +748,26 @@ struct Row {
 impl Row {
     /// Apply `change` after what this row already holds, exactly as a second `UPDATE` would.
     fn fold(&mut self, change: &Change) {
-        let set = |state: ItemState, stage: Option<&String>| (state.as_str(), stage.cloned());
         let (state, stage) = match change {
-            Change::Started { stage } | Change::Interrupted { stage } => {
-                let state = if matches!(change, Change::Started { .. }) {
-                    ItemState::InFlight
-                } else {
-                    ItemState::Pending
-                };
-                set(state, Some(stage))
-            }
+            Change::Started { stage } => (ItemState::InFlight, Some(stage)),
+            Change::Interrupted { stage } => (ItemState::Pending, Some(stage)),
             Change::Advanced { stage, record } => {
                 self.record = Some(Some(
                     serde_json::to_string(&record.fields).expect("JSON values always serialize"),
                 ));
                 self.attempts = Some(0);
                 self.error = Some(None);
-                set(ItemState::InFlight, Some(stage))
+                (ItemState::InFlight, Some(stage))
             }
             Change::Done => {
                 self.record = Some(None);
                 self.error = Some(None);
-                set(ItemState::Done, None)
+                (ItemState::Done, None)
             }
             Change::Skipped { stage, reason } => {
                 self.record = Some(None);
                 self.error = Some(Some(reason.clone()));
-                set(ItemState::Skipped, Some(stage))
+                (ItemState::Skipped, Some(stage))
             }
             Change::Failed {
                 stage,
@@ -783,11 +776,11 @@ impl Row {
             } => {
                 self.attempts = Some(i64::from(*attempts));
                 self.error = Some(Some(error.clone()));
-                set(ItemState::Failed, Some(stage))
+                (ItemState::Failed, Some(stage))
             }
         };
-        self.state = state;
-        self.stage = stage;
+        self.state = state.as_str();
+        self.stage = stage.cloned();
     }
 }
 
@@ -930,11 +923,9 @@ mod tests {
     #[test]
     fn lock_keys_are_stable() {
         // Two builds must agree on a pipeline's lock: these values may never change.
-        assert_eq!(
-            lock_key(""),
-            i32::from_ne_bytes(0x811c_9dc5u32.to_ne_bytes())
-        );
-        assert_eq!(lock_key("digest"), lock_key("digest"));
+        for (pipeline, want) in [("", 0x811c_9dc5u32), ("digest", 0xf924_55dd)] {
+            assert_eq!(lock_key(pipeline), i32::from_ne_bytes(want.to_ne_bytes()));
+        }
         assert_ne!(lock_key("digest"), lock_key("digest2"));
     }
 }
