@@ -29,6 +29,8 @@ use super::{
 /// The schema this build writes; the same numbering as the SQLite store's.
 const SCHEMA_VERSION: i32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest statement of the store: far above a chunk of the manifest or a batch of updates.
+const STATEMENT_TIMEOUT: &str = "SET statement_timeout = '60s'";
 const REPORT_LIMIT: i64 = 1000;
 /// Manifest rows per statement (and transaction) while a batch is taken.
 const MANIFEST_CHUNK: usize = 1000;
@@ -195,12 +197,14 @@ fn config(url: &str) -> Result<postgres::Config, StoreError> {
 }
 
 fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, StoreError> {
-    off_runtime(|| config.connect(NoTls))
-        .map(|c| Conn(Some(c)))
-        .map_err(|e| {
-            // The client's messages never carry the password; the URL is shown redacted.
-            StoreError::Db(format!("cannot connect to {shown}: {}", describe(&e)))
-        })
+    // The client's messages never carry the password; the URL is shown redacted.
+    let failed =
+        |e: postgres::Error| StoreError::Db(format!("cannot connect to {shown}: {}", describe(&e)));
+    let mut client = off_runtime(|| config.connect(NoTls)).map_err(failed)?;
+    // A statement stuck behind a lock or a hung server fails the run (progress saved up to the
+    // last commit) instead of holding it past every deadline.
+    off_runtime(|| client.batch_execute(STATEMENT_TIMEOUT)).map_err(failed)?;
+    Ok(Conn(Some(client)))
 }
 
 impl PgStore {
