@@ -519,4 +519,33 @@ fn the_render_blueprint_is_a_docker_cron_job_running_stagewise_directly() {
             "{secret} is set in the Dashboard, never in the file"
         );
     }
+
+    // Without a disk, the checkpoint is kept in the database, its URL taken from the secret.
+    let store = env
+        .iter()
+        .find(|e| e["key"].as_str() == Some("STAGEWISE_CHECKPOINT__STORE"))
+        .expect("envVars keeps the checkpoint in PostgreSQL");
+    let store = str_at(&store["value"], "STAGEWISE_CHECKPOINT__STORE");
+    assert_eq!(store, "${DATABASE_URL}");
+    let dir = TestDir::new();
+    dir.write(
+        "pipeline.toml",
+        std::fs::read_to_string(workspace_root().join("examples/digest-postgres/pipeline.toml"))
+            .expect("the blueprint's pipeline"),
+    );
+    let out = Cmd::new(dir.path(), "plan", "pipeline.toml")
+        .env("STAGEWISE_CHECKPOINT__STORE", store)
+        .env(
+            "DATABASE_URL",
+            "postgres://digest:secret@127.0.0.1:5432/news",
+        )
+        .env("OPENAI_API_KEY", "sk-test")
+        .output();
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains(
+            "\"postgres://digest:***@127.0.0.1:5432/news\"  env STAGEWISE_CHECKPOINT__STORE"
+        ),
+        "{out}"
+    );
 }

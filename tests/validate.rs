@@ -740,3 +740,59 @@ fn a_variable_in_an_override_is_expanded() {
     );
     assert!(!p.dir.exists("first.jsonl"));
 }
+
+/// `[checkpoint] store` takes `sqlite:PATH`, `postgres://…` and `postgresql://…` (checked without
+/// connecting); anything else is refused naming the forms, and a password is never echoed.
+#[test]
+fn checkpoint_store_urls() {
+    let cases = [
+        ("postgres://u:Secr3t@127.0.0.1:5432/db", None),
+        ("postgresql://u:Secr3t@db.internal/db?connect_timeout=5", None),
+        (
+            "mysql://u:Secr3t@127.0.0.1/db",
+            Some("unsupported checkpoint store `mysql://u:***@127.0.0.1/db`: use `sqlite:PATH` or `postgres://"),
+        ),
+        (
+            "postgres://u:Secr3t@127.0.0.1:notaport/db",
+            Some("invalid PostgreSQL URL `postgres://u:***@127.0.0.1:notaport/db`"),
+        ),
+    ];
+    for (store, want) in cases {
+        let p = Pipeline::new(&format!(
+            r#"
+            [pipeline]
+            name = "stores"
+
+            [checkpoint]
+            store = "{store}"
+
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 3
+
+            [[stage]]
+            name = "out"
+            kind = "jsonl"
+            path = "out.jsonl"
+            "#
+        ));
+        let out = p.validate();
+        match want {
+            None => {
+                out.assert_code(0);
+            }
+            Some(message) => {
+                out.assert_code(2).assert_stderr_contains(message);
+            }
+        }
+        assert!(
+            !out.stderr.contains("Secr3t"),
+            "{store}: password shown\n{out}"
+        );
+        assert!(
+            !out.stdout.contains("Secr3t"),
+            "{store}: password shown\n{out}"
+        );
+    }
+}

@@ -1,14 +1,12 @@
 //! What each CLI command does, short of printing: the binary parses arguments, calls these,
 //! prints, and maps the results to exit codes.
 
-use crate::checkpoint::{CheckpointStore, SqliteStore, StatusReport, StoreError};
-use crate::spec::{Pipeline, StoreLocation};
+use crate::checkpoint::{StatusReport, StoreError};
+use crate::spec::Pipeline;
 
 /// The latest run's status, or `None` when the pipeline has no run yet.
 pub fn status(pipeline: &Pipeline) -> Result<Option<StatusReport>, StoreError> {
-    let store = match &pipeline.checkpoint.store {
-        StoreLocation::Sqlite(path) => SqliteStore::open_existing(path)?,
-    };
+    let store = crate::checkpoint::open_existing(&pipeline.checkpoint.store)?;
     let Some(store) = store else { return Ok(None) };
     let Some(run) = store.latest_run(&pipeline.name)? else {
         return Ok(None);

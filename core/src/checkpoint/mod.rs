@@ -6,6 +6,7 @@
 //! group-committing [`writer`]; each update names the item's state, the stage it is at, and (after
 //! a stage finished) the record as that stage left it.
 
+mod postgres;
 mod sqlite;
 pub(crate) mod writer;
 
@@ -13,7 +14,47 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+use crate::spec::StoreLocation;
+
+/// Held while a run uses a store: one runner per store (SQLite) or per pipeline and store
+/// (PostgreSQL). Released when dropped, or by the OS or the server when the process dies.
+pub(crate) type RunnerGuard = Box<dyn std::any::Any + Send>;
+
+/// Open the store at `location` (creating it if missing) and take it for a run of `pipeline`.
+pub(crate) fn open_for_run(
+    location: &StoreLocation,
+    pipeline: &str,
+) -> Result<(std::sync::Arc<dyn CheckpointStore>, RunnerGuard), StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => {
+            let store = SqliteStore::open(path)?;
+            let lock = store.lock()?;
+            Ok((std::sync::Arc::new(store), Box::new(lock)))
+        }
+        StoreLocation::Postgres(url) => {
+            let store = PgStore::open(url)?;
+            let lock = store.lock(pipeline)?;
+            Ok((std::sync::Arc::new(store), Box::new(lock)))
+        }
+    }
+}
+
+/// Open an existing store, for `status`; `None` when there is none yet.
+pub(crate) fn open_existing(
+    location: &StoreLocation,
+) -> Result<Option<Box<dyn CheckpointStore>>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => {
+            SqliteStore::open_existing(path)?.map(|s| Box::new(s) as Box<dyn CheckpointStore>)
+        }
+        StoreLocation::Postgres(url) => {
+            PgStore::open_existing(url)?.map(|s| Box::new(s) as Box<dyn CheckpointStore>)
+        }
+    })
+}
 
 /// What can go wrong with a store.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +77,9 @@ pub enum StoreError {
         /// The newest this build reads.
         supported: i64,
     },
-    /// Another process is running this store's pipeline.
-    #[error("checkpoint store {path} is in use by another `stagewise run` ({holder}); two runners on one SQLite store would do the same items twice")]
+    /// Another process is running this store's pipeline. (`path` is the store's URL, with its
+    /// password hidden, for a PostgreSQL store.)
+    #[error("checkpoint store {path} is in use by another `stagewise run` ({holder}); two runners on one store would do the same items twice")]
     Busy {
         /// The store's path.
         path: String,

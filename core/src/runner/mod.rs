@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::writer::Checkpointer;
-use crate::checkpoint::{CheckpointStore, RunStatus, SqliteStore, StoreError};
+use crate::checkpoint::{CheckpointStore, RunStatus, StoreError};
 use crate::policy::Policy;
 use crate::record::Record;
 use crate::registry::{BuildContext, Registry};
@@ -189,18 +189,17 @@ fn build_stages(
     Ok(out)
 }
 
-fn open_store(pipeline: &Pipeline) -> Result<SqliteStore, StoreError> {
-    match &pipeline.checkpoint.store {
-        StoreLocation::Sqlite(path) => SqliteStore::open(path),
-    }
-}
-
-/// Where the summary of the last run is written: beside the store.
+/// Where the summary of the last run is written: beside a SQLite store; for a PostgreSQL store,
+/// in `.stagewise/` beside the pipeline file.
 pub fn summary_path(pipeline: &Pipeline) -> std::path::PathBuf {
     match &pipeline.checkpoint.store {
         StoreLocation::Sqlite(path) => path
             .parent()
             .unwrap_or_else(|| std::path::Path::new("."))
+            .join(format!("{}.summary.json", pipeline.name)),
+        StoreLocation::Postgres(_) => pipeline
+            .base_dir
+            .join(".stagewise")
             .join(format!("{}.summary.json", pipeline.name)),
     }
 }
@@ -214,9 +213,8 @@ pub fn run(
 ) -> Result<Summary, RunError> {
     // The store first: a store that cannot be used must stop the run before any stage opens
     // (and perhaps creates) its files.
-    let store = open_store(pipeline)?;
-    let _lock = store.lock()?;
-    let store: Arc<dyn CheckpointStore> = Arc::new(store);
+    let (store, _lock) =
+        crate::checkpoint::open_for_run(&pipeline.checkpoint.store, &pipeline.name)?;
     let stages = build_stages(pipeline, registry, &store.response_cache()?)?;
     let pools: usize = stages
         .iter()

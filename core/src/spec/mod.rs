@@ -86,6 +86,9 @@ pub struct ConfigError {
 pub enum StoreLocation {
     /// A SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://` or `postgresql://`), as given: it may hold a
+    /// password, so show it only through [`crate::redact_url`].
+    Postgres(String),
 }
 
 /// The resolved `[checkpoint]`.
@@ -469,13 +472,28 @@ impl Validator {
                         base_dir.join(p)
                     }))
                 }
+                None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    match url.parse::<postgres::Config>() {
+                        Ok(_) => Some(StoreLocation::Postgres(url.to_owned())),
+                        Err(e) => {
+                            let shown = crate::redact_url(url);
+                            self.error(
+                                &path_of(&["checkpoint", "store"]),
+                                false,
+                                None,
+                                format!("invalid PostgreSQL URL `{shown}`: {e}"),
+                            );
+                            None
+                        }
+                    }
+                }
                 None => {
                     let shown = crate::redact_url(url);
                     self.error(
                         &path_of(&["checkpoint", "store"]),
                         false,
                         None,
-                        format!("unsupported checkpoint store `{shown}`: use `sqlite:PATH`"),
+                        format!("unsupported checkpoint store `{shown}`: use `sqlite:PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`"),
                     );
                     None
                 }

@@ -295,6 +295,7 @@ impl Plan {
         ];
         let store = match &p.checkpoint.store {
             StoreLocation::Sqlite(path) => crate::redact_url(&format!("sqlite:{}", path.display())),
+            StoreLocation::Postgres(url) => crate::redact_url(url),
         };
         let checkpoint = vec![
             r.section("checkpoint", "store", Shown::string(&store)),

@@ -1,0 +1,458 @@
+//! The PostgreSQL checkpoint store (`[checkpoint] store = "postgres://…"`) seen from outside,
+//! against a real server: runs finish and report, a killed run resumes without losing or
+//! repeating an item, one runner per pipeline, `retry-failed`, the response cache, and refused
+//! connections that never show the password.
+//!
+//! Every pipeline takes the store's URL from `${DATABASE_URL}`, as a deployment would.
+
+mod util;
+
+use std::time::Duration;
+
+use util::llm::{LlmConfig, LlmServer, Scenario};
+use util::pg::{self, Db};
+use util::{keys, Cmd, Pipeline};
+
+/// generate `count` (`batch_size` per run) → `middle` → jsonl sink `out.jsonl`, on the store at
+/// `${DATABASE_URL}`.
+fn pipeline(name: &str, count: usize, batch: usize, middle: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        batch_size = {batch}
+
+        [checkpoint]
+        store = "${{DATABASE_URL}}"
+        commit_max_items = 20
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = {count}
+
+        {middle}
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        concurrency = 1
+        "#
+    ))
+}
+
+/// A slow middle stage, so that a run is still going when the test acts on it.
+const SLOW: &str = r#"
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "20ms"
+        concurrency = 4
+"#;
+
+fn cmd(p: &Pipeline, db: &Db, subcommand: &str) -> Cmd {
+    p.cmd(subcommand).env("DATABASE_URL", db.url())
+}
+
+fn status(p: &Pipeline, db: &Db) -> util::Status {
+    let out = cmd(p, db, "status").arg("--json").output();
+    out.assert_code(0);
+    util::Status::parse(&out)
+}
+
+/// The URL of `db` as messages must show it: the password hidden.
+fn redacted(db: &Db) -> String {
+    pg::with_password(db.url(), "***")
+}
+
+#[test]
+fn runs_finish_report_and_take_new_batches() {
+    let Some(mut db) = Db::new() else { return };
+    let p = pipeline("pg-batches", 120, 50, "");
+
+    let before = cmd(&p, &db, "status").arg("--json").output();
+    before.assert_code(0);
+    let before: serde_json::Value = serde_json::from_str(&before.stdout).expect("JSON");
+    assert!(before["run"].is_null(), "{before}");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'stagewise'"),
+        0,
+        "`status` created the store"
+    );
+
+    cmd(&p, &db, "run").output().assert_code(0);
+    let first = status(&p, &db);
+    assert_eq!(first.raw["run"]["id"], 1);
+    assert_eq!(first.raw["run"]["status"], "finished");
+    assert_eq!(first.count("done"), 50);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 2);
+    assert!(
+        !p.dir.exists(".stagewise/pg-batches.db"),
+        "no SQLite store beside a PostgreSQL one"
+    );
+    assert!(
+        p.dir.exists(".stagewise/pg-batches.summary.json"),
+        "the summary is written under .stagewise/ beside the pipeline file"
+    );
+
+    // A finished run: the next one takes a new batch.
+    cmd(&p, &db, "run").output().assert_code(0);
+    let second = status(&p, &db);
+    assert_eq!(second.raw["run"]["id"], 2);
+    assert_eq!(second.count("done"), 50);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.items WHERE state = 'done'"),
+        100
+    );
+    assert_eq!(p.sink("out.jsonl").len(), 100);
+}
+
+#[test]
+fn a_killed_run_resumes_and_does_every_item_once() {
+    let Some(db) = Db::new() else { return };
+    const N: usize = 300;
+    let p = pipeline("pg-kill", N, N, SLOW);
+    let mut running = cmd(&p, &db, "run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(30)),
+        "the run did not start\n{}",
+        running.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!running.has_exited(), "the run ended before the kill");
+    running.signal(libc::SIGKILL);
+    let killed = running.wait();
+    assert_eq!(killed.code, None, "{killed}");
+
+    let mid = status(&p, &db);
+    assert_eq!(mid.raw["run"]["status"], "running", "{:?}", mid.raw);
+    assert!(mid.count("done") < N as u64, "{:?}", mid.counts);
+
+    // The server released the dead process's lock: the next run is not refused.
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("resumed=true");
+    let after = status(&p, &db);
+    assert_eq!(after.raw["run"]["id"], 1, "the killed run was resumed");
+    assert_eq!(after.count("done"), N as u64);
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
+}
+
+#[test]
+fn one_runner_per_pipeline_and_store() {
+    let Some(db) = Db::new() else { return };
+    let p = pipeline("pg-busy", 400, 400, SLOW);
+    let mut first = cmd(&p, &db, "run").spawn();
+    assert!(
+        first.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        first.stderr_so_far()
+    );
+
+    let second = cmd(&p, &db, "run").output();
+    second.assert_code(2);
+    second.assert_stderr_contains("in use by another `stagewise run`");
+    second.assert_stderr_contains(&redacted(&db));
+    second.assert_stderr_contains("pipeline `pg-busy`");
+    assert!(
+        !second.stderr.contains(db.url()),
+        "the password was shown\n{second}"
+    );
+
+    // Another pipeline on the same store is not held up.
+    let other = pipeline("pg-other", 5, 5, "");
+    cmd(&other, &db, "run").output().assert_code(0);
+    assert_eq!(status(&other, &db).count("done"), 5);
+
+    first.signal(libc::SIGKILL);
+    let _ = first.wait();
+}
+
+#[test]
+fn retry_failed_reruns_the_failed_items() {
+    let Some(db) = Db::new() else { return };
+    let p = pipeline(
+        "pg-retry",
+        30,
+        30,
+        r#"
+        [[stage]]
+        name = "breaker"
+        kind = "fault"
+        permanent_rate = 0.3
+        seed = 9
+        "#,
+    );
+    cmd(&p, &db, "run").output().assert_code(1);
+    let before = status(&p, &db);
+    let failed = before.count("failed");
+    assert!(failed > 0, "{:?}", before.counts);
+    assert_eq!(before.failed.len() as u64, failed);
+    assert!(before.failed.iter().all(|f| f.stage == "breaker"));
+    let sink_before = p.sink("out.jsonl").len();
+
+    cmd(&p, &db, "retry-failed")
+        .env("STAGEWISE_STAGE__BREAKER__PERMANENT_RATE", "0.0")
+        .output()
+        .assert_code(0);
+    let after = status(&p, &db);
+    assert_eq!(after.raw["run"]["id"], 1);
+    assert_eq!(after.count("done"), 30, "{:?}", after.counts);
+    assert!(after.failed.is_empty());
+    let sink = p.sink("out.jsonl");
+    assert_eq!(sink.unique_keys(), keys(30));
+    assert_eq!(sink.len() - sink_before, failed as usize);
+}
+
+#[test]
+fn answers_are_cached_in_the_store() {
+    let Some(mut db) = Db::new() else { return };
+    let server = LlmServer::start(LlmConfig::default());
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "pg-llm"
+
+        [checkpoint]
+        store = "${{DATABASE_URL}}"
+
+        [[stage]]
+        name = "articles"
+        kind = "jsonl"
+        path = "articles.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "facts"
+        kind = "llm"
+        provider = "openai"
+        model = "test-model"
+        base_url = "{}"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+        server.base_url(Scenario::Ok)
+    ));
+    let lines: String = (0..5)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "id": format!("a{i}"),
+                    "title": format!("Council vote {i}"),
+                    "text": format!("The council approved budget number {i} by 7 votes to 2."),
+                })
+            )
+        })
+        .collect();
+    p.dir.write("articles.jsonl", lines);
+    cmd(&p, &db, "run")
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .assert_code(0);
+    assert_eq!(server.calls(), 5);
+    assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 5);
+    let out = cmd(&p, &db, "run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", "sk-test")
+        .output();
+    out.assert_code(0);
+    assert_eq!(
+        server.calls(),
+        5,
+        "a --fresh run called the API again\n{out}"
+    );
+    assert_eq!(status(&p, &db).raw["run"]["id"], 2);
+}
+
+#[test]
+fn refused_connections_exit_2_without_the_password() {
+    let Some(db) = Db::new() else { return };
+    let p = pipeline("pg-refused", 5, 5, "");
+    let secret = "Wr0ng-S3cret";
+
+    let wrong = pg::with_password(db.url(), secret);
+    let out = p.cmd("run").env("DATABASE_URL", &wrong).output();
+    out.assert_code(2);
+    out.assert_stderr_contains("password authentication failed");
+    out.assert_stderr_contains(&redacted(&db));
+    assert!(
+        !out.stderr.contains(secret),
+        "the password was shown\n{out}"
+    );
+
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let unreachable = format!("postgres://stagewise:{secret}@127.0.0.1:{port}/nowhere");
+    let out = p.cmd("run").env("DATABASE_URL", &unreachable).output();
+    out.assert_code(2);
+    out.assert_stderr_contains(&format!(
+        "cannot connect to postgres://stagewise:***@127.0.0.1:{port}/nowhere"
+    ));
+    assert!(
+        !out.stderr.contains(secret),
+        "the password was shown\n{out}"
+    );
+    let out = p.cmd("status").env("DATABASE_URL", &unreachable).output();
+    out.assert_code(2);
+    assert!(
+        !out.stderr.contains(secret),
+        "the password was shown\n{out}"
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let Some(mut db) = Db::new() else { return };
+    let p = pipeline("pg-newer", 5, 5, "");
+    cmd(&p, &db, "run").output().assert_code(0);
+    db.execute("UPDATE stagewise.meta SET version = 99");
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(2);
+    out.assert_stderr_contains("schema version 99");
+    assert_eq!(p.sink("out.jsonl").len(), 5, "nothing ran");
+}
+
+#[test]
+fn postgresql_urls_are_accepted_and_shown_redacted() {
+    let Some(db) = Db::new() else { return };
+    let p = pipeline("pg-scheme", 3, 3, "");
+    let url = db.url().replacen("postgres://", "postgresql://", 1);
+    p.cmd("run")
+        .env("DATABASE_URL", &url)
+        .output()
+        .assert_code(0);
+    let plan = p.cmd("plan").env("DATABASE_URL", &url).output();
+    plan.assert_code(0);
+    let shown = redacted(&db).replacen("postgres://", "postgresql://", 1);
+    assert!(plan.stdout.contains(&shown), "{plan}");
+    assert!(!plan.stdout.contains(&url), "{plan}");
+}
+
+/// A store as schema version 1 left it (before the response cache), with an interrupted run:
+/// opening it upgrades it in place, and the run resumes where it stopped.
+#[test]
+fn a_version_1_store_is_upgraded_and_resumed() {
+    let Some(mut db) = Db::new() else { return };
+    let p = pipeline("pg-upgrade", 10, 10, "");
+    cmd(&p, &db, "run").output().assert_code(0);
+    db.execute(
+        "DROP TABLE stagewise.responses;
+         UPDATE stagewise.meta SET version = 1;
+         UPDATE stagewise.runs SET status = 'interrupted';
+         UPDATE stagewise.items SET state = 'pending', stage = 'out' WHERE seq > 6",
+    );
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("resumed=true");
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 2);
+    assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
+    let after = status(&p, &db);
+    assert_eq!(after.raw["run"]["id"], 1);
+    assert_eq!(after.count("done"), 10);
+    assert_eq!(
+        p.sink("out.jsonl").len(),
+        10 + 4,
+        "only the 4 pending items ran again"
+    );
+}
+
+/// A source that repeats keys, within a manifest chunk and across chunks: each key is kept once
+/// (the first record), items are numbered without gaps, and the repeats are reported in order.
+#[test]
+fn repeated_keys_are_kept_once_across_manifest_chunks() {
+    let Some(mut db) = Db::new() else { return };
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "pg-repeats"
+
+        [checkpoint]
+        store = "${DATABASE_URL}"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    // 2,500 lines, keys 0..1500: line 3 repeats key 0 (same chunk), line 1500 on repeat the
+    // first 1,000 (later chunks).
+    let mut lines = String::new();
+    for line in 0..2500usize {
+        let id = match line {
+            3 => 0,
+            l if l < 3 => l,
+            l if l < 1501 => l - 1,
+            l => l - 1501,
+        };
+        lines.push_str(&format!("{{\"id\": \"{id}\", \"line\": {line}}}\n"));
+    }
+    p.dir.write("in.jsonl", lines);
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("duplicates=1000");
+    out.assert_stderr_contains("first=0, 0, 1, 2, 3");
+    let status = status(&p, &db);
+    assert_eq!(status.raw["run"]["items"], 1500);
+    assert_eq!(status.count("done"), 1500);
+    assert_eq!(
+        db.query_i64("SELECT max(seq) - min(seq) + 1 FROM stagewise.items"),
+        1500
+    );
+    let sink = p.sink("out.jsonl");
+    assert_eq!(sink.unique_keys(), keys(1500));
+    let first = sink
+        .records
+        .iter()
+        .find(|r| r["key"] == "0")
+        .expect("key 0");
+    assert_eq!(first["line"], 0, "the first record of a key is kept");
+}
+
+/// The server goes away in the middle of a run: the run stops with its progress saved up to
+/// the last commit (exit 3), and once the server is back the next run resumes and finishes.
+#[test]
+fn a_lost_server_aborts_the_run_and_the_next_one_resumes() {
+    let Some(cluster) = pg::PrivateCluster::new() else {
+        return;
+    };
+    let db = cluster.db();
+    const N: usize = 300;
+    let p = pipeline("pg-lost", N, N, SLOW);
+    let mut running = cmd(&p, &db, "run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.crash();
+    let out = running.wait();
+    assert_eq!(out.code, Some(3), "{out}");
+    out.assert_stderr_contains("checkpoint");
+    assert!(
+        !out.stderr.contains(db.url()),
+        "the password was shown\n{out}"
+    );
+
+    cluster.start();
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("resumed=true");
+    assert_eq!(status(&p, &db).count("done"), N as u64);
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
+}
