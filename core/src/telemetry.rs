@@ -31,8 +31,8 @@ const DEFAULT_FILTER: &str = "info,trafilatura=warn,rs_trafilatura=warn,dom_smoo
 /// Install the global subscriber and a panic hook that reports through it. The level comes
 /// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default [`DEFAULT_FILTER`].
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("STAGEWISE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
