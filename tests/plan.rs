@@ -420,6 +420,7 @@ fn schema_lists_every_key_of_every_kind() {
     };
     let root = &schema["properties"];
     let mut missing = Vec::new();
+    let mut undescribed = Vec::new();
     for (table, keys) in stagewise_core::spec::section_keys() {
         let section = resolve(&root[table]);
         for key in keys {
@@ -429,6 +430,8 @@ fn schema_lists_every_key_of_every_kind() {
             }
             if at.is_null() {
                 missing.push(format!("[{table}] {key}"));
+            } else if !at["description"].is_string() {
+                undescribed.push(format!("[{table}] {key}"));
             }
         }
     }
@@ -450,6 +453,9 @@ fn schema_lists_every_key_of_every_kind() {
         for key in keys {
             if own["properties"][key].is_null() {
                 missing.push(format!("{kind}: {key}"));
+            } else if !own["properties"][key]["description"].is_string() {
+                // What an editor shows on hover, from docs/pipeline.md.
+                undescribed.push(format!("{kind}: {key}"));
             }
         }
         // Unknown keys are errors everywhere but in a plugin's table (the plugin's own keys).
@@ -459,6 +465,17 @@ fn schema_lists_every_key_of_every_kind() {
     assert!(
         missing.is_empty(),
         "keys missing from the schema: {missing:?}"
+    );
+    assert!(
+        undescribed.is_empty(),
+        "keys without a description in the schema: {undescribed:?}"
+    );
+    assert!(
+        defs["kind-extract"]["properties"]["min_chars"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("no article text") && d.contains("(default: 200)")),
+        "{:#}",
+        defs["kind-extract"]["properties"]["min_chars"]
     );
     assert_eq!(
         defs["kind-llm"]["properties"]["provider"]["enum"],

@@ -8,8 +8,8 @@
 //! `T::deserialize` that stops with an error once answered. Two more probes find the required
 //! fields (feed plausible values for the ones found so far, read which is missing next) and
 //! whether unknown keys are refused. A type that takes anything (`deserialize_any`: a count or a
-//! percentage, a size, a JSON value) is `{}`; doc comments are not visible this way, so the
-//! schema carries types and names but no descriptions of a kind's keys.
+//! percentage, a size, a JSON value) is `{}`; doc comments are not visible this way: the
+//! descriptions come from the reference instead (see `schema.rs`).
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use serde_json::{json, Value};
