@@ -6,7 +6,6 @@
 mod util;
 
 use std::fs;
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,24 +18,10 @@ const ARTICLES: i64 = 30;
 /// `pipeline.toml` and `examples/digest/` as a clean checkout has them, without any database.
 fn clean_copy() -> TestDir {
     let dir = TestDir::new();
-    let root = workspace_root();
-    fs::copy(root.join("pipeline.toml"), dir.join("pipeline.toml")).expect("copy pipeline.toml");
-    copy_tree(&root.join("examples/digest"), &dir.join("examples/digest"));
+    dir.copy_from_workspace("pipeline.toml");
+    dir.copy_from_workspace("examples/digest");
     assert!(!dir.exists("data/digest.db") && !dir.exists(".stagewise"));
     dir
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("create folder");
-    for entry in fs::read_dir(from).expect("read folder") {
-        let entry = entry.expect("folder entry");
-        let path = entry.path();
-        if path.is_dir() {
-            copy_tree(&path, &to.join(entry.file_name()));
-        } else if path.extension().is_none_or(|e| e != "db") {
-            fs::copy(&path, to.join(entry.file_name())).expect("copy file");
-        }
-    }
 }
 
 fn alphanumeric(text: &str) -> String {

@@ -31,18 +31,9 @@ fn example_plugin_override() -> Option<(&'static str, String)> {
 /// Copy `examples/<name>` (and the shared input it reads) into a fresh folder, without state or
 /// output left by earlier runs.
 fn example_copy(name: &str) -> (TestDir, PathBuf) {
-    let root = workspace_root().join("examples");
     let dir = TestDir::new();
     for sub in [name, "jsonl"] {
-        let from = root.join(sub);
-        let to = dir.path().join("examples").join(sub);
-        fs::create_dir_all(&to).expect("create example folder");
-        for entry in fs::read_dir(&from).expect("read example") {
-            let path = entry.expect("entry").path();
-            if path.is_file() {
-                fs::copy(&path, to.join(path.file_name().expect("file name"))).expect("copy");
-            }
-        }
+        dir.copy_from_workspace(&format!("examples/{sub}"));
     }
     let pipeline = dir.path().join("examples").join(name).join("pipeline.toml");
     (dir, pipeline)

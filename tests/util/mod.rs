@@ -99,6 +99,34 @@ impl TestDir {
     pub fn exists(&self, rel: &str) -> bool {
         self.join(rel).exists()
     }
+
+    /// Copy the workspace's `rel` (a file or a folder, recursively) to the same place in this
+    /// directory, as a clean checkout has it: without state, output or databases that earlier
+    /// runs left (hidden entries, `out/` folders, `*.db` files).
+    pub fn copy_from_workspace(&self, rel: &str) {
+        fn copy(from: &Path, to: &Path) {
+            if from.is_dir() {
+                fs::create_dir_all(to).expect("create folder");
+                for entry in fs::read_dir(from).expect("read folder") {
+                    let entry = entry.expect("folder entry");
+                    let name = entry.file_name();
+                    let left_by_a_run = name.to_string_lossy().starts_with('.')
+                        || name == "out"
+                        || entry.path().extension().is_some_and(|e| e == "db");
+                    if !left_by_a_run {
+                        copy(&entry.path(), &to.join(name));
+                    }
+                }
+            } else {
+                fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+            }
+        }
+        let to = self.join(rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).expect("create parent dir");
+        }
+        copy(&workspace_root().join(rel), &to);
+    }
 }
 
 impl Drop for TestDir {
