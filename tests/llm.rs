@@ -26,6 +26,11 @@ fn article(i: usize) -> Value {
 
 /// `n` articles → `llm` with `keys` → `out.jsonl`.
 fn pipeline(name: &str, n: usize, keys: &str) -> Pipeline {
+    pipeline_at(name, n, 4, keys)
+}
+
+/// As [`pipeline`], the `llm` stage at `concurrency`.
+fn pipeline_at(name: &str, n: usize, concurrency: usize, keys: &str) -> Pipeline {
     let p = Pipeline::new(&format!(
         r#"
 [pipeline]
@@ -40,7 +45,7 @@ key = "id"
 [[stage]]
 name = "facts"
 kind = "llm"
-concurrency = 4
+concurrency = {concurrency}
 {keys}
 
 [[stage]]
@@ -59,22 +64,6 @@ fn openai(server: &LlmServer, scenario: Scenario, extra: &str) -> String {
         "provider = \"openai\"\nmodel = \"test-model\"\nbase_url = \"{}\"\n{extra}",
         server.base_url(scenario)
     )
-}
-
-trait WithConcurrency {
-    fn with_concurrency(self, n: usize) -> Self;
-}
-
-impl WithConcurrency for Pipeline {
-    /// The `facts` stage at concurrency `n` instead of 4.
-    fn with_concurrency(self, n: usize) -> Self {
-        let toml = self.toml().replace(
-            "kind = \"llm\"\nconcurrency = 4",
-            &format!("kind = \"llm\"\nconcurrency = {n}"),
-        );
-        self.dir.write("pipeline.toml", &toml);
-        self
-    }
 }
 
 /// The stage's figures in the summary file (calls, cache hits, tokens, cost).
@@ -486,16 +475,16 @@ fn over_the_services_limit_the_stage_adapts_and_loses_nothing() {
         max_in_flight: Some(4),
         ..LlmConfig::default()
     });
-    let p = pipeline(
+    let p = pipeline_at(
         "llm-adapt",
         60,
+        12,
         &openai(
             &server,
             Scenario::Ok,
             "retry = { attempts = 4, initial = \"10ms\", max = \"50ms\" }",
         ),
-    )
-    .with_concurrency(12);
+    );
     let out = p
         .cmd("run")
         .env("OPENAI_API_KEY", KEY)
