@@ -307,6 +307,46 @@ concurrency = 4
     }
 }
 
+/// Items still in flight when the budget is crossed may fail before the run stops: the
+/// summary's reason counts them, so it agrees with the summary's `failed`. Eight items reach
+/// the failing stage together (same sleep, eight places), so several fail at once.
+#[test]
+fn the_abort_reason_agrees_with_the_failed_count() {
+    let p = through(
+        "max-failures-count",
+        64,
+        r#"
+[[stage]]
+name = "together"
+kind = "sleep"
+duration = "20ms"
+concurrency = 8
+
+[[stage]]
+name = "breaker"
+kind = "fault"
+permanent_rate = 1.0
+blocking = true
+concurrency = 8
+"#,
+        "max_failures = 1",
+    );
+    let out = p.run();
+    assert_eq!(out.code, Some(3), "{out}");
+    let raw = p.dir.read(".stagewise/max-failures-count.summary.json");
+    let summary: serde_json::Value = serde_json::from_slice(&raw).expect("summary JSON");
+    let failed = summary["failed"].as_u64().expect("failed");
+    let reason = summary["reason"].as_str().expect("reason");
+    assert!(failed >= 2, "{summary}");
+    assert!(
+        reason.starts_with(&format!(
+            "{failed} items failed, more than `max_failures` (1"
+        )),
+        "the reason must count the {failed} failed items: {reason}"
+    );
+    assert_eq!(p.status().count("failed"), failed, "{out}");
+}
+
 /// `retry-failed` puts failed items back with fresh attempts. The fault is deterministic, so
 /// the second pass runs with the fault switched off through an override.
 #[test]

@@ -14,6 +14,7 @@
 //! - [`Registry`] and [`StageKind`]: how stage crates plug their kinds in.
 //! - [`plugin`]: the host of dynamic plugins (`kind = "plugin"`), built with `stagewise-plugin`.
 //! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.
+//! - [`text`]: durations, URLs and panic messages as the logs and errors write them.
 //!
 //! A stage kind in a few lines:
 //!
@@ -68,6 +69,7 @@ mod services;
 pub mod spec;
 mod stage;
 pub mod telemetry;
+pub mod text;
 
 pub use async_trait::async_trait;
 pub use checkpoint::{
@@ -82,83 +84,3 @@ pub use stage::{
     AsyncStage, BlockingStage, CancelFlag, Context, ErrorClass, Outcome, Source, StageError,
     StageImpl, Stop,
 };
-
-/// A URL with its passwords replaced by `***`, for logs, errors and `plan`: the one in
-/// `user:password@` and any `password=` (or `sslpassword=`) query parameter.
-pub fn redact_url(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (url, None),
-    };
-    let head = match head.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, tail) = match rest.find(['/', '#']) {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                    let hidden = if userinfo.contains(':') {
-                        format!("{user}:***")
-                    } else {
-                        user.to_owned()
-                    };
-                    format!("{scheme}://{hidden}@{host}{tail}")
-                }
-                None => head.to_owned(),
-            }
-        }
-        None => head.to_owned(),
-    };
-    let Some(query) = query else { return head };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|p| match p.split_once('=') {
-            Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
-            _ => p.to_owned(),
-        })
-        .collect();
-    format!("{head}?{}", params.join("&"))
-}
-
-pub(crate) fn runner_panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        let cases = [
-            (
-                "postgres://app:s3cret@db:5432/x",
-                "postgres://app:***@db:5432/x",
-            ),
-            ("postgres://app@db/x", "postgres://app@db/x"),
-            ("sqlite:state.db", "sqlite:state.db"),
-            ("https://u:p@h/a@b", "https://u:***@h/a@b"),
-            (
-                "postgres://u@h:x/db?password=Hunter2&sslmode=disable",
-                "postgres://u@h:x/db?password=***&sslmode=disable",
-            ),
-            (
-                "postgress://u@h/db?sslpassword=s&PASSWORD=t",
-                "postgress://u@h/db?sslpassword=***&PASSWORD=***",
-            ),
-            (
-                "postgres://u:p@h/db?application_name=x",
-                "postgres://u:***@h/db?application_name=x",
-            ),
-        ];
-        for (input, want) in cases {
-            assert_eq!(super::redact_url(input), want);
-        }
-    }
-}

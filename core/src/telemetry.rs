@@ -44,7 +44,7 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     std::panic::set_hook(Box::new(|info| {
-        let message = crate::runner_panic_message(info.payload());
+        let message = crate::text::panic_message(info.payload());
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

@@ -183,7 +183,7 @@ fn config(url: &str) -> Result<postgres::Config, StoreError> {
     let mut config: postgres::Config = url.parse().map_err(|e| {
         StoreError::Db(format!(
             "invalid PostgreSQL URL `{}`: {e}",
-            crate::redact_url(url)
+            crate::text::redact_url(url)
         ))
     })?;
     config
@@ -210,7 +210,7 @@ fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, StoreError> {
 impl PgStore {
     /// Connect to the store at `url`, creating its schema if missing and upgrading an older one.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let shown = crate::redact_url(url);
+        let shown = crate::text::redact_url(url);
         let config = config(url)?;
         let mut conn = connect(&config, &shown)?;
         off_runtime(|| migrate(conn.client(), &shown))?;
@@ -223,7 +223,7 @@ impl PgStore {
 
     /// Connect to an existing store; `None` when the database has no stagewise schema yet.
     pub fn open_existing(url: &str) -> Result<Option<Self>, StoreError> {
-        let shown = crate::redact_url(url);
+        let shown = crate::text::redact_url(url);
         let config = config(url)?;
         let mut conn = connect(&config, &shown)?;
         let exists = off_runtime(|| {

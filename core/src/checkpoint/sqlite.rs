@@ -734,17 +734,19 @@ impl UpdateWriter for SqliteUpdates {
 mod tests {
     use super::*;
 
-    fn temp_path(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("stagewise-sqlite-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        dir.join("state.db")
+    /// A store path in a fresh folder of its own, deleted with the returned guard.
+    fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("stagewise-sqlite-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("state.db");
+        (dir, path)
     }
 
     #[test]
     fn manifest_is_invisible_until_committed() {
-        let path = temp_path("manifest");
+        let (_dir, path) = temp_path("manifest");
         let store = SqliteStore::open(&path).expect("open");
         {
             let mut m = store.begin_run("p", "one").expect("begin");
@@ -773,7 +775,7 @@ mod tests {
 
     #[test]
     fn a_stuck_read_does_not_lock_out_the_next_attempt() {
-        let path = temp_path("stuck");
+        let (_dir, path) = temp_path("stuck");
         let store = SqliteStore::open(&path).expect("open");
         // The first attempt's source is stuck mid-chunk (rows buffered, none written) and its
         // manifest is never dropped while the second attempt takes the batch.
@@ -802,7 +804,7 @@ mod tests {
 
     #[test]
     fn updates_move_items_through_states() {
-        let path = temp_path("updates");
+        let (_dir, path) = temp_path("updates");
         let store = SqliteStore::open(&path).expect("open");
         let mut m = store.begin_run("p", "one").expect("begin");
         for k in ["a", "b", "c", "d"] {
@@ -877,7 +879,7 @@ mod tests {
 
     #[test]
     fn refuses_garbage_without_touching_it() {
-        let path = temp_path("garbage");
+        let (_dir, path) = temp_path("garbage");
         let garbage = b"this is not a database at all, not even close".repeat(20);
         std::fs::write(&path, &garbage).expect("write");
         let err = SqliteStore::open(&path).expect_err("garbage");
@@ -887,7 +889,7 @@ mod tests {
 
     #[test]
     fn one_runner_at_a_time() {
-        let path = temp_path("lock");
+        let (_dir, path) = temp_path("lock");
         let store = SqliteStore::open(&path).expect("open");
         let held = store.lock().expect("first lock");
         let err = store.lock().expect_err("second lock");
@@ -901,7 +903,7 @@ mod tests {
 
     #[test]
     fn refuses_a_newer_schema() {
-        let path = temp_path("newer");
+        let (_dir, path) = temp_path("newer");
         drop(SqliteStore::open(&path).expect("open"));
         let conn = Connection::open(&path).expect("conn");
         conn.pragma_update(None, "user_version", 99).expect("set");
@@ -912,7 +914,7 @@ mod tests {
 
     #[test]
     fn refuses_a_foreign_database() {
-        let path = temp_path("foreign");
+        let (_dir, path) = temp_path("foreign");
         let conn = Connection::open(&path).expect("conn");
         conn.execute_batch("CREATE TABLE customers (id INTEGER)")
             .expect("create");

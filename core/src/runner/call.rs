@@ -43,7 +43,7 @@ pub(crate) enum CallError {
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    crate::runner_panic_message(payload)
+    crate::text::panic_message(payload)
 }
 
 /// Run one attempt.

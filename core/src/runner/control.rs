@@ -10,14 +10,18 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::spec::fmt_duration;
+use crate::text;
 
 /// Why a run stops before its items are all done.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AbortReason {
     MaxFailures {
+        /// Items failed when the budget was crossed.
         failed: u64,
         limit: String,
+        /// Items failed by the time the run stopped, when more than `failed`: attempts in flight
+        /// when the budget was crossed can still fail before they are cancelled.
+        by_the_end: Option<u64>,
     },
     Fatal {
         stage: String,
@@ -38,12 +42,21 @@ pub(crate) enum AbortReason {
 impl std::fmt::Display for AbortReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AbortReason::MaxFailures { failed, limit } => {
-                write!(
+            AbortReason::MaxFailures {
+                failed,
+                limit,
+                by_the_end,
+            } => match by_the_end {
+                Some(total) if total > failed => write!(
+                    f,
+                    "{total} items failed, more than `max_failures` ({limit}) allows (crossed at {failed}; {} more failed in flight)",
+                    total - failed
+                ),
+                _ => write!(
                     f,
                     "{failed} items failed, more than `max_failures` ({limit}) allows"
-                )
-            }
+                ),
+            },
             AbortReason::Fatal { stage, key, error } => {
                 write!(
                     f,
@@ -53,7 +66,7 @@ impl std::fmt::Display for AbortReason {
             AbortReason::Wedged { stage, stuck } => {
                 let items: Vec<String> = stuck
                     .iter()
-                    .map(|(key, age)| format!("`{key}` (running for {})", fmt_duration(*age)))
+                    .map(|(key, age)| format!("`{key}` (running for {})", text::duration(*age)))
                     .collect();
                 write!(
                     f,
@@ -64,6 +77,23 @@ impl std::fmt::Display for AbortReason {
             }
             AbortReason::Checkpoint(message) => write!(f, "checkpoint store failed: {message}"),
             AbortReason::Source { stage, error } => write!(f, "source `{stage}` failed: {error}"),
+        }
+    }
+}
+
+impl AbortReason {
+    /// The reason as the summary states it beside the final counts: a crossed failure budget
+    /// counts every item failed by the end.
+    pub(crate) fn at_the_end(self, failed: u64) -> AbortReason {
+        match self {
+            AbortReason::MaxFailures {
+                failed: at, limit, ..
+            } => AbortReason::MaxFailures {
+                failed: at,
+                limit,
+                by_the_end: Some(failed),
+            },
+            other => other,
         }
     }
 }
@@ -150,7 +180,7 @@ impl Control {
         if first && !self.soft.is_cancelled() {
             tracing::warn!(
                 reason = %why,
-                grace = %fmt_duration(self.grace),
+                grace = %text::duration(self.grace),
                 "stopping: no new items; in-flight items may finish within the grace period"
             );
             self.soft.cancel();
@@ -192,5 +222,31 @@ pub(crate) async fn watch_signals(control: std::sync::Arc<Control>, done: Cancel
             () = done.cancelled() => return,
         };
         control.request_stop(Interrupt::Signal(name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AbortReason;
+
+    #[test]
+    fn a_crossed_budget_is_stated_with_the_final_count() {
+        let crossed = AbortReason::MaxFailures {
+            failed: 2,
+            limit: "1".to_owned(),
+            by_the_end: None,
+        };
+        assert_eq!(
+            crossed.to_string(),
+            "2 items failed, more than `max_failures` (1) allows"
+        );
+        assert_eq!(
+            crossed.clone().at_the_end(2).to_string(),
+            "2 items failed, more than `max_failures` (1) allows"
+        );
+        assert_eq!(
+            crossed.at_the_end(3).to_string(),
+            "3 items failed, more than `max_failures` (1) allows (crossed at 2; 1 more failed in flight)"
+        );
     }
 }

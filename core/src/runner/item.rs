@@ -10,8 +10,8 @@ use super::control::AbortReason;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
 use crate::record::Record;
-use crate::spec::fmt_duration;
 use crate::stage::{ErrorClass, Outcome, StageError};
+use crate::text;
 
 /// An item ready to run from stage `stage` on.
 pub(crate) struct WorkItem {
@@ -193,6 +193,7 @@ async fn fail(
             shared.control.abort(AbortReason::MaxFailures {
                 failed,
                 limit: limit.to_string(),
+                by_the_end: None,
             });
         }
     }
@@ -257,7 +258,7 @@ async fn attempts(
             Err(CallError::Cancelled) => return Err(Ended::Interrupted),
             Err(CallError::Timeout(t)) => {
                 stage.stats.timeouts.incr();
-                StageError::transient(format!("timed out after {}", fmt_duration(t.after)))
+                StageError::transient(format!("timed out after {}", text::duration(t.after)))
             }
             Err(CallError::Panic(message)) => {
                 stage.stats.panics.incr();
@@ -281,7 +282,7 @@ async fn attempts(
             key = %key,
             attempt,
             error = %error.message,
-            delay = %fmt_duration(delay),
+            delay = %text::duration(delay),
             "retrying"
         );
         stage.stats.backing_off.incr();

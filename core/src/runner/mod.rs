@@ -360,6 +360,7 @@ async fn execute(
                 limit: format!(
                     "{limit}; fix the cause, then `stagewise retry-failed` or `run --fresh`"
                 ),
+                by_the_end: None,
             });
         }
     }

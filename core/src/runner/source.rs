@@ -12,8 +12,8 @@ use super::call::panic_message;
 use super::control::{AbortReason, Control};
 use super::StageRt;
 use crate::checkpoint::{CheckpointStore, Duplicates, RunInfo, StoreError};
-use crate::spec::fmt_duration;
 use crate::stage::{CancelFlag, Context, ErrorClass, StageError, StageImpl, Stop};
+use crate::text;
 
 enum TakeError {
     Stage(StageError),
@@ -89,14 +89,14 @@ pub(crate) async fn take(
                     Ok(Err(e)) => Err(TakeError::Stage(StageError::permanent(format!("panicked: {}", panic_message(&*e.into_panic()))))),
                     Err(_) => {
                         cancel.cancel();
-                        Err(TakeError::Stage(StageError::transient(format!("timed out after {}", fmt_duration(timeout)))))
+                        Err(TakeError::Stage(StageError::transient(format!("timed out after {}", text::duration(timeout)))))
                     }
                 },
                 _ = beat.tick() => tracing::info!(
                     stage = %stage.name,
                     attempt,
                     records_read = read_so_far.load(Ordering::Relaxed),
-                    elapsed = %fmt_duration(began.elapsed()),
+                    elapsed = %text::duration(began.elapsed()),
                     "{} (taking the batch)",
                     crate::telemetry::events::HEARTBEAT
                 ),
@@ -125,7 +125,7 @@ pub(crate) async fn take(
             });
         }
         let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());
-        tracing::warn!(stage = %stage.name, attempt, error = %error.message, delay = %fmt_duration(delay), "reading the batch failed; retrying");
+        tracing::warn!(stage = %stage.name, attempt, error = %error.message, delay = %text::duration(delay), "reading the batch failed; retrying");
         tokio::select! {
             biased;
             () = control.soft.cancelled() => return Ok(None),

@@ -11,8 +11,9 @@ use super::control::Control;
 use super::stats::Latency;
 use super::{Exit, Shared, StageRt, Totals};
 use crate::checkpoint::RunInfo;
-use crate::spec::{fmt_duration, Pipeline};
+use crate::spec::Pipeline;
 use crate::telemetry::events;
+use crate::text;
 
 /// Log a heartbeat every `every`, and warn once about each attempt past half its timeout.
 pub(crate) async fn heartbeat(
@@ -48,7 +49,7 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
     let rate = ended_here as f64 / elapsed;
     let remaining = t.remaining();
     let eta = if rate > 0.0 {
-        fmt_duration(Duration::from_secs_f64(remaining as f64 / rate))
+        text::duration(Duration::from_secs_f64(remaining as f64 / rate))
     } else {
         "unknown".to_owned()
     };
@@ -62,7 +63,7 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
         .iter()
         .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
         .max_by_key(|(_, age, _)| *age)
-        .map(|(key, age, stage)| format!("{key} in {stage} for {}", fmt_duration(age)))
+        .map(|(key, age, stage)| format!("{key} in {stage} for {}", text::duration(age)))
         .unwrap_or_else(|| "none".to_owned());
     let stages: Vec<String> = shared.stages.iter().skip(1).map(stage_line).collect();
     tracing::info!(
@@ -118,8 +119,8 @@ fn warn_slow(shared: &Shared) {
             tracing::warn!(
                 stage = %s.name,
                 key = %key,
-                elapsed = %fmt_duration(age),
-                timeout = %fmt_duration(timeout),
+                elapsed = %text::duration(age),
+                timeout = %text::duration(timeout),
                 "{}",
                 events::SLOW_ATTEMPT
             );
@@ -205,9 +206,10 @@ pub(crate) fn summarize(
     control: &Control,
     began: Instant,
 ) -> Summary {
+    let failed = totals.map_or(0, |t| t.failed.get());
     let reason = control
         .abort_reason()
-        .map(|r| r.to_string())
+        .map(|r| r.at_the_end(failed).to_string())
         .or_else(|| control.interrupt_reason().map(|r| r.to_string()));
     let stage_summaries = stages
         .iter()
@@ -241,7 +243,7 @@ pub(crate) fn summarize(
         elapsed_secs: began.elapsed().as_secs_f64(),
         items: totals.map_or(0, |t| t.items),
         done: totals.map_or(0, |t| t.done.get()),
-        failed: totals.map_or(0, |t| t.failed.get()),
+        failed,
         skipped: totals.map_or(0, |t| t.skipped.get()),
         remaining: totals.map_or(0, Totals::remaining),
         stages: stage_summaries,
@@ -305,7 +307,7 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
         failed = summary.failed,
         skipped = summary.skipped,
         remaining = summary.remaining,
-        elapsed = %fmt_duration(Duration::from_secs_f64(summary.elapsed_secs)),
+        elapsed = %text::duration(Duration::from_secs_f64(summary.elapsed_secs)),
         stages = %stages.join(" | "),
         file = %path.display(),
         "{}",

@@ -87,7 +87,7 @@ pub enum StoreLocation {
     /// A SQLite file.
     Sqlite(PathBuf),
     /// A PostgreSQL database (`postgres://` or `postgresql://`), as given: it may hold a
-    /// password, so show it only through [`crate::redact_url`].
+    /// password, so show it only through [`crate::text::redact_url`].
     Postgres(String),
 }
 
@@ -476,7 +476,7 @@ impl Validator {
                     match url.parse::<postgres::Config>() {
                         Ok(_) => Some(StoreLocation::Postgres(url.to_owned())),
                         Err(e) => {
-                            let shown = crate::redact_url(url);
+                            let shown = crate::text::redact_url(url);
                             self.error(
                                 &path_of(&["checkpoint", "store"]),
                                 false,
@@ -488,7 +488,7 @@ impl Validator {
                     }
                 }
                 None => {
-                    let shown = crate::redact_url(url);
+                    let shown = crate::text::redact_url(url);
                     self.error(
                         &path_of(&["checkpoint", "store"]),
                         false,
@@ -766,9 +766,9 @@ impl Validator {
                     let message = format!(
                         "one item's worst case here ({} attempts × {} timeout + backoff = {}) exceeds `max_run_time` ({}): such an item can never finish within one run",
                         stage.policy.retry.attempts,
-                        fmt_duration(stage.policy.timeout),
-                        fmt_duration(worst),
-                        fmt_duration(budget),
+                        crate::text::duration(stage.policy.timeout),
+                        crate::text::duration(worst),
+                        crate::text::duration(budget),
                     );
                     self.push(
                         Severity::Warning,
@@ -783,8 +783,8 @@ impl Validator {
             if stage.role != Role::Source && p.shutdown_grace < stage.policy.timeout {
                 let message = format!(
                     "`shutdown_grace` ({}) is shorter than this stage's `timeout` ({}): attempts still running at shutdown are cut off and redone next run",
-                    fmt_duration(p.shutdown_grace),
-                    fmt_duration(stage.policy.timeout),
+                    crate::text::duration(p.shutdown_grace),
+                    crate::text::duration(stage.policy.timeout),
                 );
                 self.push(
                     Severity::Warning,
@@ -811,11 +811,6 @@ impl<'de> serde::Deserialize<'de> for PipelineSpecOpt {
 fn located_line_col(text: &str, offset: usize) -> Place {
     let o = Origins::new(text, &toml::de::DeTable::default());
     o.line_col(offset)
-}
-
-/// A duration as a user writes it ("1m 30s").
-pub(crate) fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
 /// The known name closest to `word`, if any is close.

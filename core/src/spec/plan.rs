@@ -12,7 +12,7 @@ use std::fmt::Write;
 use serde_json::{json, Value};
 
 use super::located::Place;
-use super::{fmt_duration, Pipeline, StoreLocation, Validator};
+use super::{Pipeline, StoreLocation, Validator};
 use crate::policy::{Layer, Policy};
 
 /// Where a resolved value came from.
@@ -190,8 +190,13 @@ struct Shown {
 }
 
 impl Shown {
+    /// As the file would say it, so it can be pasted back: "1m30s", "1s500ms" (a duration
+    /// in `pipeline.toml` is whole numbers with units).
     fn duration(d: std::time::Duration) -> Shown {
-        let s = fmt_duration(d);
+        let whole_ms = std::time::Duration::from_millis(d.as_millis() as u64);
+        let s = humantime::format_duration(whole_ms)
+            .to_string()
+            .replace(' ', "");
         Shown {
             text: quote(&s),
             json: Value::String(s),
@@ -294,8 +299,10 @@ impl Plan {
             r.section("pipeline", "heartbeat", Shown::duration(p.heartbeat)),
         ];
         let store = match &p.checkpoint.store {
-            StoreLocation::Sqlite(path) => crate::redact_url(&format!("sqlite:{}", path.display())),
-            StoreLocation::Postgres(url) => crate::redact_url(url),
+            StoreLocation::Sqlite(path) => {
+                crate::text::redact_url(&format!("sqlite:{}", path.display()))
+            }
+            StoreLocation::Postgres(url) => crate::text::redact_url(url),
         };
         let checkpoint = vec![
             r.section("checkpoint", "store", Shown::string(&store)),
@@ -467,7 +474,9 @@ fn is_secret(key: &str) -> bool {
 fn redact(value: &toml::Value, secret: bool) -> toml::Value {
     match value {
         toml::Value::String(_) if secret => toml::Value::String("***".to_owned()),
-        toml::Value::String(s) if looks_like_url(s) => toml::Value::String(crate::redact_url(s)),
+        toml::Value::String(s) if looks_like_url(s) => {
+            toml::Value::String(crate::text::redact_url(s))
+        }
         toml::Value::Array(items) => {
             toml::Value::Array(items.iter().map(|v| redact(v, secret)).collect())
         }

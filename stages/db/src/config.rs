@@ -86,7 +86,7 @@ impl Target {
         } else {
             Err(format!(
                 "`url`: `{}` is not a database URL: use `postgres://…` or `sqlite:PATH`",
-                stagewise_core::redact_url(url)
+                stagewise_core::text::redact_url(url)
             ))
         }
     }

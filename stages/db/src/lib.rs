@@ -55,7 +55,7 @@ fn check_url(url: &str) -> Vec<(String, String)> {
             "url".into(),
             format!(
                 "`url` must start with `postgres://` or `sqlite:` (got `{}`)",
-                stagewise_core::redact_url(url)
+                stagewise_core::text::redact_url(url)
             ),
         )]
     }

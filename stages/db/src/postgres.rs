@@ -80,7 +80,7 @@ impl PgPool {
         let mut config: postgres::Config = url.parse().map_err(|e| {
             format!(
                 "`url`: invalid PostgreSQL URL `{}`: {e}",
-                stagewise_core::redact_url(url)
+                stagewise_core::text::redact_url(url)
             )
         })?;
         config
@@ -183,7 +183,7 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     let silent = || {
         StageError::transient(format!(
             "{host}:{port} accepted the connection but did not answer within {} (`connect_timeout`)",
-            humantime::format_duration(Duration::from_millis(budget.as_millis() as u64))
+            stagewise_core::text::duration(budget)
         ))
     };
     // Like the client, try each address; the first that answers will do.
@@ -558,7 +558,7 @@ fn connect_error(e: &postgres::Error, budget: Duration) -> StageError {
     if lower.contains("timed out") || lower.contains("timeout") {
         StageError::transient(format!(
             "could not connect within {}: {message}",
-            humantime::format_duration(Duration::from_millis(budget.as_millis() as u64))
+            stagewise_core::text::duration(budget)
         ))
     } else {
         StageError::transient(format!("could not connect: {message}"))

@@ -1,0 +1,157 @@
+//! How values are written for people: durations as they are typed ("4m31.5s"), URLs with their
+//! secrets hidden, panic payloads as messages.
+
+use std::time::Duration;
+
+/// A duration as people write it: "0s", "350µs", "500ms", "2.017s", "4m31.5s", "1h2m".
+/// Shown to the millisecond from one second up; components that are zero are left out.
+pub fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return match d.as_micros() {
+            0 => "0s".to_owned(),
+            us => format!("{us}µs"),
+        };
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let hours = ms / 3_600_000;
+    let minutes = ms / 60_000 % 60;
+    let seconds_ms = ms % 60_000;
+    let mut out = String::new();
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    if seconds_ms > 0 {
+        let (whole, frac) = (seconds_ms / 1000, seconds_ms % 1000);
+        if frac == 0 {
+            out.push_str(&format!("{whole}s"));
+        } else {
+            let frac = format!("{frac:03}");
+            out.push_str(&format!("{whole}.{}s", frac.trim_end_matches('0')));
+        }
+    }
+    out
+}
+
+/// A URL with its passwords replaced by `***`, for logs, errors and `plan`: the one in
+/// `user:password@` and any `password=` (or `sslpassword=`) query parameter.
+pub fn redact_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let head = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, tail) = match rest.find(['/', '#']) {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    let hidden = if userinfo.contains(':') {
+                        format!("{user}:***")
+                    } else {
+                        user.to_owned()
+                    };
+                    format!("{scheme}://{hidden}@{host}{tail}")
+                }
+                None => head.to_owned(),
+            }
+        }
+        None => head.to_owned(),
+    };
+    let Some(query) = query else { return head };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().ends_with("password") => format!("{k}=***"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
+}
+
+/// The message of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(350), "350µs"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_millis(1000), "1s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(2017), "2.017s"),
+            (Duration::from_millis(2170), "2.17s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_millis(271_500), "4m31.5s"),
+            (Duration::from_millis(90_250), "1m30.25s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(3723), "1h2m3s"),
+            (Duration::from_secs(7200 + 60), "2h1m"),
+            (Duration::from_secs(26 * 3600), "26h"),
+            (Duration::from_nanos(1_999_999_999), "1.999s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(duration(d), want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        let cases = [
+            (
+                "postgres://app:s3cret@db:5432/x",
+                "postgres://app:***@db:5432/x",
+            ),
+            ("postgres://app@db/x", "postgres://app@db/x"),
+            ("sqlite:state.db", "sqlite:state.db"),
+            ("https://u:p@h/a@b", "https://u:***@h/a@b"),
+            (
+                "postgres://u@h:x/db?password=Hunter2&sslmode=disable",
+                "postgres://u@h:x/db?password=***&sslmode=disable",
+            ),
+            (
+                "postgress://u@h/db?sslpassword=s&PASSWORD=t",
+                "postgress://u@h/db?sslpassword=***&PASSWORD=***",
+            ),
+            (
+                "postgres://u:p@h/db?application_name=x",
+                "postgres://u:***@h/db?application_name=x",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_url(input), want);
+        }
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        let caught = std::panic::catch_unwind(|| panic!("boom {}", 7)).expect_err("panics");
+        assert_eq!(panic_message(caught.as_ref()), "boom 7");
+        let caught = std::panic::catch_unwind(|| std::panic::panic_any(5_u8)).expect_err("panics");
+        assert_eq!(
+            panic_message(caught.as_ref()),
+            "a panic with a non-string payload"
+        );
+    }
+}
