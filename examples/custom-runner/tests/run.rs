@@ -1,16 +1,18 @@
 //! The example runner runs its example pipeline: the custom kind is found, validated and run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn copy_example() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("custom-runner-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a test folder");
+/// The example's files in a folder of this test's own (tests of one binary share a process),
+/// deleted when the guard is dropped.
+fn copy_example() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("custom-runner-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a test folder");
     let example = Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in ["pipeline.toml", "items.jsonl"] {
-        std::fs::copy(example.join(file), dir.join(file)).expect("copy the example");
+        std::fs::copy(example.join(file), dir.path().join(file)).expect("copy the example");
     }
     dir
 }
@@ -26,8 +28,9 @@ fn custom_runner(dir: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_example_pipeline_runs_with_the_compiled_in_kind() {
-    let dir = copy_example();
-    let out = custom_runner(&dir, &["run", "pipeline.toml"]);
+    let guard = copy_example();
+    let dir = guard.path();
+    let out = custom_runner(dir, &["run", "pipeline.toml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let written = std::fs::read_to_string(dir.join("out/counted.jsonl")).expect("the sink");
@@ -42,21 +45,20 @@ fn the_example_pipeline_runs_with_the_compiled_in_kind() {
     counts.sort();
     let want = [("1", 9), ("2", 10), ("3", 5)].map(|(k, n)| (k.to_owned(), n));
     assert_eq!(counts, want, "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn the_custom_kinds_keys_are_checked_like_a_builtins() {
-    let dir = copy_example();
+    let guard = copy_example();
+    let dir = guard.path();
     let pipeline = std::fs::read_to_string(dir.join("pipeline.toml")).expect("read");
     let broken = pipeline.replace("output = \"words\"", "outptu = \"words\"");
     std::fs::write(dir.join("pipeline.toml"), broken).expect("write");
-    let out = custom_runner(&dir, &["validate", "pipeline.toml"]);
+    let out = custom_runner(dir, &["validate", "pipeline.toml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("stage `count`: unknown key `outptu` (did you mean `output`?)"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

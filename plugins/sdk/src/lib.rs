@@ -345,9 +345,27 @@ pub trait Stage: Sized + Send + Sync + 'static {
 /// Export the listed [`Stage`] types as this library's plugin. Use it once, at the crate root
 /// of a `cdylib`; the plugin is named and versioned after the crate's package.
 ///
-/// ```ignore
-/// stagewise_plugin::export!(Dedupe);
-/// stagewise_plugin::export!(Upper, Lower); // a library with several kinds
+/// ```
+/// # use stagewise_plugin::serde_json::{json, Value};
+/// # use stagewise_plugin::{Context, Error, Outcome, Record, Stage};
+/// # macro_rules! pass {
+/// #     ($name:ident, $kind:literal) => {
+/// #         struct $name;
+/// #         impl Stage for $name {
+/// #             const KIND: &'static str = $kind;
+/// #             type Config = Value;
+/// #             fn config_schema() -> Value { json!({ "type": "object" }) }
+/// #             fn new(_: Value) -> Result<Self, Error> { Ok($name) }
+/// #             fn process(&self, r: Record, _: &Context) -> Result<Outcome, Error> {
+/// #                 Ok(Outcome::Continue(r))
+/// #             }
+/// #         }
+/// #     };
+/// # }
+/// # pass!(Upper, "upper");
+/// # pass!(Lower, "lower");
+/// // A library with several kinds lists them all, in one `export!`:
+/// stagewise_plugin::export!(Upper, Lower);
 /// ```
 #[macro_export]
 macro_rules! export {

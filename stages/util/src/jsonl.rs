@@ -217,7 +217,7 @@ impl BlockingStage for JsonlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{build_cx, config, cx, TempDir};
+    use crate::testing::{build_cx, config, cx, temp_dir};
     use serde_json::json;
     use stagewise_core::{ErrorClass, Fields};
     use std::path::Path;
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn source_reads_string_and_integer_keys() {
-        let dir = TempDir::new("jsonl-keys");
+        let dir = temp_dir("jsonl-keys");
         std::fs::write(
             dir.path().join("in.jsonl"),
             "{\"id\": \"a\", \"x\": 1}\n\n   \n{\"id\": 42}\r\n{\"id\": -7, \"y\": [true]}",
@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn source_names_the_file_and_line_of_a_bad_line() {
-        let dir = TempDir::new("jsonl-bad");
+        let dir = temp_dir("jsonl-bad");
         // (input, expected message ending)
         let cases: [(&[u8], &str); 6] = [
             (b"{\"key\": 1}\n\n{nope}\n", ":3: invalid JSON: "),
@@ -333,7 +333,7 @@ mod tests {
 
     #[test]
     fn source_reports_a_missing_file_as_permanent() {
-        let dir = TempDir::new("jsonl-missing");
+        let dir = temp_dir("jsonl-missing");
         let source = source("path = \"nope.jsonl\"", dir.path());
         let err = read_all(&*source, None).expect_err("missing file");
         assert_eq!(err.class, ErrorClass::Permanent);
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn sink_appends_one_line_per_record_key_first() {
-        let dir = TempDir::new("jsonl-sink");
+        let dir = temp_dir("jsonl-sink");
         let records = [
             Record::with_fields("1", fields(json!({"b": 2, "a": "x\ny"}))),
             Record::with_fields("2", fields(json!({"key": "ignored", "z": null}))),
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn sink_keeps_concurrent_lines_whole() {
-        let dir = TempDir::new("jsonl-concurrent");
+        let dir = temp_dir("jsonl-concurrent");
         let sink = sink("path = \"out.jsonl\"", dir.path());
         let long = "x".repeat(10_000);
         std::thread::scope(|scope| {
@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn sink_does_not_write_for_a_cancelled_attempt() {
-        let dir = TempDir::new("jsonl-cancel");
+        let dir = temp_dir("jsonl-cancel");
         let sink = sink("path = \"out.jsonl\"", dir.path());
         let cancel = stagewise_core::CancelFlag::new();
         cancel.cancel();

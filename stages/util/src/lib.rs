@@ -41,8 +41,7 @@ pub fn register(registry: &mut Registry) {
 /// Helpers shared by the kinds' unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::path::Path;
     use std::time::{Duration, Instant};
 
     use serde::de::DeserializeOwned;
@@ -70,40 +69,23 @@ pub(crate) mod testing {
     }
 
     /// A fresh, empty folder under the system temp dir, removed when dropped.
-    pub(crate) struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(name: &str) -> Self {
-            static NEXT: AtomicU32 = AtomicU32::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir()
-                .join(format!("stagewise-util-{name}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            Self(path)
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    pub(crate) fn temp_dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("stagewise-util-{name}-"))
+            .tempdir()
+            .expect("create temp dir")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::TempDir;
+    use crate::testing::temp_dir;
     use stagewise_core::spec::{load_with, ConfigError};
 
     /// Loads `text` as a pipeline file through core's validator, with every utility kind.
     fn load(name: &str, text: &str) -> Result<Vec<String>, ConfigError> {
-        let dir = TempDir::new(name);
+        let dir = temp_dir(name);
         let path = dir.path().join("pipeline.toml");
         std::fs::write(&path, text).expect("write pipeline");
         let mut registry = Registry::new();
