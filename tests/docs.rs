@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use stagewise_core::Registry;
-
 /// The reference split by heading: heading text → the text under it.
 fn sections(doc: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -49,13 +47,7 @@ fn the_reference_documents_every_key() {
             }
         }
     }
-    let mut registry = Registry::new();
-    stagewise_stages_util::register(&mut registry);
-    stagewise_stages_db::register(&mut registry);
-    stagewise_stages_http::register(&mut registry);
-    stagewise_stages_extract::register(&mut registry);
-    stagewise_stages_llm::register(&mut registry);
-    stagewise_core::plugin::register(&mut registry);
+    let registry = stagewise::builtin_registry();
     let kinds: Vec<&str> = registry.kinds().collect();
     assert!(kinds.len() >= 8, "{kinds:?}");
     for kind in kinds {

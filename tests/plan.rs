@@ -8,7 +8,6 @@ mod util;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use stagewise_core::Registry;
 use util::{locate, workspace_root, Cmd, Pipeline, TestDir};
 
 /// Settings from every origin: `[defaults]`, the `llm` kind's defaults, the file, built-ins.
@@ -382,18 +381,6 @@ fn schema() -> Value {
     schema
 }
 
-/// The kinds the `stagewise` binary registers.
-fn registry() -> Registry {
-    let mut registry = Registry::new();
-    stagewise_stages_util::register(&mut registry);
-    stagewise_stages_db::register(&mut registry);
-    stagewise_stages_http::register(&mut registry);
-    stagewise_stages_extract::register(&mut registry);
-    stagewise_stages_llm::register(&mut registry);
-    stagewise_core::plugin::register(&mut registry);
-    registry
-}
-
 /// The problems of a TOML file against the schema, as `(instance path, message)`.
 fn problems(schema: &Value, toml_text: &str) -> Vec<(String, String)> {
     let table: toml::Table = toml::from_str(toml_text).expect("valid TOML");
@@ -435,7 +422,7 @@ fn schema_lists_every_key_of_every_kind() {
             }
         }
     }
-    let registry = registry();
+    let registry = stagewise::builtin_registry();
     let stage = resolve(&root["stage"]["items"]);
     let kinds: Vec<&str> = registry.kinds().collect();
     assert_eq!(

@@ -1,0 +1,319 @@
+//! The command line: parses arguments, calls the core, prints, and maps every result to a
+//! documented exit code. The only place that prints an error to the user. [`main`] takes the
+//! registry, so a runner with kinds of its own gets every command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use stagewise_core::spec::{self, ConfigError, Diagnostic, Loaded, Severity};
+use stagewise_core::telemetry::{self, LogFormat};
+use stagewise_core::{commands, Registry, RunOptions};
+
+/// Run the command line of `std::env::args` with `registry`'s kinds: `run`, `validate`,
+/// `plan`, `schema`, `status`, `retry-failed`, `plugin inspect`. Every outcome is one of the
+/// documented exit codes (README, "Exit codes").
+pub fn main(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            pipeline,
+            fresh,
+            log_format,
+        } => run(
+            &pipeline,
+            &registry,
+            log_format,
+            RunOptions {
+                fresh,
+                retry_failed: false,
+            },
+        ),
+        Command::RetryFailed {
+            pipeline,
+            log_format,
+        } => run(
+            &pipeline,
+            &registry,
+            log_format,
+            RunOptions {
+                fresh: false,
+                retry_failed: true,
+            },
+        ),
+        Command::Validate { pipeline } => match load(&pipeline, &registry, Report::Plain) {
+            Ok(loaded) => {
+                eprintln!(
+                    "{} is valid: pipeline `{}`, {} stage(s)",
+                    pipeline.display(),
+                    loaded.pipeline.name,
+                    loaded.pipeline.stages.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Plan { pipeline, json } => match spec::plan(&pipeline, &registry) {
+            Ok(planned) => {
+                print_diagnostics(&planned.warnings, Report::Plain);
+                if json {
+                    out(&format!("{:#}\n", planned.plan.to_json()))
+                } else {
+                    out(&planned.plan.render())
+                }
+            }
+            Err(e) => invalid(&pipeline, &e, Report::Plain),
+        },
+        Command::Schema => out(&format!("{:#}\n", spec::json_schema(&registry))),
+        Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
+        Command::Status { pipeline, json } => {
+            let loaded = match load(&pipeline, &registry, Report::ErrorsOnly) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            match commands::status(&loaded.pipeline) {
+                Ok(report) if json => out(&format!(
+                    "{}\n",
+                    commands::status_json(&loaded.pipeline, report.as_ref())
+                )),
+                Ok(Some(report)) => out(&commands::render_status(&loaded.pipeline, &report)),
+                Ok(None) => out(&format!("pipeline {}: no run yet\n", loaded.pipeline.name)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+    }
+}
+
+/// Exit code of a usage or configuration error (nothing was run).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code of an aborted run.
+const EXIT_ABORTED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "stagewise",
+    version,
+    about = "A runner for batch pipelines that must not die silently"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline: resume its unfinished run, or take a new batch.
+    Run {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Start a new run even if the last one is unfinished.
+        #[arg(long)]
+        fresh: bool,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "pretty")]
+        log_format: Format,
+    },
+    /// Check the pipeline file without running anything.
+    Validate {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+    },
+    /// Show every setting after resolution and where it came from; runs and opens nothing.
+    ///
+    /// Each value's origin is a place in the file, an environment override, `[defaults]`, the
+    /// stage's kind, or the built-in default. Secrets are shown as `***`.
+    Plan {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the latest run: counts per state and stage, failed items with their errors.
+    Status {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the latest run's failed items back to pending and run them again.
+    RetryFailed {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "pretty")]
+        log_format: Format,
+    },
+    /// Print a JSON Schema of pipeline.toml, for editors that complete and check TOML.
+    Schema,
+    /// Dynamic stage plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a plugin library and show its name, version, ABI version, kinds and their schemas.
+    Inspect {
+        /// The plugin library (e.g. target/release/libmy_stage.so).
+        path: PathBuf,
+    },
+}
+
+/// `plugin inspect`: what a library says about itself, or why it is not a plugin (exit 2).
+fn inspect(path: &std::path::Path) -> ExitCode {
+    let info = match stagewise_core::plugin::inspect(path) {
+        Ok(info) => info,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The library's own words, with control characters escaped: a file must not be able to
+    // drive the terminal it is inspected on.
+    let plain = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let mut text = format!(
+        "plugin {} {}\nfile: {}\nABI version: {}\n",
+        plain(&info.name),
+        plain(&info.version),
+        info.path.display(),
+        info.abi_version
+    );
+    for kind in &info.kinds {
+        let schema = serde_json::to_string_pretty(&kind.config_schema)
+            .expect("a JSON value always serializes");
+        text.push_str(&format!("\nkind `{}`", plain(&kind.name)));
+        if !kind.description.is_empty() {
+            text.push_str(&format!(": {}", plain(&kind.description)));
+        }
+        text.push_str(&format!("\nconfig schema:\n{schema}\n"));
+    }
+    out(&text)
+}
+
+/// How to show a file's problems: plain lines for a person, log events for `run
+/// --log-format json` (so that its output stays JSON from the first line).
+#[derive(Clone, Copy, PartialEq)]
+enum Report {
+    Plain,
+    Logged,
+    ErrorsOnly,
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic], report: Report) {
+    for d in diagnostics {
+        match (report, d.severity) {
+            (Report::ErrorsOnly, Severity::Warning) => {}
+            (Report::Logged, Severity::Error) => {
+                tracing::error!(problem = %d, "invalid pipeline file")
+            }
+            (Report::Logged, Severity::Warning) => tracing::warn!(problem = %d, "pipeline file"),
+            (_, Severity::Error) => eprintln!("error: {d}"),
+            (_, Severity::Warning) => eprintln!("warning: {d}"),
+        }
+    }
+}
+
+/// Load and validate, reporting problems; `Err` is the exit code.
+fn load(path: &std::path::Path, registry: &Registry, report: Report) -> Result<Loaded, ExitCode> {
+    match spec::load(path, registry) {
+        Ok(loaded) => {
+            print_diagnostics(&loaded.warnings, report);
+            Ok(loaded)
+        }
+        Err(e) => Err(invalid(path, &e, report)),
+    }
+}
+
+/// Report a file that failed validation; the exit code.
+fn invalid(path: &std::path::Path, e: &ConfigError, report: Report) -> ExitCode {
+    print_diagnostics(&e.diagnostics, report);
+    let errors = e
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let message = format!("{} has {errors} error(s); nothing was run", path.display());
+    if report == Report::Logged {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn run(
+    path: &std::path::Path,
+    registry: &Registry,
+    format: Format,
+    options: RunOptions,
+) -> ExitCode {
+    telemetry::init(match format {
+        Format::Pretty => LogFormat::Pretty,
+        Format::Json => LogFormat::Json,
+    });
+    // A person reads plain lines; a log collector needs every line to be JSON.
+    let report = match format {
+        Format::Pretty => Report::Plain,
+        Format::Json => Report::Logged,
+    };
+    let loaded = match load(path, registry, report) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    // Stage panics are caught per item; this catches a fault in the runner itself, so that it
+    // too ends with a logged reason and a documented code instead of an unexplained crash.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stagewise_core::run(&loaded.pipeline, registry, options)
+    }));
+    match result {
+        Ok(Ok(summary)) => {
+            ExitCode::from(u8::try_from(summary.exit().code()).unwrap_or(EXIT_ABORTED))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "nothing was run");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(_) => {
+            tracing::error!("the runner failed unexpectedly (the panic is logged above); progress committed so far is kept and the next run resumes");
+            ExitCode::from(EXIT_ABORTED)
+        }
+    }
+}
+
+/// Print to stdout; a closed pipe (`stagewise status | head`) is not an error.
+fn out(text: &str) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
