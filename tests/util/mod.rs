@@ -46,8 +46,9 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A fresh directory under cargo's per-target temp dir. Removed when the test passes; kept (and
-/// its path printed) when it fails, so the pipeline, sink and checkpoint can be inspected.
+/// A fresh directory under the system temp dir (`TMPDIR`, which `scripts/test` points at a
+/// folder of the run's own). Removed when the test passes; kept (and its path printed) when it
+/// fails, so the pipeline, sink and checkpoint can be inspected.
 pub struct TestDir {
     path: PathBuf,
 }
@@ -65,13 +66,11 @@ impl TestDir {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("stagewise-tests")
-            .join(format!(
-                "{name}-{}-{}-{nanos}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
+        let path = std::env::temp_dir().join(format!(
+            "stagewise-test-{name}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::create_dir_all(&path).expect("create test dir");
         TestDir { path }
     }
