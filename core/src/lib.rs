@@ -1,8 +1,9 @@
 //! stagewise-core: the model and the machinery of a stagewise pipeline.
 //!
-//! A pipeline (`pipeline.toml`) is a list of stages. The first, a [`Source`], yields the run's
-//! batch of [`Record`]s; each later stage — an [`AsyncStage`] or a [`BlockingStage`] — turns a
-//! record into a new record, a skip, or a classified [`StageError`]. The runner moves every
+//! A pipeline (`pipeline.toml`) is a list of stages. The first, a [`stage::Source`], yields the
+//! run's batch of [`stage::Record`]s; each later stage — a [`stage::AsyncStage`] or a
+//! [`stage::BlockingStage`] — turns a record into a new record, a skip, or a classified
+//! [`stage::StageError`]. The runner moves every
 //! item through the stages under shared policies (timeout, retry with backoff, concurrency,
 //! rate limit, failure budget), runs blocking work on bounded per-stage pools, checkpoints each
 //! item after each stage so a restart resumes mid-batch, stops in order on signals and
@@ -11,7 +12,8 @@
 //! - [`spec`]: reading and validating `pipeline.toml` (raw → validated → built); what a file
 //!   resolves to and where each value came from ([`spec::plan`]); its JSON Schema
 //!   ([`spec::json_schema`]).
-//! - [`Registry`] and [`StageKind`]: how stage crates plug their kinds in.
+//! - [`stage`]: everything a stage author uses — the stage contract, records, [`stage::StageKind`]
+//!   and the services a stage is lent; [`Registry`]: how stage crates plug their kinds in.
 //! - [`plugin`]: the host of dynamic plugins (`kind = "plugin"`), built with `stagewise-plugin`.
 //! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.
 //! - [`text`]: durations, URLs and panic messages as the logs and errors write them.
@@ -19,7 +21,9 @@
 //! A stage kind in a few lines:
 //!
 //! ```
-//! use stagewise_core::{BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind};
+//! use stagewise_core::stage::{
+//!     BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind,
+//! };
 //! use std::sync::Arc;
 //!
 //! #[derive(serde::Deserialize)]
@@ -60,27 +64,19 @@
 
 mod checkpoint;
 pub mod commands;
+mod config;
 pub mod plugin;
 mod policy;
-mod record;
 mod registry;
 mod runner;
-mod services;
 pub mod spec;
-mod stage;
+pub mod stage;
 pub mod telemetry;
 pub mod text;
 
-pub use async_trait::async_trait;
 pub use checkpoint::{
     FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError,
 };
-pub use policy::{parse_retry_after, Policy, Retry, MAX_RETRY_AFTER};
-pub use record::{Fields, Record};
-pub use registry::{BuildContext, KindDefaults, Registry, Role, StageKind};
+pub use policy::{Policy, RateLimit, Retry};
+pub use registry::Registry;
 pub use runner::{run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary};
-pub use services::{Meter, ResponseCache, SharedCache};
-pub use stage::{
-    AsyncStage, BlockingStage, CancelFlag, Context, ErrorClass, Outcome, Source, StageError,
-    StageImpl, Stop,
-};

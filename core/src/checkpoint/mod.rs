@@ -18,6 +18,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::spec::StoreLocation;
+use crate::stage::{CacheError, SharedCache};
 
 /// Held while a run uses a store: one runner per store (SQLite) or per pipeline and store
 /// (PostgreSQL). Released when dropped, or by the OS or the server when the process dies.
@@ -54,6 +55,12 @@ pub(crate) fn open_existing(
             PgStore::open_existing(url)?.map(|s| Box::new(s) as Box<dyn CheckpointStore>)
         }
     })
+}
+
+impl From<StoreError> for CacheError {
+    fn from(e: StoreError) -> Self {
+        CacheError(e.to_string())
+    }
 }
 
 /// What can go wrong with a store.
@@ -246,7 +253,7 @@ pub(crate) enum Change {
     /// a fast item's record is never serialized at all.
     Advanced {
         stage: String,
-        record: std::sync::Arc<crate::record::Record>,
+        record: std::sync::Arc<crate::stage::Record>,
     },
     /// The item went through every stage.
     Done,
@@ -318,5 +325,5 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// A writer of item updates for `run` (one at a time).
     fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError>;
     /// The store's response cache, on a connection of its own.
-    fn response_cache(&self) -> Result<crate::SharedCache, StoreError>;
+    fn response_cache(&self) -> Result<SharedCache, StoreError>;
 }

@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime};
 
 use postgres::{Client, NoTls};
 
+use crate::stage::{CacheError, ResponseCache, SharedCache};
+
 use super::{
     Change, CheckpointStore, Duplicates, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
     SkippedItem, StatusReport, StoreError, StoredItem, Update, UpdateWriter,
@@ -66,7 +68,7 @@ CREATE TABLE stagewise.items (
 );
 ";
 
-/// Version 2: answers kept across runs (see [`crate::ResponseCache`]).
+/// Version 2: answers kept across runs (see [`ResponseCache`]).
 const SCHEMA_V2: &str = "
 CREATE TABLE stagewise.responses (
     key text PRIMARY KEY,
@@ -399,8 +401,8 @@ impl std::fmt::Debug for PgCache {
     }
 }
 
-impl crate::ResponseCache for PgCache {
-    fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+impl ResponseCache for PgCache {
+    fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
         let mut conn = lock(&self.conn);
         let client = conn.client();
         off_runtime(|| {
@@ -410,10 +412,10 @@ impl crate::ResponseCache for PgCache {
             )
         })
         .map(|r| r.map(|r| r.get(0)))
-        .map_err(db)
+        .map_err(|e| CacheError::from(db(e)))
     }
 
-    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), StoreError> {
+    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), CacheError> {
         let mut conn = lock(&self.conn);
         let client = conn.client();
         off_runtime(|| {
@@ -424,12 +426,12 @@ impl crate::ResponseCache for PgCache {
             )
         })
         .map(drop)
-        .map_err(db)
+        .map_err(|e| CacheError::from(db(e)))
     }
 }
 
 impl CheckpointStore for PgStore {
-    fn response_cache(&self) -> Result<crate::SharedCache, StoreError> {
+    fn response_cache(&self) -> Result<SharedCache, StoreError> {
         Ok(std::sync::Arc::new(PgCache {
             conn: Mutex::new(connect(&self.config, &self.shown)?),
         }))
@@ -863,7 +865,7 @@ mod tests {
     #[test]
     fn folding_a_batch_is_applying_its_updates_in_order() {
         let s = |x: &str| x.to_owned();
-        let record = std::sync::Arc::new(crate::record::Record::with_fields(
+        let record = std::sync::Arc::new(crate::stage::Record::with_fields(
             "a",
             serde_json::json!({"x": 1})
                 .as_object()

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::stage::{CacheError, ResponseCache, SharedCache};
+
 use super::{
     Change, CheckpointStore, Duplicates, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
     SkippedItem, StatusReport, StoreError, StoredItem, Update, UpdateWriter,
@@ -51,7 +53,7 @@ CREATE TABLE items (
 ) WITHOUT ROWID;
 ";
 
-/// Version 2: answers kept across runs (see [`crate::ResponseCache`]).
+/// Version 2: answers kept across runs (see [`ResponseCache`]).
 const SCHEMA_V2: &str = "
 CREATE TABLE responses (
     key TEXT PRIMARY KEY,
@@ -182,8 +184,8 @@ impl SqliteCache {
     }
 }
 
-impl crate::ResponseCache for SqliteCache {
-    fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+impl ResponseCache for SqliteCache {
+    fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
         self.conn()
             .query_row(
                 "SELECT value FROM responses WHERE key = ?1",
@@ -191,10 +193,10 @@ impl crate::ResponseCache for SqliteCache {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(db)
+            .map_err(|e| CacheError::from(db(e)))
     }
 
-    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), StoreError> {
+    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), CacheError> {
         self.conn()
             .execute(
                 "INSERT INTO responses (key, stage, value, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -202,7 +204,7 @@ impl crate::ResponseCache for SqliteCache {
                 params![key, stage, value, now()],
             )
             .map(drop)
-            .map_err(db)
+            .map_err(|e| CacheError::from(db(e)))
     }
 }
 
@@ -328,7 +330,7 @@ fn to_run(
 }
 
 impl CheckpointStore for SqliteStore {
-    fn response_cache(&self) -> Result<crate::SharedCache, StoreError> {
+    fn response_cache(&self) -> Result<SharedCache, StoreError> {
         Ok(std::sync::Arc::new(SqliteCache {
             conn: Mutex::new(connect(&self.path)?),
         }))
@@ -819,7 +821,7 @@ mod tests {
                     seq: 1,
                     change: Change::Advanced {
                         stage: s("two"),
-                        record: std::sync::Arc::new(crate::record::Record::with_fields(
+                        record: std::sync::Arc::new(crate::stage::Record::with_fields(
                             "a",
                             serde_json::json!({"x": 1})
                                 .as_object()

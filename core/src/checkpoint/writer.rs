@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_batch_keeps_the_record_of_an_item_that_moved_on() {
-        let r1 = std::sync::Arc::new(crate::record::Record::new("1"));
+        let r1 = std::sync::Arc::new(crate::stage::Record::new("1"));
         let mut b = Batch::default();
         b.push(Update {
             seq: 1,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use stagewise_plugin::abi::{self, Buffer, CallContext, PluginTable, Reply, Slice};
 
-use crate::record::Record;
+use crate::stage::Record;
 use crate::stage::{Context, Outcome, StageError};
 
 /// Most kinds a library may declare: a bound on what the host reads from its table.

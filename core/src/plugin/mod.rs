@@ -23,11 +23,12 @@ use std::sync::Arc;
 pub use ffi::{KindInfo, LoadError, PluginInfo};
 pub use stagewise_plugin::abi::ABI_VERSION;
 
-use crate::record::Record;
-use crate::registry::{
-    BuildContext, DynKind, KeyProblem, KeyProblemKind, KindDefaults, Registry, Role,
+use crate::config::{KeyProblem, KeyProblemKind};
+use crate::registry::{DynKind, Registry};
+use crate::stage::{
+    BlockingStage, BuildContext, Context, KindDefaults, Outcome, Record, Role, StageError,
+    StageImpl,
 };
-use crate::stage::{BlockingStage, Context, Outcome, StageError, StageImpl};
 use ffi::{Instance, Plugin};
 
 /// The kind name of plugin stages.

@@ -21,7 +21,7 @@
 
 use serde_json::Value;
 
-use crate::registry::{KeyProblem, KeyProblemKind};
+use crate::config::{KeyProblem, KeyProblemKind};
 
 /// Every problem of `config` (a stage's own keys as JSON) against `schema`.
 pub(crate) fn check(config: &Value, schema: &Value) -> Vec<KeyProblem> {

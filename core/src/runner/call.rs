@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::{Shared, StageRt};
-use crate::record::Record;
 use crate::runner::control::AbortReason;
+use crate::stage::Record;
 use crate::stage::{BlockingStage, CancelFlag, Context, Outcome, StageError, StageImpl};
 
 /// How long a timed-out or cancelled blocking call gets to notice its flag before it counts as

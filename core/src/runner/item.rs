@@ -9,7 +9,7 @@ use super::call::{call, CallError};
 use super::control::AbortReason;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
-use crate::record::Record;
+use crate::stage::Record;
 use crate::stage::{ErrorClass, Outcome, StageError};
 use crate::text;
 

@@ -25,9 +25,10 @@ use tokio_util::task::TaskTracker;
 use crate::checkpoint::writer::Checkpointer;
 use crate::checkpoint::{CheckpointStore, RunStatus, StoreError};
 use crate::policy::Policy;
-use crate::record::Record;
-use crate::registry::{BuildContext, Registry};
+use crate::registry::Registry;
 use crate::spec::{MaxFailures, Pipeline, StoreLocation};
+use crate::stage::BuildContext;
+use crate::stage::Record;
 use crate::stage::StageImpl;
 use control::{AbortReason, Control, Interrupt};
 use item::WorkItem;
@@ -108,8 +109,8 @@ pub(crate) struct StageRt {
     pub pool: Option<Arc<Semaphore>>,
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub stats: StageStats,
-    /// The stage's own figures (see [`crate::Meter`]).
-    pub meter: crate::Meter,
+    /// The stage's own figures (see [`crate::stage::Meter`]).
+    pub meter: crate::stage::Meter,
     /// How many attempts may be under way, adapted to the service's overload signals.
     pub adaptive: adaptive::Adaptive,
     /// Whether the stage has been told to slow down yet (logged once).
@@ -142,7 +143,7 @@ pub(crate) struct Shared {
 fn build_stages(
     pipeline: &Pipeline,
     registry: &Registry,
-    cache: &crate::SharedCache,
+    cache: &crate::stage::SharedCache,
 ) -> Result<Vec<StageRt>, RunError> {
     let mut out = Vec::with_capacity(pipeline.stages.len());
     for (index, stage) in pipeline.stages.iter().enumerate() {
@@ -455,7 +456,7 @@ async fn feed(
                     .position(|s| &*s.name == name && s.index > 0)
                     .ok_or_else(|| format!("the checkpoint puts this item at stage `{name}`, which is not in the pipeline (run with --fresh to start over)")),
             };
-            let fields = serde_json::from_str::<crate::record::Fields>(&stored.record)
+            let fields = serde_json::from_str::<crate::stage::Fields>(&stored.record)
                 .map_err(|e| format!("the checkpointed record is not a JSON object: {e}"));
             match (stage, fields) {
                 (Ok(stage), Ok(fields)) if stage < shared.stages.len() => {

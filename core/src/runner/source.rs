@@ -148,7 +148,7 @@ fn read(
         .map_err(TakeError::Store)?;
     let mut taken = 0u64;
     let mut store_error = None;
-    let mut emit = |record: crate::record::Record| -> Result<(), Stop> {
+    let mut emit = |record: crate::stage::Record| -> Result<(), Stop> {
         if cx.cancel_flag().is_cancelled() || limit.is_some_and(|l| taken >= l) {
             return Err(Stop);
         }

@@ -2,12 +2,10 @@
 //! (pure: every problem of the file collected, each with its place and stage), and built (in the
 //! runner: files, pools and connections opened).
 
-mod de;
 mod keys;
 mod located;
 mod plan;
 mod schema;
-mod shape;
 pub(crate) mod types;
 
 use std::collections::HashSet;
@@ -15,19 +13,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) use de::deserialize_all;
 pub use keys::section_keys;
-pub(crate) use keys::struct_fields;
 pub use located::Place;
 use located::{KeyPath, Origins, Substitutions};
 pub use plan::{Origin, Plan, Setting, StagePlan};
 pub use schema::json_schema;
-pub(crate) use shape::schema_of;
+pub use types::MaxFailures;
 use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
-pub use types::{MaxFailures, RateLimit};
 
+use crate::config::{deserialize_all, KeyProblem, KeyProblemKind};
 use crate::policy::{Layers, Policy};
-use crate::registry::{KeyProblem, KeyProblemKind, Registry, Role};
+use crate::registry::Registry;
+use crate::stage::Role;
 
 const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);

@@ -1,7 +1,7 @@
 //! `stagewise schema`: a JSON Schema (draft 2020-12) of `pipeline.toml`, so that editors
 //! (Taplo, Even Better TOML) can complete keys and flag mistakes as they are typed.
 //!
-//! It is made from the same types the validator reads ([`super::shape`]) and from the kinds
+//! It is made from the same types the validator reads ([`crate::config`]) and from the kinds
 //! registered in the runner, so it cannot drift from what `validate` accepts by key or type.
 //! Each key's description (what an editor shows on hover) comes from the reference,
 //! `docs/pipeline.md`, built into the binary: a test keeps that reference complete, so the
@@ -12,9 +12,10 @@
 
 use serde_json::{json, Value};
 
-use super::schema_of;
 use super::types::{CheckpointSpec, PipelineSpec, PolicySpec};
-use crate::registry::{Registry, Role};
+use crate::config::schema_of;
+use crate::registry::Registry;
+use crate::stage::Role;
 
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use stagewise_core::{
+use stagewise_core::stage::{
     BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind,
 };
 

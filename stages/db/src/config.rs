@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use stagewise_core::BuildContext;
+use stagewise_core::stage::BuildContext;
 
 /// Connect timeout when the stage does not set one.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

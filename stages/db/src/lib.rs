@@ -19,7 +19,8 @@ mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind};
+use stagewise_core::Registry;
 
 pub use config::{FetchConfig, PersistConfig};
 use config::{Limits, Target};

@@ -15,7 +15,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::{CancelToken, Client, NoTls, Row, Statement};
 use serde_json::Value;
-use stagewise_core::{CancelFlag, Context, Fields, StageError};
+use stagewise_core::stage::{CancelFlag, Context, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;
@@ -639,7 +639,7 @@ mod tests {
 
     #[test]
     fn classifies_server_errors() {
-        use stagewise_core::ErrorClass::{Fatal, Permanent, Transient};
+        use stagewise_core::stage::ErrorClass::{Fatal, Permanent, Transient};
         let cases = [
             (SqlState::QUERY_CANCELED, Transient),
             (SqlState::T_R_SERIALIZATION_FAILURE, Transient),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::types::{Value as Sql, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
-use stagewise_core::{Context, Fields, StageError};
+use stagewise_core::stage::{Context, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;

@@ -6,7 +6,9 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use stagewise_core::{BlockingStage, Context, Fields, Outcome, Record, Source, StageError, Stop};
+use stagewise_core::stage::{
+    BlockingStage, Context, Fields, Outcome, Record, Source, StageError, Stop,
+};
 
 use crate::params::Script;
 use crate::postgres::{self as pg, PgPool};
@@ -248,10 +250,12 @@ fn write_batch(
     match write(&all) {
         Ok(()) => taken.iter().map(|(i, _)| (*i, Ok(()))).collect(),
         // One record's data (a constraint, a type) spoilt the transaction: find which.
-        Err(e) if taken.len() > 1 && e.class == stagewise_core::ErrorClass::Permanent => taken
-            .iter()
-            .map(|(i, v)| (*i, write(&[v.as_slice()])))
-            .collect(),
+        Err(e) if taken.len() > 1 && e.class == stagewise_core::stage::ErrorClass::Permanent => {
+            taken
+                .iter()
+                .map(|(i, v)| (*i, write(&[v.as_slice()])))
+                .collect()
+        }
         Err(e) => taken.iter().map(|(i, _)| (*i, Err(e.clone()))).collect(),
     }
 }
@@ -259,7 +263,7 @@ fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stagewise_core::CancelFlag;
+    use stagewise_core::stage::CancelFlag;
     use std::sync::Arc;
     use std::time::Instant;
 

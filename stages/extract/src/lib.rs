@@ -13,7 +13,8 @@ mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind};
+use stagewise_core::Registry;
 
 pub use config::ExtractConfig;
 pub use engine::{extract, markdown_to_text, Article};

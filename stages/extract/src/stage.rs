@@ -1,7 +1,7 @@
 //! One item through `extract`: checks the input, runs the engine, applies `min_chars` and
 //! writes the text and metadata.
 
-use stagewise_core::{BlockingStage, Context, Outcome, Record, StageError};
+use stagewise_core::stage::{BlockingStage, Context, Outcome, Record, StageError};
 
 use crate::config::ExtractConfig;
 use crate::engine;
@@ -121,7 +121,7 @@ fn clean(s: &str) -> String {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use stagewise_core::{CancelFlag, ErrorClass};
+    use stagewise_core::stage::{CancelFlag, ErrorClass};
 
     use super::*;
 

@@ -17,13 +17,12 @@ mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::{BuildContext, Registry, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind};
+use stagewise_core::Registry;
 
 pub use config::DownloadConfig;
 use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT};
 use stage::Download;
-/// How a ureq failure maps to a stage error; shared with the other stages that speak HTTP.
-pub use stage::{classify as classify_ureq_error, io_error as classify_read_error};
 
 /// Register `http-download`.
 pub fn register(registry: &mut Registry) {

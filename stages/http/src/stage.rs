@@ -4,7 +4,8 @@
 use std::io::Read;
 use std::time::SystemTime;
 
-use stagewise_core::{parse_retry_after, BlockingStage, Context, Outcome, Record, StageError};
+use stagewise_core::stage::{BlockingStage, Context, Outcome, Record, StageError};
+use stagewise_stages_net::{classify, parse_retry_after, read_error};
 use url::Url;
 
 use crate::decode::decode;
@@ -258,7 +259,7 @@ impl Download {
         reader
             .take(self.max_bytes.saturating_add(1))
             .read_to_end(&mut body)
-            .map_err(|e| io_error(&e))?;
+            .map_err(|e| read_error(&e))?;
         if body.len() as u64 > self.max_bytes {
             return Err(self.too_big(None));
         }
@@ -291,43 +292,6 @@ fn is_binary(content_type: &str) -> bool {
     !["html", "xml", "json", "javascript"]
         .iter()
         .any(|t| mime.contains(t))
-}
-
-/// A failure while reading a body, classified (ureq's own failures as [`classify`] does).
-pub fn io_error(e: &std::io::Error) -> StageError {
-    // ureq reports its own failures while the body is read (a `read_timeout`, say) as an
-    // `io::Error` wrapping a `ureq::Error`: classify those as ureq's.
-    if let Some(inner) = e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
-        return classify(inner);
-    }
-    match e.kind() {
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-            StageError::transient(format!("reading the body timed out: {e}"))
-        }
-        _ => StageError::transient(format!("reading the body failed: {e}")),
-    }
-}
-
-/// Connection trouble and timeouts are transient; a malformed URL or response is permanent.
-pub fn classify(e: &ureq::Error) -> StageError {
-    use ureq::Error as E;
-    match e {
-        E::Timeout(which) => StageError::transient(match which {
-            ureq::Timeout::Connect => "connect timed out (`connect_timeout`)".to_owned(),
-            ureq::Timeout::PerRead => "the server sent nothing for `read_timeout`".to_owned(),
-            ureq::Timeout::Global => "timed out at the attempt's deadline (`timeout`)".to_owned(),
-            other => format!("timed out ({other})"),
-        }),
-        E::Io(io) => io_error(io),
-        E::HostNotFound => StageError::transient("host not found"),
-        E::ConnectionFailed => StageError::transient("connection failed"),
-        E::BadUri(uri) => StageError::permanent(format!("invalid URL: {uri}")),
-        E::TooManyRedirects | E::RedirectFailed => StageError::permanent(e.to_string()),
-        E::Protocol(_) => {
-            StageError::permanent(format!("the server's response is not valid HTTP: {e}"))
-        }
-        other => StageError::transient(other.to_string()),
-    }
 }
 
 #[cfg(test)]

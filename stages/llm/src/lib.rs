@@ -21,9 +21,8 @@ mod template;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stagewise_core::{
-    BuildContext, KindDefaults, Registry, Role, StageError, StageImpl, StageKind,
-};
+use stagewise_core::stage::{BuildContext, KindDefaults, Role, StageError, StageImpl, StageKind};
+use stagewise_core::Registry;
 
 pub use config::{default_schema, LlmConfig, Provider};
 pub use extractive::split_sentences;

@@ -6,8 +6,8 @@ use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
-use stagewise_core::{parse_retry_after, StageError};
-use stagewise_stages_http::{classify_read_error, classify_ureq_error};
+use stagewise_core::stage::StageError;
+use stagewise_stages_net::{classify, parse_retry_after, read_error};
 
 use crate::config::Provider;
 
@@ -214,7 +214,7 @@ impl Client {
             .send(body.to_string().as_bytes())
             .map_err(|e| Failure {
                 maybe_billed: sent(&e),
-                error: self.scrub(classify_ureq_error(&e)),
+                error: self.scrub(classify(&e)),
             })?;
         let status = response.status().as_u16();
         let hint = retry_hint(response.headers());
@@ -232,7 +232,7 @@ impl Client {
             .take(MAX_BODY)
             .read_to_end(&mut bytes)
             .map_err(|e| Failure {
-                error: self.scrub(classify_read_error(&e)),
+                error: self.scrub(read_error(&e)),
                 maybe_billed: true,
             })?;
         let text = String::from_utf8_lossy(&bytes);

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use stagewise_core::{
+use stagewise_core::stage::{
     BlockingStage, Context, ErrorClass, Meter, Outcome, Record, SharedCache, StageError,
 };
 
@@ -407,7 +407,7 @@ mod tests {
         };
         b.reserve(0.6).expect("fits");
         let e = b.reserve(0.6).expect_err("0.6 set aside + 0.6 > 1.0");
-        assert_eq!(e.class, stagewise_core::ErrorClass::Fatal);
+        assert_eq!(e.class, stagewise_core::stage::ErrorClass::Fatal);
         assert!(e.message.contains("max_cost 1"), "{}", e.message);
         b.settle(0.6, 0.1);
         b.reserve(0.6).expect("0.1 spent + 0.6 fits");

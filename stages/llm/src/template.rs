@@ -1,6 +1,6 @@
 //! Prompt templates: text with `{{field}}` placeholders, parsed once when the stage is built.
 
-use stagewise_core::Record;
+use stagewise_core::stage::Record;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Part {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use stagewise_core::{
+use stagewise_core::stage::{
     AsyncStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind,
 };
 

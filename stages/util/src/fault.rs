@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use stagewise_core::{
+use stagewise_core::stage::{
     AsyncStage, BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl,
     StageKind,
 };
@@ -251,7 +251,7 @@ impl BlockingStage for Fault {
 mod tests {
     use super::*;
     use crate::testing::{build_cx, config, cx};
-    use stagewise_core::ErrorClass;
+    use stagewise_core::stage::ErrorClass;
     use std::collections::HashMap;
     use std::future::Future;
     use std::task::Poll;

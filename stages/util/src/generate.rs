@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
-use stagewise_core::{
+use stagewise_core::stage::{
     BuildContext, Context, Fields, Record, Role, Source, StageError, StageImpl, StageKind, Stop,
 };
 
@@ -75,7 +75,7 @@ impl Source for Generate {
 mod tests {
     use super::*;
     use crate::testing::{build_cx, config, cx, cx_with};
-    use stagewise_core::CancelFlag;
+    use stagewise_core::stage::CancelFlag;
 
     fn source(count: u64) -> Arc<dyn Source> {
         let config = GenerateConfig { count };

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Deserialize;
 use serde_json::Value;
-use stagewise_core::{
+use stagewise_core::stage::{
     BlockingStage, BuildContext, Context, Outcome, Record, Role, Source, StageError, StageImpl,
     StageKind, Stop,
 };
@@ -219,7 +219,7 @@ mod tests {
     use super::*;
     use crate::testing::{build_cx, config, cx, temp_dir};
     use serde_json::json;
-    use stagewise_core::{ErrorClass, Fields};
+    use stagewise_core::stage::{ErrorClass, Fields};
     use std::path::Path;
 
     fn build(toml_text: &str, role: Role, dir: &Path) -> StageImpl {
@@ -416,7 +416,7 @@ mod tests {
     fn sink_does_not_write_for_a_cancelled_attempt() {
         let dir = temp_dir("jsonl-cancel");
         let sink = sink("path = \"out.jsonl\"", dir.path());
-        let cancel = stagewise_core::CancelFlag::new();
+        let cancel = stagewise_core::stage::CancelFlag::new();
         cancel.cancel();
         let cx = crate::testing::cx_with("1", 1, cancel);
         let err = sink.process(Record::new("1"), &cx).expect_err("cancelled");

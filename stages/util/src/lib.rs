@@ -45,7 +45,7 @@ pub(crate) mod testing {
     use std::time::{Duration, Instant};
 
     use serde::de::DeserializeOwned;
-    use stagewise_core::{BuildContext, CancelFlag, Context, Role};
+    use stagewise_core::stage::{BuildContext, CancelFlag, Context, Role};
 
     /// A config parsed from a stage table's own keys, as `pipeline.toml` would hold them.
     pub(crate) fn config<T: DeserializeOwned>(toml_text: &str) -> Result<T, toml::de::Error> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use stagewise_core::{
+use stagewise_core::stage::{
     AsyncStage, BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl,
     StageKind,
 };
@@ -117,7 +117,7 @@ impl BlockingStage for Sleep {
 mod tests {
     use super::*;
     use crate::testing::{build_cx, config, cx, cx_with};
-    use stagewise_core::{CancelFlag, ErrorClass};
+    use stagewise_core::stage::{CancelFlag, ErrorClass};
     use std::future::Future;
 
     fn build(toml_text: &str) -> StageImpl {

@@ -8,7 +8,7 @@ pub type Fields = serde_json::Map<String, serde_json::Value>;
 /// One item of the batch as it moves through the stages.
 ///
 /// ```
-/// use stagewise_core::Record;
+/// use stagewise_core::stage::Record;
 /// let mut r = Record::new("42");
 /// r.fields.insert("url".into(), "https://example.com".into());
 /// assert_eq!(r.key, "42");

@@ -6,7 +6,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::registry::{KeyProblem, KeyProblemKind};
+use super::{KeyProblem, KeyProblemKind};
 
 /// Deserialize `table` as `T`, or return every problem found, each with its key path.
 pub(crate) fn deserialize_all<T: DeserializeOwned>(

@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::checkpoint::StoreError;
+/// A response cache that could not be read or written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("response cache: {0}")]
+pub struct CacheError(pub String);
 
 /// Named figures a stage adds to as it works; the summary shows them beside the runner's own.
 /// Cheap to clone: clones share the figures.
@@ -50,9 +53,9 @@ impl Meter {
 /// database read or write): call them from a blocking stage, not from async code.
 pub trait ResponseCache: Send + Sync + std::fmt::Debug {
     /// The answer stored under `key`, if any.
-    fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
+    fn get(&self, key: &str) -> Result<Option<String>, CacheError>;
     /// Store `value` under `key` (replacing an older one), durably before returning.
-    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), StoreError>;
+    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), CacheError>;
 }
 
 /// A shared handle to a [`ResponseCache`].

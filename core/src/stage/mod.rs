@@ -1,5 +1,11 @@
-//! The stage contract: what a stage is handed, what it may answer, and what each answer means
-//! for the item and the run.
+//! Everything a stage author uses, from one path: the stage contract (what a stage is handed,
+//! what it may answer, and what each answer means for the item and the run), [`Record`]s, the
+//! [`StageKind`] a crate registers, and the services a stage is lent when it is built
+//! ([`Meter`], [`ResponseCache`]).
+//!
+//! ```
+//! use stagewise_core::stage::{BlockingStage, Context, Outcome, Record, StageError};
+//! ```
 //!
 //! A pipeline is a list of stages. The first is a [`Source`]: it yields the batch once per run.
 //! Every later stage is either an [`AsyncStage`] (runs on the async runtime; must not block) or a
@@ -42,9 +48,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+pub use async_trait::async_trait;
 
-use crate::record::Record;
+mod kind;
+mod record;
+mod services;
+
+pub use kind::{BuildContext, KindDefaults, Role, StageKind};
+pub use record::{Fields, Record};
+pub use services::{CacheError, Meter, ResponseCache, SharedCache};
 
 /// What a stage answers for one item.
 #[derive(Debug, Clone, PartialEq)]

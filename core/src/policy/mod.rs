@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::registry::KindDefaults;
-use crate::spec::types::{PolicySpec, RateLimit};
+use crate::stage::KindDefaults;
+mod spec;
+
+pub use spec::RateLimit;
+pub(crate) use spec::{PolicySpec, RetrySpec, POLICY_KEYS};
 
 /// A rate limit as a GCRA quota: attempts evenly spaced at `per / count`, with no burst, so that
 /// no window of `per` ever sees more than `count` attempts started (plus the one at its edge).
@@ -288,20 +291,6 @@ impl Policy {
     }
 }
 
-/// The value of an HTTP `Retry-After` header — seconds, or an HTTP date (a past date is
-/// zero) — as a wait; `None` when it is neither.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,21 +430,5 @@ mod tests {
         };
         // 5 × 10 s + (100 + 200 + 400 + 800) ms
         assert_eq!(p.worst_case(), Duration::from_millis(51_500));
-    }
-
-    #[test]
-    fn retry_after_values() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(30);
-        let wait = parse_retry_after(&httpdate::fmt_http_date(later)).expect("a date");
-        assert!(
-            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
-            "{wait:?}"
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

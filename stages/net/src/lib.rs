@@ -1,0 +1,78 @@
+//! HTTP plumbing shared by the stages that call servers (`http-download`, `llm`): how a ureq
+//! failure maps to a classified [`StageError`], and a `Retry-After` header to a wait.
+
+use std::time::Duration;
+
+use stagewise_core::stage::StageError;
+
+/// A failure while reading a body, classified (ureq's own failures as [`classify`] does).
+pub fn read_error(e: &std::io::Error) -> StageError {
+    // ureq reports its own failures while the body is read (a `read_timeout`, say) as an
+    // `io::Error` wrapping a `ureq::Error`: classify those as ureq's.
+    if let Some(inner) = e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+        return classify(inner);
+    }
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            StageError::transient(format!("reading the body timed out: {e}"))
+        }
+        _ => StageError::transient(format!("reading the body failed: {e}")),
+    }
+}
+
+/// Connection trouble and timeouts are transient; a malformed URL or response is permanent.
+pub fn classify(e: &ureq::Error) -> StageError {
+    use ureq::Error as E;
+    match e {
+        E::Timeout(which) => StageError::transient(match which {
+            ureq::Timeout::Connect => "connect timed out (`connect_timeout`)".to_owned(),
+            ureq::Timeout::PerRead => "the server sent nothing for `read_timeout`".to_owned(),
+            ureq::Timeout::Global => "timed out at the attempt's deadline (`timeout`)".to_owned(),
+            other => format!("timed out ({other})"),
+        }),
+        E::Io(io) => read_error(io),
+        E::HostNotFound => StageError::transient("host not found"),
+        E::ConnectionFailed => StageError::transient("connection failed"),
+        E::BadUri(uri) => StageError::permanent(format!("invalid URL: {uri}")),
+        E::TooManyRedirects | E::RedirectFailed => StageError::permanent(e.to_string()),
+        E::Protocol(_) => {
+            StageError::permanent(format!("the server's response is not valid HTTP: {e}"))
+        }
+        other => StageError::transient(other.to_string()),
+    }
+}
+
+/// The value of an HTTP `Retry-After` header — seconds, or an HTTP date (a past date is
+/// zero) — as a wait; `None` when it is neither.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_values() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(later)).expect("a date");
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
