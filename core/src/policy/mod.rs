@@ -1,28 +1,34 @@
-//! The policies every stage shares, resolved from the stage's keys, `[defaults]`, the kind's
-//! defaults and the built-in defaults, in that order of precedence.
+//! The policies every stage shares: each one a layer of its own, and their resolution from the
+//! stage's keys, `[defaults]`, the kind's defaults and the built-in defaults, in that order of
+//! precedence.
 //!
-//! They wrap each stage call in one order: concurrency → retry → timeout (per attempt) → rate
-//! limit → call. A stage only classifies its errors; backoff, jitter and caps live here.
+//! The runner wraps each stage call in the layers in one order, outermost first:
+//!
+//! 1. concurrency — the stage's `concurrency` places (a semaphore, in the runner);
+//! 2. [`retry`] — attempts, backoff with jitter, a stage's retry-after hint;
+//! 3. [`adaptive`] — fewer attempts at once while the service says it is overloaded;
+//! 4. [`rate`] — attempts started no faster than `rate_limit`;
+//! 5. [`timeout`] — each attempt's deadline (for a blocking stage, with the abandonment of a
+//!    call that ignores it, in the runner's `call`);
+//! 6. the stage's call.
+//!
+//! So a wait for a rate-limit slot or an adaptive place does not count against the attempt's
+//! timeout, and a retry waits its backoff holding no adaptive place and no rate slot. A stage
+//! only classifies its errors; backoff, jitter, caps and limits live here.
 
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::stage::KindDefaults;
-mod spec;
 
+pub(crate) mod adaptive;
+pub(crate) mod rate;
+pub(crate) mod retry;
+mod spec;
+pub(crate) mod timeout;
+
+pub use retry::Retry;
 pub use spec::RateLimit;
 pub(crate) use spec::{PolicySpec, RetrySpec, POLICY_KEYS};
-
-/// A rate limit as a GCRA quota: attempts evenly spaced at `per / count`, with no burst, so that
-/// no window of `per` ever sees more than `count` attempts started (plus the one at its edge).
-pub(crate) fn quota(rate: RateLimit) -> governor::Quota {
-    let period = (rate.per / rate.count).max(Duration::from_nanos(1));
-    governor::Quota::with_period(period).expect("the period is at least 1ns")
-}
-
-/// The longest a stage's retry-after hint is honoured when `retry.max` is shorter.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Built-in defaults, used where neither the stage, `[defaults]` nor the kind says otherwise.
 pub(crate) mod builtin {
@@ -48,65 +54,6 @@ pub struct Policy {
     pub rate_limit: Option<RateLimit>,
     /// Abandoned blocking calls after which the stage is wedged.
     pub max_abandoned: usize,
-}
-
-/// Exponential backoff with optional full jitter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Retry {
-    /// Attempts in all, including the first.
-    pub attempts: u32,
-    /// Backoff before the second attempt.
-    pub initial: Duration,
-    /// Largest backoff.
-    pub max: Duration,
-    /// Growth per attempt.
-    pub multiplier: f64,
-    /// Wait a uniform random time in `[0, backoff]` instead of the backoff itself.
-    pub jitter: bool,
-}
-
-impl Retry {
-    /// The ceiling of the wait after failed attempt `attempt` (1-based): `initial ×
-    /// multiplier^(attempt-1)`, capped at `max`.
-    pub fn ceiling(&self, attempt: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .powi(attempt.saturating_sub(1).min(64) as i32);
-        let secs = self.initial.as_secs_f64() * exp;
-        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
-            self.max
-        } else {
-            Duration::from_secs_f64(secs)
-        }
-    }
-
-    /// The wait after failed attempt `attempt`; a stage's retry-after hint wins, up to
-    /// [`MAX_RETRY_AFTER`] or `max`, whichever is longer (a server asking for a day's wait must
-    /// not stall an item for a day). With `jitter`, a hinted wait is stretched by up to half
-    /// again at random: the items a server turned away together (a burst of 429s, all told
-    /// "1 s") must not all come back in the same millisecond and be turned away again.
-    pub fn delay(
-        &self,
-        attempt: u32,
-        retry_after: Option<Duration>,
-        rng: &mut impl Rng,
-    ) -> Duration {
-        if let Some(hint) = retry_after {
-            let cap = self.max.max(MAX_RETRY_AFTER);
-            let hint = hint.min(cap);
-            if !self.jitter || hint.is_zero() {
-                return hint;
-            }
-            let spread = rng.random_range(0.0..=hint.as_secs_f64() / 2.0);
-            return (hint + Duration::from_secs_f64(spread)).min(cap.max(hint));
-        }
-        let ceiling = self.ceiling(attempt);
-        if self.jitter && !ceiling.is_zero() {
-            Duration::from_secs_f64(rng.random_range(0.0..=ceiling.as_secs_f64()))
-        } else {
-            ceiling
-        }
-    }
 }
 
 /// The layer a resolved policy value came from, in order of precedence.
@@ -294,7 +241,6 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn retry(jitter: bool) -> Retry {
         Retry {
@@ -304,50 +250,6 @@ mod tests {
             multiplier: 2.0,
             jitter,
         }
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let r = retry(false);
-        let ms: Vec<u128> = (1..=6).map(|a| r.ceiling(a).as_millis()).collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
-    }
-
-    #[test]
-    fn full_jitter_stays_under_the_ceiling_and_varies() {
-        let r = retry(true);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let waits: Vec<Duration> = (0..200).map(|_| r.delay(3, None, &mut rng)).collect();
-        assert!(waits.iter().all(|w| *w <= Duration::from_millis(400)));
-        assert!(waits.iter().any(|w| *w < Duration::from_millis(200)));
-        assert!(waits.iter().any(|w| *w > Duration::from_millis(200)));
-    }
-
-    #[test]
-    fn retry_after_wins() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let hint = Duration::from_millis(700);
-        assert_eq!(retry(false).delay(1, Some(hint), &mut rng), hint);
-        // With jitter: never sooner than asked, at most half again, and spread out.
-        let waits: Vec<Duration> = (0..50)
-            .map(|_| retry(true).delay(1, Some(hint), &mut rng))
-            .collect();
-        assert!(
-            waits.iter().all(|w| *w >= hint && *w <= hint * 3 / 2),
-            "{waits:?}"
-        );
-        let (lo, hi) = (waits.iter().min(), waits.iter().max());
-        assert!(
-            hi.zip(lo)
-                .is_some_and(|(h, l)| *h - *l > Duration::from_millis(100)),
-            "{waits:?}"
-        );
-        let day = Duration::from_secs(86_400);
-        assert_eq!(
-            retry(true).delay(1, Some(day), &mut rng),
-            MAX_RETRY_AFTER,
-            "capped"
-        );
     }
 
     #[test]
@@ -393,30 +295,6 @@ mod tests {
         }
         let (_, layers) = Policy::resolve(&stage, &defaults, &kind, true);
         assert!(layers.contains(&("concurrency", Layer::Source)));
-    }
-
-    #[test]
-    fn rate_limits_space_attempts_evenly() {
-        use governor::clock::FakeRelativeClock;
-        let clock = FakeRelativeClock::default();
-        let rate = RateLimit {
-            count: 60,
-            per: Duration::from_secs(60),
-        };
-        let limiter = governor::RateLimiter::direct_with_clock(quota(rate), clock.clone());
-        assert!(limiter.check().is_ok(), "the first attempt goes at once");
-        assert!(limiter.check().is_err(), "no burst: the second waits");
-        clock.advance(Duration::from_millis(999));
-        assert!(limiter.check().is_err(), "60/min is one a second");
-        clock.advance(Duration::from_millis(1));
-        assert!(limiter.check().is_ok());
-        // Over a minute, no more than 60 (+1 at the edge) get through.
-        let mut allowed = 0;
-        for _ in 0..600 {
-            clock.advance(Duration::from_millis(100));
-            allowed += usize::from(limiter.check().is_ok());
-        }
-        assert_eq!(allowed, 60);
     }
 
     #[test]

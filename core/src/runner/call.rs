@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::{Shared, StageRt};
+use crate::policy::timeout::{within, TimedOut};
 use crate::runner::control::AbortReason;
 use crate::stage::Record;
 use crate::stage::{BlockingStage, CancelFlag, Context, Outcome, StageError, StageImpl};
@@ -22,12 +23,6 @@ use crate::stage::{BlockingStage, CancelFlag, Context, Outcome, StageError, Stag
 /// How long a timed-out or cancelled blocking call gets to notice its flag before it counts as
 /// abandoned.
 const ABANDON_GRACE: Duration = Duration::from_millis(250);
-
-/// An attempt ran out of time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TimedOut {
-    pub after: Duration,
-}
 
 /// Why an attempt produced no outcome.
 #[derive(Debug)]
@@ -73,8 +68,8 @@ pub(crate) async fn call(
             // The call first: a stage that answers at once needs no cancellation waiter.
             tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline.into(), fut) => match r {
-                    Err(_) => Err(CallError::Timeout(TimedOut { after: timeout })),
+                r = within(deadline.into(), timeout, fut) => match r {
+                    Err(timed_out) => Err(CallError::Timeout(timed_out)),
                     Ok(Err(panic)) => Err(CallError::Panic(panic_message(&*panic))),
                     Ok(Ok(result)) => result.map_err(CallError::Stage),
                 },
@@ -106,8 +101,8 @@ async fn blocking(
     let permit = tokio::select! {
         biased;
         () = shared.control.hard.cancelled() => return Err(CallError::Cancelled),
-        p = tokio::time::timeout_at(deadline, pool.acquire_owned()) => match p {
-            Err(_) => return Err(CallError::Timeout(TimedOut { after: timeout })),
+        p = within(deadline, timeout, pool.acquire_owned()) => match p {
+            Err(timed_out) => return Err(CallError::Timeout(timed_out)),
             Ok(p) => p.expect("stage pools are never closed"),
         },
     };
@@ -119,9 +114,9 @@ async fn blocking(
     let unfinished = tokio::select! {
         biased;
         () = shared.control.hard.cancelled() => CallError::Cancelled,
-        r = tokio::time::timeout_at(deadline, &mut handle) => match r {
+        r = within(deadline, timeout, &mut handle) => match r {
             Ok(joined) => return late_is_timeout(finish(joined), &cx, timeout),
-            Err(_) => CallError::Timeout(TimedOut { after: timeout }),
+            Err(timed_out) => CallError::Timeout(timed_out),
         },
     };
     cx.cancel_flag().cancel();

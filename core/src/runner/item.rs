@@ -1,5 +1,5 @@
-//! One item's way through the stages, with the policies in their documented order:
-//! concurrency → retry → timeout (per attempt) → rate limit → call.
+//! One item's way through the stages, with the policies in their documented order (see
+//! [`crate::policy`]): concurrency → retry → adaptive gate → rate limit → timeout → call.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use super::call::{call, CallError};
 use super::control::AbortReason;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
+use crate::policy::retry::{retrying, Attempt, Ended, RetryEvents};
 use crate::stage::Record;
 use crate::stage::{ErrorClass, Outcome, StageError};
 use crate::text;
@@ -19,12 +20,6 @@ pub(crate) struct WorkItem {
     pub key: Arc<str>,
     pub record: Record,
     pub stage: usize,
-}
-
-/// How an item's time in one stage ended without an outcome.
-enum Ended {
-    Failed { error: StageError, attempts: u32 },
-    Interrupted,
 }
 
 /// Process one item through its remaining stages. `_window` is the item's place among the
@@ -200,7 +195,7 @@ async fn fail(
 }
 
 /// The service behind the stage asked it to wait (a transient error with a retry-after hint):
-/// one place fewer for its attempts (see [`super::adaptive`]).
+/// one place fewer for its attempts (see [`crate::policy::adaptive`]).
 fn slow_down(stage: &StageRt, key: &str, error: &StageError) {
     let limit = stage.adaptive.overloaded();
     if !stage
@@ -220,28 +215,51 @@ fn slow_down(stage: &StageRt, key: &str, error: &StageError) {
     }
 }
 
-/// The retry loop around single attempts.
+/// What the retry layer reports, as statistics and debug lines of the stage.
+struct RetryLog<'a> {
+    stage: &'a StageRt,
+    key: &'a str,
+}
+
+impl RetryEvents for RetryLog<'_> {
+    fn retrying(&self, attempt: u32, error: &StageError, delay: std::time::Duration) {
+        self.stage.stats.retries.incr();
+        tracing::debug!(
+            stage = %self.stage.name,
+            key = %self.key,
+            attempt,
+            error = %error.message,
+            delay = %text::duration(delay),
+            "retrying"
+        );
+    }
+
+    fn backing_off(&self, waiting: bool) {
+        if waiting {
+            self.stage.stats.backing_off.incr();
+        } else {
+            self.stage.stats.backing_off.decr();
+        }
+    }
+}
+
+/// An item's attempts at one stage, through the policy layers in their documented order:
+/// retry → adaptive gate → rate limit → timeout (in [`call`]) → the stage.
 async fn attempts(
     shared: &Arc<Shared>,
     stage: &StageRt,
     key: &Arc<str>,
     record: &Record,
 ) -> Result<Outcome, Ended> {
-    let retry = &stage.policy.retry;
-    let hard = &shared.control.hard;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let place = tokio::select! {
-            biased;
-            () = hard.cancelled() => return Err(Ended::Interrupted),
-            place = stage.adaptive.acquire() => place,
+    let stop = &shared.control.hard;
+    let events = RetryLog { stage, key };
+    retrying(&stage.policy.retry, stop, &events, |attempt| async move {
+        let Some(place) = stage.adaptive.enter(stop).await else {
+            return Attempt::Interrupted;
         };
-        if let Some(limiter) = &stage.limiter {
-            tokio::select! {
-                biased;
-                () = hard.cancelled() => return Err(Ended::Interrupted),
-                () = limiter.until_ready() => {}
+        if let Some(rate) = &stage.rate {
+            if rate.ready(stop).await.is_err() {
+                return Attempt::Interrupted;
             }
         }
         let began = std::time::Instant::now();
@@ -253,12 +271,12 @@ async fn attempts(
         let error = match result {
             Ok(outcome) => {
                 stage.adaptive.succeeded();
-                return Ok(outcome);
+                return Attempt::Done(outcome);
             }
-            Err(CallError::Cancelled) => return Err(Ended::Interrupted),
-            Err(CallError::Timeout(t)) => {
+            Err(CallError::Cancelled) => return Attempt::Interrupted,
+            Err(CallError::Timeout(timed_out)) => {
                 stage.stats.timeouts.incr();
-                StageError::transient(format!("timed out after {}", text::duration(t.after)))
+                StageError::from(timed_out)
             }
             Err(CallError::Panic(message)) => {
                 stage.stats.panics.incr();
@@ -269,31 +287,7 @@ async fn attempts(
         if error.class == ErrorClass::Transient && error.retry_after.is_some() {
             slow_down(stage, key, &error);
         }
-        if error.class != ErrorClass::Transient || attempt >= retry.attempts {
-            return Err(Ended::Failed {
-                error,
-                attempts: attempt,
-            });
-        }
-        stage.stats.retries.incr();
-        let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());
-        tracing::debug!(
-            stage = %stage.name,
-            key = %key,
-            attempt,
-            error = %error.message,
-            delay = %text::duration(delay),
-            "retrying"
-        );
-        stage.stats.backing_off.incr();
-        let interrupted = tokio::select! {
-            biased;
-            () = hard.cancelled() => true,
-            () = tokio::time::sleep(delay) => false,
-        };
-        stage.stats.backing_off.decr();
-        if interrupted {
-            return Err(Ended::Interrupted);
-        }
-    }
+        Attempt::Failed(error)
+    })
+    .await
 }

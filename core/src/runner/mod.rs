@@ -6,7 +6,6 @@
 //! through one tracker; a checkpoint writer; the heartbeat; the signal watcher. Shutdown is
 //! close → cancel → wait, driven by [`control::Control`].
 
-mod adaptive;
 mod call;
 pub(crate) mod control;
 mod item;
@@ -17,13 +16,14 @@ mod telemetry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::writer::Checkpointer;
 use crate::checkpoint::{CheckpointStore, RunStatus, StoreError};
+use crate::policy::adaptive::Adaptive;
+use crate::policy::rate::RateGate;
 use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::spec::{MaxFailures, Pipeline, StoreLocation};
@@ -107,12 +107,13 @@ pub(crate) struct StageRt {
     pub slots: Arc<Semaphore>,
     /// Threads of a blocking stage; a permit lives as long as its thread's call.
     pub pool: Option<Arc<Semaphore>>,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Attempts started no faster than `rate_limit`.
+    pub rate: Option<RateGate>,
     pub stats: StageStats,
     /// The stage's own figures (see [`crate::stage::Meter`]).
     pub meter: crate::stage::Meter,
     /// How many attempts may be under way, adapted to the service's overload signals.
-    pub adaptive: adaptive::Adaptive,
+    pub adaptive: Adaptive,
     /// Whether the stage has been told to slow down yet (logged once).
     pub slowed: std::sync::atomic::AtomicBool,
 }
@@ -169,10 +170,7 @@ fn build_stages(
             .map_err(|e| build_error(e.message))?;
         let pool = matches!(imp, StageImpl::Blocking(_))
             .then(|| Arc::new(Semaphore::new(stage.policy.concurrency)));
-        let limiter = stage
-            .policy
-            .rate_limit
-            .map(|r| RateLimiter::direct(crate::policy::quota(r)));
+        let rate = stage.policy.rate_limit.map(RateGate::new);
         out.push(StageRt {
             name: Arc::from(stage.name.as_str()),
             index,
@@ -180,10 +178,10 @@ fn build_stages(
             policy: stage.policy.clone(),
             slots: Arc::new(Semaphore::new(stage.policy.concurrency)),
             pool,
-            limiter,
+            rate,
             stats: StageStats::default(),
             meter: cx.meter,
-            adaptive: adaptive::Adaptive::new(stage.policy.concurrency),
+            adaptive: Adaptive::new(stage.policy.concurrency),
             slowed: std::sync::atomic::AtomicBool::new(false),
         });
     }

@@ -15,7 +15,8 @@
 //! # One attempt
 //!
 //! The runner calls a stage once per attempt, wrapped in the policies in this order:
-//! concurrency → retry → timeout (per attempt) → rate limit → call. Each call gets a [`Context`]
+//! concurrency → retry → adaptive concurrency → rate limit → timeout (per attempt) → call (see
+//! `docs/running.md`, "Policies"). Each call gets a [`Context`]
 //! with the item key, the attempt number (1-based), the attempt's deadline and a cancellation
 //! flag.
 //!

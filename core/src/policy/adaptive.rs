@@ -18,6 +18,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 struct State {
@@ -65,6 +66,15 @@ impl Adaptive {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait for a place, or until `stop` is cancelled (`None`).
+    pub(crate) async fn enter(&self, stop: &CancellationToken) -> Option<Place<'_>> {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => None,
+            place = self.acquire() => Some(place),
+        }
     }
 
     /// Wait for a place.
@@ -167,7 +177,7 @@ mod tests {
         assert_eq!(gate.max(), 4);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn waiters_start_when_a_place_frees_or_the_limit_grows() {
         let gate = Arc::new(Adaptive::new(2));
         gate.overloaded();
@@ -189,5 +199,44 @@ mod tests {
             .expect("no panic");
         drop(first);
         assert_eq!(gate.lock().active, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lowered_limit_holds_back_the_next_attempt_until_a_place_frees() {
+        let gate = Arc::new(Adaptive::new(3));
+        let stop = CancellationToken::new();
+        let a = gate.enter(&stop).await.expect("a place");
+        let b = gate.enter(&stop).await.expect("a place");
+        // Overloaded twice: the limit is 1 while two attempts are under way.
+        assert_eq!(gate.overloaded(), 2);
+        assert_eq!(gate.overloaded(), 1);
+        let (g, s) = (gate.clone(), stop.clone());
+        let third = tokio::spawn(async move { g.enter(&s).await.is_some() });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(a);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !third.is_finished(),
+            "one attempt still holds the only place"
+        );
+        drop(b);
+        let entered = tokio::time::timeout(Duration::from_secs(1), third)
+            .await
+            .expect("the waiter starts once the place frees")
+            .expect("no panic");
+        assert!(entered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_wait_for_a_place() {
+        let gate = Adaptive::new(1);
+        let stop = CancellationToken::new();
+        let _held = gate.enter(&stop).await.expect("a place");
+        let canceller = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            canceller.cancel();
+        });
+        assert!(gate.enter(&stop).await.is_none());
     }
 }

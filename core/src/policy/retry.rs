@@ -1,0 +1,367 @@
+//! The retry layer: an item's attempts at one stage, with exponential backoff and full jitter
+//! between them, a stage's retry-after hint in place of the backoff, and a stop request ending
+//! the wait at once. Only transient errors are retried; a permanent or fatal error, or the last
+//! attempt's error, ends the item's time in the stage.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::stage::{ErrorClass, StageError};
+
+/// The longest a stage's retry-after hint is honoured when `retry.max` is shorter.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Exponential backoff with optional full jitter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Attempts in all, including the first.
+    pub attempts: u32,
+    /// Backoff before the second attempt.
+    pub initial: Duration,
+    /// Largest backoff.
+    pub max: Duration,
+    /// Growth per attempt.
+    pub multiplier: f64,
+    /// Wait a uniform random time in `[0, backoff]` instead of the backoff itself.
+    pub jitter: bool,
+}
+
+impl Retry {
+    /// The ceiling of the wait after failed attempt `attempt` (1-based): `initial ×
+    /// multiplier^(attempt-1)`, capped at `max`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let secs = self.initial.as_secs_f64() * exp;
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+
+    /// The wait after failed attempt `attempt`; a stage's retry-after hint wins, up to
+    /// [`MAX_RETRY_AFTER`] or `max`, whichever is longer (a server asking for a day's wait must
+    /// not stall an item for a day). With `jitter`, a hinted wait is stretched by up to half
+    /// again at random: the items a server turned away together (a burst of 429s, all told
+    /// "1 s") must not all come back in the same millisecond and be turned away again.
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut impl Rng,
+    ) -> Duration {
+        if let Some(hint) = retry_after {
+            let cap = self.max.max(MAX_RETRY_AFTER);
+            let hint = hint.min(cap);
+            if !self.jitter || hint.is_zero() {
+                return hint;
+            }
+            let spread = rng.random_range(0.0..=hint.as_secs_f64() / 2.0);
+            return (hint + Duration::from_secs_f64(spread)).min(cap.max(hint));
+        }
+        let ceiling = self.ceiling(attempt);
+        if self.jitter && !ceiling.is_zero() {
+            Duration::from_secs_f64(rng.random_range(0.0..=ceiling.as_secs_f64()))
+        } else {
+            ceiling
+        }
+    }
+}
+
+/// How one attempt ended, as the retry layer sees it.
+#[derive(Debug)]
+pub(crate) enum Attempt<T> {
+    /// The stage answered.
+    Done(T),
+    /// The attempt failed (a timeout or a panic already turned into a [`StageError`]).
+    Failed(StageError),
+    /// The run cancelled the attempt; it counts for nothing.
+    Interrupted,
+}
+
+/// How an item's attempts at a stage ended without an answer.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// Failed for good: not transient, or no attempt left.
+    Failed {
+        /// The last attempt's error.
+        error: StageError,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The run stopped while the item was in an attempt or waiting for the next.
+    Interrupted,
+}
+
+/// What the retry layer tells its caller as it goes (for statistics and logs).
+pub(crate) trait RetryEvents {
+    /// Attempt `attempt` failed with `error`; the next starts after `delay`.
+    fn retrying(&self, attempt: u32, error: &StageError, delay: Duration);
+    /// The item started (`true`) or stopped (`false`) waiting between attempts.
+    fn backing_off(&self, waiting: bool);
+}
+
+/// Run `attempt(1)`, `attempt(2)`, … under `retry` until one answers, one fails for good, or
+/// `stop` is cancelled (during an attempt, the attempt itself returns
+/// [`Attempt::Interrupted`]; between attempts, the wait ends at once).
+pub(crate) async fn retrying<T, F, Fut>(
+    retry: &Retry,
+    stop: &CancellationToken,
+    events: &impl RetryEvents,
+    mut attempt: F,
+) -> Result<T, Ended>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T>>,
+{
+    let mut n = 0;
+    loop {
+        n += 1;
+        let error = match attempt(n).await {
+            Attempt::Done(value) => return Ok(value),
+            Attempt::Interrupted => return Err(Ended::Interrupted),
+            Attempt::Failed(error) => error,
+        };
+        if error.class != ErrorClass::Transient || n >= retry.attempts {
+            return Err(Ended::Failed { error, attempts: n });
+        }
+        let delay = retry.delay(n, error.retry_after, &mut rand::rng());
+        events.retrying(n, &error, delay);
+        events.backing_off(true);
+        let interrupted = tokio::select! {
+            biased;
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(delay) => false,
+        };
+        events.backing_off(false);
+        if interrupted {
+            return Err(Ended::Interrupted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    fn retry(jitter: bool) -> Retry {
+        Retry {
+            attempts: 5,
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            multiplier: 2.0,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let r = retry(false);
+        let ms: Vec<u128> = (1..=6).map(|a| r.ceiling(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_ceiling_and_varies() {
+        let r = retry(true);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let waits: Vec<Duration> = (0..200).map(|_| r.delay(3, None, &mut rng)).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(400)));
+        assert!(waits.iter().any(|w| *w < Duration::from_millis(200)));
+        assert!(waits.iter().any(|w| *w > Duration::from_millis(200)));
+    }
+
+    #[test]
+    fn retry_after_wins() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let hint = Duration::from_millis(700);
+        assert_eq!(retry(false).delay(1, Some(hint), &mut rng), hint);
+        // With jitter: never sooner than asked, at most half again, and spread out.
+        let waits: Vec<Duration> = (0..50)
+            .map(|_| retry(true).delay(1, Some(hint), &mut rng))
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w >= hint && *w <= hint * 3 / 2),
+            "{waits:?}"
+        );
+        let (lo, hi) = (waits.iter().min(), waits.iter().max());
+        assert!(
+            hi.zip(lo)
+                .is_some_and(|(h, l)| *h - *l > Duration::from_millis(100)),
+            "{waits:?}"
+        );
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            retry(true).delay(1, Some(day), &mut rng),
+            MAX_RETRY_AFTER,
+            "capped"
+        );
+    }
+
+    /// Records what the layer reports, and when each attempt started.
+    #[derive(Default)]
+    struct Seen {
+        delays: Mutex<Vec<Duration>>,
+        waiting: Mutex<Vec<bool>>,
+    }
+
+    impl RetryEvents for Seen {
+        fn retrying(&self, _attempt: u32, _error: &StageError, delay: Duration) {
+            self.delays.lock().expect("lock").push(delay);
+        }
+        fn backing_off(&self, waiting: bool) {
+            self.waiting.lock().expect("lock").push(waiting);
+        }
+    }
+
+    /// Runs the layer over `answers` (one per attempt, the last repeated), returning the result
+    /// and the start time of each attempt, relative to the start.
+    async fn run_with(
+        retry: &Retry,
+        stop: &CancellationToken,
+        seen: &Seen,
+        answers: Vec<Attempt<&'static str>>,
+    ) -> (Result<&'static str, Ended>, Vec<Duration>) {
+        let began = Instant::now();
+        let starts = Mutex::new(Vec::new());
+        let answers = Mutex::new(answers);
+        let result = retrying(retry, stop, seen, |_| {
+            starts.lock().expect("lock").push(began.elapsed());
+            let mut answers = answers.lock().expect("lock");
+            let next = if answers.len() > 1 {
+                answers.remove(0)
+            } else {
+                match &answers[0] {
+                    Attempt::Done(v) => Attempt::Done(*v),
+                    Attempt::Failed(e) => Attempt::Failed(e.clone()),
+                    Attempt::Interrupted => Attempt::Interrupted,
+                }
+            };
+            std::future::ready(next)
+        })
+        .await;
+        let starts = starts.into_inner().expect("lock");
+        (result, starts)
+    }
+
+    fn transient() -> Attempt<&'static str> {
+        Attempt::Failed(StageError::transient("busy"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_on_the_backoff_schedule() {
+        let seen = Seen::default();
+        let answers = vec![transient(), transient(), transient(), Attempt::Done("ok")];
+        let (result, starts) =
+            run_with(&retry(false), &CancellationToken::new(), &seen, answers).await;
+        assert_eq!(result.ok(), Some("ok"));
+        let ms: Vec<u128> = starts.iter().map(Duration::as_millis).collect();
+        // Waits of 100, 200 and 400 ms before attempts 2, 3 and 4.
+        assert_eq!(ms, [0, 100, 300, 700]);
+        assert_eq!(
+            seen.waiting.lock().expect("lock").len(),
+            6,
+            "three waits, begun and ended"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_attempt_fails_the_item_with_its_error() {
+        let seen = Seen::default();
+        let (result, starts) = run_with(
+            &retry(false),
+            &CancellationToken::new(),
+            &seen,
+            vec![transient()],
+        )
+        .await;
+        match result {
+            Err(Ended::Failed { error, attempts }) => {
+                assert_eq!(attempts, 5);
+                assert_eq!(error.message, "busy");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ms: Vec<u128> = starts.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 100, 300, 700, 1500], "capped at max = 1000 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_and_fatal_errors_are_not_retried() {
+        for error in [StageError::permanent("gone"), StageError::fatal("bad key")] {
+            let seen = Seen::default();
+            let answers = vec![Attempt::Failed(error.clone()), Attempt::Done("ok")];
+            let (result, starts) =
+                run_with(&retry(false), &CancellationToken::new(), &seen, answers).await;
+            assert!(
+                matches!(result, Err(Ended::Failed { attempts: 1, .. })),
+                "{error:?}: {result:?}"
+            );
+            assert_eq!(starts.len(), 1);
+            assert!(seen.delays.lock().expect("lock").is_empty());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_hint_replaces_the_backoff_and_is_capped() {
+        let seen = Seen::default();
+        let hinted =
+            |after: Duration| Attempt::Failed(StageError::transient("429").with_retry_after(after));
+        let answers = vec![
+            hinted(Duration::from_secs(7)),
+            hinted(Duration::from_secs(86_400)),
+            Attempt::Done("ok"),
+        ];
+        let (result, starts) =
+            run_with(&retry(false), &CancellationToken::new(), &seen, answers).await;
+        assert_eq!(result.ok(), Some("ok"));
+        // 7 s as asked (longer than `max`), then a day's hint capped at MAX_RETRY_AFTER.
+        assert_eq!(
+            starts,
+            [
+                Duration::ZERO,
+                Duration::from_secs(7),
+                Duration::from_secs(7) + MAX_RETRY_AFTER
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_the_backoff_interrupts_at_once_without_failing() {
+        let seen = Seen::default();
+        let stop = CancellationToken::new();
+        let canceller = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            canceller.cancel();
+        });
+        let began = Instant::now();
+        let (result, starts) = run_with(&retry(false), &stop, &seen, vec![transient()]).await;
+        assert!(matches!(result, Err(Ended::Interrupted)), "{result:?}");
+        assert_eq!(starts.len(), 1, "no second attempt");
+        assert_eq!(
+            began.elapsed(),
+            Duration::from_millis(50),
+            "the wait ended at the stop"
+        );
+        assert_eq!(*seen.waiting.lock().expect("lock"), [true, false]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupted_attempt_ends_the_item_as_interrupted() {
+        let seen = Seen::default();
+        let answers = vec![transient(), Attempt::Interrupted, Attempt::Done("ok")];
+        let (result, starts) =
+            run_with(&retry(false), &CancellationToken::new(), &seen, answers).await;
+        assert!(matches!(result, Err(Ended::Interrupted)), "{result:?}");
+        assert_eq!(starts.len(), 2);
+    }
+}
