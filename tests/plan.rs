@@ -464,9 +464,21 @@ fn schema_lists_every_key_of_every_kind() {
         "{:#}",
         defs["kind-extract"]["properties"]["min_chars"]
     );
+    // An enum whose variants are documented is a `oneOf` of `const`s, each with its description.
+    let provider = &defs["kind-llm"]["properties"]["provider"];
+    let allowed: Vec<&str> = match provider["enum"].as_array() {
+        Some(values) => values.iter().filter_map(|v| v.as_str()).collect(),
+        None => provider["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["const"].as_str())
+            .collect(),
+    };
     assert_eq!(
-        defs["kind-llm"]["properties"]["provider"]["enum"],
-        serde_json::json!(["openai", "anthropic", "extractive"])
+        allowed,
+        ["openai", "anthropic", "extractive"],
+        "{provider:#}"
     );
     assert_eq!(
         defs["kind-generate"]["required"],

@@ -26,7 +26,7 @@
 //! };
 //! use std::sync::Arc;
 //!
-//! #[derive(serde::Deserialize)]
+//! #[derive(Clone, serde::Deserialize, schemars::JsonSchema)]
 //! #[serde(deny_unknown_fields)]
 //! struct UpperConfig {
 //!     /// The field to upper-case.

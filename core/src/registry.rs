@@ -1,6 +1,7 @@
 //! The registry that maps a `kind = "…"` in `pipeline.toml` to the [`StageKind`] that validates
 //! and builds it. Builtin stage crates and custom runner binaries register kinds here.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -8,18 +9,48 @@ use std::sync::Arc;
 use crate::config::{KeyProblem, KeyProblemKind};
 use crate::stage::{BuildContext, KindDefaults, Role, StageError, StageImpl, StageKind};
 
+/// A stage's own keys as its kind read and checked them at validation, kept for the build: a
+/// stage table is deserialized once.
+#[derive(Clone)]
+pub(crate) struct Checked(Arc<dyn Any + Send + Sync>);
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checked(…)")
+    }
+}
+
+impl Checked {
+    pub(crate) fn new<T: Any + Send + Sync>(config: T) -> Self {
+        Checked(Arc::new(config))
+    }
+
+    /// The checked configuration, if it is a `T`.
+    pub(crate) fn get<T: Any>(&self) -> Result<&T, StageError> {
+        self.0.downcast_ref::<T>().ok_or_else(|| {
+            StageError::fatal("the stage's configuration was checked as another kind's")
+        })
+    }
+}
+
 /// Object-safe face of a [`StageKind`], so kinds with different config types share a registry.
 pub(crate) trait DynKind: Send + Sync {
     fn roles(&self) -> &'static [Role];
     /// The kind's own keys. A plugin stage has more: those its library's schema declares.
     fn keys(&self) -> &'static [&'static str];
-    /// The JSON Schema of the kind's own keys (for `stagewise schema`).
+    /// The JSON Schema of the kind's own keys (for `stagewise schema` and the reference).
     fn schema(&self) -> serde_json::Value;
     fn defaults(&self) -> KindDefaults;
     /// Deserialize and check, collecting every problem. `base_dir` is the pipeline file's
     /// folder, for kinds whose keys depend on a file (a plugin's schema).
-    fn check(&self, options: &toml::Table, role: Role, base_dir: &Path) -> Vec<KeyProblem>;
-    fn build(&self, options: &toml::Table, cx: &BuildContext) -> Result<StageImpl, StageError>;
+    fn check(
+        &self,
+        options: &toml::Table,
+        role: Role,
+        base_dir: &Path,
+    ) -> Result<Checked, Vec<KeyProblem>>;
+    /// Build from what [`check`](Self::check) returned.
+    fn build(&self, config: &Checked, cx: &BuildContext) -> Result<StageImpl, StageError>;
 }
 
 impl<K: StageKind> DynKind for K {
@@ -39,35 +70,34 @@ impl<K: StageKind> DynKind for K {
         StageKind::defaults(self)
     }
 
-    fn check(&self, options: &toml::Table, role: Role, _base_dir: &Path) -> Vec<KeyProblem> {
-        match crate::config::deserialize_all::<K::Config>(options) {
-            Ok(config) => StageKind::check(self, &config, role)
-                .into_iter()
-                .map(|(key, message)| KeyProblem {
-                    // An empty key is a problem of the stage table as a whole.
-                    path: key
-                        .split('.')
-                        .filter(|k| !k.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    kind: KeyProblemKind::Invalid(message),
-                })
-                .collect(),
-            Err(problems) => problems,
+    fn check(
+        &self,
+        options: &toml::Table,
+        role: Role,
+        _base_dir: &Path,
+    ) -> Result<Checked, Vec<KeyProblem>> {
+        let config = crate::config::deserialize_all::<K::Config>(options)?;
+        let problems: Vec<KeyProblem> = StageKind::check(self, &config, role)
+            .into_iter()
+            .map(|(key, message)| KeyProblem {
+                // An empty key is a problem of the stage table as a whole.
+                path: key
+                    .split('.')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                kind: KeyProblemKind::Invalid(message),
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(Checked::new(config))
+        } else {
+            Err(problems)
         }
     }
 
-    fn build(&self, options: &toml::Table, cx: &BuildContext) -> Result<StageImpl, StageError> {
-        let config = crate::config::deserialize_all::<K::Config>(options).map_err(|problems| {
-            StageError::fatal(format!(
-                "invalid configuration: {}",
-                problems
-                    .iter()
-                    .map(|p| format!("{p:?}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ))
-        })?;
+    fn build(&self, config: &Checked, cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let config = config.get::<K::Config>()?.clone();
         StageKind::build(self, config, cx)
     }
 }

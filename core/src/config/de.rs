@@ -49,7 +49,7 @@ pub(crate) fn deserialize_all<T: DeserializeOwned>(
                         return Err(problems);
                     }
                 }
-                KeyProblemKind::Invalid(message)
+                KeyProblemKind::Invalid(plain_message(message))
             }
         };
         let removable = remove_path(&mut table, &path);
@@ -61,6 +61,17 @@ pub(crate) fn deserialize_all<T: DeserializeOwned>(
             return Err(problems);
         }
         removed.push(path);
+    }
+}
+
+/// serde's words for a broken invariant of a key's type, in the words of the file: a count that
+/// must be at least 1 is a `NonZero*` field, whose zero serde calls "invalid value: integer `0`,
+/// expected a nonzero usize".
+fn plain_message(message: String) -> String {
+    if message.contains("expected a nonzero") {
+        "must be at least 1".to_owned()
+    } else {
+        message
     }
 }
 
@@ -160,5 +171,23 @@ mod tests {
             toml::from_str("count = 3\nretry = { attempts = 2 }").expect("toml");
         let outer = deserialize_all::<Outer>(&table).expect("valid");
         assert_eq!(outer.count, 3);
+    }
+
+    #[test]
+    fn a_zero_count_must_be_at_least_one() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Counts {
+            #[allow(dead_code)]
+            workers: std::num::NonZeroUsize,
+        }
+        let table: toml::Table = toml::from_str("workers = 0").expect("toml");
+        let problems = deserialize_all::<Counts>(&table).expect_err("zero is refused");
+        assert_eq!(
+            problems,
+            [KeyProblem {
+                path: vec!["workers".to_owned()],
+                kind: KeyProblemKind::Invalid("must be at least 1".to_owned()),
+            }]
+        );
     }
 }

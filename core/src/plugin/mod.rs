@@ -24,7 +24,7 @@ pub use ffi::{KindInfo, LoadError, PluginInfo};
 pub use stagewise_plugin::abi::ABI_VERSION;
 
 use crate::config::{KeyProblem, KeyProblemKind};
-use crate::registry::{DynKind, Registry};
+use crate::registry::{Checked, DynKind, Registry};
 use crate::stage::{
     BlockingStage, BuildContext, Context, KindDefaults, Outcome, Record, Role, StageError,
     StageImpl,
@@ -34,8 +34,18 @@ use ffi::{Instance, Plugin};
 /// The kind name of plugin stages.
 pub const KIND: &str = "plugin";
 
-/// The keys of a plugin stage that are the host's, not the plugin's.
-const HOST_KEYS: &[&str] = &["path", "plugin_kind"];
+/// The keys of a plugin stage that are the host's, not the plugin's; every other key of the
+/// stage table is the plugin's own, checked against the schema its library declares.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[allow(dead_code)] // read for its keys and schema; the values are read from the table
+struct HostKeys {
+    /// The plugin library, e.g. `"plugins/libmy_stage.so"` (relative to the pipeline file).
+    path: std::path::PathBuf,
+    /// Which kind of the library to use, when it offers several; `stagewise plugin inspect
+    /// PATH` lists them.
+    #[schemars(extend("x-default" = "the library's only kind"))]
+    plugin_kind: Option<String>,
+}
 
 /// Add `kind = "plugin"` to a registry.
 pub fn register(registry: &mut Registry) {
@@ -51,6 +61,7 @@ pub fn inspect(path: &Path) -> Result<PluginInfo, LoadError> {
 struct PluginKind;
 
 /// What a stage table names: the plugin, which of its kinds, and the plugin's own keys.
+#[derive(Clone)]
 struct Resolved {
     plugin: Arc<Plugin>,
     kind: usize,
@@ -120,7 +131,7 @@ fn resolve(options: &toml::Table, base_dir: &Path) -> Result<Resolved, Vec<KeyPr
     let config = serde_json::Value::Object(
         options
             .iter()
-            .filter(|(k, _)| !HOST_KEYS.contains(&k.as_str()))
+            .filter(|(k, _)| !crate::config::struct_fields::<HostKeys>().contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), to_json(v)))
             .collect(),
     );
@@ -157,56 +168,51 @@ impl DynKind for PluginKind {
 
     fn keys(&self) -> &'static [&'static str] {
         // The plugin's own keys come from its schema once it is loaded.
-        HOST_KEYS
+        crate::config::struct_fields::<HostKeys>()
     }
 
     fn schema(&self) -> serde_json::Value {
         // Without the library, any other key may be the plugin's.
-        serde_json::json!({
-            "type": "object",
-            "properties": {
-                "path": { "type": "string", "description": "the plugin library (relative to the pipeline file)" },
-                "plugin_kind": { "type": "string", "description": "which kind of the library to use, when it offers several" },
-            },
-            "required": ["path"],
-        })
+        crate::config::schema_of::<HostKeys>()
     }
 
     fn defaults(&self) -> KindDefaults {
         KindDefaults::default()
     }
 
-    fn check(&self, options: &toml::Table, _role: Role, base_dir: &Path) -> Vec<KeyProblem> {
-        let resolved = match resolve(options, base_dir) {
-            Ok(r) => r,
-            Err(problems) => return problems,
-        };
+    fn check(
+        &self,
+        options: &toml::Table,
+        _role: Role,
+        base_dir: &Path,
+    ) -> Result<Checked, Vec<KeyProblem>> {
+        let resolved = resolve(options, base_dir)?;
         let schema = &resolved.kind().config_schema;
-        schema::check(&resolved.config, schema)
+        let problems: Vec<KeyProblem> = schema::check(&resolved.config, schema)
             .into_iter()
             .map(|mut p| {
                 // The host's own keys are known too, for "did you mean".
                 if let KeyProblemKind::Unknown { expected, .. } = &mut p.kind {
                     if p.path.len() == 1 {
-                        expected.extend(HOST_KEYS.iter().map(|k| (*k).to_owned()));
+                        expected.extend(
+                            crate::config::struct_fields::<HostKeys>()
+                                .iter()
+                                .map(|k| (*k).to_owned()),
+                        );
                     }
                 }
                 p
             })
-            .collect()
+            .collect();
+        if problems.is_empty() {
+            Ok(Checked::new(resolved))
+        } else {
+            Err(problems)
+        }
     }
 
-    fn build(&self, options: &toml::Table, cx: &BuildContext) -> Result<StageImpl, StageError> {
-        let resolved = resolve(options, &cx.base_dir).map_err(|problems| {
-            let messages: Vec<String> = problems
-                .into_iter()
-                .map(|p| match p.kind {
-                    KeyProblemKind::Invalid(m) => m,
-                    KeyProblemKind::Unknown { key, .. } => format!("unknown key `{key}`"),
-                })
-                .collect();
-            StageError::fatal(messages.join("; "))
-        })?;
+    fn build(&self, config: &Checked, _cx: &BuildContext) -> Result<StageImpl, StageError> {
+        let resolved = config.get::<Resolved>()?;
         let kind = resolved.kind().name.clone();
         let instance = resolved
             .plugin

@@ -16,6 +16,7 @@
 //! timeout, and a retry waits its backoff holding no adaptive place and no rate slot. A stage
 //! only classifies its errors; backoff, jitter, caps and limits live here.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use crate::stage::KindDefaults;
@@ -120,8 +121,8 @@ impl Policy {
             attempts: pick(
                 l,
                 "retry.attempts",
-                sr.attempts,
-                dr.attempts,
+                sr.attempts.map(NonZeroU32::get),
+                dr.attempts.map(NonZeroU32::get),
                 kind.attempts,
                 builtin::ATTEMPTS,
             ),
@@ -158,8 +159,8 @@ impl Policy {
             pick(
                 l,
                 "concurrency",
-                stage.concurrency,
-                defaults.concurrency,
+                stage.concurrency.map(NonZeroUsize::get),
+                defaults.concurrency.map(NonZeroUsize::get),
                 kind.concurrency,
                 builtin::CONCURRENCY,
             )
@@ -177,8 +178,8 @@ impl Policy {
         let max_abandoned = pick(
             l,
             "max_abandoned",
-            stage.max_abandoned,
-            defaults.max_abandoned,
+            stage.max_abandoned.map(NonZeroUsize::get),
+            defaults.max_abandoned.map(NonZeroUsize::get),
             None,
             concurrency,
         )
@@ -207,12 +208,6 @@ impl Policy {
         if self.timeout.is_zero() {
             problems.push(("timeout", "`timeout` must be greater than 0".to_owned()));
         }
-        if self.retry.attempts == 0 {
-            problems.push((
-                "retry.attempts",
-                "`retry.attempts` must be at least 1".to_owned(),
-            ));
-        }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
             problems.push((
                 "retry.multiplier",
@@ -223,15 +218,6 @@ impl Policy {
             problems.push((
                 "retry.initial",
                 "`retry.initial` must not exceed `retry.max`".to_owned(),
-            ));
-        }
-        if self.concurrency == 0 {
-            problems.push(("concurrency", "`concurrency` must be at least 1".to_owned()));
-        }
-        if self.max_abandoned == 0 {
-            problems.push((
-                "max_abandoned",
-                "`max_abandoned` must be at least 1".to_owned(),
             ));
         }
         problems
@@ -260,7 +246,7 @@ mod tests {
         };
         let defaults = PolicySpec {
             timeout: Some(Duration::from_secs(2)),
-            concurrency: Some(8),
+            concurrency: NonZeroUsize::new(8),
             ..PolicySpec::default()
         };
         let kind = KindDefaults {

@@ -1,27 +1,37 @@
 //! The policy keys of a stage table (and of `[defaults]`) as `pipeline.toml` holds them.
 
 use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// The policy keys every stage has; `[defaults]` holds the same keys.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicySpec {
-    /// Time limit of one attempt (default 30s).
+    /// Time limit of one attempt.
+    #[schemars(extend("x-default" = "`\"30s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// Retry policy for transient errors and timeouts; merged key by key with `[defaults]`.
+    /// Retry policy for transient errors and timeouts: the `retry.*` keys below; `[defaults]` and a
+    /// stage's own are merged key by key.
     pub retry: Option<RetrySpec>,
-    /// Items in the stage at once; for a blocking stage, the size of its thread pool (default 4).
-    pub concurrency: Option<usize>,
-    /// Most attempts started per time unit: `"N/s"`, `"N/min"` or `"N/h"`.
+    /// Items in the stage at once; for a blocking stage, its number of threads. Lowered while the
+    /// service behind the stage answers with retry-after hints (429s), and raised back as calls
+    /// succeed (see docs/running.md).
+    #[schemars(extend("x-default" = "`4` (a source: 1)"))]
+    pub concurrency: Option<NonZeroUsize>,
+    /// Attempts started per period, evenly spaced: `"N/s"`, `"N/min"`, `"N/h"`.
+    #[schemars(extend("x-default" = "none"))]
     pub rate_limit: Option<RateLimit>,
-    /// Abandoned blocking calls (timed out, thread still busy) after which the stage counts as
-    /// wedged and the run stops with exit 3 (default: the stage's concurrency).
-    pub max_abandoned: Option<usize>,
+    /// Blocking calls abandoned after their timeout (thread still busy) at which the stage is
+    /// wedged and the run exits 3.
+    #[schemars(extend("x-default" = "the stage's `concurrency` (never more)"))]
+    pub max_abandoned: Option<NonZeroUsize>,
 }
 
 /// The keys of [`PolicySpec`], which every stage table may hold besides its kind's own.
@@ -34,20 +44,27 @@ pub(crate) const POLICY_KEYS: &[&str] = &[
 ];
 
 /// `retry = { … }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetrySpec {
-    /// Attempts in all, the first included (default 3). `1` never retries.
-    pub attempts: Option<u32>,
-    /// Backoff before the second attempt (default 500ms).
+    /// Attempts in all, the first included; `1` never retries.
+    #[schemars(extend("x-default" = "`3`"))]
+    pub attempts: Option<NonZeroU32>,
+    /// Backoff before the second attempt.
+    #[schemars(extend("x-default" = "`\"500ms\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub initial: Option<Duration>,
-    /// Largest backoff (default 30s).
+    /// Largest backoff (a stage's retry-after hint is honoured up to 5 minutes, or this if longer).
+    #[schemars(extend("x-default" = "`\"30s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max: Option<Duration>,
-    /// Growth of the backoff per attempt (default 2.0).
+    /// Growth of the backoff per attempt.
+    #[schemars(extend("x-default" = "`2.0`"))]
     pub multiplier: Option<f64>,
-    /// Full jitter: wait a uniform random time up to the backoff (default true).
+    /// Full jitter: wait a uniform random time up to the backoff.
+    #[schemars(extend("x-default" = "`true`"))]
     pub jitter: Option<bool>,
 }
 
@@ -68,6 +85,20 @@ impl fmt::Display for RateLimit {
             _ => "h",
         };
         write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl schemars::JsonSchema for RateLimit {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RateLimit".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": r"^\s*[1-9][0-9]*\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$",
+            "examples": ["10/s", "500/min", "1000/h"],
+        })
     }
 }
 

@@ -166,7 +166,7 @@ fn build_stages(
             )
         };
         let imp = kind
-            .build(&stage.options, &cx)
+            .build(&stage.config, &cx)
             .map_err(|e| build_error(e.message))?;
         let pool = matches!(imp, StageImpl::Blocking(_))
             .then(|| Arc::new(Semaphore::new(stage.policy.concurrency)));

@@ -5,11 +5,13 @@
 mod keys;
 mod located;
 mod plan;
+mod reference;
 mod schema;
 pub(crate) mod types;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ pub use keys::section_keys;
 pub use located::Place;
 use located::{KeyPath, Origins, Substitutions};
 pub use plan::{Origin, Plan, Setting, StagePlan};
+pub use reference::{key_tables, KeyTable};
 pub use schema::json_schema;
 pub use types::MaxFailures;
 use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
@@ -110,8 +113,10 @@ pub struct StageConfig {
     pub role: Role,
     /// Its resolved policies.
     pub policy: Policy,
-    /// The kind's own keys, checked by the kind.
+    /// The kind's own keys as the file gives them (for `plan`).
     pub(crate) options: toml::Table,
+    /// The kind's own keys as the kind read and checked them, for the build.
+    pub(crate) config: crate::registry::Checked,
 }
 
 /// A validated pipeline, ready to build and run.
@@ -496,19 +501,11 @@ impl Validator {
                 }
             },
         };
-        if checkpoint.commit_max_items == Some(0) {
-            self.error(
-                &path_of(&["checkpoint", "commit_max_items"]),
-                false,
-                None,
-                "`commit_max_items` must be at least 1".into(),
-            );
-        }
         let pipeline = Pipeline {
             name: pipeline.name,
             file: path.to_path_buf(),
             base_dir,
-            batch_size: pipeline.batch_size,
+            batch_size: pipeline.batch_size.map(NonZeroU64::get),
             max_run_time: pipeline.max_run_time,
             shutdown_grace: pipeline.shutdown_grace.unwrap_or(DEFAULT_GRACE),
             max_failures: pipeline.max_failures,
@@ -520,8 +517,7 @@ impl Validator {
                     .unwrap_or(DEFAULT_COMMIT_INTERVAL),
                 commit_max_items: checkpoint
                     .commit_max_items
-                    .unwrap_or(DEFAULT_COMMIT_MAX_ITEMS)
-                    .max(1),
+                    .map_or(DEFAULT_COMMIT_MAX_ITEMS, NonZeroUsize::get),
             },
             stages,
         };
@@ -544,13 +540,8 @@ impl Validator {
     }
 
     fn check_pipeline(&mut self, p: &PipelineSpec) {
-        let checks: [(&str, bool, &str); 4] = [
+        let checks: [(&str, bool, &str); 3] = [
             ("name", p.name.trim().is_empty(), "`name` must not be empty"),
-            (
-                "batch_size",
-                p.batch_size == Some(0),
-                "`batch_size` must be at least 1",
-            ),
             (
                 "heartbeat",
                 p.heartbeat.is_some_and(|h| h.is_zero()),
@@ -728,11 +719,14 @@ impl Validator {
                 .copied()
                 .chain(["name", "kind"])
                 .collect();
-            let problems = kind.check(&table, role, base_dir);
-            if !problems.is_empty() {
-                self.key_problems(&prefix, Some(&name), problems, &known);
-                ok = false;
-            }
+            let checked = match kind.check(&table, role, base_dir) {
+                Ok(checked) => Some(checked),
+                Err(problems) => {
+                    self.key_problems(&prefix, Some(&name), problems, &known);
+                    ok = false;
+                    None
+                }
+            };
             let (policy, layers) =
                 Policy::resolve(&spec, defaults, &kind.defaults(), role == Role::Source);
             for (key, message) in policy.check() {
@@ -742,12 +736,14 @@ impl Validator {
                 ok = false;
             }
             self.layers.push(layers);
+            let Some(config) = checked else { continue };
             out.push(StageConfig {
                 name,
                 kind: kind_name,
                 role,
                 policy,
                 options: table,
+                config,
             });
         }
         ok.then_some(out)

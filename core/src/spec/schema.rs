@@ -3,101 +3,53 @@
 //!
 //! It is made from the same types the validator reads ([`crate::config`]) and from the kinds
 //! registered in the runner, so it cannot drift from what `validate` accepts by key or type.
-//! Each key's description (what an editor shows on hover) comes from the reference,
-//! `docs/pipeline.md`, built into the binary: a test keeps that reference complete, so the
-//! schema and the documentation say the same. Kinds the reference does not know (a custom
-//! runner's) go without descriptions.
+//! Each key's description (what an editor shows on hover) is its doc comment with its default:
+//! the same text as its row in the reference, `docs/pipeline.md`, which is made from the same
+//! types ([`super::reference`]). A custom runner's kinds are described the same way.
 //! Checks beyond keys and types (a source first, `retry.initial` ≤ `retry.max`, a plugin's own
 //! keys) remain `validate`'s.
 
 use serde_json::{json, Value};
 
 use super::types::{CheckpointSpec, PipelineSpec, PolicySpec};
-use crate::config::schema_of;
+use crate::config::{default_text, schema_of};
 use crate::registry::Registry;
 use crate::stage::Role;
 
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 
-/// The reference, whose tables describe every builtin key.
-const REFERENCE: &str = include_str!("../../../docs/pipeline.md");
-
-/// The rows of the reference's key tables, by section: `"[pipeline]"`, `"[checkpoint]"`,
-/// `"policy"` (the shared keys of `[defaults]` and stages) and each kind's name; each row is
-/// `(key, default, meaning)` with the backquotes around the key removed.
-fn reference_rows() -> Vec<(String, String, String, String)> {
-    let mut rows = Vec::new();
-    let mut section = String::new();
-    for line in REFERENCE.lines() {
-        if let Some(heading) = line
-            .strip_prefix("## ")
-            .or_else(|| line.strip_prefix("### "))
-        {
-            section = if heading.starts_with("`[defaults]`") {
-                "policy".to_owned()
-            } else {
-                heading.split('`').nth(1).unwrap_or_default().to_owned()
-            };
-            continue;
-        }
-        let cells: Vec<&str> = line.split(" | ").collect();
-        if section.is_empty() || cells.len() < 3 || !line.starts_with("| `") {
-            continue;
-        }
-        let key = cells[0]
-            .trim_start_matches("| ")
-            .trim_matches('`')
-            .to_owned();
-        let meaning = cells[2..].join(" | ");
-        let meaning = meaning.trim_end_matches(" |").trim().to_owned();
-        rows.push((section.clone(), key, cells[1].trim().to_owned(), meaning));
-    }
-    rows
-}
-
-/// Give each property of `schema` the reference's description of `section`'s key (nested keys
-/// such as `retry.attempts` go to the nested table's properties), unless it has one already.
-fn describe(schema: &mut Value, section: &str, rows: &[(String, String, String, String)]) {
-    for (row_section, key, default, meaning) in rows {
-        if row_section != section {
-            continue;
-        }
-        let mut target = &mut *schema;
-        let mut parts = key.split('.').peekable();
-        while let Some(part) = parts.next() {
-            let Some(next) = target.get_mut("properties").and_then(|p| p.get_mut(part)) else {
-                break;
-            };
-            if parts.peek().is_none() {
-                if next.is_object() && next.get("description").is_none() {
-                    let text = if default == "required" {
-                        format!("{meaning} (required)")
-                    } else {
-                        format!("{meaning} (default: {})", default.replace('`', ""))
-                    };
-                    next["description"] = json!(text.replace('`', ""));
-                }
-                break;
+/// Make each key's description what an editor shows on hover: its doc comment as plain text,
+/// with its default. Nested tables (`retry`) too.
+fn describe(schema: &mut Value) {
+    let whole = schema.clone();
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        for (key, property) in properties.iter_mut() {
+            if let Some(doc) = property.get("description").and_then(Value::as_str) {
+                let plain = doc.replace('\n', " ").replace('`', "");
+                let text = match default_text(&whole, key).as_str() {
+                    "required" => format!("{plain} (required)"),
+                    default => format!("{plain} (default: {})", default.replace('`', "")),
+                };
+                property["description"] = json!(text);
             }
-            target = next;
+            describe(property);
+        }
+    }
+    for alternatives in ["anyOf", "oneOf"] {
+        if let Some(list) = schema.get_mut(alternatives).and_then(Value::as_array_mut) {
+            list.iter_mut().for_each(describe);
         }
     }
 }
 
 /// The JSON Schema of a pipeline file for the kinds in `registry`.
 pub fn json_schema(registry: &Registry) -> Value {
-    let rows = reference_rows();
     let mut policy = schema_of::<PolicySpec>();
-    describe(&mut policy, "policy", &rows);
+    describe(&mut policy);
     let mut pipeline = schema_of::<PipelineSpec>();
-    describe(&mut pipeline, "[pipeline]", &rows);
+    describe(&mut pipeline);
     let mut checkpoint = schema_of::<CheckpointSpec>();
-    describe(&mut checkpoint, "[checkpoint]", &rows);
-    // A custom `Deserialize` that takes either; the probe sees only "anything".
-    pipeline["properties"]["max_failures"] = json!({
-        "type": ["integer", "string"],
-        "description": "a count (10) or a share of the batch (\"10%\")",
-    });
+    describe(&mut checkpoint);
 
     let kinds: Vec<&str> = registry.kinds().collect();
     let mut stage_properties = json!({
@@ -125,12 +77,16 @@ pub fn json_schema(registry: &Registry) -> Value {
     for kind in &kinds {
         let dyn_kind = registry.get(kind).expect("listed by the registry");
         let mut schema = dyn_kind.schema();
-        describe(&mut schema, kind, &rows);
+        describe(&mut schema);
         // The branch checks the kind's own keys; the shared ones are typed on the stage itself
         // and only need to be known here, so that `additionalProperties` lets them through.
+        if !schema["properties"].is_object() {
+            // A kind with no keys of its own (`blackhole`).
+            schema["properties"] = json!({});
+        }
         let properties = schema["properties"]
             .as_object_mut()
-            .expect("a kind's configuration is a table");
+            .expect("made an object above");
         for key in shared.keys().map(String::as_str).chain(["name", "kind"]) {
             properties.insert(key.to_owned(), json!(true));
         }

@@ -2,48 +2,64 @@
 //! the user's documentation of that key.
 
 use std::fmt;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 pub(crate) use crate::policy::{PolicySpec, RetrySpec, POLICY_KEYS};
 
 /// `[pipeline]`: the run as a whole.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PipelineSpec {
-    /// The pipeline's name: names the run in the checkpoint store and the logs.
+    /// The pipeline's name: names its runs in the checkpoint store and its log.
     pub name: String,
-    /// Items taken from the source per run (default: all it yields).
-    pub batch_size: Option<u64>,
-    /// Stop taking new work after this long, drain, save and exit 75 (resume next run).
+    /// Items taken from the source per run.
+    #[schemars(extend("x-default" = "all"))]
+    pub batch_size: Option<NonZeroU64>,
+    /// Stop taking new work after this long, drain, save, exit 75; the next run resumes.
+    #[schemars(extend("x-default" = "none"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max_run_time: Option<Duration>,
-    /// After SIGTERM/SIGINT (or `max_run_time`), in-flight items may finish for this long
-    /// before they are cancelled (default 30s).
+    /// After SIGTERM/SIGINT or `max_run_time`, in-flight items may finish this long before they are
+    /// cancelled.
+    #[schemars(extend("x-default" = "`\"30s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
-    /// Permanently failed items allowed before the run aborts: a count (`10`) or a share of
-    /// the batch (`"10%"`). Default: no limit.
+    /// Permanently failed items allowed before the run aborts (exit 3): a count (`10`) or a share
+    /// of the batch (`"10%"`).
+    #[schemars(extend("x-default" = "no limit"))]
     pub max_failures: Option<MaxFailures>,
-    /// How often a heartbeat line is logged (default 10s).
+    /// How often a progress line is logged.
+    #[schemars(extend("x-default" = "`\"10s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
 }
 
 /// `[checkpoint]`: where progress is saved.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckpointSpec {
-    /// `sqlite:PATH` (relative to the pipeline file). Default `sqlite:.stagewise/<name>.db`.
+    /// Where progress is saved: `sqlite:PATH` (relative to the pipeline file), or a PostgreSQL
+    /// database `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (`postgresql://` too);
+    /// `"${DATABASE_URL}"` takes it from the environment. A password is never printed.
+    #[schemars(extend("x-default" = "`\"sqlite:.stagewise/<name>.db\"`"))]
     pub store: Option<String>,
-    /// Longest time an item update waits before it is committed (default 200ms).
+    /// Longest time an item update waits before it is committed.
+    #[schemars(extend("x-default" = "`\"200ms\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub commit_interval: Option<Duration>,
-    /// Most items in one commit (default 1000). The work redone after `kill -9` is at most the
-    /// items in flight plus three times this.
-    pub commit_max_items: Option<usize>,
+    /// Most items in one commit; the work redone after `kill -9` is at most the items in flight
+    /// plus 3 × this.
+    #[schemars(extend("x-default" = "`1000`"))]
+    pub commit_max_items: Option<NonZeroUsize>,
 }
 
 /// `max_failures`: a count or a share of the batch.
@@ -71,6 +87,22 @@ impl fmt::Display for MaxFailures {
             MaxFailures::Count(n) => write!(f, "{n}"),
             MaxFailures::Ratio(r) => write!(f, "{}%", r * 100.0),
         }
+    }
+}
+
+impl schemars::JsonSchema for MaxFailures {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MaxFailures".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$" },
+            ],
+            "examples": [10, "10%"],
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use super::services::{Meter, SharedCache};
@@ -99,10 +100,12 @@ impl BuildContext {
 ///
 /// The configuration is the stage's table in `pipeline.toml` minus the keys every stage shares
 /// (`name`, `kind`, `timeout`, `retry`, `concurrency`, `rate_limit`, `max_abandoned`). It should
-/// be a struct with `#[serde(deny_unknown_fields)]`, every field documented with `///`.
+/// be a struct with `#[serde(deny_unknown_fields)]` and `#[derive(JsonSchema)]`, every field
+/// documented with `///`: the doc comment is the key's description in `stagewise schema` and
+/// in the reference, and `#[schemars(extend("x-default" = "…"))]` its default there.
 pub trait StageKind: Send + Sync + 'static {
     /// The typed configuration.
-    type Config: DeserializeOwned + Send + 'static;
+    type Config: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static;
 
     /// The `kind = "…"` name.
     fn kind(&self) -> &'static str;
@@ -121,6 +124,7 @@ pub trait StageKind: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Open files, pools and connections. An error here is a configuration error (exit 2).
+    /// Open files, pools and connections, from the configuration `check` passed (read once,
+    /// at validation). An error here is a configuration error (exit 2).
     fn build(&self, config: Self::Config, cx: &BuildContext) -> Result<StageImpl, StageError>;
 }

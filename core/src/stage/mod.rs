@@ -51,11 +51,14 @@ use std::time::{Duration, Instant};
 
 pub use async_trait::async_trait;
 
+mod keys;
 mod kind;
 mod record;
 mod services;
 
+pub use keys::{DurationText, SizeText};
 pub use kind::{BuildContext, KindDefaults, Role, StageKind};
+
 pub use record::{Fields, Record};
 pub use services::{CacheError, Meter, ResponseCache, SharedCache};
 

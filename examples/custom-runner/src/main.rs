@@ -14,19 +14,22 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
     BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind,
 };
 
-/// Configuration of a `word-count` stage.
-#[derive(Debug, Deserialize)]
+/// Configuration of a `word-count` stage. Its doc comments are what `schema` and `plan` show.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct WordCountConfig {
-    /// The field holding the text (default `text`).
+    /// The field holding the text.
+    #[schemars(extend("x-default" = "`\"text\"`"))]
     #[serde(default = "default_field")]
     field: String,
-    /// The field the count is written to (default `words`).
+    /// The field the count is written to.
+    #[schemars(extend("x-default" = "`\"words\"`"))]
     #[serde(default = "default_output")]
     output: String,
 }

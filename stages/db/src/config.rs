@@ -1,8 +1,10 @@
 //! The keys of `db-fetch` and `persist`, and where a database URL points.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::BuildContext;
 
@@ -10,59 +12,68 @@ use stagewise_core::stage::BuildContext;
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `db-fetch`: the source that reads the batch from a query.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchConfig {
-    /// The database: `postgres://user:password@host:port/dbname` (a password is never printed)
-    /// or `sqlite:PATH` (relative to the pipeline file). Use `${VAR}` to take it from the
-    /// environment.
+    /// `postgres://user:password@host:port/dbname` or `sqlite:PATH` (relative to the pipeline
+    /// file); `${DATABASE_URL}` takes it from the environment. A password is never printed.
     pub url: String,
-    /// The query that selects the batch. `$limit` stands for the batch size and is bound as a
-    /// parameter, never spliced into the SQL. Every selected column becomes a field of the record.
+    /// The query; `$limit` stands for the batch size and is bound as a parameter, never spliced
+    /// into the SQL.
     pub query: String,
-    /// The column whose value becomes each record's key (text or an integer).
+    /// The column whose value (text or an integer) becomes the record's key.
     pub key: String,
-    /// Longest wait for a connection (default 10s).
+    /// Longest wait for a connection.
+    #[schemars(extend("x-default" = "`\"10s\"`"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// Longest a statement may run on the server, set for each session (default: the stage's
-    /// `timeout`). A query still running at the attempt's deadline is cancelled on the server
-    /// either way.
+    /// Longest a statement may run on the server (set per session).
+    #[schemars(extend("x-default" = "the stage's `timeout`"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
-    /// SQLite only: a SQL script (relative to the pipeline file) that creates the database when
-    /// its file does not exist yet — the tables and, say, a fixture's rows. It runs in one
-    /// transaction; if it fails, no file is left behind.
+    /// SQLite only: a SQL script (relative to the pipeline file) that creates the database when its
+    /// file does not exist yet — tables and, say, a fixture's rows. It runs in one transaction into
+    /// a temporary file moved into place only on success, so a failed script leaves no database
+    /// behind.
+    #[schemars(extend("x-default" = "none"))]
     pub init_script: Option<std::path::PathBuf>,
 }
 
 /// `persist`: the sink that writes each record with one SQL statement.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PersistConfig {
-    /// The database, as for `db-fetch`.
+    /// As for `db-fetch`.
     pub url: String,
-    /// The statement run for each record, with named parameters taken from the record's fields:
-    /// `:title` is the field `title`, `:key` the record's key; a name may appear several times.
-    /// It must be idempotent — an upsert such as `INSERT … ON CONFLICT (id) DO UPDATE SET …` —
-    /// because a record is written again when its run resumes after a crash.
+    /// The SQL, with named parameters from the record's fields: `:title` is the field `title`,
+    /// `:key` the record's key; a name may appear several times. Values are bound with the types
+    /// the statement expects (a number field into an `int4` column, an ISO 8601 string into a
+    /// `timestamptz`, any JSON into `jsonb`).
     pub statement: String,
-    /// Most records per transaction (default 1). Above 1, the stage writes one transaction at
-    /// a time and the records that arrive meanwhile share the next; a record whose write fails
-    /// is retried in a transaction of its own, so one bad record never fails the others. It
-    /// saves commits at the cost of parallelism: worth it where commits are slow.
+    /// Most records per transaction. Above 1 the stage writes one transaction at a time and the
+    /// records that arrive meanwhile share the next one (never waiting for company); a record whose
+    /// write fails is retried alone, so one bad record never fails the others. It saves commits at
+    /// the cost of parallelism: worth it where a commit waits for the disk or the network, not on a
+    /// fast local server (see BENCHMARKS.md).
+    #[schemars(extend("x-default" = "`1`"))]
     #[serde(default = "one")]
-    pub batch_size: usize,
-    /// Longest wait for a connection (default 10s).
+    pub batch_size: NonZeroUsize,
+    /// Longest wait for a connection.
+    #[schemars(extend("x-default" = "`\"10s\"`"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// Longest a statement may run on the server (default: the stage's `timeout`).
+    /// Longest a statement may run on the server.
+    #[schemars(extend("x-default" = "the stage's `timeout`"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
 }
 
-fn one() -> usize {
-    1
+fn one() -> NonZeroUsize {
+    NonZeroUsize::MIN
 }
 
 /// Where a URL points.

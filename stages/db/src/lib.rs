@@ -131,12 +131,6 @@ impl StageKind for PersistKind {
         if config.statement.trim().is_empty() {
             problems.push(("statement".into(), "`statement` must not be empty".into()));
         }
-        if config.batch_size == 0 {
-            problems.push((
-                "batch_size".into(),
-                "`batch_size` must be at least 1".into(),
-            ));
-        }
         problems
     }
 
@@ -146,8 +140,8 @@ impl StageKind for PersistKind {
         Ok(StageImpl::Blocking(Arc::new(Persist {
             backend,
             script: params::script(&config.statement, style),
-            batcher: (config.batch_size > 1 && cx.concurrency > 1)
-                .then(|| Batcher::new(config.batch_size, cx.concurrency)),
+            batcher: (config.batch_size.get() > 1 && cx.concurrency > 1)
+                .then(|| Batcher::new(config.batch_size.get(), cx.concurrency)),
         })))
     }
 }

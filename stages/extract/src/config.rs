@@ -1,27 +1,32 @@
 //! The keys of `extract`.
 
 use bytesize::ByteSize;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// `extract`: the article's text and metadata from a page's HTML.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractConfig {
-    /// The field holding the page's HTML as text (default `html`, what `http-download` writes).
+    /// The field holding the page's HTML (what `http-download` writes).
+    #[schemars(extend("x-default" = "`\"html\"`"))]
     #[serde(default = "default_input")]
     pub input: String,
-    /// The field the article's text goes to (default `text`): paragraphs separated by a blank
-    /// line. The stage also sets `title`, `author`, `published` (a `YYYY-MM-DD` date),
-    /// `language` and `site_name` when the page has them.
+    /// The field the article's text goes to, paragraphs separated by a blank line; the stage also
+    /// sets `title`, `author`, `published` (`YYYY-MM-DD`), `language` and `site_name`, each null
+    /// when the page does not say.
+    #[schemars(extend("x-default" = "`\"text\"`"))]
     #[serde(default = "default_output")]
     pub output: String,
-    /// Fewest characters of article text kept (default 200): a page with less is skipped with
-    /// the reason "no article text", not failed.
+    /// Fewest characters of article text kept: a page with less is skipped with "no article text",
+    /// not failed.
+    #[schemars(extend("x-default" = "`200`"))]
     #[serde(default = "default_min_chars")]
     pub min_chars: usize,
-    /// Largest page parsed (default "20MB"): a larger one is a permanent error, so that one
-    /// page cannot take unbounded memory or time.
+    /// Largest page parsed: a larger one is a permanent error.
+    #[schemars(extend("x-default" = "`\"20MB\"`"))]
     #[serde(default = "default_max_html_bytes")]
+    #[schemars(with = "stagewise_core::stage::SizeText")]
     pub max_html_bytes: ByteSize,
 }
 

@@ -1,59 +1,74 @@
 //! The keys of `http-download`.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// `http-download`: fetch the page a record's URL names.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadConfig {
-    /// The field holding the URL (`http://`, `https://` or `file://`).
+    /// The field holding the URL.
+    #[schemars(extend("x-default" = "`\"url\"`"))]
     #[serde(default = "default_input")]
     pub input: String,
-    /// The field the page's text goes to. The stage also sets `status`, `final_url`,
-    /// `content_type` and `fetched_at`.
+    /// The field the page's text goes to.
+    #[schemars(extend("x-default" = "`\"html\"`"))]
     #[serde(default = "default_output")]
     pub output: String,
-    /// Longest wait to connect (default 10s).
+    /// Longest wait to connect.
+    #[schemars(extend("x-default" = "`\"10s\"`"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// Longest wait for any single read from the server (default 15s): catches servers that
-    /// answer a byte at a time. The attempt's `timeout` bounds the whole download.
+    /// Longest wait for any single read: catches servers that drip a byte at a time; the attempt's
+    /// `timeout` bounds the whole download.
+    #[schemars(extend("x-default" = "`\"15s\"`"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub read_timeout: Option<Duration>,
-    /// Largest body accepted, after decompression (default "10MB"). A larger one is a
-    /// permanent error and is never read into memory whole.
+    /// Largest body, after decompression; a larger one is a permanent error and is never read into
+    /// memory whole.
+    #[schemars(extend("x-default" = "`\"10MB\"`"))]
     #[serde(default = "default_max_bytes")]
+    #[schemars(with = "stagewise_core::stage::SizeText")]
     pub max_bytes: ByteSize,
-    /// Redirects followed before giving up (default 5).
+    /// Redirects followed; more, or a loop, is a permanent error.
+    #[schemars(extend("x-default" = "`5`"))]
     #[serde(default = "default_max_redirects")]
     pub max_redirects: u32,
-    /// The `User-Agent` header (default `stagewise/<version>`).
+    /// The `User-Agent` header.
+    #[schemars(extend("x-default" = "`\"stagewise/<version>\"`"))]
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
     /// Extra request headers, e.g. `{ Accept-Language = "en" }`.
+    #[schemars(extend("x-default" = "none"))]
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Requests to one host at once, whatever the stage's `concurrency` (default 2).
+    /// Requests to one host at once, whatever the stage's `concurrency`.
+    #[schemars(extend("x-default" = "`2`"))]
     #[serde(default = "default_per_host")]
-    pub per_host_concurrency: usize,
-    /// Allow URLs that resolve to loopback, private, link-local or cloud-metadata addresses
-    /// (default false: the URLs come from data the runner does not control).
+    pub per_host_concurrency: NonZeroUsize,
+    /// Allow URLs resolving to loopback, private, link-local or cloud-metadata addresses (refused
+    /// by default, since the URLs come from data).
+    #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub allow_private_networks: bool,
-    /// The folder `file://` URLs may read from (relative to the pipeline file), for offline
-    /// corpora. Unset (the default), `file://` URLs are refused: like private addresses, local
-    /// files are not for URLs that come from data. Only regular files under it are read.
+    /// The folder `file://` URLs may read (relative to the pipeline file); unset, `file://` URLs
+    /// are refused. Only regular files under it are read.
+    #[schemars(extend("x-default" = "none"))]
     pub files_root: Option<std::path::PathBuf>,
     /// What URLs without a scheme (`pages/a.html`, `/news/1`) are relative to: an `http://`,
-    /// `https://` or `file://` URL, or a folder (relative to the pipeline file), which then also
-    /// serves as `files_root` unless that is set. Unset, such URLs are invalid.
+    /// `https://` or `file://` URL, or a folder (relative to the pipeline file), which is then also
+    /// the `files_root` unless that is set. Unset, such URLs are invalid.
+    #[schemars(extend("x-default" = "none"))]
     pub base_url: Option<String>,
-    /// Keep binary bodies (PDFs, images, archives) instead of skipping them (default false).
-    /// They are decoded as text like any other body.
+    /// Keep binary bodies (PDFs, images, archives) instead of skipping the item with a reason.
+    #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub allow_binary: bool,
 }
@@ -78,8 +93,8 @@ fn default_user_agent() -> String {
     concat!("stagewise/", env!("CARGO_PKG_VERSION")).into()
 }
 
-fn default_per_host() -> usize {
-    2
+fn default_per_host() -> NonZeroUsize {
+    NonZeroUsize::MIN.saturating_add(1)
 }
 
 /// Defaults of the two timeouts.

@@ -49,12 +49,6 @@ impl StageKind for DownloadKind {
         if config.max_bytes.as_u64() == 0 {
             problems.push(("max_bytes".into(), "`max_bytes` must be more than 0".into()));
         }
-        if config.per_host_concurrency == 0 {
-            problems.push((
-                "per_host_concurrency".into(),
-                "`per_host_concurrency` must be at least 1".into(),
-            ));
-        }
         for (name, value) in &config.headers {
             if ureq::http::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || ureq::http::HeaderValue::from_str(value).is_err()
@@ -123,7 +117,7 @@ impl StageKind for DownloadKind {
             files_root,
             base_url,
             agent,
-            hosts: hosts::HostSlots::new(config.per_host_concurrency),
+            hosts: hosts::HostSlots::new(config.per_host_concurrency.get()),
         })))
     }
 }

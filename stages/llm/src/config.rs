@@ -1,12 +1,14 @@
 //! The keys of `llm`.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// Who answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// The chat-completions API (OpenAI, Azure OpenAI, Ollama, vLLM, llama.cpp, OpenRouter, Groq…).
@@ -45,74 +47,98 @@ impl Provider {
 }
 
 /// `llm`: structured facts from a record's text.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LlmConfig {
-    /// `openai` (any chat-completions endpoint), `anthropic`, or `extractive` (offline, no model).
+    /// `openai`, `anthropic` or `extractive`.
     pub provider: Provider,
-    /// The API's base URL (default `https://api.openai.com/v1` or `https://api.anthropic.com/v1`);
-    /// e.g. `http://localhost:11434/v1` for Ollama.
+    /// E.g. `http://localhost:11434/v1` (Ollama), `http://localhost:8080/v1` (llama.cpp); default
+    /// `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
+    #[schemars(extend("x-default" = "the provider's"))]
     pub base_url: Option<String>,
-    /// The model name; required for `openai` and `anthropic`.
+    /// The model's name, e.g. `gpt-4o-mini`, `claude-haiku-4-5`, `llama3.1`.
+    #[schemars(extend("x-default" = "required (not for `extractive`)"))]
     pub model: Option<String>,
-    /// The environment variable holding the API key (default `OPENAI_API_KEY` or
-    /// `ANTHROPIC_API_KEY`). The key itself is never logged. Unset or empty: `openai` sends no
-    /// key (local servers need none); `anthropic` refuses to start.
+    /// The environment variable holding the key. With `openai` an unset variable sends no key
+    /// (local servers need none); with `anthropic` it is a configuration error.
+    #[schemars(extend("x-default" = "`OPENAI_API_KEY` / `ANTHROPIC_API_KEY`"))]
     pub api_key_env: Option<String>,
     /// The system prompt, a template like `prompt`.
+    #[schemars(extend("x-default" = "none"))]
     pub system: Option<String>,
-    /// The user prompt: `{{field}}` is replaced by the record's field (text as is, other values
-    /// as JSON, missing or null as nothing), `{{key}}` by the record's key.
+    /// The user prompt: `{{field}}` is the record's field (text as is, other values as JSON,
+    /// missing or null as nothing), `{{key}}` the record's key. A prompt that uses no field is
+    /// refused (every item would get one answer).
+    #[schemars(extend("x-default" = "facts and a summary of `{{title}}` and `{{text}}`"))]
     #[serde(default = "default_prompt")]
     pub prompt: String,
-    /// The field the `extractive` provider reads (default `text`).
+    /// The field the `extractive` provider reads.
+    #[schemars(extend("x-default" = "`\"text\"`"))]
     #[serde(default = "default_input")]
     pub input: String,
-    /// The longest a field may be inside a prompt (default 24000 characters); a longer one is
-    /// cut at a sentence or word boundary, and the cut is logged and counted (`truncated`).
+    /// The longest a field may be inside a prompt; a longer one is cut at a sentence or word
+    /// boundary, with a warning naming the item and field, counted as `truncated`.
+    #[schemars(extend("x-default" = "`24000`"))]
     #[serde(default = "default_max_input_chars")]
     pub max_input_chars: usize,
-    /// The JSON Schema of the answer, inline (a TOML table). Default: `facts` (a list of strings)
-    /// and `summary` (a string).
+    /// The answer's JSON Schema, inline as a TOML table.
+    #[schemars(extend("x-default" = "`facts` (list of strings) and `summary` (string)"))]
     pub schema: Option<serde_json::Value>,
-    /// The JSON Schema of the answer in a JSON file (relative to the pipeline file).
+    /// The answer's JSON Schema in a JSON file (relative to the pipeline file); not with `schema`.
+    #[schemars(extend("x-default" = "none"))]
     pub schema_file: Option<PathBuf>,
-    /// The field the parsed answer goes to (default `facts`).
+    /// The field the parsed answer goes to.
+    #[schemars(extend("x-default" = "`\"facts\"`"))]
     #[serde(default = "default_output")]
     pub output: String,
-    /// Answers that are not JSON or fail the schema are retried (a transient error) this many
-    /// times in all before the item fails (default 2).
+    /// Invalid answers an item may get before it fails.
+    #[schemars(extend("x-default" = "`2`"))]
     #[serde(default = "default_invalid_output_attempts")]
-    pub invalid_output_attempts: u32,
-    /// Longest answer, in tokens (default 1024).
+    pub invalid_output_attempts: NonZeroU32,
+    /// The longest answer, in tokens; an answer cut there counts as invalid. Sent as
+    /// `max_completion_tokens` to OpenAI's and Azure's own endpoints (their newer models refuse
+    /// `max_tokens`), as `max_tokens` elsewhere.
+    #[schemars(extend("x-default" = "`1024`"))]
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
-    /// Sampling temperature (default: the provider's).
+    /// Sampling temperature.
+    #[schemars(extend("x-default" = "the provider's"))]
     pub temperature: Option<f64>,
-    /// Send the schema as the provider's structured-output option (default true): OpenAI's
-    /// `response_format` json_schema, Anthropic's forced tool. Turn it off for servers that
-    /// reject the option; the answer is still parsed and checked against the schema.
+    /// Send the schema as the provider's structured-output option; turn it off for a server that
+    /// rejects it (the answer is still parsed and checked).
+    #[schemars(extend("x-default" = "`true`"))]
     #[serde(default = "default_true")]
     pub structured_output: bool,
-    /// Keep answers in the checkpoint store and reuse them (default true).
+    /// Keep answers in the checkpoint store and reuse them.
+    #[schemars(extend("x-default" = "`true`"))]
     #[serde(default = "default_true")]
     pub cache: bool,
-    /// Price of a million input tokens, for the cost in the summary and `max_cost`.
+    /// Price of a million input tokens, for `cost` and `max_cost`.
+    #[schemars(extend("x-default" = "none"))]
     pub price_per_mtok_in: Option<f64>,
     /// Price of a million output tokens.
+    #[schemars(extend("x-default" = "none"))]
     pub price_per_mtok_out: Option<f64>,
-    /// Most this process may spend (in the prices' unit). A call that could cross it is not
-    /// made: the run stops with exit 3 and its progress saved. Needs both prices.
+    /// The most this process may spend. Before each call the stage sets aside what it could cost
+    /// (the request's characters / 3 as input tokens, `max_tokens` as output); a call that could
+    /// cross the limit is not made, and the run stops (exit 3) with its progress saved. Counted per
+    /// `stagewise run` process.
+    #[schemars(extend("x-default" = "none"))]
     pub max_cost: Option<f64>,
-    /// Longest wait to connect (default 10s).
+    /// Longest wait to connect.
+    #[schemars(extend("x-default" = "`\"10s\"`"))]
+    #[schemars(with = "stagewise_core::stage::DurationText")]
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Longest the server may send nothing while an answer is awaited (default: the attempt's
-    /// `timeout` alone bounds the call). The whole answer comes at once after the model has
-    /// written it, so this must allow for the longest generation.
+    /// Longest the server may send nothing while an answer is awaited; unset, the attempt's
+    /// `timeout` alone bounds the call. The answer comes whole once the model has written it, so
+    /// allow for the longest generation.
+    #[schemars(extend("x-default" = "none"))]
+    #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub read_timeout: Option<Duration>,
-    /// Sentences the `extractive` provider picks (default 8).
+    /// Sentences the `extractive` provider picks.
+    #[schemars(extend("x-default" = "`8`"))]
     #[serde(default = "default_max_sentences")]
     pub max_sentences: usize,
 }
@@ -133,8 +159,8 @@ fn default_output() -> String {
     "facts".into()
 }
 
-fn default_invalid_output_attempts() -> u32 {
-    2
+fn default_invalid_output_attempts() -> NonZeroU32 {
+    NonZeroU32::MIN.saturating_add(1)
 }
 
 fn default_max_tokens() -> u32 {

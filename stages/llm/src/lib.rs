@@ -109,12 +109,6 @@ impl StageKind for LlmKind {
                 );
             }
         }
-        if config.invalid_output_attempts == 0 {
-            problem(
-                "invalid_output_attempts",
-                "`invalid_output_attempts` must be at least 1".into(),
-            );
-        }
         if config.max_input_chars == 0 {
             problem(
                 "max_input_chars",
@@ -256,7 +250,7 @@ impl StageKind for LlmKind {
             output: config.output,
             max_input_chars: config.max_input_chars,
             validator,
-            invalid_output_attempts: config.invalid_output_attempts,
+            invalid_output_attempts: config.invalid_output_attempts.get(),
             cache: if config.cache { cx.cache.clone() } else { None },
             schema_hash: stage::hash(&[schema.to_string().as_bytes()]),
             missing: Mutex::new(Default::default()),

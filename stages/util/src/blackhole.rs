@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
     AsyncStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind,
 };
 
 /// Configuration of a `blackhole` stage: it has no keys of its own.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlackholeConfig {}
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
     AsyncStage, BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl,
@@ -32,29 +33,32 @@ const SUM_TOLERANCE: f64 = 1e-9;
 
 /// Configuration of a `fault` stage. Each rate is the share of calls (attempts, not items)
 /// that get that fault; the rates must add up to at most 1.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
-    /// Share of calls that fail with a transient error (retried while attempts remain).
+    /// Share of calls that fail with a transient error ("injected transient fault").
+    #[schemars(extend("x-default" = "`0`"))]
     #[serde(default)]
     pub error_rate: f64,
-    /// Share of calls that fail with a permanent error (the item fails at once).
+    /// Share of calls that fail with a permanent error ("injected permanent fault").
+    #[schemars(extend("x-default" = "`0`"))]
     #[serde(default)]
     pub permanent_rate: f64,
-    /// Share of calls that hang: they never return, so only the stage's timeout ends them. In
-    /// blocking mode the hang ignores cancellation, like a stuck call, and holds its pool
-    /// thread for an hour.
+    /// Share of calls that never return; in blocking mode the call ignores cancellation and holds
+    /// its thread for an hour.
+    #[schemars(extend("x-default" = "`0`"))]
     #[serde(default)]
     pub hang_rate: f64,
-    /// Share of calls that panic with "injected panic".
+    /// Share of calls that panic ("injected panic").
+    #[schemars(extend("x-default" = "`0`"))]
     #[serde(default)]
     pub panic_rate: f64,
-    /// Chooses which calls get which fault. The same seed, key and attempt always give the
-    /// same outcome; change it for a different but equally reproducible pattern.
+    /// Chooses which calls get which fault.
+    #[schemars(extend("x-default" = "`0`"))]
     #[serde(default)]
     pub seed: u64,
-    /// Run on a blocking pool thread instead of the async runtime (what a hang does differs:
-    /// see `hang_rate`).
+    /// Run on the stage's blocking pool.
+    #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub blocking: bool,
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
     BuildContext, Context, Fields, Record, Role, Source, StageError, StageImpl, StageKind, Stop,
@@ -13,11 +14,10 @@ use stagewise_core::stage::{
 const CANCEL_CHECK_EVERY: u64 = 1024;
 
 /// Configuration of a `generate` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateConfig {
-    /// How many records to emit. They are keyed `"0"`, `"1"`, … and carry one field, `n`, with
-    /// the record's number as a JSON integer.
+    /// How many records to emit; keyed `"0"`, `"1"`, … with one field `n` (the number).
     pub count: u64,
 }
 

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use stagewise_core::stage::{
@@ -24,16 +25,16 @@ use stagewise_core::stage::{
 const CANCEL_CHECK_EVERY: u64 = 1024;
 
 /// Configuration of a `jsonl` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlConfig {
-    /// The JSON Lines file. As the source it is read, one JSON object per line (blank lines are
-    /// skipped); as the sink, one line per record is appended to it, creating the file and its
-    /// folders if needed. A relative path is relative to the pipeline file's folder.
+    /// The JSON Lines file. As the source: read, one JSON object per line (blank lines skipped). As
+    /// the sink: one line `{"key": …, …fields}` appended per record; the file and its folders are
+    /// created.
     pub path: PathBuf,
-    /// As the source: the field that holds each record's key, a string or an integer (used as
-    /// its decimal text). The field stays among the record's fields. The sink ignores it and
-    /// always writes the key as `key`.
+    /// As the source: the field holding each record's key (a string, or an integer used as its
+    /// decimal text).
+    #[schemars(extend("x-default" = "`\"key\"`"))]
     #[serde(default = "default_key_field")]
     pub key: String,
 }

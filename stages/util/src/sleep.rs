@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
     AsyncStage, BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl,
@@ -20,19 +21,21 @@ use stagewise_core::stage::{
 const SLICE: Duration = Duration::from_millis(10);
 
 /// Configuration of a `sleep` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SleepConfig {
-    /// How long to wait for each record, e.g. `"250ms"`. `"0s"` (with no jitter) makes the
-    /// stage a no-op that does not touch the timer.
+    /// How long to wait per record; `"0s"` makes a no-op stage.
+    #[schemars(with = "stagewise_core::stage::DurationText")]
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
-    /// A random extra wait added to `duration`, drawn uniformly from zero up to (not including)
-    /// this, anew for each call.
+    /// A uniform random extra wait, from zero up to this.
+    #[schemars(extend("x-default" = "`\"0s\"`"))]
+    #[schemars(with = "stagewise_core::stage::DurationText")]
     #[serde(default, with = "humantime_serde")]
     pub jitter: Duration,
-    /// Sleep on a blocking pool thread, honouring the deadline by waking every 10 ms, instead
-    /// of on the async timer. Use it to try out what a blocking stage does to a pipeline.
+    /// Sleep on the stage's blocking pool (waking every 10 ms to honour the deadline) instead of
+    /// the async timer.
+    #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub blocking: bool,
 }
