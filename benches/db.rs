@@ -21,21 +21,25 @@
 //! changes the number of runs. Without cargo's `--bench` flag (`cargo test --benches`) it only
 //! smoke-tests itself on 2,000 rows, once.
 
-// The child's rusage (CPU time, peak RSS) needs `libc::wait4`, and `/proc` counts CPU time in
-// clock ticks, which `libc::sysconf` gives: two FFI calls, hence unsafe, and nothing else.
+// `/proc` counts CPU time in clock ticks, which `libc::sysconf` gives: an FFI call, hence
+// unsafe, and nothing else (the child's rusage is `common`'s).
 #![allow(unsafe_code)]
 
 mod common;
 
-use common::{event_times, progress, thousands, timeval, wait4};
+use common::cli;
+use common::process::{measure, Measured, Stdout};
+use common::report::{
+    load_average, print_load_average, progress, thousands, thousands_range, Table,
+};
+use common::stagewise::{self, SINK};
+use common::stats::{self, median};
 use std::collections::HashSet;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
-use serde_json::Value;
 
 /// Threads of the `persist` stage (issue 3's benchmark setting).
 const PERSIST_CONCURRENCY: usize = 8;
@@ -58,26 +62,23 @@ struct Plan {
 
 fn main() -> ExitCode {
     // `cargo bench` appends `--bench`; without it this is a smoke test (see the top of the file).
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let full = raw.iter().any(|a| a == "--bench");
-    let mut plan = Plan {
-        runs: if full { DEFAULT_RUNS } else { 1 },
+    let args = cli::args();
+    let full = args.bench;
+    let mut chosen = Vec::new();
+    let read = args.read(if full { DEFAULT_RUNS } else { 1 }, |arg, _| match arg {
+        "persist" | "fetch" => {
+            chosen.push(arg.to_owned());
+            true
+        }
+        "all" => true,
+        _ => false,
+    });
+    let Ok(runs) = read else { return usage() };
+    let plan = Plan {
+        runs,
         rows: if full { 100_000 } else { 2_000 },
         full,
     };
-    let mut chosen = Vec::new();
-    let mut args = raw.into_iter().filter(|a| a != "--bench");
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
-                Some(n) => plan.runs = n,
-                None => return usage(),
-            },
-            "persist" | "fetch" => chosen.push(arg),
-            "all" => {}
-            _ => return usage(),
-        }
-    }
     let wants = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
 
     // Client and server share the machine with whatever else runs: say how busy it was.
@@ -90,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut table = Table::default();
+    let mut table = Table::new(header(), FOOTNOTE);
     let result = Bench::new(&cluster, &plan).and_then(|mut bench| {
         if wants("persist") {
             bench.persist(&mut table)?;
@@ -103,27 +104,18 @@ fn main() -> ExitCode {
         Ok(())
     });
     table.print();
-    println!(
-        "load average (1 min) before: {load_before}, after: {}",
-        load_average()
-    );
+    print_load_average(&load_before);
     if !plan.full {
         println!("\nsmoke run (no `--bench` flag): {} rows, once", plan.rows);
     }
     progress("stopping the cluster (scripts/pg stop)");
     drop(cluster);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(result)
 }
 
+/// Say how to call this bench.
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo bench --bench db [-- [persist|fetch|all]... [--runs N]]");
-    ExitCode::from(2)
+    cli::usage("cargo bench --bench db [-- [persist|fetch|all]... [--runs N]]")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,11 +227,9 @@ impl<'a> Bench<'a> {
             ))
             .and_then(|()| admin.batch_execute("VACUUM ANALYZE src"))
             .map_err(|e| format!("cannot create the tables: {e}"))?;
-        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("stagewise-bench-db-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work)
-            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        let work = stagewise::fresh_dir(
+            stagewise::target_tmp().join(format!("stagewise-bench-db-{}", std::process::id())),
+        )?;
         Ok(Bench {
             cluster,
             plan,
@@ -252,7 +242,7 @@ impl<'a> Bench<'a> {
         let (rows, runs) = (self.plan.rows, self.plan.runs);
         let csv = self.work.join("t.csv");
         let text: String = (0..rows).map(|i| format!("{i},{i},item {i}\n")).collect();
-        std::fs::write(&csv, text).map_err(|e| format!("cannot write {}: {e}", csv.display()))?;
+        stagewise::write(&csv, &text)?;
         let copy_in = format!("\\copy t FROM '{}' WITH (FORMAT csv)", csv.display());
 
         let mut variants: Vec<Vec<Run>> = BATCH_SIZES.iter().map(|_| Vec::new()).collect();
@@ -277,34 +267,39 @@ impl<'a> Bench<'a> {
             self.check_t()?;
         }
 
-        let ceiling = Median::of(ceiling, rows);
-        let top = ceiling.rate();
+        let ceiling = Median::of(&ceiling);
+        let top = ceiling.base.items_per_sec();
         let mut details = Vec::new();
         for (batch_size, results) in BATCH_SIZES.into_iter().zip(variants) {
-            let m = Median::of(results, rows);
+            let m = Median::of(&results);
             let what = match batch_size {
                 1 => " (per item)".to_owned(),
                 _ => String::new(),
             };
-            table.row(
+            table.line(row(
                 &format!("persist: stagewise, batch_size {batch_size}{what}"),
                 &m,
                 top,
-            );
+            ));
             details.push(format!(
                 "persist:   batch_size {batch_size}: {}; `save` attempt latency {}; {}; {}",
                 m.transactions(),
-                m.stage_latency("save")
+                m.base
+                    .stage_latency("save", 2)
                     .unwrap_or_else(|| "unknown".to_owned()),
                 m.phases(),
                 m.cpu_share()
             ));
         }
-        table.row("persist: ceiling, psql \\copy t FROM csv", &ceiling, top);
+        table.line(row(
+            "persist: ceiling, psql \\copy t FROM csv",
+            &ceiling,
+            top,
+        ));
         for d in details {
-            table.line(&d);
+            table.line(d);
         }
-        table.line(&format!("persist:   ceiling: {}", ceiling.transactions()));
+        table.line(format!("persist:   ceiling: {}", ceiling.transactions()));
         Ok(())
     }
 
@@ -342,42 +337,46 @@ impl<'a> Bench<'a> {
                 return Err(format!("\\copy wrote {lines} rows, not {rows}"));
             }
         }
-        let fetched = Median::of(fetched, rows);
-        let generated = Median::of(generated, rows);
-        let ceiling = Median::of(ceiling, rows);
-        let top = ceiling.rate();
-        table.row("fetch: stagewise, db-fetch → blackhole", &fetched, top);
-        if let Some(take) = fetched.take {
-            table.window_row(
+        let fetched = Median::of(&fetched);
+        let generated = Median::of(&generated);
+        let ceiling = Median::of(&ceiling);
+        let top = ceiling.base.items_per_sec();
+        table.line(row("fetch: stagewise, db-fetch → blackhole", &fetched, top));
+        if let Some(take) = fetched.base.taking {
+            table.line(window_row(
                 "fetch:   taking the batch (fetch + manifest)",
                 &fetched,
                 take,
                 top,
-            );
+            ));
         }
-        table.row("fetch: reference, generate → blackhole", &generated, top);
-        if let Some(take) = generated.take {
-            table.window_row(
+        table.line(row(
+            "fetch: reference, generate → blackhole",
+            &generated,
+            top,
+        ));
+        if let Some(take) = generated.base.taking {
+            table.line(window_row(
                 "fetch:   taking the batch (manifest only)",
                 &generated,
                 take,
                 top,
-            );
+            ));
         }
-        table.row(
+        table.line(row(
             "fetch: ceiling, psql \\copy (SELECT …) TO file",
             &ceiling,
             top,
-        );
-        table.line(&format!(
+        ));
+        table.line(format!(
             "fetch:   db-fetch run: {}; {}",
             fetched.phases(),
             fetched.cpu_share()
         ));
-        table.line(&format!("fetch:   generate run: {}", generated.phases()));
-        if let (Some(a), Some(b)) = (fetched.take, generated.take) {
+        table.line(format!("fetch:   generate run: {}", generated.phases()));
+        if let (Some(a), Some(b)) = (fetched.base.taking, generated.base.taking) {
             let alone = a.as_secs_f64() - b.as_secs_f64();
-            table.line(&format!(
+            table.line(format!(
                 "fetch:   the fetch alone ≈ taking the batch minus the generate run's: {alone:.3} s = {} rows/s = {:.3}x the ceiling",
                 thousands(rows as f64 / alone),
                 rows as f64 / alone / top
@@ -425,38 +424,14 @@ impl<'a> Bench<'a> {
     /// is done.
     fn run_stagewise(&mut self, name: &str, pipeline: &str) -> Result<Run, String> {
         let dir = self.work.join(name);
+        let cmd = stagewise::prepare(&dir, pipeline)?;
+        let (measured, server) = self.measure(cmd, &dir.join(stagewise::LOG), name)?;
+        let summary = stagewise::all_done(name, &dir, &measured, self.plan.rows, "items")?;
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        std::fs::write(dir.join("pipeline.toml"), pipeline)
-            .map_err(|e| format!("cannot write the pipeline: {e}"))?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagewise"));
-        cmd.args(["run", "pipeline.toml", "--log-format", "json"])
-            .current_dir(&dir);
-        // A developer's overrides (`STAGEWISE_STAGE__…`, a debug log level) would change what
-        // is measured.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("STAGEWISE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("STAGEWISE_LOG", "info");
-        let log = dir.join("stderr.log");
-        let mut run = self.measure(cmd, &log, name)?;
-        run.summary = std::fs::read_to_string(dir.join("bench.summary.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<Value>(&s).ok());
-        let done = run.summary.as_ref().and_then(|s| s["done"].as_u64());
-        if run.status.code() != Some(0) || done != Some(self.plan.rows) {
-            return Err(format!(
-                "{name}: stagewise exited with {} and {done:?} of {} items done; see {}",
-                run.status,
-                self.plan.rows,
-                log.display()
-            ));
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(run)
+        Ok(Run {
+            base: stats::Run::new(&measured, self.plan.rows, summary),
+            server,
+        })
     }
 
     /// Run `psql -c COMMAND` against the cluster.
@@ -478,62 +453,61 @@ impl<'a> Bench<'a> {
             }
         }
         let log = self.work.join(format!("{name}.log"));
-        let run = self.measure(cmd, &log, name)?;
-        if !run.status.success() {
+        let (measured, server) = self.measure(cmd, &log, name)?;
+        if !measured.status.success() {
             let stderr = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!(
                 "{name}: psql exited with {}: {}",
-                run.status,
+                measured.status,
                 stderr.trim()
             ));
         }
-        Ok(run)
+        Ok(Run {
+            base: stats::Run::new(&measured, self.plan.rows, None),
+            server,
+        })
     }
 
     /// Spawn `cmd` and measure it; around it, the server's CPU time and committed transactions,
     /// read once the sessions it opened have ended (their figures are only counted then).
-    fn measure(&mut self, cmd: Command, log: &Path, name: &str) -> Result<Run, String> {
+    fn measure(
+        &mut self,
+        cmd: Command,
+        log: &Path,
+        name: &str,
+    ) -> Result<(Measured, ServerUse), String> {
         let before = self.cluster.postmaster.and_then(server_cpu);
         let commits_before = self.commits();
-        let mut run = measure(cmd, log).map_err(|e| format!("{name}: cannot run it: {e}"))?;
+        let measured = measure(cmd, Some(log), Stdout::Discard)
+            .map_err(|e| format!("{name}: cannot run it: {e}"))?;
         let settled = match (&before, self.cluster.postmaster) {
             (Some((_, sessions)), Some(pm)) => wait_for_sessions(pm, sessions),
             _ => None,
         };
-        run.server_cpu = match (before, settled) {
-            (Some((a, _)), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
+        let server = ServerUse {
+            cpu: match (before, settled) {
+                (Some((a, _)), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
+            transactions: match (commits_before, self.commits()) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
         };
-        run.transactions = match (commits_before, self.commits()) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        };
-        Ok(run)
+        Ok((measured, server))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pipelines
 
+/// `generate` → `persist` into `t` at `url`, `batch_size` items a transaction.
 fn persist_pipeline(rows: u64, url: &str, batch_size: usize) -> String {
-    format!(
-        r#"[pipeline]
-name = "bench"
-heartbeat = "60s"
-
-[checkpoint]
-store = "sqlite:state.db"
-
-[defaults]
-timeout = "30s"
-
-[[stage]]
-name = "src"
-kind = "generate"
-count = {rows}
-timeout = "5m"
-
-[[stage]]
+    stagewise::pipeline(
+        "timeout = \"30s\"",
+        &stagewise::generate(rows),
+        &format!(
+            r#"[[stage]]
 name = "save"
 kind = "persist"
 url = "{url}"
@@ -541,6 +515,7 @@ statement = "{PERSIST_STATEMENT}"
 concurrency = {PERSIST_CONCURRENCY}
 batch_size = {batch_size}
 "#
+        ),
     )
 }
 
@@ -550,87 +525,26 @@ fn fetch_pipeline(rows: u64, url: Option<&str>) -> String {
         Some(url) => {
             format!("kind = \"db-fetch\"\nurl = \"{url}\"\nquery = \"{FETCH_QUERY}\"\nkey = \"id\"")
         }
-        None => format!("kind = \"generate\"\ncount = {rows}"),
+        None => stagewise::generate(rows),
     };
-    format!(
-        r#"[pipeline]
-name = "bench"
-heartbeat = "60s"
-
-[checkpoint]
-store = "sqlite:state.db"
-
-[defaults]
-timeout = "30s"
-concurrency = 64
-
-[[stage]]
-name = "src"
-{source}
-timeout = "5m"
-
-[[stage]]
-name = "sink"
-kind = "blackhole"
-"#
-    )
+    stagewise::pipeline("timeout = \"30s\"\nconcurrency = 64", &source, SINK)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Measuring a child process and the server
+// Measuring the server
 
-/// One run of a child process.
+/// One run of a child process, and what the server did meanwhile.
 struct Run {
-    status: ExitStatus,
-    wall: Duration,
-    /// `ru_maxrss`, in KiB on Linux.
-    peak_rss_kib: u64,
-    /// User plus system time of the child.
-    client_cpu: Duration,
-    /// CPU time of the server's processes during the run.
-    server_cpu: Option<Duration>,
-    /// Transactions committed in the database during the run.
-    transactions: Option<i64>,
-    /// When the `taking a new batch`, `run started` and `summary` events arrived, since spawn.
-    taking: Option<Duration>,
-    started: Option<Duration>,
-    summarized: Option<Duration>,
-    /// The run's `<name>.summary.json` (stagewise only).
-    summary: Option<Value>,
+    base: stats::Run,
+    server: ServerUse,
 }
 
-/// Spawn `cmd`, timestamp the JSON log events it writes to stderr (copying them to `log`), and
-/// reap it with `wait4` for its CPU time and peak RSS.
-fn measure(mut cmd: Command, log: &Path) -> io::Result<Run> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let log = std::fs::File::create(log)?;
-    let began = Instant::now();
-    let mut child = cmd.spawn()?;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let reader = event_times(
-        stderr,
-        began,
-        Some(log),
-        ["taking a new batch", "run started", "summary"],
-    );
-    // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
-    let (status, usage) = wait4(child.id())?;
-    let wall = began.elapsed();
-    let [taking, started, summarized] = reader.join().unwrap_or([None; 3]);
-    Ok(Run {
-        status,
-        wall,
-        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        client_cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-        server_cpu: None,
-        transactions: None,
-        taking,
-        started,
-        summarized,
-        summary: None,
-    })
+/// What the server did during a run.
+struct ServerUse {
+    /// CPU time of the server's processes.
+    cpu: Option<Duration>,
+    /// Transactions committed in the database.
+    transactions: Option<i64>,
 }
 
 /// From `/proc/PID/stat`: the parent, the process's own CPU ticks and its reaped children's.
@@ -691,64 +605,19 @@ fn wait_for_sessions(postmaster: u32, before: &HashSet<u32>) -> Option<Duration>
 
 /// The median of each figure over several runs (taken per figure).
 struct Median {
-    runs: usize,
-    rows: u64,
-    wall: Duration,
-    /// The fastest and slowest runs' wall times.
-    wall_range: (Duration, Duration),
-    peak_rss_kib: u64,
-    client_cpu: Duration,
+    base: stats::Median,
     server_cpu: Option<Duration>,
-    /// Spawn to `taking a new batch`; that event to `run started`; to `summary`.
-    starting: Option<Duration>,
-    take: Option<Duration>,
-    processing: Option<Duration>,
     transactions: Option<i64>,
-    /// The summary of the run with the median wall time.
-    summary: Option<Value>,
 }
 
 impl Median {
-    fn of(mut runs: Vec<Run>, rows: u64) -> Median {
-        fn mid<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
-            v.sort();
-            v.get(v.len() / 2).copied()
-        }
-        fn span(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-            b?.checked_sub(a?)
-        }
-        runs.sort_by_key(|r| r.wall);
-        let n = runs.len();
+    /// The medians of `runs`. Panics if there are none.
+    fn of(runs: &[Run]) -> Median {
         Median {
-            runs: n,
-            rows,
-            wall: runs[n / 2].wall,
-            wall_range: (runs[0].wall, runs[n - 1].wall),
-            peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib).collect()).unwrap_or(0),
-            client_cpu: mid(runs.iter().map(|r| r.client_cpu).collect()).unwrap_or_default(),
-            server_cpu: mid(runs.iter().filter_map(|r| r.server_cpu).collect()),
-            starting: mid(runs.iter().filter_map(|r| r.taking).collect()),
-            take: mid(runs
-                .iter()
-                .filter_map(|r| span(r.taking, r.started))
-                .collect()),
-            processing: mid(runs
-                .iter()
-                .filter_map(|r| span(r.started, r.summarized))
-                .collect()),
-            transactions: mid(runs.iter().filter_map(|r| r.transactions).collect()),
-            summary: runs[n / 2].summary.take(),
+            base: stats::Median::of(runs.iter().map(|r| &r.base)),
+            server_cpu: median(runs.iter().filter_map(|r| r.server.cpu)),
+            transactions: median(runs.iter().filter_map(|r| r.server.transactions)),
         }
-    }
-
-    fn rate(&self) -> f64 {
-        self.rows as f64 / self.wall.as_secs_f64()
-    }
-
-    /// Rows/s of the slowest and the fastest run.
-    fn rate_range(&self) -> (f64, f64) {
-        let rate = |d: Duration| self.rows as f64 / d.as_secs_f64();
-        (rate(self.wall_range.1), rate(self.wall_range.0))
     }
 
     /// "N server transactions (R rows each)".
@@ -757,7 +626,7 @@ impl Median {
             Some(t) if t > 0 => format!(
                 "{} server transactions ({:.2} rows each)",
                 thousands(t as f64),
-                self.rows as f64 / t as f64
+                self.base.items as f64 / t as f64
             ),
             _ => "server transactions unknown".to_owned(),
         }
@@ -770,9 +639,9 @@ impl Median {
         };
         format!(
             "spawn to `taking a new batch` {}, taking the batch {}, processing {}",
-            secs(self.starting),
-            secs(self.take),
-            secs(self.processing)
+            secs(self.base.starting),
+            secs(self.base.taking),
+            secs(self.base.window)
         )
     }
 
@@ -783,94 +652,60 @@ impl Median {
         let Some(server) = self.server_cpu else {
             return "server CPU unknown".to_owned();
         };
-        let busy = (self.client_cpu + server).as_secs_f64() / self.wall.as_secs_f64();
+        let busy = (self.base.cpu + server).as_secs_f64() / self.base.wall.as_secs_f64();
         format!("client + server CPU {busy:.2} of {cpus} CPUs")
     }
-
-    /// A stage's attempt latency from the summary: "p50 … p95 … max …".
-    fn stage_latency(&self, stage: &str) -> Option<String> {
-        let stages = self.summary.as_ref()?["stages"].as_array()?;
-        let l = &stages.iter().find(|s| s["name"] == stage)?["latency"];
-        Some(format!(
-            "p50 {:.2} ms, p95 {:.2} ms, max {:.1} ms",
-            l["p50_ms"].as_f64()?,
-            l["p95_ms"].as_f64()?,
-            l["max_ms"].as_f64()?
-        ))
-    }
 }
 
-#[derive(Default)]
-struct Table {
-    lines: Vec<String>,
+/// What each column of the table holds.
+const FOOTNOTE: &str = "(medians of the runs; wall is process start to exit; rows/s = rows / wall; MB = 10^6 bytes of ru_maxrss; client CPU = user + system time of the process; server CPU = all PostgreSQL processes)";
+
+/// The table's header line.
+fn header() -> String {
+    format!(
+        "{:<48} {:>4} {:>9} {:>9} {:>17} {:>10} {:>8} {:>10} {:>10}",
+        "benchmark",
+        "runs",
+        "wall",
+        "rows/s",
+        "rows/s range",
+        "vs ceiling",
+        "peak RSS",
+        "client CPU",
+        "server CPU"
+    )
 }
 
-impl Table {
-    fn header() -> String {
-        format!(
-            "{:<48} {:>4} {:>9} {:>9} {:>17} {:>10} {:>8} {:>10} {:>10}",
-            "benchmark",
-            "runs",
-            "wall",
-            "rows/s",
-            "rows/s range",
-            "vs ceiling",
-            "peak RSS",
-            "client CPU",
-            "server CPU"
-        )
-    }
-
-    fn row(&mut self, name: &str, m: &Median, ceiling: f64) {
-        let (low, high) = m.rate_range();
-        let server = m
-            .server_cpu
-            .map_or_else(|| "?".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
-        self.lines.push(format!(
-            "{:<48} {:>4} {:>7.3} s {:>9} {:>17} {:>9.3}x {:>5.1} MB {:>8.2} s {:>10}",
-            name,
-            m.runs,
-            m.wall.as_secs_f64(),
-            thousands(m.rate()),
-            format!("{}–{}", thousands(low), thousands(high)),
-            m.rate() / ceiling,
-            m.peak_rss_kib as f64 * 1024.0 / 1e6,
-            m.client_cpu.as_secs_f64(),
-            server
-        ));
-    }
-
-    /// A part of a run, timed from its log events.
-    fn window_row(&mut self, name: &str, m: &Median, window: Duration, ceiling: f64) {
-        let rate = m.rows as f64 / window.as_secs_f64();
-        self.lines.push(format!(
-            "{:<48} {:>4} {:>7.3} s {:>9} {:>17} {:>9.3}x",
-            name,
-            m.runs,
-            window.as_secs_f64(),
-            thousands(rate),
-            "",
-            rate / ceiling
-        ));
-    }
-
-    fn line(&mut self, text: &str) {
-        self.lines.push(text.to_owned());
-    }
-
-    fn print(&self) {
-        println!("{}", Self::header());
-        for l in &self.lines {
-            println!("{l}");
-        }
-        println!("(medians of the runs; wall is process start to exit; rows/s = rows / wall; MB = 10^6 bytes of ru_maxrss; client CPU = user + system time of the process; server CPU = all PostgreSQL processes)");
-    }
+/// A row of the table: the medians of one measurement, its rows/s set against `ceiling`'s.
+fn row(name: &str, m: &Median, ceiling: f64) -> String {
+    let server = m
+        .server_cpu
+        .map_or_else(|| "?".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    let rate = m.base.items_per_sec();
+    format!(
+        "{:<48} {:>4} {:>7.3} s {:>9} {:>17} {:>9.3}x {:>5.1} MB {:>8.2} s {:>10}",
+        name,
+        m.base.runs,
+        m.base.wall.as_secs_f64(),
+        thousands(rate),
+        thousands_range(m.base.items_per_sec_range()),
+        rate / ceiling,
+        m.base.peak_rss_bytes() / 1e6,
+        m.base.cpu.as_secs_f64(),
+        server
+    )
 }
 
-/// The 1-minute load average, from `/proc/loadavg`.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
+/// A row of the table for a part of a run, timed from its log events.
+fn window_row(name: &str, m: &Median, window: Duration, ceiling: f64) -> String {
+    let rate = m.base.items as f64 / window.as_secs_f64();
+    format!(
+        "{:<48} {:>4} {:>7.3} s {:>9} {:>17} {:>9.3}x",
+        name,
+        m.base.runs,
+        window.as_secs_f64(),
+        thousands(rate),
+        "",
+        rate / ceiling
+    )
 }

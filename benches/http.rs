@@ -25,20 +25,22 @@
 //! the interpreter. Without cargo's `--bench` flag (`cargo test --benches` or `--all-targets`)
 //! it only smoke-tests itself on 200 pages, once.
 
-// The child's rusage (peak RSS, CPU time) needs `libc::wait4`, and this process's CPU time (the
-// server's) `libc::getrusage`: two FFI calls, hence unsafe, and nothing else.
-#![allow(unsafe_code)]
-
 mod common;
 
-use common::{event_times, progress, thousands, timeval, wait4};
+use common::cli;
+use common::process::{measure_with, own_cpu, Measured, Stdout};
+use common::report::{
+    load_average, print_load_average, progress, thousands, thousands_range, Table,
+};
+use common::stagewise::{self, SINK};
+use common::stats::{self, median, median_run};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -63,28 +65,20 @@ struct Plan {
 
 fn main() -> ExitCode {
     // `cargo bench` appends `--bench`; without it this is a smoke test (see the top of the file).
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let full = raw.iter().any(|a| a == "--bench");
-    let mut plan = Plan {
-        runs: if full { DEFAULT_RUNS } else { 1 },
+    let args = cli::args();
+    let full = args.bench;
+    let mut python = "python3".to_owned();
+    let read = args.read(if full { DEFAULT_RUNS } else { 1 }, |arg, rest| match arg {
+        "--python" => rest.next().map(|p| python = p).is_some(),
+        _ => false,
+    });
+    let Ok(runs) = read else { return usage() };
+    let plan = Plan {
+        runs,
         pages: if full { 2_000 } else { 200 },
-        python: "python3".to_owned(),
+        python,
         full,
     };
-    let mut args = raw.into_iter().filter(|a| a != "--bench");
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
-                Some(n) => plan.runs = n,
-                None => return usage(),
-            },
-            "--python" => match args.next() {
-                Some(p) => plan.python = p,
-                None => return usage(),
-            },
-            _ => return usage(),
-        }
-    }
 
     let load_before = load_average();
     let server = match Server::start(LATENCY) {
@@ -100,42 +94,29 @@ fn main() -> ExitCode {
         LATENCY.as_millis(),
         page_body("/page/0").len()
     ));
-    let mut table = Table::default();
+    let mut table = Table::new(header(), FOOTNOTE);
     let result = bench(&plan, &server, &mut table);
     table.print();
-    println!(
-        "load average (1 min) before: {load_before}, after: {}",
-        load_average()
-    );
+    print_load_average(&load_before);
     if !plan.full {
         println!(
             "\nsmoke run (no `--bench` flag): {} pages, once",
             plan.pages
         );
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(result)
 }
 
+/// Say how to call this bench.
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo bench --bench http [-- [--runs N] [--python PATH]]");
-    ExitCode::from(2)
+    cli::usage("cargo bench --bench http [-- [--runs N] [--python PATH]]")
 }
 
 // ---------------------------------------------------------------------------------------------
 // The measurement
 
 fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> {
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("stagewise-bench-http")
-        .join(std::process::id().to_string());
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let work = stagewise::work_dir("http")?;
     let urls = work.join("urls.jsonl");
     let lines: String = (0..plan.pages)
         .map(|i| {
@@ -145,7 +126,7 @@ fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> 
             )
         })
         .collect();
-    std::fs::write(&urls, lines).map_err(|e| format!("cannot write {}: {e}", urls.display()))?;
+    stagewise::write(&urls, &lines)?;
 
     // Without python3 a smoke run still checks the stagewise side; a real run needs both.
     let python_found = Command::new(&plan.python)
@@ -181,23 +162,23 @@ fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> 
     // Kept after a failure: the logs of the failed run are in it.
     let _ = std::fs::remove_dir_all(&work);
 
-    let ours = Median::of(ours);
+    let ours = Median::of(&ours);
     let ideal = CONCURRENCY as f64 / LATENCY.as_secs_f64();
-    table.row("stagewise http-download", &ours);
-    let seed = (!seed.is_empty()).then(|| Median::of(seed));
-    let variant = (!variant.is_empty()).then(|| Median::of(variant));
+    table.line(row("stagewise http-download", &ours));
+    let seed = (!seed.is_empty()).then(|| Median::of(&seed));
+    let variant = (!variant.is_empty()).then(|| Median::of(&variant));
     let default_workers = seed.as_ref().and_then(|s| s.max_workers).unwrap_or(0);
     if let Some(seed) = &seed {
-        table.row(
+        table.line(row(
             &format!("seed pattern, default executor ({default_workers} thr.)"),
             seed,
-        );
+        ));
     }
     if let Some(variant) = &variant {
-        table.row(
+        table.line(row(
             &format!("seed pattern, executor of {VARIANT_WORKERS} (variant)"),
             variant,
-        );
+        ));
     }
 
     let pages = plan.pages as f64;
@@ -209,7 +190,7 @@ fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> 
         )
     };
     let rounds = plan.pages.div_ceil(CONCURRENCY as u64);
-    table.line(&format!(
+    table.line(format!(
         "ideal {CONCURRENCY} / {} s = {} pages/s ({} pages are {rounds} rounds of {CONCURRENCY}: at most {} pages/s with exact {} ms responses)",
         LATENCY.as_secs_f64(),
         thousands(ideal),
@@ -217,52 +198,55 @@ fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> 
         thousands(pages / (rounds as f64 * LATENCY.as_secs_f64())),
         LATENCY.as_millis()
     ));
-    table.line(&format!(
+    table.line(format!(
         "  stagewise end to end (process start to exit): {}",
-        share(ours.rate_end_to_end())
+        share(ours.base.items_per_sec())
     ));
-    table.line(&format!(
+    table.line(format!(
         "  stagewise processing window (`run started` to `summary`): {}",
-        ours.rate_window()
+        ours.base
+            .window_rate()
             .map_or_else(|| "unknown".to_owned(), share)
     ));
-    if let Some(l) = ours.stage_latency("download") {
-        table.line(&format!(
+    if let Some(l) = ours.base.stage_latency("download", 1) {
+        table.line(format!(
             "  `download` attempt latency (median run's summary): {l}"
         ));
     }
     if let Some(seed) = &seed {
-        table.line(&format!(
+        table.line(format!(
             "  seed pattern end to end: {}",
-            share(seed.rate_end_to_end())
+            share(seed.base.items_per_sec())
         ));
-        table.line(&format!(
+        table.line(format!(
             "  seed pattern processing window (the script's own clock): {}",
-            seed.rate_window()
+            seed.base
+                .window_rate()
                 .map_or_else(|| "unknown".to_owned(), share)
         ));
-        table.line(&format!(
+        table.line(format!(
             "  seed pattern's ceiling with {default_workers} executor threads: {default_workers} / {} s = {} pages/s",
             LATENCY.as_secs_f64(),
             thousands(default_workers as f64 / LATENCY.as_secs_f64())
         ));
-        let window_ratio = match (ours.rate_window(), seed.rate_window()) {
+        let window_ratio = match (ours.base.window_rate(), seed.base.window_rate()) {
             (Some(a), Some(b)) => format!("{:.2}x", a / b),
             _ => "unknown".to_owned(),
         };
-        table.line(&format!(
+        table.line(format!(
             "  stagewise / seed pattern: end to end {:.2}x, processing window {window_ratio}, peak RSS {:.2}x, CPU time {:.2}x",
-            ours.rate_end_to_end() / seed.rate_end_to_end(),
-            ours.peak_rss_bytes() / seed.peak_rss_bytes(),
-            ours.cpu.as_secs_f64() / seed.cpu.as_secs_f64()
+            ours.base.items_per_sec() / seed.base.items_per_sec(),
+            ours.base.peak_rss_bytes() / seed.base.peak_rss_bytes(),
+            ours.base.cpu.as_secs_f64() / seed.base.cpu.as_secs_f64()
         ));
     }
     if let Some(variant) = &variant {
-        table.line(&format!(
+        table.line(format!(
             "  seed pattern, {VARIANT_WORKERS}-thread executor (variant): end to end {}; window {}",
-            share(variant.rate_end_to_end()),
+            share(variant.base.items_per_sec()),
             variant
-                .rate_window()
+                .base
+                .window_rate()
                 .map_or_else(|| "unknown".to_owned(), share)
         ));
     }
@@ -272,22 +256,12 @@ fn bench(plan: &Plan, server: &Server, table: &mut Table) -> Result<(), String> 
 // ---------------------------------------------------------------------------------------------
 // The two clients
 
-/// One run of a client.
+/// One run of a client, and what the server did meanwhile.
 struct Run {
-    pages: u64,
-    wall: Duration,
-    /// `ru_maxrss`, in KiB on Linux.
-    peak_rss_kib: u64,
-    /// The child's user + system CPU time.
-    cpu: Duration,
-    /// The server's (this process's) CPU time during the run.
-    server_cpu: Duration,
-    /// From the first request to the last page (stagewise: `run started` to `summary`).
-    window: Option<Duration>,
-    /// Connections the server accepted during the run.
-    connections: u64,
-    /// stagewise's `<name>.summary.json`.
-    summary: Option<Value>,
+    /// The processing window is from the first request to the last page (stagewise: `run
+    /// started` to `summary`).
+    base: stats::Run,
+    served: Served,
     /// The seed script's executor size.
     max_workers: Option<u64>,
 }
@@ -302,51 +276,16 @@ fn run_stagewise(
 ) -> Result<Run, String> {
     let name = format!("stagewise-{i}");
     let dir = work.join(&name);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let cmd = stagewise::prepare(&dir, &pipeline())?;
     std::fs::copy(urls, dir.join("urls.jsonl"))
         .map_err(|e| format!("cannot copy the URL list: {e}"))?;
-    std::fs::write(dir.join("pipeline.toml"), pipeline())
-        .map_err(|e| format!("cannot write the pipeline: {e}"))?;
-
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagewise"));
-    cmd.args(["run", "pipeline.toml", "--log-format", "json"])
-        .current_dir(&dir);
-    // A developer's overrides (`STAGEWISE_STAGE__…`, a debug log level) would change what is measured.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STAGEWISE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("STAGEWISE_LOG", "info");
-    let log = dir.join("stderr.log");
-    let m = measure(cmd, server, &log).map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
-
-    let summary = std::fs::read_to_string(dir.join("bench.summary.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
-    let done = summary.as_ref().and_then(|s| s["done"].as_u64());
-    if m.status.code() != Some(0) || done != Some(plan.pages) {
-        return Err(format!(
-            "{name}: stagewise exited with {} and {done:?} of {} pages done; see {}",
-            m.status,
-            plan.pages,
-            log.display()
-        ));
-    }
+    let (m, served) = measure(cmd, server, &dir.join(stagewise::LOG))
+        .map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
+    let summary = stagewise::all_done(&name, &dir, &m, plan.pages, "pages")?;
     let _ = std::fs::remove_dir_all(&dir);
-    let window = match (m.started, m.summarized) {
-        (Some(a), Some(b)) => b.checked_sub(a),
-        _ => None,
-    };
     Ok(Run {
-        pages: plan.pages,
-        wall: m.wall,
-        peak_rss_kib: m.peak_rss_kib,
-        cpu: m.cpu,
-        server_cpu: m.server_cpu,
-        window,
-        connections: m.connections,
-        summary,
+        base: stats::Run::new(&m, plan.pages, summary),
+        served,
         max_workers: None,
     })
 }
@@ -370,7 +309,8 @@ fn run_seed(
         cmd.args(["--workers", &w.to_string()]);
     }
     let log = work.join("seed-stderr.log");
-    let m = measure(cmd, server, &log).map_err(|e| format!("cannot run the seed pattern: {e}"))?;
+    let (m, served) =
+        measure(cmd, server, &log).map_err(|e| format!("cannot run the seed pattern: {e}"))?;
     let out = serde_json::from_str::<Value>(m.stdout.trim()).ok();
     let fetched = out.as_ref().and_then(|o| o["pages"].as_u64());
     if !m.status.success() || fetched != Some(plan.pages) {
@@ -382,122 +322,55 @@ fn run_seed(
         ));
     }
     let out = out.unwrap_or_default();
+    let mut base = stats::Run::new(&m, plan.pages, None);
+    base.window = out["seconds"].as_f64().map(Duration::from_secs_f64);
     Ok(Run {
-        pages: plan.pages,
-        wall: m.wall,
-        peak_rss_kib: m.peak_rss_kib,
-        cpu: m.cpu,
-        server_cpu: m.server_cpu,
-        window: out["seconds"].as_f64().map(Duration::from_secs_f64),
-        connections: m.connections,
-        summary: None,
+        base,
+        served,
         max_workers: out["max_workers"].as_u64(),
     })
 }
 
+/// `jsonl` of the URLs → `http-download` → `blackhole`.
 fn pipeline() -> String {
-    format!(
-        r#"[pipeline]
-name = "bench"
-heartbeat = "60s"
-
-[checkpoint]
-store = "sqlite:state.db"
-
-[[stage]]
-name = "src"
-kind = "jsonl"
-path = "urls.jsonl"
-key = "id"
-timeout = "5m"
-
-[[stage]]
+    stagewise::pipeline(
+        "",
+        &stagewise::jsonl("urls.jsonl"),
+        &format!(
+            r#"[[stage]]
 name = "download"
 kind = "http-download"
 allow_private_networks = true
 concurrency = {CONCURRENCY}
 per_host_concurrency = {CONCURRENCY}
 
-[[stage]]
-name = "sink"
-kind = "blackhole"
-"#
+{SINK}"#
+        ),
     )
 }
 
 // ---------------------------------------------------------------------------------------------
-// Measuring a child process
+// Measuring a client and the server
 
-struct Measured {
-    status: ExitStatus,
-    wall: Duration,
-    peak_rss_kib: u64,
+/// What the server did during a run.
+struct Served {
+    /// The server's (this process's) CPU time.
     cpu: Duration,
-    server_cpu: Duration,
+    /// Connections the server accepted.
     connections: u64,
-    stdout: String,
-    /// When the `run started` and `summary` JSON log events arrived, since spawn.
-    started: Option<Duration>,
-    summarized: Option<Duration>,
 }
 
-/// Spawn `cmd`, timestamp the JSON log events it writes to stderr (copying stderr to `log`),
-/// keep its stdout, and reap it with `wait4` for its peak RSS and CPU time.
-fn measure(mut cmd: Command, server: &Server, log: &Path) -> io::Result<Measured> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let log = std::fs::File::create(log)?;
+/// Measure `cmd`, keeping its stdout and copying its stderr to `log`, and around it what the
+/// server did.
+fn measure(cmd: Command, server: &Server, log: &Path) -> io::Result<(Measured, Served)> {
     let connections_before = server.connections();
-    let server_cpu_before = own_cpu();
-    let began = Instant::now();
-    let mut child = cmd.spawn()?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let err_reader = event_times(stderr, began, Some(log), ["run started", "summary"]);
-    // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
-    let (status, usage) = wait4(child.id())?;
-    let wall = began.elapsed();
-    let server_cpu = own_cpu().saturating_sub(server_cpu_before);
-    let stdout = out_reader.join().unwrap_or_default();
-    let [started, summarized] = err_reader.join().unwrap_or([None; 2]);
-    Ok(Measured {
-        status,
-        wall,
-        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-        server_cpu,
+    let cpu_before = own_cpu();
+    let (m, cpu) = measure_with(cmd, Some(log), Stdout::Keep, own_cpu)?;
+    let served = Served {
+        cpu: cpu.saturating_sub(cpu_before),
         connections: server.connections() - connections_before,
-        stdout,
-        started,
-        summarized,
-    })
-}
-
-/// This process's CPU time so far, all threads: in this bench, almost all of it the server's.
-fn own_cpu() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `usage` is valid and writable for the call.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
-    if !ok {
-        return Duration::ZERO;
-    }
-    // SAFETY: zero is a valid `rusage` (plain integers), and getrusage has filled it in.
-    let usage = unsafe { usage.assume_init() };
-    timeval(usage.ru_utime) + timeval(usage.ru_stime)
-}
-
-/// The first field of `/proc/loadavg`, or "unknown".
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
+    };
+    Ok((m, served))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,124 +518,64 @@ fn page_body(path: &str) -> String {
 
 /// The median of each figure over several runs (taken per figure).
 struct Median {
-    runs: usize,
-    pages: u64,
-    wall: Duration,
-    /// The fastest and slowest runs' wall times.
-    wall_range: (Duration, Duration),
-    window: Option<Duration>,
-    peak_rss_kib: u64,
-    cpu: Duration,
+    base: stats::Median,
     server_cpu: Duration,
     connections: u64,
-    /// The summary of the run with the median wall time.
-    summary: Option<Value>,
+    /// The seed script's executor size in the run with the median wall time.
     max_workers: Option<u64>,
 }
 
 impl Median {
-    fn of(mut runs: Vec<Run>) -> Median {
-        fn mid<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
-            v.sort();
-            v.get(v.len() / 2).copied()
-        }
-        runs.sort_by_key(|r| r.wall);
-        let n = runs.len();
-        let middle = &runs[n / 2];
+    /// The medians of `runs`. Panics if there are none.
+    fn of(runs: &[Run]) -> Median {
         Median {
-            runs: n,
-            pages: middle.pages,
-            wall: middle.wall,
-            wall_range: (runs[0].wall, runs[n - 1].wall),
-            window: mid(runs.iter().filter_map(|r| r.window).collect()),
-            peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib).collect()).unwrap_or(0),
-            cpu: mid(runs.iter().map(|r| r.cpu).collect()).unwrap_or_default(),
-            server_cpu: mid(runs.iter().map(|r| r.server_cpu).collect()).unwrap_or_default(),
-            connections: mid(runs.iter().map(|r| r.connections).collect()).unwrap_or(0),
-            summary: middle.summary.clone(),
-            max_workers: middle.max_workers,
+            base: stats::Median::of(runs.iter().map(|r| &r.base)),
+            server_cpu: median(runs.iter().map(|r| r.served.cpu)).unwrap_or_default(),
+            connections: median(runs.iter().map(|r| r.served.connections)).unwrap_or(0),
+            max_workers: median_run(runs, |r| r.base.wall).max_workers,
         }
-    }
-
-    fn rate_end_to_end(&self) -> f64 {
-        self.pages as f64 / self.wall.as_secs_f64()
-    }
-
-    fn rate_window(&self) -> Option<f64> {
-        self.window.map(|w| self.pages as f64 / w.as_secs_f64())
-    }
-
-    /// Pages/s of the slowest and the fastest run, end to end.
-    fn rate_range(&self) -> (f64, f64) {
-        let rate = |d: Duration| self.pages as f64 / d.as_secs_f64();
-        (rate(self.wall_range.1), rate(self.wall_range.0))
-    }
-
-    fn peak_rss_bytes(&self) -> f64 {
-        self.peak_rss_kib as f64 * 1024.0
-    }
-
-    /// A stage's attempt latency from the summary: "p50 … p95 … max …".
-    fn stage_latency(&self, stage: &str) -> Option<String> {
-        common::stage_latency(self.summary.as_ref(), stage)
     }
 }
 
-#[derive(Default)]
-struct Table {
-    lines: Vec<String>,
+/// What each column of the table holds.
+const FOOTNOTE: &str = "(medians of the runs; wall and the first pages/s: process start to exit; range: slowest–fastest run, end to end; \
+     window: stagewise `run started` to `summary`, the seed script's own clock from its first task to its last; \
+     CPU: the client's user+system; server: the in-process server's; conns: connections the server accepted; MB = 10^6 bytes of ru_maxrss)";
+
+/// The table's header line.
+fn header() -> String {
+    format!(
+        "{:<42} {:>4} {:>8} {:>8} {:>13} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6}",
+        "client",
+        "runs",
+        "wall",
+        "pages/s",
+        "range",
+        "window",
+        "pages/s",
+        "peak RSS",
+        "CPU",
+        "server",
+        "conns"
+    )
 }
 
-impl Table {
-    fn header() -> String {
-        format!(
-            "{:<42} {:>4} {:>8} {:>8} {:>13} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6}",
-            "client",
-            "runs",
-            "wall",
-            "pages/s",
-            "range",
-            "window",
-            "pages/s",
-            "peak RSS",
-            "CPU",
-            "server",
-            "conns"
-        )
-    }
-
-    fn row(&mut self, name: &str, m: &Median) {
-        let (low, high) = m.rate_range();
-        self.lines.push(format!(
-            "{:<42} {:>4} {:>6.3} s {:>8} {:>13} {:>8} {:>8} {:>6.1} MB {:>5.2} s {:>5.2} s {:>6}",
-            name,
-            m.runs,
-            m.wall.as_secs_f64(),
-            thousands(m.rate_end_to_end()),
-            format!("{}–{}", thousands(low), thousands(high)),
-            m.window
-                .map_or_else(|| "-".to_owned(), |w| format!("{:.3} s", w.as_secs_f64())),
-            m.rate_window().map_or_else(|| "-".to_owned(), thousands),
-            m.peak_rss_bytes() / 1e6,
-            m.cpu.as_secs_f64(),
-            m.server_cpu.as_secs_f64(),
-            m.connections
-        ));
-    }
-
-    fn line(&mut self, text: &str) {
-        self.lines.push(text.to_owned());
-    }
-
-    fn print(&self) {
-        println!("{}", Self::header());
-        for l in &self.lines {
-            println!("{l}");
-        }
-        println!(
-            "(medians of the runs; wall and the first pages/s: process start to exit; range: slowest–fastest run, end to end; \
-             window: stagewise `run started` to `summary`, the seed script's own clock from its first task to its last; \
-             CPU: the client's user+system; server: the in-process server's; conns: connections the server accepted; MB = 10^6 bytes of ru_maxrss)"
-        );
-    }
+/// A row of the table: the medians of one client's runs.
+fn row(name: &str, m: &Median) -> String {
+    let b = &m.base;
+    format!(
+        "{:<42} {:>4} {:>6.3} s {:>8} {:>13} {:>8} {:>8} {:>6.1} MB {:>5.2} s {:>5.2} s {:>6}",
+        name,
+        b.runs,
+        b.wall.as_secs_f64(),
+        thousands(b.items_per_sec()),
+        thousands_range(b.items_per_sec_range()),
+        b.window
+            .map_or_else(|| "-".to_owned(), |w| format!("{:.3} s", w.as_secs_f64())),
+        b.window_rate().map_or_else(|| "-".to_owned(), thousands),
+        b.peak_rss_bytes() / 1e6,
+        b.cpu.as_secs_f64(),
+        m.server_cpu.as_secs_f64(),
+        m.connections
+    )
 }

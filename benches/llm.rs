@@ -26,23 +26,22 @@
 //! `--bench` flag (`cargo test --benches` or `--all-targets`) it only smoke-tests itself on 50
 //! items with a 20 ms server, once.
 
-// The child's rusage (peak RSS, CPU time) needs `libc::wait4` (in `common`): an FFI call, hence
-// unsafe, and nothing else.
-#![allow(unsafe_code)]
-
 mod common;
 // The test server, shared with `tests/llm.rs`; this bench uses only part of it.
 #[allow(dead_code)]
 #[path = "../tests/util/llm.rs"]
 mod llm_server;
 
-use common::{event_times, progress, thousands, timeval, wait4};
+use common::cli::{self, positive};
+use common::process::{measure, Stdout};
+use common::report::{load_average, print_load_average, progress, thousands, Table};
+use common::stagewise::{self, SINK};
+use common::stats::{self, median, median_f64};
 use llm_server::{LlmConfig, LlmServer, Scenario};
 use std::collections::HashMap;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -118,8 +117,8 @@ impl Variant {
 
 fn main() -> ExitCode {
     // `cargo bench` appends `--bench`; without it this is a smoke test (see the top of the file).
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let full = raw.iter().any(|a| a == "--bench");
+    let args = cli::args();
+    let full = args.bench;
     let latency = Duration::from_millis(if full { 200 } else { 20 });
     let mut plan = Plan {
         runs: if full { DEFAULT_RUNS } else { 1 },
@@ -130,24 +129,22 @@ fn main() -> ExitCode {
         keep: false,
         full,
     };
-    let mut args = raw.into_iter().filter(|a| a != "--bench");
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
-                Some(n) => plan.runs = n,
-                None => return usage(),
-            },
-            "--rate" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
+    let read = args.read(plan.runs, |arg, rest| {
+        match arg {
+            "--rate" => match positive(rest.next()) {
                 Some(n) => plan.rate = n,
-                None => return usage(),
+                None => return false,
             },
             "--keep" => plan.keep = true,
             "a" => plan.variants.push(Variant::A),
             "b" => plan.variants.push(Variant::B),
             "c" => plan.variants.push(Variant::C),
-            _ => return usage(),
+            _ => return false,
         }
-    }
+        true
+    });
+    let Ok(runs) = read else { return usage() };
+    plan.runs = runs;
     if plan.variants.is_empty() {
         plan.variants = vec![Variant::A, Variant::B, Variant::C];
     }
@@ -158,13 +155,10 @@ fn main() -> ExitCode {
         plan.items,
         plan.latency.as_millis()
     ));
-    let mut table = Table::default();
+    let mut table = Table::new(header(), FOOTNOTE);
     let result = bench(&plan, &mut table);
     table.print();
-    println!(
-        "load average (1 min) before: {load_before}, after: {}",
-        load_average()
-    );
+    print_load_average(&load_before);
     if !plan.full {
         println!(
             "\nsmoke run (no `--bench` flag): {} items, {} ms latency, once",
@@ -172,35 +166,24 @@ fn main() -> ExitCode {
             plan.latency.as_millis()
         );
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(result)
 }
 
+/// Say how to call this bench.
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo bench --bench llm [-- [--runs N] [--rate N] [--keep] [a] [b] [c]]");
-    ExitCode::from(2)
+    cli::usage("cargo bench --bench llm [-- [--runs N] [--rate N] [--keep] [a] [b] [c]]")
 }
 
 // ---------------------------------------------------------------------------------------------
 // The measurement
 
 fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("stagewise-bench-llm")
-        .join(std::process::id().to_string());
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let work = stagewise::work_dir("llm")?;
     let articles = work.join("articles.jsonl");
     let lines: String = (0..plan.items)
         .map(|i| format!("{}\n", article(i)))
         .collect();
-    std::fs::write(&articles, &lines)
-        .map_err(|e| format!("cannot write {}: {e}", articles.display()))?;
+    stagewise::write(&articles, &lines)?;
     progress(&format!(
         "{} articles, {} bytes of JSON Lines",
         plan.items,
@@ -219,7 +202,7 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
             let run = run_stagewise(plan, *variant, &work, &articles, i)?;
             progress(&format!(
                 "  {:.3} s, {} 429s, {} calls, {} failed",
-                run.wall.as_secs_f64(),
+                run.base.wall.as_secs_f64(),
                 run.count_429,
                 run.calls,
                 run.failed
@@ -242,10 +225,10 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
         .zip(runs.into_iter().map(Median::of))
         .collect();
     for (variant, m) in &medians {
-        table.row(&variant.name(plan), m, ideal);
+        table.line(row(&variant.name(plan), m, ideal));
     }
     let rounds = plan.items.div_ceil(MAX_IN_FLIGHT as u64);
-    table.line(&format!(
+    table.line(format!(
         "ideal {MAX_IN_FLIGHT} / {} s = {} items/s ({} items are {rounds} rounds of {MAX_IN_FLIGHT}: {:.1} s at the least)",
         plan.latency.as_secs_f64(),
         thousands(ideal),
@@ -253,8 +236,8 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
         rounds as f64 * plan.latency.as_secs_f64()
     ));
     for (variant, m) in &medians {
-        table.line(&format!("{}:", variant.name(plan)));
-        table.line(&format!(
+        table.line(format!("{}:", variant.name(plan)));
+        table.line(format!(
             "  per run: 429s {}; items that got a 429 {}; answered 200 {}; failed items {}; the most 429s one item got: {}",
             m.per_run(|r| r.count_429 as u64),
             m.per_run(|r| r.items_429),
@@ -262,7 +245,7 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
             m.per_run(|r| r.failed),
             m.max_429s_per_item
         ));
-        table.line(&format!(
+        table.line(format!(
             "  requests arriving at the server, first to last (per run): {} requests/s",
             m.runs
                 .iter()
@@ -272,13 +255,13 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
                 .collect::<Vec<_>>()
                 .join(" / ")
         ));
-        if let Some(l) = m.stage_latency("facts") {
-            table.line(&format!(
+        if let Some(l) = m.base.stage_latency("facts", 1) {
+            table.line(format!(
                 "  `facts` attempt latency (median run's summary): {l}"
             ));
         }
         if let (Some(first), Some(tail)) = (m.first_call, m.tail) {
-            table.line(&format!(
+            table.line(format!(
                 "  `run started` to the first call: {:.3} s; the last call's arrival to `summary`: {:.3} s",
                 first.as_secs_f64(),
                 tail.as_secs_f64()
@@ -320,15 +303,8 @@ fn article(i: u64) -> Value {
 
 /// One run of one variant.
 struct Run {
-    /// Items done (answered and passed on), from the summary.
-    done: u64,
-    wall: Duration,
-    /// `ru_maxrss`, in KiB on Linux.
-    peak_rss_kib: u64,
-    /// The child's user + system CPU time.
-    cpu: Duration,
-    /// From `run started` to `summary`.
-    window: Option<Duration>,
+    /// Its items are those done (answered and passed on), from the summary.
+    base: stats::Run,
     /// From `run started` to the first request's arrival at the server.
     first_call: Option<Duration>,
     /// From the last request's arrival at the server to `summary`.
@@ -347,20 +323,6 @@ struct Run {
     arrival_rate: Option<f64>,
     /// Items failed, from the summary.
     failed: u64,
-    /// stagewise's `<name>.summary.json`.
-    summary: Option<Value>,
-}
-
-impl Run {
-    /// Items done per second, process start to exit.
-    fn rate_end_to_end(&self) -> f64 {
-        self.done as f64 / self.wall.as_secs_f64()
-    }
-
-    /// Items done per second in the processing window.
-    fn rate_window(&self) -> Option<f64> {
-        self.window.map(|w| self.done as f64 / w.as_secs_f64())
-    }
 }
 
 /// `stagewise run` on the pipeline of `variant`, against a fresh server, in a fresh directory.
@@ -379,31 +341,18 @@ fn run_stagewise(
     });
     let name = format!("stagewise-{}-{i}", variant.concurrency());
     let dir = work.join(&name);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut cmd = stagewise::prepare(
+        &dir,
+        &pipeline(&server.base_url(Scenario::Ok), variant, plan),
+    )?;
     std::fs::copy(articles, dir.join("articles.jsonl"))
         .map_err(|e| format!("cannot copy the articles: {e}"))?;
-    std::fs::write(
-        dir.join("pipeline.toml"),
-        pipeline(&server.base_url(Scenario::Ok), variant, plan),
-    )
-    .map_err(|e| format!("cannot write the pipeline: {e}"))?;
+    cmd.env("OPENAI_API_KEY", KEY);
+    let log = dir.join(stagewise::LOG);
+    let m = measure(cmd, Some(&log), Stdout::Discard)
+        .map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagewise"));
-    cmd.args(["run", "pipeline.toml", "--log-format", "json"])
-        .current_dir(&dir);
-    // A developer's overrides (`STAGEWISE_STAGE__…`, a debug log level) would change what is measured.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STAGEWISE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("STAGEWISE_LOG", "info").env("OPENAI_API_KEY", KEY);
-    let log = dir.join("stderr.log");
-    let m = measure(cmd, &log).map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
-
-    let summary = std::fs::read_to_string(dir.join("bench.summary.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+    let summary = stagewise::summary(&dir);
     let count = |field: &str| summary.as_ref().and_then(|s| s[field].as_u64());
     let (done, failed) = (count("done"), count("failed"));
     let ended = done.zip(failed).map(|(d, f)| d + f);
@@ -435,14 +384,7 @@ fn run_stagewise(
         .filter(|&s| s > 0.0)
         .map(|s| (requests.len() - 1) as f64 / s);
     Ok(Run {
-        done: done.unwrap_or(0),
-        wall: m.wall,
-        peak_rss_kib: m.peak_rss_kib,
-        cpu: m.cpu,
-        window: m
-            .started
-            .zip(m.summarized)
-            .and_then(|(a, b)| b.checked_sub(a)),
+        base: stats::Run::new(&m, done.unwrap_or(0), summary),
         first_call: started
             .zip(first)
             .map(|(s, f)| f.saturating_duration_since(s)),
@@ -458,30 +400,19 @@ fn run_stagewise(
         items_429: per_item.len() as u64,
         arrival_rate,
         failed: failed.unwrap_or(0),
-        summary,
     })
 }
 
+/// `jsonl` of the articles → `llm` with the policy keys of `variant` → `blackhole`.
 fn pipeline(base_url: &str, variant: Variant, plan: &Plan) -> String {
     let rate_limit = variant
         .rate_limit(plan)
         .map_or_else(String::new, |r| format!("rate_limit = \"{r}/s\"\n"));
-    format!(
-        r#"[pipeline]
-name = "bench"
-heartbeat = "60s"
-
-[checkpoint]
-store = "sqlite:state.db"
-
-[[stage]]
-name = "src"
-kind = "jsonl"
-path = "articles.jsonl"
-key = "id"
-timeout = "5m"
-
-[[stage]]
+    stagewise::pipeline(
+        "",
+        &stagewise::jsonl("articles.jsonl"),
+        &format!(
+            r#"[[stage]]
 name = "facts"
 kind = "llm"
 provider = "openai"
@@ -490,80 +421,29 @@ base_url = "{base_url}"
 cache = false
 concurrency = {}
 {rate_limit}
-[[stage]]
-name = "sink"
-kind = "blackhole"
-"#,
-        variant.concurrency()
+{SINK}"#,
+            variant.concurrency()
+        ),
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// Measuring a child process
-
-struct Measured {
-    status: ExitStatus,
-    /// When the child was spawned.
-    began: Instant,
-    wall: Duration,
-    peak_rss_kib: u64,
-    cpu: Duration,
-    /// When the `run started` and `summary` JSON log events arrived, since spawn.
-    started: Option<Duration>,
-    summarized: Option<Duration>,
-}
-
-/// Spawn `cmd`, timestamp the JSON log events it writes to stderr (copying stderr to `log`),
-/// and reap it with `wait4` for its peak RSS and CPU time.
-fn measure(mut cmd: Command, log: &Path) -> io::Result<Measured> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let log = std::fs::File::create(log)?;
-    let began = Instant::now();
-    let mut child = cmd.spawn()?;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let err_reader = event_times(stderr, began, Some(log), ["run started", "summary"]);
-    // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
-    let (status, usage) = wait4(child.id())?;
-    let wall = began.elapsed();
-    let [started, summarized] = err_reader.join().unwrap_or([None; 2]);
-    Ok(Measured {
-        status,
-        began,
-        wall,
-        peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-        started,
-        summarized,
-    })
-}
-
-/// The first field of `/proc/loadavg`, or "unknown".
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
 /// The median of each figure over several runs (taken per figure), and the runs themselves.
+/// Items done can differ from run to run, so the rates are each run's, then their medians.
 struct Median {
+    /// In the order they were measured.
     runs: Vec<Run>,
-    wall: Duration,
+    base: stats::Median,
     /// Items done per second, process start to exit.
     rate_end_to_end: f64,
     /// Of the slowest and the fastest run, end to end.
     rate_range: (f64, f64),
-    window: Option<Duration>,
+    /// Items done per second in the processing window.
     rate_window: Option<f64>,
     first_call: Option<Duration>,
     tail: Option<Duration>,
-    peak_rss_kib: u64,
-    cpu: Duration,
     count_429: usize,
     calls: usize,
     connections: u64,
@@ -571,47 +451,28 @@ struct Median {
     failed: u64,
     /// Over all runs.
     max_429s_per_item: usize,
-    /// The summary of the run with the median wall time.
-    summary: Option<Value>,
 }
 
 impl Median {
+    /// The medians of `runs`, which it keeps. Panics if there are none.
     fn of(runs: Vec<Run>) -> Median {
-        fn mid<T: Ord + Copy>(v: impl Iterator<Item = T>) -> Option<T> {
-            let mut v: Vec<T> = v.collect();
-            v.sort();
-            v.get(v.len() / 2).copied()
-        }
-        fn mid_f64(v: impl Iterator<Item = f64>) -> Option<f64> {
-            let mut v: Vec<f64> = v.collect();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied()
-        }
-        // `runs` stays in the order of measurement; `by_wall` ranks them.
-        let mut by_wall: Vec<&Run> = runs.iter().collect();
-        by_wall.sort_by_key(|r| r.wall);
-        let middle = by_wall[by_wall.len() / 2];
-        let rates = || runs.iter().map(Run::rate_end_to_end);
+        let rates = || runs.iter().map(|r| r.base.items_per_sec());
         Median {
-            wall: middle.wall,
-            rate_end_to_end: mid_f64(rates()).unwrap_or(0.0),
+            base: stats::Median::of(runs.iter().map(|r| &r.base)),
+            rate_end_to_end: median_f64(rates()).unwrap_or(0.0),
             rate_range: (
                 rates().fold(f64::INFINITY, f64::min),
                 rates().fold(0.0, f64::max),
             ),
-            window: mid(runs.iter().filter_map(|r| r.window)),
-            rate_window: mid_f64(runs.iter().filter_map(Run::rate_window)),
-            first_call: mid(runs.iter().filter_map(|r| r.first_call)),
-            tail: mid(runs.iter().filter_map(|r| r.tail)),
-            peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib)).unwrap_or(0),
-            cpu: mid(runs.iter().map(|r| r.cpu)).unwrap_or_default(),
-            count_429: mid(runs.iter().map(|r| r.count_429)).unwrap_or(0),
-            calls: mid(runs.iter().map(|r| r.calls)).unwrap_or(0),
-            connections: mid(runs.iter().map(|r| r.connections)).unwrap_or(0),
-            max_in_flight: mid(runs.iter().map(|r| r.max_in_flight)).unwrap_or(0),
-            failed: mid(runs.iter().map(|r| r.failed)).unwrap_or(0),
+            rate_window: median_f64(runs.iter().filter_map(|r| r.base.window_rate())),
+            first_call: median(runs.iter().filter_map(|r| r.first_call)),
+            tail: median(runs.iter().filter_map(|r| r.tail)),
+            count_429: median(runs.iter().map(|r| r.count_429)).unwrap_or(0),
+            calls: median(runs.iter().map(|r| r.calls)).unwrap_or(0),
+            connections: median(runs.iter().map(|r| r.connections)).unwrap_or(0),
+            max_in_flight: median(runs.iter().map(|r| r.max_in_flight)).unwrap_or(0),
+            failed: median(runs.iter().map(|r| r.failed)).unwrap_or(0),
             max_429s_per_item: runs.iter().map(|r| r.max_429s_per_item).max().unwrap_or(0),
-            summary: middle.summary.clone(),
             runs,
         }
     }
@@ -621,80 +482,60 @@ impl Median {
         let figures: Vec<String> = self.runs.iter().map(|r| figure(r).to_string()).collect();
         figures.join(" / ")
     }
-
-    /// A stage's attempt latency from the summary: "p50 … p95 … max …".
-    fn stage_latency(&self, stage: &str) -> Option<String> {
-        common::stage_latency(self.summary.as_ref(), stage)
-    }
 }
 
-#[derive(Default)]
-struct Table {
-    lines: Vec<String>,
+/// What each column of the table holds.
+const FOOTNOTE: &str = "(medians of the runs, each figure on its own; items/s: items done (failed ones not counted) per second; wall and the first items/s: process start to exit; ideal: share of the ideal rate; \
+     range: slowest–fastest run, end to end; window: `run started` to `summary`; 429s, calls (requests, 429s included), conns (connections accepted) \
+     and maxif (most requests admitted at once) are the server's; failed: items failed; CPU: stagewise's user+system; MB = 10^6 bytes of ru_maxrss)";
+
+/// The table's header line.
+fn header() -> String {
+    format!(
+        "{:<36} {:>4} {:>8} {:>7} {:>5} {:>11} {:>8} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>6}",
+        "variant",
+        "runs",
+        "wall",
+        "items/s",
+        "ideal",
+        "range",
+        "window",
+        "items/s",
+        "ideal",
+        "429s",
+        "calls",
+        "conns",
+        "maxif",
+        "failed",
+        "peak RSS",
+        "CPU"
+    )
 }
 
-impl Table {
-    fn header() -> String {
-        format!(
-            "{:<36} {:>4} {:>8} {:>7} {:>5} {:>11} {:>8} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>6}",
-            "variant",
-            "runs",
-            "wall",
-            "items/s",
-            "ideal",
-            "range",
-            "window",
-            "items/s",
-            "ideal",
-            "429s",
-            "calls",
-            "conns",
-            "maxif",
-            "failed",
-            "peak RSS",
-            "CPU"
-        )
-    }
-
-    fn row(&mut self, name: &str, m: &Median, ideal: f64) {
-        let (low, high) = m.rate_range;
-        let share = |rate: f64| format!("{:.1}%", 100.0 * rate / ideal);
-        self.lines.push(format!(
-            "{:<36} {:>4} {:>6.3} s {:>7.1} {:>5} {:>11} {:>8} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>5.1} MB {:>4.2} s",
-            name,
-            m.runs.len(),
-            m.wall.as_secs_f64(),
-            m.rate_end_to_end,
-            share(m.rate_end_to_end),
-            format!("{low:.1}–{high:.1}"),
-            m.window
-                .map_or_else(|| "-".to_owned(), |w| format!("{:.3} s", w.as_secs_f64())),
-            m.rate_window
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
-            m.rate_window.map_or_else(|| "-".to_owned(), share),
-            m.count_429,
-            m.calls,
-            m.connections,
-            m.max_in_flight,
-            m.failed,
-            m.peak_rss_kib as f64 * 1024.0 / 1e6,
-            m.cpu.as_secs_f64()
-        ));
-    }
-
-    fn line(&mut self, text: &str) {
-        self.lines.push(text.to_owned());
-    }
-
-    fn print(&self) {
-        println!("{}", Self::header());
-        for l in &self.lines {
-            println!("{l}");
-        }
-        println!(
-            "(medians of the runs, each figure on its own; items/s: items done (failed ones not counted) per second; wall and the first items/s: process start to exit; ideal: share of the ideal rate; \
-             range: slowest–fastest run, end to end; window: `run started` to `summary`; 429s, calls (requests, 429s included), conns (connections accepted) \
-             and maxif (most requests admitted at once) are the server's; failed: items failed; CPU: stagewise's user+system; MB = 10^6 bytes of ru_maxrss)"
-        );
-    }
+/// A row of the table: the medians of one variant, its rates also as shares of `ideal`.
+fn row(name: &str, m: &Median, ideal: f64) -> String {
+    let (low, high) = m.rate_range;
+    let share = |rate: f64| format!("{:.1}%", 100.0 * rate / ideal);
+    format!(
+        "{:<36} {:>4} {:>6.3} s {:>7.1} {:>5} {:>11} {:>8} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>6} {:>5.1} MB {:>4.2} s",
+        name,
+        m.runs.len(),
+        m.base.wall.as_secs_f64(),
+        m.rate_end_to_end,
+        share(m.rate_end_to_end),
+        format!("{low:.1}–{high:.1}"),
+        m.base
+            .window
+            .map_or_else(|| "-".to_owned(), |w| format!("{:.3} s", w.as_secs_f64())),
+        m.rate_window
+            .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
+        m.rate_window.map_or_else(|| "-".to_owned(), share),
+        m.count_429,
+        m.calls,
+        m.connections,
+        m.max_in_flight,
+        m.failed,
+        m.base.peak_rss_bytes() / 1e6,
+        m.base.cpu.as_secs_f64()
+    )
 }

@@ -21,20 +21,17 @@
 //! build) it only smoke-tests itself on small batches, once each, and judges no target, like
 //! criterion does: debug-build figures would mean nothing, and a test run should stay short.
 
-// Peak RSS of a child is only available from the kernel's rusage, which `std::process` does
-// not expose: reaping the child with `libc::wait4` is an FFI call, hence unsafe. The workspace
-// denies unsafe code; this file needs it for that one call and nothing else.
-#![allow(unsafe_code)]
-
 mod common;
 
-use common::{event_times, progress, thousands, wait4};
-use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use common::cli;
+use common::process::{measure, Stdout};
+use common::report::{progress, thousands, thousands_range, Table};
+use common::stagewise::{self, SINK};
+use common::stats::{Median, Run};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -84,39 +81,32 @@ impl Plan {
 
 fn main() -> ExitCode {
     // `cargo bench` appends `--bench`; without it this is a smoke test (see the top of the file).
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let bench = raw.iter().any(|a| a == "--bench");
-    let args: Vec<String> = raw.into_iter().filter(|a| a != "--bench").collect();
-    if args.first().map(String::as_str) == Some(BASELINE_CHILD) {
-        let items = args.get(1).and_then(|n| n.parse().ok());
-        let sleep_ms = args.get(2).map(|ms| ms.parse().ok());
+    let args = cli::args();
+    if args.rest.first().map(String::as_str) == Some(BASELINE_CHILD) {
+        let items = args.rest.get(1).and_then(|n| n.parse().ok());
+        let sleep_ms = args.rest.get(2).map(|ms| ms.parse().ok());
         return match (items, sleep_ms) {
             (Some(items), None) => baseline_child(items, None),
             (Some(items), Some(Some(ms))) => baseline_child(items, Some(Duration::from_millis(ms))),
-            _ => {
-                eprintln!("usage: {BASELINE_CHILD} ITEMS [SLEEP_MS]");
-                ExitCode::from(2)
-            }
+            _ => cli::usage(&format!("{BASELINE_CHILD} ITEMS [SLEEP_MS]")),
         };
     }
-    let mut plan = if bench { Plan::BENCH } else { Plan::SMOKE };
+    let mut plan = if args.bench { Plan::BENCH } else { Plan::SMOKE };
     let mut chosen = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => match args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0) {
-                Some(n) => plan.runs = n,
-                None => return usage(),
-            },
-            "overhead" | "memory" | "latency" => chosen.push(arg),
-            "all" => {}
-            _ => return usage(),
+    let read = args.read(plan.runs, |arg, _| match arg {
+        "overhead" | "memory" | "latency" => {
+            chosen.push(arg.to_owned());
+            true
         }
-    }
+        "all" => true,
+        _ => false,
+    });
+    let Ok(runs) = read else { return usage() };
+    plan.runs = runs;
     let all = chosen.is_empty();
     let wants = |name: &str| all || chosen.iter().any(|c| c == name);
 
-    let mut table = Table::default();
+    let mut table = Table::new(header(), FOOTNOTE);
     let mut verdicts = Vec::new();
     let result = (|| -> Result<(), String> {
         if wants("overhead") {
@@ -139,18 +129,12 @@ fn main() -> ExitCode {
             println!("{v}");
         }
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(result)
 }
 
+/// Say how to call this bench.
 fn usage() -> ExitCode {
-    eprintln!("usage: cargo bench --bench runner [-- [overhead|memory|latency|all]... [--runs N]]");
-    ExitCode::from(2)
+    cli::usage("cargo bench --bench runner [-- [overhead|memory|latency|all]... [--runs N]]")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,13 +146,19 @@ fn overhead(plan: &Plan, table: &mut Table) -> Result<String, String> {
     let rate = runner.items_per_sec();
     let base_rate = base.items_per_sec();
     let n = thousands(items as f64);
-    table.row(&format!("overhead: stagewise, {n}, checkpoint"), &runner);
-    table.row(&format!("overhead: bare tokio, {n}, no checkpoint"), &base);
-    table.ratio_row(
+    table.line(row(
+        &format!("overhead: stagewise, {n}, checkpoint"),
+        &runner,
+    ));
+    table.line(row(
+        &format!("overhead: bare tokio, {n}, no checkpoint"),
+        &base,
+    ));
+    table.line(ratio_row(
         "overhead: stagewise / bare tokio",
         rate / base_rate,
         runner.peak_rss_bytes() / base.peak_rss_bytes(),
-    );
+    ));
     // Held against the median run; the range shows how close the noise brings it.
     let (low, high) = runner.items_per_sec_range();
     Ok(format!(
@@ -186,13 +176,16 @@ fn memory(plan: &Plan, table: &mut Table) -> Result<String, String> {
     let items = plan.scale_items;
     let (runner, base) = flow_against_baseline("memory", items, plan.runs)?;
     let n = thousands(items as f64);
-    table.row(&format!("memory: stagewise, {n}, checkpoint"), &runner);
-    table.row(&format!("memory: bare tokio, {n}, no checkpoint"), &base);
-    table.ratio_row(
+    table.line(row(&format!("memory: stagewise, {n}, checkpoint"), &runner));
+    table.line(row(
+        &format!("memory: bare tokio, {n}, no checkpoint"),
+        &base,
+    ));
+    table.line(ratio_row(
         "memory: stagewise / bare tokio",
         runner.items_per_sec() / base.items_per_sec(),
         runner.peak_rss_bytes() / base.peak_rss_bytes(),
-    );
+    ));
     // Held against the largest peak of the runs, not the median.
     let rss = runner.peak_rss_max_bytes();
     Ok(format!(
@@ -244,14 +237,14 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
             items,
         )?);
     }
-    let slow = Median::of(slow);
-    let threads = Median::of(threads);
-    let fixed = Median::of(fixed);
-    let bare = Median::of(bare);
-    table.row("latency: stagewise, sleep 50ms", &slow);
-    table.row("latency: stagewise, blocking sleep 50ms", &threads);
-    table.row("latency: stagewise, sleep 0s (fixed costs)", &fixed);
-    table.row("latency: bare tokio, sleep 50ms", &bare);
+    let slow = Median::of(&slow);
+    let threads = Median::of(&threads);
+    let fixed = Median::of(&fixed);
+    let bare = Median::of(&bare);
+    table.line(row("latency: stagewise, sleep 50ms", &slow));
+    table.line(row("latency: stagewise, blocking sleep 50ms", &threads));
+    table.line(row("latency: stagewise, sleep 0s (fixed costs)", &fixed));
+    table.line(row("latency: bare tokio, sleep 50ms", &bare));
 
     let share = |rate: f64| {
         format!(
@@ -263,39 +256,39 @@ fn latency(plan: &Plan, table: &mut Table) -> Result<String, String> {
     let end_to_end = slow.items_per_sec();
     let subtracted_secs = slow.wall.as_secs_f64() - fixed.wall.as_secs_f64();
     let subtracted = items as f64 / subtracted_secs;
-    let window = slow.processing.map(|d| items as f64 / d.as_secs_f64());
-    table.line(&format!(
+    let window = slow.window_rate();
+    table.line(format!(
         "latency: ideal 64 / 0.05 s = {} items/s",
         thousands(ideal)
     ));
-    table.line(&format!(
+    table.line(format!(
         "latency:   stagewise end to end (process start to exit): {}",
         share(end_to_end)
     ));
-    table.line(&format!(
+    table.line(format!(
         "latency:   stagewise wall minus the 0s run's wall ({subtracted_secs:.3} s): {}",
         share(subtracted)
     ));
-    table.line(&format!(
+    table.line(format!(
         "latency:   stagewise processing window (`run started` to `summary`): {}",
         window.map_or_else(|| "unknown".to_owned(), share)
     ));
-    table.line(&format!(
+    table.line(format!(
         "latency:   bare tokio end to end: {}",
         share(bare.items_per_sec())
     ));
-    let threads_window = threads.processing.map(|d| items as f64 / d.as_secs_f64());
-    table.line(&format!(
+    let threads_window = threads.window_rate();
+    table.line(format!(
         "latency:   stagewise, blocking sleep, processing window: {}",
         threads_window.map_or_else(|| "unknown".to_owned(), share)
     ));
-    if let Some(l) = slow.stage_latency("sleep") {
-        table.line(&format!(
+    if let Some(l) = slow.stage_latency("sleep", 1) {
+        table.line(format!(
             "latency:   `sleep` stage attempt latency, async timer (median run): {l}"
         ));
     }
-    if let Some(l) = threads.stage_latency("sleep") {
-        table.line(&format!(
+    if let Some(l) = threads.stage_latency("sleep", 1) {
+        table.line(format!(
             "latency:   `sleep` stage attempt latency, blocking (median run): {l}"
         ));
     }
@@ -343,151 +336,59 @@ fn flow_against_baseline(name: &str, items: u64, runs: usize) -> Result<(Median,
             items,
         )?);
     }
-    Ok((Median::of(runner), Median::of(base)))
+    Ok((Median::of(&runner), Median::of(&base)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pipelines
 
+/// The overhead flow: `generate` → 3 no-op `sleep` stages → `blackhole`.
 fn flow_pipeline(items: u64) -> String {
-    format!(
-        r#"[pipeline]
-name = "bench"
-heartbeat = "60s"
-
-[checkpoint]
-store = "sqlite:state.db"
-
-[defaults]
-timeout = "30s"
-concurrency = {CONCURRENCY}
-
-[[stage]]
-name = "src"
-kind = "generate"
-count = {items}
-timeout = "5m"
-
-[[stage]]
-name = "a"
-kind = "sleep"
-duration = "0s"
-
-[[stage]]
-name = "b"
-kind = "sleep"
-duration = "0s"
-
-[[stage]]
-name = "c"
-kind = "sleep"
-duration = "0s"
-
-[[stage]]
-name = "sink"
-kind = "blackhole"
-"#
+    let no_ops: String = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            format!("[[stage]]\nname = \"{name}\"\nkind = \"sleep\"\nduration = \"0s\"\n\n")
+        })
+        .collect();
+    stagewise::pipeline(
+        &format!("timeout = \"30s\"\nconcurrency = {CONCURRENCY}"),
+        &stagewise::generate(items),
+        &format!("{no_ops}{SINK}"),
     )
 }
 
+/// The latency flow: `generate` → one `sleep` stage of `sleep_ms` → `blackhole`.
 fn latency_pipeline(items: u64, sleep_ms: u64, blocking: bool) -> String {
-    format!(
-        r#"[pipeline]
-name = "bench"
-heartbeat = "60s"
-
-[checkpoint]
-store = "sqlite:state.db"
-
-[defaults]
-timeout = "30s"
-concurrency = {CONCURRENCY}
-
-[[stage]]
-name = "src"
-kind = "generate"
-count = {items}
-timeout = "5m"
-
-[[stage]]
+    stagewise::pipeline(
+        &format!("timeout = \"30s\"\nconcurrency = {CONCURRENCY}"),
+        &stagewise::generate(items),
+        &format!(
+            r#"[[stage]]
 name = "sleep"
 kind = "sleep"
 duration = "{sleep_ms}ms"
 blocking = {blocking}
 concurrency = {CONCURRENCY}
 
-[[stage]]
-name = "sink"
-kind = "blackhole"
-"#
+{SINK}"#
+        ),
     )
 }
 
 // ---------------------------------------------------------------------------------------------
 // Measuring a child process
 
-/// One run of a child process.
-struct Run {
-    wall: Duration,
-    /// `ru_maxrss`, in KiB on Linux.
-    peak_rss_kib: u64,
-    /// From spawn to the `run started` event (stagewise only): start-up and taking the batch.
-    take: Option<Duration>,
-    /// From `run started` to the `summary` event (stagewise only): processing and the last commit.
-    processing: Option<Duration>,
-    /// The run's `<name>.summary.json` (stagewise only).
-    summary: Option<Value>,
-    items: u64,
-}
-
 /// Run the `stagewise` binary on `pipeline` in a fresh directory; fails unless every item is done.
 fn run_stagewise(name: &str, pipeline: &str, items: u64) -> Result<Run, String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    let dir = stagewise::target_tmp()
         .join("stagewise-bench")
         .join(format!("{name}-{}", std::process::id()));
+    let cmd = stagewise::prepare(&dir, pipeline)?;
+    let measured = measure(cmd, Some(&dir.join(stagewise::LOG)), Stdout::Discard)
+        .map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
+    let summary = stagewise::all_done(name, &dir, &measured, items, "items")?;
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(dir.join("pipeline.toml"), pipeline)
-        .map_err(|e| format!("cannot write the pipeline: {e}"))?;
-
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stagewise"));
-    cmd.args(["run", "pipeline.toml", "--log-format", "json"])
-        .current_dir(&dir);
-    // A developer's overrides (`STAGEWISE_STAGE__…`, a debug log level) would change what is measured.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("STAGEWISE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("STAGEWISE_LOG", "info");
-    let log = dir.join("stderr.log");
-    let measured =
-        measure(cmd, Some(&log)).map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
-
-    let summary = std::fs::read_to_string(dir.join("bench.summary.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
-    let done = summary.as_ref().and_then(|s| s["done"].as_u64());
-    if measured.status.code() != Some(0) || done != Some(items) {
-        return Err(format!(
-            "{name}: stagewise exited with {} and {done:?} of {items} items done; see {}",
-            measured.status,
-            log.display()
-        ));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let processing = match (measured.started, measured.summarized) {
-        (Some(a), Some(b)) => b.checked_sub(a),
-        _ => None,
-    };
-    Ok(Run {
-        wall: measured.wall,
-        peak_rss_kib: measured.peak_rss_kib,
-        take: measured.started,
-        processing,
-        summary,
-        items,
-    })
+    Ok(Run::new(&measured, items, summary))
 }
 
 /// Run this binary as the bare tokio baseline: the overhead flow, or with `sleep_ms` the
@@ -499,52 +400,12 @@ fn run_baseline(items: u64, sleep_ms: Option<u64>) -> Result<Run, String> {
     if let Some(ms) = sleep_ms {
         cmd.arg(ms.to_string());
     }
-    let measured = measure(cmd, None).map_err(|e| format!("cannot run the baseline: {e}"))?;
+    let measured =
+        measure(cmd, None, Stdout::Discard).map_err(|e| format!("cannot run the baseline: {e}"))?;
     if !measured.status.success() {
         return Err(format!("the baseline exited with {}", measured.status));
     }
-    Ok(Run {
-        wall: measured.wall,
-        peak_rss_kib: measured.peak_rss_kib,
-        take: None,
-        processing: None,
-        summary: None,
-        items,
-    })
-}
-
-struct Measured {
-    status: ExitStatus,
-    wall: Duration,
-    peak_rss_kib: u64,
-    /// When the `run started` and `summary` events arrived, since spawn.
-    started: Option<Duration>,
-    summarized: Option<Duration>,
-}
-
-/// Spawn `cmd`, timestamp the JSON log events it writes to stderr (copying them to `log`), and
-/// reap it with `wait4` for its peak RSS.
-fn measure(mut cmd: Command, log: Option<&Path>) -> io::Result<Measured> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let log = log.map(std::fs::File::create).transpose()?;
-    let began = Instant::now();
-    let mut child = cmd.spawn()?;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let reader = event_times(stderr, began, log, ["run started", "summary"]);
-    // Once reaped, `child` is never waited on again: dropping a `Child` does not wait.
-    let (status, usage) = wait4(child.id())?;
-    let peak_rss_kib = u64::try_from(usage.ru_maxrss).unwrap_or(0);
-    let wall = began.elapsed();
-    let [started, summarized] = reader.join().unwrap_or([None; 2]);
-    Ok(Measured {
-        status,
-        wall,
-        peak_rss_kib,
-        started,
-        summarized,
-    })
+    Ok(Run::new(&measured, items, None))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -647,123 +508,48 @@ async fn baseline_flow(items: u64, sleep: Option<Duration>) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Reporting
 
-/// The median of each figure over several runs (taken per figure).
-struct Median {
-    runs: usize,
-    items: u64,
-    wall: Duration,
-    /// The fastest and slowest runs' wall times.
-    wall_range: (Duration, Duration),
-    peak_rss_kib: u64,
-    /// The largest peak RSS of the runs.
-    peak_rss_max_kib: u64,
-    take: Option<Duration>,
-    processing: Option<Duration>,
-    /// The summary of the run with the median wall time.
-    summary: Option<Value>,
+/// What each column of the table holds.
+const FOOTNOTE: &str = "(wall, items/s, peak RSS: medians of the runs; wall is process start to exit; MB = 10^6 bytes of ru_maxrss)";
+
+/// The table's header line.
+fn header() -> String {
+    format!(
+        "{:<44} {:>4} {:>9} {:>10} {:>19} {:>9}  {}",
+        "benchmark", "runs", "wall", "items/s", "items/s range", "peak RSS", "phases (median)"
+    )
 }
 
-impl Median {
-    fn of(mut runs: Vec<Run>) -> Median {
-        fn mid<T: Ord + Copy>(mut v: Vec<T>) -> Option<T> {
-            v.sort();
-            v.get(v.len() / 2).copied()
-        }
-        runs.sort_by_key(|r| r.wall);
-        let n = runs.len();
-        let middle = &runs[n / 2];
-        Median {
-            runs: n,
-            items: middle.items,
-            wall: middle.wall,
-            wall_range: (runs[0].wall, runs[n - 1].wall),
-            peak_rss_kib: mid(runs.iter().map(|r| r.peak_rss_kib).collect()).unwrap_or(0),
-            peak_rss_max_kib: runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0),
-            take: mid(runs.iter().filter_map(|r| r.take).collect()),
-            processing: mid(runs.iter().filter_map(|r| r.processing).collect()),
-            summary: middle.summary.clone(),
-        }
-    }
-
-    fn items_per_sec(&self) -> f64 {
-        self.items as f64 / self.wall.as_secs_f64()
-    }
-
-    /// Items/s of the slowest and the fastest run.
-    fn items_per_sec_range(&self) -> (f64, f64) {
-        let rate = |d: Duration| self.items as f64 / d.as_secs_f64();
-        (rate(self.wall_range.1), rate(self.wall_range.0))
-    }
-
-    fn peak_rss_bytes(&self) -> f64 {
-        self.peak_rss_kib as f64 * 1024.0
-    }
-
-    fn peak_rss_max_bytes(&self) -> f64 {
-        self.peak_rss_max_kib as f64 * 1024.0
-    }
-
-    /// A stage's attempt latency from the summary: "p50 … p95 … max …".
-    fn stage_latency(&self, stage: &str) -> Option<String> {
-        common::stage_latency(self.summary.as_ref(), stage)
-    }
+/// A row of the table: the medians of one measurement.
+fn row(name: &str, m: &Median) -> String {
+    let phases = match (m.started, m.window) {
+        (Some(t), Some(p)) => format!(
+            "start+take batch {:.2} s, processing {:.2} s",
+            t.as_secs_f64(),
+            p.as_secs_f64()
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "{:<44} {:>4} {:>7.3} s {:>10} {:>19} {:>6.1} MB  {}",
+        name,
+        m.runs,
+        m.wall.as_secs_f64(),
+        thousands(m.items_per_sec()),
+        thousands_range(m.items_per_sec_range()),
+        m.peak_rss_bytes() / 1e6,
+        phases
+    )
 }
 
-#[derive(Default)]
-struct Table {
-    lines: Vec<String>,
+/// A row of the table that sets stagewise's items/s and peak RSS against the baseline's.
+fn ratio_row(name: &str, rate: f64, rss: f64) -> String {
+    format!(
+        "{:<44} {:>4} {:>9} {:>9.3}x {:>19} {:>7.2}x",
+        name, "", "", rate, "", rss
+    )
 }
 
-impl Table {
-    fn header() -> String {
-        format!(
-            "{:<44} {:>4} {:>9} {:>10} {:>19} {:>9}  {}",
-            "benchmark", "runs", "wall", "items/s", "items/s range", "peak RSS", "phases (median)"
-        )
-    }
-
-    fn row(&mut self, name: &str, m: &Median) {
-        let phases = match (m.take, m.processing) {
-            (Some(t), Some(p)) => format!(
-                "start+take batch {:.2} s, processing {:.2} s",
-                t.as_secs_f64(),
-                p.as_secs_f64()
-            ),
-            _ => String::new(),
-        };
-        let (low, high) = m.items_per_sec_range();
-        self.lines.push(format!(
-            "{:<44} {:>4} {:>7.3} s {:>10} {:>19} {:>6.1} MB  {}",
-            name,
-            m.runs,
-            m.wall.as_secs_f64(),
-            thousands(m.items_per_sec()),
-            format!("{}–{}", thousands(low), thousands(high)),
-            m.peak_rss_bytes() / 1e6,
-            phases
-        ));
-    }
-
-    fn ratio_row(&mut self, name: &str, rate: f64, rss: f64) {
-        self.lines.push(format!(
-            "{:<44} {:>4} {:>9} {:>9.3}x {:>19} {:>7.2}x",
-            name, "", "", rate, "", rss
-        ));
-    }
-
-    fn line(&mut self, text: &str) {
-        self.lines.push(text.to_owned());
-    }
-
-    fn print(&self) {
-        println!("{}", Self::header());
-        for l in &self.lines {
-            println!("{l}");
-        }
-        println!("(wall, items/s, peak RSS: medians of the runs; wall is process start to exit; MB = 10^6 bytes of ru_maxrss)");
-    }
-}
-
+/// How a verdict reads.
 fn met(ok: bool) -> &'static str {
     if ok {
         "MET"
