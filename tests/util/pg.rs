@@ -1,4 +1,4 @@
-//! PostgreSQL for the black-box tests (STYLE.md, "Tests").
+//! PostgreSQL for the black-box tests: a real server, started by scripts/test or by a test.
 //!
 //! `./scripts/test` (and so `.ci/run`) starts a throwaway cluster with `scripts/pg` and sets
 //! `STAGEWISE_TEST_PG` to `postgres://stagewise:stagewise@127.0.0.1:PORT/stagewise_test` and

@@ -19,6 +19,8 @@ pub(crate) enum AbortReason {
         /// Items failed when the budget was crossed.
         failed: u64,
         limit: String,
+        /// What to do about it, when the run is a resumed one that starts over the budget.
+        hint: Option<&'static str>,
         /// Items failed by the time the run stopped, when more than `failed`: attempts in flight
         /// when the budget was crossed can still fail before they are cancelled.
         by_the_end: Option<u64>,
@@ -45,18 +47,27 @@ impl std::fmt::Display for AbortReason {
             AbortReason::MaxFailures {
                 failed,
                 limit,
+                hint,
                 by_the_end,
-            } => match by_the_end {
-                Some(total) if total > failed => write!(
+            } => {
+                let total = by_the_end.unwrap_or(*failed).max(*failed);
+                let items = if total == 1 { "item" } else { "items" };
+                write!(
                     f,
-                    "{total} items failed, more than `max_failures` ({limit}) allows (crossed at {failed}; {} more failed in flight)",
-                    total - failed
-                ),
-                _ => write!(
-                    f,
-                    "{failed} items failed, more than `max_failures` ({limit}) allows"
-                ),
-            },
+                    "{total} {items} failed, more than `max_failures` ({limit}) allows"
+                )?;
+                if total > *failed {
+                    write!(
+                        f,
+                        " (crossed at {failed}; {} more failed in flight)",
+                        total - failed
+                    )?;
+                }
+                match hint {
+                    Some(hint) => write!(f, "; {hint}"),
+                    None => Ok(()),
+                }
+            }
             AbortReason::Fatal { stage, key, error } => {
                 write!(
                     f,
@@ -87,10 +98,14 @@ impl AbortReason {
     pub(crate) fn at_the_end(self, failed: u64) -> AbortReason {
         match self {
             AbortReason::MaxFailures {
-                failed: at, limit, ..
+                failed: at,
+                limit,
+                hint,
+                ..
             } => AbortReason::MaxFailures {
                 failed: at,
                 limit,
+                hint,
                 by_the_end: Some(failed),
             },
             other => other,
@@ -234,6 +249,7 @@ mod tests {
         let crossed = AbortReason::MaxFailures {
             failed: 2,
             limit: "1".to_owned(),
+            hint: None,
             by_the_end: None,
         };
         assert_eq!(
@@ -247,6 +263,16 @@ mod tests {
         assert_eq!(
             crossed.at_the_end(3).to_string(),
             "3 items failed, more than `max_failures` (1) allows (crossed at 2; 1 more failed in flight)"
+        );
+        let resumed = AbortReason::MaxFailures {
+            failed: 1,
+            limit: "0".to_owned(),
+            hint: Some("fix the cause, then `stagewise retry-failed`"),
+            by_the_end: None,
+        };
+        assert_eq!(
+            resumed.at_the_end(1).to_string(),
+            "1 item failed, more than `max_failures` (0) allows; fix the cause, then `stagewise retry-failed`"
         );
     }
 }

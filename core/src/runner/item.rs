@@ -188,6 +188,7 @@ async fn fail(
             shared.control.abort(AbortReason::MaxFailures {
                 failed,
                 limit: limit.to_string(),
+                hint: None,
                 by_the_end: None,
             });
         }

@@ -356,9 +356,8 @@ async fn execute(
         if limit.crossed(failed, run.items) {
             control.abort(AbortReason::MaxFailures {
                 failed,
-                limit: format!(
-                    "{limit}; fix the cause, then `stagewise retry-failed` or `run --fresh`"
-                ),
+                limit: limit.to_string(),
+                hint: Some("fix the cause, then `stagewise retry-failed` or `run --fresh`"),
                 by_the_end: None,
             });
         }

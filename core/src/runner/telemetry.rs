@@ -279,9 +279,12 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
         .skip(1)
         .map(|s| {
             let latency = s.latency.map_or_else(String::new, |l| {
+                let ms = |v: f64| text::duration(Duration::from_secs_f64(v.max(0.0) / 1000.0));
                 format!(
-                    " p50={:.1}ms p95={:.1}ms max={:.1}ms",
-                    l.p50_ms, l.p95_ms, l.max_ms
+                    " p50={} p95={} max={}",
+                    ms(l.p50_ms),
+                    ms(l.p95_ms),
+                    ms(l.max_ms)
                 )
             });
             let mut figures: String = s

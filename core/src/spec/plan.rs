@@ -190,13 +190,15 @@ struct Shown {
 }
 
 impl Shown {
-    /// As the file would say it, so it can be pasted back: "1m30s", "1s500ms" (a duration
-    /// in `pipeline.toml` is whole numbers with units).
+    /// As people write it ("1m30s", "1.5s", "350µs"), exactly, so it can be pasted back into
+    /// the file; a value finer than that is shown to the nanosecond ("1ms500us").
     fn duration(d: std::time::Duration) -> Shown {
-        let whole_ms = std::time::Duration::from_millis(d.as_millis() as u64);
-        let s = humantime::format_duration(whole_ms)
-            .to_string()
-            .replace(' ', "");
+        let s = crate::text::duration(d);
+        let s = if humantime::parse_duration(&s).ok() == Some(d) {
+            s
+        } else {
+            humantime::format_duration(d).to_string().replace(' ', "")
+        };
         Shown {
             text: quote(&s),
             json: Value::String(s),
