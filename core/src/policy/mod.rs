@@ -228,15 +228,7 @@ impl Policy {
 mod tests {
     use super::*;
 
-    fn retry(jitter: bool) -> Retry {
-        Retry {
-            attempts: 5,
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(1000),
-            multiplier: 2.0,
-            jitter,
-        }
-    }
+    use super::retry::tests::retry;
 
     #[test]
     fn precedence_is_stage_defaults_kind_builtin() {

@@ -146,13 +146,14 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::SeedableRng;
     use std::sync::Mutex;
     use tokio::time::Instant;
 
-    fn retry(jitter: bool) -> Retry {
+    /// 5 attempts, 100 ms doubling up to 1 s.
+    pub(crate) fn retry(jitter: bool) -> Retry {
         Retry {
             attempts: 5,
             initial: Duration::from_millis(100),

@@ -51,14 +51,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             }
         };
         let Some(slot) = slot else {
-            checkpoint(
-                &shared,
-                seq,
-                Change::Interrupted {
-                    stage: stage.name.to_string(),
-                },
-            )
-            .await;
+            interrupted(&shared, seq, stage).await;
             return;
         };
         // After the first stage, `Advanced` already recorded the item as in flight here.
@@ -105,14 +98,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 return;
             }
             Err(Ended::Interrupted) => {
-                checkpoint(
-                    &shared,
-                    seq,
-                    Change::Interrupted {
-                        stage: stage.name.to_string(),
-                    },
-                )
-                .await;
+                interrupted(&shared, seq, stage).await;
                 return;
             }
             Err(Ended::Failed { error, attempts }) => {
@@ -122,6 +108,18 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         }
     }
     shared.totals.done.incr();
+}
+
+/// The item stops in `stage` without an outcome: back to pending, its attempt not counted.
+async fn interrupted(shared: &Shared, seq: i64, stage: &StageRt) {
+    checkpoint(
+        shared,
+        seq,
+        Change::Interrupted {
+            stage: stage.name.to_string(),
+        },
+    )
+    .await;
 }
 
 /// Send an update; a dead writer aborts the run. Returns whether the item may go on.
@@ -146,14 +144,7 @@ async fn fail(
     if error.class == ErrorClass::Fatal {
         // The error is the run's, not the item's (a refused password, say): the item goes back
         // to pending, uses no attempt, and runs again once the cause is fixed.
-        checkpoint(
-            shared,
-            seq,
-            Change::Interrupted {
-                stage: stage.name.to_string(),
-            },
-        )
-        .await;
+        interrupted(shared, seq, stage).await;
         shared.control.abort(AbortReason::Fatal {
             stage: stage.name.to_string(),
             key: key.to_owned(),
