@@ -6,6 +6,7 @@
 //! group-committing [`writer`]; each update names the item's state, the stage it is at, and (after
 //! a stage finished) the record as that stage left it.
 
+mod model;
 mod postgres;
 mod sqlite;
 pub(crate) mod writer;
@@ -55,6 +56,12 @@ pub(crate) fn open_existing(
             PgStore::open_existing(url)?.map(|s| Box::new(s) as Box<dyn CheckpointStore>)
         }
     })
+}
+
+/// The value behind `m`, even if a thread panicked while holding it: a connection stays usable,
+/// since the open transaction of a panicking thread is rolled back when its handle drops.
+fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl From<StoreError> for CacheError {

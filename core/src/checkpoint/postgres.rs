@@ -17,15 +17,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
 use crate::stage::{CacheError, ResponseCache, SharedCache};
 
+use super::model::{self, now, EndedRow, Manifest, ManifestRows, StatusRows};
 use super::{
-    Change, CheckpointStore, Duplicates, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
-    SkippedItem, StatusReport, StoreError, StoredItem, Update, UpdateWriter,
+    unpoisoned, CheckpointStore, ItemState, ManifestWriter, RunInfo, RunStatus, StatusReport,
+    StoreError, StoredItem, Update, UpdateWriter,
 };
 
 /// The schema this build writes; the same numbering as the SQLite store's.
@@ -33,11 +34,6 @@ const SCHEMA_VERSION: i32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest statement of the store: far above a chunk of the manifest or a batch of updates.
 const STATEMENT_TIMEOUT: &str = "SET statement_timeout = '60s'";
-const REPORT_LIMIT: i64 = 1000;
-/// Manifest rows per statement (and transaction) while a batch is taken.
-const MANIFEST_CHUNK: usize = 1000;
-/// Repeated keys reported by name, at most.
-const SHOWN_DUPLICATES: usize = 5;
 /// The first half of every advisory lock key of stagewise ("stgw"), so that its locks do not
 /// collide with an application's own single-key locks on the same database.
 const LOCK_CLASS: i32 = 0x7374_6777;
@@ -111,12 +107,6 @@ impl Drop for Conn {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves the connection usable: an open transaction is
-    // rolled back when its handle drops.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The text of a client error: the server's message, or the client's with its causes.
 fn describe(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
@@ -137,10 +127,6 @@ fn describe(e: &postgres::Error) -> String {
 
 fn db(e: postgres::Error) -> StoreError {
     StoreError::Db(describe(&e))
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 /// FNV-1a of the pipeline's name: stable across builds and platforms, unlike `DefaultHasher`,
@@ -289,7 +275,7 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send,
     ) -> Result<R, StoreError> {
-        let mut conn = lock(&self.conn);
+        let mut conn = unpoisoned(&self.conn);
         let client = conn.client();
         off_runtime(|| f(client)).map_err(db)
     }
@@ -373,22 +359,6 @@ fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
     tx.commit().map_err(corrupt)
 }
 
-fn to_run(shown: &str, row: &postgres::Row) -> Result<RunInfo, StoreError> {
-    let id: i64 = row.get(0);
-    let status: String = row.get(1);
-    let items: i64 = row.get(2);
-    let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
-        path: shown.to_owned(),
-        message: format!("run {id} has an unknown status `{status}`"),
-    })?;
-    Ok(RunInfo {
-        id,
-        status,
-        items: items.max(0) as u64,
-        started_at: row.get(3),
-    })
-}
-
 /// The response cache of a PostgreSQL store, on a connection of its own so that stage threads
 /// never wait for the checkpoint writer's connection.
 struct PgCache {
@@ -403,7 +373,7 @@ impl std::fmt::Debug for PgCache {
 
 impl ResponseCache for PgCache {
     fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
-        let mut conn = lock(&self.conn);
+        let mut conn = unpoisoned(&self.conn);
         let client = conn.client();
         off_runtime(|| {
             client.query_opt(
@@ -416,7 +386,7 @@ impl ResponseCache for PgCache {
     }
 
     fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), CacheError> {
-        let mut conn = lock(&self.conn);
+        let mut conn = unpoisoned(&self.conn);
         let client = conn.client();
         off_runtime(|| {
             client.execute(
@@ -445,7 +415,8 @@ impl CheckpointStore for PgStore {
                 &[&pipeline],
             )
         })?;
-        row.map(|r| to_run(&self.shown, &r)).transpose()
+        row.map(|r| model::run_info(&self.shown, r.get(0), r.get(1), r.get(2), r.get(3)))
+            .transpose()
     }
 
     fn begin_run(
@@ -477,16 +448,12 @@ impl CheckpointStore for PgStore {
             Ok(run)
         })
         .map_err(db)?;
-        Ok(Box::new(PgManifest {
-            conn,
+        Ok(Box::new(Manifest::new(
+            PgManifest { conn },
             run,
             started,
-            first_stage: first_stage.to_owned(),
-            next_seq: 0,
-            buffer: Vec::with_capacity(MANIFEST_CHUNK),
-            duplicates: Duplicates::default(),
-            committed: false,
-        }))
+            first_stage,
+        )))
     }
 
     fn pending(
@@ -506,86 +473,16 @@ impl CheckpointStore for PgStore {
         })?;
         Ok(rows
             .iter()
-            .map(|r| StoredItem {
-                seq: r.get(0),
-                key: r.get(1),
-                stage: r.get(2),
-                record: r.get::<_, Option<String>>(3).unwrap_or_else(|| "{}".into()),
-            })
+            .map(|r| model::stored_item(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
 
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
-        let rows = self.with_conn(|c| {
-            c.query(
-                "SELECT state, count(*) FROM stagewise.items WHERE run_id = $1 GROUP BY state",
-                &[&run],
-            )
-        })?;
-        let mut counts: BTreeMap<&'static str, u64> =
-            ItemState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for r in rows {
-            if let Some(state) = ItemState::parse(r.get(0)) {
-                *counts.entry(state.as_str()).or_default() += r.get::<_, i64>(1).max(0) as u64;
-            }
-        }
-        Ok(counts)
+        Ok(model::counts(self.state_counts(run)?))
     }
 
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
-        let counts = self.counts(run.id)?;
-        let (by_stage, failed, skipped) = self.with_conn(|c| {
-            let by_stage = c.query(
-                "SELECT stage, state, count(*) FROM stagewise.items
-                 WHERE run_id = $1 AND stage IS NOT NULL GROUP BY stage, state",
-                &[&run.id],
-            )?;
-            let failed = c.query(
-                "SELECT key, stage, error, attempts FROM stagewise.items
-                 WHERE run_id = $1 AND state = 'failed' ORDER BY seq LIMIT $2",
-                &[&run.id, &REPORT_LIMIT],
-            )?;
-            let skipped = c.query(
-                "SELECT key, stage, error FROM stagewise.items
-                 WHERE run_id = $1 AND state = 'skipped' ORDER BY seq LIMIT $2",
-                &[&run.id, &REPORT_LIMIT],
-            )?;
-            Ok((by_stage, failed, skipped))
-        })?;
-        let mut stages: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-        for r in by_stage {
-            if let Some(state) = ItemState::parse(r.get(1)) {
-                *stages
-                    .entry(r.get(0))
-                    .or_default()
-                    .entry(state.as_str())
-                    .or_default() += r.get::<_, i64>(2).max(0) as u64;
-            }
-        }
-        let failed = failed
-            .iter()
-            .map(|r| FailedItem {
-                key: r.get(0),
-                stage: r.get::<_, Option<String>>(1).unwrap_or_default(),
-                error: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                attempts: u32::try_from(r.get::<_, i64>(3).max(0)).unwrap_or(u32::MAX),
-            })
-            .collect();
-        let skipped = skipped
-            .iter()
-            .map(|r| SkippedItem {
-                key: r.get(0),
-                stage: r.get::<_, Option<String>>(1).unwrap_or_default(),
-                reason: r.get::<_, Option<String>>(2).unwrap_or_default(),
-            })
-            .collect();
-        Ok(StatusReport {
-            run: run.clone(),
-            counts,
-            stages,
-            failed,
-            skipped,
-        })
+        model::status(self, run)
     }
 
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {
@@ -615,123 +512,115 @@ impl CheckpointStore for PgStore {
     }
 }
 
-struct PgManifest {
-    conn: Conn,
-    run: i64,
-    started: String,
-    first_stage: String,
-    next_seq: i64,
-    /// Rows not yet written.
-    buffer: Vec<(String, String)>,
-    duplicates: Duplicates,
-    committed: bool,
-}
-
-impl PgManifest {
-    fn note_duplicate(&mut self, key: String) {
-        self.duplicates.count += 1;
-        if self.duplicates.first.len() < SHOWN_DUPLICATES {
-            self.duplicates.first.push(key);
-        }
+impl StatusRows for PgStore {
+    fn state_counts(&self, run: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = self.with_conn(|c| {
+            c.query(
+                "SELECT state, count(*) FROM stagewise.items WHERE run_id = $1 GROUP BY state",
+                &[&run],
+            )
+        })?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Write the buffered rows in one statement: keys repeated within the chunk are dropped
-    /// here, keys already in the manifest by the statement, which numbers the new rows densely
-    /// in the order the source gave them (as the SQLite store does row by row).
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let rows = std::mem::take(&mut self.buffer);
-        let mut seen = std::collections::HashSet::with_capacity(rows.len());
-        // (position in the chunk, key) of every repeat, reported in the source's order.
-        let mut repeats: Vec<(usize, String)> = Vec::new();
-        let mut keys = Vec::with_capacity(rows.len());
-        let mut records = Vec::with_capacity(rows.len());
-        let mut positions = Vec::with_capacity(rows.len());
-        for (i, (key, record)) in rows.into_iter().enumerate() {
-            if seen.contains(key.as_str()) {
-                repeats.push((i, key));
-                continue;
-            }
-            seen.insert(key.clone());
-            keys.push(key);
-            records.push(record);
-            positions.push(i64::try_from(i).expect("a chunk is small"));
-        }
-        let (run, next_seq, first_stage) = (self.run, self.next_seq, self.first_stage.as_str());
+    fn stage_counts(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = self.with_conn(|c| {
+            c.query(
+                "SELECT stage, state, count(*) FROM stagewise.items
+                 WHERE run_id = $1 AND stage IS NOT NULL GROUP BY stage, state",
+                &[&run],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn ended(&self, run: i64, state: ItemState, limit: i64) -> Result<Vec<EndedRow>, StoreError> {
+        let rows = self.with_conn(|c| {
+            c.query(
+                "SELECT key, stage, error, attempts FROM stagewise.items
+                 WHERE run_id = $1 AND state = $2 ORDER BY seq LIMIT $3",
+                &[&run, &state.as_str(), &limit],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| EndedRow {
+                key: r.get(0),
+                stage: r.get(1),
+                error: r.get(2),
+                attempts: r.get(3),
+            })
+            .collect())
+    }
+}
+
+/// Writes a manifest's chunks on a connection of its own, for [`Manifest`].
+struct PgManifest {
+    conn: Conn,
+}
+
+impl ManifestRows for PgManifest {
+    /// In one statement, which numbers the new rows densely in the order given: a remote
+    /// server costs one round trip per chunk, not one per item.
+    fn insert(
+        &mut self,
+        run: i64,
+        after_seq: i64,
+        first_stage: &str,
+        rows: &[(String, String)],
+    ) -> Result<Vec<usize>, StoreError> {
+        let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+        let records: Vec<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
+        let positions: Vec<i64> = (0..rows.len())
+            .map(|i| i64::try_from(i).expect("a chunk is small"))
+            .collect();
+        let client = self.conn.client();
         let existing = off_runtime(|| {
-            let mut tx = self.conn.client().transaction()?;
+            let mut tx = client.transaction()?;
             let rows = tx.query(
                 "WITH input AS (
                      SELECT k, r, pos, ord FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS t(k, r, pos, ord)
                  ), old AS (
-                     SELECT k, pos FROM input WHERE EXISTS (SELECT 1 FROM stagewise.items i WHERE i.run_id = $1 AND i.key = input.k)
+                     SELECT pos FROM input WHERE EXISTS (SELECT 1 FROM stagewise.items i WHERE i.run_id = $1 AND i.key = input.k)
                  ), new AS (
                      INSERT INTO stagewise.items (run_id, seq, key, state, stage, record)
                      SELECT $1, $5 + row_number() OVER (ORDER BY ord), k, 'pending', $6, r FROM input
                      WHERE NOT EXISTS (SELECT 1 FROM stagewise.items i WHERE i.run_id = $1 AND i.key = input.k)
                  )
-                 SELECT pos, k FROM old",
-                &[&run, &keys, &records, &positions, &next_seq, &first_stage],
+                 SELECT pos FROM old",
+                &[&run, &keys, &records, &positions, &after_seq, &first_stage],
             )?;
             tx.commit()?;
             Ok(rows)
         })
         .map_err(db)?;
-        for r in &existing {
-            repeats.push((usize::try_from(r.get::<_, i64>(0)).unwrap_or(0), r.get(1)));
-        }
-        self.next_seq += i64::try_from(keys.len() - existing.len()).expect("a chunk is small");
-        repeats.sort_by_key(|(i, _)| *i);
-        for (_, key) in repeats {
-            self.note_duplicate(key);
-        }
-        Ok(())
-    }
-}
-
-impl ManifestWriter for PgManifest {
-    fn add(&mut self, key: &str, record: &str) -> Result<(), StoreError> {
-        self.buffer.push((key.to_owned(), record.to_owned()));
-        if self.buffer.len() >= MANIFEST_CHUNK {
-            self.flush()?;
-        }
-        Ok(())
+        Ok(existing
+            .iter()
+            .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+            .collect())
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(RunInfo, Duplicates), StoreError> {
-        self.flush()?;
-        let (run, items) = (self.run, self.next_seq);
+    fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
+        let client = self.conn.client();
         off_runtime(|| {
-            self.conn.client().execute(
+            client.execute(
                 "UPDATE stagewise.runs SET status = 'running', items = $2 WHERE id = $1",
                 &[&run, &items],
             )
         })
-        .map_err(db)?;
-        self.committed = true;
-        let info = RunInfo {
-            id: self.run,
-            status: RunStatus::Running,
-            items: self.next_seq as u64,
-            started_at: self.started.clone(),
-        };
-        Ok((info, std::mem::take(&mut self.duplicates)))
+        .map(drop)
+        .map_err(db)
     }
-}
 
-impl Drop for PgManifest {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Not committed: the run and its manifest vanish together (or at the next take).
-            let run = self.run;
-            let _ = off_runtime(|| {
-                let client = self.conn.client();
-                client.execute("DELETE FROM stagewise.items WHERE run_id = $1", &[&run])?;
-                client.execute("DELETE FROM stagewise.runs WHERE id = $1", &[&run])
-            });
-        }
+    fn discard(&mut self, run: i64) {
+        let client = self.conn.client();
+        let _ = off_runtime(|| {
+            client.execute("DELETE FROM stagewise.items WHERE run_id = $1", &[&run])?;
+            client.execute("DELETE FROM stagewise.runs WHERE id = $1", &[&run])
+        });
     }
 }
 
@@ -740,73 +629,9 @@ struct PgUpdates {
     run: i64,
 }
 
-/// What a batch sets in one item's row, all of its updates folded in order; `None` leaves a
-/// column as it is.
-#[derive(Debug, Default, PartialEq)]
-struct Row {
-    state: &'static str,
-    stage: Option<String>,
-    record: Option<Option<String>>,
-    attempts: Option<i64>,
-    error: Option<Option<String>>,
-}
-
-impl Row {
-    /// Apply `change` after what this row already holds, exactly as a second `UPDATE` would.
-    fn fold(&mut self, change: &Change) {
-        let (state, stage) = match change {
-            Change::Started { stage } => (ItemState::InFlight, Some(stage)),
-            Change::Interrupted { stage } => (ItemState::Pending, Some(stage)),
-            Change::Advanced { stage, record } => {
-                self.record = Some(Some(
-                    serde_json::to_string(&record.fields).expect("JSON values always serialize"),
-                ));
-                self.attempts = Some(0);
-                self.error = Some(None);
-                (ItemState::InFlight, Some(stage))
-            }
-            Change::Done => {
-                self.record = Some(None);
-                self.error = Some(None);
-                (ItemState::Done, None)
-            }
-            Change::Skipped { stage, reason } => {
-                self.record = Some(None);
-                self.error = Some(Some(reason.clone()));
-                (ItemState::Skipped, Some(stage))
-            }
-            Change::Failed {
-                stage,
-                error,
-                attempts,
-            } => {
-                self.attempts = Some(i64::from(*attempts));
-                self.error = Some(Some(error.clone()));
-                (ItemState::Failed, Some(stage))
-            }
-        };
-        self.state = state.as_str();
-        self.stage = stage.cloned();
-    }
-}
-
-/// The updates of a batch as one row per item, in the order the items first appear.
-fn fold(updates: &[Update]) -> Vec<(i64, Row)> {
-    let mut index: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
-    let mut rows: Vec<(i64, Row)> = Vec::new();
-    for u in updates {
-        let at = *index.entry(u.seq).or_insert_with(|| {
-            rows.push((u.seq, Row::default()));
-            rows.len() - 1
-        });
-        rows[at].1.fold(&u.change);
-    }
-    rows
-}
-
 impl UpdateWriter for PgUpdates {
     fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
-        let rows = fold(updates);
+        let rows = model::fold(updates);
         let mut seqs = Vec::with_capacity(rows.len());
         let mut states = Vec::with_capacity(rows.len());
         let mut stages = Vec::with_capacity(rows.len());
@@ -817,7 +642,7 @@ impl UpdateWriter for PgUpdates {
         let mut errors = Vec::with_capacity(rows.len());
         for (seq, row) in rows {
             seqs.push(seq);
-            states.push(row.state);
+            states.push(row.state.as_str());
             stages.push(row.stage);
             set_record.push(row.record.is_some());
             records.push(row.record.flatten());
@@ -861,70 +686,6 @@ impl UpdateWriter for PgUpdates {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn folding_a_batch_is_applying_its_updates_in_order() {
-        let s = |x: &str| x.to_owned();
-        let record = std::sync::Arc::new(crate::stage::Record::with_fields(
-            "a",
-            serde_json::json!({"x": 1})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        ));
-        let cases: Vec<(Vec<Change>, Row)> = vec![
-            (
-                vec![
-                    Change::Advanced {
-                        stage: s("two"),
-                        record,
-                    },
-                    Change::Interrupted { stage: s("two") },
-                ],
-                Row {
-                    state: "pending",
-                    stage: Some(s("two")),
-                    record: Some(Some(s(r#"{"x":1}"#))),
-                    attempts: Some(0),
-                    error: Some(None),
-                },
-            ),
-            (
-                vec![
-                    Change::Started { stage: s("one") },
-                    Change::Failed {
-                        stage: s("one"),
-                        error: s("boom"),
-                        attempts: 3,
-                    },
-                ],
-                Row {
-                    state: "failed",
-                    stage: Some(s("one")),
-                    record: None,
-                    attempts: Some(3),
-                    error: Some(Some(s("boom"))),
-                },
-            ),
-            (
-                vec![Change::Started { stage: s("one") }, Change::Done],
-                Row {
-                    state: "done",
-                    stage: None,
-                    record: Some(None),
-                    attempts: None,
-                    error: Some(None),
-                },
-            ),
-        ];
-        for (changes, want) in cases {
-            let updates: Vec<Update> = changes
-                .into_iter()
-                .map(|change| Update { seq: 7, change })
-                .collect();
-            assert_eq!(fold(&updates), vec![(7, want)]);
-        }
-    }
 
     #[test]
     fn lock_keys_are_stable() {

@@ -9,25 +9,21 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::stage::{CacheError, ResponseCache, SharedCache};
 
+use super::model::{self, now, EndedRow, Manifest, ManifestRows, StatusRows};
 use super::{
-    Change, CheckpointStore, Duplicates, FailedItem, ItemState, ManifestWriter, RunInfo, RunStatus,
-    SkippedItem, StatusReport, StoreError, StoredItem, Update, UpdateWriter,
+    unpoisoned, CheckpointStore, ItemState, ManifestWriter, RunInfo, RunStatus, StatusReport,
+    StoreError, StoredItem, Update, UpdateWriter,
 };
 
 /// The schema this build writes.
 const SCHEMA_VERSION: i64 = 2;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-const REPORT_LIMIT: i64 = 1000;
-/// Manifest rows per transaction while a batch is taken.
-const MANIFEST_CHUNK: usize = 1000;
-/// Repeated keys reported by name, at most.
-const SHOWN_DUPLICATES: usize = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE runs (
@@ -79,10 +75,6 @@ impl std::fmt::Debug for SqliteStore {
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 impl SqliteStore {
@@ -157,10 +149,7 @@ impl SqliteStore {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves the connection usable: SQLite rolls back.
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        unpoisoned(&self.conn)
     }
 }
 
@@ -178,9 +167,7 @@ impl std::fmt::Debug for SqliteCache {
 
 impl SqliteCache {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        unpoisoned(&self.conn)
     }
 }
 
@@ -309,26 +296,6 @@ fn step(conn: &Connection, to: i64, sql: &str) -> rusqlite::Result<()> {
     applied
 }
 
-fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, i64, String)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-}
-
-fn to_run(
-    shown: &Path,
-    (id, status, items, started_at): (i64, String, i64, String),
-) -> Result<RunInfo, StoreError> {
-    let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
-        path: shown.display().to_string(),
-        message: format!("run {id} has an unknown status `{status}`"),
-    })?;
-    Ok(RunInfo {
-        id,
-        status,
-        items: items.max(0) as u64,
-        started_at,
-    })
-}
-
 impl CheckpointStore for SqliteStore {
     fn response_cache(&self) -> Result<SharedCache, StoreError> {
         Ok(std::sync::Arc::new(SqliteCache {
@@ -342,11 +309,20 @@ impl CheckpointStore for SqliteStore {
             .query_row(
                 "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' ORDER BY id DESC LIMIT 1",
                 [pipeline],
-                run_from_row,
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
             )
             .optional()
             .map_err(db)?;
-        row.map(|r| to_run(&self.path, r)).transpose()
+        let shown = self.path.display().to_string();
+        row.map(|(id, status, items, started)| model::run_info(&shown, id, &status, items, started))
+            .transpose()
     }
 
     fn begin_run(
@@ -375,16 +351,12 @@ impl CheckpointStore for SqliteStore {
         .map_err(db)?;
         let run = conn.last_insert_rowid();
         conn.execute_batch("COMMIT").map_err(db)?;
-        Ok(Box::new(SqliteManifest {
-            conn,
+        Ok(Box::new(Manifest::new(
+            SqliteManifest { conn },
             run,
             started,
-            first_stage: first_stage.to_owned(),
-            next_seq: 0,
-            buffer: Vec::with_capacity(MANIFEST_CHUNK),
-            duplicates: Duplicates::default(),
-            committed: false,
-        }))
+            first_stage,
+        )))
     }
 
     fn pending(
@@ -402,101 +374,27 @@ impl CheckpointStore for SqliteStore {
             )
             .map_err(db)?;
         let rows = stmt
-            .query_map(params![run, after_seq, limit as i64], |r| {
-                Ok(StoredItem {
-                    seq: r.get(0)?,
-                    key: r.get(1)?,
-                    stage: r.get(2)?,
-                    record: r
-                        .get::<_, Option<String>>(3)?
-                        .unwrap_or_else(|| "{}".into()),
-                })
-            })
+            .query_map(
+                params![run, after_seq, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(model::stored_item(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
+                },
+            )
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
-            .map_err(db)?;
-        let mut counts: BTreeMap<&'static str, u64> =
-            ItemState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        let rows = stmt
-            .query_map([run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(db)?;
-        for row in rows {
-            let (state, n) = row.map_err(db)?;
-            if let Some(state) = ItemState::parse(&state) {
-                *counts.entry(state.as_str()).or_default() += n.max(0) as u64;
-            }
-        }
-        Ok(counts)
+        Ok(model::counts(self.state_counts(run)?))
     }
 
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
-        let counts = self.counts(run.id)?;
-        let conn = self.conn();
-        let mut stages: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-        let mut stmt = conn
-            .prepare("SELECT stage, state, count(*) FROM items WHERE run_id = ?1 AND stage IS NOT NULL GROUP BY stage, state")
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([run.id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (stage, state, n) = row.map_err(db)?;
-            if let Some(state) = ItemState::parse(&state) {
-                *stages
-                    .entry(stage)
-                    .or_default()
-                    .entry(state.as_str())
-                    .or_default() += n.max(0) as u64;
-            }
-        }
-        let mut stmt = conn
-            .prepare("SELECT key, stage, error, attempts FROM items WHERE run_id = ?1 AND state = 'failed' ORDER BY seq LIMIT ?2")
-            .map_err(db)?;
-        let failed = stmt
-            .query_map(params![run.id, REPORT_LIMIT], |r| {
-                Ok(FailedItem {
-                    key: r.get(0)?,
-                    stage: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    error: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    attempts: r.get::<_, i64>(3)?.max(0) as u32,
-                })
-            })
-            .map_err(db)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db)?;
-        let mut stmt = conn
-            .prepare("SELECT key, stage, error FROM items WHERE run_id = ?1 AND state = 'skipped' ORDER BY seq LIMIT ?2")
-            .map_err(db)?;
-        let skipped = stmt
-            .query_map(params![run.id, REPORT_LIMIT], |r| {
-                Ok(SkippedItem {
-                    key: r.get(0)?,
-                    stage: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    reason: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                })
-            })
-            .map_err(db)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db)?;
-        Ok(StatusReport {
-            run: run.clone(),
-            counts,
-            stages,
-            failed,
-            skipped,
-        })
+        model::status(self, run)
     }
 
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {
@@ -527,167 +425,115 @@ impl CheckpointStore for SqliteStore {
     }
 }
 
-struct SqliteManifest {
-    conn: Connection,
-    run: i64,
-    started: String,
-    first_stage: String,
-    next_seq: i64,
-    /// Rows not yet written.
-    buffer: Vec<(String, String)>,
-    duplicates: Duplicates,
-    committed: bool,
+impl StatusRows for SqliteStore {
+    fn state_counts(&self, run: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn stage_counts(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT stage, state, count(*) FROM items WHERE run_id = ?1 AND stage IS NOT NULL GROUP BY stage, state",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn ended(&self, run: i64, state: ItemState, limit: i64) -> Result<Vec<EndedRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, stage, error, attempts FROM items WHERE run_id = ?1 AND state = ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![run, state.as_str(), limit], |r| {
+                Ok(EndedRow {
+                    key: r.get(0)?,
+                    stage: r.get(1)?,
+                    error: r.get(2)?,
+                    attempts: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
 }
 
-impl SqliteManifest {
-    /// Write the buffered rows in one short transaction: the write lock is held only while rows
-    /// are written, never while the source is reading (a source stuck past its timeout must not
-    /// block the next attempt).
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
+/// Writes a manifest's chunks on a connection of its own, for [`Manifest`].
+struct SqliteManifest {
+    conn: Connection,
+}
+
+impl ManifestRows for SqliteManifest {
+    /// Row by row in one short transaction: `INSERT OR IGNORE` leaves a key already in the
+    /// manifest as it is, and only an inserted row takes the next seq.
+    fn insert(
+        &mut self,
+        run: i64,
+        after_seq: i64,
+        first_stage: &str,
+        rows: &[(String, String)],
+    ) -> Result<Vec<usize>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
+        let mut existing = Vec::new();
         {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO items (run_id, seq, key, state, stage, record) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
                 )
                 .map_err(db)?;
-            for (key, record) in self.buffer.drain(..) {
+            let mut seq = after_seq;
+            for (i, (key, record)) in rows.iter().enumerate() {
                 let n = stmt
-                    .execute(params![
-                        self.run,
-                        self.next_seq + 1,
-                        key,
-                        self.first_stage,
-                        record
-                    ])
+                    .execute(params![run, seq + 1, key, first_stage, record])
                     .map_err(db)?;
                 if n == 1 {
-                    self.next_seq += 1;
+                    seq += 1;
                 } else {
-                    self.duplicates.count += 1;
-                    if self.duplicates.first.len() < SHOWN_DUPLICATES {
-                        self.duplicates.first.push(key);
-                    }
+                    existing.push(i);
                 }
             }
         }
-        tx.commit().map_err(db)
-    }
-}
-
-impl ManifestWriter for SqliteManifest {
-    fn add(&mut self, key: &str, record: &str) -> Result<(), StoreError> {
-        self.buffer.push((key.to_owned(), record.to_owned()));
-        if self.buffer.len() >= MANIFEST_CHUNK {
-            self.flush()?;
-        }
-        Ok(())
+        tx.commit().map_err(db)?;
+        Ok(existing)
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(RunInfo, Duplicates), StoreError> {
-        self.flush()?;
+    fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE runs SET status = 'running', items = ?2 WHERE id = ?1",
-                params![self.run, self.next_seq],
+                params![run, items],
             )
-            .map_err(db)?;
-        self.committed = true;
-        let run = RunInfo {
-            id: self.run,
-            status: RunStatus::Running,
-            items: self.next_seq as u64,
-            started_at: self.started.clone(),
-        };
-        Ok((run, std::mem::take(&mut self.duplicates)))
+            .map(drop)
+            .map_err(db)
     }
-}
 
-impl Drop for SqliteManifest {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Not committed: the run and its manifest vanish together (or at the next take).
-            let _ = self
-                .conn
-                .execute("DELETE FROM items WHERE run_id = ?1", [self.run]);
-            let _ = self
-                .conn
-                .execute("DELETE FROM runs WHERE id = ?1", [self.run]);
-        }
+    fn discard(&mut self, run: i64) {
+        let _ = self
+            .conn
+            .execute("DELETE FROM items WHERE run_id = ?1", [run]);
+        let _ = self.conn.execute("DELETE FROM runs WHERE id = ?1", [run]);
     }
 }
 
 struct SqliteUpdates {
     conn: Connection,
     run: i64,
-}
-
-/// The columns one update sets; `None` leaves a column as it is.
-struct Columns<'a> {
-    state: ItemState,
-    stage: Option<&'a str>,
-    record: Option<Option<String>>,
-    attempts: Option<i64>,
-    error: Option<Option<&'a str>>,
-}
-
-fn columns(change: &Change) -> Columns<'_> {
-    match change {
-        Change::Started { stage } => Columns {
-            state: ItemState::InFlight,
-            stage: Some(stage),
-            record: None,
-            attempts: None,
-            error: None,
-        },
-        Change::Advanced { stage, record } => Columns {
-            state: ItemState::InFlight,
-            stage: Some(stage),
-            record: Some(Some(
-                serde_json::to_string(&record.fields).expect("JSON values always serialize"),
-            )),
-            attempts: Some(0),
-            error: Some(None),
-        },
-        Change::Done => Columns {
-            state: ItemState::Done,
-            stage: None,
-            record: Some(None),
-            attempts: None,
-            error: Some(None),
-        },
-        Change::Skipped { stage, reason } => Columns {
-            state: ItemState::Skipped,
-            stage: Some(stage),
-            record: Some(None),
-            attempts: None,
-            error: Some(Some(reason)),
-        },
-        Change::Failed {
-            stage,
-            error,
-            attempts,
-        } => Columns {
-            state: ItemState::Failed,
-            stage: Some(stage),
-            record: None,
-            attempts: Some(i64::from(*attempts)),
-            error: Some(Some(error)),
-        },
-        Change::Interrupted { stage } => Columns {
-            state: ItemState::Pending,
-            stage: Some(stage),
-            record: None,
-            attempts: None,
-            error: None,
-        },
-    }
 }
 
 impl UpdateWriter for SqliteUpdates {
@@ -705,18 +551,17 @@ impl UpdateWriter for SqliteUpdates {
                      WHERE run_id = ?1 AND seq = ?2",
                 )
                 .map_err(db)?;
-            for u in updates {
-                let c = columns(&u.change);
+            for (seq, row) in model::fold(updates) {
                 stmt.execute(params![
                     self.run,
-                    u.seq,
-                    c.state.as_str(),
-                    c.stage,
-                    c.record.is_some(),
-                    c.record.flatten(),
-                    c.attempts,
-                    c.error.is_some(),
-                    c.error.flatten(),
+                    seq,
+                    row.state.as_str(),
+                    row.stage,
+                    row.record.is_some(),
+                    row.record.flatten(),
+                    row.attempts,
+                    row.error.is_some(),
+                    row.error.flatten(),
                 ])
                 .map_err(db)?;
             }
@@ -735,6 +580,7 @@ impl UpdateWriter for SqliteUpdates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::Change;
 
     /// A store path in a fresh folder of its own, deleted with the returned guard.
     fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
