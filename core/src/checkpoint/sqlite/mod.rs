@@ -4,6 +4,16 @@
 //! place, one version at a time, each step in a transaction (version 2 added the response
 //! cache); it refuses a newer one, and refuses a file that is not a SQLite database before
 //! writing a single byte to it.
+//!
+//! The store is split by role: this module opens, locks and reads it, [`schema`] creates and
+//! migrates it, [`writers`] writes manifests and updates, [`cache`] keeps the response cache
+//! and [`status`] reads what a report needs. What the rows mean lives in
+//! [`model`](super::model).
+
+mod cache;
+mod schema;
+mod status;
+mod writers;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -13,51 +23,18 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::stage::{CacheError, ResponseCache, SharedCache};
+use crate::stage::SharedCache;
 
-use super::model::{self, now, EndedRow, Manifest, ManifestRows, StatusRows};
+use self::cache::SqliteCache;
+use self::writers::{SqliteManifest, SqliteUpdates};
+use super::model::{self, now, Manifest, StatusRows};
 use super::{
-    unpoisoned, CheckpointStore, ItemState, ManifestWriter, RunInfo, RunStatus, StatusReport,
-    StoreError, StoredItem, Update, UpdateWriter,
+    unpoisoned, CheckpointStore, ManifestWriter, RunInfo, StatusReport, StoreError, StoredItem,
+    UpdateWriter,
 };
 
-/// The schema this build writes.
-const SCHEMA_VERSION: i64 = 2;
+/// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-const SCHEMA_V1: &str = "
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    pipeline TEXT NOT NULL,
-    status TEXT NOT NULL,
-    items INTEGER NOT NULL,
-    started_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX runs_by_pipeline ON runs (pipeline, id);
-CREATE TABLE items (
-    run_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    stage TEXT,
-    record TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    PRIMARY KEY (run_id, seq),
-    UNIQUE (run_id, key)
-) WITHOUT ROWID;
-";
-
-/// Version 2: answers kept across runs (see [`ResponseCache`]).
-const SCHEMA_V2: &str = "
-CREATE TABLE responses (
-    key TEXT PRIMARY KEY,
-    stage TEXT NOT NULL,
-    value TEXT NOT NULL,
-    created_at TEXT NOT NULL
-) WITHOUT ROWID;
-";
 
 /// A checkpoint store in a SQLite file.
 pub struct SqliteStore {
@@ -89,7 +66,7 @@ impl SqliteStore {
             })?;
         }
         let conn = connect(path)?;
-        migrate(&conn, &shown)?;
+        schema::migrate(&conn, &shown)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -153,48 +130,6 @@ impl SqliteStore {
     }
 }
 
-/// The response cache of a SQLite store, on a connection of its own so that stage threads
-/// never wait for the checkpoint writer's connection.
-struct SqliteCache {
-    conn: Mutex<Connection>,
-}
-
-impl std::fmt::Debug for SqliteCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteCache")
-    }
-}
-
-impl SqliteCache {
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        unpoisoned(&self.conn)
-    }
-}
-
-impl ResponseCache for SqliteCache {
-    fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
-        self.conn()
-            .query_row(
-                "SELECT value FROM responses WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| CacheError::from(db(e)))
-    }
-
-    fn put(&self, key: &str, stage: &str, value: &str) -> Result<(), CacheError> {
-        self.conn()
-            .execute(
-                "INSERT INTO responses (key, stage, value, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (key) DO UPDATE SET stage = excluded.stage, value = excluded.value, created_at = excluded.created_at",
-                params![key, stage, value, now()],
-            )
-            .map(drop)
-            .map_err(|e| CacheError::from(db(e)))
-    }
-}
-
 /// Held while a run uses the store; see [`SqliteStore::lock`].
 #[derive(Debug)]
 pub struct RunnerLock {
@@ -237,70 +172,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
-    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
-        path: shown.to_owned(),
-        message: e.to_string(),
-    };
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(corrupt)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: shown.to_owned(),
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if version == 0 {
-        let tables: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(corrupt)?;
-        if tables > 0 {
-            return Err(StoreError::Corrupt {
-                path: shown.to_owned(),
-                message: "a SQLite database that is not a stagewise checkpoint store; it was not modified".into(),
-            });
-        }
-    }
-    // Each step only where needed: a current store is opened without taking the write lock.
-    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
-        if version < to {
-            step(conn, to, sql).map_err(corrupt)?;
-        }
-    }
-    // Later versions add their steps here: `step(conn, 3, SCHEMA_V3)`.
-    Ok(())
-}
-
-/// Bring the schema to version `to` with `sql`, unless it is there already. The version is read
-/// again inside a write transaction, so two processes opening an old store at once upgrade it
-/// once, one after the other.
-fn step(conn: &Connection, to: i64, sql: &str) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let applied = (|| {
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version < to {
-            conn.execute_batch(sql)?;
-            conn.pragma_update(None, "user_version", to)?;
-        }
-        conn.execute_batch("COMMIT")
-    })();
-    if applied.is_err() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    applied
-}
-
 impl CheckpointStore for SqliteStore {
     fn response_cache(&self) -> Result<SharedCache, StoreError> {
-        Ok(std::sync::Arc::new(SqliteCache {
-            conn: Mutex::new(connect(&self.path)?),
-        }))
+        Ok(std::sync::Arc::new(SqliteCache::new(connect(&self.path)?)))
     }
 
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
@@ -425,162 +299,10 @@ impl CheckpointStore for SqliteStore {
     }
 }
 
-impl StatusRows for SqliteStore {
-    fn state_counts(&self, run: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT state, count(*) FROM items WHERE run_id = ?1 GROUP BY state")
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
-
-    fn stage_counts(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT stage, state, count(*) FROM items WHERE run_id = ?1 AND stage IS NOT NULL GROUP BY stage, state",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
-
-    fn ended(&self, run: i64, state: ItemState, limit: i64) -> Result<Vec<EndedRow>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT key, stage, error, attempts FROM items WHERE run_id = ?1 AND state = ?2 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map(params![run, state.as_str(), limit], |r| {
-                Ok(EndedRow {
-                    key: r.get(0)?,
-                    stage: r.get(1)?,
-                    error: r.get(2)?,
-                    attempts: r.get(3)?,
-                })
-            })
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
-}
-
-/// Writes a manifest's chunks on a connection of its own, for [`Manifest`].
-struct SqliteManifest {
-    conn: Connection,
-}
-
-impl ManifestRows for SqliteManifest {
-    /// Row by row in one short transaction: `INSERT OR IGNORE` leaves a key already in the
-    /// manifest as it is, and only an inserted row takes the next seq.
-    fn insert(
-        &mut self,
-        run: i64,
-        after_seq: i64,
-        first_stage: &str,
-        rows: &[(String, String)],
-    ) -> Result<Vec<usize>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let mut existing = Vec::new();
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO items (run_id, seq, key, state, stage, record) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
-                )
-                .map_err(db)?;
-            let mut seq = after_seq;
-            for (i, (key, record)) in rows.iter().enumerate() {
-                let n = stmt
-                    .execute(params![run, seq + 1, key, first_stage, record])
-                    .map_err(db)?;
-                if n == 1 {
-                    seq += 1;
-                } else {
-                    existing.push(i);
-                }
-            }
-        }
-        tx.commit().map_err(db)?;
-        Ok(existing)
-    }
-
-    fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
-        self.conn
-            .execute(
-                "UPDATE runs SET status = 'running', items = ?2 WHERE id = ?1",
-                params![run, items],
-            )
-            .map(drop)
-            .map_err(db)
-    }
-
-    fn discard(&mut self, run: i64) {
-        let _ = self
-            .conn
-            .execute("DELETE FROM items WHERE run_id = ?1", [run]);
-        let _ = self.conn.execute("DELETE FROM runs WHERE id = ?1", [run]);
-    }
-}
-
-struct SqliteUpdates {
-    conn: Connection,
-    run: i64,
-}
-
-impl UpdateWriter for SqliteUpdates {
-    fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(db)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE items SET
-                        state = ?3,
-                        stage = ?4,
-                        record = CASE WHEN ?5 THEN ?6 ELSE record END,
-                        attempts = COALESCE(?7, attempts),
-                        error = CASE WHEN ?8 THEN ?9 ELSE error END
-                     WHERE run_id = ?1 AND seq = ?2",
-                )
-                .map_err(db)?;
-            for (seq, row) in model::fold(updates) {
-                stmt.execute(params![
-                    self.run,
-                    seq,
-                    row.state.as_str(),
-                    row.stage,
-                    row.record.is_some(),
-                    row.record.flatten(),
-                    row.attempts,
-                    row.error.is_some(),
-                    row.error.flatten(),
-                ])
-                .map_err(db)?;
-            }
-        }
-        if let Some(status) = status {
-            tx.execute(
-                "UPDATE runs SET status = ?2, updated_at = ?3 WHERE id = ?1",
-                params![self.run, status.as_str(), now()],
-            )
-            .map_err(db)?;
-        }
-        tx.commit().map_err(db)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Change;
+    use crate::checkpoint::{Change, RunStatus, Update};
 
     /// A store path in a fresh folder of its own, deleted with the returned guard.
     fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
