@@ -9,6 +9,8 @@
 mod model;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 pub(crate) mod writer;
 
 use std::collections::BTreeMap;

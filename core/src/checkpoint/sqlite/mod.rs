@@ -301,198 +301,22 @@ impl CheckpointStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    //! What only a store file can get wrong; the scenarios every store shares are in
+    //! `checkpoint::tests`.
+
     use super::*;
-    use crate::checkpoint::{Change, RunStatus, Update};
-
-    /// A store path in a fresh folder of its own, deleted with the returned guard.
-    fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("stagewise-sqlite-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        let path = dir.path().join("state.db");
-        (dir, path)
-    }
-
-    #[test]
-    fn manifest_is_invisible_until_committed() {
-        let (_dir, path) = temp_path("manifest");
-        let store = SqliteStore::open(&path).expect("open");
-        {
-            let mut m = store.begin_run("p", "one").expect("begin");
-            for i in 0..2500 {
-                m.add(&i.to_string(), "{}").expect("add");
-            }
-            // dropped without commit, with two chunks written
-        }
-        assert!(store.latest_run("p").expect("latest").is_none());
-        let mut m = store.begin_run("p", "one").expect("begin");
-        m.add("a", "{}").expect("add");
-        m.add("a", "{}").expect("add");
-        m.add("b", r#"{"n":1}"#).expect("add");
-        let (run, duplicates) = m.commit().expect("commit");
-        assert_eq!(run.items, 2);
-        assert_eq!(
-            (duplicates.count, duplicates.first),
-            (1, vec!["a".to_owned()])
-        );
-        let pending = store.pending(run.id, 0, 10).expect("pending");
-        assert_eq!(
-            pending.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-    }
-
-    #[test]
-    fn a_stuck_read_does_not_lock_out_the_next_attempt() {
-        let (_dir, path) = temp_path("stuck");
-        let store = SqliteStore::open(&path).expect("open");
-        // The first attempt's source is stuck mid-chunk (rows buffered, none written) and its
-        // manifest is never dropped while the second attempt takes the batch.
-        let mut stuck = store.begin_run("p", "one").expect("begin");
-        for i in 0..1500 {
-            stuck.add(&format!("old-{i}"), "{}").expect("add");
-        }
-        let started = std::time::Instant::now();
-        let mut m = store
-            .begin_run("p", "one")
-            .expect("a second attempt can begin");
-        m.add("x", "{}").expect("add");
-        let (run, _) = m.commit().expect("and commit");
-        assert!(
-            started.elapsed() < BUSY_TIMEOUT / 2,
-            "it did not wait for a lock"
-        );
-        assert_eq!(run.items, 1, "the stuck attempt's rows are not part of it");
-        drop(stuck);
-        assert_eq!(
-            store.latest_run("p").expect("latest").map(|r| r.id),
-            Some(run.id)
-        );
-        assert_eq!(store.pending(run.id, 0, 10).expect("pending").len(), 1);
-    }
-
-    #[test]
-    fn updates_move_items_through_states() {
-        let (_dir, path) = temp_path("updates");
-        let store = SqliteStore::open(&path).expect("open");
-        let mut m = store.begin_run("p", "one").expect("begin");
-        for k in ["a", "b", "c", "d"] {
-            m.add(k, "{}").expect("add");
-        }
-        let (run, _) = m.commit().expect("commit");
-        let mut w = store.update_writer(run.id).expect("writer");
-        let s = |x: &str| x.to_owned();
-        w.apply(
-            &[
-                Update {
-                    seq: 1,
-                    change: Change::Advanced {
-                        stage: s("two"),
-                        record: std::sync::Arc::new(crate::stage::Record::with_fields(
-                            "a",
-                            serde_json::json!({"x": 1})
-                                .as_object()
-                                .cloned()
-                                .unwrap_or_default(),
-                        )),
-                    },
-                },
-                Update {
-                    seq: 1,
-                    change: Change::Interrupted { stage: s("two") },
-                },
-                Update {
-                    seq: 2,
-                    change: Change::Done,
-                },
-                Update {
-                    seq: 3,
-                    change: Change::Failed {
-                        stage: s("one"),
-                        error: s("boom"),
-                        attempts: 3,
-                    },
-                },
-                Update {
-                    seq: 4,
-                    change: Change::Skipped {
-                        stage: s("one"),
-                        reason: s("empty"),
-                    },
-                },
-            ],
-            Some(RunStatus::Interrupted),
-        )
-        .expect("apply");
-        let pending = store.pending(run.id, 0, 10).expect("pending");
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].stage.as_deref(), Some("two"));
-        assert_eq!(
-            pending[0].record, r#"{"x":1}"#,
-            "the record survives a later update without one"
-        );
-        let report = store
-            .status(&store.latest_run("p").expect("run").expect("some"))
-            .expect("status");
-        assert_eq!(report.run.status, RunStatus::Interrupted);
-        assert_eq!(report.counts["done"], 1);
-        assert_eq!(report.failed.len(), 1);
-        assert_eq!(
-            (report.failed[0].error.as_str(), report.failed[0].attempts),
-            ("boom", 3)
-        );
-        assert_eq!(report.skipped[0].reason, "empty");
-        assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
-        assert_eq!(store.pending(run.id, 0, 10).expect("pending").len(), 2);
-    }
 
     #[test]
     fn refuses_garbage_without_touching_it() {
-        let (_dir, path) = temp_path("garbage");
+        let dir = tempfile::Builder::new()
+            .prefix("stagewise-sqlite-garbage-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("state.db");
         let garbage = b"this is not a database at all, not even close".repeat(20);
         std::fs::write(&path, &garbage).expect("write");
         let err = SqliteStore::open(&path).expect_err("garbage");
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), garbage);
-    }
-
-    #[test]
-    fn one_runner_at_a_time() {
-        let (_dir, path) = temp_path("lock");
-        let store = SqliteStore::open(&path).expect("open");
-        let held = store.lock().expect("first lock");
-        let err = store.lock().expect_err("second lock");
-        assert!(
-            matches!(&err, StoreError::Busy { holder, .. } if holder.contains(&std::process::id().to_string())),
-            "{err}"
-        );
-        drop(held);
-        store.lock().expect("free again");
-    }
-
-    #[test]
-    fn refuses_a_newer_schema() {
-        let (_dir, path) = temp_path("newer");
-        drop(SqliteStore::open(&path).expect("open"));
-        let conn = Connection::open(&path).expect("conn");
-        conn.pragma_update(None, "user_version", 99).expect("set");
-        drop(conn);
-        let err = SqliteStore::open(&path).expect_err("newer");
-        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
-    }
-
-    #[test]
-    fn refuses_a_foreign_database() {
-        let (_dir, path) = temp_path("foreign");
-        let conn = Connection::open(&path).expect("conn");
-        conn.execute_batch("CREATE TABLE customers (id INTEGER)")
-            .expect("create");
-        drop(conn);
-        let err = SqliteStore::open(&path).expect_err("foreign");
-        assert!(
-            err.to_string().contains("not a stagewise checkpoint store"),
-            "{err}"
-        );
     }
 }
