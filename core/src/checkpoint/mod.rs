@@ -1,10 +1,16 @@
 //! Checkpoint stores: where a run's manifest and every item's progress are saved, so a later
 //! run resumes where this one stopped.
 //!
-//! A run's manifest (every item key with the record the source gave) is written in one
-//! transaction before any item is processed. From then on, the runner sends item updates to a
+//! A run's manifest (every item key with the record the source gave) is written before any item
+//! is processed, and becomes visible all at once when it is complete. From then on, the runner sends item updates to a
 //! group-committing [`writer`]; each update names the item's state, the stage it is at, and (after
 //! a stage finished) the record as that stage left it.
+//!
+//! What the stored state means is written once, in [`model`]: the columns each [`Change`] sets,
+//! how a manifest is chunked and cleared of repeated keys, how counts and reports are shaped,
+//! and the one [`CheckpointStore`] implementation. The backends, [`sqlite`] and [`postgres`],
+//! only run SQL for it (`model::Tables`), and one table of scenarios (`tests`) runs against
+//! both.
 
 mod model;
 mod postgres;

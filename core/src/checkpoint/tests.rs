@@ -167,6 +167,22 @@ fn latest(store: &dyn CheckpointStore, pipeline: &str) -> RunInfo {
         .expect("a run")
 }
 
+/// `(key, line)` of a source that repeats keys within a manifest chunk and across chunks: 2,500
+/// lines, keys 0..1500; line 3 repeats key 0 (same chunk), lines 1501 on repeat the first
+/// 1,000 keys (later chunks). Kept once each, that is 1,500 items and 1,000 repeats, the first
+/// five `0, 0, 1, 2, 3`.
+pub(super) fn repeating_source() -> impl Iterator<Item = (String, usize)> {
+    (0..2500usize).map(|line| {
+        let id = match line {
+            3 => 0,
+            l if l < 3 => l,
+            l if l < 1501 => l - 1,
+            l => l - 1501,
+        };
+        (id.to_string(), line)
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
@@ -206,17 +222,8 @@ fn manifest_is_invisible_until_committed(b: &dyn Backend) {
 fn repeated_keys_are_kept_once_across_chunks(b: &dyn Backend) {
     let store = open(b);
     let mut m = store.begin_run("p", "one").expect("begin");
-    // 2,500 lines, keys 0..1500: line 3 repeats key 0 (same chunk), lines 1501 on repeat the
-    // first 1,000 keys (later chunks).
-    for line in 0..2500usize {
-        let id = match line {
-            3 => 0,
-            l if l < 3 => l,
-            l if l < 1501 => l - 1,
-            l => l - 1501,
-        };
-        m.add(&id.to_string(), &format!(r#"{{"line":{line}}}"#))
-            .expect("add");
+    for (key, line) in repeating_source() {
+        m.add(&key, &format!(r#"{{"line":{line}}}"#)).expect("add");
     }
     let (run, duplicates) = m.commit().expect("commit");
     assert_eq!(run.items, 1500);

@@ -26,7 +26,6 @@ mod schema;
 mod status;
 mod writers;
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use postgres::Client;
@@ -36,11 +35,8 @@ use crate::stage::SharedCache;
 use self::cache::PgCache;
 use self::conn::{config, connect, db, off_runtime, Conn};
 use self::writers::{PgManifest, PgUpdates};
-use super::model::{self, now, Manifest, StatusRows};
-use super::{
-    unpoisoned, CheckpointStore, ManifestWriter, RunInfo, StatusReport, StoreError, StoredItem,
-    UpdateWriter,
-};
+use super::model::{now, ItemRow, RunRow, Tables};
+use super::{unpoisoned, StoreError};
 
 /// The first half of every advisory lock key of stagewise ("stgw"), so that its locks do not
 /// collide with an application's own single-key locks on the same database.
@@ -169,15 +165,15 @@ impl PgStore {
     }
 }
 
-impl CheckpointStore for PgStore {
-    fn response_cache(&self) -> Result<SharedCache, StoreError> {
-        Ok(std::sync::Arc::new(PgCache::new(connect(
-            &self.config,
-            &self.shown,
-        )?)))
+impl Tables for PgStore {
+    type Manifest = PgManifest;
+    type Updates = PgUpdates;
+
+    fn shown(&self) -> String {
+        self.shown.clone()
     }
 
-    fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
+    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
         let row = self.with_conn(|c| {
             c.query_opt(
                 "SELECT id, status, items, started_at FROM stagewise.runs
@@ -185,18 +181,11 @@ impl CheckpointStore for PgStore {
                 &[&pipeline],
             )
         })?;
-        row.map(|r| model::run_info(&self.shown, r.get(0), r.get(1), r.get(2), r.get(3)))
-            .transpose()
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
     }
 
-    fn begin_run(
-        &self,
-        pipeline: &str,
-        first_stage: &str,
-    ) -> Result<Box<dyn ManifestWriter>, StoreError> {
+    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, PgManifest), StoreError> {
         let mut conn = connect(&self.config, &self.shown)?;
-        let started = now();
-        // A read that failed, timed out or died left its rows under a run still `taking`.
         let run = off_runtime(|| {
             let mut tx = conn.client().transaction()?;
             tx.execute(
@@ -218,21 +207,10 @@ impl CheckpointStore for PgStore {
             Ok(run)
         })
         .map_err(db)?;
-        Ok(Box::new(Manifest::new(
-            PgManifest { conn },
-            run,
-            started,
-            first_stage,
-        )))
+        Ok((run, PgManifest { conn }))
     }
 
-    fn pending(
-        &self,
-        run: i64,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredItem>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
         let rows = self.with_conn(|c| {
             c.query(
                 "SELECT seq, key, stage, record FROM stagewise.items
@@ -243,19 +221,11 @@ impl CheckpointStore for PgStore {
         })?;
         Ok(rows
             .iter()
-            .map(|r| model::stored_item(r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
 
-    fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
-        Ok(model::counts(self.state_counts(run)?))
-    }
-
-    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
-        model::status(self, run)
-    }
-
-    fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {
+    fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
         self.with_conn(|c| {
             let mut tx = c.transaction()?;
             let n = tx.execute(
@@ -274,11 +244,16 @@ impl CheckpointStore for PgStore {
         })
     }
 
-    fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError> {
-        Ok(Box::new(PgUpdates {
+    fn updates(&self, run: i64) -> Result<PgUpdates, StoreError> {
+        Ok(PgUpdates {
             conn: connect(&self.config, &self.shown)?,
             run,
-        }))
+        })
+    }
+
+    fn cache(&self) -> Result<SharedCache, StoreError> {
+        let conn = connect(&self.config, &self.shown)?;
+        Ok(std::sync::Arc::new(PgCache::new(conn)))
     }
 }
 

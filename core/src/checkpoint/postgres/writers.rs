@@ -1,12 +1,12 @@
 //! The PostgreSQL store's writers: a new run's manifest, one statement per chunk, and batches
 //! of item updates, one statement per batch.
 
-use super::super::model::{self, now, ManifestRows};
-use super::super::{RunStatus, StoreError, Update, UpdateWriter};
+use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
+use super::super::{RunStatus, StoreError};
 use super::conn::{db, off_runtime, Conn};
 
-/// Writes a manifest's chunks on a connection of its own, for [`Manifest`].
-pub(super) struct PgManifest {
+/// Writes a new run's manifest.
+pub(in crate::checkpoint) struct PgManifest {
     /// A session of its own.
     pub(super) conn: Conn,
 }
@@ -14,13 +14,13 @@ pub(super) struct PgManifest {
 impl ManifestRows for PgManifest {
     /// In one statement, which numbers the new rows densely in the order given: a remote
     /// server costs one round trip per chunk, not one per item.
-    fn insert(
-        &mut self,
-        run: i64,
-        after_seq: i64,
-        first_stage: &str,
-        rows: &[(String, String)],
-    ) -> Result<Vec<usize>, StoreError> {
+    fn insert(&mut self, chunk: Chunk<'_>) -> Result<Vec<usize>, StoreError> {
+        let Chunk {
+            run,
+            after_seq,
+            first_stage,
+            rows,
+        } = chunk;
         let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
         let records: Vec<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
         let positions: Vec<i64> = (0..rows.len())
@@ -73,16 +73,21 @@ impl ManifestRows for PgManifest {
     }
 }
 
-pub(super) struct PgUpdates {
+/// Writes batches of one run's item updates.
+pub(in crate::checkpoint) struct PgUpdates {
     /// A session of its own.
     pub(super) conn: Conn,
     /// The run whose items it updates.
     pub(super) run: i64,
 }
 
-impl UpdateWriter for PgUpdates {
-    fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
-        let rows = model::fold(updates);
+impl UpdateRows for PgUpdates {
+    /// One statement per batch: a remote server costs one round trip, not one per item.
+    fn write(
+        &mut self,
+        rows: &[(i64, RowUpdate)],
+        status: Option<RunStatus>,
+    ) -> Result<(), StoreError> {
         let mut seqs = Vec::with_capacity(rows.len());
         let mut states = Vec::with_capacity(rows.len());
         let mut stages = Vec::with_capacity(rows.len());
@@ -92,20 +97,19 @@ impl UpdateWriter for PgUpdates {
         let mut set_error = Vec::with_capacity(rows.len());
         let mut errors = Vec::with_capacity(rows.len());
         for (seq, row) in rows {
-            seqs.push(seq);
+            seqs.push(*seq);
             states.push(row.state.as_str());
-            stages.push(row.stage);
+            stages.push(row.stage.as_deref());
             set_record.push(row.record.is_some());
-            records.push(row.record.flatten());
+            records.push(row.record.as_ref().and_then(Option::as_deref));
             attempts.push(row.attempts);
             set_error.push(row.error.is_some());
-            errors.push(row.error.flatten());
+            errors.push(row.error.as_ref().and_then(Option::as_deref));
         }
         let run = self.run;
         off_runtime(|| {
             let mut tx = self.conn.client().transaction()?;
             if !seqs.is_empty() {
-                // One statement per batch: a remote server costs one round trip, not one per item.
                 tx.execute(
                     "UPDATE stagewise.items AS i SET
                         state = u.state,

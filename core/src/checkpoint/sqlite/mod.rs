@@ -15,7 +15,6 @@ mod schema;
 mod status;
 mod writers;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,11 +26,8 @@ use crate::stage::SharedCache;
 
 use self::cache::SqliteCache;
 use self::writers::{SqliteManifest, SqliteUpdates};
-use super::model::{self, now, Manifest, StatusRows};
-use super::{
-    unpoisoned, CheckpointStore, ManifestWriter, RunInfo, StatusReport, StoreError, StoredItem,
-    UpdateWriter,
-};
+use super::model::{now, ItemRow, RunRow, Tables};
+use super::{unpoisoned, StoreError};
 
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,40 +168,27 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-impl CheckpointStore for SqliteStore {
-    fn response_cache(&self) -> Result<SharedCache, StoreError> {
-        Ok(std::sync::Arc::new(SqliteCache::new(connect(&self.path)?)))
+impl Tables for SqliteStore {
+    type Manifest = SqliteManifest;
+    type Updates = SqliteUpdates;
+
+    fn shown(&self) -> String {
+        self.path.display().to_string()
     }
 
-    fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
-        let row = self
-            .conn()
+    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
+        self.conn()
             .query_row(
                 "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' ORDER BY id DESC LIMIT 1",
                 [pipeline],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                },
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
-            .map_err(db)?;
-        let shown = self.path.display().to_string();
-        row.map(|(id, status, items, started)| model::run_info(&shown, id, &status, items, started))
-            .transpose()
+            .map_err(db)
     }
 
-    fn begin_run(
-        &self,
-        pipeline: &str,
-        first_stage: &str,
-    ) -> Result<Box<dyn ManifestWriter>, StoreError> {
+    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, SqliteManifest), StoreError> {
         let conn = connect(&self.path)?;
-        // A read that failed, timed out or died left its rows under a run still `taking`.
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
         conn.execute(
             "DELETE FROM items WHERE run_id IN (SELECT id FROM runs WHERE pipeline = ?1 AND status = 'taking')",
@@ -217,7 +200,6 @@ impl CheckpointStore for SqliteStore {
             [pipeline],
         )
         .map_err(db)?;
-        let started = now();
         conn.execute(
             "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'taking', 0, ?2, ?2)",
             params![pipeline, started],
@@ -225,20 +207,10 @@ impl CheckpointStore for SqliteStore {
         .map_err(db)?;
         let run = conn.last_insert_rowid();
         conn.execute_batch("COMMIT").map_err(db)?;
-        Ok(Box::new(Manifest::new(
-            SqliteManifest { conn },
-            run,
-            started,
-            first_stage,
-        )))
+        Ok((run, SqliteManifest { conn }))
     }
 
-    fn pending(
-        &self,
-        run: i64,
-        after_seq: i64,
-        limit: usize,
-    ) -> Result<Vec<StoredItem>, StoreError> {
+    fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -248,30 +220,14 @@ impl CheckpointStore for SqliteStore {
             )
             .map_err(db)?;
         let rows = stmt
-            .query_map(
-                params![run, after_seq, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| {
-                    Ok(model::stored_item(
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
-                },
-            )
+            .query_map(params![run, after_seq, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
-    fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
-        Ok(model::counts(self.state_counts(run)?))
-    }
-
-    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
-        model::status(self, run)
-    }
-
-    fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {
+    fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let n = tx
@@ -291,11 +247,15 @@ impl CheckpointStore for SqliteStore {
         Ok(n as u64)
     }
 
-    fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError> {
-        Ok(Box::new(SqliteUpdates {
+    fn updates(&self, run: i64) -> Result<SqliteUpdates, StoreError> {
+        Ok(SqliteUpdates {
             conn: connect(&self.path)?,
             run,
-        }))
+        })
+    }
+
+    fn cache(&self) -> Result<SharedCache, StoreError> {
+        Ok(std::sync::Arc::new(SqliteCache::new(connect(&self.path)?)))
     }
 }
 

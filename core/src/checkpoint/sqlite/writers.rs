@@ -3,12 +3,12 @@
 
 use rusqlite::{params, Connection};
 
-use super::super::model::{self, now, ManifestRows};
-use super::super::{RunStatus, StoreError, Update, UpdateWriter};
+use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
+use super::super::{RunStatus, StoreError};
 use super::db;
 
-/// Writes a manifest's chunks on a connection of its own, for [`Manifest`].
-pub(super) struct SqliteManifest {
+/// Writes a new run's manifest.
+pub(in crate::checkpoint) struct SqliteManifest {
     /// A connection of its own.
     pub(super) conn: Connection,
 }
@@ -16,13 +16,7 @@ pub(super) struct SqliteManifest {
 impl ManifestRows for SqliteManifest {
     /// Row by row in one short transaction: `INSERT OR IGNORE` leaves a key already in the
     /// manifest as it is, and only an inserted row takes the next seq.
-    fn insert(
-        &mut self,
-        run: i64,
-        after_seq: i64,
-        first_stage: &str,
-        rows: &[(String, String)],
-    ) -> Result<Vec<usize>, StoreError> {
+    fn insert(&mut self, chunk: Chunk<'_>) -> Result<Vec<usize>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -34,10 +28,10 @@ impl ManifestRows for SqliteManifest {
                     "INSERT OR IGNORE INTO items (run_id, seq, key, state, stage, record) VALUES (?1, ?2, ?3, 'pending', ?4, ?5)",
                 )
                 .map_err(db)?;
-            let mut seq = after_seq;
-            for (i, (key, record)) in rows.iter().enumerate() {
+            let mut seq = chunk.after_seq;
+            for (i, (key, record)) in chunk.rows.iter().enumerate() {
                 let n = stmt
-                    .execute(params![run, seq + 1, key, first_stage, record])
+                    .execute(params![chunk.run, seq + 1, key, chunk.first_stage, record])
                     .map_err(db)?;
                 if n == 1 {
                     seq += 1;
@@ -68,15 +62,21 @@ impl ManifestRows for SqliteManifest {
     }
 }
 
-pub(super) struct SqliteUpdates {
+/// Writes batches of one run's item updates.
+pub(in crate::checkpoint) struct SqliteUpdates {
     /// A connection of its own.
     pub(super) conn: Connection,
     /// The run whose items it updates.
     pub(super) run: i64,
 }
 
-impl UpdateWriter for SqliteUpdates {
-    fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
+impl UpdateRows for SqliteUpdates {
+    /// One `UPDATE` per item, each column set only where the row says so.
+    fn write(
+        &mut self,
+        rows: &[(i64, RowUpdate)],
+        status: Option<RunStatus>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(db)?;
         {
             let mut stmt = tx
@@ -90,17 +90,17 @@ impl UpdateWriter for SqliteUpdates {
                      WHERE run_id = ?1 AND seq = ?2",
                 )
                 .map_err(db)?;
-            for (seq, row) in model::fold(updates) {
+            for (seq, row) in rows {
                 stmt.execute(params![
                     self.run,
                     seq,
                     row.state.as_str(),
                     row.stage,
                     row.record.is_some(),
-                    row.record.flatten(),
+                    row.record.as_ref().and_then(Option::as_deref),
                     row.attempts,
                     row.error.is_some(),
-                    row.error.flatten(),
+                    row.error.as_ref().and_then(Option::as_deref),
                 ])
                 .map_err(db)?;
             }
