@@ -150,6 +150,7 @@ impl ItemState {
         }
     }
 
+    /// The state stored as `s`, if any.
     fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
@@ -180,6 +181,7 @@ impl RunStatus {
         }
     }
 
+    /// The status stored as `s`, if any.
     fn parse(s: &str) -> Option<Self> {
         [
             RunStatus::Running,
@@ -311,6 +313,7 @@ pub(crate) struct Duplicates {
 
 /// Applies batches of updates, each batch in one transaction.
 pub(crate) trait UpdateWriter: Send {
+    /// Apply `updates` in order, then set the run's status if given: all or nothing.
     fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError>;
 }
 

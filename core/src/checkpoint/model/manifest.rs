@@ -74,6 +74,7 @@ impl<R: ManifestRows> Manifest<R> {
         }
     }
 
+    /// Count a repeat of `key`, and name it if it is one of the first few.
     fn note_duplicate(&mut self, key: String) {
         self.duplicates.count += 1;
         if self.duplicates.first.len() < SHOWN_DUPLICATES {

@@ -15,8 +15,8 @@
 //! it) on an async runtime's thread panics. Every call goes through [`conn::off_runtime`], and
 //! every client is wrapped in [`conn::Conn`], whose drop does the same.
 //!
-//! The store is split by role: this module opens, locks and reads it, [`conn`] makes its
-//! sessions, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
+//! The store is split by role: this module opens and locks it and runs the model's run and item
+//! queries, [`conn`] makes its sessions, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
 //! [`cache`] keeps the response cache and [`status`] reads what a report needs. What the rows
 //! mean lives in [`model`](super::model).
 
@@ -57,7 +57,9 @@ fn lock_key(pipeline: &str) -> i32 {
 pub struct PgStore {
     /// The URL with its password hidden, for messages.
     shown: String,
+    /// The settings of every session it opens.
     config: postgres::Config,
+    /// The session of the store's reads; writers, the lock and the cache open their own.
     conn: Mutex<Conn>,
 }
 
@@ -155,6 +157,7 @@ impl PgStore {
         })
     }
 
+    /// Run `f` on the store's own session, off the async runtime.
     fn with_conn<R: Send>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send,

@@ -30,6 +30,7 @@ impl SqliteCache {
         }
     }
 
+    /// The cache's connection.
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         unpoisoned(&self.conn)
     }

@@ -5,10 +5,10 @@
 //! cache); it refuses a newer one, and refuses a file that is not a SQLite database before
 //! writing a single byte to it.
 //!
-//! The store is split by role: this module opens, locks and reads it, [`schema`] creates and
-//! migrates it, [`writers`] writes manifests and updates, [`cache`] keeps the response cache
-//! and [`status`] reads what a report needs. What the rows mean lives in
-//! [`model`](super::model).
+//! The store is split by role: this module opens and locks it and runs the model's run and item
+//! queries, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
+//! [`cache`] keeps the response cache and [`status`] reads what a report needs. What the rows
+//! mean lives in [`model`](super::model).
 
 mod cache;
 mod schema;
@@ -34,7 +34,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A checkpoint store in a SQLite file.
 pub struct SqliteStore {
+    /// The store's file.
     path: PathBuf,
+    /// The connection of the store's reads; writers and the cache open their own.
     conn: Mutex<Connection>,
 }
 
@@ -46,6 +48,7 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// A database error as a store error.
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
@@ -121,6 +124,7 @@ impl SqliteStore {
         Self::open(path).map(Some)
     }
 
+    /// The store's own connection.
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         unpoisoned(&self.conn)
     }
@@ -152,6 +156,7 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A connection to the store file, in WAL mode, waiting up to [`BUSY_TIMEOUT`] for a lock.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let shown = path.display().to_string();
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
