@@ -3,19 +3,21 @@
 //! [`scenarios!`] makes it a test per backend, `checkpoint::tests::sqlite::<scenario>` and
 //! `checkpoint::tests::postgres::<scenario>`.
 //!
-//! SQLite scenarios get a store file in a temp folder of their own. PostgreSQL scenarios get a
-//! database of their own on the server `STAGEWISE_TEST_PG` names (created before, dropped
-//! after), so they never see each other; without that variable they say loudly that they
-//! skipped, and under `CI=true` they fail instead.
+//! [`backends`] makes the places: SQLite scenarios get a store file in a temp folder of their
+//! own; PostgreSQL scenarios get a database of their own on the server `STAGEWISE_TEST_PG` names
+//! (created before, dropped after), so they never see each other; without that variable they
+//! say loudly that they skipped, and under `CI=true` they fail instead.
+
+mod backends;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::spec::StoreLocation;
 use crate::stage::Record;
+
+use self::backends::{on_postgres, on_sqlite};
 
 use super::{
     open_existing, open_for_run, Change, CheckpointStore, ItemState, PgStore, RunInfo, RunStatus,
@@ -82,6 +84,7 @@ scenarios![
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
+/// Open (creating it) the store at `b`'s place.
 fn try_open(b: &dyn Backend) -> Result<Box<dyn CheckpointStore>, StoreError> {
     Ok(match b.location() {
         StoreLocation::Sqlite(path) => Box::new(SqliteStore::open(&path)?),
@@ -89,10 +92,12 @@ fn try_open(b: &dyn Backend) -> Result<Box<dyn CheckpointStore>, StoreError> {
     })
 }
 
+/// Open (creating it) the store at `b`'s place, which must work.
 fn open(b: &dyn Backend) -> Box<dyn CheckpointStore> {
     try_open(b).expect("open the store")
 }
 
+/// An owned string, shorter.
 fn s(x: &str) -> String {
     x.to_owned()
 }
@@ -127,6 +132,7 @@ fn apply(
         .expect("apply");
 }
 
+/// A stage finished: the item is next at `stage`, with these fields.
 fn advanced(stage: &str, fields: serde_json::Value) -> Change {
     Change::Advanced {
         stage: s(stage),
@@ -137,6 +143,7 @@ fn advanced(stage: &str, fields: serde_json::Value) -> Change {
     }
 }
 
+/// The item failed at `stage`.
 fn failed(stage: &str, error: &str, attempts: u32) -> Change {
     Change::Failed {
         stage: s(stage),
@@ -145,6 +152,7 @@ fn failed(stage: &str, error: &str, attempts: u32) -> Change {
     }
 }
 
+/// `stage` skipped the item.
 fn skipped(stage: &str, reason: &str) -> Change {
     Change::Skipped {
         stage: s(stage),
@@ -152,14 +160,17 @@ fn skipped(stage: &str, reason: &str) -> Change {
     }
 }
 
+/// The keys of `items`, in order.
 fn keys(items: &[StoredItem]) -> Vec<&str> {
     items.iter().map(|i| i.key.as_str()).collect()
 }
 
+/// The seqs of `items`, in order.
 fn seqs(items: &[StoredItem]) -> Vec<i64> {
     items.iter().map(|i| i.seq).collect()
 }
 
+/// The latest run of `pipeline`, which must exist.
 fn latest(store: &dyn CheckpointStore, pipeline: &str) -> RunInfo {
     store
         .latest_run(pipeline)
@@ -186,6 +197,7 @@ pub(super) fn repeating_source() -> impl Iterator<Item = (String, usize)> {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
+/// A manifest, chunks written or not, is hidden until it commits; dropped, it is gone.
 fn manifest_is_invisible_until_committed(b: &dyn Backend) {
     let store = open(b);
     {
@@ -219,6 +231,8 @@ fn manifest_is_invisible_until_committed(b: &dyn Backend) {
     assert_eq!(pending[1].record, r#"{"n":1}"#);
 }
 
+/// A key is kept once, with its first record, within a chunk and across chunks; items are
+/// numbered without gaps and the repeats are counted in the source's order.
 fn repeated_keys_are_kept_once_across_chunks(b: &dyn Backend) {
     let store = open(b);
     let mut m = store.begin_run("p", "one").expect("begin");
@@ -239,6 +253,8 @@ fn repeated_keys_are_kept_once_across_chunks(b: &dyn Backend) {
     assert_eq!(pending[1499].key, "1499");
 }
 
+/// A manifest left open mid-chunk does not hold up the next attempt at the batch, and its rows
+/// are not part of it.
 fn a_stuck_read_does_not_lock_out_the_next_attempt(b: &dyn Backend) {
     let store = open(b);
     // The first attempt's source is stuck mid-chunk (one chunk written, rows buffered) and its
@@ -263,6 +279,8 @@ fn a_stuck_read_does_not_lock_out_the_next_attempt(b: &dyn Backend) {
     assert_eq!(keys(&store.pending(run.id, 0, 10).expect("pending")), ["x"]);
 }
 
+/// Updates within a batch and across batches land as if applied one by one: a record survives
+/// updates that carry none, a failure keeps the error, the stage and the attempts.
 fn updates_fold_into_each_items_row(b: &dyn Backend) {
     let store = open(b);
     let run = take(&*store, "p", &["a", "b", "c", "d"]);
@@ -336,6 +354,7 @@ fn updates_fold_into_each_items_row(b: &dyn Backend) {
     assert_eq!(pending[0].record, r#"{"x":2}"#);
 }
 
+/// Counts per state (every state present) and per stage (a done item is at none).
 fn status_counts_items_per_state_and_stage(b: &dyn Backend) {
     let store = open(b);
     let run = take(&*store, "p", &["k1", "k2", "k3", "k4", "k5", "k6"]);
@@ -383,6 +402,8 @@ fn status_counts_items_per_state_and_stage(b: &dyn Backend) {
     assert!(report.stages.is_empty());
 }
 
+/// The failed and skipped lists follow the manifest, not the order of writes, and list the
+/// first 1,000 only.
 fn failed_and_skipped_lists_are_in_manifest_order_and_capped(b: &dyn Backend) {
     let store = open(b);
     let names: Vec<String> = (0..1005).map(|i| format!("k{i:04}")).collect();
@@ -442,6 +463,7 @@ fn failed_and_skipped_lists_are_in_manifest_order_and_capped(b: &dyn Backend) {
     );
 }
 
+/// The latest run is the newest of its pipeline, with its status; a run being taken is not.
 fn latest_run_is_the_newest_committed_run_of_its_pipeline(b: &dyn Backend) {
     let store = open(b);
     assert!(store.latest_run("p").expect("latest").is_none());
@@ -476,6 +498,8 @@ fn latest_run_is_the_newest_committed_run_of_its_pipeline(b: &dyn Backend) {
     assert_eq!(latest(&*store, "p").id, second.id);
 }
 
+/// `retry-failed`: failed items go back to pending at their stage and the run becomes
+/// interrupted; with nothing failed, nothing changes.
 fn retry_failed_puts_failed_items_back_to_pending(b: &dyn Backend) {
     let store = open(b);
     let run = take(&*store, "p", &["a", "b", "c"]);
@@ -516,6 +540,7 @@ fn retry_failed_puts_failed_items_back_to_pending(b: &dyn Backend) {
     assert_eq!(latest(&*store, "p").status, RunStatus::Finished);
 }
 
+/// Pending and in-flight items come in seq order, a page at a time.
 fn pending_pages_through_unfinished_items_in_order(b: &dyn Backend) {
     let store = open(b);
     let names: Vec<String> = (1..=10).map(|i| format!("k{i}")).collect();
@@ -544,6 +569,7 @@ fn pending_pages_through_unfinished_items_in_order(b: &dyn Backend) {
     assert!(store.pending(run.id + 1, 0, 3).expect("pending").is_empty());
 }
 
+/// The response cache: a miss, a put, a replacing put, and the answers there after reopening.
 fn response_cache_keeps_answers_across_opens(b: &dyn Backend) {
     let store = open(b);
     let cache = store.response_cache().expect("cache");
@@ -561,6 +587,7 @@ fn response_cache_keeps_answers_across_opens(b: &dyn Backend) {
     assert_eq!(cache.get("other").expect("get").as_deref(), Some("x"));
 }
 
+/// A store of a newer schema is refused, for a run and for `status`.
 fn a_newer_schema_is_refused(b: &dyn Backend) {
     drop(open(b));
     b.set_schema_version(99);
@@ -581,6 +608,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
 }
 
+/// Another application's tables where the store's would be: refused, and left as they are.
 fn a_foreign_database_is_refused(b: &dyn Backend) {
     b.plant_foreign_table();
     let err = try_open(b).err().expect("a foreign database is refused");
@@ -592,6 +620,7 @@ fn a_foreign_database_is_refused(b: &dyn Backend) {
     assert!(err.to_string().contains("not modified"), "{err}");
 }
 
+/// A store of schema version 1 is upgraded when opened, its runs and items kept.
 fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
     let store = open(b);
     let run = take(&*store, "p", &["a", "b", "c"]);
@@ -623,6 +652,8 @@ fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
     drop(open(b));
 }
 
+/// A second runner of the pipeline is refused as `Busy`, naming the holder, until the first
+/// lets go.
 fn one_runner_at_a_time(b: &dyn Backend) {
     let location = b.location();
     let held = open_for_run(&location, "p").expect("first runner");
@@ -642,6 +673,7 @@ fn one_runner_at_a_time(b: &dyn Backend) {
     open_for_run(&location, "p").expect("free again");
 }
 
+/// `status` finds no store where none was made, and the store once there.
 fn open_existing_finds_no_store_where_none_was_made(b: &dyn Backend) {
     assert!(open_existing(&b.location()).expect("look").is_none());
     let run = take(&*open(b), "p", &["a"]);
@@ -649,188 +681,4 @@ fn open_existing_finds_no_store_where_none_was_made(b: &dyn Backend) {
         .expect("open")
         .expect("there now");
     assert_eq!(latest(&*store, "p").id, run.id);
-}
-
-// ---------------------------------------------------------------------------------------------
-// SQLite
-
-/// A store file in a temp folder of its own.
-struct SqliteFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-fn on_sqlite(scenario: fn(&dyn Backend)) {
-    let dir = tempfile::Builder::new()
-        .prefix("stagewise-store-")
-        .tempdir()
-        .expect("temp dir");
-    let path = dir.path().join("state.db");
-    scenario(&SqliteFile { _dir: dir, path });
-}
-
-impl SqliteFile {
-    fn execute(&self, sql: &str) {
-        let conn = rusqlite::Connection::open(&self.path).expect("open the file");
-        conn.execute_batch(sql).expect(sql);
-    }
-}
-
-impl Backend for SqliteFile {
-    fn location(&self) -> StoreLocation {
-        StoreLocation::Sqlite(self.path.clone())
-    }
-
-    fn set_schema_version(&self, version: i64) {
-        self.execute(&format!("PRAGMA user_version = {version}"));
-    }
-
-    fn downgrade_to_v1(&self) {
-        self.execute("DROP TABLE responses; PRAGMA user_version = 1;");
-    }
-
-    fn plant_foreign_table(&self) {
-        self.execute("CREATE TABLE customers (id INTEGER)");
-    }
-
-    fn holder(&self) -> String {
-        format!("pid {}", std::process::id())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// PostgreSQL
-
-/// The variable naming the test server (a role that may create databases, and its database).
-const PG_VAR: &str = "STAGEWISE_TEST_PG";
-
-/// The test server's URL. Unset: under `CI=true` the test fails (no PostgreSQL test may skip
-/// there); elsewhere it says loudly that it skipped.
-fn test_pg() -> Option<String> {
-    match std::env::var(PG_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            let test = std::thread::current()
-                .name()
-                .unwrap_or("this test")
-                .to_owned();
-            let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-            assert!(
-                !ci,
-                "{PG_VAR} is not set, and CI=true: the PostgreSQL tests must run in CI. Run them \
-                 through ./scripts/test (or .ci/run), which starts PostgreSQL and sets {PG_VAR}."
-            );
-            eprintln!(
-                "\n\
-                 ************************************************************************\n\
-                 SKIPPED {test}: {PG_VAR} is not set;\n\
-                 run ./scripts/test to start PostgreSQL (scripts/pg) and run it for real.\n\
-                 ************************************************************************\n"
-            );
-            None
-        }
-    }
-}
-
-/// A database of its own on the test server, dropped (with whatever sessions are left on it)
-/// when this is.
-struct PgDatabase {
-    name: String,
-    url: String,
-    admin_url: String,
-}
-
-fn on_postgres(scenario: fn(&dyn Backend)) {
-    let Some(admin_url) = test_pg() else { return };
-    scenario(&PgDatabase::create(&admin_url));
-}
-
-fn try_pg_connect(url: &str) -> Result<::postgres::Client, ::postgres::Error> {
-    let mut config: ::postgres::Config = url.parse()?;
-    config.connect_timeout(Duration::from_secs(10));
-    config.connect(::postgres::NoTls)
-}
-
-fn pg_connect(url: &str) -> ::postgres::Client {
-    try_pg_connect(url)
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", crate::text::redact_url(url)))
-}
-
-/// `url` with its database replaced by `database` (`?options` kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_at = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_at..].find('/') {
-        Some(slash) => &base[..authority_at + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-impl PgDatabase {
-    fn create(admin_url: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "store_{}_{}_{nanos:x}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        pg_connect(admin_url)
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-        PgDatabase {
-            url: with_database(admin_url, &name),
-            name,
-            admin_url: admin_url.to_owned(),
-        }
-    }
-
-    fn execute(&self, sql: &str) {
-        pg_connect(&self.url)
-            .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        // Never panics: this also runs while a failed scenario unwinds.
-        if let Err(e) = try_pg_connect(&self.admin_url).and_then(|mut c| c.batch_execute(&sql)) {
-            eprintln!("could not drop the test database {}: {e}", self.name);
-        }
-    }
-}
-
-impl Backend for PgDatabase {
-    fn location(&self) -> StoreLocation {
-        StoreLocation::Postgres(self.url.clone())
-    }
-
-    fn set_schema_version(&self, version: i64) {
-        self.execute(&format!("UPDATE stagewise.meta SET version = {version}"));
-    }
-
-    fn downgrade_to_v1(&self) {
-        self.execute("DROP TABLE stagewise.responses; UPDATE stagewise.meta SET version = 1;");
-    }
-
-    fn plant_foreign_table(&self) {
-        self.execute("CREATE SCHEMA stagewise; CREATE TABLE stagewise.customers (id integer);");
-    }
-
-    fn holder(&self) -> String {
-        // The lock's session, named by its application name.
-        "`stagewise/checkpoint`".to_owned()
-    }
 }
