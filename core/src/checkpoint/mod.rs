@@ -1,13 +1,22 @@
 //! Checkpoint stores: where a run's manifest and every item's progress are saved, so a later
 //! run resumes where this one stopped.
 //!
-//! A run's manifest (every item key with the record the source gave) is written in one
-//! transaction before any item is processed. From then on, the runner sends item updates to a
+//! A run's manifest (every item key with the record the source gave) is written before any item
+//! is processed, and becomes visible all at once when it is complete. From then on, the runner sends item updates to a
 //! group-committing [`writer`]; each update names the item's state, the stage it is at, and (after
 //! a stage finished) the record as that stage left it.
+//!
+//! What the stored state means is written once, in [`model`]: the columns each [`Change`] sets,
+//! how a manifest is chunked and cleared of repeated keys, how counts and reports are shaped,
+//! and the one [`CheckpointStore`] implementation. The backends, [`sqlite`] and [`postgres`],
+//! only run SQL for it (`model::Tables`), and one table of scenarios (`tests`) runs against
+//! both.
 
+mod model;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 pub(crate) mod writer;
 
 use std::collections::BTreeMap;
@@ -55,6 +64,12 @@ pub(crate) fn open_existing(
             PgStore::open_existing(url)?.map(|s| Box::new(s) as Box<dyn CheckpointStore>)
         }
     })
+}
+
+/// The value behind `m`, even if a thread panicked while holding it: a connection stays usable,
+/// since the open transaction of a panicking thread is rolled back when its handle drops.
+fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl From<StoreError> for CacheError {
@@ -135,6 +150,7 @@ impl ItemState {
         }
     }
 
+    /// The state stored as `s`, if any.
     fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
@@ -165,6 +181,7 @@ impl RunStatus {
         }
     }
 
+    /// The status stored as `s`, if any.
     fn parse(s: &str) -> Option<Self> {
         [
             RunStatus::Running,
@@ -296,6 +313,7 @@ pub(crate) struct Duplicates {
 
 /// Applies batches of updates, each batch in one transaction.
 pub(crate) trait UpdateWriter: Send {
+    /// Apply `updates` in order, then set the run's status if given: all or nothing.
     fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError>;
 }
 

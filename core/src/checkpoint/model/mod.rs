@@ -1,0 +1,141 @@
+//! The checkpoint model, written once for every backend: what a [`Change`](super::Change) sets
+//! in an item's row ([`updates`]), how a new run's manifest is buffered, numbered and cleared of
+//! repeated keys ([`manifest`]), how counts and status reports are shaped ([`status`]), and how
+//! the [`CheckpointStore`] calls map onto those.
+//!
+//! A backend implements [`Tables`] (with [`StatusRows`], [`ManifestRows`] and [`UpdateRows`]):
+//! the SQL of one kind of database and nothing of what the rows mean. Every [`Tables`] is a
+//! [`CheckpointStore`] through the one implementation here, so the SQLite and the PostgreSQL
+//! stores cannot drift apart in what a change, a repeated key or a report means.
+
+mod manifest;
+mod status;
+mod updates;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use crate::stage::SharedCache;
+
+use self::manifest::Manifest;
+use self::updates::Updates;
+use super::{
+    CheckpointStore, ManifestWriter, RunInfo, RunStatus, StatusReport, StoreError, StoredItem,
+    UpdateWriter,
+};
+
+pub(super) use self::manifest::{Chunk, ManifestRows};
+pub(super) use self::status::{EndedRow, StatusRows};
+pub(super) use self::updates::{RowUpdate, UpdateRows};
+
+/// `(id, status, items, started_at)` of a run, as stored.
+pub(super) type RunRow = (i64, String, i64, String);
+
+/// `(seq, key, stage, record)` of an item, as stored.
+pub(super) type ItemRow = (i64, String, Option<String>, Option<String>);
+
+/// The time as stored in `started_at`, `updated_at` and `created_at`: RFC 3339, in seconds.
+pub(super) fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// What a backend runs for the model: its tables' SQL, each call its own transaction.
+///
+/// A run is stored `taking` while its manifest is written, hidden from every read, and becomes
+/// `running` when the manifest commits; a run still `taking` at the next `begin_run` of its
+/// pipeline belongs to a read that failed or died.
+pub(super) trait Tables: StatusRows + Send + Sync {
+    /// Writes a new run's manifest.
+    type Manifest: ManifestRows;
+    /// Writes batches of item updates.
+    type Updates: UpdateRows;
+
+    /// The store as messages name it (a URL with its password hidden).
+    fn shown(&self) -> String;
+    /// The newest run of `pipeline` that is not `taking`.
+    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError>;
+    /// Delete `pipeline`'s runs still `taking` (and their items), then add a run `taking`, 0
+    /// items, started and updated at `started`; its manifest is written through what returns.
+    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, Self::Manifest), StoreError>;
+    /// The first `limit` items of `run` after `after_seq` that are pending or in flight, by seq.
+    fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError>;
+    /// Put `run`'s failed items back to pending with attempts 0 and no error and, when there
+    /// were any, the run to `interrupted`; returns how many.
+    fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
+    /// A writer of `run`'s item updates, on a connection of its own.
+    fn updates(&self, run: i64) -> Result<Self::Updates, StoreError>;
+    /// The response cache, on a connection of its own.
+    fn cache(&self) -> Result<SharedCache, StoreError>;
+}
+
+/// A run from its row; a status this build does not know means the store is damaged.
+fn run_info(shown: String, (id, status, items, started_at): RunRow) -> Result<RunInfo, StoreError> {
+    let status = RunStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+        path: shown,
+        message: format!("run {id} has an unknown status `{status}`"),
+    })?;
+    Ok(RunInfo {
+        id,
+        status,
+        items: u64::try_from(items).unwrap_or(0),
+        started_at,
+    })
+}
+
+impl<T: Tables> CheckpointStore for T {
+    fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
+        self.newest_run(pipeline)?
+            .map(|row| run_info(self.shown(), row))
+            .transpose()
+    }
+
+    fn begin_run(
+        &self,
+        pipeline: &str,
+        first_stage: &str,
+    ) -> Result<Box<dyn ManifestWriter>, StoreError> {
+        let started = now();
+        let (run, rows) = self.new_run(pipeline, &started)?;
+        Ok(Box::new(Manifest::new(rows, run, started, first_stage)))
+    }
+
+    fn pending(
+        &self,
+        run: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.unfinished(run, after_seq, limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, key, stage, record)| StoredItem {
+                seq,
+                key,
+                stage,
+                // A manifest row without a record: a record without fields.
+                record: record.unwrap_or_else(|| "{}".into()),
+            })
+            .collect())
+    }
+
+    fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
+        Ok(status::counts(self.state_counts(run)?))
+    }
+
+    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
+        status::status(self, run)
+    }
+
+    fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {
+        self.reset_failed_items(run)
+    }
+
+    fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError> {
+        Ok(Box::new(Updates(self.updates(run)?)))
+    }
+
+    fn response_cache(&self) -> Result<SharedCache, StoreError> {
+        self.cache()
+    }
+}

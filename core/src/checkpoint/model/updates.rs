@@ -1,0 +1,219 @@
+//! What a [`Change`] sets in an item's row: a batch of updates folds into one [`RowUpdate`]
+//! per item, which a backend writes with its SQL through [`UpdateRows`]. Writing the folded
+//! rows is the same as applying every update one by one, in order.
+
+use std::collections::HashMap;
+
+use super::super::{Change, ItemState, RunStatus, StoreError, Update, UpdateWriter};
+
+/// What one batch sets in one item's row, every update of the item folded in order. `None`
+/// leaves a column as it is; `Some(None)` sets it to NULL.
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::checkpoint) struct RowUpdate {
+    /// The item's state.
+    pub state: ItemState,
+    /// The stage the item is at or ended in (NULL once done).
+    pub stage: Option<String>,
+    /// The record's fields as JSON.
+    pub record: Option<Option<String>>,
+    /// Attempts made at the item's stage.
+    pub attempts: Option<i64>,
+    /// The last error of a failed item, or why a skipped one was skipped.
+    pub error: Option<Option<String>>,
+}
+
+impl RowUpdate {
+    /// The row of an item before its first change: every column left as it is (the state and
+    /// stage are always set by a change).
+    fn untouched() -> Self {
+        RowUpdate {
+            state: ItemState::Pending,
+            stage: None,
+            record: None,
+            attempts: None,
+            error: None,
+        }
+    }
+
+    /// Apply `change` after what this row already holds, exactly as a second `UPDATE` would.
+    fn fold(&mut self, change: &Change) {
+        let (state, stage) = match change {
+            Change::Started { stage } => (ItemState::InFlight, Some(stage)),
+            Change::Interrupted { stage } => (ItemState::Pending, Some(stage)),
+            Change::Advanced { stage, record } => {
+                self.record = Some(Some(
+                    serde_json::to_string(&record.fields).expect("JSON values always serialize"),
+                ));
+                self.attempts = Some(0);
+                self.error = Some(None);
+                (ItemState::InFlight, Some(stage))
+            }
+            Change::Done => {
+                self.record = Some(None);
+                self.error = Some(None);
+                (ItemState::Done, None)
+            }
+            Change::Skipped { stage, reason } => {
+                self.record = Some(None);
+                self.error = Some(Some(reason.clone()));
+                (ItemState::Skipped, Some(stage))
+            }
+            Change::Failed {
+                stage,
+                error,
+                attempts,
+            } => {
+                self.attempts = Some(i64::from(*attempts));
+                self.error = Some(Some(error.clone()));
+                (ItemState::Failed, Some(stage))
+            }
+        };
+        self.state = state;
+        self.stage = stage.cloned();
+    }
+}
+
+/// The updates of a batch as one row per item, in the order the items first appear: writing
+/// these rows is applying the updates one by one.
+pub(in crate::checkpoint) fn fold(updates: &[Update]) -> Vec<(i64, RowUpdate)> {
+    let mut index: HashMap<i64, usize> = HashMap::new();
+    let mut rows: Vec<(i64, RowUpdate)> = Vec::new();
+    for u in updates {
+        let at = *index.entry(u.seq).or_insert_with(|| {
+            rows.push((u.seq, RowUpdate::untouched()));
+            rows.len() - 1
+        });
+        rows[at].1.fold(&u.change);
+    }
+    rows
+}
+
+/// How a backend writes item updates, on a connection of its own, for one run.
+pub(in crate::checkpoint) trait UpdateRows: Send + 'static {
+    /// In one transaction: write `rows` (`(seq, what to set)`, one per item) to the run's items,
+    /// then set the run's status, if given.
+    fn write(
+        &mut self,
+        rows: &[(i64, RowUpdate)],
+        status: Option<RunStatus>,
+    ) -> Result<(), StoreError>;
+}
+
+/// The update writer of every backend: folds each batch, then has the backend write it.
+pub(super) struct Updates<W: UpdateRows>(pub(super) W);
+
+impl<W: UpdateRows> UpdateWriter for Updates<W> {
+    fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
+        self.0.write(&fold(updates), status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> String {
+        x.to_owned()
+    }
+
+    #[test]
+    fn folding_a_batch_is_applying_its_updates_in_order() {
+        let record = std::sync::Arc::new(crate::stage::Record::with_fields(
+            "a",
+            serde_json::json!({"x": 1})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ));
+        let cases: Vec<(Vec<Change>, RowUpdate)> = vec![
+            (
+                vec![
+                    Change::Advanced {
+                        stage: s("two"),
+                        record,
+                    },
+                    Change::Interrupted { stage: s("two") },
+                ],
+                RowUpdate {
+                    state: ItemState::Pending,
+                    stage: Some(s("two")),
+                    record: Some(Some(s(r#"{"x":1}"#))),
+                    attempts: Some(0),
+                    error: Some(None),
+                },
+            ),
+            (
+                vec![
+                    Change::Started { stage: s("one") },
+                    Change::Failed {
+                        stage: s("one"),
+                        error: s("boom"),
+                        attempts: 3,
+                    },
+                ],
+                RowUpdate {
+                    state: ItemState::Failed,
+                    stage: Some(s("one")),
+                    record: None,
+                    attempts: Some(3),
+                    error: Some(Some(s("boom"))),
+                },
+            ),
+            (
+                vec![Change::Started { stage: s("one") }, Change::Done],
+                RowUpdate {
+                    state: ItemState::Done,
+                    stage: None,
+                    record: Some(None),
+                    attempts: None,
+                    error: Some(None),
+                },
+            ),
+            (
+                vec![Change::Skipped {
+                    stage: s("one"),
+                    reason: s("empty"),
+                }],
+                RowUpdate {
+                    state: ItemState::Skipped,
+                    stage: Some(s("one")),
+                    record: Some(None),
+                    attempts: None,
+                    error: Some(Some(s("empty"))),
+                },
+            ),
+        ];
+        for (changes, want) in cases {
+            let updates: Vec<Update> = changes
+                .into_iter()
+                .map(|change| Update { seq: 7, change })
+                .collect();
+            assert_eq!(fold(&updates), vec![(7, want)]);
+        }
+    }
+
+    #[test]
+    fn folding_keeps_items_apart_in_first_appearance_order() {
+        let updates = [
+            Update {
+                seq: 9,
+                change: Change::Started { stage: s("one") },
+            },
+            Update {
+                seq: 2,
+                change: Change::Done,
+            },
+            Update {
+                seq: 9,
+                change: Change::Interrupted { stage: s("one") },
+            },
+        ];
+        let rows = fold(&updates);
+        assert_eq!(
+            rows.iter()
+                .map(|(seq, r)| (*seq, r.state))
+                .collect::<Vec<_>>(),
+            [(9, ItemState::Pending), (2, ItemState::Done)]
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! The PostgreSQL store, for platforms without a persistent disk (a cron job on Render, a
+//! Kubernetes job without a volume): `[checkpoint] store = "postgres://…"`.
+//!
+//! It keeps the SQLite store's semantics exactly (the same item states, run statuses, reports
+//! and the `taking` status that hides an unfinished manifest), in tables of the schema
+//! `stagewise`, created if missing. The schema version lives in `stagewise.meta` with the same
+//! meaning as SQLite's `user_version`: an older schema is upgraded in one transaction (under a
+//! transaction-level advisory lock, so two processes upgrade it once), a newer one is refused.
+//!
+//! One runner per pipeline and store: [`PgStore::lock`] takes a session-level advisory lock keyed
+//! by the pipeline's name on a connection of its own, held for the run. The server releases it
+//! when that connection ends, so a `kill -9` leaves no stale lock.
+//!
+//! The `postgres` client is synchronous and runs a runtime of its own: calling it (or dropping
+//! it) on an async runtime's thread panics. Every call goes through [`conn::off_runtime`], and
+//! every client is wrapped in [`conn::Conn`], whose drop does the same.
+//!
+//! The store is split by role: this module opens and locks it and runs the model's run and item
+//! queries, [`conn`] makes its sessions, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
+//! [`cache`] keeps the response cache and [`status`] reads what a report needs. What the rows
+//! mean lives in [`model`](super::model).
+
+mod cache;
+mod conn;
+mod schema;
+mod status;
+mod writers;
+
+use std::sync::Mutex;
+
+use postgres::Client;
+
+use crate::stage::SharedCache;
+
+use self::cache::PgCache;
+use self::conn::{config, connect, db, off_runtime, Conn};
+use self::writers::{PgManifest, PgUpdates};
+use super::model::{now, ItemRow, RunRow, Tables};
+use super::{unpoisoned, StoreError};
+
+/// The first half of every advisory lock key of stagewise ("stgw"), so that its locks do not
+/// collide with an application's own single-key locks on the same database.
+const LOCK_CLASS: i32 = 0x7374_6777;
+
+/// FNV-1a of the pipeline's name: stable across builds and platforms, unlike `DefaultHasher`,
+/// so that two versions of stagewise agree on a pipeline's lock.
+fn lock_key(pipeline: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in pipeline.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    i32::from_ne_bytes(h.to_ne_bytes())
+}
+
+/// A checkpoint store in a PostgreSQL database.
+pub struct PgStore {
+    /// The URL with its password hidden, for messages.
+    shown: String,
+    /// The settings of every session it opens.
+    config: postgres::Config,
+    /// The session of the store's reads; writers, the lock and the cache open their own.
+    conn: Mutex<Conn>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.shown).finish()
+    }
+}
+
+/// Held while a run uses the store; see [`PgStore::lock`]. Dropping it ends the session, which
+/// releases the lock.
+pub struct PgLock {
+    _conn: Conn,
+}
+
+impl std::fmt::Debug for PgLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgLock")
+    }
+}
+
+impl PgStore {
+    /// Connect to the store at `url`, creating its schema if missing and upgrading an older one.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let shown = crate::text::redact_url(url);
+        let config = config(url)?;
+        let mut conn = connect(&config, &shown)?;
+        off_runtime(|| schema::migrate(conn.client(), &shown))?;
+        Ok(PgStore {
+            shown,
+            config,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Connect to an existing store; `None` when the database has no stagewise schema yet.
+    pub fn open_existing(url: &str) -> Result<Option<Self>, StoreError> {
+        let shown = crate::text::redact_url(url);
+        let config = config(url)?;
+        let mut conn = connect(&config, &shown)?;
+        let exists = off_runtime(|| {
+            conn.client()
+                .query_one("SELECT to_regclass('stagewise.meta') IS NOT NULL", &[])
+                .map(|r| r.get::<_, bool>(0))
+        })
+        .map_err(db)?;
+        if !exists {
+            return Ok(None);
+        }
+        off_runtime(|| schema::migrate(conn.client(), &shown))?;
+        Ok(Some(PgStore {
+            shown,
+            config,
+            conn: Mutex::new(conn),
+        }))
+    }
+
+    /// Take the store for this process's run of `pipeline`: a session-level advisory lock on a
+    /// connection of its own, held until the returned guard drops or the process dies.
+    pub fn lock(&self, pipeline: &str) -> Result<PgLock, StoreError> {
+        let mut conn = connect(&self.config, &self.shown)?;
+        let key = lock_key(pipeline);
+        let taken = off_runtime(|| {
+            conn.client()
+                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])
+                .map(|r| r.get::<_, bool>(0))
+        })
+        .map_err(db)?;
+        if taken {
+            return Ok(PgLock { _conn: conn });
+        }
+        // Who holds it, as far as this role may see (other roles' addresses are hidden).
+        let holder = off_runtime(|| {
+            conn.client().query_opt(
+                "SELECT a.pid, COALESCE(host(a.client_addr), 'local socket'), COALESCE(a.application_name, '')
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND l.classid = ($1::int)::oid AND l.objid = ($2::int)::oid AND l.objsubid = 2
+                 LIMIT 1",
+                &[&LOCK_CLASS, &key],
+            )
+        });
+        let holder = match holder {
+            Ok(Some(r)) => format!(
+                "the session of server pid {}, from {}, `{}`",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            ),
+            _ => "process unknown".to_owned(),
+        };
+        Err(StoreError::Busy {
+            path: format!("{} (pipeline `{pipeline}`)", self.shown),
+            holder,
+        })
+    }
+
+    /// Run `f` on the store's own session, off the async runtime.
+    fn with_conn<R: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send,
+    ) -> Result<R, StoreError> {
+        let mut conn = unpoisoned(&self.conn);
+        let client = conn.client();
+        off_runtime(|| f(client)).map_err(db)
+    }
+}
+
+impl Tables for PgStore {
+    type Manifest = PgManifest;
+    type Updates = PgUpdates;
+
+    fn shown(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
+        let row = self.with_conn(|c| {
+            c.query_opt(
+                "SELECT id, status, items, started_at FROM stagewise.runs
+                 WHERE pipeline = $1 AND status <> 'taking' ORDER BY id DESC LIMIT 1",
+                &[&pipeline],
+            )
+        })?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
+    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, PgManifest), StoreError> {
+        let mut conn = connect(&self.config, &self.shown)?;
+        let run = off_runtime(|| {
+            let mut tx = conn.client().transaction()?;
+            tx.execute(
+                "DELETE FROM stagewise.items WHERE run_id IN (SELECT id FROM stagewise.runs WHERE pipeline = $1 AND status = 'taking')",
+                &[&pipeline],
+            )?;
+            tx.execute(
+                "DELETE FROM stagewise.runs WHERE pipeline = $1 AND status = 'taking'",
+                &[&pipeline],
+            )?;
+            let run: i64 = tx
+                .query_one(
+                    "INSERT INTO stagewise.runs (pipeline, status, items, started_at, updated_at)
+                     VALUES ($1, 'taking', 0, $2, $2) RETURNING id",
+                    &[&pipeline, &started],
+                )?
+                .get(0);
+            tx.commit()?;
+            Ok(run)
+        })
+        .map_err(db)?;
+        Ok((run, PgManifest { conn }))
+    }
+
+    fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
+        let rows = self.with_conn(|c| {
+            c.query(
+                "SELECT seq, key, stage, record FROM stagewise.items
+                 WHERE run_id = $1 AND seq > $2 AND state IN ('pending', 'in_flight')
+                 ORDER BY seq LIMIT $3",
+                &[&run, &after_seq, &limit],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
+    fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
+        self.with_conn(|c| {
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL
+                 WHERE run_id = $1 AND state = 'failed'",
+                &[&run],
+            )?;
+            if n > 0 {
+                tx.execute(
+                    "UPDATE stagewise.runs SET status = 'interrupted', updated_at = $2 WHERE id = $1",
+                    &[&run, &now()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    fn updates(&self, run: i64) -> Result<PgUpdates, StoreError> {
+        Ok(PgUpdates {
+            conn: connect(&self.config, &self.shown)?,
+            run,
+        })
+    }
+
+    fn cache(&self) -> Result<SharedCache, StoreError> {
+        let conn = connect(&self.config, &self.shown)?;
+        Ok(std::sync::Arc::new(PgCache::new(conn)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_are_stable() {
+        // Two builds must agree on a pipeline's lock: these values may never change.
+        for (pipeline, want) in [("", 0x811c_9dc5u32), ("digest", 0xf924_55dd)] {
+            assert_eq!(lock_key(pipeline), i32::from_ne_bytes(want.to_ne_bytes()));
+        }
+        assert_ne!(lock_key("digest"), lock_key("digest2"));
+    }
+}

@@ -1,0 +1,139 @@
+//! The PostgreSQL store's writers: a new run's manifest, one statement per chunk, and batches
+//! of item updates, one statement per batch.
+
+use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
+use super::super::{RunStatus, StoreError};
+use super::conn::{db, off_runtime, Conn};
+
+/// Writes a new run's manifest.
+pub(in crate::checkpoint) struct PgManifest {
+    /// A session of its own.
+    pub(super) conn: Conn,
+}
+
+impl ManifestRows for PgManifest {
+    /// In one statement, which numbers the new rows densely in the order given: a remote
+    /// server costs one round trip per chunk, not one per item.
+    fn insert(&mut self, chunk: Chunk<'_>) -> Result<Vec<usize>, StoreError> {
+        let Chunk {
+            run,
+            after_seq,
+            first_stage,
+            rows,
+        } = chunk;
+        let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+        let records: Vec<&str> = rows.iter().map(|(_, r)| r.as_str()).collect();
+        let positions: Vec<i64> = (0..rows.len())
+            .map(|i| i64::try_from(i).expect("a chunk is small"))
+            .collect();
+        let client = self.conn.client();
+        let existing = off_runtime(|| {
+            let mut tx = client.transaction()?;
+            let rows = tx.query(
+                "WITH input AS (
+                     SELECT k, r, pos, ord FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS t(k, r, pos, ord)
+                 ), old AS (
+                     SELECT pos FROM input WHERE EXISTS (SELECT 1 FROM stagewise.items i WHERE i.run_id = $1 AND i.key = input.k)
+                 ), new AS (
+                     INSERT INTO stagewise.items (run_id, seq, key, state, stage, record)
+                     SELECT $1, $5 + row_number() OVER (ORDER BY ord), k, 'pending', $6, r FROM input
+                     WHERE NOT EXISTS (SELECT 1 FROM stagewise.items i WHERE i.run_id = $1 AND i.key = input.k)
+                 )
+                 SELECT pos FROM old",
+                &[&run, &keys, &records, &positions, &after_seq, &first_stage],
+            )?;
+            tx.commit()?;
+            Ok(rows)
+        })
+        .map_err(db)?;
+        Ok(existing
+            .iter()
+            .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+            .collect())
+    }
+
+    fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
+        let client = self.conn.client();
+        off_runtime(|| {
+            client.execute(
+                "UPDATE stagewise.runs SET status = 'running', items = $2 WHERE id = $1",
+                &[&run, &items],
+            )
+        })
+        .map(drop)
+        .map_err(db)
+    }
+
+    fn discard(&mut self, run: i64) {
+        let client = self.conn.client();
+        let _ = off_runtime(|| {
+            client.execute("DELETE FROM stagewise.items WHERE run_id = $1", &[&run])?;
+            client.execute("DELETE FROM stagewise.runs WHERE id = $1", &[&run])
+        });
+    }
+}
+
+/// Writes batches of one run's item updates.
+pub(in crate::checkpoint) struct PgUpdates {
+    /// A session of its own.
+    pub(super) conn: Conn,
+    /// The run whose items it updates.
+    pub(super) run: i64,
+}
+
+impl UpdateRows for PgUpdates {
+    /// One statement per batch: a remote server costs one round trip, not one per item.
+    fn write(
+        &mut self,
+        rows: &[(i64, RowUpdate)],
+        status: Option<RunStatus>,
+    ) -> Result<(), StoreError> {
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut states = Vec::with_capacity(rows.len());
+        let mut stages = Vec::with_capacity(rows.len());
+        let mut set_record = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
+        let mut attempts = Vec::with_capacity(rows.len());
+        let mut set_error = Vec::with_capacity(rows.len());
+        let mut errors = Vec::with_capacity(rows.len());
+        for (seq, row) in rows {
+            seqs.push(*seq);
+            states.push(row.state.as_str());
+            stages.push(row.stage.as_deref());
+            set_record.push(row.record.is_some());
+            records.push(row.record.as_ref().and_then(Option::as_deref));
+            attempts.push(row.attempts);
+            set_error.push(row.error.is_some());
+            errors.push(row.error.as_ref().and_then(Option::as_deref));
+        }
+        let run = self.run;
+        off_runtime(|| {
+            let mut tx = self.conn.client().transaction()?;
+            if !seqs.is_empty() {
+                tx.execute(
+                    "UPDATE stagewise.items AS i SET
+                        state = u.state,
+                        stage = u.stage,
+                        record = CASE WHEN u.set_record THEN u.record ELSE i.record END,
+                        attempts = COALESCE(u.attempts, i.attempts),
+                        error = CASE WHEN u.set_error THEN u.error ELSE i.error END
+                     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[])
+                          AS u(seq, state, stage, set_record, record, attempts, set_error, error)
+                     WHERE i.run_id = $1 AND i.seq = u.seq",
+                    &[
+                        &run, &seqs, &states, &stages, &set_record, &records, &attempts,
+                        &set_error, &errors,
+                    ],
+                )?;
+            }
+            if let Some(status) = status {
+                tx.execute(
+                    "UPDATE stagewise.runs SET status = $2, updated_at = $3 WHERE id = $1",
+                    &[&run, &status.as_str(), &now()],
+                )?;
+            }
+            tx.commit()
+        })
+        .map_err(db)
+    }
+}

@@ -1,0 +1,287 @@
+//! The embedded default store: one SQLite file in WAL mode.
+//!
+//! Schema versions live in `PRAGMA user_version`. Opening a store upgrades an older schema in
+//! place, one version at a time, each step in a transaction (version 2 added the response
+//! cache); it refuses a newer one, and refuses a file that is not a SQLite database before
+//! writing a single byte to it.
+//!
+//! The store is split by role: this module opens and locks it and runs the model's run and item
+//! queries, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
+//! [`cache`] keeps the response cache and [`status`] reads what a report needs. What the rows
+//! mean lives in [`model`](super::model).
+
+mod cache;
+mod schema;
+mod status;
+mod writers;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::stage::SharedCache;
+
+use self::cache::SqliteCache;
+use self::writers::{SqliteManifest, SqliteUpdates};
+use super::model::{now, ItemRow, RunRow, Tables};
+use super::{unpoisoned, StoreError};
+
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A checkpoint store in a SQLite file.
+pub struct SqliteStore {
+    /// The store's file.
+    path: PathBuf,
+    /// The connection of the store's reads; writers and the cache open their own.
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A database error as a store error.
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl SqliteStore {
+    /// Open (creating it and its folder if missing) and migrate the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display().to_string();
+        check_header(path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
+                path: shown.clone(),
+                message: format!("cannot create folder {}: {e}", dir.display()),
+            })?;
+        }
+        let conn = connect(path)?;
+        schema::migrate(&conn, &shown)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Take the store for this process's run: an exclusive lock on `<store>.lock`, held until
+    /// the returned guard drops (or the process dies: the OS releases it, so a `kill -9` leaves
+    /// no stale lock).
+    pub fn lock(&self) -> Result<RunnerLock, StoreError> {
+        use std::io::Write;
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let shown = self.path.display().to_string();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::Db(format!("cannot open lock file {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim() {
+                    "" => "process unknown".to_owned(),
+                    pid => format!("pid {pid}"),
+                };
+                return Err(StoreError::Busy {
+                    path: shown,
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::Db(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
+        Ok(RunnerLock { _file: file })
+    }
+
+    /// Open an existing store; `None` when there is no file yet.
+    pub fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open(path).map(Some)
+    }
+
+    /// The store's own connection.
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        unpoisoned(&self.conn)
+    }
+}
+
+/// Held while a run uses the store; see [`SqliteStore::lock`].
+#[derive(Debug)]
+pub struct RunnerLock {
+    _file: std::fs::File,
+}
+
+/// Refuse a file that is not SQLite before SQLite touches it (it would otherwise be
+/// overwritten or half-read).
+fn check_header(path: &Path) -> Result<(), StoreError> {
+    let mut header = [0u8; 16];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let n = file.read(&mut header).unwrap_or(0);
+    if n == 0 {
+        return Ok(());
+    }
+    if n < 16 || &header != b"SQLite format 3\0" {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: "not a SQLite database (corrupt, or another kind of file): move it away or point `[checkpoint] store` elsewhere; it was not modified".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A connection to the store file, in WAL mode, waiting up to [`BUSY_TIMEOUT`] for a lock.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let shown = path.display().to_string();
+    let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let conn = Connection::open(path).map_err(corrupt)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
+    // WAL + NORMAL: a commit survives the process being killed; readers never block the writer.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(corrupt)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(corrupt)?;
+    Ok(conn)
+}
+
+impl Tables for SqliteStore {
+    type Manifest = SqliteManifest;
+    type Updates = SqliteUpdates;
+
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' ORDER BY id DESC LIMIT 1",
+                [pipeline],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, SqliteManifest), StoreError> {
+        let conn = connect(&self.path)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        conn.execute(
+            "DELETE FROM items WHERE run_id IN (SELECT id FROM runs WHERE pipeline = ?1 AND status = 'taking')",
+            [pipeline],
+        )
+        .map_err(db)?;
+        conn.execute(
+            "DELETE FROM runs WHERE pipeline = ?1 AND status = 'taking'",
+            [pipeline],
+        )
+        .map_err(db)?;
+        conn.execute(
+            "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'taking', 0, ?2, ?2)",
+            params![pipeline, started],
+        )
+        .map_err(db)?;
+        let run = conn.last_insert_rowid();
+        conn.execute_batch("COMMIT").map_err(db)?;
+        Ok((run, SqliteManifest { conn }))
+    }
+
+    fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, key, stage, record FROM items
+                 WHERE run_id = ?1 AND seq > ?2 AND state IN ('pending', 'in_flight')
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![run, after_seq, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "UPDATE items SET state = 'pending', attempts = 0, error = NULL WHERE run_id = ?1 AND state = 'failed'",
+                [run],
+            )
+            .map_err(db)?;
+        if n > 0 {
+            tx.execute(
+                "UPDATE runs SET status = 'interrupted', updated_at = ?2 WHERE id = ?1",
+                params![run, now()],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n as u64)
+    }
+
+    fn updates(&self, run: i64) -> Result<SqliteUpdates, StoreError> {
+        Ok(SqliteUpdates {
+            conn: connect(&self.path)?,
+            run,
+        })
+    }
+
+    fn cache(&self) -> Result<SharedCache, StoreError> {
+        Ok(std::sync::Arc::new(SqliteCache::new(connect(&self.path)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What only a store file can get wrong; the scenarios every store shares are in
+    //! `checkpoint::tests`.
+
+    use super::*;
+
+    #[test]
+    fn refuses_garbage_without_touching_it() {
+        let dir = tempfile::Builder::new()
+            .prefix("stagewise-sqlite-garbage-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("state.db");
+        let garbage = b"this is not a database at all, not even close".repeat(20);
+        std::fs::write(&path, &garbage).expect("write");
+        let err = SqliteStore::open(&path).expect_err("garbage");
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), garbage);
+    }
+}

@@ -1,0 +1,684 @@
+//! One table of store scenarios, run against every backend (STYLE.md, "State on disk"): each
+//! scenario is a function of a [`Backend`], a fresh and empty place for one store, and
+//! [`scenarios!`] makes it a test per backend, `checkpoint::tests::sqlite::<scenario>` and
+//! `checkpoint::tests::postgres::<scenario>`.
+//!
+//! [`backends`] makes the places: SQLite scenarios get a store file in a temp folder of their
+//! own; PostgreSQL scenarios get a database of their own on the server `STAGEWISE_TEST_PG` names
+//! (created before, dropped after), so they never see each other; without that variable they
+//! say loudly that they skipped, and under `CI=true` they fail instead.
+
+mod backends;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::spec::StoreLocation;
+use crate::stage::Record;
+
+use self::backends::{on_postgres, on_sqlite};
+
+use super::{
+    open_existing, open_for_run, Change, CheckpointStore, ItemState, PgStore, RunInfo, RunStatus,
+    SqliteStore, StoreError, StoredItem, Update,
+};
+
+/// A fresh, empty place for a store of one backend, removed when dropped.
+trait Backend {
+    /// Where the store is.
+    fn location(&self) -> StoreLocation;
+    /// Overwrite the stored schema version, as another build of stagewise would have left it.
+    fn set_schema_version(&self, version: i64);
+    /// Turn a current store into what schema version 1 wrote: no response cache.
+    fn downgrade_to_v1(&self);
+    /// Put another application's table where the store's tables would be.
+    fn plant_foreign_table(&self);
+    /// What a `Busy` error says of a holder in this process.
+    fn holder(&self) -> String;
+}
+
+/// Every scenario, as a test per backend.
+macro_rules! scenarios {
+    ($($scenario:ident),* $(,)?) => {
+        /// The scenarios on a SQLite store.
+        mod sqlite {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::on_sqlite(super::$scenario);
+                }
+            )*
+        }
+
+        /// The scenarios on a PostgreSQL store.
+        mod postgres {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::on_postgres(super::$scenario);
+                }
+            )*
+        }
+    };
+}
+
+scenarios![
+    manifest_is_invisible_until_committed,
+    repeated_keys_are_kept_once_across_chunks,
+    a_stuck_read_does_not_lock_out_the_next_attempt,
+    updates_fold_into_each_items_row,
+    status_counts_items_per_state_and_stage,
+    failed_and_skipped_lists_are_in_manifest_order_and_capped,
+    latest_run_is_the_newest_committed_run_of_its_pipeline,
+    retry_failed_puts_failed_items_back_to_pending,
+    pending_pages_through_unfinished_items_in_order,
+    response_cache_keeps_answers_across_opens,
+    a_newer_schema_is_refused,
+    a_foreign_database_is_refused,
+    an_older_schema_is_upgraded_in_place,
+    one_runner_at_a_time,
+    open_existing_finds_no_store_where_none_was_made,
+];
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Open (creating it) the store at `b`'s place.
+fn try_open(b: &dyn Backend) -> Result<Box<dyn CheckpointStore>, StoreError> {
+    Ok(match b.location() {
+        StoreLocation::Sqlite(path) => Box::new(SqliteStore::open(&path)?),
+        StoreLocation::Postgres(url) => Box::new(PgStore::open(&url)?),
+    })
+}
+
+/// Open (creating it) the store at `b`'s place, which must work.
+fn open(b: &dyn Backend) -> Box<dyn CheckpointStore> {
+    try_open(b).expect("open the store")
+}
+
+/// An owned string, shorter.
+fn s(x: &str) -> String {
+    x.to_owned()
+}
+
+/// A committed run of `pipeline` whose items are `keys` (seq 1, 2, … in that order), with
+/// records `{"n": seq}`, at stage `one`.
+fn take(store: &dyn CheckpointStore, pipeline: &str, keys: &[&str]) -> RunInfo {
+    let mut m = store.begin_run(pipeline, "one").expect("begin a run");
+    for (i, key) in keys.iter().enumerate() {
+        m.add(key, &format!(r#"{{"n":{}}}"#, i + 1)).expect("add");
+    }
+    let (run, duplicates) = m.commit().expect("commit");
+    assert_eq!(duplicates.count, 0);
+    run
+}
+
+/// Apply `changes` to `run` as one batch, setting its status if given.
+fn apply(
+    store: &dyn CheckpointStore,
+    run: i64,
+    changes: Vec<(i64, Change)>,
+    status: Option<RunStatus>,
+) {
+    let updates: Vec<Update> = changes
+        .into_iter()
+        .map(|(seq, change)| Update { seq, change })
+        .collect();
+    store
+        .update_writer(run)
+        .expect("writer")
+        .apply(&updates, status)
+        .expect("apply");
+}
+
+/// A stage finished: the item is next at `stage`, with these fields.
+fn advanced(stage: &str, fields: serde_json::Value) -> Change {
+    Change::Advanced {
+        stage: s(stage),
+        record: Arc::new(Record::with_fields(
+            "any",
+            fields.as_object().cloned().expect("an object"),
+        )),
+    }
+}
+
+/// The item failed at `stage`.
+fn failed(stage: &str, error: &str, attempts: u32) -> Change {
+    Change::Failed {
+        stage: s(stage),
+        error: s(error),
+        attempts,
+    }
+}
+
+/// `stage` skipped the item.
+fn skipped(stage: &str, reason: &str) -> Change {
+    Change::Skipped {
+        stage: s(stage),
+        reason: s(reason),
+    }
+}
+
+/// The keys of `items`, in order.
+fn keys(items: &[StoredItem]) -> Vec<&str> {
+    items.iter().map(|i| i.key.as_str()).collect()
+}
+
+/// The seqs of `items`, in order.
+fn seqs(items: &[StoredItem]) -> Vec<i64> {
+    items.iter().map(|i| i.seq).collect()
+}
+
+/// The latest run of `pipeline`, which must exist.
+fn latest(store: &dyn CheckpointStore, pipeline: &str) -> RunInfo {
+    store
+        .latest_run(pipeline)
+        .expect("latest run")
+        .expect("a run")
+}
+
+/// `(key, line)` of a source that repeats keys within a manifest chunk and across chunks: 2,500
+/// lines, keys 0..1500; line 3 repeats key 0 (same chunk), lines 1501 on repeat the first
+/// 1,000 keys (later chunks). Kept once each, that is 1,500 items and 1,000 repeats, the first
+/// five `0, 0, 1, 2, 3`.
+pub(super) fn repeating_source() -> impl Iterator<Item = (String, usize)> {
+    (0..2500usize).map(|line| {
+        let id = match line {
+            3 => 0,
+            l if l < 3 => l,
+            l if l < 1501 => l - 1,
+            l => l - 1501,
+        };
+        (id.to_string(), line)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+/// A manifest, chunks written or not, is hidden until it commits; dropped, it is gone.
+fn manifest_is_invisible_until_committed(b: &dyn Backend) {
+    let store = open(b);
+    {
+        let mut m = store.begin_run("p", "one").expect("begin");
+        for i in 0..2500 {
+            m.add(&i.to_string(), "{}").expect("add");
+        }
+        assert!(
+            store.latest_run("p").expect("latest").is_none(),
+            "two chunks are written, and still hidden"
+        );
+        // dropped without commit
+    }
+    assert!(store.latest_run("p").expect("latest").is_none());
+    let mut m = store.begin_run("p", "one").expect("begin");
+    m.add("a", "{}").expect("add");
+    m.add("a", "{}").expect("add");
+    m.add("b", r#"{"n":1}"#).expect("add");
+    let (run, duplicates) = m.commit().expect("commit");
+    assert_eq!(run.items, 2);
+    assert_eq!(run.status, RunStatus::Running);
+    assert_eq!(
+        (duplicates.count, duplicates.first),
+        (1, vec!["a".to_owned()])
+    );
+    assert_eq!(latest(&*store, "p").id, run.id);
+    let pending = store.pending(run.id, 0, 10).expect("pending");
+    assert_eq!(keys(&pending), ["a", "b"]);
+    assert_eq!(seqs(&pending), [1, 2]);
+    assert_eq!(pending[0].stage.as_deref(), Some("one"));
+    assert_eq!(pending[1].record, r#"{"n":1}"#);
+}
+
+/// A key is kept once, with its first record, within a chunk and across chunks; items are
+/// numbered without gaps and the repeats are counted in the source's order.
+fn repeated_keys_are_kept_once_across_chunks(b: &dyn Backend) {
+    let store = open(b);
+    let mut m = store.begin_run("p", "one").expect("begin");
+    for (key, line) in repeating_source() {
+        m.add(&key, &format!(r#"{{"line":{line}}}"#)).expect("add");
+    }
+    let (run, duplicates) = m.commit().expect("commit");
+    assert_eq!(run.items, 1500);
+    assert_eq!(duplicates.count, 1000);
+    assert_eq!(duplicates.first, ["0", "0", "1", "2", "3"]);
+    let pending = store.pending(run.id, 0, 5000).expect("pending");
+    assert_eq!(seqs(&pending), (1..=1500).collect::<Vec<i64>>(), "no gaps");
+    assert_eq!(pending[0].key, "0");
+    assert_eq!(
+        pending[0].record, r#"{"line":0}"#,
+        "the first record of a key is kept"
+    );
+    assert_eq!(pending[1499].key, "1499");
+}
+
+/// A manifest left open mid-chunk does not hold up the next attempt at the batch, and its rows
+/// are not part of it.
+fn a_stuck_read_does_not_lock_out_the_next_attempt(b: &dyn Backend) {
+    let store = open(b);
+    // The first attempt's source is stuck mid-chunk (one chunk written, rows buffered) and its
+    // manifest is never dropped while the second attempt takes the batch.
+    let mut stuck = store.begin_run("p", "one").expect("begin");
+    for i in 0..1500 {
+        stuck.add(&format!("old-{i}"), "{}").expect("add");
+    }
+    let started = Instant::now();
+    let mut m = store
+        .begin_run("p", "one")
+        .expect("a second attempt can begin");
+    m.add("x", "{}").expect("add");
+    let (run, _) = m.commit().expect("and commit");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it did not wait for a lock"
+    );
+    assert_eq!(run.items, 1, "the stuck attempt's rows are not part of it");
+    drop(stuck);
+    assert_eq!(latest(&*store, "p").id, run.id);
+    assert_eq!(keys(&store.pending(run.id, 0, 10).expect("pending")), ["x"]);
+}
+
+/// Updates within a batch and across batches land as if applied one by one: a record survives
+/// updates that carry none, a failure keeps the error, the stage and the attempts.
+fn updates_fold_into_each_items_row(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c", "d"]);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, advanced("two", serde_json::json!({"x": 1}))),
+            (1, Change::Interrupted { stage: s("two") }),
+            (2, Change::Done),
+            (3, failed("one", "boom", 3)),
+            (4, skipped("one", "empty")),
+        ],
+        Some(RunStatus::Interrupted),
+    );
+    let pending = store.pending(run.id, 0, 10).expect("pending");
+    assert_eq!(keys(&pending), ["a"]);
+    assert_eq!(pending[0].stage.as_deref(), Some("two"));
+    assert_eq!(
+        pending[0].record, r#"{"x":1}"#,
+        "the record survives a later update without one"
+    );
+    let report = store.status(&latest(&*store, "p")).expect("status");
+    assert_eq!(report.run.status, RunStatus::Interrupted);
+    assert_eq!(report.counts["done"], 1);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(
+        (report.failed[0].error.as_str(), report.failed[0].attempts),
+        ("boom", 3)
+    );
+    assert_eq!(report.skipped[0].reason, "empty");
+
+    // A later batch: the record survives a start, and a failure after a new record keeps it
+    // (the item is failed at the stage it reached).
+    apply(
+        &*store,
+        run.id,
+        vec![(1, Change::Started { stage: s("two") })],
+        None,
+    );
+    let pending = store.pending(run.id, 0, 10).expect("pending");
+    assert_eq!(pending[0].record, r#"{"x":1}"#);
+    assert_eq!(store.counts(run.id).expect("counts")["in_flight"], 1);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, advanced("three", serde_json::json!({"x": 2}))),
+            (1, failed("three", "late", 2)),
+        ],
+        None,
+    );
+    let report = store.status(&run).expect("status");
+    assert_eq!(
+        report
+            .failed
+            .iter()
+            .map(|f| (
+                f.key.as_str(),
+                f.stage.as_str(),
+                f.error.as_str(),
+                f.attempts
+            ))
+            .collect::<Vec<_>>(),
+        [("a", "three", "late", 2), ("c", "one", "boom", 3)]
+    );
+    assert_eq!(store.reset_failed(run.id).expect("reset"), 2);
+    let pending = store.pending(run.id, 0, 10).expect("pending");
+    assert_eq!(keys(&pending), ["a", "c"]);
+    assert_eq!(pending[0].stage.as_deref(), Some("three"));
+    assert_eq!(pending[0].record, r#"{"x":2}"#);
+}
+
+/// Counts per state (every state present) and per stage (a done item is at none).
+fn status_counts_items_per_state_and_stage(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["k1", "k2", "k3", "k4", "k5", "k6"]);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, Change::Done),
+            (2, Change::Started { stage: s("one") }),
+            (3, advanced("two", serde_json::json!({}))),
+            (4, failed("two", "e", 1)),
+            (5, skipped("one", "r")),
+        ],
+        None,
+    );
+    let want: BTreeMap<&'static str, u64> = [
+        ("pending", 1),
+        ("in_flight", 2),
+        ("done", 1),
+        ("skipped", 1),
+        ("failed", 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(store.counts(run.id).expect("counts"), want);
+    let report = store.status(&run).expect("status");
+    assert_eq!(report.counts, want);
+    let stage = |pairs: &[(&'static str, u64)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
+    let want_stages: BTreeMap<String, BTreeMap<&'static str, u64>> = [
+        (
+            s("one"),
+            stage(&[("pending", 1), ("in_flight", 1), ("skipped", 1)]),
+        ),
+        (s("two"), stage(&[("in_flight", 1), ("failed", 1)])),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(report.stages, want_stages, "a done item is at no stage");
+
+    // A run without items still counts every state.
+    let empty = take(&*store, "q", &[]);
+    let report = store.status(&empty).expect("status");
+    assert_eq!(report.counts.len(), ItemState::ALL.len());
+    assert!(report.counts.values().all(|n| *n == 0));
+    assert!(report.stages.is_empty());
+}
+
+/// The failed and skipped lists follow the manifest, not the order of writes, and list the
+/// first 1,000 only.
+fn failed_and_skipped_lists_are_in_manifest_order_and_capped(b: &dyn Backend) {
+    let store = open(b);
+    let names: Vec<String> = (0..1005).map(|i| format!("k{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run = take(&*store, "p", &refs);
+    let is_skipped = |i: usize| i % 335 == 7;
+    let changes = (0..names.len())
+        .map(|i| {
+            let seq = i64::try_from(i + 1).expect("small");
+            let attempts = u32::try_from(i % 5 + 1).expect("small");
+            let change = if is_skipped(i) {
+                skipped("two", &format!("reason {i}"))
+            } else {
+                failed("one", &format!("error {i}"), attempts)
+            };
+            (seq, change)
+        })
+        // Written in reverse: the lists follow the manifest, not the order of writes.
+        .rev()
+        .collect();
+    apply(&*store, run.id, changes, None);
+    let report = store.status(&run).expect("status");
+    assert_eq!(report.counts["failed"], 1002, "counts are not capped");
+    assert_eq!(report.failed.len(), 1000, "the first 1,000 are listed");
+    let want: Vec<&str> = (0..names.len())
+        .filter(|i| !is_skipped(*i))
+        .take(1000)
+        .map(|i| names[i].as_str())
+        .collect();
+    assert_eq!(
+        report
+            .failed
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(
+        (
+            report.failed[1].stage.as_str(),
+            report.failed[1].error.as_str(),
+            report.failed[1].attempts
+        ),
+        ("one", "error 1", 2)
+    );
+    assert_eq!(
+        report
+            .skipped
+            .iter()
+            .map(|k| (k.key.as_str(), k.stage.as_str(), k.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("k0007", "two", "reason 7"),
+            ("k0342", "two", "reason 342"),
+            ("k0677", "two", "reason 677"),
+        ]
+    );
+}
+
+/// The latest run is the newest of its pipeline, with its status; a run being taken is not.
+fn latest_run_is_the_newest_committed_run_of_its_pipeline(b: &dyn Backend) {
+    let store = open(b);
+    assert!(store.latest_run("p").expect("latest").is_none());
+    let first = take(&*store, "p", &["a"]);
+    let run = latest(&*store, "p");
+    assert_eq!(
+        (run.id, run.status, run.items),
+        (first.id, RunStatus::Running, 1)
+    );
+    assert_eq!(run.started_at, first.started_at);
+    assert!(
+        humantime::parse_rfc3339(&run.started_at).is_ok(),
+        "{}",
+        run.started_at
+    );
+    apply(&*store, first.id, vec![], Some(RunStatus::Finished));
+    assert_eq!(latest(&*store, "p").status, RunStatus::Finished);
+
+    let other = take(&*store, "q", &["x"]);
+    let second = take(&*store, "p", &["a", "b"]);
+    assert!(second.id > first.id);
+    let mut taking = store.begin_run("p", "one").expect("begin");
+    taking.add("c", "{}").expect("add");
+    let run = latest(&*store, "p");
+    assert_eq!(
+        (run.id, run.items),
+        (second.id, 2),
+        "a run being taken is not the latest"
+    );
+    assert_eq!(latest(&*store, "q").id, other.id);
+    drop(taking);
+    assert_eq!(latest(&*store, "p").id, second.id);
+}
+
+/// `retry-failed`: failed items go back to pending at their stage and the run becomes
+/// interrupted; with nothing failed, nothing changes.
+fn retry_failed_puts_failed_items_back_to_pending(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c"]);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, failed("one", "boom", 3)),
+            (2, failed("two", "bang", 1)),
+            (3, Change::Done),
+        ],
+        Some(RunStatus::Aborted),
+    );
+    assert_eq!(store.reset_failed(run.id).expect("reset"), 2);
+    let report = store.status(&latest(&*store, "p")).expect("status");
+    assert_eq!(report.run.status, RunStatus::Interrupted);
+    assert!(report.failed.is_empty());
+    assert_eq!(report.counts["pending"], 2);
+    let pending = store.pending(run.id, 0, 10).expect("pending");
+    assert_eq!(keys(&pending), ["a", "b"]);
+    assert_eq!(
+        pending
+            .iter()
+            .map(|i| i.stage.as_deref())
+            .collect::<Vec<_>>(),
+        [Some("one"), Some("two")],
+        "each at the stage it failed in"
+    );
+
+    // Nothing failed: nothing changes, the run's status included.
+    apply(
+        &*store,
+        run.id,
+        vec![(1, Change::Done), (2, Change::Done)],
+        Some(RunStatus::Finished),
+    );
+    assert_eq!(store.reset_failed(run.id).expect("reset"), 0);
+    assert_eq!(latest(&*store, "p").status, RunStatus::Finished);
+}
+
+/// Pending and in-flight items come in seq order, a page at a time.
+fn pending_pages_through_unfinished_items_in_order(b: &dyn Backend) {
+    let store = open(b);
+    let names: Vec<String> = (1..=10).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let run = take(&*store, "p", &refs);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (2, Change::Done),
+            (3, failed("one", "e", 1)),
+            (4, skipped("one", "r")),
+            (5, Change::Started { stage: s("one") }),
+        ],
+        None,
+    );
+    let page = store.pending(run.id, 0, 3).expect("pending");
+    assert_eq!(seqs(&page), [1, 5, 6], "in flight counts as unfinished");
+    assert_eq!(page[0].record, r#"{"n":1}"#);
+    assert_eq!(
+        seqs(&store.pending(run.id, 6, 3).expect("pending")),
+        [7, 8, 9]
+    );
+    assert_eq!(seqs(&store.pending(run.id, 9, 3).expect("pending")), [10]);
+    assert!(store.pending(run.id, 10, 3).expect("pending").is_empty());
+    assert!(store.pending(run.id + 1, 0, 3).expect("pending").is_empty());
+}
+
+/// The response cache: a miss, a put, a replacing put, and the answers there after reopening.
+fn response_cache_keeps_answers_across_opens(b: &dyn Backend) {
+    let store = open(b);
+    let cache = store.response_cache().expect("cache");
+    assert_eq!(cache.get("k").expect("get"), None);
+    cache.put("k", "llm", "v1").expect("put");
+    assert_eq!(cache.get("k").expect("get").as_deref(), Some("v1"));
+    cache.put("k", "llm", "v2").expect("put again");
+    assert_eq!(cache.get("k").expect("get").as_deref(), Some("v2"));
+    cache.put("other", "http", "x").expect("put");
+    drop(cache);
+    drop(store);
+    let store = open(b);
+    let cache = store.response_cache().expect("cache");
+    assert_eq!(cache.get("k").expect("get").as_deref(), Some("v2"));
+    assert_eq!(cache.get("other").expect("get").as_deref(), Some("x"));
+}
+
+/// A store of a newer schema is refused, for a run and for `status`.
+fn a_newer_schema_is_refused(b: &dyn Backend) {
+    drop(open(b));
+    b.set_schema_version(99);
+    let err = try_open(b).err().expect("a newer schema is refused");
+    assert!(
+        matches!(
+            err,
+            StoreError::TooNew {
+                found: 99,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    let err = open_existing(&b.location()).err().expect("by status too");
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+}
+
+/// Another application's tables where the store's would be: refused, and left as they are.
+fn a_foreign_database_is_refused(b: &dyn Backend) {
+    b.plant_foreign_table();
+    let err = try_open(b).err().expect("a foreign database is refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("not a stagewise checkpoint store"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not modified"), "{err}");
+}
+
+/// A store of schema version 1 is upgraded when opened, its runs and items kept.
+fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c"]);
+    apply(
+        &*store,
+        run.id,
+        vec![(1, Change::Done)],
+        Some(RunStatus::Interrupted),
+    );
+    drop(store);
+    b.downgrade_to_v1();
+    let store = open(b);
+    let upgraded = latest(&*store, "p");
+    assert_eq!(
+        (upgraded.id, upgraded.status, upgraded.items),
+        (run.id, RunStatus::Interrupted, 3)
+    );
+    assert_eq!(
+        keys(&store.pending(run.id, 0, 10).expect("pending")),
+        ["b", "c"]
+    );
+    let cache = store.response_cache().expect("cache");
+    cache
+        .put("k", "llm", "v")
+        .expect("the cache's table is there");
+    assert_eq!(cache.get("k").expect("get").as_deref(), Some("v"));
+    drop(cache);
+    drop(store);
+    drop(open(b));
+}
+
+/// A second runner of the pipeline is refused as `Busy`, naming the holder, until the first
+/// lets go.
+fn one_runner_at_a_time(b: &dyn Backend) {
+    let location = b.location();
+    let held = open_for_run(&location, "p").expect("first runner");
+    let Err(err) = open_for_run(&location, "p") else {
+        panic!("a second runner got the store");
+    };
+    match &err {
+        StoreError::Busy { holder, .. } => assert!(holder.contains(&b.holder()), "{err}"),
+        _ => panic!("not busy: {err}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("in use by another `stagewise run`"),
+        "{err}"
+    );
+    drop(held);
+    open_for_run(&location, "p").expect("free again");
+}
+
+/// `status` finds no store where none was made, and the store once there.
+fn open_existing_finds_no_store_where_none_was_made(b: &dyn Backend) {
+    assert!(open_existing(&b.location()).expect("look").is_none());
+    let run = take(&*open(b), "p", &["a"]);
+    let store = open_existing(&b.location())
+        .expect("open")
+        .expect("there now");
+    assert_eq!(latest(&*store, "p").id, run.id);
+}
