@@ -66,9 +66,10 @@ pub(crate) fn deserialize_all<T: DeserializeOwned>(
 
 /// serde's words for a broken invariant of a key's type, in the words of the file: a count that
 /// must be at least 1 is a `NonZero*` field, whose zero serde calls "invalid value: integer `0`,
-/// expected a nonzero usize".
+/// expected a nonzero usize". Other problems of such a field (a string, a float, a number too
+/// large) keep serde's words, which name what was found.
 fn plain_message(message: String) -> String {
-    if message.contains("expected a nonzero") {
+    if message.starts_with("invalid value: integer `0`, expected a nonzero") {
         "must be at least 1".to_owned()
     } else {
         message
@@ -188,6 +189,13 @@ mod tests {
                 path: vec!["workers".to_owned()],
                 kind: KeyProblemKind::Invalid("must be at least 1".to_owned()),
             }]
+        );
+        // A wrong type is not a zero: serde's own words name what was found.
+        let table: toml::Table = toml::from_str("workers = \"4\"").expect("toml");
+        let problems = deserialize_all::<Counts>(&table).expect_err("a string is refused");
+        assert!(
+            matches!(&problems[0].kind, KeyProblemKind::Invalid(m) if m.contains("invalid type: string")),
+            "{problems:?}"
         );
     }
 }

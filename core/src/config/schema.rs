@@ -18,7 +18,22 @@ pub(crate) fn schema_of<T: JsonSchema>() -> Value {
             object.remove(key);
         }
     }
+    drop_serde_defaults(&mut value);
     value
+}
+
+/// Remove the `default` values schemars takes from `#[serde(default)]`: `null` for an unset
+/// option, a size serialized as "9.5 MiB" for 10 MB. An editor would offer them as the
+/// defaults; the real ones are described in words (`x-default`), where the code resolves them.
+fn drop_serde_defaults(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            object.remove("default");
+            object.values_mut().for_each(drop_serde_defaults);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_serde_defaults),
+        _ => {}
+    }
 }
 
 /// The text of a key's default as the reference shows it: its `x-default`, or "required" when

@@ -31,6 +31,12 @@ pub use retry::Retry;
 pub use spec::RateLimit;
 pub(crate) use spec::{PolicySpec, RetrySpec, POLICY_KEYS};
 
+/// The largest `concurrency`: a blocking stage gets that many threads.
+pub(crate) const MAX_CONCURRENCY: usize = 10_000;
+
+/// The longest `timeout`: 30 days.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Built-in defaults, used where neither the stage, `[defaults]` nor the kind says otherwise.
 pub(crate) mod builtin {
     use std::time::Duration;
@@ -198,8 +204,22 @@ impl Policy {
     /// largest backoff between them.
     pub fn worst_case(&self) -> Duration {
         let attempts = self.retry.attempts.max(1);
-        let backoff: Duration = (1..attempts).map(|a| self.retry.ceiling(a)).sum();
-        self.timeout.saturating_mul(attempts) + backoff
+        // The backoff grows until it reaches `retry.max`; from there on each wait is `max`, so
+        // the sum takes as many steps as the growth does, not one per attempt.
+        let mut backoff = Duration::ZERO;
+        let mut waits = 1;
+        while waits < attempts {
+            let wait = self.retry.ceiling(waits);
+            if wait >= self.retry.max {
+                backoff = backoff.saturating_add(self.retry.max.saturating_mul(attempts - waits));
+                break;
+            }
+            backoff = backoff.saturating_add(wait);
+            waits += 1;
+        }
+        self.timeout
+            .saturating_mul(attempts)
+            .saturating_add(backoff)
     }
 
     /// Problems with the resolved values, as `(key, message)`.
@@ -207,6 +227,23 @@ impl Policy {
         let mut problems = Vec::new();
         if self.timeout.is_zero() {
             problems.push(("timeout", "`timeout` must be greater than 0".to_owned()));
+        }
+        if self.timeout > MAX_TIMEOUT {
+            problems.push((
+                "timeout",
+                format!(
+                    "`timeout` must be at most {} (a deadline further off is no deadline)",
+                    crate::text::duration(MAX_TIMEOUT)
+                ),
+            ));
+        }
+        if self.concurrency > MAX_CONCURRENCY {
+            problems.push((
+                "concurrency",
+                format!(
+                    "`concurrency` must be at most {MAX_CONCURRENCY} (a blocking stage gets a thread per place)"
+                ),
+            ));
         }
         if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
             problems.push((
@@ -286,5 +323,27 @@ mod tests {
         };
         // 5 × 10 s + (100 + 200 + 400 + 800) ms
         assert_eq!(p.worst_case(), Duration::from_millis(51_500));
+        // Past the cap each wait is `max` (1 s): 9 waits of 100, 200, 400, 800, then 5 × 1000.
+        let long = Policy {
+            retry: Retry {
+                attempts: 10,
+                ..retry(false)
+            },
+            ..p.clone()
+        };
+        assert_eq!(
+            long.worst_case(),
+            Duration::from_millis(100_000 + 1_500 + 5_000)
+        );
+        // Absurd settings are a long time, not a hang or an overflow.
+        let absurd = Policy {
+            timeout: Duration::MAX,
+            retry: Retry {
+                attempts: u32::MAX,
+                ..retry(false)
+            },
+            ..p
+        };
+        assert_eq!(absurd.worst_case(), Duration::MAX);
     }
 }

@@ -1,45 +1,30 @@
 //! The rate-limit layer: attempts of a stage start no faster than its `rate_limit`, evenly
-//! spaced (GCRA with no burst): at `"60/min"`, one a second, so no minute ever sees more than 60
-//! starts (plus the one at its edge). Waiting for a slot does not count against the attempt's
-//! timeout, and a stop request ends the wait at once.
+//! spaced with no burst: at `"60/min"`, one a second, so no minute ever sees more than 60 starts
+//! (plus the one at its edge). Waiting for a slot does not count against the attempt's timeout,
+//! and a stop request ends the wait at once.
 //!
-//! The limiter reads tokio's clock, so waits follow the runtime's timers (and paused time in
-//! tests).
+//! Each attempt reserves the next slot of the schedule — `period` after the last one reserved,
+//! or now if the stage has been idle — and sleeps until it. The schedule advances from the
+//! reserved slots, not from when the sleeping attempts happen to wake, so a timer that fires a
+//! millisecond late (tokio's timers have millisecond resolution) delays one start, not every
+//! later one: the rate holds at thousands per second. (A GCRA limiter re-anchors its schedule on
+//! a late arrival, which costs about a millisecond a slot here.) Waiters start in the order
+//! they asked. The schedule reads tokio's clock, so it follows paused time in tests.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::RateLimit;
 
-/// A rate limit as a GCRA quota: attempts evenly spaced at `per / count`, with no burst.
-fn quota(rate: RateLimit) -> governor::Quota {
-    let period = (rate.per / rate.count).max(Duration::from_nanos(1));
-    governor::Quota::with_period(period).expect("the period is at least 1ns")
-}
-
-/// Tokio's clock, as the limiter reads time.
-#[derive(Debug, Clone, Copy, Default)]
-struct TokioClock;
-
-impl Clock for TokioClock {
-    type Instant = std::time::Instant;
-
-    fn now(&self) -> Self::Instant {
-        tokio::time::Instant::now().into_std()
-    }
-}
-
-type Limiter =
-    governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
-
 /// One stage's rate limit.
 #[derive(Debug)]
 pub(crate) struct RateGate {
-    limiter: Limiter,
+    period: Duration,
+    /// The earliest start the next reservation may have.
+    next: Mutex<Option<Instant>>,
 }
 
 /// The run stopped while an attempt waited for its slot.
@@ -49,22 +34,33 @@ pub(crate) struct Stopped;
 impl RateGate {
     pub(crate) fn new(rate: RateLimit) -> Self {
         RateGate {
-            limiter: governor::RateLimiter::direct_with_clock(quota(rate), TokioClock),
+            period: (rate.per / rate.count).max(Duration::from_nanos(1)),
+            next: Mutex::new(None),
         }
+    }
+
+    /// Reserve the next slot: now, if the schedule is behind; else the next one due.
+    fn reserve(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = self
+            .next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = next.map_or(now, |due| due.max(now));
+        *next = Some(slot + self.period);
+        slot
     }
 
     /// Wait for the next slot, or until `stop` is cancelled.
     pub(crate) async fn ready(&self, stop: &CancellationToken) -> Result<(), Stopped> {
-        loop {
-            let wait = match self.limiter.check() {
-                Ok(()) => return Ok(()),
-                Err(not_until) => not_until.wait_time_from(TokioClock.now()),
-            };
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return Err(Stopped),
-                () = tokio::time::sleep(wait) => {}
-            }
+        let slot = self.reserve();
+        if slot <= Instant::now() {
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => Err(Stopped),
+            () = tokio::time::sleep_until(slot) => Ok(()),
         }
     }
 }
@@ -73,30 +69,54 @@ impl RateGate {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use tokio::time::Instant;
 
-    #[test]
-    fn rate_limits_space_attempts_evenly() {
-        use governor::clock::FakeRelativeClock;
-        let clock = FakeRelativeClock::default();
-        let rate = RateLimit {
+    #[tokio::test(start_paused = true)]
+    async fn no_window_sees_more_starts_than_the_rate_allows() {
+        let gate = RateGate::new(RateLimit {
             count: 60,
             per: Duration::from_secs(60),
-        };
-        let limiter = governor::RateLimiter::direct_with_clock(quota(rate), clock.clone());
-        assert!(limiter.check().is_ok(), "the first attempt goes at once");
-        assert!(limiter.check().is_err(), "no burst: the second waits");
-        clock.advance(Duration::from_millis(999));
-        assert!(limiter.check().is_err(), "60/min is one a second");
-        clock.advance(Duration::from_millis(1));
-        assert!(limiter.check().is_ok());
-        // Over a minute, no more than 60 (+1 at the edge) get through.
-        let mut allowed = 0;
-        for _ in 0..600 {
-            clock.advance(Duration::from_millis(100));
-            allowed += usize::from(limiter.check().is_ok());
+        });
+        let stop = CancellationToken::new();
+        let began = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..120 {
+            gate.ready(&stop).await.expect("not stopped");
+            starts.push(began.elapsed());
         }
-        assert_eq!(allowed, 60);
+        assert_eq!(starts[0], Duration::ZERO, "the first attempt goes at once");
+        assert_eq!(
+            starts[1],
+            Duration::from_secs(1),
+            "no burst: 60/min is one a second"
+        );
+        for window in starts.windows(61) {
+            assert!(
+                window[60] - window[0] >= Duration::from_secs(60),
+                "61 starts within a minute"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stage_starts_at_once_and_late_wakeups_do_not_slow_the_rate() {
+        let gate = RateGate::new(RateLimit {
+            count: 1000,
+            per: Duration::from_secs(1),
+        });
+        let stop = CancellationToken::new();
+        gate.ready(&stop).await.expect("not stopped");
+        // Idle for a while: the next attempt does not wait, and no burst built up meanwhile.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let began = Instant::now();
+        gate.ready(&stop).await.expect("not stopped");
+        assert_eq!(began.elapsed(), Duration::ZERO);
+        gate.ready(&stop).await.expect("not stopped");
+        assert_eq!(began.elapsed(), Duration::from_millis(1));
+        // A thousand more take a second, whatever the timer's resolution.
+        for _ in 0..1000 {
+            gate.ready(&stop).await.expect("not stopped");
+        }
+        assert_eq!(began.elapsed(), Duration::from_millis(1001));
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,7 @@ pub(crate) struct PolicySpec {
     pub timeout: Option<Duration>,
     /// Retry policy for transient errors and timeouts: the `retry.*` keys below; `[defaults]` and a
     /// stage's own are merged key by key.
+    #[schemars(extend("x-default" = "each `retry.*` key's own"))]
     pub retry: Option<RetrySpec>,
     /// Items in the stage at once; for a blocking stage, its number of threads. Lowered while the
     /// service behind the stage answers with retry-after hints (429s), and raised back as calls
@@ -96,7 +97,7 @@ impl schemars::JsonSchema for RateLimit {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": r"^\s*[1-9][0-9]*\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$",
+            "pattern": r"^\s*\+?0*[1-9][0-9]*\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$",
             "examples": ["10/s", "500/min", "1000/h"],
         })
     }

@@ -355,9 +355,11 @@ impl Validator {
                     self.error(&path, true, stage, message);
                 }
                 KeyProblemKind::Invalid(message) => {
-                    let message = match problem.path.last() {
-                        Some(key) if !message.contains('`') => format!("`{key}`: {message}"),
-                        _ => message,
+                    // The key as the table names it: `retry.attempts`, not just `attempts`.
+                    let message = if problem.path.is_empty() || message.contains('`') {
+                        message
+                    } else {
+                        format!("`{}`: {message}", problem.path.join("."))
                     };
                     self.error(&path, false, stage, message);
                 }

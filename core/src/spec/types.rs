@@ -85,7 +85,8 @@ impl fmt::Display for MaxFailures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MaxFailures::Count(n) => write!(f, "{n}"),
-            MaxFailures::Ratio(r) => write!(f, "{}%", r * 100.0),
+            // As the file wrote it: "7%", not the float's "7.000000000000001%".
+            MaxFailures::Ratio(r) => write!(f, "{}%", (r * 100.0 * 1e6).round() / 1e6),
         }
     }
 }
@@ -99,7 +100,8 @@ impl schemars::JsonSchema for MaxFailures {
         schemars::json_schema!({
             "anyOf": [
                 { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$" },
+                // A count as text ("10"), or a percentage as f64 reads it ("10%", ".5%").
+                { "type": "string", "pattern": r"^\s*(\+?[0-9]+|[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*%)\s*$" },
             ],
             "examples": [10, "10%"],
         })

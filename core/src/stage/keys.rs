@@ -6,8 +6,9 @@ use std::borrow::Cow;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
-/// A duration as `pipeline.toml` writes it: whole numbers with units, `"30s"`, `"1m30s"`,
-/// `"500ms"`, `"2h"`.
+/// A duration as `pipeline.toml` writes it: numbers with units, `"30s"`, `"1m30s"`, `"1.5s"`,
+/// `"500ms"`, `"2h"` (the units humantime reads: `ns`, `us`/`µs`, `ms`, `s`, `m`/`min`, `h`, `d`,
+/// `w`, `M` for months, `y`, and their long names).
 pub struct DurationText;
 
 impl JsonSchema for DurationText {
@@ -18,7 +19,7 @@ impl JsonSchema for DurationText {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": r"^\s*([0-9]+\s*[a-zµ]+\s*)+$",
+            "pattern": r"^\s*([0-9]+(\.[0-9]+)?\s*[a-zA-Zµ]+\s*)+$",
             "examples": ["30s", "1m30s", "500ms"],
         })
     }

@@ -15,7 +15,7 @@ pub enum Provider {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
-    /// No model: the sentences with the most factual signal, offline (see `extractive.rs`).
+    /// No model: the sentences of the text with the most factual signal, offline.
     Extractive,
 }
 
