@@ -89,17 +89,23 @@ impl<R: ManifestRows> Manifest<R> {
             return Ok(());
         }
         let chunk = std::mem::take(&mut self.buffer);
-        let mut seen = HashSet::with_capacity(chunk.len());
+        // Which rows repeat a key seen earlier in the chunk, found without copying the keys.
+        let repeated: Vec<bool> = {
+            let mut seen = HashSet::with_capacity(chunk.len());
+            chunk
+                .iter()
+                .map(|(key, _)| !seen.insert(key.as_str()))
+                .collect()
+        };
         // (position in the chunk, key) of every repeat.
         let mut repeats: Vec<(usize, String)> = Vec::new();
         let mut fresh = Vec::with_capacity(chunk.len());
         let mut positions = Vec::with_capacity(chunk.len());
-        for (i, (key, record)) in chunk.into_iter().enumerate() {
-            if seen.contains(key.as_str()) {
+        for (i, ((key, record), repeat)) in chunk.into_iter().zip(repeated).enumerate() {
+            if repeat {
                 repeats.push((i, key));
                 continue;
             }
-            seen.insert(key.clone());
             fresh.push((key, record));
             positions.push(i);
         }

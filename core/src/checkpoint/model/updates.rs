@@ -3,6 +3,7 @@
 //! rows is the same as applying every update one by one, in order.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use super::super::{Change, ItemState, RunStatus, StoreError, Update, UpdateWriter};
 
@@ -75,8 +76,30 @@ impl RowUpdate {
 
 /// The updates of a batch as one row per item, in the order the items first appear: writing
 /// these rows is applying the updates one by one.
+/// Hashes an item's `seq` with one multiplication (Fibonacci hashing): the keys are small
+/// integers from this process, not data, so SipHash's protection buys nothing here.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 pub(in crate::checkpoint) fn fold(updates: &[Update]) -> Vec<(i64, RowUpdate)> {
-    let mut index: HashMap<i64, usize> = HashMap::new();
+    let mut index: HashMap<i64, usize, BuildHasherDefault<SeqHasher>> =
+        HashMap::with_capacity_and_hasher(updates.len(), BuildHasherDefault::default());
     let mut rows: Vec<(i64, RowUpdate)> = Vec::new();
     for u in updates {
         let at = *index.entry(u.seq).or_insert_with(|| {
