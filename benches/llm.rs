@@ -99,12 +99,17 @@ impl Variant {
         (self == Variant::C).then_some(plan.rate)
     }
 
-    fn name(self, plan: &Plan) -> String {
-        let letter = match self {
+    /// The variant's letter, as the command line names it.
+    fn letter(self) -> &'static str {
+        match self {
             Variant::A => "a",
             Variant::B => "b",
             Variant::C => "c",
-        };
+        }
+    }
+
+    fn name(self, plan: &Plan) -> String {
+        let letter = self.letter();
         match self.rate_limit(plan) {
             Some(rate) => format!(
                 "{letter}: concurrency {}, rate_limit {rate}/s",
@@ -339,7 +344,12 @@ fn run_stagewise(
         max_in_flight: Some(MAX_IN_FLIGHT),
         ..LlmConfig::default()
     });
-    let name = format!("stagewise-{}-{i}", variant.concurrency());
+    // Named by variant: b and c share a concurrency, and `--keep` keeps each one's folder.
+    let name = format!(
+        "stagewise-{}-{}-{i}",
+        variant.letter(),
+        variant.concurrency()
+    );
     let dir = work.join(&name);
     let mut cmd = stagewise::prepare(
         &dir,
