@@ -10,6 +10,15 @@ use stagewise_core::spec::{self, ConfigError, Diagnostic, Loaded, Severity};
 use stagewise_core::telemetry::{self, LogFormat};
 use stagewise_core::{commands, Registry, RunOptions};
 
+/// A line for the user on standard error. Unlike `eprintln!`, a closed or broken stderr is not
+/// a panic: the message is lost and the command's exit code still says what happened.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Run the command line of `std::env::args` with `registry`'s kinds: `run`, `validate`,
 /// `plan`, `schema`, `status`, `retry-failed`, `plugin inspect`. Every outcome is one of the
 /// documented exit codes (README, "Exit codes").
@@ -43,7 +52,7 @@ pub fn main(registry: Registry) -> ExitCode {
         ),
         Command::Validate { pipeline } => match load(&pipeline, &registry, Report::Plain) {
             Ok(loaded) => {
-                eprintln!(
+                say!(
                     "{} is valid: pipeline `{}`, {} stage(s)",
                     pipeline.display(),
                     loaded.pipeline.name,
@@ -79,7 +88,7 @@ pub fn main(registry: Registry) -> ExitCode {
                 Ok(Some(report)) => out(&commands::render_status(&loaded.pipeline, &report)),
                 Ok(None) => out(&format!("pipeline {}: no run yet\n", loaded.pipeline.name)),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    say!("error: {e}");
                     ExitCode::from(EXIT_CONFIG)
                 }
             }
@@ -180,7 +189,7 @@ fn inspect(path: &std::path::Path) -> ExitCode {
     let info = match stagewise_core::plugin::inspect(path) {
         Ok(info) => info,
         Err(e) => {
-            eprintln!("error: {e}");
+            say!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -233,8 +242,8 @@ fn print_diagnostics(diagnostics: &[Diagnostic], report: Report) {
                 tracing::error!(problem = %d, "invalid pipeline file")
             }
             (Report::Logged, Severity::Warning) => tracing::warn!(problem = %d, "pipeline file"),
-            (_, Severity::Error) => eprintln!("error: {d}"),
-            (_, Severity::Warning) => eprintln!("warning: {d}"),
+            (_, Severity::Error) => say!("error: {d}"),
+            (_, Severity::Warning) => say!("warning: {d}"),
         }
     }
 }
@@ -262,7 +271,7 @@ fn invalid(path: &std::path::Path, e: &ConfigError, report: Report) -> ExitCode 
     if report == Report::Logged {
         tracing::error!("{message}");
     } else {
-        eprintln!("error: {message}");
+        say!("error: {message}");
     }
     ExitCode::from(EXIT_CONFIG)
 }
@@ -311,7 +320,7 @@ fn out(text: &str) -> ExitCode {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            eprintln!("error: cannot write to stdout: {e}");
+            say!("error: cannot write to stdout: {e}");
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,

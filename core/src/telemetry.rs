@@ -28,6 +28,25 @@ pub enum LogFormat {
 /// (an extractor narrating its steps, say) say nothing about the run.
 const DEFAULT_FILTER: &str = "info,trafilatura=warn,rs_trafilatura=warn,dom_smoothie=warn,html5ever=warn,markup5ever=warn,selectors=warn,ureq=warn,ureq_proto=warn,rustls=warn,postgres=warn,tokio_postgres=warn,libloading=warn";
 
+/// Standard error for log events, where a failed write is not an error: with the reader gone
+/// (`stagewise run 2>&1 | head`, a log collector that died) the event is lost, and the run goes
+/// on and finishes as it would have. Any other outcome — a panic, an abort — would lose the run
+/// for the sake of its log.
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // One event is one `write_all`; a short or failed write is dropped, not retried.
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Install the global subscriber and a panic hook that reports through it. The level comes
 /// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default [`DEFAULT_FILTER`].
 pub fn init(format: LogFormat) {
@@ -35,7 +54,7 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_target(false);
     let _ = match format {
         LogFormat::Pretty => builder
