@@ -286,3 +286,114 @@ fn a_second_runner_on_the_same_store_is_refused() {
     // Once the first has stopped, the store is free again.
     p.run().assert_code(0);
 }
+
+/// SIGHUP (a closing terminal or ssh session) drains like SIGTERM, and a second stop signal of
+/// another kind cancels at once.
+#[test]
+fn sighup_drains_and_a_second_signal_of_any_kind_stops_at_once() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "sighup"
+        shutdown_grace = "60s"
+        heartbeat = "200ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 16
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "30s"
+        timeout = "60s"
+        concurrency = 8
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    running.wait_for_stderr("heartbeat", Duration::from_millis(1500));
+    running.signal(libc::SIGHUP);
+    assert!(
+        running.wait_for_stderr("received SIGHUP", Duration::from_secs(10)),
+        "{}",
+        running.stderr_so_far()
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        !running.has_exited(),
+        "SIGHUP drains: in-flight items get their grace\n{}",
+        running.stderr_so_far()
+    );
+    let signalled = Instant::now();
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(75);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "a second stop signal cancels at once\n{out}"
+    );
+    out.assert_summary_last();
+    assert_interrupted_cleanly(&p.status(), 16);
+}
+
+/// SIGUSR1 and SIGUSR2 ask for a status dump — a heartbeat and every attempt in flight — and
+/// the run goes on to finish normally.
+#[test]
+fn sigusr1_and_sigusr2_dump_the_status_and_the_run_goes_on() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "sigusr"
+        heartbeat = "60s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 6
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "2s"
+        concurrency = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(
+        running.wait_for_stderr("taking a new batch", Duration::from_secs(10)),
+        "{}",
+        running.stderr_so_far()
+    );
+    thread::sleep(Duration::from_millis(500));
+    running.signal(libc::SIGUSR1);
+    assert!(
+        running.wait_for_stderr("in flight", Duration::from_secs(10)),
+        "no status dump after SIGUSR1\n{}",
+        running.stderr_so_far()
+    );
+    running.signal(libc::SIGUSR2);
+    let out = running.wait();
+    out.assert_code(0);
+    let dumps = out
+        .stderr_lines()
+        .filter(|l| l.contains("status requested by signal"))
+        .count();
+    assert_eq!(dumps, 2, "one dump per signal\n{out}");
+    let in_flight = out
+        .stderr_lines()
+        .find(|l| l.contains("in flight") && l.contains("stage=nap"))
+        .unwrap_or_else(|| panic!("no in-flight line for `nap`\n{out}"));
+    assert!(in_flight.contains("in_flight=3"), "{in_flight}");
+    assert_eq!(p.status().count("done"), 6);
+}

@@ -137,6 +137,8 @@ pub(crate) struct Control {
     grace: Duration,
     abort: Mutex<Option<AbortReason>>,
     interrupt: Mutex<Option<Interrupt>>,
+    /// SIGUSR1 or SIGUSR2 asked for a status dump (see [`super::telemetry`]).
+    pub dump: tokio::sync::Notify,
 }
 
 impl Control {
@@ -147,6 +149,7 @@ impl Control {
             grace,
             abort: Mutex::new(None),
             interrupt: Mutex::new(None),
+            dump: tokio::sync::Notify::new(),
         }
     }
 
@@ -218,15 +221,21 @@ impl Control {
     }
 }
 
-/// Turn SIGTERM and SIGINT into stop requests until `done` is cancelled.
+/// Until `done` is cancelled: SIGTERM, SIGINT and SIGHUP (a closing terminal or ssh session,
+/// some supervisors) are stop requests — the first drains, the next of any of them cancels at
+/// once; SIGUSR1 and SIGUSR2 ask for a status dump and never stop the run. Without these
+/// streams, each of those signals would end the process at once, without a word.
 pub(crate) async fn watch_signals(control: std::sync::Arc<Control>, done: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
     ) else {
         tracing::error!(
-            "cannot install signal streams: SIGTERM/SIGINT will kill the process without saving"
+            "cannot install signal streams: SIGTERM/SIGINT/SIGHUP will kill the process without saving"
         );
         return;
     };
@@ -234,6 +243,15 @@ pub(crate) async fn watch_signals(control: std::sync::Arc<Control>, done: Cancel
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+            _ = usr1.recv() => {
+                control.dump.notify_one();
+                continue;
+            }
+            _ = usr2.recv() => {
+                control.dump.notify_one();
+                continue;
+            }
             () = done.cancelled() => return,
         };
         control.request_stop(Interrupt::Signal(name));

@@ -144,6 +144,18 @@ impl StageStats {
             .map(|a| (a.key.clone(), a.started.elapsed()))
     }
 
+    /// Every attempt in flight, oldest first: key and age.
+    pub(crate) fn in_flight(&self) -> Vec<(Arc<str>, Duration)> {
+        let mut all: Vec<(Arc<str>, Instant)> = lock(&self.in_flight)
+            .values()
+            .map(|a| (a.key.clone(), a.started))
+            .collect();
+        all.sort_by_key(|(_, started)| *started);
+        all.into_iter()
+            .map(|(key, started)| (key, started.elapsed()))
+            .collect()
+    }
+
     /// Attempts past half their timeout that were not reported yet; marks them reported.
     pub(crate) fn newly_slow(&self) -> Vec<(Arc<str>, Duration, Duration)> {
         let mut out = Vec::new();

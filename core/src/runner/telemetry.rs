@@ -15,7 +15,8 @@ use crate::spec::Pipeline;
 use crate::telemetry::events;
 use crate::text;
 
-/// Log a heartbeat every `every`, and warn once about each attempt past half its timeout.
+/// Log a heartbeat every `every`, warn once about each attempt past half its timeout, and dump
+/// the status when a signal asks for it (SIGUSR1, SIGUSR2).
 pub(crate) async fn heartbeat(
     shared: Arc<Shared>,
     every: Duration,
@@ -32,6 +33,7 @@ pub(crate) async fn heartbeat(
             () = done.cancelled() => return,
             _ = beat.tick() => log_heartbeat(&shared, began),
             _ = watch.tick() => warn_slow(&shared),
+            () = shared.control.dump.notified() => log_status_dump(&shared, began),
         }
     }
 }
@@ -79,6 +81,36 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
         "{}",
         events::HEARTBEAT
     );
+}
+
+/// Most attempts a status dump names per stage.
+const DUMP_LIMIT: usize = 50;
+
+/// What SIGUSR1 asks for: a heartbeat now, and every attempt in flight, stage by stage, oldest
+/// first (up to [`DUMP_LIMIT`] a stage).
+fn log_status_dump(shared: &Shared, began: Instant) {
+    tracing::info!("status requested by signal: a heartbeat and the attempts in flight follow");
+    log_heartbeat(shared, began);
+    for s in &shared.stages {
+        let attempts = s.stats.in_flight();
+        if attempts.is_empty() {
+            continue;
+        }
+        let mut listed: Vec<String> = attempts
+            .iter()
+            .take(DUMP_LIMIT)
+            .map(|(key, age)| format!("{key} ({})", text::duration(*age)))
+            .collect();
+        if attempts.len() > DUMP_LIMIT {
+            listed.push(format!("and {} more", attempts.len() - DUMP_LIMIT));
+        }
+        tracing::info!(
+            stage = %s.name,
+            in_flight = attempts.len(),
+            attempts = %listed.join(", "),
+            "in flight"
+        );
+    }
 }
 
 fn stage_line(s: &StageRt) -> String {
