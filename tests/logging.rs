@@ -60,31 +60,31 @@ fn a_run_whose_stderr_reader_is_gone_finishes_and_exits_0() {
     assert_eq!(p.sink("out.jsonl").keys().len(), 30);
 }
 
+/// `validate` with stderr on /dev/full (every write fails): its exit code.
+fn validate_into_a_full_stderr(pipeline: &str) -> Option<i32> {
+    let p = Pipeline::new(pipeline);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = Command::new(util::bin())
+        .args(["validate", "pipeline.toml"])
+        .current_dir(p.dir.path())
+        .stderr(full)
+        .output()
+        .expect("run stagewise validate");
+    out.status.code()
+}
+
 #[test]
 fn validate_with_a_full_stderr_still_exits_with_its_code() {
-    let p = Pipeline::new(&PIPELINE.replace("count = 30", "count = 0"));
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let out = Command::new(util::bin())
-        .args(["validate", "pipeline.toml"])
-        .current_dir(p.dir.path())
-        .stderr(full)
-        .output()
-        .expect("run stagewise validate");
-    // `count = 0` is valid; the message saying so cannot be written, and that is no error.
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let p = Pipeline::new(&PIPELINE.replace("count = 30", "count = \"x\""));
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let out = Command::new(util::bin())
-        .args(["validate", "pipeline.toml"])
-        .current_dir(p.dir.path())
-        .stderr(full)
-        .output()
-        .expect("run stagewise validate");
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Valid: the message saying so cannot be written, and that is no error.
+    assert_eq!(
+        validate_into_a_full_stderr(&PIPELINE.replace("count = 30", "count = 0")),
+        Some(0)
+    );
+    assert_eq!(
+        validate_into_a_full_stderr(&PIPELINE.replace("count = 30", "count = \"x\"")),
+        Some(2)
+    );
 }

@@ -74,12 +74,13 @@ fn sigterm_drains_within_grace_and_the_next_run_resumes() {
     assert_eq!(p.status().count("done"), 40);
 }
 
-#[test]
-fn a_second_signal_stops_at_once() {
-    let p = Pipeline::new(
+/// 16 items through 8 places of a 30 s sleep, with a 60 s grace: a drain that would take long,
+/// so that a stop at once shows.
+fn long_naps(name: &str) -> Pipeline {
+    Pipeline::new(&format!(
         r#"
         [pipeline]
-        name = "double-sigint"
+        name = "{name}"
         shutdown_grace = "60s"
         heartbeat = "200ms"
 
@@ -99,8 +100,13 @@ fn a_second_signal_stops_at_once() {
         name = "out"
         kind = "jsonl"
         path = "out.jsonl"
-        "#,
-    );
+        "#
+    ))
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let p = long_naps("double-sigint");
     let mut running = p.cmd("run").spawn();
     running.wait_for_stderr("heartbeat", Duration::from_millis(1500));
     running.signal(libc::SIGINT);
@@ -291,31 +297,7 @@ fn a_second_runner_on_the_same_store_is_refused() {
 /// another kind cancels at once.
 #[test]
 fn sighup_drains_and_a_second_signal_of_any_kind_stops_at_once() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "sighup"
-        shutdown_grace = "60s"
-        heartbeat = "200ms"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 16
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "30s"
-        timeout = "60s"
-        concurrency = 8
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
-    );
+    let p = long_naps("sighup");
     let mut running = p.cmd("run").spawn();
     running.wait_for_stderr("heartbeat", Duration::from_millis(1500));
     running.signal(libc::SIGHUP);
