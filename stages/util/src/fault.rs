@@ -10,7 +10,8 @@
 //! fail in existing tests and benchmarks.
 //!
 //! `u` then falls into one band, in this order: `panic_rate`, `hang_rate`, `permanent_rate`,
-//! `error_rate`, and the rest passes the record on unchanged.
+//! `error_rate`, `freeze_rate`, and the rest passes the record on unchanged. (`freeze_rate`
+//! came last, so that the other bands of existing pipelines did not move.)
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,16 +62,32 @@ pub struct FaultConfig {
     #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub blocking: bool,
+    /// Share of calls that freeze the runtime thread they run on: a plain `std::thread::sleep`
+    /// of `freeze_for` inside the async call, never yielding, as a library that blocks without
+    /// saying so would. Only with `blocking = false` (on the blocking pool, that is `hang_rate`).
+    #[schemars(extend("x-default" = "`0`"))]
+    #[serde(default)]
+    pub freeze_rate: f64,
+    /// How long a frozen call blocks its thread.
+    #[schemars(extend("x-default" = "`\"1h\"`"))]
+    #[schemars(with = "stagewise_core::stage::DurationText")]
+    #[serde(default = "default_freeze_for", with = "humantime_serde")]
+    pub freeze_for: Duration,
+}
+
+fn default_freeze_for() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl FaultConfig {
     /// The rates with their keys, in the order their bands are laid out in the docs.
-    fn rates(&self) -> [(&'static str, f64); 4] {
+    fn rates(&self) -> [(&'static str, f64); 5] {
         [
             ("error_rate", self.error_rate),
             ("permanent_rate", self.permanent_rate),
             ("hang_rate", self.hang_rate),
             ("panic_rate", self.panic_rate),
+            ("freeze_rate", self.freeze_rate),
         ]
     }
 }
@@ -124,6 +141,12 @@ impl StageKind for FaultKind {
                 format!("{names} add up to {sum}, more than 1"),
             ));
         }
+        if config.blocking && config.freeze_rate > 0.0 {
+            problems.push((
+                "freeze_rate".to_owned(),
+                "`freeze_rate` freezes an async stage's runtime thread; with `blocking = true` use `hang_rate`".to_owned(),
+            ));
+        }
         problems
     }
 
@@ -145,6 +168,7 @@ enum Injected {
     Permanent,
     Hang,
     Panic,
+    Freeze,
 }
 
 /// The stage, with the rates turned into cumulative upper bounds of their bands.
@@ -153,6 +177,8 @@ struct Fault {
     hang_below: f64,
     permanent_below: f64,
     error_below: f64,
+    freeze_below: f64,
+    freeze_for: Duration,
     seed: u64,
 }
 
@@ -160,11 +186,14 @@ impl Fault {
     fn new(config: &FaultConfig) -> Self {
         let hang_below = config.panic_rate + config.hang_rate;
         let permanent_below = hang_below + config.permanent_rate;
+        let error_below = permanent_below + config.error_rate;
         Self {
             panic_below: config.panic_rate,
             hang_below,
             permanent_below,
-            error_below: permanent_below + config.error_rate,
+            error_below,
+            freeze_below: error_below + config.freeze_rate,
+            freeze_for: config.freeze_for,
             seed: config.seed,
         }
     }
@@ -179,6 +208,8 @@ impl Fault {
             Injected::Permanent
         } else if u < self.error_below {
             Injected::Transient
+        } else if u < self.freeze_below {
+            Injected::Freeze
         } else {
             Injected::Nothing
         }
@@ -211,7 +242,7 @@ fn injected_error(injected: Injected) -> Option<StageError> {
     match injected {
         Injected::Permanent => Some(StageError::permanent("injected permanent fault")),
         Injected::Transient => Some(StageError::transient("injected transient fault")),
-        Injected::Nothing | Injected::Hang | Injected::Panic => None,
+        Injected::Nothing | Injected::Hang | Injected::Panic | Injected::Freeze => None,
     }
 }
 
@@ -223,6 +254,12 @@ impl AsyncStage for Fault {
             Injected::Hang => {
                 let never: Infallible = std::future::pending().await;
                 match never {}
+            }
+            Injected::Freeze => {
+                // On purpose: this blocks the runtime thread the call is polled on, deaf to
+                // timeouts and signals, until it wakes.
+                std::thread::sleep(self.freeze_for);
+                Ok(Outcome::Continue(record))
             }
             injected => match injected_error(injected) {
                 Some(err) => Err(err),
@@ -497,5 +534,55 @@ mod tests {
                 .expect_err("panics");
         assert_eq!(panic.downcast_ref::<&str>(), Some(&"injected panic"));
         // A blocking hang sleeps for an hour; it is not called here.
+    }
+
+    #[test]
+    fn the_freeze_band_comes_last_and_moves_no_other() {
+        let without = fault("error_rate = 0.2\npermanent_rate = 0.2\nhang_rate = 0.1\nseed = 3");
+        let with = fault(
+            "error_rate = 0.2\npermanent_rate = 0.2\nhang_rate = 0.1\nfreeze_rate = 0.3\nseed = 3",
+        );
+        let mut frozen = 0;
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            match with.decide(&key, 1) {
+                Injected::Freeze => {
+                    frozen += 1;
+                    assert_eq!(without.decide(&key, 1), Injected::Nothing, "{key}");
+                }
+                other => assert_eq!(without.decide(&key, 1), other, "{key}"),
+            }
+        }
+        assert!((230..370).contains(&frozen), "{frozen}");
+    }
+
+    #[test]
+    fn a_frozen_call_blocks_its_thread_inside_one_poll() {
+        let StageImpl::Async(stage) = build("freeze_rate = 1.0\nfreeze_for = \"200ms\"") else {
+            panic!("expected an async stage");
+        };
+        let cx = cx("k", 1);
+        let mut call = std::pin::pin!(stage.process(Record::new("k"), &cx));
+        let waker = std::task::Waker::noop();
+        let began = std::time::Instant::now();
+        // One poll: a stage that yielded would return Pending at once.
+        let polled = call
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(polled.is_ready(), "a freeze never yields");
+        assert!(
+            began.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            began.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_freeze_needs_an_async_stage() {
+        let config: FaultConfig =
+            config("freeze_rate = 0.5\nblocking = true").expect("valid config");
+        let problems = FaultKind.check(&config, Role::Transform);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "freeze_rate");
     }
 }
