@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec};
+use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, StageKeys};
 use crate::config::{default_text, schema_of, struct_fields};
 use crate::registry::Registry;
 
@@ -54,6 +54,10 @@ pub fn key_tables(registry: &Registry) -> Vec<KeyTable> {
             ),
         ),
         table("policy", policy),
+        table(
+            "[[stage]]",
+            rows(&schema_of::<StageKeys>(), struct_fields::<StageKeys>(), ""),
+        ),
     ];
     for kind in registry.kinds() {
         let dyn_kind = registry.get(kind).expect("listed by the registry");

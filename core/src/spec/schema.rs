@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec};
+use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, StageKeys};
 use crate::config::{default_text, schema_of};
 use crate::registry::Registry;
 use crate::stage::Role;
@@ -52,17 +52,10 @@ pub fn json_schema(registry: &Registry) -> Value {
     describe(&mut checkpoint);
 
     let kinds: Vec<&str> = registry.kinds().collect();
-    let mut stage_properties = json!({
-        "name": {
-            "type": "string",
-            "minLength": 1,
-            "description": "unique; used in logs, `status`, the checkpoint and environment overrides",
-        },
-        "kind": {
-            "enum": kinds,
-            "description": "the stage's kind: its own keys follow it",
-        },
-    });
+    let mut header = schema_of::<StageKeys>();
+    describe(&mut header);
+    header["properties"]["kind"]["enum"] = json!(kinds);
+    let mut stage_properties = header["properties"].take();
     let shared = policy["properties"]
         .as_object()
         .cloned()

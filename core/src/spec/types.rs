@@ -62,6 +62,19 @@ pub(crate) struct CheckpointSpec {
     pub commit_max_items: Option<NonZeroUsize>,
 }
 
+/// The keys that make a table of `[[stage]]` a stage, besides the policy keys and its kind's
+/// own. Read by hand in `spec/mod.rs` (the kind decides how the rest is read); this type is
+/// their documentation, for the schema and the reference.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[allow(dead_code)] // read for its keys and schema
+pub(crate) struct StageKeys {
+    /// Unique; used in logs, `status`, the checkpoint and environment overrides.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The stage's kind, one of those below: its own keys follow it.
+    pub kind: String,
+}
+
 /// `max_failures`: a count or a share of the batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MaxFailures {
