@@ -98,7 +98,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_stage_starts_at_once_and_late_wakeups_do_not_slow_the_rate() {
+    async fn late_wakeups_do_not_push_later_slots_back() {
+        let gate = RateGate::new(RateLimit {
+            count: 1000,
+            per: Duration::from_secs(1),
+        });
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        assert_eq!(gate.reserve(), t0);
+        assert_eq!(gate.reserve(), t0 + ms(1));
+        // The waiter for the 1 ms slot wakes 0.7 ms late; the next slot stays where it was.
+        tokio::time::advance(Duration::from_micros(1700)).await;
+        assert_eq!(gate.reserve(), t0 + ms(2));
+        // Another wakes 0.9 ms late: still on schedule.
+        tokio::time::advance(Duration::from_micros(1200)).await;
+        assert_eq!(gate.reserve(), t0 + ms(3));
+        // Only a caller past every reserved slot (the stage idle) starts from now.
+        tokio::time::advance(ms(10)).await;
+        assert_eq!(gate.reserve(), t0 + Duration::from_micros(12_900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stage_starts_at_once_without_a_burst() {
         let gate = RateGate::new(RateLimit {
             count: 1000,
             per: Duration::from_secs(1),
@@ -112,7 +133,7 @@ mod tests {
         assert_eq!(began.elapsed(), Duration::ZERO);
         gate.ready(&stop).await.expect("not stopped");
         assert_eq!(began.elapsed(), Duration::from_millis(1));
-        // A thousand more take a second, whatever the timer's resolution.
+        // A thousand more take a second: one a millisecond.
         for _ in 0..1000 {
             gate.ready(&stop).await.expect("not stopped");
         }
