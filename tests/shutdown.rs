@@ -422,9 +422,10 @@ fn a_locked_store_cannot_hold_the_shutdown_past_the_grace() {
     out.assert_code(3);
     out.assert_stderr_contains("did not take the last updates within `shutdown_grace` (1s)");
     out.assert_stderr_contains("sqlite:");
-    // 1 s of grace and 1.5 s of margin; the SQLite busy timeout alone is 10 s.
+    // 1 s of grace and 1.5 s of margin, with room for a loaded machine; the SQLite busy timeout
+    // alone, which bounded this before, is 10 s.
     assert!(
-        after_signal < Duration::from_secs(6),
+        after_signal < Duration::from_secs(8),
         "exit took {after_signal:?} after SIGTERM with a 1s grace\n{out}"
     );
     // What was committed is kept, and the next run finishes the batch.
