@@ -36,17 +36,6 @@ pub use stats::Latency;
 use stats::{Counter, StageStats};
 pub use telemetry::{StageSummary, Summary};
 
-/// How long past `shutdown_grace` a stopped run may take to save its last updates.
-const DRAIN_MARGIN: Duration = Duration::from_millis(1500);
-
-/// The store as messages name it, its password hidden.
-fn store_name(pipeline: &Pipeline) -> String {
-    match &pipeline.checkpoint.store {
-        StoreLocation::Sqlite(path) => format!("sqlite:{}", path.display()),
-        StoreLocation::Postgres(url) => crate::text::redact_url(url),
-    }
-}
-
 /// Items read from the store per page when feeding.
 const PAGE: usize = 512;
 /// How long the runtime waits for stuck blocking threads at exit before leaving them.
@@ -385,48 +374,25 @@ async fn execute(
         control.abort(AbortReason::Checkpoint(e.to_string()));
     }
     tracker.close();
-    let drain = async {
-        tracker.wait().await;
-        let remaining = shared.totals.remaining();
-        let (exit, status) = if control.abort_reason().is_some() {
-            (Exit::Aborted, RunStatus::Aborted)
-        } else if remaining == 0 {
-            if shared.totals.failed.get() > 0 {
-                (Exit::FinishedWithFailures, RunStatus::Finished)
-            } else {
-                (Exit::Finished, RunStatus::Finished)
-            }
+    tracker.wait().await;
+
+    let remaining = shared.totals.remaining();
+    let (exit, status) = if control.abort_reason().is_some() {
+        (Exit::Aborted, RunStatus::Aborted)
+    } else if remaining == 0 {
+        if shared.totals.failed.get() > 0 {
+            (Exit::FinishedWithFailures, RunStatus::Finished)
         } else {
-            (Exit::Interrupted, RunStatus::Interrupted)
-        };
-        match shared.checkpoint.flush(Some(status)).await {
-            Ok(()) => exit,
-            Err(e) => {
-                control.abort(AbortReason::Checkpoint(e.0));
-                Exit::Aborted
-            }
+            (Exit::Finished, RunStatus::Finished)
         }
+    } else {
+        (Exit::Interrupted, RunStatus::Interrupted)
     };
-    // Once the run is told to stop, the drain — the items' last updates and the final commit —
-    // has `shutdown_grace` and a margin, whatever the store does: a store that does not answer
-    // (a SQLite file locked by another process, a PostgreSQL server gone quiet) must not keep
-    // the process past its platform's grace. What was committed before is kept.
-    let bounded = async {
-        control.soft.cancelled().await;
-        tokio::time::sleep(pipeline.shutdown_grace + DRAIN_MARGIN).await;
-    };
-    let exit = tokio::select! {
-        exit = drain => exit,
-        () = bounded => {
-            control.abort(AbortReason::Checkpoint(format!(
-                "the checkpoint store {} did not take the last updates within `shutdown_grace` ({}) and {} after the stop; what it had committed before is kept, and the next run resumes from there",
-                store_name(pipeline),
-                crate::text::duration(pipeline.shutdown_grace),
-                crate::text::duration(DRAIN_MARGIN),
-            )));
-            Exit::Aborted
-        }
-    };
+    let mut exit = exit;
+    if let Err(e) = shared.checkpoint.flush(Some(status)).await {
+        control.abort(AbortReason::Checkpoint(e.0));
+        exit = Exit::Aborted;
+    }
     done.cancel();
     // Everything is durable after the flush. The writer task ends when the last handle goes;
     // an abandoned call's watcher may keep one alive, so it is not waited for.
