@@ -16,6 +16,8 @@
 //!   and the services a stage is lent; [`Registry`]: how stage crates plug their kinds in.
 //! - [`plugin`]: the host of dynamic plugins (`kind = "plugin"`), built with `stagewise-plugin`.
 //! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.
+//! - [`flight`]: the flight recorder, a small mapped file saying what a process is doing, for
+//!   the next one to read when it died without a word.
 //! - [`text`]: durations, URLs and panic messages as the logs and errors write them.
 //!
 //! A stage kind in a few lines:
@@ -65,6 +67,7 @@
 mod checkpoint;
 pub mod commands;
 mod config;
+pub mod flight;
 pub mod plugin;
 mod policy;
 mod registry;
