@@ -1,6 +1,6 @@
 //! The host side of the plugin ABI (`stagewise_plugin::abi`): loading a library, the
-//! handshake, and calls into it. This is the only file of core that uses `unsafe`; everything
-//! it hands out ([`Plugin`], [`Instance`]) is safe to use.
+//! handshake, and calls into it. All of core's `unsafe` is here but the flight recorder's
+//! memory map; everything it hands out ([`Plugin`], [`Instance`]) is safe to use.
 //!
 //! Libraries are loaded once per canonical path and never unloaded: a plugin's code may still
 //! run on an abandoned pool thread, its statics may be referenced by instances, and unloading
