@@ -12,6 +12,7 @@
 //! only run SQL for it (`model::Tables`), and one table of scenarios (`tests`) runs against
 //! both.
 
+mod deadline;
 mod model;
 mod postgres;
 mod sqlite;
@@ -107,6 +108,16 @@ pub enum StoreError {
         path: String,
         /// Who holds it, as far as known.
         holder: String,
+    },
+    /// The store did not answer a commit before the writer's shutdown deadline (see
+    /// [`writer::Checkpointer::set_deadline`]); the commit was rolled back, and what was
+    /// committed before is kept.
+    #[error("checkpoint store {path} did not answer before the shutdown deadline ({cause}); what it committed before is kept, and the next run resumes from there")]
+    Unanswered {
+        /// The store's path, or its URL with the password hidden.
+        path: String,
+        /// What the commit was waiting for, as the database put it.
+        cause: String,
     },
     /// A database error.
     #[error("checkpoint store: {0}")]
@@ -315,6 +326,10 @@ pub(crate) struct Duplicates {
 pub(crate) trait UpdateWriter: Send {
     /// Apply `updates` in order, then set the run's status if given: all or nothing.
     fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError>;
+    /// The writer's shutdown deadline, to set from any thread, while a commit runs too: from
+    /// then on each commit waits for the store at most until it (see [`deadline`]), and one
+    /// that does not make it fails with [`StoreError::Unanswered`].
+    fn deadline(&self) -> std::sync::Arc<deadline::Deadline>;
 }
 
 /// A checkpoint store.

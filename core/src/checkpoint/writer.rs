@@ -8,6 +8,10 @@
 //! `commit_max_items` updates, so at any moment the updates of at most `3 × commit_max_items`
 //! items are not yet durable (one batch committing, one collecting, the channel): the bound on
 //! redone work after `kill -9`.
+//!
+//! Once the run is told to stop, [`Checkpointer::set_deadline`] bounds what each commit may
+//! wait for the store (see [`super::deadline`]): a store that does not answer fails the commit
+//! by then, instead of holding the process for its own timeouts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -16,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::deadline::Deadline;
 use super::{Change, CheckpointStore, RunStatus, StoreError, Update, UpdateWriter};
 
 enum Msg {
@@ -28,6 +33,7 @@ enum Msg {
 pub(crate) struct Checkpointer {
     tx: mpsc::Sender<Msg>,
     failure: Arc<OnceLock<String>>,
+    deadline: Arc<Deadline>,
 }
 
 /// The writer stopped; the message says why.
@@ -44,6 +50,7 @@ impl Checkpointer {
         max_items: usize,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let writer = store.update_writer(run)?;
+        let deadline = writer.deadline();
         let (tx, rx) = mpsc::channel(max_items.max(1));
         let failure = Arc::new(OnceLock::new());
         let task = tokio::spawn(write_loop(
@@ -53,7 +60,23 @@ impl Checkpointer {
             max_items.max(1),
             failure.clone(),
         ));
-        Ok((Checkpointer { tx, failure }, task))
+        Ok((
+            Checkpointer {
+                tx,
+                failure,
+                deadline,
+            },
+            task,
+        ))
+    }
+
+    /// From now on, every commit — the one in progress included — waits for the store at most
+    /// until `at` (and at least [`super::deadline::MIN_WAIT`], so that a commit that begins just
+    /// after still gets a short chance). A commit the store does not take by then fails, naming
+    /// the store; the writer stops, and [`Checkpointer::flush`] returns its error. What was
+    /// committed before is kept. Does not block; callable from any thread.
+    pub(crate) fn set_deadline(&self, at: std::time::Instant) {
+        self.deadline.set(at);
     }
 
     fn failed(&self) -> CheckpointFailed {

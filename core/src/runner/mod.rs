@@ -330,6 +330,16 @@ async fn execute(
         pipeline.checkpoint.commit_interval,
         pipeline.checkpoint.commit_max_items,
     )?;
+    // Once stopped, a store that does not answer may hold the run for the grace and a second
+    // more, not for its own timeouts: a commit it does not take by then fails (exit 3).
+    let (stopping, grace) = (checkpoint.clone(), pipeline.shutdown_grace);
+    let (soft, ended) = (control.soft.clone(), done.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = soft.cancelled() => stopping.set_deadline(Instant::now() + grace + Duration::from_secs(1)),
+            () = ended.cancelled() => {}
+        }
+    });
     let window: usize = stages
         .iter()
         .skip(1)

@@ -132,7 +132,7 @@ impl<T: Tables> CheckpointStore for T {
     }
 
     fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError> {
-        Ok(Box::new(Updates(self.updates(run)?)))
+        Ok(Box::new(Updates::new(self.updates(run)?)))
     }
 
     fn response_cache(&self) -> Result<SharedCache, StoreError> {

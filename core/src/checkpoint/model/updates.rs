@@ -1,10 +1,15 @@
 //! What a [`Change`] sets in an item's row: a batch of updates folds into one [`RowUpdate`]
 //! per item, which a backend writes with its SQL through [`UpdateRows`]. Writing the folded
 //! rows is the same as applying every update one by one, in order.
+//!
+//! Each batch is one commit of the writer's [`Deadline`]: the backend bounds its waits by the
+//! deadline's cut once one is set.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
+use super::super::deadline::{Deadline, Interrupt};
 use super::super::{Change, ItemState, RunStatus, StoreError, Update, UpdateWriter};
 
 /// What one batch sets in one item's row, every update of the item folded in order. `None`
@@ -114,20 +119,45 @@ pub(in crate::checkpoint) fn fold(updates: &[Update]) -> Vec<(i64, RowUpdate)> {
 /// How a backend writes item updates, on a connection of its own, for one run.
 pub(in crate::checkpoint) trait UpdateRows: Send + 'static {
     /// In one transaction: write `rows` (`(seq, what to set)`, one per item) to the run's items,
-    /// then set the run's status, if given.
+    /// then set the run's status, if given. Once `deadline` has a cut, no wait for the store
+    /// lasts past it, and one that would fails with [`StoreError::Unanswered`]; before, the
+    /// store's usual timeouts apply, and nothing is added to the commit.
     fn write(
         &mut self,
         rows: &[(i64, RowUpdate)],
         status: Option<RunStatus>,
+        deadline: &Deadline,
     ) -> Result<(), StoreError>;
+
+    /// What cuts short, from another thread, a statement this writer's commit is waiting on;
+    /// `None` when its waits read [`Deadline::cut`] again often enough by themselves.
+    fn interrupt(&self) -> Option<Interrupt>;
 }
 
-/// The update writer of every backend: folds each batch, then has the backend write it.
-pub(super) struct Updates<W: UpdateRows>(pub(super) W);
+/// The update writer of every backend: folds each batch, then has the backend write it within
+/// the writer's deadline.
+pub(super) struct Updates<W: UpdateRows> {
+    rows: W,
+    deadline: Arc<Deadline>,
+}
+
+impl<W: UpdateRows> Updates<W> {
+    /// The writer of `rows`, without a deadline.
+    pub(super) fn new(rows: W) -> Self {
+        let deadline = Deadline::new(rows.interrupt());
+        Updates { rows, deadline }
+    }
+}
 
 impl<W: UpdateRows> UpdateWriter for Updates<W> {
     fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
-        self.0.write(&fold(updates), status)
+        let rows = fold(updates);
+        let _commit = self.deadline.begin();
+        self.rows.write(&rows, status, &self.deadline)
+    }
+
+    fn deadline(&self) -> Arc<Deadline> {
+        self.deadline.clone()
     }
 }
 

@@ -40,6 +40,14 @@ impl Conn {
     pub(super) fn client(&mut self) -> &mut Client {
         self.0.as_mut().expect("the client is only taken by drop")
     }
+
+    /// What cancels the session's statement in progress, from any thread.
+    pub(super) fn cancel_token(&self) -> postgres::CancelToken {
+        self.0
+            .as_ref()
+            .expect("the client is only taken by drop")
+            .cancel_token()
+    }
 }
 
 impl Drop for Conn {

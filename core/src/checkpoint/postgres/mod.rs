@@ -251,6 +251,7 @@ impl Tables for PgStore {
         Ok(PgUpdates {
             conn: connect(&self.config, &self.shown)?,
             run,
+            shown: self.shown.clone(),
         })
     }
 

@@ -1,9 +1,15 @@
 //! The PostgreSQL store's writers: a new run's manifest, one statement per chunk, and batches
 //! of item updates, one statement per batch.
 
+use std::time::Instant;
+
+use postgres::error::SqlState;
+use postgres::{NoTls, Transaction};
+
+use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
 use super::super::{RunStatus, StoreError};
-use super::conn::{db, off_runtime, Conn};
+use super::conn::{db, describe, off_runtime, Conn};
 
 /// Writes a new run's manifest.
 pub(in crate::checkpoint) struct PgManifest {
@@ -79,14 +85,34 @@ pub(in crate::checkpoint) struct PgUpdates {
     pub(super) conn: Conn,
     /// The run whose items it updates.
     pub(super) run: i64,
+    /// The store as messages name it.
+    pub(super) shown: String,
+}
+
+/// Bound the transaction's next statement by the deadline's cut, if there is one: its lock
+/// waits and its whole run. Costs a round trip, so only once a deadline is set.
+fn bound(tx: &mut Transaction<'_>, deadline: &Deadline) -> Result<(), postgres::Error> {
+    let Some(cut) = deadline.cut() else {
+        return Ok(());
+    };
+    // 0 would mean no timeout at all.
+    let ms = cut
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .max(1);
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
+    ))
 }
 
 impl UpdateRows for PgUpdates {
-    /// One statement per batch: a remote server costs one round trip, not one per item.
+    /// One statement per batch: a remote server costs one round trip, not one per item (one
+    /// more, to bound it, once a deadline is set).
     fn write(
         &mut self,
         rows: &[(i64, RowUpdate)],
         status: Option<RunStatus>,
+        deadline: &Deadline,
     ) -> Result<(), StoreError> {
         let mut seqs = Vec::with_capacity(rows.len());
         let mut states = Vec::with_capacity(rows.len());
@@ -110,6 +136,7 @@ impl UpdateRows for PgUpdates {
         off_runtime(|| {
             let mut tx = self.conn.client().transaction()?;
             if !seqs.is_empty() {
+                bound(&mut tx, deadline)?;
                 tx.execute(
                     "UPDATE stagewise.items AS i SET
                         state = u.state,
@@ -127,6 +154,7 @@ impl UpdateRows for PgUpdates {
                 )?;
             }
             if let Some(status) = status {
+                bound(&mut tx, deadline)?;
                 tx.execute(
                     "UPDATE stagewise.runs SET status = $2, updated_at = $3 WHERE id = $1",
                     &[&run, &status.as_str(), &now()],
@@ -134,6 +162,32 @@ impl UpdateRows for PgUpdates {
             }
             tx.commit()
         })
-        .map_err(db)
+        .map_err(|e| {
+            // A timeout, or the deadline's watcher cancelling the statement, once the deadline
+            // is set: the store did not answer in time.
+            let timed_out = matches!(
+                e.code(),
+                Some(&SqlState::QUERY_CANCELED | &SqlState::LOCK_NOT_AVAILABLE)
+            );
+            if timed_out && deadline.cut().is_some() {
+                StoreError::Unanswered {
+                    path: self.shown.clone(),
+                    cause: describe(&e),
+                }
+            } else {
+                db(e)
+            }
+        })
+    }
+
+    /// A cancel request for the session's statement in progress, on a connection of its own.
+    fn interrupt(&self) -> Option<Interrupt> {
+        let token = self.conn.cancel_token();
+        let shown = self.shown.clone();
+        Some(Box::new(move || {
+            if let Err(e) = off_runtime(|| token.cancel_query(NoTls)) {
+                tracing::warn!(store = %shown, error = %describe(&e), "cannot cancel the checkpoint commit past the shutdown deadline");
+            }
+        }))
     }
 }

@@ -30,7 +30,7 @@ use super::model::{now, ItemRow, RunRow, Tables};
 use super::{unpoisoned, StoreError};
 
 /// How long a statement waits for another connection's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A checkpoint store in a SQLite file.
 pub struct SqliteStore {
@@ -256,6 +256,7 @@ impl Tables for SqliteStore {
         Ok(SqliteUpdates {
             conn: connect(&self.path)?,
             run,
+            shown: self.shown(),
         })
     }
 

@@ -1,11 +1,18 @@
 //! The SQLite store's writers: a new run's manifest, chunk by chunk, and batches of item
 //! updates, each batch in one transaction.
 
-use rusqlite::{params, Connection};
+use std::time::{Duration, Instant};
 
+use rusqlite::{params, Connection, ErrorCode, Transaction, TransactionBehavior};
+
+use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
 use super::super::{RunStatus, StoreError};
-use super::db;
+use super::{db, BUSY_TIMEOUT};
+
+/// The longest single wait for the write lock: between two, the update writer reads its
+/// deadline again, so that a deadline set while it waits cuts the wait short.
+const LOCK_WAIT_STEP: Duration = Duration::from_millis(100);
 
 /// Writes a new run's manifest.
 pub(in crate::checkpoint) struct SqliteManifest {
@@ -68,6 +75,42 @@ pub(in crate::checkpoint) struct SqliteUpdates {
     pub(super) conn: Connection,
     /// The run whose items it updates.
     pub(super) run: i64,
+    /// The store as messages name it.
+    pub(super) shown: String,
+}
+
+impl SqliteUpdates {
+    /// Take the write lock (`BEGIN IMMEDIATE`), waiting for another connection's commit at most
+    /// [`BUSY_TIMEOUT`], and never past the deadline's cut: in steps of at most
+    /// [`LOCK_WAIT_STEP`], each bounded by the cut as it is when the step begins. Once the lock
+    /// is held, the commit waits for nothing else.
+    fn begin(&self, deadline: &Deadline) -> Result<Transaction<'_>, StoreError> {
+        let limit = Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let cut = deadline.cut().filter(|cut| *cut < limit);
+            let until = cut.unwrap_or(limit);
+            let step = until
+                .saturating_duration_since(Instant::now())
+                .min(LOCK_WAIT_STEP);
+            self.conn.busy_timeout(step).map_err(db)?;
+            match Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate) {
+                Ok(tx) => return Ok(tx),
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                    if Instant::now() < until {
+                        continue;
+                    }
+                    if cut.is_some() {
+                        return Err(StoreError::Unanswered {
+                            path: self.shown.clone(),
+                            cause: e.to_string(),
+                        });
+                    }
+                    return Err(db(e));
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
+    }
 }
 
 impl UpdateRows for SqliteUpdates {
@@ -76,8 +119,9 @@ impl UpdateRows for SqliteUpdates {
         &mut self,
         rows: &[(i64, RowUpdate)],
         status: Option<RunStatus>,
+        deadline: &Deadline,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self.begin(deadline)?;
         {
             let mut stmt = tx
                 .prepare_cached(
@@ -113,5 +157,10 @@ impl UpdateRows for SqliteUpdates {
             .map_err(db)?;
         }
         tx.commit().map_err(db)
+    }
+
+    /// None needed: the lock is waited for in short steps, each reading the deadline again.
+    fn interrupt(&self) -> Option<Interrupt> {
+        None
     }
 }

@@ -56,6 +56,18 @@ impl Backend for SqliteFile {
     fn holder(&self) -> String {
         format!("pid {}", std::process::id())
     }
+
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The whole file's write lock, whatever the table.
+    fn hold_lock(&self, _table: &str) -> Box<dyn std::any::Any> {
+        let conn = rusqlite::Connection::open(&self.path).expect("open the file");
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        Box::new(conn)
+    }
 }
 
 /// The variable naming the test server (a role that may create databases, and its database).
@@ -197,5 +209,20 @@ impl Backend for PgDatabase {
     fn holder(&self) -> String {
         // The lock's session, named by its application name.
         "`stagewise/checkpoint`".to_owned()
+    }
+
+    fn shown(&self) -> String {
+        crate::text::redact_url(&self.url)
+    }
+
+    /// The table's lock in `EXCLUSIVE` mode (reads go on, writes wait), in a transaction left
+    /// open.
+    fn hold_lock(&self, table: &str) -> Box<dyn std::any::Any> {
+        let mut client = pg_connect(&self.url);
+        let sql = format!("BEGIN; LOCK TABLE stagewise.{table} IN EXCLUSIVE MODE");
+        client
+            .batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        Box::new(client)
     }
 }

@@ -36,6 +36,10 @@ trait Backend {
     fn plant_foreign_table(&self);
     /// What a `Busy` error says of a holder in this process.
     fn holder(&self) -> String;
+    /// The store as its messages name it.
+    fn shown(&self) -> String;
+    /// Another session holding the lock a write to the store's `table` needs, until dropped.
+    fn hold_lock(&self, table: &str) -> Box<dyn std::any::Any>;
 }
 
 /// Every scenario, as a test per backend.
@@ -79,6 +83,8 @@ scenarios![
     an_older_schema_is_upgraded_in_place,
     one_runner_at_a_time,
     open_existing_finds_no_store_where_none_was_made,
+    a_deadline_bounds_a_commit_behind_a_lock,
+    a_deadline_cuts_short_the_commit_waiting_now,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -681,4 +687,87 @@ fn open_existing_finds_no_store_where_none_was_made(b: &dyn Backend) {
         .expect("open")
         .expect("there now");
     assert_eq!(latest(&*store, "p").id, run.id);
+}
+
+/// `err` says that the store at `b` did not answer before the shutdown deadline, naming it.
+fn assert_unanswered(b: &dyn Backend, err: &StoreError) {
+    assert!(matches!(err, StoreError::Unanswered { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("did not answer before the shutdown deadline"),
+        "{message}"
+    );
+    assert!(message.contains(&b.shown()), "{message}");
+}
+
+/// A writer whose deadline is near gives up on a store another session keeps locked, within
+/// the deadline and naming the store; what it committed before stays, the cut batch does not.
+fn a_deadline_bounds_a_commit_behind_a_lock(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b"]);
+    let mut writer = store.update_writer(run.id).expect("writer");
+    let done = |seq| Update {
+        seq,
+        change: Change::Done,
+    };
+    writer.apply(&[done(1)], None).expect("a commit before");
+    let lock = b.hold_lock("items");
+    writer
+        .deadline()
+        .set(Instant::now() + Duration::from_millis(300));
+    let started = Instant::now();
+    let err = writer
+        .apply(&[done(2)], None)
+        .expect_err("the store is locked");
+    let took = started.elapsed();
+    assert_unanswered(b, &err);
+    // About 300 ms; the bound leaves room for a loaded machine, far below the store's own
+    // timeouts (10 s, 60 s).
+    assert!(
+        took >= Duration::from_millis(200),
+        "gave up early: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(lock);
+    let counts = store.counts(run.id).expect("counts");
+    assert_eq!((counts["done"], counts["pending"]), (1, 1));
+    // Past the deadline, a store that answers at once still takes a commit.
+    let mut writer = store.update_writer(run.id).expect("writer");
+    writer.deadline().set(Instant::now());
+    writer
+        .apply(&[done(2)], None)
+        .expect("a store that answers");
+    assert_eq!(store.counts(run.id).expect("counts")["done"], 2);
+}
+
+/// A deadline set while a commit already waits for a lock (on its own it would wait 10 s, or
+/// 60 s) cuts that wait short too.
+fn a_deadline_cuts_short_the_commit_waiting_now(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a"]);
+    let mut writer = store.update_writer(run.id).expect("writer");
+    let deadline = writer.deadline();
+    let lock = b.hold_lock("items");
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || {
+        writer.apply(
+            &[Update {
+                seq: 1,
+                change: Change::Done,
+            }],
+            None,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "the commit waits for the lock");
+    deadline.set(Instant::now() + Duration::from_millis(200));
+    let err = waiting
+        .join()
+        .expect("the writer does not panic")
+        .expect_err("the store is locked");
+    let took = started.elapsed();
+    assert_unanswered(b, &err);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(lock);
+    assert_eq!(store.counts(run.id).expect("counts")["pending"], 1);
 }
