@@ -370,3 +370,65 @@ fn sigusr1_and_sigusr2_dump_the_status_and_the_run_goes_on() {
     assert!(in_flight.contains("in_flight=3"), "{in_flight}");
     assert_eq!(p.status().count("done"), 6);
 }
+
+/// A checkpoint store that does not answer (its SQLite file locked by another process) cannot
+/// hold a stopped run past `shutdown_grace` and a second: the commit it does not take fails, the
+/// run exits 3 naming the store, and what was committed before stays.
+#[test]
+fn a_locked_store_cannot_hold_the_shutdown_past_the_grace() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "locked-store"
+        shutdown_grace = "1s"
+        heartbeat = "200ms"
+
+        [checkpoint]
+        store = "sqlite:state.db"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 400
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "50ms"
+        concurrency = 8
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(
+        running.wait_for_stderr("heartbeat", Duration::from_secs(10)),
+        "{}",
+        running.stderr_so_far()
+    );
+    // Another process takes the store's write lock and keeps it.
+    let db = rusqlite::Connection::open(p.dir.join("state.db")).expect("open the store");
+    db.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    db.execute_batch("BEGIN IMMEDIATE").expect("lock the store");
+    let signalled = Instant::now();
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    let after_signal = signalled.elapsed();
+    db.execute_batch("ROLLBACK").expect("unlock");
+    out.assert_code(3);
+    out.assert_stderr_contains("state.db did not answer before the shutdown deadline");
+    // The deadline is 1 s of grace and 1 s more, so about 2 s; the bound leaves a second for a
+    // loaded machine. The SQLite busy timeout alone, which bounded this before, is 10 s.
+    assert!(
+        after_signal < Duration::from_secs(3),
+        "exit took {after_signal:?} after SIGTERM with a 1s grace\n{out}"
+    );
+    // What was committed is kept, and the next run finishes the batch.
+    let out = p.run();
+    out.assert_code(0);
+    assert_eq!(p.status().count("done"), 400, "{out}");
+}
