@@ -13,7 +13,7 @@ mod status;
 mod updates;
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::stage::SharedCache;
 
@@ -33,6 +33,10 @@ pub(super) type RunRow = (i64, String, i64, String);
 
 /// `(seq, key, stage, record)` of an item, as stored.
 pub(super) type ItemRow = (i64, String, Option<String>, Option<String>);
+
+/// The longest a process record's save waits for a lock: it comes from a background thread at
+/// every heartbeat, and a late one is worth less than the commits it would hold up.
+pub(super) const PROCESS_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// The time as stored in `started_at`, `updated_at` and `created_at`: RFC 3339, in seconds.
 pub(super) fn now() -> String {
@@ -66,6 +70,12 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     fn updates(&self, run: i64) -> Result<Self::Updates, StoreError>;
     /// The response cache, on a connection of its own.
     fn cache(&self) -> Result<SharedCache, StoreError>;
+    /// Insert or replace `pipeline`'s process record, updated at `updated`: one short
+    /// statement, on a connection that neither the store's reads nor the update writer wait
+    /// for, waiting for a lock at most [`PROCESS_LOCK_WAIT`].
+    fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError>;
+    /// `pipeline`'s process record, if one was saved.
+    fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// A run from its row; a status this build does not know means the store is damaged.
@@ -137,5 +147,13 @@ impl<T: Tables> CheckpointStore for T {
 
     fn response_cache(&self) -> Result<SharedCache, StoreError> {
         self.cache()
+    }
+
+    fn save_process(&self, pipeline: &str, record_json: &str) -> Result<(), StoreError> {
+        self.put_process(pipeline, record_json, &now())
+    }
+
+    fn load_process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        self.process(pipeline)
     }
 }

@@ -35,7 +35,7 @@ use crate::stage::SharedCache;
 use self::cache::PgCache;
 use self::conn::{config, connect, db, off_runtime, Conn};
 use self::writers::{PgManifest, PgUpdates};
-use super::model::{now, ItemRow, RunRow, Tables};
+use super::model::{now, ItemRow, RunRow, Tables, PROCESS_LOCK_WAIT};
 use super::{unpoisoned, StoreError};
 
 /// The first half of every advisory lock key of stagewise ("stgw"), so that its locks do not
@@ -61,6 +61,8 @@ pub struct PgStore {
     config: postgres::Config,
     /// The session of the store's reads; writers, the lock and the cache open their own.
     conn: Mutex<Conn>,
+    /// The session that saves process records, opened at the first and again after a failure.
+    process: Mutex<Option<Conn>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -92,6 +94,7 @@ impl PgStore {
             shown,
             config,
             conn: Mutex::new(conn),
+            process: Mutex::new(None),
         })
     }
 
@@ -114,6 +117,7 @@ impl PgStore {
             shown,
             config,
             conn: Mutex::new(conn),
+            process: Mutex::new(None),
         }))
     }
 
@@ -258,6 +262,52 @@ impl Tables for PgStore {
     fn cache(&self) -> Result<SharedCache, StoreError> {
         let conn = connect(&self.config, &self.shown)?;
         Ok(std::sync::Arc::new(PgCache::new(conn)))
+    }
+
+    /// One autocommit statement on a session of its own, so that neither the store's reads nor
+    /// the update writer wait for it; connecting, its lock waits and the statement itself each
+    /// take at most [`PROCESS_LOCK_WAIT`]. A failed session is dropped, and the next save
+    /// connects again.
+    fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError> {
+        let mut slot = unpoisoned(&self.process);
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => {
+                let mut config = self.config.clone();
+                config.connect_timeout(PROCESS_LOCK_WAIT);
+                let mut conn = connect(&config, &self.shown)?;
+                let ms = PROCESS_LOCK_WAIT.as_millis();
+                off_runtime(|| {
+                    conn.client().batch_execute(&format!(
+                        "SET statement_timeout = {ms}; SET lock_timeout = {ms}"
+                    ))
+                })
+                .map_err(db)?;
+                slot.insert(conn)
+            }
+        };
+        let client = conn.client();
+        let saved = off_runtime(|| {
+            client.execute(
+                "INSERT INTO stagewise.processes (pipeline, record, updated_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (pipeline) DO UPDATE SET record = EXCLUDED.record, updated_at = EXCLUDED.updated_at",
+                &[&pipeline, &record, &updated],
+            )
+        });
+        if saved.is_err() {
+            *slot = None;
+        }
+        saved.map(drop).map_err(db)
+    }
+
+    fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        let row = self.with_conn(|c| {
+            c.query_opt(
+                "SELECT record FROM stagewise.processes WHERE pipeline = $1",
+                &[&pipeline],
+            )
+        })?;
+        Ok(row.map(|r| r.get(0)))
     }
 }
 

@@ -13,7 +13,7 @@ use super::conn::describe;
 use super::LOCK_CLASS;
 
 /// The schema this build writes; the same numbering as the SQLite store's.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// The second half of the advisory lock that serializes schema upgrades.
 const MIGRATE_LOCK: i32 = 0;
 
@@ -49,6 +49,16 @@ CREATE TABLE stagewise.responses (
     stage text NOT NULL,
     value text NOT NULL,
     created_at text NOT NULL
+);
+";
+
+/// Version 3: the last flight record of each pipeline's process (see
+/// [`CheckpointStore::save_process`](super::super::CheckpointStore::save_process)).
+const SCHEMA_V3: &str = "
+CREATE TABLE stagewise.processes (
+    pipeline text PRIMARY KEY,
+    record text NOT NULL,
+    updated_at text NOT NULL
 );
 ";
 
@@ -115,12 +125,12 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
             });
         }
     }
-    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         if version < to {
             tx.batch_execute(sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(3, SCHEMA_V3)`.
+    // Later versions add their steps here: `(4, SCHEMA_V4)`.
     tx.execute("DELETE FROM stagewise.meta", &[])
         .map_err(corrupt)?;
     tx.execute(

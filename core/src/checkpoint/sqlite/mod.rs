@@ -2,8 +2,8 @@
 //!
 //! Schema versions live in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction (version 2 added the response
-//! cache); it refuses a newer one, and refuses a file that is not a SQLite database before
-//! writing a single byte to it.
+//! cache, version 3 the process records); it refuses a newer one, and refuses a file that is not
+//! a SQLite database before writing a single byte to it.
 //!
 //! The store is split by role: this module opens and locks it and runs the model's run and item
 //! queries, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
@@ -26,7 +26,7 @@ use crate::stage::SharedCache;
 
 use self::cache::SqliteCache;
 use self::writers::{SqliteManifest, SqliteUpdates};
-use super::model::{now, ItemRow, RunRow, Tables};
+use super::model::{now, ItemRow, RunRow, Tables, PROCESS_LOCK_WAIT};
 use super::{unpoisoned, StoreError};
 
 /// How long a statement waits for another connection's write lock.
@@ -38,6 +38,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// The connection of the store's reads; writers and the cache open their own.
     conn: Mutex<Connection>,
+    /// The connection that saves process records, opened at the first.
+    process: Mutex<Option<Connection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -69,6 +71,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            process: Mutex::new(None),
         })
     }
 
@@ -158,13 +161,18 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
 
 /// A connection to the store file, in WAL mode, waiting up to [`BUSY_TIMEOUT`] for a lock.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
+    connect_waiting(path, BUSY_TIMEOUT)
+}
+
+/// A connection to the store file, in WAL mode, waiting up to `busy` for a lock.
+fn connect_waiting(path: &Path, busy: Duration) -> Result<Connection, StoreError> {
     let shown = path.display().to_string();
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
         path: shown.clone(),
         message: e.to_string(),
     };
     let conn = Connection::open(path).map_err(corrupt)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(corrupt)?;
+    conn.busy_timeout(busy).map_err(corrupt)?;
     // WAL + NORMAL: a commit survives the process being killed; readers never block the writer.
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(corrupt)?;
@@ -262,6 +270,35 @@ impl Tables for SqliteStore {
 
     fn cache(&self) -> Result<SharedCache, StoreError> {
         Ok(std::sync::Arc::new(SqliteCache::new(connect(&self.path)?)))
+    }
+
+    /// One autocommit statement on a connection of its own, so that neither the store's reads
+    /// nor the update writer wait for it, and it waits for the write lock at most
+    /// [`PROCESS_LOCK_WAIT`].
+    fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError> {
+        let mut slot = unpoisoned(&self.process);
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => slot.insert(connect_waiting(&self.path, PROCESS_LOCK_WAIT)?),
+        };
+        conn.execute(
+            "INSERT INTO processes (pipeline, record, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pipeline) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
+            params![pipeline, record, updated],
+        )
+        .map(drop)
+        .map_err(db)
+    }
+
+    fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT record FROM processes WHERE pipeline = ?1",
+                [pipeline],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
     }
 }
 

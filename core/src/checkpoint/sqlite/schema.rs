@@ -2,15 +2,15 @@
 //!
 //! The version lives in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction of its own (version 2 added the
-//! response cache); a newer schema, or a database holding tables of something else, is refused
-//! before anything is written.
+//! response cache, version 3 the process records); a newer schema, or a database holding tables
+//! of something else, is refused before anything is written.
 
 use rusqlite::Connection;
 
 use super::super::StoreError;
 
 /// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: runs and their items.
 const SCHEMA_V1: &str = "
@@ -47,6 +47,16 @@ CREATE TABLE responses (
 ) WITHOUT ROWID;
 ";
 
+/// Version 3: the last flight record of each pipeline's process (see
+/// [`CheckpointStore::save_process`](super::super::CheckpointStore::save_process)).
+const SCHEMA_V3: &str = "
+CREATE TABLE processes (
+    pipeline TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
@@ -79,12 +89,12 @@ pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> 
         }
     }
     // Each step only where needed: a current store is opened without taking the write lock.
-    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         if version < to {
             step(conn, to, sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `step(conn, 3, SCHEMA_V3)`.
+    // Later versions add their steps here: `(4, SCHEMA_V4)`.
     Ok(())
 }
 

@@ -45,8 +45,13 @@ impl Backend for SqliteFile {
         self.execute(&format!("PRAGMA user_version = {version}"));
     }
 
-    fn downgrade_to_v1(&self) {
-        self.execute("DROP TABLE responses; PRAGMA user_version = 1;");
+    fn downgrade_to(&self, version: i64) {
+        let drop = match version {
+            1 => "DROP TABLE processes; DROP TABLE responses;",
+            2 => "DROP TABLE processes;",
+            _ => panic!("no schema version {version} to go back to"),
+        };
+        self.execute(&format!("{drop} PRAGMA user_version = {version};"));
     }
 
     fn plant_foreign_table(&self) {
@@ -198,8 +203,15 @@ impl Backend for PgDatabase {
         self.execute(&format!("UPDATE stagewise.meta SET version = {version}"));
     }
 
-    fn downgrade_to_v1(&self) {
-        self.execute("DROP TABLE stagewise.responses; UPDATE stagewise.meta SET version = 1;");
+    fn downgrade_to(&self, version: i64) {
+        let drop = match version {
+            1 => "DROP TABLE stagewise.processes; DROP TABLE stagewise.responses;",
+            2 => "DROP TABLE stagewise.processes;",
+            _ => panic!("no schema version {version} to go back to"),
+        };
+        self.execute(&format!(
+            "{drop} UPDATE stagewise.meta SET version = {version};"
+        ));
     }
 
     fn plant_foreign_table(&self) {

@@ -30,8 +30,9 @@ trait Backend {
     fn location(&self) -> StoreLocation;
     /// Overwrite the stored schema version, as another build of stagewise would have left it.
     fn set_schema_version(&self, version: i64);
-    /// Turn a current store into what schema version 1 wrote: no response cache.
-    fn downgrade_to_v1(&self);
+    /// Turn a current store into what an older schema version wrote: 1 had no response cache,
+    /// 2 no process records.
+    fn downgrade_to(&self, version: i64);
     /// Put another application's table where the store's tables would be.
     fn plant_foreign_table(&self);
     /// What a `Busy` error says of a holder in this process.
@@ -85,6 +86,8 @@ scenarios![
     open_existing_finds_no_store_where_none_was_made,
     a_deadline_bounds_a_commit_behind_a_lock,
     a_deadline_cuts_short_the_commit_waiting_now,
+    process_records_are_kept_per_pipeline,
+    saving_a_process_record_does_not_wait_long_for_a_lock,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -603,7 +606,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
@@ -626,36 +629,48 @@ fn a_foreign_database_is_refused(b: &dyn Backend) {
     assert!(err.to_string().contains("not modified"), "{err}");
 }
 
-/// A store of schema version 1 is upgraded when opened, its runs and items kept.
+/// A store of an older schema version is upgraded when opened, its runs and items kept, and
+/// the tables of each later version there.
 fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
-    let store = open(b);
-    let run = take(&*store, "p", &["a", "b", "c"]);
-    apply(
-        &*store,
-        run.id,
-        vec![(1, Change::Done)],
-        Some(RunStatus::Interrupted),
-    );
-    drop(store);
-    b.downgrade_to_v1();
-    let store = open(b);
-    let upgraded = latest(&*store, "p");
-    assert_eq!(
-        (upgraded.id, upgraded.status, upgraded.items),
-        (run.id, RunStatus::Interrupted, 3)
-    );
-    assert_eq!(
-        keys(&store.pending(run.id, 0, 10).expect("pending")),
-        ["b", "c"]
-    );
-    let cache = store.response_cache().expect("cache");
-    cache
-        .put("k", "llm", "v")
-        .expect("the cache's table is there");
-    assert_eq!(cache.get("k").expect("get").as_deref(), Some("v"));
-    drop(cache);
-    drop(store);
-    drop(open(b));
+    for version in [1, 2] {
+        let store = open(b);
+        let pipeline = format!("v{version}");
+        let run = take(&*store, &pipeline, &["a", "b", "c"]);
+        apply(
+            &*store,
+            run.id,
+            vec![(1, Change::Done)],
+            Some(RunStatus::Interrupted),
+        );
+        drop(store);
+        b.downgrade_to(version);
+        let store = open(b);
+        let upgraded = latest(&*store, &pipeline);
+        assert_eq!(
+            (upgraded.id, upgraded.status, upgraded.items),
+            (run.id, RunStatus::Interrupted, 3),
+            "from version {version}"
+        );
+        assert_eq!(
+            keys(&store.pending(run.id, 0, 10).expect("pending")),
+            ["b", "c"]
+        );
+        let cache = store.response_cache().expect("cache");
+        cache
+            .put("k", "llm", "v")
+            .expect("the cache's table is there");
+        assert_eq!(cache.get("k").expect("get").as_deref(), Some("v"));
+        drop(cache);
+        store
+            .save_process(&pipeline, "{}")
+            .expect("the process records' table is there");
+        assert_eq!(
+            store.load_process(&pipeline).expect("load").as_deref(),
+            Some("{}")
+        );
+        drop(store);
+        drop(open(b));
+    }
 }
 
 /// A second runner of the pipeline is refused as `Busy`, naming the holder, until the first
@@ -770,4 +785,51 @@ fn a_deadline_cuts_short_the_commit_waiting_now(b: &dyn Backend) {
     assert!(took < Duration::from_secs(5), "took {took:?}");
     drop(lock);
     assert_eq!(store.counts(run.id).expect("counts")["pending"], 1);
+}
+
+/// A pipeline's process record: none at first, then the last saved, apart from another
+/// pipeline's, and there after reopening.
+fn process_records_are_kept_per_pipeline(b: &dyn Backend) {
+    let store = open(b);
+    assert_eq!(store.load_process("p").expect("load"), None);
+    store.save_process("p", r#"{"pid":1}"#).expect("save");
+    assert_eq!(
+        store.load_process("p").expect("load").as_deref(),
+        Some(r#"{"pid":1}"#)
+    );
+    store.save_process("p", r#"{"pid":2}"#).expect("save again");
+    store.save_process("q", r#"{"pid":3}"#).expect("save");
+    assert_eq!(
+        store.load_process("p").expect("load").as_deref(),
+        Some(r#"{"pid":2}"#),
+        "replaced, and apart from q's"
+    );
+    drop(store);
+    let store = open(b);
+    assert_eq!(
+        store.load_process("q").expect("load").as_deref(),
+        Some(r#"{"pid":3}"#)
+    );
+    assert_eq!(store.load_process("r").expect("load"), None);
+}
+
+/// Saving a process record behind another session's lock fails after about 2 s instead of
+/// waiting for the store's usual timeouts; once the lock goes, it saves again.
+fn saving_a_process_record_does_not_wait_long_for_a_lock(b: &dyn Backend) {
+    let store = open(b);
+    store.save_process("p", "1").expect("save");
+    let lock = b.hold_lock("processes");
+    let started = Instant::now();
+    store
+        .save_process("p", "2")
+        .expect_err("the store is locked");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(
+        store.load_process("p").expect("reads go on").as_deref(),
+        Some("1")
+    );
+    drop(lock);
+    store.save_process("p", "3").expect("save after");
+    assert_eq!(store.load_process("p").expect("load").as_deref(), Some("3"));
 }
