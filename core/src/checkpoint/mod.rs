@@ -368,4 +368,8 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// The last process record saved for `pipeline`.
     #[cfg_attr(not(test), expect(dead_code, reason = "its callers are not in yet"))]
     fn load_process(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
+    /// Whether some process holds `pipeline`'s runner lock right now (SQLite: the store's,
+    /// whatever the pipeline). Never waits; a SQLite store's lock is tried and let go at once.
+    #[cfg_attr(not(test), expect(dead_code, reason = "its callers are not in yet"))]
+    fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError>;
 }

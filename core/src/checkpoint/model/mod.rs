@@ -76,6 +76,9 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError>;
     /// `pipeline`'s process record, if one was saved.
     fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
+    /// Whether some process holds the runner lock that `pipeline`'s run takes, now; without
+    /// waiting, and without holding it after.
+    fn runner_lock_held(&self, pipeline: &str) -> Result<bool, StoreError>;
 }
 
 /// A run from its row; a status this build does not know means the store is damaged.
@@ -155,5 +158,9 @@ impl<T: Tables> CheckpointStore for T {
 
     fn load_process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
         self.process(pipeline)
+    }
+
+    fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError> {
+        self.runner_lock_held(pipeline)
     }
 }

@@ -42,6 +42,12 @@ use super::{unpoisoned, StoreError};
 /// collide with an application's own single-key locks on the same database.
 const LOCK_CLASS: i32 = 0x7374_6777;
 
+/// Where `pg_locks` shows the runner lock of the pipeline whose key is `$2`, granted
+/// (`$1`: [`LOCK_CLASS`]); a two-key advisory lock shows as `objsubid = 2`.
+const RUNNER_LOCK_GRANTED: &str = "l.locktype = 'advisory' AND l.granted
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = ($1::int)::oid AND l.objid = ($2::int)::oid AND l.objsubid = 2";
+
 /// FNV-1a of the pipeline's name: stable across builds and platforms, unlike `DefaultHasher`,
 /// so that two versions of stagewise agree on a pipeline's lock.
 fn lock_key(pipeline: &str) -> i32 {
@@ -138,11 +144,12 @@ impl PgStore {
         // Who holds it, as far as this role may see (other roles' addresses are hidden).
         let holder = off_runtime(|| {
             conn.client().query_opt(
-                "SELECT a.pid, COALESCE(host(a.client_addr), 'local socket'), COALESCE(a.application_name, '')
-                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND l.classid = ($1::int)::oid AND l.objid = ($2::int)::oid AND l.objsubid = 2
-                 LIMIT 1",
+                &format!(
+                    "SELECT a.pid, COALESCE(host(a.client_addr), 'local socket'), COALESCE(a.application_name, '')
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE {RUNNER_LOCK_GRANTED}
+                     LIMIT 1"
+                ),
                 &[&LOCK_CLASS, &key],
             )
         });
@@ -308,6 +315,16 @@ impl Tables for PgStore {
             )
         })?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Asks `pg_locks`: the lock is the session-level advisory lock of [`PgStore::lock`].
+    fn runner_lock_held(&self, pipeline: &str) -> Result<bool, StoreError> {
+        let key = lock_key(pipeline);
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {RUNNER_LOCK_GRANTED})");
+        self.with_conn(|c| {
+            c.query_one(&sql, &[&LOCK_CLASS, &key])
+                .map(|r| r.get::<_, bool>(0))
+        })
     }
 }
 

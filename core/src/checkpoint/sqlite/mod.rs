@@ -80,9 +80,7 @@ impl SqliteStore {
     /// no stale lock).
     pub fn lock(&self) -> Result<RunnerLock, StoreError> {
         use std::io::Write;
-        let mut name = self.path.clone().into_os_string();
-        name.push(".lock");
-        let path = PathBuf::from(name);
+        let path = self.lock_path();
         let shown = self.path.display().to_string();
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -117,6 +115,13 @@ impl SqliteStore {
         let _ = file.set_len(0);
         let _ = write!(file, "{}", std::process::id());
         Ok(RunnerLock { _file: file })
+    }
+
+    /// The runner lock's file, `<store>.lock`.
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
     }
 
     /// Open an existing store; `None` when there is no file yet.
@@ -299,6 +304,33 @@ impl Tables for SqliteStore {
             )
             .optional()
             .map_err(db)
+    }
+
+    /// The store's runner lock, whatever the pipeline: one runner per store file. Tried shared
+    /// and let go at once, so that two readers asking at once do not see each other as a
+    /// runner; a runner starting in that very moment would be refused as busy. No lock file:
+    /// no runner has opened the store yet.
+    fn runner_lock_held(&self, _pipeline: &str) -> Result<bool, StoreError> {
+        let path = self.lock_path();
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(StoreError::Db(format!(
+                    "cannot open lock file {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        match file.try_lock_shared() {
+            // Dropping the file lets go of the lock.
+            Ok(()) => Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Db(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
     }
 }
 

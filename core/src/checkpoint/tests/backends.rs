@@ -73,6 +73,10 @@ impl Backend for SqliteFile {
             .expect("take the write lock");
         Box::new(conn)
     }
+
+    fn one_runner_per_store(&self) -> bool {
+        true
+    }
 }
 
 /// The variable naming the test server (a role that may create databases, and its database).
@@ -236,5 +240,9 @@ impl Backend for PgDatabase {
             .batch_execute(&sql)
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         Box::new(client)
+    }
+
+    fn one_runner_per_store(&self) -> bool {
+        false
     }
 }

@@ -41,6 +41,8 @@ trait Backend {
     fn shown(&self) -> String;
     /// Another session holding the lock a write to the store's `table` needs, until dropped.
     fn hold_lock(&self, table: &str) -> Box<dyn std::any::Any>;
+    /// Whether one runner takes the whole store (SQLite), not only its pipeline (PostgreSQL).
+    fn one_runner_per_store(&self) -> bool;
 }
 
 /// Every scenario, as a test per backend.
@@ -88,6 +90,7 @@ scenarios![
     a_deadline_cuts_short_the_commit_waiting_now,
     process_records_are_kept_per_pipeline,
     saving_a_process_record_does_not_wait_long_for_a_lock,
+    runner_active_follows_the_runner_lock,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -832,4 +835,25 @@ fn saving_a_process_record_does_not_wait_long_for_a_lock(b: &dyn Backend) {
     drop(lock);
     store.save_process("p", "3").expect("save after");
     assert_eq!(store.load_process("p").expect("load").as_deref(), Some("3"));
+}
+
+/// `runner_active` is true exactly while a runner holds the pipeline's lock.
+fn runner_active_follows_the_runner_lock(b: &dyn Backend) {
+    let store = open(b);
+    assert!(!store.runner_active("p").expect("ask"), "no runner yet");
+    let held = open_for_run(&b.location(), "p").expect("a runner");
+    assert!(store.runner_active("p").expect("ask"), "while it runs");
+    assert!(
+        store.runner_active("p").expect("ask"),
+        "asking lets go of nothing"
+    );
+    assert_eq!(
+        store.runner_active("q").expect("ask"),
+        b.one_runner_per_store(),
+        "another pipeline"
+    );
+    drop(held);
+    assert!(!store.runner_active("p").expect("ask"), "once it is gone");
+    let again = open_for_run(&b.location(), "p").expect("asking left the lock free");
+    drop(again);
 }
