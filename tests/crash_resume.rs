@@ -192,9 +192,13 @@ fn a_store_written_by_schema_version_1_is_upgraded_and_resumed() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("read the version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let cached: i64 = conn
         .query_row("SELECT count(*) FROM responses", [], |r| r.get(0))
         .expect("the response cache exists");
     assert_eq!(cached, 0);
+    let processes: i64 = conn
+        .query_row("SELECT count(*) FROM processes", [], |r| r.get(0))
+        .expect("the process records' table exists");
+    assert_eq!(processes, 0);
 }
