@@ -88,6 +88,26 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), so that untrusted text (an item's
+/// key, a page's title) cannot drive the terminal it is printed on.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(
+            s.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +173,12 @@ mod tests {
             panic_message(caught.as_ref()),
             "a panic with a non-string payload"
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_printing() {
+        assert_eq!(printable("plain key"), "plain key");
+        assert_eq!(printable("a\nb\u{1b}[31mred"), "a\\nb\\u{1b}[31mred");
+        assert!(matches!(printable("ok"), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -1,0 +1,194 @@
+//! Logging: `tracing` events, each formatted in the thread that emits it, then queued (see
+//! [`queue`]) for one writer thread that owns standard error. Nothing that runs the pipeline
+//! waits on the log: a stuck reader blocks only the writer thread, a vanished one only loses
+//! lines, and both are counted (`log_events_dropped` in the summary). Each event is also handed
+//! to the flight recorder as it is emitted, so the recorder is current even when stderr is not.
+
+mod queue;
+
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// Names of the events operators and tests look for. One place, so they cannot drift.
+pub mod events {
+    /// The periodic progress line.
+    pub const HEARTBEAT: &str = "heartbeat";
+    /// An attempt passed half its timeout.
+    pub const SLOW_ATTEMPT: &str = "slow attempt";
+    /// The end-of-run summary: the last event of every run.
+    pub const SUMMARY: &str = "summary";
+    /// The first event of a run after a process that ended without a summary: what it was
+    /// doing (from the flight recorder).
+    pub const PREVIOUS_PROCESS: &str = "the previous process ended without a summary";
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The default filter: `info`, except for libraries the stages use, whose own `info` events
+/// (an extractor narrating its steps, say) say nothing about the run.
+const DEFAULT_FILTER: &str = "info,trafilatura=warn,rs_trafilatura=warn,dom_smoothie=warn,html5ever=warn,markup5ever=warn,selectors=warn,ureq=warn,ureq_proto=warn,rustls=warn,postgres=warn,tokio_postgres=warn,libloading=warn";
+
+/// The target of the summary event: queued as important as a warning.
+pub const SUMMARY_TARGET: &str = "stagewise_core::summary";
+
+/// The process's log queue, once [`init`] started its writer thread.
+static QUEUE: OnceLock<Arc<queue::LogQueue>> = OnceLock::new();
+
+/// Where every event is copied as it is emitted (the flight recorder), if anywhere.
+type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+
+/// Copy every event from now on to `sink` (the flight recorder), or stop with `None`.
+pub fn set_event_sink(sink: Option<Sink>) {
+    *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
+}
+
+/// Events not written so far: dropped (a full queue, a write to standard error that failed) or
+/// still waiting for a reader that stopped reading.
+pub fn events_not_written() -> u64 {
+    QUEUE.get().map_or(0, |q| q.dropped() + q.pending())
+}
+
+/// Wait until the queued events are written, at most `within`; true if they all were. A reader
+/// that stopped reading makes this give up, not hang.
+pub fn flush(within: Duration) -> bool {
+    QUEUE.get().is_none_or(|q| q.flush(within))
+}
+
+/// A line for the user on standard error (the command line's messages). Once logging is
+/// installed it goes through the log queue, behind the events before it and as important as a
+/// warning; before that, it is written directly. A closed stderr loses it, never more.
+pub fn say(args: std::fmt::Arguments<'_>) {
+    let mut line = args.to_string();
+    line.push('\n');
+    match QUEUE.get() {
+        Some(q) => q.push(queue::Rank::Important, line.into_bytes()),
+        None => {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Hands each formatted event to the queue (and the recorder) as one line.
+struct Queued;
+
+/// One event being formatted; queued whole when the formatter is done with it.
+pub struct EventWriter {
+    rank: queue::Rank,
+    line: Vec<u8>,
+}
+
+impl std::io::Write for EventWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(sink) = sink {
+            sink(&self.line);
+        }
+        match QUEUE.get() {
+            Some(q) => q.push(self.rank, std::mem::take(&mut self.line)),
+            None => {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(&self.line);
+            }
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Queued {
+    type Writer = EventWriter;
+
+    fn make_writer(&'a self) -> EventWriter {
+        EventWriter {
+            rank: queue::Rank::Info,
+            line: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> EventWriter {
+        let rank = if *meta.level() <= tracing::Level::WARN || meta.target() == SUMMARY_TARGET {
+            queue::Rank::Important
+        } else if *meta.level() == tracing::Level::INFO {
+            queue::Rank::Info
+        } else {
+            queue::Rank::Detail
+        };
+        EventWriter {
+            rank,
+            line: Vec::with_capacity(256),
+        }
+    }
+}
+
+/// Start the writer thread that owns standard error (once per process). Without it (no thread
+/// could be started), events are written by the threads that emit them, as before.
+fn start_queue() {
+    if QUEUE.get().is_some() {
+        return;
+    }
+    let q = Arc::new(queue::LogQueue::new());
+    let writer = q.clone();
+    let started = std::thread::Builder::new()
+        .name("stagewise-log".into())
+        .spawn(move || writer.drain_forever(&mut std::io::stderr().lock()));
+    if started.is_ok() {
+        let _ = QUEUE.set(q);
+    }
+}
+
+/// Install the global subscriber and a panic hook that reports through it. The level comes
+/// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default [`DEFAULT_FILTER`].
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    start_queue();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(Queued)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    std::panic::set_hook(Box::new(|info| {
+        let message = crate::text::panic_message(info.payload());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            location = %location,
+            message = %message,
+            "panic (a panic inside a stage fails only its item)"
+        );
+    }));
+}
