@@ -10,20 +10,29 @@ use stagewise_core::spec::{self, ConfigError, Diagnostic, Loaded, Severity};
 use stagewise_core::telemetry::{self, LogFormat};
 use stagewise_core::{commands, Registry, RunOptions};
 
-/// A line for the user on standard error. Unlike `eprintln!`, a closed or broken stderr is not
-/// a panic: the message is lost and the command's exit code still says what happened.
+/// A line for the user on standard error, behind the log events before it. Unlike
+/// `eprintln!`, a closed, broken or stuck stderr is not a panic nor a wait: the message is lost
+/// and the command's exit code still says what happened.
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        telemetry::say(format_args!($($arg)*))
+    };
 }
+
+/// How long the last log lines may take to reach standard error before the process exits
+/// anyway: a reader that stopped reading cannot hold it.
+const LAST_LINES: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Run the command line of `std::env::args` with `registry`'s kinds: `run`, `validate`,
 /// `plan`, `schema`, `status`, `retry-failed`, `plugin inspect`. Every outcome is one of the
 /// documented exit codes (README, "Exit codes").
 pub fn main(registry: Registry) -> ExitCode {
-    let cli = Cli::parse();
+    let code = dispatch(Cli::parse(), &registry);
+    telemetry::flush(LAST_LINES);
+    code
+}
+
+fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
     match cli.command {
         Command::Run {
             pipeline,
@@ -31,7 +40,7 @@ pub fn main(registry: Registry) -> ExitCode {
             log_format,
         } => run(
             &pipeline,
-            &registry,
+            registry,
             log_format,
             RunOptions {
                 fresh,
@@ -43,14 +52,14 @@ pub fn main(registry: Registry) -> ExitCode {
             log_format,
         } => run(
             &pipeline,
-            &registry,
+            registry,
             log_format,
             RunOptions {
                 fresh: false,
                 retry_failed: true,
             },
         ),
-        Command::Validate { pipeline } => match load(&pipeline, &registry, Report::Plain) {
+        Command::Validate { pipeline } => match load(&pipeline, registry, Report::Plain) {
             Ok(loaded) => {
                 say!(
                     "{} is valid: pipeline `{}`, {} stage(s)",
@@ -62,7 +71,7 @@ pub fn main(registry: Registry) -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Plan { pipeline, json } => match spec::plan(&pipeline, &registry) {
+        Command::Plan { pipeline, json } => match spec::plan(&pipeline, registry) {
             Ok(planned) => {
                 print_diagnostics(&planned.warnings, Report::Plain);
                 if json {
@@ -73,20 +82,19 @@ pub fn main(registry: Registry) -> ExitCode {
             }
             Err(e) => invalid(&pipeline, &e, Report::Plain),
         },
-        Command::Schema => out(&format!("{:#}\n", spec::json_schema(&registry))),
+        Command::Schema => out(&format!("{:#}\n", spec::json_schema(registry))),
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
         Command::Status { pipeline, json } => {
-            let loaded = match load(&pipeline, &registry, Report::ErrorsOnly) {
+            let loaded = match load(&pipeline, registry, Report::ErrorsOnly) {
                 Ok(l) => l,
                 Err(code) => return code,
             };
             match commands::status(&loaded.pipeline) {
-                Ok(report) if json => out(&format!(
+                Ok(status) if json => out(&format!(
                     "{}\n",
-                    commands::status_json(&loaded.pipeline, report.as_ref())
+                    commands::status_json(&loaded.pipeline, &status)
                 )),
-                Ok(Some(report)) => out(&commands::render_status(&loaded.pipeline, &report)),
-                Ok(None) => out(&format!("pipeline {}: no run yet\n", loaded.pipeline.name)),
+                Ok(status) => out(&commands::render_status(&loaded.pipeline, &status)),
                 Err(e) => {
                     say!("error: {e}");
                     ExitCode::from(EXIT_CONFIG)
@@ -195,17 +203,7 @@ fn inspect(path: &std::path::Path) -> ExitCode {
     };
     // The library's own words, with control characters escaped: a file must not be able to
     // drive the terminal it is inspected on.
-    let plain = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    };
+    let plain = |s: &str| stagewise_core::text::printable(s).into_owned();
     let mut text = format!(
         "plugin {} {}\nfile: {}\nABI version: {}\n",
         plain(&info.name),

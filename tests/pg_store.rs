@@ -355,7 +355,13 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     out.assert_stderr_contains("resumed=true");
     assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 3);
     assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
-    assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.processes"), 0);
+    // The resumed run's own record, marked ended.
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM stagewise.processes WHERE record::jsonb->>'ended' = 'true'"
+        ),
+        1
+    );
     let after = status(&p, &db);
     assert_eq!(after.raw["run"]["id"], 1);
     assert_eq!(after.count("done"), 10);

@@ -2,22 +2,70 @@
 //! prints, and maps the results to exit codes.
 
 use crate::checkpoint::{StatusReport, StoreError};
+use crate::flight::ProcessRecord;
 use crate::spec::Pipeline;
+use crate::text::printable;
 
-/// The latest run's status, or `None` when the pipeline has no run yet.
-pub fn status(pipeline: &Pipeline) -> Result<Option<StatusReport>, StoreError> {
+/// What `status` shows.
+#[derive(Debug)]
+pub struct Status {
+    /// The latest run, if there is one.
+    pub report: Option<StatusReport>,
+    /// The last process that ran the pipeline, when it ended without a summary (killed, or
+    /// ended by the watchdog) and no process runs it now: what it was doing.
+    pub previous_process: Option<ProcessRecord>,
+}
+
+/// The latest run's status, and the previous process's record when it died.
+pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
     let store = crate::checkpoint::open_existing(&pipeline.checkpoint.store)?;
-    let Some(store) = store else { return Ok(None) };
-    let Some(run) = store.latest_run(&pipeline.name)? else {
-        return Ok(None);
+    let Some(store) = store else {
+        return Ok(Status {
+            report: None,
+            previous_process: None,
+        });
     };
-    store.status(&run).map(Some)
+    let report = match store.latest_run(&pipeline.name)? {
+        Some(run) => Some(store.status(&run)?),
+        None => None,
+    };
+    Ok(Status {
+        report,
+        previous_process: crate::runner::previous_process(pipeline, &*store),
+    })
 }
 
 /// `status` as text for a terminal.
-pub fn render_status(pipeline: &Pipeline, report: &StatusReport) -> String {
+pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if let Some(p) = &status.previous_process {
+        let _ = writeln!(
+            out,
+            "the previous process (pid {} on {}) ended without a summary; started {}, last seen {}, last logged {}",
+            p.pid,
+            printable(&p.host),
+            p.started_at,
+            p.last_seen_at,
+            p.last_event_at.as_deref().unwrap_or("never")
+        );
+        if let Some(ending) = &p.ending {
+            let _ = writeln!(out, "  {}", printable(ending));
+        }
+        let in_flight = crate::runner::describe_in_flight(p);
+        if in_flight.is_empty() {
+            let _ = writeln!(out, "  nothing was in flight");
+        } else {
+            let _ = writeln!(out, "  in flight when it ended:");
+            for line in in_flight {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    let Some(report) = &status.report else {
+        let _ = writeln!(out, "pipeline {}: no run yet", pipeline.name);
+        return out;
+    };
     let _ = writeln!(
         out,
         "pipeline {}: run {} ({}), {} items, started {}",
@@ -45,22 +93,32 @@ pub fn render_status(pipeline: &Pipeline, report: &StatusReport) -> String {
             let _ = writeln!(
                 out,
                 "  {} at {} after {} attempt(s): {}",
-                f.key, f.stage, f.attempts, f.error
+                printable(&f.key),
+                f.stage,
+                f.attempts,
+                printable(&f.error)
             );
         }
     }
     if !report.skipped.is_empty() {
         let _ = writeln!(out, "skipped items:");
         for s in &report.skipped {
-            let _ = writeln!(out, "  {} at {}: {}", s.key, s.stage, s.reason);
+            let _ = writeln!(
+                out,
+                "  {} at {}: {}",
+                printable(&s.key),
+                s.stage,
+                printable(&s.reason)
+            );
         }
     }
     out
 }
 
-/// `status --json`: the report with the pipeline's name.
-pub fn status_json(pipeline: &Pipeline, report: Option<&StatusReport>) -> serde_json::Value {
-    match report {
+/// `status --json`: the report with the pipeline's name, and `previous_process` when there is
+/// one to report.
+pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
+    let mut v = match &status.report {
         None => serde_json::json!({
             "pipeline": pipeline.name,
             "run": null,
@@ -74,5 +132,9 @@ pub fn status_json(pipeline: &Pipeline, report: Option<&StatusReport>) -> serde_
             v["pipeline"] = serde_json::Value::String(pipeline.name.clone());
             v
         }
+    };
+    if let Some(p) = &status.previous_process {
+        v["previous_process"] = serde_json::to_value(p).expect("a record always serializes");
     }
+    v
 }

@@ -246,28 +246,25 @@ impl Recorder {
         }
 
         let now = now_ms();
-        let mut image = vec![0u8; FILE_SIZE];
-        image[H_MAGIC..H_MAGIC + MAGIC.len()].copy_from_slice(&MAGIC);
-        for (at, value) in [
-            (H_VERSION, VERSION),
-            (H_HEADER_SIZE, HEADER_SIZE as u32),
-            (H_EVENTS, EVENTS as u32),
-            (H_EVENT_SLOT, EVENT_SLOT as u32),
-            (H_IN_FLIGHT, IN_FLIGHT as u32),
-            (H_ATTEMPT_SLOT, ATTEMPT_SLOT as u32),
-            (H_PID, std::process::id()),
-        ] {
-            put_u32(&mut image, at, value);
-        }
-        put_u64(&mut image, H_STARTED, now);
-        put_u64(&mut image, H_LAST_SEEN, now);
-        write_text(&mut image, H_HOST, &hostname());
-        write_text(&mut image, H_PIPELINE, pipeline);
+        let image = image(pipeline, now);
         file.write_all(&image).map_err(io_err)?;
-
         let map = map(&file).map_err(io_err)?;
-        Ok(Recorder {
-            path: path.to_owned(),
+        Ok(Recorder::with_map(path.to_owned(), map, now))
+    }
+
+    /// A recorder without a file, when none can be created: the watchdog still reads its table
+    /// of attempts in flight, and the checkpoint store still gets its copies.
+    pub fn in_memory(pipeline: &str) -> io::Result<Recorder> {
+        let now = now_ms();
+        let image = image(pipeline, now);
+        let mut map = MmapMut::map_anon(FILE_SIZE)?;
+        map.copy_from_slice(&image);
+        Ok(Recorder::with_map(PathBuf::new(), map, now))
+    }
+
+    fn with_map(path: PathBuf, map: MmapMut, now: u64) -> Recorder {
+        Recorder {
+            path,
             state: Mutex::new(State {
                 map,
                 seq: 0,
@@ -276,7 +273,7 @@ impl Recorder {
                 more: 0,
                 last_seen: now,
             }),
-        })
+        }
     }
 
     /// Read whatever record is at `path`: `Ok(None)` if there is no file. Works while another
@@ -489,6 +486,28 @@ impl Drop for AttemptSlot {
             }
         }
     }
+}
+
+/// A new file's bytes: the header of this process and empty slots.
+fn image(pipeline: &str, now: u64) -> Vec<u8> {
+    let mut image = vec![0u8; FILE_SIZE];
+    image[H_MAGIC..H_MAGIC + MAGIC.len()].copy_from_slice(&MAGIC);
+    for (at, value) in [
+        (H_VERSION, VERSION),
+        (H_HEADER_SIZE, HEADER_SIZE as u32),
+        (H_EVENTS, EVENTS as u32),
+        (H_EVENT_SLOT, EVENT_SLOT as u32),
+        (H_IN_FLIGHT, IN_FLIGHT as u32),
+        (H_ATTEMPT_SLOT, ATTEMPT_SLOT as u32),
+        (H_PID, std::process::id()),
+    ] {
+        put_u32(&mut image, at, value);
+    }
+    put_u64(&mut image, H_STARTED, now);
+    put_u64(&mut image, H_LAST_SEEN, now);
+    write_text(&mut image, H_HOST, &hostname());
+    write_text(&mut image, H_PIPELINE, pipeline);
+    image
 }
 
 /// Maps the recorder's file for writing.
@@ -814,7 +833,6 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     fn recorder(dir: &tempfile::TempDir) -> Arc<Recorder> {
         Arc::new(Recorder::create(&dir.path().join("flight"), "demo").expect("create"))
@@ -1246,42 +1264,20 @@ mod tests {
         assert_eq!((m.ending, m.in_flight_more), (None, 0));
     }
 
-    /// Figures, not a test: `cargo test --release -p stagewise-core flight::tests::timings --
-    /// --ignored --nocapture`.
     #[test]
-    #[ignore = "prints timings"]
-    fn timings() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rec = recorder(&dir);
-        let n = 1_000_000;
-        let start = Instant::now();
-        for i in 0..n {
-            drop(rec.begin("https://example.com/items/123456", "fetch", i));
-        }
-        let begin = start.elapsed();
-        let line = [b'x'; 120];
-        let start = Instant::now();
-        for _ in 0..n {
-            rec.event(&line);
-        }
-        let event = start.elapsed();
-        let start = Instant::now();
-        for _ in 0..n {
-            rec.touch();
-        }
-        let touch = start.elapsed();
-        let start = Instant::now();
-        for _ in 0..1000 {
-            std::hint::black_box(rec.snapshot());
-        }
-        let snapshot = start.elapsed() / 1000;
-        let per = |d: Duration| d.as_nanos() as f64 / f64::from(n);
-        println!(
-            "begin+drop: {begin:?} ({:.0} ns each); event(120 B): {event:?} ({:.0} ns each); \
-             touch: {touch:?} ({:.0} ns each); snapshot: {snapshot:?}",
-            per(begin),
-            per(event),
-            per(touch)
+    fn a_recorder_in_memory_keeps_its_table() {
+        let rec = Arc::new(Recorder::in_memory("p").expect("anonymous map"));
+        let slot = rec.begin("k1", "fetch", 2);
+        rec.event(b"hello\n");
+        let r = rec.snapshot();
+        assert_eq!(r.pipeline, "p");
+        assert_eq!(r.in_flight.len(), 1);
+        assert_eq!(
+            (r.in_flight[0].key.as_str(), r.in_flight[0].attempt),
+            ("k1", 2)
         );
+        assert_eq!(r.last_events, vec!["hello".to_owned()]);
+        drop(slot);
+        assert!(rec.snapshot().in_flight.is_empty());
     }
 }

@@ -363,13 +363,10 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// running it), replacing the one before. Made to be called from a background thread while
     /// the run commits: it uses a connection of its own, never holds up the update writer, and
     /// waits for a lock at most 2 s, failing after.
-    #[cfg_attr(not(test), expect(dead_code, reason = "its callers are not in yet"))]
     fn save_process(&self, pipeline: &str, record_json: &str) -> Result<(), StoreError>;
     /// The last process record saved for `pipeline`.
-    #[cfg_attr(not(test), expect(dead_code, reason = "its callers are not in yet"))]
     fn load_process(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
     /// Whether some process holds `pipeline`'s runner lock right now (SQLite: the store's,
     /// whatever the pipeline). Never waits; a SQLite store's lock is tried and let go at once.
-    #[cfg_attr(not(test), expect(dead_code, reason = "its callers are not in yet"))]
     fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError>;
 }

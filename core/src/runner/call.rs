@@ -62,6 +62,7 @@ pub(crate) async fn call(
         CancelFlag::new(),
     );
     let _tracked = stage.stats.begin(key.clone(), timeout);
+    let _recorded = shared.recorder.begin(key, &stage.name, attempt);
     match &stage.imp {
         StageImpl::Async(s) => {
             let fut = AssertUnwindSafe(s.process(record, &cx)).catch_unwind();

@@ -1,12 +1,15 @@
 //! How a run stops: an orderly drain on a signal or `max_run_time`, at once on a second signal
-//! or an abort. No code runs in a signal handler: signals arrive as tokio streams and only flip
-//! cancellation tokens.
+//! or an abort. No code runs in a signal handler: signals are picked up by the watchdog thread
+//! ([`super::watchdog`]), outside the runtime, which only flips cancellation tokens.
 //!
 //! Two tokens: `soft` (stop taking new items) and `hard` (cancel what is in flight). A drain
-//! cancels `soft`, then `hard` once `shutdown_grace` has passed; an abort cancels both.
+//! cancels `soft`, then `hard` once `shutdown_grace` has passed; an abort cancels both. A stop
+//! is acted on before it is logged, and the moment it was asked for is kept for the watchdog,
+//! which ends the process if the drain outlives the grace.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +132,9 @@ impl std::fmt::Display for Interrupt {
     }
 }
 
+/// No stop requested yet (see [`Control::stop_requested`]).
+const NOT_YET: u64 = u64::MAX;
+
 pub(crate) struct Control {
     /// Stop taking new items.
     pub soft: CancellationToken,
@@ -139,10 +145,18 @@ pub(crate) struct Control {
     interrupt: Mutex<Option<Interrupt>>,
     /// SIGUSR1 or SIGUSR2 asked for a status dump (see [`super::telemetry`]).
     pub dump: tokio::sync::Notify,
+    /// The runtime, for the grace timer of a stop asked for from outside it.
+    runtime: tokio::runtime::Handle,
+    /// Where the milliseconds below count from.
+    origin: Instant,
+    /// When the first stop (or abort) was asked for, or [`NOT_YET`].
+    stop_ms: AtomicU64,
+    /// The runtime's last sign of life (see [`Control::alive`]).
+    alive_ms: AtomicU64,
 }
 
 impl Control {
-    pub(crate) fn new(grace: Duration) -> Self {
+    pub(crate) fn new(grace: Duration, runtime: tokio::runtime::Handle) -> Self {
         Control {
             soft: CancellationToken::new(),
             hard: CancellationToken::new(),
@@ -150,11 +164,57 @@ impl Control {
             abort: Mutex::new(None),
             interrupt: Mutex::new(None),
             dump: tokio::sync::Notify::new(),
+            runtime,
+            origin: Instant::now(),
+            stop_ms: AtomicU64::new(NOT_YET),
+            alive_ms: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(NOT_YET - 1)
+    }
+
+    /// Keep the moment of the first stop request.
+    fn note_stop(&self) {
+        let _ = self.stop_ms.compare_exchange(
+            NOT_YET,
+            self.now_ms(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// How long ago the first stop (or abort) was asked for, if one was.
+    pub(crate) fn stop_requested(&self) -> Option<Duration> {
+        match self.stop_ms.load(Ordering::SeqCst) {
+            NOT_YET => None,
+            at => Some(Duration::from_millis(self.now_ms().saturating_sub(at))),
+        }
+    }
+
+    /// The runtime answered (called by a task on it, a few times a second).
+    pub(crate) fn alive(&self) {
+        self.alive_ms.store(self.now_ms(), Ordering::SeqCst);
+    }
+
+    /// How long since the runtime last answered.
+    pub(crate) fn silent_for(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.alive_ms.load(Ordering::SeqCst)),
+        )
     }
 
     /// Stop everything now. The first reason is kept.
     pub(crate) fn abort(&self, reason: AbortReason) {
+        self.note_stop();
+        self.soft.cancel();
+        self.hard.cancel();
         let mut slot = self
             .abort
             .lock()
@@ -163,9 +223,6 @@ impl Control {
             tracing::error!(reason = %reason, "aborting the run");
             *slot = Some(reason);
         }
-        drop(slot);
-        self.soft.cancel();
-        self.hard.cancel();
     }
 
     pub(crate) fn abort_reason(&self) -> Option<AbortReason> {
@@ -183,7 +240,9 @@ impl Control {
     }
 
     /// A stop request: the first drains (hard cancel after the grace), the second cancels now.
+    /// Callable from any thread.
     pub(crate) fn request_stop(self: &std::sync::Arc<Self>, why: Interrupt) {
+        self.note_stop();
         let first = {
             let mut slot = self
                 .interrupt
@@ -196,14 +255,14 @@ impl Control {
             first
         };
         if first && !self.soft.is_cancelled() {
+            self.soft.cancel();
             tracing::warn!(
                 reason = %why,
                 grace = %text::duration(self.grace),
                 "stopping: no new items; in-flight items may finish within the grace period"
             );
-            self.soft.cancel();
             let me = self.clone();
-            tokio::spawn(async move {
+            self.runtime.spawn(async move {
                 tokio::select! {
                     () = tokio::time::sleep(me.grace) => {
                         if !me.hard.is_cancelled() {
@@ -215,46 +274,9 @@ impl Control {
                 }
             });
         } else if !self.hard.is_cancelled() {
-            tracing::warn!(reason = %why, "second stop request: cancelling in-flight items now");
             self.hard.cancel();
+            tracing::warn!(reason = %why, "second stop request: cancelling in-flight items now");
         }
-    }
-}
-
-/// Until `done` is cancelled: SIGTERM, SIGINT and SIGHUP (a closing terminal or ssh session,
-/// some supervisors) are stop requests — the first drains, the next of any of them cancels at
-/// once; SIGUSR1 and SIGUSR2 ask for a status dump and never stop the run. Without these
-/// streams, each of those signals would end the process at once, without a word.
-pub(crate) async fn watch_signals(control: std::sync::Arc<Control>, done: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        tracing::error!(
-            "cannot install signal streams: SIGTERM/SIGINT/SIGHUP will kill the process without saving"
-        );
-        return;
-    };
-    loop {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = hup.recv() => "SIGHUP",
-            _ = usr1.recv() => {
-                control.dump.notify_one();
-                continue;
-            }
-            _ = usr2.recv() => {
-                control.dump.notify_one();
-                continue;
-            }
-            () = done.cancelled() => return,
-        };
-        control.request_stop(Interrupt::Signal(name));
     }
 }
 

@@ -3,15 +3,20 @@
 //! the checkpoint and writing a summary.
 //!
 //! Tasks: one per item in flight (bounded by the sum of the stages' concurrency), spawned
-//! through one tracker; a checkpoint writer; the heartbeat; the signal watcher. Shutdown is
-//! close → cancel → wait, driven by [`control::Control`].
+//! through one tracker; a checkpoint writer; the heartbeat; the liveness tick. Beside the
+//! runtime, on threads of their own: the [`watchdog`] (signals, and the process's end when the
+//! runtime or the drain is stuck) and the log writer. Shutdown is close → cancel → wait, driven
+//! by [`control::Control`]. The [flight recorder](crate::flight) keeps what the process is doing
+//! in a file, for the next run and `status` when this one dies without a summary.
 
+mod blackbox;
 mod call;
 pub(crate) mod control;
 mod item;
 mod source;
 mod stats;
 mod telemetry;
+mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::checkpoint::writer::Checkpointer;
 use crate::checkpoint::{CheckpointStore, RunStatus, StoreError};
+use crate::flight::Recorder;
 use crate::policy::adaptive::Adaptive;
 use crate::policy::rate::RateGate;
 use crate::policy::Policy;
@@ -30,6 +36,7 @@ use crate::spec::{MaxFailures, Pipeline, StoreLocation};
 use crate::stage::BuildContext;
 use crate::stage::Record;
 use crate::stage::StageImpl;
+pub(crate) use blackbox::{describe_in_flight, previous_process};
 use control::{AbortReason, Control, Interrupt};
 use item::WorkItem;
 pub use stats::Latency;
@@ -139,6 +146,8 @@ pub(crate) struct Shared {
     pub checkpoint: Checkpointer,
     pub totals: Totals,
     pub max_failures: Option<MaxFailures>,
+    /// The flight recorder: the attempts in flight, for whoever reads after a crash.
+    pub recorder: Arc<Recorder>,
 }
 
 fn build_stages(
@@ -191,15 +200,24 @@ fn build_stages(
 /// Where the summary of the last run is written: beside a SQLite store; for a PostgreSQL store,
 /// in `.stagewise/` beside the pipeline file.
 pub fn summary_path(pipeline: &Pipeline) -> std::path::PathBuf {
+    beside_store(pipeline, "summary.json")
+}
+
+/// Where the flight recorder keeps what the running (or last) process is doing: beside the
+/// summary.
+pub fn flight_path(pipeline: &Pipeline) -> std::path::PathBuf {
+    beside_store(pipeline, "flight")
+}
+
+/// `<name>.<extension>` beside a SQLite store, or in `.stagewise/` beside the pipeline file.
+fn beside_store(pipeline: &Pipeline, extension: &str) -> std::path::PathBuf {
+    let file = format!("{}.{extension}", pipeline.name);
     match &pipeline.checkpoint.store {
         StoreLocation::Sqlite(path) => path
             .parent()
             .unwrap_or_else(|| std::path::Path::new("."))
-            .join(format!("{}.summary.json", pipeline.name)),
-        StoreLocation::Postgres(_) => pipeline
-            .base_dir
-            .join(".stagewise")
-            .join(format!("{}.summary.json", pipeline.name)),
+            .join(file),
+        StoreLocation::Postgres(_) => pipeline.base_dir.join(".stagewise").join(file),
     }
 }
 
@@ -211,9 +229,24 @@ pub fn run(
     options: RunOptions,
 ) -> Result<Summary, RunError> {
     // The store first: a store that cannot be used must stop the run before any stage opens
-    // (and perhaps creates) its files.
+    // (and perhaps creates) its files. Its lock makes this the pipeline's only runner, so the
+    // flight recorder's file is this process's to read and to overwrite.
     let (store, _lock) =
         crate::checkpoint::open_for_run(&pipeline.checkpoint.store, &pipeline.name)?;
+    let recorder = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
+    let result = run_recorded(pipeline, registry, options, store.clone(), &recorder);
+    // Ended with a summary, or with a logged reason why nothing ran.
+    blackbox::ended(pipeline, &store, &recorder);
+    result
+}
+
+fn run_recorded(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    options: RunOptions,
+    store: Arc<dyn CheckpointStore>,
+    recorder: &Arc<Recorder>,
+) -> Result<Summary, RunError> {
     let stages = build_stages(pipeline, registry, &store.response_cache()?)?;
     let pools: usize = stages
         .iter()
@@ -226,8 +259,22 @@ pub fn run(
         .max_blocking_threads(pools + 4)
         .build()
         .map_err(RunError::Runtime)?;
-    let result = runtime.block_on(execute(pipeline, stages, store, options));
+    let control = Arc::new(Control::new(
+        pipeline.shutdown_grace,
+        runtime.handle().clone(),
+    ));
+    let watchdog = watchdog::start(control.clone(), pipeline.watchdog, recorder.clone())
+        .map_err(RunError::Runtime)?;
+    let result = runtime.block_on(execute(
+        pipeline,
+        stages,
+        store,
+        options,
+        control,
+        recorder.clone(),
+    ));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    drop(watchdog);
     result
 }
 
@@ -236,11 +283,27 @@ async fn execute(
     stages: Vec<StageRt>,
     store: Arc<dyn CheckpointStore>,
     options: RunOptions,
+    control: Arc<Control>,
+    recorder: Arc<Recorder>,
 ) -> Result<Summary, RunError> {
     let began = Instant::now();
-    let control = Arc::new(Control::new(pipeline.shutdown_grace));
     let done = CancellationToken::new();
-    tokio::spawn(control::watch_signals(control.clone(), done.clone()));
+    {
+        // The runtime's sign of life, for the watchdog and the flight recorder.
+        let (control, recorder, done) = (control.clone(), recorder.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(watchdog::TICK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        control.alive();
+                        recorder.touch();
+                    }
+                    () = done.cancelled() => return,
+                }
+            }
+        });
+    }
     if let Some(limit) = pipeline.max_run_time {
         let (control, done) = (control.clone(), done.clone());
         tokio::spawn(async move {
@@ -357,7 +420,9 @@ async fn execute(
             skipped: Counter::default(),
         },
         max_failures: pipeline.max_failures,
+        recorder: recorder.clone(),
     });
+    recorder.set_run(run.id);
     shared.totals.done.add(counts["done"]);
     shared.totals.failed.add(counts["failed"]);
     shared.totals.skipped.add(counts["skipped"]);
@@ -374,6 +439,8 @@ async fn execute(
     }
     tokio::spawn(telemetry::heartbeat(
         shared.clone(),
+        store.clone(),
+        pipeline.name.clone(),
         pipeline.heartbeat,
         done.clone(),
         began,

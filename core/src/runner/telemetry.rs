@@ -10,19 +10,23 @@ use tokio_util::sync::CancellationToken;
 use super::control::Control;
 use super::stats::Latency;
 use super::{Exit, Shared, StageRt, Totals};
-use crate::checkpoint::RunInfo;
+use crate::checkpoint::{CheckpointStore, RunInfo};
 use crate::spec::Pipeline;
 use crate::telemetry::events;
 use crate::text;
 
-/// Log a heartbeat every `every`, warn once about each attempt past half its timeout, and dump
-/// the status when a signal asks for it (SIGUSR1, SIGUSR2).
+/// Log a heartbeat every `every` (and copy the flight record to the store), warn once about
+/// each attempt past half its timeout, and dump the status when a signal asks for it (SIGUSR1,
+/// SIGUSR2).
 pub(crate) async fn heartbeat(
     shared: Arc<Shared>,
+    store: Arc<dyn CheckpointStore>,
+    pipeline: String,
     every: Duration,
     done: CancellationToken,
     began: Instant,
 ) {
+    let copier = super::blackbox::Copier::default();
     let mut beat = tokio::time::interval(every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
@@ -31,7 +35,10 @@ pub(crate) async fn heartbeat(
     loop {
         tokio::select! {
             () = done.cancelled() => return,
-            _ = beat.tick() => log_heartbeat(&shared, began),
+            _ = beat.tick() => {
+                log_heartbeat(&shared, began);
+                copier.copy(&store, &pipeline, &shared.recorder);
+            }
             _ = watch.tick() => warn_slow(&shared),
             () = shared.control.dump.notified() => log_status_dump(&shared, began),
         }
@@ -218,6 +225,10 @@ pub struct Summary {
     pub remaining: u64,
     /// Per stage.
     pub stages: Vec<StageSummary>,
+    /// Log events before the summary that did not reach stderr: dropped by a full log queue
+    /// (stderr not read fast enough), failed to write (stderr closed, its reader gone), or still
+    /// queued behind a reader that stopped reading.
+    pub log_events_dropped: u64,
     #[serde(skip)]
     exit: Option<Exit>,
 }
@@ -279,9 +290,18 @@ pub(crate) fn summarize(
         skipped: totals.map_or(0, |t| t.skipped.get()),
         remaining: totals.map_or(0, Totals::remaining),
         stages: stage_summaries,
+        log_events_dropped: {
+            // What is queued now gets a moment to be written, so the count is of lost events,
+            // not of late ones; a reader that stopped reading cannot hold the run here.
+            crate::telemetry::flush(LOG_SETTLE);
+            crate::telemetry::events_not_written()
+        },
         exit: Some(exit),
     }
 }
+
+/// How long the summary waits for the events queued before it to be written.
+const LOG_SETTLE: Duration = Duration::from_millis(250);
 
 /// A figure as a whole number when it is one, else with up to 6 decimals (costs).
 fn fmt_figure(value: f64) -> String {
@@ -334,6 +354,7 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
         })
         .collect();
     tracing::info!(
+        target: crate::telemetry::SUMMARY_TARGET,
         outcome = summary.outcome,
         exit_code = summary.exit_code,
         reason = summary.reason.as_deref().unwrap_or("-"),
@@ -344,6 +365,7 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
         remaining = summary.remaining,
         elapsed = %text::duration(Duration::from_secs_f64(summary.elapsed_secs)),
         stages = %stages.join(" | "),
+        log_events_dropped = summary.log_events_dropped,
         file = %path.display(),
         "{}",
         events::SUMMARY

@@ -32,6 +32,7 @@ use crate::stage::Role;
 const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const DEFAULT_WATCHDOG: Duration = Duration::from_secs(60);
 const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
 
@@ -138,6 +139,8 @@ pub struct Pipeline {
     pub max_failures: Option<MaxFailures>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Longest time the runtime may go without answering before the watchdog ends the run.
+    pub watchdog: Duration,
     /// Checkpointing.
     pub checkpoint: CheckpointConfig,
     /// The stages in order; the first is the source.
@@ -512,6 +515,7 @@ impl Validator {
             shutdown_grace: pipeline.shutdown_grace.unwrap_or(DEFAULT_GRACE),
             max_failures: pipeline.max_failures,
             heartbeat: pipeline.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+            watchdog: pipeline.watchdog.unwrap_or(DEFAULT_WATCHDOG),
             checkpoint: CheckpointConfig {
                 store: store?,
                 commit_interval: checkpoint
@@ -542,7 +546,7 @@ impl Validator {
     }
 
     fn check_pipeline(&mut self, p: &PipelineSpec) {
-        let checks: [(&str, bool, &str); 3] = [
+        let checks: [(&str, bool, &str); 4] = [
             ("name", p.name.trim().is_empty(), "`name` must not be empty"),
             (
                 "heartbeat",
@@ -553,6 +557,11 @@ impl Validator {
                 "max_run_time",
                 p.max_run_time.is_some_and(|h| h.is_zero()),
                 "`max_run_time` must be greater than 0",
+            ),
+            (
+                "watchdog",
+                p.watchdog.is_some_and(|w| w < Duration::from_secs(1)),
+                "`watchdog` must be at least 1s (e.g. \"60s\")",
             ),
         ];
         for (key, bad, message) in checks {

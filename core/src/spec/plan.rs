@@ -299,6 +299,7 @@ impl Plan {
                 },
             ),
             r.section("pipeline", "heartbeat", Shown::duration(p.heartbeat)),
+            r.section("pipeline", "watchdog", Shown::duration(p.watchdog)),
         ];
         let store = match &p.checkpoint.store {
             StoreLocation::Sqlite(path) => {

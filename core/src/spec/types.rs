@@ -40,6 +40,13 @@ pub(crate) struct PipelineSpec {
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
+    /// How long the runtime may go without answering (a stage blocking its threads) before a
+    /// watchdog outside it ends the run (exit 3), naming the stages with attempts in flight; the
+    /// next run resumes them. At least 1s.
+    #[schemars(extend("x-default" = "`\"60s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub watchdog: Option<Duration>,
 }
 
 /// `[checkpoint]`: where progress is saved.

@@ -1,0 +1,213 @@
+//! The runner's side of the [flight recorder](crate::flight): it reads what the previous
+//! process left, says so first when that process ended without a summary, records this one
+//! (locally, and at every heartbeat in the checkpoint store, whose copy outlives a container's
+//! disk), and marks the record ended when the run ends with a summary or a logged reason.
+//!
+//! A record that is not marked ended belongs to a process that died (`kill -9`, out of
+//! memory, the watchdog) — unless that process still holds the pipeline's runner lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::checkpoint::CheckpointStore;
+use crate::flight::{ProcessRecord, Recorder};
+use crate::spec::Pipeline;
+use crate::text;
+
+/// Most in-flight attempts the "previous process" warning names.
+const NAMED: usize = 20;
+
+/// Read what the previous process left, start this process's recorder, and say first what the
+/// previous process was doing if it ended without a summary.
+pub(crate) fn open(
+    pipeline: &Pipeline,
+    store: &dyn CheckpointStore,
+) -> std::io::Result<Arc<Recorder>> {
+    let previous = last_record(pipeline, store);
+    let path = super::flight_path(pipeline);
+    let recorder = match Recorder::create(&path, &pipeline.name) {
+        Ok(r) => r,
+        Err(e) => {
+            // A read-only folder beside a PostgreSQL store, say: the record still reaches the
+            // store, and the watchdog still has a table to read.
+            let fallback = std::env::temp_dir().join(format!(
+                "stagewise-{}-{}.flight",
+                pipeline.name,
+                std::process::id()
+            ));
+            tracing::warn!(
+                error = %e,
+                instead = %fallback.display(),
+                "cannot keep the flight recorder beside the store"
+            );
+            match Recorder::create(&fallback, &pipeline.name) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot keep a flight recorder file; keeping it in memory only");
+                    Recorder::in_memory(&pipeline.name)?
+                }
+            }
+        }
+    };
+    let recorder = Arc::new(recorder);
+    let sink = recorder.clone();
+    crate::telemetry::set_event_sink(Some(Arc::new(move |line: &[u8]| sink.event(line))));
+    if let Some(previous) = previous.filter(|r| !r.ended) {
+        log_previous(&previous);
+    }
+    save(store, &pipeline.name, &recorder);
+    Ok(recorder)
+}
+
+/// The run ended with a summary or a logged reason: mark the record so, in the file at once and
+/// in the store if it answers within [`LAST_COPY`] (a store that does not answer already made
+/// the run say so; it cannot hold the exit too).
+pub(crate) fn ended(
+    pipeline: &Pipeline,
+    store: &Arc<dyn CheckpointStore>,
+    recorder: &Arc<Recorder>,
+) {
+    recorder.mark_ended();
+    crate::telemetry::set_event_sink(None);
+    let (store, recorder, name) = (store.clone(), recorder.clone(), pipeline.name.clone());
+    let (saved, wait) = std::sync::mpsc::channel();
+    let copying = std::thread::Builder::new()
+        .name("stagewise-record".into())
+        .spawn(move || {
+            save(&*store, &name, &recorder);
+            let _ = saved.send(());
+        });
+    if copying.is_ok() {
+        let _ = wait.recv_timeout(LAST_COPY);
+    }
+}
+
+/// How long the last copy of the record may take at exit.
+const LAST_COPY: Duration = Duration::from_millis(500);
+
+/// Keep a copy of the record in the store; a store that fails is logged at debug level (the
+/// run's own commits report a broken store).
+pub(crate) fn save(store: &dyn CheckpointStore, pipeline: &str, recorder: &Recorder) {
+    let record = recorder.snapshot();
+    let json = serde_json::to_string(&record).expect("a record always serializes");
+    if let Err(e) = store.save_process(pipeline, &json) {
+        tracing::debug!(error = %e, "cannot copy the flight record to the checkpoint store");
+    }
+}
+
+/// Copies the record to the store at each heartbeat, on a thread, one at a time: a slow store
+/// skips copies rather than piling them up.
+#[derive(Default)]
+pub(crate) struct Copier {
+    busy: Arc<AtomicBool>,
+}
+
+impl Copier {
+    pub(crate) fn copy(
+        &self,
+        store: &Arc<dyn CheckpointStore>,
+        pipeline: &str,
+        recorder: &Arc<Recorder>,
+    ) {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (busy, store, recorder, pipeline) = (
+            self.busy.clone(),
+            store.clone(),
+            recorder.clone(),
+            pipeline.to_owned(),
+        );
+        // A thread of its own, not the runtime's blocking pool: a copy stuck on a locked store
+        // must not hold the runtime's shutdown.
+        let started = std::thread::Builder::new()
+            .name("stagewise-record".into())
+            .spawn(move || {
+                save(&*store, &pipeline, &recorder);
+                busy.store(false, Ordering::SeqCst);
+            });
+        if started.is_err() {
+            self.busy.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The newest of the local file's record and the store's copy, if any.
+fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<ProcessRecord> {
+    let path = super::flight_path(pipeline);
+    let local = match Recorder::read(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "the previous process's flight record cannot be read");
+            None
+        }
+    };
+    let copy = match store.load_process(&pipeline.name) {
+        Ok(json) => json.and_then(|j| serde_json::from_str::<ProcessRecord>(&j).ok()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the flight record kept in the store");
+            None
+        }
+    };
+    // RFC 3339 in UTC with milliseconds: the later text is the later time.
+    match (local, copy) {
+        (Some(a), Some(b)) => Some(if a.last_seen_at >= b.last_seen_at {
+            a
+        } else {
+            b
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What `status` reports as the previous process: a record not marked ended, of a process that
+/// no longer holds the pipeline's runner lock.
+pub(crate) fn previous_process(
+    pipeline: &Pipeline,
+    store: &dyn CheckpointStore,
+) -> Option<ProcessRecord> {
+    let record = last_record(pipeline, store).filter(|r| !r.ended)?;
+    match store.runner_active(&pipeline.name) {
+        Ok(false) => Some(record),
+        _ => None,
+    }
+}
+
+/// One line per attempt a dead process had in flight, for a person.
+pub(crate) fn describe_in_flight(record: &ProcessRecord) -> Vec<String> {
+    let mut lines: Vec<String> = record
+        .in_flight
+        .iter()
+        .take(NAMED)
+        .map(|a| {
+            format!(
+                "`{}` in stage `{}`, attempt {}, for {}",
+                text::printable(&a.key),
+                text::printable(&a.stage),
+                a.attempt,
+                text::duration(Duration::from_secs_f64(a.age_secs.max(0.0)))
+            )
+        })
+        .collect();
+    let more = record.in_flight.len().saturating_sub(NAMED) as u64 + record.in_flight_more;
+    if more > 0 {
+        lines.push(format!("and {more} more"));
+    }
+    lines
+}
+
+fn log_previous(previous: &ProcessRecord) {
+    let in_flight = describe_in_flight(previous);
+    tracing::warn!(
+        pid = previous.pid,
+        host = %text::printable(&previous.host),
+        started_at = %previous.started_at,
+        last_event_at = previous.last_event_at.as_deref().unwrap_or("never"),
+        last_seen_at = %previous.last_seen_at,
+        ending = %previous.ending.as_deref().map(text::printable).unwrap_or_default(),
+        in_flight = %if in_flight.is_empty() { "nothing".to_owned() } else { in_flight.join("; ") },
+        "{}",
+        crate::telemetry::events::PREVIOUS_PROCESS
+    );
+}

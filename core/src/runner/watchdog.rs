@@ -1,0 +1,158 @@
+//! The watchdog: a plain OS thread beside the runtime, so that nothing the runtime's threads are
+//! stuck on — a stage blocking them, a store that does not answer, a log pipe nobody reads — can
+//! keep the process from hearing a signal or from ending.
+//!
+//! It receives SIGTERM, SIGINT, SIGHUP (stop requests) and SIGUSR1, SIGUSR2 (status dumps) and
+//! hands them to [`Control`], which needs no runtime thread to act on them. Then it ends the
+//! process, exit 3, in two cases:
+//! - a stop was asked for and the run has not finished draining `shutdown_grace` +
+//!   [`MARGIN`] later;
+//! - the runtime has not answered for `[pipeline] watchdog` (a task ticks [`Control::alive`]
+//!   every [`TICK`]).
+//!
+//! Before it exits it writes what was in flight to the flight recorder and to the log (through
+//! the log queue, which it waits for only briefly). The items it leaves behind were in flight in
+//! the checkpoint: the next run resumes them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+
+use super::control::{Control, Interrupt};
+use crate::flight::Recorder;
+use crate::text;
+
+/// How long after `shutdown_grace` a draining run may take before the watchdog ends it.
+pub(crate) const MARGIN: Duration = Duration::from_secs(2);
+/// How often the runtime shows it is alive.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+/// How often the watchdog looks at signals and the clocks.
+const POLL: Duration = Duration::from_millis(50);
+/// How long the last words may take to reach stderr before the process exits anyway.
+const LAST_WORDS: Duration = Duration::from_millis(500);
+/// Most keys named per stage in the watchdog's message.
+const NAMED: usize = 10;
+
+/// The running watchdog; dropping it stops the thread (and the signal handling with it).
+pub(crate) struct Watchdog {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start the watchdog for a run controlled by `control`.
+pub(crate) fn start(
+    control: Arc<Control>,
+    liveness: Duration,
+    recorder: Arc<Recorder>,
+) -> std::io::Result<Watchdog> {
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = done.clone();
+    let thread = std::thread::Builder::new()
+        .name("stagewise-watchdog".into())
+        .spawn(move || {
+            control.alive();
+            while !stop.load(Ordering::SeqCst) {
+                for signal in signals.pending() {
+                    let name = match signal {
+                        SIGUSR1 | SIGUSR2 => {
+                            control.dump.notify_one();
+                            continue;
+                        }
+                        SIGTERM => "SIGTERM",
+                        SIGINT => "SIGINT",
+                        _ => "SIGHUP",
+                    };
+                    control.request_stop(Interrupt::Signal(name));
+                }
+                if let Some(since) = control.stop_requested() {
+                    if since > control.grace() + MARGIN {
+                        end(
+                            &recorder,
+                            format!(
+                                "the run did not stop within `shutdown_grace` ({}) and {} after it was asked to",
+                                text::duration(control.grace()),
+                                text::duration(MARGIN)
+                            ),
+                        );
+                    }
+                } else if control.silent_for() > liveness {
+                    end(
+                        &recorder,
+                        format!(
+                            "the runtime has not answered for {} (`[pipeline] watchdog` = {}): a stage is blocking its threads",
+                            text::duration(control.silent_for()),
+                            text::duration(liveness)
+                        ),
+                    );
+                }
+                std::thread::sleep(POLL);
+            }
+            signals.handle().close();
+        })?;
+    Ok(Watchdog {
+        done,
+        thread: Some(thread),
+    })
+}
+
+/// Say why and what was in flight, in the recorder and the log, and exit 3.
+fn end(recorder: &Recorder, why: String) -> ! {
+    let record = recorder.snapshot();
+    let mut stages: Vec<(String, Vec<String>)> = Vec::new();
+    for a in &record.in_flight {
+        let named = format!(
+            "{} ({})",
+            text::printable(&a.key),
+            text::duration(Duration::from_secs_f64(a.age_secs.max(0.0)))
+        );
+        match stages.iter_mut().find(|(s, _)| *s == a.stage) {
+            Some((_, keys)) => keys.push(named),
+            None => stages.push((a.stage.clone(), vec![named])),
+        }
+    }
+    let in_flight = if stages.is_empty() {
+        "nothing".to_owned()
+    } else {
+        stages
+            .iter()
+            .map(|(stage, keys)| {
+                let mut listed = keys.iter().take(NAMED).cloned().collect::<Vec<_>>();
+                if keys.len() > NAMED {
+                    listed.push(format!("and {} more", keys.len() - NAMED));
+                }
+                format!(
+                    "stage `{}`: {} attempt(s): {}",
+                    text::printable(stage),
+                    keys.len(),
+                    listed.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let more = if record.in_flight_more > 0 {
+        format!(" (and {} more not recorded)", record.in_flight_more)
+    } else {
+        String::new()
+    };
+    let message = format!(
+        "watchdog: {why}; in flight: {in_flight}{more}; exiting with 3 — the next run resumes these items"
+    );
+    recorder.set_ending(&message);
+    tracing::error!("{message}");
+    crate::telemetry::flush(LAST_WORDS);
+    std::process::exit(3);
+}

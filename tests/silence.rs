@@ -1,0 +1,572 @@
+//! A run never goes silent: a log pipe that is closed, full or never read cannot block, kill or
+//! change the run; a runtime frozen by a stage, or a drain that outlives its grace, is ended by
+//! the watchdog with what was in flight; and after any death the next run and `status` say
+//! what the dead process was doing.
+
+mod util;
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use util::Pipeline;
+
+/// The message of the first event after a process that ended without a summary.
+const PREVIOUS: &str = "the previous process ended without a summary";
+
+/// A quick pipeline that logs a lot under `STAGEWISE_LOG=debug`: `count` items, half of them
+/// retried once.
+fn chatty(name: &str, count: usize) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        heartbeat = "50ms"
+        shutdown_grace = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = {count}
+
+        [[stage]]
+        name = "flaky"
+        kind = "fault"
+        error_rate = 0.5
+        seed = 7
+        concurrency = 8
+        retry = {{ attempts = 2, initial = "1ms" }}
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "5ms"
+        concurrency = 8
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ))
+}
+
+/// The summary file the run wrote beside its store.
+fn summary(p: &Pipeline, name: &str) -> Value {
+    let path = p.dir.join(&format!(".stagewise/{name}.summary.json"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no summary at {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the summary is JSON")
+}
+
+/// Waits for `child` at most `within`; its exit code, or a panic naming `what`.
+fn wait_at_most(child: &mut std::process::Child, within: Duration, what: &str) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {within:?}, killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `run … 2>&1 | head -1`: the reader exits after one line, every later write fails. The run
+/// finishes; its exit code (from the shell's pipe status) is its outcome's; the summary says so
+/// and counts the events that were lost.
+#[test]
+fn a_reader_that_exits_after_one_line_loses_lines_not_the_run() {
+    let p = chatty("head-one", 200);
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" run pipeline.toml 2>&1 | head -1 >/dev/null; echo "exit=${PIPESTATUS[0]}""#,
+            util::bin(),
+        ])
+        .current_dir(p.dir.path())
+        .env("STAGEWISE_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = summary(&p, "head-one");
+    let code = summary["exit_code"].as_i64().expect("exit_code");
+    assert!(
+        summary["outcome"] == "finished" || summary["outcome"] == "finished_with_failures",
+        "{summary}"
+    );
+    assert_eq!(stdout.trim(), format!("exit={code}"), "{summary}");
+    let dropped = summary["log_events_dropped"]
+        .as_u64()
+        .expect("log_events_dropped is a number");
+    assert!(dropped > 0, "nothing counted as dropped: {summary}");
+    assert_eq!(p.status().count("pending"), 0);
+}
+
+/// `2>&-`: standard error closed before the process starts. The run finishes normally.
+#[test]
+fn a_closed_stderr_changes_nothing() {
+    let p = chatty("closed", 100);
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" run pipeline.toml 2>&-; echo "exit=$?""#,
+            util::bin(),
+        ])
+        .current_dir(p.dir.path())
+        .env("STAGEWISE_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    let summary = summary(&p, "closed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), format!("exit={}", summary["exit_code"]));
+    assert_eq!(p.status().count("pending"), 0);
+    assert_eq!(
+        p.status().count("done") + p.status().count("failed"),
+        100,
+        "{summary}"
+    );
+}
+
+/// A FIFO nobody reads, opened read-write by the test so that the process can open it and
+/// fill it; the handle must live as long as the process.
+fn unread_fifo(p: &Pipeline) -> std::fs::File {
+    let path = p.dir.join("stderr.fifo");
+    let made = Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open the fifo")
+}
+
+/// Standard error into a pipe that is never read (a stuck log collector): the run finishes
+/// normally anyway.
+#[test]
+fn an_unread_stderr_pipe_cannot_hold_the_run() {
+    // Enough debug lines to fill the pipe many times over.
+    let p = chatty("fifo-finish", 3000);
+    let fifo = unread_fifo(&p);
+    let mut child = Command::new(util::bin())
+        .args(["run", "pipeline.toml"])
+        .current_dir(p.dir.path())
+        .env("STAGEWISE_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fifo.try_clone().expect("clone the fifo"))
+        .spawn()
+        .expect("spawn stagewise");
+    let code = wait_at_most(
+        &mut child,
+        Duration::from_secs(60),
+        "a run into an unread pipe",
+    );
+    let summary = summary(&p, "fifo-finish");
+    assert_eq!(code, summary["exit_code"].as_i64().map(|c| c as i32));
+    assert!(
+        summary["log_events_dropped"].as_u64() > Some(0),
+        "{summary}"
+    );
+    assert_eq!(p.status().count("pending"), 0);
+    drop(fifo);
+}
+
+/// A long run under debug logging into a pipe that is never read, then SIGTERM: it stops and
+/// exits 75 within `shutdown_grace` + 2 s.
+#[test]
+fn sigterm_is_heard_with_stderr_stuck() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "fifo-term"
+        heartbeat = "50ms"
+        shutdown_grace = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1000000
+
+        [[stage]]
+        name = "flaky"
+        kind = "fault"
+        error_rate = 0.5
+        seed = 3
+        concurrency = 16
+        retry = { attempts = 5, initial = "1ms" }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let fifo = unread_fifo(&p);
+    let mut child = Command::new(util::bin())
+        .args(["run", "pipeline.toml"])
+        .current_dir(p.dir.path())
+        .env("STAGEWISE_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fifo.try_clone().expect("clone the fifo"))
+        .spawn()
+        .expect("spawn stagewise");
+    thread::sleep(Duration::from_secs(4));
+    assert!(child.try_wait().expect("try_wait").is_none(), "ended early");
+    let signalled = Instant::now();
+    util::send_signal(child.id(), libc::SIGTERM);
+    let code = wait_at_most(&mut child, Duration::from_secs(60), "after SIGTERM");
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(75));
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?} after SIGTERM with a 1s grace"
+    );
+    let summary = summary(&p, "fifo-term");
+    assert_eq!(summary["outcome"], "interrupted", "{summary}");
+    drop(fifo);
+}
+
+/// `fault` at `freeze_rate = 1.0`: every attempt blocks its runtime thread, and with more of
+/// them than there are runtime threads the runtime is frozen solid.
+fn frozen(name: &str, watchdog: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        heartbeat = "200ms"
+        shutdown_grace = "1s"
+        watchdog = "{watchdog}"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 20
+
+        [[stage]]
+        name = "frz"
+        kind = "fault"
+        freeze_rate = 1.0
+        concurrency = 8
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ))
+}
+
+/// The same pipeline with the freeze gone, for the run after.
+fn thawed(p: &Pipeline) {
+    p.dir.write(
+        "pipeline.toml",
+        p.toml().replace("freeze_rate = 1.0", "freeze_rate = 0.0"),
+    );
+}
+
+/// Frozen runtime, SIGTERM: the watchdog ends the process (exit 3) within the grace and its
+/// margin, naming the stage; the next run says what was in flight and finishes the batch.
+#[test]
+fn sigterm_to_a_frozen_runtime_ends_it_through_the_watchdog() {
+    let p = frozen("frozen-term", "60s");
+    let mut running = p.cmd("run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(20)),
+        "{}",
+        running.stderr_so_far()
+    );
+    thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    let took = signalled.elapsed();
+    out.assert_code(3);
+    assert!(
+        took < Duration::from_secs(4),
+        "exit took {took:?} after SIGTERM with a 1s grace\n{out}"
+    );
+    out.assert_stderr_contains("watchdog: the run did not stop within `shutdown_grace` (1s)");
+    out.assert_stderr_contains("stage `frz`");
+
+    thawed(&p);
+    let out = p.run();
+    out.assert_code(0);
+    let previous = out
+        .stderr_lines()
+        .find(|l| l.contains(PREVIOUS))
+        .unwrap_or_else(|| panic!("the next run did not report the dead process\n{out}"));
+    assert!(previous.contains("stage `frz`"), "{previous}");
+    assert!(previous.contains("watchdog"), "{previous}");
+    assert_eq!(p.status().count("done"), 20);
+}
+
+/// Frozen runtime, no signal: `watchdog = "3s"` ends the run by itself, exit 3, naming the
+/// stage and the items; `status` and the next run report them.
+#[test]
+fn the_watchdog_ends_a_frozen_run_by_itself() {
+    let p = frozen("frozen-alone", "3s");
+    let out = p.cmd("run").timeout(Duration::from_secs(60)).output();
+    out.assert_code(3);
+    out.assert_stderr_contains("watchdog: the runtime has not answered for");
+    out.assert_stderr_contains("stage `frz`");
+    assert!(out.elapsed < Duration::from_secs(30), "{out}");
+
+    let status = p.status();
+    let previous = &status.raw["previous_process"];
+    assert!(previous["pid"].is_u64(), "{}", status.raw);
+    let in_flight = previous["in_flight"].as_array().expect("in_flight list");
+    assert!(!in_flight.is_empty(), "{previous}");
+    assert!(in_flight.iter().all(|a| a["stage"] == "frz"), "{previous}");
+    let keys: Vec<String> = in_flight
+        .iter()
+        .map(|a| a["key"].as_str().expect("key").to_owned())
+        .collect();
+
+    thawed(&p);
+    let out = p.run();
+    out.assert_code(0);
+    let first_runner_line = out
+        .stderr_lines()
+        .position(|l| l.contains(PREVIOUS))
+        .unwrap_or_else(|| panic!("no report of the dead process\n{out}"));
+    let batch = out
+        .stderr_lines()
+        .position(|l| l.contains("run started"))
+        .expect("run started");
+    assert!(first_runner_line < batch, "{out}");
+    let line = out.stderr_lines().nth(first_runner_line).expect("line");
+    for key in &keys {
+        assert!(line.contains(&format!("`{key}`")), "{key} not in {line}");
+    }
+    assert_eq!(p.status().count("done"), 20);
+    // Reported once: the run that said it ended normally.
+    assert!(p.status().raw.get("previous_process").is_none());
+}
+
+/// `kill -9` mid-run: `status --json` names the dead pid and what it had in flight; the next
+/// run logs it first and finishes the batch.
+#[test]
+fn after_kill_9_status_and_the_next_run_say_what_was_in_flight() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "killed"
+        heartbeat = "100ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 12
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "3s"
+        concurrency = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(20)),
+        "{}",
+        running.stderr_so_far()
+    );
+    thread::sleep(Duration::from_millis(700));
+    let pid = running.pid();
+    running.signal(libc::SIGKILL);
+    let killed = running.wait();
+    assert_eq!(killed.code, None, "{killed}");
+
+    let status = p.status();
+    let previous = &status.raw["previous_process"];
+    assert_eq!(
+        previous["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "{}",
+        status.raw
+    );
+    let in_flight = previous["in_flight"].as_array().expect("in_flight list");
+    assert_eq!(in_flight.len(), 3, "{previous}");
+    for a in in_flight {
+        assert_eq!(a["stage"], "nap", "{a}");
+        assert_eq!(a["attempt"], 1, "{a}");
+        assert!(a["age_secs"].as_f64().is_some_and(|s| s > 0.3), "{a}");
+    }
+    assert!(
+        previous["last_events"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("run started")))),
+        "{previous}"
+    );
+    let text = p.cmd("status").output();
+    text.assert_code(0);
+    assert!(
+        text.stdout.contains(&format!("pid {pid}")) && text.stdout.contains("in stage `nap`"),
+        "{text}"
+    );
+
+    let out = p.run();
+    out.assert_code(0);
+    let line = out
+        .stderr_lines()
+        .find(|l| l.contains(PREVIOUS))
+        .unwrap_or_else(|| panic!("no report of the dead process\n{out}"));
+    assert!(line.contains(&format!("pid={pid}")), "{line}");
+    assert!(line.contains("in stage `nap`"), "{line}");
+    assert_eq!(p.status().count("done"), 12);
+}
+
+/// A run that is still going is not a dead one: `status` shows no previous process while the
+/// runner holds the pipeline.
+#[test]
+fn a_live_run_is_not_reported_as_dead() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "alive"
+        heartbeat = "100ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "2s"
+        concurrency = 4
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(running.wait_for_stderr("heartbeat", Duration::from_secs(20)));
+    let status = p.status();
+    assert!(
+        status.raw.get("previous_process").is_none(),
+        "{}",
+        status.raw
+    );
+    running.wait().assert_code(0);
+}
+
+/// Every blocking thread of a stage hung: the runtime is free, and heartbeats keep coming.
+#[test]
+fn heartbeats_keep_coming_while_every_blocking_thread_is_hung() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "hung-pool"
+        heartbeat = "100ms"
+        shutdown_grace = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 10
+
+        [[stage]]
+        name = "stuck"
+        kind = "fault"
+        hang_rate = 1.0
+        blocking = true
+        concurrency = 2
+        timeout = "1h"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+    let counted = |r: &util::Running| {
+        r.stderr_so_far()
+            .lines()
+            .filter(|l| l.contains("heartbeat") && l.contains("stuck: in_flight=2"))
+            .count()
+    };
+    thread::sleep(Duration::from_millis(500));
+    let before = counted(&running);
+    thread::sleep(Duration::from_secs(2));
+    let after = counted(&running);
+    assert!(
+        after >= before + 10,
+        "{before} then {after} heartbeats in 2 s\n{}",
+        running.stderr_so_far()
+    );
+    running.signal(libc::SIGTERM);
+    running.wait().assert_code(75);
+}
+
+/// A storm of SIGHUP, SIGUSR1, SIGTERM and SIGINT under debug logging, with stderr read: the
+/// run always ends within `shutdown_grace` + 2 s of the first stop signal, with 75 (or 0 if it
+/// had finished), never needing SIGKILL.
+#[test]
+fn a_storm_of_signals_always_ends_in_time() {
+    let signals = [libc::SIGHUP, libc::SIGUSR1, libc::SIGTERM, libc::SIGINT];
+    // A small xorshift: a different but reproducible storm each round.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..4 {
+        let p = chatty(&format!("storm-{round}"), 1_000_000);
+        let mut running = p
+            .cmd("run")
+            .env("STAGEWISE_LOG", "debug")
+            .timeout(Duration::from_secs(120))
+            .spawn();
+        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+        thread::sleep(Duration::from_millis(100 + next() % 400));
+        let mut first_stop = None;
+        for _ in 0..(5 + next() % 30) {
+            let signal = signals[(next() % 4) as usize];
+            if signal != libc::SIGUSR1 && first_stop.is_none() {
+                first_stop = Some(Instant::now());
+            }
+            running.signal(signal);
+            thread::sleep(Duration::from_millis(next() % 20));
+        }
+        let first_stop = first_stop.unwrap_or_else(|| {
+            running.signal(libc::SIGTERM);
+            Instant::now()
+        });
+        let out = running.wait();
+        let took = first_stop.elapsed();
+        assert!(
+            out.code == Some(75) || out.code == Some(0),
+            "round {round}: {out}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: exit took {took:?} after the first stop signal\n{out}"
+        );
+        out.assert_summary_last();
+    }
+}
