@@ -464,3 +464,137 @@ fn a_lost_server_aborts_the_run_and_the_next_one_resumes() {
     assert_eq!(status(&p, &db).count("done"), N as u64);
     assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
 }
+
+/// With a PostgreSQL store, the flight record reaches the store at every heartbeat: after
+/// `kill -9` on a machine whose disk is gone (the local `.flight` file deleted), `status` on
+/// another still names the dead process and what it had in flight, and the next run logs it.
+#[test]
+fn a_dead_process_is_reported_from_the_store_when_its_disk_is_gone() {
+    let Some(db) = Db::new() else { return };
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "pg-flight"
+        heartbeat = "100ms"
+
+        [checkpoint]
+        store = "${DATABASE_URL}"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "2s"
+        concurrency = 2
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = cmd(&p, &db, "run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    // A few heartbeats, each copying the record to the store.
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = running.pid();
+    running.signal(libc::SIGKILL);
+    assert_eq!(running.wait().code, None);
+    std::fs::remove_file(p.dir.join(".stagewise/pg-flight.flight")).expect("the local record");
+
+    let report = status(&p, &db);
+    let previous = &report.raw["previous_process"];
+    assert_eq!(
+        previous["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "{}",
+        report.raw
+    );
+    let in_flight = previous["in_flight"].as_array().expect("in_flight");
+    assert_eq!(in_flight.len(), 2, "{previous}");
+    assert!(in_flight.iter().all(|a| a["stage"] == "nap"), "{previous}");
+
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("the previous process ended without a summary");
+    out.assert_stderr_contains(&format!("pid={pid}"));
+    let after = status(&p, &db);
+    assert!(after.raw.get("previous_process").is_none(), "{}", after.raw);
+    assert_eq!(after.count("done"), 4);
+}
+
+/// A PostgreSQL server that hangs (its processes stopped: sockets open, no answers) while a run
+/// drains: the store's own timeouts need the server, so the watchdog ends the process within
+/// `shutdown_grace` + 2 s, exit 3, naming the store without its password; nothing committed is
+/// lost, and once the server is back the next run finishes the batch.
+#[test]
+fn a_hung_server_cannot_hold_the_shutdown() {
+    let Some(cluster) = pg::PrivateCluster::new() else {
+        return;
+    };
+    let db = cluster.db();
+    const N: usize = 300;
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "pg-hung"
+        heartbeat = "100ms"
+        shutdown_grace = "1s"
+
+        [checkpoint]
+        store = "${{DATABASE_URL}}"
+        commit_max_items = 20
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = {N}
+
+        {SLOW}
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ));
+    let mut running = cmd(&p, &db, "run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.freeze();
+    let signalled = std::time::Instant::now();
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    let took = signalled.elapsed();
+    cluster.thaw();
+    out.assert_code(3);
+    // 1 s of grace and the watchdog's 2 s, with room for a loaded machine.
+    assert!(took < Duration::from_secs(5), "exit took {took:?}\n{out}");
+    out.assert_stderr_contains("watchdog: the run did not stop within `shutdown_grace` (1s)");
+    out.assert_stderr_contains(&format!(
+        "waiting for the checkpoint store {}",
+        redacted(&db)
+    ));
+    assert!(
+        !out.stderr.contains(db.url()),
+        "the password was shown\n{out}"
+    );
+
+    let out = cmd(&p, &db, "run").output();
+    out.assert_code(0);
+    out.assert_stderr_contains("the previous process ended without a summary");
+    assert_eq!(status(&p, &db).count("done"), N as u64);
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
+}

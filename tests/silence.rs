@@ -329,6 +329,13 @@ fn the_watchdog_ends_a_frozen_run_by_itself() {
     let in_flight = previous["in_flight"].as_array().expect("in_flight list");
     assert!(!in_flight.is_empty(), "{previous}");
     assert!(in_flight.iter().all(|a| a["stage"] == "frz"), "{previous}");
+    // Ages to the watchdog's end, not to the runtime's last tick.
+    assert!(
+        in_flight
+            .iter()
+            .all(|a| a["age_secs"].as_f64().is_some_and(|s| s >= 2.5)),
+        "{previous}"
+    );
     let keys: Vec<String> = in_flight
         .iter()
         .map(|a| a["key"].as_str().expect("key").to_owned())

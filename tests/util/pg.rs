@@ -440,6 +440,52 @@ impl PrivateCluster {
         assert_eq!(url, self.url, "the cluster came back with another URL");
     }
 
+    /// Freezes the server (SIGSTOP to the postmaster and every process it started): it keeps
+    /// its sockets open and answers nothing, as a hung host would. [`thaw`](Self::thaw) undoes it.
+    pub fn freeze(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Lets a [`freeze`](Self::freeze)d server run again.
+    pub fn thaw(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    /// Sends `signal` to the postmaster and its children (found through /proc).
+    #[allow(unsafe_code)]
+    fn signal_all(&self, signal: i32) {
+        let pidfile = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .unwrap_or_else(|e| panic!("read postmaster.pid: {e}"));
+        let postmaster: i32 = pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("a pid on the first line of postmaster.pid");
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`; comm may hold spaces, so read after the last `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: kill(2) with a pid read from the cluster's own files and /proc.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
     /// Whether it accepts connections right now.
     pub fn is_up(&self) -> bool {
         try_connect(&self.url).is_ok()

@@ -153,6 +153,8 @@ pub(crate) struct Control {
     stop_ms: AtomicU64,
     /// The runtime's last sign of life (see [`Control::alive`]).
     alive_ms: AtomicU64,
+    /// What the drain waits for at its end, for the watchdog to name (the checkpoint store).
+    waiting_on: Mutex<Option<String>>,
 }
 
 impl Control {
@@ -168,7 +170,24 @@ impl Control {
             origin: Instant::now(),
             stop_ms: AtomicU64::new(NOT_YET),
             alive_ms: AtomicU64::new(0),
+            waiting_on: Mutex::new(None),
         }
+    }
+
+    /// The run now waits for `what` (the final commit) before it can end.
+    pub(crate) fn waiting_on(&self, what: Option<String>) {
+        *self
+            .waiting_on
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = what;
+    }
+
+    /// What the run waits for before it can end, if it said.
+    pub(crate) fn waits_for(&self) -> Option<String> {
+        self.waiting_on
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn grace(&self) -> Duration {

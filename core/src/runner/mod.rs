@@ -466,7 +466,13 @@ async fn execute(
         (Exit::Interrupted, RunStatus::Interrupted)
     };
     let mut exit = exit;
-    if let Err(e) = shared.checkpoint.flush(Some(status)).await {
+    control.waiting_on(Some(format!(
+        "the checkpoint store {} to take the last updates",
+        pipeline.checkpoint.store.shown()
+    )));
+    let flushed = shared.checkpoint.flush(Some(status)).await;
+    control.waiting_on(None);
+    if let Err(e) = flushed {
         control.abort(AbortReason::Checkpoint(e.0));
         exit = Exit::Aborted;
     }

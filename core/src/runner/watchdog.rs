@@ -45,6 +45,8 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            // Wake it from its pause, so that the run's end does not wait for it.
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -79,10 +81,14 @@ pub(crate) fn start(
                 }
                 if let Some(since) = control.stop_requested() {
                     if since > control.grace() + MARGIN {
+                        let waiting = control
+                            .waits_for()
+                            .map(|w| format!(", waiting for {w}"))
+                            .unwrap_or_default();
                         end(
                             &recorder,
                             format!(
-                                "the run did not stop within `shutdown_grace` ({}) and {} after it was asked to",
+                                "the run did not stop within `shutdown_grace` ({}) and {} after it was asked to{waiting}",
                                 text::duration(control.grace()),
                                 text::duration(MARGIN)
                             ),
@@ -98,7 +104,7 @@ pub(crate) fn start(
                         ),
                     );
                 }
-                std::thread::sleep(POLL);
+                std::thread::park_timeout(POLL);
             }
             signals.handle().close();
         })?;
@@ -110,6 +116,9 @@ pub(crate) fn start(
 
 /// Say why and what was in flight, in the recorder and the log, and exit 3.
 fn end(recorder: &Recorder, why: String) -> ! {
+    // The process is alive until it exits: the attempts' ages are counted to now, not to the
+    // runtime's last tick.
+    recorder.touch();
     let record = recorder.snapshot();
     let mut stages: Vec<(String, Vec<String>)> = Vec::new();
     for a in &record.in_flight {

@@ -92,6 +92,18 @@ pub enum StoreLocation {
     Postgres(String),
 }
 
+impl StoreLocation {
+    /// The store as messages show it: `sqlite:PATH`, or the URL with its password hidden.
+    pub fn shown(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(path) => {
+                crate::text::redact_url(&format!("sqlite:{}", path.display()))
+            }
+            StoreLocation::Postgres(url) => crate::text::redact_url(url),
+        }
+    }
+}
+
 /// The resolved `[checkpoint]`.
 #[derive(Debug, Clone)]
 pub struct CheckpointConfig {

@@ -12,7 +12,7 @@ use std::fmt::Write;
 use serde_json::{json, Value};
 
 use super::located::Place;
-use super::{Pipeline, StoreLocation, Validator};
+use super::{Pipeline, Validator};
 use crate::policy::{Layer, Policy};
 
 /// Where a resolved value came from.
@@ -301,12 +301,7 @@ impl Plan {
             r.section("pipeline", "heartbeat", Shown::duration(p.heartbeat)),
             r.section("pipeline", "watchdog", Shown::duration(p.watchdog)),
         ];
-        let store = match &p.checkpoint.store {
-            StoreLocation::Sqlite(path) => {
-                crate::text::redact_url(&format!("sqlite:{}", path.display()))
-            }
-            StoreLocation::Postgres(url) => crate::text::redact_url(url),
-        };
+        let store = p.checkpoint.store.shown();
         let checkpoint = vec![
             r.section("checkpoint", "store", Shown::string(&store)),
             r.section(

@@ -288,6 +288,10 @@ mod tests {
         assert!(began.elapsed() < Duration::from_secs(30));
         // Every event is either dropped or waiting (one of them in the stuck write).
         assert_eq!(q.dropped() + q.pending(), (3 * MAX_EVENTS) as u64);
-        assert!(q.dropped() >= (2 * MAX_EVENTS - 1) as u64, "{}", q.dropped());
+        assert!(
+            q.dropped() >= (2 * MAX_EVENTS - 1) as u64,
+            "{}",
+            q.dropped()
+        );
     }
 }
