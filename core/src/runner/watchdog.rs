@@ -123,7 +123,7 @@ fn end(recorder: &Recorder, why: String) -> ! {
     let mut stages: Vec<(String, Vec<String>)> = Vec::new();
     for a in &record.in_flight {
         let named = format!(
-            "{} ({})",
+            "`{}` ({})",
             text::printable(&a.key),
             text::duration(Duration::from_secs_f64(a.age_secs.max(0.0)))
         );
