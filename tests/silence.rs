@@ -577,3 +577,42 @@ fn a_storm_of_signals_always_ends_in_time() {
         out.assert_summary_last();
     }
 }
+
+/// A process paused as a whole (SIGSTOP, a suspended machine) longer than `watchdog`, then
+/// continued, is not a frozen runtime: the run goes on and finishes.
+#[test]
+fn a_paused_and_continued_process_is_not_taken_for_frozen() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "paused"
+        heartbeat = "100ms"
+        watchdog = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 20
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "200ms"
+        concurrency = 2
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+    running.signal(libc::SIGSTOP);
+    thread::sleep(Duration::from_secs(3));
+    running.signal(libc::SIGCONT);
+    let out = running.wait();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("watchdog"), "{out}");
+    assert_eq!(p.status().count("done"), 20);
+}

@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
@@ -30,6 +30,8 @@ pub(crate) const MARGIN: Duration = Duration::from_secs(2);
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// How often the watchdog looks at signals and the clocks.
 const POLL: Duration = Duration::from_millis(50);
+/// A gap between two looks longer than this means the process as a whole was paused.
+const PAUSED: Duration = Duration::from_secs(1);
 /// How long the last words may take to reach stderr before the process exits anyway.
 const LAST_WORDS: Duration = Duration::from_millis(500);
 /// Most keys named per stage in the watchdog's message.
@@ -66,7 +68,14 @@ pub(crate) fn start(
         .name("stagewise-watchdog".into())
         .spawn(move || {
             control.alive();
+            let mut last_look = Instant::now();
             while !stop.load(Ordering::SeqCst) {
+                // A look far later than planned means the whole process was paused (SIGSTOP, a
+                // suspended VM, heavy swapping), not the runtime alone: it gets a fresh window.
+                if last_look.elapsed() > PAUSED {
+                    control.alive();
+                }
+                last_look = Instant::now();
                 for signal in signals.pending() {
                     let name = match signal {
                         SIGUSR1 | SIGUSR2 => {
