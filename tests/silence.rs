@@ -616,3 +616,45 @@ fn a_paused_and_continued_process_is_not_taken_for_frozen() {
     assert!(!out.stderr.contains("watchdog"), "{out}");
     assert_eq!(p.status().count("done"), 20);
 }
+
+/// SIGHUP alone (a closing terminal): a drain like SIGTERM's, logged, exit 75 within
+/// `shutdown_grace` + 1 s.
+#[test]
+fn sighup_alone_drains_and_exits_75_in_time() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "hup"
+        heartbeat = "100ms"
+        shutdown_grace = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 50
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "10s"
+        concurrency = 4
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(running.wait_for_stderr("heartbeat", Duration::from_secs(20)));
+    let signalled = Instant::now();
+    running.signal(libc::SIGHUP);
+    let out = running.wait();
+    let took = signalled.elapsed();
+    out.assert_code(75);
+    out.assert_stderr_contains("reason=received SIGHUP");
+    out.assert_summary_last();
+    // 1 s of grace and 1 s more, with room for a loaded machine.
+    assert!(took < Duration::from_secs(3), "exit took {took:?}\n{out}");
+    assert_eq!(p.status().count("pending"), 50);
+}
