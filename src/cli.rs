@@ -280,6 +280,8 @@ fn run(
     format: Format,
     options: RunOptions,
 ) -> ExitCode {
+    // First: a stop signal from now on waits for the run's watchdog, which acts on it.
+    stagewise_core::hold_signals();
     telemetry::init(match format {
         Format::Pretty => LogFormat::Pretty,
         Format::Json => LogFormat::Json,

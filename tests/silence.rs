@@ -658,3 +658,118 @@ fn sighup_alone_drains_and_exits_75_in_time() {
     assert!(took < Duration::from_secs(3), "exit took {took:?}\n{out}");
     assert_eq!(p.status().count("pending"), 50);
 }
+
+/// Signals that arrive before the run is under way (here while the checkpoint store does not
+/// answer the connection) are not their default actions, an exit without a word: SIGUSR1 does
+/// not end the process, and SIGTERM waits for the run's start, which reports why it could not.
+#[test]
+fn signals_before_the_run_is_under_way_are_held() {
+    // A server that takes the connection and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "early"
+
+        [checkpoint]
+        store = "postgres://u:secret@127.0.0.1:{port}/db"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ));
+    let mut running = p.cmd("run").spawn();
+    thread::sleep(Duration::from_millis(700));
+    running.signal(libc::SIGUSR1);
+    thread::sleep(Duration::from_millis(200));
+    assert!(!running.has_exited(), "SIGUSR1 ended the process");
+    running.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(200));
+    assert!(!running.has_exited(), "SIGTERM ended the process at once");
+    // The server goes away: the connection fails, and the run says so.
+    drop(listener);
+    let out = running.wait();
+    out.assert_code(2);
+    out.assert_stderr_contains("nothing was run");
+    assert!(!out.stderr.contains("secret"), "{out}");
+}
+
+/// Keys are untrusted: whatever they hold, a log line is one line and nothing in it steers the
+/// terminal it is shown on (escape sequences, carriage returns, C1 codes, bidi overrides), in
+/// text and in JSON.
+#[test]
+fn untrusted_keys_cannot_forge_or_steer_log_lines() {
+    let keys = [
+        "esc\u{1b}[31mRED\u{1b}[0m",
+        "nl\nINJECTED FAKE LINE",
+        "cr\rOVER",
+        "c1\u{9b}31mX",
+        "bidi\u{202e}evil",
+        "bel\u{7}",
+    ];
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "ctl"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "work"
+        kind = "fault"
+        permanent_rate = 1.0
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let lines: String = keys
+        .iter()
+        .map(|k| format!("{}\n", serde_json::json!({ "id": k })))
+        .collect();
+    p.dir.write("in.jsonl", lines);
+    for format in ["pretty", "json"] {
+        // Raw bytes, not the test helpers' output, which strips colour codes.
+        let out = Command::new(util::bin())
+            .args(["run", "--fresh", "--log-format", format, "pipeline.toml"])
+            .current_dir(p.dir.path())
+            .env_remove("STAGEWISE_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run stagewise");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8(out.stderr).expect("UTF-8 log");
+        for line in stderr.lines() {
+            assert!(
+                !line
+                    .chars()
+                    .any(|c| c != '\t' && (c.is_control() || c == '\u{202e}')),
+                "{format}: {line:?}"
+            );
+            if format == "json" {
+                serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            }
+        }
+        let failed = stderr.lines().filter(|l| l.contains("item failed")).count();
+        assert_eq!(failed, keys.len(), "{stderr}");
+        assert!(
+            !stderr.lines().any(|l| l.starts_with("INJECTED")),
+            "{stderr}"
+        );
+    }
+}

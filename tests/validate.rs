@@ -796,3 +796,31 @@ fn checkpoint_store_urls() {
         );
     }
 }
+
+/// A duration of the run further off than any deadline is refused at validation, not met as an
+/// overflow when the run stops; a watchdog shorter than a second is refused too.
+#[test]
+fn run_durations_are_bounded() {
+    for (line, message) in [
+        (
+            r#"shutdown_grace = "18446744073709551615s""#,
+            "`shutdown_grace` must be at most 720h",
+        ),
+        (
+            r#"max_run_time = "100000000h""#,
+            "`max_run_time` must be at most 720h",
+        ),
+        (
+            r#"heartbeat = "31days""#,
+            "`heartbeat` must be at most 720h",
+        ),
+        (r#"watchdog = "999ms""#, "`watchdog` must be at least 1s"),
+    ] {
+        let p = Pipeline::new(
+            &GOOD.replace("name = \"good\"", &format!("name = \"good\"\n    {line}")),
+        );
+        let out = p.validate();
+        out.assert_code(2);
+        out.assert_stderr_contains(message);
+    }
+}

@@ -229,25 +229,31 @@ impl Recorder {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err)?;
         }
+        // A new file of our own, then renamed over whatever is at `path`: whatever that is (a
+        // symlink to someone else's file, a FIFO, a file of wider permissions) is replaced, never
+        // written through or waited on. `create_new` refuses to follow a symlink planted at the
+        // temporary name too.
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".new-{}", std::process::id()));
+        let temporary = PathBuf::from(temporary);
+        let _ = std::fs::remove_file(&temporary);
         let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true).truncate(true);
+        options.read(true).write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(path).map_err(io_err)?;
-        // `mode` only applies to a new file; an existing one keeps its permissions otherwise.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io_err)?;
+        let mut file = options.open(&temporary).map_err(io_err)?;
+        let now = now_ms();
+        let placed = file
+            .write_all(&image(pipeline, now))
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io_err(e));
         }
 
-        let now = now_ms();
-        let image = image(pipeline, now);
-        file.write_all(&image).map_err(io_err)?;
         let map = map(&file).map_err(io_err)?;
         Ok(Recorder::with_map(path.to_owned(), map, now))
     }
@@ -399,6 +405,8 @@ impl Recorder {
         put_u32(slot, 28, fields.sum(sum));
         compiler_fence(Ordering::SeqCst);
         put_u64(slot, 0, tag);
+        // Starting an attempt is a sign of life: its age is never negative.
+        st.seen(now);
         AttemptSlot {
             recorder: Arc::clone(self),
             slot: Some((index, tag)),
@@ -1279,5 +1287,46 @@ mod tests {
         assert_eq!(r.last_events, vec!["hello".to_owned()]);
         drop(slot);
         assert!(rec.snapshot().in_flight.is_empty());
+    }
+
+    #[test]
+    fn create_replaces_a_symlink_or_a_fifo_and_never_writes_through_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"someone else's data").expect("write victim");
+        let path = dir.path().join("demo.flight");
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        let rec = Recorder::create(&path, "demo").expect("create over a symlink");
+        rec.event(b"hello");
+        assert_eq!(
+            std::fs::read(&victim).expect("read victim"),
+            b"someone else's data"
+        );
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        drop(rec);
+
+        std::fs::remove_file(&path).expect("remove");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let rec = Recorder::create(&path, "demo").expect("create over a FIFO");
+        assert!(std::fs::symlink_metadata(&path)
+            .expect("stat")
+            .file_type()
+            .is_file());
+        assert_eq!(
+            Recorder::read(&path).expect("read").map(|r| r.pipeline),
+            Some("demo".into())
+        );
+        drop(rec);
+        // Nothing left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }

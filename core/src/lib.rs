@@ -82,4 +82,6 @@ pub use checkpoint::{
 };
 pub use policy::{Policy, RateLimit, Retry};
 pub use registry::Registry;
-pub use runner::{run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary};
+pub use runner::{
+    hold_signals, run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary,
+};

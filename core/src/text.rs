@@ -91,11 +91,11 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// `s` with its control characters escaped (`\n`, `\u{1b}`), so that untrusted text (an item's
 /// key, a page's title) cannot drive the terminal it is printed on.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.chars().any(char::is_control) {
+    if s.chars().any(steers_the_terminal) {
         std::borrow::Cow::Owned(
             s.chars()
                 .map(|c| {
-                    if c.is_control() {
+                    if steers_the_terminal(c) {
                         c.escape_default().to_string()
                     } else {
                         c.to_string()
@@ -106,6 +106,13 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(s)
     }
+}
+
+/// Whether `c` can change how a terminal shows what follows: control characters (C0, DEL, C1)
+/// and the bidirectional overrides and isolates, which reorder the text after them.
+pub fn steers_the_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -180,5 +187,7 @@ mod tests {
         assert_eq!(printable("plain key"), "plain key");
         assert_eq!(printable("a\nb\u{1b}[31mred"), "a\\nb\\u{1b}[31mred");
         assert!(matches!(printable("ok"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("bidi\u{202e}evil"), "bidi\\u{202e}evil");
+        assert_eq!(printable("c1\u{9b}31m"), "c1\\u{9b}31m");
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::checkpoint::CheckpointStore;
 use crate::flight::{ProcessRecord, Recorder};
-use crate::spec::Pipeline;
+use crate::spec::{Pipeline, StoreLocation};
 use crate::text;
 
 /// Most in-flight attempts the "previous process" warning names.
@@ -29,25 +29,10 @@ pub(crate) fn open(
     let recorder = match Recorder::create(&path, &pipeline.name) {
         Ok(r) => r,
         Err(e) => {
-            // A read-only folder beside a PostgreSQL store, say: the record still reaches the
-            // store, and the watchdog still has a table to read.
-            let fallback = std::env::temp_dir().join(format!(
-                "stagewise-{}-{}.flight",
-                pipeline.name,
-                std::process::id()
-            ));
-            tracing::warn!(
-                error = %e,
-                instead = %fallback.display(),
-                "cannot keep the flight recorder beside the store"
-            );
-            match Recorder::create(&fallback, &pipeline.name) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot keep a flight recorder file; keeping it in memory only");
-                    Recorder::in_memory(&pipeline.name)?
-                }
-            }
+            // A read-only folder, say: the watchdog still has a table to read, and a PostgreSQL
+            // store still gets its copies.
+            tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only");
+            Recorder::in_memory(&pipeline.name)?
         }
     };
     let recorder = Arc::new(recorder);
@@ -56,7 +41,9 @@ pub(crate) fn open(
     if let Some(previous) = previous.filter(|r| !r.ended) {
         log_previous(&previous);
     }
-    save(store, &pipeline.name, &recorder);
+    if copied(pipeline) {
+        save(store, &pipeline.name, &recorder);
+    }
     Ok(recorder)
 }
 
@@ -70,6 +57,9 @@ pub(crate) fn ended(
 ) {
     recorder.mark_ended();
     crate::telemetry::set_event_sink(None);
+    if !copied(pipeline) {
+        return;
+    }
     let (store, recorder, name) = (store.clone(), recorder.clone(), pipeline.name.clone());
     let (saved, wait) = std::sync::mpsc::channel();
     let copying = std::thread::Builder::new()
@@ -85,6 +75,12 @@ pub(crate) fn ended(
 
 /// How long the last copy of the record may take at exit.
 const LAST_COPY: Duration = Duration::from_millis(500);
+
+/// Whether the record is copied to the store: for a PostgreSQL store, whose users often have a
+/// disk that dies with the container. A SQLite store's record is the file beside it.
+pub(crate) fn copied(pipeline: &Pipeline) -> bool {
+    matches!(pipeline.checkpoint.store, StoreLocation::Postgres(_))
+}
 
 /// Keep a copy of the record in the store; a store that fails is logged at debug level (the
 /// run's own commits report a broken store).
@@ -143,6 +139,7 @@ fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<Proce
             None
         }
     };
+    let local = local.filter(|r| r.pipeline == pipeline.name);
     let copy = match store.load_process(&pipeline.name) {
         Ok(json) => json.and_then(|j| serde_json::from_str::<ProcessRecord>(&j).ok()),
         Err(e) => {

@@ -37,11 +37,12 @@ use crate::stage::BuildContext;
 use crate::stage::Record;
 use crate::stage::StageImpl;
 pub(crate) use blackbox::{describe_in_flight, previous_process};
-use control::{AbortReason, Control, Interrupt};
+use control::{AbortReason, Control};
 use item::WorkItem;
 pub use stats::Latency;
 use stats::{Counter, StageStats};
 pub use telemetry::{StageSummary, Summary};
+pub use watchdog::hold_signals;
 
 /// Items read from the store per page when feeding.
 const PAGE: usize = 512;
@@ -203,10 +204,18 @@ pub fn summary_path(pipeline: &Pipeline) -> std::path::PathBuf {
     beside_store(pipeline, "summary.json")
 }
 
-/// Where the flight recorder keeps what the running (or last) process is doing: beside the
-/// summary.
+/// Where the flight recorder keeps what the running (or last) process is doing: beside a SQLite
+/// store, named after it and the pipeline (two pipeline files of one name on two stores never
+/// share it); for a PostgreSQL store, in `.stagewise/` beside the pipeline file.
 pub fn flight_path(pipeline: &Pipeline) -> std::path::PathBuf {
-    beside_store(pipeline, "flight")
+    match &pipeline.checkpoint.store {
+        StoreLocation::Sqlite(path) => {
+            let mut name = path.file_name().unwrap_or_default().to_owned();
+            name.push(format!(".{}.flight", pipeline.name));
+            path.with_file_name(name)
+        }
+        StoreLocation::Postgres(_) => beside_store(pipeline, "flight"),
+    }
 }
 
 /// `<name>.<extension>` beside a SQLite store, or in `.stagewise/` beside the pipeline file.
@@ -263,8 +272,31 @@ fn run_recorded(
         pipeline.shutdown_grace,
         runtime.handle().clone(),
     ));
-    let watchdog = watchdog::start(control.clone(), pipeline.watchdog, recorder.clone())
-        .map_err(RunError::Runtime)?;
+    let watchdog = watchdog::start(
+        control.clone(),
+        pipeline.watchdog,
+        pipeline.max_run_time,
+        recorder.clone(),
+    )
+    .map_err(RunError::Runtime)?;
+    // The runtime's sign of life, for the watchdog and the flight recorder, until the run has
+    // ended (its summary written).
+    let ticking = CancellationToken::new();
+    {
+        let (control, recorder, ticking) = (control.clone(), recorder.clone(), ticking.clone());
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(watchdog::TICK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        control.alive();
+                        recorder.touch();
+                    }
+                    () = ticking.cancelled() => return,
+                }
+            }
+        });
+    }
     let result = runtime.block_on(execute(
         pipeline,
         stages,
@@ -273,6 +305,7 @@ fn run_recorded(
         control,
         recorder.clone(),
     ));
+    ticking.cancel();
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     drop(watchdog);
     result
@@ -288,32 +321,6 @@ async fn execute(
 ) -> Result<Summary, RunError> {
     let began = Instant::now();
     let done = CancellationToken::new();
-    {
-        // The runtime's sign of life, for the watchdog and the flight recorder.
-        let (control, recorder, done) = (control.clone(), recorder.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(watchdog::TICK);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        control.alive();
-                        recorder.touch();
-                    }
-                    () = done.cancelled() => return,
-                }
-            }
-        });
-    }
-    if let Some(limit) = pipeline.max_run_time {
-        let (control, done) = (control.clone(), done.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(limit) => control.request_stop(Interrupt::MaxRunTime),
-                () = done.cancelled() => {}
-            }
-        });
-    }
-
     let mut latest = store.latest_run(&pipeline.name)?;
     if options.retry_failed {
         let Some(run) = latest.as_mut() else {
@@ -374,6 +381,7 @@ async fn execute(
         done.cancel();
         let summary = telemetry::summarize(pipeline, None, &stages, None, exit, &control, began);
         telemetry::finish(pipeline, &summary);
+        recorder.mark_ended();
         return Ok(summary);
     };
     let counts = store.counts(run.id)?;
@@ -399,7 +407,15 @@ async fn execute(
     let (soft, ended) = (control.soft.clone(), done.clone());
     tokio::spawn(async move {
         tokio::select! {
-            () = soft.cancelled() => stopping.set_deadline(Instant::now() + grace + Duration::from_secs(1)),
+            () = soft.cancelled() => {
+                let now = Instant::now();
+                let at = grace
+                    .checked_add(Duration::from_secs(1))
+                    .and_then(|wait| now.checked_add(wait));
+                if let Some(at) = at {
+                    stopping.set_deadline(at);
+                }
+            }
             () = ended.cancelled() => {}
         }
     });
@@ -439,7 +455,7 @@ async fn execute(
     }
     tokio::spawn(telemetry::heartbeat(
         shared.clone(),
-        store.clone(),
+        blackbox::copied(pipeline).then(|| store.clone()),
         pipeline.name.clone(),
         pipeline.heartbeat,
         done.clone(),
@@ -490,6 +506,8 @@ async fn execute(
         began,
     );
     telemetry::finish(pipeline, &summary);
+    // Ended with a summary, from this moment: a kill now is not a death without one.
+    recorder.mark_ended();
     Ok(summary)
 }
 

@@ -15,12 +15,12 @@ use crate::spec::Pipeline;
 use crate::telemetry::events;
 use crate::text;
 
-/// Log a heartbeat every `every` (and copy the flight record to the store), warn once about
+/// Log a heartbeat every `every` (and copy the flight record to `store`, if given), warn once about
 /// each attempt past half its timeout, and dump the status when a signal asks for it (SIGUSR1,
 /// SIGUSR2).
 pub(crate) async fn heartbeat(
     shared: Arc<Shared>,
-    store: Arc<dyn CheckpointStore>,
+    store: Option<Arc<dyn CheckpointStore>>,
     pipeline: String,
     every: Duration,
     done: CancellationToken,
@@ -37,7 +37,9 @@ pub(crate) async fn heartbeat(
             () = done.cancelled() => return,
             _ = beat.tick() => {
                 log_heartbeat(&shared, began);
-                copier.copy(&store, &pipeline, &shared.recorder);
+                if let Some(store) = &store {
+                    copier.copy(store, &pipeline, &shared.recorder);
+                }
             }
             _ = watch.tick() => warn_slow(&shared),
             () = shared.control.dump.notified() => log_status_dump(&shared, began),
@@ -318,9 +320,19 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
     let path = super::summary_path(pipeline);
     let json = serde_json::to_string_pretty(summary).expect("the summary always serializes");
     let tmp = path.with_extension("json.tmp");
+    // A new file, renamed into place: whatever was at the temporary name (a symlink, a FIFO) is
+    // never written through or waited on.
+    let _ = std::fs::remove_file(&tmp);
     let written =
         std::fs::create_dir_all(path.parent().unwrap_or_else(|| std::path::Path::new(".")))
-            .and_then(|()| std::fs::write(&tmp, json.as_bytes()))
+            .and_then(|()| {
+                use std::io::Write;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?
+                    .write_all(json.as_bytes())
+            })
             .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the summary file");

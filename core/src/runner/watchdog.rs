@@ -3,8 +3,8 @@
 //! keep the process from hearing a signal or from ending.
 //!
 //! It receives SIGTERM, SIGINT, SIGHUP (stop requests) and SIGUSR1, SIGUSR2 (status dumps) and
-//! hands them to [`Control`], which needs no runtime thread to act on them. Then it ends the
-//! process, exit 3, in two cases:
+//! hands them to [`Control`], which needs no runtime thread to act on them; it asks for the stop
+//! at `max_run_time` too. Then it ends the process, exit 3, in two cases:
 //! - a stop was asked for and the run has not finished draining `shutdown_grace` +
 //!   [`MARGIN`] later;
 //! - the runtime has not answered for `[pipeline] watchdog` (a task ticks [`Control::alive`]
@@ -37,6 +37,24 @@ const LAST_WORDS: Duration = Duration::from_millis(500);
 /// Most keys named per stage in the watchdog's message.
 const NAMED: usize = 10;
 
+/// The signals the watchdog receives.
+const SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
+
+/// Signals taken over before the run's watchdog exists (see [`hold_signals`]).
+static EARLY: std::sync::Mutex<Option<signal_hook::iterator::Signals>> =
+    std::sync::Mutex::new(None);
+
+/// Take over the watchdog's signals now, at the start of the process: one that arrives while the
+/// pipeline is loaded or the store opened waits for the watchdog (a stop request before the
+/// batch) instead of ending the process without a word.
+pub fn hold_signals() {
+    if let Ok(signals) = signal_hook::iterator::Signals::new(SIGNALS) {
+        *EARLY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signals);
+    }
+}
+
 /// The running watchdog; dropping it stops the thread (and the signal handling with it).
 pub(crate) struct Watchdog {
     done: Arc<AtomicBool>,
@@ -54,21 +72,30 @@ impl Drop for Watchdog {
     }
 }
 
-/// Start the watchdog for a run controlled by `control`.
+/// Start the watchdog for a run controlled by `control`; it also asks the run to stop at
+/// `max_run_time`, a clock a frozen runtime cannot hold back.
 pub(crate) fn start(
     control: Arc<Control>,
     liveness: Duration,
+    max_run_time: Option<Duration>,
     recorder: Arc<Recorder>,
 ) -> std::io::Result<Watchdog> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
+    let early = EARLY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let mut signals = match early {
+        Some(signals) => signals,
+        None => signal_hook::iterator::Signals::new(SIGNALS)?,
+    };
     let done = Arc::new(AtomicBool::new(false));
     let stop = done.clone();
     let thread = std::thread::Builder::new()
         .name("stagewise-watchdog".into())
         .spawn(move || {
             control.alive();
-            let mut last_look = Instant::now();
+            let began = Instant::now();
+            let mut last_look = began;
             while !stop.load(Ordering::SeqCst) {
                 // A look far later than planned means the whole process was paused (SIGSTOP, a
                 // suspended VM, heavy swapping), not the runtime alone: it gets a fresh window.
@@ -88,8 +115,13 @@ pub(crate) fn start(
                     };
                     control.request_stop(Interrupt::Signal(name));
                 }
+                if max_run_time.is_some_and(|limit| began.elapsed() >= limit)
+                    && control.stop_requested().is_none()
+                {
+                    control.request_stop(Interrupt::MaxRunTime);
+                }
                 if let Some(since) = control.stop_requested() {
-                    if since > control.grace() + MARGIN {
+                    if since > control.grace().saturating_add(MARGIN) {
                         let waiting = control
                             .waits_for()
                             .map(|w| format!(", waiting for {w}"))

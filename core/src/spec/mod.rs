@@ -586,6 +586,23 @@ impl Validator {
                 );
             }
         }
+        // A duration further off than any deadline is a typo, and past it the clocks overflow.
+        let longest = crate::policy::MAX_TIMEOUT;
+        for (key, value) in [
+            ("max_run_time", p.max_run_time),
+            ("shutdown_grace", p.shutdown_grace),
+            ("heartbeat", p.heartbeat),
+            ("watchdog", p.watchdog),
+        ] {
+            if value.is_some_and(|v| v > longest) {
+                self.error(
+                    &path_of(&["pipeline", key]),
+                    false,
+                    None,
+                    format!("`{key}` must be at most {}", crate::text::duration(longest)),
+                );
+            }
+        }
         if p.name.contains(['/', '\\']) {
             self.error(
                 &path_of(&["pipeline", "name"]),

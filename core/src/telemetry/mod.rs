@@ -81,6 +81,42 @@ pub fn say(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Whether events are JSON lines (see [`defuse`]).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make one formatted event safe to print: one line, and nothing in it that steers a terminal
+/// (see [`crate::text::steers_the_terminal`]) — keys, errors and titles come from untrusted
+/// data. In a text line such characters are escaped as Rust does (`\u{1b}`, `\n`); in a JSON
+/// line, whose encoder already escapes C0, as JSON does (`\u009b`). Tabs and the final newline
+/// stay.
+fn defuse(line: &mut Vec<u8>, json: bool) {
+    // Most lines are plain ASCII: nothing to do.
+    let suspect = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f || *b == 0xc2 || *b == 0xe2;
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    if !body.iter().any(suspect) {
+        return;
+    }
+    let text = String::from_utf8_lossy(line).into_owned();
+    let (body, newline) = match text.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (text.as_str(), ""),
+    };
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in body.chars() {
+        if c != '\t' && crate::text::steers_the_terminal(c) {
+            if json {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            } else {
+                out.extend(c.escape_default());
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.push_str(newline);
+    *line = out.into_bytes();
+}
+
 /// Hands each formatted event to the queue (and the recorder) as one line.
 struct Queued;
 
@@ -106,6 +142,10 @@ impl Drop for EventWriter {
         if self.line.is_empty() {
             return;
         }
+        defuse(
+            &mut self.line,
+            JSON.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(sink) = sink {
             sink(&self.line);
@@ -171,10 +211,14 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(Queued)
         .with_target(false);
+    // No colours: an event is escaped whole (see [`defuse`]), so a colour's escape code would be
+    // shown as text.
+    JSON.store(
+        format == LogFormat::Json,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let _ = match format {
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+        LogFormat::Pretty => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     std::panic::set_hook(Box::new(|info| {
@@ -188,7 +232,42 @@ pub fn init(format: LogFormat) {
             thread = thread.name().unwrap_or("unnamed"),
             location = %location,
             message = %message,
-            "panic (a panic inside a stage fails only its item)"
+            "panic (inside a stage it fails only its item; the item's error says so)"
         );
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::defuse;
+
+    fn defused(line: &str, json: bool) -> String {
+        let mut bytes = line.as_bytes().to_vec();
+        defuse(&mut bytes, json);
+        String::from_utf8(bytes).expect("UTF-8")
+    }
+
+    #[test]
+    fn an_event_is_one_line_with_nothing_that_steers_a_terminal() {
+        assert_eq!(
+            defused("INFO plain key=a\tb\n", false),
+            "INFO plain key=a\tb\n"
+        );
+        assert_eq!(
+            defused("WARN item failed key=nl\nFAKE LINE esc\u{1b}[31m\n", false),
+            "WARN item failed key=nl\\nFAKE LINE esc\\u{1b}[31m\n"
+        );
+        assert_eq!(
+            defused(
+                "key=c1\u{9b}31m bidi\u{202e}x cr\r bel\u{7} del\u{7f} é\n",
+                false
+            ),
+            "key=c1\\u{9b}31m bidi\\u{202e}x cr\\r bel\\u{7} del\\u{7f} é\n"
+        );
+        // JSON: the encoder escaped C0 already; what it lets through is escaped as JSON does.
+        let json = defused("{\"key\":\"c1\u{9b}x\u{202e}\\u001b\"}\n", true);
+        assert_eq!(json, "{\"key\":\"c1\\u009bx\\u202e\\u001b\"}\n");
+        let parsed: serde_json::Value = serde_json::from_str(json.trim()).expect("still JSON");
+        assert_eq!(parsed["key"], "c1\u{9b}x\u{202e}\u{1b}");
+    }
 }
