@@ -375,12 +375,12 @@ fn after_kill_9_status_and_the_next_run_say_what_was_in_flight() {
         [[stage]]
         name = "src"
         kind = "generate"
-        count = 12
+        count = 6
 
         [[stage]]
         name = "nap"
         kind = "sleep"
-        duration = "3s"
+        duration = "2s"
         concurrency = 3
 
         [[stage]]
@@ -437,7 +437,7 @@ fn after_kill_9_status_and_the_next_run_say_what_was_in_flight() {
         .unwrap_or_else(|| panic!("no report of the dead process\n{out}"));
     assert!(line.contains(&format!("pid={pid}")), "{line}");
     assert!(line.contains("in stage `nap`"), "{line}");
-    assert_eq!(p.status().count("done"), 12);
+    assert_eq!(p.status().count("done"), 6);
 }
 
 /// A run that is still going is not a dead one: `status` shows no previous process while the
@@ -772,4 +772,84 @@ fn untrusted_keys_cannot_forge_or_steer_log_lines() {
             "{stderr}"
         );
     }
+}
+
+/// `max_run_time` is kept by the watchdog thread: a frozen runtime cannot hold the run past it
+/// (then the drain cannot finish either, and the watchdog ends it at the grace and its margin).
+#[test]
+fn max_run_time_holds_with_a_frozen_runtime() {
+    let p = frozen("frozen-max", "60s");
+    p.dir.write(
+        "pipeline.toml",
+        p.toml().replace(
+            "watchdog = \"60s\"",
+            "watchdog = \"60s\"\nmax_run_time = \"2s\"",
+        ),
+    );
+    let out = p.cmd("run").timeout(Duration::from_secs(60)).output();
+    out.assert_code(3);
+    out.assert_stderr_contains("reason=`max_run_time` reached");
+    out.assert_stderr_contains("watchdog: the run did not stop within `shutdown_grace` (1s)");
+    // 2 s, 1 s of grace and the watchdog's 2 s, with room for a loaded machine.
+    assert!(out.elapsed < Duration::from_secs(9), "{out}");
+}
+
+/// Two pipeline files of one name on two stores in one folder keep their flight records apart:
+/// one's death is not reported for the other.
+#[test]
+fn flight_records_of_same_named_pipelines_on_two_stores_stay_apart() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "twin"
+        heartbeat = "100ms"
+
+        [checkpoint]
+        store = "sqlite:.stagewise/a.db"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1s"
+        concurrency = 2
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    p.dir.write(
+        "b.toml",
+        p.toml().replace(".stagewise/a.db", ".stagewise/b.db"),
+    );
+    let b = |sub: &str| util::Cmd::new(p.dir.path(), sub, "b.toml");
+    p.run().assert_code(0);
+    let mut running = b("run").spawn();
+    assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+    thread::sleep(Duration::from_millis(500));
+    let pid = running.pid();
+    running.signal(libc::SIGKILL);
+    running.wait();
+    // `a` ended normally: no report of `b`'s death.
+    let a = p.cmd("status").arg("--json").output();
+    a.assert_code(0);
+    assert!(!a.stdout.contains("previous_process"), "{a}");
+    let b_status = b("status").arg("--json").output();
+    b_status.assert_code(0);
+    let raw: Value = serde_json::from_str(b_status.stdout.trim()).expect("JSON");
+    assert_eq!(
+        raw["previous_process"]["pid"].as_u64(),
+        Some(u64::from(pid))
+    );
+    // And `a` runs again without a word about `b`.
+    let out = p.run();
+    out.assert_code(0);
+    assert!(!out.stderr.contains(PREVIOUS), "{out}");
+    assert_eq!(p.status().count("done"), 4);
 }
