@@ -520,7 +520,9 @@ fn heartbeats_keep_coming_while_every_blocking_thread_is_hung() {
     thread::sleep(Duration::from_secs(2));
     let after = counted(&running);
     assert!(
-        after >= before + 10,
+        // 20 expected; half of them is plenty on a loaded machine, and none if the runtime
+        // were held.
+        after >= before + 5,
         "{before} then {after} heartbeats in 2 s\n{}",
         running.stderr_so_far()
     );
