@@ -90,9 +90,12 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                 Err(code) => return code,
             };
             match commands::status(&loaded.pipeline) {
+                // Keys and errors are untrusted: nothing in them may steer the terminal.
                 Ok(status) if json => out(&format!(
                     "{}\n",
-                    commands::status_json(&loaded.pipeline, &status)
+                    stagewise_core::text::json_printable(
+                        &commands::status_json(&loaded.pipeline, &status).to_string()
+                    )
                 )),
                 Ok(status) => out(&commands::render_status(&loaded.pipeline, &status)),
                 Err(e) => {
@@ -280,12 +283,12 @@ fn run(
     format: Format,
     options: RunOptions,
 ) -> ExitCode {
-    // First: a stop signal from now on waits for the run's watchdog, which acts on it.
-    stagewise_core::hold_signals();
     telemetry::init(match format {
         Format::Pretty => LogFormat::Pretty,
         Format::Json => LogFormat::Json,
     });
+    // From now on a stop signal waits for the run's watchdog, which acts on it.
+    stagewise_core::hold_signals();
     // A person reads plain lines; a log collector needs every line to be JSON.
     let report = match format {
         Format::Pretty => Report::Plain,

@@ -661,12 +661,9 @@ fn sighup_alone_drains_and_exits_75_in_time() {
     assert_eq!(p.status().count("pending"), 50);
 }
 
-/// Signals that arrive before the run is under way (here while the checkpoint store does not
-/// answer the connection) are not their default actions, an exit without a word: SIGUSR1 does
-/// not end the process, and SIGTERM waits for the run's start, which reports why it could not.
-#[test]
-fn signals_before_the_run_is_under_way_are_held() {
-    // A server that takes the connection and never says a word.
+/// A pipeline whose PostgreSQL checkpoint store is a server that takes the connection and
+/// never says a word.
+fn silent_store() -> (std::net::TcpListener, Pipeline) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     let p = Pipeline::new(&format!(
@@ -688,20 +685,52 @@ fn signals_before_the_run_is_under_way_are_held() {
         path = "out.jsonl"
         "#
     ));
+    (listener, p)
+}
+
+/// Signals that arrive before the run is under way (here while the checkpoint store does not
+/// answer) are not their default actions, an exit without a word: SIGUSR1 does not end the
+/// process, the first SIGTERM is logged and kept for the run, and a second one ends the process
+/// at once, logged, exit 75.
+#[test]
+fn signals_before_the_run_is_under_way_are_held() {
+    let (_listener, p) = silent_store();
     let mut running = p.cmd("run").spawn();
     thread::sleep(Duration::from_millis(700));
     running.signal(libc::SIGUSR1);
     thread::sleep(Duration::from_millis(200));
     assert!(!running.has_exited(), "SIGUSR1 ended the process");
     running.signal(libc::SIGTERM);
-    thread::sleep(Duration::from_millis(200));
+    assert!(
+        running.wait_for_stderr(
+            "stop requested while the run starts",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        running.stderr_so_far()
+    );
     assert!(!running.has_exited(), "SIGTERM ended the process at once");
-    // The server goes away: the connection fails, and the run says so.
-    drop(listener);
+    let signalled = Instant::now();
+    running.signal(libc::SIGINT);
     let out = running.wait();
-    out.assert_code(2);
-    out.assert_stderr_contains("nothing was run");
+    out.assert_code(75);
+    out.assert_stderr_contains("second stop request before the run started: exiting now");
+    assert!(signalled.elapsed() < Duration::from_secs(3), "{out}");
     assert!(!out.stderr.contains("secret"), "{out}");
+}
+
+/// A checkpoint store that takes the connection and never answers cannot hold `run` or
+/// `status`: the connection gives up after 10 s, exit 2, naming the store without its password.
+#[test]
+fn a_store_that_never_answers_is_given_up_on() {
+    let (_listener, p) = silent_store();
+    for command in ["run", "status"] {
+        let out = p.cmd(command).timeout(Duration::from_secs(60)).output();
+        out.assert_code(2);
+        out.assert_stderr_contains("the server did not answer within 10s");
+        assert!(!out.stderr.contains("secret"), "{out}");
+        assert!(out.elapsed < Duration::from_secs(30), "{out}");
+    }
 }
 
 /// Keys are untrusted: whatever they hold, a log line is one line and nothing in it steers the
@@ -716,7 +745,10 @@ fn untrusted_keys_cannot_forge_or_steer_log_lines() {
         "c1\u{9b}31mX",
         "bidi\u{202e}evil",
         "bel\u{7}",
+        "ls\u{2028}alm\u{61c}",
     ];
+    let steers =
+        |c: char| c != '\t' && (c.is_control() || matches!(c, '\u{202e}' | '\u{2028}' | '\u{61c}'));
     let p = Pipeline::new(
         r#"
         [pipeline]
@@ -756,12 +788,7 @@ fn untrusted_keys_cannot_forge_or_steer_log_lines() {
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8(out.stderr).expect("UTF-8 log");
         for line in stderr.lines() {
-            assert!(
-                !line
-                    .chars()
-                    .any(|c| c != '\t' && (c.is_control() || c == '\u{202e}')),
-                "{format}: {line:?}"
-            );
+            assert!(!line.chars().any(steers), "{format}: {line:?}");
             if format == "json" {
                 serde_json::from_str::<Value>(line)
                     .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
@@ -773,6 +800,32 @@ fn untrusted_keys_cannot_forge_or_steer_log_lines() {
             !stderr.lines().any(|l| l.starts_with("INJECTED")),
             "{stderr}"
         );
+    }
+    // `status`, as text and as JSON (which must stay the same value).
+    for json in [false, true] {
+        let mut command = p.cmd("status");
+        if json {
+            command = command.arg("--json");
+        }
+        let out = command.output();
+        out.assert_code(0);
+        assert!(
+            !out.stdout.chars().any(|c| c != '\n' && steers(c)),
+            "{}",
+            out.stdout
+        );
+        if json {
+            let status: Value = serde_json::from_str(out.stdout.trim()).expect("JSON");
+            let failed: Vec<&str> = status["failed"]
+                .as_array()
+                .expect("failed")
+                .iter()
+                .map(|f| f["key"].as_str().expect("key"))
+                .collect();
+            for key in keys {
+                assert!(failed.contains(&key), "{key:?} not in {failed:?}");
+            }
+        }
     }
 }
 

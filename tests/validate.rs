@@ -815,6 +815,10 @@ fn run_durations_are_bounded() {
             "`heartbeat` must be at most 720h",
         ),
         (r#"watchdog = "999ms""#, "`watchdog` must be at least 1s"),
+        (
+            "[checkpoint]\n    commit_max_items = 2305843009213693952",
+            "`commit_max_items` must be at most 1000000",
+        ),
     ] {
         let p = Pipeline::new(
             &GOOD.replace("name = \"good\"", &format!("name = \"good\"\n    {line}")),

@@ -112,7 +112,37 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 /// and the bidirectional overrides and isolates, which reorder the text after them.
 pub fn steers_the_terminal(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{61c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// JSON text with every character that steers a terminal escaped as JSON does (`\u009b`):
+/// JSON encoders escape C0 only, so C1 codes, DEL and bidirectional overrides in untrusted
+/// strings would reach the terminal raw. Valid JSON in, the same value out.
+pub fn json_printable(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.chars().any(steers_the_terminal) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if steers_the_terminal(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -189,5 +219,10 @@ mod tests {
         assert!(matches!(printable("ok"), std::borrow::Cow::Borrowed(_)));
         assert_eq!(printable("bidi\u{202e}evil"), "bidi\\u{202e}evil");
         assert_eq!(printable("c1\u{9b}31m"), "c1\\u{9b}31m");
+        assert_eq!(printable("ls\u{2028}x"), "ls\\u{2028}x");
+        let json = json_printable("{\"k\":\"c1\u{9b}\u{202e}\u{2028}\"}");
+        assert_eq!(json, "{\"k\":\"c1\\u009b\\u202e\\u2028\"}");
+        let back: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(back["k"], "c1\u{9b}\u{202e}\u{2028}");
     }
 }

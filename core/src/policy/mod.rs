@@ -206,12 +206,17 @@ impl Policy {
         let attempts = self.retry.attempts.max(1);
         // The backoff grows until it reaches `retry.max`; from there on each wait is `max`, so
         // the sum takes as many steps as the growth does, not one per attempt.
+        // A backoff that grows slowly or not at all (`multiplier = 1.0`) never reaches `max`:
+        // after `STEPS` steps every later wait counts as the last one (waits never shrink), so
+        // `attempts = 4294967295` costs no more than a few thousand steps.
+        const STEPS: u32 = 1000;
         let mut backoff = Duration::ZERO;
         let mut waits = 1;
         while waits < attempts {
             let wait = self.retry.ceiling(waits);
-            if wait >= self.retry.max {
-                backoff = backoff.saturating_add(self.retry.max.saturating_mul(attempts - waits));
+            if wait >= self.retry.max || waits >= STEPS {
+                backoff = backoff
+                    .saturating_add(wait.min(self.retry.max).saturating_mul(attempts - waits));
                 break;
             }
             backoff = backoff.saturating_add(wait);
@@ -310,6 +315,30 @@ mod tests {
         }
         let (_, layers) = Policy::resolve(&stage, &defaults, &kind, true);
         assert!(layers.contains(&("concurrency", Layer::Source)));
+    }
+
+    #[test]
+    fn worst_case_of_a_backoff_that_never_grows_takes_no_time() {
+        let mut r = retry(false);
+        r.attempts = u32::MAX;
+        r.multiplier = 1.0;
+        r.initial = Duration::from_millis(1);
+        r.max = Duration::from_secs(1);
+        let p = Policy {
+            timeout: Duration::from_secs(1),
+            retry: r,
+            concurrency: 1,
+            rate_limit: None,
+            max_abandoned: 1,
+        };
+        let began = std::time::Instant::now();
+        let worst = p.worst_case();
+        assert!(began.elapsed() < Duration::from_secs(1));
+        // u32::MAX timeouts of 1 s, and as many waits of 1 ms.
+        assert!(
+            worst > Duration::from_secs(u64::from(u32::MAX)),
+            "{worst:?}"
+        );
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub(crate) fn open(
             // A read-only folder, say: the watchdog still has a table to read, and a PostgreSQL
             // store still gets its copies.
             tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only");
+            // The last process's record was read and reported: it must not be reported again.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the last process's flight record; `status` may report it again");
+                }
+                _ => {}
+            }
             Recorder::in_memory(&pipeline.name)?
         }
     };

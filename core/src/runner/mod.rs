@@ -380,8 +380,7 @@ async fn execute(
         };
         done.cancel();
         let summary = telemetry::summarize(pipeline, None, &stages, None, exit, &control, began);
-        telemetry::finish(pipeline, &summary);
-        recorder.mark_ended();
+        telemetry::finish(pipeline, &summary, &recorder);
         return Ok(summary);
     };
     let counts = store.counts(run.id)?;
@@ -505,9 +504,7 @@ async fn execute(
         &control,
         began,
     );
-    telemetry::finish(pipeline, &summary);
-    // Ended with a summary, from this moment: a kill now is not a death without one.
-    recorder.mark_ended();
+    telemetry::finish(pipeline, &summary, &recorder);
     Ok(summary)
 }
 

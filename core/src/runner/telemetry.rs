@@ -315,8 +315,9 @@ fn fmt_figure(value: f64) -> String {
     }
 }
 
-/// Log the summary and write it beside the store. This is the run's last log event.
-pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
+/// Write the summary beside the store, mark the flight record ended, and log the summary: the
+/// run's last log event.
+pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::flight::Recorder) {
     let path = super::summary_path(pipeline);
     let json = serde_json::to_string_pretty(summary).expect("the summary always serializes");
     let tmp = path.with_extension("json.tmp");
@@ -335,8 +336,11 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary) {
             })
             .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
         tracing::warn!(path = %path.display(), error = %e, "cannot write the summary file");
     }
+    // Ended with a summary from here on: a kill after this line is not a death without one.
+    recorder.mark_ended();
     let stages: Vec<String> = summary
         .stages
         .iter()

@@ -31,7 +31,7 @@ pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// How often the watchdog looks at signals and the clocks.
 const POLL: Duration = Duration::from_millis(50);
 /// A gap between two looks longer than this means the process as a whole was paused.
-const PAUSED: Duration = Duration::from_secs(1);
+const PAUSED: Duration = Duration::from_millis(250);
 /// How long the last words may take to reach stderr before the process exits anyway.
 const LAST_WORDS: Duration = Duration::from_millis(500);
 /// Most keys named per stage in the watchdog's message.
@@ -44,15 +44,63 @@ const SIGNALS: [i32; 5] = [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2];
 static EARLY: std::sync::Mutex<Option<signal_hook::iterator::Signals>> =
     std::sync::Mutex::new(None);
 
-/// Take over the watchdog's signals now, at the start of the process: one that arrives while the
-/// pipeline is loaded or the store opened waits for the watchdog (a stop request before the
-/// batch) instead of ending the process without a word.
-pub fn hold_signals() {
-    if let Ok(signals) = signal_hook::iterator::Signals::new(SIGNALS) {
-        *EARLY
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signals);
+/// The first stop signal that came before the run's watchdog existed, for it to act on.
+static EARLY_STOP: std::sync::Mutex<Option<&'static str>> = std::sync::Mutex::new(None);
+
+fn stop_name(signal: i32) -> &'static str {
+    match signal {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        _ => "SIGHUP",
     }
+}
+
+/// Take over the watchdog's signals now, at the start of the process, until the run's watchdog
+/// exists: a stop signal that arrives while the pipeline is loaded or the store opened is kept
+/// for the run (which then stops before taking a batch) instead of ending the process without
+/// a word, and a second one ends the process at once (exit 75: nothing was run). A status
+/// request before the run has nothing to show, and says so.
+pub fn hold_signals() {
+    let Ok(signals) = signal_hook::iterator::Signals::new(SIGNALS) else {
+        return;
+    };
+    *EARLY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(signals);
+    let _ = std::thread::Builder::new()
+        .name("stagewise-signals".into())
+        .spawn(|| loop {
+            {
+                let mut held = EARLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // The run's watchdog took them over.
+                let Some(signals) = held.as_mut() else { return };
+                for signal in signals.pending() {
+                    if signal == SIGUSR1 || signal == SIGUSR2 {
+                        tracing::info!("status requested by signal before the run started: nothing runs yet");
+                        continue;
+                    }
+                    let name = stop_name(signal);
+                    let mut first = EARLY_STOP
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if first.is_none() {
+                        *first = Some(name);
+                        tracing::warn!(
+                            signal = name,
+                            "stop requested while the run starts: it stops before taking a batch; another stop signal ends it now"
+                        );
+                    } else {
+                        tracing::warn!(
+                            signal = name,
+                            "second stop request before the run started: exiting now; nothing was run"
+                        );
+                        crate::telemetry::flush(LAST_WORDS);
+                        std::process::exit(75);
+                    }
+                }
+            }
+            std::thread::sleep(POLL);
+        });
 }
 
 /// The running watchdog; dropping it stops the thread (and the signal handling with it).
@@ -94,26 +142,34 @@ pub(crate) fn start(
         .name("stagewise-watchdog".into())
         .spawn(move || {
             control.alive();
+            let early = EARLY_STOP
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(name) = early {
+                control.request_stop(Interrupt::Signal(name));
+            }
             let began = Instant::now();
             let mut last_look = began;
+            // Time the whole process spent paused: not held against a drain.
+            let mut paused = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
                 // A look far later than planned means the whole process was paused (SIGSTOP, a
                 // suspended VM, heavy swapping), not the runtime alone: it gets a fresh window.
-                if last_look.elapsed() > PAUSED {
+                let gap = last_look.elapsed();
+                if gap > PAUSED {
                     control.alive();
+                    if control.stop_requested().is_some() {
+                        paused += gap.saturating_sub(POLL);
+                    }
                 }
                 last_look = Instant::now();
                 for signal in signals.pending() {
-                    let name = match signal {
-                        SIGUSR1 | SIGUSR2 => {
-                            control.dump.notify_one();
-                            continue;
-                        }
-                        SIGTERM => "SIGTERM",
-                        SIGINT => "SIGINT",
-                        _ => "SIGHUP",
-                    };
-                    control.request_stop(Interrupt::Signal(name));
+                    if signal == SIGUSR1 || signal == SIGUSR2 {
+                        control.dump.notify_one();
+                        continue;
+                    }
+                    control.request_stop(Interrupt::Signal(stop_name(signal)));
                 }
                 if max_run_time.is_some_and(|limit| began.elapsed() >= limit)
                     && control.stop_requested().is_none()
@@ -121,7 +177,7 @@ pub(crate) fn start(
                     control.request_stop(Interrupt::MaxRunTime);
                 }
                 if let Some(since) = control.stop_requested() {
-                    if since > control.grace().saturating_add(MARGIN) {
+                    if since.saturating_sub(paused) > control.grace().saturating_add(MARGIN) {
                         let waiting = control
                             .waits_for()
                             .map(|w| format!(", waiting for {w}"))

@@ -35,6 +35,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const DEFAULT_WATCHDOG: Duration = Duration::from_secs(60);
 const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
+/// Most items in one commit: a bound the writer's queue can hold.
+const MAX_COMMIT_ITEMS: usize = 1_000_000;
 
 /// How serious a [`Diagnostic`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,6 +469,9 @@ impl Validator {
             .section::<PipelineSpecOpt>("pipeline", true)
             .and_then(|p| p.0);
         let checkpoint = self.section::<CheckpointSpec>("checkpoint", false);
+        if let Some(c) = &checkpoint {
+            self.check_checkpoint(c);
+        }
         let defaults = self
             .section::<PolicySpec>("defaults", false)
             .unwrap_or_default();
@@ -555,6 +560,32 @@ impl Validator {
             .get("name")?
             .as_str()
             .map(str::to_owned)
+    }
+
+    fn check_checkpoint(&mut self, c: &CheckpointSpec) {
+        if c.commit_max_items
+            .is_some_and(|n| n.get() > MAX_COMMIT_ITEMS)
+        {
+            self.error(
+                &path_of(&["checkpoint", "commit_max_items"]),
+                false,
+                None,
+                format!("`commit_max_items` must be at most {MAX_COMMIT_ITEMS}"),
+            );
+        }
+        if c.commit_interval
+            .is_some_and(|d| d > crate::policy::MAX_TIMEOUT)
+        {
+            self.error(
+                &path_of(&["checkpoint", "commit_interval"]),
+                false,
+                None,
+                format!(
+                    "`commit_interval` must be at most {}",
+                    crate::text::duration(crate::policy::MAX_TIMEOUT)
+                ),
+            );
+        }
     }
 
     fn check_pipeline(&mut self, p: &PipelineSpec) {

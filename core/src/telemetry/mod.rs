@@ -70,7 +70,7 @@ pub fn flush(within: Duration) -> bool {
 /// installed it goes through the log queue, behind the events before it and as important as a
 /// warning; before that, it is written directly. A closed stderr loses it, never more.
 pub fn say(args: std::fmt::Arguments<'_>) {
-    let mut line = args.to_string();
+    let mut line = crate::text::printable(&args.to_string()).into_owned();
     line.push('\n');
     match QUEUE.get() {
         Some(q) => q.push(queue::Rank::Important, line.into_bytes()),
@@ -90,8 +90,9 @@ static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 /// line, whose encoder already escapes C0, as JSON does (`\u009b`). Tabs and the final newline
 /// stay.
 fn defuse(line: &mut Vec<u8>, json: bool) {
-    // Most lines are plain ASCII: nothing to do.
-    let suspect = |b: &u8| (*b < 0x20 && *b != b'\t') || *b == 0x7f || *b == 0xc2 || *b == 0xe2;
+    // Most lines are plain ASCII: nothing to do. (Every character that steers a terminal is
+    // below 0x20, 0x7f, or starts with one of these bytes in UTF-8.)
+    let suspect = |b: &u8| (*b < 0x20 && *b != b'\t') || matches!(*b, 0x7f | 0xc2 | 0xd8 | 0xe2);
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     if !body.iter().any(suspect) {
         return;
@@ -101,20 +102,15 @@ fn defuse(line: &mut Vec<u8>, json: bool) {
         Some(body) => (body, "\n"),
         None => (text.as_str(), ""),
     };
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in body.chars() {
-        if c != '\t' && crate::text::steers_the_terminal(c) {
-            if json {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            } else {
-                out.extend(c.escape_default());
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out.push_str(newline);
-    *line = out.into_bytes();
+    let safe = if json {
+        crate::text::json_printable(body).into_owned()
+    } else {
+        body.split('\t')
+            .map(crate::text::printable)
+            .collect::<Vec<_>>()
+            .join("\t")
+    };
+    *line = format!("{safe}{newline}").into_bytes();
 }
 
 /// Hands each formatted event to the queue (and the recorder) as one line.
@@ -232,7 +228,7 @@ pub fn init(format: LogFormat) {
             thread = thread.name().unwrap_or("unnamed"),
             location = %location,
             message = %message,
-            "panic (inside a stage it fails only its item; the item's error says so)"
+            "panic"
         );
     }));
 }

@@ -99,13 +99,37 @@ pub(super) fn config(url: &str) -> Result<postgres::Config, StoreError> {
     Ok(config)
 }
 
+/// Connect with `config`, waiting at most [`CONNECT_TIMEOUT`] for the whole of it: the client's
+/// own timeout bounds only the TCP connect, and a server that takes the connection and never
+/// answers would hold the caller for ever. `None` when it did not answer in time; the attempt
+/// is left to its thread, which ends when the server answers or the process does.
+fn bounded(config: &postgres::Config) -> Option<Result<Client, postgres::Error>> {
+    let config = config.clone();
+    let (sent, answer) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("stagewise-connect".into())
+        .spawn(move || {
+            let _ = sent.send(config.connect(NoTls));
+        })
+        .ok()?;
+    answer.recv_timeout(CONNECT_TIMEOUT).ok()
+}
+
 /// A session of the store: connected with `config`, statements bounded by
 /// [`STATEMENT_TIMEOUT`]; `shown` is the redacted URL for messages.
 pub(super) fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, StoreError> {
     // The client's messages never carry the password; the URL is shown redacted.
     let failed =
         |e: postgres::Error| StoreError::Db(format!("cannot connect to {shown}: {}", describe(&e)));
-    let mut client = off_runtime(|| config.connect(NoTls)).map_err(failed)?;
+    let mut client = match bounded(config) {
+        Some(connected) => connected.map_err(failed)?,
+        None => {
+            return Err(StoreError::Db(format!(
+                "cannot connect to {shown}: the server did not answer within {}",
+                crate::text::duration(CONNECT_TIMEOUT)
+            )))
+        }
+    };
     // A statement stuck behind a lock or a hung server fails the run (progress saved up to the
     // last commit) instead of holding it past every deadline.
     off_runtime(|| client.batch_execute(STATEMENT_TIMEOUT)).map_err(failed)?;
