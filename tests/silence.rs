@@ -908,3 +908,46 @@ fn flight_records_of_same_named_pipelines_on_two_stores_stay_apart() {
     assert!(!out.stderr.contains(PREVIOUS), "{out}");
     assert_eq!(p.status().count("done"), 4);
 }
+
+/// A process paused as a whole while it drains: the pause is not held against the drain, and
+/// the run ends as it would have (exit 75, with its summary), not by the watchdog.
+#[test]
+fn a_pause_during_the_drain_is_not_held_against_it() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "paused-drain"
+        heartbeat = "100ms"
+        shutdown_grace = "2s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 8
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "6s"
+        concurrency = 4
+        timeout = "20s"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut running = p.cmd("run").spawn();
+    assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+    thread::sleep(Duration::from_millis(500));
+    running.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+    running.signal(libc::SIGSTOP);
+    thread::sleep(Duration::from_secs(5));
+    running.signal(libc::SIGCONT);
+    let out = running.wait();
+    out.assert_code(75);
+    assert!(!out.stderr.contains("watchdog"), "{out}");
+    out.assert_summary_last();
+}
