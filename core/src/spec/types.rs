@@ -25,8 +25,9 @@ pub(crate) struct PipelineSpec {
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max_run_time: Option<Duration>,
-    /// After SIGTERM/SIGINT or `max_run_time`, in-flight items may finish this long before they are
-    /// cancelled.
+    /// After a stop signal (SIGTERM, SIGINT, SIGHUP) or `max_run_time`, in-flight items may finish
+    /// this long before they are cancelled; the watchdog ends a drain still going 2s later. At most
+    /// 30 days.
     #[schemars(extend("x-default" = "`\"30s\"`"))]
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
@@ -42,7 +43,7 @@ pub(crate) struct PipelineSpec {
     pub heartbeat: Option<Duration>,
     /// How long the runtime may go without answering (a stage blocking its threads) before a
     /// watchdog outside it ends the run (exit 3), naming the stages with attempts in flight; the
-    /// next run resumes them. At least 1s.
+    /// next run resumes them. At least 1s, at most 30 days.
     #[schemars(extend("x-default" = "`\"60s\"`"))]
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
