@@ -951,3 +951,44 @@ fn a_pause_during_the_drain_is_not_held_against_it() {
     assert!(!out.stderr.contains("watchdog"), "{out}");
     out.assert_summary_last();
 }
+
+/// One async attempt freezes one runtime thread while the others go on: the runtime still
+/// answers, but the attempt's timeout cannot fire. Once it is `watchdog` past its timeout the
+/// run is aborted, naming the stage and the attempt, and ends (exit 3) instead of waiting for it.
+#[test]
+fn an_attempt_that_freezes_one_runtime_thread_ends_the_run() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "one-frozen"
+        heartbeat = "200ms"
+        shutdown_grace = "1s"
+        watchdog = "2s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 3
+
+        [[stage]]
+        name = "frz"
+        kind = "fault"
+        freeze_rate = 1.0
+        concurrency = 1
+        timeout = "1s"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let out = p.cmd("run").timeout(Duration::from_secs(60)).output();
+    out.assert_code(3);
+    out.assert_stderr_contains(
+        "stage `frz` blocks the runtime: 1 attempt(s) ran far past its timeout (1s)",
+    );
+    // 1 s of timeout, 2 s of watchdog, then the drain the frozen attempt cannot finish: 1 s of
+    // grace and the watchdog's 2 s; room for a loaded machine.
+    assert!(out.elapsed < Duration::from_secs(20), "{out}");
+}

@@ -37,6 +37,13 @@ pub(crate) enum AbortReason {
         stage: String,
         stuck: Vec<(String, Duration)>,
     },
+    /// An async attempt ran past its timeout by more than `[pipeline] watchdog`: it blocks the
+    /// runtime thread its timeout would fire on.
+    Frozen {
+        stage: String,
+        stuck: Vec<(String, Duration)>,
+        timeout: Duration,
+    },
     Checkpoint(String),
     Source {
         stage: String,
@@ -86,6 +93,29 @@ impl std::fmt::Display for AbortReason {
                     f,
                     "stage `{stage}` is wedged: {} blocking calls ignored their timeout and still hold its threads: {}; restart the process to get fresh threads",
                     stuck.len(),
+                    items.join(", ")
+                )
+            }
+            AbortReason::Frozen {
+                stage,
+                stuck,
+                timeout,
+            } => {
+                let items: Vec<String> = stuck
+                    .iter()
+                    .map(|(key, age)| {
+                        format!(
+                            "`{}` (running for {})",
+                            text::printable(key),
+                            text::duration(*age)
+                        )
+                    })
+                    .collect();
+                write!(
+                    f,
+                    "stage `{stage}` blocks the runtime: {} attempt(s) ran far past its timeout ({}), which cannot fire while they hold their threads: {}; restart the process to get fresh threads",
+                    stuck.len(),
+                    text::duration(*timeout),
                     items.join(", ")
                 )
             }
@@ -155,6 +185,9 @@ pub(crate) struct Control {
     alive_ms: AtomicU64,
     /// What the drain waits for at its end, for the watchdog to name (the checkpoint store).
     waiting_on: Mutex<Option<String>>,
+    /// Held while a stop is acted on and logged; once `settled`, stops are no longer logged, so
+    /// the summary stays the last event.
+    gate: Mutex<bool>,
 }
 
 impl Control {
@@ -171,7 +204,24 @@ impl Control {
             stop_ms: AtomicU64::new(NOT_YET),
             alive_ms: AtomicU64::new(0),
             waiting_on: Mutex::new(None),
+            gate: Mutex::new(false),
         }
+    }
+
+    /// The summary comes next: a stop being logged now finishes first, and later ones are not
+    /// logged (they still act: the process is ending anyway).
+    pub(crate) fn settle(&self) {
+        *self
+            .gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+    }
+
+    /// The gate, and whether stops may still be logged.
+    fn gate(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The run now waits for `what` (the final commit) before it can end.
@@ -231,6 +281,7 @@ impl Control {
 
     /// Stop everything now. The first reason is kept.
     pub(crate) fn abort(&self, reason: AbortReason) {
+        let settled = self.gate();
         self.note_stop();
         self.soft.cancel();
         self.hard.cancel();
@@ -239,7 +290,9 @@ impl Control {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.is_none() {
-            tracing::error!(reason = %reason, "aborting the run");
+            if !*settled {
+                tracing::error!(reason = %reason, "aborting the run");
+            }
             *slot = Some(reason);
         }
     }
@@ -261,6 +314,7 @@ impl Control {
     /// A stop request: the first drains (hard cancel after the grace), the second cancels now.
     /// Callable from any thread.
     pub(crate) fn request_stop(self: &std::sync::Arc<Self>, why: Interrupt) {
+        let settled = self.gate();
         self.note_stop();
         let first = {
             let mut slot = self
@@ -275,18 +329,23 @@ impl Control {
         };
         if first && !self.soft.is_cancelled() {
             self.soft.cancel();
-            tracing::warn!(
+            if !*settled {
+                tracing::warn!(
                 reason = %why,
                 grace = %text::duration(self.grace),
                 "stopping: no new items; in-flight items may finish within the grace period"
-            );
+                );
+            }
             let me = self.clone();
             self.runtime.spawn(async move {
                 tokio::select! {
                     () = tokio::time::sleep(me.grace) => {
+                        let settled = me.gate();
                         if !me.hard.is_cancelled() {
-                            tracing::warn!("shutdown grace period over: cancelling in-flight items");
                             me.hard.cancel();
+                            if !*settled {
+                                tracing::warn!("shutdown grace period over: cancelling in-flight items");
+                            }
                         }
                     }
                     () = me.hard.cancelled() => {}
@@ -294,7 +353,9 @@ impl Control {
             });
         } else if !self.hard.is_cancelled() {
             self.hard.cancel();
-            tracing::warn!(reason = %why, "second stop request: cancelling in-flight items now");
+            if !*settled {
+                tracing::warn!(reason = %why, "second stop request: cancelling in-flight items now");
+            }
         }
     }
 }

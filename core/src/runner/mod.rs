@@ -379,6 +379,7 @@ async fn execute(
             Exit::Interrupted
         };
         done.cancel();
+        control.settle();
         let summary = telemetry::summarize(pipeline, None, &stages, None, exit, &control, began);
         telemetry::finish(pipeline, &summary, &recorder);
         return Ok(summary);
@@ -457,6 +458,7 @@ async fn execute(
         blackbox::copied(pipeline).then(|| store.clone()),
         pipeline.name.clone(),
         pipeline.heartbeat,
+        pipeline.watchdog,
         done.clone(),
         began,
     ));
@@ -495,6 +497,7 @@ async fn execute(
     // Everything is durable after the flush. The writer task ends when the last handle goes;
     // an abandoned call's watcher may keep one alive, so it is not waited for.
     drop(writer);
+    control.settle();
     let summary = telemetry::summarize(
         pipeline,
         Some(&run),

@@ -169,6 +169,19 @@ impl StageStats {
         out
     }
 
+    /// Attempts still in flight `beyond` past their timeout, oldest first. An async attempt can
+    /// only be there if it blocks the runtime thread its timeout would fire on.
+    pub(crate) fn overdue(&self, beyond: Duration) -> Vec<(Arc<str>, Duration)> {
+        let mut out: Vec<(Arc<str>, Duration)> = lock(&self.in_flight)
+            .values()
+            .map(|a| (a.key.clone(), a.started.elapsed(), a.timeout))
+            .filter(|(_, age, timeout)| *age > timeout.saturating_add(beyond))
+            .map(|(key, age, _)| (key, age))
+            .collect();
+        out.sort_by_key(|a| std::cmp::Reverse(a.1));
+        out
+    }
+
     /// Count a blocking call that outlived its attempt. Returns its id for [`Self::returned`].
     pub(crate) fn abandon(&self, key: Arc<str>, since: Instant) -> u64 {
         let id = NEXT_ATTEMPT.fetch_add(1, Ordering::Relaxed);

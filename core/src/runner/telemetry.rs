@@ -23,6 +23,7 @@ pub(crate) async fn heartbeat(
     store: Option<Arc<dyn CheckpointStore>>,
     pipeline: String,
     every: Duration,
+    liveness: Duration,
     done: CancellationToken,
     began: Instant,
 ) {
@@ -41,7 +42,10 @@ pub(crate) async fn heartbeat(
                     copier.copy(store, &pipeline, &shared.recorder);
                 }
             }
-            _ = watch.tick() => warn_slow(&shared),
+            _ = watch.tick() => {
+                warn_slow(&shared);
+                abort_frozen(&shared, liveness);
+            }
             () = shared.control.dump.notified() => log_status_dump(&shared, began),
         }
     }
@@ -152,6 +156,30 @@ fn stage_line(s: &StageRt) -> String {
         ));
     }
     line
+}
+
+/// An async attempt far past its timeout holds a runtime thread (its timeout fires on that
+/// thread): with other threads still free, the runtime answers and the watchdog would not see
+/// it, so the run ends here, naming the attempts, once they are `[pipeline] watchdog` past
+/// their timeout.
+fn abort_frozen(shared: &Shared, liveness: Duration) {
+    for s in &shared.stages {
+        if !matches!(s.imp, crate::stage::StageImpl::Async(_)) {
+            continue;
+        }
+        let stuck = s.stats.overdue(liveness);
+        if !stuck.is_empty() {
+            shared.control.abort(super::control::AbortReason::Frozen {
+                stage: s.name.to_string(),
+                stuck: stuck
+                    .into_iter()
+                    .take(10)
+                    .map(|(key, age)| (key.to_string(), age))
+                    .collect(),
+                timeout: s.policy.timeout,
+            });
+        }
+    }
 }
 
 fn warn_slow(shared: &Shared) {

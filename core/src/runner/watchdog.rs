@@ -240,9 +240,14 @@ fn end(recorder: &Recorder, why: String) -> ! {
                     listed.push(format!("and {} more", keys.len() - NAMED));
                 }
                 format!(
-                    "stage `{}`: {} attempt(s): {}",
+                    "stage `{}`: {} {}attempt(s): {}",
                     text::printable(stage),
                     keys.len(),
+                    if record.in_flight_more > 0 {
+                        "recorded "
+                    } else {
+                        ""
+                    },
                     listed.join(", ")
                 )
             })
