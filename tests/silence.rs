@@ -52,6 +52,17 @@ fn chatty(name: &str, count: usize) -> Pipeline {
     ))
 }
 
+/// `generate` `count` items → `sleep` `duration` at `concurrency` → a `jsonl` sink, with
+/// `settings` (more `[pipeline]` keys, or whole sections) after the pipeline's name.
+fn naps(name: &str, settings: &str, count: u32, duration: &str, concurrency: u32) -> Pipeline {
+    Pipeline::new(&format!(
+        "[pipeline]\nname = \"{name}\"\n{settings}\n\n\
+         [[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = {count}\n\n\
+         [[stage]]\nname = \"nap\"\nkind = \"sleep\"\nduration = \"{duration}\"\nconcurrency = {concurrency}\n\n\
+         [[stage]]\nname = \"out\"\nkind = \"jsonl\"\npath = \"out.jsonl\"\n"
+    ))
+}
+
 /// The summary file the run wrote beside its store.
 fn summary(p: &Pipeline, name: &str) -> Value {
     let path = p.dir.join(&format!(".stagewise/{name}.summary.json"));
@@ -366,29 +377,7 @@ fn the_watchdog_ends_a_frozen_run_by_itself() {
 /// run logs it first and finishes the batch.
 #[test]
 fn after_kill_9_status_and_the_next_run_say_what_was_in_flight() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "killed"
-        heartbeat = "100ms"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 6
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "2s"
-        concurrency = 3
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
-    );
+    let p = naps("killed", "heartbeat = \"100ms\"", 6, "2s", 3);
     let mut running = p.cmd("run").spawn();
     assert!(
         running.wait_for_stderr("run started", Duration::from_secs(20)),
@@ -444,29 +433,7 @@ fn after_kill_9_status_and_the_next_run_say_what_was_in_flight() {
 /// runner holds the pipeline.
 #[test]
 fn a_live_run_is_not_reported_as_dead() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "alive"
-        heartbeat = "100ms"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 4
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "2s"
-        concurrency = 4
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
-    );
+    let p = naps("alive", "heartbeat = \"100ms\"", 4, "2s", 4);
     let mut running = p.cmd("run").spawn();
     assert!(running.wait_for_stderr("heartbeat", Duration::from_secs(20)));
     let status = p.status();
@@ -584,29 +551,12 @@ fn a_storm_of_signals_always_ends_in_time() {
 /// continued, is not a frozen runtime: the run goes on and finishes.
 #[test]
 fn a_paused_and_continued_process_is_not_taken_for_frozen() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "paused"
-        heartbeat = "100ms"
-        watchdog = "1s"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 20
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "200ms"
-        concurrency = 2
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
+    let p = naps(
+        "paused",
+        "heartbeat = \"100ms\"\nwatchdog = \"1s\"",
+        20,
+        "200ms",
+        2,
     );
     let mut running = p.cmd("run").spawn();
     assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
@@ -623,29 +573,12 @@ fn a_paused_and_continued_process_is_not_taken_for_frozen() {
 /// `shutdown_grace` + 1 s.
 #[test]
 fn sighup_alone_drains_and_exits_75_in_time() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "hup"
-        heartbeat = "100ms"
-        shutdown_grace = "1s"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 50
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "10s"
-        concurrency = 4
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
+    let p = naps(
+        "hup",
+        "heartbeat = \"100ms\"\nshutdown_grace = \"1s\"",
+        50,
+        "10s",
+        4,
     );
     let mut running = p.cmd("run").spawn();
     assert!(running.wait_for_stderr("heartbeat", Duration::from_secs(20)));
@@ -853,31 +786,12 @@ fn max_run_time_holds_with_a_frozen_runtime() {
 /// one's death is not reported for the other.
 #[test]
 fn flight_records_of_same_named_pipelines_on_two_stores_stay_apart() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "twin"
-        heartbeat = "100ms"
-
-        [checkpoint]
-        store = "sqlite:.stagewise/a.db"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 4
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "1s"
-        concurrency = 2
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
+    let p = naps(
+        "twin",
+        "heartbeat = \"100ms\"\n\n[checkpoint]\nstore = \"sqlite:.stagewise/a.db\"",
+        4,
+        "1s",
+        2,
     );
     p.dir.write(
         "b.toml",
@@ -913,30 +827,12 @@ fn flight_records_of_same_named_pipelines_on_two_stores_stay_apart() {
 /// the run ends as it would have (exit 75, with its summary), not by the watchdog.
 #[test]
 fn a_pause_during_the_drain_is_not_held_against_it() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "paused-drain"
-        heartbeat = "100ms"
-        shutdown_grace = "2s"
-
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 8
-
-        [[stage]]
-        name = "nap"
-        kind = "sleep"
-        duration = "6s"
-        concurrency = 4
-        timeout = "20s"
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
+    let p = naps(
+        "paused-drain",
+        "heartbeat = \"100ms\"\nshutdown_grace = \"2s\"\n\n[defaults]\ntimeout = \"20s\"",
+        8,
+        "6s",
+        4,
     );
     let mut running = p.cmd("run").spawn();
     assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
