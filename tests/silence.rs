@@ -888,3 +888,83 @@ fn an_attempt_that_freezes_one_runtime_thread_ends_the_run() {
     // grace and the watchdog's 2 s; room for a loaded machine.
     assert!(out.elapsed < Duration::from_secs(20), "{out}");
 }
+
+/// Processes killed one after another while they start, around the moment each replaces the
+/// flight file: every death is still reported. After each kill, `status` names either the
+/// process just killed — and then that one's recorded events hold its report on the death
+/// before — or, if it was killed before its file took the old one's place, the death before.
+#[test]
+fn a_process_killed_while_it_starts_keeps_the_report_on_the_one_before() {
+    let p = naps("restarts", "heartbeat = \"100ms\"", 6, "2s", 3);
+    let mut first = p.cmd("run").spawn();
+    assert!(first.wait_for_stderr("run started", Duration::from_secs(20)));
+    thread::sleep(Duration::from_millis(300));
+    let mut dead = first.pid();
+    first.signal(libc::SIGKILL);
+    first.wait();
+
+    let folder = p.dir.join(".stagewise");
+    let temporaries = || {
+        std::fs::read_dir(&folder)
+            .expect("the store's folder")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".flight.new-"))
+            .count()
+    };
+    let mut placed_and_reported = 0;
+    for delay_us in [0, 0, 100, 300, 600, 1000, 2000, 4000, 8000, 20_000] {
+        let starting = p.cmd("run").spawn();
+        let pid = starting.pid();
+        let temporary = format!(".flight.new-{pid}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Until its file is prepared (or, missed, until it has reported).
+        while Instant::now() < deadline && !starting.stderr_so_far().contains(PREVIOUS) {
+            let prepared = std::fs::read_dir(&folder).is_ok_and(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with(&temporary))
+            });
+            if prepared {
+                break;
+            }
+            thread::sleep(Duration::from_micros(100));
+        }
+        thread::sleep(Duration::from_micros(delay_us));
+        starting.signal(libc::SIGKILL);
+        starting.wait();
+
+        let status = p.status();
+        let previous = &status.raw["previous_process"];
+        let named = previous["pid"].as_u64().expect("a previous process") as u32;
+        if named == pid {
+            let report = format!("pid={dead}");
+            assert!(
+                previous["last_events"]
+                    .as_array()
+                    .is_some_and(|events| events
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|e| e.contains(PREVIOUS) && e.contains(&report))),
+                "pid {pid} replaced the record of pid {dead} without its report: {previous}"
+            );
+            dead = pid;
+            placed_and_reported += 1;
+        } else {
+            assert_eq!(named, dead, "after killing pid {pid}: {previous}");
+        }
+    }
+    eprintln!("{placed_and_reported} of 10 killed processes had placed their file");
+
+    let out = p.run();
+    out.assert_code(0);
+    assert!(
+        out.stderr_lines()
+            .any(|l| l.contains(PREVIOUS) && l.contains(&format!("pid={dead}"))),
+        "{out}"
+    );
+    assert_eq!(p.status().count("done"), 6);
+    assert_eq!(
+        temporaries(),
+        0,
+        "the killed processes' temporary files are removed"
+    );
+}

@@ -16,8 +16,8 @@
 //! - a ring of the last [`EVENTS`] log lines;
 //! - a table of [`IN_FLIGHT`] attempt slots.
 //!
-//! Every variable-length slot carries its length and an FNV-1a checksum of its contents, and is
-//! written as invalidate → contents → checksum → commit, so a copy cut short by `kill -9` (or
+//! Every variable-length slot carries its length and a checksum of its contents (computed on
+//! 8-byte words), and is written as invalidate → contents → checksum → commit, so a copy cut short by `kill -9` (or
 //! seen half-done by a reader while the writer runs) fails its checksum and is skipped. Ring
 //! slots carry their own sequence number: the order of the events does not depend on a ring
 //! index that could itself be torn.
@@ -26,8 +26,9 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{compiler_fence, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use memmap2::{MmapMut, MmapOptions};
@@ -38,12 +39,12 @@ pub const EVENTS: usize = 200;
 pub const IN_FLIGHT: usize = 1024;
 
 /// The format version: bumped whenever the layout changes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const MAGIC: [u8; 16] = *b"stagewise flight";
 
 const HEADER_SIZE: usize = 2048;
 const EVENT_SLOT: usize = 512;
-const ATTEMPT_SLOT: usize = 320;
+const ATTEMPT_SLOT: usize = 384;
 const RING_AT: usize = HEADER_SIZE;
 const TABLE_AT: usize = RING_AT + EVENTS * EVENT_SLOT;
 /// The size of every recorder file, in bytes.
@@ -74,11 +75,14 @@ const H_ENDING: (usize, usize) = (640, 1016);
 // An event slot: `[u64 seq][u32 len][u32 checksum][text]`; seq 0 = empty or being written.
 const EVENT_TEXT: usize = EVENT_SLOT - 16;
 // An attempt slot: `[u64 tag][u64 started ms][u32 attempt][u32 stage len][u32 key len]
-// [u32 checksum][stage bytes, key bytes]`; tag 0 = free or being written, else the order of
-// `begin` calls.
-const ATTEMPT_TEXT: usize = ATTEMPT_SLOT - 32;
-/// Most bytes of a stage name kept: the rest of an attempt slot's text is the key's.
+// [u32 checksum][stage: 64 bytes][key: 288 bytes]`; tag 0 = free or being written, else the
+// order of `begin` calls (the start millisecond, then the order within the thread).
+const A_STAGE: usize = 32;
+/// Most bytes of a stage name kept.
 const STAGE_MAX: usize = 64;
+const A_KEY: usize = A_STAGE + STAGE_MAX;
+/// Most bytes of a key kept.
+const KEY_MAX: usize = ATTEMPT_SLOT - A_KEY;
 
 /// The last millisecond RFC 3339 can write (year 9999): a damaged timestamp is clamped to it.
 const MAX_MS: u64 = 253_402_300_799_999;
@@ -185,24 +189,40 @@ pub enum FlightError {
     },
 }
 
-/// The writer of a recorder file. All methods take `&self` and may be called from any thread;
-/// each holds one internal lock for a few memory copies.
+/// The writer of a recorder file. All methods take `&self` and may be called from any thread.
+/// None of them takes a lock: every slot is written by one thread at a time (an attempt slot by
+/// the attempt that took it from the table's bitmap, an event slot by the event that drew its
+/// sequence number), and every access to the map is an atomic load or store of an aligned
+/// 8-byte word, so a reader in this process (`snapshot`) and the writers never race.
 pub struct Recorder {
     path: PathBuf,
-    state: Mutex<State>,
+    /// The temporary name the file was made under, until [`Recorder::place`] renames it.
+    temporary: Mutex<Option<PathBuf>>,
+    /// Owns the mapping that `words` points into; never accessed otherwise.
+    _map: MmapMut,
+    /// The map as [`WORDS`] atomic words.
+    words: NonNull<AtomicU64>,
+    /// One bit per attempt slot: set while the slot is taken.
+    taken: [AtomicU64; IN_FLIGHT / 64],
+    /// The sequence number of the last event written (0: none yet).
+    seq: AtomicU64,
 }
 
-struct State {
-    map: MmapMut,
-    /// The sequence number of the last event written (0: none yet).
-    seq: u64,
-    /// The tag of the last attempt slot filled.
-    tag: u64,
-    /// Free attempt slots; the lowest index is popped first.
-    free: Vec<u32>,
-    more: u64,
-    last_seen: u64,
-}
+/// The map's size in 8-byte words.
+const WORDS: usize = FILE_SIZE / 8;
+
+const _: () = assert!(FILE_SIZE.is_multiple_of(8) && IN_FLIGHT.is_multiple_of(64));
+const _: () = assert!(ATTEMPT_SLOT.is_multiple_of(8) && EVENT_SLOT.is_multiple_of(8));
+const _: () = assert!(HEADER_SIZE.is_multiple_of(8) && RING_AT.is_multiple_of(8));
+const _: () = assert!(H_ENDING.0.is_multiple_of(8) && (H_ENDING.1 + 8).is_multiple_of(8));
+
+// SAFETY: `words` points into `_map`, which the recorder owns and never moves or unmaps before
+// it is dropped; the map is only ever accessed through atomic words, which any thread may use.
+#[allow(unsafe_code)]
+unsafe impl Send for Recorder {}
+// SAFETY: as above: every access through `&self` is atomic.
+#[allow(unsafe_code)]
+unsafe impl Sync for Recorder {}
 
 impl fmt::Debug for Recorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -213,15 +233,25 @@ impl fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// Create (or overwrite: truncate and lay out anew) the file at `path`, mode 0600 (also
-    /// when it existed with wider permissions), and map it. Creates the parent folder.
+    /// Create (or replace) the file at `path`, mode 0600, and map it: [`Recorder::prepare`] then
+    /// [`Recorder::place`]. A previous process's record is lost: [`Recorder::read`] it first.
+    pub fn create(path: &Path, pipeline: &str) -> Result<Recorder, FlightError> {
+        let recorder = Recorder::prepare(path, pipeline)?;
+        recorder.place()?;
+        Ok(recorder)
+    }
+
+    /// Make this process's file under a temporary name beside `path` (mode 0600, creating the
+    /// parent folder) and map it; the file at `path` is untouched until [`Recorder::place`].
+    /// What is recorded in between (the report on the previous process, say) is in the file
+    /// when it takes the old one's place: a process killed in between leaves the old record.
     ///
     /// The whole file is written once here, so that a full disk is an error now rather than a
     /// `SIGBUS` on a later write through the map (on file systems that do not copy on write).
-    /// A previous process's record is lost: [`Recorder::read`] it first. The caller must keep
-    /// other processes from creating the same file while this one writes it (the runner does,
-    /// by holding the checkpoint store's lock): truncating a mapped file kills its writer.
-    pub fn create(path: &Path, pipeline: &str) -> Result<Recorder, FlightError> {
+    /// Temporary files that killed processes left beside `path` are removed. The caller must
+    /// keep other processes from preparing the same path meanwhile (the runner does, by holding
+    /// the checkpoint store's lock).
+    pub fn prepare(path: &Path, pipeline: &str) -> Result<Recorder, FlightError> {
         let io_err = |source| FlightError::Io {
             path: path.to_owned(),
             source,
@@ -229,13 +259,12 @@ impl Recorder {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err)?;
         }
-        // A new file of our own, then renamed over whatever is at `path`: whatever that is (a
+        remove_temporaries(path);
+        // A new file of our own, later renamed over whatever is at `path`: whatever that is (a
         // symlink to someone else's file, a FIFO, a file of wider permissions) is replaced, never
         // written through or waited on. `create_new` refuses to follow a symlink planted at the
         // temporary name too.
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(format!(".new-{}", std::process::id()));
-        let temporary = PathBuf::from(temporary);
+        let temporary = temporary_name(path, std::process::id());
         let _ = std::fs::remove_file(&temporary);
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true);
@@ -245,40 +274,62 @@ impl Recorder {
             options.mode(0o600);
         }
         let mut file = options.open(&temporary).map_err(io_err)?;
-        let now = now_ms();
-        let placed = file
-            .write_all(&image(pipeline, now))
-            .and_then(|()| std::fs::rename(&temporary, path));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(io_err(e));
+        let mapped = file
+            .write_all(&image(pipeline, now_ms()))
+            .and_then(|()| map(&file));
+        match mapped {
+            Ok(map) => Ok(Recorder::with_map(path.to_owned(), Some(temporary), map)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                Err(io_err(e))
+            }
         }
+    }
 
-        let map = map(&file).map_err(io_err)?;
-        Ok(Recorder::with_map(path.to_owned(), map, now))
+    /// Put the prepared file in place of whatever is at the path (a no-op once placed, and for
+    /// a recorder in memory). On failure the temporary file is removed and the recorder goes on
+    /// in memory.
+    pub fn place(&self) -> Result<(), FlightError> {
+        let temporary = self
+            .temporary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(temporary) = temporary else {
+            return Ok(());
+        };
+        std::fs::rename(&temporary, &self.path).map_err(|source| {
+            let _ = std::fs::remove_file(&temporary);
+            FlightError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 
     /// A recorder without a file, when none can be created: the watchdog still reads its table
     /// of attempts in flight, and the checkpoint store still gets its copies.
     pub fn in_memory(pipeline: &str) -> io::Result<Recorder> {
-        let now = now_ms();
-        let image = image(pipeline, now);
         let mut map = MmapMut::map_anon(FILE_SIZE)?;
-        map.copy_from_slice(&image);
-        Ok(Recorder::with_map(PathBuf::new(), map, now))
+        map.copy_from_slice(&image(pipeline, now_ms()));
+        Ok(Recorder::with_map(PathBuf::new(), None, map))
     }
 
-    fn with_map(path: PathBuf, map: MmapMut, now: u64) -> Recorder {
+    fn with_map(path: PathBuf, temporary: Option<PathBuf>, mut map: MmapMut) -> Recorder {
+        assert_eq!(map.len(), FILE_SIZE, "a recorder maps a whole file");
+        let base = map.as_mut_ptr();
+        assert!(
+            base.align_offset(std::mem::align_of::<AtomicU64>()) == 0,
+            "a map starts on a page"
+        );
+        let words = NonNull::new(base.cast::<AtomicU64>()).expect("a map is never at null");
         Recorder {
             path,
-            state: Mutex::new(State {
-                map,
-                seq: 0,
-                tag: 0,
-                free: (0..IN_FLIGHT as u32).rev().collect(),
-                more: 0,
-                last_seen: now,
-            }),
+            temporary: Mutex::new(temporary),
+            _map: map,
+            words,
+            taken: std::array::from_fn(|_| AtomicU64::new(0)),
+            seq: AtomicU64::new(0),
         }
     }
 
@@ -318,19 +369,18 @@ impl Recorder {
         Ok(Some(decode(&bytes)))
     }
 
-    /// The file written.
+    /// The file written (once placed).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The run id, once known.
     pub fn set_run(&self, run: i64) {
-        let mut st = self.lock();
-        put_u32(&mut st.map, H_HAS_RUN, 0);
-        compiler_fence(Ordering::SeqCst);
-        put_u64(&mut st.map, H_RUN, run as u64);
-        compiler_fence(Ordering::SeqCst);
-        put_u32(&mut st.map, H_HAS_RUN, 1);
+        // `has_run` shares its word with the pid, which never changes.
+        let pid = u64::from(std::process::id());
+        self.store(H_PID, pid);
+        self.store(H_RUN, run as u64);
+        self.store(H_PID, pid | 1 << 32);
     }
 
     /// One log line, as formatted for stderr. ANSI CSI sequences (`ESC [ … final byte`) and
@@ -338,159 +388,263 @@ impl Recorder {
     /// the slot's size (invalid UTF-8 is replaced when read). Goes into the ring of the last
     /// [`EVENTS`] events; sets `last_event_at` and `last_seen_at`.
     pub fn event(&self, line: &[u8]) {
-        let mut text = [0u8; EVENT_TEXT];
-        let len = clean_line(line, &mut text);
-        let text = &text[..len];
-        let sum = fnv1a(FNV_OFFSET, text);
+        let mut slot = [0u8; EVENT_SLOT];
+        let len = clean_line(line, &mut slot[16..16 + EVENT_TEXT]);
         let now = now_ms();
-
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        st.seq += 1;
-        let seq = st.seq;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        put_u64(&mut slot, 0, seq);
+        put_u32(&mut slot, 8, len as u32);
+        let sum = event_sum(seq, len as u32, &slot[16..16 + len]);
+        put_u32(&mut slot, 12, sum);
         let at = RING_AT + ((seq - 1) % EVENTS as u64) as usize * EVENT_SLOT;
-        let slot = &mut st.map[at..at + EVENT_SLOT];
-        put_u64(slot, 0, 0);
-        compiler_fence(Ordering::SeqCst);
-        put_u32(slot, 8, len as u32);
-        slot[16..16 + len].copy_from_slice(text);
-        put_u32(slot, 12, event_sum(sum, len as u32, seq));
-        compiler_fence(Ordering::SeqCst);
-        put_u64(slot, 0, seq);
-        put_u64(&mut st.map, H_NEXT_SEQ, seq + 1);
-        put_u64(&mut st.map, H_LAST_EVENT, now);
-        st.seen(now);
+        self.commit(at, &slot[..16 + len]);
+        self.word(H_NEXT_SEQ).fetch_max(seq + 1, Ordering::Relaxed);
+        self.word(H_LAST_EVENT).fetch_max(now, Ordering::Relaxed);
+        self.seen(now);
     }
 
     /// An attempt began: it takes a slot of the in-flight table until the returned guard is
     /// dropped. When the table is full, the attempt is only counted in `in_flight_more`.
     ///
     /// The key and the stage are stored as they are, cut on a character boundary to fit
-    /// (the stage to 64 bytes, the key to the rest of the slot's 288).
-    pub fn begin(self: &Arc<Self>, key: &str, stage: &str, attempt: u32) -> AttemptSlot {
-        let stage = truncate(stage, STAGE_MAX);
-        let key = truncate(key, ATTEMPT_TEXT - stage.len());
-        let sum = fnv1a(fnv1a(FNV_OFFSET, stage.as_bytes()), key.as_bytes());
-        let now = now_ms();
-
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let Some(index) = st.free.pop() else {
-            st.more += 1;
-            put_u64(&mut st.map, H_MORE, st.more);
+    /// (the stage to 64 bytes, the key to 288).
+    pub fn begin(&self, key: &str, stage: &str, attempt: u32) -> AttemptSlot<'_> {
+        let Some(index) = self.take_slot(LOCAL.with(|l| l.first_word)) else {
+            self.word(H_MORE).fetch_add(1, Ordering::Relaxed);
             return AttemptSlot {
-                recorder: Arc::clone(self),
-                slot: None,
+                recorder: self,
+                index: None,
             };
         };
-        st.tag += 1;
-        let tag = st.tag;
-        let at = TABLE_AT + index as usize * ATTEMPT_SLOT;
-        let slot = &mut st.map[at..at + ATTEMPT_SLOT];
-        put_u64(slot, 0, 0);
-        compiler_fence(Ordering::SeqCst);
-        put_u64(slot, 8, now);
-        put_u32(slot, 16, attempt);
-        put_u32(slot, 20, stage.len() as u32);
-        put_u32(slot, 24, key.len() as u32);
-        slot[32..32 + stage.len()].copy_from_slice(stage.as_bytes());
-        slot[32 + stage.len()..32 + stage.len() + key.len()].copy_from_slice(key.as_bytes());
-        let fields = AttemptFields {
-            tag,
-            started: now,
-            attempt,
-            stage_len: stage.len() as u32,
-            key_len: key.len() as u32,
-        };
-        put_u32(slot, 28, fields.sum(sum));
-        compiler_fence(Ordering::SeqCst);
-        put_u64(slot, 0, tag);
+        let stage = truncate(stage, STAGE_MAX).as_bytes();
+        let key = truncate(key, KEY_MAX).as_bytes();
+        let now = now_ms();
+        let tag = (now << 20 | LOCAL.with(Local::count) & 0xf_ffff).max(1);
+        let lens = u64::from(attempt) | (stage.len() as u64) << 32;
+        // Written word by word as the checksum goes: this is on every attempt's path.
+        let at = (TABLE_AT + index * ATTEMPT_SLOT) / 8;
+        let words = &self.words()[at..at + ATTEMPT_SLOT / 8];
+        words[0].store(0, Ordering::Release);
+        fence(Ordering::Release);
+        words[1].store(now, Ordering::Relaxed);
+        words[2].store(lens, Ordering::Relaxed);
+        let mut sum = Sum::new()
+            .word(tag)
+            .word(now)
+            .word(lens)
+            .word(key.len() as u64);
+        for (text, first) in [(stage, A_STAGE / 8), (key, A_KEY / 8)] {
+            let whole = text.chunks_exact(8);
+            let rest = whole.remainder();
+            let mut i = first;
+            for chunk in whole {
+                let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+                sum = sum.word(word);
+                words[i].store(word, Ordering::Relaxed);
+                i += 1;
+            }
+            if !rest.is_empty() {
+                let word = le_word(rest);
+                sum = sum.word(word);
+                words[i].store(word, Ordering::Relaxed);
+            }
+        }
+        words[3].store(
+            key.len() as u64 | u64::from(sum.finish()) << 32,
+            Ordering::Relaxed,
+        );
+        words[0].store(tag, Ordering::Release);
         // Starting an attempt is a sign of life: its age is never negative.
-        st.seen(now);
+        self.seen(now);
         AttemptSlot {
-            recorder: Arc::clone(self),
-            slot: Some((index, tag)),
+            recorder: self,
+            index: Some(index),
         }
     }
 
-    /// The liveness tick: sets `last_seen_at`. One lock and an 8-byte store.
+    /// The liveness tick: sets `last_seen_at`. An 8-byte store.
     pub fn touch(&self) {
-        let now = now_ms();
-        self.lock().seen(now);
+        self.seen(now_ms());
     }
 
     /// The process is ending abnormally, and this is why (kept in `ending`, cut to 1016 bytes
     /// on a character boundary; an empty message is no message). Sets `last_seen_at`.
     pub fn set_ending(&self, why: &str) {
-        let now = now_ms();
-        let mut st = self.lock();
-        write_text(&mut st.map, H_ENDING, why);
-        st.seen(now);
+        let mut slot = [0u8; H_ENDING.1 + 8];
+        write_text(&mut slot, (0, H_ENDING.1), why);
+        let len = get_u32(&slot, 0) as usize;
+        self.commit(H_ENDING.0, &slot[..8 + len]);
+        self.seen(now_ms());
     }
 
     /// The process ended normally. Sets `last_seen_at`.
     pub fn mark_ended(&self) {
-        let now = now_ms();
-        let mut st = self.lock();
-        put_u64(&mut st.map, H_ENDED, 1);
-        st.seen(now);
+        self.store(H_ENDED, 1);
+        self.seen(now_ms());
     }
 
     /// The record as it is now: what [`Recorder::read`] would return.
     pub fn snapshot(&self) -> ProcessRecord {
-        let bytes = self.lock().map.to_vec();
+        let mut bytes = vec![0u8; FILE_SIZE];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(self.words()) {
+            chunk.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
+        }
         decode(&bytes)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The map holds no invariant a panicking writer could break that reading does not
-        // already tolerate (a torn slot is skipped).
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `words` is the start of the map, aligned (checked in `with_map`), valid for
+        // FILE_SIZE bytes (the map's length, checked there) for as long as `self` owns the map;
+        // every access to those bytes after `with_map` goes through these atomics.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.words.as_ptr(), WORDS)
+        }
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        &self.words()[at / 8]
+    }
+
+    fn store(&self, at: usize, value: u64) {
+        self.word(at).store(value, Ordering::Release);
+    }
+
+    /// Writes a slot whose first 8 bytes say whether it is whole (an event's sequence number,
+    /// an attempt's tag, a text's length and checksum): first those cleared, then the rest, then
+    /// those. `bytes` is the slot's used part; the rest of the slot is left as it was (its
+    /// lengths say where it ends).
+    fn commit(&self, at: usize, bytes: &[u8]) {
+        debug_assert!(at.is_multiple_of(8));
+        let words = &self.words()[at / 8..];
+        words[0].store(0, Ordering::Release);
+        fence(Ordering::Release);
+        let mut padded = [0u8; 8];
+        for (i, chunk) in bytes.chunks(8).enumerate().skip(1) {
+            padded[..chunk.len()].copy_from_slice(chunk);
+            padded[chunk.len()..].fill(0);
+            words[i].store(u64::from_le_bytes(padded), Ordering::Relaxed);
+        }
+        words[0].store(get_u64(bytes, 0), Ordering::Release);
+    }
+
+    fn seen(&self, now: u64) {
+        // The wall clock may step back; `last_seen_at` does not. Most calls fall in the same
+        // millisecond as the last: a load, no write.
+        let word = self.word(H_LAST_SEEN);
+        if now > word.load(Ordering::Relaxed) {
+            word.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A free attempt slot, marked taken, looking from the bitmap's word `first` on; `None`
+    /// when all are taken.
+    fn take_slot(&self, first: usize) -> Option<usize> {
+        let words = self.taken.len();
+        for w in (first..first + words).map(|w| w % words) {
+            let word = &self.taken[w];
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != u64::MAX {
+                let bit = (!bits).trailing_zeros();
+                let before = word.fetch_or(1 << bit, Ordering::Acquire);
+                if before & 1 << bit == 0 {
+                    return Some(w * 64 + bit as usize);
+                }
+                bits = before | 1 << bit;
+            }
+        }
+        None
     }
 }
 
-impl State {
-    fn seen(&mut self, now: u64) {
-        // The wall clock may step back; `last_seen_at` does not.
-        if now > self.last_seen {
-            self.last_seen = now;
-            put_u64(&mut self.map, H_LAST_SEEN, now);
+/// What each thread keeps for the attempts it begins, so that threads do not write the same
+/// memory on every attempt (on 2 cores, moving a cache line between them costs more than all
+/// the rest of recording an attempt): where in the bitmap it looks for a free slot first, and
+/// its count of attempts begun, which orders its attempts within a millisecond.
+struct Local {
+    first_word: usize,
+    count: std::cell::Cell<u64>,
+}
+
+impl Local {
+    fn count(&self) -> u64 {
+        let n = self.count.get() + 1;
+        self.count.set(n);
+        n
+    }
+}
+
+thread_local! {
+    static LOCAL: Local = Local {
+        first_word: THREADS.fetch_add(1, Ordering::Relaxed) % (IN_FLIGHT / 64),
+        count: std::cell::Cell::new(0),
+    };
+}
+
+/// Threads that have begun attempts: each starts in its own word of the bitmap.
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The temporary name a process with this pid prepares `path` under.
+fn temporary_name(path: &Path, pid: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".new-{pid}"));
+    PathBuf::from(name)
+}
+
+/// Removes the temporary files that processes killed while preparing `path` left beside it.
+fn remove_temporaries(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let folder = if folder.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        folder
+    };
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".new-");
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        let Some(pid) = entry_name.as_encoded_bytes().strip_prefix(prefix) else {
+            continue;
+        };
+        if !pid.is_empty() && pid.iter().all(u8::is_ascii_digit) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
 
 /// An attempt's place in the in-flight table (or in `in_flight_more`), freed when dropped.
-/// Cheap to hold across `.await` points: it owns a handle to the recorder.
 #[must_use = "the attempt leaves the in-flight table when this is dropped"]
-pub struct AttemptSlot {
-    recorder: Arc<Recorder>,
-    /// The slot's index and tag; `None` when the table was full.
-    slot: Option<(u32, u64)>,
+pub struct AttemptSlot<'a> {
+    recorder: &'a Recorder,
+    /// The slot's index; `None` when the table was full.
+    index: Option<usize>,
 }
 
-impl fmt::Debug for AttemptSlot {
+impl fmt::Debug for AttemptSlot<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AttemptSlot")
-            .field("slot", &self.slot.map(|(index, _)| index))
+            .field("slot", &self.index)
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for AttemptSlot {
+impl Drop for AttemptSlot<'_> {
     fn drop(&mut self) {
-        let mut guard = self.recorder.lock();
-        let st = &mut *guard;
-        match self.slot {
-            Some((index, tag)) => {
-                let at = TABLE_AT + index as usize * ATTEMPT_SLOT;
-                if get_u64(&st.map, at) == tag {
-                    put_u64(&mut st.map, at, 0);
-                }
-                st.free.push(index);
+        let rec = self.recorder;
+        match self.index {
+            Some(index) => {
+                // The slot is cleared before it is freed: its next owner writes after this.
+                rec.store(TABLE_AT + index * ATTEMPT_SLOT, 0);
+                rec.taken[index / 64].fetch_and(!(1 << (index % 64)), Ordering::Release);
             }
             None => {
-                st.more = st.more.saturating_sub(1);
-                put_u64(&mut st.map, H_MORE, st.more);
+                rec.word(H_MORE).fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -522,10 +676,11 @@ fn image(pipeline: &str, now: u64) -> Vec<u8> {
 #[allow(unsafe_code)]
 fn map(file: &File) -> io::Result<MmapMut> {
     // SAFETY: memmap2 requires that nothing else modifies or truncates the file while it is
-    // mapped. The file is ours: just created (or truncated) by this process, mode 0600, and
-    // sized above. Another stagewise process would only write it through `Recorder::create`,
-    // which the caller excludes by holding the checkpoint store's runner lock; readers copy it
-    // with `read(2)` and never write. Our own writes go through `&mut` under the mutex.
+    // mapped. The file is ours: just created by this process under a name of its own, mode
+    // 0600, and sized above. Other processes only read it, with `read(2)`, and a process
+    // that prepares the same path makes a new file and renames it over this one (this one's
+    // inode, still mapped, is unlinked, not truncated). Our own writes are atomic word stores
+    // (see `Recorder::words`).
     unsafe { MmapOptions::new().len(FILE_SIZE).map_mut(file) }
 }
 
@@ -627,80 +782,101 @@ fn decode_event(slot: &[u8]) -> Option<(u64, String)> {
     let seq = get_u64(slot, 0);
     let len = get_u32(slot, 8);
     let text = slot.get(16..)?.get(..len as usize)?;
-    (seq != 0 && get_u32(slot, 12) == event_sum(fnv1a(FNV_OFFSET, text), len, seq))
+    (seq != 0 && get_u32(slot, 12) == event_sum(seq, len, text))
         .then(|| (seq, String::from_utf8_lossy(text).into_owned()))
 }
 
 fn decode_attempt(slot: &[u8], last_seen: u64) -> Option<(u64, InFlightAttempt)> {
-    let fields = AttemptFields {
-        tag: get_u64(slot, 0),
-        started: get_u64(slot, 8),
-        attempt: get_u32(slot, 16),
-        stage_len: get_u32(slot, 20),
-        key_len: get_u32(slot, 24),
-    };
-    if fields.tag == 0 || fields.stage_len as usize > STAGE_MAX {
+    let tag = get_u64(slot, 0);
+    let started = get_u64(slot, 8);
+    let lens = get_u64(slot, 16);
+    let (attempt, stage_len) = (lens as u32, (lens >> 32) as usize);
+    let key_len = get_u32(slot, 24) as usize;
+    if tag == 0 || stage_len > STAGE_MAX || key_len > KEY_MAX {
         return None;
     }
-    let text = slot
-        .get(32..)?
-        .get(..fields.stage_len as usize + fields.key_len as usize)?;
-    if get_u32(slot, 28) != fields.sum(fnv1a(FNV_OFFSET, text)) {
+    let stage = slot.get(A_STAGE..A_STAGE + stage_len)?;
+    let key = slot.get(A_KEY..A_KEY + key_len)?;
+    let sum = Sum::new()
+        .word(tag)
+        .word(started)
+        .word(lens)
+        .word(key_len as u64)
+        .text(stage)
+        .text(key)
+        .finish();
+    if get_u32(slot, 28) != sum {
         return None;
     }
-    let (stage, key) = text.split_at(fields.stage_len as usize);
-    let age_ms = last_seen.saturating_sub(fields.started);
+    let age_ms = last_seen.saturating_sub(started);
     Some((
-        fields.tag,
+        tag,
         InFlightAttempt {
             key: String::from_utf8_lossy(key).into_owned(),
             stage: String::from_utf8_lossy(stage).into_owned(),
-            attempt: fields.attempt,
-            started_at: rfc3339(fields.started),
+            attempt,
+            started_at: rfc3339(started),
             age_secs: age_ms as f64 / 1000.0,
         },
     ))
 }
 
-/// The fixed fields of an attempt slot, which its checksum covers with the text.
-struct AttemptFields {
-    tag: u64,
-    started: u64,
-    attempt: u32,
-    stage_len: u32,
-    key_len: u32,
+/// An event slot's checksum: of its sequence number, length and text.
+fn event_sum(seq: u64, len: u32, text: &[u8]) -> u32 {
+    Sum::new()
+        .word(seq)
+        .word(u64::from(len))
+        .text(text)
+        .finish()
 }
 
-impl AttemptFields {
-    /// The slot's checksum, continuing `text_sum` (the FNV-1a of the stage and key bytes).
-    fn sum(&self, text_sum: u32) -> u32 {
-        let mut h = fnv1a(text_sum, &self.started.to_le_bytes());
-        h = fnv1a(h, &self.attempt.to_le_bytes());
-        h = fnv1a(h, &self.stage_len.to_le_bytes());
-        h = fnv1a(h, &self.key_len.to_le_bytes());
-        fnv1a(h, &self.tag.to_le_bytes())
+/// A header text slot's checksum: of its length and text.
+fn text_sum(len: u32, text: &[u8]) -> u32 {
+    Sum::new().word(u64::from(len)).text(text).finish()
+}
+
+/// The checksum of the recorder's slots: fixed fields as words, then texts as little-endian
+/// 8-byte words (the last zero-padded), each mixed in with a multiply and a shift. It detects
+/// a slot torn by a kill or a concurrent write (old and new words mixed), not tampering.
+#[derive(Clone, Copy)]
+struct Sum(u64);
+
+impl Sum {
+    fn new() -> Sum {
+        Sum(0x243f_6a88_85a3_08d3)
+    }
+
+    fn word(self, w: u64) -> Sum {
+        let h = (self.0 ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Sum(h ^ h >> 29)
+    }
+
+    fn text(self, bytes: &[u8]) -> Sum {
+        bytes
+            .chunks(8)
+            .fold(self, |sum, chunk| sum.word(le_word(chunk)))
+    }
+
+    fn finish(self) -> u32 {
+        (self.0 ^ self.0 >> 32) as u32
     }
 }
 
-/// An event slot's checksum, continuing `text_sum` with its length and sequence number.
-fn event_sum(text_sum: u32, len: u32, seq: u64) -> u32 {
-    fnv1a(fnv1a(text_sum, &len.to_le_bytes()), &seq.to_le_bytes())
+/// Up to 8 bytes as a little-endian word, zero-padded.
+fn le_word(chunk: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..chunk.len()].copy_from_slice(chunk);
+    u64::from_le_bytes(word)
 }
 
-/// Writes a header text slot (`[u32 len][u32 checksum][bytes]`), cut on a character boundary
-/// to the slot's capacity.
+/// Writes a header text slot (`[u32 len][u32 checksum][bytes]`) into a buffer (a new file's
+/// image, or a slot before [`Recorder::commit`]), cut on a character boundary to the slot's
+/// capacity.
 fn write_text(buf: &mut [u8], (at, cap): (usize, usize), text: &str) {
     let text = truncate(text, cap).as_bytes();
     let len = text.len() as u32;
-    put_u32(buf, at, 0);
-    compiler_fence(Ordering::SeqCst);
     buf[at + 8..at + 8 + text.len()].copy_from_slice(text);
-    put_u32(
-        buf,
-        at + 4,
-        fnv1a(fnv1a(FNV_OFFSET, text), &len.to_le_bytes()),
-    );
-    compiler_fence(Ordering::SeqCst);
+    put_u32(buf, at + 4, text_sum(len, text));
     put_u32(buf, at, len);
 }
 
@@ -711,7 +887,7 @@ fn read_text(buf: &[u8], (at, cap): (usize, usize)) -> Option<String> {
         return None;
     }
     let text = buf.get(at + 8..)?.get(..len as usize)?;
-    (len == 0 || get_u32(buf, at + 4) == fnv1a(fnv1a(FNV_OFFSET, text), &len.to_le_bytes()))
+    (len == 0 || get_u32(buf, at + 4) == text_sum(len, text))
         .then(|| String::from_utf8_lossy(text).into_owned())
 }
 
@@ -779,17 +955,6 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-const FNV_OFFSET: u32 = 0x811c_9dc5;
-
-/// FNV-1a (32 bits), continuing from `h` (start from [`FNV_OFFSET`]).
-fn fnv1a(mut h: u32, bytes: &[u8]) -> u32 {
-    for &b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
 fn put_u32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
@@ -812,9 +977,11 @@ fn get_u64(buf: &[u8], at: usize) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(d.subsec_millis()))
+    })
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, milliseconds); damaged values past year 9999 clamped.
@@ -841,6 +1008,7 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn recorder(dir: &tempfile::TempDir) -> Arc<Recorder> {
         Arc::new(Recorder::create(&dir.path().join("flight"), "demo").expect("create"))
@@ -989,10 +1157,7 @@ mod tests {
         let _slot = rec.begin(&key, &stage, u32::MAX);
         let got = &read(rec.path()).in_flight[0];
         assert_eq!(got.stage, "ß".repeat(32));
-        assert_eq!(
-            got.key,
-            format!("k{}", "€".repeat((ATTEMPT_TEXT - 64 - 1) / 3))
-        );
+        assert_eq!(got.key, format!("k{}", "€".repeat((KEY_MAX - 1) / 3)));
         assert_eq!(got.attempt, u32::MAX);
     }
 
@@ -1096,7 +1261,7 @@ mod tests {
             (
                 "other version",
                 &other_version,
-                "format version 99, this build reads version 1",
+                &format!("format version 99, this build reads version {VERSION}"),
             ),
             ("other geometry", &other_geometry, "damaged header: layout"),
         ];
@@ -1235,6 +1400,95 @@ mod tests {
             .filter_map(|w| r.last_events.iter().find(|e| **e == w))
             .collect();
         assert!(!last.is_empty(), "the last events are among the kept ones");
+    }
+
+    #[test]
+    fn snapshots_while_writers_run_see_only_whole_slots() {
+        let rec = Arc::new(Recorder::in_memory("p").expect("anonymous map"));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let mut writers = Vec::new();
+            for t in 0..3 {
+                let rec = &rec;
+                writers.push(s.spawn(move || {
+                    for i in 0..3000 {
+                        let key = format!("{t}/{i}/{}", "k".repeat(i % 200));
+                        let _slot = rec.begin(&key, &format!("stage{t}"), i as u32);
+                        rec.event(format!("thread {t} event {i}").as_bytes());
+                        rec.set_ending(&format!("ending {t} {i}"));
+                    }
+                }));
+            }
+            let (rec, done) = (&rec, &done);
+            let reader = s.spawn(move || {
+                let mut seen = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let r = rec.snapshot();
+                    for a in &r.in_flight {
+                        // Every entry is one attempt's, whole: its key, stage and attempt agree.
+                        let parts: Vec<&str> = a.key.splitn(3, '/').collect();
+                        assert_eq!(parts.len(), 3, "{a:?}");
+                        assert_eq!(a.stage, format!("stage{}", parts[0]), "{a:?}");
+                        assert_eq!(a.attempt.to_string(), parts[1], "{a:?}");
+                        assert_eq!(parts[2].len(), a.attempt as usize % 200, "{a:?}");
+                        seen += 1;
+                    }
+                    for e in &r.last_events {
+                        assert!(e.starts_with("thread ") && e.contains(" event "), "{e}");
+                    }
+                    if let Some(ending) = &r.ending {
+                        assert!(ending.starts_with("ending "), "{ending}");
+                    }
+                }
+                seen
+            });
+            for writer in writers {
+                writer.join().expect("writer");
+            }
+            done.store(true, Ordering::Relaxed);
+            let seen = reader.join().expect("reader");
+            assert!(seen > 0, "the reader saw attempts in flight");
+        });
+        let r = rec.snapshot();
+        assert!(r.in_flight.is_empty() && r.in_flight_more == 0);
+        assert_eq!(r.last_events.len(), EVENTS);
+    }
+
+    #[test]
+    fn a_prepared_file_takes_the_old_ones_place_only_when_placed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("demo.flight");
+        let old = Recorder::create(&path, "old").expect("create");
+        old.event(b"the old process's last line");
+        drop(old);
+        // Left by processes killed while preparing: removed; other names are kept.
+        for name in [
+            "demo.flight.new-1",
+            "demo.flight.new-99999999",
+            "demo.flight.new-x",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+
+        let new = Recorder::prepare(&path, "new").expect("prepare");
+        new.event(b"the previous process was doing this");
+        assert_eq!(read(&path).pipeline, "old", "not placed yet");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let ours = format!("demo.flight.new-{}", std::process::id());
+        assert_eq!(names, ["demo.flight", ours.as_str(), "demo.flight.new-x"]);
+
+        new.place().expect("place");
+        new.place().expect("placing twice is a no-op");
+        let r = read(&path);
+        assert_eq!(r.pipeline, "new");
+        assert_eq!(r.last_events, ["the previous process was doing this"]);
+        new.event(b"later");
+        assert_eq!(read(&path).last_events.len(), 2, "written through the map");
+        assert!(!dir.path().join(ours).exists());
     }
 
     #[test]

@@ -24,29 +24,46 @@ pub(crate) fn open(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
 ) -> std::io::Result<Arc<Recorder>> {
-    let previous = last_record(pipeline, store);
+    let previous = last_record(pipeline, store).filter(|r| !r.ended);
     let path = super::flight_path(pipeline);
-    let recorder = match Recorder::create(&path, &pipeline.name) {
-        Ok(r) => r,
+    // The new file is prepared beside the old one and takes its place only once it holds the
+    // report on the previous process: killed in between, this process leaves the old record to
+    // be reported again, never neither.
+    let recorder = match Recorder::prepare(&path, &pipeline.name) {
+        Ok(r) => Some(r),
         Err(e) => {
             // A read-only folder, say: the watchdog still has a table to read, and a PostgreSQL
             // store still gets its copies.
             tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only");
-            // The last process's record was read and reported: it must not be reported again.
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the last process's flight record; `status` may report it again");
-                }
-                _ => {}
-            }
-            Recorder::in_memory(&pipeline.name)?
+            None
         }
     };
-    let recorder = Arc::new(recorder);
+    let placed = recorder.is_some();
+    let recorder = Arc::new(match recorder {
+        Some(r) => r,
+        None => Recorder::in_memory(&pipeline.name)?,
+    });
     let sink = recorder.clone();
     crate::telemetry::set_event_sink(Some(Arc::new(move |line: &[u8]| sink.event(line))));
-    if let Some(previous) = previous.filter(|r| !r.ended) {
-        log_previous(&previous);
+    if let Some(previous) = &previous {
+        log_previous(previous);
+    }
+    let placed = placed
+        && match recorder.place() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only");
+                false
+            }
+        };
+    if !placed {
+        // The last process's record was read and reported: it must not be reported again.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the last process's flight record; `status` may report it again");
+            }
+            _ => {}
+        }
     }
     if copied(pipeline) {
         save(store, &pipeline.name, &recorder);
