@@ -395,3 +395,54 @@ seed = 9
     );
     assert_eq!(p.sink("out.jsonl").len(), sink.len(), "nothing ran again");
 }
+
+/// Items that cannot resume (the checkpoint puts them at a stage the pipeline no longer has)
+/// fail like any other item: they count against `max_failures`.
+#[test]
+fn items_that_cannot_resume_count_against_max_failures() {
+    let first = r#"
+[pipeline]
+name = "renamed"
+max_run_time = "1s"
+shutdown_grace = "0s"
+
+[[stage]]
+name = "src"
+kind = "generate"
+count = 4
+
+[[stage]]
+name = "slow"
+kind = "sleep"
+duration = "30s"
+concurrency = 4
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#;
+    let p = Pipeline::new(first);
+    p.run().assert_code(75);
+    assert_eq!(p.status().count("pending"), 4);
+
+    // The stage renamed, and no failure allowed: the four items at `slow` cannot resume.
+    p.dir.write(
+        "pipeline.toml",
+        first
+            .replace("name = \"slow\"", "name = \"nap\"")
+            .replace("max_run_time = \"1s\"", "max_failures = 0"),
+    );
+    let out = p.run();
+    assert_eq!(out.code, Some(3), "{out}");
+    assert!(
+        out.stderr.contains("more than `max_failures` (0) allows"),
+        "{out}"
+    );
+    assert!(out.stderr.contains("cannot resume"), "{out}");
+    out.assert_summary_last();
+    // The run stops taking items once the budget is crossed: the rest stay pending.
+    let status = p.status();
+    assert!(status.count("failed") >= 1, "{:?}", status.counts);
+    assert_eq!(status.count("failed") + status.count("pending"), 4);
+}

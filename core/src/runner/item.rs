@@ -153,7 +153,6 @@ async fn fail(
         return;
     }
     stage.stats.failed.incr();
-    shared.totals.failed.incr();
     tracing::warn!(
         stage = %stage.name,
         key = %key,
@@ -173,6 +172,12 @@ async fn fail(
         },
     )
     .await;
+    count_failure(shared);
+}
+
+/// One more item failed: counted, and held against `max_failures`.
+pub(crate) fn count_failure(shared: &Shared) {
+    shared.totals.failed.incr();
     if let Some(limit) = shared.max_failures {
         let failed = shared.totals.failed.get();
         if limit.crossed(failed, shared.totals.items) {

@@ -581,7 +581,6 @@ async fn feed(
                         .unwrap_or_else(|| "no stage left to run".into());
                     let stage_name = stored.stage.clone().unwrap_or_default();
                     tracing::warn!(key = %key, error = %error, "item cannot resume");
-                    shared.totals.failed.incr();
                     let _ = shared
                         .checkpoint
                         .send(
@@ -593,6 +592,7 @@ async fn feed(
                             },
                         )
                         .await;
+                    item::count_failure(shared);
                 }
             }
         }
