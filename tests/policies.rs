@@ -446,3 +446,80 @@ path = "out.jsonl"
     assert!(status.count("failed") >= 1, "{:?}", status.counts);
     assert_eq!(status.count("failed") + status.count("pending"), 4);
 }
+
+/// A run whose source has nothing new hides nothing: it says so and exits 0, and `status` and
+/// `retry-failed` go on showing and acting on the last run that had items.
+#[test]
+fn a_run_with_nothing_new_hides_nothing() {
+    let p = Pipeline::new(
+        r#"
+[pipeline]
+name = "nothing-new"
+
+[[stage]]
+name = "src"
+kind = "jsonl"
+path = "in.jsonl"
+key = "id"
+
+[[stage]]
+name = "breaker"
+kind = "fault"
+permanent_rate = 0.5
+seed = 3
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#,
+    );
+    let lines: String = (1..=20).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    p.dir.write("in.jsonl", lines);
+    p.run().assert_code(1);
+    let first = p.status();
+    let failed = first.count("failed");
+    assert!(failed > 0, "{:?}", first.counts);
+    assert!(first.raw.get("last_checked").is_none(), "{}", first.raw);
+
+    // The source has nothing new, twice.
+    p.dir.write("in.jsonl", "");
+    for _ in 0..2 {
+        let out = p.run();
+        out.assert_code(0);
+        assert!(
+            out.stderr.contains("the source has nothing new") && out.stderr.contains("latest=run "),
+            "{out}"
+        );
+    }
+    let status = p.status();
+    assert_eq!(
+        status.raw["run"]["id"], first.raw["run"]["id"],
+        "{}",
+        status.raw
+    );
+    assert_eq!(status.count("failed"), failed);
+    let checked = status.raw["last_checked"].as_str().expect("last_checked");
+    assert!(checked >= first.raw["run"]["started_at"].as_str().expect("started_at"));
+    let text = p.cmd("status").output();
+    assert!(
+        text.stdout
+            .contains(&format!("last checked: {checked}, nothing new")),
+        "{text}"
+    );
+
+    // `retry-failed` acts on the run with the failures.
+    let retried = p
+        .cmd("retry-failed")
+        .env("STAGEWISE_STAGE__BREAKER__PERMANENT_RATE", "0.0")
+        .output();
+    retried.assert_code(0);
+    assert!(
+        retried.stderr.contains("failed items put back to pending")
+            && !retried.stderr.contains("no failed items"),
+        "{retried}"
+    );
+    let after = p.status();
+    assert_eq!(after.count("done"), 20, "{:?}", after.counts);
+    assert_eq!(after.raw["run"]["id"], first.raw["run"]["id"]);
+}

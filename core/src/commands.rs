@@ -9,8 +9,11 @@ use crate::text::printable;
 /// What `status` shows.
 #[derive(Debug)]
 pub struct Status {
-    /// The latest run, if there is one.
+    /// The latest run that had items, if there is one.
     pub report: Option<StatusReport>,
+    /// When the source was last read and had nothing new, if that was after the latest run
+    /// began (RFC 3339).
+    pub last_checked: Option<String>,
     /// The last process that ran the pipeline, when it ended without a summary (killed, or
     /// ended by the watchdog) and no process runs it now: what it was doing.
     pub previous_process: Option<ProcessRecord>,
@@ -22,6 +25,7 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
     let Some(store) = store else {
         return Ok(Status {
             report: None,
+            last_checked: None,
             previous_process: None,
         });
     };
@@ -31,6 +35,7 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
     };
     Ok(Status {
         report,
+        last_checked: store.last_checked(&pipeline.name)?,
         previous_process: crate::runner::previous_process(pipeline, &*store),
     })
 }
@@ -62,8 +67,15 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
             }
         }
     }
+    let nothing_new = status
+        .last_checked
+        .as_ref()
+        .map(|at| format!("  last checked: {at}, nothing new"));
     let Some(report) = &status.report else {
         let _ = writeln!(out, "pipeline {}: no run yet", pipeline.name);
+        if let Some(line) = nothing_new {
+            let _ = writeln!(out, "{line}");
+        }
         return out;
     };
     let _ = writeln!(
@@ -75,6 +87,9 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
         report.run.items,
         report.run.started_at
     );
+    if let Some(line) = nothing_new {
+        let _ = writeln!(out, "{line}");
+    }
     let counts: Vec<String> = report
         .counts
         .iter()
@@ -115,8 +130,8 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     out
 }
 
-/// `status --json`: the report with the pipeline's name, and `previous_process` when there is
-/// one to report.
+/// `status --json`: the report with the pipeline's name, `last_checked` when the source was
+/// last read and had nothing new, and `previous_process` when there is one to report.
 pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
     let mut v = match &status.report {
         None => serde_json::json!({
@@ -133,6 +148,9 @@ pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
             v
         }
     };
+    if let Some(at) = &status.last_checked {
+        v["last_checked"] = serde_json::Value::String(at.clone());
+    }
     if let Some(p) = &status.previous_process {
         v["previous_process"] = serde_json::to_value(p).expect("a record always serializes");
     }

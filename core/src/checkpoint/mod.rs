@@ -334,8 +334,12 @@ pub(crate) trait UpdateWriter: Send {
 
 /// A checkpoint store.
 pub(crate) trait CheckpointStore: Send + Sync {
-    /// The newest run of a pipeline.
+    /// The newest run of a pipeline that had items: a take that found nothing is not a run
+    /// that hides the last one.
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError>;
+    /// When the source was last read and found nothing, if that was after the latest run with
+    /// items began (RFC 3339).
+    fn last_checked(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
     /// Start writing a new run's manifest; its items start at stage `first_stage`.
     fn begin_run(
         &self,

@@ -363,6 +363,18 @@ async fn execute(
             )
             .await;
             match taken {
+                Ok(Some(run)) if run.items == 0 => {
+                    let latest = latest.as_ref().map_or_else(
+                        || "none yet".to_owned(),
+                        |r| format!("run {} ({} items)", r.id, r.items),
+                    );
+                    tracing::info!(
+                        pipeline = %pipeline.name,
+                        latest = %latest,
+                        "the source has nothing new; `status` and `retry-failed` go on showing the latest run with items"
+                    );
+                    (Some(run), false)
+                }
                 Ok(run) => (run, false),
                 Err(reason) => {
                     control.abort(reason);

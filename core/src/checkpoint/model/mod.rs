@@ -56,10 +56,14 @@ pub(super) trait Tables: StatusRows + Send + Sync {
 
     /// The store as messages name it (a URL with its password hidden).
     fn shown(&self) -> String;
-    /// The newest run of `pipeline` that is not `taking`.
+    /// The newest run of `pipeline` that is not `taking` and has items.
     fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError>;
-    /// Delete `pipeline`'s runs still `taking` (and their items), then add a run `taking`, 0
-    /// items, started and updated at `started`; its manifest is written through what returns.
+    /// When `pipeline`'s newest take that found nothing started, if one is kept (at most one
+    /// is: [`Tables::new_run`] clears them).
+    fn newest_empty_take(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
+    /// Delete `pipeline`'s runs still `taking` (and their items) and its runs of no items, then
+    /// add a run `taking`, 0 items, started and updated at `started`; its manifest is written
+    /// through what returns.
     fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, Self::Manifest), StoreError>;
     /// The first `limit` items of `run` after `after_seq` that are pending or in flight, by seq.
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError>;
@@ -100,6 +104,10 @@ impl<T: Tables> CheckpointStore for T {
         self.newest_run(pipeline)?
             .map(|row| run_info(self.shown(), row))
             .transpose()
+    }
+
+    fn last_checked(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        self.newest_empty_take(pipeline)
     }
 
     fn begin_run(

@@ -191,11 +191,22 @@ impl Tables for PgStore {
         let row = self.with_conn(|c| {
             c.query_opt(
                 "SELECT id, status, items, started_at FROM stagewise.runs
-                 WHERE pipeline = $1 AND status <> 'taking' ORDER BY id DESC LIMIT 1",
+                 WHERE pipeline = $1 AND status <> 'taking' AND items > 0 ORDER BY id DESC LIMIT 1",
                 &[&pipeline],
             )
         })?;
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
+    fn newest_empty_take(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        let row = self.with_conn(|c| {
+            c.query_opt(
+                "SELECT started_at FROM stagewise.runs
+                 WHERE pipeline = $1 AND status <> 'taking' AND items = 0 ORDER BY id DESC LIMIT 1",
+                &[&pipeline],
+            )
+        })?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, PgManifest), StoreError> {
@@ -207,7 +218,7 @@ impl Tables for PgStore {
                 &[&pipeline],
             )?;
             tx.execute(
-                "DELETE FROM stagewise.runs WHERE pipeline = $1 AND status = 'taking'",
+                "DELETE FROM stagewise.runs WHERE pipeline = $1 AND (status = 'taking' OR items = 0)",
                 &[&pipeline],
             )?;
             let run: i64 = tx

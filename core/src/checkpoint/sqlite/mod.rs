@@ -197,9 +197,20 @@ impl Tables for SqliteStore {
     fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' ORDER BY id DESC LIMIT 1",
+                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' AND items > 0 ORDER BY id DESC LIMIT 1",
                 [pipeline],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn newest_empty_take(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' AND items = 0 ORDER BY id DESC LIMIT 1",
+                [pipeline],
+                |r| r.get(0),
             )
             .optional()
             .map_err(db)
@@ -214,7 +225,7 @@ impl Tables for SqliteStore {
         )
         .map_err(db)?;
         conn.execute(
-            "DELETE FROM runs WHERE pipeline = ?1 AND status = 'taking'",
+            "DELETE FROM runs WHERE pipeline = ?1 AND (status = 'taking' OR items = 0)",
             [pipeline],
         )
         .map_err(db)?;

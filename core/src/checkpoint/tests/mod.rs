@@ -78,6 +78,7 @@ scenarios![
     status_counts_items_per_state_and_stage,
     failed_and_skipped_lists_are_in_manifest_order_and_capped,
     latest_run_is_the_newest_committed_run_of_its_pipeline,
+    a_take_that_found_nothing_hides_no_run,
     retry_failed_puts_failed_items_back_to_pending,
     pending_pages_through_unfinished_items_in_order,
     response_cache_keeps_answers_across_opens,
@@ -508,6 +509,40 @@ fn latest_run_is_the_newest_committed_run_of_its_pipeline(b: &dyn Backend) {
     assert_eq!(latest(&*store, "q").id, other.id);
     drop(taking);
     assert_eq!(latest(&*store, "p").id, second.id);
+}
+
+/// A take that found nothing is kept only as "last checked": the latest run stays the last
+/// one with items, and the next take clears it.
+fn a_take_that_found_nothing_hides_no_run(b: &dyn Backend) {
+    let store = open(b);
+    let empty = take(&*store, "p", &[]);
+    assert!(store.latest_run("p").expect("latest").is_none());
+    assert_eq!(
+        store.last_checked("p").expect("last checked"),
+        Some(empty.started_at.clone())
+    );
+
+    let full = take(&*store, "p", &["a", "b"]);
+    assert_eq!(store.last_checked("p").expect("last checked"), None);
+    apply(&*store, full.id, vec![], Some(RunStatus::Finished));
+    let mut checked = None;
+    for _ in 0..3 {
+        let nothing = take(&*store, "p", &[]);
+        apply(&*store, nothing.id, vec![], Some(RunStatus::Finished));
+        checked = Some(nothing.started_at);
+    }
+    let run = latest(&*store, "p");
+    assert_eq!((run.id, run.items), (full.id, 2));
+    assert_eq!(store.last_checked("p").expect("last checked"), checked);
+    assert_eq!(store.status(&run).expect("status").run.id, full.id);
+    // Another pipeline's empty take is its own.
+    take(&*store, "q", &[]);
+    assert_eq!(store.last_checked("p").expect("last checked"), checked);
+
+    // A take with items clears the empty ones: nothing was checked since it began.
+    let next = take(&*store, "p", &["c"]);
+    assert_eq!(latest(&*store, "p").id, next.id);
+    assert_eq!(store.last_checked("p").expect("last checked"), None);
 }
 
 /// `retry-failed`: failed items go back to pending at their stage and the run becomes
