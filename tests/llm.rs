@@ -567,3 +567,84 @@ fn a_schema_file_without_structured_output_still_checks_and_keys_the_cache() {
         status.failed
     );
 }
+
+/// `kill -9` at moments spread over the calls: only what was in flight at a kill is asked
+/// again — at each kill at most the stage's concurrency was asked and not yet cached, and
+/// every question asked again was one of those (an answer is committed to the cache before the
+/// stage returns it, so a stored answer is never paid for twice).
+#[test]
+fn after_kill_9_only_the_calls_in_flight_are_asked_again() {
+    const CONCURRENCY: usize = 4;
+    let server = LlmServer::start(LlmConfig {
+        latency: Duration::from_millis(150),
+        ..LlmConfig::default()
+    });
+    let p = pipeline_at(
+        "llm-kills",
+        40,
+        CONCURRENCY,
+        &openai(&server, Scenario::Ok, ""),
+    );
+    let question = |r: &util::llm::Request| {
+        r.body
+            .as_ref()
+            .map(|b| b["messages"].to_string())
+            .expect("a JSON body")
+    };
+    let cached = || -> usize {
+        let conn = rusqlite::Connection::open(p.dir.join(".stagewise/llm-kills.db"))
+            .expect("open the store");
+        conn.query_row("SELECT count(*) FROM responses", [], |r| r.get(0))
+            .expect("count the cached answers")
+    };
+
+    let mut seen = 0;
+    let mut cached_before = 0;
+    // Questions asked and not cached by the kill that ended their process, over all kills.
+    let mut open_at_kills = 0;
+    for round in 0..7 {
+        let running = p.cmd("run").env("OPENAI_API_KEY", KEY).spawn();
+        let wanted = seen + 3 + round % 3;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while server.calls() < wanted && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(37 * (round as u64 % 4)));
+        running.signal(libc::SIGKILL);
+        let killed = running.wait();
+        assert_eq!(
+            killed.code, None,
+            "round {round}: ended before the kill\n{killed}"
+        );
+
+        let requests = server.requests();
+        let asked: std::collections::HashSet<String> =
+            requests[seen..].iter().map(&question).collect();
+        let cached_now = cached();
+        // Every answer cached in this process is for a question it asked; the rest of its
+        // questions were in flight at the kill.
+        let open = asked.len() - (cached_now - cached_before);
+        assert!(
+            open <= CONCURRENCY,
+            "round {round}: {open} questions asked and not cached at the kill (concurrency {CONCURRENCY})"
+        );
+        open_at_kills += open;
+        cached_before = cached_now;
+        seen = requests.len();
+    }
+
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(p.status().count("done"), 40);
+    assert_eq!(cached(), 40);
+    let requests = server.requests();
+    let questions: std::collections::HashSet<String> = requests.iter().map(&question).collect();
+    assert_eq!(questions.len(), 40);
+    let asked_again = requests.len() - questions.len();
+    assert!(
+        asked_again <= open_at_kills,
+        "{asked_again} questions asked again; only {open_at_kills} were in flight at the kills"
+    );
+}
