@@ -107,3 +107,85 @@ fn a_blocking_pool_uses_its_concurrency_not_one_thread_per_item() {
     );
     assert_eq!(p.sink("out.jsonl").unique_keys(), keys(30));
 }
+
+/// A blocking call that answers after its deadline but before its item is settled is taken:
+/// within the grace after the timeout, or while the item waits for its next attempt. An answer
+/// after the item failed (no attempt left) is not.
+#[test]
+fn a_late_answer_before_the_item_is_settled_is_taken() {
+    let pipeline = |hang_for: &str, retry: &str| {
+        Pipeline::new(&format!(
+            r#"
+            [pipeline]
+            name = "late"
+
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 2
+
+            [[stage]]
+            name = "slow"
+            kind = "fault"
+            hang_rate = 1.0
+            hang_for = "{hang_for}"
+            blocking = true
+            concurrency = 4
+            timeout = "300ms"
+            retry = {retry}
+
+            [[stage]]
+            name = "out"
+            kind = "jsonl"
+            path = "out.jsonl"
+            "#
+        ))
+    };
+    let stage_figures = |summary: &serde_json::Value| {
+        summary["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "slow"))
+            .cloned()
+            .expect("stage `slow` in the summary")
+    };
+
+    // Returns 100 ms after the timeout (inside the 250 ms grace); then 700 ms after it, while
+    // the item backs off for 5 s. Each time: done, after one attempt, no retry made.
+    for hang_for in ["400ms", "1s"] {
+        let p = pipeline(
+            hang_for,
+            r#"{ attempts = 3, initial = "5s", max = "5s", jitter = false }"#,
+        );
+        let started = std::time::Instant::now();
+        let out = p.run();
+        out.assert_code(0);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{hang_for}: the late answer was not taken during the backoff\n{out}"
+        );
+        assert_eq!(
+            out.stderr.matches("the answer is taken").count(),
+            2,
+            "{hang_for}\n{out}"
+        );
+        assert_eq!(p.status().count("done"), 2);
+        assert_eq!(p.sink("out.jsonl").unique_keys().len(), 2);
+        let summary: serde_json::Value =
+            serde_json::from_slice(&p.dir.read(".stagewise/late.summary.json"))
+                .expect("the summary is JSON");
+        let slow = stage_figures(&summary);
+        assert_eq!(
+            (slow["timeouts"].as_u64(), slow["retries"].as_u64()),
+            (Some(2), Some(0)),
+            "{slow}"
+        );
+    }
+
+    // No attempt left: the item failed when its only attempt was abandoned; the answer after
+    // that is not taken.
+    let p = pipeline("1s", "{ attempts = 1 }");
+    let out = p.run();
+    out.assert_code(1);
+    assert!(!out.stderr.contains("the answer is taken"), "{out}");
+    assert_eq!(p.status().count("failed"), 2);
+}

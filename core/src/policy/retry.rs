@@ -80,6 +80,15 @@ pub(crate) enum Attempt<T> {
     Done(T),
     /// The attempt failed (a timeout or a panic already turned into a [`StageError`]).
     Failed(StageError),
+    /// The attempt timed out, and its call goes on (an abandoned blocking call): if it returns
+    /// an answer before the item is settled — while the item waits for its next attempt —
+    /// that answer is taken. Otherwise it counts as [`Attempt::Failed`] with `error`.
+    TimedOut {
+        /// The attempt's error.
+        error: StageError,
+        /// Receives the call's answer if it succeeds; dropped (closed) if it fails.
+        late: tokio::sync::oneshot::Receiver<T>,
+    },
     /// The run cancelled the attempt; it counts for nothing.
     Interrupted,
 }
@@ -104,6 +113,9 @@ pub(crate) trait RetryEvents {
     fn retrying(&self, attempt: u32, error: &StageError, delay: Duration);
     /// The item started (`true`) or stopped (`false`) waiting between attempts.
     fn backing_off(&self, waiting: bool);
+    /// Attempt `attempt` had timed out, and its call answered while the item waited for the
+    /// next one: that answer is the result.
+    fn late_answer(&self, attempt: u32);
 }
 
 /// Run `attempt(1)`, `attempt(2)`, … under `retry` until one answers, one fails for good, or
@@ -122,10 +134,11 @@ where
     let mut n = 0;
     loop {
         n += 1;
-        let error = match attempt(n).await {
+        let (error, late) = match attempt(n).await {
             Attempt::Done(value) => return Ok(value),
             Attempt::Interrupted => return Err(Ended::Interrupted),
-            Attempt::Failed(error) => error,
+            Attempt::Failed(error) => (error, None),
+            Attempt::TimedOut { error, late } => (error, Some(late)),
         };
         if error.class != ErrorClass::Transient || n >= retry.attempts {
             return Err(Ended::Failed { error, attempts: n });
@@ -133,14 +146,17 @@ where
         let delay = retry.delay(n, error.retry_after, &mut rand::rng());
         events.retrying(n, &error, delay);
         events.backing_off(true);
-        let interrupted = tokio::select! {
+        let mut late = late;
+        let waited = tokio::select! {
             biased;
-            () = stop.cancelled() => true,
-            () = tokio::time::sleep(delay) => false,
+            () = stop.cancelled() => Err(Ended::Interrupted),
+            Some(Ok(value)) = async { Some(late.as_mut()?.await) } => Ok(Some(value)),
+            () = tokio::time::sleep(delay) => Ok(None),
         };
         events.backing_off(false);
-        if interrupted {
-            return Err(Ended::Interrupted);
+        if let Some(value) = waited? {
+            events.late_answer(n);
+            return Ok(value);
         }
     }
 }
@@ -221,6 +237,7 @@ pub(crate) mod tests {
         fn backing_off(&self, waiting: bool) {
             self.waiting.lock().expect("lock").push(waiting);
         }
+        fn late_answer(&self, _attempt: u32) {}
     }
 
     /// Runs the layer over `answers` (one per attempt, the last repeated), returning the result
@@ -244,6 +261,7 @@ pub(crate) mod tests {
                     Attempt::Done(v) => Attempt::Done(*v),
                     Attempt::Failed(e) => Attempt::Failed(e.clone()),
                     Attempt::Interrupted => Attempt::Interrupted,
+                    Attempt::TimedOut { .. } => unreachable!("a late answer is given once"),
                 }
             };
             std::future::ready(next)
@@ -255,6 +273,67 @@ pub(crate) mod tests {
 
     fn transient() -> Attempt<&'static str> {
         Attempt::Failed(StageError::transient("busy"))
+    }
+
+    /// A timed-out attempt whose call answers while the item backs off: the answer is the
+    /// result and no other attempt starts; one whose call fails, or answers only after the
+    /// next attempt began, changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_during_the_backoff_is_taken() {
+        for (answers_after, fails, want_attempts, want) in [
+            (Some(60), false, 1, "late"),
+            (Some(150), false, 2, "second"),
+            (None, true, 2, "second"),
+        ] {
+            let started = Mutex::new(0);
+            let result = retrying(
+                &retry(false),
+                &CancellationToken::new(),
+                &Seen::default(),
+                |n| {
+                    *started.lock().expect("lock") += 1;
+                    let answer = if n == 1 {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        tokio::spawn(async move {
+                            if let Some(ms) = answers_after {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                let _ = tx.send("late");
+                            } else if fails {
+                                drop(tx);
+                            }
+                        });
+                        Attempt::TimedOut {
+                            error: StageError::transient("timed out"),
+                            late: rx,
+                        }
+                    } else {
+                        Attempt::Done("second")
+                    };
+                    std::future::ready(answer)
+                },
+            )
+            .await;
+            assert_eq!(result.ok(), Some(want), "{answers_after:?}");
+            assert_eq!(*started.lock().expect("lock"), want_attempts);
+        }
+        // The last attempt's late answer is not waited for: the item fails at once.
+        let result: Result<&str, Ended> = retrying(
+            &Retry {
+                attempts: 1,
+                ..retry(false)
+            },
+            &CancellationToken::new(),
+            &Seen::default(),
+            |_| {
+                let (_tx, rx) = tokio::sync::oneshot::channel();
+                std::future::ready(Attempt::TimedOut {
+                    error: StageError::transient("timed out"),
+                    late: rx,
+                })
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(Ended::Failed { attempts: 1, .. })));
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,6 +31,14 @@ pub(crate) enum CallError {
     Stage(StageError),
     /// The attempt timed out.
     Timeout(TimedOut),
+    /// The attempt timed out and its blocking call was abandoned; `late` receives the call's
+    /// outcome if it ever returns one (it closes if the call fails or panics).
+    Abandoned {
+        /// When the attempt timed out.
+        timed_out: TimedOut,
+        /// The call's outcome, should it return one.
+        late: tokio::sync::oneshot::Receiver<Outcome>,
+    },
     /// The stage panicked; the message.
     Panic(String),
     /// The run cancelled in-flight work.
@@ -121,12 +129,25 @@ async fn blocking(
         },
     };
     cx.cancel_flag().cancel();
-    if tokio::time::timeout(ABANDON_GRACE, &mut handle)
-        .await
-        .is_ok()
-    {
-        // It honoured the flag; whatever it answered, the attempt already ended.
-        return Err(unfinished);
+    if let Ok(joined) = tokio::time::timeout(ABANDON_GRACE, &mut handle).await {
+        // It returned within the grace. An answer is taken (a sink's write that landed is not
+        // redone or called failed); an error only confirms that the attempt ended.
+        return match finish(joined) {
+            Ok(outcome) => {
+                if matches!(unfinished, CallError::Timeout(_)) {
+                    // Counted as the attempt it was: one past its deadline.
+                    stage.stats.timeouts.incr();
+                }
+                tracing::info!(
+                    stage = %stage.name,
+                    key = %cx.key(),
+                    "{}",
+                    crate::telemetry::events::LATE_ANSWER
+                );
+                Ok(outcome)
+            }
+            Err(_) => Err(unfinished),
+        };
     }
     if matches!(unfinished, CallError::Cancelled) {
         // Shutting down: the call had not reached its timeout, so it is not stuck, just cut off.
@@ -149,11 +170,16 @@ async fn blocking(
     );
     let watched = shared.clone();
     let index = stage.index;
+    let (answer, late) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let _ = handle.await;
+        let joined = handle.await;
         let stage = &watched.stages[index];
         stage.stats.returned(id);
         tracing::info!(stage = %stage.name, "abandoned blocking call returned; its thread is free");
+        if let Ok(outcome) = finish(joined) {
+            // Taken only if the item still waits for its next attempt.
+            let _ = answer.send(outcome);
+        }
     });
     if stage.stats.abandoned_now() >= stage.policy.max_abandoned {
         shared.control.abort(AbortReason::Wedged {
@@ -161,7 +187,10 @@ async fn blocking(
             stuck: stage.stats.stuck(),
         });
     }
-    Err(unfinished)
+    Err(match unfinished {
+        CallError::Timeout(timed_out) => CallError::Abandoned { timed_out, late },
+        other => other,
+    })
 }
 
 /// A blocking call that gave up with a transient error at its deadline (seeing

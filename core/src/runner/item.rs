@@ -238,6 +238,18 @@ impl RetryEvents for RetryLog<'_> {
             self.stage.stats.backing_off.decr();
         }
     }
+
+    fn late_answer(&self, attempt: u32) {
+        // The retry counted when the wait began did not happen.
+        self.stage.stats.retries.decr();
+        tracing::info!(
+            stage = %self.stage.name,
+            key = %self.key,
+            attempt,
+            "{}",
+            crate::telemetry::events::LATE_ANSWER
+        );
+    }
 }
 
 /// An item's attempts at one stage, through the policy layers in their documented order:
@@ -274,6 +286,13 @@ async fn attempts(
             Err(CallError::Timeout(timed_out)) => {
                 stage.stats.timeouts.incr();
                 StageError::from(timed_out)
+            }
+            Err(CallError::Abandoned { timed_out, late }) => {
+                stage.stats.timeouts.incr();
+                return Attempt::TimedOut {
+                    error: StageError::from(timed_out),
+                    late,
+                };
             }
             Err(CallError::Panic(message)) => {
                 stage.stats.panics.incr();

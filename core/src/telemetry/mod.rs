@@ -23,6 +23,10 @@ pub mod events {
     /// The first event of a run after a process that ended without a summary: what it was
     /// doing (from the flight recorder).
     pub const PREVIOUS_PROCESS: &str = "the previous process ended without a summary";
+    /// A blocking call answered after its attempt's deadline, before its item was retried,
+    /// failed or interrupted: the answer is the result.
+    pub const LATE_ANSWER: &str =
+        "a blocking call answered after its deadline, before its item was settled; the answer is taken";
 }
 
 /// Log line format.

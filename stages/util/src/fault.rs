@@ -25,9 +25,6 @@ use stagewise_core::stage::{
     StageKind,
 };
 
-/// How long a blocking hang lasts: far beyond any sensible timeout.
-const BLOCKING_HANG: Duration = Duration::from_secs(3600);
-
 /// How far above 1 the rates may add up before it counts as a mistake: `0.1 + 0.2 + 0.7` is
 /// `1.0000000000000002` in floating point.
 const SUM_TOLERANCE: f64 = 1e-9;
@@ -46,7 +43,7 @@ pub struct FaultConfig {
     #[serde(default)]
     pub permanent_rate: f64,
     /// Share of calls that never return; in blocking mode the call ignores cancellation and holds
-    /// its thread for an hour.
+    /// its thread for `hang_for`, then succeeds (a slow call that ignored its deadline).
     #[schemars(extend("x-default" = "`0`"))]
     #[serde(default)]
     pub hang_rate: f64,
@@ -71,11 +68,17 @@ pub struct FaultConfig {
     /// How long a frozen call blocks its thread.
     #[schemars(extend("x-default" = "`\"1h\"`"))]
     #[schemars(with = "stagewise_core::stage::DurationText")]
-    #[serde(default = "default_freeze_for", with = "humantime_serde")]
+    #[serde(default = "an_hour", with = "humantime_serde")]
     pub freeze_for: Duration,
+    /// How long a blocking hang (`hang_rate` with `blocking = true`) holds its thread before it
+    /// returns the record unchanged.
+    #[schemars(extend("x-default" = "`\"1h\"`"))]
+    #[schemars(with = "stagewise_core::stage::DurationText")]
+    #[serde(default = "an_hour", with = "humantime_serde")]
+    pub hang_for: Duration,
 }
 
-fn default_freeze_for() -> Duration {
+fn an_hour() -> Duration {
     Duration::from_secs(3600)
 }
 
@@ -179,6 +182,7 @@ struct Fault {
     error_below: f64,
     freeze_below: f64,
     freeze_for: Duration,
+    hang_for: Duration,
     seed: u64,
 }
 
@@ -194,6 +198,7 @@ impl Fault {
             error_below,
             freeze_below: error_below + config.freeze_rate,
             freeze_for: config.freeze_for,
+            hang_for: config.hang_for,
             seed: config.seed,
         }
     }
@@ -277,7 +282,7 @@ impl BlockingStage for Fault {
                 // Deliberately deaf to the deadline and the cancel flag: this is the stuck
                 // call that the runner must abandon. Should it ever wake, the call just was
                 // very slow.
-                std::thread::sleep(BLOCKING_HANG);
+                std::thread::sleep(self.hang_for);
                 Ok(Outcome::Continue(record))
             }
             injected => match injected_error(injected) {
