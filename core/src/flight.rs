@@ -190,10 +190,11 @@ pub enum FlightError {
 }
 
 /// The writer of a recorder file. All methods take `&self` and may be called from any thread.
-/// None of them takes a lock: every slot is written by one thread at a time (an attempt slot by
-/// the attempt that took it from the table's bitmap, an event slot by the event that drew its
-/// sequence number), and every access to the map is an atomic load or store of an aligned
-/// 8-byte word, so a reader in this process (`snapshot`) and the writers never race.
+/// Every slot is written by one thread at a time — an attempt slot by the attempt that took it
+/// from the table's bitmap, without a lock (this is on every attempt's path); event and text
+/// slots under one small lock (a log line costs far more than the lock) — and every access to
+/// the map is an atomic load or store of an aligned 8-byte word, so a reader in this process
+/// (`snapshot`) and the writers never race.
 pub struct Recorder {
     path: PathBuf,
     /// The temporary name the file was made under, until [`Recorder::place`] renames it.
@@ -204,8 +205,9 @@ pub struct Recorder {
     words: NonNull<AtomicU64>,
     /// One bit per attempt slot: set while the slot is taken.
     taken: [AtomicU64; IN_FLIGHT / 64],
-    /// The sequence number of the last event written (0: none yet).
-    seq: AtomicU64,
+    /// The sequence number of the last event written (0: none yet); held while an event or
+    /// header text slot is written, so that two writers never write one slot at once.
+    seq: Mutex<u64>,
 }
 
 /// The map's size in 8-byte words.
@@ -329,7 +331,7 @@ impl Recorder {
             _map: map,
             words,
             taken: std::array::from_fn(|_| AtomicU64::new(0)),
-            seq: AtomicU64::new(0),
+            seq: Mutex::new(0),
         }
     }
 
@@ -391,13 +393,16 @@ impl Recorder {
         let mut slot = [0u8; EVENT_SLOT];
         let len = clean_line(line, &mut slot[16..16 + EVENT_TEXT]);
         let now = now_ms();
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.lock_slots();
+        *last += 1;
+        let seq = *last;
         put_u64(&mut slot, 0, seq);
         put_u32(&mut slot, 8, len as u32);
         let sum = event_sum(seq, len as u32, &slot[16..16 + len]);
         put_u32(&mut slot, 12, sum);
         let at = RING_AT + ((seq - 1) % EVENTS as u64) as usize * EVENT_SLOT;
         self.commit(at, &slot[..16 + len]);
+        drop(last);
         self.word(H_NEXT_SEQ).fetch_max(seq + 1, Ordering::Relaxed);
         self.word(H_LAST_EVENT).fetch_max(now, Ordering::Relaxed);
         self.seen(now);
@@ -473,6 +478,7 @@ impl Recorder {
         let mut slot = [0u8; H_ENDING.1 + 8];
         write_text(&mut slot, (0, H_ENDING.1), why);
         let len = get_u32(&slot, 0) as usize;
+        let _one_writer = self.lock_slots();
         self.commit(H_ENDING.0, &slot[..8 + len]);
         self.seen(now_ms());
     }
@@ -490,6 +496,12 @@ impl Recorder {
             chunk.copy_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
         }
         decode(&bytes)
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, u64> {
+        // Nothing a panicking writer leaves half done is worse than a torn slot, which readers
+        // skip.
+        self.seq.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn words(&self) -> &[AtomicU64] {
@@ -1018,6 +1030,18 @@ mod tests {
         Recorder::read(path).expect("read").expect("a record")
     }
 
+    /// Where the attempt slots in use start in a file image, in the order they began (each
+    /// thread takes slots from a word of the bitmap of its own: not always slot 0).
+    fn attempt_slots(bytes: &[u8]) -> Vec<usize> {
+        let mut used: Vec<(u64, usize)> = (0..IN_FLIGHT)
+            .map(|i| TABLE_AT + i * ATTEMPT_SLOT)
+            .map(|at| (get_u64(bytes, at), at))
+            .filter(|&(tag, _)| tag != 0)
+            .collect();
+        used.sort_unstable();
+        used.into_iter().map(|(_, at)| at).collect()
+    }
+
     fn ms_of(rfc: &str) -> u64 {
         let t = humantime::parse_rfc3339(rfc).expect("an RFC 3339 time");
         t.duration_since(UNIX_EPOCH)
@@ -1207,7 +1231,8 @@ mod tests {
         // One byte of text changed in event 2 and in attempt 1; event 3 cut before its commit
         // (seq still 0); a length past the slot in a header text slot.
         bytes[RING_AT + EVENT_SLOT + 16] ^= 0x20;
-        bytes[TABLE_AT + 32] ^= 0x01;
+        let first = attempt_slots(&bytes)[0];
+        bytes[first + 32] ^= 0x01;
         put_u64(&mut bytes, RING_AT + 2 * EVENT_SLOT, 0);
         put_u32(&mut bytes, H_PIPELINE.0, 100_000);
         std::fs::write(&path, &bytes).expect("write");
@@ -1294,7 +1319,8 @@ mod tests {
         }
         put_u32(&mut bytes, H_HAS_RUN, 1);
         put_u32(&mut bytes, RING_AT + 8, u32::MAX); // event length
-        put_u32(&mut bytes, TABLE_AT + 20, u32::MAX); // stage length
+        let slot = attempt_slots(&bytes)[0];
+        put_u32(&mut bytes, slot + 20, u32::MAX); // stage length
         std::fs::write(rec.path(), &bytes).expect("write");
         let r = read(rec.path());
         assert_eq!(r.started_at, "9999-12-31T23:59:59.999Z");
@@ -1409,9 +1435,13 @@ mod tests {
         std::thread::scope(|s| {
             let mut writers = Vec::new();
             for t in 0..3 {
-                let rec = &rec;
+                let (rec, done) = (&rec, &done);
                 writers.push(s.spawn(move || {
-                    for i in 0..3000 {
+                    // Until the reader has taken its snapshots (at most 10 s).
+                    let until = std::time::Instant::now() + Duration::from_secs(10);
+                    let mut i = 0usize;
+                    while !done.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                        i += 1;
                         let key = format!("{t}/{i}/{}", "k".repeat(i % 200));
                         let _slot = rec.begin(&key, &format!("stage{t}"), i as u32);
                         rec.event(format!("thread {t} event {i}").as_bytes());
@@ -1422,7 +1452,7 @@ mod tests {
             let (rec, done) = (&rec, &done);
             let reader = s.spawn(move || {
                 let mut seen = 0;
-                while !done.load(Ordering::Relaxed) {
+                for _ in 0..300 {
                     let r = rec.snapshot();
                     for a in &r.in_flight {
                         // Every entry is one attempt's, whole: its key, stage and attempt agree.
@@ -1440,13 +1470,13 @@ mod tests {
                         assert!(ending.starts_with("ending "), "{ending}");
                     }
                 }
+                done.store(true, Ordering::Relaxed);
                 seen
             });
+            let seen = reader.join().expect("reader");
             for writer in writers {
                 writer.join().expect("writer");
             }
-            done.store(true, Ordering::Relaxed);
-            let seen = reader.join().expect("reader");
             assert!(seen > 0, "the reader saw attempts in flight");
         });
         let r = rec.snapshot();
