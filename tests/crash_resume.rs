@@ -203,3 +203,104 @@ fn a_store_written_by_schema_version_1_is_upgraded_and_resumed() {
     // A SQLite store's flight record is the file beside it, not a copy in the store.
     assert_eq!(processes, 0);
 }
+
+/// An item whose every attempt wedges its stage (the run exits 3 each time) no longer loops:
+/// the attempts it used stay with it, and within `retry.attempts` + 1 runs a run fails it,
+/// naming the cause, and finishes.
+#[test]
+fn an_item_that_wedges_its_stage_every_time_ends_failed() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "wedging"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "stuck"
+        kind = "fault"
+        hang_rate = 1.0
+        blocking = true
+        concurrency = 2
+        timeout = "300ms"
+        retry = { attempts = 3, initial = "10ms" }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let out = p.run();
+        codes.push(out.code);
+        if out.code == Some(1) {
+            break;
+        }
+        assert_eq!(out.code, Some(3), "{out}");
+    }
+    assert_eq!(codes.last(), Some(&Some(1)), "runs ended with {codes:?}");
+    let status = p.status();
+    status.assert_failed(&["0"], "stuck", 3, "timed out after 300ms");
+}
+
+/// `kill -9` during an item's attempts, again and again (its stage always runs past the
+/// kill): each death counts as an attempt used, and after `retry.attempts` of them the next
+/// run fails the item, saying the process died, and finishes.
+#[test]
+fn an_item_its_process_dies_in_every_time_ends_failed() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "dying"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "30s"
+        timeout = "60s"
+        retry = { attempts = 3 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    for kill in 1..=3 {
+        let mut running = p.cmd("run").spawn();
+        assert!(
+            running.wait_for_stderr("run started", Duration::from_secs(20)),
+            "{}",
+            running.stderr_so_far()
+        );
+        thread::sleep(Duration::from_millis(400));
+        running.signal(libc::SIGKILL);
+        let killed = running.wait();
+        assert_eq!(killed.code, None, "kill {kill}: it ended first\n{killed}");
+        if kill > 1 {
+            assert!(
+                killed.stderr.contains("count against their items"),
+                "kill {kill}\n{killed}"
+            );
+        }
+    }
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    status.assert_failed(
+        &["0"],
+        "nap",
+        3,
+        "the process ended during attempt 3 in stage `nap`",
+    );
+}

@@ -424,3 +424,43 @@ fn plugin_inspect_shows_name_version_abi_kinds_and_schemas() {
     out.assert_code(2);
     out.assert_stderr_contains("plugin ABI version 999");
 }
+
+/// A plugin that aborts the whole process on one record (no unwinding, no summary): each death
+/// counts against that item's attempts, so within `retry.attempts` + 1 runs a run fails it and
+/// finishes, every other item done.
+#[test]
+fn a_plugin_that_aborts_the_process_on_one_item_cannot_loop_the_job() {
+    let p = plugin_pipeline(
+        r#"
+        {"id": 1}
+        {"id": 2}
+        {"id": 3, "die": true}
+        {"id": 4}
+        {"id": 5}
+        "#,
+        &format!(
+            "{}\nplugin_kind = \"misbehave\"\nabort_field = \"die\"\nconcurrency = 1",
+            path_key(&library(MISBEHAVE))
+        ),
+    );
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let out = p.run();
+        codes.push(out.code);
+        if out.code == Some(1) {
+            break;
+        }
+        assert_eq!(out.code, None, "killed by SIGABRT, or finished\n{out}");
+    }
+    assert_eq!(codes.last(), Some(&Some(1)), "runs ended with {codes:?}");
+    let status = p.status();
+    status.assert_failed(
+        &["3"],
+        "plug",
+        3,
+        "the process ended during attempt 3 in stage `plug`",
+    );
+    assert_eq!(status.count("done"), 4);
+    let written: Vec<String> = p.sink("out.jsonl").unique_keys().into_iter().collect();
+    assert_eq!(written, ["1", "2", "4", "5"]);
+}

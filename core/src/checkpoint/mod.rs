@@ -229,6 +229,11 @@ pub struct StoredItem {
     pub stage: Option<String>,
     /// The record's fields as JSON, as the last finished stage left them.
     pub record: String,
+    /// Attempts already used at `stage`: failed or timed out in an earlier process, or cut
+    /// short by its death (not those an orderly stop interrupted).
+    pub attempts: u32,
+    /// The last of those attempts' error.
+    pub error: Option<String>,
 }
 
 /// A failed item, for `status`.
@@ -287,6 +292,13 @@ pub(crate) enum Change {
     Done,
     /// A stage skipped the item.
     Skipped { stage: String, reason: String },
+    /// An attempt at `stage` failed with `error` (the item may try again): `attempts` are
+    /// used, and stay with the item across processes.
+    Attempted {
+        stage: String,
+        attempts: u32,
+        error: String,
+    },
     /// The item failed at `stage`.
     Failed {
         stage: String,
@@ -359,6 +371,15 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError>;
     /// Put a run's failed items back to pending with their attempts reset; returns how many.
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
+    /// A process died (or was ended by the watchdog) during these attempts `(key, stage,
+    /// attempt)` of `run`: each counts as used, durably, before anything else runs. Idempotent:
+    /// an item's attempts only ever rise to the attempt's number. Returns how many items
+    /// changed.
+    fn count_died_attempts(
+        &self,
+        run: i64,
+        died: &[(String, String, u32)],
+    ) -> Result<u64, StoreError>;
     /// A writer of item updates for `run` (one at a time).
     fn update_writer(&self, run: i64) -> Result<Box<dyn UpdateWriter>, StoreError>;
     /// The store's response cache, on a connection of its own.

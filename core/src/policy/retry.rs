@@ -118,20 +118,22 @@ pub(crate) trait RetryEvents {
     fn late_answer(&self, attempt: u32);
 }
 
-/// Run `attempt(1)`, `attempt(2)`, … under `retry` until one answers, one fails for good, or
-/// `stop` is cancelled (during an attempt, the attempt itself returns
-/// [`Attempt::Interrupted`]; between attempts, the wait ends at once).
+/// Run `attempt(used + 1)`, `attempt(used + 2)`, … under `retry` until one answers, one fails
+/// for good, or `stop` is cancelled (during an attempt, the attempt itself returns
+/// [`Attempt::Interrupted`]; between attempts, the wait ends at once). `used` is the attempts
+/// an item already used in earlier processes (the caller fails an item that used them all).
 pub(crate) async fn retrying<T, F, Fut>(
     retry: &Retry,
     stop: &CancellationToken,
     events: &impl RetryEvents,
+    used: u32,
     mut attempt: F,
 ) -> Result<T, Ended>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Attempt<T>>,
 {
-    let mut n = 0;
+    let mut n = used;
     loop {
         n += 1;
         let (error, late) = match attempt(n).await {
@@ -251,7 +253,7 @@ pub(crate) mod tests {
         let began = Instant::now();
         let starts = Mutex::new(Vec::new());
         let answers = Mutex::new(answers);
-        let result = retrying(retry, stop, seen, |_| {
+        let result = retrying(retry, stop, seen, 0, |_| {
             starts.lock().expect("lock").push(began.elapsed());
             let mut answers = answers.lock().expect("lock");
             let next = if answers.len() > 1 {
@@ -275,6 +277,26 @@ pub(crate) mod tests {
         Attempt::Failed(StageError::transient("busy"))
     }
 
+    /// Attempts an item used in earlier processes count: numbering goes on from them, and the
+    /// item fails when the total reaches `attempts`.
+    #[tokio::test(start_paused = true)]
+    async fn attempts_used_before_count() {
+        let numbers = Mutex::new(Vec::new());
+        let result: Result<&str, Ended> = retrying(
+            &retry(false),
+            &CancellationToken::new(),
+            &Seen::default(),
+            3,
+            |n| {
+                numbers.lock().expect("lock").push(n);
+                std::future::ready(transient())
+            },
+        )
+        .await;
+        assert_eq!(*numbers.lock().expect("lock"), [4, 5]);
+        assert!(matches!(result, Err(Ended::Failed { attempts: 5, .. })));
+    }
+
     /// A timed-out attempt whose call answers while the item backs off: the answer is the
     /// result and no other attempt starts; one whose call fails, or answers only after the
     /// next attempt began, changes nothing.
@@ -290,6 +312,7 @@ pub(crate) mod tests {
                 &retry(false),
                 &CancellationToken::new(),
                 &Seen::default(),
+                0,
                 |n| {
                     *started.lock().expect("lock") += 1;
                     let answer = if n == 1 {
@@ -324,6 +347,7 @@ pub(crate) mod tests {
             },
             &CancellationToken::new(),
             &Seen::default(),
+            0,
             |_| {
                 let (_tx, rx) = tokio::sync::oneshot::channel();
                 std::future::ready(Attempt::TimedOut {

@@ -19,11 +19,12 @@ use crate::text;
 const NAMED: usize = 20;
 
 /// Read what the previous process left, start this process's recorder, and say first what the
-/// previous process was doing if it ended without a summary.
+/// previous process was doing if it ended without a summary. Returns the recorder, and that
+/// previous process's record.
 pub(crate) fn open(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
-) -> std::io::Result<Arc<Recorder>> {
+) -> std::io::Result<(Arc<Recorder>, Option<ProcessRecord>)> {
     let previous = last_record(pipeline, store).filter(|r| !r.ended);
     let path = super::flight_path(pipeline);
     // The new file is prepared beside the old one and takes its place only once it holds the
@@ -68,7 +69,38 @@ pub(crate) fn open(
     if copied(pipeline) {
         save(store, &pipeline.name, &recorder);
     }
-    Ok(recorder)
+    Ok((recorder, previous))
+}
+
+/// The attempts a process that died had in flight count against their items, in the store,
+/// before anything runs: an item that kills the process every time it is tried ends failed
+/// after `retry.attempts` deaths instead of looping forever. A store that refuses is logged;
+/// the run goes on (those attempts are then not counted).
+pub(crate) fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
+    let Some(run) = previous.run else {
+        return;
+    };
+    let died: Vec<(String, String, u32)> = previous
+        .in_flight
+        .iter()
+        .map(|a| (a.key.clone(), a.stage.clone(), a.attempt))
+        .collect();
+    if died.is_empty() {
+        return;
+    }
+    match store.count_died_attempts(run, &died) {
+        Ok(counted) => tracing::info!(
+            run,
+            counted,
+            not_recorded = previous.in_flight_more,
+            "the attempts the previous process ended in count against their items' retry.attempts"
+        ),
+        Err(e) => tracing::warn!(
+            run,
+            error = %e,
+            "cannot count the attempts the previous process ended in; its items will try them again"
+        ),
+    }
 }
 
 /// The run ended with a summary or a logged reason: mark the record so, in the file at once and

@@ -20,6 +20,10 @@ pub(crate) struct WorkItem {
     pub key: Arc<str>,
     pub record: Record,
     pub stage: usize,
+    /// Attempts already used at `stage` by earlier processes (failed, timed out, or ended by
+    /// the process's death), and the last one's error.
+    pub used: u32,
+    pub last_error: Option<String>,
 }
 
 /// Process one item through its remaining stages. `_window` is the item's place among the
@@ -30,7 +34,21 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         key,
         record,
         stage: mut index,
+        mut used,
+        last_error,
     } = item;
+    if let Some(stage) = shared.stages.get(index) {
+        let allowed = stage.policy.retry.attempts;
+        if used >= allowed {
+            // Its attempts were used up in earlier processes: it ends here, failed, saying so.
+            let last = last_error.unwrap_or_else(|| "no error was kept".to_owned());
+            let error = StageError::permanent(format!(
+                "all {used} attempts (`retry.attempts` = {allowed}) used across processes; the last: {last}"
+            ));
+            fail(&shared, stage, seq, &key, error, used).await;
+            return;
+        }
+    }
     // Shared with the checkpoint writer, which serializes it only if it must.
     let mut record = Arc::new(record);
     let mut started = false;
@@ -64,7 +82,15 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             }
         }
         started = true;
-        let result = attempts(&shared, stage, &key, &record).await;
+        let result = attempts(
+            &shared,
+            stage,
+            &key,
+            &record,
+            seq,
+            std::mem::take(&mut used),
+        )
+        .await;
         drop(slot);
         match result {
             Ok(Outcome::Continue(next)) => {
@@ -259,10 +285,13 @@ async fn attempts(
     stage: &StageRt,
     key: &Arc<str>,
     record: &Record,
+    seq: i64,
+    used: u32,
 ) -> Result<Outcome, Ended> {
     let stop = &shared.control.hard;
     let events = RetryLog { stage, key };
-    retrying(&stage.policy.retry, stop, &events, |attempt| async move {
+    let retry = &stage.policy.retry;
+    retrying(retry, stop, &events, used, |attempt| async move {
         let Some(place) = stage.adaptive.enter(stop).await else {
             return Attempt::Interrupted;
         };
@@ -289,10 +318,9 @@ async fn attempts(
             }
             Err(CallError::Abandoned { timed_out, late }) => {
                 stage.stats.timeouts.incr();
-                return Attempt::TimedOut {
-                    error: StageError::from(timed_out),
-                    late,
-                };
+                let error = StageError::from(timed_out);
+                used_up(shared, stage, seq, attempt, &error).await;
+                return Attempt::TimedOut { error, late };
             }
             Err(CallError::Panic(message)) => {
                 stage.stats.panics.incr();
@@ -303,7 +331,22 @@ async fn attempts(
         if error.class == ErrorClass::Transient && error.retry_after.is_some() {
             slow_down(stage, key, &error);
         }
+        used_up(shared, stage, seq, attempt, &error).await;
         Attempt::Failed(error)
     })
     .await
+}
+
+/// A failed attempt that the item will follow with another: the attempts used stay with it,
+/// in the store, should this process stop or die before the next one. (A failure that ends the
+/// item records its attempts with it.)
+async fn used_up(shared: &Shared, stage: &StageRt, seq: i64, attempt: u32, error: &StageError) {
+    if error.class == ErrorClass::Transient && attempt < stage.policy.retry.attempts {
+        let change = Change::Attempted {
+            stage: stage.name.to_string(),
+            attempts: attempt,
+            error: error.message.clone(),
+        };
+        checkpoint(shared, seq, change).await;
+    }
 }

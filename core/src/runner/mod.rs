@@ -242,7 +242,10 @@ pub fn run(
     // flight recorder's file is this process's to read and to overwrite.
     let (store, _lock) =
         crate::checkpoint::open_for_run(&pipeline.checkpoint.store, &pipeline.name)?;
-    let recorder = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
+    let (recorder, previous) = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
+    if let Some(previous) = &previous {
+        blackbox::count_died_attempts(&*store, previous);
+    }
     let result = run_recorded(pipeline, registry, options, store.clone(), &recorder);
     // Ended with a summary, or with a logged reason why nothing ran.
     blackbox::ended(pipeline, &store, &recorder);
@@ -575,6 +578,8 @@ async fn feed(
                         key: key.clone(),
                         record: Record::with_fields(stored.key, fields),
                         stage,
+                        used: stored.attempts,
+                        last_error: stored.error,
                     };
                     tracker.spawn(item::run_item(shared.clone(), item, permit));
                 }

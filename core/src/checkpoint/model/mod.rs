@@ -31,8 +31,22 @@ pub(super) use self::updates::{RowUpdate, UpdateRows};
 /// `(id, status, items, started_at)` of a run, as stored.
 pub(super) type RunRow = (i64, String, i64, String);
 
-/// `(seq, key, stage, record)` of an item, as stored.
-pub(super) type ItemRow = (i64, String, Option<String>, Option<String>);
+/// `(seq, key, stage, record, attempts, error)` of an item, as stored.
+pub(super) type ItemRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+);
+
+/// The message kept as an item's last error when its process died during an attempt.
+pub(super) fn died_during(attempt: u32, stage: &str) -> String {
+    format!(
+        "the process ended during attempt {attempt} in stage `{stage}` (killed, out of memory, or ended by the watchdog)"
+    )
+}
 
 /// The longest a process record's save waits for a lock: it comes from a background thread at
 /// every heartbeat, and a late one is worth less than the commits it would hold up.
@@ -70,6 +84,14 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// Put `run`'s failed items back to pending with attempts 0 and no error and, when there
     /// were any, the run to `interrupted`; returns how many.
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
+    /// In one transaction, for each `(key, stage, attempt, error)`: if `run`'s item `key` is
+    /// still unfinished at `stage` with fewer than `attempt` attempts used, set them to
+    /// `attempt` and its last error to `error`. Returns how many items changed.
+    fn raise_attempts(
+        &self,
+        run: i64,
+        raised: &[(String, String, i64, String)],
+    ) -> Result<u64, StoreError>;
     /// A writer of `run`'s item updates, on a connection of its own.
     fn updates(&self, run: i64) -> Result<Self::Updates, StoreError>;
     /// The response cache, on a connection of its own.
@@ -130,12 +152,14 @@ impl<T: Tables> CheckpointStore for T {
         let rows = self.unfinished(run, after_seq, limit)?;
         Ok(rows
             .into_iter()
-            .map(|(seq, key, stage, record)| StoredItem {
+            .map(|(seq, key, stage, record, attempts, error)| StoredItem {
                 seq,
                 key,
                 stage,
                 // A manifest row without a record: a record without fields.
                 record: record.unwrap_or_else(|| "{}".into()),
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                error,
             })
             .collect())
     }
@@ -146,6 +170,25 @@ impl<T: Tables> CheckpointStore for T {
 
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
         status::status(self, run)
+    }
+
+    fn count_died_attempts(
+        &self,
+        run: i64,
+        died: &[(String, String, u32)],
+    ) -> Result<u64, StoreError> {
+        let raised: Vec<(String, String, i64, String)> = died
+            .iter()
+            .map(|(key, stage, attempt)| {
+                (
+                    key.clone(),
+                    stage.clone(),
+                    i64::from(*attempt),
+                    died_during(*attempt, stage),
+                )
+            })
+            .collect();
+        self.raise_attempts(run, &raised)
     }
 
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {

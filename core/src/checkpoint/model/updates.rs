@@ -64,6 +64,15 @@ impl RowUpdate {
                 self.error = Some(Some(reason.clone()));
                 (ItemState::Skipped, Some(stage))
             }
+            Change::Attempted {
+                stage,
+                attempts,
+                error,
+            } => {
+                self.attempts = Some(i64::from(*attempts));
+                self.error = Some(Some(error.clone()));
+                (ItemState::InFlight, Some(stage))
+            }
             Change::Failed {
                 stage,
                 error,

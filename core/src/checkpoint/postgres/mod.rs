@@ -238,7 +238,7 @@ impl Tables for PgStore {
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
         let rows = self.with_conn(|c| {
             c.query(
-                "SELECT seq, key, stage, record FROM stagewise.items
+                "SELECT seq, key, stage, record, attempts, error FROM stagewise.items
                  WHERE run_id = $1 AND seq > $2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT $3",
                 &[&run, &after_seq, &limit],
@@ -246,8 +246,29 @@ impl Tables for PgStore {
         })?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
             .collect())
+    }
+
+    fn raise_attempts(
+        &self,
+        run: i64,
+        raised: &[(String, String, i64, String)],
+    ) -> Result<u64, StoreError> {
+        self.with_conn(|c| {
+            let mut tx = c.transaction()?;
+            let stmt = tx.prepare(
+                "UPDATE stagewise.items SET attempts = $4, error = $5
+                 WHERE run_id = $1 AND key = $2 AND stage = $3 AND attempts < $4
+                   AND state IN ('pending', 'in_flight')",
+            )?;
+            let mut n = 0;
+            for (key, stage, attempts, error) in raised {
+                n += tx.execute(&stmt, &[&run, key, stage, attempts, error])?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
     }
 
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {

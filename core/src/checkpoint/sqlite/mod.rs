@@ -243,17 +243,50 @@ impl Tables for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, key, stage, record FROM items
+                "SELECT seq, key, stage, record, attempts, error FROM items
                  WHERE run_id = ?1 AND seq > ?2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT ?3",
             )
             .map_err(db)?;
         let rows = stmt
             .query_map(params![run, after_seq, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn raise_attempts(
+        &self,
+        run: i64,
+        raised: &[(String, String, i64, String)],
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let mut n = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE items SET attempts = ?4, error = ?5
+                     WHERE run_id = ?1 AND key = ?2 AND stage = ?3 AND attempts < ?4
+                       AND state IN ('pending', 'in_flight')",
+                )
+                .map_err(db)?;
+            for (key, stage, attempts, error) in raised {
+                n += stmt
+                    .execute(params![run, key, stage, attempts, error])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(n as u64)
     }
 
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {

@@ -79,6 +79,7 @@ scenarios![
     failed_and_skipped_lists_are_in_manifest_order_and_capped,
     latest_run_is_the_newest_committed_run_of_its_pipeline,
     a_take_that_found_nothing_hides_no_run,
+    attempts_used_stay_with_the_item,
     retry_failed_puts_failed_items_back_to_pending,
     pending_pages_through_unfinished_items_in_order,
     response_cache_keeps_answers_across_opens,
@@ -543,6 +544,89 @@ fn a_take_that_found_nothing_hides_no_run(b: &dyn Backend) {
     let next = take(&*store, "p", &["c"]);
     assert_eq!(latest(&*store, "p").id, next.id);
     assert_eq!(store.last_checked("p").expect("last checked"), None);
+}
+
+/// Attempts an item used — failed ones, and those its process died in — stay with it in the
+/// store until it leaves the stage; a death only ever raises them to its attempt's number.
+fn attempts_used_stay_with_the_item(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c"]);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, Change::Started { stage: s("one") }),
+            (
+                1,
+                Change::Attempted {
+                    stage: s("one"),
+                    attempts: 2,
+                    error: s("busy"),
+                },
+            ),
+            (1, Change::Interrupted { stage: s("one") }),
+            (2, Change::Started { stage: s("one") }),
+        ],
+        Some(RunStatus::Interrupted),
+    );
+    let used = |store: &dyn CheckpointStore| -> Vec<(String, u32, Option<String>)> {
+        store
+            .pending(run.id, 0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|i| (i.key, i.attempts, i.error))
+            .collect()
+    };
+    assert_eq!(
+        used(&*store),
+        [
+            (s("a"), 2, Some(s("busy"))),
+            (s("b"), 0, None),
+            (s("c"), 0, None)
+        ]
+    );
+
+    // The process died in `a`'s attempt 1 (already counted), `b`'s attempt 1, and `c`'s
+    // attempt 4 at a stage it is not at.
+    let died = [
+        (s("a"), s("one"), 1),
+        (s("b"), s("one"), 1),
+        (s("c"), s("two"), 4),
+    ];
+    assert_eq!(store.count_died_attempts(run.id, &died).expect("count"), 1);
+    assert_eq!(
+        store
+            .count_died_attempts(run.id, &died)
+            .expect("count again"),
+        0,
+        "counting the same deaths again changes nothing"
+    );
+    let after = used(&*store);
+    assert_eq!(after[0], (s("a"), 2, Some(s("busy"))));
+    assert_eq!((after[1].0.as_str(), after[1].1), ("b", 1));
+    assert!(
+        after[1]
+            .2
+            .as_deref()
+            .is_some_and(|e| e.contains("the process ended during attempt 1 in stage `one`")),
+        "{after:?}"
+    );
+    assert_eq!(after[2], (s("c"), 0, None));
+
+    // Leaving the stage starts the next one's count afresh.
+    apply(
+        &*store,
+        run.id,
+        vec![(
+            1,
+            Change::Advanced {
+                stage: s("two"),
+                record: std::sync::Arc::new(crate::stage::Record::new("a")),
+            },
+        )],
+        None,
+    );
+    assert_eq!(used(&*store)[0], (s("a"), 0, None));
 }
 
 /// `retry-failed`: failed items go back to pending at their stage and the run becomes
