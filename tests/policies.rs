@@ -523,3 +523,65 @@ path = "out.jsonl"
     assert_eq!(after.count("done"), 20, "{:?}", after.counts);
     assert_eq!(after.raw["run"]["id"], first.raw["run"]["id"]);
 }
+
+/// A batch of keys that all failed or were skipped before, none getting further, is no
+/// success: the second such run exits 1 saying why; a batch with a new key is judged as usual.
+#[test]
+fn a_run_that_makes_no_progress_exits_1_saying_why() {
+    for (middle, first_code) in [
+        // Pages without markup: skipped, "no article text".
+        ("name = \"extract\"\nkind = \"extract\"", 0),
+        (
+            "name = \"breaker\"\nkind = \"fault\"\npermanent_rate = 1.0",
+            1,
+        ),
+    ] {
+        let p = Pipeline::new(&format!(
+            r#"
+[pipeline]
+name = "stuck-source"
+
+[[stage]]
+name = "src"
+kind = "jsonl"
+path = "in.jsonl"
+key = "id"
+
+[[stage]]
+{middle}
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#
+        ));
+        let rows: String = (1..=3)
+            .map(|i| format!("{{\"id\": {i}, \"html\": \"plain text {i}\"}}\n"))
+            .collect();
+        p.dir.write("in.jsonl", &rows);
+        p.run().assert_code(first_code);
+
+        let out = p.run();
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains("outcome=\"no_progress\"")
+                && out.stderr.contains(
+                    "no progress: every item of this batch had already failed or been skipped"
+                )
+                && out.stderr.contains("retry-failed"),
+            "{middle}\n{out}"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_slice(&p.dir.read(".stagewise/stuck-source.summary.json"))
+                .expect("the summary is JSON");
+        assert_eq!(summary["outcome"], "no_progress");
+        assert_eq!(summary["exit_code"], 1);
+
+        // A batch with a key that is new is not taken for one without progress.
+        let with_new = format!("{rows}{{\"id\": 4, \"html\": \"<p>plain text 4</p>\"}}\n");
+        p.dir.write("in.jsonl", with_new);
+        let out = p.run();
+        assert!(!out.stderr.contains("no_progress"), "{middle}\n{out}");
+    }
+}

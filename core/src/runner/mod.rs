@@ -56,6 +56,9 @@ pub enum Exit {
     Finished,
     /// Finished; some items failed permanently (under `max_failures`).
     FinishedWithFailures,
+    /// Finished without progress: every item failed or was skipped, each of them a key that
+    /// already ended so in an earlier run; the source keeps taking them again.
+    NoProgress,
     /// `max_failures` crossed, a fatal error, a wedged stage, or a broken store.
     Aborted,
     /// Stopped by a signal or `max_run_time`; progress saved.
@@ -67,7 +70,7 @@ impl Exit {
     pub fn code(self) -> i32 {
         match self {
             Exit::Finished => 0,
-            Exit::FinishedWithFailures => 1,
+            Exit::FinishedWithFailures | Exit::NoProgress => 1,
             Exit::Aborted => 3,
             Exit::Interrupted => 75,
         }
@@ -489,7 +492,16 @@ async fn execute(
     let (exit, status) = if control.abort_reason().is_some() {
         (Exit::Aborted, RunStatus::Aborted)
     } else if remaining == 0 {
-        if shared.totals.failed.get() > 0 {
+        if no_progress(&shared, &*store, &pipeline.name, run.id) {
+            tracing::warn!(
+                run = run.id,
+                failed = shared.totals.failed.get(),
+                skipped = shared.totals.skipped.get(),
+                "{}",
+                telemetry::NO_PROGRESS
+            );
+            (Exit::NoProgress, RunStatus::Finished)
+        } else if shared.totals.failed.get() > 0 {
             (Exit::FinishedWithFailures, RunStatus::Finished)
         } else {
             (Exit::Finished, RunStatus::Finished)
@@ -524,6 +536,23 @@ async fn execute(
     );
     telemetry::finish(pipeline, &summary, &recorder);
     Ok(summary)
+}
+
+/// Whether a finished run made no progress: it had items, none is done, and every one of them
+/// is a key that already ended failed or skipped in an earlier run of the pipeline. A store
+/// that cannot say is taken as progress (the run's own outcome stands).
+fn no_progress(shared: &Shared, store: &dyn CheckpointStore, pipeline: &str, run: i64) -> bool {
+    let totals = &shared.totals;
+    if totals.items == 0 || totals.done.get() > 0 {
+        return false;
+    }
+    match store.keys_not_ended_before(pipeline, run) {
+        Ok(fresh) => fresh == 0,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot tell whether the run made progress");
+            false
+        }
+    }
 }
 
 /// Read pending items page by page and start a task for each, keeping at most `window` in

@@ -283,7 +283,8 @@ pub(crate) fn summarize(
     let reason = control
         .abort_reason()
         .map(|r| r.at_the_end(failed).to_string())
-        .or_else(|| control.interrupt_reason().map(|r| r.to_string()));
+        .or_else(|| control.interrupt_reason().map(|r| r.to_string()))
+        .or_else(|| (exit == Exit::NoProgress).then(|| NO_PROGRESS.to_owned()));
     let stage_summaries = stages
         .iter()
         .zip(&pipeline.stages)
@@ -308,6 +309,7 @@ pub(crate) fn summarize(
         outcome: match exit {
             Exit::Finished => "finished",
             Exit::FinishedWithFailures => "finished_with_failures",
+            Exit::NoProgress => "no_progress",
             Exit::Aborted => "aborted",
             Exit::Interrupted => "interrupted",
         },
@@ -332,6 +334,9 @@ pub(crate) fn summarize(
 
 /// How long the summary waits for the events queued before it to be written.
 const LOG_SETTLE: Duration = Duration::from_millis(250);
+
+/// Why a run that finished made no progress, and what to do about it.
+pub(crate) const NO_PROGRESS: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move. Make the source leave out the rows that failed or were skipped (mark them, and exclude marked rows in its query), or fix the cause and run `stagewise retry-failed`";
 
 /// A figure as a whole number when it is one, else with up to 6 decimals (costs).
 fn fmt_figure(value: f64) -> String {

@@ -92,6 +92,9 @@ pub(super) trait Tables: StatusRows + Send + Sync {
         run: i64,
         raised: &[(String, String, i64, String)],
     ) -> Result<u64, StoreError>;
+    /// How many of `run`'s items have a key that did not end failed or skipped in an earlier
+    /// run of `pipeline`.
+    fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError>;
     /// A writer of `run`'s item updates, on a connection of its own.
     fn updates(&self, run: i64) -> Result<Self::Updates, StoreError>;
     /// The response cache, on a connection of its own.
@@ -189,6 +192,10 @@ impl<T: Tables> CheckpointStore for T {
             })
             .collect();
         self.raise_attempts(run, &raised)
+    }
+
+    fn keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.count_keys_not_ended_before(pipeline, run)?).unwrap_or(0))
     }
 
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError> {

@@ -250,6 +250,19 @@ impl Tables for PgStore {
             .collect())
     }
 
+    fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError> {
+        let row = self.with_conn(|c| {
+            c.query_one(
+                "SELECT count(*) FROM stagewise.items i WHERE i.run_id = $2 AND NOT EXISTS (
+                     SELECT 1 FROM stagewise.runs r
+                     JOIN stagewise.items j ON j.run_id = r.id AND j.key = i.key
+                     WHERE r.pipeline = $1 AND r.id < $2 AND j.state IN ('failed', 'skipped'))",
+                &[&pipeline, &run],
+            )
+        })?;
+        Ok(row.get(0))
+    }
+
     fn raise_attempts(
         &self,
         run: i64,

@@ -263,6 +263,18 @@ impl Tables for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
+    fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT count(*) FROM items i WHERE i.run_id = ?2 AND NOT EXISTS (
+                     SELECT 1 FROM runs r JOIN items j ON j.run_id = r.id AND j.key = i.key
+                     WHERE r.pipeline = ?1 AND r.id < ?2 AND j.state IN ('failed', 'skipped'))",
+                params![pipeline, run],
+                |r| r.get(0),
+            )
+            .map_err(db)
+    }
+
     fn raise_attempts(
         &self,
         run: i64,
