@@ -895,7 +895,14 @@ fn an_attempt_that_freezes_one_runtime_thread_ends_the_run() {
 /// before — or, if it was killed before its file took the old one's place, the death before.
 #[test]
 fn a_process_killed_while_it_starts_keeps_the_report_on_the_one_before() {
-    let p = naps("restarts", "heartbeat = \"100ms\"", 6, "2s", 3);
+    // Each death counts as an attempt of what was in flight: enough attempts for every kill.
+    let p = naps(
+        "restarts",
+        "heartbeat = \"100ms\"\n\n[defaults]\nretry = { attempts = 50 }",
+        6,
+        "2s",
+        3,
+    );
     let mut first = p.cmd("run").spawn();
     assert!(first.wait_for_stderr("run started", Duration::from_secs(20)));
     thread::sleep(Duration::from_millis(300));
