@@ -508,7 +508,17 @@ fn a_dead_process_is_reported_from_the_store_when_its_disk_is_gone() {
     let pid = running.pid();
     running.signal(libc::SIGKILL);
     assert_eq!(running.wait().code, None);
-    std::fs::remove_file(p.dir.join(".stagewise/pg-flight.flight")).expect("the local record");
+    // The local record: `<name>.<hash of the database>.flight`.
+    let local: Vec<std::path::PathBuf> = std::fs::read_dir(p.dir.join(".stagewise"))
+        .expect("the folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.starts_with("pg-flight.") && n.ends_with(".flight"))
+        })
+        .collect();
+    assert_eq!(local.len(), 1, "{local:?}");
+    std::fs::remove_file(&local[0]).expect("the local record");
 
     // The server lets go of the dead session's lock a moment after the kill.
     let mut report = status(&p, &db);
@@ -610,4 +620,70 @@ fn a_hung_server_cannot_hold_the_shutdown() {
     out.assert_stderr_contains("the previous process ended without a summary");
     assert_eq!(status(&p, &db).count("done"), N as u64);
     assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
+}
+
+/// Same-named pipelines in one folder on two databases hold two locks: each keeps its own
+/// flight record, so neither reports the other, live, as dead, and each death is reported
+/// for the pipeline it happened in.
+#[test]
+fn same_named_pipelines_on_two_databases_keep_their_own_records() {
+    let (Some(a), Some(b)) = (Db::new(), Db::new()) else {
+        return;
+    };
+    let nap = |name: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\nkind = \"sleep\"\nduration = \"30s\"\nconcurrency = 2\n"
+        )
+    };
+    let p = pipeline("twins", 4, 4, &nap("nap_a"));
+    // The second pipeline file, beside the first: same name, its own stage name.
+    p.dir.write("b.toml", p.toml().replace("nap_a", "nap_b"));
+    let run_b = || {
+        Cmd::new(p.dir.path(), "run", "b.toml")
+            .env("DATABASE_URL", b.url())
+            .spawn()
+    };
+
+    let mut running_a = cmd(&p, &a, "run").spawn();
+    assert!(running_a.wait_for_stderr("run started", Duration::from_secs(30)));
+    let mut running_b = run_b();
+    assert!(running_b.wait_for_stderr("run started", Duration::from_secs(30)));
+    assert!(
+        !running_b
+            .stderr_so_far()
+            .contains("ended without a summary"),
+        "b reported a as dead: {}",
+        running_b.stderr_so_far()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let dead = running_a.pid();
+    running_a.signal(libc::SIGKILL);
+    running_a.wait();
+
+    // The server lets go of the dead session's lock a moment after the kill.
+    let mut report = status(&p, &a);
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while report.raw.get("previous_process").is_none() && std::time::Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(50));
+        report = status(&p, &a);
+    }
+    let previous = &report.raw["previous_process"];
+    assert_eq!(
+        previous["pid"].as_u64(),
+        Some(u64::from(dead)),
+        "{previous}"
+    );
+    assert!(
+        previous["in_flight"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|x| x["stage"] == "nap_a")),
+        "{previous}"
+    );
+    let b_status = Cmd::new(p.dir.path(), "status", "b.toml")
+        .env("DATABASE_URL", b.url())
+        .arg("--json")
+        .output();
+    assert!(!b_status.stdout.contains("previous_process"), "{b_status}");
+    running_b.signal(libc::SIGKILL);
+    running_b.wait();
 }

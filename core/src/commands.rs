@@ -17,6 +17,8 @@ pub struct Status {
     /// The last process that ran the pipeline, when it ended without a summary (killed, or
     /// ended by the watchdog) and no process runs it now: what it was doing.
     pub previous_process: Option<ProcessRecord>,
+    /// Why the flight record of the last process cannot be read, if it cannot.
+    pub unreadable_record: Option<String>,
 }
 
 /// The latest run's status, and the previous process's record when it died.
@@ -27,6 +29,7 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
             report: None,
             last_checked: None,
             previous_process: None,
+            unreadable_record: crate::runner::unreadable_record(pipeline),
         });
     };
     let report = match store.latest_run(&pipeline.name)? {
@@ -37,6 +40,7 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
         report,
         last_checked: store.last_checked(&pipeline.name)?,
         previous_process: crate::runner::previous_process(pipeline, &*store),
+        unreadable_record: crate::runner::unreadable_record(pipeline),
     })
 }
 
@@ -44,6 +48,12 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
 pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if let Some(e) = &status.unreadable_record {
+        let _ = writeln!(
+            out,
+            "the last process's flight record cannot be read, so a death it recorded cannot be reported: {e}"
+        );
+    }
     if let Some(p) = &status.previous_process {
         let _ = writeln!(
             out,
@@ -131,7 +141,8 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
 }
 
 /// `status --json`: the report with the pipeline's name, `last_checked` when the source was
-/// last read and had nothing new, and `previous_process` when there is one to report.
+/// last read and had nothing new, `previous_process` when there is one to report, and
+/// `unreadable_flight_record` when the last process's record cannot be read.
 pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
     let mut v = match &status.report {
         None => serde_json::json!({
@@ -153,6 +164,9 @@ pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
     }
     if let Some(p) = &status.previous_process {
         v["previous_process"] = serde_json::to_value(p).expect("a record always serializes");
+    }
+    if let Some(e) = &status.unreadable_record {
+        v["unreadable_flight_record"] = serde_json::Value::String(e.clone());
     }
     v
 }

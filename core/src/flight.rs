@@ -42,7 +42,7 @@ pub const IN_FLIGHT: usize = 1024;
 const VERSION: u32 = 2;
 const MAGIC: [u8; 16] = *b"stagewise flight";
 
-const HEADER_SIZE: usize = 2048;
+const HEADER_SIZE: usize = 8192;
 const EVENT_SLOT: usize = 512;
 const ATTEMPT_SLOT: usize = 384;
 const RING_AT: usize = HEADER_SIZE;
@@ -71,6 +71,7 @@ const H_MORE: usize = 96;
 const H_HOST: (usize, usize) = (128, 248);
 const H_PIPELINE: (usize, usize) = (384, 248);
 const H_ENDING: (usize, usize) = (640, 1016);
+const H_PREVIOUS: (usize, usize) = (2048, 6136);
 
 // An event slot: `[u64 seq][u32 len][u32 checksum][text]`; seq 0 = empty or being written.
 const EVENT_TEXT: usize = EVENT_SLOT - 16;
@@ -87,7 +88,8 @@ const KEY_MAX: usize = ATTEMPT_SLOT - A_KEY;
 /// The last millisecond RFC 3339 can write (year 9999): a damaged timestamp is clamped to it.
 const MAX_MS: u64 = 253_402_300_799_999;
 
-const _: () = assert!(H_ENDING.0 + 8 + H_ENDING.1 <= HEADER_SIZE);
+const _: () = assert!(H_ENDING.0 + 8 + H_ENDING.1 <= H_PREVIOUS.0);
+const _: () = assert!(H_PREVIOUS.0 + 8 + H_PREVIOUS.1 <= HEADER_SIZE);
 const _: () = assert!(FILE_SIZE < 1 << 20);
 
 /// What a process was doing, as the recorder kept it. Also the JSON form that `status --json`
@@ -113,6 +115,11 @@ pub struct ProcessRecord {
     /// Why the process ended abnormally, when it could say (e.g. the watchdog's message).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ending: Option<String>,
+    /// What this process reported, when it started, about the process before it that had
+    /// ended without a summary (kept apart from the log events, so no log filter or later
+    /// line loses it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous_report: Option<String>,
     /// The attempts in flight, in the order they began.
     pub in_flight: Vec<InFlightAttempt>,
     /// Attempts in flight that did not fit in the table.
@@ -217,6 +224,7 @@ const _: () = assert!(FILE_SIZE.is_multiple_of(8) && IN_FLIGHT.is_multiple_of(64
 const _: () = assert!(ATTEMPT_SLOT.is_multiple_of(8) && EVENT_SLOT.is_multiple_of(8));
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8) && RING_AT.is_multiple_of(8));
 const _: () = assert!(H_ENDING.0.is_multiple_of(8) && (H_ENDING.1 + 8).is_multiple_of(8));
+const _: () = assert!(H_PREVIOUS.0.is_multiple_of(8) && (H_PREVIOUS.1 + 8).is_multiple_of(8));
 
 // SAFETY: `words` points into `_map`, which the recorder owns and never moves or unmaps before
 // it is dropped; the map is only ever accessed through atomic words, which any thread may use.
@@ -267,6 +275,10 @@ impl Recorder {
         // written through or waited on. `create_new` refuses to follow a symlink planted at the
         // temporary name too.
         let temporary = temporary_name(path, std::process::id());
+        let io_err = |source| FlightError::Io {
+            path: temporary.clone(),
+            source,
+        };
         let _ = std::fs::remove_file(&temporary);
         let mut options = OpenOptions::new();
         options.read(true).write(true).create_new(true);
@@ -475,12 +487,22 @@ impl Recorder {
     /// The process is ending abnormally, and this is why (kept in `ending`, cut to 1016 bytes
     /// on a character boundary; an empty message is no message). Sets `last_seen_at`.
     pub fn set_ending(&self, why: &str) {
-        let mut slot = [0u8; H_ENDING.1 + 8];
-        write_text(&mut slot, (0, H_ENDING.1), why);
+        self.set_text(H_ENDING, why);
+        self.seen(now_ms());
+    }
+
+    /// What this process reported about the process before it (kept in `previous_report`,
+    /// cut to 6136 bytes on a character boundary).
+    pub fn set_previous_report(&self, report: &str) {
+        self.set_text(H_PREVIOUS, report);
+    }
+
+    fn set_text(&self, (at, cap): (usize, usize), text: &str) {
+        let mut slot = vec![0u8; cap + 8];
+        write_text(&mut slot, (0, cap), text);
         let len = get_u32(&slot, 0) as usize;
         let _one_writer = self.lock_slots();
-        self.commit(H_ENDING.0, &slot[..8 + len]);
-        self.seen(now_ms());
+        self.commit(at, &slot[..8 + len]);
     }
 
     /// The process ended normally. Sets `last_seen_at`.
@@ -598,14 +620,29 @@ static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 
 /// The temporary name a process with this pid prepares `path` under.
 fn temporary_name(path: &Path, pid: u32) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".new-{pid}"));
-    PathBuf::from(name)
+    let mut name = temporary_prefix(path);
+    name.push(pid.to_string());
+    path.with_file_name(name)
+}
+
+/// The start of the temporary names processes prepare `path` under, before their pid: the
+/// file's name and `.new-`, or, where that could pass the 255 bytes a file name may have, a
+/// hash of the name in its place.
+fn temporary_prefix(path: &Path) -> std::ffi::OsString {
+    let name = path.file_name().unwrap_or_default();
+    let mut prefix = name.to_owned();
+    prefix.push(".new-");
+    // A pid has at most 10 digits.
+    if prefix.len() + 10 <= 255 {
+        return prefix;
+    }
+    let hash = Sum::new().text(name.as_encoded_bytes()).0;
+    format!(".{hash:016x}.flight.new-").into()
 }
 
 /// Removes the temporary files that processes killed while preparing `path` left beside it.
 fn remove_temporaries(path: &Path) {
-    let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(folder) = path.parent() else {
         return;
     };
     let folder = if folder.as_os_str().is_empty() {
@@ -616,8 +653,7 @@ fn remove_temporaries(path: &Path) {
     let Ok(entries) = std::fs::read_dir(folder) else {
         return;
     };
-    let mut prefix = name.to_owned();
-    prefix.push(".new-");
+    let prefix = temporary_prefix(path);
     let prefix = prefix.as_encoded_bytes();
     for entry in entries.flatten() {
         let entry_name = entry.file_name();
@@ -784,6 +820,7 @@ fn decode(bytes: &[u8]) -> ProcessRecord {
         last_seen_at: rfc3339(last_seen),
         ended: get_u64(bytes, H_ENDED) != 0,
         ending: read_text(bytes, H_ENDING).filter(|s| !s.is_empty()),
+        previous_report: read_text(bytes, H_PREVIOUS).filter(|s| !s.is_empty()),
         in_flight: attempts.into_iter().map(|(_, a)| a).collect(),
         in_flight_more: get_u64(bytes, H_MORE),
         last_events: events.into_iter().map(|(_, e)| e).collect(),
@@ -1519,6 +1556,40 @@ mod tests {
         new.event(b"later");
         assert_eq!(read(&path).last_events.len(), 2, "written through the map");
         assert!(!dir.path().join(ours).exists());
+    }
+
+    #[test]
+    fn a_file_name_near_the_limit_gets_a_temporary_name_that_fits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 247 bytes: allowed, and `.new-<pid>` after it would not be.
+        let path = dir.path().join(format!("{}.flight", "n".repeat(240)));
+        let stale = temporary_name(&path, 1);
+        let stale_name = stale.file_name().expect("a name").len();
+        assert!(stale_name <= 255, "{stale_name}");
+        std::fs::write(&stale, b"left by a killed process").expect("write");
+        let rec = Recorder::prepare(&path, "p").expect("prepare");
+        assert!(!stale.exists(), "the stale temporary file is removed");
+        rec.place().expect("place");
+        assert_eq!(read(&path).pipeline, "p");
+    }
+
+    #[test]
+    fn the_report_on_the_previous_process_is_kept_apart_from_the_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rec = recorder(&dir);
+        assert_eq!(read(rec.path()).previous_report, None);
+        rec.set_previous_report(&"é".repeat(4000));
+        for i in 0..EVENTS + 5 {
+            rec.event(format!("later line {i}").as_bytes());
+        }
+        rec.set_ending("watchdog");
+        let r = read(rec.path());
+        assert_eq!(r.previous_report, Some("é".repeat(H_PREVIOUS.1 / 2)));
+        assert_eq!(r.ending.as_deref(), Some("watchdog"));
+        let json = serde_json::to_value(&r).expect("json");
+        assert!(json["previous_report"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("éé")));
     }
 
     #[test]

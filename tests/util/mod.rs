@@ -233,6 +233,31 @@ impl Cmd {
         self
     }
 
+    /// Runs `prelude` in a shell that then `exec`s the binary: the prelude runs in the very
+    /// process the binary becomes (its `$$` is the binary's pid).
+    pub fn after_shell(self, prelude: &str) -> Cmd {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{prelude}\nexec \"$0\" \"$@\""))
+            .arg(self.command.get_program())
+            .args(self.command.get_args());
+        if let Some(dir) = self.command.get_current_dir() {
+            command.current_dir(dir);
+        }
+        for (key, value) in self.command.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        Cmd {
+            command,
+            timeout: self.timeout,
+            line: format!("sh -c '{prelude}; exec …' {}", self.line),
+        }
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Cmd {
         self.timeout = timeout;
         self

@@ -19,64 +19,48 @@ use crate::text;
 const NAMED: usize = 20;
 
 /// Read what the previous process left, start this process's recorder, and say first what the
-/// previous process was doing if it ended without a summary. Returns the recorder, and that
-/// previous process's record.
+/// previous process was doing if it ended without a summary; the attempts it had in flight
+/// count against their items (in the store) before this process's record replaces its own.
 pub(crate) fn open(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
-) -> std::io::Result<(Arc<Recorder>, Option<ProcessRecord>)> {
+) -> std::io::Result<Arc<Recorder>> {
     let previous = last_record(pipeline, store).filter(|r| !r.ended);
     let path = super::flight_path(pipeline);
     // The new file is prepared beside the old one and takes its place only once it holds the
     // report on the previous process: killed in between, this process leaves the old record to
-    // be reported again, never neither.
+    // be reported again, never neither. A file that cannot be made leaves the old one too.
     let recorder = match Recorder::prepare(&path, &pipeline.name) {
-        Ok(r) => Some(r),
+        Ok(r) => r,
         Err(e) => {
-            // A read-only folder, say: the watchdog still has a table to read, and a PostgreSQL
-            // store still gets its copies.
-            tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only");
-            None
+            // A read-only folder, a full disk: the watchdog still has a table to read, and a
+            // PostgreSQL store still gets its copies.
+            tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
+            Recorder::in_memory(&pipeline.name)?
         }
     };
-    let placed = recorder.is_some();
-    let recorder = Arc::new(match recorder {
-        Some(r) => r,
-        None => Recorder::in_memory(&pipeline.name)?,
-    });
+    let recorder = Arc::new(recorder);
     let sink = recorder.clone();
     crate::telemetry::set_event_sink(Some(Arc::new(move |line: &[u8]| sink.event(line))));
     if let Some(previous) = &previous {
         log_previous(previous);
+        recorder.set_previous_report(&report(previous));
+        count_died_attempts(store, previous);
     }
-    let placed = placed
-        && match recorder.place() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only");
-                false
-            }
-        };
-    if !placed {
-        // The last process's record was read and reported: it must not be reported again.
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove the last process's flight record; `status` may report it again");
-            }
-            _ => {}
-        }
+    if let Err(e) = recorder.place() {
+        tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
     }
     if copied(pipeline) {
         save(store, &pipeline.name, &recorder);
     }
-    Ok((recorder, previous))
+    Ok(recorder)
 }
 
-/// The attempts a process that died had in flight count against their items, in the store,
-/// before anything runs: an item that kills the process every time it is tried ends failed
-/// after `retry.attempts` deaths instead of looping forever. A store that refuses is logged;
-/// the run goes on (those attempts are then not counted).
-pub(crate) fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
+/// The attempts a process that died had in flight count against their items, in the store:
+/// an item that kills the process every time it is tried ends failed after `retry.attempts`
+/// deaths instead of looping forever. Counting the same deaths again changes nothing. A store
+/// that refuses is logged; the run goes on (those attempts are then not counted).
+fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
     let Some(run) = previous.run else {
         return;
     };
@@ -214,6 +198,14 @@ fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<Proce
     }
 }
 
+/// Why the local flight record cannot be read, if it cannot (damaged, of another format
+/// version, not a file): `status` says so, since it has no log.
+pub(crate) fn unreadable_record(pipeline: &Pipeline) -> Option<String> {
+    Recorder::read(&super::flight_path(pipeline))
+        .err()
+        .map(|e| text::printable(&e.to_string()).into_owned())
+}
+
 /// What `status` reports as the previous process: a record not marked ended, of a process that
 /// no longer holds the pipeline's runner lock.
 pub(crate) fn previous_process(
@@ -221,10 +213,14 @@ pub(crate) fn previous_process(
     store: &dyn CheckpointStore,
 ) -> Option<ProcessRecord> {
     let record = last_record(pipeline, store).filter(|r| !r.ended)?;
-    match store.runner_active(&pipeline.name) {
-        Ok(false) => Some(record),
-        _ => None,
+    if !matches!(store.runner_active(&pipeline.name), Ok(false)) {
+        return None;
     }
+    // A run that ended between the read and the lock check marked its record ended first:
+    // read again, and report only a record that is still the same and still not ended.
+    last_record(pipeline, store).filter(|again| {
+        !again.ended && again.pid == record.pid && again.started_at == record.started_at
+    })
 }
 
 /// One line per attempt a dead process had in flight, for a person.
@@ -248,6 +244,29 @@ pub(crate) fn describe_in_flight(record: &ProcessRecord) -> Vec<String> {
         lines.push(format!("and {more} more"));
     }
     lines
+}
+
+/// The report on a process that ended without a summary, as one line: what the log line says.
+fn report(previous: &ProcessRecord) -> String {
+    let in_flight = describe_in_flight(previous);
+    format!(
+        "pid={} host={} started_at={} last_event_at={} last_seen_at={} ending={} in_flight={}",
+        previous.pid,
+        text::printable(&previous.host),
+        previous.started_at,
+        previous.last_event_at.as_deref().unwrap_or("never"),
+        previous.last_seen_at,
+        previous
+            .ending
+            .as_deref()
+            .map(text::printable)
+            .unwrap_or_default(),
+        if in_flight.is_empty() {
+            "nothing".to_owned()
+        } else {
+            in_flight.join("; ")
+        }
+    )
 }
 
 fn log_previous(previous: &ProcessRecord) {

@@ -36,7 +36,7 @@ use crate::spec::{MaxFailures, Pipeline, StoreLocation};
 use crate::stage::BuildContext;
 use crate::stage::Record;
 use crate::stage::StageImpl;
-pub(crate) use blackbox::{describe_in_flight, previous_process};
+pub(crate) use blackbox::{describe_in_flight, previous_process, unreadable_record};
 use control::{AbortReason, Control};
 use item::WorkItem;
 pub use stats::Latency;
@@ -217,8 +217,27 @@ pub fn flight_path(pipeline: &Pipeline) -> std::path::PathBuf {
             name.push(format!(".{}.flight", pipeline.name));
             path.with_file_name(name)
         }
-        StoreLocation::Postgres(_) => beside_store(pipeline, "flight"),
+        // Named after the database too: same-named pipelines in one folder on two databases
+        // hold two locks, and must not share one record.
+        StoreLocation::Postgres(_) => beside_store(
+            pipeline,
+            &format!(
+                "{:08x}.flight",
+                store_hash(&pipeline.checkpoint.store) as u32
+            ),
+        ),
     }
+}
+
+/// A stable hash (FNV-1a, 64 bits) of a store as messages show it (its URL without the
+/// password), to tell files of same-named pipelines on different stores apart.
+fn store_hash(store: &StoreLocation) -> u64 {
+    store
+        .shown()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h: u64, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// `<name>.<extension>` beside a SQLite store, or in `.stagewise/` beside the pipeline file.
@@ -245,10 +264,7 @@ pub fn run(
     // flight recorder's file is this process's to read and to overwrite.
     let (store, _lock) =
         crate::checkpoint::open_for_run(&pipeline.checkpoint.store, &pipeline.name)?;
-    let (recorder, previous) = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
-    if let Some(previous) = &previous {
-        blackbox::count_died_attempts(&*store, previous);
-    }
+    let recorder = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
     let result = run_recorded(pipeline, registry, options, store.clone(), &recorder);
     // Ended with a summary, or with a logged reason why nothing ran.
     blackbox::ended(pipeline, &store, &recorder);
