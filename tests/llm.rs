@@ -583,7 +583,8 @@ fn after_kill_9_only_the_calls_in_flight_are_asked_again() {
         "llm-kills",
         40,
         CONCURRENCY,
-        &openai(&server, Scenario::Ok, ""),
+        // Each kill counts as an attempt of what was in flight: enough for every kill.
+        &openai(&server, Scenario::Ok, "retry = { attempts = 20 }"),
     );
     let question = |r: &util::llm::Request| {
         r.body
