@@ -304,3 +304,90 @@ fn an_item_its_process_dies_in_every_time_ends_failed() {
         "the process ended during attempt 3 in stage `nap`",
     );
 }
+
+/// A process killed while an item backs off after a failed attempt, before that attempt's
+/// update is committed: the attempt still counts (it stays in the flight recorder's table
+/// during the backoff), so the item fails after `retry.attempts` runs.
+#[test]
+fn an_attempt_that_failed_counts_when_the_process_dies_in_its_backoff() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "backoff-deaths"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "flaky"
+        kind = "fault"
+        error_rate = 1.0
+        retry = { attempts = 3, initial = "10s", jitter = false }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    for kill in 1..=2 {
+        let mut running = p.cmd("run").spawn();
+        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+        thread::sleep(Duration::from_millis(60));
+        running.signal(libc::SIGKILL);
+        let killed = running.wait();
+        assert_eq!(killed.code, None, "kill {kill}: it ended first\n{killed}");
+    }
+    // Attempts 1 and 2 failed, each followed by a kill in its backoff: the third is the last,
+    // with no backoff of 10 s before it.
+    let started = std::time::Instant::now();
+    let out = p.run();
+    out.assert_code(1);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the attempts before the kills were not counted\n{out}"
+    );
+    p.status()
+        .assert_failed(&["0"], "flaky", 3, "injected transient fault");
+}
+
+/// `retry-failed` gives fresh attempts to items whose attempts were used up by deaths, not
+/// only to items already marked failed.
+#[test]
+fn retry_failed_gives_fresh_attempts_after_deaths() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "dead-then-retried"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 2
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "800ms"
+        concurrency = 2
+        retry = { attempts = 2 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    for _ in 0..2 {
+        let mut running = p.cmd("run").spawn();
+        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+        thread::sleep(Duration::from_millis(300));
+        running.signal(libc::SIGKILL);
+        assert_eq!(running.wait().code, None);
+    }
+    let out = p.cmd("retry-failed").output();
+    out.assert_code(0);
+    assert_eq!(p.status().count("done"), 2, "{out}");
+}

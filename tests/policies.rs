@@ -585,3 +585,48 @@ path = "out.jsonl"
         assert!(!out.stderr.contains("no_progress"), "{middle}\n{out}");
     }
 }
+
+/// Keys that failed before but got further this time (a later stage) are progress.
+#[test]
+fn failing_further_on_is_progress() {
+    let toml = |s1: f64, s2: f64| {
+        format!(
+            r#"
+[pipeline]
+name = "further"
+
+[[stage]]
+name = "src"
+kind = "generate"
+count = 3
+
+[[stage]]
+name = "s1"
+kind = "fault"
+permanent_rate = {s1:?}
+
+[[stage]]
+name = "s2"
+kind = "fault"
+permanent_rate = {s2:?}
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#
+        )
+    };
+    let p = Pipeline::new(&toml(1.0, 0.0));
+    p.run().assert_code(1);
+    p.dir.write("pipeline.toml", toml(0.0, 1.0));
+    let out = p.run();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("outcome=\"finished_with_failures\""),
+        "{out}"
+    );
+    // The same again: now nothing got further.
+    let out = p.run();
+    assert!(out.stderr.contains("outcome=\"no_progress\""), "{out}");
+}

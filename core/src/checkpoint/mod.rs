@@ -371,7 +371,8 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError>;
     /// Put a run's failed items back to pending with their attempts reset; returns how many.
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
-    /// How many of `run`'s keys did not end failed or skipped in an earlier run of `pipeline`.
+    /// How many of `run`'s items did not end failed or skipped at the stage where they are now
+    /// in an earlier run of `pipeline` (a key that got further is progress).
     fn keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<u64, StoreError>;
     /// A process died (or was ended by the watchdog) during these attempts `(key, stage,
     /// attempt)` of `run`: each counts as used, durably, before anything else runs. Idempotent:

@@ -291,7 +291,13 @@ async fn attempts(
     let stop = &shared.control.hard;
     let events = RetryLog { stage, key };
     let retry = &stage.policy.retry;
+    // A failed attempt stays in the flight recorder's table while the item backs off: its
+    // `Attempted` update is group-committed, and a process that dies before that commit must
+    // still leave the attempt counted.
+    let backing_off = std::sync::Mutex::new(None);
+    let backing_off = &backing_off;
     retrying(retry, stop, &events, used, |attempt| async move {
+        drop(lock(backing_off).take());
         let Some(place) = stage.adaptive.enter(stop).await else {
             return Attempt::Interrupted;
         };
@@ -319,7 +325,9 @@ async fn attempts(
             Err(CallError::Abandoned { timed_out, late }) => {
                 stage.stats.timeouts.incr();
                 let error = StageError::from(timed_out);
-                used_up(shared, stage, seq, attempt, &error).await;
+                if used_up(shared, stage, seq, attempt, &error).await {
+                    *lock(backing_off) = Some(shared.recorder.begin(key, &stage.name, attempt));
+                }
                 return Attempt::TimedOut { error, late };
             }
             Err(CallError::Panic(message)) => {
@@ -331,22 +339,36 @@ async fn attempts(
         if error.class == ErrorClass::Transient && error.retry_after.is_some() {
             slow_down(stage, key, &error);
         }
-        used_up(shared, stage, seq, attempt, &error).await;
+        if used_up(shared, stage, seq, attempt, &error).await {
+            *lock(backing_off) = Some(shared.recorder.begin(key, &stage.name, attempt));
+        }
         Attempt::Failed(error)
     })
     .await
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A failed attempt that the item will follow with another: the attempts used stay with it,
 /// in the store, should this process stop or die before the next one. (A failure that ends the
-/// item records its attempts with it.)
-async fn used_up(shared: &Shared, stage: &StageRt, seq: i64, attempt: u32, error: &StageError) {
-    if error.class == ErrorClass::Transient && attempt < stage.policy.retry.attempts {
-        let change = Change::Attempted {
-            stage: stage.name.to_string(),
-            attempts: attempt,
-            error: error.message.clone(),
-        };
-        checkpoint(shared, seq, change).await;
+/// item records its attempts with it.) Returns whether the item will try again.
+async fn used_up(
+    shared: &Shared,
+    stage: &StageRt,
+    seq: i64,
+    attempt: u32,
+    error: &StageError,
+) -> bool {
+    if error.class != ErrorClass::Transient || attempt >= stage.policy.retry.attempts {
+        return false;
     }
+    let change = Change::Attempted {
+        stage: stage.name.to_string(),
+        attempts: attempt,
+        error: error.message.clone(),
+    };
+    checkpoint(shared, seq, change).await;
+    true
 }

@@ -508,16 +508,7 @@ async fn execute(
     let (exit, status) = if control.abort_reason().is_some() {
         (Exit::Aborted, RunStatus::Aborted)
     } else if remaining == 0 {
-        if no_progress(&shared, &*store, &pipeline.name, run.id) {
-            tracing::warn!(
-                run = run.id,
-                failed = shared.totals.failed.get(),
-                skipped = shared.totals.skipped.get(),
-                "{}",
-                telemetry::NO_PROGRESS
-            );
-            (Exit::NoProgress, RunStatus::Finished)
-        } else if shared.totals.failed.get() > 0 {
+        if shared.totals.failed.get() > 0 {
             (Exit::FinishedWithFailures, RunStatus::Finished)
         } else {
             (Exit::Finished, RunStatus::Finished)
@@ -535,6 +526,19 @@ async fn execute(
     if let Err(e) = flushed {
         control.abort(AbortReason::Checkpoint(e.0));
         exit = Exit::Aborted;
+    }
+    // Judged on the committed state: where each item ended.
+    if matches!(exit, Exit::Finished | Exit::FinishedWithFailures)
+        && no_progress(&shared, &*store, &pipeline.name, run.id)
+    {
+        tracing::warn!(
+            run = run.id,
+            failed = shared.totals.failed.get(),
+            skipped = shared.totals.skipped.get(),
+            "{}",
+            telemetry::NO_PROGRESS
+        );
+        exit = Exit::NoProgress;
     }
     done.cancel();
     // Everything is durable after the flush. The writer task ends when the last handle goes;

@@ -82,7 +82,8 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// The first `limit` items of `run` after `after_seq` that are pending or in flight, by seq.
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError>;
     /// Put `run`'s failed items back to pending with attempts 0 and no error and, when there
-    /// were any, the run to `interrupted`; returns how many.
+    /// were any, the run to `interrupted`; returns how many. Unfinished items' attempts go
+    /// back to 0 too.
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
     /// In one transaction, for each `(key, stage, attempt, error)`: if `run`'s item `key` is
     /// still unfinished at `stage` with fewer than `attempt` attempts used, set them to
@@ -92,8 +93,8 @@ pub(super) trait Tables: StatusRows + Send + Sync {
         run: i64,
         raised: &[(String, String, i64, String)],
     ) -> Result<u64, StoreError>;
-    /// How many of `run`'s items have a key that did not end failed or skipped in an earlier
-    /// run of `pipeline`.
+    /// How many of `run`'s items have a key that did not end failed or skipped, at the stage
+    /// where the item is now, in an earlier run of `pipeline`.
     fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError>;
     /// A writer of `run`'s item updates, on a connection of its own.
     fn updates(&self, run: i64) -> Result<Self::Updates, StoreError>;

@@ -256,7 +256,8 @@ impl Tables for PgStore {
                 "SELECT count(*) FROM stagewise.items i WHERE i.run_id = $2 AND NOT EXISTS (
                      SELECT 1 FROM stagewise.runs r
                      JOIN stagewise.items j ON j.run_id = r.id AND j.key = i.key
-                     WHERE r.pipeline = $1 AND r.id < $2 AND j.state IN ('failed', 'skipped'))",
+                     WHERE r.pipeline = $1 AND r.id < $2 AND j.state IN ('failed', 'skipped')
+                       AND j.stage = i.stage)",
                 &[&pipeline, &run],
             )
         })?;
@@ -290,6 +291,12 @@ impl Tables for PgStore {
             let n = tx.execute(
                 "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL
                  WHERE run_id = $1 AND state = 'failed'",
+                &[&run],
+            )?;
+            // Unfinished items' attempts (used in earlier processes) start afresh too.
+            tx.execute(
+                "UPDATE stagewise.items SET attempts = 0, error = NULL
+                 WHERE run_id = $1 AND state IN ('pending', 'in_flight') AND attempts > 0",
                 &[&run],
             )?;
             if n > 0 {

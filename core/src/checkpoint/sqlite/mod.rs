@@ -268,7 +268,8 @@ impl Tables for SqliteStore {
             .query_row(
                 "SELECT count(*) FROM items i WHERE i.run_id = ?2 AND NOT EXISTS (
                      SELECT 1 FROM runs r JOIN items j ON j.run_id = r.id AND j.key = i.key
-                     WHERE r.pipeline = ?1 AND r.id < ?2 AND j.state IN ('failed', 'skipped'))",
+                     WHERE r.pipeline = ?1 AND r.id < ?2 AND j.state IN ('failed', 'skipped')
+                       AND j.stage = i.stage)",
                 params![pipeline, run],
                 |r| r.get(0),
             )
@@ -310,6 +311,12 @@ impl Tables for SqliteStore {
                 [run],
             )
             .map_err(db)?;
+        // Unfinished items' attempts (used in earlier processes) start afresh too.
+        tx.execute(
+            "UPDATE items SET attempts = 0, error = NULL WHERE run_id = ?1 AND state IN ('pending', 'in_flight') AND attempts > 0",
+            [run],
+        )
+        .map_err(db)?;
         if n > 0 {
             tx.execute(
                 "UPDATE runs SET status = 'interrupted', updated_at = ?2 WHERE id = ?1",
