@@ -210,6 +210,8 @@ pub struct Recorder {
     _map: MmapMut,
     /// The map as [`WORDS`] atomic words.
     words: NonNull<AtomicU64>,
+    /// When the recorder started, on the monotonic clock and in unix milliseconds.
+    anchor: (std::time::Instant, u64),
     /// One bit per attempt slot: set while the slot is taken.
     taken: [AtomicU64; IN_FLIGHT / 64],
     /// The sequence number of the last event written (0: none yet); held while an event or
@@ -342,6 +344,7 @@ impl Recorder {
             temporary: Mutex::new(temporary),
             _map: map,
             words,
+            anchor: (std::time::Instant::now(), now_ms()),
             taken: std::array::from_fn(|_| AtomicU64::new(0)),
             seq: Mutex::new(0),
         }
@@ -426,6 +429,19 @@ impl Recorder {
     /// The key and the stage are stored as they are, cut on a character boundary to fit
     /// (the stage to 64 bytes, the key to 288).
     pub fn begin(&self, key: &str, stage: &str, attempt: u32) -> AttemptSlot<'_> {
+        self.begin_at(key, stage, attempt, std::time::Instant::now())
+    }
+
+    /// [`Recorder::begin`] for an attempt that began at `began` (a reading of the monotonic
+    /// clock the caller already made: the wall time is the recorder's start plus the time
+    /// since, so a wall clock stepped since does not show in it).
+    pub fn begin_at(
+        &self,
+        key: &str,
+        stage: &str,
+        attempt: u32,
+        began: std::time::Instant,
+    ) -> AttemptSlot<'_> {
         let Some(index) = self.take_slot(LOCAL.with(|l| l.first_word)) else {
             self.word(H_MORE).fetch_add(1, Ordering::Relaxed);
             return AttemptSlot {
@@ -435,7 +451,8 @@ impl Recorder {
         };
         let stage = truncate(stage, STAGE_MAX).as_bytes();
         let key = truncate(key, KEY_MAX).as_bytes();
-        let now = now_ms();
+        let since = began.saturating_duration_since(self.anchor.0);
+        let now = self.anchor.1 + since.as_secs() * 1000 + u64::from(since.subsec_millis());
         let tag = (now << 20 | LOCAL.with(Local::count) & 0xf_ffff).max(1);
         let lens = u64::from(attempt) | (stage.len() as u64) << 32;
         // Written word by word as the checksum goes: this is on every attempt's path.

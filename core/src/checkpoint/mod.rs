@@ -230,10 +230,9 @@ pub struct StoredItem {
     /// The record's fields as JSON, as the last finished stage left them.
     pub record: String,
     /// Attempts already used at `stage`: failed or timed out in an earlier process, or cut
-    /// short by its death (not those an orderly stop interrupted).
+    /// short by its death (not those an orderly stop interrupted). Their last error is
+    /// [`CheckpointStore::last_error`]'s.
     pub attempts: u32,
-    /// The last of those attempts' error.
-    pub error: Option<String>,
 }
 
 /// A failed item, for `status`.
@@ -371,6 +370,8 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError>;
     /// Put a run's failed items back to pending with their attempts reset; returns how many.
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
+    /// The last error kept for `run`'s item `seq` (of its last failed attempt, or its death).
+    fn last_error(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError>;
     /// How many of `run`'s items did not end failed or skipped at the stage where they are now
     /// in an earlier run of `pipeline` (a key that got further is progress).
     fn keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<u64, StoreError>;

@@ -61,7 +61,9 @@ pub(crate) async fn call(
         return Err(CallError::Cancelled);
     }
     let timeout = stage.policy.timeout;
-    let deadline = Instant::now() + timeout;
+    // One reading of the clock for the deadline, the stage's table and the flight recorder.
+    let began = Instant::now();
+    let deadline = began + timeout;
     let cx = Context::new(
         key.clone(),
         stage.name.clone(),
@@ -69,8 +71,8 @@ pub(crate) async fn call(
         deadline,
         CancelFlag::new(),
     );
-    let _tracked = stage.stats.begin(key.clone(), timeout);
-    let _recorded = shared.recorder.begin(key, &stage.name, attempt);
+    let _tracked = stage.stats.begin(key.clone(), timeout, began);
+    let _recorded = shared.recorder.begin_at(key, &stage.name, attempt, began);
     match &stage.imp {
         StageImpl::Async(s) => {
             let fut = AssertUnwindSafe(s.process(record, &cx)).catch_unwind();

@@ -294,10 +294,10 @@ async fn attempts(
     // A failed attempt stays in the flight recorder's table while the item backs off: its
     // `Attempted` update is group-committed, and a process that dies before that commit must
     // still leave the attempt counted.
-    let backing_off = std::sync::Mutex::new(None);
+    let backing_off = BackingOff::default();
     let backing_off = &backing_off;
     retrying(retry, stop, &events, used, |attempt| async move {
-        drop(lock(backing_off).take());
+        backing_off.end();
         let Some(place) = stage.adaptive.enter(stop).await else {
             return Attempt::Interrupted;
         };
@@ -326,7 +326,7 @@ async fn attempts(
                 stage.stats.timeouts.incr();
                 let error = StageError::from(timed_out);
                 if used_up(shared, stage, seq, attempt, &error).await {
-                    *lock(backing_off) = Some(shared.recorder.begin(key, &stage.name, attempt));
+                    backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
                 }
                 return Attempt::TimedOut { error, late };
             }
@@ -340,15 +340,43 @@ async fn attempts(
             slow_down(stage, key, &error);
         }
         if used_up(shared, stage, seq, attempt, &error).await {
-            *lock(backing_off) = Some(shared.recorder.begin(key, &stage.name, attempt));
+            backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
         }
         Attempt::Failed(error)
     })
     .await
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The flight recorder's slot of an item's failed attempt, held while it backs off; released
+/// when the next attempt begins or the item leaves the stage. The flag spares the attempts
+/// that never failed the lock.
+#[derive(Default)]
+struct BackingOff<'a> {
+    held: std::sync::Mutex<Option<crate::flight::AttemptSlot<'a>>>,
+    holding: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> BackingOff<'a> {
+    fn hold(&self, slot: crate::flight::AttemptSlot<'a>) {
+        *self.lock() = Some(slot);
+        self.holding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        if self
+            .holding
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            drop(self.lock().take());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<crate::flight::AttemptSlot<'a>>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A failed attempt that the item will follow with another: the attempts used stay with it,

@@ -628,7 +628,13 @@ async fn feed(
                         record: Record::with_fields(stored.key, fields),
                         stage,
                         used: stored.attempts,
-                        last_error: stored.error,
+                        // Read only where attempts were used (rare): not on every item's path.
+                        last_error: if stored.attempts > 0 {
+                            tokio::task::block_in_place(|| store.last_error(run, stored.seq))
+                                .unwrap_or(None)
+                        } else {
+                            None
+                        },
                     };
                     tracker.spawn(item::run_item(shared.clone(), item, permit));
                 }

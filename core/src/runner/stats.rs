@@ -100,13 +100,19 @@ pub struct Latency {
 }
 
 impl StageStats {
-    pub(crate) fn begin(&self, key: Arc<str>, timeout: Duration) -> AttemptGuard<'_> {
+    /// An attempt began at `started`.
+    pub(crate) fn begin(
+        &self,
+        key: Arc<str>,
+        timeout: Duration,
+        started: Instant,
+    ) -> AttemptGuard<'_> {
         let id = NEXT_ATTEMPT.fetch_add(1, Ordering::Relaxed);
         lock(&self.in_flight).insert(
             id,
             InFlight {
                 key,
-                started: Instant::now(),
+                started,
                 timeout,
                 warned: false,
             },
@@ -219,8 +225,8 @@ mod tests {
     fn tracks_in_flight_and_abandoned() {
         let s = StageStats::default();
         {
-            let _a = s.begin("a".into(), Duration::from_secs(10));
-            let _b = s.begin("b".into(), Duration::ZERO);
+            let _a = s.begin("a".into(), Duration::from_secs(10), Instant::now());
+            let _b = s.begin("b".into(), Duration::ZERO, Instant::now());
             assert_eq!(s.in_flight_count(), 2);
             assert_eq!(s.oldest().map(|(k, _)| k.to_string()).as_deref(), Some("a"));
             std::thread::sleep(Duration::from_millis(2));

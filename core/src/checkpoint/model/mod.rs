@@ -31,15 +31,8 @@ pub(super) use self::updates::{RowUpdate, UpdateRows};
 /// `(id, status, items, started_at)` of a run, as stored.
 pub(super) type RunRow = (i64, String, i64, String);
 
-/// `(seq, key, stage, record, attempts, error)` of an item, as stored.
-pub(super) type ItemRow = (
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    Option<String>,
-);
+/// `(seq, key, stage, record, attempts)` of an item, as stored.
+pub(super) type ItemRow = (i64, String, Option<String>, Option<String>, i64);
 
 /// The message kept as an item's last error when its process died during an attempt.
 pub(super) fn died_during(attempt: u32, stage: &str) -> String {
@@ -96,6 +89,8 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// How many of `run`'s items have a key that did not end failed or skipped, at the stage
     /// where the item is now, in an earlier run of `pipeline`.
     fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError>;
+    /// The last error kept for `run`'s item `seq`, if any.
+    fn error_of(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError>;
     /// A writer of `run`'s item updates, on a connection of its own.
     fn updates(&self, run: i64) -> Result<Self::Updates, StoreError>;
     /// The response cache, on a connection of its own.
@@ -156,14 +151,13 @@ impl<T: Tables> CheckpointStore for T {
         let rows = self.unfinished(run, after_seq, limit)?;
         Ok(rows
             .into_iter()
-            .map(|(seq, key, stage, record, attempts, error)| StoredItem {
+            .map(|(seq, key, stage, record, attempts)| StoredItem {
                 seq,
                 key,
                 stage,
                 // A manifest row without a record: a record without fields.
                 record: record.unwrap_or_else(|| "{}".into()),
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                error,
             })
             .collect())
     }
@@ -193,6 +187,10 @@ impl<T: Tables> CheckpointStore for T {
             })
             .collect();
         self.raise_attempts(run, &raised)
+    }
+
+    fn last_error(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
+        self.error_of(run, seq)
     }
 
     fn keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<u64, StoreError> {

@@ -238,7 +238,7 @@ impl Tables for PgStore {
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
         let rows = self.with_conn(|c| {
             c.query(
-                "SELECT seq, key, stage, record, attempts, error FROM stagewise.items
+                "SELECT seq, key, stage, record, attempts FROM stagewise.items
                  WHERE run_id = $1 AND seq > $2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT $3",
                 &[&run, &after_seq, &limit],
@@ -246,8 +246,18 @@ impl Tables for PgStore {
         })?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
             .collect())
+    }
+
+    fn error_of(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
+        let row = self.with_conn(|c| {
+            c.query_opt(
+                "SELECT error FROM stagewise.items WHERE run_id = $1 AND seq = $2",
+                &[&run, &seq],
+            )
+        })?;
+        Ok(row.and_then(|r| r.get(0)))
     }
 
     fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError> {

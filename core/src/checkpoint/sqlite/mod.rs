@@ -243,24 +243,29 @@ impl Tables for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, key, stage, record, attempts, error FROM items
+                "SELECT seq, key, stage, record, attempts FROM items
                  WHERE run_id = ?1 AND seq > ?2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT ?3",
             )
             .map_err(db)?;
         let rows = stmt
             .query_map(params![run, after_seq, limit], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn error_of(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT error FROM items WHERE run_id = ?1 AND seq = ?2",
+                params![run, seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
     }
 
     fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError> {

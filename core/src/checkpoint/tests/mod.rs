@@ -574,7 +574,13 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
             .pending(run.id, 0, 10)
             .expect("pending")
             .into_iter()
-            .map(|i| (i.key, i.attempts, i.error))
+            .map(|i| {
+                (
+                    i.key,
+                    i.attempts,
+                    store.last_error(run.id, i.seq).expect("last error"),
+                )
+            })
             .collect()
     };
     assert_eq!(
