@@ -192,7 +192,7 @@ fn a_store_written_by_schema_version_1_is_upgraded_and_resumed() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("read the version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let cached: i64 = conn
         .query_row("SELECT count(*) FROM responses", [], |r| r.get(0))
         .expect("the response cache exists");
@@ -390,4 +390,59 @@ fn retry_failed_gives_fresh_attempts_after_deaths() {
     let out = p.cmd("retry-failed").output();
     out.assert_code(0);
     assert_eq!(p.status().count("done"), 2, "{out}");
+}
+
+/// An item that kills the process right after it moves to a stage — before that move is
+/// committed, so the store still has it at the stage before — is still held to its attempts
+/// at that stage: each death is kept per item and stage.
+#[test]
+fn a_death_right_after_a_stage_move_counts() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "quick-death"
+
+        [checkpoint]
+        commit_interval = "5s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "prep"
+        kind = "sleep"
+        duration = "20ms"
+
+        [[stage]]
+        name = "crash"
+        kind = "sleep"
+        duration = "30s"
+        retry = { attempts = 2 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    for kill in 1..=2 {
+        let mut running = p.cmd("run").spawn();
+        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+        thread::sleep(Duration::from_millis(300));
+        running.signal(libc::SIGKILL);
+        let killed = running.wait();
+        assert_eq!(killed.code, None, "kill {kill}: it ended first\n{killed}");
+    }
+    // The moves to `crash` were never committed (`commit_interval` = 5s): the item is back at
+    // `prep` each time, and both deaths at `crash` count.
+    let out = p.run();
+    out.assert_code(1);
+    p.status().assert_failed(
+        &["0"],
+        "crash",
+        2,
+        "the process ended during attempt 2 in stage `crash`",
+    );
 }

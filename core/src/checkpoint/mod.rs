@@ -235,6 +235,19 @@ pub struct StoredItem {
     pub attempts: u32,
 }
 
+/// An attempt a process died in, as kept.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Death {
+    /// The item's key.
+    pub key: String,
+    /// The stage of the attempt.
+    pub stage: String,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// What is kept as the item's last error.
+    pub error: String,
+}
+
 /// A failed item, for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailedItem {
@@ -372,6 +385,9 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
     /// The last error kept for `run`'s item `seq` (of its last failed attempt, or its death).
     fn last_error(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError>;
+    /// The attempts processes died in during `run`, per item and stage (the item's row may be
+    /// at an earlier stage: its move was not committed when the process died).
+    fn deaths(&self, run: i64) -> Result<Vec<Death>, StoreError>;
     /// How many of `run`'s items did not end failed or skipped at the stage where they are now
     /// in an earlier run of `pipeline` (a key that got further is progress).
     fn keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<u64, StoreError>;

@@ -35,9 +35,22 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         record,
         stage: mut index,
         mut used,
-        last_error,
+        mut last_error,
     } = item;
-    if let Some(stage) = shared.stages.get(index) {
+    // Shared with the checkpoint writer, which serializes it only if it must.
+    let mut record = Arc::new(record);
+    let mut started = false;
+    while index < shared.stages.len() {
+        let stage = &shared.stages[index];
+        // Attempts used here before: stored with the item (its first stage only), or kept as
+        // deaths of earlier processes (at any stage: the item's move here may not have been
+        // committed before the process died).
+        if let Some((attempt, error)) = shared.died_at(&key, &stage.name) {
+            if attempt > used {
+                used = attempt;
+                last_error = Some(error.to_owned());
+            }
+        }
         let allowed = stage.policy.retry.attempts;
         if used >= allowed {
             // Its attempts were used up in earlier processes: it ends here, failed, saying so.
@@ -48,12 +61,6 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             fail(&shared, stage, seq, &key, error, used).await;
             return;
         }
-    }
-    // Shared with the checkpoint writer, which serializes it only if it must.
-    let mut record = Arc::new(record);
-    let mut started = false;
-    while index < shared.stages.len() {
-        let stage = &shared.stages[index];
         let control = &shared.control;
         // An item that has not started yet does not start after a stop request. The flags are
         // checked first so that a free slot, the common case, needs no cancellation waiter.
@@ -91,6 +98,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             std::mem::take(&mut used),
         )
         .await;
+        last_error = None;
         drop(slot);
         match result {
             Ok(Outcome::Continue(next)) => {

@@ -152,6 +152,23 @@ pub(crate) struct Shared {
     pub max_failures: Option<MaxFailures>,
     /// The flight recorder: the attempts in flight, for whoever reads after a crash.
     pub recorder: Arc<Recorder>,
+    /// The attempts earlier processes died in, this run: item key → `(stage, attempt, error)`.
+    pub deaths: std::collections::HashMap<String, Vec<(String, u32, String)>>,
+}
+
+impl Shared {
+    /// The highest attempt an earlier process died in for item `key` at `stage`, and the error
+    /// kept for it. (Empty, the common case: one length check.)
+    pub(crate) fn died_at(&self, key: &str, stage: &str) -> Option<(u32, &str)> {
+        if self.deaths.is_empty() {
+            return None;
+        }
+        self.deaths
+            .get(key)?
+            .iter()
+            .find(|(s, _, _)| s == stage)
+            .map(|(_, attempt, error)| (*attempt, error.as_str()))
+    }
 }
 
 fn build_stages(
@@ -471,6 +488,17 @@ async fn execute(
         },
         max_failures: pipeline.max_failures,
         recorder: recorder.clone(),
+        deaths: {
+            let mut deaths: std::collections::HashMap<String, Vec<(String, u32, String)>> =
+                std::collections::HashMap::new();
+            for d in store.deaths(run.id)? {
+                deaths
+                    .entry(d.key)
+                    .or_default()
+                    .push((d.stage, d.attempt, d.error));
+            }
+            deaths
+        },
     });
     recorder.set_run(run.id);
     shared.totals.done.add(counts["done"]);

@@ -78,9 +78,10 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// were any, the run to `interrupted`; returns how many. Unfinished items' attempts go
     /// back to 0 too.
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
-    /// In one transaction, for each `(key, stage, attempt, error)`: if `run`'s item `key` is
+    /// In one transaction, for each `(key, stage, attempt, error)`: keep it among `run`'s deaths
+    /// (raising a kept one for the same key and stage to `attempt`), and if the item `key` is
     /// still unfinished at `stage` with fewer than `attempt` attempts used, set them to
-    /// `attempt` and its last error to `error`. Returns how many items changed.
+    /// `attempt` and its last error to `error`. Returns how many deaths were new or raised.
     fn raise_attempts(
         &self,
         run: i64,
@@ -89,6 +90,8 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// How many of `run`'s items have a key that did not end failed or skipped, at the stage
     /// where the item is now, in an earlier run of `pipeline`.
     fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError>;
+    /// `run`'s deaths: `(key, stage, attempt, error)`.
+    fn died_at(&self, run: i64) -> Result<Vec<(String, String, i64, String)>, StoreError>;
     /// The last error kept for `run`'s item `seq`, if any.
     fn error_of(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError>;
     /// A writer of `run`'s item updates, on a connection of its own.
@@ -191,6 +194,19 @@ impl<T: Tables> CheckpointStore for T {
 
     fn last_error(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
         self.error_of(run, seq)
+    }
+
+    fn deaths(&self, run: i64) -> Result<Vec<super::Death>, StoreError> {
+        Ok(self
+            .died_at(run)?
+            .into_iter()
+            .map(|(key, stage, attempt, error)| super::Death {
+                key,
+                stage,
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                error,
+            })
+            .collect())
     }
 
     fn keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<u64, StoreError> {

@@ -281,18 +281,39 @@ impl Tables for PgStore {
     ) -> Result<u64, StoreError> {
         self.with_conn(|c| {
             let mut tx = c.transaction()?;
-            let stmt = tx.prepare(
+            let row = tx.prepare(
                 "UPDATE stagewise.items SET attempts = $4, error = $5
                  WHERE run_id = $1 AND key = $2 AND stage = $3 AND attempts < $4
                    AND state IN ('pending', 'in_flight')",
             )?;
+            let death = tx.prepare(
+                "INSERT INTO stagewise.deaths (run_id, key, stage, attempts, error)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (run_id, key, stage) DO UPDATE
+                 SET attempts = EXCLUDED.attempts, error = EXCLUDED.error
+                 WHERE stagewise.deaths.attempts < EXCLUDED.attempts",
+            )?;
             let mut n = 0;
             for (key, stage, attempts, error) in raised {
-                n += tx.execute(&stmt, &[&run, key, stage, attempts, error])?;
+                tx.execute(&row, &[&run, key, stage, attempts, error])?;
+                n += tx.execute(&death, &[&run, key, stage, attempts, error])?;
             }
             tx.commit()?;
             Ok(n)
         })
+    }
+
+    fn died_at(&self, run: i64) -> Result<Vec<(String, String, i64, String)>, StoreError> {
+        let rows = self.with_conn(|c| {
+            c.query(
+                "SELECT key, stage, attempts, error FROM stagewise.deaths WHERE run_id = $1",
+                &[&run],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
     }
 
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
@@ -309,6 +330,7 @@ impl Tables for PgStore {
                  WHERE run_id = $1 AND state IN ('pending', 'in_flight') AND attempts > 0",
                 &[&run],
             )?;
+            tx.execute("DELETE FROM stagewise.deaths WHERE run_id = $1", &[&run])?;
             if n > 0 {
                 tx.execute(
                     "UPDATE stagewise.runs SET status = 'interrupted', updated_at = $2 WHERE id = $1",

@@ -13,7 +13,7 @@ use super::conn::describe;
 use super::LOCK_CLASS;
 
 /// The schema this build writes; the same numbering as the SQLite store's.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 /// The second half of the advisory lock that serializes schema upgrades.
 const MIGRATE_LOCK: i32 = 0;
 
@@ -59,6 +59,19 @@ CREATE TABLE stagewise.processes (
     pipeline text PRIMARY KEY,
     record text NOT NULL,
     updated_at text NOT NULL
+);
+";
+
+/// Version 4: the attempts a process died in, per item and stage (the item's row may still be
+/// at an earlier stage, its move not committed when the process died).
+const SCHEMA_V4: &str = "
+CREATE TABLE stagewise.deaths (
+    run_id bigint NOT NULL,
+    key text NOT NULL,
+    stage text NOT NULL,
+    attempts bigint NOT NULL,
+    error text NOT NULL,
+    PRIMARY KEY (run_id, key, stage)
 );
 ";
 
@@ -125,12 +138,17 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
             });
         }
     }
-    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
+    for (to, sql) in [
+        (1, SCHEMA_V1),
+        (2, SCHEMA_V2),
+        (3, SCHEMA_V3),
+        (4, SCHEMA_V4),
+    ] {
         if version < to {
             tx.batch_execute(sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(4, SCHEMA_V4)`.
+    // Later versions add their steps here: `(5, SCHEMA_V5)`.
     tx.execute("DELETE FROM stagewise.meta", &[])
         .map_err(corrupt)?;
     tx.execute(

@@ -2,7 +2,7 @@
 //!
 //! Schema versions live in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction (version 2 added the response
-//! cache, version 3 the process records); it refuses a newer one, and refuses a file that is not
+//! cache, version 3 the process records, version 4 the attempts processes died in); it refuses a newer one, and refuses a file that is not
 //! a SQLite database before writing a single byte to it.
 //!
 //! The store is split by role: this module opens and locks it and runs the model's run and item
@@ -290,21 +290,43 @@ impl Tables for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let mut n = 0;
         {
-            let mut stmt = tx
+            let mut row = tx
                 .prepare_cached(
                     "UPDATE items SET attempts = ?4, error = ?5
                      WHERE run_id = ?1 AND key = ?2 AND stage = ?3 AND attempts < ?4
                        AND state IN ('pending', 'in_flight')",
                 )
                 .map_err(db)?;
+            let mut death = tx
+                .prepare_cached(
+                    "INSERT INTO deaths (run_id, key, stage, attempts, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (run_id, key, stage) DO UPDATE
+                     SET attempts = excluded.attempts, error = excluded.error
+                     WHERE excluded.attempts > deaths.attempts",
+                )
+                .map_err(db)?;
             for (key, stage, attempts, error) in raised {
-                n += stmt
+                row.execute(params![run, key, stage, attempts, error])
+                    .map_err(db)?;
+                n += death
                     .execute(params![run, key, stage, attempts, error])
                     .map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;
         Ok(n as u64)
+    }
+
+    fn died_at(&self, run: i64) -> Result<Vec<(String, String, i64, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, stage, attempts, error FROM deaths WHERE run_id = ?1")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
@@ -322,6 +344,8 @@ impl Tables for SqliteStore {
             [run],
         )
         .map_err(db)?;
+        tx.execute("DELETE FROM deaths WHERE run_id = ?1", [run])
+            .map_err(db)?;
         if n > 0 {
             tx.execute(
                 "UPDATE runs SET status = 'interrupted', updated_at = ?2 WHERE id = ?1",

@@ -2,7 +2,8 @@
 //!
 //! The version lives in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction of its own (version 2 added the
-//! response cache, version 3 the process records); a newer schema, or a database holding tables
+//! response cache, version 3 the process records, version 4 the attempts processes died in);
+//! a newer schema, or a database holding tables
 //! of something else, is refused before anything is written.
 
 use rusqlite::Connection;
@@ -10,7 +11,7 @@ use rusqlite::Connection;
 use super::super::StoreError;
 
 /// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: runs and their items.
 const SCHEMA_V1: &str = "
@@ -57,6 +58,19 @@ CREATE TABLE processes (
 ) WITHOUT ROWID;
 ";
 
+/// Version 4: the attempts a process died in, per item and stage (the item's row may still be
+/// at an earlier stage, its move not committed when the process died).
+const SCHEMA_V4: &str = "
+CREATE TABLE deaths (
+    run_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    PRIMARY KEY (run_id, key, stage)
+) WITHOUT ROWID;
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
@@ -89,12 +103,17 @@ pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> 
         }
     }
     // Each step only where needed: a current store is opened without taking the write lock.
-    for (to, sql) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
+    for (to, sql) in [
+        (1, SCHEMA_V1),
+        (2, SCHEMA_V2),
+        (3, SCHEMA_V3),
+        (4, SCHEMA_V4),
+    ] {
         if version < to {
             step(conn, to, sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(4, SCHEMA_V4)`.
+    // Later versions add their steps here: `(5, SCHEMA_V5)`.
     Ok(())
 }
 

@@ -47,8 +47,9 @@ impl Backend for SqliteFile {
 
     fn downgrade_to(&self, version: i64) {
         let drop = match version {
-            1 => "DROP TABLE processes; DROP TABLE responses;",
-            2 => "DROP TABLE processes;",
+            1 => "DROP TABLE deaths; DROP TABLE processes; DROP TABLE responses;",
+            2 => "DROP TABLE deaths; DROP TABLE processes;",
+            3 => "DROP TABLE deaths;",
             _ => panic!("no schema version {version} to go back to"),
         };
         self.execute(&format!("{drop} PRAGMA user_version = {version};"));
@@ -209,8 +210,9 @@ impl Backend for PgDatabase {
 
     fn downgrade_to(&self, version: i64) {
         let drop = match version {
-            1 => "DROP TABLE stagewise.processes; DROP TABLE stagewise.responses;",
-            2 => "DROP TABLE stagewise.processes;",
+            1 => "DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes; DROP TABLE stagewise.responses;",
+            2 => "DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes;",
+            3 => "DROP TABLE stagewise.deaths;",
             _ => panic!("no schema version {version} to go back to"),
         };
         self.execute(&format!(

@@ -599,13 +599,36 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
         (s("b"), s("one"), 1),
         (s("c"), s("two"), 4),
     ];
-    assert_eq!(store.count_died_attempts(run.id, &died).expect("count"), 1);
+    assert_eq!(store.count_died_attempts(run.id, &died).expect("count"), 3);
     assert_eq!(
         store
             .count_died_attempts(run.id, &died)
             .expect("count again"),
         0,
         "counting the same deaths again changes nothing"
+    );
+    // Every death is kept per item and stage, also where the row is at another stage (`c`
+    // died at `two` before its move there was committed).
+    let mut deaths: Vec<(String, String, u32)> = store
+        .deaths(run.id)
+        .expect("deaths")
+        .into_iter()
+        .map(|d| (d.key, d.stage, d.attempt))
+        .collect();
+    deaths.sort();
+    assert_eq!(
+        deaths,
+        [
+            (s("a"), s("one"), 1),
+            (s("b"), s("one"), 1),
+            (s("c"), s("two"), 4)
+        ]
+    );
+    assert_eq!(
+        store
+            .count_died_attempts(run.id, &[(s("c"), s("two"), 5)])
+            .expect("a later death"),
+        1
     );
     let after = used(&*store);
     assert_eq!(after[0], (s("a"), 2, Some(s("busy"))));
@@ -633,6 +656,10 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
         None,
     );
     assert_eq!(used(&*store)[0], (s("a"), 0, None));
+
+    // `retry-failed` forgets the deaths with the attempts.
+    store.reset_failed(run.id).expect("reset");
+    assert!(store.deaths(run.id).expect("deaths").is_empty());
 }
 
 /// `retry-failed`: failed items go back to pending at their stage and the run becomes
@@ -734,7 +761,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 3,
+                supported: 4,
                 ..
             }
         ),
@@ -760,7 +787,7 @@ fn a_foreign_database_is_refused(b: &dyn Backend) {
 /// A store of an older schema version is upgraded when opened, its runs and items kept, and
 /// the tables of each later version there.
 fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         let store = open(b);
         let pipeline = format!("v{version}");
         let run = take(&*store, &pipeline, &["a", "b", "c"]);
@@ -796,6 +823,10 @@ fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
             store.load_process(&pipeline).expect("load").as_deref(),
             Some("{}")
         );
+        store
+            .count_died_attempts(run.id, &[("b".into(), "one".into(), 1)])
+            .expect("the deaths' table is there");
+        assert_eq!(store.deaths(run.id).expect("deaths").len(), 1);
         drop(store);
         drop(open(b));
     }
