@@ -17,6 +17,22 @@ const COMMIT_MAX_ITEMS: usize = 50;
 /// collected and one channel's worth queued.
 const REDONE_PER_KILL: usize = IN_FLIGHT + 3 * COMMIT_MAX_ITEMS;
 
+/// Runs `p` and `kill -9`s it `after` its run started; the killed run's output. Fails if the
+/// run ended by itself first.
+fn kill_after_start(p: &Pipeline, after: Duration) -> util::Output {
+    let mut running = p.cmd("run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(20)),
+        "{}",
+        running.stderr_so_far()
+    );
+    thread::sleep(after);
+    running.signal(libc::SIGKILL);
+    let killed = running.wait();
+    assert_eq!(killed.code, None, "it ended before the kill\n{killed}");
+    killed
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_redoes_little() {
     let p = Pipeline::new(&format!(
@@ -277,16 +293,7 @@ fn an_item_its_process_dies_in_every_time_ends_failed() {
         "#,
     );
     for kill in 1..=3 {
-        let mut running = p.cmd("run").spawn();
-        assert!(
-            running.wait_for_stderr("run started", Duration::from_secs(20)),
-            "{}",
-            running.stderr_so_far()
-        );
-        thread::sleep(Duration::from_millis(400));
-        running.signal(libc::SIGKILL);
-        let killed = running.wait();
-        assert_eq!(killed.code, None, "kill {kill}: it ended first\n{killed}");
+        let killed = kill_after_start(&p, Duration::from_millis(400));
         if kill > 1 {
             assert!(
                 killed.stderr.contains("count against their items"),
@@ -332,13 +339,8 @@ fn an_attempt_that_failed_counts_when_the_process_dies_in_its_backoff() {
         path = "out.jsonl"
         "#,
     );
-    for kill in 1..=2 {
-        let mut running = p.cmd("run").spawn();
-        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
-        thread::sleep(Duration::from_millis(60));
-        running.signal(libc::SIGKILL);
-        let killed = running.wait();
-        assert_eq!(killed.code, None, "kill {kill}: it ended first\n{killed}");
+    for _ in 0..2 {
+        kill_after_start(&p, Duration::from_millis(60));
     }
     // Attempts 1 and 2 failed, each followed by a kill in its backoff: the third is the last,
     // with no backoff of 10 s before it.
@@ -381,11 +383,7 @@ fn retry_failed_gives_fresh_attempts_after_deaths() {
         "#,
     );
     for _ in 0..2 {
-        let mut running = p.cmd("run").spawn();
-        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
-        thread::sleep(Duration::from_millis(300));
-        running.signal(libc::SIGKILL);
-        assert_eq!(running.wait().code, None);
+        kill_after_start(&p, Duration::from_millis(300));
     }
     let out = p.cmd("retry-failed").output();
     out.assert_code(0);
@@ -427,13 +425,8 @@ fn a_death_right_after_a_stage_move_counts() {
         path = "out.jsonl"
         "#,
     );
-    for kill in 1..=2 {
-        let mut running = p.cmd("run").spawn();
-        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
-        thread::sleep(Duration::from_millis(300));
-        running.signal(libc::SIGKILL);
-        let killed = running.wait();
-        assert_eq!(killed.code, None, "kill {kill}: it ended first\n{killed}");
+    for _ in 0..2 {
+        kill_after_start(&p, Duration::from_millis(300));
     }
     // The moves to `crash` were never committed (`commit_interval` = 5s): the item is back at
     // `prep` each time, and both deaths at `crash` count.
