@@ -114,39 +114,16 @@ fn a_blocking_pool_uses_its_concurrency_not_one_thread_per_item() {
 #[test]
 fn a_late_answer_before_the_item_is_settled_is_taken() {
     let pipeline = |hang_for: &str, retry: &str| {
-        Pipeline::new(&format!(
-            r#"
-            [pipeline]
-            name = "late"
-
-            [[stage]]
-            name = "src"
-            kind = "generate"
-            count = 2
-
-            [[stage]]
-            name = "slow"
-            kind = "fault"
-            hang_rate = 1.0
-            hang_for = "{hang_for}"
-            blocking = true
-            concurrency = 4
-            timeout = "300ms"
-            retry = {retry}
-
-            [[stage]]
-            name = "out"
-            kind = "jsonl"
-            path = "out.jsonl"
-            "#
-        ))
-    };
-    let stage_figures = |summary: &serde_json::Value| {
-        summary["stages"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "slow"))
-            .cloned()
-            .expect("stage `slow` in the summary")
+        Pipeline::through(
+            "late",
+            2,
+            &format!(
+                "[[stage]]\nname = \"slow\"\nkind = \"fault\"\nhang_rate = 1.0\n\
+                 hang_for = \"{hang_for}\"\nblocking = true\nconcurrency = 4\n\
+                 timeout = \"300ms\"\nretry = {retry}"
+            ),
+            "",
+        )
     };
 
     // Returns 100 ms after the timeout (inside the 250 ms grace); then 700 ms after it, while
@@ -156,24 +133,18 @@ fn a_late_answer_before_the_item_is_settled_is_taken() {
             hang_for,
             r#"{ attempts = 3, initial = "5s", max = "5s", jitter = false }"#,
         );
-        let started = std::time::Instant::now();
         let out = p.run();
         out.assert_code(0);
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "{hang_for}: the late answer was not taken during the backoff\n{out}"
-        );
         assert_eq!(
             out.stderr.matches("the answer is taken").count(),
             2,
             "{hang_for}\n{out}"
         );
         assert_eq!(p.status().count("done"), 2);
-        assert_eq!(p.sink("out.jsonl").unique_keys().len(), 2);
-        let summary: serde_json::Value =
-            serde_json::from_slice(&p.dir.read(".stagewise/late.summary.json"))
-                .expect("the summary is JSON");
-        let slow = stage_figures(&summary);
+        // Each record written once: no second attempt ran after the late answer.
+        assert_eq!(p.sink("out.jsonl").len(), 2);
+        // Both attempts timed out; the retries their backoffs began were never made.
+        let slow = p.stage_summary("late", "slow");
         assert_eq!(
             (slow["timeouts"].as_u64(), slow["retries"].as_u64()),
             (Some(2), Some(0)),

@@ -306,17 +306,6 @@ const SLOW_NAP: &str = r#"
         concurrency = 8
         "#;
 
-/// The per-stage summary object `<store>/<name>.summary.json` holds for `stage`.
-fn stage_summary(p: &Pipeline, name: &str, stage: &str) -> Value {
-    let raw = p.dir.read(&format!(".stagewise/{name}.summary.json"));
-    let summary: Value = serde_json::from_slice(&raw).expect("the summary is JSON");
-    summary["stages"]
-        .as_array()
-        .and_then(|stages| stages.iter().find(|s| s["name"] == stage))
-        .cloned()
-        .unwrap_or_else(|| panic!("no stage `{stage}` in the summary: {summary}"))
-}
-
 #[test]
 fn a_server_restart_mid_run_is_retried_and_nothing_is_lost() {
     let Some(cluster) = PrivateCluster::new() else {
@@ -360,7 +349,7 @@ fn a_server_restart_mid_run_is_retried_and_nothing_is_lost() {
     eprintln!("server down for {down:?}; the run took {:?}", out.elapsed);
 
     out.assert_code(0);
-    let save = stage_summary(&p, "restart", "save");
+    let save = p.stage_summary("restart", "save");
     assert!(
         save["retries"].as_u64().is_some_and(|r| r > 0),
         "writes must have failed and been retried while the server was down: {save}\n{out}"

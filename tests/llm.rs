@@ -68,13 +68,7 @@ fn openai(server: &LlmServer, scenario: Scenario, extra: &str) -> String {
 
 /// The stage's figures in the summary file (calls, cache hits, tokens, cost).
 fn figures(p: &Pipeline, name: &str) -> Value {
-    let raw = p.dir.read(&format!(".stagewise/{name}.summary.json"));
-    let summary: Value = serde_json::from_slice(&raw).expect("the summary is JSON");
-    summary["stages"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == "facts"))
-        .map(|s| s["figures"].clone())
-        .unwrap_or_else(|| panic!("no stage `facts` in the summary: {summary:#}"))
+    p.stage_summary(name, "facts")["figures"].clone()
 }
 
 #[test]

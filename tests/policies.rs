@@ -8,36 +8,13 @@ use std::time::Duration;
 
 use util::{keys, Pipeline};
 
-/// generate `count` → `middle` (one stage's TOML) → jsonl sink `out.jsonl`.
-fn through(name: &str, count: usize, middle: &str, pipeline_extra: &str) -> Pipeline {
-    Pipeline::new(&format!(
-        r#"
-[pipeline]
-name = "{name}"
-{pipeline_extra}
-
-[[stage]]
-name = "src"
-kind = "generate"
-count = {count}
-
-{middle}
-
-[[stage]]
-name = "out"
-kind = "jsonl"
-path = "out.jsonl"
-"#
-    ))
-}
-
 /// The issue's case: 30 % transient errors, 5 attempts, 200 items. Each item fails all five
 /// attempts with probability 0.3^5 ≈ 0.24 %, so a given seed may leave an item or two failed;
 /// what must hold regardless: retries rescue almost everything, and anything left failed used
 /// exactly 5 attempts and carries the transient error.
 #[test]
 fn transient_errors_are_retried() {
-    let p = through(
+    let p = Pipeline::through(
         "retries",
         200,
         r#"
@@ -81,7 +58,7 @@ retry = { attempts = 5, initial = "1ms", max = "5ms" }
 /// must end with every item done.
 #[test]
 fn retries_make_every_item_done() {
-    let p = through(
+    let p = Pipeline::through(
         "retries-all-done",
         200,
         r#"
@@ -105,7 +82,7 @@ retry = { attempts = 12, initial = "1ms", max = "5ms" }
 
 #[test]
 fn exhausted_attempts_are_recorded() {
-    let p = through(
+    let p = Pipeline::through(
         "exhausted",
         10,
         r#"
@@ -131,7 +108,7 @@ retry = { attempts = 3, initial = "1ms", max = "2ms" }
 
 #[test]
 fn permanent_errors_are_never_retried() {
-    let p = through(
+    let p = Pipeline::through(
         "permanent",
         200,
         r#"
@@ -167,7 +144,7 @@ retry = { attempts = 5, initial = "1ms", max = "5ms" }
 #[test]
 fn a_slow_attempt_times_out_and_is_retried() {
     for blocking in [false, true] {
-        let p = through(
+        let p = Pipeline::through(
             "timeout",
             4,
             &format!(
@@ -207,7 +184,7 @@ retry = {{ attempts = 2, initial = "10ms", max = "10ms" }}
 /// fail with a timeout and the run ends.
 #[test]
 fn an_async_hang_times_out() {
-    let p = through(
+    let p = Pipeline::through(
         "async-hang",
         20,
         r#"
@@ -236,7 +213,7 @@ retry = { attempts = 2, initial = "10ms", max = "10ms" }
 #[test]
 fn panics_become_item_failures_and_the_run_goes_on() {
     for blocking in [false, true] {
-        let p = through(
+        let p = Pipeline::through(
             "panics",
             100,
             &format!(
@@ -284,7 +261,7 @@ retry = {{ attempts = 1 }}
 #[test]
 fn crossing_max_failures_aborts() {
     for (max_failures, code) in [("5", 3), ("\"10%\"", 3), ("\"90%\"", 1)] {
-        let p = through(
+        let p = Pipeline::through(
             "max-failures",
             200,
             r#"
@@ -312,7 +289,7 @@ concurrency = 4
 /// the failing stage together (same sleep, eight places), so several fail at once.
 #[test]
 fn the_abort_reason_agrees_with_the_failed_count() {
-    let p = through(
+    let p = Pipeline::through(
         "max-failures-count",
         64,
         r#"
@@ -351,7 +328,7 @@ concurrency = 8
 /// the second pass runs with the fault switched off through an override.
 #[test]
 fn retry_failed_reruns_only_the_failed_items() {
-    let p = through(
+    let p = Pipeline::through(
         "retry-failed",
         30,
         r#"
@@ -400,36 +377,19 @@ seed = 9
 /// fail like any other item: they count against `max_failures`.
 #[test]
 fn items_that_cannot_resume_count_against_max_failures() {
-    let first = r#"
-[pipeline]
-name = "renamed"
-max_run_time = "1s"
-shutdown_grace = "0s"
-
-[[stage]]
-name = "src"
-kind = "generate"
-count = 4
-
-[[stage]]
-name = "slow"
-kind = "sleep"
-duration = "30s"
-concurrency = 4
-
-[[stage]]
-name = "out"
-kind = "jsonl"
-path = "out.jsonl"
-"#;
-    let p = Pipeline::new(first);
+    let p = Pipeline::through(
+        "renamed",
+        4,
+        "[[stage]]\nname = \"slow\"\nkind = \"sleep\"\nduration = \"30s\"\nconcurrency = 4",
+        "max_run_time = \"1s\"\nshutdown_grace = \"0s\"",
+    );
     p.run().assert_code(75);
     assert_eq!(p.status().count("pending"), 4);
 
     // The stage renamed, and no failure allowed: the four items at `slow` cannot resume.
     p.dir.write(
         "pipeline.toml",
-        first
+        p.toml()
             .replace("name = \"slow\"", "name = \"nap\"")
             .replace("max_run_time = \"1s\"", "max_failures = 0"),
     );
@@ -572,9 +532,7 @@ path = "out.jsonl"
                 && out.stderr.contains("retry-failed"),
             "{middle}\n{out}"
         );
-        let summary: serde_json::Value =
-            serde_json::from_slice(&p.dir.read(".stagewise/stuck-source.summary.json"))
-                .expect("the summary is JSON");
+        let summary = p.summary("stuck-source");
         assert_eq!(summary["outcome"], "no_progress");
         assert_eq!(summary["exit_code"], 1);
 
@@ -589,37 +547,18 @@ path = "out.jsonl"
 /// Keys that failed before but got further this time (a later stage) are progress.
 #[test]
 fn failing_further_on_is_progress() {
-    let toml = |s1: f64, s2: f64| {
+    let middle = |s1: f64, s2: f64| {
         format!(
-            r#"
-[pipeline]
-name = "further"
-
-[[stage]]
-name = "src"
-kind = "generate"
-count = 3
-
-[[stage]]
-name = "s1"
-kind = "fault"
-permanent_rate = {s1:?}
-
-[[stage]]
-name = "s2"
-kind = "fault"
-permanent_rate = {s2:?}
-
-[[stage]]
-name = "out"
-kind = "jsonl"
-path = "out.jsonl"
-"#
+            "[[stage]]\nname = \"s1\"\nkind = \"fault\"\npermanent_rate = {s1:?}\n\n\
+             [[stage]]\nname = \"s2\"\nkind = \"fault\"\npermanent_rate = {s2:?}"
         )
     };
-    let p = Pipeline::new(&toml(1.0, 0.0));
+    let p = Pipeline::through("further", 3, &middle(1.0, 0.0), "");
     p.run().assert_code(1);
-    p.dir.write("pipeline.toml", toml(0.0, 1.0));
+    p.dir.write(
+        "pipeline.toml",
+        p.toml().replace(&middle(1.0, 0.0), &middle(0.0, 1.0)),
+    );
     let out = p.run();
     out.assert_code(1);
     assert!(

@@ -55,20 +55,15 @@ fn chatty(name: &str, count: usize) -> Pipeline {
 /// `generate` `count` items → `sleep` `duration` at `concurrency` → a `jsonl` sink, with
 /// `settings` (more `[pipeline]` keys, or whole sections) after the pipeline's name.
 fn naps(name: &str, settings: &str, count: u32, duration: &str, concurrency: u32) -> Pipeline {
-    Pipeline::new(&format!(
-        "[pipeline]\nname = \"{name}\"\n{settings}\n\n\
-         [[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = {count}\n\n\
-         [[stage]]\nname = \"nap\"\nkind = \"sleep\"\nduration = \"{duration}\"\nconcurrency = {concurrency}\n\n\
-         [[stage]]\nname = \"out\"\nkind = \"jsonl\"\npath = \"out.jsonl\"\n"
-    ))
-}
-
-/// The summary file the run wrote beside its store.
-fn summary(p: &Pipeline, name: &str) -> Value {
-    let path = p.dir.join(&format!(".stagewise/{name}.summary.json"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no summary at {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("the summary is JSON")
+    Pipeline::through(
+        name,
+        count as usize,
+        &format!(
+            "[[stage]]\nname = \"nap\"\nkind = \"sleep\"\nduration = \"{duration}\"\n\
+             concurrency = {concurrency}"
+        ),
+        settings,
+    )
 }
 
 /// Waits for `child` at most `within`; its exit code, or a panic naming `what`.
@@ -106,7 +101,7 @@ fn a_reader_that_exits_after_one_line_loses_lines_not_the_run() {
         .output()
         .expect("run bash");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary = summary(&p, "head-one");
+    let summary = p.summary("head-one");
     let code = summary["exit_code"].as_i64().expect("exit_code");
     assert!(
         summary["outcome"] == "finished" || summary["outcome"] == "finished_with_failures",
@@ -135,7 +130,7 @@ fn a_closed_stderr_changes_nothing() {
         .stdin(Stdio::null())
         .output()
         .expect("run bash");
-    let summary = summary(&p, "closed");
+    let summary = p.summary("closed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim(), format!("exit={}", summary["exit_code"]));
     assert_eq!(p.status().count("pending"), 0);
@@ -183,7 +178,7 @@ fn an_unread_stderr_pipe_cannot_hold_the_run() {
         Duration::from_secs(60),
         "a run into an unread pipe",
     );
-    let summary = summary(&p, "fifo-finish");
+    let summary = p.summary("fifo-finish");
     assert_eq!(code, summary["exit_code"].as_i64().map(|c| c as i32));
     assert!(
         summary["log_events_dropped"].as_u64() > Some(0),
@@ -244,7 +239,7 @@ fn sigterm_is_heard_with_stderr_stuck() {
         took < Duration::from_secs(3),
         "exit took {took:?} after SIGTERM with a 1s grace"
     );
-    let summary = summary(&p, "fifo-term");
+    let summary = p.summary("fifo-term");
     assert_eq!(summary["outcome"], "interrupted", "{summary}");
     drop(fifo);
 }

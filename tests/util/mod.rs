@@ -153,6 +153,52 @@ impl Pipeline {
         Pipeline { dir, toml }
     }
 
+    /// `generate` `count` items → `middle` (stage tables) → a `jsonl` sink `out.jsonl`, with
+    /// `settings` (more `[pipeline]` keys, or whole sections) after the pipeline's name.
+    pub fn through(name: &str, count: usize, middle: &str, settings: &str) -> Pipeline {
+        Pipeline::new(&format!(
+            "[pipeline]\nname = \"{name}\"\n{settings}\n\n\
+             [[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = {count}\n\n\
+             {}\n\n\
+             [[stage]]\nname = \"out\"\nkind = \"jsonl\"\npath = \"out.jsonl\"\n",
+            dedent(middle)
+        ))
+    }
+
+    /// Runs the pipeline again and again until a run exits 1 (it finished, some items failed),
+    /// at most `most` times; every run before must end with `before` (`None`: killed by a
+    /// signal). Panics if no run exits 1.
+    pub fn run_until_finished_with_failures(&self, most: usize, before: Option<i32>) {
+        let mut codes = Vec::new();
+        for _ in 0..most {
+            let out = self.run();
+            codes.push(out.code);
+            if out.code == Some(1) {
+                return;
+            }
+            assert_eq!(out.code, before, "runs so far ended with {codes:?}\n{out}");
+        }
+        panic!("no run of {most} finished: they ended with {codes:?}");
+    }
+
+    /// The summary file a run of pipeline `name` wrote beside its store.
+    pub fn summary(&self, name: &str) -> Value {
+        let path = self.dir.join(&format!(".stagewise/{name}.summary.json"));
+        let text = fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("no summary at {}: {e}", path.display()));
+        serde_json::from_str(&text).expect("the summary is JSON")
+    }
+
+    /// The summary file's object for `stage`.
+    pub fn stage_summary(&self, name: &str, stage: &str) -> Value {
+        let summary = self.summary(name);
+        summary["stages"]
+            .as_array()
+            .and_then(|stages| stages.iter().find(|s| s["name"] == stage))
+            .cloned()
+            .unwrap_or_else(|| panic!("no stage `{stage}` in the summary: {summary}"))
+    }
+
     /// The text exactly as written to `pipeline.toml`.
     pub fn toml(&self) -> &str {
         &self.toml
