@@ -18,15 +18,16 @@ use super::{Shared, StageRt};
 use crate::policy::timeout::{within, TimedOut};
 use crate::runner::control::AbortReason;
 use crate::stage::Record;
-use crate::stage::{BlockingStage, CancelFlag, Context, Outcome, StageError, StageImpl};
+use crate::stage::{BlockingStage, CancelFlag, Context, Ending, Outcome, StageError, StageImpl};
 
 /// How long a timed-out or cancelled blocking call gets to notice its flag before it counts as
 /// abandoned.
 const ABANDON_GRACE: Duration = Duration::from_millis(250);
 
-/// Why an attempt produced no outcome.
+/// Why an attempt produced no outcome (`T`: what the call answers, an [`Outcome`] but for
+/// marks).
 #[derive(Debug)]
-pub(crate) enum CallError {
+pub(crate) enum CallError<T = Outcome> {
     /// The stage answered with an error.
     Stage(StageError),
     /// The attempt timed out.
@@ -37,7 +38,7 @@ pub(crate) enum CallError {
         /// When the attempt timed out.
         timed_out: TimedOut,
         /// The call's outcome, should it return one.
-        late: tokio::sync::oneshot::Receiver<Outcome>,
+        late: tokio::sync::oneshot::Receiver<T>,
     },
     /// The stage panicked; the message.
     Panic(String),
@@ -87,20 +88,45 @@ pub(crate) async fn call(
                 () = shared.control.hard.cancelled() => Err(CallError::Cancelled),
             }
         }
-        StageImpl::Blocking(s) => blocking(shared, stage, s.clone(), record, cx).await,
+        StageImpl::Blocking(s) => {
+            let s = s.clone();
+            blocking(shared, stage, cx, move |cx| s.process(record, cx)).await
+        }
         StageImpl::Source(_) => Err(CallError::Stage(StageError::fatal(
             "a source can only be the first stage",
         ))),
     }
 }
 
-async fn blocking(
+/// Mark an item that ended failed or skipped at `stage` (a stage whose
+/// [`BlockingStage::marks`] takes it): one attempt, on the stage's pool, under its timeout.
+pub(crate) async fn mark(
     shared: &Arc<Shared>,
     stage: &StageRt,
     s: Arc<dyn BlockingStage>,
-    record: Record,
+    ending: Arc<Ending>,
+    attempt: u32,
+) -> Result<(), CallError<()>> {
+    if shared.control.hard.is_cancelled() {
+        return Err(CallError::Cancelled);
+    }
+    let cx = Context::new(
+        ending.record.key.as_str(),
+        stage.name.clone(),
+        attempt,
+        Instant::now() + stage.policy.timeout,
+        CancelFlag::new(),
+    );
+    blocking(shared, stage, cx, move |cx| s.mark(&ending, cx)).await
+}
+
+/// Run `work` on the stage's pool (see the module docs).
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    stage: &StageRt,
     cx: Context,
-) -> Result<Outcome, CallError> {
+    work: impl FnOnce(&Context) -> Result<T, StageError> + Send + 'static,
+) -> Result<T, CallError<T>> {
     let timeout = stage.policy.timeout;
     let deadline = tokio::time::Instant::from_std(cx.deadline());
     let pool = stage
@@ -120,7 +146,7 @@ async fn blocking(
     let thread_cx = cx.clone();
     let mut handle = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        std::panic::catch_unwind(AssertUnwindSafe(|| s.process(record, &thread_cx)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| work(&thread_cx)))
     });
     let unfinished = tokio::select! {
         biased;
@@ -139,13 +165,13 @@ async fn blocking(
                 if matches!(unfinished, CallError::Timeout(_)) {
                     // Counted as the attempt it was: one past its deadline.
                     stage.stats.timeouts.incr();
+                    tracing::info!(
+                        stage = %stage.name,
+                        key = %cx.key(),
+                        "{}",
+                        crate::telemetry::events::LATE_ANSWER
+                    );
                 }
-                tracing::info!(
-                    stage = %stage.name,
-                    key = %cx.key(),
-                    "{}",
-                    crate::telemetry::events::LATE_ANSWER
-                );
                 Ok(outcome)
             }
             Err(_) => Err(unfinished),
@@ -198,11 +224,11 @@ async fn blocking(
 /// A blocking call that gave up with a transient error at its deadline (seeing
 /// [`Context::is_cancelled`] turn true) may return a moment before the runtime's timer fires:
 /// that attempt timed out, whatever the stage called it.
-fn late_is_timeout(
-    result: Result<Outcome, CallError>,
+fn late_is_timeout<T>(
+    result: Result<T, CallError<T>>,
     cx: &Context,
     timeout: Duration,
-) -> Result<Outcome, CallError> {
+) -> Result<T, CallError<T>> {
     match result {
         Err(CallError::Stage(e))
             if e.class == crate::stage::ErrorClass::Transient
@@ -214,9 +240,9 @@ fn late_is_timeout(
     }
 }
 
-type Joined = Result<std::thread::Result<Result<Outcome, StageError>>, tokio::task::JoinError>;
+type Joined<T> = Result<std::thread::Result<Result<T, StageError>>, tokio::task::JoinError>;
 
-fn finish(joined: Joined) -> Result<Outcome, CallError> {
+fn finish<T>(joined: Joined<T>) -> Result<T, CallError<T>> {
     match joined {
         Ok(Ok(result)) => result.map_err(CallError::Stage),
         Ok(Err(panic)) => Err(CallError::Panic(panic_message(&*panic))),

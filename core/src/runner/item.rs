@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::call::{call, CallError};
+use super::call::{self, call, CallError};
 use super::control::AbortReason;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
 use crate::policy::retry::{retrying, Attempt, Ended, RetryEvents};
-use crate::stage::Record;
-use crate::stage::{ErrorClass, Outcome, StageError};
+use crate::stage::{Ending, EndingKind, ErrorClass, Outcome, Record, StageError, StageImpl};
 use crate::text;
 
 /// An item ready to run from stage `stage` on.
@@ -58,7 +57,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             let error = StageError::permanent(format!(
                 "all {used} attempts (`retry.attempts` = {allowed}) used across processes; the last: {last}"
             ));
-            fail(&shared, stage, seq, &key, error, used).await;
+            fail(&shared, stage, seq, &record, error, used).await;
             return;
         }
         let control = &shared.control;
@@ -117,9 +116,14 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 }
             }
             Ok(Outcome::Skip { reason }) => {
+                tracing::debug!(stage = %stage.name, key = %key, reason = %reason, "item skipped");
+                let Some(reason) =
+                    ending(&shared, stage, seq, &record, EndingKind::Skipped, reason, 1).await
+                else {
+                    return;
+                };
                 stage.stats.skipped.incr();
                 shared.totals.skipped.incr();
-                tracing::debug!(stage = %stage.name, key = %key, reason = %reason, "item skipped");
                 checkpoint(
                     &shared,
                     seq,
@@ -136,7 +140,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 return;
             }
             Err(Ended::Failed { error, attempts }) => {
-                fail(&shared, stage, seq, &key, error, attempts).await;
+                fail(&shared, stage, seq, &record, error, attempts).await;
                 return;
             }
         }
@@ -168,13 +172,14 @@ async fn checkpoint(shared: &Shared, seq: i64, change: Change) -> bool {
 }
 
 async fn fail(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stage: &StageRt,
     seq: i64,
-    key: &str,
+    record: &Record,
     error: StageError,
     attempts: u32,
 ) {
+    let key = record.key.as_str();
     if error.class == ErrorClass::Fatal {
         // The error is the run's, not the item's (a refused password, say): the item goes back
         // to pending, uses no attempt, and runs again once the cause is fixed.
@@ -186,7 +191,6 @@ async fn fail(
         });
         return;
     }
-    stage.stats.failed.incr();
     tracing::warn!(
         stage = %stage.name,
         key = %key,
@@ -195,18 +199,193 @@ async fn fail(
         error = %error.message,
         "item failed"
     );
-    let message = error.message.clone();
+    let kind = EndingKind::Failed;
+    let Some(error) = ending(shared, stage, seq, record, kind, error.message, attempts).await
+    else {
+        return;
+    };
+    stage.stats.failed.incr();
     checkpoint(
         shared,
         seq,
         Change::Failed {
             stage: stage.name.to_string(),
-            error: message.clone(),
+            error,
             attempts,
         },
     )
     .await;
     count_failure(shared);
+}
+
+/// An item that cannot resume from its checkpoint (a stage no longer in the pipeline, a
+/// record that does not read back) fails, marked like any other.
+pub(crate) async fn fail_unresumable(
+    shared: Arc<Shared>,
+    seq: i64,
+    key: String,
+    stage: String,
+    error: String,
+) {
+    tracing::warn!(key = %key, error = %error, "item cannot resume");
+    let record = Record::new(key);
+    let ending_at = Ending {
+        kind: EndingKind::Failed,
+        stage: stage.clone(),
+        message: error,
+        attempts: 0,
+        record,
+    };
+    let Some(error) = marked(&shared, seq, ending_at, None).await else {
+        return;
+    };
+    if checkpoint(
+        &shared,
+        seq,
+        Change::Failed {
+            stage,
+            error,
+            attempts: 0,
+        },
+    )
+    .await
+    {
+        count_failure(&shared);
+    }
+}
+
+/// The item ends failed or skipped at `stage`: the stages that mark such endings are told
+/// first. Returns the message to record with the ending (the error or reason, plus what went
+/// wrong with a mark), or `None` when the item went back to pending instead (the run stopped
+/// while it was being marked, or a mark hit a fatal error).
+async fn ending(
+    shared: &Arc<Shared>,
+    stage: &StageRt,
+    seq: i64,
+    record: &Record,
+    kind: EndingKind,
+    message: String,
+    attempts: u32,
+) -> Option<String> {
+    if !shared.marking(kind) {
+        return Some(message);
+    }
+    let ending_at = Ending {
+        kind,
+        stage: stage.name.to_string(),
+        message,
+        attempts,
+        record: record.clone(),
+    };
+    marked(shared, seq, ending_at, Some(stage)).await
+}
+
+/// Mark `ending_at` at every stage that takes it, each under its own retry policy and timeout.
+/// See [`ending`]; `at` is the stage the item goes back to (pending) should marking stop.
+async fn marked(
+    shared: &Arc<Shared>,
+    seq: i64,
+    ending_at: Ending,
+    at: Option<&StageRt>,
+) -> Option<String> {
+    let key = ending_at.record.key.clone();
+    let mut message = ending_at.message.clone();
+    let ending_at = Arc::new(ending_at);
+    let stop = &shared.control.hard;
+    for marker in &shared.stages {
+        let StageImpl::Blocking(imp) = &marker.imp else {
+            continue;
+        };
+        if !marker.marks.takes(ending_at.kind) {
+            continue;
+        }
+        let events = MarkLog {
+            stage: marker,
+            key: &key,
+        };
+        let result = retrying(&marker.policy.retry, stop, &events, 0, |attempt| {
+            let (imp, ending_at) = (imp.clone(), ending_at.clone());
+            async move {
+                match call::mark(shared, marker, imp, ending_at, attempt).await {
+                    Ok(()) => Attempt::Done(()),
+                    Err(CallError::Cancelled) => Attempt::Interrupted,
+                    Err(CallError::Timeout(timed_out)) => Attempt::Failed(timed_out.into()),
+                    Err(CallError::Abandoned { timed_out, late }) => Attempt::TimedOut {
+                        error: timed_out.into(),
+                        late,
+                    },
+                    Err(CallError::Panic(message)) => {
+                        Attempt::Failed(StageError::permanent(format!("panicked: {message}")))
+                    }
+                    Err(CallError::Stage(e)) => Attempt::Failed(e),
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(()) => {}
+            Err(Ended::Interrupted) => {
+                back_to_pending(shared, seq, at).await;
+                return None;
+            }
+            Err(Ended::Failed { error, .. }) if error.class == ErrorClass::Fatal => {
+                back_to_pending(shared, seq, at).await;
+                shared.control.abort(AbortReason::Fatal {
+                    stage: marker.name.to_string(),
+                    key: key.clone(),
+                    error: error.message,
+                });
+                return None;
+            }
+            Err(Ended::Failed { error, attempts }) => {
+                tracing::warn!(
+                    stage = %marker.name,
+                    key = %key,
+                    attempts,
+                    error = %error.message,
+                    "{}",
+                    crate::telemetry::events::MARK_FAILED
+                );
+                message = format!(
+                    "{message} (and marking it at `{}` failed: {})",
+                    marker.name, error.message
+                );
+            }
+        }
+    }
+    Some(message)
+}
+
+/// The item goes back to pending at `at` (or stays where its checkpoint has it).
+async fn back_to_pending(shared: &Shared, seq: i64, at: Option<&StageRt>) {
+    if let Some(stage) = at {
+        interrupted(shared, seq, stage).await;
+    }
+}
+
+/// What marking reports, as debug lines of the marking stage.
+struct MarkLog<'a> {
+    stage: &'a StageRt,
+    key: &'a str,
+}
+
+impl RetryEvents for MarkLog<'_> {
+    fn retrying(&self, attempt: u32, error: &StageError, delay: std::time::Duration) {
+        tracing::debug!(
+            stage = %self.stage.name,
+            key = %self.key,
+            attempt,
+            error = %error.message,
+            delay = %text::duration(delay),
+            "retrying the mark"
+        );
+    }
+
+    fn backing_off(&self, _waiting: bool) {}
+
+    fn late_answer(&self, attempt: u32) {
+        tracing::info!(stage = %self.stage.name, key = %self.key, attempt, "a mark that timed out landed");
+    }
 }
 
 /// One more item failed: counted, and held against `max_failures`.

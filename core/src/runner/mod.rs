@@ -84,6 +84,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Put the latest run's failed items back to pending first.
     pub retry_failed: bool,
+    /// With `retry_failed`: that run (by number) rather than the latest.
+    pub run: Option<i64>,
 }
 
 /// A run that could not start: nothing was processed (exit 2).
@@ -106,6 +108,16 @@ pub enum RunError {
     /// `retry-failed` with no run to retry.
     #[error("no run of pipeline `{0}` yet: nothing to retry")]
     NoRun(String),
+    /// `retry-failed --run N` with no such run.
+    #[error(
+        "pipeline `{pipeline}` has no run {run} with items (`stagewise status` shows the latest)"
+    )]
+    NoSuchRun {
+        /// The pipeline.
+        pipeline: String,
+        /// The run asked for.
+        run: i64,
+    },
 }
 
 /// One stage, built and ready.
@@ -127,6 +139,8 @@ pub(crate) struct StageRt {
     pub adaptive: Adaptive,
     /// Whether the stage has been told to slow down yet (logged once).
     pub slowed: std::sync::atomic::AtomicBool,
+    /// The endings of items (at any stage) this stage marks.
+    pub marks: crate::stage::Marks,
 }
 
 pub(crate) struct Totals {
@@ -159,6 +173,11 @@ pub(crate) struct Shared {
 impl Shared {
     /// The highest attempt an earlier process died in for item `key` at `stage`, and the error
     /// kept for it. (Empty, the common case: one length check.)
+    /// Whether some stage marks items that end `kind`.
+    pub(crate) fn marking(&self, kind: crate::stage::EndingKind) -> bool {
+        self.stages.iter().any(|s| s.marks.takes(kind))
+    }
+
     pub(crate) fn died_at(&self, key: &str, stage: &str) -> Option<(u32, &str)> {
         if self.deaths.is_empty() {
             return None;
@@ -201,7 +220,12 @@ fn build_stages(
         let pool = matches!(imp, StageImpl::Blocking(_))
             .then(|| Arc::new(Semaphore::new(stage.policy.concurrency)));
         let rate = stage.policy.rate_limit.map(RateGate::new);
+        let marks = match &imp {
+            StageImpl::Blocking(s) => s.marks(),
+            _ => crate::stage::Marks::default(),
+        };
         out.push(StageRt {
+            marks,
             name: Arc::from(stage.name.as_str()),
             index,
             imp,
@@ -360,7 +384,16 @@ async fn execute(
 ) -> Result<Summary, RunError> {
     let began = Instant::now();
     let done = CancellationToken::new();
-    let mut latest = store.latest_run(&pipeline.name)?;
+    let mut latest =
+        match options.run {
+            Some(run) => Some(store.run_numbered(&pipeline.name, run)?.ok_or_else(|| {
+                RunError::NoSuchRun {
+                    pipeline: pipeline.name.clone(),
+                    run,
+                }
+            })?),
+            None => store.latest_run(&pipeline.name)?,
+        };
     if options.retry_failed {
         let Some(run) = latest.as_mut() else {
             return Err(RunError::NoRun(pipeline.name.clone()));
@@ -680,19 +713,14 @@ async fn feed(
                         .or(fields.err())
                         .unwrap_or_else(|| "no stage left to run".into());
                     let stage_name = stored.stage.clone().unwrap_or_default();
-                    tracing::warn!(key = %key, error = %error, "item cannot resume");
-                    let _ = shared
-                        .checkpoint
-                        .send(
-                            stored.seq,
-                            crate::checkpoint::Change::Failed {
-                                stage: stage_name,
-                                error,
-                                attempts: 0,
-                            },
-                        )
-                        .await;
-                    item::count_failure(shared);
+                    tracker.spawn(item::fail_unresumable(
+                        shared.clone(),
+                        stored.seq,
+                        stored.key,
+                        stage_name,
+                        error,
+                    ));
+                    drop(permit);
                 }
             }
         }

@@ -336,7 +336,7 @@ pub(crate) fn summarize(
 const LOG_SETTLE: Duration = Duration::from_millis(250);
 
 /// Why a run that finished made no progress, and what to do about it.
-pub(crate) const NO_PROGRESS: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move. Make the source leave out the rows that failed or were skipped (mark them, and exclude marked rows in its query), or fix the cause and run `stagewise retry-failed`";
+pub(crate) const NO_PROGRESS: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move. Mark the rows that fail or are skipped where the source reads (`persist`'s `on_failure` and `on_skip`, or a `jsonl` sink's `rejects`) and leave marked rows out of its query, or fix the cause and run `stagewise retry-failed`";
 
 /// A figure as a whole number when it is one, else with up to 6 decimals (costs).
 fn fmt_figure(value: f64) -> String {

@@ -252,6 +252,76 @@ pub trait AsyncStage: Send + Sync + 'static {
 pub trait BlockingStage: Send + Sync + 'static {
     /// Process one item.
     fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError>;
+
+    /// Which endings this stage marks (see [`BlockingStage::mark`]); none by default.
+    fn marks(&self) -> Marks {
+        Marks::default()
+    }
+
+    /// Mark an item that ended failed or skipped at some stage of the pipeline (this one or
+    /// another), so that the source can leave it out next time: `persist`'s `on_failure` and
+    /// `on_skip`, `jsonl`'s `rejects`. Called only for the endings [`BlockingStage::marks`]
+    /// names, on this stage's pool, with its timeout and retry policy, before the ending is
+    /// checkpointed: an item whose mark did not land (the process died) ends again next run
+    /// and is marked then, so a mark must be idempotent. An error is classified as for
+    /// `process`; a fatal one stops the run and puts the item back to pending.
+    fn mark(&self, ending: &Ending, cx: &Context) -> Result<(), StageError> {
+        let _ = (ending, cx);
+        Ok(())
+    }
+}
+
+/// The endings a stage marks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// Items that failed.
+    pub failed: bool,
+    /// Items that were skipped.
+    pub skipped: bool,
+}
+
+impl Marks {
+    /// Whether this set takes an ending of this kind.
+    pub fn takes(self, kind: EndingKind) -> bool {
+        match kind {
+            EndingKind::Failed => self.failed,
+            EndingKind::Skipped => self.skipped,
+        }
+    }
+}
+
+/// How an item ended without reaching the end of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndingKind {
+    /// It failed: a permanent error, or its attempts used up.
+    Failed,
+    /// A stage skipped it.
+    Skipped,
+}
+
+impl EndingKind {
+    /// `"failed"` or `"skipped"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndingKind::Failed => "failed",
+            EndingKind::Skipped => "skipped",
+        }
+    }
+}
+
+/// An item that ended failed or skipped, as a marking stage is told it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    /// Failed or skipped.
+    pub kind: EndingKind,
+    /// The stage it ended at.
+    pub stage: String,
+    /// The error (failed) or the reason (skipped).
+    pub message: String,
+    /// The attempts it made at that stage (1 for a skip).
+    pub attempts: u32,
+    /// The record as it entered that stage: its key, and the fields it had by then.
+    pub record: Record,
 }
 
 /// Returned by a source's `emit` callback when the read must stop (the attempt was

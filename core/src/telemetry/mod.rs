@@ -27,6 +27,10 @@ pub mod events {
     /// failed or interrupted: the answer is the result.
     pub const LATE_ANSWER: &str =
         "a blocking call answered after its deadline, before its item was settled; the answer is taken";
+    /// A stage could not mark an item that ended failed or skipped (`on_failure`, `on_skip`,
+    /// `rejects`): the item ends anyway, the failed mark noted in its error or reason.
+    pub const MARK_FAILED: &str =
+        "could not mark the item; it ends unmarked, and its source may take it again";
 }
 
 /// Log line format.
