@@ -60,6 +60,19 @@ pub struct PersistConfig {
     #[schemars(extend("x-default" = "`1`"))]
     #[serde(default = "one")]
     pub batch_size: NonZeroUsize,
+    /// Runs, in a transaction of its own, for every item that ends failed at any stage of the
+    /// pipeline (this one included), so that the source can leave it out next time, e.g.
+    /// `UPDATE articles SET failed_at = now(), error = :error WHERE id = :key`. Binds `:key`,
+    /// `:stage` (where it failed), `:error`, `:attempts` (made at that stage), and any other
+    /// name from the record's fields as they were when it failed (null for a field it did not
+    /// have yet). Runs before the failure is checkpointed, so it must be idempotent: after a
+    /// crash it may run again.
+    #[schemars(extend("x-default" = "none"))]
+    pub on_failure: Option<String>,
+    /// As `on_failure`, for every item that a stage skipped; `:error` is the skip reason and
+    /// `:attempts` is 1.
+    #[schemars(extend("x-default" = "none"))]
+    pub on_skip: Option<String>,
     /// Longest wait for a connection.
     #[schemars(extend("x-default" = "`\"10s\"`"))]
     #[schemars(with = "Option<stagewise_core::stage::DurationText>")]

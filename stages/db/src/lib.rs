@@ -131,6 +131,17 @@ impl StageKind for PersistKind {
         if config.statement.trim().is_empty() {
             problems.push(("statement".into(), "`statement` must not be empty".into()));
         }
+        for (key, statement) in [
+            ("on_failure", &config.on_failure),
+            ("on_skip", &config.on_skip),
+        ] {
+            if statement.as_ref().is_some_and(|s| s.trim().is_empty()) {
+                problems.push((
+                    key.into(),
+                    format!("`{key}` must not be empty: leave it out to mark nothing"),
+                ));
+            }
+        }
         problems
     }
 
@@ -142,6 +153,8 @@ impl StageKind for PersistKind {
             script: params::script(&config.statement, style),
             batcher: (config.batch_size.get() > 1 && cx.concurrency > 1)
                 .then(|| Batcher::new(config.batch_size.get(), cx.concurrency)),
+            on_failure: config.on_failure.map(|s| params::script(&s, style)),
+            on_skip: config.on_skip.map(|s| params::script(&s, style)),
         })))
     }
 }

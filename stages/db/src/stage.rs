@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, Context, Fields, Outcome, Record, Source, StageError, Stop,
+    BlockingStage, Context, Ending, EndingKind, Fields, Marks, Outcome, Record, Source, StageError,
+    Stop,
 };
 
 use crate::params::Script;
@@ -91,6 +92,10 @@ pub(crate) struct Persist {
     pub script: Script,
     /// Shares transactions when `batch_size` > 1.
     pub batcher: Option<Batcher>,
+    /// Marks an item that failed, at any stage (`on_failure`).
+    pub on_failure: Option<Script>,
+    /// Marks an item that was skipped, at any stage (`on_skip`).
+    pub on_skip: Option<Script>,
 }
 
 impl Persist {
@@ -114,13 +119,38 @@ impl Persist {
     }
 
     fn write(&self, cx: &Context, batch: &[&[Value]]) -> Result<(), StageError> {
+        self.run(&self.script, cx, batch)
+    }
+
+    /// Run `script` once per row of `batch`, all in one transaction.
+    fn run(&self, script: &Script, cx: &Context, batch: &[&[Value]]) -> Result<(), StageError> {
         match &self.backend {
-            Backend::Postgres(pool) => pg::with_conn(pool, cx, |c| c.persist(&self.script, batch)),
-            Backend::Sqlite(pool) => {
-                pool.with_conn(cx, |c| sqlite::persist(c, &self.script, batch))
-            }
+            Backend::Postgres(pool) => pg::with_conn(pool, cx, |c| c.persist(script, batch)),
+            Backend::Sqlite(pool) => pool.with_conn(cx, |c| sqlite::persist(c, script, batch)),
         }
     }
+}
+
+/// The values of a marking statement's names: `:key`, `:stage`, `:error` (the error, or the
+/// skip reason) and `:attempts` from the ending; any other name from the record's fields as
+/// they were when it ended, null for a field it did not have by then.
+fn mark_values(script: &Script, ending: &Ending) -> Vec<Value> {
+    script
+        .names
+        .iter()
+        .map(|name| match name.as_str() {
+            "key" => Value::String(ending.record.key.clone()),
+            "stage" => Value::String(ending.stage.clone()),
+            "error" => Value::String(ending.message.clone()),
+            "attempts" => Value::from(ending.attempts),
+            field => ending
+                .record
+                .fields
+                .get(field)
+                .cloned()
+                .unwrap_or(Value::Null),
+        })
+        .collect()
 }
 
 impl BlockingStage for Persist {
@@ -132,6 +162,25 @@ impl BlockingStage for Persist {
             Some(b) => b.submit(values, cx, |batch| self.write(cx, batch))?,
         }
         Ok(Outcome::Continue(record))
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            failed: self.on_failure.is_some(),
+            skipped: self.on_skip.is_some(),
+        }
+    }
+
+    fn mark(&self, ending: &Ending, cx: &Context) -> Result<(), StageError> {
+        let script = match ending.kind {
+            EndingKind::Failed => &self.on_failure,
+            EndingKind::Skipped => &self.on_skip,
+        };
+        let Some(script) = script else {
+            return Ok(());
+        };
+        // Its own transaction, never shared with records being written.
+        self.run(script, cx, &[&mark_values(script, ending)])
     }
 }
 
