@@ -17,8 +17,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, BuildContext, Context, Outcome, Record, Role, Source, StageError, StageImpl,
-    StageKind, Stop,
+    BlockingStage, BuildContext, Context, Ending, EndingKind, Marks, Outcome, Record, Role, Source,
+    StageError, StageImpl, StageKind, Stop,
 };
 
 /// How often (in lines) a long read looks at the cancellation flag.
@@ -37,6 +37,13 @@ pub struct JsonlConfig {
     #[schemars(extend("x-default" = "`\"key\"`"))]
     #[serde(default = "default_key_field")]
     pub key: String,
+    /// As the sink: a JSON Lines file that gets a line for every item that ends failed or skipped
+    /// at any stage of the pipeline, `{"key": …, "ending": "failed", "stage": …, "error": …,
+    /// "attempts": …, "fields": {…}}` (`"reason"` instead of `"error"` for a skip; `fields` as
+    /// the record was when it ended). Written before the ending is checkpointed: after a crash an
+    /// item may have two lines.
+    #[schemars(extend("x-default" = "none"))]
+    pub rejects: Option<PathBuf>,
 }
 
 fn default_key_field() -> String {
@@ -58,6 +65,20 @@ impl StageKind for JsonlKind {
         &[Role::Source, Role::Sink]
     }
 
+    fn check(&self, config: &JsonlConfig, role: Role) -> Vec<(String, String)> {
+        match &config.rejects {
+            Some(_) if role == Role::Source => vec![(
+                "rejects".into(),
+                "`rejects` is for a `jsonl` sink: a source rejects nothing".into(),
+            )],
+            Some(rejects) if *rejects == config.path => vec![(
+                "rejects".into(),
+                "`rejects` must be another file than `path`".into(),
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     fn build(&self, config: JsonlConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
         let path = cx.resolve(&config.path);
         match cx.role {
@@ -69,7 +90,14 @@ impl StageKind for JsonlKind {
             // Core only builds a kind in the roles it lists; were `jsonl` ever allowed in the
             // middle, appending and passing the record on is what it would do there.
             Role::Sink | Role::Transform => {
-                Ok(StageImpl::Blocking(Arc::new(JsonlSink::open(path)?)))
+                let rejects = match &config.rejects {
+                    Some(rejects) => Some(Appender::open(cx.resolve(rejects))?),
+                    None => None,
+                };
+                Ok(StageImpl::Blocking(Arc::new(JsonlSink {
+                    out: Appender::open(path)?,
+                    rejects,
+                })))
             }
         }
     }
@@ -153,12 +181,19 @@ impl Source for JsonlSource {
 }
 
 struct JsonlSink {
+    out: Appender,
+    /// Where failed and skipped items are marked (`rejects`).
+    rejects: Option<Appender>,
+}
+
+/// A file lines are appended to.
+struct Appender {
     path: PathBuf,
     /// Unbuffered on purpose (see the module docs); the lock keeps concurrent lines whole.
     file: Mutex<File>,
 }
 
-impl JsonlSink {
+impl Appender {
     fn open(path: PathBuf) -> Result<Self, StageError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -196,9 +231,27 @@ fn encode_line(record: &Record) -> Vec<u8> {
     line
 }
 
-impl BlockingStage for JsonlSink {
-    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError> {
-        let line = encode_line(&record);
+/// The line for an item that ended failed or skipped (see `rejects`).
+fn encode_rejected(ending: &Ending) -> Vec<u8> {
+    let message = match ending.kind {
+        EndingKind::Failed => "error",
+        EndingKind::Skipped => "reason",
+    };
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "key": ending.record.key,
+        "ending": ending.kind.as_str(),
+        "stage": ending.stage,
+        message: ending.message,
+        "attempts": ending.attempts,
+        "fields": ending.record.fields,
+    }))
+    .expect("JSON values always serialize to memory");
+    line.push(b'\n');
+    line
+}
+
+impl Appender {
+    fn append(&self, line: &[u8], cx: &Context) -> Result<(), StageError> {
         // A panic while the lock was held cannot have left the file itself broken.
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         // An attempt that timed out while waiting for the lock will be retried: writing its line
@@ -208,10 +261,31 @@ impl BlockingStage for JsonlSink {
         }
         // One call with the whole line: with `O_APPEND` the line lands after every earlier one.
         // Should the disk fail half-way, the retry appends a whole line after the torn one.
-        file.write_all(&line).map_err(|e| {
+        file.write_all(line).map_err(|e| {
             StageError::transient(format!("{}: cannot write: {e}", self.path.display()))
-        })?;
+        })
+    }
+}
+
+impl BlockingStage for JsonlSink {
+    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        self.out.append(&encode_line(&record), cx)?;
         Ok(Outcome::Continue(record))
+    }
+
+    fn marks(&self) -> Marks {
+        let on = self.rejects.is_some();
+        Marks {
+            failed: on,
+            skipped: on,
+        }
+    }
+
+    fn mark(&self, ending: &Ending, cx: &Context) -> Result<(), StageError> {
+        match &self.rejects {
+            Some(rejects) => rejects.append(&encode_rejected(ending), cx),
+            None => Ok(()),
+        }
     }
 }
 
