@@ -125,6 +125,37 @@ fn the_default_pipeline_digests_every_article_once() {
     let again = run(&dir).output();
     again.assert_code(0).assert_stderr_contains("items=0");
     assert_eq!(count(&dir, "SELECT count(*) FROM digests"), ARTICLES);
+
+    // An article whose page is gone fails, one with too little text is skipped: the job marks
+    // both where its source reads, and the next run does not take them again.
+    dir.write(
+        "examples/digest/pages/too-short.html",
+        "<html><body><p>Too short.</p></body></html>",
+    );
+    db(&dir)
+        .execute_batch(
+            "INSERT INTO articles (id, url, source, added_at) VALUES
+                 (101, 'gone.html', 'Test', '2026-01-01T00:00:00Z'),
+                 (102, 'too-short.html', 'Test', '2026-01-01T00:00:00Z')",
+        )
+        .expect("insert");
+    // (Two items of which one fails: more than the job's `max_failures` of 10 %.)
+    let out = run(&dir)
+        .env("STAGEWISE_PIPELINE__MAX_FAILURES", "2")
+        .output();
+    out.assert_code(1);
+    let marked = |column: &str, id: i64| {
+        count(
+            &dir,
+            &format!("SELECT count(*) FROM articles WHERE id = {id} AND {column} IS NOT NULL AND error <> ''"),
+        )
+    };
+    assert_eq!(marked("failed_at", 101), 1, "{out}");
+    assert_eq!(marked("skipped_at", 102), 1, "{out}");
+    let after = run(&dir).output();
+    after
+        .assert_code(0)
+        .assert_stderr_contains("the source has nothing new");
 }
 
 #[test]
