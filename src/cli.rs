@@ -45,11 +45,13 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
             RunOptions {
                 fresh,
                 retry_failed: false,
+                run: None,
             },
         ),
         Command::RetryFailed {
             pipeline,
             log_format,
+            run: number,
         } => run(
             &pipeline,
             registry,
@@ -57,6 +59,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
             RunOptions {
                 fresh: false,
                 retry_failed: true,
+                run: number,
             },
         ),
         Command::Validate { pipeline } => match load(&pipeline, registry, Report::Plain) {
@@ -171,10 +174,17 @@ enum Command {
         json: bool,
     },
     /// Put the latest run's failed items back to pending and run them again.
+    ///
+    /// Rows that `persist`'s `on_failure` marked stay left out by the source's query: clear their
+    /// mark too (`UPDATE articles SET failed_at = NULL WHERE …`) when they should be taken again.
     RetryFailed {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]
         pipeline: PathBuf,
+        /// Retry this run's failed items (its number, as `status` and the logs show it) rather
+        /// than the latest run's. Run again with the same number to resume it if interrupted.
+        #[arg(long, value_name = "N")]
+        run: Option<i64>,
         /// Log line format.
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: Format,

@@ -484,6 +484,75 @@ path = "out.jsonl"
     assert_eq!(after.raw["run"]["id"], first.raw["run"]["id"]);
 }
 
+/// `retry-failed --run N` acts on an older run's failures, leaving the latest run's alone; a
+/// run that does not exist is a clear error.
+#[test]
+fn retry_failed_takes_an_older_run_by_number() {
+    let p = Pipeline::new(
+        r#"
+[pipeline]
+name = "older"
+
+[[stage]]
+name = "src"
+kind = "jsonl"
+path = "in.jsonl"
+key = "id"
+
+[[stage]]
+name = "breaker"
+kind = "fault"
+permanent_rate = 0.5
+seed = 3
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#,
+    );
+    let rows = |ids: std::ops::RangeInclusive<i32>| -> String {
+        ids.map(|i| format!("{{\"id\": {i}}}\n")).collect()
+    };
+    p.dir.write("in.jsonl", rows(1..=20));
+    p.run().assert_code(1);
+    let first = p.status();
+    let first_failed = first.count("failed");
+    assert!(first_failed > 0, "{:?}", first.counts);
+    p.dir.write("in.jsonl", rows(21..=40));
+    p.run().assert_code(1);
+    let second = p.status();
+    let second_failed = second.count("failed");
+    assert!(second_failed > 0, "{:?}", second.counts);
+    assert_ne!(second.raw["run"]["id"], first.raw["run"]["id"]);
+
+    let missing = p.cmd("retry-failed").arg("--run").arg("99").output();
+    missing.assert_code(2);
+    assert!(missing.stderr.contains("has no run 99"), "{missing}");
+
+    let run = first.raw["run"]["id"].as_i64().expect("run id").to_string();
+    let retried = p
+        .cmd("retry-failed")
+        .arg("--run")
+        .arg(&run)
+        .env("STAGEWISE_STAGE__BREAKER__PERMANENT_RATE", "0.0")
+        .output();
+    retried.assert_code(0);
+    assert!(
+        retried
+            .stderr
+            .contains(&format!("run={run} items={first_failed}"))
+            && retried.stderr.contains("failed items put back to pending"),
+        "{retried}"
+    );
+    // Every key of the first batch is in the sink now; the second run's failures are not.
+    let keys = p.sink("out.jsonl").unique_keys();
+    assert!((1..=20).all(|i| keys.contains(&i.to_string())), "{keys:?}");
+    let latest = p.status();
+    assert_eq!(latest.raw["run"]["id"], second.raw["run"]["id"]);
+    assert_eq!(latest.count("failed"), second_failed);
+}
+
 /// A batch of keys that all failed or were skipped before, none getting further, is no
 /// success: the second such run exits 1 saying why; a batch with a new key is judged as usual.
 #[test]

@@ -361,6 +361,8 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// The newest run of a pipeline that had items: a take that found nothing is not a run
     /// that hides the last one.
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError>;
+    /// `pipeline`'s run number `run`, if it has one with items.
+    fn run_numbered(&self, pipeline: &str, run: i64) -> Result<Option<RunInfo>, StoreError>;
     /// When the source was last read and found nothing, if that was after the latest run with
     /// items began (RFC 3339).
     fn last_checked(&self, pipeline: &str) -> Result<Option<String>, StoreError>;

@@ -64,7 +64,11 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// The store as messages name it (a URL with its password hidden).
     fn shown(&self) -> String;
     /// The newest run of `pipeline` that is not `taking` and has items.
-    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError>;
+    fn newest_run(
+        &self,
+        pipeline: &str,
+        at_most: Option<i64>,
+    ) -> Result<Option<RunRow>, StoreError>;
     /// When `pipeline`'s newest take that found nothing started, if one is kept (at most one
     /// is: [`Tables::new_run`] clears them).
     fn newest_empty_take(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
@@ -125,7 +129,14 @@ fn run_info(shown: String, (id, status, items, started_at): RunRow) -> Result<Ru
 
 impl<T: Tables> CheckpointStore for T {
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError> {
-        self.newest_run(pipeline)?
+        self.newest_run(pipeline, None)?
+            .map(|row| run_info(self.shown(), row))
+            .transpose()
+    }
+
+    fn run_numbered(&self, pipeline: &str, run: i64) -> Result<Option<RunInfo>, StoreError> {
+        self.newest_run(pipeline, Some(run))?
+            .filter(|row| row.0 == run)
             .map(|row| run_info(self.shown(), row))
             .transpose()
     }

@@ -187,12 +187,18 @@ impl Tables for PgStore {
         self.shown.clone()
     }
 
-    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
+    fn newest_run(
+        &self,
+        pipeline: &str,
+        at_most: Option<i64>,
+    ) -> Result<Option<RunRow>, StoreError> {
         let row = self.with_conn(|c| {
             c.query_opt(
                 "SELECT id, status, items, started_at FROM stagewise.runs
-                 WHERE pipeline = $1 AND status <> 'taking' AND items > 0 ORDER BY id DESC LIMIT 1",
-                &[&pipeline],
+                 WHERE pipeline = $1 AND status <> 'taking' AND items > 0
+                   AND ($2::bigint IS NULL OR id <= $2)
+                 ORDER BY id DESC LIMIT 1",
+                &[&pipeline, &at_most],
             )
         })?;
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))

@@ -194,11 +194,15 @@ impl Tables for SqliteStore {
         self.path.display().to_string()
     }
 
-    fn newest_run(&self, pipeline: &str) -> Result<Option<RunRow>, StoreError> {
+    fn newest_run(
+        &self,
+        pipeline: &str,
+        at_most: Option<i64>,
+    ) -> Result<Option<RunRow>, StoreError> {
         self.conn()
             .query_row(
-                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' AND items > 0 ORDER BY id DESC LIMIT 1",
-                [pipeline],
+                "SELECT id, status, items, started_at FROM runs WHERE pipeline = ?1 AND status != 'taking' AND items > 0 AND (?2 IS NULL OR id <= ?2) ORDER BY id DESC LIMIT 1",
+                rusqlite::params![pipeline, at_most],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
