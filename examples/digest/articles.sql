@@ -2,14 +2,19 @@
 -- Run once, by the pipeline, when the database file does not exist yet. To start over, delete
 -- the .db file and the pipeline's state folder (see README.md).
 
--- One row per page to digest. The job takes the rows whose `processed_at` is NULL, in `id`
--- order, and sets `processed_at` when it has written the row's digest.
+-- One row per page to digest. The job takes the rows whose `processed_at`, `failed_at` and
+-- `skipped_at` are all NULL, in `id` order; it sets `processed_at` when it has written the row's
+-- digest, and `failed_at` or `skipped_at` (with `error`) when it gave up on the row, so that a
+-- row it cannot digest is not taken again and again.
 CREATE TABLE articles (
   id INTEGER PRIMARY KEY,
   url TEXT NOT NULL,         -- relative to examples/digest/pages/ (e.g. 'city-council-approves-budget.html'); the pipeline resolves it to a file:// URL
   source TEXT NOT NULL,      -- the publication
   added_at TEXT NOT NULL,    -- ISO 8601
-  processed_at TEXT          -- NULL until the job has digested it
+  processed_at TEXT,         -- NULL until the job has digested it
+  failed_at TEXT,            -- set when it failed at some stage (`error` says why)
+  skipped_at TEXT,           -- set when a stage skipped it (`error` says why)
+  error TEXT
 );
 
 -- One row per digested article, written by the job's last stage (an upsert on `article_id`, so
