@@ -23,9 +23,13 @@ use tokio::time::Instant;
 use super::deadline::Deadline;
 use super::{Change, CheckpointStore, RunStatus, StoreError, Update, UpdateWriter};
 
+type Ack = oneshot::Sender<Result<(), String>>;
+
 enum Msg {
     Update(Update),
-    Flush(Option<RunStatus>, oneshot::Sender<Result<(), String>>),
+    Flush(Option<RunStatus>, Ack),
+    /// An update whose sender waits until it is durable.
+    Durable(Update, Ack),
 }
 
 /// The runner's handle on the writer. Cloning shares the writer.
@@ -100,14 +104,28 @@ impl Checkpointer {
             .map_err(|_| self.failed())
     }
 
+    /// Queue an update and return once it (and everything queued before it) is durable. The
+    /// writer commits at once, with every update already waiting: senders that wait together
+    /// share a commit.
+    pub(crate) async fn send_durable(
+        &self,
+        seq: i64,
+        change: Change,
+    ) -> Result<(), CheckpointFailed> {
+        self.until_durable(|ack| Msg::Durable(Update { seq, change }, ack))
+            .await
+    }
+
     /// Commit everything queued so far (and set the run's status, if given); returns once it is
     /// durable.
     pub(crate) async fn flush(&self, status: Option<RunStatus>) -> Result<(), CheckpointFailed> {
+        self.until_durable(|ack| Msg::Flush(status, ack)).await
+    }
+
+    /// Send the message `with` makes around an acknowledgement, and wait for that.
+    async fn until_durable(&self, with: impl FnOnce(Ack) -> Msg) -> Result<(), CheckpointFailed> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(status, ack))
-            .await
-            .map_err(|_| self.failed())?;
+        self.tx.send(with(ack)).await.map_err(|_| self.failed())?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(CheckpointFailed(message)),
@@ -209,11 +227,17 @@ async fn write_loop(
     };
     while let Some(first) = rx.recv().await {
         let mut flush = None;
+        // Senders waiting for this batch to be durable.
+        let mut waiting: Vec<Ack> = Vec::new();
         match first {
             Msg::Update(u) => batch.push(u),
             Msg::Flush(status, ack) => flush = Some((status, ack)),
+            Msg::Durable(u, ack) => {
+                batch.push(u);
+                waiting.push(ack);
+            }
         }
-        if flush.is_none() {
+        if flush.is_none() && waiting.is_empty() {
             let deadline = Instant::now() + interval;
             while batch.order.len() < max_items {
                 tokio::select! {
@@ -224,24 +248,50 @@ async fn write_loop(
                             flush = Some((status, ack));
                             break;
                         }
+                        Some(Msg::Durable(u, ack)) => {
+                            batch.push(u);
+                            waiting.push(ack);
+                            break;
+                        }
                         None => break,
                     },
                     () = tokio::time::sleep_until(deadline) => break,
                 }
             }
         }
+        if flush.is_none() && !waiting.is_empty() {
+            // Someone waits: commit now, with whatever else is already queued.
+            while batch.order.len() < max_items {
+                match rx.try_recv() {
+                    Ok(Msg::Update(u)) => batch.push(u),
+                    Ok(Msg::Durable(u, ack)) => {
+                        batch.push(u);
+                        waiting.push(ack);
+                    }
+                    Ok(Msg::Flush(status, ack)) => {
+                        flush = Some((status, ack));
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        // A flush waits like a durable update, and may set the run's status.
+        let status = flush.and_then(|(status, ack)| {
+            waiting.push(ack);
+            status
+        });
         match settle(&mut committing).await {
             Ok(Some(w)) => idle = Some(w),
             Ok(None) => {}
             Err(message) => {
-                if let Some((_, ack)) = flush {
+                for ack in waiting {
                     let _ = ack.send(Err(message.clone()));
                 }
                 return fail(message);
             }
         }
         let updates = batch.take();
-        let status = flush.as_ref().and_then(|(s, _)| *s);
         let Some(mut w) = idle.take() else { return };
         committing = Some(tokio::task::spawn_blocking(move || {
             let result = if updates.is_empty() && status.is_none() {
@@ -251,15 +301,19 @@ async fn write_loop(
             };
             (w, result)
         }));
-        if let Some((_, ack)) = flush {
-            // A flush returns only once everything before it is durable.
+        if !waiting.is_empty() {
+            // Each waiter returns only once everything before it is durable.
             match settle(&mut committing).await {
                 Ok(w) => {
                     idle = w;
-                    let _ = ack.send(Ok(()));
+                    for ack in waiting {
+                        let _ = ack.send(Ok(()));
+                    }
                 }
                 Err(message) => {
-                    let _ = ack.send(Err(message.clone()));
+                    for ack in waiting {
+                        let _ = ack.send(Err(message.clone()));
+                    }
                     return fail(message);
                 }
             }
