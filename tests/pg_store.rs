@@ -86,7 +86,7 @@ fn runs_finish_report_and_take_new_batches() {
     assert_eq!(first.raw["run"]["id"], 1);
     assert_eq!(first.raw["run"]["status"], "finished");
     assert_eq!(first.count("done"), 50);
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 4);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 5);
     assert!(
         !p.dir.exists(".stagewise/pg-batches.db"),
         "no SQLite store beside a PostgreSQL one"
@@ -344,7 +344,8 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let p = pipeline("pg-upgrade", 10, 10, "");
     cmd(&p, &db, "run").output().assert_code(0);
     db.execute(
-        "DROP TABLE stagewise.deaths;
+        "ALTER TABLE stagewise.items DROP COLUMN taken;
+         DROP TABLE stagewise.deaths;
          DROP TABLE stagewise.processes;
          DROP TABLE stagewise.responses;
          UPDATE stagewise.meta SET version = 1;
@@ -354,7 +355,7 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let out = cmd(&p, &db, "run").output();
     out.assert_code(0);
     out.assert_stderr_contains("resumed=true");
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 4);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 5);
     assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
     // The resumed run's own record, marked ended.
     assert_eq!(

@@ -455,3 +455,67 @@ fn a_plugin_that_aborts_the_process_on_one_item_cannot_loop_the_job() {
     let written: Vec<String> = p.sink("out.jsonl").unique_keys().into_iter().collect();
     assert_eq!(written, ["1", "2", "4", "5"]);
 }
+
+/// The same on a PostgreSQL store whose process loses its disk with each death (a container's
+/// ephemeral disk: no flight record survives, only the store): each item's take-up was made
+/// durable before its first attempt, so the deaths still count and the job cannot loop. The
+/// plugin is the sink here, one item at a time, so that no other item is in flight when the
+/// process dies (an item in flight then counts the death too).
+#[test]
+fn a_plugin_that_aborts_the_process_cannot_loop_the_job_when_the_disk_is_lost_too() {
+    let Some(db) = util::pg::Db::new() else {
+        return;
+    };
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "plugin"
+
+        [checkpoint]
+        store = "{}"
+
+        [defaults]
+        retry = {{ attempts = 3, initial = "10ms", max = "20ms" }}
+
+        [[stage]]
+        name = "in"
+        kind = "jsonl"
+        path = "in.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "plug"
+        kind = "plugin"
+        {}
+        plugin_kind = "misbehave"
+        abort_field = "die"
+        concurrency = 1
+        "#,
+        db.url(),
+        path_key(&library(MISBEHAVE))
+    ));
+    p.dir.write(
+        "in.jsonl",
+        "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3, \"die\": true}\n{\"id\": 4}\n{\"id\": 5}\n",
+    );
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        // The disk is gone: no flight record, no summary, nothing of the last process.
+        let _ = fs::remove_dir_all(p.dir.join(".stagewise"));
+        let out = p.run();
+        codes.push(out.code);
+        if out.code == Some(1) {
+            break;
+        }
+        assert_eq!(out.code, None, "runs so far: {codes:?}\n{out}");
+    }
+    assert_eq!(codes.last(), Some(&Some(1)), "runs: {codes:?}");
+    let status = p.status();
+    status.assert_failed(
+        &["3"],
+        "plug",
+        3,
+        "the process ended during attempt 3 in stage `plug`",
+    );
+    assert_eq!(status.count("done"), 4);
+}

@@ -293,6 +293,12 @@ pub struct StatusReport {
 pub(crate) enum Change {
     /// An attempt at `stage` began.
     Started { stage: String },
+    /// This process took the item up at `stage`, its first attempt here about to begin: as
+    /// `Started`, and the item is marked taken until it leaves the process (see
+    /// [`CheckpointStore::count_taken_up`]). Sent with [`Checkpointer::send_durable`].
+    ///
+    /// [`Checkpointer::send_durable`]: writer::Checkpointer::send_durable
+    TakenUp { stage: String },
     /// A stage finished; the item is next at `stage` with this record. The record is
     /// serialized only if this update is still the item's latest when its batch is written:
     /// a fast item's record is never serialized at all.
@@ -361,6 +367,11 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// The newest run of a pipeline that had items: a take that found nothing is not a run
     /// that hides the last one.
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError>;
+    /// Count one attempt, the one after those they used, against every unfinished item of
+    /// `run` still marked taken up ([`Change::TakenUp`]) by a process that died, at the stage the
+    /// store has it at (as [`CheckpointStore::count_died_attempts`] does for the attempts a
+    /// flight record names), then clear the marks. Returns how many deaths were new.
+    fn count_taken_up(&self, run: i64) -> Result<u64, StoreError>;
     /// `pipeline`'s run number `run`, if it has one with items.
     fn run_numbered(&self, pipeline: &str, run: i64) -> Result<Option<RunInfo>, StoreError>;
     /// When the source was last read and found nothing, if that was after the latest run with

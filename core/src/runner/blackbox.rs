@@ -25,7 +25,16 @@ pub(crate) fn open(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
 ) -> std::io::Result<Arc<Recorder>> {
-    let previous = last_record(pipeline, store).filter(|r| !r.ended);
+    let (local, copy) = records(pipeline, store);
+    // The store's copy is of a process whose own file is gone (a container's disk lost with
+    // it): what it had in flight since its last copy is known only from the store.
+    let disk_lost = copy.as_ref().is_some_and(|c| {
+        !c.ended
+            && local
+                .as_ref()
+                .is_none_or(|l| l.pid != c.pid || l.started_at != c.started_at)
+    });
+    let previous = newest(local, copy).filter(|r| !r.ended);
     let path = super::flight_path(pipeline);
     // The new file is prepared beside the old one and takes its place only once it holds the
     // report on the previous process: killed in between, this process leaves the old record to
@@ -46,6 +55,9 @@ pub(crate) fn open(
         log_previous(previous);
         recorder.set_previous_report(&report(previous));
         count_died_attempts(store, previous);
+    }
+    if disk_lost {
+        count_taken_up(pipeline, store);
     }
     if let Err(e) = recorder.place() {
         tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
@@ -83,6 +95,33 @@ fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
             run,
             error = %e,
             "cannot count the attempts the previous process ended in; its items will try them again"
+        ),
+    }
+}
+
+/// The items a process that died (its flight record lost) had taken up count one attempt each,
+/// from the store alone: the feeder made each take-up durable before its item's first attempt
+/// (see [`CheckpointStore::take_up`]), so an item that kills the process at once is counted too.
+fn count_taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore) {
+    let run = match store.latest_run(&pipeline.name) {
+        Ok(Some(run)) if run.status != crate::checkpoint::RunStatus::Finished => run.id,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the items the previous process had taken up; they will try those attempts again");
+            return;
+        }
+    };
+    match store.count_taken_up(run) {
+        Ok(0) => {}
+        Ok(counted) => tracing::info!(
+            run,
+            counted,
+            "the previous process's flight record is gone with its disk: the items it had taken up (from the store) count one attempt each against their retry.attempts"
+        ),
+        Err(e) => tracing::warn!(
+            run,
+            error = %e,
+            "cannot count the items the previous process had taken up; they will try those attempts again"
         ),
     }
 }
@@ -171,6 +210,15 @@ impl Copier {
 
 /// The newest of the local file's record and the store's copy, if any.
 fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<ProcessRecord> {
+    let (local, copy) = records(pipeline, store);
+    newest(local, copy)
+}
+
+/// The local file's record and the store's copy, each if there is one.
+fn records(
+    pipeline: &Pipeline,
+    store: &dyn CheckpointStore,
+) -> (Option<ProcessRecord>, Option<ProcessRecord>) {
     let path = super::flight_path(pipeline);
     let local = match Recorder::read(&path) {
         Ok(r) => r,
@@ -187,6 +235,10 @@ fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<Proce
             None
         }
     };
+    (local, copy)
+}
+
+fn newest(local: Option<ProcessRecord>, copy: Option<ProcessRecord>) -> Option<ProcessRecord> {
     // RFC 3339 in UTC with milliseconds: the later text is the later time.
     match (local, copy) {
         (Some(a), Some(b)) => Some(if a.last_seen_at >= b.last_seen_at {

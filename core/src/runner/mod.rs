@@ -166,6 +166,10 @@ pub(crate) struct Shared {
     pub max_failures: Option<MaxFailures>,
     /// The flight recorder: the attempts in flight, for whoever reads after a crash.
     pub recorder: Arc<Recorder>,
+    /// Whether each item's take-up is made durable before its first attempt in this process
+    /// (a PostgreSQL store, whose flight record may be lost with the disk: see
+    /// [`CheckpointStore::count_taken_up`]).
+    pub take_ups: bool,
     /// The attempts earlier processes died in, this run: item key → `(stage, attempt, error)`.
     pub deaths: std::collections::HashMap<String, Vec<(String, u32, String)>>,
 }
@@ -521,6 +525,7 @@ async fn execute(
         },
         max_failures: pipeline.max_failures,
         recorder: recorder.clone(),
+        take_ups: blackbox::copied(pipeline),
         deaths: {
             let mut deaths: std::collections::HashMap<String, Vec<(String, u32, String)>> =
                 std::collections::HashMap::new();
@@ -597,7 +602,7 @@ async fn execute(
             failed = shared.totals.failed.get(),
             skipped = shared.totals.skipped.get(),
             "{}",
-            telemetry::NO_PROGRESS
+            telemetry::no_progress(&shared.stages)
         );
         exit = Exit::NoProgress;
     }

@@ -82,6 +82,10 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// were any, the run to `interrupted`; returns how many. Unfinished items' attempts go
     /// back to 0 too.
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
+    /// `run`'s unfinished items marked taken up: `(key, stage, attempts used)`.
+    fn taken_items(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError>;
+    /// Clear the taken-up mark of `run`'s items.
+    fn clear_taken(&self, run: i64) -> Result<(), StoreError>;
     /// In one transaction, for each `(key, stage, attempt, error)`: keep it among `run`'s deaths
     /// (raising a kept one for the same key and stage to `attempt`), and if the item `key` is
     /// still unfinished at `stage` with fewer than `attempt` attempts used, set them to
@@ -205,6 +209,25 @@ impl<T: Tables> CheckpointStore for T {
 
     fn last_error(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
         self.error_of(run, seq)
+    }
+
+    fn count_taken_up(&self, run: i64) -> Result<u64, StoreError> {
+        let died: Vec<(String, String, u32)> = self
+            .taken_items(run)?
+            .into_iter()
+            .map(|(key, stage, used)| {
+                let attempt = u32::try_from(used).unwrap_or(u32::MAX).saturating_add(1);
+                (key, stage, attempt)
+            })
+            .collect();
+        if died.is_empty() {
+            return Ok(0);
+        }
+        // Counted, then cleared: a process that dies in between counts them again next time
+        // (one attempt too many), never not at all.
+        let counted = self.count_died_attempts(run, &died)?;
+        self.clear_taken(run)?;
+        Ok(counted)
     }
 
     fn deaths(&self, run: i64) -> Result<Vec<super::Death>, StoreError> {

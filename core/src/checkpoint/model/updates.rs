@@ -26,6 +26,8 @@ pub(in crate::checkpoint) struct RowUpdate {
     pub attempts: Option<i64>,
     /// The last error of a failed item, or why a skipped one was skipped.
     pub error: Option<Option<String>>,
+    /// Whether a process has the item taken up ([`Change::TakenUp`] until it leaves).
+    pub taken: Option<bool>,
 }
 
 impl RowUpdate {
@@ -38,6 +40,7 @@ impl RowUpdate {
             record: None,
             attempts: None,
             error: None,
+            taken: None,
         }
     }
 
@@ -45,7 +48,14 @@ impl RowUpdate {
     fn fold(&mut self, change: &Change) {
         let (state, stage) = match change {
             Change::Started { stage } => (ItemState::InFlight, Some(stage)),
-            Change::Interrupted { stage } => (ItemState::Pending, Some(stage)),
+            Change::TakenUp { stage } => {
+                self.taken = Some(true);
+                (ItemState::InFlight, Some(stage))
+            }
+            Change::Interrupted { stage } => {
+                self.taken = Some(false);
+                (ItemState::Pending, Some(stage))
+            }
             Change::Advanced { stage, record } => {
                 self.record = Some(Some(
                     serde_json::to_string(&record.fields).expect("JSON values always serialize"),
@@ -57,11 +67,13 @@ impl RowUpdate {
             Change::Done => {
                 self.record = Some(None);
                 self.error = Some(None);
+                self.taken = Some(false);
                 (ItemState::Done, None)
             }
             Change::Skipped { stage, reason } => {
                 self.record = Some(None);
                 self.error = Some(Some(reason.clone()));
+                self.taken = Some(false);
                 (ItemState::Skipped, Some(stage))
             }
             Change::Attempted {
@@ -80,6 +92,7 @@ impl RowUpdate {
             } => {
                 self.attempts = Some(i64::from(*attempts));
                 self.error = Some(Some(error.clone()));
+                self.taken = Some(false);
                 (ItemState::Failed, Some(stage))
             }
         };
@@ -202,6 +215,18 @@ mod tests {
                     record: Some(Some(s(r#"{"x":1}"#))),
                     attempts: Some(0),
                     error: Some(None),
+                    taken: Some(false),
+                },
+            ),
+            (
+                vec![Change::TakenUp { stage: s("one") }],
+                RowUpdate {
+                    state: ItemState::InFlight,
+                    stage: Some(s("one")),
+                    record: None,
+                    attempts: None,
+                    error: None,
+                    taken: Some(true),
                 },
             ),
             (
@@ -218,6 +243,7 @@ mod tests {
                     stage: Some(s("one")),
                     record: None,
                     attempts: Some(3),
+                    taken: Some(false),
                     error: Some(Some(s("boom"))),
                 },
             ),
@@ -228,6 +254,7 @@ mod tests {
                     stage: None,
                     record: Some(None),
                     attempts: None,
+                    taken: Some(false),
                     error: Some(None),
                 },
             ),
@@ -241,6 +268,7 @@ mod tests {
                     stage: Some(s("one")),
                     record: Some(None),
                     attempts: None,
+                    taken: Some(false),
                     error: Some(Some(s("empty"))),
                 },
             ),

@@ -322,6 +322,31 @@ impl Tables for PgStore {
             .collect())
     }
 
+    fn taken_items(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = self.with_conn(|c| {
+            c.query(
+                "SELECT key, stage, attempts FROM stagewise.items
+                 WHERE run_id = $1 AND taken AND state IN ('pending', 'in_flight')
+                   AND stage IS NOT NULL",
+                &[&run],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn clear_taken(&self, run: i64) -> Result<(), StoreError> {
+        self.with_conn(|c| {
+            c.execute(
+                "UPDATE stagewise.items SET taken = false WHERE run_id = $1 AND taken",
+                &[&run],
+            )
+            .map(|_| ())
+        })
+    }
+
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
         self.with_conn(|c| {
             let mut tx = c.transaction()?;

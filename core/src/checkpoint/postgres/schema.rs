@@ -13,7 +13,7 @@ use super::conn::describe;
 use super::LOCK_CLASS;
 
 /// The schema this build writes; the same numbering as the SQLite store's.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 /// The second half of the advisory lock that serializes schema upgrades.
 const MIGRATE_LOCK: i32 = 0;
 
@@ -73,6 +73,12 @@ CREATE TABLE stagewise.deaths (
     error text NOT NULL,
     PRIMARY KEY (run_id, key, stage)
 );
+";
+
+/// Version 5: items taken up by a process, marked until they leave it (see
+/// [`CheckpointStore::count_taken_up`](super::super::CheckpointStore::count_taken_up)).
+const SCHEMA_V5: &str = "
+ALTER TABLE stagewise.items ADD COLUMN taken boolean NOT NULL DEFAULT false;
 ";
 
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
@@ -143,12 +149,13 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
         (2, SCHEMA_V2),
         (3, SCHEMA_V3),
         (4, SCHEMA_V4),
+        (5, SCHEMA_V5),
     ] {
         if version < to {
             tx.batch_execute(sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(5, SCHEMA_V5)`.
+    // Later versions add their steps here: `(6, SCHEMA_V6)`.
     tx.execute("DELETE FROM stagewise.meta", &[])
         .map_err(corrupt)?;
     tx.execute(

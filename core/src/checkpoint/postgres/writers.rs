@@ -122,6 +122,7 @@ impl UpdateRows for PgUpdates {
         let mut attempts = Vec::with_capacity(rows.len());
         let mut set_error = Vec::with_capacity(rows.len());
         let mut errors = Vec::with_capacity(rows.len());
+        let mut taken = Vec::with_capacity(rows.len());
         for (seq, row) in rows {
             seqs.push(*seq);
             states.push(row.state.as_str());
@@ -131,6 +132,7 @@ impl UpdateRows for PgUpdates {
             attempts.push(row.attempts);
             set_error.push(row.error.is_some());
             errors.push(row.error.as_ref().and_then(Option::as_deref));
+            taken.push(row.taken);
         }
         let run = self.run;
         off_runtime(|| {
@@ -143,13 +145,14 @@ impl UpdateRows for PgUpdates {
                         stage = u.stage,
                         record = CASE WHEN u.set_record THEN u.record ELSE i.record END,
                         attempts = COALESCE(u.attempts, i.attempts),
-                        error = CASE WHEN u.set_error THEN u.error ELSE i.error END
-                     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[])
-                          AS u(seq, state, stage, set_record, record, attempts, set_error, error)
+                        error = CASE WHEN u.set_error THEN u.error ELSE i.error END,
+                        taken = COALESCE(u.taken, i.taken)
+                     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[])
+                          AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
                      WHERE i.run_id = $1 AND i.seq = u.seq",
                     &[
                         &run, &seqs, &states, &stages, &set_record, &records, &attempts,
-                        &set_error, &errors,
+                        &set_error, &errors, &taken,
                     ],
                 )?;
             }

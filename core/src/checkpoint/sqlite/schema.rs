@@ -2,7 +2,8 @@
 //!
 //! The version lives in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction of its own (version 2 added the
-//! response cache, version 3 the process records, version 4 the attempts processes died in);
+//! response cache, version 3 the process records, version 4 the attempts processes died in,
+//! version 5 the mark of items taken up);
 //! a newer schema, or a database holding tables
 //! of something else, is refused before anything is written.
 
@@ -11,7 +12,7 @@ use rusqlite::Connection;
 use super::super::StoreError;
 
 /// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1: runs and their items.
 const SCHEMA_V1: &str = "
@@ -71,6 +72,12 @@ CREATE TABLE deaths (
 ) WITHOUT ROWID;
 ";
 
+/// Version 5: items taken up by a process, marked until they leave it (see
+/// [`CheckpointStore::count_taken_up`](super::super::CheckpointStore::count_taken_up)).
+const SCHEMA_V5: &str = "
+ALTER TABLE items ADD COLUMN taken INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
@@ -108,12 +115,13 @@ pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> 
         (2, SCHEMA_V2),
         (3, SCHEMA_V3),
         (4, SCHEMA_V4),
+        (5, SCHEMA_V5),
     ] {
         if version < to {
             step(conn, to, sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(5, SCHEMA_V5)`.
+    // Later versions add their steps here: `(6, SCHEMA_V6)`.
     Ok(())
 }
 

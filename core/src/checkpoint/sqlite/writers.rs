@@ -130,7 +130,8 @@ impl UpdateRows for SqliteUpdates {
                         stage = ?4,
                         record = CASE WHEN ?5 THEN ?6 ELSE record END,
                         attempts = COALESCE(?7, attempts),
-                        error = CASE WHEN ?8 THEN ?9 ELSE error END
+                        error = CASE WHEN ?8 THEN ?9 ELSE error END,
+                        taken = COALESCE(?10, taken)
                      WHERE run_id = ?1 AND seq = ?2",
                 )
                 .map_err(db)?;
@@ -145,6 +146,7 @@ impl UpdateRows for SqliteUpdates {
                     row.attempts,
                     row.error.is_some(),
                     row.error.as_ref().and_then(Option::as_deref),
+                    row.taken,
                 ])
                 .map_err(db)?;
             }

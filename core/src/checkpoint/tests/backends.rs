@@ -47,9 +47,10 @@ impl Backend for SqliteFile {
 
     fn downgrade_to(&self, version: i64) {
         let drop = match version {
-            1 => "DROP TABLE deaths; DROP TABLE processes; DROP TABLE responses;",
-            2 => "DROP TABLE deaths; DROP TABLE processes;",
-            3 => "DROP TABLE deaths;",
+            1 => "ALTER TABLE items DROP COLUMN taken; DROP TABLE deaths; DROP TABLE processes; DROP TABLE responses;",
+            2 => "ALTER TABLE items DROP COLUMN taken; DROP TABLE deaths; DROP TABLE processes;",
+            3 => "ALTER TABLE items DROP COLUMN taken; DROP TABLE deaths;",
+            4 => "ALTER TABLE items DROP COLUMN taken;",
             _ => panic!("no schema version {version} to go back to"),
         };
         self.execute(&format!("{drop} PRAGMA user_version = {version};"));
@@ -210,9 +211,10 @@ impl Backend for PgDatabase {
 
     fn downgrade_to(&self, version: i64) {
         let drop = match version {
-            1 => "DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes; DROP TABLE stagewise.responses;",
-            2 => "DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes;",
-            3 => "DROP TABLE stagewise.deaths;",
+            1 => "ALTER TABLE stagewise.items DROP COLUMN taken; DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes; DROP TABLE stagewise.responses;",
+            2 => "ALTER TABLE stagewise.items DROP COLUMN taken; DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes;",
+            3 => "ALTER TABLE stagewise.items DROP COLUMN taken; DROP TABLE stagewise.deaths;",
+            4 => "ALTER TABLE stagewise.items DROP COLUMN taken;",
             _ => panic!("no schema version {version} to go back to"),
         };
         self.execute(&format!(

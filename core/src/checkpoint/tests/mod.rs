@@ -80,6 +80,7 @@ scenarios![
     latest_run_is_the_newest_committed_run_of_its_pipeline,
     a_take_that_found_nothing_hides_no_run,
     attempts_used_stay_with_the_item,
+    items_taken_up_by_a_process_that_died_count_one_attempt,
     retry_failed_puts_failed_items_back_to_pending,
     pending_pages_through_unfinished_items_in_order,
     response_cache_keeps_answers_across_opens,
@@ -662,6 +663,67 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
     assert!(store.deaths(run.id).expect("deaths").is_empty());
 }
 
+/// Items a process took up and did not see leave count one attempt each when that process
+/// died (its flight record lost); those that left (ended, or stopped in order) do not; the
+/// marks are cleared, so counting again adds nothing.
+fn items_taken_up_by_a_process_that_died_count_one_attempt(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c", "d", "e"]);
+    let taken = |stage: &str| Change::TakenUp { stage: s(stage) };
+    apply(
+        &*store,
+        run.id,
+        vec![
+            // Taken up at `one`, moved on to `two`: it dies there.
+            (1, taken("one")),
+            (1, advanced("two", serde_json::json!({"x": 1}))),
+            // Taken up, one attempt failed already.
+            (2, taken("one")),
+            (
+                2,
+                Change::Attempted {
+                    stage: s("one"),
+                    attempts: 1,
+                    error: s("busy"),
+                },
+            ),
+            // Stopped in order.
+            (3, taken("one")),
+            (3, Change::Interrupted { stage: s("one") }),
+            // Ended.
+            (4, taken("one")),
+            (4, Change::Done),
+            // Never taken up (started without a mark, as on a store that does not need it).
+            (5, Change::Started { stage: s("one") }),
+        ],
+        None,
+    );
+    assert_eq!(store.count_taken_up(run.id).expect("count"), 2);
+    let mut deaths: Vec<(String, String, u32)> = store
+        .deaths(run.id)
+        .expect("deaths")
+        .into_iter()
+        .map(|d| (d.key, d.stage, d.attempt))
+        .collect();
+    deaths.sort();
+    assert_eq!(deaths, [(s("a"), s("two"), 1), (s("b"), s("one"), 2)]);
+    let attempts: Vec<(String, u32)> = store
+        .pending(run.id, 0, 10)
+        .expect("pending")
+        .into_iter()
+        .map(|i| (i.key, i.attempts))
+        .collect();
+    assert_eq!(
+        attempts,
+        [(s("a"), 1), (s("b"), 2), (s("c"), 0), (s("e"), 0)]
+    );
+    assert_eq!(
+        store.count_taken_up(run.id).expect("count again"),
+        0,
+        "the marks were cleared"
+    );
+}
+
 /// `retry-failed`: failed items go back to pending at their stage and the run becomes
 /// interrupted; with nothing failed, nothing changes.
 fn retry_failed_puts_failed_items_back_to_pending(b: &dyn Backend) {
@@ -761,7 +823,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 4,
+                supported: 5,
                 ..
             }
         ),
@@ -787,7 +849,7 @@ fn a_foreign_database_is_refused(b: &dyn Backend) {
 /// A store of an older schema version is upgraded when opened, its runs and items kept, and
 /// the tables of each later version there.
 fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         let store = open(b);
         let pipeline = format!("v{version}");
         let run = take(&*store, &pipeline, &["a", "b", "c"]);
