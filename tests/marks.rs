@@ -397,8 +397,8 @@ fn an_item_whose_mark_fails_still_ends_and_says_so() {
     }
 }
 
-/// An orderly stop while an item is being marked puts it back to pending, unmarked and with no
-/// attempt used; the next run fails and marks it.
+/// An orderly stop while a failed item is being marked puts it back to pending, unmarked, its
+/// attempts at the stage used up: the next run fails it at once and marks it.
 #[test]
 fn a_stop_during_a_mark_puts_the_item_back_to_pending() {
     let Some(db) = Db::new() else {
@@ -429,12 +429,93 @@ fn a_stop_during_a_mark_puts_the_item_back_to_pending() {
     let marked = backend.ids(&p, "SELECT id FROM articles WHERE failed_at IS NOT NULL");
     assert!(marked.is_empty(), "{marked:?}");
 
-    p.dir.write("pipeline.toml", p.toml().to_owned() + "on_failure = \"UPDATE articles SET failed_at = now(), attempts = :attempts WHERE id = :key\"\n");
+    p.dir.write("pipeline.toml", p.toml().to_owned() + "on_failure = \"UPDATE articles SET failed_at = now(), attempts = :attempts, error = :error WHERE id = :key\"\n");
     let out = p.run();
     out.assert_code(1);
     let marked = backend.ids(
         &p,
-        "SELECT id FROM articles WHERE failed_at IS NOT NULL AND attempts = 1 ORDER BY id",
+        "SELECT id FROM articles WHERE failed_at IS NOT NULL ORDER BY id",
     );
     assert_eq!(marked, (1..=BATCH).collect::<Vec<_>>(), "{out}");
+    // The item whose mark was cut short failed at once, without writing again; items that had
+    // not reached their mark were written (and failed) again.
+    let at_once = backend.ids(
+        &p,
+        "SELECT id FROM articles WHERE attempts = 3 AND error LIKE '%used across processes; the last: %check constraint%'",
+    );
+    assert!(!at_once.is_empty(), "{out}");
+}
+
+/// A process killed while it marks a failed item leaves the item's attempts used up: the next
+/// run does not call the stage again, it fails the item at once (with its error) and marks it.
+#[test]
+fn a_kill_during_a_mark_does_not_run_the_stage_again() {
+    let p = Pipeline::new(
+        r#"
+[pipeline]
+name = "killed-mark"
+
+[[stage]]
+name = "src"
+kind = "jsonl"
+path = "in.jsonl"
+key = "id"
+
+[[stage]]
+name = "breaker"
+kind = "fault"
+permanent_rate = 1.0
+
+[[stage]]
+name = "save"
+kind = "persist"
+url = "sqlite:marks.db"
+statement = "INSERT INTO done (id) VALUES (:key)"
+on_failure = "INSERT INTO marks (id, error, slow) VALUES (:key, :error, (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < SLOW) SELECT count(*) * 0 FROM c)) ON CONFLICT (id) DO UPDATE SET error = excluded.error"
+timeout = "60s"
+"#,
+    );
+    Connection::open(p.dir.join("marks.db"))
+        .expect("open")
+        .execute_batch(
+            "CREATE TABLE done (id INTEGER PRIMARY KEY);
+             CREATE TABLE marks (id INTEGER PRIMARY KEY, error TEXT, slow INTEGER)",
+        )
+        .expect("create");
+    p.dir.write("in.jsonl", "{\"id\": 1}\n");
+    // A mark that takes seconds, to be killed in.
+    p.dir
+        .write("pipeline.toml", p.toml().replace("SLOW", "50000000"));
+    let mut running = p.cmd("run").spawn();
+    assert!(
+        running.wait_for_stderr("item failed", std::time::Duration::from_secs(20)),
+        "{}",
+        running.stderr_so_far()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    running.signal(libc::SIGKILL);
+    assert_eq!(running.wait().code, None, "killed during the mark");
+
+    p.dir.write("pipeline.toml", p.toml().replace("SLOW", "1"));
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    status.assert_failed(
+        &["1"],
+        "breaker",
+        3,
+        "all 3 attempts (`retry.attempts` = 3) used across processes; the last: injected permanent fault",
+    );
+    let marked: String = Connection::open(p.dir.join("marks.db"))
+        .expect("open")
+        .query_row("SELECT error FROM marks WHERE id = 1", [], |r| r.get(0))
+        .expect("marked");
+    assert!(marked.contains("injected permanent fault"), "{marked}");
+    // The stage was not called in the second run: no attempt, no latency.
+    let breaker = p.stage_summary("killed-mark", "breaker");
+    assert_eq!(breaker["failed"], 1, "{breaker}");
+    assert!(
+        breaker["latency"].is_null() || breaker["latency"]["p50_ms"].is_null(),
+        "{breaker}"
+    );
 }

@@ -80,10 +80,29 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         };
         // After the first stage, `Advanced` already recorded the item as in flight here.
         if !started {
-            let change = Change::Started {
-                stage: stage.name.to_string(),
+            let stage = stage.name.to_string();
+            let recorded = if shared.take_ups {
+                // Durable before the first attempt, for the next process to count should this
+                // one die with its flight record. A store that does not answer must not hold
+                // the stop: the item, not started, resumes next run.
+                let taken = shared
+                    .checkpoint
+                    .send_durable(seq, Change::TakenUp { stage });
+                tokio::select! {
+                    biased;
+                    r = taken => match r {
+                        Ok(()) => true,
+                        Err(e) => {
+                            shared.control.abort(AbortReason::Checkpoint(e.0));
+                            false
+                        }
+                    },
+                    () = shared.control.hard.cancelled() => false,
+                }
+            } else {
+                checkpoint(&shared, seq, Change::Started { stage }).await
             };
-            if !checkpoint(&shared, seq, change).await {
+            if !recorded {
                 return;
             }
         }
@@ -269,6 +288,27 @@ async fn ending(
 ) -> Option<String> {
     if !shared.marking(kind) {
         return Some(message);
+    }
+    if kind == EndingKind::Failed {
+        // Should the process die while the item is being marked, the next one must not try
+        // the stage again: the item's attempts there are used up, durably, before the mark.
+        let used_up = Change::Attempted {
+            stage: stage.name.to_string(),
+            attempts: attempts.max(stage.policy.retry.attempts),
+            error: message.clone(),
+        };
+        let recorded = tokio::select! {
+            biased;
+            r = shared.checkpoint.send_durable(seq, used_up) => r,
+            () = shared.control.hard.cancelled() => {
+                interrupted(shared, seq, stage).await;
+                return None;
+            }
+        };
+        if let Err(e) = recorded {
+            shared.control.abort(AbortReason::Checkpoint(e.0));
+            return None;
+        }
     }
     let ending_at = Ending {
         kind,
