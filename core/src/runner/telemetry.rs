@@ -284,7 +284,7 @@ pub(crate) fn summarize(
         .abort_reason()
         .map(|r| r.at_the_end(failed).to_string())
         .or_else(|| control.interrupt_reason().map(|r| r.to_string()))
-        .or_else(|| (exit == Exit::NoProgress).then(|| NO_PROGRESS.to_owned()));
+        .or_else(|| (exit == Exit::NoProgress).then(|| no_progress(stages)));
     let stage_summaries = stages
         .iter()
         .zip(&pipeline.stages)
@@ -335,8 +335,21 @@ pub(crate) fn summarize(
 /// How long the summary waits for the events queued before it to be written.
 const LOG_SETTLE: Duration = Duration::from_millis(250);
 
-/// Why a run that finished made no progress, and what to do about it.
-pub(crate) const NO_PROGRESS: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move. Mark the rows that fail or are skipped where the source reads (`persist`'s `on_failure` and `on_skip`, or a `jsonl` sink's `rejects`) and leave marked rows out of its query, or fix the cause and run `stagewise retry-failed`";
+/// Why a run that finished made no progress, and what to do about it: the advice depends on
+/// whether the pipeline marks such items already.
+pub(crate) fn no_progress(stages: &[StageRt]) -> String {
+    const WHAT: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move.";
+    let marked: Vec<&str> = stages
+        .iter()
+        .filter(|s| s.marks.failed || s.marks.skipped)
+        .map(|s| &*s.name)
+        .collect();
+    if marked.is_empty() {
+        format!("{WHAT} Mark the rows that fail or are skipped where the source reads (`persist`'s `on_failure` and `on_skip`, or a `jsonl` sink's `rejects`) and leave marked rows out of its query, or fix the cause and run `stagewise retry-failed`")
+    } else {
+        format!("{WHAT} Stage(s) `{}` mark them, but the source still takes them: make it leave marked rows out (its query, or its input file), or fix the cause and run `stagewise retry-failed`", marked.join("`, `"))
+    }
+}
 
 /// A figure as a whole number when it is one, else with up to 6 decimals (costs).
 fn fmt_figure(value: f64) -> String {

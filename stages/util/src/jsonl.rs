@@ -71,6 +71,10 @@ impl StageKind for JsonlKind {
                 "rejects".into(),
                 "`rejects` is for a `jsonl` sink: a source rejects nothing".into(),
             )],
+            Some(rejects) if rejects.as_os_str().is_empty() => vec![(
+                "rejects".into(),
+                "`rejects` must name a file: leave it out to write no rejects".into(),
+            )],
             Some(rejects) if *rejects == config.path => vec![(
                 "rejects".into(),
                 "`rejects` must be another file than `path`".into(),
@@ -90,14 +94,21 @@ impl StageKind for JsonlKind {
             // Core only builds a kind in the roles it lists; were `jsonl` ever allowed in the
             // middle, appending and passing the record on is what it would do there.
             Role::Sink | Role::Transform => {
+                let out = Appender::open(path)?;
                 let rejects = match &config.rejects {
                     Some(rejects) => Some(Appender::open(cx.resolve(rejects))?),
                     None => None,
                 };
-                Ok(StageImpl::Blocking(Arc::new(JsonlSink {
-                    out: Appender::open(path)?,
-                    rejects,
-                })))
+                if let Some(rejects) = &rejects {
+                    if rejects.same_file_as(&out) {
+                        return Err(StageError::fatal(format!(
+                            "`rejects` ({}) is the same file as `path` ({})",
+                            rejects.path.display(),
+                            out.path.display()
+                        )));
+                    }
+                }
+                Ok(StageImpl::Blocking(Arc::new(JsonlSink { out, rejects })))
             }
         }
     }
@@ -251,6 +262,20 @@ fn encode_rejected(ending: &Ending) -> Vec<u8> {
 }
 
 impl Appender {
+    /// Whether both are the same file, whatever the paths say (`out.jsonl`, `./out.jsonl`, a
+    /// link).
+    fn same_file_as(&self, other: &Appender) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let meta = |a: &Appender| {
+            a.file
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .metadata()
+                .map(|m| (m.dev(), m.ino()))
+        };
+        matches!((meta(self), meta(other)), (Ok(a), Ok(b)) if a == b)
+    }
+
     fn append(&self, line: &[u8], cx: &Context) -> Result<(), StageError> {
         // A panic while the lock was held cannot have left the file itself broken.
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
@@ -498,6 +523,41 @@ mod tests {
         assert_eq!(err.class, ErrorClass::Transient);
         let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("read");
         assert_eq!(text, "");
+    }
+
+    #[test]
+    fn rejects_must_be_another_file_than_the_sink() {
+        let dir = temp_dir("jsonl-rejects-same");
+        for rejects in ["./out.jsonl", "sub/../out.jsonl"] {
+            std::fs::create_dir_all(dir.path().join("sub")).expect("mkdir");
+            let config: JsonlConfig =
+                config(&format!("path = \"out.jsonl\"\nrejects = \"{rejects}\"")).expect("valid");
+            assert!(JsonlKind.check(&config, Role::Sink).is_empty(), "{rejects}");
+            let err = JsonlKind
+                .build(config, &build_cx(Role::Sink, dir.path()))
+                .expect_err("the same file is refused");
+            assert!(
+                err.message.contains("is the same file as `path`"),
+                "{}",
+                err.message
+            );
+        }
+        for (toml_text, expected) in [
+            ("path = \"out.jsonl\"\nrejects = \"\"", "must name a file"),
+            (
+                "path = \"out.jsonl\"\nrejects = \"out.jsonl\"",
+                "another file than `path`",
+            ),
+        ] {
+            let config: JsonlConfig = config(toml_text).expect("valid");
+            let problems = JsonlKind.check(&config, Role::Sink);
+            assert!(
+                problems
+                    .iter()
+                    .any(|(key, message)| key == "rejects" && message.contains(expected)),
+                "{toml_text}: {problems:?}"
+            );
+        }
     }
 
     #[test]
