@@ -122,33 +122,47 @@ impl UpdateRows for SqliteUpdates {
         deadline: &Deadline,
     ) -> Result<(), StoreError> {
         let tx = self.begin(deadline)?;
-        {
+        // Two statements: the one that sets `taken` only for the rows that do (take-ups are
+        // for a PostgreSQL store; this is every row's path).
+        for taken in [false, true] {
             let mut stmt = tx
-                .prepare_cached(
+                .prepare_cached(if taken {
                     "UPDATE items SET
                         state = ?3,
                         stage = ?4,
                         record = CASE WHEN ?5 THEN ?6 ELSE record END,
                         attempts = COALESCE(?7, attempts),
                         error = CASE WHEN ?8 THEN ?9 ELSE error END,
-                        taken = COALESCE(?10, taken)
-                     WHERE run_id = ?1 AND seq = ?2",
-                )
+                        taken = ?10
+                     WHERE run_id = ?1 AND seq = ?2"
+                } else {
+                    "UPDATE items SET
+                        state = ?3,
+                        stage = ?4,
+                        record = CASE WHEN ?5 THEN ?6 ELSE record END,
+                        attempts = COALESCE(?7, attempts),
+                        error = CASE WHEN ?8 THEN ?9 ELSE error END
+                     WHERE run_id = ?1 AND seq = ?2"
+                })
                 .map_err(db)?;
-            for (seq, row) in rows {
-                stmt.execute(params![
-                    self.run,
-                    seq,
-                    row.state.as_str(),
-                    row.stage,
-                    row.record.is_some(),
-                    row.record.as_ref().and_then(Option::as_deref),
-                    row.attempts,
-                    row.error.is_some(),
-                    row.error.as_ref().and_then(Option::as_deref),
-                    row.taken,
-                ])
-                .map_err(db)?;
+            for (seq, row) in rows.iter().filter(|(_, r)| r.taken.is_some() == taken) {
+                stmt.raw_bind_parameter(1, self.run).map_err(db)?;
+                stmt.raw_bind_parameter(2, seq).map_err(db)?;
+                stmt.raw_bind_parameter(3, row.state.as_str()).map_err(db)?;
+                stmt.raw_bind_parameter(4, &row.stage).map_err(db)?;
+                stmt.raw_bind_parameter(5, row.record.is_some())
+                    .map_err(db)?;
+                stmt.raw_bind_parameter(6, row.record.as_ref().and_then(Option::as_deref))
+                    .map_err(db)?;
+                stmt.raw_bind_parameter(7, row.attempts).map_err(db)?;
+                stmt.raw_bind_parameter(8, row.error.is_some())
+                    .map_err(db)?;
+                stmt.raw_bind_parameter(9, row.error.as_ref().and_then(Option::as_deref))
+                    .map_err(db)?;
+                if let Some(taken) = row.taken {
+                    stmt.raw_bind_parameter(10, taken).map_err(db)?;
+                }
+                stmt.raw_execute().map_err(db)?;
             }
         }
         if let Some(status) = status {
