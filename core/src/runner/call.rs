@@ -90,7 +90,9 @@ pub(crate) async fn call(
         }
         StageImpl::Blocking(s) => {
             let s = s.clone();
-            blocking(shared, stage, cx, move |cx| s.process(record, cx)).await
+            // Boxed: the blocking path's state is large, and an async stage's call need not
+            // carry it.
+            Box::pin(blocking(shared, stage, cx, move |cx| s.process(record, cx))).await
         }
         StageImpl::Source(_) => Err(CallError::Stage(StageError::fatal(
             "a source can only be the first stage",

@@ -57,7 +57,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             let error = StageError::permanent(format!(
                 "all {used} attempts (`retry.attempts` = {allowed}) used across processes; the last: {last}"
             ));
-            fail(&shared, stage, seq, &record, error, used).await;
+            Box::pin(fail(&shared, stage, seq, &record, error, used)).await;
             return;
         }
         let control = &shared.control;
@@ -80,7 +80,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         };
         // After the first stage, `Advanced` already recorded the item as in flight here.
         if !started {
-            let stage = stage.name.to_string();
+            let stage = stage.name.clone();
             let recorded = if shared.take_ups {
                 // Durable before the first attempt, for the next process to count should this
                 // one die with its flight record. A store that does not answer must not hold
@@ -125,7 +125,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 index += 1;
                 let change = match shared.stages.get(index) {
                     Some(next_stage) => Change::Advanced {
-                        stage: next_stage.name.to_string(),
+                        stage: next_stage.name.clone(),
                         record: record.clone(),
                     },
                     None => Change::Done,
@@ -136,8 +136,16 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             }
             Ok(Outcome::Skip { reason }) => {
                 tracing::debug!(stage = %stage.name, key = %key, reason = %reason, "item skipped");
-                let Some(reason) =
-                    ending(&shared, stage, seq, &record, EndingKind::Skipped, reason, 1).await
+                let Some(reason) = Box::pin(ending(
+                    &shared,
+                    stage,
+                    seq,
+                    &record,
+                    EndingKind::Skipped,
+                    reason,
+                    1,
+                ))
+                .await
                 else {
                     return;
                 };
@@ -147,7 +155,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                     &shared,
                     seq,
                     Change::Skipped {
-                        stage: stage.name.to_string(),
+                        stage: stage.name.clone(),
                         reason,
                     },
                 )
@@ -159,7 +167,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 return;
             }
             Err(Ended::Failed { error, attempts }) => {
-                fail(&shared, stage, seq, &record, error, attempts).await;
+                Box::pin(fail(&shared, stage, seq, &record, error, attempts)).await;
                 return;
             }
         }
@@ -173,7 +181,7 @@ async fn interrupted(shared: &Shared, seq: i64, stage: &StageRt) {
         shared,
         seq,
         Change::Interrupted {
-            stage: stage.name.to_string(),
+            stage: stage.name.clone(),
         },
     )
     .await;
@@ -228,7 +236,7 @@ async fn fail(
         shared,
         seq,
         Change::Failed {
-            stage: stage.name.to_string(),
+            stage: stage.name.clone(),
             error,
             attempts,
         },
@@ -250,7 +258,7 @@ pub(crate) async fn fail_unresumable(
     let record = Record::new(key);
     let ending_at = Ending {
         kind: EndingKind::Failed,
-        stage: stage.clone(),
+        stage: stage.to_string(),
         message: error,
         attempts: 0,
         record,
@@ -262,7 +270,7 @@ pub(crate) async fn fail_unresumable(
         &shared,
         seq,
         Change::Failed {
-            stage,
+            stage: stage.into(),
             error,
             attempts: 0,
         },
@@ -293,7 +301,7 @@ async fn ending(
         // Should the process die while the item is being marked, the next one must not try
         // the stage again: the item's attempts there are used up, durably, before the mark.
         let used_up = Change::Attempted {
-            stage: stage.name.to_string(),
+            stage: stage.name.clone(),
             attempts: attempts.max(stage.policy.retry.attempts),
             error: message.clone(),
         };
@@ -552,7 +560,7 @@ async fn attempts(
             Err(CallError::Abandoned { timed_out, late }) => {
                 stage.stats.timeouts.incr();
                 let error = StageError::from(timed_out);
-                if used_up(shared, stage, seq, attempt, &error).await {
+                if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
                     backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
                 }
                 return Attempt::TimedOut { error, late };
@@ -566,7 +574,7 @@ async fn attempts(
         if error.class == ErrorClass::Transient && error.retry_after.is_some() {
             slow_down(stage, key, &error);
         }
-        if used_up(shared, stage, seq, attempt, &error).await {
+        if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
             backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
         }
         Attempt::Failed(error)
@@ -620,7 +628,7 @@ async fn used_up(
         return false;
     }
     let change = Change::Attempted {
-        stage: stage.name.to_string(),
+        stage: stage.name.clone(),
         attempts: attempt,
         error: error.message.clone(),
     };
