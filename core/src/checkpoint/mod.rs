@@ -288,43 +288,46 @@ pub struct StatusReport {
     pub skipped: Vec<SkippedItem>,
 }
 
+/// A stage's name as changes carry it: shared, so that a change costs no allocation for it.
+pub(crate) type StageName = std::sync::Arc<str>;
+
 /// One change to one item, sent by the runner.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Change {
     /// An attempt at `stage` began.
-    Started { stage: String },
+    Started { stage: StageName },
     /// This process took the item up at `stage`, its first attempt here about to begin: as
     /// `Started`, and the item is marked taken until it leaves the process (see
     /// [`CheckpointStore::count_taken_up`]). Sent with [`Checkpointer::send_durable`].
     ///
     /// [`Checkpointer::send_durable`]: writer::Checkpointer::send_durable
-    TakenUp { stage: String },
+    TakenUp { stage: StageName },
     /// A stage finished; the item is next at `stage` with this record. The record is
     /// serialized only if this update is still the item's latest when its batch is written:
     /// a fast item's record is never serialized at all.
     Advanced {
-        stage: String,
+        stage: StageName,
         record: std::sync::Arc<crate::stage::Record>,
     },
     /// The item went through every stage.
     Done,
     /// A stage skipped the item.
-    Skipped { stage: String, reason: String },
+    Skipped { stage: StageName, reason: String },
     /// An attempt at `stage` failed with `error` (the item may try again): `attempts` are
     /// used, and stay with the item across processes.
     Attempted {
-        stage: String,
+        stage: StageName,
         attempts: u32,
         error: String,
     },
     /// The item failed at `stage`.
     Failed {
-        stage: String,
+        stage: StageName,
         error: String,
         attempts: u32,
     },
     /// Shutdown stopped the item at `stage`: it goes back to pending, no attempt used.
-    Interrupted { stage: String },
+    Interrupted { stage: StageName },
 }
 
 /// An update of one item.

@@ -328,8 +328,8 @@ async fn write_loop(
 mod tests {
     use super::*;
 
-    fn s(x: &str) -> String {
-        x.to_owned()
+    fn s<T: for<'a> From<&'a str>>(x: &str) -> T {
+        T::from(x)
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub(in crate::checkpoint) struct RowUpdate {
     /// The item's state.
     pub state: ItemState,
     /// The stage the item is at or ended in (NULL once done).
-    pub stage: Option<String>,
+    pub stage: Option<super::super::StageName>,
     /// The record's fields as JSON.
     pub record: Option<Option<String>>,
     /// Attempts made at the item's stage.
@@ -187,8 +187,8 @@ impl<W: UpdateRows> UpdateWriter for Updates<W> {
 mod tests {
     use super::*;
 
-    fn s(x: &str) -> String {
-        x.to_owned()
+    fn s<T: for<'a> From<&'a str>>(x: &str) -> T {
+        T::from(x)
     }
 
     #[test]

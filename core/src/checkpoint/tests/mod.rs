@@ -113,8 +113,8 @@ fn open(b: &dyn Backend) -> Box<dyn CheckpointStore> {
 }
 
 /// An owned string, shorter.
-fn s(x: &str) -> String {
-    x.to_owned()
+fn s<T: for<'a> From<&'a str>>(x: &str) -> T {
+    T::from(x)
 }
 
 /// A committed run of `pipeline` whose items are `keys` (seq 1, 2, … in that order), with
