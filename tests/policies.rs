@@ -448,7 +448,9 @@ path = "out.jsonl"
         let out = p.run();
         out.assert_code(0);
         assert!(
-            out.stderr.contains("the source has nothing new") && out.stderr.contains("latest=run "),
+            out.stderr.contains("the source has nothing new")
+                && out.stderr.contains("latest=run ")
+                && !out.stderr.contains("run started"),
             "{out}"
         );
     }

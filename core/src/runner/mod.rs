@@ -473,16 +473,19 @@ async fn execute(
         return Ok(summary);
     };
     let counts = store.counts(run.id)?;
-    tracing::info!(
-        pipeline = %pipeline.name,
-        run = run.id,
-        items = run.items,
-        resumed,
-        done = counts["done"],
-        failed = counts["failed"],
-        skipped = counts["skipped"],
-        "run started"
-    );
+    // A take that found nothing was said so already: no run starts.
+    if run.items > 0 || resumed {
+        tracing::info!(
+            pipeline = %pipeline.name,
+            run = run.id,
+            items = run.items,
+            resumed,
+            done = counts["done"],
+            failed = counts["failed"],
+            skipped = counts["skipped"],
+            "run started"
+        );
+    }
     let (checkpoint, writer) = Checkpointer::start(
         &*store,
         run.id,
