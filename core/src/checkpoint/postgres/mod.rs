@@ -378,6 +378,7 @@ impl Tables for PgStore {
             conn: connect(&self.config, &self.shown)?,
             run,
             shown: self.shown.clone(),
+            update: None,
         })
     }
 

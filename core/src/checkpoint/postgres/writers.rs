@@ -87,7 +87,21 @@ pub(in crate::checkpoint) struct PgUpdates {
     pub(super) run: i64,
     /// The store as messages name it.
     pub(super) shown: String,
+    /// The items' `UPDATE`, prepared on the session once.
+    pub(super) update: Option<postgres::Statement>,
 }
+
+/// Every row of a batch in one statement, from arrays.
+const UPDATE_ITEMS: &str = "UPDATE stagewise.items AS i SET
+        state = u.state,
+        stage = u.stage,
+        record = CASE WHEN u.set_record THEN u.record ELSE i.record END,
+        attempts = COALESCE(u.attempts, i.attempts),
+        error = CASE WHEN u.set_error THEN u.error ELSE i.error END,
+        taken = COALESCE(u.taken, i.taken)
+     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[])
+          AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
+     WHERE i.run_id = $1 AND i.seq = u.seq";
 
 /// Bound the transaction's next statement by the deadline's cut, if there is one: its lock
 /// waits and its whole run. Costs a round trip, so only once a deadline is set.
@@ -135,26 +149,37 @@ impl UpdateRows for PgUpdates {
             taken.push(row.taken);
         }
         let run = self.run;
+        let (conn, prepared) = (&mut self.conn, &mut self.update);
         off_runtime(|| {
-            let mut tx = self.conn.client().transaction()?;
+            let client = conn.client();
+            let update = match prepared {
+                Some(update) => update.clone(),
+                None => prepared.insert(client.prepare(UPDATE_ITEMS)?).clone(),
+            };
+            let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
+                &run,
+                &seqs,
+                &states,
+                &stages,
+                &set_record,
+                &records,
+                &attempts,
+                &set_error,
+                &errors,
+                &taken,
+            ];
+            if status.is_none() && deadline.cut().is_none() {
+                // One statement is its own transaction: one round trip (what a take-up that
+                // waits for its commit waits for), not three.
+                if !seqs.is_empty() {
+                    client.execute(&update, &params)?;
+                }
+                return Ok(());
+            }
+            let mut tx = client.transaction()?;
             if !seqs.is_empty() {
                 bound(&mut tx, deadline)?;
-                tx.execute(
-                    "UPDATE stagewise.items AS i SET
-                        state = u.state,
-                        stage = u.stage,
-                        record = CASE WHEN u.set_record THEN u.record ELSE i.record END,
-                        attempts = COALESCE(u.attempts, i.attempts),
-                        error = CASE WHEN u.set_error THEN u.error ELSE i.error END,
-                        taken = COALESCE(u.taken, i.taken)
-                     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[])
-                          AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
-                     WHERE i.run_id = $1 AND i.seq = u.seq",
-                    &[
-                        &run, &seqs, &states, &stages, &set_record, &records, &attempts,
-                        &set_error, &errors, &taken,
-                    ],
-                )?;
+                tx.execute(&update, &params)?;
             }
             if let Some(status) = status {
                 bound(&mut tx, deadline)?;
