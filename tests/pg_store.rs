@@ -7,6 +7,7 @@
 
 mod util;
 
+use std::fs;
 use std::time::Duration;
 
 use util::llm::{LlmConfig, LlmServer, Scenario};
@@ -688,4 +689,52 @@ fn same_named_pipelines_on_two_databases_keep_their_own_records() {
     assert!(!b_status.stdout.contains("previous_process"), "{b_status}");
     running_b.signal(libc::SIGKILL);
     running_b.wait();
+}
+
+/// A process killed with its disk (no flight record left, only the store's copy, taken at each
+/// heartbeat, and the take-ups): each death counts one attempt against each item it had in
+/// hand, not one from the copy and one more from the take-up; an orderly stop counts none.
+#[test]
+fn a_death_with_the_disk_lost_counts_one_attempt_per_item() {
+    let Some(mut db) = Db::new() else { return };
+    let p = pipeline(
+        "pg-lost-disk",
+        2,
+        2,
+        "[[stage]]\nname = \"nap\"\nkind = \"sleep\"\nduration = \"30s\"\ntimeout = \"60s\"\nconcurrency = 2\n",
+    );
+    p.dir.write(
+        "pipeline.toml",
+        p.toml().replace(
+            "batch_size = 2",
+            "batch_size = 2\nheartbeat = \"100ms\"\nshutdown_grace = \"1s\"",
+        ),
+    );
+    let attempts =
+        |db: &mut Db| db.query_strings("SELECT attempts::text FROM stagewise.items ORDER BY seq");
+    for (death, signal) in [(1, libc::SIGKILL), (2, libc::SIGKILL), (2, libc::SIGTERM)] {
+        let mut running = cmd(&p, &db, "run").spawn();
+        assert!(
+            running.wait_for_stderr("heartbeat", Duration::from_secs(30)),
+            "{}",
+            running.stderr_so_far()
+        );
+        // Past a few heartbeats: the store's copy names both attempts.
+        std::thread::sleep(Duration::from_millis(600));
+        running.signal(signal);
+        running.wait();
+        // The disk is gone with the process.
+        fs::remove_dir_all(p.dir.join(".stagewise")).expect("remove the state folder");
+        // The next process counts the deaths when it starts; `status` does not, so a run that
+        // is stopped at once (no item can start) does.
+        let out = cmd(&p, &db, "run")
+            .env("STAGEWISE_PIPELINE__MAX_RUN_TIME", "1ms")
+            .output();
+        assert!(matches!(out.code, Some(75 | 0)), "{out}");
+        assert_eq!(
+            attempts(&mut db),
+            [death.to_string(), death.to_string()],
+            "after {signal:?} {out}"
+        );
+    }
 }

@@ -320,6 +320,14 @@ pub(crate) enum Change {
         attempts: u32,
         error: String,
     },
+    /// The item failed at `stage`, and is about to be marked so (see
+    /// [`crate::stage::BlockingStage::mark`]): as `Attempted` with every attempt used, and it has
+    /// left the process's hands (no longer taken up). Sent with `send_durable`.
+    Exhausted {
+        stage: StageName,
+        attempts: u32,
+        error: String,
+    },
     /// The item failed at `stage`.
     Failed {
         stage: StageName,
@@ -375,6 +383,9 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// store has it at (as [`CheckpointStore::count_died_attempts`] does for the attempts a
     /// flight record names), then clear the marks. Returns how many deaths were new.
     fn count_taken_up(&self, run: i64) -> Result<u64, StoreError>;
+    /// Clear `run`'s taken-up marks without counting them (the flight record counted the
+    /// deaths): a later death must not find them.
+    fn clear_taken_up(&self, run: i64) -> Result<(), StoreError>;
     /// `pipeline`'s run number `run`, if it has one with items.
     fn run_numbered(&self, pipeline: &str, run: i64) -> Result<Option<RunInfo>, StoreError>;
     /// When the source was last read and found nothing, if that was after the latest run with

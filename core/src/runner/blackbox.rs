@@ -54,10 +54,14 @@ pub(crate) fn open(
     if let Some(previous) = &previous {
         log_previous(previous);
         recorder.set_previous_report(&report(previous));
-        count_died_attempts(store, previous);
+        // With its file gone, the store's copy is as old as its last heartbeat: the take-ups
+        // say what the process had in hand at its death (and counting both would count twice).
+        if !disk_lost {
+            count_died_attempts(store, previous);
+        }
     }
-    if disk_lost {
-        count_taken_up(pipeline, store);
+    if copied(pipeline) {
+        taken_up(pipeline, store, disk_lost);
     }
     if let Err(e) = recorder.place() {
         tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
@@ -99,10 +103,11 @@ fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
     }
 }
 
-/// The items a process that died (its flight record lost) had taken up count one attempt each,
-/// from the store alone: the feeder made each take-up durable before its item's first attempt
-/// (see [`CheckpointStore::take_up`]), so an item that kills the process at once is counted too.
-fn count_taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore) {
+/// The items a process that died with its flight record (`disk_lost`) had taken up count one
+/// attempt each, from the store alone: each take-up was committed before its item's first
+/// attempt, so an item that kills the process at once is counted too. Otherwise the record
+/// counted the deaths, and the marks are only cleared, so that a later death does not find them.
+fn taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore, disk_lost: bool) {
     let run = match store.latest_run(&pipeline.name) {
         Ok(Some(run)) if run.status != crate::checkpoint::RunStatus::Finished => run.id,
         Ok(_) => return,
@@ -111,6 +116,12 @@ fn count_taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore) {
             return;
         }
     };
+    if !disk_lost {
+        if let Err(e) = store.clear_taken_up(run) {
+            tracing::debug!(run, error = %e, "cannot clear the marks of the items taken up");
+        }
+        return;
+    }
     match store.count_taken_up(run) {
         Ok(0) => {}
         Ok(counted) => tracing::info!(

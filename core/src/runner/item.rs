@@ -105,6 +105,11 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             if !recorded {
                 return;
             }
+            if shared.control.soft.is_cancelled() {
+                // The stop came while the take-up was being committed: it does not start.
+                interrupted(&shared, seq, &shared.stages[index]).await;
+                return;
+            }
         }
         started = true;
         let result = attempts(
@@ -300,7 +305,7 @@ async fn ending(
     if kind == EndingKind::Failed {
         // Should the process die while the item is being marked, the next one must not try
         // the stage again: the item's attempts there are used up, durably, before the mark.
-        let used_up = Change::Attempted {
+        let used_up = Change::Exhausted {
             stage: stage.name.clone(),
             attempts: attempts.max(stage.policy.retry.attempts),
             error: message.clone(),

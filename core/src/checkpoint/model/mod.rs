@@ -211,6 +211,10 @@ impl<T: Tables> CheckpointStore for T {
         self.error_of(run, seq)
     }
 
+    fn clear_taken_up(&self, run: i64) -> Result<(), StoreError> {
+        self.clear_taken(run)
+    }
+
     fn count_taken_up(&self, run: i64) -> Result<u64, StoreError> {
         let died: Vec<(String, String, u32)> = self
             .taken_items(run)?

@@ -85,6 +85,16 @@ impl RowUpdate {
                 self.error = Some(Some(error.clone()));
                 (ItemState::InFlight, Some(stage))
             }
+            Change::Exhausted {
+                stage,
+                attempts,
+                error,
+            } => {
+                self.attempts = Some(i64::from(*attempts));
+                self.error = Some(Some(error.clone()));
+                self.taken = Some(false);
+                (ItemState::InFlight, Some(stage))
+            }
             Change::Failed {
                 stage,
                 error,
