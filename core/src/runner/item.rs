@@ -57,7 +57,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             let error = StageError::permanent(format!(
                 "all {used} attempts (`retry.attempts` = {allowed}) used across processes; the last: {last}"
             ));
-            Box::pin(fail(&shared, stage, seq, &record, error, used)).await;
+            Box::pin(fail(&shared, stage, seq, &record, error, used, false)).await;
             return;
         }
         let control = &shared.control;
@@ -172,7 +172,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
                 return;
             }
             Err(Ended::Failed { error, attempts }) => {
-                Box::pin(fail(&shared, stage, seq, &record, error, attempts)).await;
+                Box::pin(fail(&shared, stage, seq, &record, error, attempts, true)).await;
                 return;
             }
         }
@@ -210,6 +210,7 @@ async fn fail(
     record: &Record,
     error: StageError,
     attempts: u32,
+    tried: bool,
 ) {
     let key = record.key.as_str();
     if error.class == ErrorClass::Fatal {
@@ -232,6 +233,12 @@ async fn fail(
         "item failed"
     );
     let kind = EndingKind::Failed;
+    // (An item that failed for attempts used up before this process has them so already, with
+    // the error they ended on.)
+    if tried && shared.marking(kind) && !exhaust(shared, stage, seq, &error.message, attempts).await
+    {
+        return;
+    }
     let Some(error) = ending(shared, stage, seq, record, kind, error.message, attempts).await
     else {
         return;
@@ -286,6 +293,36 @@ pub(crate) async fn fail_unresumable(
     }
 }
 
+/// Before a failed item is marked: should the process die while it is being marked, the next
+/// one must not try the stage again, so the item's attempts there are used up, durably, and it
+/// leaves the process's hands. Returns whether the item may go on to its mark.
+async fn exhaust(
+    shared: &Arc<Shared>,
+    stage: &StageRt,
+    seq: i64,
+    message: &str,
+    attempts: u32,
+) -> bool {
+    let used_up = Change::Exhausted {
+        stage: stage.name.clone(),
+        attempts: attempts.max(stage.policy.retry.attempts),
+        error: message.to_owned(),
+    };
+    let recorded = tokio::select! {
+        biased;
+        r = shared.checkpoint.send_durable(seq, used_up) => r,
+        () = shared.control.hard.cancelled() => {
+            interrupted(shared, seq, stage).await;
+            return false;
+        }
+    };
+    if let Err(e) = recorded {
+        shared.control.abort(AbortReason::Checkpoint(e.0));
+        return false;
+    }
+    true
+}
+
 /// The item ends failed or skipped at `stage`: the stages that mark such endings are told
 /// first. Returns the message to record with the ending (the error or reason, plus what went
 /// wrong with a mark), or `None` when the item went back to pending instead (the run stopped
@@ -301,27 +338,6 @@ async fn ending(
 ) -> Option<String> {
     if !shared.marking(kind) {
         return Some(message);
-    }
-    if kind == EndingKind::Failed {
-        // Should the process die while the item is being marked, the next one must not try
-        // the stage again: the item's attempts there are used up, durably, before the mark.
-        let used_up = Change::Exhausted {
-            stage: stage.name.clone(),
-            attempts: attempts.max(stage.policy.retry.attempts),
-            error: message.clone(),
-        };
-        let recorded = tokio::select! {
-            biased;
-            r = shared.checkpoint.send_durable(seq, used_up) => r,
-            () = shared.control.hard.cancelled() => {
-                interrupted(shared, seq, stage).await;
-                return None;
-            }
-        };
-        if let Err(e) = recorded {
-            shared.control.abort(AbortReason::Checkpoint(e.0));
-            return None;
-        }
     }
     let ending_at = Ending {
         kind,
