@@ -874,3 +874,70 @@ fn a_url_in_a_config_error_is_printed_without_its_password() {
         assert!(out.stderr.contains("`url`"), "{url}: say which key\n{out}");
     }
 }
+
+/// A TCP proxy on 127.0.0.1 to `upstream` that holds each new connection `delay` before it
+/// connects it through: a server slow to accept. Returns its port.
+fn slow_to_connect_proxy(upstream: std::net::SocketAddr, delay: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = listener.local_addr().expect("address").port();
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            thread::spawn(move || {
+                thread::sleep(delay);
+                let Ok(server) = std::net::TcpStream::connect(upstream) else {
+                    return;
+                };
+                let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    })
+                };
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pipe(client, server);
+                pipe(s2, c2);
+            });
+        }
+    });
+    port
+}
+
+/// When connecting takes an attempt's whole time, its query does not start after the
+/// deadline: an item that failed as timed out has not been written behind the runner's back.
+#[test]
+fn a_query_does_not_start_after_its_attempts_deadline() {
+    let Some(mut db) = Db::new() else { return };
+    db.execute("CREATE TABLE writes (id int PRIMARY KEY)");
+    // postgres://user:password@127.0.0.1:PORT/name
+    let (_, after_host) = db.url().rsplit_once('@').expect("a URL with a user");
+    let port = after_host
+        .split_once(':')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(port, _)| port.to_owned())
+        .expect("a port");
+    let upstream = format!("127.0.0.1:{port}").parse().expect("address");
+    // Each connection (the probe, then the session) waits 0.7 s: 1.4 s in all, past the 1 s
+    // timeout.
+    let proxy = slow_to_connect_proxy(upstream, Duration::from_millis(700));
+    let through = db
+        .url()
+        .replace(&format!(":{port}/"), &format!(":{proxy}/"));
+    let p = persist_only(
+        "late-query",
+        &through,
+        "INSERT INTO writes (id) VALUES (:key)",
+        "timeout = \"1s\"\nretry = { attempts = 1 }\nconcurrency = 4\nmax_abandoned = 4",
+    );
+    p.dir
+        .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    assert_eq!(status.count("failed"), 3, "{out}");
+    // Long enough for a late connection to have finished and written.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(db.query_i64("SELECT count(*) FROM writes"), 0, "{out}");
+}

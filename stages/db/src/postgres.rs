@@ -115,8 +115,15 @@ impl PgPool {
                 "no time left to connect before the attempt's deadline",
             ));
         }
-        config.connect_timeout(budget);
         probe(&self.config, budget)?;
+        // What the probe left of the attempt's time, for the session's own connect.
+        let budget = budget.min(cx.remaining());
+        if budget.is_zero() {
+            return Err(StageError::transient(
+                "no time left to connect before the attempt's deadline",
+            ));
+        }
+        config.connect_timeout(budget);
         let mut client = config
             .connect(NoTls)
             .map_err(|e| connect_error(&e, budget))?;
@@ -344,6 +351,15 @@ pub(crate) fn with_conn<T>(
     f: impl FnOnce(&mut PgConn) -> Result<T, StageError>,
 ) -> Result<T, StageError> {
     let mut conn = pool.get(cx)?;
+    // Connecting may have taken the attempt's time (a slow server, a probe and a handshake):
+    // a query that would start after the deadline does not start, since nothing would wait
+    // for its answer.
+    if cx.is_cancelled() {
+        pool.put(conn, false);
+        return Err(StageError::transient(
+            "no time left for the query before the attempt's deadline (connecting took it)",
+        ));
+    }
     let watched = pool.watch(&conn, cx);
     let result = f(&mut conn);
     let fired = watched.fired.clone();
