@@ -527,3 +527,20 @@ timeout = "60s"
         "{breaker}"
     );
 }
+
+/// A marking statement of comments only is refused by `validate`, not at the first mark.
+#[test]
+fn a_mark_of_comments_only_is_refused_by_validate() {
+    let p = job(&Backend::Sqlite, "comment-mark", Ending::Failed, false);
+    p.dir.write(
+        "pipeline.toml",
+        format!("{}on_failure = \"-- nothing to do /* here */\"\n", p.toml()),
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains("`on_failure` must hold an SQL statement (it is empty, or comments only)"),
+        "{out}"
+    );
+}

@@ -128,17 +128,23 @@ impl StageKind for PersistKind {
 
     fn check(&self, config: &PersistConfig, _role: Role) -> Vec<(String, String)> {
         let mut problems = check_url(&config.url);
-        if config.statement.trim().is_empty() {
-            problems.push(("statement".into(), "`statement` must not be empty".into()));
+        if params::split(&config.statement).is_empty() {
+            problems.push((
+                "statement".into(),
+                "`statement` must hold an SQL statement (it is empty, or comments only)".into(),
+            ));
         }
         for (key, statement) in [
             ("on_failure", &config.on_failure),
             ("on_skip", &config.on_skip),
         ] {
-            if statement.as_ref().is_some_and(|s| s.trim().is_empty()) {
+            if statement
+                .as_ref()
+                .is_some_and(|s| params::split(s).is_empty())
+            {
                 problems.push((
                     key.into(),
-                    format!("`{key}` must not be empty: leave it out to mark nothing"),
+                    format!("`{key}` must hold an SQL statement (it is empty, or comments only): leave it out to mark nothing"),
                 ));
             }
         }

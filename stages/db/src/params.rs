@@ -147,16 +147,19 @@ pub(crate) fn script(statement: &str, style: Style) -> Script {
 }
 
 /// Split a script into its statements at top-level `;` (not inside literals, quoted identifiers
-/// or comments); empty statements are dropped.
+/// or comments); empty statements, and those of comments only, are dropped.
 pub(crate) fn split(script: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
+    // Whether `current` holds anything but whitespace and comments.
+    let mut has_sql = false;
     let mut quote: Option<char> = None;
     let mut line_comment = false;
     let mut block_comment = false;
     let mut chars = script.chars().peekable();
     while let Some(c) = chars.next() {
         current.push(c);
+        let was_comment = line_comment || block_comment;
         if line_comment {
             line_comment = c != '\n';
         } else if block_comment {
@@ -177,14 +180,20 @@ pub(crate) fn split(script: &str) -> Vec<String> {
             block_comment = true;
         } else if c == ';' {
             current.pop();
-            out.push(std::mem::take(&mut current));
+            let statement = std::mem::take(&mut current);
+            if std::mem::take(&mut has_sql) {
+                out.push(statement);
+            }
+            continue;
+        }
+        if quote.is_some() || !(was_comment || line_comment || block_comment || c.is_whitespace()) {
+            has_sql = true;
         }
     }
-    out.push(current);
-    out.into_iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
+    if has_sql {
+        out.push(current);
+    }
+    out.into_iter().map(|s| s.trim().to_owned()).collect()
 }
 
 /// Replace the `$limit` placeholder of a `db-fetch` query; returns the SQL and whether it was
@@ -275,7 +284,7 @@ mod tests {
 
     #[test]
     fn splits_scripts() {
-        let cases: [(&str, &[&str]); 4] = [
+        let cases: [(&str, &[&str]); 7] = [
             ("INSERT 1; UPDATE 2;", &["INSERT 1", "UPDATE 2"]),
             (
                 "SELECT ';' ; SELECT \"a;b\"",
@@ -286,6 +295,9 @@ mod tests {
                 &["SELECT 1 -- a; b", "SELECT 2"],
             ),
             ("SELECT /* ; */ 1", &["SELECT /* ; */ 1"]),
+            ("UPDATE 1; -- done\n", &["UPDATE 1"]),
+            ("-- only a comment", &[]),
+            (" ; /* a */ ;\n", &[]),
         ];
         for (input, want) in cases {
             assert_eq!(split(input), want, "{input}");
