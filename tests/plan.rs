@@ -218,7 +218,7 @@ fn plan_never_shows_a_secret() {
         [[stage]]
         name = "download"
         kind = "http-download"
-        headers = { Accept-Language = "en", X-Api-Token = "${API_TOKEN}", Authorization = "Basic in-file-credential" }
+        headers = { Accept-Language = "en", X-Api-Token = "${API_TOKEN}", Authorization = "Basic in-file-credential", Cookie = "session=cookie-value", apikey = "apikey-value" }
 
         [[stage]]
         name = "facts"
@@ -243,6 +243,8 @@ fn plan_never_shows_a_secret() {
         "written-password",
         "file-password",
         "query-password",
+        "cookie-value",
+        "apikey-value",
     ];
     for json in [false, true] {
         let cmd = p
@@ -269,7 +271,7 @@ fn plan_never_shows_a_secret() {
             let (headers, origin) = setting(&json, Some("download"), "headers");
             assert_eq!(
                 headers,
-                serde_json::json!({"Accept-Language": "en", "X-Api-Token": "***", "Authorization": "***"})
+                serde_json::json!({"Accept-Language": "en", "X-Api-Token": "***", "Authorization": "***", "Cookie": "***", "apikey": "***"})
             );
             assert!(origin.ends_with("from ${API_TOKEN}"), "{origin}");
             assert_eq!(

@@ -228,7 +228,7 @@ impl Shown {
     }
 
     fn toml(key: &str, value: &toml::Value) -> Shown {
-        let value = redact(value, is_secret(key));
+        let value = redact_in(value, is_secret(key), key == "headers");
         Shown {
             json: toml_to_json(&value),
             text: toml_inline(&value),
@@ -467,20 +467,36 @@ fn is_secret(key: &str) -> bool {
             .any(|word| key.contains(word))
 }
 
+/// Whether an HTTP header's value is a secret: `Authorization`, `Proxy-Authorization`,
+/// `Cookie`, or a name with `key`, `token`, `secret`, `password` or `auth` in it (`X-Api-Key`,
+/// `apikey`, `X-Auth-Token`).
+fn is_secret_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "cookie"
+        || ["key", "token", "secret", "password", "auth"]
+            .iter()
+            .any(|word| name.contains(word))
+}
+
 /// `value` with secrets hidden: under a secret key every string is `***` (numbers and booleans,
-/// such as `max_tokens`, are no secrets); elsewhere a URL loses its password.
-fn redact(value: &toml::Value, secret: bool) -> toml::Value {
+/// such as `max_tokens`, are no secrets); elsewhere a URL loses its password. In a `headers`
+/// table (`headers`: `value` is one), the values of secret headers ([`is_secret_header`]) are
+/// hidden too.
+fn redact_in(value: &toml::Value, secret: bool, headers: bool) -> toml::Value {
     match value {
         toml::Value::String(_) if secret => toml::Value::String("***".to_owned()),
         toml::Value::String(s) if looks_like_url(s) => {
             toml::Value::String(crate::text::redact_url(s))
         }
         toml::Value::Array(items) => {
-            toml::Value::Array(items.iter().map(|v| redact(v, secret)).collect())
+            toml::Value::Array(items.iter().map(|v| redact_in(v, secret, false)).collect())
         }
         toml::Value::Table(t) => toml::Value::Table(
             t.iter()
-                .map(|(k, v)| (k.clone(), redact(v, secret || is_secret(k))))
+                .map(|(k, v)| {
+                    let hidden = secret || is_secret(k) || (headers && is_secret_header(k));
+                    (k.clone(), redact_in(v, hidden, k == "headers"))
+                })
                 .collect(),
         ),
         other => other.clone(),
@@ -577,19 +593,26 @@ mod tests {
             token = "t"
             url = "postgres://u:p@h/db"
             query = "SELECT 'http://u:p@h' ?"
-            headers = { Accept = "json", Cookie-Token = "c" }
+            headers = { Accept = "json", Cookie-Token = "c", Cookie = "session=1", apikey = "k", X-Api-Key = "k2", Proxy-Authorization = "Basic x", key = "not a header" }
+            key = "id"
             tokens = ["a", "b"]
             "#,
         )
         .expect("toml");
-        let shown = |key: &str| toml_inline(&redact(&value[key], is_secret(key)));
+        let shown =
+            |key: &str| toml_inline(&redact_in(&value[key], is_secret(key), key == "headers"));
         assert_eq!(shown("max_tokens"), "5", "numbers are no secrets");
         assert_eq!(shown("token"), r#""***""#);
         assert_eq!(shown("url"), r#""postgres://u:***@h/db""#);
         assert_eq!(shown("query"), r#""SELECT 'http://u:p@h' ?""#, "not a URL");
         assert_eq!(
             shown("headers"),
-            r#"{ Accept = "json", Cookie-Token = "***" }"#
+            r#"{ Accept = "json", Cookie = "***", Cookie-Token = "***", Proxy-Authorization = "***", X-Api-Key = "***", apikey = "***", key = "***" }"#
+        );
+        assert_eq!(
+            shown("key"),
+            r#""id""#,
+            "a stage's `key` names a column, no secret"
         );
         assert_eq!(shown("tokens"), r#"["***", "***"]"#);
     }
