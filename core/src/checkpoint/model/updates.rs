@@ -67,43 +67,39 @@ impl RowUpdate {
             Change::Done => {
                 self.record = Some(None);
                 self.error = Some(None);
-                self.taken = Some(false);
                 (ItemState::Done, None)
             }
             Change::Skipped { stage, reason } => {
                 self.record = Some(None);
                 self.error = Some(Some(reason.clone()));
-                self.taken = Some(false);
                 (ItemState::Skipped, Some(stage))
             }
             Change::Attempted {
                 stage,
                 attempts,
                 error,
-            } => {
-                self.attempts = Some(i64::from(*attempts));
-                self.error = Some(Some(error.clone()));
-                (ItemState::InFlight, Some(stage))
             }
-            Change::Exhausted {
+            | Change::Exhausted {
                 stage,
                 attempts,
                 error,
-            } => {
-                self.attempts = Some(i64::from(*attempts));
-                self.error = Some(Some(error.clone()));
-                self.taken = Some(false);
-                (ItemState::InFlight, Some(stage))
             }
-            Change::Failed {
+            | Change::Failed {
                 stage,
                 error,
                 attempts,
             } => {
                 self.attempts = Some(i64::from(*attempts));
                 self.error = Some(Some(error.clone()));
-                self.taken = Some(false);
-                (ItemState::Failed, Some(stage))
+                match change {
+                    Change::Failed { .. } => (ItemState::Failed, Some(stage)),
+                    Change::Exhausted { .. } => {
+                        // Out of the process's hands, about to be marked.
+                        self.taken = Some(false);
+                        (ItemState::InFlight, Some(stage))
+                    }
+                    _ => (ItemState::InFlight, Some(stage)),
+                }
             }
         };
         self.state = state;
@@ -253,6 +249,24 @@ mod tests {
                     stage: Some(s("one")),
                     record: None,
                     attempts: Some(3),
+                    taken: None,
+                    error: Some(Some(s("boom"))),
+                },
+            ),
+            (
+                vec![
+                    Change::TakenUp { stage: s("one") },
+                    Change::Exhausted {
+                        stage: s("one"),
+                        attempts: 3,
+                        error: s("boom"),
+                    },
+                ],
+                RowUpdate {
+                    state: ItemState::InFlight,
+                    stage: Some(s("one")),
+                    record: None,
+                    attempts: Some(3),
                     taken: Some(false),
                     error: Some(Some(s("boom"))),
                 },
@@ -264,7 +278,7 @@ mod tests {
                     stage: None,
                     record: Some(None),
                     attempts: None,
-                    taken: Some(false),
+                    taken: None,
                     error: Some(None),
                 },
             ),
@@ -278,7 +292,7 @@ mod tests {
                     stage: Some(s("one")),
                     record: Some(None),
                     attempts: None,
-                    taken: Some(false),
+                    taken: None,
                     error: Some(Some(s("empty"))),
                 },
             ),

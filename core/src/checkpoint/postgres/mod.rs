@@ -351,7 +351,7 @@ impl Tables for PgStore {
         self.with_conn(|c| {
             let mut tx = c.transaction()?;
             let n = tx.execute(
-                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL
+                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL, taken = false
                  WHERE run_id = $1 AND state = 'failed'",
                 &[&run],
             )?;

@@ -363,7 +363,7 @@ impl Tables for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let n = tx
             .execute(
-                "UPDATE items SET state = 'pending', attempts = 0, error = NULL WHERE run_id = ?1 AND state = 'failed'",
+                "UPDATE items SET state = 'pending', attempts = 0, error = NULL, taken = 0 WHERE run_id = ?1 AND state = 'failed'",
                 [run],
             )
             .map_err(db)?;
