@@ -81,6 +81,7 @@ scenarios![
     a_take_that_found_nothing_hides_no_run,
     attempts_used_stay_with_the_item,
     items_taken_up_by_a_process_that_died_count_one_attempt,
+    a_durable_update_commits_what_was_queued_before_it,
     retry_failed_puts_failed_items_back_to_pending,
     pending_pages_through_unfinished_items_in_order,
     response_cache_keeps_answers_across_opens,
@@ -668,7 +669,7 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
 /// marks are cleared, so counting again adds nothing.
 fn items_taken_up_by_a_process_that_died_count_one_attempt(b: &dyn Backend) {
     let store = open(b);
-    let run = take(&*store, "p", &["a", "b", "c", "d", "e"]);
+    let run = take(&*store, "p", &["a", "b", "c", "d", "e", "f"]);
     let taken = |stage: &str| Change::TakenUp { stage: s(stage) };
     apply(
         &*store,
@@ -695,6 +696,9 @@ fn items_taken_up_by_a_process_that_died_count_one_attempt(b: &dyn Backend) {
             (4, Change::Done),
             // Never taken up (started without a mark, as on a store that does not need it).
             (5, Change::Started { stage: s("one") }),
+            // Taken up and failed: finished, so not counted.
+            (6, taken("one")),
+            (6, failed("one", "boom", 1)),
         ],
         None,
     );
@@ -722,6 +726,50 @@ fn items_taken_up_by_a_process_that_died_count_one_attempt(b: &dyn Backend) {
         0,
         "the marks were cleared"
     );
+    // A failed item that `retry-failed` puts back is no longer taken up.
+    apply(
+        &*store,
+        run.id,
+        vec![(6, taken("one")), (6, failed("one", "boom", 1))],
+        None,
+    );
+    assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
+    assert_eq!(store.count_taken_up(run.id).expect("count after reset"), 0);
+}
+
+/// `send_durable` returns once its update is committed, with every update queued before it,
+/// however long the writer would otherwise wait to fill a batch.
+fn a_durable_update_commits_what_was_queued_before_it(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        // A batch would wait an hour or 100 items.
+        let (checkpoint, _task) =
+            super::writer::Checkpointer::start(&*store, run.id, Duration::from_secs(3600), 100)
+                .expect("writer");
+        checkpoint
+            .send(1, Change::Started { stage: s("one") })
+            .await
+            .expect("queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let in_flight =
+            |store: &dyn CheckpointStore| store.counts(run.id).expect("counts")["in_flight"];
+        assert_eq!(in_flight(&*store), 0, "a plain update waits for its batch");
+        checkpoint
+            .send_durable(2, Change::TakenUp { stage: s("one") })
+            .await
+            .expect("committed");
+        assert_eq!(
+            in_flight(&*store),
+            2,
+            "the durable update and the one before it"
+        );
+        assert_eq!(store.count_taken_up(run.id).expect("count"), 1);
+    });
 }
 
 /// `retry-failed`: failed items go back to pending at their stage and the run becomes
