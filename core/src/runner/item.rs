@@ -83,22 +83,11 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             let stage = stage.name.clone();
             let recorded = if shared.take_ups {
                 // Durable before the first attempt, for the next process to count should this
-                // one die with its flight record. A store that does not answer must not hold
-                // the stop: the item, not started, resumes next run.
-                let taken = shared
-                    .checkpoint
-                    .send_durable(seq, Change::TakenUp { stage });
-                tokio::select! {
-                    biased;
-                    r = taken => match r {
-                        Ok(()) => true,
-                        Err(e) => {
-                            shared.control.abort(AbortReason::Checkpoint(e.0));
-                            false
-                        }
-                    },
-                    () = shared.control.hard.cancelled() => false,
-                }
+                // one die with its flight record. Cut short by the stop, the item, not started,
+                // resumes next run as it is.
+                checkpoint_durable(&shared, seq, Change::TakenUp { stage })
+                    .await
+                    .unwrap_or(false)
             } else {
                 checkpoint(&shared, seq, Change::Started { stage }).await
             };
@@ -192,6 +181,25 @@ async fn interrupted(shared: &Shared, seq: i64, stage: &StageRt) {
     .await;
 }
 
+/// Send an update and wait for its commit (see [`Checkpointer::send_durable`]); a dead writer
+/// aborts the run. Returns whether the item may go on, or `None` when the run's hard stop came
+/// first (a store that does not answer must not hold the stop).
+///
+/// [`Checkpointer::send_durable`]: crate::checkpoint::writer::Checkpointer::send_durable
+async fn checkpoint_durable(shared: &Shared, seq: i64, change: Change) -> Option<bool> {
+    tokio::select! {
+        biased;
+        r = shared.checkpoint.send_durable(seq, change) => Some(match r {
+            Ok(()) => true,
+            Err(e) => {
+                shared.control.abort(AbortReason::Checkpoint(e.0));
+                false
+            }
+        }),
+        () = shared.control.hard.cancelled() => None,
+    }
+}
+
 /// Send an update; a dead writer aborts the run. Returns whether the item may go on.
 async fn checkpoint(shared: &Shared, seq: i64, change: Change) -> bool {
     match shared.checkpoint.send(seq, change).await {
@@ -270,7 +278,7 @@ pub(crate) async fn fail_unresumable(
     let record = Record::new(key);
     let ending_at = Ending {
         kind: EndingKind::Failed,
-        stage: stage.to_string(),
+        stage: stage.clone(),
         message: error,
         attempts: 0,
         record,
@@ -308,19 +316,13 @@ async fn exhaust(
         attempts: attempts.max(stage.policy.retry.attempts),
         error: message.to_owned(),
     };
-    let recorded = tokio::select! {
-        biased;
-        r = shared.checkpoint.send_durable(seq, used_up) => r,
-        () = shared.control.hard.cancelled() => {
+    match checkpoint_durable(shared, seq, used_up).await {
+        Some(recorded) => recorded,
+        None => {
             interrupted(shared, seq, stage).await;
-            return false;
+            false
         }
-    };
-    if let Err(e) = recorded {
-        shared.control.abort(AbortReason::Checkpoint(e.0));
-        return false;
     }
-    true
 }
 
 /// The item ends failed or skipped at `stage`: the stages that mark such endings are told

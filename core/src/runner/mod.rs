@@ -175,13 +175,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The highest attempt an earlier process died in for item `key` at `stage`, and the error
-    /// kept for it. (Empty, the common case: one length check.)
     /// Whether some stage marks items that end `kind`.
     pub(crate) fn marking(&self, kind: crate::stage::EndingKind) -> bool {
         self.stages.iter().any(|s| s.marks.takes(kind))
     }
 
+    /// The highest attempt an earlier process died in for item `key` at `stage`, and the error
+    /// kept for it. (Empty, the common case: one length check.)
     pub(crate) fn died_at(&self, key: &str, stage: &str) -> Option<(u32, &str)> {
         if self.deaths.is_empty() {
             return None;
