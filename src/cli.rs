@@ -175,8 +175,10 @@ enum Command {
     },
     /// Put the latest run's failed items back to pending and run them again.
     ///
-    /// Rows that `persist`'s `on_failure` marked stay left out by the source's query: clear their
-    /// mark too (`UPDATE articles SET failed_at = NULL WHERE …`) when they should be taken again.
+    /// It runs them from the checkpoint, marked by `persist`'s `on_failure` or not; a `statement`
+    /// that clears the mark (as the shipped pipeline's does) unmarks those that then succeed. To
+    /// have the source's query take marked rows again, clear their mark yourself
+    /// (`UPDATE articles SET failed_at = NULL WHERE …`).
     RetryFailed {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]

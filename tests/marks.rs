@@ -544,3 +544,47 @@ fn a_mark_of_comments_only_is_refused_by_validate() {
         "{out}"
     );
 }
+
+/// The no-progress advice fits the pipeline: where its stages mark the endings the batch had,
+/// it says the source still takes the marked rows; where they do not mark one of them, it says
+/// to mark it.
+#[test]
+fn the_no_progress_advice_knows_what_the_pipeline_marks() {
+    let through = |middle: &str, sink: &str| {
+        let p = Pipeline::new(&format!(
+            "[pipeline]\nname = \"advice\"\n\n\
+             [[stage]]\nname = \"src\"\nkind = \"jsonl\"\npath = \"in.jsonl\"\nkey = \"id\"\n\n\
+             [[stage]]\n{middle}\n\n[[stage]]\n{sink}\n"
+        ));
+        let rows: String = (1..=3)
+            .map(|i| format!("{{\"id\": {i}, \"html\": \"plain text {i}\"}}\n"))
+            .collect();
+        p.dir.write("in.jsonl", rows);
+        p.run();
+        let out = p.run();
+        out.assert_code(1);
+        assert!(out.stderr.contains("outcome=\"no_progress\""), "{out}");
+        out
+    };
+    // Failures, marked by `rejects`: the marks are there, the source ignores them.
+    let out = through(
+        "name = \"breaker\"\nkind = \"fault\"\npermanent_rate = 1.0",
+        "name = \"out\"\nkind = \"jsonl\"\npath = \"out.jsonl\"\nrejects = \"rejects.jsonl\"",
+    );
+    assert!(
+        out.stderr
+            .contains("Stage(s) `out` mark them, but the source still takes them"),
+        "{out}"
+    );
+    // Skips, where only failures are marked: mark the skips.
+    let out = through(
+        "name = \"extract\"\nkind = \"extract\"",
+        "name = \"save\"\nkind = \"persist\"\nurl = \"sqlite:out.db\"\n\
+         statement = \"INSERT INTO t (id) VALUES (:key)\"\n\
+         on_failure = \"UPDATE t SET failed = 1 WHERE id = :key\"",
+    );
+    assert!(
+        out.stderr.contains("`on_skip`") && !out.stderr.contains("mark them, but"),
+        "{out}"
+    );
+}

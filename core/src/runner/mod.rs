@@ -605,7 +605,11 @@ async fn execute(
             failed = shared.totals.failed.get(),
             skipped = shared.totals.skipped.get(),
             "{}",
-            telemetry::no_progress(&shared.stages)
+            telemetry::no_progress(
+                &shared.stages,
+                shared.totals.failed.get(),
+                shared.totals.skipped.get()
+            )
         );
         exit = Exit::NoProgress;
     }

@@ -284,7 +284,10 @@ pub(crate) fn summarize(
         .abort_reason()
         .map(|r| r.at_the_end(failed).to_string())
         .or_else(|| control.interrupt_reason().map(|r| r.to_string()))
-        .or_else(|| (exit == Exit::NoProgress).then(|| no_progress(stages)));
+        .or_else(|| {
+            let skipped = totals.map_or(0, |t| t.skipped.get());
+            (exit == Exit::NoProgress).then(|| no_progress(stages, failed, skipped))
+        });
     let stage_summaries = stages
         .iter()
         .zip(&pipeline.stages)
@@ -336,18 +339,26 @@ pub(crate) fn summarize(
 const LOG_SETTLE: Duration = Duration::from_millis(250);
 
 /// Why a run that finished made no progress, and what to do about it: the advice depends on
-/// whether the pipeline marks such items already.
-pub(crate) fn no_progress(stages: &[StageRt]) -> String {
+/// whether the pipeline marks already the endings the batch had (`failed`, `skipped` items).
+pub(crate) fn no_progress(stages: &[StageRt], failed: u64, skipped: u64) -> String {
+    use crate::stage::EndingKind;
     const WHAT: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move.";
-    let marked: Vec<&str> = stages
-        .iter()
-        .filter(|s| s.marks.failed || s.marks.skipped)
-        .map(|s| &*s.name)
-        .collect();
-    if marked.is_empty() {
+    let marking = |kind: EndingKind| {
+        stages
+            .iter()
+            .filter(move |s| s.marks.takes(kind))
+            .map(|s| &*s.name)
+    };
+    let unmarked = (failed > 0 && marking(EndingKind::Failed).next().is_none())
+        || (skipped > 0 && marking(EndingKind::Skipped).next().is_none());
+    if unmarked {
         format!("{WHAT} Mark the rows that fail or are skipped where the source reads (`persist`'s `on_failure` and `on_skip`, or a `jsonl` sink's `rejects`) and leave marked rows out of its query, or fix the cause and run `stagewise retry-failed`")
     } else {
-        format!("{WHAT} Stage(s) `{}` mark them, but the source still takes them: make it leave marked rows out (its query, or its input file), or fix the cause and run `stagewise retry-failed`", marked.join("`, `"))
+        let mut names: Vec<&str> = marking(EndingKind::Failed)
+            .chain(marking(EndingKind::Skipped))
+            .collect();
+        names.dedup();
+        format!("{WHAT} Stage(s) `{}` mark them, but the source still takes them: make it leave marked rows out (its query, or its input file), or fix the cause and run `stagewise retry-failed`", names.join("`, `"))
     }
 }
 
