@@ -407,14 +407,12 @@ fn items_that_cannot_resume_count_against_max_failures() {
     assert_eq!(status.count("failed") + status.count("pending"), 4);
 }
 
-/// A run whose source has nothing new hides nothing: it says so and exits 0, and `status` and
-/// `retry-failed` go on showing and acting on the last run that had items.
-#[test]
-fn a_run_with_nothing_new_hides_nothing() {
-    let p = Pipeline::new(
+/// `in.jsonl` (keys `id`) → a `fault` stage `breaker` failing half the items for good → `out.jsonl`.
+fn half_failing(name: &str) -> Pipeline {
+    Pipeline::new(&format!(
         r#"
 [pipeline]
-name = "nothing-new"
+name = "{name}"
 
 [[stage]]
 name = "src"
@@ -432,8 +430,15 @@ seed = 3
 name = "out"
 kind = "jsonl"
 path = "out.jsonl"
-"#,
-    );
+"#
+    ))
+}
+
+/// A run whose source has nothing new hides nothing: it says so and exits 0, and `status` and
+/// `retry-failed` go on showing and acting on the last run that had items.
+#[test]
+fn a_run_with_nothing_new_hides_nothing() {
+    let p = half_failing("nothing-new");
     let lines: String = (1..=20).map(|i| format!("{{\"id\": {i}}}\n")).collect();
     p.dir.write("in.jsonl", lines);
     p.run().assert_code(1);
@@ -490,29 +495,7 @@ path = "out.jsonl"
 /// run that does not exist is a clear error.
 #[test]
 fn retry_failed_takes_an_older_run_by_number() {
-    let p = Pipeline::new(
-        r#"
-[pipeline]
-name = "older"
-
-[[stage]]
-name = "src"
-kind = "jsonl"
-path = "in.jsonl"
-key = "id"
-
-[[stage]]
-name = "breaker"
-kind = "fault"
-permanent_rate = 0.5
-seed = 3
-
-[[stage]]
-name = "out"
-kind = "jsonl"
-path = "out.jsonl"
-"#,
-    );
+    let p = half_failing("older");
     let rows = |ids: std::ops::RangeInclusive<i32>| -> String {
         ids.map(|i| format!("{{\"id\": {i}}}\n")).collect()
     };
