@@ -316,10 +316,11 @@ fn an_attempt_that_failed_counts_when_the_process_dies_in_its_backoff() {
         .assert_failed(&["0"], "flaky", 3, "injected transient fault");
 }
 
-/// `retry-failed` gives fresh attempts to items whose attempts were used up by deaths, not
-/// only to items already marked failed.
+/// `retry-failed` resumes a run without forgiving the deaths of its unfinished items (so that
+/// resuming it that way again and again still ends an item that kills the process): those
+/// whose attempts deaths used up fail, and the next `retry-failed` gives them fresh attempts.
 #[test]
-fn retry_failed_gives_fresh_attempts_after_deaths() {
+fn retry_failed_gives_fresh_attempts_once_deaths_failed_the_items() {
     let p = Pipeline::through(
         "dead-then-retried",
         2,
@@ -336,6 +337,14 @@ fn retry_failed_gives_fresh_attempts_after_deaths() {
     for _ in 0..2 {
         kill_after_start(&p, Duration::from_millis(300));
     }
+    let out = p.cmd("retry-failed").output();
+    out.assert_code(1);
+    p.status().assert_failed(
+        &["0", "1"],
+        "nap",
+        2,
+        "all 2 attempts (`retry.attempts` = 2) used across processes",
+    );
     let out = p.cmd("retry-failed").output();
     out.assert_code(0);
     assert_eq!(p.status().count("done"), 2, "{out}");

@@ -79,8 +79,8 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// The first `limit` items of `run` after `after_seq` that are pending or in flight, by seq.
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError>;
     /// Put `run`'s failed items back to pending with attempts 0 and no error and, when there
-    /// were any, the run to `interrupted`; returns how many. Unfinished items' attempts go
-    /// back to 0 too.
+    /// were any, the run to `interrupted`; returns how many. Their deaths are forgotten too;
+    /// unfinished items keep their attempts and deaths.
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
     /// `run`'s unfinished items marked taken up: `(key, stage, attempts used)`.
     fn taken_items(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError>;

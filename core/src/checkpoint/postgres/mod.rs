@@ -350,18 +350,18 @@ impl Tables for PgStore {
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
         self.with_conn(|c| {
             let mut tx = c.transaction()?;
+            // The failed items' deaths go with their attempts; unfinished items keep theirs, so
+            // that resuming a run this way again and again still ends an item that kills it.
+            tx.execute(
+                "DELETE FROM stagewise.deaths WHERE run_id = $1
+                   AND key IN (SELECT key FROM stagewise.items WHERE run_id = $1 AND state = 'failed')",
+                &[&run],
+            )?;
             let n = tx.execute(
                 "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL, taken = false
                  WHERE run_id = $1 AND state = 'failed'",
                 &[&run],
             )?;
-            // Unfinished items' attempts (used in earlier processes) start afresh too.
-            tx.execute(
-                "UPDATE stagewise.items SET attempts = 0, error = NULL
-                 WHERE run_id = $1 AND state IN ('pending', 'in_flight') AND attempts > 0",
-                &[&run],
-            )?;
-            tx.execute("DELETE FROM stagewise.deaths WHERE run_id = $1", &[&run])?;
             if n > 0 {
                 tx.execute(
                     "UPDATE stagewise.runs SET status = 'interrupted', updated_at = $2 WHERE id = $1",

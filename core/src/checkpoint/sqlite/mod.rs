@@ -361,19 +361,19 @@ impl Tables for SqliteStore {
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
+        // The failed items' deaths go with their attempts; unfinished items keep theirs, so
+        // that resuming a run this way again and again still ends an item that kills it.
+        tx.execute(
+            "DELETE FROM deaths WHERE run_id = ?1
+               AND key IN (SELECT key FROM items WHERE run_id = ?1 AND state = 'failed')",
+            [run],
+        )
+        .map_err(db)?;
         let n = tx
             .execute(
                 "UPDATE items SET state = 'pending', attempts = 0, error = NULL, taken = 0 WHERE run_id = ?1 AND state = 'failed'",
                 [run],
             )
-            .map_err(db)?;
-        // Unfinished items' attempts (used in earlier processes) start afresh too.
-        tx.execute(
-            "UPDATE items SET attempts = 0, error = NULL WHERE run_id = ?1 AND state IN ('pending', 'in_flight') AND attempts > 0",
-            [run],
-        )
-        .map_err(db)?;
-        tx.execute("DELETE FROM deaths WHERE run_id = ?1", [run])
             .map_err(db)?;
         if n > 0 {
             tx.execute(

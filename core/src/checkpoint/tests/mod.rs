@@ -659,9 +659,20 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
     );
     assert_eq!(used(&*store)[0], (s("a"), 0, None));
 
-    // `retry-failed` forgets the deaths with the attempts.
-    store.reset_failed(run.id).expect("reset");
-    assert!(store.deaths(run.id).expect("deaths").is_empty());
+    // `retry-failed` forgets a failed item's deaths with its attempts; unfinished items keep
+    // theirs (a run resumed by `retry-failed` again and again must still end an item that
+    // kills it).
+    apply(&*store, run.id, vec![(2, failed("one", "died", 1))], None);
+    assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
+    let mut kept: Vec<String> = store
+        .deaths(run.id)
+        .expect("deaths")
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["a", "c"]);
+    assert_eq!(used(&*store)[1], (s("b"), 0, None));
 }
 
 /// Items a process took up and did not see leave count one attempt each when that process
