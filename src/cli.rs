@@ -173,7 +173,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Put the latest run's failed items back to pending and run them again.
+    /// Put the latest run's failed items (or run N's, with `--run N`) back to pending and run
+    /// them again.
     ///
     /// It runs them from the checkpoint, marked by `persist`'s `on_failure` or not; a `statement`
     /// that clears the mark (as the shipped pipeline's does) unmarks those that then succeed. To

@@ -587,4 +587,16 @@ fn the_no_progress_advice_knows_what_the_pipeline_marks() {
         out.stderr.contains("`on_skip`") && !out.stderr.contains("mark them, but"),
         "{out}"
     );
+    // Failures whose marks do not land: fix the marks.
+    let out = through(
+        "name = \"breaker\"\nkind = \"fault\"\npermanent_rate = 1.0",
+        "name = \"save\"\nkind = \"persist\"\nurl = \"sqlite:out.db\"\n\
+         statement = \"INSERT INTO t (id) VALUES (:key)\"\n\
+         on_failure = \"UPDATE no_such_table SET failed = 1 WHERE id = :key\"",
+    );
+    assert!(
+        out.stderr.contains("3 of its items could not be marked")
+            && !out.stderr.contains("mark them, but"),
+        "{out}"
+    );
 }

@@ -538,6 +538,33 @@ fn retry_failed_takes_an_older_run_by_number() {
     assert_eq!(latest.count("failed"), second_failed);
 }
 
+/// `retry-failed` takes nothing from the source: items that fail again are failures, not a
+/// source that takes the same rows again.
+#[test]
+fn retry_failed_is_never_taken_for_no_progress() {
+    let p = half_failing("retried");
+    p.dir.write(
+        "in.jsonl",
+        "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n{\"id\": 4}\n",
+    );
+    p.dir.write(
+        "pipeline.toml",
+        p.toml()
+            .replace("permanent_rate = 0.5", "permanent_rate = 1.0"),
+    );
+    p.run().assert_code(1);
+    // The same keys again, failing again: the source makes no progress.
+    let out = p.run();
+    assert!(out.stderr.contains("outcome=\"no_progress\""), "{out}");
+    let out = p.cmd("retry-failed").output();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("outcome=\"finished_with_failures\"")
+            && !out.stderr.contains("no progress"),
+        "{out}"
+    );
+}
+
 /// A batch of keys that all failed or were skipped before, none getting further, is no
 /// success: the second such run exits 1 saying why; a batch with a new key is judged as usual.
 #[test]

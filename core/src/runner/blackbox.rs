@@ -61,7 +61,12 @@ pub(crate) fn open(
         }
     }
     if copied(pipeline) {
-        taken_up(pipeline, store, disk_lost);
+        taken_up(
+            pipeline,
+            store,
+            disk_lost,
+            previous.as_ref().and_then(|p| p.run),
+        );
     }
     if let Err(e) = recorder.place() {
         tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
@@ -107,10 +112,20 @@ fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
 /// attempt each, from the store alone: each take-up was committed before its item's first
 /// attempt, so an item that kills the process at once is counted too. Otherwise the record
 /// counted the deaths, and the marks are only cleared, so that a later death does not find them.
-fn taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore, disk_lost: bool) {
-    let run = match store.latest_run(&pipeline.name) {
-        Ok(Some(run)) if run.status != crate::checkpoint::RunStatus::Finished => run.id,
-        Ok(_) => return,
+/// `run` is the previous process's, when its record says (`retry-failed --run N` works on an
+/// older run); else the latest run, if unfinished.
+fn taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore, disk_lost: bool, run: Option<i64>) {
+    let latest = match run {
+        Some(run) => Ok(Some(run)),
+        None => store.latest_run(&pipeline.name).map(|latest| {
+            latest
+                .filter(|r| r.status != crate::checkpoint::RunStatus::Finished)
+                .map(|r| r.id)
+        }),
+    };
+    let run = match latest {
+        Ok(Some(run)) => run,
+        Ok(None) => return,
         Err(e) => {
             tracing::warn!(error = %e, "cannot count the items the previous process had taken up; they will try those attempts again");
             return;

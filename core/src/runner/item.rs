@@ -409,6 +409,7 @@ async fn marked(
                 return None;
             }
             Err(Ended::Failed { error, attempts }) => {
+                shared.totals.unmarked.incr();
                 tracing::warn!(
                     stage = %marker.name,
                     key = %key,

@@ -148,6 +148,8 @@ pub(crate) struct Totals {
     pub done: Counter,
     pub failed: Counter,
     pub skipped: Counter,
+    /// Items that ended failed or skipped while a stage could not mark them.
+    pub unmarked: Counter,
 }
 
 impl Totals {
@@ -525,6 +527,7 @@ async fn execute(
             done: Counter::default(),
             failed: Counter::default(),
             skipped: Counter::default(),
+            unmarked: Counter::default(),
         },
         max_failures: pipeline.max_failures,
         recorder: recorder.clone(),
@@ -542,6 +545,11 @@ async fn execute(
         },
     });
     recorder.set_run(run.id);
+    if blackbox::copied(pipeline) {
+        // The store's copy names the run from the start: should this process die before its
+        // first heartbeat with its disk, the next one counts the take-ups of the right run.
+        blackbox::save(&*store, &pipeline.name, &recorder);
+    }
     shared.totals.done.add(counts["done"]);
     shared.totals.failed.add(counts["failed"]);
     shared.totals.skipped.add(counts["skipped"]);
@@ -597,7 +605,9 @@ async fn execute(
         exit = Exit::Aborted;
     }
     // Judged on the committed state: where each item ended.
+    // (`retry-failed` took no batch from the source: it is judged as any run's end.)
     if matches!(exit, Exit::Finished | Exit::FinishedWithFailures)
+        && !options.retry_failed
         && no_progress(&shared, &*store, &pipeline.name, run.id)
     {
         tracing::warn!(
@@ -605,11 +615,7 @@ async fn execute(
             failed = shared.totals.failed.get(),
             skipped = shared.totals.skipped.get(),
             "{}",
-            telemetry::no_progress(
-                &shared.stages,
-                shared.totals.failed.get(),
-                shared.totals.skipped.get()
-            )
+            telemetry::no_progress(&shared.stages, &shared.totals)
         );
         exit = Exit::NoProgress;
     }

@@ -285,8 +285,8 @@ pub(crate) fn summarize(
         .map(|r| r.at_the_end(failed).to_string())
         .or_else(|| control.interrupt_reason().map(|r| r.to_string()))
         .or_else(|| {
-            let skipped = totals.map_or(0, |t| t.skipped.get());
-            (exit == Exit::NoProgress).then(|| no_progress(stages, failed, skipped))
+            let totals = totals.filter(|_| exit == Exit::NoProgress)?;
+            Some(no_progress(stages, totals))
         });
     let stage_summaries = stages
         .iter()
@@ -339,8 +339,8 @@ pub(crate) fn summarize(
 const LOG_SETTLE: Duration = Duration::from_millis(250);
 
 /// Why a run that finished made no progress, and what to do about it: the advice depends on
-/// whether the pipeline marks already the endings the batch had (`failed`, `skipped` items).
-pub(crate) fn no_progress(stages: &[StageRt], failed: u64, skipped: u64) -> String {
+/// whether the pipeline marks already the endings the batch had, and whether the marks landed.
+pub(crate) fn no_progress(stages: &[StageRt], totals: &Totals) -> String {
     use crate::stage::EndingKind;
     const WHAT: &str = "no progress: every item of this batch had already failed or been skipped in an earlier run, and none got further this time; the source takes the same keys again every run, so nothing will move.";
     let marking = |kind: EndingKind| {
@@ -349,9 +349,13 @@ pub(crate) fn no_progress(stages: &[StageRt], failed: u64, skipped: u64) -> Stri
             .filter(move |s| s.marks.takes(kind))
             .map(|s| &*s.name)
     };
+    let (failed, skipped) = (totals.failed.get(), totals.skipped.get());
     let unmarked = (failed > 0 && marking(EndingKind::Failed).next().is_none())
         || (skipped > 0 && marking(EndingKind::Skipped).next().is_none());
-    if unmarked {
+    let not_landed = totals.unmarked.get();
+    if not_landed > 0 {
+        format!("{WHAT} {not_landed} of its items could not be marked (`could not mark the item` above): fix the marking statement or file, and leave marked rows out of the source's query, or fix the cause and run `stagewise retry-failed`")
+    } else if unmarked {
         format!("{WHAT} Mark the rows that fail or are skipped where the source reads (`persist`'s `on_failure` and `on_skip`, or a `jsonl` sink's `rejects`) and leave marked rows out of its query, or fix the cause and run `stagewise retry-failed`")
     } else {
         let mut names: Vec<&str> = marking(EndingKind::Failed)
