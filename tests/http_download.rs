@@ -526,3 +526,149 @@ fn file_urls_are_refused_without_files_root() {
     );
     assert!(p.sink("out.jsonl").keys().is_empty());
 }
+
+/// `items` (key, URL) → `http-download` (`keys`) → `out.jsonl`, with `pipeline_keys` in
+/// `[pipeline]`.
+fn download_run(
+    name: &str,
+    pipeline_keys: &str,
+    items: &[(String, String)],
+    keys: &str,
+) -> Pipeline {
+    let p = Pipeline::new(&format!(
+        r#"
+[pipeline]
+name = "{name}"
+{pipeline_keys}
+
+[[stage]]
+name = "urls"
+kind = "jsonl"
+path = "urls.jsonl"
+key = "id"
+
+[[stage]]
+name = "fetch"
+kind = "http-download"
+allow_private_networks = true
+{keys}
+
+[[stage]]
+name = "out"
+kind = "jsonl"
+path = "out.jsonl"
+"#
+    ));
+    let lines: String = items
+        .iter()
+        .map(|(id, url)| format!("{}\n", serde_json::json!({ "id": id, "url": url })))
+        .collect();
+    p.dir.write("urls.jsonl", lines);
+    p
+}
+
+#[test]
+fn hosts_asking_for_long_waits_hold_back_neither_the_stage_nor_other_hosts() {
+    // 8 URLs of a host that answers every request with `429 Retry-After: 300`, among 80 of a
+    // host that answers in 100 ms. The hostile items wait out their backoffs holding no slot of
+    // the stage, and their hints slow down their own host only.
+    let good = Server::start();
+    let hostile = Server::start_at("127.0.0.2");
+    let mut items: Vec<(String, String)> = (0..80)
+        .map(|i| (format!("good-{i:02}"), good.url(&format!("/slow/{i}"))))
+        .collect();
+    for i in 0..8 {
+        items.insert(
+            i * 10,
+            (
+                format!("hostile-{i}"),
+                hostile.url(&format!("/always-429/{i}")),
+            ),
+        );
+    }
+    let p = download_run(
+        "hostile-hosts",
+        "max_run_time = \"6s\"\nshutdown_grace = \"1s\"",
+        &items,
+        "concurrency = 8\nper_host_concurrency = 8",
+    );
+    let out = p.run();
+    out.assert_code(75);
+    let status = p.status();
+    assert_eq!(
+        status.count("done"),
+        80,
+        "every good page in the first run\n{out}"
+    );
+    assert_eq!(status.count("pending"), 8, "{:#}", status.raw);
+    let hits = hostile.requests().len();
+    assert!(
+        (8..=16).contains(&hits),
+        "each hostile URL tried, then waited: {hits}\n{out}"
+    );
+    assert!(
+        out.stderr.contains("a service asks to slow down") && out.stderr.contains("127.0.0.2"),
+        "the slow-down names the hostile host\n{out}"
+    );
+}
+
+#[test]
+fn a_host_that_always_answers_429_fails_the_item_once_its_attempts_are_used() {
+    let hostile = Server::start();
+    let p = download_run(
+        "always-429",
+        "",
+        &[("pest".to_owned(), hostile.url("/always-429/x"))],
+        "retry = { attempts = 3, max_retry_after = \"200ms\" }",
+    );
+    let out = p.run();
+    out.assert_code(1);
+    assert!(
+        out.elapsed < Duration::from_secs(30),
+        "the 300 s hint was capped\n{out}"
+    );
+    let f = failed(&p.status(), "pest");
+    assert_eq!(f.attempts, 3, "{f:?}");
+    assert!(f.error.contains("429"), "{f:?}");
+    assert_eq!(hostile.hits("/always-429/x"), 3);
+    let requests = hostile.requests();
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited >= Duration::from_millis(190),
+        "the hint, capped at `max_retry_after`, was waited: {waited:?}"
+    );
+}
+
+#[test]
+fn waiting_for_a_host_is_not_part_of_an_attempt() {
+    // One request at a time to the host, 100 ms each, 10 items at once, a 500 ms timeout: the
+    // last item waits about a second for its host, and must not time out doing so.
+    let server = Server::start();
+    let items: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("page-{i}"), server.url(&format!("/slow/{i}"))))
+        .collect();
+    let p = download_run(
+        "host-queue",
+        "",
+        &items,
+        "concurrency = 10\nper_host_concurrency = 1\ntimeout = \"500ms\"",
+    );
+    let out = p.run();
+    out.assert_code(0);
+    assert_counts(&p.status(), 10, 0, 0);
+    let fetch = p.stage_summary("host-queue", "fetch");
+    assert_eq!(
+        (fetch["timeouts"].as_u64(), fetch["retries"].as_u64()),
+        (Some(0), Some(0)),
+        "{fetch}\n{out}"
+    );
+    // One request at a time: each began after the one before had been answered.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 10);
+    for pair in requests.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(90),
+            "{requests:?}"
+        );
+    }
+}

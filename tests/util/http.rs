@@ -20,6 +20,8 @@
 //! | `/missing` | 404 |
 //! | `/flaky/ID` | 500 the first time for each ID, then [`PAGE`] |
 //! | `/ratelimited/ID` | 429 with `Retry-After: 2` the first time for each ID, then [`PAGE`] |
+//! | `/always-429/ID` | 429 with `Retry-After: 300`, every time |
+//! | `/slow/ID` | [`PAGE`] after [`SLOW_PAGE`] |
 //! | `/silent` | reads the request and never answers |
 //! | `/drip` | status line and headers at once, then a body byte every [`DRIP_EVERY`] |
 //! | `/drip-head` | the status line at once, then a header byte every [`DRIP_EVERY`] |
@@ -46,6 +48,9 @@ pub const GZIP_TEXT: &str = "<html><body><p>compressed greetings from the gzip r
 
 /// Size of the bodies of `/big` and `/big-undeclared`: 50 MB.
 pub const BIG: u64 = 50 * 1024 * 1024;
+
+/// How long `/slow/ID` takes to answer.
+pub const SLOW_PAGE: Duration = Duration::from_millis(100);
 
 /// How often `/drip` and `/drip-head` send their next byte.
 pub const DRIP_EVERY: Duration = Duration::from_secs(3);
@@ -107,7 +112,13 @@ pub struct Server {
 impl Server {
     /// Starts listening on an ephemeral port of 127.0.0.1.
     pub fn start() -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Server::start_at("127.0.0.1")
+    }
+
+    /// Starts listening on an ephemeral port of `ip` (a loopback address: 127.0.0.2 is another
+    /// host for a client, on the same machine).
+    pub fn start_at(ip: &str) -> Server {
+        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
         let addr = listener.local_addr().expect("listener address");
         let state = Arc::new(State::default());
         let shared = Arc::clone(&state);
@@ -288,6 +299,17 @@ fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
             b"slow down",
         ),
         ["flaky" | "ratelimited", _] => respond(&mut stream, 200, html, &[], PAGE.as_bytes()),
+        ["always-429", _] => respond(
+            &mut stream,
+            429,
+            "text/plain",
+            &[("Retry-After", "300")],
+            b"go away",
+        ),
+        ["slow", _] => {
+            thread::sleep(SLOW_PAGE);
+            respond(&mut stream, 200, html, &[], PAGE.as_bytes())
+        }
         ["silent"] => silent(&mut stream, state),
         ["drip"] => {
             stream.write_all(

@@ -43,8 +43,16 @@ pub(crate) struct Place<'a>(&'a Adaptive);
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.0.lock().active -= 1;
-        self.0.notify.notify_one();
+        self.0.leave();
+    }
+}
+
+/// A place in a shared gate (a lane's), given back when dropped.
+pub(crate) struct OwnedPlace(std::sync::Arc<Adaptive>);
+
+impl Drop for OwnedPlace {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 
@@ -79,6 +87,26 @@ impl Adaptive {
 
     /// Wait for a place.
     pub(crate) async fn acquire(&self) -> Place<'_> {
+        self.wait().await;
+        Place(self)
+    }
+
+    /// Wait for a place in a shared gate.
+    ///
+    /// # Cancel safety
+    ///
+    /// A place is taken only when the future completes.
+    pub(crate) async fn wait_owned(self: &std::sync::Arc<Self>) -> OwnedPlace {
+        self.wait().await;
+        OwnedPlace(self.clone())
+    }
+
+    /// Wait until a place is free, and take it.
+    ///
+    /// # Cancel safety
+    ///
+    /// A place is taken only when the future completes.
+    async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -88,11 +116,23 @@ impl Adaptive {
                 let mut state = self.lock();
                 if state.active < whole(state.limit) {
                     state.active += 1;
-                    return Place(self);
+                    return;
                 }
             }
             notified.await;
         }
+    }
+
+    fn leave(&self) {
+        self.lock().active -= 1;
+        self.notify.notify_one();
+    }
+
+    /// Whether no attempt holds a place and the limit is the configured one: the gate has
+    /// nothing to remember.
+    pub(crate) fn idle(&self) -> bool {
+        let state = self.lock();
+        state.active == 0 && whole(state.limit) >= self.max
     }
 
     /// A call went through: give back a fraction of a place. Returns the new whole limit when

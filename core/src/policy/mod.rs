@@ -4,17 +4,21 @@
 //!
 //! The runner wraps each stage call in the layers in one order, outermost first:
 //!
-//! 1. concurrency — the stage's `concurrency` places (a semaphore, in the runner);
-//! 2. [`retry`] — attempts, backoff with jitter, a stage's retry-after hint;
-//! 3. [`adaptive`] — fewer attempts at once while the service says it is overloaded;
-//! 4. [`rate`] — attempts started no faster than `rate_limit`;
-//! 5. [`timeout`] — each attempt's deadline (for a blocking stage, with the abandonment of a
+//! 1. [`retry`] — attempts, backoff with jitter, a stage's retry-after hint (up to
+//!    `retry.max_retry_after`);
+//! 2. [`lanes`] — for a stage with lanes (`http-download`: one per host), the item's lane's
+//!    places, as many as its width, narrowed by that lane's overload signals;
+//! 3. concurrency — the stage's `concurrency` slots (a semaphore, in the runner);
+//! 4. [`adaptive`] — fewer attempts at once while the service says it is overloaded;
+//! 5. [`rate`] — attempts started no faster than `rate_limit`;
+//! 6. [`timeout`] — each attempt's deadline (for a blocking stage, with the abandonment of a
 //!    call that ignores it, in the runner's `call`);
-//! 6. the stage's call.
+//! 7. the stage's call.
 //!
-//! So a wait for a rate-limit slot or an adaptive place does not count against the attempt's
-//! timeout, and a retry waits its backoff holding no adaptive place and no rate slot. A stage
-//! only classifies its errors; backoff, jitter, caps and limits live here.
+//! So a wait for a lane, a slot, a rate-limit slot or an adaptive place does not count against
+//! the attempt's timeout, and a retry waits its backoff holding no place of any kind: an item a
+//! server told to come back in a minute holds back no other item. A stage only classifies its
+//! errors; backoff, jitter, caps and limits live here.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -22,6 +26,7 @@ use std::time::Duration;
 use crate::stage::KindDefaults;
 
 pub(crate) mod adaptive;
+pub(crate) mod lanes;
 pub(crate) mod rate;
 pub(crate) mod retry;
 mod spec;
@@ -45,6 +50,7 @@ pub(crate) mod builtin {
     pub const INITIAL: Duration = Duration::from_millis(500);
     pub const MAX: Duration = Duration::from_secs(30);
     pub const MULTIPLIER: f64 = 2.0;
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
     pub const CONCURRENCY: usize = 4;
 }
 
@@ -157,6 +163,14 @@ impl Policy {
                 builtin::MULTIPLIER,
             ),
             jitter: pick(l, "retry.jitter", sr.jitter, dr.jitter, None, true),
+            max_retry_after: pick(
+                l,
+                "retry.max_retry_after",
+                sr.max_retry_after,
+                dr.max_retry_after,
+                None,
+                builtin::MAX_RETRY_AFTER,
+            ),
         };
         let concurrency = if is_source {
             l.push(("concurrency", Layer::Source));

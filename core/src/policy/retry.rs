@@ -11,9 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::stage::{ErrorClass, StageError};
 
-/// The longest a stage's retry-after hint is honoured when `retry.max` is shorter.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-
 /// Exponential backoff with optional full jitter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retry {
@@ -27,6 +24,8 @@ pub struct Retry {
     pub multiplier: f64,
     /// Wait a uniform random time in `[0, backoff]` instead of the backoff itself.
     pub jitter: bool,
+    /// The longest wait a retry-after hint imposes.
+    pub max_retry_after: Duration,
 }
 
 impl Retry {
@@ -45,8 +44,8 @@ impl Retry {
     }
 
     /// The wait after failed attempt `attempt`; a stage's retry-after hint wins, up to
-    /// [`MAX_RETRY_AFTER`] or `max`, whichever is longer (a server asking for a day's wait must
-    /// not stall an item for a day). With `jitter`, a hinted wait is stretched by up to half
+    /// `max_retry_after` (a server asking for a day's wait must not stall an item for a day).
+    /// With `jitter`, a hinted wait is stretched by up to half
     /// again at random: the items a server turned away together (a burst of 429s, all told
     /// "1 s") must not all come back in the same millisecond and be turned away again.
     pub fn delay(
@@ -56,7 +55,7 @@ impl Retry {
         rng: &mut impl Rng,
     ) -> Duration {
         if let Some(hint) = retry_after {
-            let cap = self.max.max(MAX_RETRY_AFTER);
+            let cap = self.max_retry_after;
             let hint = hint.min(cap);
             if !self.jitter || hint.is_zero() {
                 return hint;
@@ -178,6 +177,7 @@ pub(crate) mod tests {
             max: Duration::from_millis(1000),
             multiplier: 2.0,
             jitter,
+            max_retry_after: Duration::from_secs(60),
         }
     }
 
@@ -220,8 +220,8 @@ pub(crate) mod tests {
         let day = Duration::from_secs(86_400);
         assert_eq!(
             retry(true).delay(1, Some(day), &mut rng),
-            MAX_RETRY_AFTER,
-            "capped"
+            Duration::from_secs(60),
+            "capped at `max_retry_after`"
         );
     }
 
@@ -427,13 +427,13 @@ pub(crate) mod tests {
         let (result, starts) =
             run_with(&retry(false), &CancellationToken::new(), &seen, answers).await;
         assert_eq!(result.ok(), Some("ok"));
-        // 7 s as asked (longer than `max`), then a day's hint capped at MAX_RETRY_AFTER.
+        // 7 s as asked (longer than `max`), then a day's hint capped at `max_retry_after`.
         assert_eq!(
             starts,
             [
                 Duration::ZERO,
                 Duration::from_secs(7),
-                Duration::from_secs(7) + MAX_RETRY_AFTER
+                Duration::from_secs(67)
             ]
         );
     }

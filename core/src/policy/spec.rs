@@ -56,7 +56,7 @@ pub(crate) struct RetrySpec {
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub initial: Option<Duration>,
-    /// Largest backoff (a stage's retry-after hint is honoured up to 5 minutes, or this if longer).
+    /// Largest backoff (a stage's retry-after hint is honoured up to `retry.max_retry_after`).
     #[schemars(extend("x-default" = "`\"30s\"`"))]
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
@@ -67,6 +67,13 @@ pub(crate) struct RetrySpec {
     /// Full jitter: wait a uniform random time up to the backoff.
     #[schemars(extend("x-default" = "`true`"))]
     pub jitter: Option<bool>,
+    /// The longest wait a server's retry-after hint (a 429's `Retry-After`) can impose before the
+    /// next attempt; a server asking for more gets this. Every such answer is a failed attempt, so
+    /// an item a server keeps turning away ends failed once its attempts are used.
+    #[schemars(extend("x-default" = "`\"60s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub max_retry_after: Option<Duration>,
 }
 
 /// `rate_limit = "N/s" | "N/min" | "N/h"`.

@@ -1,5 +1,6 @@
 //! One item's way through the stages, with the policies in their documented order (see
-//! [`crate::policy`]): concurrency → retry → adaptive gate → rate limit → timeout → call.
+//! [`crate::policy`]): retry → lane → concurrency → adaptive gate → rate limit → timeout →
+//! call.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use super::call::{self, call, CallError};
 use super::control::AbortReason;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
+use crate::policy::adaptive::{Adaptive, OwnedPlace};
 use crate::policy::retry::{retrying, Attempt, Ended, RetryEvents};
 use crate::stage::{Ending, EndingKind, ErrorClass, Outcome, Record, StageError, StageImpl};
 use crate::text;
@@ -60,21 +62,12 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             Box::pin(fail(&shared, stage, seq, &record, error, used, false)).await;
             return;
         }
-        let control = &shared.control;
-        // An item that has not started yet does not start after a stop request. The flags are
-        // checked first so that a free slot, the common case, needs no cancellation waiter.
-        let stopping = control.hard.is_cancelled() || (!started && control.soft.is_cancelled());
-        let slot = if stopping {
-            None
-        } else {
-            tokio::select! {
-                biased;
-                p = stage.slots.clone().acquire_owned() => Some(p.expect("stage semaphores are never closed")),
-                () = control.hard.cancelled() => None,
-                () = control.soft.cancelled(), if !started => None,
-            }
-        };
-        let Some(slot) = slot else {
+        let lane = stage.imp.lane(&record).map(|lane| {
+            let gate = stage.lanes.gate(&lane);
+            (lane.name, gate)
+        });
+        let lane = lane.as_ref().map(|(name, gate)| Lane { name, gate });
+        let Some(first) = places(&shared, stage, lane.as_ref(), !started).await else {
             interrupted(&shared, seq, stage).await;
             return;
         };
@@ -104,14 +97,13 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         let result = attempts(
             &shared,
             stage,
-            &key,
-            &record,
-            seq,
+            lane.as_ref(),
+            first,
+            (&key, &record, seq),
             std::mem::take(&mut used),
         )
         .await;
         last_error = None;
-        drop(slot);
         match result {
             Ok(Outcome::Continue(next)) => {
                 stage.stats.done.incr();
@@ -167,6 +159,57 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         }
     }
     shared.totals.done.incr();
+}
+
+/// An item's lane at a stage (see [`crate::stage::Lane`]): its name and its gate.
+struct Lane<'a> {
+    name: &'a str,
+    gate: &'a Arc<Adaptive>,
+}
+
+/// What an attempt holds while it is under way: a place in its lane (taken first, so that an
+/// item waiting for its lane holds no slot of the stage), then one of the stage's slots.
+struct Places {
+    _lane: Option<OwnedPlace>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// Wait for an attempt's places, or `None` if the run stops first (the hard stop; the soft one
+/// too for an item that has not started, which then does not start).
+async fn places(
+    shared: &Shared,
+    stage: &StageRt,
+    lane: Option<&Lane<'_>>,
+    not_started: bool,
+) -> Option<Places> {
+    let control = &shared.control;
+    // The flags are checked first so that a free slot, the common case, needs no cancellation
+    // waiter.
+    if control.hard.is_cancelled() || (not_started && control.soft.is_cancelled()) {
+        return None;
+    }
+    let waiting = async {
+        let lane = match lane {
+            Some(lane) => Some(lane.gate.wait_owned().await),
+            None => None,
+        };
+        let slot = stage
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("stage semaphores are never closed");
+        Places {
+            _lane: lane,
+            _slot: slot,
+        }
+    };
+    tokio::select! {
+        biased;
+        places = waiting => Some(places),
+        () = control.hard.cancelled() => None,
+        () = control.soft.cancelled(), if not_started => None,
+    }
 }
 
 /// The item stops in `stage` without an outcome: back to pending, its attempt not counted.
@@ -476,24 +519,40 @@ pub(crate) fn count_failure(shared: &Shared) {
     }
 }
 
-/// The service behind the stage asked it to wait (a transient error with a retry-after hint):
-/// one place fewer for its attempts (see [`crate::policy::adaptive`]).
-fn slow_down(stage: &StageRt, key: &str, error: &StageError) {
-    let limit = stage.adaptive.overloaded();
-    if !stage
+/// The service behind the stage (or the item's lane) asked it to wait (a transient error with
+/// a retry-after hint): one place fewer for the attempts of the stage, or of the lane only (see
+/// [`crate::policy::adaptive`]).
+fn slow_down(stage: &StageRt, lane: Option<&Lane<'_>>, key: &str, error: &StageError) {
+    let (limit, configured) = match lane {
+        Some(lane) => (lane.gate.overloaded(), lane.gate.max()),
+        None => (stage.adaptive.overloaded(), stage.adaptive.max()),
+    };
+    let first = !stage
         .slowed
-        .swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        tracing::warn!(
+        .swap(true, std::sync::atomic::Ordering::Relaxed);
+    match lane {
+        // Logged once per stage: lanes come from data, and so could thousands of warnings.
+        Some(lane) if first => tracing::warn!(
+            stage = %stage.name,
+            key = %key,
+            lane = %lane.name,
+            error = %error.message,
+            concurrency = limit,
+            configured,
+            "a service asks to slow down: fewer attempts at once to it, growing back as calls succeed; other lanes are not slowed"
+        ),
+        Some(lane) => {
+            tracing::debug!(stage = %stage.name, lane = %lane.name, concurrency = limit, "lane concurrency lowered");
+        }
+        None if first => tracing::warn!(
             stage = %stage.name,
             key = %key,
             error = %error.message,
             concurrency = limit,
-            configured = stage.adaptive.max(),
+            configured,
             "the service asks to slow down: fewer attempts at once, growing back as calls succeed"
-        );
-    } else {
-        tracing::debug!(stage = %stage.name, concurrency = limit, "concurrency lowered");
+        ),
+        None => tracing::debug!(stage = %stage.name, concurrency = limit, "concurrency lowered"),
     }
 }
 
@@ -538,13 +597,15 @@ impl RetryEvents for RetryLog<'_> {
 }
 
 /// An item's attempts at one stage, through the policy layers in their documented order:
-/// retry → adaptive gate → rate limit → timeout (in [`call`]) → the stage.
+/// retry → lane → concurrency → adaptive gate → rate limit → timeout (in [`call`]) → the
+/// stage. `first` holds the first attempt's places; later attempts wait for theirs, so an item
+/// waiting out a backoff holds none.
 async fn attempts(
     shared: &Arc<Shared>,
     stage: &StageRt,
-    key: &Arc<str>,
-    record: &Record,
-    seq: i64,
+    lane: Option<&Lane<'_>>,
+    first: Places,
+    (key, record, seq): (&Arc<str>, &Record, i64),
     used: u32,
 ) -> Result<Outcome, Ended> {
     let stop = &shared.control.hard;
@@ -555,8 +616,21 @@ async fn attempts(
     // still leave the attempt counted.
     let backing_off = BackingOff::default();
     let backing_off = &backing_off;
+    let first = std::sync::Mutex::new(Some(first));
+    let first = &first;
     retrying(retry, stop, &events, used, |attempt| async move {
         backing_off.end();
+        let held = first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let places = match held {
+            Some(places) => places,
+            None => match Box::pin(places(shared, stage, lane, false)).await {
+                Some(places) => places,
+                None => return Attempt::Interrupted,
+            },
+        };
         let Some(place) = stage.adaptive.enter(stop).await else {
             return Attempt::Interrupted;
         };
@@ -568,12 +642,16 @@ async fn attempts(
         let began = std::time::Instant::now();
         let result = call(shared, stage, key, record.clone(), attempt).await;
         drop(place);
+        drop(places);
         if !matches!(result, Err(CallError::Cancelled)) {
             stage.stats.record_latency(began.elapsed());
         }
         let error = match result {
             Ok(outcome) => {
                 stage.adaptive.succeeded();
+                if let Some(lane) = lane {
+                    lane.gate.succeeded();
+                }
                 return Attempt::Done(outcome);
             }
             Err(CallError::Cancelled) => return Attempt::Interrupted,
@@ -596,7 +674,7 @@ async fn attempts(
             Err(CallError::Stage(e)) => e,
         };
         if error.class == ErrorClass::Transient && error.retry_after.is_some() {
-            slow_down(stage, key, &error);
+            slow_down(stage, lane, key, &error);
         }
         if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
             backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));

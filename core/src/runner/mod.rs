@@ -137,6 +137,8 @@ pub(crate) struct StageRt {
     pub meter: crate::stage::Meter,
     /// How many attempts may be under way, adapted to the service's overload signals.
     pub adaptive: Adaptive,
+    /// The gates of the stage's lanes (see [`crate::stage::Lane`]).
+    pub lanes: crate::policy::lanes::Lanes,
     /// Whether the stage has been told to slow down yet (logged once).
     pub slowed: std::sync::atomic::AtomicBool,
     /// The endings of items (at any stage) this stage marks.
@@ -242,6 +244,7 @@ fn build_stages(
             stats: StageStats::default(),
             meter: cx.meter,
             adaptive: Adaptive::new(stage.policy.concurrency),
+            lanes: crate::policy::lanes::Lanes::default(),
             slowed: std::sync::atomic::AtomicBool::new(false),
         });
     }

@@ -148,6 +148,15 @@ fn stage_line(s: &StageRt) -> String {
     if limit < s.adaptive.max() {
         line.push_str(&format!(" concurrency={limit}/{}", s.adaptive.max()));
     }
+    let slowed = s.lanes.slowed();
+    if let Some((name, limit, width)) = slowed.first() {
+        // The narrowest lane, by name: a lane's name is a host's.
+        line.push_str(&format!(
+            " slowed_lanes={} (narrowest: {} {limit}/{width})",
+            slowed.len(),
+            crate::text::printable(name)
+        ));
+    }
     if st.abandoned_total.get() > 0 {
         line.push_str(&format!(
             " abandoned={}/{}",

@@ -36,7 +36,14 @@ mod tests {
     fn reads_field_names() {
         assert_eq!(
             struct_fields::<RetrySpec>(),
-            ["attempts", "initial", "max", "multiplier", "jitter"]
+            [
+                "attempts",
+                "initial",
+                "max",
+                "multiplier",
+                "jitter",
+                "max_retry_after"
+            ]
         );
         assert!(struct_fields::<u32>().is_empty());
         let sections = section_keys();

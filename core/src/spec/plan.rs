@@ -257,6 +257,7 @@ fn policy_value(policy: &Policy, key: &str) -> Shown {
             text: format!("{:?}", policy.retry.multiplier),
         },
         "retry.jitter" => Shown::plain(json!(policy.retry.jitter)),
+        "retry.max_retry_after" => Shown::duration(policy.retry.max_retry_after),
         "concurrency" => Shown::plain(json!(policy.concurrency)),
         "rate_limit" => match policy.rate_limit {
             Some(rate) => Shown::string(&rate.to_string()),

@@ -15,8 +15,9 @@
 //! # One attempt
 //!
 //! The runner calls a stage once per attempt, wrapped in the policies in this order:
-//! concurrency → retry → adaptive concurrency → rate limit → timeout (per attempt) → call (see
-//! `docs/running.md`, "Policies"). Each call gets a [`Context`]
+//! retry → lane ([`Lane`]) → concurrency → adaptive concurrency → rate limit → timeout (per
+//! attempt) → call (see `docs/running.md`, "Policies"). Between attempts an item holds no
+//! place: its backoff holds back no other item. Each call gets a [`Context`]
 //! with the item key, the attempt number (1-based), the attempt's deadline and a cancellation
 //! flag.
 //!
@@ -244,6 +245,12 @@ impl Context {
 pub trait AsyncStage: Send + Sync + 'static {
     /// Process one item.
     async fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError>;
+
+    /// The item's lane, if the stage has lanes (see [`Lane`]); none by default.
+    fn lane(&self, record: &Record) -> Option<Lane> {
+        let _ = record;
+        None
+    }
 }
 
 /// A stage whose work blocks: file and database I/O, CPU-bound parsing, synchronous HTTP.
@@ -252,6 +259,13 @@ pub trait AsyncStage: Send + Sync + 'static {
 pub trait BlockingStage: Send + Sync + 'static {
     /// Process one item.
     fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError>;
+
+    /// The item's lane, if the stage has lanes (see [`Lane`]); none by default. Called on the
+    /// runtime before each attempt: it must be quick and must not block.
+    fn lane(&self, record: &Record) -> Option<Lane> {
+        let _ = record;
+        None
+    }
 
     /// Which endings this stage marks (see [`BlockingStage::mark`]); none by default.
     fn marks(&self) -> Marks {
@@ -269,6 +283,21 @@ pub trait BlockingStage: Send + Sync + 'static {
         let _ = (ending, cx);
         Ok(())
     }
+}
+
+/// Where an item's attempts go, when a stage's items go to several places that each take only
+/// so many at once: `http-download`'s lanes are the URLs' hosts. Besides the stage's
+/// `concurrency`, at most `width` attempts of one lane are under way at once, and a retry-after
+/// hint from a lane's service slows down that lane only (adaptive concurrency, per lane instead
+/// of per stage). An item waits for a place in its lane *before* its attempt: the wait uses
+/// neither the attempt's timeout nor a slot of the stage, so items of a busy lane do not hold
+/// back those of the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// The lane's name (a host name), as it appears in logs.
+    pub name: String,
+    /// Attempts of the lane under way at once (at least 1).
+    pub width: usize,
 }
 
 /// The endings a stage marks.
@@ -356,6 +385,17 @@ pub enum StageImpl {
     Async(Arc<dyn AsyncStage>),
     /// Runs on the stage's blocking pool.
     Blocking(Arc<dyn BlockingStage>),
+}
+
+impl StageImpl {
+    /// The item's lane at this stage (see [`Lane`]).
+    pub fn lane(&self, record: &Record) -> Option<Lane> {
+        match self {
+            StageImpl::Async(s) => s.lane(record),
+            StageImpl::Blocking(s) => s.lane(record),
+            StageImpl::Source(_) => None,
+        }
+    }
 }
 
 impl fmt::Debug for StageImpl {

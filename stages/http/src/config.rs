@@ -49,7 +49,9 @@ pub struct DownloadConfig {
     #[schemars(extend("x-default" = "none"))]
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Requests to one host at once, whatever the stage's `concurrency`.
+    /// Requests to one host at once, whatever the stage's `concurrency`. An item waits for its host
+    /// before its attempt starts: the wait uses neither the attempt's `timeout` nor a slot of the
+    /// stage. A host's `Retry-After` hints lower this for that host only, for a while.
     #[schemars(extend("x-default" = "`2`"))]
     #[serde(default = "default_per_host")]
     pub per_host_concurrency: NonZeroUsize,

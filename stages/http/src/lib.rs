@@ -117,7 +117,7 @@ impl StageKind for DownloadKind {
             files_root,
             base_url,
             agent,
-            hosts: hosts::HostSlots::new(config.per_host_concurrency.get()),
+            per_host_concurrency: config.per_host_concurrency.get(),
         })))
     }
 }

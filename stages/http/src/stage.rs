@@ -4,12 +4,12 @@
 use std::io::Read;
 use std::time::SystemTime;
 
-use stagewise_core::stage::{BlockingStage, Context, Outcome, Record, StageError};
+use stagewise_core::stage::{BlockingStage, Context, Lane, Outcome, Record, StageError};
 use stagewise_stages_net::{classify, parse_retry_after, read_error};
 use url::Url;
 
 use crate::decode::decode;
-use crate::hosts::{self, HostSlots};
+use crate::hosts;
 
 /// A downloaded body and what came with it.
 struct Page {
@@ -33,22 +33,24 @@ pub(crate) struct Download {
     /// What URLs without a scheme are relative to.
     pub base_url: Option<Url>,
     pub agent: ureq::Agent,
-    pub hosts: HostSlots,
+    /// Requests to one host at once: the width of the stage's lanes, one per host.
+    pub per_host_concurrency: usize,
 }
 
 impl BlockingStage for Download {
+    /// One lane per host, `per_host_concurrency` wide: the runner holds an item back while its
+    /// host has that many requests under way, before its attempt starts. (Redirect hops are part
+    /// of the item's request, under its first host's place.)
+    fn lane(&self, record: &Record) -> Option<Lane> {
+        let url = self.url(record).ok()?;
+        Some(Lane {
+            name: url.host_str()?.to_owned(),
+            width: self.per_host_concurrency,
+        })
+    }
+
     fn process(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
-        let raw = record.get_str(&self.input).ok_or_else(|| {
-            StageError::permanent(format!(
-                "the record has no text field `{}` with a URL",
-                self.input
-            ))
-        })?;
-        let url = match &self.base_url {
-            Some(base) => base.join(raw.trim()),
-            None => Url::parse(raw.trim()),
-        }
-        .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))?;
+        let url = self.url(&record)?;
         let page = match url.scheme() {
             "http" | "https" => self.fetch(url, cx)?,
             "file" => self.read_file(&url)?,
@@ -86,6 +88,21 @@ impl BlockingStage for Download {
 }
 
 impl Download {
+    /// The item's URL.
+    fn url(&self, record: &Record) -> Result<Url, StageError> {
+        let raw = record.get_str(&self.input).ok_or_else(|| {
+            StageError::permanent(format!(
+                "the record has no text field `{}` with a URL",
+                self.input
+            ))
+        })?;
+        match &self.base_url {
+            Some(base) => base.join(raw.trim()),
+            None => Url::parse(raw.trim()),
+        }
+        .map_err(|e| StageError::permanent(format!("invalid URL {raw:?}: {e}")))
+    }
+
     fn fetch(&self, mut url: Url, cx: &Context) -> Result<Page, StageError> {
         let mut chain = vec![url.to_string()];
         for _ in 0..=self.max_redirects {
@@ -103,14 +120,6 @@ impl Download {
                     }
                 })?;
             }
-            let _slot = self
-                .hosts
-                .acquire(&host, cx.deadline(), &|| cx.is_cancelled())
-                .ok_or_else(|| {
-                    StageError::transient(format!(
-                        "timed out waiting for a free slot on {host} (`per_host_concurrency`)"
-                    ))
-                })?;
             let remaining = cx.remaining();
             if remaining.is_zero() {
                 return Err(StageError::transient(

@@ -1,0 +1,117 @@
+//! Lanes: a stage's places per destination (see [`crate::stage::Lane`]). Each lane is an
+//! [`Adaptive`] gate of its own, as wide as the lane's `width`, narrowed by the overload
+//! signals of that lane's service only.
+//!
+//! The lane names come from data (a URL's host), so the table forgets a lane once nothing is
+//! under way in it and its limit is back to its width: it holds the lanes in use or slowed
+//! down, not every name the batch ever held.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::adaptive::Adaptive;
+use crate::stage::Lane;
+
+/// Lanes kept before the idle ones are forgotten.
+const KEEP: usize = 256;
+
+/// The lanes of one stage.
+#[derive(Debug, Default)]
+pub(crate) struct Lanes {
+    gates: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    gates: HashMap<String, Arc<Adaptive>>,
+    /// The size at which idle lanes are forgotten next: twice what the last pass kept, so the
+    /// passes cost O(1) a lane however many stay.
+    prune_at: usize,
+}
+
+impl Lanes {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The gate of `lane`, made on first use.
+    pub(crate) fn gate(&self, lane: &Lane) -> Arc<Adaptive> {
+        let mut table = self.lock();
+        if let Some(gate) = table.gates.get(&lane.name) {
+            return gate.clone();
+        }
+        if table.gates.len() >= table.prune_at.max(KEEP) {
+            // A gate some item holds (an `Arc` besides the table's) or one slowed down stays.
+            table
+                .gates
+                .retain(|_, gate| Arc::strong_count(gate) > 1 || !gate.idle());
+            table.prune_at = table.gates.len() * 2;
+        }
+        let gate = Arc::new(Adaptive::new(lane.width));
+        table.gates.insert(lane.name.clone(), gate.clone());
+        gate
+    }
+
+    /// Lanes slowed down by their service: name, current limit and width, narrowest first.
+    pub(crate) fn slowed(&self) -> Vec<(String, usize, usize)> {
+        let mut slowed: Vec<_> = self
+            .lock()
+            .gates
+            .iter()
+            .filter(|(_, gate)| gate.limit() < gate.max())
+            .map(|(name, gate)| (name.clone(), gate.limit(), gate.max()))
+            .collect();
+        slowed.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        slowed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(name: &str, width: usize) -> Lane {
+        Lane {
+            name: name.to_owned(),
+            width,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_takes_its_width_and_others_are_not_held_back() {
+        let lanes = Lanes::default();
+        let a = lanes.gate(&lane("a", 2));
+        let _one = a.wait_owned().await;
+        let two = a.wait_owned().await;
+        let third = tokio::time::timeout(std::time::Duration::from_secs(1), a.wait_owned());
+        assert!(third.await.is_err(), "lane `a` is full");
+        let b = lanes.gate(&lane("b", 2));
+        let free = tokio::time::timeout(std::time::Duration::from_secs(1), b.wait_owned());
+        assert!(free.await.is_ok(), "lane `b` is free");
+        drop(two);
+        let freed = tokio::time::timeout(std::time::Duration::from_secs(1), a.wait_owned());
+        assert!(freed.await.is_ok(), "a place of `a` freed");
+        assert!(
+            Arc::ptr_eq(&a, &lanes.gate(&lane("a", 2))),
+            "one gate per lane"
+        );
+    }
+
+    #[test]
+    fn a_slowed_lane_is_reported_and_idle_lanes_are_forgotten() {
+        let lanes = Lanes::default();
+        lanes.gate(&lane("slow", 4)).overloaded();
+        for i in 0..KEEP + 10 {
+            lanes.gate(&lane(&format!("host{i}"), 4));
+        }
+        assert_eq!(lanes.slowed(), vec![("slow".to_owned(), 3, 4)]);
+        let kept = lanes.lock().gates.len();
+        assert!(kept <= KEEP + 1, "idle lanes are forgotten: {kept} kept");
+        assert!(
+            lanes.lock().gates.contains_key("slow"),
+            "a slowed lane is kept"
+        );
+    }
+}
