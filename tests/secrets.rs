@@ -390,3 +390,163 @@ fn store_passwords_are_never_shown() {
         );
     }
 }
+
+/// A key that tries everything: a new line that reads as the run's summary, a carriage return,
+/// an OSC 52 sequence (sets the terminal's clipboard), a colour, a C1 CSI and a bidi override.
+const FORGING_KEY: &str = "k1\nINFO summary outcome=\"finished\" exit_code=0\r\u{1b}]52;c;ZXZpbA==\u{7}\u{1b}[31mred\u{9b}2J\u{202e}desrever";
+
+/// What the binary wrote, byte for byte (the harness's `Output` removes colour codes).
+struct Raw {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn raw(dir: &Path, args: &[&str]) -> Raw {
+    let out = std::process::Command::new(util::bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("STAGEWISE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run stagewise");
+    Raw {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Nothing in `text` steers a terminal but its own line ends, and no line of it is the forged
+/// summary.
+fn assert_unforged(what: &str, text: &str) {
+    let steering = text
+        .chars()
+        .find(|&c| c != '\n' && stagewise_core::text::steers_the_terminal(c));
+    assert_eq!(
+        steering, None,
+        "{what} holds a raw control character:\n{text}"
+    );
+    for line in text.lines() {
+        assert!(
+            !line.trim_start().starts_with("INFO summary"),
+            "{what} has a line the data wrote: {line:?}\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_key_cannot_forge_the_log_nor_steer_the_terminal() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "forge"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+
+        [[stage]]
+        name = "broken"
+        kind = "fault"
+        permanent_rate = 1.0
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let line = serde_json::json!({ "key": FORGING_KEY }).to_string();
+    p.dir.write("in.jsonl", format!("{line}\n"));
+    let run = raw(p.dir.path(), &["run", "pipeline.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_unforged("the log", &run.stderr);
+    // The key is there, escaped, on the line of its event; and the real summary once.
+    let failed: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("item failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert!(
+        failed[0].contains("k1\\nINFO summary") && failed[0].contains("\\u{1b}]52;c;"),
+        "{}",
+        failed[0]
+    );
+    let summaries = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" INFO summary outcome=\"finished_with_failures\""))
+        .count();
+    assert_eq!(summaries, 1, "{}", run.stderr);
+
+    let status = raw(p.dir.path(), &["status", "pipeline.toml"]);
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    assert_unforged("status", &status.stdout);
+    assert!(
+        status.stdout.contains("k1\\nINFO summary"),
+        "{}",
+        status.stdout
+    );
+
+    let json = raw(p.dir.path(), &["status", "--json", "pipeline.toml"]);
+    assert_eq!(json.code, Some(0), "{}", json.stderr);
+    assert_unforged("status --json", &json.stdout);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(
+        parsed["failed"][0]["key"], FORGING_KEY,
+        "the key itself, unchanged"
+    );
+}
+
+/// A server's error text that quotes the data (PostgreSQL's "invalid input syntax … \"k1\n…\"").
+#[test]
+fn an_error_text_cannot_forge_the_log_nor_steer_the_terminal() {
+    let Some(admin) = pg::test_pg() else { return };
+    let db = Db::create_on(&admin);
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "forge-error"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+
+        [[stage]]
+        name = "save"
+        kind = "persist"
+        url = {url}
+        statement = "SELECT CAST(CAST(:key AS text) AS int)"
+        "#,
+        url = toml_string(db.url())
+    ));
+    let line = serde_json::json!({ "key": FORGING_KEY }).to_string();
+    p.dir.write("in.jsonl", format!("{line}\n"));
+    let run = raw(p.dir.path(), &["run", "pipeline.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_unforged("the log", &run.stderr);
+    assert!(
+        run.stderr.contains("invalid input syntax") && run.stderr.contains("\\u{1b}]52;c;"),
+        "the error, escaped: {}",
+        run.stderr
+    );
+    let status = raw(p.dir.path(), &["status", "pipeline.toml"]);
+    assert_unforged("status", &status.stdout);
+    assert!(
+        status.stdout.contains("invalid input syntax"),
+        "{}",
+        status.stdout
+    );
+    let json = raw(p.dir.path(), &["status", "--json", "pipeline.toml"]);
+    assert_unforged("status --json", &json.stdout);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let error = parsed["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(FORGING_KEY),
+        "the error itself, unchanged: {error:?}"
+    );
+}

@@ -1,5 +1,6 @@
-//! How values are written for people: durations as they are typed ("4m31.5s"), URLs with their
-//! secrets hidden, panic payloads as messages.
+//! How values are written for people: durations as they are typed ("4m31.5s"), URLs and
+//! connection strings with their passwords hidden, panic payloads as messages, untrusted text
+//! with whatever steers a terminal escaped.
 
 use std::time::Duration;
 
