@@ -750,11 +750,11 @@ fn checkpoint_store_urls() {
         ("postgresql://u:Secr3t@db.internal/db?connect_timeout=5", None),
         (
             "mysql://u:Secr3t@127.0.0.1/db",
-            Some("unsupported checkpoint store `mysql://u:***@127.0.0.1/db`: use `sqlite:PATH` or `postgres://"),
+            Some("unsupported checkpoint store `mysql://u:***@127.0.0.1/db`: use `sqlite:PATH`, `postgres://"),
         ),
         (
             "postgres://u:Secr3t@127.0.0.1:notaport/db",
-            Some("invalid PostgreSQL URL `postgres://u:***@127.0.0.1:notaport/db`"),
+            Some("invalid PostgreSQL URL `postgres://u:***@127.0.0.1:notaport/db`: invalid connection string: invalid value for option `port`"),
         ),
     ];
     for (store, want) in cases {

@@ -51,7 +51,8 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     if let Some(e) = &status.unreadable_record {
         let _ = writeln!(
             out,
-            "the last process's flight record cannot be read, so a death it recorded cannot be reported: {e}"
+            "the last process's flight record cannot be read, so a death it recorded cannot be reported: {}",
+            printable(e)
         );
     }
     if let Some(p) = &status.previous_process {

@@ -89,8 +89,9 @@ pub struct ConfigError {
 pub enum StoreLocation {
     /// A SQLite file.
     Sqlite(PathBuf),
-    /// A PostgreSQL database (`postgres://` or `postgresql://`), as given: it may hold a
-    /// password, so show it only through [`crate::text::redact_url`].
+    /// A PostgreSQL database (`postgres://`, `postgresql://` or a `key=value` connection
+    /// string), as given: it may hold a password, so show it only through
+    /// [`crate::text::redact_url`].
     Postgres(String),
 }
 
@@ -496,11 +497,15 @@ impl Validator {
                         base_dir.join(p)
                     }))
                 }
-                None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                None if url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || crate::text::looks_like_conninfo(url) =>
+                {
                     match url.parse::<postgres::Config>() {
                         Ok(_) => Some(StoreLocation::Postgres(url.to_owned())),
                         Err(e) => {
                             let shown = crate::text::redact_url(url);
+                            let e = crate::text::connection_string_error(url, &e);
                             self.error(
                                 &path_of(&["checkpoint", "store"]),
                                 false,
@@ -517,7 +522,7 @@ impl Validator {
                         &path_of(&["checkpoint", "store"]),
                         false,
                         None,
-                        format!("unsupported checkpoint store `{shown}`: use `sqlite:PATH` or `postgres://USER:PASSWORD@HOST:PORT/DATABASE`"),
+                        format!("unsupported checkpoint store `{shown}`: use `sqlite:PATH`, `postgres://USER:PASSWORD@HOST:PORT/DATABASE` or `host=HOST user=USER password=PASSWORD dbname=DATABASE`"),
                     );
                     None
                 }

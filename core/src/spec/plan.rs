@@ -486,7 +486,7 @@ fn is_secret_header(name: &str) -> bool {
 fn redact_in(value: &toml::Value, secret: bool, headers: bool) -> toml::Value {
     match value {
         toml::Value::String(_) if secret => toml::Value::String("***".to_owned()),
-        toml::Value::String(s) if looks_like_url(s) => {
+        toml::Value::String(s) if looks_like_url(s) || crate::text::looks_like_conninfo(s) => {
             toml::Value::String(crate::text::redact_url(s))
         }
         toml::Value::Array(items) => {

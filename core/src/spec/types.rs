@@ -55,8 +55,10 @@ pub(crate) struct PipelineSpec {
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckpointSpec {
     /// Where progress is saved: `sqlite:PATH` (relative to the pipeline file), or a PostgreSQL
-    /// database `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (`postgresql://` too);
-    /// `"${DATABASE_URL}"` takes it from the environment. A password is never printed.
+    /// database `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (`postgresql://` too) or
+    /// `host=HOST user=USER password=PASSWORD dbname=DATABASE` (a libpq `key=value` string;
+    /// quote a value with spaces: `password='a b'`); `"${DATABASE_URL}"` takes it from the
+    /// environment. A password is never printed.
     #[schemars(extend("x-default" = "`\"sqlite:.stagewise/<name>.db\"`"))]
     pub store: Option<String>,
     /// Longest time an item update waits before it is committed.

@@ -15,8 +15,10 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchConfig {
-    /// `postgres://user:password@host:port/dbname` or `sqlite:PATH` (relative to the pipeline
-    /// file); `${DATABASE_URL}` takes it from the environment. A password is never printed.
+    /// `postgres://user:password@host:port/dbname`, a `key=value` connection string
+    /// (`host=db user=app password='…' dbname=articles`, as libpq takes it) or `sqlite:PATH`
+    /// (relative to the pipeline file); `${DATABASE_URL}` takes it from the environment. A
+    /// password is never printed.
     pub url: String,
     /// The query; `$limit` stands for the batch size and is bound as a parameter, never spliced
     /// into the SQL.
@@ -97,9 +99,9 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    /// Parse `postgres://…`, `postgresql://…` or `sqlite:PATH`.
+    /// Parse `postgres://…`, `postgresql://…`, a `key=value` connection string or `sqlite:PATH`.
     pub(crate) fn parse(url: &str, cx: &BuildContext) -> Result<Self, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if is_postgres(url) {
             Ok(Target::Postgres(url.to_owned()))
         } else if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
@@ -109,11 +111,20 @@ impl Target {
             Ok(Target::Sqlite(cx.resolve(std::path::Path::new(path))))
         } else {
             Err(format!(
-                "`url`: `{}` is not a database URL: use `postgres://…` or `sqlite:PATH`",
+                "`url`: `{}` is not a database URL: use `postgres://…`, `host=… dbname=…` or `sqlite:PATH`",
                 stagewise_core::text::redact_url(url)
             ))
         }
     }
+}
+
+/// Whether `url` names a PostgreSQL database: a `postgres://` or `postgresql://` URL, or a
+/// `key=value` connection string (`host=db user=app password=… dbname=articles`), as the
+/// PostgreSQL client takes both.
+pub(crate) fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || stagewise_core::text::looks_like_conninfo(url)
 }
 
 /// Time limits of a connection.

@@ -47,19 +47,20 @@ fn backend(url: &str, cx: &BuildContext, limits: Limits) -> Result<(Backend, Sty
 }
 
 fn check_url(url: &str) -> Vec<(String, String)> {
-    let known = ["postgres://", "postgresql://", "sqlite:"];
     // An unresolved `${VAR}` is reported as such already.
-    if known.iter().any(|p| url.starts_with(p)) || url.contains("${") {
-        Vec::new()
-    } else {
-        vec![(
-            "url".into(),
-            format!(
-                "`url` must start with `postgres://` or `sqlite:` (got `{}`)",
-                stagewise_core::text::redact_url(url)
-            ),
-        )]
+    if url.contains("${") || url.starts_with("sqlite:") {
+        return Vec::new();
     }
+    if config::is_postgres(url) {
+        return Vec::new();
+    }
+    vec![(
+        "url".into(),
+        format!(
+            "`url` must be a `postgres://` URL, a `key=value` connection string (`host=… dbname=…`) or `sqlite:PATH` (got `{}`)",
+            stagewise_core::text::redact_url(url)
+        ),
+    )]
 }
 
 /// The `db-fetch` kind.

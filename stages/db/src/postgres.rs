@@ -77,10 +77,11 @@ impl Drop for PgPool {
 impl PgPool {
     /// A pool for `url`, named `stagewise/<stage>` on the server. Nothing connects yet.
     pub(crate) fn new(url: &str, stage: &str, limits: Limits) -> Result<Self, String> {
-        let mut config: postgres::Config = url.parse().map_err(|e| {
+        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
             format!(
-                "`url`: invalid PostgreSQL URL `{}`: {e}",
-                stagewise_core::text::redact_url(url)
+                "`url`: invalid PostgreSQL URL `{}`: {}",
+                stagewise_core::text::redact_url(url),
+                stagewise_core::text::connection_string_error(url, &e)
             )
         })?;
         config

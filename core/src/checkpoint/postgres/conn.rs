@@ -83,10 +83,11 @@ pub(super) fn db(e: postgres::Error) -> StoreError {
 
 /// The connection settings of every session of the store.
 pub(super) fn config(url: &str) -> Result<postgres::Config, StoreError> {
-    let mut config: postgres::Config = url.parse().map_err(|e| {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
         StoreError::Db(format!(
-            "invalid PostgreSQL URL `{}`: {e}",
-            crate::text::redact_url(url)
+            "invalid PostgreSQL URL `{}`: {}",
+            crate::text::redact_url(url),
+            crate::text::connection_string_error(url, &e)
         ))
     })?;
     config
