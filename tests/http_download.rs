@@ -452,6 +452,103 @@ fn private_addresses_are_refused_by_default() {
     );
 }
 
+/// Two servers on one port: 127.0.0.2 (which the test hook lets pass as public) and
+/// 127.0.0.1. Retries with another port while the second bind finds it taken.
+fn public_and_private_servers() -> (Server, Server) {
+    for _ in 0..20 {
+        let public = Server::start_at("127.0.0.2:0").expect("bind 127.0.0.2:0");
+        if let Ok(private) = Server::start_at(&format!("127.0.0.1:{}", public.port())) {
+            return (public, private);
+        }
+    }
+    panic!("no port free on both 127.0.0.2 and 127.0.0.1 after 20 tries");
+}
+
+#[test]
+fn a_name_is_connected_to_only_at_the_addresses_the_guard_approved() {
+    let (public, private) = public_and_private_servers();
+    let port = public.port();
+    let p = download_by_default(
+        "rebind",
+        &[
+            // Answers a public address first and a loopback one second: only the first is
+            // connected to, whatever the order or a second lookup would say.
+            ("rebound", format!("http://rebind.test:{port}/page")),
+            // Answers only loopback: refused, naming the host, the address and why.
+            ("loopback", format!("http://loopback.test:{port}/page")),
+            // A redirect hop is checked as the first request is.
+            (
+                "hop",
+                format!("http://rebind.test:{port}/goto?http://loopback.test:{port}/page"),
+            ),
+        ],
+        "retry = { attempts = 3, initial = \"50ms\", max = \"200ms\" }",
+    );
+    let out = p
+        .cmd("run")
+        .env(
+            "STAGEWISE_TEST_RESOLVE",
+            "rebind.test=127.0.0.2,127.0.0.1;loopback.test=127.0.0.1",
+        )
+        .output();
+    out.assert_code(1);
+    let status = p.status();
+    assert_counts(&status, 1, 0, 2);
+    assert_eq!(html(&record(&p, "rebound")), PAGE);
+    for key in ["loopback", "hop"] {
+        let f = failed(&status, key);
+        assert_eq!(f.attempts, 1, "a permanent error: {f:?}");
+        assert!(
+            f.error
+                .contains("refused: `loopback.test` resolves to 127.0.0.1 (loopback)")
+                && f.error.contains("allow_private_networks"),
+            "{f:?}"
+        );
+    }
+    assert_eq!(public.hits("/page"), 1, "{:?}", public.requests());
+    assert!(
+        private.requests().is_empty(),
+        "a refused address must never be contacted: {:?}",
+        private.requests()
+    );
+}
+
+#[test]
+fn configured_headers_never_follow_a_redirect_to_another_origin() {
+    let first = Server::start();
+    let second = Server::start();
+    let away = format!("/goto?{}", second.url("/page"));
+    let p = download(
+        "headers",
+        &[
+            // Another port is another origin.
+            ("away", first.url(&away)),
+            // The same origin keeps them.
+            ("home", first.url("/redirect/0")),
+        ],
+        "headers = { Authorization = \"Bearer s3cret\", Cookie = \"session=abc\", Accept-Language = \"en\" }",
+    );
+    p.run().assert_code(0);
+    let status = p.status();
+    assert_counts(&status, 2, 0, 0);
+    let sent = |r: &util::http::Request| {
+        ["authorization", "cookie", "accept-language"].map(|h| r.header(h).map(str::to_owned))
+    };
+    let all = [
+        Some("Bearer s3cret".to_owned()),
+        Some("session=abc".to_owned()),
+        Some("en".to_owned()),
+    ];
+    let firsts = first.requests();
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
+    for r in &firsts {
+        assert_eq!(sent(r), all, "{r:?}");
+    }
+    let seconds = second.requests();
+    assert_eq!(seconds.len(), 1, "{seconds:?}");
+    assert_eq!(sent(&seconds[0]), [None, None, None], "{:?}", seconds[0]);
+}
+
 #[test]
 fn binary_content_is_skipped_with_a_reason() {
     let server = Server::start();
@@ -573,7 +670,7 @@ fn hosts_asking_for_long_waits_hold_back_neither_the_stage_nor_other_hosts() {
     // host that answers in 100 ms. The hostile items wait out their backoffs holding no slot of
     // the stage, and their hints slow down their own host only.
     let good = Server::start();
-    let hostile = Server::start_at("127.0.0.2");
+    let hostile = Server::start_at("127.0.0.2:0").expect("bind 127.0.0.2:0");
     let mut items: Vec<(String, String)> = (0..80)
         .map(|i| (format!("good-{i:02}"), good.url(&format!("/slow/{i}"))))
         .collect();

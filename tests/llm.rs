@@ -287,7 +287,7 @@ fn a_server_that_never_answers_ends_at_the_timeout() {
     let server = LlmServer::start(LlmConfig::default());
     let p = pipeline(
         "llm-silent",
-        1,
+        4,
         &openai(
             &server,
             Scenario::Silent,
@@ -301,9 +301,66 @@ fn a_server_that_never_answers_ends_at_the_timeout() {
         "took {:?}",
         out.elapsed
     );
+    // Each call ends at its attempt's deadline by itself: the runner never has to leave one
+    // behind.
+    assert!(
+        !out.stderr.contains("ignored its timeout"),
+        "a call outlived its deadline\n{out}"
+    );
     let status = p.status();
-    status.assert_failed(&["a0"], "facts", 2, "timed out");
-    assert_eq!(server.calls(), 2);
+    status.assert_failed(&["a0", "a1", "a2", "a3"], "facts", 2, "timed out");
+    assert_eq!(server.calls(), 8);
+}
+
+#[test]
+fn no_piece_of_the_key_reaches_the_log_the_status_or_the_store() {
+    const LONG_KEY: &str = "sk-proj-Q7f3a9cZ1x8LmN2pR5tV0wY4bD6eH9jK";
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-echo",
+        4,
+        &openai(
+            &server,
+            Scenario::UnauthorizedEcho,
+            "api_key_env = \"MY_LLM_KEY\"",
+        ),
+    );
+    let out = p.cmd("run").env("MY_LLM_KEY", LONG_KEY).output();
+    out.assert_code(3).assert_stderr_contains("MY_LLM_KEY");
+    assert!(server.calls() >= 1);
+    // The server echoed it upper-cased and, cut at the 300th character, its first 10.
+    out.assert_stderr_contains("Incorrect API key provided: ***.");
+    let status = p.status();
+    let mut outputs = vec![
+        ("stderr".to_owned(), out.stderr.clone()),
+        ("stdout".to_owned(), out.stdout.clone()),
+        ("status --json".to_owned(), status.raw.to_string()),
+    ];
+    let state = p.dir.join(".stagewise");
+    let files = std::fs::read_dir(&state).expect("the state folder");
+    for file in files.map(|f| f.expect("a folder entry").path()) {
+        let bytes = std::fs::read(&file).expect("a state file");
+        outputs.push((
+            file.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    assert!(
+        outputs.iter().any(|(name, _)| name.ends_with(".db")),
+        "the store is among the files read: {:?}",
+        outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    let key = LONG_KEY.to_ascii_lowercase();
+    for (name, text) in &outputs {
+        let text = text.to_ascii_lowercase();
+        for piece in key.as_bytes().windows(8) {
+            let piece = std::str::from_utf8(piece).expect("an ASCII key");
+            assert!(
+                !text.contains(piece),
+                "{piece:?}, a piece of the key, is in {name}"
+            );
+        }
+    }
 }
 
 #[test]

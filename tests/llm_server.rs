@@ -333,6 +333,7 @@ fn every_scenario_answers_as_documented() {
         (Scenario::ErrorOnce, [500, 200], [500, 200]),
         (Scenario::Overloaded, [503, 503], [529, 529]),
         (Scenario::Unauthorized, [401, 401], [401, 401]),
+        (Scenario::UnauthorizedEcho, [401, 401], [401, 401]),
         (Scenario::NotFound, [404, 404], [404, 404]),
         (Scenario::BadRequest, [400, 400], [400, 400]),
     ];

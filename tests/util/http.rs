@@ -1,4 +1,4 @@
-//! A real HTTP/1.1 server on 127.0.0.1 for the `http-download` tests, able to misbehave on
+//! A real HTTP/1.1 server on 127.0.0.1 (or another loopback address) for the `http-download` tests, able to misbehave on
 //! purpose: it answers slowly, never, wrongly, or with more than asked for.
 //!
 //! It is deliberately hand-written on `std::net` (a thread per connection, one request per
@@ -16,6 +16,7 @@
 //! |---|---|
 //! | `/page` | 200 `text/html; charset=utf-8`, [`PAGE`] |
 //! | `/redirect/N` | 302 to `/redirect/N-1`; `/redirect/0` → 302 to `/page` |
+//! | `/goto?URL` | 302 to `URL`, as it is |
 //! | `/loop/a`, `/loop/b` | 302 to each other |
 //! | `/missing` | 404 |
 //! | `/flaky/ID` | 500 the first time for each ID, then [`PAGE`] |
@@ -112,32 +113,32 @@ pub struct Server {
 impl Server {
     /// Starts listening on an ephemeral port of 127.0.0.1.
     pub fn start() -> Server {
-        Server::start_at("127.0.0.1")
+        Server::start_at("127.0.0.1:0").expect("bind 127.0.0.1:0")
     }
 
-    /// Starts listening on an ephemeral port of `ip` (a loopback address: 127.0.0.2 is another
-    /// host for a client, on the same machine).
-    pub fn start_at(ip: &str) -> Server {
-        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
-        let addr = listener.local_addr().expect("listener address");
+    /// Starts listening on `addr` (a loopback address and a port, 0 for any); an error if it
+    /// cannot be bound (the port is taken).
+    pub fn start_at(addr: &str) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let shared = Arc::clone(&state);
         let acceptor = thread::Builder::new()
             .name("http-test-accept".into())
             .spawn(move || accept(&listener, &shared))
             .expect("spawn the accept thread");
-        Server {
+        Ok(Server {
             addr,
             state,
             acceptor: Some(acceptor),
-        }
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://ADDRESS:PORT{path}` (`http://127.0.0.1:PORT{path}` for [`Server::start`]).
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -280,6 +281,7 @@ fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
     let html = "text/html; charset=utf-8";
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
+        _ if path.starts_with("/goto?") => redirect(&mut stream, &path["/goto?".len()..]),
         ["page"] => respond(&mut stream, 200, html, &[], PAGE.as_bytes()),
         ["redirect", n] => match n.parse::<u32>() {
             Ok(0) => redirect(&mut stream, "/page"),

@@ -45,6 +45,7 @@
 //! | `overloaded` | always 503 | always 529 `overloaded_error` |
 //! | `silent` | reads the request and never answers; it holds its in-flight slot until the client hangs up | the same |
 //! | `unauthorized` | 401 `invalid_request_error`, "Incorrect API key provided" | 401 `authentication_error`, the same message |
+//! | `unauthorized-echo` | 401 as `unauthorized`, the message echoing the key it got upper-cased, then whole from its [`ECHO_AT`]th character (where a client that keeps 300 characters cuts it) | the same |
 //! | `not-found` | 404 `model_not_found` | 404 `not_found_error` |
 //! | `bad-request` | 400 `invalid_request_error` | the same |
 //!
@@ -68,6 +69,9 @@ use serde_json::{json, Value};
 
 /// What `not-json` answers instead of JSON.
 pub const PROSE: &str = "Sure! Here are the facts you asked for: the council approved the budget.";
+
+/// Where `unauthorized-echo` puts the key in its message: 10 characters before the 300th.
+pub const ECHO_AT: usize = 290;
 
 /// Longest a request's head may be; anything longer is answered 431.
 const MAX_HEAD: usize = 64 * 1024;
@@ -125,12 +129,13 @@ pub enum Scenario {
     Overloaded,
     Silent,
     Unauthorized,
+    UnauthorizedEcho,
     NotFound,
     BadRequest,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Ok,
         Scenario::NotJson,
         Scenario::BadSchema,
@@ -140,6 +145,7 @@ impl Scenario {
         Scenario::Overloaded,
         Scenario::Silent,
         Scenario::Unauthorized,
+        Scenario::UnauthorizedEcho,
         Scenario::NotFound,
         Scenario::BadRequest,
     ];
@@ -156,6 +162,7 @@ impl Scenario {
             Scenario::Overloaded => "overloaded",
             Scenario::Silent => "silent",
             Scenario::Unauthorized => "unauthorized",
+            Scenario::UnauthorizedEcho => "unauthorized-echo",
             Scenario::NotFound => "not-found",
             Scenario::BadRequest => "bad-request",
         }
@@ -734,6 +741,18 @@ fn scenario_reply(
         },
         Scenario::Silent => return None,
         Scenario::Unauthorized => error(api, 401, "Incorrect API key provided"),
+        Scenario::UnauthorizedEcho => {
+            let key = request.api_key().unwrap_or("");
+            let mut message = format!(
+                "Incorrect API key provided: {}. Find your keys in your account's settings",
+                key.to_uppercase()
+            );
+            while message.chars().count() < ECHO_AT {
+                message.push('.');
+            }
+            message.push_str(key);
+            error(api, 401, &message)
+        }
         Scenario::NotFound => {
             let model = request
                 .body

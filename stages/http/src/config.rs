@@ -45,7 +45,9 @@ pub struct DownloadConfig {
     #[schemars(extend("x-default" = "`\"stagewise/<version>\"`"))]
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
-    /// Extra request headers, e.g. `{ Accept-Language = "en" }`.
+    /// Extra request headers, e.g. `{ Accept-Language = "en" }`. Sent only to the item's own
+    /// origin: a redirect to another scheme, host or port drops them all, so credentials such as
+    /// `Authorization` or `Cookie` never follow a redirect to another server.
     #[schemars(extend("x-default" = "none"))]
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -55,8 +57,11 @@ pub struct DownloadConfig {
     #[schemars(extend("x-default" = "`2`"))]
     #[serde(default = "default_per_host")]
     pub per_host_concurrency: NonZeroUsize,
-    /// Allow URLs resolving to loopback, private, link-local or cloud-metadata addresses (refused
-    /// by default, since the URLs come from data).
+    /// Allow URLs resolving to loopback, private, link-local, cloud-metadata and other
+    /// special-purpose addresses (refused by default, since the URLs come from data). Off, a
+    /// name is resolved once per request and only its allowed addresses are connected to (none
+    /// left is a permanent error), and proxies from the environment (`HTTPS_PROXY`…) are not
+    /// used, since they would resolve names out of the check's sight.
     #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub allow_private_networks: bool,

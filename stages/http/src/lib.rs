@@ -7,12 +7,15 @@
 //! loop is detected). Failures are classified: connection errors, timeouts, 408, 429 and 5xx
 //! are transient (a 429's or 503's `Retry-After` becomes the retry-after hint); other 4xx and
 //! bad URLs are permanent. At most `per_host_concurrency` requests go to one host at once, and
-//! by default URLs resolving to loopback, private, link-local or metadata addresses are
-//! refused. `file://` URLs read local files with the same limits.
+//! by default only public addresses are connected to: a name is resolved once per request by
+//! the stage's own resolver, which drops loopback, private, link-local, metadata and other
+//! special-purpose addresses (`guard.rs`), so the addresses checked are the addresses used.
+//! The configured `headers` go only to the item's own origin, never across a redirect to
+//! another. `file://` URLs read local files with the same limits.
 
 mod config;
 mod decode;
-mod hosts;
+mod guard;
 mod stage;
 
 use std::sync::Arc;
@@ -96,23 +99,41 @@ impl StageKind for DownloadKind {
             None => base_folder,
             Some(root) => Some(canonical("files_root", root)?),
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let test = guard::TestResolve::from_env().map_err(StageError::fatal)?;
+        if test.is_some() {
+            tracing::warn!(
+                variable = guard::TEST_RESOLVE_VAR,
+                "a testing aid is set: some `.test` names resolve as it says"
+            );
+        }
+        let mut builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(config.user_agent.as_str())
             .timeout_connect(Some(
                 config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             ))
-            .timeout_per_read(Some(config.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)))
-            .build()
-            .into();
+            .timeout_per_read(Some(config.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT)));
+        if !config.allow_private_networks {
+            // A proxy (`HTTPS_PROXY`…) would resolve the names itself, out of the guard's sight.
+            builder = builder.proxy(None);
+        }
+        // Every request's names are resolved by the guard, which hands ureq only the addresses
+        // it approved: those are the ones connected to.
+        let agent = ureq::Agent::with_parts(
+            builder.build(),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            guard::GuardedResolver {
+                allow_private_networks: config.allow_private_networks,
+                test,
+            },
+        );
         Ok(StageImpl::Blocking(Arc::new(Download {
             input: config.input,
             output: config.output,
             max_bytes: config.max_bytes.as_u64(),
             max_redirects: config.max_redirects,
             headers: config.headers.into_iter().collect(),
-            allow_private_networks: config.allow_private_networks,
             allow_binary: config.allow_binary,
             files_root,
             base_url,

@@ -9,7 +9,7 @@ use stagewise_stages_net::{classify, parse_retry_after, read_error};
 use url::Url;
 
 use crate::decode::decode;
-use crate::hosts;
+use crate::guard;
 
 /// A downloaded body and what came with it.
 struct Page {
@@ -25,8 +25,8 @@ pub(crate) struct Download {
     pub output: String,
     pub max_bytes: u64,
     pub max_redirects: u32,
+    /// Sent only to the item's own origin (see `fetch`).
     pub headers: Vec<(String, String)>,
-    pub allow_private_networks: bool,
     pub allow_binary: bool,
     /// The canonical folder `file://` URLs may read from; `None`: they are refused.
     pub files_root: Option<std::path::PathBuf>,
@@ -105,20 +105,10 @@ impl Download {
 
     fn fetch(&self, mut url: Url, cx: &Context) -> Result<Page, StageError> {
         let mut chain = vec![url.to_string()];
+        let origin = url.origin();
         for _ in 0..=self.max_redirects {
-            let host = url
-                .host_str()
-                .ok_or_else(|| StageError::permanent(format!("the URL {url} has no host")))?
-                .to_owned();
-            if !self.allow_private_networks {
-                let port = url.port_or_known_default().unwrap_or(80);
-                hosts::check_host(&host, port).map_err(|m| {
-                    if m.starts_with("refused") {
-                        StageError::permanent(m)
-                    } else {
-                        StageError::transient(m)
-                    }
-                })?;
+            if url.host_str().is_none() {
+                return Err(StageError::permanent(format!("the URL {url} has no host")));
             }
             let remaining = cx.remaining();
             if remaining.is_zero() {
@@ -127,15 +117,21 @@ impl Download {
                 ));
             }
             let mut request = self.agent.get(url.as_str());
-            for (k, v) in &self.headers {
-                request = request.header(k, v);
+            // The configured headers (credentials, often) are for the item's own origin: a
+            // redirect to another scheme, host or port does not get them, as curl does.
+            if url.origin() == origin {
+                for (k, v) in &self.headers {
+                    request = request.header(k, v);
+                }
             }
+            // The addresses are resolved and checked inside the call (`guard.rs`), within
+            // this timeout like the rest of the request.
             let response = request
                 .config()
                 .timeout_global(Some(remaining))
                 .build()
                 .call()
-                .map_err(|e| classify(&e))?;
+                .map_err(|e| guard::stage_error(&e).unwrap_or_else(|| classify(&e)))?;
             let status = response.status().as_u16();
             let header = |name: &str| {
                 response

@@ -6,6 +6,7 @@
 //! the stage's blocking pool, bounded by `connect_timeout` and the attempt's `timeout`; 429 and
 //! 5xx are transient, with the provider's `Retry-After` or rate-limit reset headers as the
 //! retry-after hint; 400/404 fail the item; 401/403 stop the run (a wrong key fails every item).
+//! No piece of the key leaves in an error, however a server echoes it (`secret.rs`).
 //! An answer that is not JSON or does not fit `schema` is retried up to
 //! `invalid_output_attempts`, then fails the item quoting the answer. Valid answers are kept in
 //! the checkpoint store's response cache, keyed by a hash of the request, so a rerun, a resume,
@@ -15,6 +16,7 @@
 mod config;
 mod extractive;
 mod provider;
+mod secret;
 mod stage;
 mod template;
 

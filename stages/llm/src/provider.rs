@@ -1,15 +1,17 @@
 //! The two HTTP APIs: OpenAI's chat completions (which most servers speak) and Anthropic's
 //! Messages. Each call is one blocking request, bounded by `connect_timeout` and the attempt's
-//! deadline; failures are classified for the runner's retry policy.
+//! deadline (ureq's whole-call timeout, set from the time left: resolution, connection, sending
+//! and the answer); failures are classified for the runner's retry policy.
 
 use std::io::Read;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use stagewise_core::stage::StageError;
 use stagewise_stages_net::{classify, parse_retry_after, read_error};
 
 use crate::config::Provider;
+use crate::secret::Scrubber;
 
 /// Longest error body kept for a message.
 const ERROR_BODY_CHARS: usize = 300;
@@ -79,6 +81,8 @@ pub struct Client {
     /// The schema to send as the structured-output option, if any.
     pub schema: Option<Value>,
     pub agent: ureq::Agent,
+    /// Hides the key in what the stage says; `None` without a key (or with one too short).
+    scrubber: Option<Box<Scrubber>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -122,6 +126,7 @@ impl Client {
             provider,
             endpoint: format!("{}/{path}", base_url.trim_end_matches('/')),
             model,
+            scrubber: key.as_deref().and_then(Scrubber::new).map(Box::new),
             key,
             key_env,
             max_tokens: 1024,
@@ -189,8 +194,11 @@ impl Client {
         body
     }
 
-    /// Send one request; `remaining` bounds it as a whole.
-    pub fn call(&self, body: &Value, remaining: Duration) -> Result<Reply, Failure> {
+    /// Send one request; it ends by `deadline` (the attempt's), whatever the server does:
+    /// the time left is measured just before the request goes out and bounds all of it, the
+    /// name's resolution and the connection included.
+    pub fn call(&self, body: &Value, deadline: Instant) -> Result<Reply, Failure> {
+        let body = body.to_string();
         let mut request = self
             .agent
             .post(self.endpoint.as_str())
@@ -207,11 +215,17 @@ impl Client {
             (_, Some(key)) => request = request.header("authorization", format!("Bearer {key}")),
             (_, None) => {}
         }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Failure::refused(StageError::transient(
+                "no time left before the attempt's deadline",
+            )));
+        }
         let response = request
             .config()
             .timeout_global(Some(remaining))
             .build()
-            .send(body.to_string().as_bytes())
+            .send(body.as_bytes())
             .map_err(|e| Failure {
                 maybe_billed: sent(&e),
                 error: self.scrub(classify(&e)),
@@ -259,10 +273,11 @@ impl Client {
         })
     }
 
-    /// An error message with the key taken out, should a server or proxy echo it back.
-    fn scrub(&self, mut error: StageError) -> StageError {
-        if let Some(key) = self.key.as_deref().filter(|k| k.len() >= 4) {
-            error.message = error.message.replace(key, "***");
+    /// An error with every piece of the key taken out of its message, should a server or proxy
+    /// echo it back (see `secret.rs`).
+    pub(crate) fn scrub(&self, mut error: StageError) -> StageError {
+        if let Some(scrubber) = &self.scrubber {
+            error.message = scrubber.scrub(&error.message);
         }
         error
     }
@@ -533,6 +548,18 @@ mod tests {
         assert!(!format!("{client:?}").contains("sk-secret-123"));
         let echoed = client.scrub(StageError::transient("proxy said: bad key sk-secret-123"));
         assert_eq!(echoed.message, "proxy said: bad key ***");
+        // A 401 whose message is cut at 300 characters in the middle of the key, and one that
+        // echoes it upper-cased.
+        let cut = format!("{}sk-secret-123", "x".repeat(ERROR_BODY_CHARS - 10));
+        for message in [cut, "Incorrect API key provided: SK-SECRET-123".to_owned()] {
+            let body = json!({"error": {"message": message}}).to_string();
+            let e = client.scrub(client.status_error(401, &body, None));
+            assert!(
+                !e.message.to_ascii_lowercase().contains("sk-secre") && e.message.contains("***"),
+                "{}",
+                e.message
+            );
+        }
         client.endpoint = "https://api.openai.com/v1/chat/completions".into();
         let body = client.body(None, "hi");
         assert_eq!(body["max_completion_tokens"], 1024);

@@ -247,7 +247,7 @@ impl Llm {
         if let Some(budget) = &self.budget {
             budget.reserve(worst)?;
         }
-        let reply = client.call(&body, cx.remaining());
+        let reply = client.call(&body, cx.deadline());
         let actual = match &reply {
             Ok(r) => {
                 self.meter.add("tokens_in", r.tokens_in as f64);
@@ -317,11 +317,15 @@ impl BlockingStage for Llm {
             lock(&self.invalid).remove(cx.key());
         }
         let value = match &self.answerer {
-            Answerer::Api(client) => self.ask(client, &record, cx).inspect_err(|e| {
-                if e.class != ErrorClass::Transient {
-                    lock(&self.invalid).remove(cx.key());
-                }
-            })?,
+            Answerer::Api(client) => self
+                .ask(client, &record, cx)
+                .inspect_err(|e| {
+                    if e.class != ErrorClass::Transient {
+                        lock(&self.invalid).remove(cx.key());
+                    }
+                })
+                // Whatever the error quotes (a body, an answer), no piece of the key leaves.
+                .map_err(|e| client.scrub(e))?,
             Answerer::Extractive {
                 shape,
                 max_sentences,
