@@ -179,6 +179,13 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
 /// Refuse a file that is not SQLite before SQLite touches it (it would otherwise be
 /// overwritten or half-read).
 fn check_header(path: &Path) -> Result<(), StoreError> {
+    // Opening a FIFO for reading would wait for a writer.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: "not a regular file: move it away or point `[checkpoint] store` elsewhere; it was not modified".into(),
+        });
+    }
     let mut header = [0u8; 16];
     let Ok(mut file) = state_file::open(path, state_file::options().read(true)) else {
         return Ok(());
@@ -552,6 +559,15 @@ mod tests {
             assert_eq!(std::fs::read(&victim).expect("read"), b"someone else's");
             std::fs::remove_file(&link).expect("remove the link");
         }
+        // Nor is anything but a file, which a FIFO would have it wait on forever.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("fifo.db"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let err = SqliteStore::open(&dir.path().join("fifo.db")).expect_err("a FIFO");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
         // Made after the store was opened, the lock's link is refused when it is taken.
         let store = SqliteStore::open(&dir.path().join("y.db")).expect("open");
         std::os::unix::fs::symlink(&victim, dir.path().join("y.db.lock")).expect("symlink");
