@@ -62,18 +62,21 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                 run: number,
             },
         ),
-        Command::Validate { pipeline } => match load(&pipeline, registry, Report::Plain) {
-            Ok(loaded) => {
+        Command::Validate { pipeline } => {
+            // Said before any is loaded: loading one runs its code, which may never return.
+            let libraries = spec::plugin_libraries(&pipeline, registry);
+            if !libraries.is_empty() {
+                let named: Vec<String> = libraries
+                    .iter()
+                    .map(|l| format!("`{}`", stagewise_core::text::printable(l)))
+                    .collect();
                 say!(
-                    "{} is valid: pipeline `{}`, {} stage(s)",
-                    pipeline.display(),
-                    loaded.pipeline.name,
-                    loaded.pipeline.stages.len()
+                    "loading the plugin libraries this file names, to check their stages (loading a plugin runs its code): {}",
+                    named.join(", ")
                 );
-                ExitCode::SUCCESS
             }
-            Err(code) => code,
-        },
+            validate(&pipeline, registry)
+        }
         Command::Plan { pipeline, json } => match spec::plan(&pipeline, registry) {
             Ok(planned) => {
                 print_diagnostics(&planned.warnings, Report::Plain);
@@ -88,9 +91,10 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
         Command::Schema => out(&format!("{:#}\n", spec::json_schema(registry))),
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
         Command::Status { pipeline, json } => {
-            let loaded = match load(&pipeline, registry, Report::ErrorsOnly) {
+            // The state is read without running plugin code: no plugin library is loaded.
+            let loaded = match spec::load_without_plugins(&pipeline, registry) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => return invalid(&pipeline, &e, Report::ErrorsOnly),
             };
             match commands::status(&loaded.pipeline) {
                 // Keys and errors are untrusted: nothing in them may steer the terminal.
@@ -107,6 +111,22 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `validate`: load and check the file, its plugin libraries included.
+fn validate(pipeline: &std::path::Path, registry: &Registry) -> ExitCode {
+    match load(pipeline, registry, Report::Plain) {
+        Ok(loaded) => {
+            say!(
+                "{} is valid: pipeline `{}`, {} stage(s)",
+                pipeline.display(),
+                loaded.pipeline.name,
+                loaded.pipeline.stages.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
     }
 }
 
@@ -146,7 +166,10 @@ enum Command {
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: Format,
     },
-    /// Check the pipeline file without running anything.
+    /// Check the pipeline file without running it.
+    ///
+    /// The plugin libraries its plugin stages name are loaded, to check those stages' keys
+    /// against the schemas they declare: loading a plugin runs its code.
     Validate {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]
@@ -155,7 +178,9 @@ enum Command {
     /// Show every setting after resolution and where it came from; runs and opens nothing.
     ///
     /// Each value's origin is a place in the file, an environment override, `[defaults]`, the
-    /// stage's kind, or the built-in default. Secrets are shown as `***`.
+    /// stage's kind, or the built-in default. Secrets are shown as `***`. No plugin library is
+    /// loaded: a plugin stage's own keys are shown as written, unchecked (`validate` checks
+    /// them).
     Plan {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]
@@ -165,6 +190,8 @@ enum Command {
         json: bool,
     },
     /// Show the latest run: counts per state and stage, failed items with their errors.
+    ///
+    /// No plugin library is loaded.
     Status {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]

@@ -349,6 +349,90 @@ fn validate_checks_a_plugins_keys_against_its_schema() {
 }
 
 #[test]
+fn plan_and_status_load_no_plugin_and_validate_says_it_loads_them() {
+    let library = library(MISBEHAVE);
+    let p = plugin_pipeline(
+        "{\"id\": 1}\n{\"id\": 2}\n",
+        &format!(
+            "{}\nplugin_kind = \"misbehave\"\nlog = true",
+            path_key(&library)
+        ),
+    );
+    p.run().assert_code(0);
+    let marker = p.dir.join("loaded");
+    let marker_text = marker.to_str().expect("a UTF-8 path");
+    // Loaded, the library would leave the marker, then abort the process.
+    let unloaded = |subcommand: &str, json: bool| {
+        let mut cmd = p.cmd(subcommand);
+        if json {
+            cmd = cmd.arg("--json");
+        }
+        let out = cmd
+            .env("MISBEHAVE_LOAD_MARKER", marker_text)
+            .env("MISBEHAVE_ABORT_ON_LOAD", "1")
+            .output();
+        out.assert_code(0);
+        assert!(!marker.exists(), "{subcommand} loaded the plugin\n{out}");
+        out
+    };
+
+    let plan = unloaded("plan", false);
+    let stage = plan
+        .stdout
+        .split("[[stage]] 2 of 3: plug\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or_else(|| panic!("no block for the plugin stage\n{plan}"));
+    assert!(stage.contains("  log "), "its keys as written\n{plan}");
+    assert!(
+        stage.ends_with(
+            "  note: a plugin stage: its own keys are shown as written, unchecked; `plan` loads no plugin library, `validate` and `run` load it and check them"
+        ),
+        "{plan}"
+    );
+    let plan = unloaded("plan", true);
+    let json: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan --json");
+    assert!(
+        json["stages"][1]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("unchecked")),
+        "{plan}"
+    );
+    assert!(json["stages"][0].get("note").is_none(), "{plan}");
+
+    unloaded("status", false);
+    let status = util::Status::parse(&unloaded("status", true));
+    assert_eq!(status.count("done"), 2);
+
+    // A key the plugin's schema refuses: `plan` shows it, `validate` (which loads the library)
+    // finds it.
+    p.dir.write(
+        "pipeline.toml",
+        p.toml().replace("log = true", "log = true\nlgo = 1"),
+    );
+    assert!(unloaded("plan", false).stdout.contains("  lgo "));
+    let out = p
+        .cmd("validate")
+        .env("MISBEHAVE_LOAD_MARKER", marker_text)
+        .output();
+    out.assert_code(2);
+    assert!(marker.exists(), "validate loads the plugin\n{out}");
+    out.assert_stderr_contains(&format!(
+        "loading the plugin libraries this file names, to check their stages (loading a plugin runs its code): `{}`",
+        library.display()
+    ));
+    out.assert_stderr_contains("stage `plug`: unknown key `lgo`");
+    let out = p
+        .cmd("validate")
+        .env("MISBEHAVE_ABORT_ON_LOAD", "1")
+        .output();
+    assert_eq!(
+        out.code, None,
+        "the loaded library aborts the process\n{out}"
+    );
+}
+
+#[test]
 fn a_library_with_several_kinds_needs_plugin_kind() {
     let lib = path_key(&library(MISBEHAVE));
     let cases = [

@@ -23,7 +23,7 @@
 //! index that could itself be torn.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -268,8 +268,8 @@ impl Recorder {
             path: path.to_owned(),
             source,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(io_err)?;
+        if let Some(parent) = path.parent() {
+            crate::state_file::create_dir(parent).map_err(io_err)?;
         }
         remove_temporaries(path);
         // A new file of our own, later renamed over whatever is at `path`: whatever that is (a
@@ -282,14 +282,14 @@ impl Recorder {
             source,
         };
         let _ = std::fs::remove_file(&temporary);
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&temporary).map_err(io_err)?;
+        let mut file = crate::state_file::open(
+            &temporary,
+            crate::state_file::options()
+                .read(true)
+                .write(true)
+                .create_new(true),
+        )
+        .map_err(io_err)?;
         let mapped = file
             .write_all(&image(pipeline, now_ms()))
             .and_then(|()| map(&file));
@@ -361,8 +361,9 @@ impl Recorder {
             path: path.to_owned(),
             source,
         };
-        // Checked before opening: opening a FIFO for reading would block.
-        let meta = match std::fs::metadata(path) {
+        // Checked before opening: opening a FIFO for reading would block. A link is not
+        // followed: it is not a file of ours.
+        let meta = match std::fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(e)),
@@ -373,7 +374,7 @@ impl Recorder {
                 message: "not a regular file".to_owned(),
             });
         }
-        let file = match File::open(path) {
+        let file = match crate::state_file::open(path, crate::state_file::options().read(true)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(e)),

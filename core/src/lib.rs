@@ -74,6 +74,7 @@ mod registry;
 mod runner;
 pub mod spec;
 pub mod stage;
+mod state_file;
 pub mod telemetry;
 pub mod text;
 

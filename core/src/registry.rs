@@ -33,6 +33,17 @@ impl Checked {
     }
 }
 
+/// Whether checking a pipeline may load the plugin libraries it names, which runs their code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plugins {
+    /// Load them, and check their stages' keys against the schemas they declare (`validate`,
+    /// `run`).
+    Load,
+    /// Leave them alone: their stages' own keys are kept as written, unchecked, and cannot be
+    /// built (`plan`, `status`).
+    Skip,
+}
+
 /// Object-safe face of a [`StageKind`], so kinds with different config types share a registry.
 pub(crate) trait DynKind: Send + Sync {
     fn roles(&self) -> &'static [Role];
@@ -41,13 +52,20 @@ pub(crate) trait DynKind: Send + Sync {
     /// The JSON Schema of the kind's own keys (for `stagewise schema` and the reference).
     fn schema(&self) -> serde_json::Value;
     fn defaults(&self) -> KindDefaults;
+    /// Whether checking this kind's stages loads a library (the plugin host's): with
+    /// [`Plugins::Skip`] their own keys go unchecked.
+    fn loads_library(&self) -> bool {
+        false
+    }
     /// Deserialize and check, collecting every problem. `base_dir` is the pipeline file's
-    /// folder, for kinds whose keys depend on a file (a plugin's schema).
+    /// folder, for kinds whose keys depend on a file (a plugin's schema); `plugins` says whether
+    /// that file may be loaded.
     fn check(
         &self,
         options: &toml::Table,
         role: Role,
         base_dir: &Path,
+        plugins: Plugins,
     ) -> Result<Checked, Vec<KeyProblem>>;
     /// Build from what [`check`](Self::check) returned.
     fn build(&self, config: &Checked, cx: &BuildContext) -> Result<StageImpl, StageError>;
@@ -75,6 +93,7 @@ impl<K: StageKind> DynKind for K {
         options: &toml::Table,
         role: Role,
         _base_dir: &Path,
+        _plugins: Plugins,
     ) -> Result<Checked, Vec<KeyProblem>> {
         let config = crate::config::deserialize_all::<K::Config>(options)?;
         let problems: Vec<KeyProblem> = StageKind::check(self, &config, role)

@@ -433,6 +433,41 @@ impl Running {
         (out, max)
     }
 
+    /// Waits for exit under the kill guard; the output, and the process's peak resident set
+    /// size in bytes, as `wait4` reports it for this one child (its whole life, to the last
+    /// page: nothing is missed between samples).
+    // `wait4` has no safe wrapper in std, which reaps without the child's resource usage.
+    #[allow(unsafe_code)]
+    pub fn wait_peak_rss(mut self) -> (Output, u64) {
+        let deadline = self.started + self.timeout;
+        let pid = libc::pid_t::try_from(self.pid).expect("pid fits in pid_t");
+        loop {
+            let mut status = 0;
+            // SAFETY: `rusage` is plain integers, for which all zeros is a value.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: wait4(2) writes only to the two locals it is given.
+            let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+            assert!(reaped >= 0, "wait4: {}", std::io::Error::last_os_error());
+            if reaped == pid {
+                // Reaped here, so `Drop` finds nothing left to kill.
+                let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+                // Kilobytes, on Linux.
+                let peak = u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024;
+                return (self.collect(code), peak);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let out = self.collect(None);
+                panic!(
+                    "kill guard: `{}` still running after {:?}, killed\n{out}",
+                    self.line, self.timeout
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait_sampling(mut self, every: Duration, mut sample: impl FnMut(usize)) -> Output {
         let deadline = self.started + self.timeout;
         let mut next_sample = Instant::now();

@@ -10,7 +10,10 @@
 //!
 //! A plugin that cannot be loaded (missing file, not a library, no entry point, another ABI
 //! version) is a problem of its stage's `path` key, found while validating: a configuration
-//! error (exit 2) before anything runs. A plugin stage is a [`BlockingStage`]: it runs on the
+//! error (exit 2) before anything runs. Loading a library runs its code (its constructors, then
+//! the entry point), so only `validate` and `run` load them; `plan` and `status` read a pipeline
+//! with [`Plugins::Skip`]: a plugin stage's own keys are then kept as written, unchecked, and the
+//! stage cannot be built. A plugin stage is a [`BlockingStage`]: it runs on the
 //! stage's bounded pool with the stage's timeout and retries, and the plugin sees the attempt's
 //! cancellation flag and the host's logger through callbacks.
 
@@ -24,7 +27,7 @@ pub use ffi::{KindInfo, LoadError, PluginInfo};
 pub use stagewise_plugin::abi::ABI_VERSION;
 
 use crate::config::{KeyProblem, KeyProblemKind};
-use crate::registry::{Checked, DynKind, Registry};
+use crate::registry::{Checked, DynKind, Plugins, Registry};
 use crate::stage::{
     BlockingStage, BuildContext, Context, KindDefaults, Outcome, Record, Role, StageError,
     StageImpl,
@@ -81,8 +84,11 @@ fn problem(path: &[&str], message: String) -> KeyProblem {
     }
 }
 
-/// Load the library a stage table names and pick its kind.
-fn resolve(options: &toml::Table, base_dir: &Path) -> Result<Resolved, Vec<KeyProblem>> {
+/// A plugin stage read without loading its library (see [`Plugins::Skip`]).
+struct Unloaded;
+
+/// The host's keys of a stage table, `path` and `plugin_kind`, checked without loading anything.
+fn host_keys(options: &toml::Table) -> Result<(&str, Option<&str>), Vec<KeyProblem>> {
     let path = match options.get("path") {
         Some(toml::Value::String(p)) => p,
         Some(_) => return Err(vec![problem(&["path"], "`path` must be a string".into())]),
@@ -98,6 +104,12 @@ fn resolve(options: &toml::Table, base_dir: &Path) -> Result<Resolved, Vec<KeyPr
         }
         None => None,
     };
+    Ok((path, wanted))
+}
+
+/// Load the library a stage table names and pick its kind.
+fn resolve(options: &toml::Table, base_dir: &Path) -> Result<Resolved, Vec<KeyProblem>> {
+    let (path, wanted) = host_keys(options)?;
     let full = if Path::new(path).is_absolute() {
         Path::new(path).to_path_buf()
     } else {
@@ -180,12 +192,21 @@ impl DynKind for PluginKind {
         KindDefaults::default()
     }
 
+    fn loads_library(&self) -> bool {
+        true
+    }
+
     fn check(
         &self,
         options: &toml::Table,
         _role: Role,
         base_dir: &Path,
+        plugins: Plugins,
     ) -> Result<Checked, Vec<KeyProblem>> {
+        if plugins == Plugins::Skip {
+            host_keys(options)?;
+            return Ok(Checked::new(Unloaded));
+        }
         let resolved = resolve(options, base_dir)?;
         let schema = &resolved.kind().config_schema;
         let problems: Vec<KeyProblem> = schema::check(&resolved.config, schema)
@@ -212,6 +233,11 @@ impl DynKind for PluginKind {
     }
 
     fn build(&self, config: &Checked, _cx: &BuildContext) -> Result<StageImpl, StageError> {
+        if config.get::<Unloaded>().is_ok() {
+            return Err(StageError::fatal(
+                "the plugin library was not loaded: the pipeline was read for `plan` or `status`, not for a run",
+            ));
+        }
         let resolved = config.get::<Resolved>()?;
         let kind = resolved.kind().name.clone();
         let instance = resolved
@@ -260,14 +286,44 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let problems = PluginKind.check(&table(text), Role::Transform, base);
+            let problems = PluginKind.check(&table(text), Role::Transform, base, Plugins::Load);
             let text_of = format!("{problems:?}");
             assert!(text_of.contains(want), "{text}: {text_of}");
         }
-        let problems = PluginKind.check(&table("path = \"Cargo.toml\""), Role::Transform, base);
+        let problems = PluginKind.check(
+            &table("path = \"Cargo.toml\""),
+            Role::Transform,
+            base,
+            Plugins::Load,
+        );
         assert!(
             format!("{problems:?}").contains("is not a loadable library"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn without_loading_only_the_host_keys_are_checked_and_nothing_builds() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let skip =
+            |text: &str| PluginKind.check(&table(text), Role::Transform, base, Plugins::Skip);
+        let unloaded = skip("path = \"no/such/libx.so\"\nanything = 1").expect("not loaded");
+        assert!(format!("{:?}", skip("path = 3")).contains("`path` must be a string"));
+        assert!(format!("{:?}", skip("")).contains("missing field `path`"));
+        let cx = BuildContext::new(
+            "plug",
+            Role::Transform,
+            base.to_path_buf(),
+            1,
+            std::time::Duration::from_secs(1),
+        );
+        let err = PluginKind
+            .build(&unloaded, &cx)
+            .expect_err("an unloaded plugin stage");
+        assert!(
+            err.message.starts_with("the plugin library was not loaded"),
+            "{}",
+            err.message
         );
     }
 

@@ -102,6 +102,9 @@ pub enum RunError {
     /// The checkpoint store cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A state file's path cannot be used (a symbolic link is there).
+    #[error("{0}")]
+    StateFile(std::io::Error),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -309,6 +312,10 @@ pub fn run(
     registry: &Registry,
     options: RunOptions,
 ) -> Result<Summary, RunError> {
+    // A link planted where the runner writes its own files would have it write through it.
+    for path in [summary_path(pipeline), flight_path(pipeline)] {
+        crate::state_file::refuse_link(&path).map_err(RunError::StateFile)?;
+    }
     // The store first: a store that cannot be used must stop the run before any stage opens
     // (and perhaps creates) its files. Its lock makes this the pipeline's only runner, so the
     // flight recorder's file is this process's to read and to overwrite.

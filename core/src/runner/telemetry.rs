@@ -390,23 +390,9 @@ fn fmt_figure(value: f64) -> String {
 pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::flight::Recorder) {
     let path = super::summary_path(pipeline);
     let json = serde_json::to_string_pretty(summary).expect("the summary always serializes");
-    let tmp = path.with_extension("json.tmp");
-    // A new file, renamed into place: whatever was at the temporary name (a symlink, a FIFO) is
-    // never written through or waited on.
-    let _ = std::fs::remove_file(&tmp);
-    let written =
-        std::fs::create_dir_all(path.parent().unwrap_or_else(|| std::path::Path::new(".")))
-            .and_then(|()| {
-                use std::io::Write;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)?
-                    .write_all(json.as_bytes())
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
+    // A new private file, renamed into place: whatever was at the temporary name (a symlink, a
+    // FIFO) is never written through or waited on.
+    if let Err(e) = crate::state_file::replace(&path, ".tmp", json.as_bytes()) {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the summary file");
     }
     // Ended with a summary from here on: a kill after this line is not a death without one.

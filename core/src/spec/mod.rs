@@ -26,7 +26,7 @@ use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
 
 use crate::config::{deserialize_all, KeyProblem, KeyProblemKind};
 use crate::policy::{Layers, Policy};
-use crate::registry::Registry;
+use crate::registry::{Plugins, Registry};
 use crate::stage::Role;
 
 const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
@@ -133,6 +133,9 @@ pub struct StageConfig {
     pub(crate) options: toml::Table,
     /// The kind's own keys as the kind read and checked them, for the build.
     pub(crate) config: crate::registry::Checked,
+    /// A plugin stage read without loading its library (`plan`, `status`): its own keys are as
+    /// written, unchecked, and it cannot be built.
+    pub(crate) unchecked: bool,
 }
 
 /// A validated pipeline, ready to build and run.
@@ -187,7 +190,9 @@ fn env_overrides() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Read, validate and resolve a pipeline file with the process environment.
+/// Read, validate and resolve a pipeline file with the process environment. The plugin
+/// libraries its plugin stages name are loaded (which runs their code) to check those stages'
+/// keys against the schemas they declare.
 pub fn load(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
     load_with(
         path,
@@ -204,11 +209,47 @@ pub fn load_with(
     lookup: &dyn Fn(&str) -> Option<String>,
     overrides: &[(String, String)],
 ) -> Result<Loaded, ConfigError> {
-    validated(path, registry, lookup, overrides).map(|(loaded, _)| loaded)
+    validated(path, registry, lookup, overrides, Plugins::Load).map(|(loaded, _)| loaded)
+}
+
+/// [`load`] without loading any plugin library, for reading a pipeline's state (`stagewise
+/// status`): a plugin stage's own keys go unchecked, and the pipeline cannot be run (its plugin
+/// stages do not build).
+pub fn load_without_plugins(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
+    validated(
+        path,
+        registry,
+        &|name| std::env::var(name).ok(),
+        &env_overrides(),
+        Plugins::Skip,
+    )
+    .map(|(loaded, _)| loaded)
+}
+
+/// The plugin libraries a pipeline file's plugin stages name (their `path`, as written), read
+/// without loading them: what [`load`] would load. Those of stages it cannot read are left out.
+pub fn plugin_libraries(path: &Path, registry: &Registry) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(mut v) = Validator::new(path.display().to_string(), &text) else {
+        return Vec::new();
+    };
+    let _ = v.validate(
+        registry,
+        &|name| std::env::var(name).ok(),
+        &env_overrides(),
+        path,
+        base_dir_of(path),
+        Plugins::Skip,
+    );
+    v.libraries
 }
 
 /// Validate a pipeline file as [`load`] does (the same problems, the same resolution) and say
-/// where each resolved setting came from, for `stagewise plan`. Nothing is built or opened.
+/// where each resolved setting came from, for `stagewise plan`. Nothing is built or opened, and
+/// no plugin library is loaded: a plugin stage's own keys are shown as written, unchecked
+/// ([`StagePlan::unchecked`]).
 pub fn plan(path: &Path, registry: &Registry) -> Result<Planned, ConfigError> {
     plan_with(
         path,
@@ -225,7 +266,7 @@ pub fn plan_with(
     lookup: &dyn Fn(&str) -> Option<String>,
     overrides: &[(String, String)],
 ) -> Result<Planned, ConfigError> {
-    let (loaded, v) = validated(path, registry, lookup, overrides)?;
+    let (loaded, v) = validated(path, registry, lookup, overrides, Plugins::Skip)?;
     Ok(Planned {
         plan: plan::Plan::new(&loaded.pipeline, &v),
         warnings: loaded.warnings,
@@ -239,6 +280,7 @@ fn validated(
     registry: &Registry,
     lookup: &dyn Fn(&str) -> Option<String>,
     overrides: &[(String, String)],
+    plugins: Plugins,
 ) -> Result<(Loaded, Validator), ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -250,12 +292,15 @@ fn validated(
             message: format!("cannot read the pipeline file: {e}"),
         }],
     })?;
-    let base_dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let mut v = Validator::new(file, &text)?;
-    let result = v.validate(registry, lookup, overrides, path, base_dir);
+    let result = v.validate(
+        registry,
+        lookup,
+        overrides,
+        path,
+        base_dir_of(path),
+        plugins,
+    );
     // In file order; problems from the environment and without a place come last.
     v.diagnostics.sort_by_key(|d| match &d.place {
         Some(Place::File { line, col }) => (0, *line, *col),
@@ -273,6 +318,14 @@ fn validated(
     }
 }
 
+/// The pipeline file's folder: relative paths in it are relative to this.
+fn base_dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 struct Validator {
     file: String,
     origins: Origins,
@@ -282,6 +335,8 @@ struct Validator {
     substitutions: Substitutions,
     /// The layer of each policy value, per stage, in order (for `plan`).
     layers: Vec<Layers>,
+    /// The `path` of each plugin stage, as written (see [`plugin_libraries`]).
+    libraries: Vec<String>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -313,6 +368,7 @@ impl Validator {
             doc,
             substitutions: Substitutions::new(),
             layers: Vec::new(),
+            libraries: Vec::new(),
             diagnostics: Vec::new(),
         })
     }
@@ -428,6 +484,7 @@ impl Validator {
         overrides: &[(String, String)],
         path: &Path,
         base_dir: PathBuf,
+        plugins: Plugins,
     ) -> Option<Pipeline> {
         // The environment first, so that everything below sees the values that will run;
         // overrides before `${VAR}`, so that a variable in an override's value is expanded too.
@@ -476,7 +533,7 @@ impl Validator {
         let defaults = self
             .section::<PolicySpec>("defaults", false)
             .unwrap_or_default();
-        let stages = self.stages(registry, &defaults, &base_dir);
+        let stages = self.stages(registry, &defaults, &base_dir, plugins);
 
         let pipeline = pipeline?;
         let checkpoint = checkpoint?;
@@ -654,6 +711,7 @@ impl Validator {
         registry: &Registry,
         defaults: &PolicySpec,
         base_dir: &Path,
+        plugins: Plugins,
     ) -> Option<Vec<StageConfig>> {
         let tables = match self.doc.get("stage").cloned() {
             None => {
@@ -795,7 +853,12 @@ impl Validator {
                 .copied()
                 .chain(["name", "kind"])
                 .collect();
-            let checked = match kind.check(&table, role, base_dir) {
+            if kind.loads_library() {
+                if let Some(toml::Value::String(library)) = table.get("path") {
+                    self.libraries.push(library.clone());
+                }
+            }
+            let checked = match kind.check(&table, role, base_dir, plugins) {
                 Ok(checked) => Some(checked),
                 Err(problems) => {
                     self.key_problems(&prefix, Some(&name), problems, &known);
@@ -820,6 +883,7 @@ impl Validator {
                 policy,
                 options: table,
                 config,
+                unchecked: plugins == Plugins::Skip && kind.loads_library(),
             });
         }
         ok.then_some(out)

@@ -112,7 +112,13 @@ pub struct StagePlan {
     pub kind: String,
     /// Its settings.
     pub settings: Vec<Setting>,
+    /// A plugin stage: its own keys are shown as written, unchecked, since `plan` loads no
+    /// plugin library (the plan says so under the stage).
+    pub unchecked: bool,
 }
+
+/// What the plan says under a plugin stage.
+const UNCHECKED_NOTE: &str = "a plugin stage: its own keys are shown as written, unchecked; `plan` loads no plugin library, `validate` and `run` load it and check them";
 
 /// A pipeline's resolved settings, each with its origin.
 #[derive(Debug, Clone, PartialEq)]
@@ -378,6 +384,7 @@ impl Plan {
                     name: stage.name.clone(),
                     kind: stage.kind.clone(),
                     settings,
+                    unchecked: stage.unchecked,
                 }
             })
             .collect();
@@ -430,12 +437,16 @@ impl Plan {
                 stage.name
             );
             block(&mut out, &title, &stage.settings);
+            if stage.unchecked {
+                let _ = writeln!(out, "  note: {UNCHECKED_NOTE}");
+            }
         }
         out
     }
 
     /// The plan as JSON: `{"file", "pipeline": {key: {"value", "origin"}}, "checkpoint",
-    /// "stages": [{"name", "kind", "settings": {key: …}}]}`.
+    /// "stages": [{"name", "kind", "settings": {key: …}}]}`; a plugin stage has a `"note"` saying
+    /// that its own keys are unchecked.
     pub fn to_json(&self) -> Value {
         let table = |settings: &[Setting]| -> Value {
             Value::Object(
@@ -449,11 +460,17 @@ impl Plan {
             "file": self.file,
             "pipeline": table(&self.pipeline),
             "checkpoint": table(&self.checkpoint),
-            "stages": self.stages.iter().map(|s| json!({
-                "name": s.name,
-                "kind": s.kind,
-                "settings": table(&s.settings),
-            })).collect::<Vec<_>>(),
+            "stages": self.stages.iter().map(|s| {
+                let mut stage = json!({
+                    "name": s.name,
+                    "kind": s.kind,
+                    "settings": table(&s.settings),
+                });
+                if s.unchecked {
+                    stage["note"] = json!(UNCHECKED_NOTE);
+                }
+                stage
+            }).collect::<Vec<_>>(),
         })
     }
 }

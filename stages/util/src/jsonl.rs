@@ -1,7 +1,8 @@
 //! The `jsonl` kind: JSON Lines in and out.
 //!
 //! As the source it reads one JSON object per line and takes each record's key from one of its
-//! fields. As the sink it appends one line per record, `{"key": …, …fields}`, so a sink file can
+//! fields. A line is read into memory only up to `max_line_bytes`: a longer one fails the read,
+//! like any other line that is not a record, without the rest of it ever being held. As the sink it appends one line per record, `{"key": …, …fields}`, so a sink file can
 //! be read back by a `jsonl` source with the default `key`.
 //!
 //! The sink hands each whole line to one `write_all` call on an unbuffered file opened for
@@ -9,10 +10,11 @@
 //! runner's checkpoint (written right after) relies on.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytesize::ByteSize;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,6 +39,13 @@ pub struct JsonlConfig {
     #[schemars(extend("x-default" = "`\"key\"`"))]
     #[serde(default = "default_key_field")]
     pub key: String,
+    /// As the source: the longest line read, not counting its line ending. A longer line fails
+    /// the read, as a line that is not a JSON object does, naming its line number; no more of
+    /// it than this is ever held in memory.
+    #[schemars(extend("x-default" = "`\"16MiB\"`"))]
+    #[serde(default = "default_max_line_bytes")]
+    #[schemars(with = "stagewise_core::stage::SizeText")]
+    pub max_line_bytes: ByteSize,
     /// As the sink: a JSON Lines file that gets a line for every item that ends failed or skipped
     /// at any stage of the pipeline, `{"key": …, "ending": "failed", "stage": …, "error": …,
     /// "attempts": …, "fields": {…}}` (`"reason"` instead of `"error"` for a skip; `fields` as
@@ -48,6 +57,10 @@ pub struct JsonlConfig {
 
 fn default_key_field() -> String {
     "key".to_owned()
+}
+
+fn default_max_line_bytes() -> ByteSize {
+    ByteSize::mib(16)
 }
 
 /// The `jsonl` kind.
@@ -66,7 +79,14 @@ impl StageKind for JsonlKind {
     }
 
     fn check(&self, config: &JsonlConfig, role: Role) -> Vec<(String, String)> {
-        match &config.rejects {
+        let mut problems = Vec::new();
+        if config.max_line_bytes.as_u64() == 0 {
+            problems.push((
+                "max_line_bytes".into(),
+                "`max_line_bytes` must be more than 0".into(),
+            ));
+        }
+        problems.extend(match &config.rejects {
             Some(_) if role == Role::Source => vec![(
                 "rejects".into(),
                 "`rejects` is for a `jsonl` sink: a source rejects nothing".into(),
@@ -80,7 +100,8 @@ impl StageKind for JsonlKind {
                 "`rejects` must be another file than `path`".into(),
             )],
             _ => Vec::new(),
-        }
+        });
+        problems
     }
 
     fn build(&self, config: JsonlConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
@@ -90,6 +111,7 @@ impl StageKind for JsonlKind {
             Role::Source => Ok(StageImpl::Source(Arc::new(JsonlSource {
                 path,
                 key_field: config.key,
+                max_line: config.max_line_bytes,
             }))),
             // Core only builds a kind in the roles it lists; were `jsonl` ever allowed in the
             // middle, appending and passing the record on is what it would do there.
@@ -117,6 +139,56 @@ impl StageKind for JsonlKind {
 struct JsonlSource {
     path: PathBuf,
     key_field: String,
+    /// `max_line_bytes`.
+    max_line: ByteSize,
+}
+
+/// What [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A whole line (its `\n` included, when it had one) is in the buffer.
+    Read,
+    /// The file ended: nothing was read.
+    End,
+    /// The line is longer than the limit: the buffer holds its first bytes only, and the
+    /// reader stands somewhere inside it.
+    TooLong,
+}
+
+/// Read one line into `line` (cleared first), holding at most `max` bytes of it besides its
+/// `\n`: unlike `read_until`, a line without end in sight does not grow the buffer without end.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    line.clear();
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::End
+            } else {
+                Line::Read
+            });
+        }
+        let (taken, ended) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        let content = taken - usize::from(ended);
+        if line.len() + content > max {
+            let room = max - line.len();
+            line.extend_from_slice(&available[..room]);
+            reader.consume(room);
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(&available[..taken]);
+        reader.consume(taken);
+        if ended {
+            return Ok(Line::Read);
+        }
+    }
 }
 
 impl JsonlSource {
@@ -155,6 +227,8 @@ impl Source for JsonlSource {
             _ => StageError::permanent(format!("{path}: cannot open: {e}")),
         })?;
         let mut reader = BufReader::new(file);
+        // Beyond the address space it is no limit at all.
+        let max_line = usize::try_from(self.max_line.as_u64()).unwrap_or(usize::MAX);
         let mut line = Vec::new();
         let mut emitted = 0u64;
         let mut line_no = 0u64;
@@ -167,16 +241,25 @@ impl Source for JsonlSource {
             if line_no.is_multiple_of(CANCEL_CHECK_EVERY) && cx.is_cancelled() {
                 return Ok(());
             }
-            line.clear();
             // Bytes, not `lines()`: invalid UTF-8 is then a bad line with its number, reported
             // by the JSON parser, rather than an I/O error.
-            let read = reader.read_until(b'\n', &mut line).map_err(|e| {
+            let read = read_line(&mut reader, &mut line, max_line).map_err(|e| {
                 StageError::transient(format!("{path}:{}: cannot read: {e}", line_no + 1))
             })?;
-            if read == 0 {
-                return Ok(());
-            }
             line_no += 1;
+            match read {
+                Line::Read => {}
+                Line::End => return Ok(()),
+                // Like a line that is not a record, it fails the read: the source has no way to
+                // fail one item of the batch, and taking the batch without it would lose it
+                // silently.
+                Line::TooLong => {
+                    return Err(StageError::permanent(format!(
+                        "{path}:{line_no}: line longer than `max_line_bytes` ({}): raise `max_line_bytes` or fix the file",
+                        self.max_line
+                    )))
+                }
+            }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -432,6 +515,71 @@ mod tests {
     }
 
     #[test]
+    fn read_line_holds_at_most_the_limit() {
+        // (input, limit, what each call finds with the line's bytes); a 3-byte read buffer,
+        // so that lines span several fills.
+        type Case = (&'static [u8], usize, &'static [(Line, &'static [u8])]);
+        let cases: [Case; 6] = [
+            (
+                b"ab\ncd",
+                2,
+                &[(Line::Read, b"ab\n"), (Line::Read, b"cd"), (Line::End, b"")],
+            ),
+            (b"abc\n", 3, &[(Line::Read, b"abc\n"), (Line::End, b"")]),
+            (b"abcd\nx\n", 3, &[(Line::TooLong, b"abc")]),
+            (b"abcdefgh", 5, &[(Line::TooLong, b"abcde")]),
+            (
+                b"\n\n",
+                1,
+                &[(Line::Read, b"\n"), (Line::Read, b"\n"), (Line::End, b"")],
+            ),
+            (b"", 1, &[(Line::End, b"")]),
+        ];
+        for (input, max, expected) in cases {
+            let mut reader = BufReader::with_capacity(3, input);
+            let mut line = b"left over".to_vec();
+            for (want, bytes) in expected {
+                let found = read_line(&mut reader, &mut line, max).expect("reads");
+                assert_eq!((&found, line.as_slice()), (want, *bytes), "{input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn source_fails_on_a_line_longer_than_max_line_bytes() {
+        let dir = temp_dir("jsonl-long");
+        let fits = format!("{{\"key\": \"{}\"}}", "x".repeat(20));
+        assert_eq!(fits.len(), 31);
+        std::fs::write(
+            dir.path().join("in.jsonl"),
+            format!(
+                "{{\"key\": 1}}\n{fits}\n{{\"key\": \"{}\"}}\n",
+                "y".repeat(21)
+            ),
+        )
+        .expect("write input");
+        let source = source("path = \"in.jsonl\"\nmax_line_bytes = 31", dir.path());
+        let err = read_all(&*source, None).expect_err("the third line is too long");
+        assert_eq!(err.class, ErrorClass::Permanent);
+        let expected = format!(
+            "{}:3: line longer than `max_line_bytes` (31 B)",
+            dir.path().join("in.jsonl").display()
+        );
+        assert!(err.message.starts_with(&expected), "{}", err.message);
+        let records = read_all(&*source, Some(2)).expect("the lines before it read");
+        assert_eq!(records[1].key, "x".repeat(20));
+
+        let config: JsonlConfig = config("path = \"a\"\nmax_line_bytes = 0").expect("valid");
+        assert_eq!(
+            JsonlKind.check(&config, Role::Source),
+            [(
+                "max_line_bytes".to_owned(),
+                "`max_line_bytes` must be more than 0".to_owned()
+            )]
+        );
+    }
+
+    #[test]
     fn source_reports_a_missing_file_as_permanent() {
         let dir = temp_dir("jsonl-missing");
         let source = source("path = \"nope.jsonl\"", dir.path());
@@ -565,6 +713,10 @@ mod tests {
         let config: JsonlConfig = config("path = \"a.jsonl\"").expect("valid");
         assert_eq!(config.key, "key");
         assert_eq!(config.path, PathBuf::from("a.jsonl"));
+        assert_eq!(config.max_line_bytes, ByteSize::mib(16));
+        let config: JsonlConfig =
+            crate::testing::config("path = \"a\"\nmax_line_bytes = \"1KiB\"").expect("valid");
+        assert_eq!(config.max_line_bytes, ByteSize::kib(1));
         assert!(crate::testing::config::<JsonlConfig>("key = \"id\"").is_err());
         assert!(crate::testing::config::<JsonlConfig>("path = \"a\"\nkeys = \"id\"").is_err());
     }

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::stage::SharedCache;
+use crate::state_file;
 
 use self::cache::SqliteCache;
 use self::writers::{SqliteManifest, SqliteUpdates};
@@ -57,14 +58,34 @@ fn db(e: rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Open (creating it and its folder if missing) and migrate the store at `path`.
+    ///
+    /// The store's files (the database, SQLite's `-wal` and `-shm` beside it, the lock) are made
+    /// mode `0600` and a folder made for them `0700`; a symbolic link at any of their paths is
+    /// refused (see `state_file`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
+        let unusable = |e: std::io::Error| StoreError::Db(e.to_string());
+        for file in [
+            path.to_path_buf(),
+            beside(path, "-wal"),
+            beside(path, "-shm"),
+            beside(path, ".lock"),
+        ] {
+            state_file::refuse_link(&file).map_err(unusable)?;
+        }
         check_header(path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
+        if let Some(dir) = path.parent() {
+            state_file::create_dir(dir).map_err(|e| StoreError::Corrupt {
                 path: shown.clone(),
                 message: format!("cannot create folder {}: {e}", dir.display()),
             })?;
+        }
+        // Made here, mode 0600, rather than by SQLite (0644): SQLite gives its `-wal` and `-shm`
+        // files the database file's mode.
+        match state_file::open(path, state_file::options().write(true).create_new(true)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unusable(e)),
         }
         let conn = connect(path)?;
         schema::migrate(&conn, &shown)?;
@@ -82,20 +103,25 @@ impl SqliteStore {
         use std::io::Write;
         let path = self.lock_path();
         let shown = self.path.display().to_string();
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| {
-                StoreError::Db(format!("cannot open lock file {}: {e}", path.display()))
-            })?;
+        let mut file = state_file::open(
+            &path,
+            state_file::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
+        .map_err(|e| match e.kind() {
+            // Names the path already.
+            std::io::ErrorKind::InvalidInput => StoreError::Db(e.to_string()),
+            _ => StoreError::Db(format!("cannot open lock file {}: {e}", path.display())),
+        })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
+                // A pid; more is not what this process wrote.
                 let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
+                let _ = (&mut file).take(32).read_to_string(&mut holder);
                 let holder = match holder.trim() {
                     "" => "process unknown".to_owned(),
                     pid => format!("pid {pid}"),
@@ -119,14 +145,13 @@ impl SqliteStore {
 
     /// The runner lock's file, `<store>.lock`.
     fn lock_path(&self) -> PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push(".lock");
-        PathBuf::from(name)
+        beside(&self.path, ".lock")
     }
 
     /// Open an existing store; `None` when there is no file yet.
     pub fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
-        if !path.exists() {
+        // A link, even a dangling one, is there: [`SqliteStore::open`] refuses it.
+        if std::fs::symlink_metadata(path).is_err() {
             return Ok(None);
         }
         Self::open(path).map(Some)
@@ -144,11 +169,25 @@ pub struct RunnerLock {
     _file: std::fs::File,
 }
 
+/// `<store><suffix>`: the lock, and SQLite's `-wal` and `-shm`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Refuse a file that is not SQLite before SQLite touches it (it would otherwise be
 /// overwritten or half-read).
 fn check_header(path: &Path) -> Result<(), StoreError> {
+    // Opening a FIFO for reading would wait for a writer.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: "not a regular file: move it away or point `[checkpoint] store` elsewhere; it was not modified".into(),
+        });
+    }
     let mut header = [0u8; 16];
-    let Ok(mut file) = std::fs::File::open(path) else {
+    let Ok(mut file) = state_file::open(path, state_file::options().read(true)) else {
         return Ok(());
     };
     let n = file.read(&mut header).unwrap_or(0);
@@ -176,7 +215,10 @@ fn connect_waiting(path: &Path, busy: Duration) -> Result<Connection, StoreError
         path: shown.clone(),
         message: e.to_string(),
     };
-    let conn = Connection::open(path).map_err(corrupt)?;
+    // Never through a link (the checks before opening may have raced with one being made).
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)
+            .map_err(corrupt)?;
     conn.busy_timeout(busy).map_err(corrupt)?;
     // WAL + NORMAL: a commit survives the process being killed; readers never block the writer.
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -474,5 +516,66 @@ mod tests {
         let err = SqliteStore::open(&path).expect_err("garbage");
         assert!(err.to_string().contains("not a SQLite database"), "{err}");
         assert_eq!(std::fs::read(&path).expect("read"), garbage);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn its_files_are_private_and_never_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("stagewise-sqlite-files-")
+            .tempdir()
+            .expect("temp dir");
+        let mode = |path: &Path| {
+            std::fs::symlink_metadata(path)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let path = dir.path().join("state/x.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let _lock = store.lock().expect("lock");
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        for file in ["x.db", "x.db-wal", "x.db-shm", "x.db.lock"] {
+            assert_eq!(mode(&dir.path().join("state").join(file)), 0o600, "{file}");
+        }
+
+        // A link at the database's path or at any file beside it is refused; what it points
+        // to is left as it was.
+        let victim = dir.path().join("victim");
+        for file in ["y.db", "y.db-wal", "y.db-shm", "y.db.lock"] {
+            std::fs::write(&victim, b"someone else's").expect("write");
+            let link = dir.path().join(file);
+            std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+            let err = SqliteStore::open(&dir.path().join("y.db")).expect_err(file);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "checkpoint store: {} is a symbolic link: stagewise keeps its state in files of its own and never writes through a link; remove the link (what it points to was not touched)",
+                    link.display()
+                )
+            );
+            assert_eq!(std::fs::read(&victim).expect("read"), b"someone else's");
+            std::fs::remove_file(&link).expect("remove the link");
+        }
+        // Nor is anything but a file, which a FIFO would have it wait on forever.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("fifo.db"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let err = SqliteStore::open(&dir.path().join("fifo.db")).expect_err("a FIFO");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        // Made after the store was opened, the lock's link is refused when it is taken.
+        let store = SqliteStore::open(&dir.path().join("y.db")).expect("open");
+        std::os::unix::fs::symlink(&victim, dir.path().join("y.db.lock")).expect("symlink");
+        let err = store.lock().expect_err("a linked lock");
+        assert!(
+            err.to_string().contains("y.db.lock is a symbolic link"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&victim).expect("read"), b"someone else's");
     }
 }
