@@ -361,3 +361,59 @@ fn a_statement_into_a_missing_table_fails_the_items() {
         assert!(f.error.contains("no such table: no_such_results"), "{f:?}");
     }
 }
+
+#[test]
+fn a_row_whose_key_is_unusable_fails_alone() {
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "bad-keys"
+
+        [[stage]]
+        name = "fetch"
+        kind = "db-fetch"
+        url = "sqlite:{DB_FILE}"
+        query = "SELECT id, note FROM notes ORDER BY rowid LIMIT $limit"
+        key = "id"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ));
+    open(&p)
+        .execute_batch(
+            "CREATE TABLE notes (id, note TEXT);
+             INSERT INTO notes VALUES (1, 'a'), (NULL, 'b'), (2.5, 'c'), ('x', 'd');",
+        )
+        .expect("seed");
+    let out = p.run();
+    out.assert_code(1);
+    assert_eq!(
+        p.sink("out.jsonl").unique_keys(),
+        ["1", "x"].map(String::from).into(),
+        "{out}"
+    );
+    let status = p.status();
+    let mut failed: Vec<(String, String)> = status
+        .failed
+        .iter()
+        .map(|f| (f.key.clone(), f.error.clone()))
+        .collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        [
+            (
+                "row 2".to_owned(),
+                "row 2: the key column `id` is null".to_owned()
+            ),
+            (
+                "row 3".to_owned(),
+                "row 3: the key column `id` holds 2.5, neither text nor an integer".to_owned()
+            ),
+        ],
+        "{out}"
+    );
+}

@@ -1,5 +1,6 @@
-//! The `jsonl` source on input it must not trust: a line far longer than `max_line_bytes` fails
-//! the read by its line number without the process ever holding it.
+//! The `jsonl` source on input it must not trust: a line far longer than `max_line_bytes`, or one
+//! that is not a record, fails as an item of its own, keyed by its line, without the process
+//! ever holding it; the other lines run.
 
 mod util;
 
@@ -32,7 +33,7 @@ fn write_input(dir: &TestDir) {
 }
 
 #[test]
-fn a_giant_line_fails_the_read_by_its_number_in_bounded_memory() {
+fn a_giant_line_fails_alone_in_bounded_memory_and_the_others_run() {
     let p = Pipeline::new(
         r#"
         [pipeline]
@@ -47,33 +48,89 @@ fn a_giant_line_fails_the_read_by_its_number_in_bounded_memory() {
         name = "out"
         kind = "jsonl"
         path = "out.jsonl"
+        rejects = "rejects.jsonl"
         "#,
     );
     write_input(&p.dir);
     let (out, peak) = p.cmd("run").spawn().wait_peak_rss();
     std::fs::remove_file(p.dir.join("in.jsonl")).expect("remove the giant input");
-    // Like any line that is not a record, it aborts the run before an item is taken.
-    out.assert_code(3);
+    out.assert_code(1);
     eprintln!("peak RSS: {} KiB", peak / 1024);
-    out.assert_stderr_contains(
-        "in.jsonl:3: line longer than `max_line_bytes` (16.0 MiB): raise `max_line_bytes` or fix the file",
-    );
     assert!(
         peak < PEAK_RSS,
         "peak RSS {} MiB, more than {} MiB\n{out}",
         peak / 1024 / 1024,
         PEAK_RSS / 1024 / 1024
     );
-    assert!(
-        p.sink("out.jsonl").keys().is_empty(),
-        "no item was processed\n{out}"
+    assert_eq!(
+        p.sink("out.jsonl").unique_keys(),
+        ["a", "b", "c", "d"].map(String::from).into(),
+        "{out}"
     );
+    assert_eq!(p.sink("out.jsonl").len(), 4);
+    let status = p.status();
+    assert_eq!(status.count("failed"), 1, "{:#}", status.raw);
+    let failed = &status.failed[0];
+    assert_eq!(
+        (failed.key.as_str(), failed.stage.as_str()),
+        ("in.jsonl:3", "in")
+    );
+    assert_eq!(
+        failed.error,
+        "line longer than `max_line_bytes` (16.0 MiB); not read"
+    );
+    // Marked like any other failure.
+    assert_eq!(p.sink("rejects.jsonl").keys(), ["in.jsonl:3"]);
+}
 
-    // Without that line the same file is a batch like any other.
+#[test]
+fn a_line_that_is_not_a_record_fails_alone() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "broken-lines"
+
+        [[stage]]
+        name = "in"
+        kind = "jsonl"
+        path = "in.jsonl"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
     p.dir.write(
         "in.jsonl",
-        "{\"key\": \"a\"}\n{\"key\": \"b\"}\n{\"key\": \"c\"}\n{\"key\": \"d\"}\n",
+        "{\"key\": \"a\"}\n{not json\n[1]\n{\"key\": null}\n{\"key\": \"b\"}\n",
     );
-    p.run().assert_code(0);
-    assert_eq!(p.sink("out.jsonl").keys(), ["a", "b", "c", "d"]);
+    let out = p.run();
+    out.assert_code(1);
+    assert_eq!(
+        p.sink("out.jsonl").unique_keys(),
+        ["a", "b"].map(String::from).into(),
+        "{out}"
+    );
+    let status = p.status();
+    let mut failed: Vec<(String, String)> = status
+        .failed
+        .iter()
+        .map(|f| (f.key.clone(), f.error.clone()))
+        .collect();
+    failed.sort();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert_eq!(failed[0].0, "in.jsonl:2");
+    assert!(failed[0].1.starts_with("invalid JSON"), "{failed:?}");
+    assert_eq!(
+        failed[1],
+        ("in.jsonl:3".into(), "expected a JSON object".into())
+    );
+    assert_eq!(
+        failed[2],
+        (
+            "in.jsonl:4".into(),
+            "key field `key` must be a string or an integer".into()
+        )
+    );
 }

@@ -308,16 +308,17 @@ async fn fail(
     count_failure(shared);
 }
 
-/// An item that cannot resume from its checkpoint (a stage no longer in the pipeline, a
-/// record that does not read back) fails, marked like any other.
+/// An item that cannot run (the source could not read it; or it cannot resume from its
+/// checkpoint: a stage no longer in the pipeline, a record that does not read back) fails,
+/// marked like any other. `why` is the log's message.
 pub(crate) async fn fail_unresumable(
     shared: Arc<Shared>,
-    seq: i64,
-    key: String,
+    (seq, key): (i64, String),
     stage: String,
     error: String,
+    why: &'static str,
 ) {
-    tracing::warn!(key = %key, error = %error, "item cannot resume");
+    tracing::warn!(stage = %stage, key = %key, error = %error, "{why}");
     let record = Record::new(key);
     let ending_at = Ending {
         kind: EndingKind::Failed,

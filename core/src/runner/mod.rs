@@ -707,6 +707,18 @@ async fn feed(
                     .position(|s| &*s.name == name && s.index > 0)
                     .ok_or_else(|| format!("the checkpoint puts this item at stage `{name}`, which is not in the pipeline (run with --fresh to start over)")),
             };
+            if let Some(error) = source::unreadable(&stored.record) {
+                // The source could not read it: it fails there, marked like any other.
+                tracker.spawn(item::fail_unresumable(
+                    shared.clone(),
+                    (stored.seq, stored.key),
+                    shared.stages[0].name.to_string(),
+                    error,
+                    "the source could not read this item; it failed",
+                ));
+                drop(permit);
+                continue;
+            }
             let fields = serde_json::from_str::<crate::stage::Fields>(&stored.record)
                 .map_err(|e| format!("the checkpointed record is not a JSON object: {e}"));
             match (stage, fields) {
@@ -743,10 +755,10 @@ async fn feed(
                     let stage_name = stored.stage.clone().unwrap_or_default();
                     tracker.spawn(item::fail_unresumable(
                         shared.clone(),
-                        stored.seq,
-                        stored.key,
+                        (stored.seq, stored.key),
                         stage_name,
                         error,
+                        "item cannot resume",
                     ));
                     drop(permit);
                 }

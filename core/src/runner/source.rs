@@ -12,7 +12,7 @@ use super::call::panic_message;
 use super::control::{AbortReason, Control};
 use super::StageRt;
 use crate::checkpoint::{CheckpointStore, Duplicates, RunInfo, StoreError};
-use crate::stage::{CancelFlag, Context, ErrorClass, StageError, StageImpl, Stop};
+use crate::stage::{CancelFlag, Context, Emitted, ErrorClass, StageError, StageImpl, Stop};
 use crate::text;
 
 enum TakeError {
@@ -148,12 +148,23 @@ fn read(
         .map_err(TakeError::Store)?;
     let mut taken = 0u64;
     let mut store_error = None;
-    let mut emit = |record: crate::stage::Record| -> Result<(), Stop> {
+    let mut emit = |emitted: Emitted| -> Result<(), Stop> {
         if cx.cancel_flag().is_cancelled() || limit.is_some_and(|l| taken >= l) {
             return Err(Stop);
         }
-        let fields = serde_json::to_string(&record.fields).expect("JSON values always serialize");
-        if let Err(e) = manifest.add(&record.key, &fields) {
+        // A record is stored as its fields, a JSON object; an unreadable item as its error, a
+        // JSON string, which no record can be (see [`unreadable`]).
+        let (key, stored) = match emitted {
+            Emitted::Record(record) => (
+                record.key,
+                serde_json::to_string(&record.fields).expect("JSON values always serialize"),
+            ),
+            Emitted::Unreadable { key, error } => (
+                key,
+                serde_json::to_string(&error).expect("a string always serializes"),
+            ),
+        };
+        if let Err(e) = manifest.add(&key, &stored) {
             store_error = Some(e);
             return Err(Stop);
         }
@@ -180,4 +191,13 @@ fn read(
     }
     let (run, duplicates) = manifest.commit().map_err(TakeError::Store)?;
     Ok(Taken { run, duplicates })
+}
+
+/// The error of an item the source could not read (stored as a JSON string where a record
+/// stores its fields, an object), or `None` for a record.
+pub(crate) fn unreadable(stored: &str) -> Option<String> {
+    if !stored.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<String>(stored).ok()
 }

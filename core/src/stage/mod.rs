@@ -365,15 +365,41 @@ pub struct Stop;
 /// `emit` answers [`Stop`] when the batch is full or the attempt was cancelled; the source then
 /// returns (with `Ok(())` or its error: the runner knows which case it was, and a cancelled
 /// read is discarded whatever it returns).
+///
+/// A piece of input that is not a record (a line that is not JSON, one too long to read) is
+/// emitted as [`Emitted::Unreadable`]: it becomes an item of the batch that fails at the source
+/// with that error, marked and listed like any other failure, while the read goes on. One bad
+/// row must not keep the rest of the batch from running; an error of `read` is for the input as
+/// a whole (a missing file, a refused query).
 pub trait Source: Send + Sync + 'static {
-    /// Emit up to `limit` records (`None`: no limit). Keys must be unique within a batch; a
+    /// Emit up to `limit` items (`None`: no limit). Keys must be unique within a batch; a
     /// repeated key is reported and dropped by the runner.
     fn read(
         &self,
         limit: Option<u64>,
         cx: &Context,
-        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+        emit: &mut dyn FnMut(Emitted) -> Result<(), Stop>,
     ) -> Result<(), StageError>;
+}
+
+/// What a source emits: a record, or a piece of input that could not be read as one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emitted {
+    /// An item of the batch.
+    Record(Record),
+    /// An item that fails at the source with `error`, keyed by where it was (`in.jsonl:3`).
+    Unreadable {
+        /// The item's key.
+        key: String,
+        /// Why it is not a record, lowercase, without a trailing period.
+        error: String,
+    },
+}
+
+impl From<Record> for Emitted {
+    fn from(record: Record) -> Self {
+        Emitted::Record(record)
+    }
 }
 
 /// A built stage, ready to run.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, Context, Ending, EndingKind, Fields, Marks, Outcome, Record, Source, StageError,
-    Stop,
+    BlockingStage, Context, Emitted, Ending, EndingKind, Fields, Marks, Outcome, Record, Source,
+    StageError, Stop,
 };
 
 use crate::params::Script;
@@ -56,7 +56,7 @@ impl Source for DbFetch {
         &self,
         limit: Option<u64>,
         cx: &Context,
-        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+        emit: &mut dyn FnMut(Emitted) -> Result<(), Stop>,
     ) -> Result<(), StageError> {
         let bound = self
             .takes_limit
@@ -66,11 +66,18 @@ impl Source for DbFetch {
         let mut on_row = |fields: Fields| -> bool {
             rows += 1;
             match key_of(&fields, &self.key, rows) {
-                Ok(key) => emit(Record::with_fields(key, fields)).is_ok(),
-                Err(e) => {
+                Ok(key) => emit(Record::with_fields(key, fields).into()).is_ok(),
+                // No key column: the query's fault, not a row's.
+                Err(e) if !fields.contains_key(&self.key) => {
                     failure = Some(e);
                     false
                 }
+                // A row's own key is unusable: that row fails, the others run.
+                Err(e) => emit(Emitted::Unreadable {
+                    key: format!("row {rows}"),
+                    error: e.message,
+                })
+                .is_ok(),
             }
         };
         match &self.backend {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
-    BuildContext, Context, Fields, Record, Role, Source, StageError, StageImpl, StageKind, Stop,
+    BuildContext, Context, Emitted, Fields, Record, Role, Source, StageError, StageImpl, StageKind,
+    Stop,
 };
 
 /// How often (in records) a long read looks at the cancellation flag.
@@ -52,7 +53,7 @@ impl Source for Generate {
         &self,
         limit: Option<u64>,
         cx: &Context,
-        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+        emit: &mut dyn FnMut(Emitted) -> Result<(), Stop>,
     ) -> Result<(), StageError> {
         let count = limit.map_or(self.count, |limit| limit.min(self.count));
         for n in 0..count {
@@ -63,7 +64,7 @@ impl Source for Generate {
             }
             let mut fields = Fields::new();
             fields.insert("n".to_owned(), n.into());
-            if emit(Record::with_fields(n.to_string(), fields)).is_err() {
+            if emit(Record::with_fields(n.to_string(), fields).into()).is_err() {
                 return Ok(());
             }
         }
@@ -89,10 +90,13 @@ mod tests {
     fn read(source: &dyn Source, limit: Option<u64>, stop_after: Option<usize>) -> Vec<Record> {
         let mut out = Vec::new();
         source
-            .read(limit, &cx("", 1), &mut |record| {
+            .read(limit, &cx("", 1), &mut |emitted| {
                 if stop_after.is_some_and(|n| out.len() >= n) {
                     return Err(Stop);
                 }
+                let Emitted::Record(record) = emitted else {
+                    panic!("generate emits records only: {emitted:?}");
+                };
                 out.push(record);
                 Ok(())
             })

@@ -1,9 +1,12 @@
 //! The `jsonl` kind: JSON Lines in and out.
 //!
 //! As the source it reads one JSON object per line and takes each record's key from one of its
-//! fields. A line is read into memory only up to `max_line_bytes`: a longer one fails the read,
-//! like any other line that is not a record, without the rest of it ever being held. As the sink it appends one line per record, `{"key": …, …fields}`, so a sink file can
-//! be read back by a `jsonl` source with the default `key`.
+//! fields. A line that is not a record (not JSON, not an object, no usable key, longer than
+//! `max_line_bytes`) becomes an item of its own that fails at the source, keyed by its place
+//! (`in.jsonl:3`), and the read goes on. A line is read into memory only up to
+//! `max_line_bytes`: the rest of a longer one is skipped in bounded chunks, never held. As the
+//! sink it appends one line per record, `{"key": …, …fields}`, so a sink file can be read back
+//! by a `jsonl` source with the default `key`.
 //!
 //! The sink hands each whole line to one `write_all` call on an unbuffered file opened for
 //! appending: once `process` returns, the line is with the operating system, which is what the
@@ -19,8 +22,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, BuildContext, Context, Ending, EndingKind, Marks, Outcome, Record, Role, Source,
-    StageError, StageImpl, StageKind, Stop,
+    BlockingStage, BuildContext, Context, Emitted, Ending, EndingKind, Marks, Outcome, Record,
+    Role, Source, StageError, StageImpl, StageKind, Stop,
 };
 
 /// How often (in lines) a long read looks at the cancellation flag.
@@ -39,9 +42,9 @@ pub struct JsonlConfig {
     #[schemars(extend("x-default" = "`\"key\"`"))]
     #[serde(default = "default_key_field")]
     pub key: String,
-    /// As the source: the longest line read, not counting its line ending. A longer line fails
-    /// the read, as a line that is not a JSON object does, naming its line number; no more of
-    /// it than this is ever held in memory.
+    /// As the source: the longest line read, not counting its line ending. A longer line fails as
+    /// an item of its own, keyed `FILE:LINE` like any line that is not a record, and the read goes
+    /// on; no more of it than this is ever held in memory.
     #[schemars(extend("x-default" = "`\"16MiB\"`"))]
     #[serde(default = "default_max_line_bytes")]
     #[schemars(with = "stagewise_core::stage::SizeText")]
@@ -109,6 +112,9 @@ impl StageKind for JsonlKind {
         match cx.role {
             // The file is opened on each read, not here: a retried read starts from its top.
             Role::Source => Ok(StageImpl::Source(Arc::new(JsonlSource {
+                name: path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                 path,
                 key_field: config.key,
                 max_line: config.max_line_bytes,
@@ -138,6 +144,8 @@ impl StageKind for JsonlKind {
 
 struct JsonlSource {
     path: PathBuf,
+    /// The file's name, for the keys of its unreadable lines.
+    name: String,
     key_field: String,
     /// `max_line_bytes`.
     max_line: ByteSize,
@@ -151,7 +159,7 @@ enum Line {
     /// The file ended: nothing was read.
     End,
     /// The line is longer than the limit: the buffer holds its first bytes only, and the
-    /// reader stands somewhere inside it.
+    /// reader stands somewhere inside it (see [`skip_line`]).
     TooLong,
 }
 
@@ -191,6 +199,31 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::R
     }
 }
 
+/// Skip the rest of the current line, its `\n` included, a buffer at a time; `stop` is asked
+/// between buffers (a line of gigabytes takes a while to skip). Returns whether the line ended
+/// (`false`: stopped first).
+fn skip_line(reader: &mut impl BufRead, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(true);
+        }
+        if let Some(at) = available.iter().position(|&b| b == b'\n') {
+            reader.consume(at + 1);
+            return Ok(true);
+        }
+        let n = available.len();
+        reader.consume(n);
+        if stop() {
+            return Ok(false);
+        }
+    }
+}
+
 impl JsonlSource {
     /// The record of one non-blank line, or why the line is not one.
     fn parse_line(&self, line: &[u8]) -> Result<Record, String> {
@@ -219,7 +252,7 @@ impl Source for JsonlSource {
         &self,
         limit: Option<u64>,
         cx: &Context,
-        emit: &mut dyn FnMut(Record) -> Result<(), Stop>,
+        emit: &mut dyn FnMut(Emitted) -> Result<(), Stop>,
     ) -> Result<(), StageError> {
         let path = self.path.display();
         let file = File::open(&self.path).map_err(|e| match e.kind() {
@@ -247,26 +280,32 @@ impl Source for JsonlSource {
                 StageError::transient(format!("{path}:{}: cannot read: {e}", line_no + 1))
             })?;
             line_no += 1;
-            match read {
-                Line::Read => {}
+            // A line that is not a record is an item that fails (see the module docs).
+            let record = match read {
                 Line::End => return Ok(()),
-                // Like a line that is not a record, it fails the read: the source has no way to
-                // fail one item of the batch, and taking the batch without it would lose it
-                // silently.
                 Line::TooLong => {
-                    return Err(StageError::permanent(format!(
-                        "{path}:{line_no}: line longer than `max_line_bytes` ({}): raise `max_line_bytes` or fix the file",
+                    let ended = skip_line(&mut reader, &|| cx.is_cancelled()).map_err(|e| {
+                        StageError::transient(format!("{path}:{line_no}: cannot read: {e}"))
+                    })?;
+                    if !ended {
+                        return Ok(());
+                    }
+                    Err(format!(
+                        "line longer than `max_line_bytes` ({}); not read",
                         self.max_line
-                    )))
+                    ))
                 }
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let record = self
-                .parse_line(&line)
-                .map_err(|message| StageError::permanent(format!("{path}:{line_no}: {message}")))?;
-            if emit(record).is_err() {
+                Line::Read if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Line::Read => self.parse_line(&line),
+            };
+            let emitted_item = match record {
+                Ok(record) => Emitted::Record(record),
+                Err(error) => Emitted::Unreadable {
+                    key: format!("{}:{line_no}", self.name),
+                    error,
+                },
+            };
+            if emit(emitted_item).is_err() {
                 return Ok(());
             }
             emitted += 1;
@@ -426,13 +465,33 @@ mod tests {
         }
     }
 
+    /// The records `source` emits; an unreadable item is a panic.
     fn read_all(source: &dyn Source, limit: Option<u64>) -> Result<Vec<Record>, StageError> {
+        Ok(read_emitted(source, limit)?
+            .into_iter()
+            .map(|emitted| match emitted {
+                Emitted::Record(record) => record,
+                other => panic!("an unreadable item: {other:?}"),
+            })
+            .collect())
+    }
+
+    /// Everything `source` emits.
+    fn read_emitted(source: &dyn Source, limit: Option<u64>) -> Result<Vec<Emitted>, StageError> {
         let mut out = Vec::new();
-        source.read(limit, &cx("", 1), &mut |record| {
-            out.push(record);
+        source.read(limit, &cx("", 1), &mut |emitted| {
+            out.push(emitted);
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// The key and error of an unreadable item.
+    fn unreadable(emitted: &Emitted) -> (&str, &str) {
+        match emitted {
+            Emitted::Unreadable { key, error } => (key, error),
+            Emitted::Record(record) => panic!("a record, not an unreadable item: {record:?}"),
+        }
     }
 
     fn fields(value: Value) -> Fields {
@@ -475,41 +534,53 @@ mod tests {
     }
 
     #[test]
-    fn source_names_the_file_and_line_of_a_bad_line() {
+    fn a_bad_line_is_an_item_that_fails_named_by_its_file_and_line_and_the_read_goes_on() {
         let dir = temp_dir("jsonl-bad");
-        // (input, expected message ending)
-        let cases: [(&[u8], &str); 6] = [
-            (b"{\"key\": 1}\n\n{nope}\n", ":3: invalid JSON: "),
-            (b"{\"key\": 1}\n[1, 2]\n", ":2: expected a JSON object"),
+        // (input, the bad line's key, the start of its error)
+        let cases: [(&[u8], &str, &str); 6] = [
+            (b"{\"key\": 1}\n\n{nope}\n", ":3", "invalid JSON: "),
+            (b"{\"key\": 1}\n[1, 2]\n", ":2", "expected a JSON object"),
             (
                 b"{\"key\": 1}\n{\"key\": 2}\n{\"id\": 3}\n",
-                ":3: missing key field `key`",
+                ":3",
+                "missing key field `key`",
             ),
             (
                 b"{\"key\": 1.5}\n",
-                ":1: key field `key` must be a string or an integer",
+                ":1",
+                "key field `key` must be a string or an integer",
             ),
             (
                 b"{\"key\": null}\n",
-                ":1: key field `key` must be a string or an integer",
+                ":1",
+                "key field `key` must be a string or an integer",
             ),
             (
                 b"{\"key\": \"a\"}\n{\"key\": \"\xff\"}\n",
-                ":2: invalid JSON: ",
+                ":2",
+                "invalid JSON: ",
             ),
         ];
-        for (i, (input, expected)) in cases.into_iter().enumerate() {
+        for (i, (input, at, expected)) in cases.into_iter().enumerate() {
             let name = format!("bad{i}.jsonl");
-            std::fs::write(dir.path().join(&name), input).expect("write input");
+            // A good line after the bad one: the read goes on.
+            let mut input = input.to_vec();
+            input.extend_from_slice(b"{\"key\": \"after\"}\n");
+            std::fs::write(dir.path().join(&name), &input).expect("write input");
             let source = source(&format!("path = \"{name}\""), dir.path());
-            let input = String::from_utf8_lossy(input);
-            let err = read_all(&*source, None).expect_err(&input);
-            assert_eq!(err.class, ErrorClass::Permanent, "{input:?}");
-            let prefix = format!("{}{expected}", dir.path().join(&name).display());
+            let text = String::from_utf8_lossy(&input);
+            let emitted = read_emitted(&*source, None).expect(&text);
+            let bad: Vec<_> = emitted
+                .iter()
+                .filter(|e| matches!(e, Emitted::Unreadable { .. }))
+                .collect();
+            assert_eq!(bad.len(), 1, "{text:?}: {emitted:?}");
+            let (key, error) = unreadable(bad[0]);
+            assert_eq!(key, format!("{name}{at}"), "{text:?}");
+            assert!(error.starts_with(expected), "{text:?}: {error:?}");
             assert!(
-                err.message.starts_with(&prefix),
-                "{input:?}: {:?} does not start with {prefix:?}",
-                err.message
+                matches!(emitted.last(), Some(Emitted::Record(r)) if r.key == "after"),
+                "{text:?}: {emitted:?}"
             );
         }
     }
@@ -546,26 +617,32 @@ mod tests {
     }
 
     #[test]
-    fn source_fails_on_a_line_longer_than_max_line_bytes() {
+    fn a_line_longer_than_max_line_bytes_fails_alone_and_is_skipped_through() {
         let dir = temp_dir("jsonl-long");
         let fits = format!("{{\"key\": \"{}\"}}", "x".repeat(20));
         assert_eq!(fits.len(), 31);
         std::fs::write(
             dir.path().join("in.jsonl"),
             format!(
-                "{{\"key\": 1}}\n{fits}\n{{\"key\": \"{}\"}}\n",
-                "y".repeat(21)
+                "{{\"key\": 1}}\n{fits}\n{{\"key\": \"{}\"}}\n{{\"key\": \"next\"}}\n",
+                "y".repeat(20_000)
             ),
         )
         .expect("write input");
         let source = source("path = \"in.jsonl\"\nmax_line_bytes = 31", dir.path());
-        let err = read_all(&*source, None).expect_err("the third line is too long");
-        assert_eq!(err.class, ErrorClass::Permanent);
-        let expected = format!(
-            "{}:3: line longer than `max_line_bytes` (31 B)",
-            dir.path().join("in.jsonl").display()
+        let emitted = read_emitted(&*source, None).expect("reads");
+        assert_eq!(emitted.len(), 4, "{emitted:?}");
+        let (key, error) = unreadable(&emitted[2]);
+        assert_eq!(key, "in.jsonl:3");
+        assert_eq!(
+            error, "line longer than `max_line_bytes` (31 B); not read",
+            "the line's bytes are not in the error"
         );
-        assert!(err.message.starts_with(&expected), "{}", err.message);
+        assert!(
+            matches!(&emitted[3], Emitted::Record(r) if r.key == "next"),
+            "the line after it is read whole: {:?}",
+            emitted[3]
+        );
         let records = read_all(&*source, Some(2)).expect("the lines before it read");
         assert_eq!(records[1].key, "x".repeat(20));
 
