@@ -14,17 +14,17 @@
 //! Metadata comes from `trafilatura`, gaps filled from the others in the same order.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::panic::{self, AssertUnwindSafe};
 use std::thread;
 
-/// Stack of the thread the parse runs on. The engines walk the tree recursively, and the
-/// stages' pool threads have the platform's small default stack.
-const PARSE_STACK_BYTES: usize = 256 * 1024 * 1024;
+use crate::complexity;
 
-/// Open tags kept before deeper ones are dropped: a page nested deeper is broken or hostile,
-/// and no article needs it. Bounds the engines' recursion whatever their own limits.
-pub(crate) const MAX_NESTING: usize = 2_000;
+/// Stack of the thread the parse runs on. The engines walk the tree recursively (as deep as the
+/// complexity check lets a page nest), and the stages' pool threads have the platform's small
+/// default stack.
+const PARSE_STACK_BYTES: usize = 256 * 1024 * 1024;
 
 /// Words per shingle when comparing two extractions (as the benchmark does).
 const SHINGLE: usize = 4;
@@ -46,19 +46,58 @@ pub struct Article {
     pub site_name: Option<String>,
 }
 
-/// Extract the article of `html`, on a thread with a large stack so that no page, however
-/// nested, can overflow it. `Err` only if that thread could not be started or every engine
-/// panicked (the message says which).
-pub fn extract(html: &str) -> Result<Article, String> {
-    let html = cap_nesting(html, MAX_NESTING);
+/// Why a page gave no article.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtractError {
+    /// The page would cost the engines more than its size warrants; permanent ("page too complex: …",
+    /// saying which limit); see `src/complexity.rs`.
+    TooComplex(String),
+    /// The extraction could not run: its thread did not start, or every engine panicked;
+    /// permanent, the same page fails the same way again.
+    Failed(String),
+    /// The stage's attempt ended (deadline or stop) before any engine ran.
+    Stopped,
+}
+
+impl fmt::Display for ExtractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooComplex(message) | Self::Failed(message) => f.write_str(message),
+            Self::Stopped => f.write_str("stopped before extraction"),
+        }
+    }
+}
+
+impl std::error::Error for ExtractError {}
+
+/// Extract the article of `html`, on a thread with a large stack. The page's shape is checked
+/// first ([`complexity::check`]): one too deep, too large or too misnested for the engines to
+/// finish in about a second is refused with [`ExtractError::TooComplex`].
+pub fn extract(html: &str) -> Result<Article, ExtractError> {
+    extract_until(html, &|| false)
+}
+
+/// [`extract`], giving up between engines once `give_up` says so (the attempt's deadline passed
+/// or the run is stopping): the article of the engines that ran, or an error if none did.
+pub(crate) fn extract_until(
+    html: &str,
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> Result<Article, ExtractError> {
     thread::scope(|scope| {
         let worker = thread::Builder::new()
             .name("extract-parse".into())
             .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, || extract_here(&html))
-            .map_err(|e| format!("cannot start the parsing thread: {e}"))?;
+            .spawn_scoped(scope, || {
+                complexity::check(html, &complexity::LIMITS)
+                    .map_err(|too| ExtractError::TooComplex(too.to_string()))?;
+                extract_here(html, give_up)
+            })
+            .map_err(|e| ExtractError::Failed(format!("cannot start the parsing thread: {e}")))?;
         worker.join().map_err(|panic| {
-            format!("the extraction engine panicked: {}", panic_message(&*panic))
+            ExtractError::Failed(format!(
+                "the extraction engine panicked: {}",
+                panic_message(&*panic)
+            ))
         })?
     })
 }
@@ -66,8 +105,8 @@ pub fn extract(html: &str) -> Result<Article, String> {
 /// One extractor: `None` when it finds nothing.
 type Engine = fn(&str) -> Option<Article>;
 
-/// [`extract`] on the calling thread.
-fn extract_here(html: &str) -> Result<Article, String> {
+/// [`extract`] on the calling thread, the page already checked.
+fn extract_here(html: &str, give_up: &(dyn Fn() -> bool + Sync)) -> Result<Article, ExtractError> {
     let mut panics = Vec::new();
     let mut candidates: Vec<Article> = Vec::with_capacity(3);
     // The two fast engines first; the slow one only when they disagree (see [`AGREED`]).
@@ -77,6 +116,12 @@ fn extract_here(html: &str) -> Result<Article, String> {
         ("rs-trafilatura", rs_trafilatura_article),
     ];
     for (i, (name, engine)) in engines.iter().enumerate() {
+        if give_up() {
+            if candidates.is_empty() {
+                return Err(ExtractError::Stopped);
+            }
+            break;
+        }
         if i == 2 && candidates.iter().all(|a| !a.text.is_empty()) {
             let (a, b) = (&candidates[0].text, &candidates[1].text);
             if agreement(a, b) >= AGREED {
@@ -93,7 +138,10 @@ fn extract_here(html: &str) -> Result<Article, String> {
         }
     }
     if panics.len() == candidates.len() {
-        return Err(format!("every engine panicked ({})", panics.join("; ")));
+        return Err(ExtractError::Failed(format!(
+            "every engine panicked ({})",
+            panics.join("; ")
+        )));
     }
     let texts: Vec<&str> = candidates.iter().map(|a| a.text.as_str()).collect();
     let text = texts[most_agreed(&texts)].to_owned();
@@ -431,107 +479,6 @@ fn link_end(chars: &[char], open: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// `html` with every start tag past `max` open elements removed (their text is kept). A cheap
-/// scan, not a parser: it counts start and end tags of non-void elements, which is enough to
-/// bound the depth the engines see; well-formed pages are returned as they are.
-pub(crate) fn cap_nesting(html: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    let bytes = html.as_bytes();
-    let mut depth = 0usize;
-    let mut cuts: Vec<(usize, usize)> = Vec::new();
-    let mut i = 0;
-    while let Some(off) = memchr(b'<', &bytes[i..]) {
-        let start = i + off;
-        let Some(len) = memchr(b'>', &bytes[start..]) else {
-            break;
-        };
-        let end = start + len + 1;
-        let tag = &bytes[start + 1..end - 1];
-        match tag.first() {
-            Some(b'/') => depth = depth.saturating_sub(1),
-            Some(c) if c.is_ascii_alphabetic() => {
-                let name_len = tag.iter().take_while(|b| b.is_ascii_alphanumeric()).count();
-                let name = &tag[..name_len];
-                let self_closing = tag.last() == Some(&b'/');
-                if is_raw_text(name) {
-                    // Skip a script's or style's body: its `<` are not tags.
-                    let close = find_close(&bytes[end..], name);
-                    i = close.map_or(bytes.len(), |c| end + c);
-                    continue;
-                }
-                if !self_closing && !is_void(name) && !closes_implicitly(name) {
-                    depth += 1;
-                    if depth > max {
-                        cuts.push((start, end));
-                    }
-                }
-            }
-            _ => {}
-        }
-        i = end;
-    }
-    if cuts.is_empty() {
-        return std::borrow::Cow::Borrowed(html);
-    }
-    let mut out = String::with_capacity(html.len());
-    let mut last = 0;
-    for (start, end) in cuts {
-        // Tags start and end on ASCII bytes, so these are char boundaries.
-        out.push_str(&html[last..start]);
-        last = end;
-    }
-    out.push_str(&html[last..]);
-    std::borrow::Cow::Owned(out)
-}
-
-fn is_void(name: &[u8]) -> bool {
-    const VOID: [&[u8]; 14] = [
-        b"area", b"base", b"br", b"col", b"embed", b"hr", b"img", b"input", b"link", b"meta",
-        b"param", b"source", b"track", b"wbr",
-    ];
-    VOID.iter().any(|v| v.eq_ignore_ascii_case(name))
-}
-
-/// Elements whose end tag may be left out (`<p>`, `<li>`, …): a page full of them is not deep,
-/// so they are not counted.
-fn closes_implicitly(name: &[u8]) -> bool {
-    const IMPLIED: [&[u8]; 16] = [
-        b"p",
-        b"li",
-        b"dt",
-        b"dd",
-        b"option",
-        b"optgroup",
-        b"tr",
-        b"td",
-        b"th",
-        b"thead",
-        b"tbody",
-        b"tfoot",
-        b"colgroup",
-        b"rb",
-        b"rt",
-        b"rp",
-    ];
-    IMPLIED.iter().any(|v| v.eq_ignore_ascii_case(name))
-}
-
-fn is_raw_text(name: &[u8]) -> bool {
-    [b"script".as_slice(), b"style", b"textarea", b"title"]
-        .iter()
-        .any(|v| v.eq_ignore_ascii_case(name))
-}
-
-/// Offset of `</name` in `rest`, ASCII case-insensitive.
-fn find_close(rest: &[u8], name: &[u8]) -> Option<usize> {
-    let n = name.len() + 2;
-    rest.windows(n)
-        .position(|w| w[0] == b'<' && w[1] == b'/' && w[2..].eq_ignore_ascii_case(name))
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,22 +501,6 @@ mod tests {
         for (md, want) in cases {
             assert_eq!(markdown_to_text(md), want, "{md:?}");
         }
-    }
-
-    #[test]
-    fn nesting_is_capped_and_shallow_pages_are_untouched() {
-        let page = "<html><body><div><p>one<p>two<br><img src=x></div></body></html>";
-        assert!(matches!(
-            cap_nesting(page, 3),
-            std::borrow::Cow::Borrowed(_)
-        ));
-        let deep = format!("{}text{}", "<div>".repeat(10), "</div>".repeat(10));
-        let capped = cap_nesting(&deep, 4);
-        assert_eq!(capped.matches("<div>").count(), 4);
-        assert!(capped.contains("text"));
-        // A script's `<` are not tags.
-        let script = format!("<script>{}</script><div>x</div>", "<b>".repeat(10));
-        assert_eq!(cap_nesting(&script, 2), script.as_str());
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! Extraction is CPU-bound, so this is a blocking stage: it runs on the stage's pool, never on
 //! the runner's async threads. Any input gets a clear outcome: a page over `max_html_bytes` is a
 //! permanent error (never parsed), a page with less than `min_chars` of article text is skipped
-//! with the reason "no article text", and the parse runs on a thread with a large stack after
-//! nesting past a fixed depth is flattened, so no page can overflow the stack.
+//! with the reason "no article text", and a page whose shape would cost the engines more than
+//! about a second (nested too deep, too many nodes, tags misnested so that parsing grows
+//! faster than the page) is a permanent error "page too complex: …" found by one bounded parse
+//! before the engines run (`complexity.rs`).
 
+mod complexity;
 mod config;
 mod engine;
 mod stage;
@@ -17,7 +20,7 @@ use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind
 use stagewise_core::Registry;
 
 pub use config::ExtractConfig;
-pub use engine::{extract, markdown_to_text, Article};
+pub use engine::{extract, markdown_to_text, Article, ExtractError};
 use stage::Extract;
 
 /// Register `extract`.

@@ -3,8 +3,10 @@
 
 use stagewise_core::stage::{BlockingStage, Context, Outcome, Record, StageError};
 
+use std::time::Instant;
+
 use crate::config::ExtractConfig;
-use crate::engine;
+use crate::engine::{self, ExtractError};
 
 /// The reason an item without enough article text is skipped with.
 pub(crate) const NO_ARTICLE_TEXT: &str = "no article text";
@@ -62,7 +64,15 @@ impl BlockingStage for Extract {
                 reason: BINARY.into(),
             });
         }
-        let article = engine::extract(html).map_err(StageError::permanent)?;
+        // Past the attempt's deadline the runner has let the call go; the engines still to run
+        // would only hold the pool's thread.
+        let give_up = || cx.is_cancelled() || Instant::now() >= cx.deadline();
+        let article = engine::extract_until(html, &give_up).map_err(|e| match e {
+            ExtractError::Stopped => StageError::transient(e.to_string()),
+            ExtractError::TooComplex(_) | ExtractError::Failed(_) => {
+                StageError::permanent(e.to_string())
+            }
+        })?;
         let text = clean(&article.text);
         if text.chars().count() < self.min_chars {
             return Ok(skip());
@@ -368,16 +378,22 @@ Privacy policy. Terms of use. Contact the newsroom.</p></footer>
         assert_eq!(err.class, ErrorClass::Permanent);
     }
 
+    /// `outcome` is the permanent "page too complex" error.
+    fn assert_too_complex(outcome: Result<Outcome, StageError>) {
+        match outcome {
+            Err(e) => {
+                assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
+                assert!(e.message.starts_with("page too complex: "), "{}", e.message);
+            }
+            Ok(_) => panic!("expected a page too complex"),
+        }
+    }
+
     #[test]
-    fn deep_nesting_does_not_overflow_the_stack() {
+    fn deep_nesting_is_too_complex_and_does_not_overflow_the_stack() {
         let depth = 100_000;
-        let article = NEWS_PAGE
-            .split_once("<main>")
-            .and_then(|(_, rest)| rest.split_once("</main>"))
-            .map(|(main, _)| main)
-            .expect("the page has a main");
         let nested = format!(
-            "<html><body>{}{article}{}</body></html>",
+            "<html><body>{}{NEWS_PAGE}{}</body></html>",
             "<div>".repeat(depth),
             "</div>".repeat(depth)
         );
@@ -388,16 +404,56 @@ Privacy policy. Terms of use. Contact the newsroom.</p></footer>
             .expect("spawn")
             .join()
             .expect("no panic");
-        match outcome {
-            Ok(Outcome::Continue(r)) => {
-                assert!(r.get_str("text").is_some_and(|t| t.contains("rivets")));
-            }
-            Ok(Outcome::Skip { reason }) => assert_eq!(reason, NO_ARTICLE_TEXT),
-            Err(e) => panic!("failed: {e:?}"),
-        }
+        assert_too_complex(outcome);
         // Unclosed nesting too.
         let unclosed = format!("<html><body>{}<p>x", "<span><div>".repeat(depth));
-        assert!(run(&stage(), &unclosed).is_ok());
+        assert_too_complex(run(&stage(), &unclosed));
+    }
+
+    #[test]
+    fn a_hostile_page_fails_fast_and_a_normal_one_is_kept() {
+        // Each would take the engines from seconds to minutes; the check refuses it at once.
+        let deep_block = format!("{}x{}", "<div>".repeat(1_999), "</div>".repeat(1_999));
+        let hostile = [
+            "<div/>".repeat(5_000),
+            "<div/>".repeat(20_000),
+            "<div></x>".repeat(20_000),
+            deep_block.repeat(40),
+            "<b>".repeat(50_000),
+            "<table><tr><td>".repeat(5_000),
+            format!(
+                "<div {}>",
+                (0..20_000).map(|i| format!("a{i}=1 ")).collect::<String>()
+            ),
+        ];
+        for shape in hostile {
+            let html = format!("<html><body>{shape}{NEWS_PAGE}</body></html>");
+            let started = Instant::now();
+            assert_too_complex(run(&stage(), &html));
+            // A generous bound (debug builds): the engines never ran.
+            assert!(started.elapsed() < Duration::from_secs(20));
+        }
+        // Many comments and a long run of text are fine: the article is kept.
+        let comments = NEWS_PAGE.replace("<main>", &format!("<main>{}", "<!--x-->".repeat(5_000)));
+        let r = kept(run(&stage(), &comments));
+        assert!(r.get_str("text").is_some_and(|t| t.contains("rivets")));
+    }
+
+    #[test]
+    fn an_attempt_past_its_deadline_stops_before_the_engines() {
+        let cx = Context::new(
+            "k",
+            "extract",
+            1,
+            Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+            CancelFlag::new(),
+        );
+        let err = stage()
+            .process(record(NEWS_PAGE), &cx)
+            .expect_err("past the deadline");
+        assert_eq!(err.class, ErrorClass::Transient);
     }
 
     #[test]
