@@ -183,11 +183,32 @@ async fn places(
     not_started: bool,
 ) -> Option<Places> {
     let control = &shared.control;
-    // The flags are checked first so that a free slot, the common case, needs no cancellation
-    // waiter.
     if control.hard.is_cancelled() || (not_started && control.soft.is_cancelled()) {
         return None;
     }
+    // A free slot and no lane, the common case: taken at once, with no future and no
+    // cancellation waiter. (A slot is never free while others wait for one: no item jumps the
+    // queue.)
+    if lane.is_none() {
+        if let Ok(slot) = stage.slots.clone().try_acquire_owned() {
+            return Some(Places {
+                _lane: None,
+                _slot: slot,
+            });
+        }
+    }
+    // Boxed: the waits are large, and an item's future need not carry them.
+    Box::pin(wait_for_places(shared, stage, lane, not_started)).await
+}
+
+/// See [`places`]: the waits.
+async fn wait_for_places(
+    shared: &Shared,
+    stage: &StageRt,
+    lane: Option<&Lane<'_>>,
+    not_started: bool,
+) -> Option<Places> {
+    let control = &shared.control;
     let waiting = async {
         let lane = match lane {
             Some(lane) => Some(lane.gate.wait_owned().await),
@@ -627,7 +648,7 @@ async fn attempts(
             .take();
         let places = match held {
             Some(places) => places,
-            None => match Box::pin(places(shared, stage, lane, false)).await {
+            None => match places(shared, stage, lane, false).await {
                 Some(places) => places,
                 None => return Attempt::Interrupted,
             },
