@@ -363,7 +363,9 @@ fn a_statement_into_a_missing_table_fails_the_items() {
 }
 
 #[test]
-fn a_row_whose_key_is_unusable_fails_alone() {
+fn a_row_whose_key_is_unusable_fails_alone_and_can_be_marked() {
+    // `on_failure` marks a failed row by its other columns (here its `rowid`): an unusable key
+    // keeps the row's fields, so the mark lands and the next run does not take the row again.
     let p = Pipeline::new(&format!(
         r#"
         [pipeline]
@@ -373,33 +375,30 @@ fn a_row_whose_key_is_unusable_fails_alone() {
         name = "fetch"
         kind = "db-fetch"
         url = "sqlite:{DB_FILE}"
-        query = "SELECT id, note FROM notes ORDER BY rowid LIMIT $limit"
+        query = "SELECT rowid AS pk, id, note FROM notes WHERE failed IS NULL AND done IS NULL ORDER BY rowid LIMIT $limit"
         key = "id"
 
         [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
+        name = "save"
+        kind = "persist"
+        url = "sqlite:{DB_FILE}"
+        statement = "UPDATE notes SET done = 1 WHERE rowid = :pk"
+        on_failure = "UPDATE notes SET failed = :error WHERE rowid = :pk"
         "#
     ));
     open(&p)
         .execute_batch(
-            "CREATE TABLE notes (id, note TEXT);
-             INSERT INTO notes VALUES (1, 'a'), (NULL, 'b'), (2.5, 'c'), ('x', 'd');",
+            "CREATE TABLE notes (id, note TEXT, done INTEGER, failed TEXT);
+             INSERT INTO notes (id, note) VALUES (1, 'a'), (NULL, 'b'), (2.5, 'c'), ('x', 'd');",
         )
         .expect("seed");
     let out = p.run();
     out.assert_code(1);
-    assert_eq!(
-        p.sink("out.jsonl").unique_keys(),
-        ["1", "x"].map(String::from).into(),
-        "{out}"
-    );
     let status = p.status();
-    let mut failed: Vec<(String, String)> = status
+    let mut failed: Vec<(String, String, String)> = status
         .failed
         .iter()
-        .map(|f| (f.key.clone(), f.error.clone()))
+        .map(|f| (f.key.clone(), f.stage.clone(), f.error.clone()))
         .collect();
     failed.sort();
     assert_eq!(
@@ -407,13 +406,35 @@ fn a_row_whose_key_is_unusable_fails_alone() {
         [
             (
                 "row 2".to_owned(),
+                "fetch".to_owned(),
                 "row 2: the key column `id` is null".to_owned()
             ),
             (
                 "row 3".to_owned(),
+                "fetch".to_owned(),
                 "row 3: the key column `id` holds 2.5, neither text nor an integer".to_owned()
             ),
         ],
         "{out}"
     );
+    let conn = open(&p);
+    assert_eq!(
+        ids(
+            &conn,
+            "SELECT rowid FROM notes WHERE done = 1 ORDER BY rowid"
+        ),
+        [1, 4]
+    );
+    assert_eq!(
+        ids(
+            &conn,
+            "SELECT rowid FROM notes WHERE failed LIKE 'row %' ORDER BY rowid"
+        ),
+        [2, 3],
+        "marked by their other columns"
+    );
+    // Marked, they are not taken again: the next run has nothing to do.
+    let out = p.run();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("could not read"), "{out}");
 }

@@ -134,3 +134,62 @@ fn a_line_that_is_not_a_record_fails_alone() {
         )
     );
 }
+
+#[test]
+fn a_flood_of_broken_lines_is_marked_in_bounded_memory_and_holds_back_no_good_record() {
+    // 100,000 lines that are not records, then 20 that are: each broken line is an item that
+    // fails and is marked, a window of them at a time, and the good ones are not starved.
+    const BROKEN: usize = 100_000;
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "flood"
+
+        [defaults]
+        retry = { attempts = 1 }
+
+        [[stage]]
+        name = "in"
+        kind = "jsonl"
+        path = "in.jsonl"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        rejects = "rejects.jsonl"
+        "#,
+    );
+    {
+        let file = File::create(p.dir.join("in.jsonl")).expect("create in.jsonl");
+        let mut out = BufWriter::new(file);
+        for i in 0..BROKEN {
+            writeln!(out, "broken line {i}").expect("write");
+        }
+        for i in 0..20 {
+            writeln!(out, "{{\"key\": \"good-{i}\"}}").expect("write");
+        }
+        out.flush().expect("flush");
+    }
+    let (out, peak) = p.cmd("run").spawn().wait_peak_rss();
+    out.assert_code(1);
+    eprintln!("peak RSS: {} KiB", peak / 1024);
+    assert!(
+        peak < PEAK_RSS,
+        "peak RSS {} MiB with {BROKEN} broken lines\n{}",
+        peak / 1024 / 1024,
+        out.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert_eq!(
+        p.sink("out.jsonl").unique_keys().len(),
+        20,
+        "every good record"
+    );
+    let rejects = std::fs::read_to_string(p.dir.join("rejects.jsonl")).expect("rejects");
+    assert_eq!(
+        rejects.lines().count(),
+        BROKEN,
+        "every broken line marked once"
+    );
+    assert_eq!(p.status().count("failed"), BROKEN as u64);
+}

@@ -311,6 +311,8 @@ fn working_forms(f: &Fixture) -> Vec<(&'static str, String)> {
         ("password in the query", s.query_url(f.role(1), AT_PASSWORD)),
         ("key=value quoted", s.quoted_kv(f.role(2), QUOTED_PASSWORD)),
         ("key=value plain", s.plain_kv(f.role(0), URL_PASSWORD)),
+        // Spaces, a quote and a backslash as typed, which the client takes.
+        ("url with a space", s.url(f.role(2), QUOTED_PASSWORD)),
     ]
 }
 
@@ -335,6 +337,18 @@ fn failing_forms(f: &Fixture) -> Vec<(&'static str, String)> {
             closed.plain_kv(f.role(0), URL_PASSWORD),
         ),
         ("unencoded @", s.url(f.role(1), AT_PASSWORD)),
+        // An `@` forgotten, which makes the password a host and port.
+        (
+            "url without its @",
+            format!(
+                "postgres://{}:{}{}:{}/{}",
+                f.role(0),
+                encoded(URL_PASSWORD),
+                s.host,
+                s.port,
+                s.dbname
+            ),
+        ),
     ]
 }
 

@@ -84,3 +84,20 @@ fn a_symlinked_lock_or_summary_is_refused_and_its_target_untouched() {
             .is_symlink());
     }
 }
+
+#[test]
+fn a_state_folder_that_is_a_link_to_another_folder_is_used() {
+    // A volume mounted elsewhere, linked as the state folder: the folder is the operator's, only
+    // links at the state files themselves are refused.
+    let p = pipeline();
+    let volume = p.dir.join("volume");
+    fs::create_dir(&volume).expect("mkdir volume");
+    std::os::unix::fs::symlink(&volume, p.dir.join(".stagewise")).expect("symlink");
+    p.run().assert_code(0);
+    assert!(
+        volume.join("private.db").is_file(),
+        "the store is in the linked folder"
+    );
+    assert_eq!(p.status().count("done"), 5);
+    p.run().assert_code(0);
+}

@@ -35,12 +35,16 @@ pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
-/// Options for a state file: created mode `0600` (when the caller asks to create it), and never
-/// opened through a symbolic link (`O_NOFOLLOW`). Open with [`open`].
+/// Options for a state file: created mode `0600` (when the caller asks to create it), never
+/// opened through a symbolic link (`O_NOFOLLOW`), and never waited on (`O_NONBLOCK`: a FIFO
+/// planted at the path opens at once, and [`open`] refuses it; on a regular file the flag does
+/// nothing). Open with [`open`].
 pub(crate) fn options() -> OpenOptions {
     let mut options = OpenOptions::new();
     #[cfg(unix)]
-    options.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+    options
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
     options
 }
 
@@ -50,13 +54,23 @@ pub(crate) fn open(path: &Path, options: &OpenOptions) -> io::Result<File> {
     // Elsewhere `O_NOFOLLOW` is not there to fail: the check before opening is what is left.
     #[cfg(not(unix))]
     refuse_link(path)?;
-    options.open(path).map_err(|e| {
+    let file = options.open(path).map_err(|e| {
         #[cfg(unix)]
         if e.raw_os_error() == Some(libc::ELOOP) && is_link(path) {
             return link_error(path);
         }
         e
-    })
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a regular file (a FIFO, a device or a folder): stagewise keeps its state in files of its own; move it away (it was not touched)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 /// Refuse a symbolic link at `path`; a missing file, or any other, is fine.
@@ -148,6 +162,20 @@ mod tests {
                 .starts_with(&format!("{} is a symbolic link", link.display())),
             "{err}"
         );
+        // A FIFO planted at a state path is refused at once, not waited on.
+        let fifo = dir.path().join("state.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success());
+        for options in [
+            options().read(true).clone(),
+            options().read(true).write(true).create(true).clone(),
+        ] {
+            let err = open(&fifo, &options).expect_err("a FIFO is not a state file");
+            assert!(err.to_string().contains("is not a regular file"), "{err}");
+        }
         let err = refuse_link(&link).expect_err("a link is refused");
         assert!(err.to_string().contains("is a symbolic link"), "{err}");
         assert!(refuse_link(&victim).is_ok());

@@ -235,10 +235,23 @@ fn url_rest(s: &str) -> Option<(String, usize)> {
 /// The password of a URL's userinfo: from after the `:` of `user:` to the last `@`.
 fn userinfo_secret(s: &str, rest: usize, scheme: String) -> Option<std::ops::Range<usize>> {
     let tail = &s[rest..];
-    let first_at = tail.find('@')?;
+    let postgres = matches!(scheme.as_str(), "postgres" | "postgresql");
+    let Some(first_at) = tail.find('@') else {
+        // No `@`: the client reads `user:password…` as `host:port`, and its error quotes that
+        // "port". A port that is not digits is hidden: most likely a password whose `@` was
+        // forgotten.
+        if !postgres {
+            return None;
+        }
+        let authority_end = tail.find(['/', '?']).unwrap_or(tail.len());
+        let colon = tail[..authority_end].find(':')?;
+        let port = &tail[colon + 1..authority_end];
+        return (!port.chars().all(|c| c.is_ascii_digit()))
+            .then(|| rest + colon + 1..rest + authority_end);
+    };
     let last_at = tail.rfind('@')?;
     let colon = tail[..first_at].find(':')?;
-    if !matches!(scheme.as_str(), "postgres" | "postgresql") {
+    if !postgres {
         // As URL parsers read it, the authority ends at the first `/`, `?` or `#`: an `@`
         // after that is userinfo only if the `:` before it is no port's.
         let authority_end = tail.find(['/', '?', '#']).unwrap_or(tail.len());
@@ -560,6 +573,13 @@ mod tests {
             ),
             ("postgres://app@db/x", "postgres://app@db/x"),
             ("postgresql://:pw@db/x", "postgresql://:***@db/x"),
+            // No `@`: a port that is not one is hidden (a forgotten `@`), a real one is not.
+            (
+                "postgres://sec:Zq9%40x127.0.0.1:19103/db",
+                "postgres://sec:***/db",
+            ),
+            ("postgres://db:5432/x", "postgres://db:5432/x"),
+            ("postgres://u:ab cdSECRET@h:1/db", "postgres://u:***@h:1/db"),
             ("postgres://u:p?w#x/y:z@h/db", "postgres://u:***@h/db"),
             ("postgres://u:p@ss@h:5432/db", "postgres://u:***@h:5432/db"),
             (

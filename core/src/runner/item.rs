@@ -331,16 +331,17 @@ async fn fail(
 
 /// An item that cannot run (the source could not read it; or it cannot resume from its
 /// checkpoint: a stage no longer in the pipeline, a record that does not read back) fails,
-/// marked like any other. `why` is the log's message.
+/// marked like any other. `why` is the log's message; `_window` the item's place among the
+/// items in flight, held until it is marked (a batch of a million unreadable lines must not
+/// start a million marks at once).
 pub(crate) async fn fail_unresumable(
     shared: Arc<Shared>,
-    (seq, key): (i64, String),
+    (seq, record): (i64, Record),
     stage: String,
     error: String,
-    why: &'static str,
+    (why, _window): (&'static str, OwnedSemaphorePermit),
 ) {
-    tracing::warn!(stage = %stage, key = %key, error = %error, "{why}");
-    let record = Record::new(key);
+    tracing::warn!(stage = %stage, key = %record.key, error = %error, "{why}");
     let ending_at = Ending {
         kind: EndingKind::Failed,
         stage: stage.clone(),

@@ -707,16 +707,15 @@ async fn feed(
                     .position(|s| &*s.name == name && s.index > 0)
                     .ok_or_else(|| format!("the checkpoint puts this item at stage `{name}`, which is not in the pipeline (run with --fresh to start over)")),
             };
-            if let Some(error) = source::unreadable(&stored.record) {
+            if let Some((error, fields)) = source::unreadable(&stored.record) {
                 // The source could not read it: it fails there, marked like any other.
                 tracker.spawn(item::fail_unresumable(
                     shared.clone(),
-                    (stored.seq, stored.key),
+                    (stored.seq, Record::with_fields(stored.key, fields)),
                     shared.stages[0].name.to_string(),
                     error,
-                    "the source could not read this item; it failed",
+                    ("the source could not read this item; it failed", permit),
                 ));
-                drop(permit);
                 continue;
             }
             let fields = serde_json::from_str::<crate::stage::Fields>(&stored.record)
@@ -755,12 +754,11 @@ async fn feed(
                     let stage_name = stored.stage.clone().unwrap_or_default();
                     tracker.spawn(item::fail_unresumable(
                         shared.clone(),
-                        (stored.seq, stored.key),
+                        (stored.seq, Record::new(stored.key)),
                         stage_name,
                         error,
-                        "item cannot resume",
+                        ("item cannot resume", permit),
                     ));
-                    drop(permit);
                 }
             }
         }

@@ -152,16 +152,16 @@ fn read(
         if cx.cancel_flag().is_cancelled() || limit.is_some_and(|l| taken >= l) {
             return Err(Stop);
         }
-        // A record is stored as its fields, a JSON object; an unreadable item as its error, a
-        // JSON string, which no record can be (see [`unreadable`]).
+        // A record is stored as its fields, a JSON object; an unreadable item as its error and
+        // what fields it had, a JSON array, which no record can be (see [`unreadable`]).
         let (key, stored) = match emitted {
             Emitted::Record(record) => (
                 record.key,
                 serde_json::to_string(&record.fields).expect("JSON values always serialize"),
             ),
-            Emitted::Unreadable { key, error } => (
+            Emitted::Unreadable { key, error, fields } => (
                 key,
-                serde_json::to_string(&error).expect("a string always serializes"),
+                serde_json::to_string(&(error, fields)).expect("JSON values always serialize"),
             ),
         };
         if let Err(e) = manifest.add(&key, &stored) {
@@ -193,11 +193,11 @@ fn read(
     Ok(Taken { run, duplicates })
 }
 
-/// The error of an item the source could not read (stored as a JSON string where a record
-/// stores its fields, an object), or `None` for a record.
-pub(crate) fn unreadable(stored: &str) -> Option<String> {
-    if !stored.starts_with('"') {
+/// The error and fields of an item the source could not read (stored as a JSON array where a
+/// record stores its fields, an object), or `None` for a record.
+pub(crate) fn unreadable(stored: &str) -> Option<(String, crate::stage::Fields)> {
+    if !stored.starts_with('[') {
         return None;
     }
-    serde_json::from_str::<String>(stored).ok()
+    serde_json::from_str(stored).ok()
 }

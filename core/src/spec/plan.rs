@@ -521,7 +521,8 @@ fn redact_in(value: &toml::Value, secret: bool, headers: bool) -> toml::Value {
     }
 }
 
-/// `scheme://…` without whitespace: a URL, not a query or a prompt that mentions one.
+/// `scheme://…` at the start: a URL (a password in it may hold spaces), not a query or a prompt
+/// that mentions one.
 fn looks_like_url(s: &str) -> bool {
     let Some((scheme, _)) = s.split_once("://") else {
         return false;
@@ -530,7 +531,6 @@ fn looks_like_url(s: &str) -> bool {
         && scheme
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        && !s.contains(char::is_whitespace)
 }
 
 /// A string as TOML writes it, on one line.

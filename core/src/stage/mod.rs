@@ -387,12 +387,17 @@ pub trait Source: Send + Sync + 'static {
 pub enum Emitted {
     /// An item of the batch.
     Record(Record),
-    /// An item that fails at the source with `error`, keyed by where it was (`in.jsonl:3`).
+    /// An item that fails at the source with `error`, keyed by where it was (`in.jsonl:3`,
+    /// `row 3`).
     Unreadable {
         /// The item's key.
         key: String,
         /// Why it is not a record, lowercase, without a trailing period.
         error: String,
+        /// What could be read of it (a row's columns, a line's object without a usable key;
+        /// empty when nothing could): the fields a marking stage (`on_failure`, `rejects`) is
+        /// given, so that it can mark the row where the source will see the mark.
+        fields: Fields,
     },
 }
 

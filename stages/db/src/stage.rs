@@ -76,6 +76,7 @@ impl Source for DbFetch {
                 Err(e) => emit(Emitted::Unreadable {
                     key: format!("row {rows}"),
                     error: e.message,
+                    fields,
                 })
                 .is_ok(),
             }

@@ -22,8 +22,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, BuildContext, Context, Emitted, Ending, EndingKind, Marks, Outcome, Record,
-    Role, Source, StageError, StageImpl, StageKind, Stop,
+    BlockingStage, BuildContext, Context, Emitted, Ending, EndingKind, Fields, Marks, Outcome,
+    Record, Role, Source, StageError, StageImpl, StageKind, Stop,
 };
 
 /// How often (in lines) a long read looks at the cancellation flag.
@@ -225,23 +225,25 @@ fn skip_line(reader: &mut impl BufRead, stop: &dyn Fn() -> bool) -> io::Result<b
 }
 
 impl JsonlSource {
-    /// The record of one non-blank line, or why the line is not one.
-    fn parse_line(&self, line: &[u8]) -> Result<Record, String> {
-        let value: Value =
-            serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    /// The record of one non-blank line, or why the line is not one (and its fields, when it is
+    /// an object without a usable key).
+    fn parse_line(&self, line: &[u8]) -> Result<Record, (String, Fields)> {
+        let value: Value = serde_json::from_slice(line)
+            .map_err(|e| (format!("invalid JSON: {e}"), Fields::new()))?;
         let Value::Object(fields) = value else {
-            return Err("expected a JSON object".to_owned());
+            return Err(("expected a JSON object".to_owned(), Fields::new()));
         };
         let key = match fields.get(&self.key_field) {
             Some(Value::String(key)) => key.clone(),
             Some(Value::Number(key)) if key.is_i64() || key.is_u64() => key.to_string(),
             Some(_) => {
-                return Err(format!(
+                let why = format!(
                     "key field `{}` must be a string or an integer",
                     self.key_field
-                ))
+                );
+                return Err((why, fields));
             }
-            None => return Err(format!("missing key field `{}`", self.key_field)),
+            None => return Err((format!("missing key field `{}`", self.key_field), fields)),
         };
         Ok(Record::with_fields(key, fields))
     }
@@ -290,9 +292,12 @@ impl Source for JsonlSource {
                     if !ended {
                         return Ok(());
                     }
-                    Err(format!(
-                        "line longer than `max_line_bytes` ({}); not read",
-                        self.max_line
+                    Err((
+                        format!(
+                            "line longer than `max_line_bytes` ({}); not read",
+                            self.max_line
+                        ),
+                        Fields::new(),
                     ))
                 }
                 Line::Read if line.iter().all(u8::is_ascii_whitespace) => continue,
@@ -300,9 +305,10 @@ impl Source for JsonlSource {
             };
             let emitted_item = match record {
                 Ok(record) => Emitted::Record(record),
-                Err(error) => Emitted::Unreadable {
+                Err((error, fields)) => Emitted::Unreadable {
                     key: format!("{}:{line_no}", self.name),
                     error,
+                    fields,
                 },
             };
             if emit(emitted_item).is_err() {
@@ -489,7 +495,7 @@ mod tests {
     /// The key and error of an unreadable item.
     fn unreadable(emitted: &Emitted) -> (&str, &str) {
         match emitted {
-            Emitted::Unreadable { key, error } => (key, error),
+            Emitted::Unreadable { key, error, .. } => (key, error),
             Emitted::Record(record) => panic!("a record, not an unreadable item: {record:?}"),
         }
     }

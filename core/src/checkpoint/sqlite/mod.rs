@@ -215,10 +215,21 @@ fn connect_waiting(path: &Path, busy: Duration) -> Result<Connection, StoreError
         path: shown.clone(),
         message: e.to_string(),
     };
-    // Never through a link (the checks before opening may have raced with one being made).
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)
-            .map_err(corrupt)?;
+    // Never through a link at the file itself (the checks before opening may have raced with
+    // one being made). SQLite's no-follow flag refuses a link anywhere in the path, and a state
+    // folder that is a link to a volume is fine: the folder is resolved first.
+    let real = match (path.parent(), path.file_name()) {
+        (Some(folder), Some(name)) if !folder.as_os_str().is_empty() => folder
+            .canonicalize()
+            .map(|folder| folder.join(name))
+            .unwrap_or_else(|_| path.to_owned()),
+        _ => path.to_owned(),
+    };
+    let conn = Connection::open_with_flags(
+        &real,
+        OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .map_err(corrupt)?;
     conn.busy_timeout(busy).map_err(corrupt)?;
     // WAL + NORMAL: a commit survives the process being killed; readers never block the writer.
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -475,7 +486,7 @@ impl Tables for SqliteStore {
     /// no runner has opened the store yet.
     fn runner_lock_held(&self, _pipeline: &str) -> Result<bool, StoreError> {
         let path = self.lock_path();
-        let file = match std::fs::File::open(&path) {
+        let file = match state_file::open(&path, state_file::options().read(true)) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
