@@ -714,7 +714,7 @@ async fn feed(
                     (stored.seq, Record::with_fields(stored.key, fields)),
                     shared.stages[0].name.to_string(),
                     error,
-                    ("the source could not read this item; it failed", permit),
+                    ("the source could not read this item", permit),
                 ));
                 continue;
             }

@@ -184,9 +184,19 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::R
             Some(at) => (at + 1, true),
             None => (available.len(), false),
         };
-        let content = taken - usize::from(ended);
-        if line.len() + content > max {
-            let room = max - line.len();
+        // The line's ending, `\n` or `\r\n`, does not count (its `\r` may have come with the
+        // read before).
+        let crlf = ended
+            && if taken >= 2 {
+                available[taken - 2] == b'\r'
+            } else {
+                line.last() == Some(&b'\r')
+            };
+        let length = line.len() + taken - usize::from(ended) - usize::from(crlf);
+        // A `\r` last in what is read so far may begin the ending: taken, to see what follows.
+        let maybe_ending = !ended && available[taken - 1] == b'\r' && length - 1 <= max;
+        if length > max && !maybe_ending {
+            let room = max.saturating_sub(line.len());
             line.extend_from_slice(&available[..room]);
             reader.consume(room);
             return Ok(Line::TooLong);
@@ -596,13 +606,15 @@ mod tests {
         // (input, limit, what each call finds with the line's bytes); a 3-byte read buffer,
         // so that lines span several fills.
         type Case = (&'static [u8], usize, &'static [(Line, &'static [u8])]);
-        let cases: [Case; 6] = [
+        let cases: [Case; 8] = [
             (
                 b"ab\ncd",
                 2,
                 &[(Line::Read, b"ab\n"), (Line::Read, b"cd"), (Line::End, b"")],
             ),
             (b"abc\n", 3, &[(Line::Read, b"abc\n"), (Line::End, b"")]),
+            (b"ab\r\n", 2, &[(Line::Read, b"ab\r\n"), (Line::End, b"")]),
+            (b"ab\rx\n", 2, &[(Line::TooLong, b"ab\r")]),
             (b"abcd\nx\n", 3, &[(Line::TooLong, b"abc")]),
             (b"abcdefgh", 5, &[(Line::TooLong, b"abcde")]),
             (
