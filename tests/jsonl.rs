@@ -193,3 +193,50 @@ fn a_flood_of_broken_lines_is_marked_in_bounded_memory_and_holds_back_no_good_re
     );
     assert_eq!(p.status().count("failed"), BROKEN as u64);
 }
+
+#[test]
+fn a_read_stopped_by_its_deadline_is_never_taken_as_the_batch() {
+    // 50 lines, then a line of 40 GiB (a hole in a sparse file: free to make, slow to skip),
+    // then 50 more: the read cannot finish within its timeout, and what it read by then must not
+    // become the run's batch.
+    use std::io::{Seek, SeekFrom};
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "cut-short"
+
+        [[stage]]
+        name = "in"
+        kind = "jsonl"
+        path = "in.jsonl"
+        timeout = "1s"
+        retry = { attempts = 1 }
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    {
+        let mut file = File::create(p.dir.join("in.jsonl")).expect("create in.jsonl");
+        for i in 0..50 {
+            writeln!(file, "{{\"key\": \"a{i}\"}}").expect("write");
+        }
+        write!(file, "{{\"key\": \"huge\", \"pad\": \"").expect("write");
+        file.seek(SeekFrom::Current(40 << 30))
+            .expect("seek past a hole");
+        writeln!(file, "\"}}").expect("write");
+        for i in 0..50 {
+            writeln!(file, "{{\"key\": \"b{i}\"}}").expect("write");
+        }
+    }
+    let out = p.run();
+    std::fs::remove_file(p.dir.join("in.jsonl")).expect("remove the sparse input");
+    out.assert_code(3);
+    out.assert_stderr_contains("timed out");
+    assert!(
+        !p.dir.join("out.jsonl").exists() || p.sink("out.jsonl").len() == 0,
+        "nothing of a cut-short batch ran\n{out}"
+    );
+}

@@ -179,6 +179,13 @@ fn read(
     if cx.cancel_flag().is_cancelled() {
         return Err(TakeError::Cancelled);
     }
+    // A source stops quietly at its deadline too (`Context::is_cancelled`): what it read by
+    // then is not the batch, and must not be committed as one.
+    if cx.remaining().is_zero() {
+        return Err(TakeError::Stage(StageError::transient(
+            "timed out: the read stopped at its deadline (`timeout`)",
+        )));
+    }
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(TakeError::Stage(e)),
