@@ -160,3 +160,49 @@ fn a_late_answer_before_the_item_is_settled_is_taken() {
     assert!(!out.stderr.contains("the answer is taken"), "{out}");
     assert_eq!(p.status().count("failed"), 2);
 }
+
+#[test]
+fn items_that_wedge_their_stage_every_run_end_failed_once_their_attempts_are_used() {
+    // Every call hangs past its timeout, holding its thread: each run wedges at once (exit 3).
+    // The attempts the wedge ended still count, so the items end failed, and the run after
+    // that goes on.
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "wedged-again"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 2
+
+        [[stage]]
+        name = "stuck"
+        kind = "fault"
+        hang_rate = 1.0
+        blocking = true
+        hang_for = "20s"
+        concurrency = 2
+        timeout = "300ms"
+        retry = { attempts = 2, initial = "10ms" }
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    for run in 1..=2 {
+        let out = p.run();
+        out.assert_code(3);
+        assert!(out.stderr.contains("is wedged"), "run {run}\n{out}");
+    }
+    let out = p.run();
+    out.assert_code(1);
+    let status = p.status();
+    assert_eq!(status.count("failed"), 2, "{:#}", status.raw);
+    assert!(
+        status.failed.iter().all(|f| f.attempts == 2),
+        "{:#}",
+        status.raw
+    );
+}

@@ -144,6 +144,9 @@ struct Batch {
 struct Slot {
     /// The latest record-carrying update, when later updates of the item carry none.
     advanced: Option<Change>,
+    /// The latest update that counted attempts, when later updates of the item count none (an
+    /// attempt failed, then the item was interrupted in its backoff: the attempt still counts).
+    attempted: Option<Change>,
     last: Change,
 }
 
@@ -156,6 +159,7 @@ impl Batch {
                     u.seq,
                     Slot {
                         advanced: None,
+                        attempted: None,
                         last: u.change,
                     },
                 );
@@ -163,13 +167,21 @@ impl Batch {
             Some(slot) => {
                 match &u.change {
                     Change::Advanced { .. } | Change::Done | Change::Skipped { .. } => {
-                        slot.advanced = None
+                        slot.advanced = None;
+                        slot.attempted = None;
                     }
-                    _ => {
+                    // These set the attempts themselves.
+                    Change::Attempted { .. } | Change::Exhausted { .. } | Change::Failed { .. } => {
+                        slot.attempted = None;
                         if matches!(slot.last, Change::Advanced { .. }) {
                             slot.advanced = Some(slot.last.clone());
                         }
                     }
+                    _ => match &slot.last {
+                        Change::Advanced { .. } => slot.advanced = Some(slot.last.clone()),
+                        Change::Attempted { .. } => slot.attempted = Some(slot.last.clone()),
+                        _ => {}
+                    },
                 }
                 slot.last = u.change;
             }
@@ -180,7 +192,7 @@ impl Batch {
         let mut out = Vec::with_capacity(self.order.len());
         for seq in self.order.drain(..) {
             if let Some(slot) = self.slots.remove(&seq) {
-                if let Some(change) = slot.advanced {
+                for change in [slot.advanced, slot.attempted].into_iter().flatten() {
                     out.push(Update { seq, change });
                 }
                 out.push(Update {
@@ -330,6 +342,41 @@ mod tests {
 
     fn s<T: for<'a> From<&'a str>>(x: &str) -> T {
         T::from(x)
+    }
+
+    #[test]
+    fn a_batch_keeps_the_attempts_of_an_item_interrupted_in_its_backoff() {
+        let mut b = Batch::default();
+        let attempted = Change::Attempted {
+            stage: s("a"),
+            attempts: 1,
+            error: "timed out after 1s".into(),
+        };
+        for change in [
+            Change::Started { stage: s("a") },
+            attempted.clone(),
+            Change::Interrupted { stage: s("a") },
+        ] {
+            b.push(Update { seq: 1, change });
+        }
+        let rows = crate::checkpoint::model::fold(&b.take());
+        assert_eq!(rows.len(), 1);
+        let (_, row) = &rows[0];
+        assert_eq!(row.attempts, Some(1), "the failed attempt still counts");
+        assert_eq!(row.state, crate::checkpoint::ItemState::Pending);
+        // A later change that counts attempts itself wins.
+        for change in [
+            attempted,
+            Change::Failed {
+                stage: s("a"),
+                error: "gone".into(),
+                attempts: 2,
+            },
+        ] {
+            b.push(Update { seq: 2, change });
+        }
+        let updates = b.take();
+        assert_eq!(updates.len(), 1, "{updates:?}");
     }
 
     #[test]

@@ -211,16 +211,23 @@ async fn blocking<T: Send + 'static>(
             let _ = answer.send(outcome);
         }
     });
+    Err(match unfinished {
+        CallError::Timeout(timed_out) => CallError::Abandoned { timed_out, late },
+        other => other,
+    })
+}
+
+/// After an abandoned call's attempt has been recorded (its item's attempts, its mark): if the
+/// stage now has `max_abandoned` calls abandoned, it is wedged and the run aborts. Checked after
+/// the recording, so that the attempts the wedge ended count next run: an item that wedges the
+/// stage every time still ends failed once they are used.
+pub(crate) fn check_wedged(shared: &Shared, stage: &StageRt) {
     if stage.stats.abandoned_now() >= stage.policy.max_abandoned {
         shared.control.abort(AbortReason::Wedged {
             stage: stage.name.to_string(),
             stuck: stage.stats.stuck(),
         });
     }
-    Err(match unfinished {
-        CallError::Timeout(timed_out) => CallError::Abandoned { timed_out, late },
-        other => other,
-    })
 }
 
 /// A blocking call that gave up with a transient error at its deadline (seeing

@@ -447,10 +447,13 @@ async fn marked(
                     Ok(()) => Attempt::Done(()),
                     Err(CallError::Cancelled) => Attempt::Interrupted,
                     Err(CallError::Timeout(timed_out)) => Attempt::Failed(timed_out.into()),
-                    Err(CallError::Abandoned { timed_out, late }) => Attempt::TimedOut {
-                        error: timed_out.into(),
-                        late,
-                    },
+                    Err(CallError::Abandoned { timed_out, late }) => {
+                        call::check_wedged(shared, marker);
+                        Attempt::TimedOut {
+                            error: timed_out.into(),
+                            late,
+                        }
+                    }
                     Err(CallError::Panic(message)) => {
                         Attempt::Failed(StageError::permanent(format!("panicked: {message}")))
                     }
@@ -685,9 +688,11 @@ async fn attempts(
             Err(CallError::Abandoned { timed_out, late }) => {
                 stage.stats.timeouts.incr();
                 let error = StageError::from(timed_out);
-                if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
+                let again = Box::pin(used_up(shared, stage, seq, attempt, &error)).await;
+                if again {
                     backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
                 }
+                call::check_wedged(shared, stage);
                 return Attempt::TimedOut { error, late };
             }
             Err(CallError::Panic(message)) => {

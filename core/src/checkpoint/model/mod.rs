@@ -26,6 +26,8 @@ use super::{
 
 pub(super) use self::manifest::{Chunk, ManifestRows};
 pub(super) use self::status::{EndedRow, StatusRows};
+#[cfg(test)]
+pub(super) use self::updates::fold;
 pub(super) use self::updates::{RowUpdate, UpdateRows};
 
 /// `(id, status, items, started_at)` of a run, as stored.
