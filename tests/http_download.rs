@@ -769,3 +769,32 @@ fn waiting_for_a_host_is_not_part_of_an_attempt() {
         );
     }
 }
+
+#[test]
+fn items_waiting_for_a_busy_host_do_not_keep_other_hosts_items_out() {
+    // 20 URLs of a host that never answers, then 20 of one that answers at once; the window of
+    // items in flight is small (the stages' concurrency: 4 + 1). The items waiting for the silent
+    // host's lane step aside, so the other host's items get in and are done in the first seconds.
+    let silent = Server::start_at("127.0.0.2:0").expect("bind 127.0.0.2:0");
+    let good = Server::start();
+    let mut items: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("silent-{i:02}"), silent.url("/silent")))
+        .collect();
+    items.extend((0..20).map(|i| (format!("good-{i:02}"), good.url("/page"))));
+    let p = download_run(
+        "busy-host",
+        "max_run_time = \"4s\"\nshutdown_grace = \"1s\"",
+        &items,
+        "concurrency = 4\nper_host_concurrency = 2\ntimeout = \"60s\"",
+    );
+    let out = p.run();
+    out.assert_code(75);
+    let status = p.status();
+    assert_eq!(status.count("done"), 20, "every good page\n{out}");
+    assert_eq!(status.count("pending"), 20, "{:#}", status.raw);
+    assert_eq!(
+        silent.requests().len(),
+        2,
+        "two at a time to the silent host"
+    );
+}

@@ -101,6 +101,16 @@ impl Adaptive {
         OwnedPlace(self.clone())
     }
 
+    /// A place in a shared gate if one is free now.
+    pub(crate) fn try_take_owned(self: &std::sync::Arc<Self>) -> Option<OwnedPlace> {
+        let mut state = self.lock();
+        if state.active < whole(state.limit) {
+            state.active += 1;
+            return Some(OwnedPlace(self.clone()));
+        }
+        None
+    }
+
     /// Wait until a place is free, and take it.
     ///
     /// # Cancel safety

@@ -8,6 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::call::{self, call, CallError};
 use super::control::AbortReason;
+use super::window::InFlight;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
 use crate::policy::adaptive::{Adaptive, OwnedPlace};
@@ -27,9 +28,9 @@ pub(crate) struct WorkItem {
     pub last_error: Option<String>,
 }
 
-/// Process one item through its remaining stages. `_window` is the item's place among the
-/// items in flight; it is released when the item leaves.
-pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: OwnedSemaphorePermit) {
+/// Process one item through its remaining stages. `window` is the item's place among the
+/// items in flight (set aside while it only waits); it is released when the item leaves.
+pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
     let WorkItem {
         seq,
         key,
@@ -62,12 +63,17 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
             Box::pin(fail(&shared, stage, seq, &record, error, used, false)).await;
             return;
         }
+        // Back in the window if the last stage's wait (a late answer) left it aside.
+        if !window.come_back(&shared.control.hard).await {
+            interrupted(&shared, seq, stage).await;
+            return;
+        }
         let lane = stage.imp.lane(&record).map(|lane| {
             let gate = stage.lanes.gate(&lane);
             (lane.name, gate)
         });
         let lane = lane.as_ref().map(|(name, gate)| Lane { name, gate });
-        let Some(first) = places(&shared, stage, lane.as_ref(), !started).await else {
+        let Some(first) = places(&shared, stage, lane.as_ref(), (!started, &window)).await else {
             interrupted(&shared, seq, stage).await;
             return;
         };
@@ -96,8 +102,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, _window: Owned
         started = true;
         let result = attempts(
             &shared,
-            stage,
-            lane.as_ref(),
+            (stage, lane.as_ref(), &window),
             first,
             (&key, &record, seq),
             std::mem::take(&mut used),
@@ -180,7 +185,7 @@ async fn places(
     shared: &Shared,
     stage: &StageRt,
     lane: Option<&Lane<'_>>,
-    not_started: bool,
+    (not_started, window): (bool, &InFlight),
 ) -> Option<Places> {
     let control = &shared.control;
     if control.hard.is_cancelled() || (not_started && control.soft.is_cancelled()) {
@@ -198,7 +203,7 @@ async fn places(
         }
     }
     // Boxed: the waits are large, and an item's future need not carry them.
-    Box::pin(wait_for_places(shared, stage, lane, not_started)).await
+    Box::pin(wait_for_places(shared, stage, lane, (not_started, window))).await
 }
 
 /// See [`places`]: the waits.
@@ -206,12 +211,23 @@ async fn wait_for_places(
     shared: &Shared,
     stage: &StageRt,
     lane: Option<&Lane<'_>>,
-    not_started: bool,
+    (not_started, window): (bool, &InFlight),
 ) -> Option<Places> {
     let control = &shared.control;
     let waiting = async {
         let lane = match lane {
-            Some(lane) => Some(lane.gate.wait_owned().await),
+            Some(lane) => match lane.gate.try_take_owned() {
+                Some(place) => Some(place),
+                None => {
+                    // A busy lane: wait aside, letting other items into the window.
+                    window.step_aside();
+                    let place = lane.gate.wait_owned().await;
+                    if !window.come_back(&control.hard).await {
+                        return None;
+                    }
+                    Some(place)
+                }
+            },
             None => None,
         };
         let slot = stage
@@ -220,14 +236,14 @@ async fn wait_for_places(
             .acquire_owned()
             .await
             .expect("stage semaphores are never closed");
-        Places {
+        Some(Places {
             _lane: lane,
             _slot: slot,
-        }
+        })
     };
     tokio::select! {
         biased;
-        places = waiting => Some(places),
+        places = waiting => places,
         () = control.hard.cancelled() => None,
         () = control.soft.cancelled(), if not_started => None,
     }
@@ -339,7 +355,7 @@ pub(crate) async fn fail_unresumable(
     (seq, record): (i64, Record),
     stage: String,
     error: String,
-    (why, _window): (&'static str, OwnedSemaphorePermit),
+    (why, _window): (&'static str, InFlight),
 ) {
     tracing::warn!(stage = %stage, key = %record.key, error = %error, "{why}");
     let ending_at = Ending {
@@ -628,8 +644,7 @@ impl RetryEvents for RetryLog<'_> {
 /// waiting out a backoff holds none.
 async fn attempts(
     shared: &Arc<Shared>,
-    stage: &StageRt,
-    lane: Option<&Lane<'_>>,
+    (stage, lane, window): (&StageRt, Option<&Lane<'_>>, &InFlight),
     first: Places,
     (key, record, seq): (&Arc<str>, &Record, i64),
     used: u32,
@@ -652,10 +667,16 @@ async fn attempts(
             .take();
         let places = match held {
             Some(places) => places,
-            None => match places(shared, stage, lane, false).await {
-                Some(places) => places,
-                None => return Attempt::Interrupted,
-            },
+            None => {
+                // Back in the window after the backoff, then the attempt's places.
+                if !window.come_back(stop).await {
+                    return Attempt::Interrupted;
+                }
+                match places(shared, stage, lane, (false, window)).await {
+                    Some(places) => places,
+                    None => return Attempt::Interrupted,
+                }
+            }
         };
         let Some(place) = stage.adaptive.enter(stop).await else {
             return Attempt::Interrupted;
@@ -691,6 +712,7 @@ async fn attempts(
                 let again = Box::pin(used_up(shared, stage, seq, attempt, &error)).await;
                 if again {
                     backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
+                    window.step_aside();
                 }
                 call::check_wedged(shared, stage);
                 return Attempt::TimedOut { error, late };
@@ -706,6 +728,7 @@ async fn attempts(
         }
         if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
             backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
+            window.step_aside();
         }
         Attempt::Failed(error)
     })

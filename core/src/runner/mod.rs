@@ -17,6 +17,7 @@ mod source;
 mod stats;
 mod telemetry;
 mod watchdog;
+mod window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -673,7 +674,7 @@ async fn feed(
     window: usize,
     tracker: &TaskTracker,
 ) -> Result<(), StoreError> {
-    let window = Arc::new(Semaphore::new(window));
+    let window = window::Window::new(window);
     let soft = &shared.control.soft;
     let mut after = 0;
     loop {
@@ -693,7 +694,7 @@ async fn feed(
             }
             let permit = tokio::select! {
                 biased;
-                p = window.clone().acquire_owned() => p.expect("the window is never closed"),
+                p = window.enter() => p,
                 () = soft.cancelled() => return Ok(()),
             };
             let key: Arc<str> = Arc::from(stored.key.as_str());
