@@ -97,6 +97,18 @@ fn shapes() -> Vec<(&'static str, String)> {
             ),
         ),
         ("a-nested-1mb", fill(body, "<a href=x>", STORY, mb)),
+        (
+            "siblings-h2-text-74k",
+            times("<html><body><div>", "<h2></h2>w", 74_253, end),
+        ),
+        (
+            "siblings-li-74k",
+            times("<html><body><div>", "<li>w</li>", 74_253, end),
+        ),
+        (
+            "siblings-h2-p-37k",
+            times("<html><body><div>", "<h2>h</h2><p>w</p>", 37_236, end),
+        ),
         ("a-misnested-1mb", fill(body, "<a><p>x", end, mb)),
         ("misnested-bi-1mb", fill(body, "<b><i>x</b>y</i>", end, mb)),
         ("table-deep-1mb", fill(body, "<table><tr><td>", STORY, mb)),

@@ -119,6 +119,8 @@ pub(crate) struct Shape {
     pub(crate) nodes: u64,
     pub(crate) parser_work: u64,
     pub(crate) depth_sum: u64,
+    /// The most children one element has.
+    pub(crate) most_children: u32,
 }
 
 /// Measure `html` against `limits` (scaled to its size): its shape, or the first limit it
@@ -155,13 +157,15 @@ pub(crate) fn check(html: &str, limits: &Limits) -> Result<Shape, TooComplex> {
     if depth_sum > limits.depth_sum {
         return Err(TooComplex::DepthSum(limits.depth_sum));
     }
-    let nodes = sink.nodes.borrow().len() as u64;
+    let nodes = sink.nodes.borrow();
+    let most_children = nodes.iter().map(|n| n.children).max().unwrap_or(0);
     Ok(Shape {
         attribute_pairs,
         depth,
-        nodes,
+        nodes: nodes.len() as u64,
         parser_work: sink.work.get(),
         depth_sum,
+        most_children,
     })
 }
 
@@ -756,6 +760,18 @@ mod tests {
         ] {
             assert_eq!(attribute_pairs(tag), count * count, "{tag}");
         }
+    }
+
+    #[test]
+    fn the_longest_run_of_siblings_is_measured() {
+        let page = format!(
+            "<html><body><div>{}</div></body></html>",
+            "<li>w</li>".repeat(12_000)
+        );
+        let shape = check(&page, &LIMITS).expect("a list passes");
+        assert_eq!(shape.most_children, 12_000);
+        let shape = check("<p>a</p><p>b</p>", &LIMITS).expect("passes");
+        assert_eq!(shape.most_children, 2, "the body's two paragraphs");
     }
 
     #[test]
