@@ -389,7 +389,7 @@ fn a_row_whose_key_is_unusable_fails_alone_and_can_be_marked() {
     open(&p)
         .execute_batch(
             "CREATE TABLE notes (id, note TEXT, done INTEGER, failed TEXT);
-             INSERT INTO notes (id, note) VALUES (1, 'a'), (NULL, 'b'), (2.5, 'c'), ('x', 'd');",
+             INSERT INTO notes (id, note) VALUES (1, 'a'), (NULL, 'b'), (2.5, 'c'), ('x', 'd'), (7, x'00ff');",
         )
         .expect("seed");
     let out = p.run();
@@ -404,6 +404,11 @@ fn a_row_whose_key_is_unusable_fails_alone_and_can_be_marked() {
     assert_eq!(
         failed,
         [
+            (
+                "7".to_owned(),
+                "fetch".to_owned(),
+                "row 5: column `note` holds a blob, which db-fetch cannot read: select it as text or hex (e.g. `hex(note)`)".to_owned()
+            ),
             (
                 "row 2".to_owned(),
                 "fetch".to_owned(),
@@ -430,7 +435,7 @@ fn a_row_whose_key_is_unusable_fails_alone_and_can_be_marked() {
             &conn,
             "SELECT rowid FROM notes WHERE failed LIKE 'row %' ORDER BY rowid"
         ),
-        [2, 3],
+        [2, 3, 5],
         "marked by their other columns"
     );
     // Marked, they are not taken again: the next run has nothing to do.

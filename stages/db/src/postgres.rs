@@ -266,12 +266,13 @@ impl PgConn {
         Ok(s)
     }
 
-    /// Run a `db-fetch` query, streaming each row to `emit` as fields.
+    /// Run a `db-fetch` query, streaming each row to `emit` as fields (see
+    /// [`crate::stage::Row`]).
     pub(crate) fn fetch(
         &mut self,
         sql: &str,
         limit: Option<i64>,
-        emit: &mut dyn FnMut(Fields) -> bool,
+        emit: &mut dyn FnMut(crate::stage::Row) -> bool,
     ) -> Result<(), StageError> {
         let stmt = self.statement(sql).map_err(|e| classify(&e))?;
         let columns: Vec<(String, Type)> = stmt
@@ -296,12 +297,23 @@ impl PgConn {
             .map_err(|e| classify(&e))?;
         while let Some(row) = rows.next().map_err(|e| classify(&e))? {
             let mut fields = Fields::new();
+            // A column's type is checked above: a value that does not read is the row's trouble.
+            let mut unreadable = None;
             for (i, (name, ty)) in columns.iter().enumerate() {
-                let value = read(&row, i, ty)
-                    .map_err(|e| StageError::permanent(format!("column `{name}` ({ty}): {e}")))?;
-                fields.insert(name.clone(), value);
+                match read(&row, i, ty) {
+                    Ok(value) => {
+                        fields.insert(name.clone(), value);
+                    }
+                    Err(e) => {
+                        unreadable.get_or_insert_with(|| format!("column `{name}` ({ty}): {e}"));
+                    }
+                }
             }
-            if !emit(fields) {
+            let row = match unreadable {
+                None => Ok(fields),
+                Some(error) => Err((error, fields)),
+            };
+            if !emit(row) {
                 break;
             }
         }

@@ -92,12 +92,12 @@ impl SqlitePool {
     }
 }
 
-/// Run a `db-fetch` query, streaming each row to `emit` as fields.
+/// Run a `db-fetch` query, streaming each row to `emit` as fields (see [`crate::stage::Row`]).
 pub(crate) fn fetch(
     conn: &mut Connection,
     sql: &str,
     limit: Option<i64>,
-    emit: &mut dyn FnMut(Fields) -> bool,
+    emit: &mut dyn FnMut(crate::stage::Row) -> bool,
 ) -> Result<(), StageError> {
     let mut stmt = conn.prepare(sql).map_err(|e| classify(&e))?;
     let names: Vec<String> = stmt
@@ -112,23 +112,30 @@ pub(crate) fn fetch(
     .map_err(|e| classify(&e))?;
     while let Some(row) = rows.next().map_err(|e| classify(&e))? {
         let mut fields = Fields::new();
+        // SQLite types each value, not each column: a value db-fetch cannot read is the row's
+        // trouble, not the query's.
+        let mut unreadable = None;
         for (i, name) in names.iter().enumerate() {
             let value = match row.get_ref(i).map_err(|e| classify(&e))? {
                 ValueRef::Null => Value::Null,
                 ValueRef::Integer(n) => Value::from(n),
-                ValueRef::Real(x) => {
-                    serde_json::Number::from_f64(x).map_or_else(|| Value::String(x.to_string()), Value::Number)
-                }
+                ValueRef::Real(x) => serde_json::Number::from_f64(x)
+                    .map_or_else(|| Value::String(x.to_string()), Value::Number),
                 ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
                 ValueRef::Blob(_) => {
-                    return Err(StageError::permanent(format!(
+                    unreadable.get_or_insert_with(|| format!(
                         "column `{name}` holds a blob, which db-fetch cannot read: select it as text or hex (e.g. `hex({name})`)"
-                    )))
+                    ));
+                    continue;
                 }
             };
             fields.insert(name.clone(), value);
         }
-        if !emit(fields) {
+        let row = match unreadable {
+            None => Ok(fields),
+            Some(error) => Err((error, fields)),
+        };
+        if !emit(row) {
             break;
         }
     }

@@ -63,8 +63,21 @@ impl Source for DbFetch {
             .then(|| limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX)));
         let mut rows = 0u64;
         let mut failure = None;
-        let mut on_row = |fields: Fields| -> bool {
+        let mut on_row = |row: Row| -> bool {
             rows += 1;
+            let fields = match row {
+                Ok(fields) => fields,
+                // A value that does not read: the row fails alone, keyed as well as it can be.
+                Err((error, fields)) => {
+                    return emit(Emitted::Unreadable {
+                        key: key_of(&fields, &self.key, rows)
+                            .unwrap_or_else(|_| format!("row {rows}")),
+                        error: format!("row {rows}: {error}"),
+                        fields,
+                    })
+                    .is_ok()
+                }
+            };
             match key_of(&fields, &self.key, rows) {
                 Ok(key) => emit(Record::with_fields(key, fields).into()).is_ok(),
                 // No key column: the query's fault, not a row's.
@@ -92,6 +105,10 @@ impl Source for DbFetch {
         failure.map_or(Ok(()), Err)
     }
 }
+
+/// A row of `db-fetch`'s query: its fields, or why one of its values does not read (and the
+/// fields that did).
+pub(crate) type Row = Result<Fields, (String, Fields)>;
 
 /// `persist`.
 pub(crate) struct Persist {
