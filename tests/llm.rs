@@ -313,8 +313,50 @@ fn a_server_that_never_answers_ends_at_the_timeout() {
 }
 
 #[test]
+fn an_answer_that_echoes_the_key_is_stored_without_it() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-answer-echo",
+        2,
+        &openai(
+            &server,
+            Scenario::AnswerEcho,
+            "api_key_env = \"MY_LLM_KEY\"",
+        ),
+    );
+    let out = p.cmd("run").env("MY_LLM_KEY", LONG_KEY).output();
+    out.assert_code(0);
+    let mut texts = vec![out.stderr.clone(), out.stdout.clone()];
+    for dir in [p.dir.join(".stagewise"), p.dir.path().to_path_buf()] {
+        for file in std::fs::read_dir(&dir).expect("a folder") {
+            let path = file.expect("an entry").path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).expect("a file");
+                texts.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+    }
+    let key = LONG_KEY.to_ascii_lowercase();
+    for text in &texts {
+        let text = text.to_ascii_lowercase();
+        for piece in key.as_bytes().windows(8) {
+            let piece = std::str::from_utf8(piece).expect("an ASCII key");
+            assert!(
+                !text.contains(piece),
+                "{piece:?}, a piece of the key, was kept"
+            );
+        }
+    }
+    assert!(
+        texts.iter().any(|t| t.contains("the key is ***")),
+        "the answer was kept, without the key"
+    );
+}
+
+const LONG_KEY: &str = "sk-proj-Q7f3a9cZ1x8LmN2pR5tV0wY4bD6eH9jK";
+
+#[test]
 fn no_piece_of_the_key_reaches_the_log_the_status_or_the_store() {
-    const LONG_KEY: &str = "sk-proj-Q7f3a9cZ1x8LmN2pR5tV0wY4bD6eH9jK";
     let server = LlmServer::start(LlmConfig::default());
     let p = pipeline(
         "llm-echo",

@@ -46,6 +46,7 @@
 //! | `silent` | reads the request and never answers; it holds its in-flight slot until the client hangs up | the same |
 //! | `unauthorized` | 401 `invalid_request_error`, "Incorrect API key provided" | 401 `authentication_error`, the same message |
 //! | `unauthorized-echo` | 401 as `unauthorized`, the message echoing the key it got upper-cased, then whole from its [`ECHO_AT`]th character (where a client that keeps 300 characters cuts it) | the same |
+//! | `answer-echo` | 200 as `ok`, the answer's facts echoing the key it got, as is and upper-cased | the same |
 //! | `not-found` | 404 `model_not_found` | 404 `not_found_error` |
 //! | `bad-request` | 400 `invalid_request_error` | the same |
 //!
@@ -130,12 +131,13 @@ pub enum Scenario {
     Silent,
     Unauthorized,
     UnauthorizedEcho,
+    AnswerEcho,
     NotFound,
     BadRequest,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Ok,
         Scenario::NotJson,
         Scenario::BadSchema,
@@ -146,6 +148,7 @@ impl Scenario {
         Scenario::Silent,
         Scenario::Unauthorized,
         Scenario::UnauthorizedEcho,
+        Scenario::AnswerEcho,
         Scenario::NotFound,
         Scenario::BadRequest,
     ];
@@ -163,6 +166,7 @@ impl Scenario {
             Scenario::Silent => "silent",
             Scenario::Unauthorized => "unauthorized",
             Scenario::UnauthorizedEcho => "unauthorized-echo",
+            Scenario::AnswerEcho => "answer-echo",
             Scenario::NotFound => "not-found",
             Scenario::BadRequest => "bad-request",
         }
@@ -741,6 +745,14 @@ fn scenario_reply(
         },
         Scenario::Silent => return None,
         Scenario::Unauthorized => error(api, 401, "Incorrect API key provided"),
+        Scenario::AnswerEcho => {
+            let key = request.api_key().unwrap_or("");
+            let echoed = json!({
+                "facts": [format!("the key is {key}"), format!("and loudly {}", key.to_uppercase())],
+                "summary": "echoed",
+            });
+            completion(state, api, request, Content::Answer(&echoed))
+        }
         Scenario::UnauthorizedEcho => {
             let key = request.api_key().unwrap_or("");
             let mut message = format!(

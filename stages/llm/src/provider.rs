@@ -249,7 +249,14 @@ impl Client {
                 error: self.scrub(read_error(&e)),
                 maybe_billed: true,
             })?;
-        let text = String::from_utf8_lossy(&bytes);
+        // An answer that echoes the key (asked to by a prompt from data, say) must not carry it
+        // into the records, the store or the response cache.
+        let text = match &self.scrubber {
+            Some(scrubber) => {
+                std::borrow::Cow::Owned(scrubber.scrub(&String::from_utf8_lossy(&bytes)))
+            }
+            None => String::from_utf8_lossy(&bytes),
+        };
         let garbled = |what: String| Failure {
             error: self.scrub(StageError::transient(what)),
             maybe_billed: true,
