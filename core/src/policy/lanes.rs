@@ -3,8 +3,9 @@
 //! signals of that lane's service only.
 //!
 //! The lane names come from data (a URL's host), so the table forgets a lane once nothing is
-//! under way in it and its limit is back to its width: it holds the lanes in use or slowed
-//! down, not every name the batch ever held.
+//! under way in it and its limit is back to its width (or, when there are many, once nothing is
+//! under way in it): it holds the lanes in use or recently slowed down, not every name the
+//! batch ever held.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,10 +44,13 @@ impl Lanes {
             return gate.clone();
         }
         if table.gates.len() >= table.prune_at.max(KEEP) {
-            // A gate some item holds (an `Arc` besides the table's) or one slowed down stays.
+            // A gate some item holds (an `Arc` besides the table's) stays; so does one slowed
+            // down, while the table is small. Past that, a slowed lane nobody uses is forgotten
+            // too (its next item finds out again what its host admits): data names the lanes.
+            let keep_slowed = table.gates.len() < 4 * KEEP;
             table
                 .gates
-                .retain(|_, gate| Arc::strong_count(gate) > 1 || !gate.idle());
+                .retain(|_, gate| Arc::strong_count(gate) > 1 || (keep_slowed && !gate.idle()));
             table.prune_at = table.gates.len() * 2;
         }
         let gate = Arc::new(Adaptive::new(lane.width));
@@ -97,6 +101,16 @@ mod tests {
             Arc::ptr_eq(&a, &lanes.gate(&lane("a", 2))),
             "one gate per lane"
         );
+    }
+
+    #[test]
+    fn among_many_slowed_lanes_the_unused_ones_are_forgotten() {
+        let lanes = Lanes::default();
+        for i in 0..8 * KEEP {
+            lanes.gate(&lane(&format!("slow{i}"), 4)).overloaded();
+        }
+        let kept = lanes.lock().gates.len();
+        assert!(kept <= 4 * KEEP + 1, "{kept} lanes kept");
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub struct DownloadConfig {
     pub user_agent: String,
     /// Extra request headers, e.g. `{ Accept-Language = "en" }`. Sent only to the item's own
     /// origin: a redirect to another scheme, host or port drops them all, so credentials such as
-    /// `Authorization` or `Cookie` never follow a redirect to another server.
+    /// `Authorization` or `Cookie` never follow a redirect to another server. The item's URL comes
+    /// from data, though: put a credential here only when the source's URLs are trusted, since
+    /// any row can name any public host.
     #[schemars(extend("x-default" = "none"))]
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
