@@ -16,7 +16,7 @@ python="${TRAFILATURA_PYTHON:-}"
 if [[ -z "$python" ]]; then
     venv=/tmp/stagewise-trafilatura-venv
     [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-    "$venv/bin/python" -c 'import trafilatura' 2>/dev/null || "$venv/bin/pip" install --quiet trafilatura
+    "$venv/bin/python" -c "import trafilatura" 2>/dev/null || "$venv/bin/pip" install --quiet trafilatura lxml_html_clean
     python="$venv/bin/python"
 fi
 out="$(mktemp -d)"
