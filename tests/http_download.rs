@@ -798,3 +798,25 @@ fn items_waiting_for_a_busy_host_do_not_keep_other_hosts_items_out() {
         "two at a time to the silent host"
     );
 }
+
+#[test]
+fn an_error_quoting_a_huge_value_is_kept_at_a_bounded_size() {
+    // The error quotes the URL, a megabyte of it: the log, the store and `status` keep 2 KB.
+    let huge = format!("not a url {}", "x".repeat(1 << 20));
+    let p = download("huge-url", &[("huge", huge)], "");
+    let out = p.run();
+    out.assert_code(1);
+    let f = failed(&p.status(), "huge");
+    assert!(
+        f.error.starts_with("invalid URL \"not a url xxx"),
+        "{}",
+        &f.error[..80]
+    );
+    assert!(f.error.len() < 2200, "{} bytes kept", f.error.len());
+    assert!(f.error.ends_with("more bytes)"), "it says it was cut");
+    assert!(
+        out.stderr.len() < 64 * 1024,
+        "the log: {} bytes",
+        out.stderr.len()
+    );
+}

@@ -478,6 +478,26 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The longest error or reason the runner keeps for an item, in bytes: an error that quotes
+/// data (a 3 MB URL, a server's page of HTML) is cut there, in the log, the store and the marks.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how much was
+/// cut; unchanged when it fits.
+pub fn bounded(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… ({} more bytes)", total - end));
+    message
+}
+
 /// `s` with its control characters escaped (`\n`, `\u{1b}`), so that untrusted text (an item's
 /// key, a page's title) cannot drive the terminal it is printed on.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
@@ -561,6 +581,19 @@ mod tests {
         for (d, want) in cases {
             assert_eq!(duration(d), want, "{d:?}");
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = bounded(long.clone());
+        assert!(cut.len() < MAX_MESSAGE_BYTES + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!(
+            "… ({} more bytes)",
+            long.len() - MAX_MESSAGE_BYTES
+        )));
+        assert!(long.starts_with(cut.split('…').next().expect("a head")));
     }
 
     #[test]

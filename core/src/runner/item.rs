@@ -126,6 +126,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlig
                 }
             }
             Ok(Outcome::Skip { reason }) => {
+                let reason = text::bounded(reason);
                 tracing::debug!(stage = %stage.name, key = %key, reason = %reason, "item skipped");
                 let Some(reason) = Box::pin(ending(
                     &shared,
@@ -505,7 +506,8 @@ async fn marked(
                 );
                 message = format!(
                     "{message} (and marking it at `{}` failed: {})",
-                    marker.name, error.message
+                    marker.name,
+                    text::bounded(error.message)
                 );
             }
         }
@@ -722,6 +724,11 @@ async fn attempts(
                 StageError::permanent(format!("panicked: {message}"))
             }
             Err(CallError::Stage(e)) => e,
+        };
+        // A message that quotes data is kept at a bounded size.
+        let error = StageError {
+            message: text::bounded(error.message),
+            ..error
         };
         if error.class == ErrorClass::Transient && error.retry_after.is_some() {
             slow_down(stage, lane, key, &error);

@@ -161,7 +161,8 @@ fn read(
             ),
             Emitted::Unreadable { key, error, fields } => (
                 key,
-                serde_json::to_string(&(error, fields)).expect("JSON values always serialize"),
+                serde_json::to_string(&(text::bounded(error), fields))
+                    .expect("JSON values always serialize"),
             ),
         };
         if let Err(e) = manifest.add(&key, &stored) {
