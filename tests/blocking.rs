@@ -163,46 +163,64 @@ fn a_late_answer_before_the_item_is_settled_is_taken() {
 
 #[test]
 fn items_that_wedge_their_stage_every_run_end_failed_once_their_attempts_are_used() {
-    // Every call hangs past its timeout, holding its thread: each run wedges at once (exit 3).
-    // The attempts the wedge ended still count, so the items end failed, and the run after
-    // that goes on.
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "wedged-again"
+    // Every call hangs past its timeout, holding its thread: each run wedges (exit 3), on an
+    // item's first attempt or on its last. The attempts the wedge ended still count, so every
+    // item ends failed, marked, within `retry.attempts` runs of its own, and the run after that
+    // finishes.
+    for concurrency in [1, 2] {
+        let p = Pipeline::new(&format!(
+            r#"
+            [pipeline]
+            name = "wedged-again"
 
-        [[stage]]
-        name = "src"
-        kind = "generate"
-        count = 2
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 2
 
-        [[stage]]
-        name = "stuck"
-        kind = "fault"
-        hang_rate = 1.0
-        blocking = true
-        hang_for = "20s"
-        concurrency = 2
-        timeout = "300ms"
-        retry = { attempts = 2, initial = "10ms" }
+            [[stage]]
+            name = "stuck"
+            kind = "fault"
+            hang_rate = 1.0
+            blocking = true
+            hang_for = "20s"
+            concurrency = {concurrency}
+            timeout = "300ms"
+            retry = {{ attempts = 2, initial = "10ms" }}
 
-        [[stage]]
-        name = "out"
-        kind = "blackhole"
-        "#,
-    );
-    for run in 1..=2 {
-        let out = p.run();
-        out.assert_code(3);
-        assert!(out.stderr.contains("is wedged"), "run {run}\n{out}");
+            [[stage]]
+            name = "out"
+            kind = "jsonl"
+            path = "out.jsonl"
+            rejects = "rejects.jsonl"
+            "#
+        ));
+        // Two items of two attempts: at most four wedged runs, then one that ends.
+        let mut wedged = 0;
+        let out = loop {
+            let out = p.run();
+            if out.code != Some(3) {
+                break out;
+            }
+            assert!(out.stderr.contains("is wedged"), "{out}");
+            wedged += 1;
+            assert!(
+                wedged <= 4,
+                "concurrency {concurrency}: wedged {wedged} times\n{out}"
+            );
+        };
+        out.assert_code(1);
+        let status = p.status();
+        assert_eq!(status.count("failed"), 2, "{:#}", status.raw);
+        assert!(
+            status.failed.iter().all(|f| f.attempts == 2),
+            "{:#}",
+            status.raw
+        );
+        assert_eq!(
+            p.sink("rejects.jsonl").unique_keys(),
+            ["0", "1"].map(String::from).into(),
+            "each marked"
+        );
     }
-    let out = p.run();
-    out.assert_code(1);
-    let status = p.status();
-    assert_eq!(status.count("failed"), 2, "{:#}", status.raw);
-    assert!(
-        status.failed.iter().all(|f| f.attempts == 2),
-        "{:#}",
-        status.raw
-    );
 }

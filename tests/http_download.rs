@@ -820,3 +820,29 @@ fn an_error_quoting_a_huge_value_is_kept_at_a_bounded_size() {
         out.stderr.len()
     );
 }
+
+#[test]
+fn a_host_answering_429s_and_a_busy_lane_cannot_wedge_the_window() {
+    // A window of 3 (2 + 1), one request at a time per host: 22 items of a host that answers
+    // `429 Retry-After: 300` (capped at 20 s) between the items of a host that answers in
+    // 100 ms. Items step out of the window to wait (backoff, lane) and back in to attempt;
+    // whatever the order, the good host's items are all done in the first seconds.
+    let good = Server::start();
+    let hostile = Server::start_at("127.0.0.2:0").expect("bind 127.0.0.2:0");
+    let mut items: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("a{i:02}"), good.url(&format!("/slow/{i}"))))
+        .collect();
+    items.extend((0..22).map(|i| (format!("b{i:02}"), hostile.url(&format!("/always-429/{i}")))));
+    items.extend((3..23).map(|i| (format!("a{i:02}"), good.url(&format!("/slow/{i}")))));
+    let p = download_run(
+        "busy-window",
+        "max_run_time = \"8s\"\nshutdown_grace = \"1s\"",
+        &items,
+        "concurrency = 2\nper_host_concurrency = 1\nretry = { attempts = 2, max_retry_after = \"20s\", jitter = false }",
+    );
+    let out = p.run();
+    out.assert_code(75);
+    let done = p.sink("out.jsonl").unique_keys();
+    let good_done = done.iter().filter(|k| k.starts_with('a')).count();
+    assert_eq!(good_done, 23, "every good page in the first run\n{out}");
+}

@@ -179,7 +179,9 @@ impl Batch {
                     }
                     _ => match &slot.last {
                         Change::Advanced { .. } => slot.advanced = Some(slot.last.clone()),
-                        Change::Attempted { .. } => slot.attempted = Some(slot.last.clone()),
+                        Change::Attempted { .. } | Change::Exhausted { .. } => {
+                            slot.attempted = Some(slot.last.clone());
+                        }
                         _ => {}
                     },
                 }

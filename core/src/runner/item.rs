@@ -715,6 +715,15 @@ async fn attempts(
                 if again {
                     backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
                     window.step_aside();
+                } else {
+                    // Its last: should this abandonment wedge the stage, the run stops before
+                    // the item's failure is recorded, and the next run must not try it again.
+                    let change = Change::Attempted {
+                        stage: stage.name.clone(),
+                        attempts: attempt,
+                        error: error.message.clone(),
+                    };
+                    checkpoint(shared, seq, change).await;
                 }
                 call::check_wedged(shared, stage);
                 return Attempt::TimedOut { error, late };

@@ -1,44 +1,55 @@
-//! The items in flight: the feeder starts an item only when it gets a place in the window (the
-//! sum of the stages' `concurrency`), which bounds the records in memory. An item that only
-//! waits — out a backoff or a retry-after, or for a busy lane — steps aside: it trades its
-//! place for one among the waiting items (a larger, separate bound), so that the feeder can
-//! start another item meanwhile, and takes a place in the window again before its next
-//! attempt. Otherwise a few items of a host that answers slowly, or asks for long waits, would
-//! fill the window and hold back every other host's items.
+//! The items in flight: the feeder starts an item only when it gets a place among all the items
+//! in the process (nine times the window) and then in the window (the sum of the stages'
+//! `concurrency`), which bounds the records in memory. An item that only waits — out a backoff
+//! or a retry-after, or for a busy lane — steps out of the window, so that another item can use
+//! its place meanwhile, and takes a place in the window again before its next attempt.
+//! Otherwise a few items of a host that answers slowly, or asks for long waits, would fill the
+//! window and hold back every other host's items.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// Waiting items allowed per place of the window.
-const WAITING_PER_PLACE: usize = 8;
+/// Items in the process, waiting ones included, per place of the window.
+const ITEMS_PER_PLACE: usize = 9;
 
-/// The window's places, and the waiting items'.
+/// The window's places, and the bound on all the items in the process.
+///
+/// Every item holds a place among all the items for its whole life (taken by the feeder, before
+/// its place in the window), so an item that steps aside never needs room to do so, and never
+/// waits for anything while it holds a window place that another waits on: an item in the
+/// window is attempting, or waiting for a stage's slot that a running attempt frees.
 #[derive(Debug)]
 pub(crate) struct Window {
     active: Arc<Semaphore>,
-    waiting: Arc<Semaphore>,
+    all: Arc<Semaphore>,
 }
 
 impl Window {
-    /// A window of `places` items in flight (at least 1), and room for
-    /// [`WAITING_PER_PLACE`] times as many waiting aside.
+    /// A window of `places` items in flight (at least 1), with [`ITEMS_PER_PLACE`] times as
+    /// many items in the process, waiting ones included.
     pub(crate) fn new(places: usize) -> Arc<Self> {
         let places = places.max(1);
         Arc::new(Window {
             active: Arc::new(Semaphore::new(places)),
-            waiting: Arc::new(Semaphore::new(places.saturating_mul(WAITING_PER_PLACE))),
+            all: Arc::new(Semaphore::new(places.saturating_mul(ITEMS_PER_PLACE))),
         })
     }
 
-    /// Wait for a place in the window.
+    /// Wait for a place among the items, then in the window.
     ///
     /// # Cancel safety
     ///
-    /// A place is taken only when the future completes.
+    /// Places are taken only when the future completes.
     pub(crate) async fn enter(self: &Arc<Self>) -> InFlight {
-        let permit = self
+        let all = self
+            .all
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the window is never closed");
+        let active = self
             .active
             .clone()
             .acquire_owned()
@@ -46,51 +57,36 @@ impl Window {
             .expect("the window is never closed");
         InFlight {
             window: self.clone(),
-            held: Mutex::new(Held {
-                active: Some(permit),
-                aside: None,
-            }),
+            _all: all,
+            active: Mutex::new(Some(active)),
         }
     }
 }
 
-/// An item's place: in the window, or aside among the waiting items. Given back when dropped.
+/// An item's places: among all the items, and in the window unless it stepped aside. Given
+/// back when dropped.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     window: Arc<Window>,
-    held: Mutex<Held>,
-}
-
-/// One of the two, never both.
-#[derive(Debug)]
-struct Held {
-    active: Option<OwnedSemaphorePermit>,
-    aside: Option<OwnedSemaphorePermit>,
+    _all: OwnedSemaphorePermit,
+    active: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The item is about to wait: give its place in the window to another item, if there is room
-    /// among the waiting ones (else it keeps its place and waits there, as before).
+    /// The item is about to wait: give its place in the window to another item.
     pub(crate) fn step_aside(&self) {
-        let mut held = self.lock();
-        if held.active.is_none() {
-            return;
-        }
-        if let Ok(aside) = self.window.waiting.clone().try_acquire_owned() {
-            held.aside = Some(aside);
-            // Dropping it gives the place back.
-            held.active = None;
-        }
+        // Dropping it gives the place back.
+        self.lock().take();
     }
 
     /// The item is done waiting: take a place in the window again. `false` if `stop` came
-    /// first (the item keeps its place aside, and leaves).
+    /// first.
     pub(crate) async fn come_back(&self, stop: &CancellationToken) -> bool {
-        if self.lock().aside.is_none() {
+        if self.lock().is_some() {
             return true;
         }
         let active = tokio::select! {
@@ -98,16 +94,14 @@ impl InFlight {
             () = stop.cancelled() => return false,
             p = self.window.active.clone().acquire_owned() => p.expect("the window is never closed"),
         };
-        let mut held = self.lock();
-        held.active = Some(active);
-        held.aside = None;
+        *self.lock() = Some(active);
         true
     }
 
     /// Whether the item holds a place in the window (not aside).
     #[cfg(test)]
     fn is_in_window(&self) -> bool {
-        self.lock().active.is_some()
+        self.lock().is_some()
     }
 }
 
@@ -138,21 +132,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn with_no_room_aside_an_item_keeps_its_place_and_a_stop_ends_a_wait() {
+    async fn the_items_in_the_process_are_bounded_and_a_stop_ends_a_wait() {
         let window = Window::new(1);
         let stop = CancellationToken::new();
-        let items: Vec<InFlight> = {
-            let mut items = vec![window.enter().await];
-            for _ in 0..WAITING_PER_PLACE {
-                items[0].step_aside();
-                items.insert(0, window.enter().await);
-            }
-            items
-        };
-        // Every place aside is taken: the item in the window stays there.
-        items[0].step_aside();
-        let full = tokio::time::timeout(Duration::from_secs(1), window.enter());
-        assert!(full.await.is_err(), "no place was given up");
+        let mut items = Vec::new();
+        for _ in 0..ITEMS_PER_PLACE {
+            let item = window.enter().await;
+            item.step_aside();
+            items.push(item);
+        }
+        let more = tokio::time::timeout(Duration::from_secs(1), window.enter());
+        assert!(more.await.is_err(), "as many items as the bound allows");
+        let _back = items[0].come_back(&stop).await;
         stop.cancel();
         assert!(!items[1].come_back(&stop).await, "a stop ends the wait");
     }

@@ -109,6 +109,33 @@ fn shapes() -> Vec<(&'static str, String)> {
             "siblings-h2-p-37k",
             times("<html><body><div>", "<h2>h</h2><p>w</p>", 37_236, end),
         ),
+        (
+            // Fourteen runs of 9,999 siblings, and text the fast engines disagree on.
+            "siblings-br-14x9999-aside",
+            format!(
+                "<html><body><aside>{}</aside><main>{}</main>{}</body></html>",
+                format!(
+                    "<p>Readers comment: {}</p>",
+                    (0..300).map(|i| format!("word{i} ")).collect::<String>()
+                )
+                .repeat(3),
+                STORY.repeat(3),
+                format!("<div>{}</div>", "<br>".repeat(9_999)).repeat(14)
+            ),
+        ),
+        (
+            "siblings-a-9999-aside",
+            format!(
+                "<html><body><aside>{}</aside><main>{}</main>{}</body></html>",
+                format!(
+                    "<p>Readers comment: {}</p>",
+                    (0..300).map(|i| format!("word{i} ")).collect::<String>()
+                )
+                .repeat(3),
+                STORY.repeat(3),
+                format!("<div>{}</div>", "<a></a>".repeat(9_999)).repeat(14)
+            ),
+        ),
         ("a-misnested-1mb", fill(body, "<a><p>x", end, mb)),
         ("misnested-bi-1mb", fill(body, "<b><i>x</b>y</i>", end, mb)),
         ("table-deep-1mb", fill(body, "<table><tr><td>", STORY, mb)),

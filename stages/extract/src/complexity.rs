@@ -119,8 +119,9 @@ pub(crate) struct Shape {
     pub(crate) nodes: u64,
     pub(crate) parser_work: u64,
     pub(crate) depth_sum: u64,
-    /// The most children one element has.
-    pub(crate) most_children: u32,
+    /// The sum over elements of their children squared: what the slow engine's work grows
+    /// with.
+    pub(crate) sibling_work: u64,
 }
 
 /// Measure `html` against `limits` (scaled to its size): its shape, or the first limit it
@@ -158,14 +159,14 @@ pub(crate) fn check(html: &str, limits: &Limits) -> Result<Shape, TooComplex> {
         return Err(TooComplex::DepthSum(limits.depth_sum));
     }
     let nodes = sink.nodes.borrow();
-    let most_children = nodes.iter().map(|n| n.children).max().unwrap_or(0);
+    let sibling_work = nodes.iter().map(|n| u64::from(n.children).pow(2)).sum();
     Ok(Shape {
         attribute_pairs,
         depth,
         nodes: nodes.len() as u64,
         parser_work: sink.work.get(),
         depth_sum,
-        most_children,
+        sibling_work,
     })
 }
 
@@ -763,15 +764,19 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_run_of_siblings_is_measured() {
+    fn runs_of_siblings_are_measured() {
         let page = format!(
-            "<html><body><div>{}</div></body></html>",
-            "<li>w</li>".repeat(12_000)
+            "<html><body><div>{}</div><div>{}</div></body></html>",
+            "<li>w</li>".repeat(12_000),
+            "<br>".repeat(100)
         );
         let shape = check(&page, &LIMITS).expect("a list passes");
-        assert_eq!(shape.most_children, 12_000);
-        let shape = check("<p>a</p><p>b</p>", &LIMITS).expect("passes");
-        assert_eq!(shape.most_children, 2, "the body's two paragraphs");
+        // The two divs' children, each item's text, the body's two, the html's two (head and
+        // body), the document's one.
+        assert_eq!(
+            shape.sibling_work,
+            12_000 * 12_000 + 100 * 100 + 12_000 + 4 + 4 + 1
+        );
     }
 
     #[test]

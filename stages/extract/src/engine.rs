@@ -105,10 +105,12 @@ pub(crate) fn extract_until(
 /// One extractor: `None` when it finds nothing.
 type Engine = fn(&str) -> Option<Article>;
 
-/// The most children of one element with which the slow engine still runs: its cost grows with
-/// the square of a long run of siblings (0.4 s of CPU at 20,000, 7 s at 150,000, in a release
+/// How much sibling work ([`complexity::Shape::sibling_work`], the sum over elements of their
+/// children squared) the slow engine is still run on: its cost grows with it (0.4 s of CPU for
+/// one element of 20,000 children, 7 s for 150,000, 3 s for fourteen of 10,000, in a release
 /// build), where the two fast engines stay linear. Past it, the page is extracted by the two.
-const SLOW_ENGINE_MOST_CHILDREN: u32 = 10_000;
+/// One element of 10,000 children; real pages stay far below (tens of thousands).
+const SLOW_ENGINE_SIBLING_WORK: u64 = 100_000_000;
 
 /// [`extract`] on the calling thread, the page already checked (`shape`).
 fn extract_here(
@@ -131,7 +133,7 @@ fn extract_here(
             }
             break;
         }
-        if i == 2 && shape.most_children > SLOW_ENGINE_MOST_CHILDREN {
+        if i == 2 && shape.sibling_work > SLOW_ENGINE_SIBLING_WORK {
             break;
         }
         if i == 2 && candidates.iter().all(|a| !a.text.is_empty()) {
