@@ -26,10 +26,27 @@ fn download(name: &str, items: &[(&str, String)], keys: &str) -> Pipeline {
 
 /// As [`download`], with `allow_private_networks` left at its default (off).
 fn download_by_default(name: &str, items: &[(&str, String)], keys: &str) -> Pipeline {
+    pipeline(
+        name,
+        "",
+        items,
+        &format!("concurrency = 8\nper_host_concurrency = 8\n{keys}"),
+    )
+}
+
+/// `items` (key, URL) → `http-download` (`keys`) → `out.jsonl`, with `pipeline_keys` in
+/// `[pipeline]`.
+fn pipeline(
+    name: &str,
+    pipeline_keys: &str,
+    items: &[(impl AsRef<str>, String)],
+    keys: &str,
+) -> Pipeline {
     let p = Pipeline::new(&format!(
         r#"
 [pipeline]
 name = "{name}"
+{pipeline_keys}
 
 [[stage]]
 name = "urls"
@@ -40,8 +57,6 @@ key = "id"
 [[stage]]
 name = "fetch"
 kind = "http-download"
-concurrency = 8
-per_host_concurrency = 8
 {keys}
 
 [[stage]]
@@ -52,7 +67,7 @@ path = "out.jsonl"
     ));
     let lines: String = items
         .iter()
-        .map(|(id, url)| format!("{}\n", serde_json::json!({ "id": id, "url": url })))
+        .map(|(id, url)| format!("{}\n", serde_json::json!({ "id": id.as_ref(), "url": url })))
         .collect();
     p.dir.write("urls.jsonl", lines);
     p
@@ -624,44 +639,19 @@ fn file_urls_are_refused_without_files_root() {
     assert!(p.sink("out.jsonl").keys().is_empty());
 }
 
-/// `items` (key, URL) → `http-download` (`keys`) → `out.jsonl`, with `pipeline_keys` in
-/// `[pipeline]`.
+/// [`pipeline`] with `allow_private_networks` (the test servers are on loopback).
 fn download_run(
     name: &str,
     pipeline_keys: &str,
     items: &[(String, String)],
     keys: &str,
 ) -> Pipeline {
-    let p = Pipeline::new(&format!(
-        r#"
-[pipeline]
-name = "{name}"
-{pipeline_keys}
-
-[[stage]]
-name = "urls"
-kind = "jsonl"
-path = "urls.jsonl"
-key = "id"
-
-[[stage]]
-name = "fetch"
-kind = "http-download"
-allow_private_networks = true
-{keys}
-
-[[stage]]
-name = "out"
-kind = "jsonl"
-path = "out.jsonl"
-"#
-    ));
-    let lines: String = items
-        .iter()
-        .map(|(id, url)| format!("{}\n", serde_json::json!({ "id": id, "url": url })))
-        .collect();
-    p.dir.write("urls.jsonl", lines);
-    p
+    pipeline(
+        name,
+        pipeline_keys,
+        items,
+        &format!("allow_private_networks = true\n{keys}"),
+    )
 }
 
 #[test]

@@ -32,36 +32,52 @@ fn write_input(dir: &TestDir) {
     out.flush().expect("flush");
 }
 
-#[test]
-fn a_giant_line_fails_alone_in_bounded_memory_and_the_others_run() {
-    let p = Pipeline::new(
+/// `in.jsonl` (a `jsonl` source with `source_keys`) → `out.jsonl`, marking failures in
+/// `rejects.jsonl`; `tables` go after `[pipeline]` (e.g. `[defaults]`).
+fn pipeline(name: &str, source_keys: &str, tables: &str) -> Pipeline {
+    Pipeline::new(&format!(
         r#"
         [pipeline]
-        name = "giant"
+        name = "{name}"
+
+        {tables}
 
         [[stage]]
         name = "in"
         kind = "jsonl"
         path = "in.jsonl"
+        {source_keys}
 
         [[stage]]
         name = "out"
         kind = "jsonl"
         path = "out.jsonl"
         rejects = "rejects.jsonl"
-        "#,
-    );
-    write_input(&p.dir);
+        "#
+    ))
+}
+
+/// `stagewise run`, asserting its peak RSS stays under [`PEAK_RSS`].
+fn run_in_bounded_memory(p: &Pipeline) -> util::Output {
     let (out, peak) = p.cmd("run").spawn().wait_peak_rss();
-    std::fs::remove_file(p.dir.join("in.jsonl")).expect("remove the giant input");
-    out.assert_code(1);
     eprintln!("peak RSS: {} KiB", peak / 1024);
     assert!(
         peak < PEAK_RSS,
-        "peak RSS {} MiB, more than {} MiB\n{out}",
+        "peak RSS {} MiB, more than {} MiB\n{}",
         peak / 1024 / 1024,
-        PEAK_RSS / 1024 / 1024
+        PEAK_RSS / 1024 / 1024,
+        out.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
     );
+    out
+}
+
+#[test]
+fn a_giant_line_fails_alone_in_bounded_memory_and_the_others_run() {
+    let p = pipeline("giant", "", "");
+    write_input(&p.dir);
+    let out = run_in_bounded_memory(&p);
+    std::fs::remove_file(p.dir.join("in.jsonl")).expect("remove the giant input");
+    out.assert_code(1);
     assert_eq!(
         p.sink("out.jsonl").unique_keys(),
         ["a", "b", "c", "d"].map(String::from).into(),
@@ -85,22 +101,7 @@ fn a_giant_line_fails_alone_in_bounded_memory_and_the_others_run() {
 
 #[test]
 fn a_line_that_is_not_a_record_fails_alone() {
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "broken-lines"
-
-        [[stage]]
-        name = "in"
-        kind = "jsonl"
-        path = "in.jsonl"
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
-    );
+    let p = pipeline("broken-lines", "", "");
     p.dir.write(
         "in.jsonl",
         "{\"key\": \"a\"}\n{not json\n[1]\n{\"key\": null}\n{\"key\": \"b\"}\n",
@@ -140,26 +141,7 @@ fn a_flood_of_broken_lines_is_marked_in_bounded_memory_and_holds_back_no_good_re
     // 100,000 lines that are not records, then 20 that are: each broken line is an item that
     // fails and is marked, a window of them at a time, and the good ones are not starved.
     const BROKEN: usize = 100_000;
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "flood"
-
-        [defaults]
-        retry = { attempts = 1 }
-
-        [[stage]]
-        name = "in"
-        kind = "jsonl"
-        path = "in.jsonl"
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        rejects = "rejects.jsonl"
-        "#,
-    );
+    let p = pipeline("flood", "", "[defaults]\nretry = { attempts = 1 }");
     {
         let file = File::create(p.dir.join("in.jsonl")).expect("create in.jsonl");
         let mut out = BufWriter::new(file);
@@ -171,15 +153,8 @@ fn a_flood_of_broken_lines_is_marked_in_bounded_memory_and_holds_back_no_good_re
         }
         out.flush().expect("flush");
     }
-    let (out, peak) = p.cmd("run").spawn().wait_peak_rss();
+    let out = run_in_bounded_memory(&p);
     out.assert_code(1);
-    eprintln!("peak RSS: {} KiB", peak / 1024);
-    assert!(
-        peak < PEAK_RSS,
-        "peak RSS {} MiB with {BROKEN} broken lines\n{}",
-        peak / 1024 / 1024,
-        out.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
-    );
     assert_eq!(
         p.sink("out.jsonl").unique_keys().len(),
         20,
@@ -200,23 +175,10 @@ fn a_read_stopped_by_its_deadline_is_never_taken_as_the_batch() {
     // then 50 more: the read cannot finish within its timeout, and what it read by then must not
     // become the run's batch.
     use std::io::{Seek, SeekFrom};
-    let p = Pipeline::new(
-        r#"
-        [pipeline]
-        name = "cut-short"
-
-        [[stage]]
-        name = "in"
-        kind = "jsonl"
-        path = "in.jsonl"
-        timeout = "1s"
-        retry = { attempts = 1 }
-
-        [[stage]]
-        name = "out"
-        kind = "jsonl"
-        path = "out.jsonl"
-        "#,
+    let p = pipeline(
+        "cut-short",
+        "timeout = \"1s\"\nretry = { attempts = 1 }",
+        "",
     );
     {
         let mut file = File::create(p.dir.join("in.jsonl")).expect("create in.jsonl");

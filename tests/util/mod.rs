@@ -456,16 +456,22 @@ impl Running {
                 return (self.collect(code), peak);
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let out = self.collect(None);
-                panic!(
-                    "kill guard: `{}` still running after {:?}, killed\n{out}",
-                    self.line, self.timeout
-                );
+                self.kill_past_the_guard();
             }
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The kill guard's end: the process is still running past its time, killed, and the test
+    /// fails with its output.
+    fn kill_past_the_guard(&mut self) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let out = self.collect(None);
+        panic!(
+            "kill guard: `{}` still running after {:?}, killed\n{out}",
+            self.line, self.timeout
+        );
     }
 
     fn wait_sampling(mut self, every: Duration, mut sample: impl FnMut(usize)) -> Output {
@@ -482,13 +488,7 @@ impl Running {
                 next_sample = Instant::now() + every;
             }
             if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let out = self.collect(None);
-                panic!(
-                    "kill guard: `{}` still running after {:?}, killed\n{out}",
-                    self.line, self.timeout
-                );
+                self.kill_past_the_guard();
             }
             thread::sleep(Duration::from_millis(10));
         };
