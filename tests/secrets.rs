@@ -154,16 +154,9 @@ impl Server {
     }
 }
 
+/// `s` with every byte but ASCII letters and digits percent-encoded.
 fn encoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// `s` as a TOML basic string (JSON's escapes are TOML's).
