@@ -163,16 +163,22 @@ enum Line {
     TooLong,
 }
 
+/// The reader's next bytes (none at the end), an interrupted read tried again.
+fn fill(reader: &mut impl BufRead) -> io::Result<&[u8]> {
+    while let Err(e) = reader.fill_buf() {
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    reader.fill_buf()
+}
+
 /// Read one line into `line` (cleared first), holding at most `max` bytes of it besides its
 /// `\n`: unlike `read_until`, a line without end in sight does not grow the buffer without end.
 fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::Result<Line> {
     line.clear();
     loop {
-        let available = match reader.fill_buf() {
-            Ok(available) => available,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let available = fill(reader)?;
         if available.is_empty() {
             return Ok(if line.is_empty() {
                 Line::End
@@ -214,11 +220,7 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, max: usize) -> io::R
 /// (`false`: stopped first).
 fn skip_line(reader: &mut impl BufRead, stop: &dyn Fn() -> bool) -> io::Result<bool> {
     loop {
-        let available = match reader.fill_buf() {
-            Ok(available) => available,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let available = fill(reader)?;
         if available.is_empty() {
             return Ok(true);
         }
