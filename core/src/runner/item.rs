@@ -72,7 +72,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlig
             let gate = stage.lanes.gate(&lane);
             (lane.name, gate)
         });
-        let lane = lane.as_ref().map(|(name, gate)| Lane { name, gate });
+        let lane = lane.as_ref().map(|(name, gate)| LaneGate { name, gate });
         let Some(first) = places(&shared, stage, lane.as_ref(), (!started, &window)).await else {
             interrupted(&shared, seq, stage).await;
             return;
@@ -167,8 +167,8 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlig
     shared.totals.done.incr();
 }
 
-/// An item's lane at a stage (see [`crate::stage::Lane`]): its name and its gate.
-struct Lane<'a> {
+/// An item's lane at a stage (see [`crate::stage::Lane`]): the lane's name and its gate.
+struct LaneGate<'a> {
     name: &'a str,
     gate: &'a Arc<Adaptive>,
 }
@@ -185,7 +185,7 @@ struct Places {
 async fn places(
     shared: &Shared,
     stage: &StageRt,
-    lane: Option<&Lane<'_>>,
+    lane: Option<&LaneGate<'_>>,
     (not_started, window): (bool, &InFlight),
 ) -> Option<Places> {
     let control = &shared.control;
@@ -211,7 +211,7 @@ async fn places(
 async fn wait_for_places(
     shared: &Shared,
     stage: &StageRt,
-    lane: Option<&Lane<'_>>,
+    lane: Option<&LaneGate<'_>>,
     (not_started, window): (bool, &InFlight),
 ) -> Option<Places> {
     let control = &shared.control;
@@ -566,7 +566,7 @@ pub(crate) fn count_failure(shared: &Shared) {
 /// The service behind the stage (or the item's lane) asked it to wait (a transient error with
 /// a retry-after hint): one place fewer for the attempts of the stage, or of the lane only (see
 /// [`crate::policy::adaptive`]).
-fn slow_down(stage: &StageRt, lane: Option<&Lane<'_>>, key: &str, error: &StageError) {
+fn slow_down(stage: &StageRt, lane: Option<&LaneGate<'_>>, key: &str, error: &StageError) {
     let (limit, configured) = match lane {
         Some(lane) => (lane.gate.overloaded(), lane.gate.max()),
         None => (stage.adaptive.overloaded(), stage.adaptive.max()),
@@ -646,7 +646,7 @@ impl RetryEvents for RetryLog<'_> {
 /// waiting out a backoff holds none.
 async fn attempts(
     shared: &Arc<Shared>,
-    (stage, lane, window): (&StageRt, Option<&Lane<'_>>, &InFlight),
+    (stage, lane, window): (&StageRt, Option<&LaneGate<'_>>, &InFlight),
     first: Places,
     (key, record, seq): (&Arc<str>, &Record, i64),
     used: u32,
@@ -711,19 +711,9 @@ async fn attempts(
             Err(CallError::Abandoned { timed_out, late }) => {
                 stage.stats.timeouts.incr();
                 let error = StageError::from(timed_out);
-                let again = Box::pin(used_up(shared, stage, seq, attempt, &error)).await;
-                if again {
+                if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
                     backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
                     window.step_aside();
-                } else {
-                    // Its last: should this abandonment wedge the stage, the run stops before
-                    // the item's failure is recorded, and the next run must not try it again.
-                    let change = Change::Attempted {
-                        stage: stage.name.clone(),
-                        attempts: attempt,
-                        error: error.message.clone(),
-                    };
-                    checkpoint(shared, seq, change).await;
                 }
                 call::check_wedged(shared, stage);
                 return Attempt::TimedOut { error, late };
@@ -783,9 +773,10 @@ impl<'a> BackingOff<'a> {
     }
 }
 
-/// A failed attempt that the item will follow with another: the attempts used stay with it,
-/// in the store, should this process stop or die before the next one. (A failure that ends the
-/// item records its attempts with it.) Returns whether the item will try again.
+/// A failed attempt, transient: the attempts used stay with the item, in the store, should this
+/// process stop or die before its next attempt or its ending is recorded (the last one too: an
+/// abandoned call that wedges the stage stops the run before the item's failure is recorded, and
+/// the next run must not try it again). Returns whether the item will try again.
 async fn used_up(
     shared: &Shared,
     stage: &StageRt,
@@ -793,7 +784,7 @@ async fn used_up(
     attempt: u32,
     error: &StageError,
 ) -> bool {
-    if error.class != ErrorClass::Transient || attempt >= stage.policy.retry.attempts {
+    if error.class != ErrorClass::Transient {
         return false;
     }
     let change = Change::Attempted {
@@ -802,5 +793,5 @@ async fn used_up(
         error: error.message.clone(),
     };
     checkpoint(shared, seq, change).await;
-    true
+    attempt < stage.policy.retry.attempts
 }
