@@ -179,16 +179,18 @@ fn beside(path: &Path, suffix: &str) -> PathBuf {
 /// Refuse a file that is not SQLite before SQLite touches it (it would otherwise be
 /// overwritten or half-read).
 fn check_header(path: &Path) -> Result<(), StoreError> {
-    // Opening a FIFO for reading would wait for a writer.
-    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(StoreError::Corrupt {
-            path: path.display().to_string(),
-            message: "not a regular file: move it away or point `[checkpoint] store` elsewhere; it was not modified".into(),
-        });
-    }
     let mut header = [0u8; 16];
-    let Ok(mut file) = state_file::open(path, state_file::options().read(true)) else {
-        return Ok(());
+    let mut file = match state_file::open(path, state_file::options().read(true)) {
+        Ok(file) => file,
+        // A FIFO, a device, a folder: refused by `state_file`, without waiting on it.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                message: "not a regular file: move it away or point `[checkpoint] store` elsewhere; it was not modified".into(),
+            });
+        }
+        // Missing, or unreadable: SQLite says what is wrong when it opens it.
+        Err(_) => return Ok(()),
     };
     let n = file.read(&mut header).unwrap_or(0);
     if n == 0 {
