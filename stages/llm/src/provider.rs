@@ -228,7 +228,7 @@ impl Client {
             .send(body.as_bytes())
             .map_err(|e| Failure {
                 maybe_billed: sent(&e),
-                error: self.scrub(classify(&e)),
+                error: classify(&e),
             })?;
         let status = response.status().as_u16();
         let hint = retry_hint(response.headers());
@@ -238,15 +238,13 @@ impl Client {
             // An error's body is only read for its message: a bounded, best-effort read.
             let _ = (&mut reader).take(MAX_ERROR_BODY).read_to_end(&mut bytes);
             let text = String::from_utf8_lossy(&bytes);
-            return Err(Failure::refused(
-                self.scrub(self.status_error(status, &text, hint)),
-            ));
+            return Err(Failure::refused(self.status_error(status, &text, hint)));
         }
         reader
             .take(MAX_BODY)
             .read_to_end(&mut bytes)
             .map_err(|e| Failure {
-                error: self.scrub(read_error(&e)),
+                error: read_error(&e),
                 maybe_billed: true,
             })?;
         // An answer that echoes the key (asked to by a prompt from data, say) must not carry it
@@ -258,7 +256,7 @@ impl Client {
             None => String::from_utf8_lossy(&bytes),
         };
         let garbled = |what: String| Failure {
-            error: self.scrub(StageError::transient(what)),
+            error: StageError::transient(what),
             maybe_billed: true,
         };
         let value: Value = serde_json::from_str(&text).map_err(|e| {
@@ -281,7 +279,8 @@ impl Client {
     }
 
     /// An error with every piece of the key taken out of its message, should a server or proxy
-    /// echo it back (see `secret.rs`).
+    /// echo it back (see `secret.rs`): every error the stage's call makes goes through it once,
+    /// in `Llm::process`. (An answer's body is scrubbed as it is read, in [`Client::call`].)
     pub(crate) fn scrub(&self, mut error: StageError) -> StageError {
         if let Some(scrubber) = &self.scrubber {
             error.message = scrubber.scrub(&error.message);
