@@ -113,6 +113,22 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
             let _ = writeln!(out, "  stage {}: {}", stage.name, counts.join(", "));
         }
     }
+    if !report.runners.is_empty() {
+        let _ = writeln!(out, "runners:");
+        for r in &report.runners {
+            let _ = writeln!(
+                out,
+                "  {} pid {} on {}: {}, {} item(s) held, started {}, last renewal {}",
+                r.id,
+                r.pid,
+                printable(&r.host),
+                r.state,
+                r.items_held,
+                r.started_at,
+                r.renewed_at
+            );
+        }
+    }
     if !report.failed.is_empty() {
         let _ = writeln!(out, "failed items:");
         for f in &report.failed {

@@ -1058,7 +1058,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// The host name, from the kernel ("" if unknown): no system call binding needed.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
         let mut name = String::new();
         if File::open(path)

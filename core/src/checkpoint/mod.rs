@@ -30,14 +30,39 @@ pub use sqlite::SqliteStore;
 use crate::spec::StoreLocation;
 use crate::stage::{CacheError, SharedCache};
 
-/// Held while a run uses a store: one runner per store (SQLite) or per pipeline and store
-/// (PostgreSQL). Released when dropped, or by the OS or the server when the process dies.
+/// Held while a run uses a store: the SQLite store's lock (one runner per store), or a
+/// PostgreSQL store's runner registration and its lease's renewals (any number of runners per
+/// run). Released when dropped, or by the OS or the lease's end when the process dies.
 pub(crate) type RunnerGuard = Box<dyn std::any::Any + Send>;
 
-/// Open the store at `location` (creating it if missing) and take it for a run of `pipeline`.
+/// The lease under which a runner of a PostgreSQL store holds its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTerms {
+    /// How long a lease lasts unrenewed: `[checkpoint] lease_ttl`.
+    pub ttl: std::time::Duration,
+    /// How often it is renewed: `[pipeline] heartbeat`, at most a third of `ttl`.
+    pub renew_every: std::time::Duration,
+}
+
+impl LeaseTerms {
+    /// The terms of a lease of `ttl` renewed every `heartbeat`, or more often if that is not
+    /// three renewals per lease.
+    pub fn new(ttl: std::time::Duration, heartbeat: std::time::Duration) -> Self {
+        LeaseTerms {
+            ttl,
+            renew_every: heartbeat
+                .min(ttl / 3)
+                .max(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Open the store at `location` (creating it if missing) and take it for a run of `pipeline`:
+/// a SQLite store's lock, or a place among a PostgreSQL store's runners under `lease`.
 pub(crate) fn open_for_run(
     location: &StoreLocation,
     pipeline: &str,
+    lease: LeaseTerms,
 ) -> Result<(std::sync::Arc<dyn CheckpointStore>, RunnerGuard), StoreError> {
     match location {
         StoreLocation::Sqlite(path) => {
@@ -47,8 +72,8 @@ pub(crate) fn open_for_run(
         }
         StoreLocation::Postgres(url) => {
             let store = PgStore::open(url)?;
-            let lock = store.lock(pipeline)?;
-            Ok((std::sync::Arc::new(store), Box::new(lock)))
+            let runner = store.register(pipeline, lease)?;
+            Ok((std::sync::Arc::new(store), Box::new(runner)))
         }
     }
 }
@@ -119,6 +144,14 @@ pub enum StoreError {
         /// What the commit was waiting for, as the database put it.
         cause: String,
     },
+    /// This runner lost its claim on the run (its lease expired, or another runner took over
+    /// its items): what it would have written was not, and it must stop.
+    #[error("this runner lost its claim on the run: {0}")]
+    Fenced(String),
+    /// Another runner took, or is taking, a new batch of the pipeline since this one looked:
+    /// look again (and join it).
+    #[error("another runner took a new batch of this pipeline meanwhile")]
+    Moved,
     /// A database error.
     #[error("checkpoint store: {0}")]
     Db(String),
@@ -272,6 +305,28 @@ pub struct SkippedItem {
     pub reason: String,
 }
 
+/// A runner of a run on a PostgreSQL store, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnerInfo {
+    /// Its number in the store.
+    pub id: i64,
+    /// The machine it runs on.
+    pub host: String,
+    /// Its process id there.
+    pub pid: i64,
+    /// The run it works on, once it claimed items.
+    pub run: Option<i64>,
+    /// When it started (RFC 3339, the server's clock).
+    pub started_at: String,
+    /// When it last renewed its lease.
+    pub renewed_at: String,
+    /// `active` (its lease is live), `stopped` (it ended in order), or `lost` (its lease
+    /// expired without it stopping: it died, or was cut off).
+    pub state: String,
+    /// The run's unfinished items it holds.
+    pub items_held: u64,
+}
+
 /// What `status` shows of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -286,6 +341,9 @@ pub struct StatusReport {
     pub failed: Vec<FailedItem>,
     /// Skipped items (the first 1,000).
     pub skipped: Vec<SkippedItem>,
+    /// The runners of the run and the live runners of its pipeline (a PostgreSQL store's;
+    /// empty for SQLite, whose one runner holds the store's lock).
+    pub runners: Vec<RunnerInfo>,
 }
 
 /// A stage's name as changes carry it: shared, so that a change costs no allocation for it.
@@ -297,8 +355,9 @@ pub(crate) enum Change {
     /// An attempt at `stage` began.
     Started { stage: StageName },
     /// This process took the item up at `stage`, its first attempt here about to begin: as
-    /// `Started`, and the item is marked taken until it leaves the process (see
-    /// [`CheckpointStore::count_taken_up`]). Sent with [`Checkpointer::send_durable`].
+    /// `Started`, and the item is marked taken until it leaves the process: a runner that takes
+    /// the item over from a process that died counts that attempt (see
+    /// [`CheckpointStore::claim`]). Sent with [`Checkpointer::send_durable`].
     ///
     /// [`Checkpointer::send_durable`]: writer::Checkpointer::send_durable
     TakenUp { stage: StageName },
@@ -378,32 +437,42 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// The newest run of a pipeline that had items: a take that found nothing is not a run
     /// that hides the last one.
     fn latest_run(&self, pipeline: &str) -> Result<Option<RunInfo>, StoreError>;
-    /// Count one attempt, the one after those they used, against every unfinished item of
-    /// `run` still marked taken up ([`Change::TakenUp`]) by a process that died, at the stage the
-    /// store has it at (as [`CheckpointStore::count_died_attempts`] does for the attempts a
-    /// flight record names), then clear the marks. Returns how many deaths were new.
-    fn count_taken_up(&self, run: i64) -> Result<u64, StoreError>;
-    /// Clear `run`'s taken-up marks without counting them (the flight record counted the
-    /// deaths): a later death must not find them.
-    fn clear_taken_up(&self, run: i64) -> Result<(), StoreError>;
     /// `pipeline`'s run number `run`, if it has one with items.
     fn run_numbered(&self, pipeline: &str, run: i64) -> Result<Option<RunInfo>, StoreError>;
     /// When the source was last read and found nothing, if that was after the latest run with
     /// items began (RFC 3339).
     fn last_checked(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
-    /// Start writing a new run's manifest; its items start at stage `first_stage`.
+    /// Start writing a new run's manifest; its items start at stage `first_stage`. `seen` is
+    /// the latest run the caller saw ([`CheckpointStore::latest_run`]): if another runner took
+    /// a batch since, or is taking one, this fails with [`StoreError::Moved`] (look again);
+    /// if runners still work on `seen`, unfinished, with [`StoreError::Busy`].
     fn begin_run(
         &self,
         pipeline: &str,
         first_stage: &str,
+        seen: Option<i64>,
     ) -> Result<Box<dyn ManifestWriter>, StoreError>;
     /// Items of `run` still to process, in manifest order, after `after_seq`.
+    #[cfg(test)]
     fn pending(
         &self,
         run: i64,
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<StoredItem>, StoreError>;
+    /// The next items of `run` for this process to work on, at most `limit`: the pending page
+    /// after `after_seq` (SQLite: one runner), or items claimed under this runner's lease,
+    /// whatever `after_seq` (PostgreSQL). Empty: nothing is left that this process may take
+    /// now; [`CheckpointStore::held_by_others`] says whether to ask again later.
+    fn claim(&self, run: i64, after_seq: i64, limit: usize) -> Result<Vec<StoredItem>, StoreError>;
+    /// How many of `run`'s unfinished items other runners hold (0 with one runner): once their
+    /// leases expire, [`CheckpointStore::claim`] takes them over.
+    fn held_by_others(&self, run: i64) -> Result<u64, StoreError>;
+    /// Cancelled when this runner lost its claim on the run (a PostgreSQL store's lease); never,
+    /// for a store with one runner.
+    fn lost(&self) -> Option<tokio_util::sync::CancellationToken>;
+    /// Why this runner lost its claim on the run, once it did.
+    fn lost_because(&self) -> Option<String>;
     /// Items per state.
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError>;
     /// The status report of a run.

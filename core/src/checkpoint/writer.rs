@@ -209,17 +209,31 @@ impl Batch {
 
 type Committing = tokio::task::JoinHandle<(Box<dyn UpdateWriter>, Result<(), StoreError>)>;
 
+/// Why a commit failed, and whether the store refused it because the runner was fenced (see
+/// [`StoreError::Fenced`]): a fenced runner's writes are refused by design, and it says so once,
+/// as it stops.
+struct Failed {
+    message: String,
+    fenced: bool,
+}
+
 /// Wait for the commit in progress, if any; give the writer back, or the error.
 async fn settle(
     committing: &mut Option<Committing>,
-) -> Result<Option<Box<dyn UpdateWriter>>, String> {
+) -> Result<Option<Box<dyn UpdateWriter>>, Failed> {
     let Some(handle) = committing.take() else {
         return Ok(None);
     };
     match handle.await {
         Ok((w, Ok(()))) => Ok(Some(w)),
-        Ok((_, Err(e))) => Err(e.to_string()),
-        Err(e) => Err(format!("the checkpoint writer panicked: {e}")),
+        Ok((_, Err(e))) => Err(Failed {
+            fenced: matches!(e, StoreError::Fenced(_)),
+            message: e.to_string(),
+        }),
+        Err(e) => Err(Failed {
+            message: format!("the checkpoint writer panicked: {e}"),
+            fenced: false,
+        }),
     }
 }
 
@@ -235,9 +249,13 @@ async fn write_loop(
     let mut idle = Some(writer);
     let mut committing: Option<Committing> = None;
     let mut batch = Batch::default();
-    let fail = |message: String| {
-        tracing::error!(error = %message, "checkpoint commit failed; stopping the run");
-        let _ = failure.set(message);
+    let fail = |failed: Failed| {
+        if failed.fenced {
+            tracing::debug!(error = %failed.message, "the store refused this runner's commit");
+        } else {
+            tracing::error!(error = %failed.message, "checkpoint commit failed; stopping the run");
+        }
+        let _ = failure.set(failed.message);
     };
     while let Some(first) = rx.recv().await {
         let mut flush = None;
@@ -298,11 +316,11 @@ async fn write_loop(
         match settle(&mut committing).await {
             Ok(Some(w)) => idle = Some(w),
             Ok(None) => {}
-            Err(message) => {
+            Err(failed) => {
                 for ack in waiting {
-                    let _ = ack.send(Err(message.clone()));
+                    let _ = ack.send(Err(failed.message.clone()));
                 }
-                return fail(message);
+                return fail(failed);
             }
         }
         let updates = batch.take();
@@ -324,11 +342,11 @@ async fn write_loop(
                         let _ = ack.send(Ok(()));
                     }
                 }
-                Err(message) => {
+                Err(failed) => {
                     for ack in waiting {
-                        let _ = ack.send(Err(message.clone()));
+                        let _ = ack.send(Err(failed.message.clone()));
                     }
-                    return fail(message);
+                    return fail(failed);
                 }
             }
         }

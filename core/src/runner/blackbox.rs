@@ -21,32 +21,40 @@ const NAMED: usize = 20;
 /// Read what the previous process left, start this process's recorder, and say first what the
 /// previous process was doing if it ended without a summary; the attempts it had in flight
 /// count against their items (in the store) before this process's record replaces its own.
+///
+/// With a PostgreSQL store, whose runners share a run, the deaths are counted by the runner
+/// that takes the dead one's items over (see the store's leases), not here: the record only
+/// says what the process was doing.
 pub(crate) fn open(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
-) -> std::io::Result<Arc<Recorder>> {
-    let (local, copy) = records(pipeline, store);
-    // The store's copy is of a process whose own file is gone (a container's disk lost with
-    // it): what it had in flight since its last copy is known only from the store.
-    let disk_lost = copy.as_ref().is_some_and(|c| {
-        !c.ended
-            && local
-                .as_ref()
-                .is_none_or(|l| l.pid != c.pid || l.started_at != c.started_at)
-    });
+) -> std::io::Result<(Arc<Recorder>, Option<std::fs::File>)> {
+    let (path, slot) = match super::flight_slot(pipeline) {
+        Ok(Some((path, lock))) => (Some(path), lock),
+        Ok(None) => {
+            tracing::warn!("every flight recorder file of this pipeline's folder is in use; keeping this process's record in memory only");
+            (None, None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take a flight recorder file; keeping this process's record in memory only");
+            (None, None)
+        }
+    };
+    let (local, copy) = records(path.as_deref(), pipeline, store);
     let previous = newest(local, copy).filter(|r| !r.ended);
-    let path = super::flight_path(pipeline);
     // The new file is prepared beside the old one and takes its place only once it holds the
     // report on the previous process: killed in between, this process leaves the old record to
     // be reported again, never neither. A file that cannot be made leaves the old one too.
-    let recorder = match Recorder::prepare(&path, &pipeline.name) {
-        Ok(r) => r,
-        Err(e) => {
+    let prepared = path.map(|path| Recorder::prepare(&path, &pipeline.name));
+    let recorder = match prepared {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
             // A read-only folder, a full disk: the watchdog still has a table to read, and a
             // PostgreSQL store still gets its copies.
             tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
             Recorder::in_memory(&pipeline.name)?
         }
+        None => Recorder::in_memory(&pipeline.name)?,
     };
     let recorder = Arc::new(recorder);
     let sink = recorder.clone();
@@ -54,19 +62,9 @@ pub(crate) fn open(
     if let Some(previous) = &previous {
         log_previous(previous);
         recorder.set_previous_report(&report(previous));
-        // With its file gone, the store's copy is as old as its last heartbeat: the take-ups
-        // say what the process had in hand at its death (and counting both would count twice).
-        if !disk_lost {
+        if !copied(pipeline) {
             count_died_attempts(store, previous);
         }
-    }
-    if copied(pipeline) {
-        taken_up(
-            pipeline,
-            store,
-            disk_lost,
-            previous.as_ref().and_then(|p| p.run),
-        );
     }
     if let Err(e) = recorder.place() {
         tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
@@ -74,7 +72,7 @@ pub(crate) fn open(
     if copied(pipeline) {
         save(store, &pipeline.name, &recorder);
     }
-    Ok(recorder)
+    Ok((recorder, slot))
 }
 
 /// The attempts a process that died had in flight count against their items, in the store:
@@ -104,50 +102,6 @@ fn count_died_attempts(store: &dyn CheckpointStore, previous: &ProcessRecord) {
             run,
             error = %e,
             "cannot count the attempts the previous process ended in; its items will try them again"
-        ),
-    }
-}
-
-/// The items a process that died with its flight record (`disk_lost`) had taken up count one
-/// attempt each, from the store alone: each take-up was committed before its item's first
-/// attempt, so an item that kills the process at once is counted too. Otherwise the record
-/// counted the deaths, and the marks are only cleared, so that a later death does not find them.
-/// `run` is the previous process's, when its record says (`retry-failed --run N` works on an
-/// older run); else the latest run, if unfinished.
-fn taken_up(pipeline: &Pipeline, store: &dyn CheckpointStore, disk_lost: bool, run: Option<i64>) {
-    let latest = match run {
-        Some(run) => Ok(Some(run)),
-        None => store.latest_run(&pipeline.name).map(|latest| {
-            latest
-                .filter(|r| r.status != crate::checkpoint::RunStatus::Finished)
-                .map(|r| r.id)
-        }),
-    };
-    let run = match latest {
-        Ok(Some(run)) => run,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot count the items the previous process had taken up; they will try those attempts again");
-            return;
-        }
-    };
-    if !disk_lost {
-        if let Err(e) = store.clear_taken_up(run) {
-            tracing::debug!(run, error = %e, "cannot clear the marks of the items taken up");
-        }
-        return;
-    }
-    match store.count_taken_up(run) {
-        Ok(0) => {}
-        Ok(counted) => tracing::info!(
-            run,
-            counted,
-            "the previous process's flight record is gone with its disk: the items it had taken up (from the store) count one attempt each against their retry.attempts"
-        ),
-        Err(e) => tracing::warn!(
-            run,
-            error = %e,
-            "cannot count the items the previous process had taken up; they will try those attempts again"
         ),
     }
 }
@@ -236,18 +190,18 @@ impl Copier {
 
 /// The newest of the local file's record and the store's copy, if any.
 fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<ProcessRecord> {
-    let (local, copy) = records(pipeline, store);
+    let (local, copy) = records(Some(&super::flight_path(pipeline)), pipeline, store);
     newest(local, copy)
 }
 
-/// The local file's record and the store's copy, each if there is one.
+/// The record of the local file at `path` and the store's copy, each if there is one.
 fn records(
+    path: Option<&std::path::Path>,
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
 ) -> (Option<ProcessRecord>, Option<ProcessRecord>) {
-    let path = super::flight_path(pipeline);
-    let local = match Recorder::read(&path) {
-        Ok(r) => r,
+    let local = match path.map(Recorder::read).transpose() {
+        Ok(r) => r.flatten(),
         Err(e) => {
             tracing::warn!(error = %e, "the previous process's flight record cannot be read");
             None

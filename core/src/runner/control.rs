@@ -151,6 +151,9 @@ impl AbortReason {
 pub(crate) enum Interrupt {
     Signal(&'static str),
     MaxRunTime,
+    /// This runner lost its claim on the run (a PostgreSQL store's lease): the others, or the
+    /// next run, carry on with its items.
+    Fenced,
 }
 
 impl std::fmt::Display for Interrupt {
@@ -158,6 +161,7 @@ impl std::fmt::Display for Interrupt {
         match self {
             Interrupt::Signal(name) => write!(f, "received {name}"),
             Interrupt::MaxRunTime => f.write_str("`max_run_time` reached"),
+            Interrupt::Fenced => f.write_str("this runner lost its claim on the run (fenced)"),
         }
     }
 }
@@ -173,6 +177,8 @@ pub(crate) struct Control {
     grace: Duration,
     abort: Mutex<Option<AbortReason>>,
     interrupt: Mutex<Option<Interrupt>>,
+    /// Cancelled when this runner lost its claim on the run (see [`Control::fence`]).
+    lost: Option<CancellationToken>,
     /// SIGUSR1 or SIGUSR2 asked for a status dump (see [`super::telemetry`]).
     pub dump: tokio::sync::Notify,
     /// The runtime, for the grace timer of a stop asked for from outside it.
@@ -191,10 +197,16 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    pub(crate) fn new(grace: Duration, runtime: tokio::runtime::Handle) -> Self {
+    /// `lost`: the store's sign that this runner lost its claim on the run, if it can.
+    pub(crate) fn new(
+        grace: Duration,
+        runtime: tokio::runtime::Handle,
+        lost: Option<CancellationToken>,
+    ) -> Self {
         Control {
             soft: CancellationToken::new(),
             hard: CancellationToken::new(),
+            lost,
             grace,
             abort: Mutex::new(None),
             interrupt: Mutex::new(None),
@@ -279,8 +291,45 @@ impl Control {
         )
     }
 
-    /// Stop everything now. The first reason is kept.
+    /// Whether this runner lost its claim on the run.
+    pub(crate) fn fenced(&self) -> bool {
+        self.lost
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// This runner lost its claim on the run, `why`: its items may be another runner's already,
+    /// so nothing more of its work can be saved. Everything stops now (no grace), and the run
+    /// ends interrupted (exit 75): nothing failed, and the others carry on.
+    pub(crate) fn fence(&self, why: &str) {
+        let settled = self.gate();
+        self.note_stop();
+        {
+            let mut slot = self
+                .interrupt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *slot == Some(Interrupt::Fenced) {
+                return;
+            }
+            *slot = Some(Interrupt::Fenced);
+        }
+        self.soft.cancel();
+        self.hard.cancel();
+        if !*settled {
+            tracing::warn!(
+                why = %why,
+                "this runner was fenced: it lost its claim on the run, stops now and saves nothing more; the other runners (or the next run) take over its items from their last finished stage"
+            );
+        }
+    }
+
+    /// Stop everything now. The first reason is kept. A checkpoint store that refused a write
+    /// because this runner lost its claim is no abort: see [`Control::fence`].
     pub(crate) fn abort(&self, reason: AbortReason) {
+        if let (AbortReason::Checkpoint(why), true) = (&reason, self.fenced()) {
+            return self.fence(why);
+        }
         let settled = self.gate();
         self.note_stop();
         self.soft.cancel();

@@ -45,8 +45,13 @@ use stats::{Counter, StageStats};
 pub use telemetry::{StageSummary, Summary};
 pub use watchdog::hold_signals;
 
-/// Items read from the store per page when feeding.
+/// Items read from the store per page when feeding, with one runner.
 const PAGE: usize = 512;
+/// Most items claimed at once, with several runners: few, so that runners starting together
+/// share the work.
+const CLAIM: usize = 16;
+/// How often a runner with nothing left to claim looks again while others hold items.
+const OTHERS_POLL: Duration = Duration::from_millis(500);
 /// How long the runtime waits for stuck blocking threads at exit before leaving them.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
 
@@ -175,8 +180,8 @@ pub(crate) struct Shared {
     /// The flight recorder: the attempts in flight, for whoever reads after a crash.
     pub recorder: Arc<Recorder>,
     /// Whether each item's take-up is made durable before its first attempt in this process
-    /// (a PostgreSQL store, whose flight record may be lost with the disk: see
-    /// [`CheckpointStore::count_taken_up`]).
+    /// (a PostgreSQL store: a runner that takes the item over after this one died counts
+    /// that attempt, see [`CheckpointStore::claim`]).
     pub take_ups: bool,
     /// The attempts earlier processes died in, this run: item key → `(stage, attempt, error)`.
     pub deaths: std::collections::HashMap<String, Vec<(String, u32, String)>>,
@@ -283,6 +288,47 @@ pub fn flight_path(pipeline: &Pipeline) -> std::path::PathBuf {
     }
 }
 
+/// Most runners of one PostgreSQL store's pipeline that keep flight records in one folder.
+const FLIGHT_SLOTS: usize = 64;
+
+/// The flight record file of this process, and the lock that keeps it its own while it lives:
+/// with a SQLite store, [`flight_path`] (the store's lock makes this the one runner); with a
+/// PostgreSQL store, whose runners may share a folder, the first of [`flight_path`],
+/// `….1.flight`, … whose lock file no live process holds. `None`: no slot is free.
+pub(crate) fn flight_slot(
+    pipeline: &Pipeline,
+) -> std::io::Result<Option<(std::path::PathBuf, Option<std::fs::File>)>> {
+    let base = flight_path(pipeline);
+    if !matches!(pipeline.checkpoint.store, StoreLocation::Postgres(_)) {
+        return Ok(Some((base, None)));
+    }
+    if let Some(parent) = base.parent() {
+        crate::state_file::create_dir(parent)?;
+    }
+    for slot in 0..FLIGHT_SLOTS {
+        let path = match slot {
+            0 => base.clone(),
+            n => base.with_extension(format!("{n}.flight")),
+        };
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        let file = crate::state_file::open(
+            std::path::Path::new(&lock),
+            crate::state_file::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )?;
+        match file.try_lock() {
+            Ok(()) => return Ok(Some((path, Some(file)))),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 /// A stable hash (FNV-1a, 64 bits) of a store as messages show it (its URL without the
 /// password), to tell files of same-named pipelines on different stores apart.
 fn store_hash(store: &StoreLocation) -> u64 {
@@ -320,9 +366,12 @@ pub fn run(
     // The store first: a store that cannot be used must stop the run before any stage opens
     // (and perhaps creates) its files. Its lock makes this the pipeline's only runner, so the
     // flight recorder's file is this process's to read and to overwrite.
-    let (store, _lock) =
-        crate::checkpoint::open_for_run(&pipeline.checkpoint.store, &pipeline.name)?;
-    let recorder = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
+    let (store, _lock) = crate::checkpoint::open_for_run(
+        &pipeline.checkpoint.store,
+        &pipeline.name,
+        pipeline.checkpoint.lease(pipeline.heartbeat),
+    )?;
+    let (recorder, _slot) = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
     let result = run_recorded(pipeline, registry, options, store.clone(), &recorder);
     // Ended with a summary, or with a logged reason why nothing ran.
     blackbox::ended(pipeline, &store, &recorder);
@@ -351,6 +400,7 @@ fn run_recorded(
     let control = Arc::new(Control::new(
         pipeline.shutdown_grace,
         runtime.handle().clone(),
+        store.lost(),
     ));
     let watchdog = watchdog::start(
         control.clone(),
@@ -401,75 +451,28 @@ async fn execute(
 ) -> Result<Summary, RunError> {
     let began = Instant::now();
     let done = CancellationToken::new();
-    let mut latest =
-        match options.run {
-            Some(run) => Some(store.run_numbered(&pipeline.name, run)?.ok_or_else(|| {
-                RunError::NoSuchRun {
-                    pipeline: pipeline.name.clone(),
-                    run,
+    // A runner that lost its claim on the run (a lease expired: paused, cut off) stops at once.
+    if let Some(lost) = store.lost() {
+        let (control, store, ended) = (control.clone(), store.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = lost.cancelled() => {
+                    control.fence(&store.lost_because().unwrap_or_default());
                 }
-            })?),
-            None => store.latest_run(&pipeline.name)?,
-        };
-    if options.retry_failed {
-        let Some(run) = latest.as_mut() else {
-            return Err(RunError::NoRun(pipeline.name.clone()));
-        };
-        let reset = store.reset_failed(run.id)?;
-        tracing::info!(
-            run = run.id,
-            items = reset,
-            "failed items put back to pending"
-        );
-        if reset > 0 {
-            run.status = RunStatus::Interrupted;
-        }
+                () = ended.cancelled() => {}
+            }
+        });
     }
-    let (run, resumed) = match latest {
-        Some(run) if run.status != RunStatus::Finished && !options.fresh => (Some(run), true),
-        // `retry-failed` on a finished run with nothing failed: nothing to do, and no new batch.
-        Some(run) if options.retry_failed => {
-            tracing::info!(run = run.id, "no failed items to retry");
-            (Some(run), true)
-        }
-        _ => {
-            // Items start at the stage after the source (or end at once in a one-stage pipeline).
-            let first = stages.get(1).map_or("", |s| &*s.name);
-            tracing::info!(
-                pipeline = %pipeline.name,
-                source = %stages[0].name,
-                batch_size = pipeline.batch_size.map_or_else(|| "all".to_owned(), |n| n.to_string()),
-                "taking a new batch"
-            );
-            let taken = source::take(
-                &control,
-                &stages[0],
-                store.clone(),
-                &pipeline.name,
-                first,
-                pipeline.batch_size,
-                pipeline.heartbeat,
-            )
-            .await;
-            match taken {
-                Ok(Some(run)) if run.items == 0 => {
-                    let latest = latest.as_ref().map_or_else(
-                        || "none yet".to_owned(),
-                        |r| format!("run {} ({} items)", r.id, r.items),
-                    );
-                    tracing::info!(
-                        pipeline = %pipeline.name,
-                        latest = %latest,
-                        "the source has nothing new; `status` and `retry-failed` go on showing the latest run with items"
-                    );
-                    (Some(run), false)
-                }
-                Ok(run) => (run, false),
-                Err(reason) => {
-                    control.abort(reason);
-                    (None, false)
+    let (run, resumed) = loop {
+        match decide(pipeline, &stages, &store, options, &control).await? {
+            Decided::Again => {
+                // Another runner is taking a batch: join it once its manifest is in.
+                tokio::select! {
+                    () = control.soft.cancelled() => break (None, false),
+                    () = tokio::time::sleep(TAKING_POLL) => {}
                 }
             }
+            Decided::Run(run, resumed) => break (run, resumed),
         }
     };
     let Some(run) = run else {
@@ -586,14 +589,21 @@ async fn execute(
     ));
 
     let tracker = TaskTracker::new();
-    if let Err(e) = feed(&shared, &*store, run.id, window, &tracker).await {
+    let shared_run = store.lost().is_some();
+    if let Err(e) = feed(&shared, &store, run.id, window, &tracker).await {
         control.abort(AbortReason::Checkpoint(e.to_string()));
     }
     tracker.close();
     tracker.wait().await;
 
-    let remaining = shared.totals.remaining();
-    let (exit, status) = if control.abort_reason().is_some() {
+    // With other runners, where the run stands is in the store: their items too.
+    let mut remaining = shared.totals.remaining();
+    if shared_run && !control.soft.is_cancelled() {
+        remaining = settle_shared(&shared, &*store, run.id).await;
+    }
+    let (exit, status) = if control.fenced() {
+        (Exit::Interrupted, RunStatus::Interrupted)
+    } else if control.abort_reason().is_some() {
         (Exit::Aborted, RunStatus::Aborted)
     } else if remaining == 0 {
         if shared.totals.failed.get() > 0 {
@@ -609,11 +619,20 @@ async fn execute(
         "the checkpoint store {} to take the last updates",
         pipeline.checkpoint.store.shown()
     )));
-    let flushed = shared.checkpoint.flush(Some(status)).await;
+    // A fenced runner saves nothing more, not even its status.
+    let flushed = if control.fenced() {
+        Ok(())
+    } else {
+        shared.checkpoint.flush(Some(status)).await
+    };
     control.waiting_on(None);
     if let Err(e) = flushed {
         control.abort(AbortReason::Checkpoint(e.0));
-        exit = Exit::Aborted;
+        exit = if control.fenced() {
+            Exit::Interrupted
+        } else {
+            Exit::Aborted
+        };
     }
     // Judged on the committed state: where each item ended.
     // (`retry-failed` took no batch from the source: it is judged as any run's end.)
@@ -648,6 +667,148 @@ async fn execute(
     Ok(summary)
 }
 
+/// How often a runner waiting for another's batch looks again.
+const TAKING_POLL: Duration = Duration::from_millis(250);
+
+/// What [`decide`] came to.
+enum Decided {
+    /// The run to work on (`None`: nothing was taken, a stop or an abort came first), and
+    /// whether it is resumed.
+    Run(Option<crate::checkpoint::RunInfo>, bool),
+    /// Another runner took or is taking a batch meanwhile: decide again.
+    Again,
+}
+
+/// Resume the latest run, or take a new batch, as `options` ask.
+async fn decide(
+    pipeline: &Pipeline,
+    stages: &[StageRt],
+    store: &Arc<dyn CheckpointStore>,
+    options: RunOptions,
+    control: &Arc<Control>,
+) -> Result<Decided, RunError> {
+    let mut latest =
+        match options.run {
+            Some(run) => Some(store.run_numbered(&pipeline.name, run)?.ok_or_else(|| {
+                RunError::NoSuchRun {
+                    pipeline: pipeline.name.clone(),
+                    run,
+                }
+            })?),
+            None => store.latest_run(&pipeline.name)?,
+        };
+    if options.retry_failed {
+        let Some(run) = latest.as_mut() else {
+            return Err(RunError::NoRun(pipeline.name.clone()));
+        };
+        let reset = store.reset_failed(run.id)?;
+        tracing::info!(
+            run = run.id,
+            items = reset,
+            "failed items put back to pending"
+        );
+        if reset > 0 {
+            run.status = RunStatus::Interrupted;
+        }
+    }
+    Ok(match latest {
+        Some(run) if run.status != RunStatus::Finished && !options.fresh => {
+            Decided::Run(Some(run), true)
+        }
+        // `retry-failed` on a finished run with nothing failed: nothing to do, and no new batch.
+        Some(run) if options.retry_failed => {
+            tracing::info!(run = run.id, "no failed items to retry");
+            Decided::Run(Some(run), true)
+        }
+        _ => {
+            // Items start at the stage after the source (or end at once in a one-stage pipeline).
+            let first = stages.get(1).map_or("", |s| &*s.name);
+            tracing::info!(
+                pipeline = %pipeline.name,
+                source = %stages[0].name,
+                batch_size = pipeline.batch_size.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+                "taking a new batch"
+            );
+            let taken = source::take(
+                control,
+                &stages[0],
+                store.clone(),
+                (&pipeline.name, latest.as_ref().map(|r| r.id)),
+                first,
+                pipeline.batch_size,
+                pipeline.heartbeat,
+            )
+            .await?;
+            match taken {
+                Ok(source::Took::Run(run)) if run.items == 0 => {
+                    let latest = latest.as_ref().map_or_else(
+                        || "none yet".to_owned(),
+                        |r| format!("run {} ({} items)", r.id, r.items),
+                    );
+                    tracing::info!(
+                        pipeline = %pipeline.name,
+                        latest = %latest,
+                        "the source has nothing new; `status` and `retry-failed` go on showing the latest run with items"
+                    );
+                    Decided::Run(Some(run), false)
+                }
+                Ok(source::Took::Run(run)) => Decided::Run(Some(run), false),
+                Ok(source::Took::Stopped) => Decided::Run(None, false),
+                Ok(source::Took::Moved) => {
+                    tracing::debug!(
+                        pipeline = %pipeline.name,
+                        "another runner took a new batch meanwhile (or is taking one): joining it"
+                    );
+                    Decided::Again
+                }
+                Err(reason) => {
+                    control.abort(reason);
+                    Decided::Run(None, false)
+                }
+            }
+        }
+    })
+}
+
+/// `f` on a blocking thread; `None` if `stop` came first (the call is left to end by itself).
+async fn off_the_runtime<R: Send + 'static>(
+    stop: &CancellationToken,
+    f: impl FnOnce() -> Result<R, StoreError> + Send + 'static,
+) -> Option<Result<R, StoreError>> {
+    let call = tokio::task::spawn_blocking(f);
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => None,
+        r = call => Some(r.unwrap_or_else(|e| Err(StoreError::Db(format!("the store's call panicked: {e}"))))),
+    }
+}
+
+/// Once a runner sharing the run has nothing left to claim and its own items ended: its
+/// updates committed, the run's counts from the store, as the totals (the summary's); returns
+/// how many items are unfinished (another runner's, which ended its lease since).
+async fn settle_shared(shared: &Shared, store: &dyn CheckpointStore, run: i64) -> u64 {
+    if shared.checkpoint.flush(None).await.is_err() {
+        // The writer said why; the run's own end reports it.
+        return shared.totals.remaining();
+    }
+    let counts = match tokio::task::block_in_place(|| store.counts(run)) {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::warn!(run, error = %e, "cannot read where the run stands");
+            return shared.totals.remaining();
+        }
+    };
+    let totals = &shared.totals;
+    for (counter, state) in [
+        (&totals.done, "done"),
+        (&totals.failed, "failed"),
+        (&totals.skipped, "skipped"),
+    ] {
+        counter.add(counts[state].saturating_sub(counter.get()));
+    }
+    counts["pending"] + counts["in_flight"]
+}
+
 /// Whether a finished run made no progress: it had items, none is done, and every one of them
 /// is a key that already ended failed or skipped in an earlier run of the pipeline. A store
 /// that cannot say is taken as progress (the run's own outcome stands).
@@ -665,28 +826,65 @@ fn no_progress(shared: &Shared, store: &dyn CheckpointStore, pipeline: &str, run
     }
 }
 
-/// Read pending items page by page and start a task for each, keeping at most `window` in
-/// flight. Stops early on a stop request.
+/// Take the run's items and start a task for each, keeping at most `window` in flight: page
+/// by page with one runner; with several (a PostgreSQL store), claimed a few at a time, as
+/// places free up, and waiting while others hold the rest (to take over from one that dies).
+/// Stops early on a stop request.
 async fn feed(
     shared: &Arc<Shared>,
-    store: &dyn CheckpointStore,
+    store: &Arc<dyn CheckpointStore>,
     run: i64,
     window: usize,
     tracker: &TaskTracker,
 ) -> Result<(), StoreError> {
     let window = window::Window::new(window);
     let soft = &shared.control.soft;
+    let claims = store.lost().is_some();
     let mut after = 0;
+    let mut waiting = false;
     loop {
         if soft.is_cancelled() {
             return Ok(());
         }
-        // A page is a quick indexed read; it runs here rather than on a pool thread so that the
-        // feeder needs no thread of its own.
-        let page = tokio::task::block_in_place(|| store.pending(run, after, PAGE))?;
+        // A claim is for items about to start: as many as the window has places for.
+        let want = if claims {
+            window.free().clamp(1, CLAIM)
+        } else {
+            PAGE
+        };
+        // On a thread of its own, so that a stop is not held up by a store that does not
+        // answer (the drain then reports it, bounded by the grace).
+        let page = {
+            let store = store.clone();
+            off_the_runtime(soft, move || store.claim(run, after, want)).await
+        };
+        let Some(page) = page else { return Ok(()) };
+        let page = page?;
         if page.is_empty() {
-            return Ok(());
+            let others = {
+                let store = store.clone();
+                off_the_runtime(soft, move || store.held_by_others(run)).await
+            };
+            let Some(others) = others else { return Ok(()) };
+            let others = others?;
+            if others == 0 {
+                return Ok(());
+            }
+            if !waiting {
+                tracing::info!(
+                    run,
+                    held_by_others = others,
+                    "nothing left to claim: waiting for the other runners' items to end (those of a runner that dies are taken over when its lease expires)"
+                );
+                waiting = true;
+            }
+            tokio::select! {
+                () = soft.cancelled() => return Ok(()),
+                () = tokio::time::sleep(OTHERS_POLL) => {}
+            }
+            continue;
         }
+        waiting = false;
         for stored in page {
             after = stored.seq;
             if soft.is_cancelled() {

@@ -26,21 +26,33 @@ struct Taken {
     duplicates: Duplicates,
 }
 
-/// Take a new batch. `Ok(None)`: a stop request came first; nothing was taken.
+/// What taking a batch came to.
+pub(crate) enum Took {
+    /// The batch, as a run.
+    Run(RunInfo),
+    /// A stop request came first; nothing was taken.
+    Stopped,
+    /// Another runner took or is taking a batch since `seen`: look again, and join it.
+    Moved,
+}
+
+/// Take a new batch; `seen` is the latest run the caller saw (see
+/// [`CheckpointStore::begin_run`]). A store that refuses to start it (runners still work on
+/// the unfinished run `seen`) is an error of the store.
 pub(crate) async fn take(
     control: &Arc<Control>,
     stage: &StageRt,
     store: Arc<dyn CheckpointStore>,
-    pipeline: &str,
+    (pipeline, seen): (&str, Option<i64>),
     first_stage: &str,
     limit: Option<u64>,
     heartbeat: Duration,
-) -> Result<Option<RunInfo>, AbortReason> {
+) -> Result<Result<Took, AbortReason>, StoreError> {
     let StageImpl::Source(source) = &stage.imp else {
-        return Err(AbortReason::Source {
+        return Ok(Err(AbortReason::Source {
             stage: stage.name.to_string(),
             error: "the first stage is not a source".into(),
-        });
+        }));
     };
     let retry = &stage.policy.retry;
     let timeout = stage.policy.timeout;
@@ -66,7 +78,7 @@ pub(crate) async fn take(
             read(
                 &*source,
                 &*store,
-                &pipeline,
+                (&pipeline, seen),
                 &first_stage,
                 limit,
                 &cx,
@@ -82,7 +94,7 @@ pub(crate) async fn take(
                 biased;
                 () = control.soft.cancelled() => {
                     cancel.cancel();
-                    return Ok(None);
+                    return Ok(Ok(Took::Stopped));
                 }
                 r = tokio::time::timeout_at(deadline.into(), &mut handle) => break match r {
                     Ok(Ok(result)) => result,
@@ -112,23 +124,25 @@ pub(crate) async fn take(
                         "the source yielded repeated keys; each was kept once"
                     );
                 }
-                return Ok(Some(taken.run));
+                return Ok(Ok(Took::Run(taken.run)));
             }
-            Err(TakeError::Cancelled) => return Ok(None),
-            Err(TakeError::Store(e)) => return Err(AbortReason::Checkpoint(e.to_string())),
+            Err(TakeError::Cancelled) => return Ok(Ok(Took::Stopped)),
+            Err(TakeError::Store(StoreError::Moved)) => return Ok(Ok(Took::Moved)),
+            Err(TakeError::Store(e @ StoreError::Busy { .. })) => return Err(e),
+            Err(TakeError::Store(e)) => return Ok(Err(AbortReason::Checkpoint(e.to_string()))),
             Err(TakeError::Stage(e)) => e,
         };
         if error.class != ErrorClass::Transient || attempt >= retry.attempts {
-            return Err(AbortReason::Source {
+            return Ok(Err(AbortReason::Source {
                 stage: stage.name.to_string(),
                 error: format!("{} (after {attempt} attempt(s))", error.message),
-            });
+            }));
         }
         let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());
         tracing::warn!(stage = %stage.name, attempt, error = %error.message, delay = %text::duration(delay), "reading the batch failed; retrying");
         tokio::select! {
             biased;
-            () = control.soft.cancelled() => return Ok(None),
+            () = control.soft.cancelled() => return Ok(Ok(Took::Stopped)),
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -137,14 +151,14 @@ pub(crate) async fn take(
 fn read(
     source: &dyn crate::stage::Source,
     store: &dyn CheckpointStore,
-    pipeline: &str,
+    (pipeline, seen): (&str, Option<i64>),
     first_stage: &str,
     limit: Option<u64>,
     cx: &Context,
     read_so_far: &AtomicU64,
 ) -> Result<Taken, TakeError> {
     let mut manifest = store
-        .begin_run(pipeline, first_stage)
+        .begin_run(pipeline, first_stage, seen)
         .map_err(TakeError::Store)?;
     let mut taken = 0u64;
     let mut store_error = None;

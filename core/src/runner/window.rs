@@ -37,6 +37,11 @@ impl Window {
         })
     }
 
+    /// Places free in the window now.
+    pub(crate) fn free(&self) -> usize {
+        self.active.available_permits()
+    }
+
     /// Wait for a place among the items, then in the window.
     ///
     /// # Cancel safety

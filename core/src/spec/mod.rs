@@ -35,6 +35,7 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const DEFAULT_WATCHDOG: Duration = Duration::from_secs(60);
 const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 /// Most items in one commit: a bound the writer's queue can hold.
 const MAX_COMMIT_ITEMS: usize = 1_000_000;
 
@@ -116,6 +117,15 @@ pub struct CheckpointConfig {
     pub commit_interval: Duration,
     /// Most updates per commit.
     pub commit_max_items: usize,
+    /// How long a runner of a PostgreSQL store holds its items unrenewed.
+    pub lease_ttl: Duration,
+}
+
+impl CheckpointConfig {
+    /// The lease of a runner of this store, renewed every `heartbeat`.
+    pub fn lease(&self, heartbeat: Duration) -> crate::checkpoint::LeaseTerms {
+        crate::checkpoint::LeaseTerms::new(self.lease_ttl, heartbeat)
+    }
 }
 
 /// One resolved stage.
@@ -603,9 +613,11 @@ impl Validator {
                 commit_max_items: checkpoint
                     .commit_max_items
                     .map_or(DEFAULT_COMMIT_MAX_ITEMS, NonZeroUsize::get),
+                lease_ttl: checkpoint.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             },
             stages,
         };
+        self.check_lease(&pipeline);
         self.timing_budget(&pipeline);
         Some(pipeline)
     }
@@ -644,6 +656,38 @@ impl Validator {
                 None,
                 format!(
                     "`commit_interval` must be at most {}",
+                    crate::text::duration(crate::policy::MAX_TIMEOUT)
+                ),
+            );
+        }
+    }
+
+    /// A runner renews its lease at every heartbeat: fewer than three per lease, and one late
+    /// renewal would fence a live runner. (A SQLite store has no lease.)
+    fn check_lease(&mut self, p: &Pipeline) {
+        let ttl = p.checkpoint.lease_ttl;
+        if !matches!(p.checkpoint.store, StoreLocation::Postgres(_)) {
+            return;
+        }
+        if ttl < p.heartbeat.saturating_mul(3) {
+            self.error(
+                &path_of(&["checkpoint", "lease_ttl"]),
+                false,
+                None,
+                format!(
+                    "`lease_ttl` ({}) must be at least three heartbeats (`[pipeline] heartbeat` = {}, so at least {}): the lease is renewed at each heartbeat",
+                    crate::text::duration(ttl),
+                    crate::text::duration(p.heartbeat),
+                    crate::text::duration(p.heartbeat.saturating_mul(3)),
+                ),
+            );
+        } else if ttl > crate::policy::MAX_TIMEOUT {
+            self.error(
+                &path_of(&["checkpoint", "lease_ttl"]),
+                false,
+                None,
+                format!(
+                    "`lease_ttl` must be at most {}",
                     crate::text::duration(crate::policy::MAX_TIMEOUT)
                 ),
             );

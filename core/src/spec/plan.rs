@@ -309,7 +309,7 @@ impl Plan {
             r.section("pipeline", "watchdog", Shown::duration(p.watchdog)),
         ];
         let store = p.checkpoint.store.shown();
-        let checkpoint = vec![
+        let mut checkpoint = vec![
             r.section("checkpoint", "store", Shown::string(&store)),
             r.section(
                 "checkpoint",
@@ -322,6 +322,14 @@ impl Plan {
                 Shown::plain(json!(p.checkpoint.commit_max_items)),
             ),
         ];
+        // Only a PostgreSQL store's runners hold leases.
+        if matches!(p.checkpoint.store, super::StoreLocation::Postgres(_)) {
+            checkpoint.push(r.section(
+                "checkpoint",
+                "lease_ttl",
+                Shown::duration(p.checkpoint.lease_ttl),
+            ));
+        }
         let stages = p
             .stages
             .iter()

@@ -70,6 +70,14 @@ pub(crate) struct CheckpointSpec {
     /// plus 3 × this.
     #[schemars(extend("x-default" = "`1000`"))]
     pub commit_max_items: Option<NonZeroUsize>,
+    /// PostgreSQL store: how long a runner holds its items without renewing its lease (it
+    /// renews at every `heartbeat`, from a thread of its own, whatever its attempts take). A
+    /// runner that dies leaves its items to the others after this long; one paused or cut off
+    /// for this long is fenced: it saves nothing more and exits 75. At least three heartbeats.
+    #[schemars(extend("x-default" = "`\"60s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
 }
 
 /// The keys that make a table of `[[stage]]` a stage, besides the policy keys and its kind's

@@ -76,18 +76,20 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     fn newest_empty_take(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
     /// Delete `pipeline`'s runs still `taking` (and their items) and its runs of no items, then
     /// add a run `taking`, 0 items, started and updated at `started`; its manifest is written
-    /// through what returns.
-    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, Self::Manifest), StoreError>;
+    /// through what returns. With several runners, see [`CheckpointStore::begin_run`] for
+    /// `seen`.
+    fn new_run(
+        &self,
+        pipeline: &str,
+        started: &str,
+        seen: Option<i64>,
+    ) -> Result<(i64, Self::Manifest), StoreError>;
     /// The first `limit` items of `run` after `after_seq` that are pending or in flight, by seq.
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError>;
     /// Put `run`'s failed items back to pending with attempts 0 and no error and, when there
     /// were any, the run to `interrupted`; returns how many. Their deaths are forgotten too;
     /// unfinished items keep their attempts and deaths.
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError>;
-    /// `run`'s unfinished items marked taken up: `(key, stage, attempts used)`.
-    fn taken_items(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError>;
-    /// Clear the taken-up mark of `run`'s items.
-    fn clear_taken(&self, run: i64) -> Result<(), StoreError>;
     /// In one transaction, for each `(key, stage, attempt, error)`: keep it among `run`'s deaths
     /// (raising a kept one for the same key and stage to `attempt`), and if the item `key` is
     /// still unfinished at `stage` with fewer than `attempt` attempts used, set them to
@@ -117,6 +119,40 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// Whether some process holds the runner lock that `pipeline`'s run takes, now; without
     /// waiting, and without holding it after.
     fn runner_lock_held(&self, pipeline: &str) -> Result<bool, StoreError>;
+    /// See [`CheckpointStore::claim`]: with one runner, the unfinished page.
+    fn claim_rows(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
+        self.unfinished(run, after_seq, limit)
+    }
+    /// See [`CheckpointStore::held_by_others`].
+    fn others_hold(&self, _run: i64) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+    /// See [`CheckpointStore::lost`].
+    fn lost_token(&self) -> Option<tokio_util::sync::CancellationToken> {
+        None
+    }
+    /// See [`CheckpointStore::lost_because`].
+    fn lost_reason(&self) -> Option<String> {
+        None
+    }
+    /// The runners that worked on `run`, for `status` (none kept with one runner).
+    fn runners_of(&self, _run: i64) -> Result<Vec<super::RunnerInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Items as stored, from their rows.
+fn stored_items(rows: Vec<ItemRow>) -> Vec<StoredItem> {
+    rows.into_iter()
+        .map(|(seq, key, stage, record, attempts)| StoredItem {
+            seq,
+            key,
+            stage,
+            // A manifest row without a record: a record without fields.
+            record: record.unwrap_or_else(|| "{}".into()),
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        })
+        .collect()
 }
 
 /// A run from its row; a status this build does not know means the store is damaged.
@@ -155,12 +191,14 @@ impl<T: Tables> CheckpointStore for T {
         &self,
         pipeline: &str,
         first_stage: &str,
+        seen: Option<i64>,
     ) -> Result<Box<dyn ManifestWriter>, StoreError> {
         let started = now();
-        let (run, rows) = self.new_run(pipeline, &started)?;
+        let (run, rows) = self.new_run(pipeline, &started, seen)?;
         Ok(Box::new(Manifest::new(rows, run, started, first_stage)))
     }
 
+    #[cfg(test)]
     fn pending(
         &self,
         run: i64,
@@ -168,18 +206,24 @@ impl<T: Tables> CheckpointStore for T {
         limit: usize,
     ) -> Result<Vec<StoredItem>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.unfinished(run, after_seq, limit)?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, key, stage, record, attempts)| StoredItem {
-                seq,
-                key,
-                stage,
-                // A manifest row without a record: a record without fields.
-                record: record.unwrap_or_else(|| "{}".into()),
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            })
-            .collect())
+        Ok(stored_items(self.unfinished(run, after_seq, limit)?))
+    }
+
+    fn claim(&self, run: i64, after_seq: i64, limit: usize) -> Result<Vec<StoredItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(stored_items(self.claim_rows(run, after_seq, limit)?))
+    }
+
+    fn held_by_others(&self, run: i64) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.others_hold(run)?).unwrap_or(0))
+    }
+
+    fn lost(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.lost_token()
+    }
+
+    fn lost_because(&self) -> Option<String> {
+        self.lost_reason()
     }
 
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
@@ -187,7 +231,9 @@ impl<T: Tables> CheckpointStore for T {
     }
 
     fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
-        status::status(self, run)
+        let mut report = status::status(self, run)?;
+        report.runners = self.runners_of(run.id)?;
+        Ok(report)
     }
 
     fn count_died_attempts(
@@ -211,29 +257,6 @@ impl<T: Tables> CheckpointStore for T {
 
     fn last_error(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
         self.error_of(run, seq)
-    }
-
-    fn clear_taken_up(&self, run: i64) -> Result<(), StoreError> {
-        self.clear_taken(run)
-    }
-
-    fn count_taken_up(&self, run: i64) -> Result<u64, StoreError> {
-        let died: Vec<(String, String, u32)> = self
-            .taken_items(run)?
-            .into_iter()
-            .map(|(key, stage, used)| {
-                let attempt = u32::try_from(used).unwrap_or(u32::MAX).saturating_add(1);
-                (key, stage, attempt)
-            })
-            .collect();
-        if died.is_empty() {
-            return Ok(0);
-        }
-        // Counted, then cleared: a process that dies in between counts them again next time
-        // (one attempt too many), never not at all.
-        let counted = self.count_died_attempts(run, &died)?;
-        self.clear_taken(run)?;
-        Ok(counted)
     }
 
     fn deaths(&self, run: i64) -> Result<Vec<super::Death>, StoreError> {

@@ -86,5 +86,6 @@ pub(super) fn status(rows: &impl StatusRows, run: &RunInfo) -> Result<StatusRepo
         stages,
         failed,
         skipped,
+        runners: Vec::new(),
     })
 }

@@ -14,7 +14,9 @@ use super::super::StoreError;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest statement of the store: far above a chunk of the manifest or a batch of updates.
-const STATEMENT_TIMEOUT: &str = "SET statement_timeout = '60s'";
+/// Set in each transaction ([`begin`]): a session setting does not survive a pooler that
+/// hands each transaction to another server session (PgBouncer in transaction mode).
+const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '60s'";
 
 /// Run `f` where the synchronous client may block: directly off any runtime (a plain or a
 /// blocking-pool thread), through `block_in_place` on a multi-threaded runtime's worker, and on
@@ -39,6 +41,11 @@ impl Conn {
     /// The client (there until drop).
     pub(super) fn client(&mut self) -> &mut Client {
         self.0.as_mut().expect("the client is only taken by drop")
+    }
+
+    /// Whether the server ended the session.
+    pub(super) fn is_closed(&self) -> bool {
+        self.0.as_ref().is_none_or(Client::is_closed)
     }
 
     /// What cancels the session's statement in progress, from any thread.
@@ -116,13 +123,12 @@ fn bounded(config: &postgres::Config) -> Option<Result<Client, postgres::Error>>
     answer.recv_timeout(CONNECT_TIMEOUT).ok()
 }
 
-/// A session of the store: connected with `config`, statements bounded by
-/// [`STATEMENT_TIMEOUT`]; `shown` is the redacted URL for messages.
+/// A session of the store, connected with `config`; `shown` is the redacted URL for messages.
 pub(super) fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, StoreError> {
     // The client's messages never carry the password; the URL is shown redacted.
     let failed =
         |e: postgres::Error| StoreError::Db(format!("cannot connect to {shown}: {}", describe(&e)));
-    let mut client = match bounded(config) {
+    let client = match bounded(config) {
         Some(connected) => connected.map_err(failed)?,
         None => {
             return Err(StoreError::Db(format!(
@@ -131,8 +137,71 @@ pub(super) fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, St
             )))
         }
     };
-    // A statement stuck behind a lock or a hung server fails the run (progress saved up to the
-    // last commit) instead of holding it past every deadline.
-    off_runtime(|| client.batch_execute(STATEMENT_TIMEOUT)).map_err(failed)?;
     Ok(Conn(Some(client)))
+}
+
+/// Begin a transaction whose statements are bounded by [`STATEMENT_TIMEOUT`]: a statement stuck
+/// behind a lock or a hung server fails (progress saved up to the last commit) instead of
+/// holding the run past every deadline.
+///
+/// Every statement of the store runs in one: under a transaction-mode pooler, a statement the
+/// client prepares and then runs is only sure to find its server session within a transaction,
+/// and only `SET LOCAL` reaches the statements it is meant for. (Call it off the runtime.)
+pub(super) fn begin(client: &mut Client) -> Result<postgres::Transaction<'_>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.batch_execute(STATEMENT_TIMEOUT)?;
+    Ok(tx)
+}
+
+/// Run `f` in a transaction of its own ([`begin`]) on `conn` and commit it, off the runtime. A
+/// session the server ended (a restart, `pg_terminate_backend`, an idle timeout, a pooler's
+/// restart) is opened again, before `f` or once after it failed on it: the store's sessions
+/// hold no state of their own, and a transaction cut off with its session was rolled back.
+pub(super) fn in_transaction<R: Send>(
+    conn: &mut Conn,
+    (config, shown): (&postgres::Config, &str),
+    f: impl Fn(&mut postgres::Transaction<'_>) -> Result<R, postgres::Error> + Send + Sync,
+) -> Result<R, StoreError> {
+    let once = |conn: &mut Conn| {
+        let client = conn.client();
+        off_runtime(|| {
+            let mut tx = begin(client)?;
+            let r = f(&mut tx)?;
+            tx.commit()?;
+            Ok(r)
+        })
+    };
+    conn.reopen_if_closed(config, shown)?;
+    match once(conn) {
+        Err(e) if session_ended(&e) => {
+            *conn = connect(config, shown)?;
+            once(conn).map_err(db)
+        }
+        r => r.map_err(db),
+    }
+}
+
+/// Whether `e` says the session is gone, its transaction rolled back: closed, cut off (an
+/// error that is not the server's answer to a statement: a reset, a broken pipe), or ended by
+/// the server (`FATAL`, such as "terminating connection due to administrator command").
+pub(super) fn session_ended(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(d) => d.severity() == "FATAL",
+        None => e.code().is_none(),
+    }
+}
+
+impl Conn {
+    /// Connect again if the server ended the session (a restart, `pg_terminate_backend`, an
+    /// idle timeout, a pooler's restart): the store's sessions hold no state of their own.
+    pub(super) fn reopen_if_closed(
+        &mut self,
+        config: &postgres::Config,
+        shown: &str,
+    ) -> Result<(), StoreError> {
+        if self.is_closed() {
+            *self = connect(config, shown)?;
+        }
+        Ok(())
+    }
 }

@@ -7,33 +7,39 @@
 //! meaning as SQLite's `user_version`: an older schema is upgraded in one transaction (under a
 //! transaction-level advisory lock, so two processes upgrade it once), a newer one is refused.
 //!
-//! One runner per pipeline and store: [`PgStore::lock`] takes a session-level advisory lock keyed
-//! by the pipeline's name on a connection of its own, held for the run. The server releases it
-//! when that connection ends, so a `kill -9` leaves no stale lock.
+//! Any number of runners share a pipeline's run: each registers under a lease, claims items a
+//! few at a time and is fenced off the moment its lease is gone ([`lease`]). A new batch is
+//! taken by one of them at a time, under a transaction-level advisory lock keyed by the
+//! pipeline's name; the others wait for its manifest and join. Every statement runs in a
+//! transaction of its own with `SET LOCAL` timeouts ([`conn::begin`]), and no session keeps
+//! state the store relies on, so the store works through a pooler in transaction mode.
 //!
 //! The `postgres` client is synchronous and runs a runtime of its own: calling it (or dropping
 //! it) on an async runtime's thread panics. Every call goes through [`conn::off_runtime`], and
 //! every client is wrapped in [`conn::Conn`], whose drop does the same.
 //!
-//! The store is split by role: this module opens and locks it and runs the model's run and item
-//! queries, [`conn`] makes its sessions, [`schema`] creates and migrates it, [`writers`] writes manifests and updates,
-//! [`cache`] keeps the response cache and [`status`] reads what a report needs. What the rows
+//! The store is split by role: this module opens it and runs the model's run and item
+//! queries, [`conn`] makes its sessions, [`schema`] creates and migrates it, [`lease`] keeps
+//! the runners and their claims, [`writers`] writes manifests and updates, [`cache`] keeps the
+//! response cache and [`status`] reads what a report needs. What the rows
 //! mean lives in [`model`](super::model).
 
 mod cache;
 mod conn;
+mod lease;
 mod schema;
 mod status;
 mod writers;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use postgres::Client;
+use postgres::Transaction;
 
 use crate::stage::SharedCache;
 
 use self::cache::PgCache;
-use self::conn::{config, connect, db, off_runtime, Conn};
+use self::conn::{begin, config, connect, db, in_transaction, off_runtime, Conn};
+use self::lease::Membership;
 use self::writers::{PgManifest, PgUpdates};
 use super::model::{now, ItemRow, RunRow, Tables, PROCESS_LOCK_WAIT};
 use super::{unpoisoned, StoreError};
@@ -42,14 +48,9 @@ use super::{unpoisoned, StoreError};
 /// collide with an application's own single-key locks on the same database.
 const LOCK_CLASS: i32 = 0x7374_6777;
 
-/// Where `pg_locks` shows the runner lock of the pipeline whose key is `$2`, granted
-/// (`$1`: [`LOCK_CLASS`]); a two-key advisory lock shows as `objsubid = 2`.
-const RUNNER_LOCK_GRANTED: &str = "l.locktype = 'advisory' AND l.granted
-    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    AND l.classid = ($1::int)::oid AND l.objid = ($2::int)::oid AND l.objsubid = 2";
-
 /// FNV-1a of the pipeline's name: stable across builds and platforms, unlike `DefaultHasher`,
-/// so that two versions of stagewise agree on a pipeline's lock.
+/// so that two versions of stagewise agree on a pipeline's lock (the one that serializes the
+/// taking of its batches).
 fn lock_key(pipeline: &str) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in pipeline.bytes() {
@@ -69,23 +70,13 @@ pub struct PgStore {
     conn: Mutex<Conn>,
     /// The session that saves process records, opened at the first and again after a failure.
     process: Mutex<Option<Conn>>,
+    /// This process's place among the runners, once registered ([`PgStore::register`]).
+    runner: OnceLock<Arc<Membership>>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("url", &self.shown).finish()
-    }
-}
-
-/// Held while a run uses the store; see [`PgStore::lock`]. Dropping it ends the session, which
-/// releases the lock.
-pub struct PgLock {
-    _conn: Conn,
-}
-
-impl std::fmt::Debug for PgLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PgLock")
     }
 }
 
@@ -101,6 +92,7 @@ impl PgStore {
             config,
             conn: Mutex::new(conn),
             process: Mutex::new(None),
+            runner: OnceLock::new(),
         })
     }
 
@@ -110,9 +102,12 @@ impl PgStore {
         let config = config(url)?;
         let mut conn = connect(&config, &shown)?;
         let exists = off_runtime(|| {
-            conn.client()
-                .query_one("SELECT to_regclass('stagewise.meta') IS NOT NULL", &[])
-                .map(|r| r.get::<_, bool>(0))
+            let mut tx = begin(conn.client())?;
+            let exists = tx
+                .query_one("SELECT to_regclass('stagewise.meta') IS NOT NULL", &[])?
+                .get::<_, bool>(0);
+            tx.commit()?;
+            Ok(exists)
         })
         .map_err(db)?;
         if !exists {
@@ -124,58 +119,18 @@ impl PgStore {
             config,
             conn: Mutex::new(conn),
             process: Mutex::new(None),
+            runner: OnceLock::new(),
         }))
     }
 
-    /// Take the store for this process's run of `pipeline`: a session-level advisory lock on a
-    /// connection of its own, held until the returned guard drops or the process dies.
-    pub fn lock(&self, pipeline: &str) -> Result<PgLock, StoreError> {
-        let mut conn = connect(&self.config, &self.shown)?;
-        let key = lock_key(pipeline);
-        let taken = off_runtime(|| {
-            conn.client()
-                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])
-                .map(|r| r.get::<_, bool>(0))
-        })
-        .map_err(db)?;
-        if taken {
-            return Ok(PgLock { _conn: conn });
-        }
-        // Who holds it, as far as this role may see (other roles' addresses are hidden).
-        let holder = off_runtime(|| {
-            conn.client().query_opt(
-                &format!(
-                    "SELECT a.pid, COALESCE(host(a.client_addr), 'local socket'), COALESCE(a.application_name, '')
-                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE {RUNNER_LOCK_GRANTED}
-                     LIMIT 1"
-                ),
-                &[&LOCK_CLASS, &key],
-            )
-        });
-        let holder = match holder {
-            Ok(Some(r)) => format!(
-                "the session of server pid {}, from {}, `{}`",
-                r.get::<_, i32>(0),
-                r.get::<_, String>(1),
-                r.get::<_, String>(2)
-            ),
-            _ => "process unknown".to_owned(),
-        };
-        Err(StoreError::Busy {
-            path: format!("{} (pipeline `{pipeline}`)", self.shown),
-            holder,
-        })
-    }
-
-    /// Run `f` on the store's own session, off the async runtime.
+    /// Run `f` in a transaction of its own on the store's own session (see
+    /// [`conn::in_transaction`]).
     fn with_conn<R: Send>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<R, postgres::Error> + Send,
+        f: impl Fn(&mut Transaction<'_>) -> Result<R, postgres::Error> + Send + Sync,
     ) -> Result<R, StoreError> {
         let mut conn = unpoisoned(&self.conn);
-        let client = conn.client();
-        off_runtime(|| f(client)).map_err(db)
+        in_transaction(&mut conn, (&self.config, &self.shown), f)
     }
 }
 
@@ -215,10 +170,58 @@ impl Tables for PgStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, PgManifest), StoreError> {
+    /// Under a transaction-level advisory lock keyed by the pipeline, so that runners starting
+    /// together take one batch: the first takes it (marked as its `taker`), the others are
+    /// told to look again ([`StoreError::Moved`]) until it is published, then join it.
+    fn new_run(
+        &self,
+        pipeline: &str,
+        started: &str,
+        seen: Option<i64>,
+    ) -> Result<(i64, PgManifest), StoreError> {
+        let me = self.me().map(|m| m.id);
         let mut conn = connect(&self.config, &self.shown)?;
+        let key = lock_key(pipeline);
         let run = off_runtime(|| {
-            let mut tx = conn.client().transaction()?;
+            let mut tx = begin(conn.client())?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&LOCK_CLASS, &key],
+            )?;
+            let taking: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM stagewise.runs t JOIN stagewise.runners r ON r.id = t.taker
+                     WHERE t.pipeline = $1 AND t.status = 'taking' AND t.taker IS DISTINCT FROM $2
+                       AND r.state = 'active' AND r.expires_at > clock_timestamp())",
+                    &[&pipeline, &me],
+                )?
+                .get(0);
+            let newest: Option<(i64, String)> = tx
+                .query_opt(
+                    "SELECT id, status FROM stagewise.runs
+                     WHERE pipeline = $1 AND status <> 'taking' AND items > 0 ORDER BY id DESC LIMIT 1",
+                    &[&pipeline],
+                )?
+                .map(|r| (r.get(0), r.get(1)));
+            if taking || newest.as_ref().map(|n| n.0) != seen {
+                return Ok(Err(StoreError::Moved));
+            }
+            if let Some((id, status)) = &newest {
+                let working: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM stagewise.runners r
+                         WHERE r.run_id = $1 AND r.id IS DISTINCT FROM $2
+                           AND r.state = 'active' AND r.expires_at > clock_timestamp()",
+                        &[id, &me],
+                    )?
+                    .get(0);
+                if status != "finished" && working > 0 {
+                    return Ok(Err(StoreError::Busy {
+                        path: format!("{} (pipeline `{pipeline}`)", self.shown),
+                        holder: format!("{working} runner(s) still working on run {id}, unfinished; a new batch beside them would leave it behind (`stagewise status` lists them)"),
+                    }));
+                }
+            }
             tx.execute(
                 "DELETE FROM stagewise.items WHERE run_id IN (SELECT id FROM stagewise.runs WHERE pipeline = $1 AND status = 'taking')",
                 &[&pipeline],
@@ -229,15 +232,15 @@ impl Tables for PgStore {
             )?;
             let run: i64 = tx
                 .query_one(
-                    "INSERT INTO stagewise.runs (pipeline, status, items, started_at, updated_at)
-                     VALUES ($1, 'taking', 0, $2, $2) RETURNING id",
-                    &[&pipeline, &started],
+                    "INSERT INTO stagewise.runs (pipeline, status, items, started_at, updated_at, taker)
+                     VALUES ($1, 'taking', 0, $2, $2, $3) RETURNING id",
+                    &[&pipeline, &started, &me],
                 )?
                 .get(0);
             tx.commit()?;
-            Ok(run)
+            Ok(Ok(run))
         })
-        .map_err(db)?;
+        .map_err(db)??;
         Ok((run, PgManifest { conn }))
     }
 
@@ -285,8 +288,7 @@ impl Tables for PgStore {
         run: i64,
         raised: &[(String, String, i64, String)],
     ) -> Result<u64, StoreError> {
-        self.with_conn(|c| {
-            let mut tx = c.transaction()?;
+        self.with_conn(|tx| {
             let row = tx.prepare(
                 "UPDATE stagewise.items SET attempts = $4, error = $5
                  WHERE run_id = $1 AND key = $2 AND stage = $3 AND attempts < $4
@@ -304,7 +306,6 @@ impl Tables for PgStore {
                 tx.execute(&row, &[&run, key, stage, attempts, error])?;
                 n += tx.execute(&death, &[&run, key, stage, attempts, error])?;
             }
-            tx.commit()?;
             Ok(n)
         })
     }
@@ -322,34 +323,8 @@ impl Tables for PgStore {
             .collect())
     }
 
-    fn taken_items(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let rows = self.with_conn(|c| {
-            c.query(
-                "SELECT key, stage, attempts FROM stagewise.items
-                 WHERE run_id = $1 AND taken AND state IN ('pending', 'in_flight')
-                   AND stage IS NOT NULL",
-                &[&run],
-            )
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
-    }
-
-    fn clear_taken(&self, run: i64) -> Result<(), StoreError> {
-        self.with_conn(|c| {
-            c.execute(
-                "UPDATE stagewise.items SET taken = false WHERE run_id = $1 AND taken",
-                &[&run],
-            )
-            .map(|_| ())
-        })
-    }
-
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
-        self.with_conn(|c| {
-            let mut tx = c.transaction()?;
+        self.with_conn(|tx| {
             // The failed items' deaths go with their attempts; unfinished items keep theirs, so
             // that resuming a run this way again and again still ends an item that kills it.
             tx.execute(
@@ -368,7 +343,6 @@ impl Tables for PgStore {
                     &[&run, &now()],
                 )?;
             }
-            tx.commit()?;
             Ok(n)
         })
     }
@@ -376,71 +350,101 @@ impl Tables for PgStore {
     fn updates(&self, run: i64) -> Result<PgUpdates, StoreError> {
         Ok(PgUpdates {
             conn: connect(&self.config, &self.shown)?,
+            config: self.config.clone(),
             run,
             shown: self.shown.clone(),
-            update: None,
+            me: self.me().cloned(),
         })
     }
 
     fn cache(&self) -> Result<SharedCache, StoreError> {
         let conn = connect(&self.config, &self.shown)?;
-        Ok(std::sync::Arc::new(PgCache::new(conn)))
+        Ok(std::sync::Arc::new(PgCache::new(
+            conn,
+            self.config.clone(),
+            self.shown.clone(),
+        )))
     }
 
-    /// One autocommit statement on a session of its own, so that neither the store's reads nor
+    /// One short transaction on a session of its own, so that neither the store's reads nor
     /// the update writer wait for it; connecting, its lock waits and the statement itself each
-    /// take at most [`PROCESS_LOCK_WAIT`]. A failed session is dropped, and the next save
+    /// take at most [`PROCESS_LOCK_WAIT`]. The record is kept with this runner's row (runners
+    /// of one pipeline each keep their own). A failed session is dropped, and the next save
     /// connects again.
-    fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError> {
+    fn put_process(&self, _pipeline: &str, record: &str, _updated: &str) -> Result<(), StoreError> {
+        let Some(me) = self.me().map(|m| m.id) else {
+            return Ok(());
+        };
         let mut slot = unpoisoned(&self.process);
         let conn = match &mut *slot {
-            Some(conn) => conn,
-            None => {
+            Some(conn) if !conn.is_closed() => conn,
+            _ => {
                 let mut config = self.config.clone();
                 config.connect_timeout(PROCESS_LOCK_WAIT);
-                let mut conn = connect(&config, &self.shown)?;
-                let ms = PROCESS_LOCK_WAIT.as_millis();
-                off_runtime(|| {
-                    conn.client().batch_execute(&format!(
-                        "SET statement_timeout = {ms}; SET lock_timeout = {ms}"
-                    ))
-                })
-                .map_err(db)?;
-                slot.insert(conn)
+                slot.insert(connect(&config, &self.shown)?)
             }
         };
         let client = conn.client();
+        let ms = PROCESS_LOCK_WAIT.as_millis();
         let saved = off_runtime(|| {
-            client.execute(
-                "INSERT INTO stagewise.processes (pipeline, record, updated_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (pipeline) DO UPDATE SET record = EXCLUDED.record, updated_at = EXCLUDED.updated_at",
-                &[&pipeline, &record, &updated],
-            )
+            let mut tx = begin(client)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
+            ))?;
+            tx.execute(
+                "UPDATE stagewise.runners SET record = $2 WHERE id = $1",
+                &[&me, &record],
+            )?;
+            tx.commit()
         });
         if saved.is_err() {
             *slot = None;
         }
-        saved.map(drop).map_err(db)
+        saved.map_err(db)
     }
 
+    /// The record of `pipeline`'s last runner that is not live, not this process: the
+    /// process that `status` and the next run report on.
     fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
-        let row = self.with_conn(|c| {
-            c.query_opt(
-                "SELECT record FROM stagewise.processes WHERE pipeline = $1",
-                &[&pipeline],
+        let me = self.me().map(|m| m.id);
+        let row = self.with_conn(|tx| {
+            tx.query_opt(
+                "SELECT record FROM stagewise.runners r
+                 WHERE r.pipeline = $1 AND r.record IS NOT NULL AND r.id IS DISTINCT FROM $2
+                   AND NOT (r.state = 'active' AND r.expires_at > clock_timestamp())
+                 ORDER BY r.renewed_at DESC LIMIT 1",
+                &[&pipeline, &me],
             )
         })?;
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Asks `pg_locks`: the lock is the session-level advisory lock of [`PgStore::lock`].
+    /// Whether a runner of `pipeline` holds a live lease.
     fn runner_lock_held(&self, pipeline: &str) -> Result<bool, StoreError> {
-        let key = lock_key(pipeline);
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {RUNNER_LOCK_GRANTED})");
-        self.with_conn(|c| {
-            c.query_one(&sql, &[&LOCK_CLASS, &key])
-                .map(|r| r.get::<_, bool>(0))
-        })
+        self.any_live(pipeline)
+    }
+
+    fn claim_rows(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
+        match self.me() {
+            Some(_) => self.claim(run, limit),
+            None => self.unfinished(run, after_seq, limit),
+        }
+    }
+
+    fn others_hold(&self, run: i64) -> Result<i64, StoreError> {
+        self.held_by_others(run)
+    }
+
+    fn lost_token(&self) -> Option<tokio_util::sync::CancellationToken> {
+        self.me().map(|m| m.lost())
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        self.me().and_then(|m| m.lost_because())
+    }
+
+    fn runners_of(&self, run: i64) -> Result<Vec<super::RunnerInfo>, StoreError> {
+        self.runner_rows(run)
     }
 }
 

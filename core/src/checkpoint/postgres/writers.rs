@@ -9,7 +9,8 @@ use postgres::{NoTls, Transaction};
 use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
 use super::super::{RunStatus, StoreError};
-use super::conn::{db, describe, off_runtime, Conn};
+use super::conn::{begin, connect, db, describe, off_runtime, session_ended, Conn};
+use super::lease::Membership;
 
 /// Writes a new run's manifest.
 pub(in crate::checkpoint) struct PgManifest {
@@ -34,7 +35,7 @@ impl ManifestRows for PgManifest {
             .collect();
         let client = self.conn.client();
         let existing = off_runtime(|| {
-            let mut tx = client.transaction()?;
+            let mut tx = begin(client)?;
             let rows = tx.query(
                 "WITH input AS (
                      SELECT k, r, pos, ord FROM unnest($2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS t(k, r, pos, ord)
@@ -61,20 +62,23 @@ impl ManifestRows for PgManifest {
     fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
         let client = self.conn.client();
         off_runtime(|| {
-            client.execute(
+            let mut tx = begin(client)?;
+            tx.execute(
                 "UPDATE stagewise.runs SET status = 'running', items = $2 WHERE id = $1",
                 &[&run, &items],
-            )
+            )?;
+            tx.commit()
         })
-        .map(drop)
         .map_err(db)
     }
 
     fn discard(&mut self, run: i64) {
         let client = self.conn.client();
         let _ = off_runtime(|| {
-            client.execute("DELETE FROM stagewise.items WHERE run_id = $1", &[&run])?;
-            client.execute("DELETE FROM stagewise.runs WHERE id = $1", &[&run])
+            let mut tx = begin(client)?;
+            tx.execute("DELETE FROM stagewise.items WHERE run_id = $1", &[&run])?;
+            tx.execute("DELETE FROM stagewise.runs WHERE id = $1", &[&run])?;
+            tx.commit()
         });
     }
 }
@@ -83,12 +87,15 @@ impl ManifestRows for PgManifest {
 pub(in crate::checkpoint) struct PgUpdates {
     /// A session of its own.
     pub(super) conn: Conn,
+    /// Its settings, to connect again after the server ended the session.
+    pub(super) config: postgres::Config,
     /// The run whose items it updates.
     pub(super) run: i64,
     /// The store as messages name it.
     pub(super) shown: String,
-    /// The items' `UPDATE`, prepared on the session once.
-    pub(super) update: Option<postgres::Statement>,
+    /// The runner whose items these are, when registered: each batch is written only while its
+    /// lease is live and it still owns every item (see [`super::lease`]).
+    pub(super) me: Option<std::sync::Arc<Membership>>,
 }
 
 /// Every row of a batch in one statement, from arrays.
@@ -101,7 +108,12 @@ const UPDATE_ITEMS: &str = "UPDATE stagewise.items AS i SET
         taken = COALESCE(u.taken, i.taken)
      FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[])
           AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
-     WHERE i.run_id = $1 AND i.seq = u.seq";
+     WHERE i.run_id = $1 AND i.seq = u.seq AND i.owner IS NOT DISTINCT FROM $11";
+
+/// Whether the runner `$1` holds a live lease, checked in the transaction that writes for it.
+const LIVE_ME: &str = "SELECT 1 FROM stagewise.runners
+     WHERE id = $1 AND state = 'active' AND expires_at > clock_timestamp()
+     FOR SHARE";
 
 /// Bound the transaction's next statement by the deadline's cut, if there is one: its lock
 /// waits and its whole run. Costs a round trip, so only once a deadline is set.
@@ -120,14 +132,18 @@ fn bound(tx: &mut Transaction<'_>, deadline: &Deadline) -> Result<(), postgres::
 }
 
 impl UpdateRows for PgUpdates {
-    /// One statement per batch: a remote server costs one round trip, not one per item (one
-    /// more, to bound it, once a deadline is set).
+    /// One transaction per batch, its items in one statement: a remote server costs a few
+    /// round trips per batch, not one per item. Fenced: with a runner, nothing is written
+    /// unless its lease is live and it owns every item of the batch.
     fn write(
         &mut self,
         rows: &[(i64, RowUpdate)],
         status: Option<RunStatus>,
         deadline: &Deadline,
     ) -> Result<(), StoreError> {
+        if let Some(refused) = self.me.as_ref().and_then(|me| me.refused()) {
+            return Err(refused);
+        }
         let mut seqs = Vec::with_capacity(rows.len());
         let mut states = Vec::with_capacity(rows.len());
         let mut stages = Vec::with_capacity(rows.len());
@@ -149,48 +165,61 @@ impl UpdateRows for PgUpdates {
             taken.push(row.taken);
         }
         let run = self.run;
-        let (conn, prepared) = (&mut self.conn, &mut self.update);
-        off_runtime(|| {
-            let client = conn.client();
-            let update = match prepared {
-                Some(update) => update.clone(),
-                None => prepared.insert(client.prepare(UPDATE_ITEMS)?).clone(),
-            };
-            let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
-                &run,
-                &seqs,
-                &states,
-                &stages,
-                &set_record,
-                &records,
-                &attempts,
-                &set_error,
-                &errors,
-                &taken,
-            ];
-            if status.is_none() && deadline.cut().is_none() {
-                // One statement is its own transaction: one round trip (what a take-up that
-                // waits for its commit waits for), not three.
-                if !seqs.is_empty() {
-                    client.execute(&update, &params)?;
+        let me = self.me.as_ref().map(|m| m.id);
+        let write = |client: &mut postgres::Client| -> Result<Result<(), String>, postgres::Error> {
+            let mut tx = begin(client)?;
+            if let Some(me) = me {
+                if tx.query_opt(LIVE_ME, &[&me])?.is_none() {
+                    return Ok(Err(
+                        "its lease had expired when it came to save its progress".to_owned(),
+                    ));
                 }
-                return Ok(());
             }
-            let mut tx = client.transaction()?;
             if !seqs.is_empty() {
                 bound(&mut tx, deadline)?;
-                tx.execute(&update, &params)?;
+                let params: [&(dyn postgres::types::ToSql + Sync); 11] = [
+                    &run,
+                    &seqs,
+                    &states,
+                    &stages,
+                    &set_record,
+                    &records,
+                    &attempts,
+                    &set_error,
+                    &errors,
+                    &taken,
+                    &me,
+                ];
+                let n = tx.execute(UPDATE_ITEMS, &params)?;
+                if usize::try_from(n).ok() != Some(seqs.len()) {
+                    // Rolled back whole: the others' items are theirs now.
+                    return Ok(Err(format!(
+                        "{} of the {} items it came to save are held by another runner now",
+                        seqs.len() - usize::try_from(n).unwrap_or(0),
+                        seqs.len()
+                    )));
+                }
             }
             if let Some(status) = status {
                 bound(&mut tx, deadline)?;
+                // A run another runner finished stays finished.
                 tx.execute(
-                    "UPDATE stagewise.runs SET status = $2, updated_at = $3 WHERE id = $1",
+                    "UPDATE stagewise.runs SET status = $2, updated_at = $3 WHERE id = $1 AND status <> 'finished'",
                     &[&run, &status.as_str(), &now()],
                 )?;
             }
-            tx.commit()
-        })
-        .map_err(|e| {
+            tx.commit()?;
+            Ok(Ok(()))
+        };
+        // A session the server ended is opened again, before the batch or once after it
+        // failed on it (rolled back with its session): writing a batch again sets the same.
+        self.conn.reopen_if_closed(&self.config, &self.shown)?;
+        let mut written = off_runtime(|| write(self.conn.client()));
+        if written.as_ref().is_err_and(session_ended) {
+            self.conn = connect(&self.config, &self.shown)?;
+            written = off_runtime(|| write(self.conn.client()));
+        }
+        let written = written.map_err(|e| {
             // A timeout, or the deadline's watcher cancelling the statement, once the deadline
             // is set: the store did not answer in time.
             let timed_out = matches!(
@@ -205,6 +234,14 @@ impl UpdateRows for PgUpdates {
             } else {
                 db(e)
             }
+        })?;
+        written.map_err(|why| match &self.me {
+            Some(me) => {
+                me.fence(why);
+                me.refused()
+                    .unwrap_or_else(|| StoreError::Fenced(String::new()))
+            }
+            None => StoreError::Db(why),
         })
     }
 

@@ -275,7 +275,13 @@ impl Tables for SqliteStore {
             .map_err(db)
     }
 
-    fn new_run(&self, pipeline: &str, started: &str) -> Result<(i64, SqliteManifest), StoreError> {
+    /// One runner per store (its lock): nothing can have moved since it looked.
+    fn new_run(
+        &self,
+        pipeline: &str,
+        started: &str,
+        _seen: Option<i64>,
+    ) -> Result<(i64, SqliteManifest), StoreError> {
         let conn = connect(&self.path)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
         conn.execute(
@@ -386,31 +392,6 @@ impl Tables for SqliteStore {
             .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
-    }
-
-    fn taken_items(&self, run: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT key, stage, attempts FROM items
-                 WHERE run_id = ?1 AND taken AND state IN ('pending', 'in_flight')
-                   AND stage IS NOT NULL",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
-
-    fn clear_taken(&self, run: i64) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                "UPDATE items SET taken = 0 WHERE run_id = ?1 AND taken",
-                [run],
-            )
-            .map(|_| ())
-            .map_err(db)
     }
 
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {

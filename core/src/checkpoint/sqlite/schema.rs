@@ -73,7 +73,7 @@ CREATE TABLE deaths (
 ";
 
 /// Version 5: items taken up by a process, marked until they leave it (see
-/// [`CheckpointStore::count_taken_up`](super::super::CheckpointStore::count_taken_up)).
+/// [`Change::TakenUp`](super::super::Change::TakenUp)).
 const SCHEMA_V5: &str = "
 ALTER TABLE items ADD COLUMN taken INTEGER NOT NULL DEFAULT 0;
 ";

@@ -215,10 +215,14 @@ impl Backend for PgDatabase {
             2 => "ALTER TABLE stagewise.items DROP COLUMN taken; DROP TABLE stagewise.deaths; DROP TABLE stagewise.processes;",
             3 => "ALTER TABLE stagewise.items DROP COLUMN taken; DROP TABLE stagewise.deaths;",
             4 => "ALTER TABLE stagewise.items DROP COLUMN taken;",
+            5 => "",
             _ => panic!("no schema version {version} to go back to"),
         };
+        // Version 6's runners and leases, which only this store has.
+        let leases = "DROP TABLE stagewise.runners; DROP INDEX stagewise.items_unfinished;
+            ALTER TABLE stagewise.items DROP COLUMN owner; ALTER TABLE stagewise.runs DROP COLUMN taker;";
         self.execute(&format!(
-            "{drop} UPDATE stagewise.meta SET version = {version};"
+            "{leases} {drop} UPDATE stagewise.meta SET version = {version};"
         ));
     }
 

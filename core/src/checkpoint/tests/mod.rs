@@ -9,6 +9,7 @@
 //! say loudly that they skipped, and under `CI=true` they fail instead.
 
 mod backends;
+mod leases;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,7 +81,6 @@ scenarios![
     latest_run_is_the_newest_committed_run_of_its_pipeline,
     a_take_that_found_nothing_hides_no_run,
     attempts_used_stay_with_the_item,
-    items_taken_up_by_a_process_that_died_count_one_attempt,
     a_durable_update_commits_what_was_queued_before_it,
     retry_failed_puts_failed_items_back_to_pending,
     pending_pages_through_unfinished_items_in_order,
@@ -113,6 +113,19 @@ fn open(b: &dyn Backend) -> Box<dyn CheckpointStore> {
     try_open(b).expect("open the store")
 }
 
+/// The latest run of `pipeline`, as a runner about to take a batch saw it.
+fn seen(store: &dyn CheckpointStore, pipeline: &str) -> Option<i64> {
+    store
+        .latest_run(pipeline)
+        .expect("latest run")
+        .map(|r| r.id)
+}
+
+/// A lease as a runner takes one by default.
+fn terms() -> super::LeaseTerms {
+    super::LeaseTerms::new(Duration::from_secs(60), Duration::from_secs(10))
+}
+
 /// An owned string, shorter.
 fn s<T: for<'a> From<&'a str>>(x: &str) -> T {
     T::from(x)
@@ -121,7 +134,9 @@ fn s<T: for<'a> From<&'a str>>(x: &str) -> T {
 /// A committed run of `pipeline` whose items are `keys` (seq 1, 2, … in that order), with
 /// records `{"n": seq}`, at stage `one`.
 fn take(store: &dyn CheckpointStore, pipeline: &str, keys: &[&str]) -> RunInfo {
-    let mut m = store.begin_run(pipeline, "one").expect("begin a run");
+    let mut m = store
+        .begin_run(pipeline, "one", seen(store, pipeline))
+        .expect("begin a run");
     for (i, key) in keys.iter().enumerate() {
         m.add(key, &format!(r#"{{"n":{}}}"#, i + 1)).expect("add");
     }
@@ -217,7 +232,9 @@ pub(super) fn repeating_source() -> impl Iterator<Item = (String, usize)> {
 fn manifest_is_invisible_until_committed(b: &dyn Backend) {
     let store = open(b);
     {
-        let mut m = store.begin_run("p", "one").expect("begin");
+        let mut m = store
+            .begin_run("p", "one", seen(&*store, "p"))
+            .expect("begin");
         for i in 0..2500 {
             m.add(&i.to_string(), "{}").expect("add");
         }
@@ -228,7 +245,9 @@ fn manifest_is_invisible_until_committed(b: &dyn Backend) {
         // dropped without commit
     }
     assert!(store.latest_run("p").expect("latest").is_none());
-    let mut m = store.begin_run("p", "one").expect("begin");
+    let mut m = store
+        .begin_run("p", "one", seen(&*store, "p"))
+        .expect("begin");
     m.add("a", "{}").expect("add");
     m.add("a", "{}").expect("add");
     m.add("b", r#"{"n":1}"#).expect("add");
@@ -251,7 +270,9 @@ fn manifest_is_invisible_until_committed(b: &dyn Backend) {
 /// numbered without gaps and the repeats are counted in the source's order.
 fn repeated_keys_are_kept_once_across_chunks(b: &dyn Backend) {
     let store = open(b);
-    let mut m = store.begin_run("p", "one").expect("begin");
+    let mut m = store
+        .begin_run("p", "one", seen(&*store, "p"))
+        .expect("begin");
     for (key, line) in repeating_source() {
         m.add(&key, &format!(r#"{{"line":{line}}}"#)).expect("add");
     }
@@ -275,13 +296,15 @@ fn a_stuck_read_does_not_lock_out_the_next_attempt(b: &dyn Backend) {
     let store = open(b);
     // The first attempt's source is stuck mid-chunk (one chunk written, rows buffered) and its
     // manifest is never dropped while the second attempt takes the batch.
-    let mut stuck = store.begin_run("p", "one").expect("begin");
+    let mut stuck = store
+        .begin_run("p", "one", seen(&*store, "p"))
+        .expect("begin");
     for i in 0..1500 {
         stuck.add(&format!("old-{i}"), "{}").expect("add");
     }
     let started = Instant::now();
     let mut m = store
-        .begin_run("p", "one")
+        .begin_run("p", "one", seen(&*store, "p"))
         .expect("a second attempt can begin");
     m.add("x", "{}").expect("add");
     let (run, _) = m.commit().expect("and commit");
@@ -501,7 +524,9 @@ fn latest_run_is_the_newest_committed_run_of_its_pipeline(b: &dyn Backend) {
     let other = take(&*store, "q", &["x"]);
     let second = take(&*store, "p", &["a", "b"]);
     assert!(second.id > first.id);
-    let mut taking = store.begin_run("p", "one").expect("begin");
+    let mut taking = store
+        .begin_run("p", "one", seen(&*store, "p"))
+        .expect("begin");
     taking.add("c", "{}").expect("add");
     let run = latest(&*store, "p");
     assert_eq!(
@@ -675,79 +700,6 @@ fn attempts_used_stay_with_the_item(b: &dyn Backend) {
     assert_eq!(used(&*store)[1], (s("b"), 0, None));
 }
 
-/// Items a process took up and did not see leave count one attempt each when that process
-/// died (its flight record lost); those that left (ended, or stopped in order) do not; the
-/// marks are cleared, so counting again adds nothing.
-fn items_taken_up_by_a_process_that_died_count_one_attempt(b: &dyn Backend) {
-    let store = open(b);
-    let run = take(&*store, "p", &["a", "b", "c", "d", "e", "f"]);
-    let taken = |stage: &str| Change::TakenUp { stage: s(stage) };
-    apply(
-        &*store,
-        run.id,
-        vec![
-            // Taken up at `one`, moved on to `two`: it dies there.
-            (1, taken("one")),
-            (1, advanced("two", serde_json::json!({"x": 1}))),
-            // Taken up, one attempt failed already.
-            (2, taken("one")),
-            (
-                2,
-                Change::Attempted {
-                    stage: s("one"),
-                    attempts: 1,
-                    error: s("busy"),
-                },
-            ),
-            // Stopped in order.
-            (3, taken("one")),
-            (3, Change::Interrupted { stage: s("one") }),
-            // Ended.
-            (4, taken("one")),
-            (4, Change::Done),
-            // Never taken up (started without a mark, as on a store that does not need it).
-            (5, Change::Started { stage: s("one") }),
-            // Taken up and failed: finished, so not counted.
-            (6, taken("one")),
-            (6, failed("one", "boom", 1)),
-        ],
-        None,
-    );
-    assert_eq!(store.count_taken_up(run.id).expect("count"), 2);
-    let mut deaths: Vec<(String, String, u32)> = store
-        .deaths(run.id)
-        .expect("deaths")
-        .into_iter()
-        .map(|d| (d.key, d.stage, d.attempt))
-        .collect();
-    deaths.sort();
-    assert_eq!(deaths, [(s("a"), s("two"), 1), (s("b"), s("one"), 2)]);
-    let attempts: Vec<(String, u32)> = store
-        .pending(run.id, 0, 10)
-        .expect("pending")
-        .into_iter()
-        .map(|i| (i.key, i.attempts))
-        .collect();
-    assert_eq!(
-        attempts,
-        [(s("a"), 1), (s("b"), 2), (s("c"), 0), (s("e"), 0)]
-    );
-    assert_eq!(
-        store.count_taken_up(run.id).expect("count again"),
-        0,
-        "the marks were cleared"
-    );
-    // A failed item that `retry-failed` puts back is no longer taken up.
-    apply(
-        &*store,
-        run.id,
-        vec![(6, taken("one")), (6, failed("one", "boom", 1))],
-        None,
-    );
-    assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
-    assert_eq!(store.count_taken_up(run.id).expect("count after reset"), 0);
-}
-
 /// `send_durable` returns once its update is committed, with every update queued before it,
 /// however long the writer would otherwise wait to fill a batch.
 fn a_durable_update_commits_what_was_queued_before_it(b: &dyn Backend) {
@@ -779,7 +731,6 @@ fn a_durable_update_commits_what_was_queued_before_it(b: &dyn Backend) {
             2,
             "the durable update and the one before it"
         );
-        assert_eq!(store.count_taken_up(run.id).expect("count"), 1);
     });
 }
 
@@ -882,7 +833,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 5,
+                supported: 5 | 6,
                 ..
             }
         ),
@@ -937,13 +888,20 @@ fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
             .expect("the cache's table is there");
         assert_eq!(cache.get("k").expect("get").as_deref(), Some("v"));
         drop(cache);
-        store
-            .save_process(&pipeline, "{}")
-            .expect("the process records' table is there");
-        assert_eq!(
-            store.load_process(&pipeline).expect("load").as_deref(),
-            Some("{}")
-        );
+        if b.one_runner_per_store() {
+            store
+                .save_process(&pipeline, "{}")
+                .expect("the process records' table is there");
+            assert_eq!(
+                store.load_process(&pipeline).expect("load").as_deref(),
+                Some("{}")
+            );
+        } else {
+            drop(
+                open_for_run(&b.location(), &pipeline, terms())
+                    .expect("the runners' table is there"),
+            );
+        }
         store
             .count_died_attempts(run.id, &[("b".into(), "one".into(), 1)])
             .expect("the deaths' table is there");
@@ -957,8 +915,14 @@ fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
 /// lets go.
 fn one_runner_at_a_time(b: &dyn Backend) {
     let location = b.location();
-    let held = open_for_run(&location, "p").expect("first runner");
-    let Err(err) = open_for_run(&location, "p") else {
+    let held = open_for_run(&location, "p", terms()).expect("first runner");
+    if !b.one_runner_per_store() {
+        // A PostgreSQL store's runners share the run under leases: a second one joins.
+        let second = open_for_run(&location, "p", terms()).expect("a second runner joins");
+        drop((held, second));
+        return;
+    }
+    let Err(err) = open_for_run(&location, "p", terms()) else {
         panic!("a second runner got the store");
     };
     match &err {
@@ -971,7 +935,7 @@ fn one_runner_at_a_time(b: &dyn Backend) {
         "{err}"
     );
     drop(held);
-    open_for_run(&location, "p").expect("free again");
+    open_for_run(&location, "p", terms()).expect("free again");
 }
 
 /// `status` finds no store where none was made, and the store once there.
@@ -1070,6 +1034,10 @@ fn a_deadline_cuts_short_the_commit_waiting_now(b: &dyn Backend) {
 /// A pipeline's process record: none at first, then the last saved, apart from another
 /// pipeline's, and there after reopening.
 fn process_records_are_kept_per_pipeline(b: &dyn Backend) {
+    if !b.one_runner_per_store() {
+        // Each runner of a PostgreSQL store keeps its own: see `pg_runners_keep_their_own_records`.
+        return;
+    }
     let store = open(b);
     assert_eq!(store.load_process("p").expect("load"), None);
     store.save_process("p", r#"{"pid":1}"#).expect("save");
@@ -1096,6 +1064,10 @@ fn process_records_are_kept_per_pipeline(b: &dyn Backend) {
 /// Saving a process record behind another session's lock fails after about 2 s instead of
 /// waiting for the store's usual timeouts; once the lock goes, it saves again.
 fn saving_a_process_record_does_not_wait_long_for_a_lock(b: &dyn Backend) {
+    if !b.one_runner_per_store() {
+        // A runner's record lives in its row: see `pg_runners_keep_their_own_records`.
+        return;
+    }
     let store = open(b);
     store.save_process("p", "1").expect("save");
     let lock = b.hold_lock("processes");
@@ -1118,7 +1090,7 @@ fn saving_a_process_record_does_not_wait_long_for_a_lock(b: &dyn Backend) {
 fn runner_active_follows_the_runner_lock(b: &dyn Backend) {
     let store = open(b);
     assert!(!store.runner_active("p").expect("ask"), "no runner yet");
-    let held = open_for_run(&b.location(), "p").expect("a runner");
+    let held = open_for_run(&b.location(), "p", terms()).expect("a runner");
     assert!(store.runner_active("p").expect("ask"), "while it runs");
     assert!(
         store.runner_active("p").expect("ask"),
@@ -1137,6 +1109,6 @@ fn runner_active_follows_the_runner_lock(b: &dyn Backend) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(!store.runner_active("p").expect("ask"), "once it is gone");
-    let again = open_for_run(&b.location(), "p").expect("asking left the lock free");
+    let again = open_for_run(&b.location(), "p", terms()).expect("asking left the lock free");
     drop(again);
 }

@@ -1,0 +1,469 @@
+//! Runners sharing a run, each under a lease: the PostgreSQL store's coordination.
+//!
+//! Every `stagewise run` on a PostgreSQL store registers a row in `stagewise.runners` whose
+//! `expires_at`, on the server's clock, is its lease; a thread of its own renews it every
+//! [`LeaseTerms::renew_every`]. A runner claims the run's items a few at a time
+//! (`FOR UPDATE SKIP LOCKED`: two runners never claim one item) and owns them (`items.owner`)
+//! until they end or it releases them on an orderly stop. An item whose owner's lease expired
+//! is claimed again by whoever asks next, from its last finished stage; if an attempt was under
+//! way there (its take-up mark still set), that attempt counts as used, as any death does.
+//!
+//! Fencing: every write of a runner to the run's items is conditional on its lease being live
+//! and on its still owning each item written, and is rolled back whole otherwise. A runner
+//! whose renewal finds its lease expired, or whose write is refused, is *lost*: it stops at
+//! once and saves nothing more (the run goes on in the other runners, or in the next one).
+//! Nothing here needs a session of its own on the server, so it works through a pooler in
+//! transaction mode.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::super::model::{died_during, ItemRow};
+use super::super::{unpoisoned, LeaseTerms, RunnerInfo, StoreError};
+use super::conn::{begin, connect, db, describe, off_runtime, Conn};
+use super::PgStore;
+
+/// The live runners, as a condition on `stagewise.runners r`. `clock_timestamp()`, not `now()`:
+/// a transaction's `now()` is when it began.
+const LIVE: &str = "r.state = 'active' AND r.expires_at > clock_timestamp()";
+
+/// This process's place among the runners of a PostgreSQL store.
+#[derive(Debug)]
+pub(super) struct Membership {
+    /// Its row in `stagewise.runners`.
+    pub(super) id: i64,
+    /// Its lease's terms.
+    terms: LeaseTerms,
+    /// Cancelled once the runner is lost; the first reason is kept.
+    lost: CancellationToken,
+    why: OnceLock<String>,
+    /// When the lease ends at the latest as far as this process can tell: a renewal's sending
+    /// time plus the lease. Past it, the runner takes itself as lost without asking.
+    valid_until: Mutex<Instant>,
+}
+
+impl Membership {
+    /// The runner lost its claim: stop, and write nothing more. The first reason is kept.
+    pub(super) fn fence(&self, why: String) {
+        let _ = self.why.set(why);
+        self.lost.cancel();
+    }
+
+    /// Why the runner was lost, if it was.
+    pub(super) fn lost_because(&self) -> Option<String> {
+        self.lost
+            .is_cancelled()
+            .then(|| self.why.get().cloned().unwrap_or_default())
+    }
+
+    /// The error of a write refused because the runner was lost (saying why), or `None`.
+    pub(super) fn refused(&self) -> Option<StoreError> {
+        if let Some(why) = self.lost_because() {
+            return Some(StoreError::Fenced(why));
+        }
+        if Instant::now() >= *unpoisoned(&self.valid_until) {
+            let why = format!(
+                "its lease (`lease_ttl` = {}) ran out before it was renewed (the process was paused, or cut off from the store)",
+                crate::text::duration(self.terms.ttl)
+            );
+            self.fence(why.clone());
+            return Some(StoreError::Fenced(why));
+        }
+        None
+    }
+
+    /// What to watch for the runner being lost.
+    pub(super) fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+}
+
+/// Held while this process is a runner of the store; see [`PgStore::register`]. Dropping it
+/// stops the renewals and releases the items the runner still holds (their attempts not
+/// counted), unless it was lost.
+pub struct PgRunner {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::fmt::Debug for PgRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgRunner")
+    }
+}
+
+/// How long the release at exit may take: a store that does not answer leaves the items to
+/// expire with the lease.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for PgRunner {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        let _ = self.done.recv_timeout(RELEASE_WAIT);
+    }
+}
+
+impl PgStore {
+    /// Register this process as a runner of `pipeline` under `terms`, and start renewing its
+    /// lease on a thread of its own, with a session of its own.
+    pub fn register(&self, pipeline: &str, terms: LeaseTerms) -> Result<PgRunner, StoreError> {
+        let ttl_ms = i64::try_from(terms.ttl.as_millis()).unwrap_or(i64::MAX);
+        let (host, pidns) = (crate::flight::hostname(), pid_namespace());
+        let pid = i64::from(std::process::id());
+        let sent = Instant::now();
+        let id: i64 = self.with_conn(|tx| {
+            // Rows of runners long gone are history no one reads.
+            tx.execute(
+                "DELETE FROM stagewise.runners
+                 WHERE pipeline = $1 AND expires_at < now() - interval '7 days'",
+                &[&pipeline],
+            )?;
+            tx.query_one(
+                "INSERT INTO stagewise.runners (pipeline, host, pid, pidns, expires_at, state)
+                 VALUES ($1, $2, $3, $5, clock_timestamp() + $4::bigint * interval '1 millisecond', 'active')
+                 RETURNING id",
+                &[&pipeline, &host, &pid, &ttl_ms, &pidns],
+            )
+            .map(|r| r.get(0))
+        })?;
+        let me = Arc::new(Membership {
+            id,
+            terms,
+            lost: CancellationToken::new(),
+            why: OnceLock::new(),
+            valid_until: Mutex::new(sent + terms.ttl),
+        });
+        self.runner
+            .set(me.clone())
+            .map_err(|_| StoreError::Db("this store already has a runner".into()))?;
+        // A rerun after `kill -9` on this machine need not wait for the dead one's lease.
+        self.end_dead_neighbours(pipeline)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (finished, done) = std::sync::mpsc::channel::<()>();
+        let (config, shown) = (self.config.clone(), self.shown.clone());
+        std::thread::Builder::new()
+            .name("stagewise-lease".into())
+            .spawn(move || {
+                renew_until_stopped(&me, &config, &shown, &stopped);
+                let _ = finished.send(());
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start the lease's thread: {e}")))?;
+        Ok(PgRunner {
+            stop: Some(stop),
+            done,
+        })
+    }
+
+    /// This process's membership, once registered.
+    pub(super) fn me(&self) -> Option<&Arc<Membership>> {
+        self.runner.get()
+    }
+
+    /// Claim up to `limit` of `run`'s unfinished items that no live runner holds, in manifest
+    /// order; an item taken over from a runner that died during an attempt has that attempt
+    /// counted. Refused once the runner is lost.
+    pub(super) fn claim(&self, run: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
+        let Some(me) = self.me() else {
+            return Err(StoreError::Db("claiming items before registering".into()));
+        };
+        if let Some(refused) = me.refused() {
+            return Err(refused);
+        }
+        let id = me.id;
+        let claimed = self.with_conn(|tx| {
+            let live: bool = tx
+                .query_opt(
+                    &format!("SELECT 1 FROM stagewise.runners r WHERE r.id = $1 AND {LIVE}"),
+                    &[&id],
+                )?
+                .is_some();
+            if !live {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE stagewise.runners SET run_id = $2 WHERE id = $1 AND run_id IS DISTINCT FROM $2",
+                &[&id, &run],
+            )?;
+            let rows = tx.query(
+                &format!(
+                    "WITH c AS (
+                         SELECT i.seq, i.taken FROM stagewise.items i
+                         WHERE i.run_id = $1 AND i.state IN ('pending', 'in_flight')
+                           AND (i.owner IS NULL OR NOT EXISTS (
+                               SELECT 1 FROM stagewise.runners r WHERE r.id = i.owner AND {LIVE}))
+                         ORDER BY i.seq LIMIT $3
+                         FOR UPDATE OF i SKIP LOCKED)
+                     UPDATE stagewise.items i SET owner = $2, taken = false FROM c
+                     WHERE i.run_id = $1 AND i.seq = c.seq
+                     RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken"
+                ),
+                &[&run, &id, &limit],
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let (seq, key, stage, record, mut attempts): ItemRow =
+                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                let was_taken: bool = r.get(5);
+                if let (true, Some(stage)) = (was_taken, stage.as_deref().filter(|s| !s.is_empty()))
+                {
+                    // Its owner died during an attempt here: that attempt counts.
+                    attempts += 1;
+                    let error = died_during(u32::try_from(attempts).unwrap_or(u32::MAX), stage);
+                    tx.execute(
+                        "UPDATE stagewise.items SET attempts = $3, error = $4 WHERE run_id = $1 AND seq = $2",
+                        &[&run, &seq, &attempts, &error],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO stagewise.deaths (run_id, key, stage, attempts, error)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (run_id, key, stage) DO UPDATE
+                         SET attempts = EXCLUDED.attempts, error = EXCLUDED.error
+                         WHERE stagewise.deaths.attempts < EXCLUDED.attempts",
+                        &[&run, &key, &stage, &attempts, &error],
+                    )?;
+                }
+                out.push((seq, key, stage, record, attempts));
+            }
+            out.sort_by_key(|row| row.0);
+            Ok(Some(out))
+        })?;
+        claimed.ok_or_else(|| {
+            let why = "its lease had expired when it asked for more items".to_owned();
+            me.fence(why.clone());
+            StoreError::Fenced(why)
+        })
+    }
+
+    /// End the leases of `pipeline`'s runners on this machine (its host name, and the same
+    /// process id namespace: not another container's) whose process is gone: their items are
+    /// taken over now rather than when their leases run out. A process id taken by another
+    /// process since only makes this wait for the lease.
+    fn end_dead_neighbours(&self, pipeline: &str) -> Result<(), StoreError> {
+        let (host, pidns) = (crate::flight::hostname(), pid_namespace());
+        if pidns.is_empty() {
+            return Ok(());
+        }
+        let me = self.me().map(|m| m.id);
+        let neighbours: Vec<(i64, i64)> = self.with_conn(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT r.id, r.pid FROM stagewise.runners r
+                     WHERE r.pipeline = $1 AND r.host = $2 AND r.pidns = $3
+                       AND r.id IS DISTINCT FROM $4 AND {LIVE}"
+                ),
+                &[&pipeline, &host, &pidns, &me],
+            )
+            .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })?;
+        for (id, pid) in neighbours {
+            if process_alive(pid) {
+                continue;
+            }
+            self.with_conn(|tx| {
+                tx.execute(
+                    "UPDATE stagewise.runners SET expires_at = clock_timestamp()
+                     WHERE id = $1 AND state = 'active'",
+                    &[&id],
+                )
+            })?;
+            tracing::info!(
+                runner = id,
+                pid,
+                "a runner of this pipeline on this machine is gone (killed, or out of memory): its items are taken over now, not when its lease runs out"
+            );
+        }
+        Ok(())
+    }
+
+    /// How many of `run`'s unfinished items other runners hold (live or not yet taken over).
+    pub(super) fn held_by_others(&self, run: i64) -> Result<i64, StoreError> {
+        if let Some(pipeline) = self.pipeline_of(run)? {
+            self.end_dead_neighbours(&pipeline)?;
+        }
+        let me = self.me().map(|m| m.id);
+        self.with_conn(|tx| {
+            tx.query_one(
+                "SELECT count(*) FROM stagewise.items
+                 WHERE run_id = $1 AND state IN ('pending', 'in_flight') AND owner IS DISTINCT FROM $2",
+                &[&run, &me],
+            )
+            .map(|r| r.get(0))
+        })
+    }
+
+    /// The runners that worked on `run`, newest first (at most 100).
+    pub(super) fn runner_rows(&self, run: i64) -> Result<Vec<RunnerInfo>, StoreError> {
+        let rows = self.with_conn(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT r.id, r.host, r.pid, r.run_id,
+                        to_char(r.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        to_char(r.renewed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        CASE WHEN {LIVE} THEN 'active' WHEN r.state = 'active' THEN 'lost' ELSE r.state END,
+                        (SELECT count(*) FROM stagewise.items i
+                         WHERE i.run_id = r.run_id AND i.owner = r.id AND i.state IN ('pending', 'in_flight'))
+                     FROM stagewise.runners r
+                     WHERE r.run_id = $1
+                     ORDER BY r.id DESC LIMIT 100"
+                ),
+                &[&run],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| RunnerInfo {
+                id: r.get(0),
+                host: crate::text::printable(&r.get::<_, String>(1)).into_owned(),
+                pid: r.get(2),
+                run: r.get(3),
+                started_at: r.get(4),
+                renewed_at: r.get(5),
+                state: r.get(6),
+                items_held: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// The pipeline of `run`.
+    fn pipeline_of(&self, run: i64) -> Result<Option<String>, StoreError> {
+        self.with_conn(|tx| {
+            tx.query_opt("SELECT pipeline FROM stagewise.runs WHERE id = $1", &[&run])
+                .map(|r| r.map(|r| r.get(0)))
+        })
+    }
+
+    /// Whether some runner of `pipeline` holds a live lease (this process's own too).
+    pub(super) fn any_live(&self, pipeline: &str) -> Result<bool, StoreError> {
+        self.with_conn(|tx| {
+            tx.query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM stagewise.runners r WHERE r.pipeline = $1 AND {LIVE})"
+                ),
+                &[&pipeline],
+            )
+            .map(|r| r.get(0))
+        })
+    }
+}
+
+/// This process's process id namespace (`pid:[…]`), or "" where it cannot be read: two
+/// processes of one host name see each other's process ids only within one namespace.
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether process `pid` of this namespace exists, as `/proc` shows it (where there is no
+/// `/proc`, it is taken as alive: the lease then decides).
+fn process_alive(pid: i64) -> bool {
+    if !std::path::Path::new("/proc/self").exists() {
+        return true;
+    }
+    std::path::Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Renew `me`'s lease every [`LeaseTerms::renew_every`] until told to stop (or the sender
+/// drops), then release what it holds. A renewal that finds the lease expired, or no renewal
+/// for a whole lease, loses the runner.
+fn renew_until_stopped(
+    me: &Membership,
+    config: &postgres::Config,
+    shown: &str,
+    stop: &std::sync::mpsc::Receiver<()>,
+) {
+    let ttl_ms = i64::try_from(me.terms.ttl.as_millis()).unwrap_or(i64::MAX);
+    let renew_ms = me.terms.renew_every.as_millis().max(1000);
+    let mut conn: Option<Conn> = None;
+    let mut warned = false;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(me.terms.renew_every)
+    {
+        if me.lost.is_cancelled() {
+            continue;
+        }
+        let sent = Instant::now();
+        let renewed = session(&mut conn, config, shown).and_then(|c| {
+            off_runtime(|| {
+                let mut tx = begin(c.client())?;
+                // A renewal that does not answer by the next one is as good as failed.
+                tx.batch_execute(&format!(
+                    "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+                    renew_ms, renew_ms
+                ))?;
+                let n = tx.execute(
+                    &format!(
+                        "UPDATE stagewise.runners r SET renewed_at = clock_timestamp(),
+                             expires_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
+                         WHERE r.id = $1 AND {LIVE}"
+                    ),
+                    &[&me.id, &ttl_ms],
+                )?;
+                tx.commit()?;
+                Ok(n)
+            })
+            .map_err(db)
+        });
+        match renewed {
+            Ok(1) => {
+                *unpoisoned(&me.valid_until) = sent + me.terms.ttl;
+                if warned {
+                    tracing::info!(store = %shown, "the runner's lease is renewed again");
+                    warned = false;
+                }
+            }
+            Ok(_) => me.fence(format!(
+                "its lease (`lease_ttl` = {}) had expired when it came to renew it (the process was paused, or cut off from the store, for that long); other runners may have taken its items",
+                crate::text::duration(me.terms.ttl)
+            )),
+            Err(e) => {
+                conn = None;
+                if me.refused().is_none() && !warned {
+                    tracing::warn!(store = %shown, error = %e, "cannot renew the runner's lease; trying again at the next renewal");
+                    warned = true;
+                }
+            }
+        }
+    }
+    if me.lost.is_cancelled() || me.refused().is_some() {
+        return;
+    }
+    // An orderly end: what it still holds goes back at once, its attempts not counted (an
+    // item still marked taken up had an attempt whose end was not saved: that one counts).
+    let released = session(&mut conn, config, shown).and_then(|c| {
+        off_runtime(|| {
+            let mut tx = begin(c.client())?;
+            tx.batch_execute("SET LOCAL statement_timeout = '2s'")?;
+            tx.execute(
+                "UPDATE stagewise.items SET owner = NULL
+                 WHERE owner = $1 AND state IN ('pending', 'in_flight')",
+                &[&me.id],
+            )?;
+            tx.execute(
+                "UPDATE stagewise.runners SET state = 'stopped', expires_at = clock_timestamp() WHERE id = $1",
+                &[&me.id],
+            )?;
+            tx.commit()
+        })
+        .map_err(|e| StoreError::Db(describe(&e)))
+    });
+    if let Err(e) = released {
+        tracing::warn!(store = %shown, error = %e, "cannot release the runner's items; other runners take them over once its lease expires");
+    }
+}
+
+/// The lease thread's session, connected (again) if needed.
+fn session<'a>(
+    conn: &'a mut Option<Conn>,
+    config: &postgres::Config,
+    shown: &str,
+) -> Result<&'a mut Conn, StoreError> {
+    if let Some(c) = conn {
+        if !c.is_closed() {
+            return Ok(conn.as_mut().expect("just checked"));
+        }
+    }
+    Ok(conn.insert(connect(config, shown)?))
+}
