@@ -1,6 +1,6 @@
 //! The PostgreSQL checkpoint store (`[checkpoint] store = "postgres://…"`) seen from outside,
 //! against a real server: runs finish and report, a killed run resumes without losing or
-//! repeating an item, one runner per pipeline, `retry-failed`, the response cache, and refused
+//! repeating an item, its runners under leases (many runners: tests/pg_runners.rs), `retry-failed`, the response cache, and refused
 //! connections that never show the password.
 //!
 //! Every pipeline takes the store's URL from `${DATABASE_URL}`, as a deployment would.
@@ -87,7 +87,7 @@ fn runs_finish_report_and_take_new_batches() {
     assert_eq!(first.raw["run"]["id"], 1);
     assert_eq!(first.raw["run"]["status"], "finished");
     assert_eq!(first.count("done"), 50);
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 5);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 6);
     assert!(
         !p.dir.exists(".stagewise/pg-batches.db"),
         "no SQLite store beside a PostgreSQL one"
@@ -138,36 +138,6 @@ fn a_killed_run_resumes_and_does_every_item_once() {
     assert_eq!(after.raw["run"]["id"], 1, "the killed run was resumed");
     assert_eq!(after.count("done"), N as u64);
     assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
-}
-
-#[test]
-fn one_runner_per_pipeline_and_store() {
-    let Some(db) = Db::new() else { return };
-    let p = pipeline("pg-busy", 400, 400, SLOW);
-    let mut first = cmd(&p, &db, "run").spawn();
-    assert!(
-        first.wait_for_stderr("run started", Duration::from_secs(30)),
-        "{}",
-        first.stderr_so_far()
-    );
-
-    let second = cmd(&p, &db, "run").output();
-    second.assert_code(2);
-    second.assert_stderr_contains("in use by another `stagewise run`");
-    second.assert_stderr_contains(&redacted(&db));
-    second.assert_stderr_contains("pipeline `pg-busy`");
-    assert!(
-        !second.stderr.contains(db.url()),
-        "the password was shown\n{second}"
-    );
-
-    // Another pipeline on the same store is not held up.
-    let other = pipeline("pg-other", 5, 5, "");
-    cmd(&other, &db, "run").output().assert_code(0);
-    assert_eq!(status(&other, &db).count("done"), 5);
-
-    first.signal(libc::SIGKILL);
-    let _ = first.wait();
 }
 
 #[test]
@@ -345,7 +315,11 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let p = pipeline("pg-upgrade", 10, 10, "");
     cmd(&p, &db, "run").output().assert_code(0);
     db.execute(
-        "ALTER TABLE stagewise.items DROP COLUMN taken;
+        "DROP TABLE stagewise.runners;
+         DROP INDEX stagewise.items_unfinished;
+         ALTER TABLE stagewise.items DROP COLUMN owner;
+         ALTER TABLE stagewise.runs DROP COLUMN taker;
+         ALTER TABLE stagewise.items DROP COLUMN taken;
          DROP TABLE stagewise.deaths;
          DROP TABLE stagewise.processes;
          DROP TABLE stagewise.responses;
@@ -356,12 +330,12 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let out = cmd(&p, &db, "run").output();
     out.assert_code(0);
     out.assert_stderr_contains("resumed=true");
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 5);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 6);
     assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
     // The resumed run's own record, marked ended.
     assert_eq!(
         db.query_i64(
-            "SELECT count(*) FROM stagewise.processes WHERE record::jsonb->>'ended' = 'true'"
+            "SELECT count(*) FROM stagewise.runners WHERE record::jsonb->>'ended' = 'true'"
         ),
         1
     );
@@ -482,6 +456,7 @@ fn a_dead_process_is_reported_from_the_store_when_its_disk_is_gone() {
 
         [checkpoint]
         store = "${DATABASE_URL}"
+        lease_ttl = "1s"
 
         [[stage]]
         name = "src"
@@ -523,7 +498,7 @@ fn a_dead_process_is_reported_from_the_store_when_its_disk_is_gone() {
     assert_eq!(local.len(), 1, "{local:?}");
     std::fs::remove_file(&local[0]).expect("the local record");
 
-    // The server lets go of the dead session's lock a moment after the kill.
+    // A runner is known dead once its lease has expired.
     let mut report = status(&p, &db);
     let gone = std::time::Instant::now() + Duration::from_secs(10);
     while report.raw.get("previous_process").is_none() && std::time::Instant::now() < gone {
@@ -639,6 +614,15 @@ fn same_named_pipelines_on_two_databases_keep_their_own_records() {
         )
     };
     let p = pipeline("twins", 4, 4, &nap("nap_a"));
+    p.dir.write(
+        "pipeline.toml",
+        p.toml()
+            .replace("batch_size = 4", "batch_size = 4\nheartbeat = \"100ms\"")
+            .replace(
+                "commit_max_items = 20",
+                "commit_max_items = 20\nlease_ttl = \"1s\"",
+            ),
+    );
     // The second pipeline file, beside the first: same name, its own stage name.
     p.dir.write("b.toml", p.toml().replace("nap_a", "nap_b"));
     let run_b = || {
@@ -663,7 +647,7 @@ fn same_named_pipelines_on_two_databases_keep_their_own_records() {
     running_a.signal(libc::SIGKILL);
     running_a.wait();
 
-    // The server lets go of the dead session's lock a moment after the kill.
+    // A runner is known dead once its lease has expired.
     let mut report = status(&p, &a);
     let gone = std::time::Instant::now() + Duration::from_secs(10);
     while report.raw.get("previous_process").is_none() && std::time::Instant::now() < gone {
@@ -705,10 +689,15 @@ fn a_death_with_the_disk_lost_counts_one_attempt_per_item() {
     );
     p.dir.write(
         "pipeline.toml",
-        p.toml().replace(
-            "batch_size = 2",
-            "batch_size = 2\nheartbeat = \"100ms\"\nshutdown_grace = \"1s\"",
-        ),
+        p.toml()
+            .replace(
+                "batch_size = 2",
+                "batch_size = 2\nheartbeat = \"100ms\"\nshutdown_grace = \"1s\"",
+            )
+            .replace(
+                "commit_max_items = 20",
+                "commit_max_items = 20\nlease_ttl = \"1s\"",
+            ),
     );
     let attempts =
         |db: &mut Db| db.query_strings("SELECT attempts::text FROM stagewise.items ORDER BY seq");
@@ -725,10 +714,12 @@ fn a_death_with_the_disk_lost_counts_one_attempt_per_item() {
         running.wait();
         // The disk is gone with the process.
         fs::remove_dir_all(p.dir.join(".stagewise")).expect("remove the state folder");
-        // The next process counts the deaths when it starts; `status` does not, so a run that
-        // is stopped at once (no item can start) does.
+        // Once its lease has expired, the next runner takes its items over and counts the
+        // attempts its death cut short; `status` does not. That run is stopped soon after, its
+        // own attempts interrupted (not counted).
+        std::thread::sleep(Duration::from_millis(1200));
         let out = cmd(&p, &db, "run")
-            .env("STAGEWISE_PIPELINE__MAX_RUN_TIME", "1ms")
+            .env("STAGEWISE_PIPELINE__MAX_RUN_TIME", "500ms")
             .output();
         assert!(matches!(out.code, Some(75 | 0)), "{out}");
         assert_eq!(

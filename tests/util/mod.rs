@@ -279,13 +279,31 @@ impl Cmd {
         self
     }
 
+    /// The command in a process id namespace of its own (`unshare`, as root): to another
+    /// process of this machine it looks like one on another machine, whose process ids it
+    /// cannot see. Killing the returned process kills the command with it.
+    pub fn in_own_pid_namespace(self) -> Cmd {
+        let line = format!("unshare --pid --fork … {}", self.line);
+        self.wrapped(
+            "unshare",
+            &["--pid", "--fork", "--kill-child", "--mount-proc"],
+            line,
+        )
+    }
+
     /// Runs `prelude` in a shell that then `exec`s the binary: the prelude runs in the very
     /// process the binary becomes (its `$$` is the binary's pid).
     pub fn after_shell(self, prelude: &str) -> Cmd {
-        let mut command = Command::new("sh");
+        let line = format!("sh -c '{prelude}; exec …' {}", self.line);
+        let script = format!("{prelude}\nexec \"$0\" \"$@\"");
+        self.wrapped("sh", &["-c", &script], line)
+    }
+
+    /// The command run by `program` with `args` before it, in its folder, with its environment.
+    fn wrapped(self, program: &str, args: &[&str], line: String) -> Cmd {
+        let mut command = Command::new(program);
         command
-            .arg("-c")
-            .arg(format!("{prelude}\nexec \"$0\" \"$@\""))
+            .args(args)
             .arg(self.command.get_program())
             .args(self.command.get_args());
         if let Some(dir) = self.command.get_current_dir() {
@@ -300,7 +318,7 @@ impl Cmd {
         Cmd {
             command,
             timeout: self.timeout,
-            line: format!("sh -c '{prelude}; exec …' {}", self.line),
+            line,
         }
     }
 

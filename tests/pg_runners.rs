@@ -1,0 +1,352 @@
+//! Many runners, one run, on a PostgreSQL store, seen from outside against a real server: the
+//! runners share the run's items without doing one twice; a runner that dies leaves its items
+//! to the others once its lease expires; a runner that lost its claim (its sessions killed, or
+//! paused past its lease) never writes after it, and stops with 75; SIGTERM stops them all in
+//! time, and one rerun finishes.
+//!
+//! The sink is a table that counts the writes of each key (an idempotent upsert), so work done
+//! twice shows as extra writes.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::pg::Db;
+use util::{Cmd, Output, Pipeline, Running};
+
+/// `count` generated items → a sleep of `nap` (concurrency 8) → the counting sink, on the store
+/// at `${DATABASE_URL}`; `checkpoint` adds keys to `[checkpoint]`, `settings` to `[pipeline]`.
+fn pipeline(db: &Db, count: usize, nap: &str, checkpoint: &str, settings: &str) -> Pipeline {
+    let url = db.url();
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "shared"
+        shutdown_grace = "3s"
+        {settings}
+
+        [checkpoint]
+        store = "${{DATABASE_URL}}"
+        commit_interval = "100ms"
+        {checkpoint}
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = {count}
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "{nap}"
+        concurrency = 8
+
+        [[stage]]
+        name = "sink"
+        kind = "persist"
+        url = "{url}"
+        concurrency = 2
+        statement = """
+        INSERT INTO sink (key, writes) VALUES (:key, 1)
+            ON CONFLICT (key) DO UPDATE SET writes = sink.writes + 1
+        """
+        "#
+    ))
+}
+
+/// A fresh database with the counting sink.
+fn db() -> Option<Db> {
+    let mut db = Db::new()?;
+    db.execute("CREATE TABLE sink (key text PRIMARY KEY, writes bigint NOT NULL)");
+    Some(db)
+}
+
+fn cmd(p: &Pipeline, db: &Db, subcommand: &str) -> Cmd {
+    p.cmd(subcommand).env("DATABASE_URL", db.url())
+}
+
+/// `(keys written, writes beyond the first of each key)`.
+fn written(db: &mut Db) -> (i64, i64) {
+    let keys = db.query_i64("SELECT count(*) FROM sink");
+    let extra = db.query_i64("SELECT COALESCE(sum(writes - 1), 0)::bigint FROM sink");
+    (keys, extra)
+}
+
+/// Wait until the sink has at least `n` keys.
+fn until_written(db: &mut Db, n: i64, within: Duration) {
+    let until = Instant::now() + within;
+    while written(db).0 < n {
+        assert!(
+            Instant::now() < until,
+            "fewer than {n} keys within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The runner registered by process `pid`, and the unfinished items it holds.
+fn held_by(db: &mut Db, pid: u32) -> i64 {
+    db.query_i64(&format!(
+        "SELECT count(*) FROM stagewise.items i JOIN stagewise.runners r ON r.id = i.owner
+         WHERE r.pid = {pid} AND i.state IN ('pending', 'in_flight')"
+    ))
+}
+
+fn spawn_all(p: &Pipeline, db: &Db, n: usize) -> Vec<Running> {
+    (0..n).map(|_| cmd(p, db, "run").spawn()).collect()
+}
+
+fn wait_all(runners: Vec<Running>) -> Vec<Output> {
+    runners.into_iter().map(Running::wait).collect()
+}
+
+#[test]
+fn three_runners_share_one_run_and_write_every_key_once() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 3000, "10ms", "", "");
+    let outs = wait_all(spawn_all(&p, &db, 3));
+    for out in &outs {
+        out.assert_code(0);
+    }
+    assert_eq!(written(&mut db), (3000, 0), "every key once, none twice");
+    let status = cmd(&p, &db, "status").arg("--json").output();
+    status.assert_code(0);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    assert_eq!(status["run"]["status"], "finished", "{status}");
+    assert_eq!(status["counts"]["done"], 3000, "{status}");
+    let runners = status["runners"].as_array().expect("runners");
+    assert_eq!(runners.len(), 3, "{status}");
+    for r in runners {
+        assert_eq!(r["state"], "stopped", "{status}");
+        assert_eq!(r["items_held"], 0, "{status}");
+    }
+    // Each did part of the work: one run, not three.
+    let runs = db.query_i64("SELECT count(*) FROM stagewise.runs WHERE items > 0");
+    assert_eq!(runs, 1);
+    let workers = db.query_i64(
+        "SELECT count(DISTINCT r.pid) FROM stagewise.runners r WHERE r.run_id IS NOT NULL",
+    );
+    assert_eq!(workers, 3, "every runner claimed items");
+}
+
+/// The unfinished items held by the runner whose process id is `pid` in its own namespace
+/// and whose namespace differs from this process's: one started with `in_own_pid_namespace`.
+fn held_by_foreign(db: &mut Db) -> i64 {
+    let ours = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    db.query_i64(&format!(
+        "SELECT count(*) FROM stagewise.items i JOIN stagewise.runners r ON r.id = i.owner
+         WHERE r.pidns <> '{ours}' AND i.state IN ('pending', 'in_flight')"
+    ))
+}
+
+/// Kill -9 one of three runners (in a process id namespace of its own: to the others, a runner
+/// on another machine): its items stay its own until its lease expires, then the others finish
+/// them; the extra writes are at most what it held.
+#[test]
+fn a_killed_runner_s_items_are_taken_over_after_its_lease() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(
+        &db,
+        3000,
+        "20ms",
+        r#"lease_ttl = "3s""#,
+        r#"heartbeat = "1s""#,
+    );
+    let victim = cmd(&p, &db, "run").in_own_pid_namespace().spawn();
+    let runners = spawn_all(&p, &db, 2);
+    until_written(&mut db, 600, Duration::from_secs(60));
+    victim.signal(libc::SIGKILL);
+    let killed_at = Instant::now();
+    let _ = victim.wait();
+    let held = held_by_foreign(&mut db);
+    assert!(held > 0, "the victim held nothing when killed");
+    // Its items wait for its lease: its last renewal was at most a heartbeat before the kill.
+    while held_by_foreign(&mut db) == held {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "never taken over"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let taken_after = killed_at.elapsed();
+    assert!(
+        taken_after >= Duration::from_millis(1800),
+        "taken over {taken_after:?} after the kill, before its lease (3s) could expire"
+    );
+    for out in wait_all(runners) {
+        out.assert_code(0);
+        out.assert_stderr_contains("nothing left to claim");
+    }
+    let (keys, extra) = written(&mut db);
+    assert_eq!(keys, 3000, "every key written");
+    assert!(
+        extra <= held,
+        "{extra} extra writes; the killed runner held {held} items"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.items WHERE state <> 'done'"),
+        0
+    );
+}
+
+/// A runner on this machine whose process is gone is seen to be gone: its items are taken over
+/// at once, not after its (long) lease.
+#[test]
+fn a_killed_runner_on_this_machine_is_taken_over_at_once() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 2000, "20ms", r#"lease_ttl = "5m""#, "");
+    let mut runners = spawn_all(&p, &db, 2);
+    until_written(&mut db, 300, Duration::from_secs(60));
+    let victim = runners.remove(0);
+    let pid = victim.pid();
+    victim.signal(libc::SIGKILL);
+    let killed_at = Instant::now();
+    let _ = victim.wait();
+    let held = held_by(&mut db, pid);
+    let other = runners.remove(0).wait();
+    other.assert_code(0);
+    other.assert_stderr_contains("on this machine is gone");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(60),
+        "waited for the 5-minute lease"
+    );
+    let (keys, extra) = written(&mut db);
+    assert_eq!(keys, 2000);
+    assert!(extra <= held, "{extra} extra writes; it held {held}");
+}
+
+#[test]
+fn a_runner_whose_sessions_are_killed_does_no_work_twice() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 1500, "20ms", "", "");
+    let mut first = cmd(&p, &db, "run").spawn();
+    until_written(&mut db, 200, Duration::from_secs(60));
+    // Every session of the first runner's store (what an idle timeout, a pooler's restart or
+    // an operator does), and the second runner starts at once.
+    let killed = db.query_i64(
+        "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity
+         WHERE application_name = 'stagewise/checkpoint' AND pid <> pg_backend_pid()",
+    );
+    assert!(killed >= 2, "{killed} sessions");
+    let second = cmd(&p, &db, "run").spawn();
+    let second = second.wait();
+    let first_out = {
+        // The first either reconnected and finished its share, or was fenced: never both
+        // working on one item.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !first.has_exited() {
+            assert!(Instant::now() < deadline, "{}", first.stderr_so_far());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        first.wait()
+    };
+    assert!(
+        matches!(first_out.code, Some(0 | 75)),
+        "first runner: {first_out}"
+    );
+    if first_out.code == Some(75) {
+        first_out.assert_stderr_contains("fenced");
+    }
+    second.assert_code(0);
+    let (keys, extra) = written(&mut db);
+    if first_out.code == Some(0) {
+        assert_eq!(keys, 1500);
+    }
+    assert_eq!(extra, 0, "no key processed by both");
+}
+
+#[test]
+fn a_runner_paused_past_its_lease_is_fenced_and_writes_nothing_more() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(
+        &db,
+        2000,
+        "20ms",
+        r#"lease_ttl = "2s""#,
+        r#"heartbeat = "500ms""#,
+    );
+    let paused = cmd(&p, &db, "run").spawn();
+    until_written(&mut db, 200, Duration::from_secs(60));
+    paused.signal(libc::SIGSTOP);
+    // A commit it sent just before may still be ending on the server.
+    std::thread::sleep(Duration::from_millis(500));
+    let held = held_by(&mut db, paused.pid());
+    let pid = paused.pid();
+    let done_by_it = |db: &mut Db| {
+        db.query_i64(&format!(
+            "SELECT count(*) FROM stagewise.items i JOIN stagewise.runners r ON r.id = i.owner
+             WHERE r.pid = {pid} AND i.state = 'done'"
+        ))
+    };
+    let done_before = done_by_it(&mut db);
+    let other = cmd(&p, &db, "run").spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    paused.signal(libc::SIGCONT);
+    let started = Instant::now();
+    let paused = paused.wait();
+    paused.assert_code(75);
+    paused.assert_stderr_contains("fenced");
+    assert!(started.elapsed() < Duration::from_secs(10), "{paused}");
+    assert_eq!(
+        done_by_it(&mut db),
+        done_before,
+        "nothing it did after its lease reached the store"
+    );
+    other.wait().assert_code(0);
+    let (keys, extra) = written(&mut db);
+    assert_eq!(keys, 2000);
+    assert!(
+        extra <= held,
+        "{extra} extra writes; the paused runner held {held} items"
+    );
+}
+
+#[test]
+fn sigterm_stops_every_runner_in_time_and_one_rerun_finishes() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 2000, "20ms", "", "");
+    let runners = spawn_all(&p, &db, 3);
+    until_written(&mut db, 300, Duration::from_secs(60));
+    let signalled = Instant::now();
+    for r in &runners {
+        r.signal(libc::SIGTERM);
+    }
+    for out in wait_all(runners) {
+        out.assert_code(75);
+    }
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3 + 2 + 2),
+        "within shutdown_grace + 2 s (and the processes' start)"
+    );
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM stagewise.items WHERE owner IS NOT NULL AND state IN ('pending', 'in_flight')"
+        ),
+        0,
+        "every runner gave its items back"
+    );
+    cmd(&p, &db, "run").output().assert_code(0);
+    let (keys, extra) = written(&mut db);
+    assert_eq!(keys, 2000);
+    assert_eq!(extra, 0, "items stopped in order are not redone");
+}
+
+#[test]
+fn validate_refuses_a_lease_shorter_than_three_heartbeats() {
+    let Some(db) = db() else { return };
+    let p = pipeline(
+        &db,
+        10,
+        "1ms",
+        r#"lease_ttl = "20s""#,
+        r#"heartbeat = "10s""#,
+    );
+    let out = cmd(&p, &db, "validate").output();
+    out.assert_code(2);
+    out.assert_stderr_contains("`lease_ttl` (20s) must be at least three heartbeats");
+    let plan = cmd(&pipeline(&db, 10, "1ms", "", ""), &db, "plan").output();
+    plan.assert_code(0);
+    assert!(plan.stdout.contains("lease_ttl"), "{plan}");
+}
