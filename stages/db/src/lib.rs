@@ -63,7 +63,12 @@ fn check_url(url: &str) -> Vec<(String, String)> {
         return Vec::new();
     }
     if config::is_postgres(url) {
-        return Vec::new();
+        // Read as it will be connected to, `sslmode` and `sslrootcert` included (the CA file
+        // itself is read when the stage is built).
+        return match stagewise_core::pg::ConnString::parse(url) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![("url".into(), format!("`url`: {e}"))],
+        };
     }
     vec![(
         "url".into(),
