@@ -376,7 +376,11 @@ impl PgTarget {
                 let names = if presented.is_empty() {
                     "no host name".to_owned()
                 } else {
-                    presented.join(", ")
+                    presented
+                        .iter()
+                        .map(|n| presented_name(n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 format!(
                     "host name mismatch: the certificate is not valid for {} (it is for {names}); connect with a name it holds, or use sslmode=verify-ca to check its CA only",
@@ -406,6 +410,15 @@ impl PgTarget {
             None => "the host".to_owned(),
         }
     }
+}
+
+/// A name rustls found in a certificate, as people write it: rustls shows them as
+/// `DnsName("db.example")` and `IpAddress(10.0.0.1)`.
+fn presented_name(name: &str) -> &str {
+    let inner = |prefix: &str, suffix: &str| name.strip_prefix(prefix)?.strip_suffix(suffix);
+    inner("DnsName(\"", "\")")
+        .or_else(|| inner("IpAddress(", ")"))
+        .unwrap_or(name)
 }
 
 /// The rustls error behind `e`: rustls's errors reach the client wrapped in an `io::Error`,
@@ -601,6 +614,19 @@ mod tests {
         )
         .expect_err("no CA");
         assert!(e.to_string().contains("`sslrootcert`"), "{e}");
+    }
+
+    #[test]
+    fn names_in_a_certificate_are_shown_as_written() {
+        let cases = [
+            ("DnsName(\"db.example\")", "db.example"),
+            ("IpAddress(127.0.0.1)", "127.0.0.1"),
+            ("IpAddress(::1)", "::1"),
+            ("*.example.com", "*.example.com"),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(presented_name(given), shown);
+        }
     }
 
     #[test]
