@@ -217,10 +217,14 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     let unreachable = |e: std::io::Error| {
         StageError::transient(format!("could not connect to {host}:{port}: {e}"))
     };
-    let addrs: Vec<std::net::SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(unreachable)?
-        .collect();
+    // With `hostaddr`, the client connects there and keeps `host` for TLS: so does the probe.
+    let addrs: Vec<std::net::SocketAddr> = match config.get_hostaddrs().first() {
+        Some(ip) => vec![std::net::SocketAddr::new(*ip, port)],
+        None => (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(unreachable)?
+            .collect(),
+    };
     if addrs.is_empty() {
         return Err(StageError::transient(format!("`{host}` has no address")));
     }
