@@ -34,7 +34,7 @@ use postgres::config::Host;
 use postgres::{CancelToken, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// How a connection uses TLS: libpq's `sslmode`, but for `allow`.
+/// How a connection uses TLS: libpq's `sslmode` (all of its values but `allow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
     /// No TLS.

@@ -505,9 +505,10 @@ fn sslmode_of(key: &str, url: &str, url_setting: &Setting) -> Option<Setting> {
     let is_postgres = url.starts_with("postgres://")
         || url.starts_with("postgresql://")
         || crate::text::looks_like_conninfo(url);
-    let parsed = crate::pg::ConnString::parse(url)
-        .ok()
-        .filter(|_| is_postgres)?;
+    if !is_postgres {
+        return None;
+    }
+    let parsed = crate::pg::ConnString::parse(url).ok()?;
     let (origin, variables) = if parsed.sslmode_is_default() {
         (Origin::BuiltIn, Vec::new())
     } else {
