@@ -232,7 +232,7 @@ fn plan_never_shows_a_secret() {
         [[stage]]
         name = "save"
         kind = "persist"
-        url = "postgres://writer:file-password@db.example/x?sslpassword=query-password&sslmode=disable"
+        url = "postgres://writer:file-password@db.example/x?password=query-password&sslmode=disable"
         statement = "INSERT INTO t (id) VALUES (:key) ON CONFLICT DO NOTHING"
         "#,
     );
@@ -282,13 +282,108 @@ fn plan_never_shows_a_secret() {
             assert_eq!(setting(&json, Some("facts"), "max_tokens").0, 100);
             assert_eq!(
                 setting(&json, Some("save"), "url").0,
-                "postgres://writer:***@db.example/x?sslpassword=***&sslmode=disable"
+                "postgres://writer:***@db.example/x?password=***&sslmode=disable"
             );
         } else {
             let l = line(&out.stdout, "fetch", "url");
             assert!(l.contains(url) && l.ends_with(&from), "{l}");
         }
     }
+}
+
+/// Each PostgreSQL connection string is followed by the `sslmode` it connects with: as written
+/// (where the string was written, with its variables), implied by `sslrootcert=system`, or
+/// libpq's default, `prefer`.
+#[test]
+fn plan_shows_the_sslmode_of_each_postgres_connection() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "tls"
+
+        [checkpoint]
+        store = "${DATABASE_URL}"
+
+        [[stage]]
+        name = "fetch"
+        kind = "db-fetch"
+        url = "host=db.example user=reader password=file-password sslmode=verify-ca sslrootcert='/etc/my certs/ca.pem'"
+        query = "SELECT id FROM t"
+        key = "id"
+
+        [[stage]]
+        name = "cloud"
+        kind = "persist"
+        url = "postgres://writer:file-password@db.example/x?sslrootcert=system"
+        statement = "INSERT INTO t (id) VALUES (:key) ON CONFLICT DO NOTHING"
+        "#,
+    );
+    let mut other = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "plain"
+
+        [[stage]]
+        name = "fetch"
+        kind = "db-fetch"
+        url = "postgres://reader:file-password@db.example/x"
+        query = "SELECT id FROM t"
+        key = "id"
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#,
+    );
+    let store = "postgres://w:env-password@db.example/x?sslmode=verify-full&sslrootcert=/ca.pem";
+    let plan = |p: &Pipeline, json: bool| {
+        let cmd = p.cmd("plan").env("DATABASE_URL", store);
+        let out = if json { cmd.arg("--json") } else { cmd }.output();
+        out.assert_code(0);
+        assert!(!out.stdout.contains("password=file") && !out.stdout.contains("env-password"));
+        out.stdout
+    };
+    let json: Value = serde_json::from_str(&plan(&p, true)).expect("plan --json is JSON");
+    let store_sslmode = &json["checkpoint"]["store.sslmode"];
+    assert_eq!(store_sslmode["value"], "verify-full", "{json:#}");
+    assert_eq!(
+        store_sslmode["origin"],
+        format!("{}, from ${{DATABASE_URL}}", at(&p, "store")),
+    );
+    assert_eq!(
+        setting(&json, Some("fetch"), "url.sslmode"),
+        ("verify-ca".into(), at(&p, "url ="))
+    );
+    let cloud_url = at(&p, "url = \"postgres");
+    assert_eq!(
+        setting(&json, Some("cloud"), "url.sslmode"),
+        ("verify-full".into(), cloud_url)
+    );
+    let text = plan(&p, false);
+    let l = line(&text, "[checkpoint]", "store.sslmode");
+    assert!(l.contains("\"verify-full\""), "{l}");
+    // Nothing said about TLS: the default, after the URL it belongs to.
+    let text = plan(&other, false);
+    let l = line(&text, "fetch", "url.sslmode");
+    assert!(
+        l.contains("\"prefer\"") && l.ends_with("built-in default"),
+        "{l}"
+    );
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let url = keys.iter().position(|k| *k == "url").expect("a url line");
+    assert_eq!(keys[url + 1], "url.sslmode", "{text}");
+    assert!(
+        !text.contains("store.sslmode"),
+        "a SQLite store has no sslmode\n{text}"
+    );
+    other = Pipeline::new(&other.toml().replace("/x\"", "/x?sslmode=disable\""));
+    let text = plan(&other, false);
+    let l = line(&text, "fetch", "url.sslmode");
+    assert!(l.contains("\"disable\""), "{l}");
 }
 
 #[test]

@@ -332,6 +332,30 @@ fn bad_files_are_rejected_with_a_clear_error() {
             mentions: &["nap"],
             at_line_of: None,
         },
+        Case {
+            what: "a database URL with an sslmode libpq does not know",
+            toml: r#"
+                [pipeline]
+                name = "bad-sslmode"
+
+                [[stage]]
+                name = "rows"
+                kind = "db-fetch"
+                url = "postgres://reader:Secr3t@db.example/app?sslmode=verify"
+                query = "SELECT id FROM t"
+                key = "id"
+
+                [[stage]]
+                name = "out"
+                kind = "blackhole"
+            "#,
+            mentions: &[
+                "stage `rows`",
+                "`url`",
+                "`sslmode` must be one of disable, prefer, require, verify-ca, verify-full (got `verify`)",
+            ],
+            at_line_of: Some("url ="),
+        },
     ];
 
     for case in cases {
@@ -362,6 +386,13 @@ fn bad_files_are_rejected_with_a_clear_error() {
             );
         }
         assert!(!p.dir.exists("out.jsonl"), "{}: nothing may run", case.what);
+        for out in [p.validate(), p.run()] {
+            assert!(
+                !out.stderr.contains("Secr3t"),
+                "{}: password shown\n{out}",
+                case.what
+            );
+        }
     }
 }
 
@@ -755,6 +786,22 @@ fn checkpoint_store_urls() {
         (
             "postgres://u:Secr3t@127.0.0.1:notaport/db",
             Some("invalid PostgreSQL URL `postgres://u:***@127.0.0.1:notaport/db`: invalid connection string: invalid value for option `port`"),
+        ),
+        // libpq's TLS keys, which the client itself does not take; the CA file is only read
+        // when the store is opened.
+        ("postgres://u:Secr3t@db/x?sslmode=verify-full&sslrootcert=/no/such/ca.pem", None),
+        ("postgres://u:Secr3t@db/x?sslmode=verify-ca&sslrootcert=system", Some("`sslrootcert=system` needs `sslmode=verify-full` (got `verify-ca`)")),
+        ("host=db user=u password=Secr3t sslmode=require sslrootcert='/my certs/ca.pem'", None),
+        ("postgresql://db/x?sslmode=disable", None),
+        ("postgresql://db/x?sslmode=prefer", None),
+        ("postgresql://db/x?sslrootcert=system", None),
+        (
+            "postgres://u:Secr3t@db/x?sslmode=verify_full",
+            Some("invalid PostgreSQL URL `postgres://u:***@db/x?sslmode=verify_full`: `sslmode` must be one of disable, prefer, require, verify-ca, verify-full (got `verify_full`)"),
+        ),
+        (
+            "host=db password=Secr3t sslmode=allow",
+            Some("`sslmode` must be one of disable, prefer, require, verify-ca, verify-full (got `allow`)"),
         ),
     ];
     for (store, want) in cases {

@@ -18,6 +18,7 @@
 //! - [`run`]: running a pipeline; [`commands`]: the other CLI commands.
 //! - [`flight`]: the flight recorder, a small mapped file saying what a process is doing, for
 //!   the next one to read when it died without a word.
+//! - [`pg`]: PostgreSQL connection strings as libpq reads them, and TLS for every connection.
 //! - [`text`]: durations, URLs and panic messages as the logs and errors write them.
 //!
 //! A stage kind in a few lines:
@@ -68,6 +69,7 @@ mod checkpoint;
 pub mod commands;
 mod config;
 pub mod flight;
+pub mod pg;
 pub mod plugin;
 mod policy;
 mod registry;

@@ -6,7 +6,9 @@
 //! URL, a test skips with a loud message; under `CI=true` it fails instead.
 //!
 //! - [`Db`]: a fresh database of its own on that cluster, dropped afterwards; the usual fixture.
-//! - [`PrivateCluster`]: a whole cluster of its own, for tests that stop and start the server.
+//! - [`PrivateCluster`]: a whole cluster of its own, for tests that stop and start the server
+//!   or serve TLS ([`PrivateCluster::ssl`]; [`PrivateCluster::psql`] reaches it whatever its
+//!   TCP connections must be).
 //!
 //! ```ignore
 //! let Some(mut db) = Db::new() else { return };
@@ -484,6 +486,50 @@ impl PrivateCluster {
                 libc::kill(pid, signal);
             }
         }
+    }
+
+    /// Serves TLS with `cert` and `key` (PEM) from now on (`scripts/pg ssl`, a reload: sessions
+    /// stay); with `only`, TCP takes TLS connections only (`hostssl`), and a plain one is
+    /// refused, the harness's own included: use [`psql`](Self::psql) then.
+    pub fn ssl(&self, cert: &str, key: &str, only: bool) {
+        let files = tempfile::tempdir().expect("a temp dir for the certificate");
+        let (cert_file, key_file) = (
+            files.path().join("server.crt"),
+            files.path().join("server.key"),
+        );
+        std::fs::write(&cert_file, cert).expect("write the certificate");
+        std::fs::write(&key_file, key).expect("write the key");
+        let (cert_file, key_file) = (cert_file.to_string_lossy(), key_file.to_string_lossy());
+        let mut args = vec!["ssl", &cert_file, &key_file];
+        if only {
+            args.push("--only");
+        }
+        self.pg(&args);
+    }
+
+    /// Runs `sql` in `database` as the `postgres` superuser, through the cluster's Unix socket
+    /// (whatever pg_hba.conf says of TCP); the rows, one per line, values separated by `|`.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.dir.join("sock"))
+            .args([
+                "-p",
+                &self.port().to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-c", sql])
+            .output()
+            .unwrap_or_else(|e| panic!("run psql: {e}"));
+        assert!(
+            out.status.success(),
+            "psql {sql}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// Whether it accepts connections right now.

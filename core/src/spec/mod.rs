@@ -568,16 +568,16 @@ impl Validator {
                     || url.starts_with("postgresql://")
                     || crate::text::looks_like_conninfo(url) =>
                 {
-                    match url.parse::<postgres::Config>() {
+                    // Read as it will be connected to, `sslmode` and `sslrootcert` included
+                    // (the file itself is read when the store is opened).
+                    match crate::pg::ConnString::parse(url) {
                         Ok(_) => Some(StoreLocation::Postgres(url.to_owned())),
                         Err(e) => {
-                            let shown = crate::text::redact_url(url);
-                            let e = crate::text::connection_string_error(url, &e);
                             self.error(
                                 &path_of(&["checkpoint", "store"]),
                                 false,
                                 None,
-                                format!("invalid PostgreSQL URL `{shown}`: {e}"),
+                                e.to_string(),
                             );
                             None
                         }

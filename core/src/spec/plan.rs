@@ -5,7 +5,9 @@
 //! The values are those the run would use ([`Pipeline`], each stage's [`Policy`] as
 //! `Policy::resolve` resolved it); the origins are read from the same document the
 //! validator checked, with its spans, overrides and `${VAR}`s. Secrets never reach the plan:
-//! URLs lose their passwords, and keys named like secrets show `***`.
+//! URLs lose their passwords, and keys named like secrets show `***`. A PostgreSQL connection
+//! string (the store's, a stage's `url`) is followed by the `sslmode` it connects with
+//! (`store.sslmode`, `url.sslmode`).
 
 use std::fmt::Write;
 
@@ -309,27 +311,37 @@ impl Plan {
             r.section("pipeline", "watchdog", Shown::duration(p.watchdog)),
         ];
         let store = p.checkpoint.store.shown();
-        let mut checkpoint = vec![
-            r.section("checkpoint", "store", Shown::string(&store)),
-            r.section(
-                "checkpoint",
-                "commit_interval",
-                Shown::duration(p.checkpoint.commit_interval),
-            ),
-            r.section(
-                "checkpoint",
-                "commit_max_items",
-                Shown::plain(json!(p.checkpoint.commit_max_items)),
-            ),
-        ];
+        let store_setting = r.section("checkpoint", "store", Shown::string(&store));
+        let store_sslmode = match &p.checkpoint.store {
+            super::StoreLocation::Postgres(url) => sslmode_of("store", url, &store_setting),
+            super::StoreLocation::Sqlite(_) => None,
+        };
         // Only a PostgreSQL store's runners hold leases.
-        if matches!(p.checkpoint.store, super::StoreLocation::Postgres(_)) {
-            checkpoint.push(r.section(
+        let lease = matches!(p.checkpoint.store, super::StoreLocation::Postgres(_)).then(|| {
+            r.section(
                 "checkpoint",
                 "lease_ttl",
                 Shown::duration(p.checkpoint.lease_ttl),
-            ));
-        }
+            )
+        });
+        let checkpoint = vec![
+            Some(store_setting),
+            store_sslmode,
+            Some(r.section(
+                "checkpoint",
+                "commit_interval",
+                Shown::duration(p.checkpoint.commit_interval),
+            )),
+            Some(r.section(
+                "checkpoint",
+                "commit_max_items",
+                Shown::plain(json!(p.checkpoint.commit_max_items)),
+            )),
+            lease,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let stages = p
             .stages
             .iter()
@@ -375,19 +387,31 @@ impl Plan {
                     };
                     settings.push(policy_value(&stage.policy, key).setting(key, origin, variables));
                 }
-                let mut own: Vec<Setting> = stage
+                // Each key with the `sslmode` of the PostgreSQL connection string it holds, if
+                // it does (a plugin's keys are its own business).
+                let mut own: Vec<(Setting, Option<Setting>)> = stage
                     .options
                     .iter()
                     .map(|(key, value)| {
-                        Shown::toml(key, value).setting(
+                        let setting = Shown::toml(key, value).setting(
                             key,
                             r.written(&at(key)),
                             r.variables(&at(key)),
-                        )
+                        );
+                        let sslmode = match value {
+                            toml::Value::String(url) if !stage.unchecked => {
+                                sslmode_of(key, url, &setting)
+                            }
+                            _ => None,
+                        };
+                        (setting, sslmode)
                     })
                     .collect();
-                own.sort_by_key(|s| s.origin.order());
-                settings.extend(own);
+                own.sort_by_key(|(s, _)| s.origin.order());
+                for (setting, sslmode) in own {
+                    settings.push(setting);
+                    settings.extend(sslmode);
+                }
                 StagePlan {
                     name: stage.name.clone(),
                     kind: stage.kind.clone(),
@@ -481,6 +505,29 @@ impl Plan {
             }).collect::<Vec<_>>(),
         })
     }
+}
+
+/// `KEY.sslmode`, shown after `url_setting` when `url` is a PostgreSQL connection string: the
+/// TLS its connections use, written in the string (its origin) or the default (`prefer`, as
+/// libpq's).
+fn sslmode_of(key: &str, url: &str, url_setting: &Setting) -> Option<Setting> {
+    let is_postgres = url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || crate::text::looks_like_conninfo(url);
+    if !is_postgres {
+        return None;
+    }
+    let parsed = crate::pg::ConnString::parse(url).ok()?;
+    let (origin, variables) = if parsed.sslmode_is_default() {
+        (Origin::BuiltIn, Vec::new())
+    } else {
+        (url_setting.origin.clone(), url_setting.variables.clone())
+    };
+    Some(Shown::string(parsed.sslmode().as_str()).setting(
+        &format!("{key}.sslmode"),
+        origin,
+        variables,
+    ))
 }
 
 /// Whether a key's value is a secret: its name has `password`, `secret`, `token`, `api_key`

@@ -58,7 +58,9 @@ pub(crate) struct CheckpointSpec {
     /// database `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (`postgresql://` too) or
     /// `host=HOST user=USER password=PASSWORD dbname=DATABASE` (a libpq `key=value` string;
     /// quote a value with spaces: `password='a b'`); `"${DATABASE_URL}"` takes it from the
-    /// environment. A password is never printed.
+    /// environment. A password is never printed. TLS as libpq's `sslmode` (`disable`, `prefer`
+    /// (the default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` say: see
+    /// "PostgreSQL connections and TLS".
     #[schemars(extend("x-default" = "`\"sqlite:.stagewise/<name>.db\"`"))]
     pub store: Option<String>,
     /// Longest time an item update waits before it is committed.

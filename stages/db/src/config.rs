@@ -18,7 +18,8 @@ pub struct FetchConfig {
     /// `postgres://user:password@host:port/dbname`, a `key=value` connection string
     /// (`host=db user=app password='…' dbname=articles`, as libpq takes it) or `sqlite:PATH`
     /// (relative to the pipeline file); `${DATABASE_URL}` takes it from the environment. A
-    /// password is never printed.
+    /// password is never printed. On PostgreSQL, TLS as libpq's `sslmode` and `sslrootcert`
+    /// say: see "PostgreSQL connections and TLS".
     pub url: String,
     /// The query; `$limit` stands for the batch size and is bound as a parameter, never spliced
     /// into the SQL.

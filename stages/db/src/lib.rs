@@ -10,6 +10,11 @@
 //! failures and timeouts are transient; syntax errors, missing tables or columns, constraint
 //! violations and bad values are permanent with the server's message; a refused password is
 //! fatal. A password in a URL is never printed.
+//!
+//! PostgreSQL connections (and their cancel requests) use TLS as the URL's `sslmode` and
+//! `sslrootcert` say, with libpq's meaning ([`stagewise_core::pg`]). With `sslmode=require` or
+//! stronger, a stage connects once when it is built: a certificate its mode refuses, or a
+//! server without TLS, stops the run before it starts.
 
 mod config;
 mod params;
@@ -37,6 +42,12 @@ fn backend(url: &str, cx: &BuildContext, limits: Limits) -> Result<(Backend, Sty
     match Target::parse(url, cx).map_err(StageError::fatal)? {
         Target::Postgres(url) => {
             let pool = postgres::PgPool::new(&url, &cx.stage, limits).map_err(StageError::fatal)?;
+            pool.check_tls().map_err(|why| {
+                StageError::fatal(format!(
+                    "cannot connect to {}: {why}",
+                    stagewise_core::text::redact_url(&url)
+                ))
+            })?;
             Ok((Backend::Postgres(Box::new(pool)), Style::Dollar))
         }
         Target::Sqlite(path) => Ok((
@@ -52,7 +63,12 @@ fn check_url(url: &str) -> Vec<(String, String)> {
         return Vec::new();
     }
     if config::is_postgres(url) {
-        return Vec::new();
+        // Read as it will be connected to, `sslmode` and `sslrootcert` included (the CA file
+        // itself is read when the stage is built).
+        return match stagewise_core::pg::ConnString::parse(url) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![("url".into(), format!("`url`: {e}"))],
+        };
     }
     vec![(
         "url".into(),

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
-use postgres::{CancelToken, Client, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
 use serde_json::Value;
+use stagewise_core::pg::{Canceller, PgTarget};
 use stagewise_core::stage::{CancelFlag, Context, Fields, StageError};
 
 use crate::config::Limits;
@@ -31,7 +32,8 @@ pub(crate) struct PgConn {
 
 /// The connections of one stage.
 pub(crate) struct PgPool {
-    config: postgres::Config,
+    /// The server, the session settings and the TLS of every connection.
+    config: PgTarget,
     limits: Limits,
     idle: Mutex<Vec<PgConn>>,
     watches: Arc<Mutex<Vec<Watch>>>,
@@ -39,7 +41,7 @@ pub(crate) struct PgPool {
 
 struct Watch {
     id: u64,
-    token: CancelToken,
+    token: Canceller,
     deadline: Instant,
     flag: CancelFlag,
     fired: Arc<std::sync::atomic::AtomicBool>,
@@ -75,15 +77,10 @@ impl Drop for PgPool {
 }
 
 impl PgPool {
-    /// A pool for `url`, named `stagewise/<stage>` on the server. Nothing connects yet.
+    /// A pool for `url`, named `stagewise/<stage>` on the server, with the TLS its `sslmode`
+    /// and `sslrootcert` ask for (the CA file is read here). Nothing connects yet.
     pub(crate) fn new(url: &str, stage: &str, limits: Limits) -> Result<Self, String> {
-        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-            format!(
-                "`url`: invalid PostgreSQL URL `{}`: {}",
-                stagewise_core::text::redact_url(url),
-                stagewise_core::text::connection_string_error(url, &e)
-            )
-        })?;
+        let mut config = PgTarget::new(url).map_err(|e| format!("`url`: {e}"))?;
         config
             .application_name(&format!("stagewise/{stage}"))
             .connect_timeout(limits.connect_timeout)
@@ -99,6 +96,43 @@ impl PgPool {
             idle: Mutex::new(Vec::new()),
             watches,
         })
+    }
+
+    /// With `sslmode=require` or stronger, connect once before the run: a certificate the mode
+    /// refuses, or a server without TLS, is the configuration's fault and would fail every
+    /// attempt alike, so it is found now and stops the run before it starts (the reason in
+    /// words), as an invalid URL does. Anything else (the server unreachable or silent, a
+    /// password refused) is left to the attempts, as it always was.
+    pub(crate) fn check_tls(&self) -> Result<(), String> {
+        if !self.config.requires_tls() {
+            return Ok(());
+        }
+        let budget = self.limits.connect_timeout;
+        let mut config = self.config.clone();
+        config.connect_timeout(budget);
+        // On a thread of its own, as the client must be (never on an async runtime's), and
+        // bounded as a whole: the client's timeout bounds only the TCP connect, and a server
+        // that stalls the handshake is left to the attempts too.
+        let (sent, answer) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("stagewise-pg-tls-check".into())
+            .spawn(move || {
+                let failure = match probe(&config, budget) {
+                    Err(_) => None,
+                    Ok(()) => match config.connect() {
+                        Ok(_session) => None,
+                        Err(e) => config.tls_failure(&e),
+                    },
+                };
+                let _ = sent.send(failure);
+            });
+        if spawned.is_err() {
+            return Ok(());
+        }
+        match answer.recv_timeout(budget.saturating_mul(2)) {
+            Ok(Some(why)) => Err(why),
+            _ => Ok(()),
+        }
     }
 
     /// A connection: an idle one, or a new one within the connect timeout and the attempt's
@@ -125,9 +159,11 @@ impl PgPool {
             ));
         }
         config.connect_timeout(budget);
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| connect_error(&e, budget))?;
+        let mut client = config.connect().map_err(|e| match config.tls_failure(&e) {
+            // The same on every attempt and every item: the run stops.
+            Some(why) => StageError::fatal(why),
+            None => connect_error(&e, budget),
+        })?;
         let ms = self.limits.statement_timeout.as_millis().max(1);
         client
             .batch_execute(&format!("SET statement_timeout = {ms}"))
@@ -154,7 +190,7 @@ impl PgPool {
         let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         lock(&self.watches).push(Watch {
             id,
-            token: conn.client.cancel_token(),
+            token: self.config.canceller(&conn.client),
             deadline: cx.deadline(),
             flag: cx.cancel_flag().clone(),
             fired: fired.clone(),
@@ -181,10 +217,14 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     let unreachable = |e: std::io::Error| {
         StageError::transient(format!("could not connect to {host}:{port}: {e}"))
     };
-    let addrs: Vec<std::net::SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(unreachable)?
-        .collect();
+    // With `hostaddr`, the client connects there and keeps `host` for TLS: so does the probe.
+    let addrs: Vec<std::net::SocketAddr> = match config.get_hostaddrs().first() {
+        Some(ip) => vec![std::net::SocketAddr::new(*ip, port)],
+        None => (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(unreachable)?
+            .collect(),
+    };
     if addrs.is_empty() {
         return Err(StageError::transient(format!("`{host}` has no address")));
     }
@@ -248,7 +288,7 @@ fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
                 let _ = std::thread::Builder::new()
                     .name("stagewise-pg-cancel-query".into())
                     .spawn(move || {
-                        if let Err(e) = w.token.cancel_query(NoTls) {
+                        if let Err(e) = w.token.cancel_query() {
                             tracing::warn!(error = %e, "could not cancel a query on the server");
                         }
                     });

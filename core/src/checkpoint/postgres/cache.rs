@@ -13,7 +13,7 @@ use super::conn::{in_transaction, Conn};
 pub(super) struct PgCache {
     conn: Mutex<Conn>,
     /// Its session's settings, to connect again after the server ended it.
-    config: postgres::Config,
+    config: crate::pg::PgTarget,
     /// The store as messages name it.
     shown: String,
 }
@@ -26,7 +26,7 @@ impl std::fmt::Debug for PgCache {
 
 impl PgCache {
     /// The cache on `conn`, a session no one else uses, made with `config`.
-    pub(super) fn new(conn: Conn, config: postgres::Config, shown: String) -> Self {
+    pub(super) fn new(conn: Conn, config: crate::pg::PgTarget, shown: String) -> Self {
         PgCache {
             conn: Mutex::new(conn),
             config,

@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::super::StoreError;
+use crate::pg::{Canceller, PgTarget};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,8 +35,9 @@ pub(super) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// A client that is closed off the async runtime when dropped.
-pub(super) struct Conn(Option<Client>);
+/// A client that is closed off the async runtime when dropped, and what cancels its statements
+/// over the TLS it connected with.
+pub(super) struct Conn(Option<Client>, Canceller);
 
 impl Conn {
     /// The client (there until drop).
@@ -49,11 +51,8 @@ impl Conn {
     }
 
     /// What cancels the session's statement in progress, from any thread.
-    pub(super) fn cancel_token(&self) -> postgres::CancelToken {
-        self.0
-            .as_ref()
-            .expect("the client is only taken by drop")
-            .cancel_token()
+    pub(super) fn cancel_token(&self) -> Canceller {
+        self.1.clone()
     }
 }
 
@@ -88,14 +87,15 @@ pub(super) fn db(e: postgres::Error) -> StoreError {
     StoreError::Db(describe(&e))
 }
 
-/// The connection settings of every session of the store.
-pub(super) fn config(url: &str) -> Result<postgres::Config, StoreError> {
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-        StoreError::Db(format!(
-            "invalid PostgreSQL URL `{}`: {}",
-            crate::text::redact_url(url),
-            crate::text::connection_string_error(url, &e)
-        ))
+/// The connection settings of every session of the store, TLS included (`sslmode`,
+/// `sslrootcert`; see [`crate::pg`]).
+pub(super) fn config(url: &str) -> Result<PgTarget, StoreError> {
+    let mut config = PgTarget::new(url).map_err(|e| match e {
+        crate::pg::PgError::Invalid { .. } => StoreError::Db(e.to_string()),
+        crate::pg::PgError::RootCert(_) => StoreError::Db(format!(
+            "cannot connect to {}: {e}",
+            crate::text::redact_url(url)
+        )),
     })?;
     config
         .application_name("stagewise/checkpoint")
@@ -111,23 +111,26 @@ pub(super) fn config(url: &str) -> Result<postgres::Config, StoreError> {
 /// own timeout bounds only the TCP connect, and a server that takes the connection and never
 /// answers would hold the caller for ever. `None` when it did not answer in time; the attempt
 /// is left to its thread, which ends when the server answers or the process does.
-fn bounded(config: &postgres::Config) -> Option<Result<Client, postgres::Error>> {
+fn bounded(config: &PgTarget) -> Option<Result<Client, postgres::Error>> {
     let config = config.clone();
     let (sent, answer) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("stagewise-connect".into())
         .spawn(move || {
-            let _ = sent.send(config.connect(NoTls));
+            let _ = sent.send(config.connect());
         })
         .ok()?;
     answer.recv_timeout(CONNECT_TIMEOUT).ok()
 }
 
 /// A session of the store, connected with `config`; `shown` is the redacted URL for messages.
-pub(super) fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, StoreError> {
-    // The client's messages never carry the password; the URL is shown redacted.
-    let failed =
-        |e: postgres::Error| StoreError::Db(format!("cannot connect to {shown}: {}", describe(&e)));
+pub(super) fn connect(config: &PgTarget, shown: &str) -> Result<Conn, StoreError> {
+    // The client's messages never carry the password; the URL is shown redacted. A certificate
+    // refused or a server without TLS is said in words (the client's are terse).
+    let failed = |e: postgres::Error| {
+        let why = config.tls_failure(&e).unwrap_or_else(|| describe(&e));
+        StoreError::Db(format!("cannot connect to {shown}: {why}"))
+    };
     let client = match bounded(config) {
         Some(connected) => connected.map_err(failed)?,
         None => {
@@ -137,7 +140,8 @@ pub(super) fn connect(config: &postgres::Config, shown: &str) -> Result<Conn, St
             )))
         }
     };
-    Ok(Conn(Some(client)))
+    let canceller = config.canceller(&client);
+    Ok(Conn(Some(client), canceller))
 }
 
 /// Begin a transaction whose statements are bounded by [`STATEMENT_TIMEOUT`]: a statement stuck
@@ -159,7 +163,7 @@ pub(super) fn begin(client: &mut Client) -> Result<postgres::Transaction<'_>, po
 /// hold no state of their own, and a transaction cut off with its session was rolled back.
 pub(super) fn in_transaction<R: Send>(
     conn: &mut Conn,
-    (config, shown): (&postgres::Config, &str),
+    (config, shown): (&PgTarget, &str),
     f: impl Fn(&mut postgres::Transaction<'_>) -> Result<R, postgres::Error> + Send + Sync,
 ) -> Result<R, StoreError> {
     let once = |conn: &mut Conn| {
@@ -196,7 +200,7 @@ impl Conn {
     /// idle timeout, a pooler's restart): the store's sessions hold no state of their own.
     pub(super) fn reopen_if_closed(
         &mut self,
-        config: &postgres::Config,
+        config: &PgTarget,
         shown: &str,
     ) -> Result<(), StoreError> {
         if self.is_closed() {

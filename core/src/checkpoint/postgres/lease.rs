@@ -370,7 +370,7 @@ fn process_alive(pid: i64) -> bool {
 /// for a whole lease, loses the runner.
 fn renew_until_stopped(
     me: &Membership,
-    config: &postgres::Config,
+    config: &crate::pg::PgTarget,
     shown: &str,
     stop: &std::sync::mpsc::Receiver<()>,
 ) {
@@ -457,7 +457,7 @@ fn renew_until_stopped(
 /// The lease thread's session, connected (again) if needed.
 fn session<'a>(
     conn: &'a mut Option<Conn>,
-    config: &postgres::Config,
+    config: &crate::pg::PgTarget,
     shown: &str,
 ) -> Result<&'a mut Conn, StoreError> {
     if let Some(c) = conn {

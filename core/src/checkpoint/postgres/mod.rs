@@ -64,8 +64,8 @@ fn lock_key(pipeline: &str) -> i32 {
 pub struct PgStore {
     /// The URL with its password hidden, for messages.
     shown: String,
-    /// The settings of every session it opens.
-    config: postgres::Config,
+    /// The settings of every session it opens, TLS included.
+    config: crate::pg::PgTarget,
     /// The session of the store's reads; writers, the lock and the cache open their own.
     conn: Mutex<Conn>,
     /// The session that saves process records, opened at the first and again after a failure.

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use postgres::error::SqlState;
-use postgres::{NoTls, Transaction};
+use postgres::Transaction;
 
 use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
@@ -88,7 +88,7 @@ pub(in crate::checkpoint) struct PgUpdates {
     /// A session of its own.
     pub(super) conn: Conn,
     /// Its settings, to connect again after the server ended the session.
-    pub(super) config: postgres::Config,
+    pub(super) config: crate::pg::PgTarget,
     /// The run whose items it updates.
     pub(super) run: i64,
     /// The store as messages name it.
@@ -245,12 +245,13 @@ impl UpdateRows for PgUpdates {
         })
     }
 
-    /// A cancel request for the session's statement in progress, on a connection of its own.
+    /// A cancel request for the session's statement in progress, on a connection of its own
+    /// (with the session's TLS).
     fn interrupt(&self) -> Option<Interrupt> {
         let token = self.conn.cancel_token();
         let shown = self.shown.clone();
         Some(Box::new(move || {
-            if let Err(e) = off_runtime(|| token.cancel_query(NoTls)) {
+            if let Err(e) = off_runtime(|| token.cancel_query()) {
                 tracing::warn!(store = %shown, error = %describe(&e), "cannot cancel the checkpoint commit past the shutdown deadline");
             }
         }))
