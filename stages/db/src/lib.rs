@@ -6,7 +6,7 @@
 //! query still running at its attempt's deadline (or when the run is cancelled) is cancelled on
 //! the server with the connection's cancel token; SQLite statements are interrupted the same way.
 //! On PostgreSQL nothing outlives its transaction (no session setting, no named prepared
-//! statement), for poolers in transaction mode.
+//! statement), so the stages work through a pooler in transaction mode (PgBouncer).
 //! Connections are pooled per stage (never more than its `concurrency` threads use), and a
 //! broken or cancelled connection is dropped, not reused. Connection trouble, serialization
 //! failures and timeouts are transient; syntax errors, missing tables or columns, constraint
@@ -16,6 +16,7 @@
 mod config;
 mod params;
 mod postgres;
+mod session;
 mod sqlite;
 mod stage;
 

@@ -19,18 +19,30 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+// `tokio-postgres` is the client the `postgres` crate wraps, and its types (`Config`, `Error`,
+// `Row`, `types`) are the ones that crate re-exports: under that name they read as they always
+// have. The calls go through a `Session` (see session.rs for why).
+use tokio_postgres as postgres;
+
 use postgres::error::SqlState;
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
-use postgres::{CancelToken, Client, NoTls, Row, Statement};
+use postgres::{NoTls, Row, Statement};
 use serde_json::Value;
 use stagewise_core::stage::{CancelFlag, Context, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;
+use crate::session::{self, CancelToken, Param, Session};
 
 /// How often the canceller looks at the queries in flight.
 const CANCEL_TICK: Duration = Duration::from_millis(20);
+
+/// How long the canceller waits for a cancelled call to return before it sends the cancel
+/// request again. A request that arrives while no query runs is lost: through a pooler whose
+/// server sessions are all busy, the call is still queued for one (PgBouncer drops the request
+/// then), and its query would start later with nothing to stop it. Short enough that such a
+/// call is usually stopped within the grace the runner gives a timed-out call.
+const CANCEL_AGAIN: Duration = Duration::from_millis(200);
 
 /// Names the `postgres` crate gives its prepared statements (`s0`, `s1`, …, counted per
 /// process), as `pg_prepared_statements` lists them. A pooler that manages prepared statements
@@ -44,15 +56,12 @@ pub(crate) struct Shape {
     columns: Vec<(String, Type)>,
 }
 
-/// A statement's parameter: its value, and the type the statement takes it as.
-type Param<'a> = (&'a (dyn ToSql + Sync), Type);
-
 /// The shapes learnt so far, by SQL text; shared by the connections of a pool.
 type Shapes = Mutex<HashMap<String, Arc<Shape>>>;
 
 /// A pooled connection.
 pub(crate) struct PgConn {
-    client: Client,
+    client: Session,
     shapes: Arc<Shapes>,
     /// `BEGIN` and the transaction's `statement_timeout`, sent together.
     begin: String,
@@ -79,6 +88,11 @@ struct Watch {
     deadline: Instant,
     flag: CancelFlag,
     fired: Arc<std::sync::atomic::AtomicBool>,
+    /// Once fired: when to send the cancel request again if the call is still running.
+    again: Option<Instant>,
+    /// A cancel request of this watch is on its way (a server that does not answer gets one at
+    /// a time).
+    sending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Keeps a query under watch; says afterwards whether the canceller fired on it.
@@ -121,7 +135,7 @@ impl PgPool {
             )
         })?;
         config
-            .application_name(&format!("stagewise/{stage}"))
+            .application_name(format!("stagewise/{stage}"))
             .connect_timeout(limits.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
@@ -162,9 +176,11 @@ impl PgPool {
             ));
         }
         config.connect_timeout(budget);
-        let client = config
-            .connect(NoTls)
-            .map_err(|e| connect_error(&e, budget))?;
+        let runtime = session::runtime().map_err(|e| {
+            StageError::transient(format!("could not start the client's runtime: {e}"))
+        })?;
+        let client =
+            Session::connect(runtime, &config, NoTls).map_err(|e| connect_error(&e, budget))?;
         // Per transaction, not per session: through a pooler in transaction mode a session's
         // settings stay with the server session, which the next transaction may not get.
         let ms = self.limits.statement_timeout.as_millis().max(1);
@@ -208,10 +224,12 @@ impl PgPool {
         let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         lock(&self.watches).push(Watch {
             id,
-            token: conn.client.cancel_token(),
+            token: conn.client.cancel_token(self.limits.connect_timeout),
             deadline: cx.deadline(),
             flag: cx.cancel_flag().clone(),
             fired: fired.clone(),
+            again: None,
+            sending: Arc::default(),
         });
         Watched {
             watches: self.watches.clone(),
@@ -272,8 +290,18 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     Err(last.unwrap_or_else(silent))
 }
 
-/// One thread per pool: cancels watched queries whose attempt is over. It ends with the pool.
+/// A cancel request to send.
+struct Cancel {
+    token: CancelToken,
+    sending: Arc<std::sync::atomic::AtomicBool>,
+    /// The watch's first: a failure is reported once, not at every try.
+    first: bool,
+}
+
+/// One thread per pool: cancels watched queries whose attempt is over, and again every
+/// [`CANCEL_AGAIN`] while their call has not returned. It ends with the pool.
 fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
+    use std::sync::atomic::Ordering;
     let _ = std::thread::Builder::new()
         .name("stagewise-pg-cancel".into())
         .spawn(move || loop {
@@ -282,30 +310,45 @@ fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
                 return;
             };
             let now = Instant::now();
-            let due: Vec<Watch> = {
-                let mut list = lock(&watches);
-                let (due, keep): (Vec<Watch>, Vec<Watch>) = std::mem::take(&mut *list)
-                    .into_iter()
-                    .partition(|w| now >= w.deadline || w.flag.is_cancelled());
-                *list = keep;
-                // Marked under the lock: once a `Watched` is dropped (which takes the lock),
-                // its `fired` flag is final.
-                for w in &due {
-                    w.fired.store(true, std::sync::atomic::Ordering::Release);
+            let mut due = Vec::new();
+            for w in lock(&watches).iter_mut() {
+                let first = w.again.is_none();
+                let due_now = match w.again {
+                    None => now >= w.deadline || w.flag.is_cancelled(),
+                    Some(again) => now >= again,
+                };
+                if !due_now || w.sending.load(Ordering::Acquire) {
+                    continue;
                 }
-                due
-            };
+                // Marked under the lock: once a `Watched` is dropped (which takes the lock and
+                // ends the watch), its `fired` flag is final.
+                w.fired.store(true, Ordering::Release);
+                w.again = Some(now + CANCEL_AGAIN);
+                w.sending.store(true, Ordering::Release);
+                due.push(Cancel {
+                    token: w.token.clone(),
+                    sending: w.sending.clone(),
+                    first,
+                });
+            }
             drop(watches);
             for w in due {
+                let sending = w.sending.clone();
                 // Cancelling opens a connection of its own: do it aside, so that an unreachable
                 // server delays no other cancellation.
-                let _ = std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name("stagewise-pg-cancel-query".into())
                     .spawn(move || {
                         if let Err(e) = w.token.cancel_query(NoTls) {
-                            tracing::warn!(error = %e, "could not cancel a query on the server");
+                            if w.first {
+                                tracing::warn!(error = %e, "could not cancel a query on the server");
+                            }
                         }
+                        w.sending.store(false, Ordering::Release);
                     });
+                if spawned.is_err() {
+                    sending.store(false, Ordering::Release);
+                }
             }
         });
 }
