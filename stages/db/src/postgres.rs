@@ -32,7 +32,7 @@ use stagewise_core::stage::{CancelFlag, Context, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;
-use crate::session::{self, CancelToken, Param, Session};
+use crate::session::{self, Call, CancelToken, Param, Session};
 
 /// How often the canceller looks at the queries in flight.
 const CANCEL_TICK: Duration = Duration::from_millis(20);
@@ -565,14 +565,13 @@ impl PgConn {
                 shapes[i % shapes.len()].typed(&values)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.transaction(|conn| {
-            for (i, params) in typed.iter().enumerate() {
-                conn.client
-                    .execute_typed(sqls[i % sqls.len()], params)
-                    .map_err(|e| classify(&e))?;
-            }
-            Ok(())
-        })
+        let calls: Vec<Call<'_>> = typed
+            .iter()
+            .enumerate()
+            .map(|(i, params)| (sqls[i % sqls.len()], params.as_slice()))
+            .collect();
+        // The statements go out together; the commit only once they have all succeeded.
+        self.transaction(|conn| conn.client.execute_all(&calls).map_err(|e| classify(&e)))
     }
 }
 

@@ -12,7 +12,7 @@
 //! Every method blocks: call them on a blocking thread, and drop a session there too (dropping a
 //! runtime inside another one panics).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -47,6 +47,9 @@ pub(crate) fn runtime() -> io::Result<Runtime> {
 
 /// A statement's parameter: its value, and the type the statement takes it as.
 pub(crate) type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// A statement to run and its parameters.
+pub(crate) type Call<'a> = (&'a str, &'a [Param<'a>]);
 
 /// A connected session.
 pub(crate) struct Session {
@@ -102,11 +105,41 @@ impl Session {
         self.runtime.block_on(self.client().prepare(sql))
     }
 
-    /// Run `sql` as an unnamed statement with parameters of the given types (one round trip,
-    /// as a prepared statement's execution is); the rows it touched.
-    pub(crate) fn execute_typed(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, Error> {
-        self.runtime
-            .block_on(self.client().execute_typed(sql, params))
+    /// Run each call's SQL as an unnamed statement with its parameters (one round trip for a
+    /// prepared statement's execution), all sent together without waiting for each other's
+    /// answers (pipelined: one round trip for them all). Each is sent whatever the answers
+    /// before it; the server skips those after a failed one when they share a transaction. The
+    /// first error, in order.
+    pub(crate) fn execute_all(&mut self, calls: &[Call<'_>]) -> Result<(), Error> {
+        let client = self.client();
+        let mut calls: Vec<_> = calls
+            .iter()
+            .map(|(sql, params)| Box::pin(client.execute_typed(sql, params)))
+            .collect();
+        let mut results: Vec<Option<Result<u64, Error>>> = calls.iter().map(|_| None).collect();
+        // Polled in order: each call's request is sent at its first poll, so they go out in
+        // the order given.
+        self.runtime.block_on(poll_fn(|cx| {
+            let mut pending = false;
+            for (call, result) in calls.iter_mut().zip(results.iter_mut()) {
+                if result.is_none() {
+                    match call.as_mut().poll(cx) {
+                        Poll::Ready(r) => *result = Some(r),
+                        Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        results
+            .into_iter()
+            .flatten()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     /// Run `sql` as an unnamed statement with parameters of the given types; its rows, read as
