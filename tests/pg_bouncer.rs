@@ -240,6 +240,47 @@ fn batched_persist_through_transaction_pooling_writes_every_row_once() {
     every_row_through_the_bouncer("bouncer-batched", "batch_size = 8");
 }
 
+/// A read that stops before the end of its query's rows (the batch is full and the query has
+/// no `$limit`) takes its batch at once; the query goes on to its end and commits, as a query
+/// that claims its rows needs.
+#[test]
+fn a_read_that_stops_early_leaves_its_query_to_finish_and_commit() {
+    let Some((mut db, bouncer)) = db_behind_a_bouncer() else {
+        return;
+    };
+    seed(&mut db, 200);
+    let name = "bouncer-stops-early";
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        batch_size = 10
+
+        {store}
+
+        [[stage]]
+        name = "claim"
+        kind = "db-fetch"
+        url = "{url}"
+        query = "UPDATE articles SET processed_at = now() WHERE processed_at IS NULL RETURNING id, title"
+        key = "id"
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+        store = sqlite_store(name),
+        url = bouncer.db_url(&db),
+    ));
+    let out = p.run();
+    out.assert_code(0);
+    assert_eq!(p.status().total(), 10, "{out}");
+    let claimed = wait_until(Duration::from_secs(5), || {
+        db.query_i64("SELECT count(*) FROM articles WHERE processed_at IS NULL") == 0
+    });
+    assert!(claimed, "the query's transaction was not committed\n{out}");
+}
+
 /// Sessions running a statement of stagewise's in this test's database, as
 /// `application_name | state | query`.
 fn busy_sessions(db: &mut Db) -> Vec<String> {
