@@ -9,11 +9,11 @@
 //! behind. A statement's parameter and column types are learnt once per pool by preparing it in
 //! a transaction and closing it before the commit ([`PgConn::shapes`]); each call then sends its
 //! SQL with those types as an unnamed statement (`query_typed`, `execute_typed`: one round trip,
-//! as a prepared statement's execution is).
+//! as a prepared statement's execution is; a transaction's statements are sent together).
 //!
-//! The `postgres` crate is synchronous and runs its own runtime per client: every call, and
-//! every drop, happens on the stage's blocking threads (or, for the pool's leftovers, on a
-//! thread of its own), never on the async runtime.
+//! A [`Session`] is synchronous and runs its own runtime per connection: every call, and every
+//! drop, happens on the stage's blocking threads (or, for the pool's leftovers and a read's
+//! commit aside, on a thread of its own), never on the async runtime.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
