@@ -7,7 +7,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use util::pg::{self, Db, PrivateCluster};
+use util::pg::{self, Bouncer, Db, PrivateCluster};
 
 #[test]
 fn a_db_is_a_fresh_database_of_its_own_and_is_dropped_afterwards() {
@@ -141,6 +141,72 @@ fn a_private_cluster_can_be_stopped_and_started_again() {
     assert!(!cluster.is_up());
     cluster.start();
     assert_eq!(db.query_i64("SELECT max(id) FROM t"), 101);
+}
+
+/// The first column of each row of a simple query (no prepared statement of the harness's own).
+fn column(client: &mut postgres::Client, sql: &str) -> Vec<String> {
+    client
+        .simple_query(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {}", pg::DbErr(&e)))
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A `Bouncer` pools in transaction mode: its clients share two server sessions, a client's
+/// transactions move between them (so a session-level `SET` stays behind), it checks the
+/// password, and it is gone once dropped.
+#[test]
+fn a_bouncer_pools_transactions_on_two_server_sessions() {
+    let Some(db) = Db::new() else { return };
+    let Some(bouncer) = Bouncer::new() else {
+        return;
+    };
+    let url = bouncer.db_url(&db);
+
+    // Two transactions at once take both server sessions.
+    let mut a = pg::connect(&url);
+    let mut b = pg::connect(&url);
+    column(&mut a, "BEGIN");
+    column(&mut b, "BEGIN");
+    let sessions = [
+        column(&mut a, "SELECT pg_backend_pid()").remove(0),
+        column(&mut b, "SELECT pg_backend_pid()").remove(0),
+    ];
+    assert_ne!(sessions[0], sessions[1]);
+    column(&mut a, "COMMIT");
+    column(&mut b, "COMMIT");
+
+    // Five clients share those two.
+    let mut clients: Vec<_> = (0..5).map(|_| pg::connect(&url)).collect();
+    for _ in 0..10 {
+        for client in &mut clients {
+            let pid = column(client, "SELECT pg_backend_pid()").remove(0);
+            assert!(sessions.contains(&pid), "{pid} is not one of {sessions:?}");
+        }
+    }
+
+    // A session's setting stays with the server session it was made on.
+    column(&mut a, "SET work_mem = '7MB'");
+    let seen: Vec<String> = (0..4)
+        .map(|_| column(&mut a, "SHOW work_mem").remove(0))
+        .collect();
+    assert!(
+        seen.iter().any(|w| w != "7MB"),
+        "every transaction of the client ran on one server session: {seen:?}"
+    );
+
+    assert!(pg::try_connect(&pg::with_password(&url, "not-the-password")).is_err());
+
+    drop((a, b, clients));
+    drop(bouncer);
+    assert!(
+        pg::try_connect(&url).is_err(),
+        "still accepting after the drop"
+    );
 }
 
 #[test]

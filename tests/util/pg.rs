@@ -9,6 +9,8 @@
 //! - [`PrivateCluster`]: a whole cluster of its own, for tests that stop and start the server
 //!   or serve TLS ([`PrivateCluster::ssl`]; [`PrivateCluster::psql`] reaches it whatever its
 //!   TCP connections must be).
+//! - [`Bouncer`]: PgBouncer in transaction mode in front of either, for the tests of what holds
+//!   when every transaction may run on another server session.
 //!
 //! ```ignore
 //! let Some(mut db) = Db::new() else { return };
@@ -145,6 +147,14 @@ pub fn with_password(url: &str, password: &str) -> String {
         .find(':')
         .map_or(at, |i| authority_at + i);
     format!("{}:{password}{}", &url[..user_end], &url[at..])
+}
+
+/// The port of a `postgres://user:password@host:PORT/…` URL.
+pub fn port_of(url: &str) -> u16 {
+    let after_colon = url.rsplit_once(':').map_or("", |(_, rest)| rest);
+    let port = after_colon.split('/').next().unwrap_or("");
+    port.parse()
+        .unwrap_or_else(|e| panic!("no port in {url}: {e}"))
 }
 
 /// A name no other test (in this or a concurrent test process) uses.
@@ -405,10 +415,7 @@ impl PrivateCluster {
     }
 
     pub fn port(&self) -> u16 {
-        let after_colon = self.url.rsplit_once(':').map_or("", |(_, rest)| rest);
-        let port = after_colon.split('/').next().unwrap_or("");
-        port.parse()
-            .unwrap_or_else(|e| panic!("no port in {}: {e}", self.url))
+        port_of(&self.url)
     }
 
     /// A fresh database on this cluster.
@@ -573,6 +580,112 @@ impl Drop for PrivateCluster {
             .env(BIN_VAR, &self.bin)
             .output();
         match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "pg harness: scripts/pg stop {} failed: {}",
+                self.dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("pg harness: run scripts/pg: {e}"),
+        }
+    }
+}
+
+/// PgBouncer in front of a cluster on 127.0.0.1 (`scripts/pg bouncer`), pooling in transaction
+/// mode with 2 server sessions per database and user: a client's transactions may each run on
+/// another server session, and clients take turns on the few there are. Same role, password
+/// and databases as the cluster, on a port of its own. Dropping it stops it and deletes its
+/// folder (config, log, pid file).
+///
+/// ```ignore
+/// let Some(mut db) = Db::new() else { return };
+/// let Some(bouncer) = Bouncer::new() else { return };
+/// // … a pipeline whose stages connect to bouncer.db_url(&db) …
+/// ```
+pub struct Bouncer {
+    dir: PathBuf,
+    url: String,
+}
+
+impl Bouncer {
+    /// One in front of the shared cluster. None when the PostgreSQL tests are skipped, or when
+    /// PgBouncer cannot start outside CI (both said loudly); under `CI=true` that fails the test.
+    pub fn new() -> Option<Bouncer> {
+        let url = test_pg()?;
+        Bouncer::in_front_of(&url)
+    }
+
+    /// One in front of the cluster at `cluster_url` (the shared one, or a [`PrivateCluster`]'s),
+    /// which must listen on 127.0.0.1. None, failing or skipping, as for [`new`](Self::new).
+    pub fn in_front_of(cluster_url: &str) -> Option<Bouncer> {
+        let host = cluster_url
+            .rsplit_once('@')
+            .map_or(cluster_url, |(_, rest)| rest)
+            .split(':')
+            .next()
+            .unwrap_or("");
+        assert!(
+            host == "127.0.0.1" || host == "localhost",
+            "PgBouncer is started in front of a cluster on 127.0.0.1 only, not {host}: {cluster_url}"
+        );
+        let dir = env::temp_dir().join(unique_name("stagewise-pgbouncer"));
+        let port = port_of(cluster_url).to_string();
+        let dir_text = dir.to_string_lossy().into_owned();
+        let out = Command::new(script())
+            .args(["bouncer", &dir_text, &port])
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script().display()));
+        if out.status.success() {
+            let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            return Some(Bouncer { dir, url });
+        }
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        // Whatever a failed start left.
+        let _ = Command::new(script()).args(["stop", &dir_text]).output();
+        let test = thread::current().name().unwrap_or("this test").to_owned();
+        if in_ci() {
+            panic!(
+                "PgBouncer did not start, and CI=true: the PgBouncer tests must run in CI\n{why}"
+            );
+        }
+        eprintln!(
+            "\n\
+             ************************************************************************\n\
+             SKIPPED {test}: PgBouncer did not start (scripts/pg bouncer):\n\
+             {why}\
+             install pgbouncer (apt-get install pgbouncer) to run it for real.\n\
+             ************************************************************************\n"
+        );
+        None
+    }
+
+    /// `postgres://stagewise:stagewise@127.0.0.1:PORT/stagewise_test`, through PgBouncer.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of `db` through PgBouncer.
+    pub fn db_url(&self, db: &Db) -> String {
+        with_database(&self.url, db.name())
+    }
+
+    /// PgBouncer's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- PgBouncer's log (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        match Command::new(script()).arg("stop").arg(&self.dir).output() {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
                 "pg harness: scripts/pg stop {} failed: {}",

@@ -30,9 +30,12 @@ mod tls;
 use std::fmt;
 use std::path::PathBuf;
 
-use postgres::config::Host;
 use postgres::{CancelToken, Client};
+use tokio_postgres::config::Host;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The TLS of a [`PgTarget`]'s connections, for clients of the asynchronous kind.
+pub type Tls = MakeRustlsConnect;
 
 /// How a connection uses TLS: libpq's `sslmode` (all of its values but `allow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +129,7 @@ pub enum PgError {
 /// take. What `validate` checks and `plan` shows.
 #[derive(Clone)]
 pub struct ConnString {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     sslmode: SslMode,
     /// Whether the string set the mode (or `sslrootcert=system`, which implies one).
     sslmode_written: bool,
@@ -151,7 +154,7 @@ impl ConnString {
             reason,
         };
         let (rest, keys) = conninfo::take_tls_keys(s);
-        let mut config: postgres::Config = rest
+        let mut config: tokio_postgres::Config = rest
             .parse()
             .map_err(|e: postgres::Error| invalid(crate::text::connection_string_error(s, &e)))?;
         let sslrootcert = match keys.sslrootcert.as_deref() {
@@ -183,15 +186,15 @@ impl ConnString {
             )));
         }
         config.ssl_mode(match sslmode {
-            SslMode::Disable => postgres::config::SslMode::Disable,
-            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                postgres::config::SslMode::Require
+                tokio_postgres::config::SslMode::Require
             }
         });
         // As libpq: no TLS over a Unix socket (the server would refuse it).
         if only_unix_sockets(&config) {
-            config.ssl_mode(postgres::config::SslMode::Disable);
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         }
         Ok(ConnString {
             config,
@@ -218,13 +221,13 @@ impl ConnString {
     }
 
     /// The client's settings (TLS keys taken out; its `ssl_mode` set for the mode).
-    pub fn config(&self) -> &postgres::Config {
+    pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
     }
 }
 
 /// Whether every host is a Unix socket (none a TCP one).
-fn only_unix_sockets(config: &postgres::Config) -> bool {
+fn only_unix_sockets(config: &tokio_postgres::Config) -> bool {
     let hosts = config.get_hosts();
     !hosts.is_empty() && !hosts.iter().any(|h| matches!(h, Host::Tcp(_)))
 }
@@ -236,11 +239,11 @@ fn default_root_file(home: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
 }
 
 /// A PostgreSQL server to connect to: the client's settings and the TLS that goes with them.
-/// It dereferences to the client's [`postgres::Config`], for the settings callers add
+/// It dereferences to the client's [`tokio_postgres::Config`], for the settings callers add
 /// (`application_name`, timeouts, keepalives); TLS is this type's.
 #[derive(Clone)]
 pub struct PgTarget {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     sslmode: SslMode,
     sslmode_is_default: bool,
@@ -277,7 +280,7 @@ impl PgTarget {
             sslmode_written,
             sslrootcert,
         } = parsed;
-        let tls_used = config.get_ssl_mode() != postgres::config::SslMode::Disable;
+        let tls_used = config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable;
         let roots = match (sslmode, sslrootcert) {
             _ if !tls_used => None,
             // `prefer` checks nothing: there TLS is a bonus, not a promise.
@@ -320,7 +323,7 @@ impl PgTarget {
     /// TCP.
     pub fn requires_tls(&self) -> bool {
         self.sslmode.requires_tls()
-            && self.config.get_ssl_mode() != postgres::config::SslMode::Disable
+            && self.config.get_ssl_mode() != tokio_postgres::config::SslMode::Disable
     }
 
     /// A new session, with this target's TLS.
@@ -328,7 +331,12 @@ impl PgTarget {
     /// The `postgres` client is synchronous and runs a runtime of its own: call this off any
     /// async runtime's threads.
     pub fn connect(&self) -> Result<Client, postgres::Error> {
-        self.config.connect(self.tls.clone())
+        postgres::Config::from(self.config.clone()).connect(self.tls.clone())
+    }
+
+    /// This target's TLS, for a client of the asynchronous kind (`tokio-postgres`).
+    pub fn tls(&self) -> Tls {
+        self.tls.clone()
     }
 
     /// What cancels `client`'s statement in progress, from any thread, over this target's TLS
@@ -432,15 +440,15 @@ fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rust
 }
 
 impl std::ops::Deref for PgTarget {
-    type Target = postgres::Config;
+    type Target = tokio_postgres::Config;
 
-    fn deref(&self) -> &postgres::Config {
+    fn deref(&self) -> &tokio_postgres::Config {
         &self.config
     }
 }
 
 impl std::ops::DerefMut for PgTarget {
-    fn deref_mut(&mut self) -> &mut postgres::Config {
+    fn deref_mut(&mut self) -> &mut tokio_postgres::Config {
         &mut self.config
     }
 }
@@ -468,7 +476,7 @@ mod tests {
     #[test]
     fn sslmode_and_sslrootcert_are_read_in_both_forms() {
         // (string, mode, its default?, sslrootcert, the client's mode)
-        use postgres::config::SslMode as Client;
+        use tokio_postgres::config::SslMode as Client;
         let cases = [
             (
                 "postgres://u:p@h/db",

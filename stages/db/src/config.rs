@@ -31,7 +31,7 @@ pub struct FetchConfig {
     #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// Longest a statement may run on the server (set per session).
+    /// Longest a statement may run on the server (set in each transaction).
     #[schemars(extend("x-default" = "the stage's `timeout`"))]
     #[schemars(with = "Option<stagewise_core::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]

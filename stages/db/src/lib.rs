@@ -2,9 +2,11 @@
 //! `persist` (sink) writes each record with an idempotent statement — on PostgreSQL (`postgres://`)
 //! or SQLite (`sqlite:PATH`).
 //!
-//! No query outlives its attempt: each PostgreSQL session has a `statement_timeout`, and a query
-//! still running at its attempt's deadline (or when the run is cancelled) is cancelled on the
-//! server with the connection's cancel token; SQLite statements are interrupted the same way.
+//! No query outlives its attempt: each PostgreSQL transaction sets its `statement_timeout`, and a
+//! query still running at its attempt's deadline (or when the run is cancelled) is cancelled on
+//! the server with the connection's cancel token; SQLite statements are interrupted the same way.
+//! On PostgreSQL nothing outlives its transaction (no session setting, no named prepared
+//! statement), so the stages work through a pooler in transaction mode (PgBouncer).
 //! Connections are pooled per stage (never more than its `concurrency` threads use), and a
 //! broken or cancelled connection is dropped, not reused. Connection trouble, serialization
 //! failures and timeouts are transient; syntax errors, missing tables or columns, constraint
@@ -19,6 +21,7 @@
 mod config;
 mod params;
 mod postgres;
+mod session;
 mod sqlite;
 mod stage;
 

@@ -1,33 +1,77 @@
-//! The PostgreSQL client: connections pooled per stage, session time limits, a canceller that
-//! stops a query on the server when its attempt's deadline passes, column and parameter types,
-//! and the classification of server errors.
+//! The PostgreSQL client: connections pooled per stage, transactions with their own time limit,
+//! a canceller that stops a query on the server when its attempt's deadline passes, column and
+//! parameter types, and the classification of server errors.
 //!
-//! The `postgres` crate is synchronous and runs its own runtime per client: every call, and
-//! every drop, happens on the stage's blocking threads (or, for the pool's leftovers, on a
-//! thread of its own), never on the async runtime.
+//! Everything here works through a pooler in transaction mode (PgBouncer's `pool_mode =
+//! transaction`), where each transaction may run on another server session, so nothing may
+//! outlive the transaction it was made in: every statement runs inside an explicit transaction
+//! that sets its own `statement_timeout` (`SET LOCAL`), and no named prepared statement is left
+//! behind. A statement's parameter and column types are learnt once per pool by preparing it in
+//! a transaction and closing it before the commit ([`PgConn::shapes`]); each call then sends its
+//! SQL with those types as an unnamed statement (`query_typed`, `execute_typed`: one round trip,
+//! as a prepared statement's execution is; a transaction's statements are sent together).
+//!
+//! A [`Session`] is synchronous and runs its own runtime per connection: every call, and every
+//! drop, happens on the stage's blocking threads (or, for the pool's leftovers and a read's
+//! commit aside, on a thread of its own), never on the async runtime.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+// `tokio-postgres` is the client the `postgres` crate wraps, and its types (`Config`, `Error`,
+// `Row`, `types`) are the ones that crate re-exports: under that name they read as they always
+// have. The calls go through a `Session` (see session.rs for why).
+use tokio_postgres as postgres;
+
 use postgres::error::SqlState;
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, Row, Statement};
+use postgres::{Row, Statement};
 use serde_json::Value;
-use stagewise_core::pg::{Canceller, PgTarget};
+use stagewise_core::pg::{PgTarget, Tls};
 use stagewise_core::stage::{CancelFlag, Context, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;
+use crate::session::{self, Call, CancelToken, Param, Session};
 
 /// How often the canceller looks at the queries in flight.
 const CANCEL_TICK: Duration = Duration::from_millis(20);
 
-/// A pooled connection with its prepared statements.
+/// How long the canceller waits for a cancelled call to return before it sends the cancel
+/// request again. A request that arrives while no query runs is lost: through a pooler whose
+/// server sessions are all busy, the call is still queued for one (PgBouncer drops the request
+/// then), and its query would start later with nothing to stop it. Short enough that such a
+/// call is usually stopped within the grace the runner gives a timed-out call.
+const CANCEL_AGAIN: Duration = Duration::from_millis(200);
+
+/// Names the `postgres` crate gives its prepared statements (`s0`, `s1`, …, counted per
+/// process), as `pg_prepared_statements` lists them. A pooler that manages prepared statements
+/// itself (PgBouncer's `max_prepared_statements`) renames them on the server, and they are its
+/// business.
+const CLIENT_STATEMENT_NAMES: &str = "^s[0-9]+$";
+
+/// What a statement takes and gives, as the server described it when it was prepared.
+pub(crate) struct Shape {
+    params: Vec<Type>,
+    columns: Vec<(String, Type)>,
+}
+
+/// The shapes learnt so far, by SQL text; shared by the connections of a pool.
+type Shapes = Mutex<HashMap<String, Arc<Shape>>>;
+
+/// A pooled connection.
 pub(crate) struct PgConn {
-    client: Client,
-    prepared: HashMap<String, Statement>,
+    client: Session,
+    shapes: Arc<Shapes>,
+    /// `BEGIN` and the transaction's `statement_timeout`, sent together.
+    begin: String,
+    /// False once the session's state is in doubt (a transaction that did not end cleanly, type
+    /// lookups whose statements were closed behind the client's back): it is not pooled again.
+    reusable: bool,
+    /// A read that stopped before the end of its query's rows: the query goes on to its end,
+    /// and its transaction is committed aside (see [`PgPool::put`]).
+    unfinished: bool,
 }
 
 /// The connections of one stage.
@@ -36,15 +80,23 @@ pub(crate) struct PgPool {
     config: PgTarget,
     limits: Limits,
     idle: Mutex<Vec<PgConn>>,
+    shapes: Arc<Shapes>,
     watches: Arc<Mutex<Vec<Watch>>>,
 }
 
 struct Watch {
     id: u64,
-    token: Canceller,
+    token: CancelToken,
+    /// The TLS the cancel request goes over: the session's.
+    tls: Tls,
     deadline: Instant,
     flag: CancelFlag,
     fired: Arc<std::sync::atomic::AtomicBool>,
+    /// Once fired: when to send the cancel request again if the call is still running.
+    again: Option<Instant>,
+    /// A cancel request of this watch is on its way (a server that does not answer gets one at
+    /// a time).
+    sending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Keeps a query under watch; says afterwards whether the canceller fired on it.
@@ -82,7 +134,7 @@ impl PgPool {
     pub(crate) fn new(url: &str, stage: &str, limits: Limits) -> Result<Self, String> {
         let mut config = PgTarget::new(url).map_err(|e| format!("`url`: {e}"))?;
         config
-            .application_name(&format!("stagewise/{stage}"))
+            .application_name(format!("stagewise/{stage}"))
             .connect_timeout(limits.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
@@ -94,6 +146,7 @@ impl PgPool {
             config,
             limits,
             idle: Mutex::new(Vec::new()),
+            shapes: Arc::default(),
             watches,
         })
     }
@@ -159,27 +212,49 @@ impl PgPool {
             ));
         }
         config.connect_timeout(budget);
-        let mut client = config.connect().map_err(|e| match config.tls_failure(&e) {
-            // The same on every attempt and every item: the run stops.
-            Some(why) => StageError::fatal(why),
-            None => connect_error(&e, budget),
+        let runtime = session::runtime().map_err(|e| {
+            StageError::transient(format!("could not start the client's runtime: {e}"))
         })?;
+        let client = Session::connect(runtime, &config, config.tls()).map_err(|e| {
+            match config.tls_failure(&e) {
+                // The same on every attempt and every item: the run stops.
+                Some(why) => StageError::fatal(why),
+                None => connect_error(&e, budget),
+            }
+        })?;
+        // Per transaction, not per session: through a pooler in transaction mode a session's
+        // settings stay with the server session, which the next transaction may not get.
         let ms = self.limits.statement_timeout.as_millis().max(1);
-        client
-            .batch_execute(&format!("SET statement_timeout = {ms}"))
-            .map_err(|e| classify(&e))?;
         Ok(PgConn {
             client,
-            prepared: HashMap::new(),
+            shapes: self.shapes.clone(),
+            begin: format!("BEGIN; SET LOCAL statement_timeout = {ms}"),
+            reusable: true,
+            unfinished: false,
         })
     }
 
-    /// Give a connection back; a broken one, or one the canceller fired on (its cancel request
-    /// may still be on its way), is dropped.
+    /// Give a connection back; a broken one, one whose state is in doubt, or one the canceller
+    /// fired on (its cancel request may still be on its way), is dropped. One whose read stopped
+    /// early commits aside, on a thread of its own, once its query has ended (bounded by the
+    /// `statement_timeout`), and is dropped then: the read does not wait for rows it will not
+    /// take.
     pub(crate) fn put(&self, conn: PgConn, fired: bool) {
-        if !conn.client.is_closed() && !fired {
-            lock(&self.idle).push(conn);
+        if conn.client.is_closed() || fired || !conn.reusable {
+            return;
         }
+        if conn.unfinished {
+            let mut client = conn.client;
+            let _ = std::thread::Builder::new()
+                .name("stagewise-pg-finish".into())
+                .spawn(move || {
+                    if let Err(e) = client.batch_execute("COMMIT") {
+                        tracing::warn!(error = %describe(&e), "could not commit a read that stopped early");
+                    }
+                });
+            return;
+        }
+        lock(&self.idle).push(conn);
     }
 
     /// Watch the connection's next query: cancel it on the server at the attempt's deadline or
@@ -190,10 +265,13 @@ impl PgPool {
         let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         lock(&self.watches).push(Watch {
             id,
-            token: self.config.canceller(&conn.client),
+            token: conn.client.cancel_token(self.limits.connect_timeout),
+            tls: self.config.tls(),
             deadline: cx.deadline(),
             flag: cx.cancel_flag().clone(),
             fired: fired.clone(),
+            again: None,
+            sending: Arc::default(),
         });
         Watched {
             watches: self.watches.clone(),
@@ -258,8 +336,19 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     Err(last.unwrap_or_else(silent))
 }
 
-/// One thread per pool: cancels watched queries whose attempt is over. It ends with the pool.
+/// A cancel request to send.
+struct Cancel {
+    token: CancelToken,
+    tls: Tls,
+    sending: Arc<std::sync::atomic::AtomicBool>,
+    /// The watch's first: a failure is reported once, not at every try.
+    first: bool,
+}
+
+/// One thread per pool: cancels watched queries whose attempt is over, and again every
+/// [`CANCEL_AGAIN`] while their call has not returned. It ends with the pool.
 fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
+    use std::sync::atomic::Ordering;
     let _ = std::thread::Builder::new()
         .name("stagewise-pg-cancel".into())
         .spawn(move || loop {
@@ -268,42 +357,171 @@ fn spawn_canceller(watches: Weak<Mutex<Vec<Watch>>>) {
                 return;
             };
             let now = Instant::now();
-            let due: Vec<Watch> = {
-                let mut list = lock(&watches);
-                let (due, keep): (Vec<Watch>, Vec<Watch>) = std::mem::take(&mut *list)
-                    .into_iter()
-                    .partition(|w| now >= w.deadline || w.flag.is_cancelled());
-                *list = keep;
-                // Marked under the lock: once a `Watched` is dropped (which takes the lock),
-                // its `fired` flag is final.
-                for w in &due {
-                    w.fired.store(true, std::sync::atomic::Ordering::Release);
+            let mut due = Vec::new();
+            for w in lock(&watches).iter_mut() {
+                let first = w.again.is_none();
+                let due_now = match w.again {
+                    None => now >= w.deadline || w.flag.is_cancelled(),
+                    Some(again) => now >= again,
+                };
+                if !due_now || w.sending.load(Ordering::Acquire) {
+                    continue;
                 }
-                due
-            };
+                // Marked under the lock: once a `Watched` is dropped (which takes the lock and
+                // ends the watch), its `fired` flag is final.
+                w.fired.store(true, Ordering::Release);
+                w.again = Some(now + CANCEL_AGAIN);
+                w.sending.store(true, Ordering::Release);
+                due.push(Cancel {
+                    token: w.token.clone(),
+                    tls: w.tls.clone(),
+                    sending: w.sending.clone(),
+                    first,
+                });
+            }
             drop(watches);
             for w in due {
+                let sending = w.sending.clone();
                 // Cancelling opens a connection of its own: do it aside, so that an unreachable
                 // server delays no other cancellation.
-                let _ = std::thread::Builder::new()
+                let spawned = std::thread::Builder::new()
                     .name("stagewise-pg-cancel-query".into())
                     .spawn(move || {
-                        if let Err(e) = w.token.cancel_query() {
-                            tracing::warn!(error = %e, "could not cancel a query on the server");
+                        if let Err(e) = w.token.cancel_query(w.tls) {
+                            if w.first {
+                                tracing::warn!(error = %e, "could not cancel a query on the server");
+                            }
                         }
+                        w.sending.store(false, Ordering::Release);
                     });
+                if spawned.is_err() {
+                    sending.store(false, Ordering::Release);
+                }
             }
         });
 }
 
 impl PgConn {
-    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        if let Some(s) = self.prepared.get(sql) {
-            return Ok(s.clone());
+    /// Run `f` in a transaction of its own, whose statements time out after the stage's
+    /// `statement_timeout`; commit if it succeeds (unless it left its read
+    /// [`unfinished`](Self::unfinished)), roll back if it fails. `BEGIN` and the timeout take one
+    /// round trip together.
+    fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StageError>,
+    ) -> Result<T, StageError> {
+        let result = match self.client.batch_execute(&self.begin) {
+            Ok(()) => f(self),
+            Err(e) => Err(classify(&e)),
+        };
+        match result {
+            Ok(_) if self.unfinished => result,
+            Ok(value) => match self.client.batch_execute("COMMIT") {
+                Ok(()) => Ok(value),
+                Err(e) => {
+                    // Whatever the server did with the transaction, this session's state is
+                    // not worth finding out.
+                    self.reusable = false;
+                    Err(classify(&e))
+                }
+            },
+            Err(e) => {
+                if self.client.batch_execute("ROLLBACK").is_err() {
+                    self.reusable = false;
+                }
+                Err(e)
+            }
         }
-        let s = self.client.prepare(sql)?;
-        self.prepared.insert(sql.to_owned(), s.clone());
-        Ok(s)
+    }
+
+    /// The shapes of `sqls`, in order; those not known yet are learnt first, in one transaction
+    /// of their own: each statement is prepared and closed again before the commit (the client
+    /// sends the close as the statement drops, ahead of anything sent after it), so that no
+    /// prepared statement outlives the transaction, whatever server session a pooler gave it.
+    ///
+    /// Describing a type that is not built in makes the client prepare statements of its own
+    /// to look it up, and keep them for the session. Those are closed here too, before the
+    /// transaction ends, and the connection, which would still count on them, is not pooled
+    /// again. So that this clean-up runs even when a statement fails to prepare, the statements
+    /// are prepared after a savepoint.
+    fn shapes(&mut self, sqls: &[&str]) -> Result<Vec<Arc<Shape>>, StageError> {
+        let missing: Vec<&str> = {
+            let known = lock(&self.shapes);
+            sqls.iter()
+                .copied()
+                .filter(|sql| !known.contains_key(*sql))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let learnt = self.transaction(|conn| {
+                conn.client
+                    .batch_execute("SAVEPOINT stagewise_learn")
+                    .map_err(|e| classify(&e))?;
+                let mut learnt = Vec::with_capacity(missing.len());
+                let mut failure = None;
+                for sql in &missing {
+                    match conn.client.prepare(sql) {
+                        Ok(statement) => {
+                            learnt.push((sql.to_string(), Arc::new(shape(&statement))))
+                        }
+                        Err(e) => {
+                            failure = Some(classify(&e));
+                            break;
+                        }
+                    }
+                }
+                if let Some(failure) = failure {
+                    // A failed statement may have looked a type up before it failed, unseen:
+                    // back to before it, and clean up whatever the client left.
+                    let cleaned = conn
+                        .client
+                        .batch_execute("ROLLBACK TO SAVEPOINT stagewise_learn")
+                        .map_err(|e| classify(&e))
+                        .and_then(|()| conn.close_client_statements());
+                    if cleaned.is_err() {
+                        conn.reusable = false;
+                    }
+                    return Err(failure);
+                }
+                if learnt.iter().any(|(_, shape)| shape.has_custom_types()) {
+                    conn.close_client_statements()?;
+                }
+                Ok(learnt)
+            })?;
+            lock(&self.shapes).extend(learnt);
+        }
+        let known = lock(&self.shapes);
+        Ok(sqls
+            .iter()
+            .map(|sql| known.get(*sql).cloned().expect("learnt above"))
+            .collect())
+    }
+
+    /// Close the client's own prepared statements on this server session (its type lookups'),
+    /// inside the transaction; if there were any, the connection is not pooled again, since the
+    /// client would use them on its next lookup.
+    fn close_client_statements(&mut self) -> Result<(), StageError> {
+        let listed = self
+            .client
+            .simple_query(&format!(
+                "SELECT name FROM pg_prepared_statements WHERE name ~ '{CLIENT_STATEMENT_NAMES}'"
+            ))
+            .map_err(|e| classify(&e))?;
+        let deallocate: String = listed
+            .iter()
+            .filter_map(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .map(|name| format!("DEALLOCATE \"{name}\";"))
+            .collect();
+        if !deallocate.is_empty() {
+            self.reusable = false;
+            self.client
+                .batch_execute(&deallocate)
+                .map_err(|e| classify(&e))?;
+        }
+        Ok(())
     }
 
     /// Run a `db-fetch` query, streaming each row to `emit` as fields (see
@@ -314,50 +532,53 @@ impl PgConn {
         limit: Option<i64>,
         emit: &mut dyn FnMut(crate::stage::Row) -> bool,
     ) -> Result<(), StageError> {
-        let stmt = self.statement(sql).map_err(|e| classify(&e))?;
-        let columns: Vec<(String, Type)> = stmt
-            .columns()
-            .iter()
-            .map(|c| (c.name().to_owned(), c.type_().clone()))
-            .collect();
-        for (name, ty) in &columns {
+        let shape = self.shapes(&[sql])?.remove(0);
+        for (name, ty) in &shape.columns {
             if !readable(ty) {
                 return Err(StageError::permanent(format!(
                     "column `{name}` has type `{ty}`, which db-fetch cannot read: cast it in the query (e.g. `{name}::text` or `{name}::float8`)"
                 )));
             }
         }
-        let params: Vec<&(dyn ToSql + Sync)> = match &limit {
+        let values: Vec<&(dyn ToSql + Sync)> = match &limit {
             Some(l) => vec![l],
             None => Vec::new(),
         };
-        let mut rows = self
-            .client
-            .query_raw(&stmt, params.iter().copied())
-            .map_err(|e| classify(&e))?;
-        while let Some(row) = rows.next().map_err(|e| classify(&e))? {
-            let mut fields = Fields::new();
-            // A column's type is checked above: a value that does not read is the row's trouble.
-            let mut unreadable = None;
-            for (i, (name, ty)) in columns.iter().enumerate() {
-                match read(&row, i, ty) {
-                    Ok(value) => {
-                        fields.insert(name.clone(), value);
-                    }
-                    Err(e) => {
-                        unreadable.get_or_insert_with(|| format!("column `{name}` ({ty}): {e}"));
+        let params = shape.typed(&values)?;
+        self.transaction(|conn| {
+            let mut rows = conn
+                .client
+                .query_typed_raw(sql, params)
+                .map_err(|e| classify(&e))?;
+            while let Some(row) = rows.next().map_err(|e| classify(&e))? {
+                let mut fields = Fields::new();
+                // A column's type is checked above: a value that does not read is the row's
+                // trouble.
+                let mut unreadable = None;
+                for (i, (name, ty)) in shape.columns.iter().enumerate() {
+                    match read(&row, i, ty) {
+                        Ok(value) => {
+                            fields.insert(name.clone(), value);
+                        }
+                        Err(e) => {
+                            unreadable
+                                .get_or_insert_with(|| format!("column `{name}` ({ty}): {e}"));
+                        }
                     }
                 }
+                let row = match unreadable {
+                    None => Ok(fields),
+                    Some(error) => Err((error, fields)),
+                };
+                if !emit(row) {
+                    // The rest of the rows are the query's to finish sending, not the read's to
+                    // wait for.
+                    conn.unfinished = true;
+                    break;
+                }
             }
-            let row = match unreadable {
-                None => Ok(fields),
-                Some(error) => Err((error, fields)),
-            };
-            if !emit(row) {
-                break;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Run the script once per record's values, all in one transaction. Every value is
@@ -367,16 +588,14 @@ impl PgConn {
         script: &Script,
         batch: &[&[Value]],
     ) -> Result<(), StageError> {
-        let mut statements = Vec::with_capacity(script.parts.len());
-        for part in &script.parts {
-            statements.push(self.statement(&part.sql).map_err(|e| classify(&e))?);
-        }
+        let sqls: Vec<&str> = script.parts.iter().map(|part| part.sql.as_str()).collect();
+        let shapes = self.shapes(&sqls)?;
         let mut bound: Vec<Vec<Box<dyn ToSql + Sync>>> =
-            Vec::with_capacity(batch.len() * statements.len());
+            Vec::with_capacity(batch.len() * shapes.len());
         for values in batch {
-            for (part, stmt) in script.parts.iter().zip(&statements) {
+            for (part, shape) in script.parts.iter().zip(&shapes) {
                 let mut one = Vec::with_capacity(part.args.len());
-                for (&arg, ty) in part.args.iter().zip(stmt.params()) {
+                for (&arg, ty) in part.args.iter().zip(&shape.params) {
                     let name = &script.names[arg];
                     one.push(
                         bind(&values[arg], ty)
@@ -386,13 +605,60 @@ impl PgConn {
                 bound.push(one);
             }
         }
-        let mut tx = self.client.transaction().map_err(|e| classify(&e))?;
-        for (i, one) in bound.iter().enumerate() {
-            let refs: Vec<&(dyn ToSql + Sync)> = one.iter().map(|b| &**b).collect();
-            tx.execute(&statements[i % statements.len()], &refs)
-                .map_err(|e| classify(&e))?;
+        let typed = bound
+            .iter()
+            .enumerate()
+            .map(|(i, one)| {
+                let values: Vec<&(dyn ToSql + Sync)> = one.iter().map(|b| &**b).collect();
+                shapes[i % shapes.len()].typed(&values)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let calls: Vec<Call<'_>> = typed
+            .iter()
+            .enumerate()
+            .map(|(i, params)| (sqls[i % sqls.len()], params.as_slice()))
+            .collect();
+        // The statements go out together; the commit only once they have all succeeded.
+        self.transaction(|conn| conn.client.execute_all(&calls).map_err(|e| classify(&e)))
+    }
+}
+
+impl Shape {
+    /// Whether a parameter or column has a type that is not built in (an enum, a domain, an
+    /// extension's type), which the client looked up when the statement was prepared.
+    fn has_custom_types(&self) -> bool {
+        self.params
+            .iter()
+            .chain(self.columns.iter().map(|(_, ty)| ty))
+            .any(|ty| Type::from_oid(ty.oid()).is_none())
+    }
+
+    /// `values` with the statement's parameter types, as an unnamed statement takes them.
+    fn typed<'a>(&self, values: &[&'a (dyn ToSql + Sync)]) -> Result<Vec<Param<'a>>, StageError> {
+        if values.len() != self.params.len() {
+            // The client's own message, as a prepared statement's execution gave it.
+            return Err(StageError::permanent(format!(
+                "expected {} parameters but got {}",
+                self.params.len(),
+                values.len()
+            )));
         }
-        tx.commit().map_err(|e| classify(&e))
+        Ok(values
+            .iter()
+            .copied()
+            .zip(self.params.iter().cloned())
+            .collect())
+    }
+}
+
+fn shape(statement: &Statement) -> Shape {
+    Shape {
+        params: statement.params().to_vec(),
+        columns: statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.type_().clone()))
+            .collect(),
     }
 }
 
@@ -704,6 +970,42 @@ mod tests {
             let err = bind(&value, &ty).err().unwrap_or_default();
             assert!(err.contains(want), "{value} into {ty}: {err}");
         }
+    }
+
+    #[test]
+    fn a_shape_types_the_values_and_knows_its_custom_types() {
+        let mood = Type::new(
+            "mood".into(),
+            90_001,
+            postgres::types::Kind::Enum(vec!["calm".into()]),
+            "public".into(),
+        );
+        let cases = [
+            (vec![Type::INT8], vec![], false),
+            (vec![Type::TEXT], vec![("at", Type::TIMESTAMPTZ)], false),
+            (vec![mood.clone()], vec![], true),
+            (vec![], vec![("mood", mood.clone())], true),
+        ];
+        for (params, columns, custom) in cases {
+            let shape = Shape {
+                params,
+                columns: columns.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            };
+            assert_eq!(shape.has_custom_types(), custom, "{:?}", shape.params);
+        }
+
+        let shape = Shape {
+            params: vec![Type::INT8, Type::TEXT],
+            columns: Vec::new(),
+        };
+        let (n, t) = (7_i64, "seven".to_owned());
+        let typed = shape
+            .typed(&[&n, &t])
+            .expect("as many values as parameters");
+        let types: Vec<&Type> = typed.iter().map(|(_, ty)| ty).collect();
+        assert_eq!(types, [&Type::INT8, &Type::TEXT]);
+        let short = shape.typed(&[&n]).err().map(|e| e.message);
+        assert_eq!(short.as_deref(), Some("expected 2 parameters but got 1"));
     }
 
     #[test]
