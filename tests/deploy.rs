@@ -1,12 +1,14 @@
 //! The deployment examples in `examples/deploy/` keep what docs/operations.md promises: each
 //! platform leaves stagewise room to stop by itself (`max_run_time`) and to drain after a
-//! SIGTERM (`shutdown_grace`), exit codes mean what they should to the platform, runs never
-//! overlap, and signals reach the process. The numbers are read from the files and checked
+//! SIGTERM (`shutdown_grace`), exit codes mean what they should to the platform, a platform
+//! never piles up runs (several runners on one run are there on purpose, sharing it through
+//! PostgreSQL), and signals reach the process. The numbers are read from the files and checked
 //! against the pipeline the manifests carry, so changing one without the other fails here.
 
 mod util;
 
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use util::{workspace_root, Cmd, TestDir};
@@ -25,13 +27,13 @@ fn yaml_docs(name: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&deploy_file(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// The one document of `kind` in cronjob.yaml.
-fn manifest(kind: &str) -> Yaml {
-    let docs: Vec<Yaml> = yaml_docs("cronjob.yaml")
+/// The one document of `kind` in `file` (cronjob.yaml, cronjob-parallel.yaml).
+fn manifest(file: &str, kind: &str) -> Yaml {
+    let docs: Vec<Yaml> = yaml_docs(file)
         .into_iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect();
-    assert_eq!(docs.len(), 1, "cronjob.yaml should hold one {kind}");
+    assert_eq!(docs.len(), 1, "{file} should hold one {kind}");
     docs.into_iter().next().expect("checked above")
 }
 
@@ -52,10 +54,11 @@ fn list_at<'a>(yaml: &'a Yaml, what: &str) -> &'a [Yaml] {
         .unwrap_or_else(|| panic!("`{what}` should be a list, is {yaml:?}"))
 }
 
-/// The `pipeline.toml` the ConfigMap carries: what the CronJob runs, and what the systemd unit
-/// is installed with.
-fn carried_pipeline() -> String {
-    let config_map = manifest("ConfigMap");
+/// The `pipeline.toml` the ConfigMap of `file` carries: what its CronJob runs, and what the
+/// systemd unit (cronjob.yaml's) or the machines sharing a run (cronjob-parallel.yaml's) are
+/// installed with.
+fn carried_pipeline(file: &str) -> String {
+    let config_map = manifest(file, "ConfigMap");
     str_at(&config_map["data"]["pipeline.toml"], "data.pipeline.toml").to_owned()
 }
 
@@ -63,24 +66,28 @@ fn carried_pipeline() -> String {
 struct Budget {
     max_run_time: Duration,
     shutdown_grace: Duration,
+    heartbeat: Duration,
+    lease_ttl: Duration,
 }
 
 fn budget(pipeline: &str) -> Budget {
     let table: toml::Table = pipeline.parse().expect("the carried pipeline is TOML");
-    let section = &table["pipeline"];
-    let duration = |key: &str| -> Option<Duration> {
-        section.get(key).map(|v| {
+    let duration = |section: &str, key: &str| -> Option<Duration> {
+        table.get(section).and_then(|s| s.get(key)).map(|v| {
             let text = v
                 .as_str()
-                .unwrap_or_else(|| panic!("`pipeline.{key}` is not a string"));
+                .unwrap_or_else(|| panic!("`{section}.{key}` is not a string"));
             humantime::parse_duration(text).expect("a humantime duration")
         })
     };
     Budget {
         // A deployed pipeline must stop by itself: without it the platform's deadline does.
-        max_run_time: duration("max_run_time").expect("the deployed pipeline sets `max_run_time`"),
-        // The documented default.
-        shutdown_grace: duration("shutdown_grace").unwrap_or(Duration::from_secs(30)),
+        max_run_time: duration("pipeline", "max_run_time")
+            .expect("the deployed pipeline sets `max_run_time`"),
+        // The documented defaults.
+        shutdown_grace: duration("pipeline", "shutdown_grace").unwrap_or(Duration::from_secs(30)),
+        heartbeat: duration("pipeline", "heartbeat").unwrap_or(Duration::from_secs(10)),
+        lease_ttl: duration("checkpoint", "lease_ttl").unwrap_or(Duration::from_secs(60)),
     }
 }
 
@@ -115,8 +122,8 @@ fn every_n_minutes(schedule: &str) -> Duration {
 
 #[test]
 fn the_cronjob_lets_a_run_stop_by_itself_and_drain_before_it_is_killed() {
-    let budget = budget(&carried_pipeline());
-    let cronjob = manifest("CronJob");
+    let budget = budget(&carried_pipeline("cronjob.yaml"));
+    let cronjob = manifest("cronjob.yaml", "CronJob");
     let job = &cronjob["spec"]["jobTemplate"]["spec"];
     let pod = &job["template"]["spec"];
 
@@ -147,7 +154,7 @@ fn the_cronjob_lets_a_run_stop_by_itself_and_drain_before_it_is_killed() {
 
 #[test]
 fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
-    let cronjob = manifest("CronJob");
+    let cronjob = manifest("cronjob.yaml", "CronJob");
     let spec = &cronjob["spec"];
     assert_eq!(spec["concurrencyPolicy"].as_str(), Some("Forbid"));
     secs_at(&spec["startingDeadlineSeconds"], "startingDeadlineSeconds");
@@ -160,6 +167,21 @@ fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
         retries >= 1,
         "backoffLimit {retries}: exit 3 should be retried"
     );
+    assert_eq!(
+        exit_action(job, 75),
+        "Ignore",
+        "75 means: run again to resume"
+    );
+    assert_eq!(
+        exit_action(job, 2),
+        "FailJob",
+        "2 means: a configuration error"
+    );
+}
+
+/// What the Job's podFailurePolicy does when its one container exits with `code`: the first
+/// rule whose exit codes include it decides, as in Kubernetes.
+fn exit_action(job: &Yaml, code: i64) -> String {
     let pod = &job["template"]["spec"];
     assert_eq!(
         pod["restartPolicy"].as_str(),
@@ -169,35 +191,29 @@ fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
     let containers = list_at(&pod["containers"], "containers");
     assert_eq!(containers.len(), 1);
     let container = str_at(&containers[0]["name"], "containers[0].name");
-
     let rules = list_at(&job["podFailurePolicy"]["rules"], "podFailurePolicy.rules");
-    // The first rule whose exit codes include `code` decides, as in Kubernetes.
-    let action_for = |code: i64| -> String {
-        let rule = rules
-            .iter()
-            .find(|r| {
-                let on = &r["onExitCodes"];
-                on["operator"].as_str() == Some("In")
-                    && on["values"]
-                        .as_vec()
-                        .is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(code)))
-            })
-            .unwrap_or_else(|| panic!("no podFailurePolicy rule covers exit {code}"));
-        assert_eq!(
-            rule["onExitCodes"]["containerName"].as_str(),
-            Some(container),
-            "the rule for exit {code} must name the container"
-        );
-        str_at(&rule["action"], "action").to_owned()
-    };
-    assert_eq!(action_for(75), "Ignore", "75 means: run again to resume");
-    assert_eq!(action_for(2), "FailJob", "2 means: a configuration error");
+    let rule = rules
+        .iter()
+        .find(|r| {
+            let on = &r["onExitCodes"];
+            on["operator"].as_str() == Some("In")
+                && on["values"]
+                    .as_vec()
+                    .is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(code)))
+        })
+        .unwrap_or_else(|| panic!("no podFailurePolicy rule covers exit {code}"));
+    assert_eq!(
+        rule["onExitCodes"]["containerName"].as_str(),
+        Some(container),
+        "the rule for exit {code} must name the container"
+    );
+    str_at(&rule["action"], "action").to_owned()
 }
 
 #[test]
 fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
-    let pipeline = carried_pipeline();
-    let cronjob = manifest("CronJob");
+    let pipeline = carried_pipeline("cronjob.yaml");
+    let cronjob = manifest("cronjob.yaml", "CronJob");
     let pod = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     let container = &list_at(&pod["containers"], "containers")[0];
     let volumes = list_at(&pod["volumes"], "volumes");
@@ -216,7 +232,7 @@ fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
         str_at(&mount["mountPath"], "mountPath").to_owned()
     };
     assert_eq!(
-        manifest("ConfigMap")["metadata"]["name"].as_str(),
+        manifest("cronjob.yaml", "ConfigMap")["metadata"]["name"].as_str(),
         volumes.iter().find_map(|v| v["configMap"]["name"].as_str()),
         "the pipeline volume is the ConfigMap in this file"
     );
@@ -242,7 +258,13 @@ fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
         "checkpoint store {store:?} must be on the persistent volume mounted at {state}"
     );
 
-    // Every `${VAR}` the pipeline reads, and every API key variable, comes from a Secret.
+    assert_variables_come_from_secrets(&pipeline, container);
+}
+
+/// Every `${VAR}` the pipeline reads, and every API key variable, is set in the container from
+/// a Secret.
+fn assert_variables_come_from_secrets(pipeline: &str, container: &Yaml) {
+    let table: toml::Table = pipeline.parse().expect("TOML");
     let env = list_at(&container["env"], "env");
     let mut wanted: Vec<String> = pipeline
         .split("${")
@@ -269,8 +291,13 @@ fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
 
 #[test]
 fn the_carried_pipeline_validates() {
+    assert_validates(&carried_pipeline("cronjob.yaml"));
+}
+
+/// `stagewise validate` accepts `pipeline` without an error, with the variables it reads set.
+fn assert_validates(pipeline: &str) {
     let dir = TestDir::new();
-    dir.write("pipeline.toml", carried_pipeline());
+    dir.write("pipeline.toml", pipeline);
     let out = Cmd::new(dir.path(), "validate", "pipeline.toml")
         .env(
             "DATABASE_URL",
@@ -280,6 +307,151 @@ fn the_carried_pipeline_validates() {
         .output();
     out.assert_code(0);
     assert!(out.errors().is_empty(), "{out}");
+}
+
+/// The CronJob whose Jobs run several runners on one run.
+const PARALLEL: &str = "cronjob-parallel.yaml";
+
+#[test]
+fn the_parallel_cronjob_is_a_work_queue_whose_runners_stop_before_the_deadline() {
+    let budget = budget(&carried_pipeline(PARALLEL));
+    let cronjob = manifest(PARALLEL, "CronJob");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    let pod = &job["template"]["spec"];
+
+    // Several runners at once and no completion count: each exits 0 once nothing is left.
+    let parallelism = job["parallelism"]
+        .as_i64()
+        .expect("`parallelism` is set: the number of runners");
+    assert!(
+        parallelism >= 2,
+        "parallelism {parallelism}: one runner needs no work queue"
+    );
+    assert!(
+        job["completions"].is_badvalue(),
+        "a work-queue Job leaves `completions` unset"
+    );
+
+    let deadline = secs_at(&job["activeDeadlineSeconds"], "activeDeadlineSeconds");
+    let grace = secs_at(
+        &pod["terminationGracePeriodSeconds"],
+        "terminationGracePeriodSeconds",
+    );
+    assert!(
+        grace >= budget.shutdown_grace + MARGIN,
+        "terminationGracePeriodSeconds ({grace:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    // A runner that starts with the Job stops at max_run_time and has exited within the grace
+    // period, before the deadline stops it and fails the Job.
+    assert!(
+        budget.max_run_time + grace + MARGIN <= deadline,
+        "max_run_time ({:?}) + terminationGracePeriodSeconds ({grace:?}) + {MARGIN:?} must come before activeDeadlineSeconds ({deadline:?})",
+        budget.max_run_time
+    );
+    let period = every_n_minutes(str_at(&cronjob["spec"]["schedule"], "schedule"));
+    assert!(
+        deadline + grace <= period,
+        "activeDeadlineSeconds + terminationGracePeriodSeconds ({:?}) should fit in the schedule's period ({period:?})",
+        deadline + grace
+    );
+    assert!(
+        budget.lease_ttl >= budget.heartbeat * 3,
+        "lease_ttl ({:?}) must be at least 3 heartbeats ({:?})",
+        budget.lease_ttl,
+        budget.heartbeat
+    );
+    assert_eq!(
+        cronjob["spec"]["concurrencyPolicy"].as_str(),
+        Some("Forbid"),
+        "one Job's runners at a time"
+    );
+}
+
+#[test]
+fn the_parallel_cronjob_replaces_a_runner_that_exited_75_and_fails_on_1_and_2() {
+    let cronjob = manifest(PARALLEL, "CronJob");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    assert_eq!(
+        exit_action(job, 75),
+        "Ignore",
+        "75: stopped in order, progress saved; not counted, and a new pod joins the run"
+    );
+    assert_eq!(
+        exit_action(job, 1),
+        "FailJob",
+        "1: the run finished with failed items"
+    );
+    assert_eq!(exit_action(job, 2), "FailJob", "2: a configuration error");
+    // A cause that aborts every runner at once (exit 3) must not fail the Job the first time.
+    let parallelism = job["parallelism"].as_i64().expect("`parallelism` is set");
+    let retries = job["backoffLimit"].as_i64().expect("`backoffLimit` is set");
+    assert!(
+        retries >= parallelism,
+        "backoffLimit {retries} is used up by one abort of all {parallelism} runners"
+    );
+}
+
+#[test]
+fn the_parallel_cronjob_shares_the_run_through_postgres_from_a_writable_folder() {
+    let pipeline = carried_pipeline(PARALLEL);
+    let cronjob = manifest(PARALLEL, "CronJob");
+    let pod = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let container = &list_at(&pod["containers"], "containers")[0];
+    let volumes = list_at(&pod["volumes"], "volumes");
+    let mounts = list_at(&container["volumeMounts"], "volumeMounts");
+    let volume_of = |mount: &Yaml| -> &Yaml {
+        volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume for mount {mount:?}"))
+    };
+
+    // The ConfigMap's pipeline, mounted as a file, is what the container runs.
+    let config_map = manifest(PARALLEL, "ConfigMap");
+    let config_map = str_at(&config_map["metadata"]["name"], "ConfigMap name");
+    let mount = mounts
+        .iter()
+        .find(|m| volume_of(m)["configMap"]["name"].as_str() == Some(config_map))
+        .expect("the ConfigMap in this file is mounted");
+    assert_eq!(mount["subPath"].as_str(), Some("pipeline.toml"));
+    let path = str_at(&mount["mountPath"], "mountPath");
+    let args: Vec<&str> = list_at(&container["args"], "args")
+        .iter()
+        .map(|a| str_at(a, "args[]"))
+        .collect();
+    assert_eq!(
+        args,
+        ["run", path, "--log-format", "json"],
+        "the container runs the ConfigMap's pipeline, logging JSON"
+    );
+    // With a PostgreSQL store, the summary and the flight record go in .stagewise/ beside the
+    // pipeline file: its folder must be writable.
+    let folder = Path::new(path)
+        .parent()
+        .expect("the pipeline is in a folder");
+    assert!(
+        mounts.iter().any(|m| {
+            Path::new(str_at(&m["mountPath"], "mountPath")) == folder
+                && !volume_of(m)["emptyDir"].is_badvalue()
+                && m["readOnly"].as_bool() != Some(true)
+        }),
+        "{} must be a writable emptyDir",
+        folder.display()
+    );
+
+    // The runners share the run through PostgreSQL, its URL from a Secret.
+    let table: toml::Table = pipeline.parse().expect("TOML");
+    let store = table["checkpoint"]["store"]
+        .as_str()
+        .expect("the carried pipeline names its checkpoint store");
+    assert_eq!(store, "${DATABASE_URL}", "the store is the shared database");
+    assert_variables_come_from_secrets(&pipeline, container);
+}
+
+#[test]
+fn the_parallel_carried_pipeline_validates() {
+    assert_validates(&carried_pipeline(PARALLEL));
 }
 
 /// Dockerfile instructions: keyword (upper-cased) and arguments, continuation lines joined.
@@ -409,7 +581,7 @@ fn setting(unit: &[(String, String, String)], section: &str, key: &str) -> Strin
 #[test]
 fn the_systemd_unit_lets_the_run_drain_and_treats_75_as_success() {
     // The unit runs /etc/stagewise/pipeline.toml, installed from the ConfigMap's pipeline.
-    let budget = budget(&carried_pipeline());
+    let budget = budget(&carried_pipeline("cronjob.yaml"));
     let service = unit("stagewise.service");
     let exec: Vec<String> = setting(&service, "Service", "ExecStart")
         .split_whitespace()
