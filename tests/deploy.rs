@@ -636,6 +636,153 @@ fn the_systemd_unit_lets_the_run_drain_and_treats_75_as_success() {
     assert_eq!(setting(&timer, "Timer", "Unit"), "stagewise.service");
 }
 
+/// The one line of stagewise.cron that runs something: its schedule, its user and its command
+/// (split at white space, quotes removed).
+fn cron_job() -> (String, String, Vec<String>) {
+    let text = deploy_file("stagewise.cron");
+    let jobs: Vec<Vec<&str>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        // `NAME=value` lines set the environment.
+        .filter(|l| !l.split_whitespace().next().is_some_and(|w| w.contains('=')))
+        // The words of the command, without the quotes around the shell's script.
+        .map(|l| l.split_whitespace().map(|w| w.trim_matches('\'')).collect())
+        .collect();
+    assert_eq!(jobs.len(), 1, "stagewise.cron holds one job");
+    let job = &jobs[0];
+    assert!(
+        job.len() > 6,
+        "{job:?}: five schedule fields, a user, a command"
+    );
+    (
+        job[..5].join(" "),
+        job[5].to_owned(),
+        job[6..].iter().map(|w| (*w).to_owned()).collect(),
+    )
+}
+
+/// The pipeline a command runs with `[exec] <…/>stagewise run PIPELINE`.
+fn pipeline_run_by(command: &[String]) -> String {
+    let at = command
+        .windows(2)
+        .position(|w| w[0].ends_with("stagewise") && w[1] == "run")
+        .unwrap_or_else(|| panic!("{command:?} does not run `stagewise run`"));
+    command
+        .get(at + 2)
+        .unwrap_or_else(|| panic!("{command:?} names no pipeline"))
+        .clone()
+}
+
+#[test]
+fn the_cron_file_gives_each_machine_a_deadline_a_grace_period_and_one_run_at_a_time() {
+    // Every machine runs the pipeline of cronjob-parallel.yaml's ConfigMap.
+    let budget = budget(&carried_pipeline(PARALLEL));
+    let (schedule, user, command) = cron_job();
+    let period = every_n_minutes(&schedule);
+    assert_ne!(user, "root", "the job runs as the service's user");
+    assert!(
+        !command.iter().any(|w| w.contains('%')),
+        "cron turns % into a newline"
+    );
+    assert_eq!(
+        command[..2],
+        ["flock", "-n"],
+        "a tick while this machine's last run still goes is skipped"
+    );
+
+    let at = command
+        .iter()
+        .position(|w| w == "timeout")
+        .expect("timeout gives the run a deadline");
+    let options: Vec<&str> = command[at + 1..]
+        .iter()
+        .take_while(|w| w.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    for wanted in ["--foreground", "--preserve-status"] {
+        assert!(
+            options.contains(&wanted),
+            "timeout {options:?} lacks {wanted}"
+        );
+    }
+    let kill_after = options
+        .iter()
+        .find_map(|o| o.strip_prefix("--kill-after="))
+        .map(systemd_span)
+        .expect("--kill-after= gives the drain its grace period");
+    let deadline = systemd_span(&command[at + 1 + options.len()]);
+    assert!(
+        deadline >= budget.max_run_time + budget.shutdown_grace + MARGIN,
+        "timeout ({deadline:?}) must exceed max_run_time ({:?}) + shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.max_run_time,
+        budget.shutdown_grace
+    );
+    assert!(
+        kill_after >= budget.shutdown_grace + MARGIN,
+        "--kill-after ({kill_after:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    assert!(
+        deadline + kill_after <= period,
+        "timeout + --kill-after ({:?}) should fit in the schedule's period ({period:?})",
+        deadline + kill_after
+    );
+    // The shell that reads the variables becomes stagewise, so the SIGTERM reaches it.
+    assert!(
+        command.windows(2).any(|w| w == ["exec", "stagewise"]),
+        "{command:?} must exec stagewise"
+    );
+    assert!(command.windows(2).any(|w| w == ["--log-format", "json"]));
+    assert_eq!(
+        pipeline_run_by(&command),
+        "/var/lib/stagewise/pipeline.toml"
+    );
+}
+
+#[test]
+fn the_shared_drop_in_runs_the_parallel_pipeline_within_the_units_budget() {
+    // stagewise.service with the drop-in runs cronjob-parallel.yaml's pipeline.
+    let budget = budget(&carried_pipeline(PARALLEL));
+    let drop_in = unit("stagewise-shared.conf");
+    let starts: Vec<&str> = drop_in
+        .iter()
+        .filter(|(s, k, _)| s == "Service" && k == "ExecStart")
+        .map(|(_, _, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        starts.first(),
+        Some(&""),
+        "an empty ExecStart= first clears the unit's own"
+    );
+    let exec: Vec<String> = setting(&drop_in, "Service", "ExecStart")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(exec.windows(2).any(|w| w == ["--log-format", "json"]));
+    let (_, _, cron) = cron_job();
+    assert_eq!(
+        pipeline_run_by(&exec),
+        pipeline_run_by(&cron),
+        "the drop-in and the cron file run the same installed pipeline"
+    );
+
+    let service = unit("stagewise.service");
+    let stop = systemd_span(&setting(&service, "Service", "TimeoutStopSec"));
+    assert!(
+        stop >= budget.shutdown_grace + MARGIN,
+        "TimeoutStopSec ({stop:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    let runtime = systemd_span(&setting(&service, "Service", "RuntimeMaxSec"));
+    assert!(
+        runtime >= budget.max_run_time + budget.shutdown_grace + MARGIN,
+        "RuntimeMaxSec ({runtime:?}) must exceed max_run_time ({:?}) + shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.max_run_time,
+        budget.shutdown_grace
+    );
+}
+
 #[test]
 fn the_render_blueprint_is_a_docker_cron_job_running_stagewise_directly() {
     let docs = yaml_docs("render.yaml");
