@@ -2,16 +2,18 @@
 //! platform leaves stagewise room to stop by itself (`max_run_time`) and to drain after a
 //! SIGTERM (`shutdown_grace`), exit codes mean what they should to the platform, a platform
 //! never piles up runs (several runners on one run are there on purpose, sharing it through
-//! PostgreSQL), and signals reach the process. The numbers are read from the files and checked
-//! against the pipeline the manifests carry, so changing one without the other fails here.
+//! PostgreSQL), and signals reach the process, through `stagewise-wrap.sh` where the platform
+//! needs one. The numbers are read from the files and checked against the pipeline the
+//! manifests carry, so changing one without the other fails here.
 
 mod util;
 
 use std::fs;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::{workspace_root, Cmd, TestDir};
+use util::{workspace_root, Cmd, Pipeline, TestDir};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// What the checks require beyond the bare sum: time to be scheduled, to save the checkpoint
@@ -867,4 +869,92 @@ fn the_render_blueprint_is_a_docker_cron_job_running_stagewise_directly() {
         ),
         "{out}"
     );
+}
+
+fn wrapper() -> PathBuf {
+    workspace_root().join("examples/deploy/stagewise-wrap.sh")
+}
+
+#[test]
+fn the_wrapper_is_executable() {
+    let mode = fs::metadata(wrapper())
+        .expect("the wrapper")
+        .permissions()
+        .mode();
+    assert!(
+        mode & 0o111 != 0,
+        "the image runs it by its path: it must be executable"
+    );
+}
+
+/// Eight items that nap 30 s each, four at a time, with a 1 s grace: a run is under way when
+/// it is signalled, and drains at once.
+fn naps(name: &str, settings: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        shutdown_grace = "1s"
+        heartbeat = "200ms"
+        {settings}
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 8
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "30s"
+        timeout = "60s"
+        concurrency = 4
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ))
+}
+
+#[test]
+fn the_wrapper_passes_sigterm_on_and_reports_75_as_0() {
+    let p = naps("wrap-once", "");
+    let mut running = p.cmd("run").through(&wrapper(), &["once"]).spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(20)),
+        "{}",
+        running.stderr_so_far()
+    );
+    // To the wrapper's shell, as the platform sends it to PID 1.
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(0);
+    out.assert_stderr_contains("stopping: no new items");
+    out.assert_stderr_contains("reported as 0");
+    assert_eq!(p.summary("wrap-once")["exit_code"], 75, "{out}");
+}
+
+#[test]
+fn the_wrapper_loop_resumes_at_once_after_75_and_stops_on_sigterm() {
+    // Each run stops itself after 3 s (exit 75); the loop starts the next at once, and it
+    // resumes.
+    let p = naps("wrap-loop", "max_run_time = \"3s\"");
+    let mut running = p
+        .cmd("run")
+        .through(&wrapper(), &["loop"])
+        .env("STAGEWISE_WRAP_PAUSE", "30")
+        .spawn();
+    assert!(
+        running.wait_for_stderr("resumed=true", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(75);
+    out.assert_stderr_contains("interrupted, progress saved: running again now");
+    out.assert_stderr_contains("stopping: no new items");
+    out.assert_stderr_contains("stopped by SIGTERM: stagewise exited 75");
 }
