@@ -871,6 +871,164 @@ fn the_render_blueprint_is_a_docker_cron_job_running_stagewise_directly() {
     );
 }
 
+/// The services of the Render Blueprint `file`.
+fn render_services(file: &str) -> Vec<Yaml> {
+    let docs = yaml_docs(file);
+    assert_eq!(docs.len(), 1, "{file} is one document");
+    list_at(&docs[0]["services"], "services").to_vec()
+}
+
+/// The `value` a service's `envVars` give `key`.
+fn env_value<'a>(service: &'a Yaml, key: &str) -> &'a str {
+    let entry = list_at(&service["envVars"], "envVars")
+        .iter()
+        .find(|e| e["key"].as_str() == Some(key))
+        .unwrap_or_else(|| panic!("envVars sets no {key}"));
+    str_at(&entry["value"], key)
+}
+
+/// What a Render service that shares a run with others must hold: a Docker service of the
+/// image, no disk, the secrets set in the Dashboard, the checkpoint in the database, and
+/// stagewise run through the wrapper (`mode`) so that Render's SIGTERM reaches it. `plan`
+/// accepts the pipeline with every override the service sets. Returns the service's
+/// `STAGEWISE_PIPELINE__SHUTDOWN_GRACE`.
+fn assert_shares_the_run_through_the_wrapper(service: &Yaml, mode: &str) -> Duration {
+    let name = str_at(&service["name"], "name");
+    assert_eq!(service["runtime"].as_str(), Some("docker"), "{name}");
+    assert_eq!(
+        service["dockerfilePath"].as_str(),
+        Some("./examples/deploy/Dockerfile")
+    );
+    assert!(service["disk"].is_badvalue(), "{name}: no disk");
+
+    // The wrapper, from the image: the Dockerfile copies examples/ into its /app.
+    let command: Vec<&str> = str_at(&service["dockerCommand"], "dockerCommand")
+        .split_whitespace()
+        .collect();
+    let wrapper = command[0]
+        .strip_prefix("/app/")
+        .unwrap_or_else(|| panic!("{name}: {command:?} starts with the wrapper in /app"));
+    assert_eq!(wrapper, "examples/deploy/stagewise-wrap.sh");
+    let instructions = dockerfile();
+    assert!(
+        instructions
+            .iter()
+            .any(|(k, a)| k == "COPY" && a.ends_with("examples ./examples"))
+            && instructions
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "WORKDIR")
+                .is_some_and(|(_, a)| a == "/app"),
+        "the image holds examples/ in /app"
+    );
+    let mode_of = command.get(1).copied();
+    assert_eq!(mode_of, Some(mode), "{name}: {command:?}");
+    assert!(command.windows(2).any(|w| w == ["--log-format", "json"]));
+
+    let env = list_at(&service["envVars"], "envVars");
+    for secret in ["DATABASE_URL", "OPENAI_API_KEY"] {
+        let entry = env
+            .iter()
+            .find(|e| e["key"].as_str() == Some(secret))
+            .unwrap_or_else(|| panic!("{name}: envVars names no {secret}"));
+        assert_eq!(
+            entry["sync"].as_bool(),
+            Some(false),
+            "{secret} is set in the Dashboard, never in the file"
+        );
+    }
+    assert_eq!(
+        env_value(service, "STAGEWISE_CHECKPOINT__STORE"),
+        "${DATABASE_URL}",
+        "{name}: the run is shared through the database"
+    );
+
+    // The pipeline takes every override the service sets.
+    let at = command
+        .iter()
+        .position(|w| *w == "run")
+        .expect("the wrapper runs `stagewise run`");
+    let dir = TestDir::new();
+    dir.write(
+        "pipeline.toml",
+        fs::read_to_string(workspace_root().join(command[at + 1])).expect("the service's pipeline"),
+    );
+    let mut plan = Cmd::new(dir.path(), "plan", "pipeline.toml")
+        .env(
+            "DATABASE_URL",
+            "postgres://digest:secret@127.0.0.1:5432/news",
+        )
+        .env("OPENAI_API_KEY", "sk-test");
+    for entry in env {
+        if let (Some(key), Some(value)) = (entry["key"].as_str(), entry["value"].as_str()) {
+            plan = plan.env(key, value);
+        }
+    }
+    let out = plan.output();
+    out.assert_code(0);
+    assert!(out.errors().is_empty(), "{out}");
+
+    humantime::parse_duration(env_value(service, "STAGEWISE_PIPELINE__SHUTDOWN_GRACE"))
+        .expect("a duration")
+}
+
+#[test]
+fn the_render_worker_runs_two_instances_in_a_loop_and_waits_out_their_drain() {
+    let services = render_services("render-worker.yaml");
+    assert_eq!(services.len(), 1);
+    let worker = &services[0];
+    assert_eq!(worker["type"].as_str(), Some("worker"));
+    let instances = worker["numInstances"]
+        .as_i64()
+        .expect("numInstances is set");
+    assert!(instances >= 2, "numInstances {instances}: one runner");
+    let grace = assert_shares_the_run_through_the_wrapper(worker, "loop");
+    // Render's maximum for maxShutdownDelaySeconds is 300.
+    let delay = secs_at(
+        &worker["maxShutdownDelaySeconds"],
+        "maxShutdownDelaySeconds",
+    );
+    assert!(
+        delay >= grace + MARGIN && delay <= Duration::from_secs(300),
+        "maxShutdownDelaySeconds ({delay:?}) must exceed shutdown_grace ({grace:?}) + {MARGIN:?}, and at most 300 s"
+    );
+    let pause = env_value(worker, "STAGEWISE_WRAP_PAUSE");
+    assert!(
+        pause.parse::<u64>().is_ok(),
+        "STAGEWISE_WRAP_PAUSE {pause:?} is a whole number of seconds"
+    );
+}
+
+#[test]
+fn the_render_cron_jobs_are_two_runners_on_one_schedule_that_fit_between_ticks() {
+    let services = render_services("render-crons.yaml");
+    assert!(services.len() >= 2, "two cron jobs or more: two runners");
+    let first = &services[0];
+    let mut names = Vec::new();
+    for cron in &services {
+        assert_eq!(cron["type"].as_str(), Some("cron"));
+        assert_eq!(cron["schedule"], first["schedule"], "one schedule");
+        assert_eq!(cron["dockerCommand"], first["dockerCommand"], "one command");
+        names.push(str_at(&cron["name"], "name"));
+        let grace = assert_shares_the_run_through_the_wrapper(cron, "once");
+        let period = every_n_minutes(str_at(&cron["schedule"], "schedule"));
+        let run = humantime::parse_duration(env_value(cron, "STAGEWISE_PIPELINE__MAX_RUN_TIME"))
+            .expect("a duration")
+            + grace;
+        assert!(
+            run + MARGIN <= period,
+            "max_run_time + shutdown_grace ({run:?}) must end before the next tick ({period:?})"
+        );
+    }
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        services.len(),
+        "each cron job has a name of its own"
+    );
+}
+
 fn wrapper() -> PathBuf {
     workspace_root().join("examples/deploy/stagewise-wrap.sh")
 }
