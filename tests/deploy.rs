@@ -1,15 +1,19 @@
 //! The deployment examples in `examples/deploy/` keep what docs/operations.md promises: each
 //! platform leaves stagewise room to stop by itself (`max_run_time`) and to drain after a
-//! SIGTERM (`shutdown_grace`), exit codes mean what they should to the platform, runs never
-//! overlap, and signals reach the process. The numbers are read from the files and checked
-//! against the pipeline the manifests carry, so changing one without the other fails here.
+//! SIGTERM (`shutdown_grace`), exit codes mean what they should to the platform, a platform
+//! never piles up runs (several runners on one run are there on purpose, sharing it through
+//! PostgreSQL), and signals reach the process, through `stagewise-wrap.sh` where the platform
+//! needs one. The numbers are read from the files and checked against the pipeline the
+//! manifests carry, so changing one without the other fails here.
 
 mod util;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::{workspace_root, Cmd, TestDir};
+use util::{workspace_root, Cmd, Pipeline, TestDir};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// What the checks require beyond the bare sum: time to be scheduled, to save the checkpoint
@@ -25,13 +29,13 @@ fn yaml_docs(name: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&deploy_file(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// The one document of `kind` in cronjob.yaml.
-fn manifest(kind: &str) -> Yaml {
-    let docs: Vec<Yaml> = yaml_docs("cronjob.yaml")
+/// The one document of `kind` in `file` (cronjob.yaml, cronjob-parallel.yaml).
+fn manifest(file: &str, kind: &str) -> Yaml {
+    let docs: Vec<Yaml> = yaml_docs(file)
         .into_iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect();
-    assert_eq!(docs.len(), 1, "cronjob.yaml should hold one {kind}");
+    assert_eq!(docs.len(), 1, "{file} should hold one {kind}");
     docs.into_iter().next().expect("checked above")
 }
 
@@ -52,10 +56,11 @@ fn list_at<'a>(yaml: &'a Yaml, what: &str) -> &'a [Yaml] {
         .unwrap_or_else(|| panic!("`{what}` should be a list, is {yaml:?}"))
 }
 
-/// The `pipeline.toml` the ConfigMap carries: what the CronJob runs, and what the systemd unit
-/// is installed with.
-fn carried_pipeline() -> String {
-    let config_map = manifest("ConfigMap");
+/// The `pipeline.toml` the ConfigMap of `file` carries: what its CronJob runs, and what the
+/// systemd unit (cronjob.yaml's) or the machines sharing a run (cronjob-parallel.yaml's) are
+/// installed with.
+fn carried_pipeline(file: &str) -> String {
+    let config_map = manifest(file, "ConfigMap");
     str_at(&config_map["data"]["pipeline.toml"], "data.pipeline.toml").to_owned()
 }
 
@@ -63,24 +68,28 @@ fn carried_pipeline() -> String {
 struct Budget {
     max_run_time: Duration,
     shutdown_grace: Duration,
+    heartbeat: Duration,
+    lease_ttl: Duration,
 }
 
 fn budget(pipeline: &str) -> Budget {
     let table: toml::Table = pipeline.parse().expect("the carried pipeline is TOML");
-    let section = &table["pipeline"];
-    let duration = |key: &str| -> Option<Duration> {
-        section.get(key).map(|v| {
+    let duration = |section: &str, key: &str| -> Option<Duration> {
+        table.get(section).and_then(|s| s.get(key)).map(|v| {
             let text = v
                 .as_str()
-                .unwrap_or_else(|| panic!("`pipeline.{key}` is not a string"));
+                .unwrap_or_else(|| panic!("`{section}.{key}` is not a string"));
             humantime::parse_duration(text).expect("a humantime duration")
         })
     };
     Budget {
         // A deployed pipeline must stop by itself: without it the platform's deadline does.
-        max_run_time: duration("max_run_time").expect("the deployed pipeline sets `max_run_time`"),
-        // The documented default.
-        shutdown_grace: duration("shutdown_grace").unwrap_or(Duration::from_secs(30)),
+        max_run_time: duration("pipeline", "max_run_time")
+            .expect("the deployed pipeline sets `max_run_time`"),
+        // The documented defaults.
+        shutdown_grace: duration("pipeline", "shutdown_grace").unwrap_or(Duration::from_secs(30)),
+        heartbeat: duration("pipeline", "heartbeat").unwrap_or(Duration::from_secs(10)),
+        lease_ttl: duration("checkpoint", "lease_ttl").unwrap_or(Duration::from_secs(60)),
     }
 }
 
@@ -115,8 +124,8 @@ fn every_n_minutes(schedule: &str) -> Duration {
 
 #[test]
 fn the_cronjob_lets_a_run_stop_by_itself_and_drain_before_it_is_killed() {
-    let budget = budget(&carried_pipeline());
-    let cronjob = manifest("CronJob");
+    let budget = budget(&carried_pipeline("cronjob.yaml"));
+    let cronjob = manifest("cronjob.yaml", "CronJob");
     let job = &cronjob["spec"]["jobTemplate"]["spec"];
     let pod = &job["template"]["spec"];
 
@@ -147,7 +156,7 @@ fn the_cronjob_lets_a_run_stop_by_itself_and_drain_before_it_is_killed() {
 
 #[test]
 fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
-    let cronjob = manifest("CronJob");
+    let cronjob = manifest("cronjob.yaml", "CronJob");
     let spec = &cronjob["spec"];
     assert_eq!(spec["concurrencyPolicy"].as_str(), Some("Forbid"));
     secs_at(&spec["startingDeadlineSeconds"], "startingDeadlineSeconds");
@@ -160,6 +169,21 @@ fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
         retries >= 1,
         "backoffLimit {retries}: exit 3 should be retried"
     );
+    assert_eq!(
+        exit_action(job, 75),
+        "Ignore",
+        "75 means: run again to resume"
+    );
+    assert_eq!(
+        exit_action(job, 2),
+        "FailJob",
+        "2 means: a configuration error"
+    );
+}
+
+/// What the Job's podFailurePolicy does when its one container exits with `code`: the first
+/// rule whose exit codes include it decides, as in Kubernetes.
+fn exit_action(job: &Yaml, code: i64) -> String {
     let pod = &job["template"]["spec"];
     assert_eq!(
         pod["restartPolicy"].as_str(),
@@ -169,35 +193,29 @@ fn the_cronjob_never_overlaps_and_maps_the_exit_codes() {
     let containers = list_at(&pod["containers"], "containers");
     assert_eq!(containers.len(), 1);
     let container = str_at(&containers[0]["name"], "containers[0].name");
-
     let rules = list_at(&job["podFailurePolicy"]["rules"], "podFailurePolicy.rules");
-    // The first rule whose exit codes include `code` decides, as in Kubernetes.
-    let action_for = |code: i64| -> String {
-        let rule = rules
-            .iter()
-            .find(|r| {
-                let on = &r["onExitCodes"];
-                on["operator"].as_str() == Some("In")
-                    && on["values"]
-                        .as_vec()
-                        .is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(code)))
-            })
-            .unwrap_or_else(|| panic!("no podFailurePolicy rule covers exit {code}"));
-        assert_eq!(
-            rule["onExitCodes"]["containerName"].as_str(),
-            Some(container),
-            "the rule for exit {code} must name the container"
-        );
-        str_at(&rule["action"], "action").to_owned()
-    };
-    assert_eq!(action_for(75), "Ignore", "75 means: run again to resume");
-    assert_eq!(action_for(2), "FailJob", "2 means: a configuration error");
+    let rule = rules
+        .iter()
+        .find(|r| {
+            let on = &r["onExitCodes"];
+            on["operator"].as_str() == Some("In")
+                && on["values"]
+                    .as_vec()
+                    .is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(code)))
+        })
+        .unwrap_or_else(|| panic!("no podFailurePolicy rule covers exit {code}"));
+    assert_eq!(
+        rule["onExitCodes"]["containerName"].as_str(),
+        Some(container),
+        "the rule for exit {code} must name the container"
+    );
+    str_at(&rule["action"], "action").to_owned()
 }
 
 #[test]
 fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
-    let pipeline = carried_pipeline();
-    let cronjob = manifest("CronJob");
+    let pipeline = carried_pipeline("cronjob.yaml");
+    let cronjob = manifest("cronjob.yaml", "CronJob");
     let pod = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     let container = &list_at(&pod["containers"], "containers")[0];
     let volumes = list_at(&pod["volumes"], "volumes");
@@ -216,7 +234,7 @@ fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
         str_at(&mount["mountPath"], "mountPath").to_owned()
     };
     assert_eq!(
-        manifest("ConfigMap")["metadata"]["name"].as_str(),
+        manifest("cronjob.yaml", "ConfigMap")["metadata"]["name"].as_str(),
         volumes.iter().find_map(|v| v["configMap"]["name"].as_str()),
         "the pipeline volume is the ConfigMap in this file"
     );
@@ -242,7 +260,13 @@ fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
         "checkpoint store {store:?} must be on the persistent volume mounted at {state}"
     );
 
-    // Every `${VAR}` the pipeline reads, and every API key variable, comes from a Secret.
+    assert_variables_come_from_secrets(&pipeline, container);
+}
+
+/// Every `${VAR}` the pipeline reads, and every API key variable, is set in the container from
+/// a Secret.
+fn assert_variables_come_from_secrets(pipeline: &str, container: &Yaml) {
+    let table: toml::Table = pipeline.parse().expect("TOML");
     let env = list_at(&container["env"], "env");
     let mut wanted: Vec<String> = pipeline
         .split("${")
@@ -269,8 +293,13 @@ fn the_cronjob_runs_the_carried_pipeline_with_its_checkpoint_on_the_volume() {
 
 #[test]
 fn the_carried_pipeline_validates() {
+    assert_validates(&carried_pipeline("cronjob.yaml"));
+}
+
+/// `stagewise validate` accepts `pipeline` without an error, with the variables it reads set.
+fn assert_validates(pipeline: &str) {
     let dir = TestDir::new();
-    dir.write("pipeline.toml", carried_pipeline());
+    dir.write("pipeline.toml", pipeline);
     let out = Cmd::new(dir.path(), "validate", "pipeline.toml")
         .env(
             "DATABASE_URL",
@@ -280,6 +309,151 @@ fn the_carried_pipeline_validates() {
         .output();
     out.assert_code(0);
     assert!(out.errors().is_empty(), "{out}");
+}
+
+/// The CronJob whose Jobs run several runners on one run.
+const PARALLEL: &str = "cronjob-parallel.yaml";
+
+#[test]
+fn the_parallel_cronjob_is_a_work_queue_whose_runners_stop_before_the_deadline() {
+    let budget = budget(&carried_pipeline(PARALLEL));
+    let cronjob = manifest(PARALLEL, "CronJob");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    let pod = &job["template"]["spec"];
+
+    // Several runners at once and no completion count: each exits 0 once nothing is left.
+    let parallelism = job["parallelism"]
+        .as_i64()
+        .expect("`parallelism` is set: the number of runners");
+    assert!(
+        parallelism >= 2,
+        "parallelism {parallelism}: one runner needs no work queue"
+    );
+    assert!(
+        job["completions"].is_badvalue(),
+        "a work-queue Job leaves `completions` unset"
+    );
+
+    let deadline = secs_at(&job["activeDeadlineSeconds"], "activeDeadlineSeconds");
+    let grace = secs_at(
+        &pod["terminationGracePeriodSeconds"],
+        "terminationGracePeriodSeconds",
+    );
+    assert!(
+        grace >= budget.shutdown_grace + MARGIN,
+        "terminationGracePeriodSeconds ({grace:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    // A runner that starts with the Job stops at max_run_time and has exited within the grace
+    // period, before the deadline stops it and fails the Job.
+    assert!(
+        budget.max_run_time + grace + MARGIN <= deadline,
+        "max_run_time ({:?}) + terminationGracePeriodSeconds ({grace:?}) + {MARGIN:?} must come before activeDeadlineSeconds ({deadline:?})",
+        budget.max_run_time
+    );
+    let period = every_n_minutes(str_at(&cronjob["spec"]["schedule"], "schedule"));
+    assert!(
+        deadline + grace <= period,
+        "activeDeadlineSeconds + terminationGracePeriodSeconds ({:?}) should fit in the schedule's period ({period:?})",
+        deadline + grace
+    );
+    assert!(
+        budget.lease_ttl >= budget.heartbeat * 3,
+        "lease_ttl ({:?}) must be at least 3 heartbeats ({:?})",
+        budget.lease_ttl,
+        budget.heartbeat
+    );
+    assert_eq!(
+        cronjob["spec"]["concurrencyPolicy"].as_str(),
+        Some("Forbid"),
+        "one Job's runners at a time"
+    );
+}
+
+#[test]
+fn the_parallel_cronjob_replaces_a_runner_that_exited_75_and_fails_on_1_and_2() {
+    let cronjob = manifest(PARALLEL, "CronJob");
+    let job = &cronjob["spec"]["jobTemplate"]["spec"];
+    assert_eq!(
+        exit_action(job, 75),
+        "Ignore",
+        "75: stopped in order, progress saved; not counted, and a new pod joins the run"
+    );
+    assert_eq!(
+        exit_action(job, 1),
+        "FailJob",
+        "1: the run finished with failed items"
+    );
+    assert_eq!(exit_action(job, 2), "FailJob", "2: a configuration error");
+    // A cause that aborts every runner at once (exit 3) must not fail the Job the first time.
+    let parallelism = job["parallelism"].as_i64().expect("`parallelism` is set");
+    let retries = job["backoffLimit"].as_i64().expect("`backoffLimit` is set");
+    assert!(
+        retries >= parallelism,
+        "backoffLimit {retries} is used up by one abort of all {parallelism} runners"
+    );
+}
+
+#[test]
+fn the_parallel_cronjob_shares_the_run_through_postgres_from_a_writable_folder() {
+    let pipeline = carried_pipeline(PARALLEL);
+    let cronjob = manifest(PARALLEL, "CronJob");
+    let pod = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let container = &list_at(&pod["containers"], "containers")[0];
+    let volumes = list_at(&pod["volumes"], "volumes");
+    let mounts = list_at(&container["volumeMounts"], "volumeMounts");
+    let volume_of = |mount: &Yaml| -> &Yaml {
+        volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume for mount {mount:?}"))
+    };
+
+    // The ConfigMap's pipeline, mounted as a file, is what the container runs.
+    let config_map = manifest(PARALLEL, "ConfigMap");
+    let config_map = str_at(&config_map["metadata"]["name"], "ConfigMap name");
+    let mount = mounts
+        .iter()
+        .find(|m| volume_of(m)["configMap"]["name"].as_str() == Some(config_map))
+        .expect("the ConfigMap in this file is mounted");
+    assert_eq!(mount["subPath"].as_str(), Some("pipeline.toml"));
+    let path = str_at(&mount["mountPath"], "mountPath");
+    let args: Vec<&str> = list_at(&container["args"], "args")
+        .iter()
+        .map(|a| str_at(a, "args[]"))
+        .collect();
+    assert_eq!(
+        args,
+        ["run", path, "--log-format", "json"],
+        "the container runs the ConfigMap's pipeline, logging JSON"
+    );
+    // With a PostgreSQL store, the summary and the flight record go in .stagewise/ beside the
+    // pipeline file: its folder must be writable.
+    let folder = Path::new(path)
+        .parent()
+        .expect("the pipeline is in a folder");
+    assert!(
+        mounts.iter().any(|m| {
+            Path::new(str_at(&m["mountPath"], "mountPath")) == folder
+                && !volume_of(m)["emptyDir"].is_badvalue()
+                && m["readOnly"].as_bool() != Some(true)
+        }),
+        "{} must be a writable emptyDir",
+        folder.display()
+    );
+
+    // The runners share the run through PostgreSQL, its URL from a Secret.
+    let table: toml::Table = pipeline.parse().expect("TOML");
+    let store = table["checkpoint"]["store"]
+        .as_str()
+        .expect("the carried pipeline names its checkpoint store");
+    assert_eq!(store, "${DATABASE_URL}", "the store is the shared database");
+    assert_variables_come_from_secrets(&pipeline, container);
+}
+
+#[test]
+fn the_parallel_carried_pipeline_validates() {
+    assert_validates(&carried_pipeline(PARALLEL));
 }
 
 /// Dockerfile instructions: keyword (upper-cased) and arguments, continuation lines joined.
@@ -409,7 +583,7 @@ fn setting(unit: &[(String, String, String)], section: &str, key: &str) -> Strin
 #[test]
 fn the_systemd_unit_lets_the_run_drain_and_treats_75_as_success() {
     // The unit runs /etc/stagewise/pipeline.toml, installed from the ConfigMap's pipeline.
-    let budget = budget(&carried_pipeline());
+    let budget = budget(&carried_pipeline("cronjob.yaml"));
     let service = unit("stagewise.service");
     let exec: Vec<String> = setting(&service, "Service", "ExecStart")
         .split_whitespace()
@@ -462,6 +636,153 @@ fn the_systemd_unit_lets_the_run_drain_and_treats_75_as_success() {
     let timer = unit("stagewise.timer");
     setting(&timer, "Timer", "OnCalendar");
     assert_eq!(setting(&timer, "Timer", "Unit"), "stagewise.service");
+}
+
+/// The one line of stagewise.cron that runs something: its schedule, its user and its command
+/// (split at white space, quotes removed).
+fn cron_job() -> (String, String, Vec<String>) {
+    let text = deploy_file("stagewise.cron");
+    let jobs: Vec<Vec<&str>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        // `NAME=value` lines set the environment.
+        .filter(|l| !l.split_whitespace().next().is_some_and(|w| w.contains('=')))
+        // The words of the command, without the quotes around the shell's script.
+        .map(|l| l.split_whitespace().map(|w| w.trim_matches('\'')).collect())
+        .collect();
+    assert_eq!(jobs.len(), 1, "stagewise.cron holds one job");
+    let job = &jobs[0];
+    assert!(
+        job.len() > 6,
+        "{job:?}: five schedule fields, a user, a command"
+    );
+    (
+        job[..5].join(" "),
+        job[5].to_owned(),
+        job[6..].iter().map(|w| (*w).to_owned()).collect(),
+    )
+}
+
+/// The pipeline a command runs with `[exec] <…/>stagewise run PIPELINE`.
+fn pipeline_run_by(command: &[String]) -> String {
+    let at = command
+        .windows(2)
+        .position(|w| w[0].ends_with("stagewise") && w[1] == "run")
+        .unwrap_or_else(|| panic!("{command:?} does not run `stagewise run`"));
+    command
+        .get(at + 2)
+        .unwrap_or_else(|| panic!("{command:?} names no pipeline"))
+        .clone()
+}
+
+#[test]
+fn the_cron_file_gives_each_machine_a_deadline_a_grace_period_and_one_run_at_a_time() {
+    // Every machine runs the pipeline of cronjob-parallel.yaml's ConfigMap.
+    let budget = budget(&carried_pipeline(PARALLEL));
+    let (schedule, user, command) = cron_job();
+    let period = every_n_minutes(&schedule);
+    assert_ne!(user, "root", "the job runs as the service's user");
+    assert!(
+        !command.iter().any(|w| w.contains('%')),
+        "cron turns % into a newline"
+    );
+    assert_eq!(
+        command[..2],
+        ["flock", "-n"],
+        "a tick while this machine's last run still goes is skipped"
+    );
+
+    let at = command
+        .iter()
+        .position(|w| w == "timeout")
+        .expect("timeout gives the run a deadline");
+    let options: Vec<&str> = command[at + 1..]
+        .iter()
+        .take_while(|w| w.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    for wanted in ["--foreground", "--preserve-status"] {
+        assert!(
+            options.contains(&wanted),
+            "timeout {options:?} lacks {wanted}"
+        );
+    }
+    let kill_after = options
+        .iter()
+        .find_map(|o| o.strip_prefix("--kill-after="))
+        .map(systemd_span)
+        .expect("--kill-after= gives the drain its grace period");
+    let deadline = systemd_span(&command[at + 1 + options.len()]);
+    assert!(
+        deadline >= budget.max_run_time + budget.shutdown_grace + MARGIN,
+        "timeout ({deadline:?}) must exceed max_run_time ({:?}) + shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.max_run_time,
+        budget.shutdown_grace
+    );
+    assert!(
+        kill_after >= budget.shutdown_grace + MARGIN,
+        "--kill-after ({kill_after:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    assert!(
+        deadline + kill_after <= period,
+        "timeout + --kill-after ({:?}) should fit in the schedule's period ({period:?})",
+        deadline + kill_after
+    );
+    // The shell that reads the variables becomes stagewise, so the SIGTERM reaches it.
+    assert!(
+        command.windows(2).any(|w| w == ["exec", "stagewise"]),
+        "{command:?} must exec stagewise"
+    );
+    assert!(command.windows(2).any(|w| w == ["--log-format", "json"]));
+    assert_eq!(
+        pipeline_run_by(&command),
+        "/var/lib/stagewise/pipeline.toml"
+    );
+}
+
+#[test]
+fn the_shared_drop_in_runs_the_parallel_pipeline_within_the_units_budget() {
+    // stagewise.service with the drop-in runs cronjob-parallel.yaml's pipeline.
+    let budget = budget(&carried_pipeline(PARALLEL));
+    let drop_in = unit("stagewise-shared.conf");
+    let starts: Vec<&str> = drop_in
+        .iter()
+        .filter(|(s, k, _)| s == "Service" && k == "ExecStart")
+        .map(|(_, _, v)| v.as_str())
+        .collect();
+    assert_eq!(
+        starts.first(),
+        Some(&""),
+        "an empty ExecStart= first clears the unit's own"
+    );
+    let exec: Vec<String> = setting(&drop_in, "Service", "ExecStart")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(exec.windows(2).any(|w| w == ["--log-format", "json"]));
+    let (_, _, cron) = cron_job();
+    assert_eq!(
+        pipeline_run_by(&exec),
+        pipeline_run_by(&cron),
+        "the drop-in and the cron file run the same installed pipeline"
+    );
+
+    let service = unit("stagewise.service");
+    let stop = systemd_span(&setting(&service, "Service", "TimeoutStopSec"));
+    assert!(
+        stop >= budget.shutdown_grace + MARGIN,
+        "TimeoutStopSec ({stop:?}) must exceed shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.shutdown_grace
+    );
+    let runtime = systemd_span(&setting(&service, "Service", "RuntimeMaxSec"));
+    assert!(
+        runtime >= budget.max_run_time + budget.shutdown_grace + MARGIN,
+        "RuntimeMaxSec ({runtime:?}) must exceed max_run_time ({:?}) + shutdown_grace ({:?}) + {MARGIN:?}",
+        budget.max_run_time,
+        budget.shutdown_grace
+    );
 }
 
 #[test]
@@ -548,4 +869,250 @@ fn the_render_blueprint_is_a_docker_cron_job_running_stagewise_directly() {
         ),
         "{out}"
     );
+}
+
+/// The services of the Render Blueprint `file`.
+fn render_services(file: &str) -> Vec<Yaml> {
+    let docs = yaml_docs(file);
+    assert_eq!(docs.len(), 1, "{file} is one document");
+    list_at(&docs[0]["services"], "services").to_vec()
+}
+
+/// The `value` a service's `envVars` give `key`.
+fn env_value<'a>(service: &'a Yaml, key: &str) -> &'a str {
+    let entry = list_at(&service["envVars"], "envVars")
+        .iter()
+        .find(|e| e["key"].as_str() == Some(key))
+        .unwrap_or_else(|| panic!("envVars sets no {key}"));
+    str_at(&entry["value"], key)
+}
+
+/// What a Render service that shares a run with others must hold: a Docker service of the
+/// image, no disk, the secrets set in the Dashboard, the checkpoint in the database, and
+/// stagewise run through the wrapper (`mode`) so that Render's SIGTERM reaches it. `plan`
+/// accepts the pipeline with every override the service sets. Returns the service's
+/// `STAGEWISE_PIPELINE__SHUTDOWN_GRACE`.
+fn assert_shares_the_run_through_the_wrapper(service: &Yaml, mode: &str) -> Duration {
+    let name = str_at(&service["name"], "name");
+    assert_eq!(service["runtime"].as_str(), Some("docker"), "{name}");
+    assert_eq!(
+        service["dockerfilePath"].as_str(),
+        Some("./examples/deploy/Dockerfile")
+    );
+    assert!(service["disk"].is_badvalue(), "{name}: no disk");
+
+    // The wrapper, from the image: the Dockerfile copies examples/ into its /app.
+    let command: Vec<&str> = str_at(&service["dockerCommand"], "dockerCommand")
+        .split_whitespace()
+        .collect();
+    let wrapper = command[0]
+        .strip_prefix("/app/")
+        .unwrap_or_else(|| panic!("{name}: {command:?} starts with the wrapper in /app"));
+    assert_eq!(wrapper, "examples/deploy/stagewise-wrap.sh");
+    let instructions = dockerfile();
+    assert!(
+        instructions
+            .iter()
+            .any(|(k, a)| k == "COPY" && a.ends_with("examples ./examples"))
+            && instructions
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "WORKDIR")
+                .is_some_and(|(_, a)| a == "/app"),
+        "the image holds examples/ in /app"
+    );
+    let mode_of = command.get(1).copied();
+    assert_eq!(mode_of, Some(mode), "{name}: {command:?}");
+    assert!(command.windows(2).any(|w| w == ["--log-format", "json"]));
+
+    let env = list_at(&service["envVars"], "envVars");
+    for secret in ["DATABASE_URL", "OPENAI_API_KEY"] {
+        let entry = env
+            .iter()
+            .find(|e| e["key"].as_str() == Some(secret))
+            .unwrap_or_else(|| panic!("{name}: envVars names no {secret}"));
+        assert_eq!(
+            entry["sync"].as_bool(),
+            Some(false),
+            "{secret} is set in the Dashboard, never in the file"
+        );
+    }
+    assert_eq!(
+        env_value(service, "STAGEWISE_CHECKPOINT__STORE"),
+        "${DATABASE_URL}",
+        "{name}: the run is shared through the database"
+    );
+
+    // The pipeline takes every override the service sets.
+    let at = command
+        .iter()
+        .position(|w| *w == "run")
+        .expect("the wrapper runs `stagewise run`");
+    let dir = TestDir::new();
+    dir.write(
+        "pipeline.toml",
+        fs::read_to_string(workspace_root().join(command[at + 1])).expect("the service's pipeline"),
+    );
+    let mut plan = Cmd::new(dir.path(), "plan", "pipeline.toml")
+        .env(
+            "DATABASE_URL",
+            "postgres://digest:secret@127.0.0.1:5432/news",
+        )
+        .env("OPENAI_API_KEY", "sk-test");
+    for entry in env {
+        if let (Some(key), Some(value)) = (entry["key"].as_str(), entry["value"].as_str()) {
+            plan = plan.env(key, value);
+        }
+    }
+    let out = plan.output();
+    out.assert_code(0);
+    assert!(out.errors().is_empty(), "{out}");
+
+    humantime::parse_duration(env_value(service, "STAGEWISE_PIPELINE__SHUTDOWN_GRACE"))
+        .expect("a duration")
+}
+
+#[test]
+fn the_render_worker_runs_two_instances_in_a_loop_and_waits_out_their_drain() {
+    let services = render_services("render-worker.yaml");
+    assert_eq!(services.len(), 1);
+    let worker = &services[0];
+    assert_eq!(worker["type"].as_str(), Some("worker"));
+    let instances = worker["numInstances"]
+        .as_i64()
+        .expect("numInstances is set");
+    assert!(instances >= 2, "numInstances {instances}: one runner");
+    let grace = assert_shares_the_run_through_the_wrapper(worker, "loop");
+    // Render's maximum for maxShutdownDelaySeconds is 300.
+    let delay = secs_at(
+        &worker["maxShutdownDelaySeconds"],
+        "maxShutdownDelaySeconds",
+    );
+    assert!(
+        delay >= grace + MARGIN && delay <= Duration::from_secs(300),
+        "maxShutdownDelaySeconds ({delay:?}) must exceed shutdown_grace ({grace:?}) + {MARGIN:?}, and at most 300 s"
+    );
+    let pause = env_value(worker, "STAGEWISE_WRAP_PAUSE");
+    assert!(
+        pause.parse::<u64>().is_ok(),
+        "STAGEWISE_WRAP_PAUSE {pause:?} is a whole number of seconds"
+    );
+}
+
+#[test]
+fn the_render_cron_jobs_are_two_runners_on_one_schedule_that_fit_between_ticks() {
+    let services = render_services("render-crons.yaml");
+    assert!(services.len() >= 2, "two cron jobs or more: two runners");
+    let first = &services[0];
+    let mut names = Vec::new();
+    for cron in &services {
+        assert_eq!(cron["type"].as_str(), Some("cron"));
+        assert_eq!(cron["schedule"], first["schedule"], "one schedule");
+        assert_eq!(cron["dockerCommand"], first["dockerCommand"], "one command");
+        names.push(str_at(&cron["name"], "name"));
+        let grace = assert_shares_the_run_through_the_wrapper(cron, "once");
+        let period = every_n_minutes(str_at(&cron["schedule"], "schedule"));
+        let run = humantime::parse_duration(env_value(cron, "STAGEWISE_PIPELINE__MAX_RUN_TIME"))
+            .expect("a duration")
+            + grace;
+        assert!(
+            run + MARGIN <= period,
+            "max_run_time + shutdown_grace ({run:?}) must end before the next tick ({period:?})"
+        );
+    }
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        services.len(),
+        "each cron job has a name of its own"
+    );
+}
+
+fn wrapper() -> PathBuf {
+    workspace_root().join("examples/deploy/stagewise-wrap.sh")
+}
+
+#[test]
+fn the_wrapper_is_executable() {
+    let mode = fs::metadata(wrapper())
+        .expect("the wrapper")
+        .permissions()
+        .mode();
+    assert!(
+        mode & 0o111 != 0,
+        "the image runs it by its path: it must be executable"
+    );
+}
+
+/// Eight items that nap 30 s each, four at a time, with a 1 s grace: a run is under way when
+/// it is signalled, and drains at once.
+fn naps(name: &str, settings: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        shutdown_grace = "1s"
+        heartbeat = "200ms"
+        {settings}
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 8
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "30s"
+        timeout = "60s"
+        concurrency = 4
+
+        [[stage]]
+        name = "out"
+        kind = "jsonl"
+        path = "out.jsonl"
+        "#
+    ))
+}
+
+#[test]
+fn the_wrapper_passes_sigterm_on_and_reports_75_as_0() {
+    let p = naps("wrap-once", "");
+    let mut running = p.cmd("run").through(&wrapper(), &["once"]).spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(20)),
+        "{}",
+        running.stderr_so_far()
+    );
+    // To the wrapper's shell, as the platform sends it to PID 1.
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(0);
+    out.assert_stderr_contains("stopping: no new items");
+    out.assert_stderr_contains("reported as 0");
+    assert_eq!(p.summary("wrap-once")["exit_code"], 75, "{out}");
+}
+
+#[test]
+fn the_wrapper_loop_resumes_at_once_after_75_and_stops_on_sigterm() {
+    // Each run stops itself after 3 s (exit 75); the loop starts the next at once, and it
+    // resumes.
+    let p = naps("wrap-loop", "max_run_time = \"3s\"");
+    let mut running = p
+        .cmd("run")
+        .through(&wrapper(), &["loop"])
+        .env("STAGEWISE_WRAP_PAUSE", "30")
+        .spawn();
+    assert!(
+        running.wait_for_stderr("resumed=true", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(75);
+    out.assert_stderr_contains("interrupted, progress saved: running again now");
+    out.assert_stderr_contains("stopping: no new items");
+    out.assert_stderr_contains("stopped by SIGTERM: stagewise exited 75");
 }

@@ -306,6 +306,48 @@ impl Cmd {
             .args(args)
             .arg(self.command.get_program())
             .args(self.command.get_args());
+        self.same_place_and_env(&mut command);
+        Cmd {
+            command,
+            timeout: self.timeout,
+            line,
+        }
+    }
+
+    /// Runs the binary through a wrapper script of the deployment examples, as `sh <wrapper>
+    /// <leading…> <subcommand> <args…>`: the wrapper finds `stagewise` on `PATH`, which starts
+    /// with the binary's folder. The process is the wrapper's shell, so a signal sent to it
+    /// tests what the wrapper passes on.
+    pub fn through(self, wrapper: &Path, leading: &[&str]) -> Cmd {
+        let mut command = Command::new("sh");
+        command
+            .arg(wrapper)
+            .args(leading)
+            .args(self.command.get_args());
+        self.same_place_and_env(&mut command);
+        let folder = Path::new(bin())
+            .parent()
+            .expect("the binary is in a folder");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            std::iter::once(folder.to_path_buf()).chain(std::env::split_paths(&path)),
+        )
+        .expect("PATH joins");
+        command.env("PATH", path);
+        Cmd {
+            command,
+            timeout: self.timeout,
+            line: format!(
+                "sh {} {} {}",
+                wrapper.display(),
+                leading.join(" "),
+                self.line
+            ),
+        }
+    }
+
+    /// Gives `command` this one's working directory and environment.
+    fn same_place_and_env(&self, command: &mut Command) {
         if let Some(dir) = self.command.get_current_dir() {
             command.current_dir(dir);
         }
@@ -314,11 +356,6 @@ impl Cmd {
                 Some(value) => command.env(key, value),
                 None => command.env_remove(key),
             };
-        }
-        Cmd {
-            command,
-            timeout: self.timeout,
-            line,
         }
     }
 
