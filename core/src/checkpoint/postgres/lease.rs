@@ -295,8 +295,7 @@ impl PgStore {
 
     /// The runners that worked on `run`, newest first (at most 100).
     pub(super) fn runner_rows(&self, run: i64) -> Result<Vec<RunnerInfo>, StoreError> {
-        let rows = self.with_conn(|tx| {
-            tx.query(
+        self.rows(
                 &format!(
                     "SELECT r.id, r.host, r.pid, r.run_id,
                         to_char(r.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
@@ -308,12 +307,8 @@ impl PgStore {
                      WHERE r.run_id = $1
                      ORDER BY r.id DESC LIMIT 100"
                 ),
-                &[&run],
-            )
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| RunnerInfo {
+            &[&run],
+            |r| RunnerInfo {
                 id: r.get(0),
                 host: crate::text::printable(&r.get::<_, String>(1)).into_owned(),
                 pid: r.get(2),
@@ -322,8 +317,8 @@ impl PgStore {
                 renewed_at: r.get(5),
                 state: r.get(6),
                 items_held: u64::try_from(r.get::<_, i64>(7)).unwrap_or(0),
-            })
-            .collect())
+            },
+        )
     }
 
     /// The pipeline of `run`.

@@ -33,7 +33,8 @@ mod writers;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use postgres::Transaction;
+use postgres::types::ToSql;
+use postgres::{Row, Transaction};
 
 use crate::stage::SharedCache;
 
@@ -123,8 +124,31 @@ impl PgStore {
         }))
     }
 
+    /// The rows of `sql`, each made into a `T` by `map` within the transaction: a row holds its
+    /// statement, whose closing must reach the server session before the transaction ends (a
+    /// pooler in transaction mode may give the next transaction another one, and the statement
+    /// would stay behind on this one).
+    fn rows<T: Send>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl Fn(&Row) -> T + Send + Sync,
+    ) -> Result<Vec<T>, StoreError> {
+        self.with_conn(|tx| Ok(tx.query(sql, params)?.iter().map(&map).collect()))
+    }
+
+    /// The row of `sql`, if any, made into a `T` within the transaction (see [`PgStore::rows`]).
+    fn row<T: Send>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl Fn(&Row) -> T + Send + Sync,
+    ) -> Result<Option<T>, StoreError> {
+        self.with_conn(|tx| Ok(tx.query_opt(sql, params)?.as_ref().map(&map)))
+    }
+
     /// Run `f` in a transaction of its own on the store's own session (see
-    /// [`conn::in_transaction`]).
+    /// [`conn::in_transaction`]). What it returns must hold no row (see [`PgStore::rows`]).
     fn with_conn<R: Send>(
         &self,
         f: impl Fn(&mut Transaction<'_>) -> Result<R, postgres::Error> + Send + Sync,
@@ -147,27 +171,23 @@ impl Tables for PgStore {
         pipeline: &str,
         at_most: Option<i64>,
     ) -> Result<Option<RunRow>, StoreError> {
-        let row = self.with_conn(|c| {
-            c.query_opt(
-                "SELECT id, status, items, started_at FROM stagewise.runs
+        self.row(
+            "SELECT id, status, items, started_at FROM stagewise.runs
                  WHERE pipeline = $1 AND status <> 'taking' AND items > 0
                    AND ($2::bigint IS NULL OR id <= $2)
                  ORDER BY id DESC LIMIT 1",
-                &[&pipeline, &at_most],
-            )
-        })?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+            &[&pipeline, &at_most],
+            |r| (r.get(0), r.get(1), r.get(2), r.get(3)),
+        )
     }
 
     fn newest_empty_take(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
-        let row = self.with_conn(|c| {
-            c.query_opt(
-                "SELECT started_at FROM stagewise.runs
+        self.row(
+            "SELECT started_at FROM stagewise.runs
                  WHERE pipeline = $1 AND status <> 'taking' AND items = 0 ORDER BY id DESC LIMIT 1",
-                &[&pipeline],
-            )
-        })?;
-        Ok(row.map(|r| r.get(0)))
+            &[&pipeline],
+            |r| r.get(0),
+        )
     }
 
     /// Under a transaction-level advisory lock keyed by the pipeline, so that runners starting
@@ -245,33 +265,28 @@ impl Tables for PgStore {
     }
 
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
-        let rows = self.with_conn(|c| {
-            c.query(
-                "SELECT seq, key, stage, record, attempts FROM stagewise.items
+        self.rows(
+            "SELECT seq, key, stage, record, attempts FROM stagewise.items
                  WHERE run_id = $1 AND seq > $2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT $3",
-                &[&run, &after_seq, &limit],
-            )
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-            .collect())
+            &[&run, &after_seq, &limit],
+            |r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
+        )
     }
 
     fn error_of(&self, run: i64, seq: i64) -> Result<Option<String>, StoreError> {
-        let row = self.with_conn(|c| {
-            c.query_opt(
+        Ok(self
+            .row(
                 "SELECT error FROM stagewise.items WHERE run_id = $1 AND seq = $2",
                 &[&run, &seq],
-            )
-        })?;
-        Ok(row.and_then(|r| r.get(0)))
+                |r| r.get(0),
+            )?
+            .flatten())
     }
 
     fn count_keys_not_ended_before(&self, pipeline: &str, run: i64) -> Result<i64, StoreError> {
-        let row = self.with_conn(|c| {
-            c.query_one(
+        self.with_conn(|tx| {
+            tx.query_one(
                 "SELECT count(*) FROM stagewise.items i WHERE i.run_id = $2 AND NOT EXISTS (
                      SELECT 1 FROM stagewise.runs r
                      JOIN stagewise.items j ON j.run_id = r.id AND j.key = i.key
@@ -279,8 +294,8 @@ impl Tables for PgStore {
                        AND j.stage = i.stage)",
                 &[&pipeline, &run],
             )
-        })?;
-        Ok(row.get(0))
+            .map(|r| r.get(0))
+        })
     }
 
     fn raise_attempts(
@@ -311,16 +326,11 @@ impl Tables for PgStore {
     }
 
     fn died_at(&self, run: i64) -> Result<Vec<(String, String, i64, String)>, StoreError> {
-        let rows = self.with_conn(|c| {
-            c.query(
-                "SELECT key, stage, attempts, error FROM stagewise.deaths WHERE run_id = $1",
-                &[&run],
-            )
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect())
+        self.rows(
+            "SELECT key, stage, attempts, error FROM stagewise.deaths WHERE run_id = $1",
+            &[&run],
+            |r| (r.get(0), r.get(1), r.get(2), r.get(3)),
+        )
     }
 
     fn reset_failed_items(&self, run: i64) -> Result<u64, StoreError> {
@@ -407,16 +417,14 @@ impl Tables for PgStore {
     /// process that `status` and the next run report on.
     fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
         let me = self.me().map(|m| m.id);
-        let row = self.with_conn(|tx| {
-            tx.query_opt(
-                "SELECT record FROM stagewise.runners r
+        self.row(
+            "SELECT record FROM stagewise.runners r
                  WHERE r.pipeline = $1 AND r.record IS NOT NULL AND r.id IS DISTINCT FROM $2
                    AND NOT (r.state = 'active' AND r.expires_at > clock_timestamp())
                  ORDER BY r.renewed_at DESC LIMIT 1",
-                &[&pipeline, &me],
-            )
-        })?;
-        Ok(row.map(|r| r.get(0)))
+            &[&pipeline, &me],
+            |r| r.get(0),
+        )
     }
 
     /// Whether a runner of `pipeline` holds a live lease.

@@ -49,14 +49,17 @@ impl ManifestRows for PgManifest {
                  SELECT pos FROM old",
                 &[&run, &keys, &records, &positions, &after_seq, &first_stage],
             )?;
+            // Read before the commit: a row holds its statement (see `PgStore::rows`).
+            let existing: Vec<usize> = rows
+                .iter()
+                .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+                .collect();
+            drop(rows);
             tx.commit()?;
-            Ok(rows)
+            Ok(existing)
         })
         .map_err(db)?;
-        Ok(existing
-            .iter()
-            .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(0))
-            .collect())
+        Ok(existing)
     }
 
     fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
