@@ -528,3 +528,115 @@ fn no_prepared_statement_is_left_on_the_server_sessions() {
 // The tests above keep their checkpoints in SQLite. Those of the PostgreSQL checkpoint store
 // (`[checkpoint] store = "postgres://…"`) through PgBouncer in transaction mode go here, with
 // the same `Bouncer` in front of the shared cluster.
+
+/// `count` items → a short sleep → a sink that counts each key's writes, with the checkpoint
+/// store and the sink both at `url` (through the bouncer).
+fn shared_job(name: &str, url: &str, count: usize) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "{name}"
+        heartbeat = "1s"
+        shutdown_grace = "3s"
+
+        [checkpoint]
+        store = "{url}"
+        lease_ttl = "5s"
+        commit_interval = "50ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = {count}
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "5ms"
+        concurrency = {CONCURRENCY}
+
+        [[stage]]
+        name = "sink"
+        kind = "persist"
+        url = "{url}"
+        concurrency = 2
+        statement = "INSERT INTO sink (key, writes) VALUES (:key, 1) ON CONFLICT (key) DO UPDATE SET writes = sink.writes + 1"
+        "#
+    ))
+}
+
+/// The checkpoint store and two runners sharing its run, all through PgBouncer (two server
+/// sessions for everything): every item done once, and neither server session is left with a
+/// prepared statement or a setting of the store's.
+#[test]
+fn the_store_and_two_runners_work_through_the_bouncer() {
+    let Some((mut db, bouncer)) = db_behind_a_bouncer() else {
+        return;
+    };
+    db.execute("CREATE TABLE sink (key text PRIMARY KEY, writes bigint NOT NULL)");
+    let url = bouncer.db_url(&db);
+    let p = shared_job("bouncer-store", &url, 1500);
+    let runners: Vec<_> = (0..2).map(|_| p.cmd("run").spawn()).collect();
+    for out in runners.into_iter().map(util::Running::wait) {
+        out.assert_code(0);
+    }
+    assert_eq!(db.query_i64("SELECT count(*) FROM sink"), 1500);
+    assert_eq!(
+        db.query_i64("SELECT COALESCE(sum(writes - 1), 0)::bigint FROM sink"),
+        0,
+        "no item done twice"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(DISTINCT pid) FROM stagewise.runners WHERE run_id IS NOT NULL"),
+        2,
+        "both runners took part"
+    );
+    let status = p.cmd("status").arg("--json").output();
+    status.assert_code(0);
+    assert!(status.stdout.contains(r#""status":"finished""#), "{status}");
+    for (pid, answer) in on_both_server_sessions(&bouncer, &db, "SHOW statement_timeout") {
+        assert_eq!(
+            answer,
+            [Some("0".to_owned())],
+            "server session {pid} kept a statement_timeout"
+        );
+    }
+    for (pid, answer) in on_both_server_sessions(
+        &bouncer,
+        &db,
+        "SELECT count(*)::text FROM pg_prepared_statements",
+    ) {
+        assert_eq!(
+            answer,
+            [Some("0".to_owned())],
+            "server session {pid} kept prepared statements"
+        );
+    }
+}
+
+/// Through the bouncer, a runner killed mid-run leaves its items to the other, which finishes
+/// the run once the killed one's process is seen gone.
+#[test]
+fn a_killed_runner_is_taken_over_through_the_bouncer() {
+    let Some((mut db, bouncer)) = db_behind_a_bouncer() else {
+        return;
+    };
+    db.execute("CREATE TABLE sink (key text PRIMARY KEY, writes bigint NOT NULL)");
+    let url = bouncer.db_url(&db);
+    let p = shared_job("bouncer-kill", &url, 2000);
+    let victim = p.cmd("run").spawn();
+    let other = p.cmd("run").spawn();
+    let until = Instant::now() + Duration::from_secs(60);
+    while db.query_i64("SELECT count(*) FROM sink") < 300 {
+        assert!(Instant::now() < until, "no progress");
+        thread::sleep(Duration::from_millis(50));
+    }
+    victim.signal(libc::SIGKILL);
+    let _ = victim.wait();
+    other.wait().assert_code(0);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sink"), 2000);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.items WHERE state <> 'done'"),
+        0
+    );
+}
