@@ -714,13 +714,25 @@ fn a_death_with_the_disk_lost_counts_one_attempt_per_item() {
         running.wait();
         // The disk is gone with the process.
         fs::remove_dir_all(p.dir.join(".stagewise")).expect("remove the state folder");
-        // Once its lease has expired, the next runner takes its items over and counts the
-        // attempts its death cut short; `status` does not. That run is stopped soon after, its
-        // own attempts interrupted (not counted).
-        std::thread::sleep(Duration::from_millis(1200));
-        let out = cmd(&p, &db, "run")
-            .env("STAGEWISE_PIPELINE__MAX_RUN_TIME", "500ms")
-            .output();
+        // The next runner takes its items over (at once: the dead process is seen gone) and
+        // counts the attempts its death cut short, in the claim; `status` does not. That run is
+        // stopped once it holds them, its own attempts interrupted (not counted).
+        let dead = db.query_i64("SELECT COALESCE(max(id), 0) FROM stagewise.runners");
+        let next = cmd(&p, &db, "run").spawn();
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while db.query_i64(&format!(
+            "SELECT count(*) FROM stagewise.items WHERE owner > {dead}"
+        )) < 2
+        {
+            assert!(
+                std::time::Instant::now() < until,
+                "{}",
+                next.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        next.signal(libc::SIGTERM);
+        let out = next.wait();
         assert!(matches!(out.code, Some(75 | 0)), "{out}");
         assert_eq!(
             attempts(&mut db),
