@@ -129,15 +129,15 @@ fn three_runners_share_one_run_and_write_every_key_once() {
     assert_eq!(workers, 3, "every runner claimed items");
 }
 
-/// The unfinished items held by the runner whose process id is `pid` in its own namespace
-/// and whose namespace differs from this process's: one started with `in_own_pid_namespace`.
+/// The unfinished items held by a runner in another process id namespace than this process's:
+/// one started with `in_own_pid_namespace`.
 fn held_by_foreign(db: &mut Db) -> i64 {
     let ours = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     db.query_i64(&format!(
         "SELECT count(*) FROM stagewise.items i JOIN stagewise.runners r ON r.id = i.owner
-         WHERE r.pidns <> '{ours}' AND i.state IN ('pending', 'in_flight')"
+         WHERE r.pidns NOT LIKE '{ours}@%' AND i.state IN ('pending', 'in_flight')"
     ))
 }
 

@@ -317,7 +317,7 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     db.execute(
         "DROP TABLE stagewise.runners;
          DROP INDEX stagewise.items_unfinished;
-         ALTER TABLE stagewise.items DROP COLUMN owner;
+         ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim;
          ALTER TABLE stagewise.runs DROP COLUMN taker;
          ALTER TABLE stagewise.items DROP COLUMN taken;
          DROP TABLE stagewise.deaths;

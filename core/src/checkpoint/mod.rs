@@ -144,6 +144,18 @@ pub enum StoreError {
         /// What the commit was waiting for, as the database put it.
         cause: String,
     },
+    /// `--fresh` on a PostgreSQL store while other runners still work on the unfinished run.
+    #[error("run {run} of pipeline `{pipeline}` on {path} is still being worked on by {runners} runner(s) (`stagewise status` lists them): a new batch beside it would leave it unfinished; let them finish, or stop them first")]
+    RunInProgress {
+        /// The store's URL, with its password hidden.
+        path: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The unfinished run.
+        run: i64,
+        /// Live runners working on it.
+        runners: i64,
+    },
     /// This runner lost its claim on the run (its lease expired, or another runner took over
     /// its items): what it would have written was not, and it must stop.
     #[error("this runner lost its claim on the run: {0}")]

@@ -78,11 +78,31 @@ fn webpki(
         .map_err(|e| format!("cannot check certificates against {}: {e}", roots.shown()))
 }
 
+/// The largest `sslrootcert` file read (a system's whole bundle is under 1 MiB).
+const MAX_ROOTS_FILE: u64 = 16 << 20;
+
 /// The certificates of a PEM file (`sslrootcert=/path/ca.pem`), every one of them usable.
 pub(super) fn file_roots(path: &Path) -> Result<RootCertStore, String> {
+    use std::io::Read;
     let shown = path.display();
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("cannot read the `sslrootcert` file `{shown}`: {e}"))?;
+    let cannot = |e: std::io::Error| format!("cannot read the `sslrootcert` file `{shown}`: {e}");
+    // A regular file of a sane size: a FIFO would block the start, a device never end.
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the `sslrootcert` file `{shown}` is not a regular file"
+        ));
+    }
+    if meta.len() > MAX_ROOTS_FILE {
+        return Err(format!(
+            "the `sslrootcert` file `{shown}` is larger than {} MiB: not a file of CA certificates",
+            MAX_ROOTS_FILE >> 20
+        ));
+    }
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_ROOTS_FILE + 1).read_to_end(&mut pem))
+        .map_err(cannot)?;
     let mut store = RootCertStore::empty();
     for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
         let cert = cert.map_err(|e| {
@@ -328,6 +348,28 @@ mod tests {
             let e = file_roots(path).expect_err("refused");
             assert!(e.contains(reason), "{e}");
             assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_ca_path_that_is_no_file_or_too_large_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A sparse file: its size says it all, nothing of it is read.
+        let huge = dir.path().join("huge.pem");
+        std::fs::File::create(&huge)
+            .and_then(|f| f.set_len(MAX_ROOTS_FILE + 1))
+            .expect("sparse file");
+        // /dev/zero would never end; a folder is no file either.
+        let cases = [
+            (std::path::Path::new("/dev/zero"), "not a regular file"),
+            (dir.path(), "not a regular file"),
+            (huge.as_path(), "larger than 16 MiB"),
+        ];
+        for (path, reason) in cases {
+            let started = std::time::Instant::now();
+            let e = file_roots(path).expect_err("refused");
+            assert!(e.contains(reason), "{e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
         }
     }
 }

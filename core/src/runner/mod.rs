@@ -452,20 +452,32 @@ async fn execute(
     let began = Instant::now();
     let done = CancellationToken::new();
     // A runner that lost its claim on the run (a lease expired: paused, cut off) stops at once.
+    // Its lease's clock is read a few times a second too: renewals that do not get through (a
+    // partition that holds them, a server that does not answer) lose the runner all the same.
     if let Some(lost) = store.lost() {
         let (control, store, ended) = (control.clone(), store.clone(), done.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                () = lost.cancelled() => {
-                    control.fence(&store.lost_because().unwrap_or_default());
+            let mut tick = tokio::time::interval(LEASE_CHECK);
+            loop {
+                tokio::select! {
+                    () = lost.cancelled() => {}
+                    () = ended.cancelled() => return,
+                    _ = tick.tick() => {
+                        if store.lost_because().is_none() {
+                            continue;
+                        }
+                    }
                 }
-                () = ended.cancelled() => {}
+                control.fence(&store.lost_because().unwrap_or_default());
+                return;
             }
         });
     }
+    let mut again = false;
     let (run, resumed) = loop {
-        match decide(pipeline, &stages, &store, options, &control).await? {
+        match decide(pipeline, &stages, &store, options, (&control, again)).await? {
             Decided::Again => {
+                again = true;
                 // Another runner is taking a batch: join it once its manifest is in.
                 tokio::select! {
                     () = control.soft.cancelled() => break (None, false),
@@ -667,6 +679,8 @@ async fn execute(
     Ok(summary)
 }
 
+/// How often a runner sharing a run reads its lease's clock.
+const LEASE_CHECK: Duration = Duration::from_millis(250);
 /// How often a runner waiting for another's batch looks again.
 const TAKING_POLL: Duration = Duration::from_millis(250);
 
@@ -685,7 +699,7 @@ async fn decide(
     stages: &[StageRt],
     store: &Arc<dyn CheckpointStore>,
     options: RunOptions,
-    control: &Arc<Control>,
+    (control, again): (&Arc<Control>, bool),
 ) -> Result<Decided, RunError> {
     let mut latest =
         match options.run {
@@ -723,12 +737,15 @@ async fn decide(
         _ => {
             // Items start at the stage after the source (or end at once in a one-stage pipeline).
             let first = stages.get(1).map_or("", |s| &*s.name);
-            tracing::info!(
-                pipeline = %pipeline.name,
-                source = %stages[0].name,
-                batch_size = pipeline.batch_size.map_or_else(|| "all".to_owned(), |n| n.to_string()),
-                "taking a new batch"
-            );
+            // Said once, not at each look while another runner takes the batch.
+            if !again {
+                tracing::info!(
+                    pipeline = %pipeline.name,
+                    source = %stages[0].name,
+                    batch_size = pipeline.batch_size.map_or_else(|| "all".to_owned(), |n| n.to_string()),
+                    "taking a new batch"
+                );
+            }
             let taken = source::take(
                 control,
                 &stages[0],

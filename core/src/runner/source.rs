@@ -128,7 +128,7 @@ pub(crate) async fn take(
             }
             Err(TakeError::Cancelled) => return Ok(Ok(Took::Stopped)),
             Err(TakeError::Store(StoreError::Moved)) => return Ok(Ok(Took::Moved)),
-            Err(TakeError::Store(e @ StoreError::Busy { .. })) => return Err(e),
+            Err(TakeError::Store(e @ StoreError::RunInProgress { .. })) => return Err(e),
             Err(TakeError::Store(e)) => return Ok(Err(AbortReason::Checkpoint(e.to_string()))),
             Err(TakeError::Stage(e)) => e,
         };

@@ -5,7 +5,7 @@
 //! runtime's thread panics. Every call goes through [`off_runtime`], and every client is
 //! wrapped in [`Conn`], whose drop does the same.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::Client;
 
@@ -43,6 +43,13 @@ impl Conn {
     /// The client (there until drop).
     pub(super) fn client(&mut self) -> &mut Client {
         self.0.as_mut().expect("the client is only taken by drop")
+    }
+
+    /// Let go of a session the server ended: the next call connects again.
+    fn close(&mut self) {
+        if let Some(client) = self.0.take() {
+            off_runtime(move || drop(client));
+        }
     }
 
     /// Whether the server ended the session.
@@ -157,32 +164,74 @@ pub(super) fn begin(client: &mut Client) -> Result<postgres::Transaction<'_>, po
     Ok(tx)
 }
 
-/// Run `f` in a transaction of its own ([`begin`]) on `conn` and commit it, off the runtime. A
-/// session the server ended (a restart, `pg_terminate_backend`, an idle timeout, a pooler's
-/// restart) is opened again, before `f` or once after it failed on it: the store's sessions
-/// hold no state of their own, and a transaction cut off with its session was rolled back.
-pub(super) fn in_transaction<R: Send>(
+/// How long a call keeps reconnecting to a server that ended its session (a restart, a
+/// failover, a pooler's restart) before it fails.
+const RECONNECTING: Duration = Duration::from_secs(10);
+
+/// What a call on a session of the store came to, when not its result.
+pub(super) enum Failed {
+    /// The server's answer (or the client's error) to the statements themselves.
+    Statement(postgres::Error),
+    /// No session could be had again within [`RECONNECTING`], or by `until`.
+    Session(StoreError),
+}
+
+/// Run `f` on `conn`'s client, off the runtime. A session the server ended (a restart,
+/// `pg_terminate_backend`, an idle timeout, a pooler's restart) is opened again — before `f`,
+/// or after `f` failed on it — and `f` run again, with pauses from 100 ms to 2 s, for at most
+/// [`RECONNECTING`] and never past `until`: the store's sessions hold no state of their own,
+/// and a transaction cut off with its session was rolled back, so `f` must only be safe to run
+/// again after a rollback (a claim, for one, finds the items an earlier try of it committed).
+pub(super) fn on_session<R: Send>(
     conn: &mut Conn,
     (config, shown): (&PgTarget, &str),
+    until: Option<Instant>,
+    f: impl Fn(&mut Client) -> Result<R, postgres::Error> + Send + Sync,
+) -> Result<R, Failed> {
+    let until = until.map_or(Instant::now() + RECONNECTING, |u| {
+        u.min(Instant::now() + RECONNECTING)
+    });
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let error = match conn.reopen_if_closed(config, shown) {
+            Err(e) => Failed::Session(e),
+            Ok(()) => {
+                let client = conn.client();
+                match off_runtime(|| f(client)) {
+                    Ok(r) => return Ok(r),
+                    Err(e) if session_ended(&e) => {
+                        conn.close();
+                        Failed::Statement(e)
+                    }
+                    Err(e) => return Err(Failed::Statement(e)),
+                }
+            }
+        };
+        if Instant::now() + pause >= until {
+            return Err(error);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Run `f` in a transaction of its own ([`begin`]) on `conn` and commit it (see
+/// [`on_session`]).
+pub(super) fn in_transaction<R: Send>(
+    conn: &mut Conn,
+    target: (&PgTarget, &str),
     f: impl Fn(&mut postgres::Transaction<'_>) -> Result<R, postgres::Error> + Send + Sync,
 ) -> Result<R, StoreError> {
-    let once = |conn: &mut Conn| {
-        let client = conn.client();
-        off_runtime(|| {
-            let mut tx = begin(client)?;
-            let r = f(&mut tx)?;
-            tx.commit()?;
-            Ok(r)
-        })
-    };
-    conn.reopen_if_closed(config, shown)?;
-    match once(conn) {
-        Err(e) if session_ended(&e) => {
-            *conn = connect(config, shown)?;
-            once(conn).map_err(db)
-        }
-        r => r.map_err(db),
-    }
+    on_session(conn, target, None, |client| {
+        let mut tx = begin(client)?;
+        let r = f(&mut tx)?;
+        tx.commit()?;
+        Ok(r)
+    })
+    .map_err(|failed| match failed {
+        Failed::Statement(e) => db(e),
+        Failed::Session(e) => e,
+    })
 }
 
 /// Whether `e` says the session is gone, its transaction rolled back: closed, cut off (an

@@ -42,6 +42,8 @@ pub(super) struct Membership {
     /// When the lease ends at the latest as far as this process can tell: a renewal's sending
     /// time plus the lease. Past it, the runner takes itself as lost without asking.
     valid_until: Mutex<Instant>,
+    /// The number of this runner's last claim (see [`PgStore::claim`]).
+    claims: std::sync::atomic::AtomicI64,
 }
 
 impl Membership {
@@ -134,6 +136,7 @@ impl PgStore {
             lost: CancellationToken::new(),
             why: OnceLock::new(),
             valid_until: Mutex::new(sent + terms.ttl),
+            claims: std::sync::atomic::AtomicI64::new(0),
         });
         self.runner
             .set(me.clone())
@@ -172,7 +175,23 @@ impl PgStore {
             return Err(refused);
         }
         let id = me.id;
+        // Each claim is numbered: tried again after its session was lost, it finds the items
+        // an earlier try committed (its answer lost with the session) rather than claiming
+        // more and leaving those behind.
+        let claim = me.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let claimed = self.with_conn(|tx| {
+            let again: Vec<ItemRow> = tx
+                .query(
+                    "SELECT seq, key, stage, record, attempts FROM stagewise.items
+                     WHERE run_id = $1 AND owner = $2 AND claim = $3 ORDER BY seq",
+                    &[&run, &id, &claim],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect();
+            if !again.is_empty() {
+                return Ok(Some(again));
+            }
             let live: bool = tx
                 .query_opt(
                     &format!("SELECT 1 FROM stagewise.runners r WHERE r.id = $1 AND {LIVE}"),
@@ -195,11 +214,11 @@ impl PgStore {
                                SELECT 1 FROM stagewise.runners r WHERE r.id = i.owner AND {LIVE}))
                          ORDER BY i.seq LIMIT $3
                          FOR UPDATE OF i SKIP LOCKED)
-                     UPDATE stagewise.items i SET owner = $2, taken = false FROM c
+                     UPDATE stagewise.items i SET owner = $2, taken = false, claim = $4 FROM c
                      WHERE i.run_id = $1 AND i.seq = c.seq
                      RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken"
                 ),
-                &[&run, &id, &limit],
+                &[&run, &id, &limit, &claim],
             )?;
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
@@ -240,7 +259,7 @@ impl PgStore {
     /// process id namespace: not another container's) whose process is gone: their items are
     /// taken over now rather than when their leases run out. A process id taken by another
     /// process since only makes this wait for the lease.
-    fn end_dead_neighbours(&self, pipeline: &str) -> Result<(), StoreError> {
+    pub(super) fn end_dead_neighbours(&self, pipeline: &str) -> Result<(), StoreError> {
         let (host, pidns) = (crate::flight::hostname(), pid_namespace());
         if pidns.is_empty() {
             return Ok(());
@@ -310,7 +329,7 @@ impl PgStore {
             &[&run],
             |r| RunnerInfo {
                 id: r.get(0),
-                host: crate::text::printable(&r.get::<_, String>(1)).into_owned(),
+                host: r.get(1),
                 pid: r.get(2),
                 run: r.get(3),
                 started_at: r.get(4),
@@ -343,12 +362,19 @@ impl PgStore {
     }
 }
 
-/// This process's process id namespace (`pid:[…]`), or "" where it cannot be read: two
-/// processes of one host name see each other's process ids only within one namespace.
+/// Which processes this one can see: its process id namespace (`pid:[…]`) on this boot of this
+/// kernel (`boot_id`), or "" where either cannot be read. Two runners of one value see each
+/// other's process ids; two machines, or two containers, never share one (a host name alone
+/// does not tell machines apart, nor the root namespace's number, the same on every machine).
 fn pid_namespace() -> String {
-    std::fs::read_link("/proc/self/ns/pid")
+    let ns = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    match (ns.is_empty(), boot.trim()) {
+        (false, boot) if !boot.is_empty() => format!("{ns}@{boot}"),
+        _ => String::new(),
+    }
 }
 
 /// Whether process `pid` of this namespace exists, as `/proc` shows it (where there is no

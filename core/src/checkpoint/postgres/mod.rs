@@ -200,6 +200,10 @@ impl Tables for PgStore {
         seen: Option<i64>,
     ) -> Result<(i64, PgManifest), StoreError> {
         let me = self.me().map(|m| m.id);
+        // A taker that died on this machine need not hold the others back for its lease.
+        if me.is_some() {
+            self.end_dead_neighbours(pipeline)?;
+        }
         let mut conn = connect(&self.config, &self.shown)?;
         let key = lock_key(pipeline);
         let run = off_runtime(|| {
@@ -236,9 +240,11 @@ impl Tables for PgStore {
                     )?
                     .get(0);
                 if status != "finished" && working > 0 {
-                    return Ok(Err(StoreError::Busy {
-                        path: format!("{} (pipeline `{pipeline}`)", self.shown),
-                        holder: format!("{working} runner(s) still working on run {id}, unfinished; a new batch beside them would leave it behind (`stagewise status` lists them)"),
+                    return Ok(Err(StoreError::RunInProgress {
+                        path: self.shown.clone(),
+                        pipeline: pipeline.to_owned(),
+                        run: *id,
+                        runners: working,
                     }));
                 }
             }
@@ -343,7 +349,7 @@ impl Tables for PgStore {
                 &[&run],
             )?;
             let n = tx.execute(
-                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL, taken = false
+                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL, taken = false, owner = NULL
                  WHERE run_id = $1 AND state = 'failed'",
                 &[&run],
             )?;
@@ -447,8 +453,14 @@ impl Tables for PgStore {
         self.me().map(|m| m.lost())
     }
 
+    /// Also the lease's own clock: a runner whose renewals have not got through for a whole
+    /// lease (a partition that holds its packets, a server that does not answer) is lost,
+    /// whether or not it has written since.
     fn lost_reason(&self) -> Option<String> {
-        self.me().and_then(|m| m.lost_because())
+        self.me().and_then(|m| m.refused()).map(|e| match e {
+            StoreError::Fenced(why) => why,
+            other => other.to_string(),
+        })
     }
 
     fn runners_of(&self, run: i64) -> Result<Vec<super::RunnerInfo>, StoreError> {

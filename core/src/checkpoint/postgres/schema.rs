@@ -101,7 +101,7 @@ CREATE TABLE stagewise.runners (
     record text
 );
 CREATE INDEX runners_by_pipeline ON stagewise.runners (pipeline, id);
-ALTER TABLE stagewise.items ADD COLUMN owner bigint;
+ALTER TABLE stagewise.items ADD COLUMN owner bigint, ADD COLUMN claim bigint;
 ALTER TABLE stagewise.runs ADD COLUMN taker bigint;
 CREATE INDEX items_unfinished ON stagewise.items (run_id, seq) WHERE state IN ('pending', 'in_flight');
 ";
@@ -140,6 +140,9 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
         _ => {}
     }
     let mut tx = begin(client).map_err(corrupt)?;
+    // "schema … already exists, skipping" is no news worth a log line.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .map_err(corrupt)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&LOCK_CLASS, &MIGRATE_LOCK],

@@ -9,7 +9,7 @@ use postgres::Transaction;
 use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
 use super::super::{RunStatus, StoreError};
-use super::conn::{begin, connect, db, describe, off_runtime, session_ended, Conn};
+use super::conn::{begin, db, describe, off_runtime, on_session, Conn, Failed};
 use super::lease::Membership;
 
 /// Writes a new run's manifest.
@@ -214,15 +214,19 @@ impl UpdateRows for PgUpdates {
             tx.commit()?;
             Ok(Ok(()))
         };
-        // A session the server ended is opened again, before the batch or once after it
-        // failed on it (rolled back with its session): writing a batch again sets the same.
-        self.conn.reopen_if_closed(&self.config, &self.shown)?;
-        let mut written = off_runtime(|| write(self.conn.client()));
-        if written.as_ref().is_err_and(session_ended) {
-            self.conn = connect(&self.config, &self.shown)?;
-            written = off_runtime(|| write(self.conn.client()));
-        }
-        let written = written.map_err(|e| {
+        // A session the server ended is opened again (see `on_session`): writing a batch
+        // again sets the same. Not past the shutdown deadline, once it is set.
+        let written = on_session(
+            &mut self.conn,
+            (&self.config, &self.shown),
+            deadline.cut(),
+            write,
+        )
+        .map_err(|failed| {
+            let e = match failed {
+                Failed::Statement(e) => e,
+                Failed::Session(e) => return e,
+            };
             // A timeout, or the deadline's watcher cancelling the statement, once the deadline
             // is set: the store did not answer in time.
             let timed_out = matches!(

@@ -220,7 +220,7 @@ impl Backend for PgDatabase {
         };
         // Version 6's runners and leases, which only this store has.
         let leases = "DROP TABLE stagewise.runners; DROP INDEX stagewise.items_unfinished;
-            ALTER TABLE stagewise.items DROP COLUMN owner; ALTER TABLE stagewise.runs DROP COLUMN taker;";
+            ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim; ALTER TABLE stagewise.runs DROP COLUMN taker;";
         self.execute(&format!(
             "{leases} {drop} UPDATE stagewise.meta SET version = {version};"
         ));

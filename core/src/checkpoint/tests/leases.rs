@@ -204,10 +204,13 @@ fn a_new_batch_is_taken_by_one_runner_while_the_others_wait_and_join() {
         );
         assert_eq!(seen(&c, "p"), Some(run.id));
         a.claim(run.id, 0, 1).expect("a works on it");
-        let Err(StoreError::Busy { holder, .. }) = c.begin_run("p", "one", Some(run.id)) else {
+        let Err(StoreError::RunInProgress {
+            runners, run: busy, ..
+        }) = c.begin_run("p", "one", Some(run.id))
+        else {
             panic!("a fresh batch beside a live runner of an unfinished run")
         };
-        assert!(holder.contains("1 runner(s) still working"), "{holder}");
+        assert_eq!((runners, busy), (1, run.id));
     });
 }
 
@@ -230,5 +233,31 @@ fn each_runner_keeps_its_own_record_and_the_last_gone_one_is_reported() {
         );
         assert!(c.runner_active("p").expect("ask"), "c still runs");
         assert!(!c.runner_active("q").expect("ask"));
+    });
+}
+
+#[test]
+fn failed_items_put_back_while_runners_hold_them_can_be_claimed() {
+    on_postgres(|b| {
+        let (a, _ga) = runner(b, minute());
+        let run = take(&a, "p", &["x", "y"]);
+        a.claim(run.id, 0, 2).expect("claim");
+        apply(
+            &a,
+            run.id,
+            vec![(
+                1,
+                Change::Failed {
+                    stage: s("one"),
+                    error: s("boom"),
+                    attempts: 1,
+                },
+            )],
+            None,
+        );
+        assert_eq!(a.reset_failed(run.id).expect("reset"), 1);
+        // `a` is live and holds `y`; `x`, put back, is nobody's: another runner takes it.
+        let (c, _gc) = runner(b, minute());
+        assert_eq!(keys(&c.claim(run.id, 0, 5).expect("claim")), ["x"]);
     });
 }
