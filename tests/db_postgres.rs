@@ -177,31 +177,6 @@ fn end_to_end_with_batched_transactions() {
     end_to_end("articles-batched", "batch_size = 16\nconcurrency = 8");
 }
 
-/// Sessions of stagewise in this test's database that are running a statement (or sitting in a
-/// transaction), as `application_name | state | query`.
-fn busy_sessions(db: &mut Db) -> Vec<String> {
-    db.query_strings(
-        "SELECT application_name || ' | ' || coalesce(state, '?') || ' | ' || coalesce(query, '')
-         FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name LIKE 'stagewise/%'
-           AND state IS DISTINCT FROM 'idle'",
-    )
-}
-
-/// Polls `done` every 20 ms; false if `within` passes first.
-fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A fetch whose query sleeps 30 s per row, under `policy`: the read must fail within seconds
 /// (exit 3, both attempts used) with a message containing one of `expected`, and no query of
 /// stagewise may still be running on the server afterwards.
@@ -232,8 +207,9 @@ fn a_slow_query_is_cut_off(name: &str, policy: &str, expected: &[&str]) {
     let mut running = p.cmd("run").spawn();
     // The query must reach the server, or the rest proves nothing.
     let mut seen = false;
-    wait_until(Duration::from_secs(10), || {
-        seen = busy_sessions(&mut db)
+    util::wait_until(Duration::from_secs(10), || {
+        seen = db
+            .busy_sessions()
             .iter()
             .any(|s| s.starts_with("stagewise/fetch") && s.contains("pg_sleep"));
         seen || running.has_exited()
@@ -255,8 +231,8 @@ fn a_slow_query_is_cut_off(name: &str, policy: &str, expected: &[&str]) {
     // A query left behind would sleep on for most of 30 s; a cancelled one is gone at once
     // (the moment allowed is for the server to process the cancel request).
     let mut left = Vec::new();
-    let gone = wait_until(Duration::from_secs(2), || {
-        left = busy_sessions(&mut db);
+    let gone = util::wait_until(Duration::from_secs(2), || {
+        left = db.busy_sessions();
         left.is_empty()
     });
     assert!(gone, "queries outlived the run: {left:?}\n{out}");
@@ -331,7 +307,7 @@ fn a_server_restart_mid_run_is_retried_and_nothing_is_lost() {
         running.stderr_so_far()
     );
     // Stop the server once writing is under way, so the stop lands mid-run.
-    let writing = wait_until(Duration::from_secs(10), || {
+    let writing = util::wait_until(Duration::from_secs(10), || {
         db.query_i64("SELECT count(*) FROM results") >= 50
     });
     assert!(writing, "no rows written\n{}", running.stderr_so_far());
@@ -629,7 +605,7 @@ fn fetch_from_a_silent_server(name: &str, policy: &str, why: &str) -> Output {
         &format!("retry = {{ attempts = 2, initial = \"50ms\", max = \"100ms\" }}\n{policy}"),
     );
     let mut running = p.cmd("run").spawn();
-    let ended = wait_until(Duration::from_secs(10), || running.has_exited());
+    let ended = util::wait_until(Duration::from_secs(10), || running.has_exited());
     assert!(
         ended,
         "still running after 10 s: {why}\n{}",

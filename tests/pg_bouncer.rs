@@ -13,8 +13,7 @@
 
 mod util;
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postgres::{Client, SimpleQueryMessage};
 use util::pg::{self, Bouncer, Db};
@@ -275,35 +274,10 @@ fn a_read_that_stops_early_leaves_its_query_to_finish_and_commit() {
     let out = p.run();
     out.assert_code(0);
     assert_eq!(p.status().total(), 10, "{out}");
-    let claimed = wait_until(Duration::from_secs(5), || {
+    let claimed = util::wait_until(Duration::from_secs(5), || {
         db.query_i64("SELECT count(*) FROM articles WHERE processed_at IS NULL") == 0
     });
     assert!(claimed, "the query's transaction was not committed\n{out}");
-}
-
-/// Sessions running a statement of stagewise's in this test's database, as
-/// `application_name | state | query`.
-fn busy_sessions(db: &mut Db) -> Vec<String> {
-    db.query_strings(
-        "SELECT application_name || ' | ' || coalesce(state, '?') || ' | ' || coalesce(query, '')
-         FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name LIKE 'stagewise/%'
-           AND state IS DISTINCT FROM 'idle'",
-    )
-}
-
-/// Polls `done` every 20 ms; false if `within` passes first.
-fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Items whose write sleeps 30 s, through PgBouncer, under `policy`, with more threads than
@@ -336,8 +310,9 @@ fn a_slow_write_is_cut_off(name: &str, policy: &str, expected: &[&str]) {
     let mut running = p.cmd("run").spawn();
     // The statement must reach the server, or the rest proves nothing.
     let mut seen = false;
-    wait_until(Duration::from_secs(10), || {
-        seen = busy_sessions(&mut db)
+    util::wait_until(Duration::from_secs(10), || {
+        seen = db
+            .busy_sessions()
             .iter()
             .any(|s| s.starts_with("stagewise/save") && s.contains("pg_sleep"));
         seen || running.has_exited()
@@ -372,8 +347,8 @@ fn a_slow_write_is_cut_off(name: &str, policy: &str, expected: &[&str]) {
     // A statement left behind would sleep on for most of 30 s; a cancelled one is gone at once
     // (the moment allowed is for the server to process the cancel request).
     let mut left = Vec::new();
-    let gone = wait_until(Duration::from_secs(3), || {
-        left = busy_sessions(&mut db);
+    let gone = util::wait_until(Duration::from_secs(3), || {
+        left = db.busy_sessions();
         left.is_empty()
     });
     assert!(gone, "statements outlived the run: {left:?}\n{out}");
@@ -626,11 +601,12 @@ fn a_killed_runner_is_taken_over_through_the_bouncer() {
     let p = shared_job("bouncer-kill", &url, 2000);
     let victim = p.cmd("run").spawn();
     let other = p.cmd("run").spawn();
-    let until = Instant::now() + Duration::from_secs(60);
-    while db.query_i64("SELECT count(*) FROM sink") < 300 {
-        assert!(Instant::now() < until, "no progress");
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        util::wait_until(Duration::from_secs(60), || {
+            db.query_i64("SELECT count(*) FROM sink") >= 300
+        }),
+        "no progress"
+    );
     victim.signal(libc::SIGKILL);
     let _ = victim.wait();
     other.wait().assert_code(0);

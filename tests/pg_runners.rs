@@ -74,14 +74,10 @@ fn written(db: &mut Db) -> (i64, i64) {
 
 /// Wait until the sink has at least `n` keys.
 fn until_written(db: &mut Db, n: i64, within: Duration) {
-    let until = Instant::now() + within;
-    while written(db).0 < n {
-        assert!(
-            Instant::now() < until,
-            "fewer than {n} keys within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        util::wait_until(within, || written(db).0 >= n),
+        "fewer than {n} keys within {within:?}"
+    );
 }
 
 /// The runner registered by process `pid`, and the unfinished items it holds.

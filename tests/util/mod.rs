@@ -37,6 +37,20 @@ use serde_json::Value;
 pub const KILL_GUARD: Duration = Duration::from_secs(60);
 
 /// The binary under test.
+/// Polls `done` every 20 ms; false if `within` passes first.
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_stagewise")
 }

@@ -286,6 +286,17 @@ impl Db {
     }
 
     /// The single value of a query returning one row and one integer column (`count(*)`, …).
+    /// Sessions of stagewise in this database that are running a statement (or sitting in a
+    /// transaction), as `application_name | state | query`.
+    pub fn busy_sessions(&mut self) -> Vec<String> {
+        self.query_strings(
+            "SELECT application_name || ' | ' || coalesce(state, '?') || ' | ' || coalesce(query, '')
+             FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE 'stagewise/%'
+               AND state IS DISTINCT FROM 'idle'",
+        )
+    }
+
     pub fn query_i64(&mut self, sql: &str) -> i64 {
         let rows = self.query_rows(sql);
         assert_eq!(rows.len(), 1, "{sql}: expected one row, got {rows:?}");
