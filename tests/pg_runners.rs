@@ -329,6 +329,138 @@ fn sigterm_stops_every_runner_in_time_and_one_rerun_finishes() {
     assert_eq!(extra, 0, "items stopped in order are not redone");
 }
 
+/// `max_failures` holds for the run, not for each runner: three runners whose every item fails,
+/// with a budget of 40, stop together near 40 (each counting only its own would stop at 3 × 41).
+#[test]
+fn max_failures_holds_for_the_whole_run_not_for_each_runner() {
+    let Some(mut db) = db() else { return };
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "shared"
+        shutdown_grace = "3s"
+        max_failures = 40
+
+        [checkpoint]
+        store = "${DATABASE_URL}"
+        commit_interval = "100ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 600
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "200ms"
+        concurrency = 2
+
+        [[stage]]
+        name = "broken"
+        kind = "fault"
+        permanent_rate = 1.0
+        "#,
+    );
+    let outs = wait_all(spawn_all(&p, &db, 3));
+    for out in &outs {
+        out.assert_code(3);
+        out.assert_stderr_contains("more than `max_failures` (40) allows");
+    }
+    assert!(
+        outs.iter()
+            .any(|o| o.stderr.contains("counted over the whole run")),
+        "no runner counted the others' failures"
+    );
+    let failed = db.query_i64("SELECT count(*) FROM stagewise.items WHERE state = 'failed'");
+    // Each runner fails at most 10 items a second (two at a time, 200 ms each) and reads the
+    // others' count every 250 ms, once committed (100 ms): a few past 40 each, not 3 × 41.
+    assert!(
+        (41..=90).contains(&failed),
+        "{failed} items failed with a budget of 40 over 3 runners"
+    );
+}
+
+/// A runner whose file has other stages than the live runners of the same pipeline is refused
+/// (2), naming both; the running ones go on untouched.
+#[test]
+fn a_runner_with_other_stages_is_refused_while_others_run() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 400, "50ms", "", "");
+    let first = cmd(&p, &db, "run").spawn();
+    until_written(&mut db, 20, Duration::from_secs(60));
+    let renamed = Pipeline::new(&p.toml().replace(r#"name = "nap""#, r#"name = "snooze""#));
+    let other = cmd(&renamed, &db, "run").output();
+    other.assert_code(2);
+    other.assert_stderr_contains("is being run with other stages by runner");
+    other.assert_stderr_contains("its stages are src:generate > nap:sleep > sink:persist");
+    other.assert_stderr_contains("this file's are src:generate > snooze:sleep > sink:persist");
+    first.wait().assert_code(0);
+    assert_eq!(written(&mut db), (400, 0));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.items WHERE state <> 'done'"),
+        0,
+        "nothing of the run was touched by the refused runner"
+    );
+    // Once no runner of the old stages lives, the new file may run.
+    cmd(&renamed, &db, "run").output().assert_code(0);
+}
+
+/// A runner killed while another goes on is reported: by the one that takes its items over, by
+/// `status` after that one stopped normally, and by the next run, once.
+#[test]
+fn a_killed_runner_is_reported_after_the_others_stop() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 1500, "20ms", r#"lease_ttl = "5m""#, "");
+    let mut runners = spawn_all(&p, &db, 2);
+    until_written(&mut db, 300, Duration::from_secs(60));
+    let victim = runners.remove(0);
+    let pid = victim.pid();
+    victim.signal(libc::SIGKILL);
+    let _ = victim.wait();
+    let other = runners.remove(0).wait();
+    other.assert_code(0);
+    other.assert_stderr_contains("taking over the items of a runner whose lease ran out");
+    other.assert_stderr_contains(&format!("pid={pid}"));
+    let status = cmd(&p, &db, "status").output();
+    status.assert_code(0);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("the previous process (pid {pid} on")),
+        "{status}"
+    );
+    let json = cmd(&p, &db, "status").arg("--json").output();
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(
+        json["previous_process"]["pid"].as_u64(),
+        Some(u64::from(pid))
+    );
+    let lost: Vec<&serde_json::Value> = json["runners"]
+        .as_array()
+        .expect("runners")
+        .iter()
+        .filter(|r| r["state"] == "lost")
+        .collect();
+    assert_eq!(lost.len(), 1, "{json}");
+    assert_eq!(lost[0]["pid"].as_u64(), Some(u64::from(pid)), "{json}");
+    // The next run says it first, then keeps it to itself.
+    let next = cmd(&p, &db, "run").output();
+    next.assert_code(0);
+    next.assert_stderr_contains("the previous process ended without a summary");
+    next.assert_stderr_contains(&format!("pid={pid}"));
+    let after = cmd(&p, &db, "status").arg("--json").output();
+    assert!(!after.stdout.contains("previous_process"), "{after}");
+    let again = cmd(&p, &db, "run").output();
+    again.assert_code(0);
+    assert!(
+        !again
+            .stderr
+            .contains("the previous process ended without a summary"),
+        "{again}"
+    );
+}
+
 #[test]
 fn validate_refuses_a_lease_shorter_than_three_heartbeats() {
     let Some(db) = db() else { return };

@@ -87,7 +87,7 @@ fn runs_finish_report_and_take_new_batches() {
     assert_eq!(first.raw["run"]["id"], 1);
     assert_eq!(first.raw["run"]["status"], "finished");
     assert_eq!(first.count("done"), 50);
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 6);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 7);
     assert!(
         !p.dir.exists(".stagewise/pg-batches.db"),
         "no SQLite store beside a PostgreSQL one"
@@ -317,6 +317,7 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     db.execute(
         "DROP TABLE stagewise.runners;
          DROP INDEX stagewise.items_unfinished;
+         DROP INDEX stagewise.items_failed;
          ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim;
          ALTER TABLE stagewise.runs DROP COLUMN taker;
          ALTER TABLE stagewise.items DROP COLUMN taken;
@@ -330,7 +331,7 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let out = cmd(&p, &db, "run").output();
     out.assert_code(0);
     out.assert_stderr_contains("resumed=true");
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 6);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 7);
     assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
     // The resumed run's own record, marked ended.
     assert_eq!(

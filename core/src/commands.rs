@@ -15,7 +15,9 @@ pub struct Status {
     /// began (RFC 3339).
     pub last_checked: Option<String>,
     /// The last process that ran the pipeline, when it ended without a summary (killed, or
-    /// ended by the watchdog) and no process runs it now: what it was doing.
+    /// ended by the watchdog) and no process runs it now: what it was doing. With a
+    /// PostgreSQL store, the newest runner whose lease ran out without an orderly stop and
+    /// that no later runner reported yet, whether or not others run now.
     pub previous_process: Option<ProcessRecord>,
     /// Why the flight record of the last process cannot be read, if it cannot.
     pub unreadable_record: Option<String>,

@@ -57,11 +57,16 @@ impl LeaseTerms {
     }
 }
 
+/// Most dead runners [`CheckpointStore::dead_processes`] returns at once (older ones are
+/// reported by a later process).
+pub(crate) const DEAD_REPORTED: i64 = 20;
+
 /// Open the store at `location` (creating it if missing) and take it for a run of `pipeline`:
-/// a SQLite store's lock, or a place among a PostgreSQL store's runners under `lease`.
+/// a SQLite store's lock, or a place among a PostgreSQL store's runners under `lease`, beside
+/// runners that run the same `stages` (see [`PgStore::register`]).
 pub(crate) fn open_for_run(
     location: &StoreLocation,
-    pipeline: &str,
+    (pipeline, stages): (&str, &str),
     lease: LeaseTerms,
 ) -> Result<(std::sync::Arc<dyn CheckpointStore>, RunnerGuard), StoreError> {
     match location {
@@ -72,7 +77,7 @@ pub(crate) fn open_for_run(
         }
         StoreLocation::Postgres(url) => {
             let store = PgStore::open(url)?;
-            let runner = store.register(pipeline, lease)?;
+            let runner = store.register(pipeline, stages, lease)?;
             Ok((std::sync::Arc::new(store), Box::new(runner)))
         }
     }
@@ -155,6 +160,21 @@ pub enum StoreError {
         run: i64,
         /// Live runners working on it.
         runners: i64,
+    },
+    /// A live runner of the pipeline on a PostgreSQL store runs other stages than this one
+    /// (another pipeline file under the same name, or an older version of it).
+    #[error("pipeline `{pipeline}` on {path} is being run with other stages by {runner}: its stages are {theirs}; this file's are {ours}; runners that share a run must run the same stages (their settings may differ), so stop it first, or give this pipeline another `name`")]
+    OtherStages {
+        /// The store's URL, with its password hidden.
+        path: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The live runner with other stages.
+        runner: String,
+        /// Its stages.
+        theirs: String,
+        /// This runner's stages.
+        ours: String,
     },
     /// This runner lost its claim on the run (its lease expired, or another runner took over
     /// its items): what it would have written was not, and it must stop.
@@ -480,6 +500,9 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// How many of `run`'s unfinished items other runners hold (0 with one runner): once their
     /// leases expire, [`CheckpointStore::claim`] takes them over.
     fn held_by_others(&self, run: i64) -> Result<u64, StoreError>;
+    /// How many of `run`'s items ended failed in other runners than this one (0 with one
+    /// runner): with this runner's own, what `max_failures` holds to.
+    fn failed_by_others(&self, run: i64) -> Result<u64, StoreError>;
     /// Cancelled when this runner lost its claim on the run (a PostgreSQL store's lease); never,
     /// for a store with one runner.
     fn lost(&self) -> Option<tokio_util::sync::CancellationToken>;
@@ -519,6 +542,13 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn save_process(&self, pipeline: &str, record_json: &str) -> Result<(), StoreError>;
     /// The last process record saved for `pipeline`.
     fn load_process(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
+    /// The process records of `pipeline`'s runners that are gone without an orderly stop (their
+    /// lease ran out: killed, or cut off) and that no later runner reported yet, with their
+    /// ids, newest first, at most [`DEAD_REPORTED`]. None for a store with one runner, whose
+    /// one record is [`CheckpointStore::load_process`]'s.
+    fn dead_processes(&self, pipeline: &str) -> Result<Vec<(i64, String)>, StoreError>;
+    /// The runners `ids` (of [`CheckpointStore::dead_processes`]) were reported: not again.
+    fn processes_reported(&self, ids: &[i64]) -> Result<(), StoreError>;
     /// Whether some process holds `pipeline`'s runner lock right now (SQLite: the store's,
     /// whatever the pipeline). Never waits; a SQLite store's lock is tried and let go at once.
     fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError>;

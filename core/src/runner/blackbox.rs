@@ -41,7 +41,17 @@ pub(crate) fn open(
         }
     };
     let (local, copy) = records(path.as_deref(), pipeline, store);
-    let previous = newest(local, copy).filter(|r| !r.ended);
+    let (previous, reported) = if copied(pipeline) {
+        dead_runners(pipeline, store, local)
+    } else {
+        (
+            newest(local, copy)
+                .filter(|r| !r.ended)
+                .into_iter()
+                .collect(),
+            Vec::new(),
+        )
+    };
     // The new file is prepared beside the old one and takes its place only once it holds the
     // report on the previous process: killed in between, this process leaves the old record to
     // be reported again, never neither. A file that cannot be made leaves the old one too.
@@ -59,15 +69,24 @@ pub(crate) fn open(
     let recorder = Arc::new(recorder);
     let sink = recorder.clone();
     crate::telemetry::set_event_sink(Some(Arc::new(move |line: &[u8]| sink.event(line))));
-    if let Some(previous) = &previous {
+    for previous in &previous {
         log_previous(previous);
-        recorder.set_previous_report(&report(previous));
         if !copied(pipeline) {
             count_died_attempts(store, previous);
         }
     }
+    if !previous.is_empty() {
+        let reports: Vec<String> = previous.iter().map(report).collect();
+        recorder.set_previous_report(&reports.join(" | "));
+    }
     if let Err(e) = recorder.place() {
         tracing::warn!(error = %e, "cannot keep the flight recorder's file; keeping it in memory only (the previous record stays, and is reported again)");
+    }
+    // Reported, and kept in this process's record: the next process need not say it again.
+    if !reported.is_empty() {
+        if let Err(e) = store.processes_reported(&reported) {
+            tracing::debug!(error = %e, "cannot mark the dead runners reported; the next process reports them again");
+        }
     }
     if copied(pipeline) {
         save(store, &pipeline.name, &recorder);
@@ -188,6 +207,43 @@ impl Copier {
     }
 }
 
+/// The runners of a PostgreSQL store's pipeline that died (their lease ran out, their record
+/// not ended) and were not reported yet, newest first, each with the local file's record
+/// instead of the store's copy where that file is the same process's and newer; and their ids,
+/// to mark them reported. A store that cannot say leaves the local record alone to report.
+fn dead_runners(
+    pipeline: &Pipeline,
+    store: &dyn CheckpointStore,
+    local: Option<ProcessRecord>,
+) -> (Vec<ProcessRecord>, Vec<i64>) {
+    let dead = match store.dead_processes(&pipeline.name) {
+        Ok(dead) => dead,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the records of the pipeline's dead runners");
+            return (local.filter(|r| !r.ended).into_iter().collect(), Vec::new());
+        }
+    };
+    let mut ids = Vec::new();
+    let mut records = Vec::new();
+    for (id, json) in dead {
+        let Ok(copy) = serde_json::from_str::<ProcessRecord>(&json) else {
+            continue;
+        };
+        let same = |r: &&ProcessRecord| {
+            r.pid == copy.pid && r.host == copy.host && r.started_at == copy.started_at
+        };
+        let record = match local.as_ref().filter(same) {
+            Some(l) => newest(Some(l.clone()), Some(copy)),
+            None => Some(copy),
+        };
+        if let Some(record) = record.filter(|r| !r.ended) {
+            ids.push(id);
+            records.push(record);
+        }
+    }
+    (records, ids)
+}
+
 /// The newest of the local file's record and the store's copy, if any.
 fn last_record(pipeline: &Pipeline, store: &dyn CheckpointStore) -> Option<ProcessRecord> {
     let (local, copy) = records(Some(&super::flight_path(pipeline)), pipeline, store);
@@ -244,6 +300,11 @@ pub(crate) fn previous_process(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
 ) -> Option<ProcessRecord> {
+    if copied(pipeline) {
+        // The store says which runners are gone: their leases ran out.
+        let local = Recorder::read(&super::flight_path(pipeline)).ok().flatten();
+        return dead_runners(pipeline, store, local).0.into_iter().next();
+    }
     let record = last_record(pipeline, store).filter(|r| !r.ended)?;
     if !matches!(store.runner_active(&pipeline.name), Ok(false)) {
         return None;

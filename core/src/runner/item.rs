@@ -550,16 +550,27 @@ impl RetryEvents for MarkLog<'_> {
 /// One more item failed: counted, and held against `max_failures`.
 pub(crate) fn count_failure(shared: &Shared) {
     shared.totals.failed.incr();
-    if let Some(limit) = shared.max_failures {
-        let failed = shared.totals.failed.get();
-        if limit.crossed(failed, shared.totals.items) {
-            shared.control.abort(AbortReason::MaxFailures {
-                failed,
-                limit: limit.to_string(),
-                hint: None,
-                by_the_end: None,
-            });
-        }
+    hold_to_budget(shared);
+}
+
+/// Abort the run if its failed items, this process's and (in a shared run) the other runners',
+/// are more than `max_failures` allows.
+pub(crate) fn hold_to_budget(shared: &Shared) {
+    let Some(limit) = shared.max_failures else {
+        return;
+    };
+    let elsewhere = shared
+        .failed_elsewhere
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let failed = shared.totals.failed.get() + elsewhere;
+    if limit.crossed(failed, shared.totals.items) {
+        shared.control.abort(AbortReason::MaxFailures {
+            failed,
+            limit: limit.to_string(),
+            hint: (elsewhere > 0)
+                .then_some("counted over the whole run: other runners of it failed some of them"),
+            by_the_end: None,
+        });
     }
 }
 

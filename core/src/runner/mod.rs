@@ -185,6 +185,9 @@ pub(crate) struct Shared {
     pub take_ups: bool,
     /// The attempts earlier processes died in, this run: item key → `(stage, attempt, error)`.
     pub deaths: std::collections::HashMap<String, Vec<(String, u32, String)>>,
+    /// Items that other runners of a shared run failed since this one joined, as last read
+    /// from the store: held against `max_failures` with this process's own.
+    pub failed_elsewhere: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -368,7 +371,7 @@ pub fn run(
     // flight recorder's file is this process's to read and to overwrite.
     let (store, _lock) = crate::checkpoint::open_for_run(
         &pipeline.checkpoint.store,
-        &pipeline.name,
+        (&pipeline.name, &pipeline.stage_list()),
         pipeline.checkpoint.lease(pipeline.heartbeat),
     )?;
     let (recorder, _slot) = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
@@ -569,6 +572,7 @@ async fn execute(
             }
             deaths
         },
+        failed_elsewhere: std::sync::atomic::AtomicU64::new(0),
     });
     recorder.set_run(run.id);
     if blackbox::copied(pipeline) {
@@ -600,8 +604,19 @@ async fn execute(
         began,
     ));
 
-    let tracker = TaskTracker::new();
     let shared_run = store.lost().is_some();
+    if shared_run && pipeline.max_failures.is_some() {
+        // The failed items already counted above are the baseline: from then on, what the
+        // other runners fail is read from the store a few times a second.
+        let before = tokio::task::block_in_place(|| store.failed_by_others(run.id))?;
+        tokio::spawn(watch_the_budget(
+            shared.clone(),
+            store.clone(),
+            (run.id, before),
+            done.clone(),
+        ));
+    }
+    let tracker = TaskTracker::new();
     if let Err(e) = feed(&shared, &store, run.id, window, &tracker).await {
         control.abort(AbortReason::Checkpoint(e.to_string()));
     }
@@ -681,6 +696,41 @@ async fn execute(
 
 /// How often a runner sharing a run reads its lease's clock.
 const LEASE_CHECK: Duration = Duration::from_millis(250);
+/// How often a runner sharing a run with `max_failures` reads what the others failed.
+const BUDGET_CHECK: Duration = Duration::from_millis(250);
+
+/// Keep `shared.failed_elsewhere` to what the other runners of `run` failed since it read
+/// `before`, and abort once the run's failed items cross `max_failures`; until `ended`, or the
+/// run stops taking work. A store that does not answer is skipped (its next read counts them).
+async fn watch_the_budget(
+    shared: Arc<Shared>,
+    store: Arc<dyn CheckpointStore>,
+    (run, before): (i64, u64),
+    ended: CancellationToken,
+) {
+    let soft = shared.control.soft.clone();
+    let mut tick = tokio::time::interval(BUDGET_CHECK);
+    loop {
+        tokio::select! {
+            () = ended.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let store = store.clone();
+        match off_the_runtime(&soft, move || store.failed_by_others(run)).await {
+            None => return,
+            Some(Err(e)) => {
+                tracing::debug!(run, error = %e, "cannot read what the other runners failed")
+            }
+            Some(Ok(failed)) => {
+                shared.failed_elsewhere.store(
+                    failed.saturating_sub(before),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                item::hold_to_budget(&shared);
+            }
+        }
+    }
+}
 /// How often a runner waiting for another's batch looks again.
 const TAKING_POLL: Duration = Duration::from_millis(250);
 

@@ -175,6 +175,18 @@ pub struct Pipeline {
     pub stages: Vec<StageConfig>,
 }
 
+impl Pipeline {
+    /// Its stages' names and kinds, in order (`src:generate > nap:sleep`): what runners sharing
+    /// a run must agree on.
+    pub fn stage_list(&self) -> String {
+        self.stages
+            .iter()
+            .map(|s| format!("{}:{}", s.name, s.kind))
+            .collect::<Vec<_>>()
+            .join(" > ")
+    }
+}
+
 /// A pipeline and the warnings found while validating it.
 #[derive(Debug)]
 pub struct Loaded {

@@ -127,6 +127,18 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     fn others_hold(&self, _run: i64) -> Result<i64, StoreError> {
         Ok(0)
     }
+    /// See [`CheckpointStore::dead_processes`].
+    fn dead(&self, _pipeline: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// See [`CheckpointStore::processes_reported`].
+    fn reported(&self, _ids: &[i64]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// See [`CheckpointStore::failed_by_others`].
+    fn others_failed(&self, _run: i64) -> Result<i64, StoreError> {
+        Ok(0)
+    }
     /// See [`CheckpointStore::lost`].
     fn lost_token(&self) -> Option<tokio_util::sync::CancellationToken> {
         None
@@ -218,6 +230,10 @@ impl<T: Tables> CheckpointStore for T {
         Ok(u64::try_from(self.others_hold(run)?).unwrap_or(0))
     }
 
+    fn failed_by_others(&self, run: i64) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.others_failed(run)?).unwrap_or(0))
+    }
+
     fn lost(&self) -> Option<tokio_util::sync::CancellationToken> {
         self.lost_token()
     }
@@ -294,6 +310,14 @@ impl<T: Tables> CheckpointStore for T {
 
     fn load_process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
         self.process(pipeline)
+    }
+
+    fn dead_processes(&self, pipeline: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        self.dead(pipeline)
+    }
+
+    fn processes_reported(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.reported(ids)
     }
 
     fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError> {

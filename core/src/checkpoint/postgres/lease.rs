@@ -29,6 +29,10 @@ use super::PgStore;
 /// a transaction's `now()` is when it began.
 const LIVE: &str = "r.state = 'active' AND r.expires_at > clock_timestamp()";
 
+/// The first half of the advisory lock under which runners of a pipeline register ("stgj"; the
+/// second half is the pipeline's [`super::lock_key`]).
+const JOIN_CLASS: i32 = 0x7374_676a;
+
 /// This process's place among the runners of a PostgreSQL store.
 #[derive(Debug)]
 pub(super) struct Membership {
@@ -44,6 +48,8 @@ pub(super) struct Membership {
     valid_until: Mutex<Instant>,
     /// The number of this runner's last claim (see [`PgStore::claim`]).
     claims: std::sync::atomic::AtomicI64,
+    /// The runners whose items it took over, each said once.
+    taken_from: Mutex<std::collections::HashSet<i64>>,
 }
 
 impl Membership {
@@ -108,27 +114,63 @@ impl Drop for PgRunner {
 }
 
 impl PgStore {
-    /// Register this process as a runner of `pipeline` under `terms`, and start renewing its
-    /// lease on a thread of its own, with a session of its own.
-    pub fn register(&self, pipeline: &str, terms: LeaseTerms) -> Result<PgRunner, StoreError> {
+    /// Register this process as a runner of `pipeline` running `stages` (its stages' names and
+    /// kinds, in order, as [`crate::spec::Pipeline::stage_list`] gives them) under `terms`, and
+    /// start renewing its lease on a thread of its own, with a session of its own. Refused
+    /// ([`StoreError::OtherStages`]) while a live runner of the pipeline runs other stages: the
+    /// two would move each other's items to stages the other does not have.
+    pub fn register(
+        &self,
+        pipeline: &str,
+        stages: &str,
+        terms: LeaseTerms,
+    ) -> Result<PgRunner, StoreError> {
         let ttl_ms = i64::try_from(terms.ttl.as_millis()).unwrap_or(i64::MAX);
         let (host, pidns) = (crate::flight::hostname(), pid_namespace());
         let pid = i64::from(std::process::id());
         let sent = Instant::now();
-        let id: i64 = self.with_conn(|tx| {
+        let joined = self.with_conn(|tx| {
+            // Two runners registering at once with different stages: one sees the other.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&JOIN_CLASS, &super::lock_key(pipeline)],
+            )?;
             // Rows of runners long gone are history no one reads.
             tx.execute(
                 "DELETE FROM stagewise.runners
                  WHERE pipeline = $1 AND expires_at < now() - interval '7 days'",
                 &[&pipeline],
             )?;
+            let other: Option<(i64, String, i64, String)> = tx
+                .query_opt(
+                    &format!(
+                        "SELECT r.id, r.host, r.pid, r.stages FROM stagewise.runners r
+                         WHERE r.pipeline = $1 AND {LIVE} AND r.stages IS DISTINCT FROM $2
+                         ORDER BY r.id LIMIT 1"
+                    ),
+                    &[&pipeline, &stages],
+                )?
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, Option<String>>(3).unwrap_or_default()));
+            if let Some(other) = other {
+                return Ok(Err(other));
+            }
             tx.query_one(
-                "INSERT INTO stagewise.runners (pipeline, host, pid, pidns, expires_at, state)
-                 VALUES ($1, $2, $3, $5, clock_timestamp() + $4::bigint * interval '1 millisecond', 'active')
+                "INSERT INTO stagewise.runners (pipeline, host, pid, pidns, expires_at, state, stages)
+                 VALUES ($1, $2, $3, $5, clock_timestamp() + $4::bigint * interval '1 millisecond', 'active', $6)
                  RETURNING id",
-                &[&pipeline, &host, &pid, &ttl_ms, &pidns],
+                &[&pipeline, &host, &pid, &ttl_ms, &pidns, &stages],
             )
-            .map(|r| r.get(0))
+            .map(|r| Ok(r.get(0)))
+        })?;
+        let id: i64 = joined.map_err(|(runner, host, pid, theirs)| StoreError::OtherStages {
+            path: self.shown.clone(),
+            pipeline: pipeline.to_owned(),
+            runner: format!(
+                "runner {runner}, pid {pid} on {}",
+                crate::text::printable(&host)
+            ),
+            theirs: crate::text::printable(&theirs).into_owned(),
+            ours: crate::text::printable(stages).into_owned(),
         })?;
         let me = Arc::new(Membership {
             id,
@@ -137,6 +179,7 @@ impl PgStore {
             why: OnceLock::new(),
             valid_until: Mutex::new(sent + terms.ttl),
             claims: std::sync::atomic::AtomicI64::new(0),
+            taken_from: Mutex::default(),
         });
         self.runner
             .set(me.clone())
@@ -190,7 +233,7 @@ impl PgStore {
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                 .collect();
             if !again.is_empty() {
-                return Ok(Some(again));
+                return Ok(Some((again, Vec::new())));
             }
             let live: bool = tx
                 .query_opt(
@@ -208,7 +251,7 @@ impl PgStore {
             let rows = tx.query(
                 &format!(
                     "WITH c AS (
-                         SELECT i.seq, i.taken FROM stagewise.items i
+                         SELECT i.seq, i.taken, i.owner FROM stagewise.items i
                          WHERE i.run_id = $1 AND i.state IN ('pending', 'in_flight')
                            AND (i.owner IS NULL OR NOT EXISTS (
                                SELECT 1 FROM stagewise.runners r WHERE r.id = i.owner AND {LIVE}))
@@ -216,11 +259,31 @@ impl PgStore {
                          FOR UPDATE OF i SKIP LOCKED)
                      UPDATE stagewise.items i SET owner = $2, taken = false, claim = $4 FROM c
                      WHERE i.run_id = $1 AND i.seq = c.seq
-                     RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken"
+                     RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken, c.owner"
                 ),
                 &[&run, &id, &limit, &claim],
             )?;
             let mut out = Vec::with_capacity(rows.len());
+            // Runners whose items these were: their leases ran out.
+            let mut from: Vec<i64> = rows
+                .iter()
+                .filter_map(|r| r.get::<_, Option<i64>>(6))
+                .filter(|owner| *owner != id)
+                .collect();
+            from.sort_unstable();
+            from.dedup();
+            from.retain(|owner| !unpoisoned(&me.taken_from).contains(owner));
+            let from: Vec<(i64, String, i64)> = if from.is_empty() {
+                Vec::new()
+            } else {
+                tx.query(
+                    "SELECT id, host, pid FROM stagewise.runners WHERE id = ANY($1)",
+                    &[&from],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect()
+            };
             for r in &rows {
                 let (seq, key, stage, record, mut attempts): ItemRow =
                     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
@@ -246,13 +309,25 @@ impl PgStore {
                 out.push((seq, key, stage, record, attempts));
             }
             out.sort_by_key(|row| row.0);
-            Ok(Some(out))
+            Ok(Some((out, from)))
         })?;
-        claimed.ok_or_else(|| {
+        let Some((items, from)) = claimed else {
             let why = "its lease had expired when it asked for more items".to_owned();
             me.fence(why.clone());
-            StoreError::Fenced(why)
-        })
+            return Err(StoreError::Fenced(why));
+        };
+        for (runner, host, pid) in from {
+            if unpoisoned(&me.taken_from).insert(runner) {
+                tracing::warn!(
+                    run,
+                    runner,
+                    host = %crate::text::printable(&host),
+                    pid,
+                    "taking over the items of a runner whose lease ran out (it was killed, or cut off from the store); an attempt it had under way counts as used"
+                );
+            }
+        }
+        Ok(items)
     }
 
     /// End the leases of `pipeline`'s runners on this machine (its host name, and the same
@@ -306,6 +381,19 @@ impl PgStore {
             tx.query_one(
                 "SELECT count(*) FROM stagewise.items
                  WHERE run_id = $1 AND state IN ('pending', 'in_flight') AND owner IS DISTINCT FROM $2",
+                &[&run, &me],
+            )
+            .map(|r| r.get(0))
+        })
+    }
+
+    /// How many of `run`'s items ended failed in other runners than this one (or none).
+    pub(super) fn failed_by_others(&self, run: i64) -> Result<i64, StoreError> {
+        let me = self.me().map(|m| m.id);
+        self.with_conn(|tx| {
+            tx.query_one(
+                "SELECT count(*) FROM stagewise.items
+                 WHERE run_id = $1 AND state = 'failed' AND owner IS DISTINCT FROM $2",
                 &[&run, &me],
             )
             .map(|r| r.get(0))

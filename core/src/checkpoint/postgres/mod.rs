@@ -449,6 +449,34 @@ impl Tables for PgStore {
         self.held_by_others(run)
     }
 
+    fn dead(&self, pipeline: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let me = self.me().map(|m| m.id);
+        self.rows(
+            "SELECT r.id, r.record FROM stagewise.runners r
+                 WHERE r.pipeline = $1 AND r.record IS NOT NULL AND r.id IS DISTINCT FROM $2
+                   AND r.state = 'active' AND r.expires_at <= clock_timestamp()
+                   AND r.reported_at IS NULL
+                 ORDER BY r.renewed_at DESC LIMIT $3",
+            &[&pipeline, &me, &super::DEAD_REPORTED],
+            |r| (r.get(0), r.get(1)),
+        )
+    }
+
+    fn reported(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.with_conn(|tx| {
+            tx.execute(
+                "UPDATE stagewise.runners SET reported_at = clock_timestamp()
+                 WHERE id = ANY($1) AND reported_at IS NULL",
+                &[&ids],
+            )
+        })
+        .map(drop)
+    }
+
+    fn others_failed(&self, run: i64) -> Result<i64, StoreError> {
+        self.failed_by_others(run)
+    }
+
     fn lost_token(&self) -> Option<tokio_util::sync::CancellationToken> {
         self.me().map(|m| m.lost())
     }

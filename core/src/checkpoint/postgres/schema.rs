@@ -12,9 +12,9 @@ use super::super::StoreError;
 use super::conn::{begin, describe};
 use super::LOCK_CLASS;
 
-/// The schema this build writes; the same numbering as the SQLite store's (version 6, the
-/// runners' leases, exists only here: a SQLite store has one runner).
-const SCHEMA_VERSION: i32 = 6;
+/// The schema this build writes; the same numbering as the SQLite store's (versions 6 and 7,
+/// the runners' leases, exist only here: a SQLite store has one runner).
+const SCHEMA_VERSION: i32 = 7;
 /// The second half of the advisory lock that serializes schema upgrades.
 const MIGRATE_LOCK: i32 = 0;
 
@@ -106,6 +106,14 @@ ALTER TABLE stagewise.runs ADD COLUMN taker bigint;
 CREATE INDEX items_unfinished ON stagewise.items (run_id, seq) WHERE state IN ('pending', 'in_flight');
 ";
 
+/// Version 7: the stages each runner runs (`stages`: runners that join a run must run the same
+/// ones), when a dead runner's record was reported (`reported_at`), and the failed items of a
+/// run counted cheaply (`max_failures` holds for the whole run, whatever runner failed them).
+const SCHEMA_V7: &str = "
+ALTER TABLE stagewise.runners ADD COLUMN stages text, ADD COLUMN reported_at timestamptz;
+CREATE INDEX items_failed ON stagewise.items (run_id, owner) WHERE state = 'failed';
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: postgres::Error| StoreError::Corrupt {
@@ -183,12 +191,13 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
         (4, SCHEMA_V4),
         (5, SCHEMA_V5),
         (6, SCHEMA_V6),
+        (7, SCHEMA_V7),
     ] {
         if version < to {
             tx.batch_execute(sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(7, SCHEMA_V7)`.
+    // Later versions add their steps here: `(8, SCHEMA_V8)`.
     tx.execute("DELETE FROM stagewise.meta", &[])
         .map_err(corrupt)?;
     tx.execute(

@@ -218,8 +218,8 @@ impl Backend for PgDatabase {
             5 => "",
             _ => panic!("no schema version {version} to go back to"),
         };
-        // Version 6's runners and leases, which only this store has.
-        let leases = "DROP TABLE stagewise.runners; DROP INDEX stagewise.items_unfinished;
+        // Versions 6 and 7's runners and leases, which only this store has.
+        let leases = "DROP TABLE stagewise.runners; DROP INDEX stagewise.items_unfinished; DROP INDEX stagewise.items_failed;
             ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim; ALTER TABLE stagewise.runs DROP COLUMN taker;";
         self.execute(&format!(
             "{leases} {drop} UPDATE stagewise.meta SET version = {version};"

@@ -17,7 +17,7 @@ fn runner(b: &dyn Backend, ttl: Duration) -> (PgStore, Box<dyn std::any::Any>) {
     };
     let store = PgStore::open(&url).expect("open");
     let guard = store
-        .register("p", LeaseTerms::new(ttl, Duration::from_secs(10)))
+        .register("p", "a:x", LeaseTerms::new(ttl, Duration::from_secs(10)))
         .expect("register");
     (store, Box::new(guard))
 }

@@ -833,7 +833,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 5 | 6,
+                supported: 5 | 7,
                 ..
             }
         ),
@@ -898,7 +898,7 @@ fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
             );
         } else {
             drop(
-                open_for_run(&b.location(), &pipeline, terms())
+                open_for_run(&b.location(), (&pipeline, "a:x"), terms())
                     .expect("the runners' table is there"),
             );
         }
@@ -915,14 +915,26 @@ fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
 /// lets go.
 fn one_runner_at_a_time(b: &dyn Backend) {
     let location = b.location();
-    let held = open_for_run(&location, "p", terms()).expect("first runner");
+    let held = open_for_run(&location, ("p", "a:x"), terms()).expect("first runner");
     if !b.one_runner_per_store() {
         // A PostgreSQL store's runners share the run under leases: a second one joins.
-        let second = open_for_run(&location, "p", terms()).expect("a second runner joins");
+        let second = open_for_run(&location, ("p", "a:x"), terms()).expect("a second runner joins");
+        // One with other stages does not, while they live; it names what differs.
+        let Err(err) = open_for_run(&location, ("p", "a:x > b:y"), terms()) else {
+            panic!("a runner with other stages joined");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::OtherStages { .. }), "{text}");
+        assert!(
+            text.contains("its stages are a:x; this file's are a:x > b:y"),
+            "{text}"
+        );
+        open_for_run(&location, ("q", "a:x > b:y"), terms()).expect("another pipeline's runner");
         drop((held, second));
+        open_for_run(&location, ("p", "a:x > b:y"), terms()).expect("once they are gone");
         return;
     }
-    let Err(err) = open_for_run(&location, "p", terms()) else {
+    let Err(err) = open_for_run(&location, ("p", "a:x"), terms()) else {
         panic!("a second runner got the store");
     };
     match &err {
@@ -935,7 +947,7 @@ fn one_runner_at_a_time(b: &dyn Backend) {
         "{err}"
     );
     drop(held);
-    open_for_run(&location, "p", terms()).expect("free again");
+    open_for_run(&location, ("p", "a:x"), terms()).expect("free again");
 }
 
 /// `status` finds no store where none was made, and the store once there.
@@ -1090,7 +1102,7 @@ fn saving_a_process_record_does_not_wait_long_for_a_lock(b: &dyn Backend) {
 fn runner_active_follows_the_runner_lock(b: &dyn Backend) {
     let store = open(b);
     assert!(!store.runner_active("p").expect("ask"), "no runner yet");
-    let held = open_for_run(&b.location(), "p", terms()).expect("a runner");
+    let held = open_for_run(&b.location(), ("p", "a:x"), terms()).expect("a runner");
     assert!(store.runner_active("p").expect("ask"), "while it runs");
     assert!(
         store.runner_active("p").expect("ask"),
@@ -1109,6 +1121,7 @@ fn runner_active_follows_the_runner_lock(b: &dyn Backend) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(!store.runner_active("p").expect("ask"), "once it is gone");
-    let again = open_for_run(&b.location(), "p", terms()).expect("asking left the lock free");
+    let again =
+        open_for_run(&b.location(), ("p", "a:x"), terms()).expect("asking left the lock free");
     drop(again);
 }
