@@ -393,8 +393,19 @@ fn a_runner_with_other_stages_is_refused_while_others_run() {
     let other = cmd(&renamed, &db, "run").output();
     other.assert_code(2);
     other.assert_stderr_contains("is being run with other stages by runner");
-    other.assert_stderr_contains("its stages are src:generate > nap:sleep > sink:persist");
-    other.assert_stderr_contains("this file's are src:generate > snooze:sleep > sink:persist");
+    other.assert_stderr_contains("its stages are src (generate) > nap (sleep) > sink (persist)");
+    other
+        .assert_stderr_contains("this file's are src (generate) > snooze (sleep) > sink (persist)");
+    // Stage names may hold what a list of them is written with: no two lists are taken as one.
+    let nap_then_sink = "name = \"nap\"\nkind = \"sleep\"\nduration = \"50ms\"\nconcurrency = 8\n\n[[stage]]\nname = \"sink\"";
+    assert!(p.toml().contains(nap_then_sink), "{}", p.toml());
+    let merged = Pipeline::new(
+        &p.toml()
+            .replace(nap_then_sink, "name = \"nap:sleep > sink\""),
+    );
+    let other = cmd(&merged, &db, "run").output();
+    other.assert_code(2);
+    other.assert_stderr_contains("is being run with other stages by runner");
     first.wait().assert_code(0);
     assert_eq!(written(&mut db), (400, 0));
     assert_eq!(
@@ -404,6 +415,78 @@ fn a_runner_with_other_stages_is_refused_while_others_run() {
     );
     // Once no runner of the old stages lives, the new file may run.
     cmd(&renamed, &db, "run").output().assert_code(0);
+}
+
+/// A runner of this machine that was killed runs nothing: a file with other stages is not
+/// refused because of it.
+#[test]
+fn a_dead_runner_on_this_machine_does_not_hold_back_other_stages() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 400, "50ms", r#"lease_ttl = "5m""#, "");
+    let victim = cmd(&p, &db, "run").spawn();
+    until_written(&mut db, 20, Duration::from_secs(60));
+    victim.signal(libc::SIGKILL);
+    let _ = victim.wait();
+    let renamed = Pipeline::new(&p.toml().replace(r#"name = "nap""#, r#"name = "snooze""#));
+    let out = cmd(&renamed, &db, "run").output();
+    assert!(
+        !out.stderr.contains("other stages"),
+        "refused because of a dead runner: {out}"
+    );
+    // Its items at `nap`, a stage the new file does not have, fail with the reason.
+    out.assert_code(1);
+    out.assert_stderr_contains("which is not in the pipeline");
+}
+
+/// A runner that fails nothing, and one that waits with nothing left to claim, both stop with 3
+/// once the run's failed items (the others') cross `max_failures`, and the run is `aborted`.
+#[test]
+fn every_runner_aborts_when_the_others_cross_the_budget() {
+    let Some(db) = db() else { return };
+    let shared = |duration: &str, rate: f64, concurrency: usize| {
+        Pipeline::new(&format!(
+            r#"
+            [pipeline]
+            name = "budget"
+            shutdown_grace = "3s"
+            max_failures = 10
+
+            [checkpoint]
+            store = "${{DATABASE_URL}}"
+            commit_interval = "100ms"
+
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 60
+
+            [[stage]]
+            name = "nap"
+            kind = "sleep"
+            duration = "{duration}"
+            concurrency = {concurrency}
+
+            [[stage]]
+            name = "broken"
+            kind = "fault"
+            permanent_rate = {rate}
+            seed = 7
+            "#
+        ))
+    };
+    // The slow one holds a few items for 3 s, most of which fail; the fast one does the rest
+    // at once, fails none, and waits for the slow one's items.
+    let (slow_file, fast_file) = (shared("3s", 0.6, 16), shared("50ms", 0.0, 16));
+    let slow = cmd(&slow_file, &db, "run").spawn();
+    std::thread::sleep(Duration::from_millis(1200));
+    let fast = cmd(&fast_file, &db, "run").output();
+    let slow = slow.wait();
+    slow.assert_code(3);
+    fast.assert_code(3);
+    fast.assert_stderr_contains("more than `max_failures` (10) allows");
+    let status = cmd(&fast_file, &db, "status").arg("--json").output();
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    assert_eq!(status["run"]["status"], "aborted", "{status}");
 }
 
 /// A runner killed while another goes on is reported: by the one that takes its items over, by

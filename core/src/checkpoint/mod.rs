@@ -500,9 +500,9 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// How many of `run`'s unfinished items other runners hold (0 with one runner): once their
     /// leases expire, [`CheckpointStore::claim`] takes them over.
     fn held_by_others(&self, run: i64) -> Result<u64, StoreError>;
-    /// How many of `run`'s items ended failed in other runners than this one (0 with one
-    /// runner): with this runner's own, what `max_failures` holds to.
-    fn failed_by_others(&self, run: i64) -> Result<u64, StoreError>;
+    /// How many of `run`'s items ended failed: read often by runners that share a run under
+    /// `max_failures`, so cheap however many items the run has.
+    fn failed_items(&self, run: i64) -> Result<u64, StoreError>;
     /// Cancelled when this runner lost its claim on the run (a PostgreSQL store's lease); never,
     /// for a store with one runner.
     fn lost(&self) -> Option<tokio_util::sync::CancellationToken>;

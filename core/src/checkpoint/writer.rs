@@ -38,6 +38,8 @@ pub(crate) struct Checkpointer {
     tx: mpsc::Sender<Msg>,
     failure: Arc<OnceLock<String>>,
     deadline: Arc<Deadline>,
+    /// Items whose failure (`Change::Failed`) this writer committed.
+    failed_committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The writer stopped; the message says why.
@@ -57,21 +59,29 @@ impl Checkpointer {
         let deadline = writer.deadline();
         let (tx, rx) = mpsc::channel(max_items.max(1));
         let failure = Arc::new(OnceLock::new());
+        let failed_committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = tokio::spawn(write_loop(
             writer,
             rx,
-            interval,
-            max_items.max(1),
+            (interval, max_items.max(1)),
             failure.clone(),
+            failed_committed.clone(),
         ));
         Ok((
             Checkpointer {
                 tx,
                 failure,
                 deadline,
+                failed_committed,
             },
             task,
         ))
+    }
+
+    /// How many items' failures this writer committed so far.
+    pub(crate) fn failed_committed(&self) -> u64 {
+        self.failed_committed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on, every commit — the one in progress included — waits for the store at most
@@ -242,9 +252,9 @@ async fn settle(
 async fn write_loop(
     writer: Box<dyn UpdateWriter>,
     mut rx: mpsc::Receiver<Msg>,
-    interval: Duration,
-    max_items: usize,
+    (interval, max_items): (Duration, usize),
     failure: Arc<OnceLock<String>>,
+    failed_committed: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut idle = Some(writer);
     let mut committing: Option<Committing> = None;
@@ -325,12 +335,20 @@ async fn write_loop(
         }
         let updates = batch.take();
         let Some(mut w) = idle.take() else { return };
+        let counted = failed_committed.clone();
         committing = Some(tokio::task::spawn_blocking(move || {
             let result = if updates.is_empty() && status.is_none() {
                 Ok(())
             } else {
                 w.apply(&updates, status)
             };
+            if result.is_ok() {
+                let failed = updates
+                    .iter()
+                    .filter(|u| matches!(u.change, Change::Failed { .. }))
+                    .count();
+                counted.fetch_add(failed as u64, std::sync::atomic::Ordering::SeqCst);
+            }
             (w, result)
         }));
         if !waiting.is_empty() {

@@ -332,17 +332,21 @@ impl Control {
         }
         let settled = self.gate();
         self.note_stop();
+        // The reason first: whoever sees the stop must find why (an abort, not an interrupt).
+        let first = {
+            let mut slot = self
+                .abort
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            slot.is_none() && {
+                *slot = Some(reason.clone());
+                true
+            }
+        };
         self.soft.cancel();
         self.hard.cancel();
-        let mut slot = self
-            .abort
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.is_none() {
-            if !*settled {
-                tracing::error!(reason = %reason, "aborting the run");
-            }
-            *slot = Some(reason);
+        if first && !*settled {
+            tracing::error!(reason = %reason, "aborting the run");
         }
     }
 

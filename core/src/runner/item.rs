@@ -559,16 +559,19 @@ pub(crate) fn hold_to_budget(shared: &Shared) {
     let Some(limit) = shared.max_failures else {
         return;
     };
-    let elsewhere = shared
-        .failed_elsewhere
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let failed = shared.totals.failed.get() + elsewhere;
+    let own = shared.totals.failed.get();
+    let failed = match &shared.run_failed {
+        Some(run) => run.failed(own),
+        None => own,
+    };
     if limit.crossed(failed, shared.totals.items) {
         shared.control.abort(AbortReason::MaxFailures {
             failed,
             limit: limit.to_string(),
-            hint: (elsewhere > 0)
-                .then_some("counted over the whole run: other runners of it failed some of them"),
+            hint: shared
+                .run_failed
+                .as_ref()
+                .map(|_| "counted over the whole run, every runner's failed items"),
             by_the_end: None,
         });
     }

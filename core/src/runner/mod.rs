@@ -185,9 +185,42 @@ pub(crate) struct Shared {
     pub take_ups: bool,
     /// The attempts earlier processes died in, this run: item key → `(stage, attempt, error)`.
     pub deaths: std::collections::HashMap<String, Vec<(String, u32, String)>>,
-    /// Items that other runners of a shared run failed since this one joined, as last read
-    /// from the store: held against `max_failures` with this process's own.
-    pub failed_elsewhere: std::sync::atomic::AtomicU64,
+    /// In a run shared with other runners, under `max_failures`: its failed items as the store
+    /// counts them (see [`RunFailures`]).
+    pub run_failed: Option<RunFailures>,
+}
+
+/// The failed items of a run shared with other runners: those the store had at its last read,
+/// plus this process's own failures not committed before that read. The store's count goes
+/// down when `retry-failed` puts items back, and nothing is counted twice.
+pub(crate) struct RunFailures {
+    /// The run's failed items when this process began: `totals.failed` started from them.
+    at_start: u64,
+    /// The run's failed items at the store's last read.
+    in_store: std::sync::atomic::AtomicU64,
+    /// How many of this process's failures were committed before that read began.
+    committed_before: std::sync::atomic::AtomicU64,
+}
+
+impl RunFailures {
+    fn new(at_start: u64) -> Self {
+        RunFailures {
+            at_start,
+            in_store: std::sync::atomic::AtomicU64::new(at_start),
+            committed_before: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The run's failed items, given `totals`, this process's count (which began at
+    /// `at_start`).
+    pub(crate) fn failed(&self, totals: u64) -> u64 {
+        let own = totals.saturating_sub(self.at_start);
+        let uncommitted = own.saturating_sub(
+            self.committed_before
+                .load(std::sync::atomic::Ordering::SeqCst),
+        );
+        self.in_store.load(std::sync::atomic::Ordering::SeqCst) + uncommitted
+    }
 }
 
 impl Shared {
@@ -572,7 +605,8 @@ async fn execute(
             }
             deaths
         },
-        failed_elsewhere: std::sync::atomic::AtomicU64::new(0),
+        run_failed: (store.lost().is_some() && pipeline.max_failures.is_some())
+            .then(|| RunFailures::new(counts["failed"])),
     });
     recorder.set_run(run.id);
     if blackbox::copied(pipeline) {
@@ -605,14 +639,11 @@ async fn execute(
     ));
 
     let shared_run = store.lost().is_some();
-    if shared_run && pipeline.max_failures.is_some() {
-        // The failed items already counted above are the baseline: from then on, what the
-        // other runners fail is read from the store a few times a second.
-        let before = tokio::task::block_in_place(|| store.failed_by_others(run.id))?;
+    if shared.run_failed.is_some() {
         tokio::spawn(watch_the_budget(
             shared.clone(),
             store.clone(),
-            (run.id, before),
+            run.id,
             done.clone(),
         ));
     }
@@ -696,18 +727,21 @@ async fn execute(
 
 /// How often a runner sharing a run reads its lease's clock.
 const LEASE_CHECK: Duration = Duration::from_millis(250);
-/// How often a runner sharing a run with `max_failures` reads what the others failed.
+/// How often a runner sharing a run with `max_failures` reads the run's failed items.
 const BUDGET_CHECK: Duration = Duration::from_millis(250);
 
-/// Keep `shared.failed_elsewhere` to what the other runners of `run` failed since it read
-/// `before`, and abort once the run's failed items cross `max_failures`; until `ended`, or the
-/// run stops taking work. A store that does not answer is skipped (its next read counts them).
+/// Keep `shared.run_failed` to the run's failed items in the store, every runner's, and abort
+/// once they cross `max_failures`; until `ended`, or the run stops taking work. A store that
+/// does not answer is skipped (the next read counts them).
 async fn watch_the_budget(
     shared: Arc<Shared>,
     store: Arc<dyn CheckpointStore>,
-    (run, before): (i64, u64),
+    run: i64,
     ended: CancellationToken,
 ) {
+    let Some(failures) = &shared.run_failed else {
+        return;
+    };
     let soft = shared.control.soft.clone();
     let mut tick = tokio::time::interval(BUDGET_CHECK);
     loop {
@@ -715,17 +749,17 @@ async fn watch_the_budget(
             () = ended.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Taken before the read: a failure committed meanwhile may be counted twice for a
+        // moment, never not at all.
+        let committed = shared.checkpoint.failed_committed();
         let store = store.clone();
-        match off_the_runtime(&soft, move || store.failed_by_others(run)).await {
+        match off_the_runtime(&soft, move || store.failed_items(run)).await {
             None => return,
-            Some(Err(e)) => {
-                tracing::debug!(run, error = %e, "cannot read what the other runners failed")
-            }
+            Some(Err(e)) => tracing::debug!(run, error = %e, "cannot read the run's failed items"),
             Some(Ok(failed)) => {
-                shared.failed_elsewhere.store(
-                    failed.saturating_sub(before),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                let ordering = std::sync::atomic::Ordering::SeqCst;
+                failures.in_store.store(failed, ordering);
+                failures.committed_before.store(committed, ordering);
                 item::hold_to_budget(&shared);
             }
         }
@@ -1028,5 +1062,29 @@ async fn feed(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunFailures;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    #[test]
+    fn a_shared_run_s_failures_are_the_store_s_and_what_this_process_did_not_commit() {
+        // 5 failed when this process began; its count starts there.
+        let f = RunFailures::new(5);
+        assert_eq!(f.failed(5), 5);
+        // It fails 10, commits none yet: 15.
+        assert_eq!(f.failed(15), 15);
+        // The store then has its 10 and 20 of the others': its own are not counted twice.
+        f.committed_before.store(10, SeqCst);
+        f.in_store.store(35, SeqCst);
+        assert_eq!(f.failed(15), 35);
+        // `retry-failed` put 12 back to pending, its own among them: the store says 23.
+        f.in_store.store(23, SeqCst);
+        assert_eq!(f.failed(15), 23);
+        // 3 more of its own, not committed yet, count at once.
+        assert_eq!(f.failed(18), 26);
     }
 }

@@ -176,14 +176,35 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Its stages' names and kinds, in order (`src:generate > nap:sleep`): what runners sharing
-    /// a run must agree on.
+    /// Its stages' names and kinds, in order, as JSON (`[["src","generate"],["nap","sleep"]]`):
+    /// what runners sharing a run must agree on. (JSON, so that no two lists read the same,
+    /// whatever the names hold.)
     pub fn stage_list(&self) -> String {
-        self.stages
+        let pairs: Vec<[&str; 2]> = self
+            .stages
             .iter()
-            .map(|s| format!("{}:{}", s.name, s.kind))
+            .map(|s| [s.name.as_str(), s.kind.as_str()])
+            .collect();
+        serde_json::to_string(&pairs).expect("strings always serialize")
+    }
+}
+
+/// A [`Pipeline::stage_list`] for a person: `src (generate) > nap (sleep)`; text that is not
+/// such a list is shown as it is, escaped.
+pub fn show_stage_list(list: &str) -> String {
+    match serde_json::from_str::<Vec<[String; 2]>>(list) {
+        Ok(pairs) => pairs
+            .iter()
+            .map(|[name, kind]| {
+                format!(
+                    "{} ({})",
+                    crate::text::printable(name),
+                    crate::text::printable(kind)
+                )
+            })
             .collect::<Vec<_>>()
-            .join(" > ")
+            .join(" > "),
+        Err(_) => crate::text::printable(list).into_owned(),
     }
 }
 

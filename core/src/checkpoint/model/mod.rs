@@ -135,9 +135,13 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     fn reported(&self, _ids: &[i64]) -> Result<(), StoreError> {
         Ok(())
     }
-    /// See [`CheckpointStore::failed_by_others`].
-    fn others_failed(&self, _run: i64) -> Result<i64, StoreError> {
-        Ok(0)
+    /// See [`CheckpointStore::failed_items`].
+    fn failed_count(&self, run: i64) -> Result<i64, StoreError> {
+        Ok(self
+            .state_counts(run)?
+            .into_iter()
+            .find(|(state, _)| state == "failed")
+            .map_or(0, |(_, n)| n))
     }
     /// See [`CheckpointStore::lost`].
     fn lost_token(&self) -> Option<tokio_util::sync::CancellationToken> {
@@ -230,8 +234,8 @@ impl<T: Tables> CheckpointStore for T {
         Ok(u64::try_from(self.others_hold(run)?).unwrap_or(0))
     }
 
-    fn failed_by_others(&self, run: i64) -> Result<u64, StoreError> {
-        Ok(u64::try_from(self.others_failed(run)?).unwrap_or(0))
+    fn failed_items(&self, run: i64) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.failed_count(run)?).unwrap_or(0))
     }
 
     fn lost(&self) -> Option<tokio_util::sync::CancellationToken> {

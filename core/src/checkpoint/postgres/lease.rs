@@ -129,6 +129,9 @@ impl PgStore {
         let (host, pidns) = (crate::flight::hostname(), pid_namespace());
         let pid = i64::from(std::process::id());
         let sent = Instant::now();
+        // A runner of this machine that is gone is no runner: neither of other stages, nor one
+        // whose items must wait for its lease.
+        self.end_dead_neighbours(pipeline)?;
         let joined = self.with_conn(|tx| {
             // Two runners registering at once with different stages: one sees the other.
             tx.execute(
@@ -169,8 +172,8 @@ impl PgStore {
                 "runner {runner}, pid {pid} on {}",
                 crate::text::printable(&host)
             ),
-            theirs: crate::text::printable(&theirs).into_owned(),
-            ours: crate::text::printable(stages).into_owned(),
+            theirs: crate::spec::show_stage_list(&theirs),
+            ours: crate::spec::show_stage_list(stages),
         })?;
         let me = Arc::new(Membership {
             id,
@@ -184,8 +187,6 @@ impl PgStore {
         self.runner
             .set(me.clone())
             .map_err(|_| StoreError::Db("this store already has a runner".into()))?;
-        // A rerun after `kill -9` on this machine need not wait for the dead one's lease.
-        self.end_dead_neighbours(pipeline)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (finished, done) = std::sync::mpsc::channel::<()>();
         let (config, shown) = (self.config.clone(), self.shown.clone());
@@ -222,11 +223,18 @@ impl PgStore {
         // an earlier try committed (its answer lost with the session) rather than claiming
         // more and leaving those behind.
         let claim = me.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let tried = std::sync::atomic::AtomicBool::new(false);
         let claimed = self.with_conn(|tx| {
+            // Only a try after the first can find what an earlier one committed: the first
+            // does not look (the look reads the run's unfinished items).
+            if !tried.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                return claim_new(tx, (run, id, claim, limit), &me.taken_from);
+            }
             let again: Vec<ItemRow> = tx
                 .query(
                     "SELECT seq, key, stage, record, attempts FROM stagewise.items
-                     WHERE run_id = $1 AND owner = $2 AND claim = $3 ORDER BY seq",
+                     WHERE run_id = $1 AND owner = $2 AND claim = $3 AND state IN ('pending', 'in_flight')
+                     ORDER BY seq",
                     &[&run, &id, &claim],
                 )?
                 .iter()
@@ -235,81 +243,7 @@ impl PgStore {
             if !again.is_empty() {
                 return Ok(Some((again, Vec::new())));
             }
-            let live: bool = tx
-                .query_opt(
-                    &format!("SELECT 1 FROM stagewise.runners r WHERE r.id = $1 AND {LIVE}"),
-                    &[&id],
-                )?
-                .is_some();
-            if !live {
-                return Ok(None);
-            }
-            tx.execute(
-                "UPDATE stagewise.runners SET run_id = $2 WHERE id = $1 AND run_id IS DISTINCT FROM $2",
-                &[&id, &run],
-            )?;
-            let rows = tx.query(
-                &format!(
-                    "WITH c AS (
-                         SELECT i.seq, i.taken, i.owner FROM stagewise.items i
-                         WHERE i.run_id = $1 AND i.state IN ('pending', 'in_flight')
-                           AND (i.owner IS NULL OR NOT EXISTS (
-                               SELECT 1 FROM stagewise.runners r WHERE r.id = i.owner AND {LIVE}))
-                         ORDER BY i.seq LIMIT $3
-                         FOR UPDATE OF i SKIP LOCKED)
-                     UPDATE stagewise.items i SET owner = $2, taken = false, claim = $4 FROM c
-                     WHERE i.run_id = $1 AND i.seq = c.seq
-                     RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken, c.owner"
-                ),
-                &[&run, &id, &limit, &claim],
-            )?;
-            let mut out = Vec::with_capacity(rows.len());
-            // Runners whose items these were: their leases ran out.
-            let mut from: Vec<i64> = rows
-                .iter()
-                .filter_map(|r| r.get::<_, Option<i64>>(6))
-                .filter(|owner| *owner != id)
-                .collect();
-            from.sort_unstable();
-            from.dedup();
-            from.retain(|owner| !unpoisoned(&me.taken_from).contains(owner));
-            let from: Vec<(i64, String, i64)> = if from.is_empty() {
-                Vec::new()
-            } else {
-                tx.query(
-                    "SELECT id, host, pid FROM stagewise.runners WHERE id = ANY($1)",
-                    &[&from],
-                )?
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect()
-            };
-            for r in &rows {
-                let (seq, key, stage, record, mut attempts): ItemRow =
-                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-                let was_taken: bool = r.get(5);
-                if let (true, Some(stage)) = (was_taken, stage.as_deref().filter(|s| !s.is_empty()))
-                {
-                    // Its owner died during an attempt here: that attempt counts.
-                    attempts += 1;
-                    let error = died_during(u32::try_from(attempts).unwrap_or(u32::MAX), stage);
-                    tx.execute(
-                        "UPDATE stagewise.items SET attempts = $3, error = $4 WHERE run_id = $1 AND seq = $2",
-                        &[&run, &seq, &attempts, &error],
-                    )?;
-                    tx.execute(
-                        "INSERT INTO stagewise.deaths (run_id, key, stage, attempts, error)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (run_id, key, stage) DO UPDATE
-                         SET attempts = EXCLUDED.attempts, error = EXCLUDED.error
-                         WHERE stagewise.deaths.attempts < EXCLUDED.attempts",
-                        &[&run, &key, &stage, &attempts, &error],
-                    )?;
-                }
-                out.push((seq, key, stage, record, attempts));
-            }
-            out.sort_by_key(|row| row.0);
-            Ok(Some((out, from)))
+            claim_new(tx, (run, id, claim, limit), &me.taken_from)
         })?;
         let Some((items, from)) = claimed else {
             let why = "its lease had expired when it asked for more items".to_owned();
@@ -387,19 +321,6 @@ impl PgStore {
         })
     }
 
-    /// How many of `run`'s items ended failed in other runners than this one (or none).
-    pub(super) fn failed_by_others(&self, run: i64) -> Result<i64, StoreError> {
-        let me = self.me().map(|m| m.id);
-        self.with_conn(|tx| {
-            tx.query_one(
-                "SELECT count(*) FROM stagewise.items
-                 WHERE run_id = $1 AND state = 'failed' AND owner IS DISTINCT FROM $2",
-                &[&run, &me],
-            )
-            .map(|r| r.get(0))
-        })
-    }
-
     /// The runners that worked on `run`, newest first (at most 100).
     pub(super) fn runner_rows(&self, run: i64) -> Result<Vec<RunnerInfo>, StoreError> {
         self.rows(
@@ -448,6 +369,93 @@ impl PgStore {
             .map(|r| r.get(0))
         })
     }
+}
+
+/// Items claimed, and the runners `(id, host, pid)` some of them were taken over from.
+type Claimed = (Vec<ItemRow>, Vec<(i64, String, i64)>);
+
+/// The claim numbered `claim` of runner `id`: up to `limit` of `run`'s unfinished items that
+/// no live runner holds, with the runners they are taken over from that `said` does not hold
+/// yet; `None` if the runner's lease is no longer live.
+fn claim_new(
+    tx: &mut postgres::Transaction<'_>,
+    (run, id, claim, limit): (i64, i64, i64, i64),
+    said: &Mutex<std::collections::HashSet<i64>>,
+) -> Result<Option<Claimed>, postgres::Error> {
+    let live: bool = tx
+        .query_opt(
+            &format!("SELECT 1 FROM stagewise.runners r WHERE r.id = $1 AND {LIVE}"),
+            &[&id],
+        )?
+        .is_some();
+    if !live {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE stagewise.runners SET run_id = $2 WHERE id = $1 AND run_id IS DISTINCT FROM $2",
+        &[&id, &run],
+    )?;
+    let rows = tx.query(
+        &format!(
+            "WITH c AS (
+                 SELECT i.seq, i.taken, i.owner FROM stagewise.items i
+                 WHERE i.run_id = $1 AND i.state IN ('pending', 'in_flight')
+                   AND (i.owner IS NULL OR NOT EXISTS (
+                       SELECT 1 FROM stagewise.runners r WHERE r.id = i.owner AND {LIVE}))
+                 ORDER BY i.seq LIMIT $3
+                 FOR UPDATE OF i SKIP LOCKED)
+             UPDATE stagewise.items i SET owner = $2, taken = false, claim = $4 FROM c
+             WHERE i.run_id = $1 AND i.seq = c.seq
+             RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken, c.owner"
+        ),
+        &[&run, &id, &limit, &claim],
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    // Runners whose items these were: their leases ran out.
+    let mut from: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<i64>>(6))
+        .filter(|owner| *owner != id)
+        .collect();
+    from.sort_unstable();
+    from.dedup();
+    from.retain(|owner| !unpoisoned(said).contains(owner));
+    let from: Vec<(i64, String, i64)> = if from.is_empty() {
+        Vec::new()
+    } else {
+        tx.query(
+            "SELECT id, host, pid FROM stagewise.runners WHERE id = ANY($1)",
+            &[&from],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    for r in &rows {
+        let (seq, key, stage, record, mut attempts): ItemRow =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let was_taken: bool = r.get(5);
+        if let (true, Some(stage)) = (was_taken, stage.as_deref().filter(|s| !s.is_empty())) {
+            // Its owner died during an attempt here: that attempt counts.
+            attempts += 1;
+            let error = died_during(u32::try_from(attempts).unwrap_or(u32::MAX), stage);
+            tx.execute(
+                "UPDATE stagewise.items SET attempts = $3, error = $4 WHERE run_id = $1 AND seq = $2",
+                &[&run, &seq, &attempts, &error],
+            )?;
+            tx.execute(
+                "INSERT INTO stagewise.deaths (run_id, key, stage, attempts, error)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (run_id, key, stage) DO UPDATE
+                 SET attempts = EXCLUDED.attempts, error = EXCLUDED.error
+                 WHERE stagewise.deaths.attempts < EXCLUDED.attempts",
+                &[&run, &key, &stage, &attempts, &error],
+            )?;
+        }
+        out.push((seq, key, stage, record, attempts));
+    }
+    out.sort_by_key(|row| row.0);
+    Ok(Some((out, from)))
 }
 
 /// Which processes this one can see: its process id namespace (`pid:[…]`) on this boot of this

@@ -107,11 +107,11 @@ CREATE INDEX items_unfinished ON stagewise.items (run_id, seq) WHERE state IN ('
 ";
 
 /// Version 7: the stages each runner runs (`stages`: runners that join a run must run the same
-/// ones), when a dead runner's record was reported (`reported_at`), and the failed items of a
-/// run counted cheaply (`max_failures` holds for the whole run, whatever runner failed them).
+/// ones), when a dead runner's record was reported (`reported_at`), the failed items of a run
+/// counted cheaply (`max_failures` holds for the whole run, whatever runner failed them).
 const SCHEMA_V7: &str = "
 ALTER TABLE stagewise.runners ADD COLUMN stages text, ADD COLUMN reported_at timestamptz;
-CREATE INDEX items_failed ON stagewise.items (run_id, owner) WHERE state = 'failed';
+CREATE INDEX items_failed ON stagewise.items (run_id) WHERE state = 'failed';
 ";
 
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
