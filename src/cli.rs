@@ -344,9 +344,7 @@ fn run(
         stagewise_core::run(&loaded.pipeline, registry, options)
     }));
     match result {
-        Ok(Ok(summary)) => {
-            ExitCode::from(u8::try_from(summary.exit().code()).unwrap_or(EXIT_ABORTED))
-        }
+        Ok(Ok(summary)) => ExitCode::from(u8::try_from(summary.exit_code).unwrap_or(EXIT_ABORTED)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "nothing was run");
             ExitCode::from(EXIT_CONFIG)

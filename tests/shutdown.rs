@@ -225,6 +225,70 @@ fn max_run_time_stops_and_runs_resume_to_the_end() {
     assert_eq!(p.status().count("done"), 24);
 }
 
+/// `interrupted_exit_code = 0`: a run stopped by `max_run_time` exits 0 with its progress
+/// saved, and still says it was interrupted (log, summary file); a SIGTERM too. The next run
+/// resumes. Codes that mean other outcomes are refused.
+#[test]
+fn interrupted_exit_code_lets_an_interrupted_run_exit_0_and_still_say_so() {
+    let toml = |code: &str, max_run_time: &str| {
+        format!(
+            r#"
+            [pipeline]
+            name = "cron"
+            {max_run_time}
+            interrupted_exit_code = {code}
+
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 40
+
+            [[stage]]
+            name = "nap"
+            kind = "sleep"
+            duration = "200ms"
+            concurrency = 2
+
+            [[stage]]
+            name = "out"
+            kind = "jsonl"
+            path = "out.jsonl"
+            "#
+        )
+    };
+    let p = Pipeline::new(&toml("0", r#"max_run_time = "1s""#));
+    let out = p.run();
+    out.assert_code(0);
+    out.assert_stderr_contains(r#"outcome="interrupted" exit_code=0"#);
+    let summary = p.summary("cron");
+    assert_eq!(summary["outcome"], "interrupted", "{summary}");
+    assert_eq!(summary["exit_code"], 0, "{summary}");
+    let done = p.status().count("done");
+    assert!(done > 0 && done < 40, "{done} done after the first run");
+    let plan = p.cmd("plan").output();
+    assert!(plan.stdout.contains("interrupted_exit_code"), "{plan}");
+
+    let p = Pipeline::new(&toml("0", ""));
+    let running = p.cmd("run").spawn();
+    std::thread::sleep(Duration::from_millis(1500));
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(0);
+    out.assert_stderr_contains(r#"outcome="interrupted""#);
+    p.run().assert_code(0);
+    assert_eq!(
+        p.status().count("done"),
+        40,
+        "the next run resumed to the end"
+    );
+
+    for bad in ["1", "3", "126", "-1", "\"0\""] {
+        let out = Pipeline::new(&toml(bad, "")).validate();
+        out.assert_code(2);
+        out.assert_stderr_contains("interrupted_exit_code");
+    }
+}
+
 /// Blocking calls still running at the end of the grace period are cut off, not counted as
 /// stuck: the run is interrupted (75), not wedged (3).
 #[test]

@@ -325,7 +325,10 @@ pub(crate) fn summarize(
             Exit::Aborted => "aborted",
             Exit::Interrupted => "interrupted",
         },
-        exit_code: exit.code(),
+        exit_code: match exit {
+            Exit::Interrupted => i32::from(pipeline.interrupted_exit_code),
+            other => other.code(),
+        },
         reason,
         elapsed_secs: began.elapsed().as_secs_f64(),
         items: totals.map_or(0, |t| t.items),

@@ -34,6 +34,8 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const DEFAULT_WATCHDOG: Duration = Duration::from_secs(60);
 const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// An interrupted run's exit code: `EX_TEMPFAIL`, "try again later".
+const DEFAULT_INTERRUPTED_EXIT_CODE: u8 = 75;
 const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 /// Most items in one commit: a bound the writer's queue can hold.
@@ -169,6 +171,8 @@ pub struct Pipeline {
     pub heartbeat: Duration,
     /// Longest time the runtime may go without answering before the watchdog ends the run.
     pub watchdog: Duration,
+    /// The exit code of an interrupted run (75 unless set).
+    pub interrupted_exit_code: u8,
     /// Checkpointing.
     pub checkpoint: CheckpointConfig,
     /// The stages in order; the first is the source.
@@ -638,6 +642,9 @@ impl Validator {
             max_failures: pipeline.max_failures,
             heartbeat: pipeline.heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
             watchdog: pipeline.watchdog.unwrap_or(DEFAULT_WATCHDOG),
+            interrupted_exit_code: pipeline
+                .interrupted_exit_code
+                .map_or(DEFAULT_INTERRUPTED_EXIT_CODE, |c| c.0),
             checkpoint: CheckpointConfig {
                 store: store?,
                 commit_interval: checkpoint

@@ -309,6 +309,11 @@ impl Plan {
             ),
             r.section("pipeline", "heartbeat", Shown::duration(p.heartbeat)),
             r.section("pipeline", "watchdog", Shown::duration(p.watchdog)),
+            r.section(
+                "pipeline",
+                "interrupted_exit_code",
+                Shown::plain(json!(p.interrupted_exit_code)),
+            ),
         ];
         let store = p.checkpoint.store.shown();
         let store_setting = r.section("checkpoint", "store", Shown::string(&store));

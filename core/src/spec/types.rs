@@ -48,6 +48,12 @@ pub(crate) struct PipelineSpec {
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub watchdog: Option<Duration>,
+    /// The exit code of a run interrupted with its progress saved (a stop signal,
+    /// `max_run_time`, a fenced runner): `0` where the platform alerts on any other code (a cron
+    /// service), the interruption still in the log and the summary (`outcome = "interrupted"`).
+    /// 0, or 4 to 125: 1, 2 and 3 mean other outcomes.
+    #[schemars(extend("x-default" = "`75`"))]
+    pub interrupted_exit_code: Option<InterruptedExitCode>,
 }
 
 /// `[checkpoint]`: where progress is saved.
@@ -93,6 +99,48 @@ pub(crate) struct StageKeys {
     pub name: String,
     /// The stage's kind, one of those below: its own keys follow it.
     pub kind: String,
+}
+
+/// `interrupted_exit_code`: 0, or 4 to 125.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptedExitCode(pub u8);
+
+impl schemars::JsonSchema for InterruptedExitCode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "InterruptedExitCode".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [
+                { "const": 0 },
+                { "type": "integer", "minimum": 4, "maximum": 125 },
+            ],
+            "examples": [0, 75],
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for InterruptedExitCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = InterruptedExitCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an exit code for `interrupted_exit_code`: 0, or 4 to 125 (1, 2 and 3 mean other outcomes, and a shell uses 126 and above), such as 0")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<InterruptedExitCode, E> {
+                match v {
+                    0 | 4..=125 => Ok(InterruptedExitCode(v as u8)),
+                    _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<InterruptedExitCode, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 /// `max_failures`: a count or a share of the batch.
