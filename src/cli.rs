@@ -33,12 +33,14 @@ pub fn main(registry: Registry) -> ExitCode {
 }
 
 fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
+    telemetry::set_color(match cli.color {
+        ColorChoice::Auto => telemetry::Color::Auto,
+        ColorChoice::Always => telemetry::Color::Always,
+        ColorChoice::Never => telemetry::Color::Never,
+    });
+    let log_format = cli.log_format;
     match cli.command {
-        Command::Run {
-            pipeline,
-            fresh,
-            log_format,
-        } => run(
+        Command::Run { pipeline, fresh } => run(
             &pipeline,
             registry,
             log_format,
@@ -50,7 +52,6 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
         ),
         Command::RetryFailed {
             pipeline,
-            log_format,
             run: number,
         } => run(
             &pipeline,
@@ -75,7 +76,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                     named.join(", ")
                 );
             }
-            validate(&pipeline, registry)
+            validate(&pipeline, registry, log_format)
         }
         Command::Plan { pipeline, json } => match spec::plan(&pipeline, registry) {
             Ok(planned) => {
@@ -114,9 +115,17 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
     }
 }
 
-/// `validate`: load and check the file, its plugin libraries included.
-fn validate(pipeline: &std::path::Path, registry: &Registry) -> ExitCode {
-    match load(pipeline, registry, Report::Plain) {
+/// `validate`: load and check the file, its plugin libraries included; with JSON logs, its
+/// problems are log events.
+fn validate(pipeline: &std::path::Path, registry: &Registry, format: Format) -> ExitCode {
+    let report = match format {
+        Format::Pretty => Report::Plain,
+        Format::Json => match start_logging(format) {
+            Ok(()) => Report::Logged,
+            Err(code) => return code,
+        },
+    };
+    match load(pipeline, registry, report) {
         Ok(loaded) => {
             say!(
                 "{} is valid: pipeline `{}`, {} stage(s)",
@@ -142,6 +151,20 @@ const EXIT_ABORTED: u8 = 3;
     about = "A runner for batch pipelines that must not die silently"
 )]
 struct Cli {
+    /// Log line format: `pretty`, for people, or `json`, one object per line for log
+    /// collectors (`run`, `retry-failed`, and `validate`'s problems).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "STAGEWISE_LOG_FORMAT"
+    )]
+    log_format: Format,
+    /// Colour the log's levels and the `error:` of messages: `auto` on a terminal unless
+    /// `NO_COLOR` is set, `always`, or `never`. JSON lines are never coloured.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +173,13 @@ struct Cli {
 enum Format {
     Pretty,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Subcommand)]
@@ -162,9 +192,6 @@ enum Command {
         /// Start a new run even if the last one is unfinished.
         #[arg(long)]
         fresh: bool,
-        /// Log line format.
-        #[arg(long, value_enum, default_value = "pretty")]
-        log_format: Format,
     },
     /// Check the pipeline file without running it.
     ///
@@ -215,9 +242,6 @@ enum Command {
         /// than the latest run's. Run again with the same number to resume it if interrupted.
         #[arg(long, value_name = "N")]
         run: Option<i64>,
-        /// Log line format.
-        #[arg(long, value_enum, default_value = "pretty")]
-        log_format: Format,
     },
     /// Print a JSON Schema of pipeline.toml, for editors that complete and check TOML.
     Schema,
@@ -317,16 +341,32 @@ fn invalid(path: &std::path::Path, e: &ConfigError, report: Report) -> ExitCode 
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// Install logging in `format`, with the filter the environment gives; `Err` is the exit code
+/// of a filter that is not one (said).
+fn start_logging(format: Format) -> Result<(), ExitCode> {
+    let filter = telemetry::filter().map_err(|e| {
+        say!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    telemetry::init(
+        match format {
+            Format::Pretty => LogFormat::Pretty,
+            Format::Json => LogFormat::Json,
+        },
+        filter,
+    );
+    Ok(())
+}
+
 fn run(
     path: &std::path::Path,
     registry: &Registry,
     format: Format,
     options: RunOptions,
 ) -> ExitCode {
-    telemetry::init(match format {
-        Format::Pretty => LogFormat::Pretty,
-        Format::Json => LogFormat::Json,
-    });
+    if let Err(code) = start_logging(format) {
+        return code;
+    }
     // From now on a stop signal waits for the run's watchdog, which acts on it.
     stagewise_core::hold_signals();
     // A person reads plain lines; a log collector needs every line to be JSON.

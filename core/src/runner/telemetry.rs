@@ -80,6 +80,35 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
         .max_by_key(|(_, age, _)| *age)
         .map(|(key, age, stage)| format!("{key} in {stage} for {}", text::duration(age)))
         .unwrap_or_else(|| "none".to_owned());
+    if crate::telemetry::json() {
+        if tracing::enabled!(tracing::Level::INFO) {
+            let eta_secs = (rate > 0.0).then(|| remaining as f64 / rate);
+            let oldest = shared
+                .stages
+                .iter()
+                .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
+                .max_by_key(|(_, age, _)| *age)
+                .map(|(key, age, stage)| {
+                    serde_json::json!({ "key": &*key, "stage": &*stage, "age_secs": age.as_secs_f64() })
+                });
+            let fields = serde_json::json!({
+                "done": t.done.get(),
+                "failed": t.failed.get(),
+                "skipped": t.skipped.get(),
+                "remaining": remaining,
+                "in_flight": in_flight,
+                "items_per_sec": rate,
+                "eta_secs": eta_secs,
+                "elapsed_secs": elapsed,
+                "oldest": oldest,
+                "stages": shared.stages.iter().skip(1).map(stage_fields).collect::<Vec<_>>(),
+            });
+            if let serde_json::Value::Object(fields) = fields {
+                crate::telemetry::json_event(false, events::HEARTBEAT, fields);
+            }
+        }
+        return;
+    }
     let stages: Vec<String> = shared.stages.iter().skip(1).map(stage_line).collect();
     tracing::info!(
         done = t.done.get(),
@@ -124,6 +153,27 @@ fn log_status_dump(shared: &Shared, began: Instant) {
             "in flight"
         );
     }
+}
+
+/// A stage's figures in a heartbeat, for JSON logs: every one, as a number.
+fn stage_fields(s: &StageRt) -> serde_json::Value {
+    let st = &s.stats;
+    let slowed = s.lanes.slowed();
+    serde_json::json!({
+        "name": &*s.name,
+        "in_flight": st.in_flight_count(),
+        "done": st.done.get(),
+        "failed": st.failed.get(),
+        "skipped": st.skipped.get(),
+        "retries": st.retries.get(),
+        "timeouts": st.timeouts.get(),
+        "backing_off": st.backing_off.get(),
+        "concurrency": s.adaptive.limit(),
+        "concurrency_max": s.adaptive.max(),
+        "slowed_lanes": slowed.len(),
+        "abandoned": st.abandoned_now(),
+        "abandoned_total": st.abandoned_total.get(),
+    })
 }
 
 fn stage_line(s: &StageRt) -> String {
@@ -400,6 +450,17 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::f
     }
     // Ended with a summary from here on: a kill after this line is not a death without one.
     recorder.mark_ended();
+    if crate::telemetry::json() {
+        if tracing::enabled!(target: crate::telemetry::SUMMARY_TARGET, tracing::Level::INFO) {
+            let mut fields = match serde_json::to_value(summary) {
+                Ok(serde_json::Value::Object(fields)) => fields,
+                _ => serde_json::Map::new(),
+            };
+            fields.insert("file".into(), path.display().to_string().into());
+            crate::telemetry::json_event(true, events::SUMMARY, fields);
+        }
+        return;
+    }
     let stages: Vec<String> = summary
         .stages
         .iter()

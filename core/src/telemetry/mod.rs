@@ -43,6 +43,73 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether log lines and messages are coloured: `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Color {
+    /// When standard error is a terminal, `NO_COLOR` is unset or empty, and `TERM` is not
+    /// `dumb`.
+    #[default]
+    Auto,
+    /// Always (`NO_COLOR` too: the flag is the later word).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Whether lines are coloured (see [`set_color`]).
+static COLOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Colour what this process writes to standard error from now on, as `color` asks: the level
+/// of each text log line, and the `error:` or `warning:` of a message. JSON lines never are.
+pub fn set_color(color: Color) {
+    use std::io::IsTerminal;
+    let on = match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => {
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+        }
+    };
+    COLOR.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `line` (one event or message, already made safe by [`defuse`]) with its level or its
+/// `error:`/`warning:` coloured, when colour is on. The escape codes are added after the line
+/// was made safe: they are ours, never the data's.
+fn coloured(line: &mut Vec<u8>) {
+    if !COLOR.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    const MARKS: [(&[u8], &str); 7] = [
+        (b"ERROR", "31"),
+        (b" WARN", "33"),
+        (b" INFO", "32"),
+        (b"DEBUG", "34"),
+        (b"TRACE", "35"),
+        (b"error:", "1;31"),
+        (b"warning:", "1;33"),
+    ];
+    // A text event starts with its timestamp, then its level right-aligned in five places; a
+    // message with its word.
+    let at = match line.iter().position(|b| *b == b' ') {
+        Some(space) if line.first().is_some_and(u8::is_ascii_digit) => space + 1,
+        _ => 0,
+    };
+    let rest = &line[at..];
+    let Some((mark, code)) = MARKS.iter().find(|(m, _)| rest.starts_with(m)) else {
+        return;
+    };
+    let painted = [
+        format!("\u{1b}[{code}m").as_bytes(),
+        mark,
+        b"\x1b[0m".as_slice(),
+    ]
+    .concat();
+    line.splice(at..at + mark.len(), painted);
+}
+
 /// The default filter: `info`, except for libraries the stages use, whose own `info` events
 /// (an extractor narrating its steps, say) say nothing about the run.
 const DEFAULT_FILTER: &str = "info,trafilatura=warn,rs_trafilatura=warn,dom_smoothie=warn,html5ever=warn,markup5ever=warn,selectors=warn,ureq=warn,ureq_proto=warn,rustls=warn,postgres=warn,tokio_postgres=warn,libloading=warn";
@@ -80,13 +147,52 @@ pub fn flush(within: Duration) -> bool {
 pub fn say(args: std::fmt::Arguments<'_>) {
     let mut line = crate::text::printable(&args.to_string()).into_owned();
     line.push('\n');
+    let mut line = line.into_bytes();
+    coloured(&mut line);
     match QUEUE.get() {
-        Some(q) => q.push(queue::Rank::Important, line.into_bytes()),
+        Some(q) => q.push(queue::Rank::Important, line),
         None => {
             use std::io::Write;
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            let _ = std::io::stderr().write_all(&line);
         }
     }
+}
+
+/// Whether log events are JSON lines (`--log-format json`).
+pub fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Log one event whose `fields` are typed (numbers as numbers, lists and objects nested), as a
+/// JSON line shaped as the others (`timestamp`, `level`, `message`, then the fields), as
+/// important as a warning if `important`. For JSON logs only ([`json`]); the caller checks that
+/// its level is enabled (`tracing::enabled!`).
+pub fn json_event(
+    important: bool,
+    message: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) {
+    let mut event = serde_json::Map::new();
+    event.insert(
+        "timestamp".into(),
+        humantime::format_rfc3339_micros(std::time::SystemTime::now())
+            .to_string()
+            .into(),
+    );
+    event.insert("level".into(), "INFO".into());
+    event.insert("message".into(), message.into());
+    event.extend(fields);
+    let mut line = serde_json::Value::Object(event).to_string().into_bytes();
+    line.push(b'\n');
+    let writer = EventWriter {
+        rank: if important {
+            queue::Rank::Important
+        } else {
+            queue::Rank::Info
+        },
+        line,
+    };
+    drop(writer);
 }
 
 /// Whether events are JSON lines (see [`defuse`]).
@@ -146,13 +252,14 @@ impl Drop for EventWriter {
         if self.line.is_empty() {
             return;
         }
-        defuse(
-            &mut self.line,
-            JSON.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let json = JSON.load(std::sync::atomic::Ordering::Relaxed);
+        defuse(&mut self.line, json);
         let sink = SINK.read().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(sink) = sink {
             sink(&self.line);
+        }
+        if !json {
+            coloured(&mut self.line);
         }
         match QUEUE.get() {
             Some(q) => q.push(self.rank, std::mem::take(&mut self.line)),
@@ -205,18 +312,39 @@ fn start_queue() {
     }
 }
 
-/// Install the global subscriber and a panic hook that reports through it. The level comes
-/// from `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug`), default [`DEFAULT_FILTER`].
-pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_env("STAGEWISE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+/// The log filter: `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug,info`), else
+/// `RUST_LOG`, else [`DEFAULT_FILTER`]; an empty variable is unset. One that is not a filter is
+/// an error, naming it.
+pub fn filter() -> Result<EnvFilter, String> {
+    for var in ["STAGEWISE_LOG", "RUST_LOG"] {
+        let value = match std::env::var(var) {
+            Ok(v) if v.trim().is_empty() => continue,
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => continue,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(format!("`{var}` is not valid UTF-8"))
+            }
+        };
+        return EnvFilter::builder().parse(&value).map_err(|e| {
+            format!(
+                "`{var}` is not a log filter ({}: {e}): write a level (`{var}=debug`) or targets with levels (`{var}=info,stagewise_core=debug`)",
+                crate::text::printable(&value)
+            )
+        });
+    }
+    Ok(EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// Install the global subscriber and a panic hook that reports through it, logging `format`
+/// lines through `filter` (see [`filter`]). Colour is set apart ([`set_color`]).
+pub fn init(format: LogFormat, filter: EnvFilter) {
     start_queue();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Queued)
         .with_target(false);
-    // No colours: an event is escaped whole (see [`defuse`]), so a colour's escape code would be
-    // shown as text.
+    // No colours from the formatter: an event is escaped whole (see [`defuse`]), so a colour's
+    // escape code would be shown as text; the level is coloured after ([`coloured`]).
     JSON.store(
         format == LogFormat::Json,
         std::sync::atomic::Ordering::Relaxed,
