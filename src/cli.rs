@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use stagewise_core::spec::{self, ConfigError, Diagnostic, Loaded, Severity};
 use stagewise_core::telemetry::{self, LogFormat};
 use stagewise_core::{commands, Registry, RunOptions};
@@ -24,8 +24,8 @@ macro_rules! say {
 const LAST_LINES: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Run the command line of `std::env::args` with `registry`'s kinds: `run`, `validate`,
-/// `plan`, `schema`, `status`, `retry-failed`, `plugin inspect`. Every outcome is one of the
-/// documented exit codes (README, "Exit codes").
+/// `plan`, `schema`, `status`, `retry-failed`, `plugin inspect`, `completions`, `man`. Every
+/// outcome is one of the documented exit codes (README, "Exit codes").
 pub fn main(registry: Registry) -> ExitCode {
     let code = dispatch(Cli::parse(), &registry);
     telemetry::flush(LAST_LINES);
@@ -90,6 +90,18 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
             Err(e) => invalid(&pipeline, &e, Report::Plain),
         },
         Command::Schema => out(&format!("{:#}\n", spec::json_schema(registry))),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "stagewise", &mut script);
+            out(&String::from_utf8_lossy(&script))
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .expect("writing to a Vec cannot fail");
+            out(&String::from_utf8_lossy(&page))
+        }
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
         Command::Status { pipeline, json } => {
             // The state is read without running plugin code: no plugin library is loaded.
@@ -144,11 +156,59 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit code of an aborted run.
 const EXIT_ABORTED: u8 = 3;
 
+/// `--version`: the package version, the commit and its date (`unknown` outside a git checkout)
+/// and the target triple, all set by `build.rs`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("STAGEWISE_COMMIT"),
+    " ",
+    env!("STAGEWISE_COMMIT_DATE"),
+    ", ",
+    env!("STAGEWISE_TARGET"),
+    ")"
+);
+
+/// The end of `--help` and of the man page. The codes are docs/running.md's "Exit codes"; the
+/// variables are the ones the binary reads (docs/pipeline.md, docs/operations.md).
+const AFTER_LONG_HELP: &str = "\
+Exit codes:
+  0   finished: every item done or skipped
+  1   finished with failed items, or no progress
+  2   usage or configuration error, or an unusable checkpoint store:
+      nothing was run
+  3   aborted: max_failures crossed, a fatal stage error, a wedged
+      stage, a failing store, or the watchdog
+  75  interrupted (a signal, max_run_time, or the runner was fenced),
+      progress saved: run again to resume (`[pipeline]
+      interrupted_exit_code` may change this code)
+
+Environment:
+  STAGEWISE_LOG
+      the log filter: `debug`, or `info,stagewise_stages_llm=debug`
+  RUST_LOG
+      the log filter when STAGEWISE_LOG is unset
+  STAGEWISE_LOG_FORMAT
+      `pretty` or `json`, as --log-format
+  NO_COLOR
+      set and not empty: no colour with --color auto
+  STAGEWISE_PIPELINE__<KEY>, STAGEWISE_CHECKPOINT__<KEY>,
+  STAGEWISE_DEFAULTS__<KEY>
+      override a key of that table of the pipeline file (nested keys
+      continue with `__`)
+  STAGEWISE_STAGE__<NAME>__<KEY>
+      overrides a key of the stage <NAME> (upper-cased, `-` as `_`),
+      e.g. STAGEWISE_STAGE__FETCH__RETRY__ATTEMPTS=5
+  ${VAR} in a string value of the pipeline file is read from the
+  environment.";
+
 #[derive(Parser)]
 #[command(
     name = "stagewise",
-    version,
-    about = "A runner for batch pipelines that must not die silently"
+    version = VERSION,
+    about = "A runner for batch pipelines that must not die silently",
+    after_help = "Exit codes and environment variables: stagewise --help",
+    after_long_help = AFTER_LONG_HELP
 )]
 struct Cli {
     /// Log line format: `pretty`, for people, or `json`, one object per line for log
@@ -248,6 +308,18 @@ enum Command {
     /// Dynamic stage plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print a shell completion script.
+    ///
+    /// For example `stagewise completions bash >
+    /// ~/.local/share/bash-completion/completions/stagewise`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    ///
+    /// For example `stagewise man > ~/.local/share/man/man1/stagewise.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
