@@ -393,9 +393,12 @@ fn a_runner_with_other_stages_is_refused_while_others_run() {
     let other = cmd(&renamed, &db, "run").output();
     other.assert_code(2);
     other.assert_stderr_contains("is being run with other stages by runner");
-    other.assert_stderr_contains("its stages are src (generate) > nap (sleep) > sink (persist)");
-    other
-        .assert_stderr_contains("this file's are src (generate) > snooze (sleep) > sink (persist)");
+    other.assert_stderr_contains(
+        r#"its stages are "src" (generate) > "nap" (sleep) > "sink" (persist)"#,
+    );
+    other.assert_stderr_contains(
+        r#"this file's are "src" (generate) > "snooze" (sleep) > "sink" (persist)"#,
+    );
     // Stage names may hold what a list of them is written with: no two lists are taken as one.
     let nap_then_sink = "name = \"nap\"\nkind = \"sleep\"\nduration = \"50ms\"\nconcurrency = 8\n\n[[stage]]\nname = \"sink\"";
     assert!(p.toml().contains(nap_then_sink), "{}", p.toml());
@@ -542,6 +545,117 @@ fn a_killed_runner_is_reported_after_the_others_stop() {
             .contains("the previous process ended without a summary"),
         "{again}"
     );
+}
+
+/// The store's session killed while the batch is being taken: the batch is taken again, and the
+/// run starts (it used to abort, exit 3).
+#[test]
+fn a_session_killed_while_the_batch_is_taken_does_not_abort_the_run() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(&db, 100_000, "10ms", "", "");
+    let running = cmd(&p, &db, "run").spawn();
+    let taking = || "SELECT count(*) FROM stagewise.runs WHERE status = 'taking'";
+    assert!(
+        util::wait_until(Duration::from_secs(60), || {
+            db.query_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'stagewise' AND tablename = 'runs'") == 1
+                && db.query_i64(taking()) == 1
+        }),
+        "the batch was never seen being taken\n{}",
+        running.stderr_so_far()
+    );
+    let killed = db.query_i64(
+        "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity
+         WHERE application_name = 'stagewise/checkpoint' AND pid <> pg_backend_pid()",
+    );
+    assert!(killed >= 1, "no session to kill");
+    assert!(
+        util::wait_until(Duration::from_secs(60), || running
+            .stderr_so_far()
+            .contains("run started")),
+        "the run never started\n{}",
+        running.stderr_so_far()
+    );
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(75);
+    out.assert_stderr_contains(
+        "the checkpoint store's session ended while taking the batch; taking it again",
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.runs WHERE items = 100000"),
+        1
+    );
+}
+
+/// A runner's summary and exit code are the run's as the store has it at the end: items that
+/// failed in it and that `retry-failed` then did are not counted failed (it used to exit 1).
+#[test]
+fn a_runner_s_end_counts_what_retry_failed_put_right_meanwhile() {
+    let Some(mut db) = db() else { return };
+    db.execute("ALTER TABLE sink ADD CONSTRAINT no7 CHECK (key NOT LIKE '%7')");
+    let fast = pipeline(&db, 100, "20ms", "", "");
+    // The same stages, slower and one at a time: it holds a few items for seconds.
+    let slow = Pipeline::new(&fast.toml().replace(
+        "duration = \"20ms\"\nconcurrency = 8",
+        "duration = \"3s\"\nconcurrency = 1",
+    ));
+    assert_ne!(slow.toml(), fast.toml());
+    let slow_runner = cmd(&slow, &db, "run").spawn();
+    let pid = slow_runner.pid();
+    assert!(
+        util::wait_until(Duration::from_secs(60), || {
+            db.query_i64("SELECT count(*) FROM pg_tables WHERE schemaname = 'stagewise' AND tablename = 'runners'") == 1
+                && held_by(&mut db, pid) > 0
+        }),
+        "the slow runner never held items"
+    );
+    let fast_runner = cmd(&fast, &db, "run").spawn();
+    // The fast one ends its share, some failed at the sink, and waits for the slow one's.
+    assert!(
+        util::wait_until(Duration::from_secs(60), || fast_runner
+            .stderr_so_far()
+            .contains("nothing left to claim")),
+        "{}",
+        fast_runner.stderr_so_far()
+    );
+    let failed = db.query_i64("SELECT count(*) FROM stagewise.items WHERE state = 'failed'");
+    assert!(failed > 0, "nothing failed at the sink");
+    db.execute("ALTER TABLE sink DROP CONSTRAINT no7");
+    cmd(&fast, &db, "retry-failed").output().assert_code(0);
+    let fast_out = fast_runner.wait();
+    slow_runner.wait().assert_code(0);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.items WHERE state <> 'done'"),
+        0
+    );
+    fast_out.assert_code(0);
+    fast_out.assert_stderr_contains("done=100 failed=0");
+}
+
+/// A store that keeps a runner's commit waiting on a lock for longer than its lease does not
+/// fence it: the lease is renewed meanwhile (the commit does not hold it), and the run goes on.
+#[test]
+fn a_commit_held_by_a_lock_past_the_lease_does_not_fence_a_live_runner() {
+    let Some(mut db) = db() else { return };
+    let p = pipeline(
+        &db,
+        1500,
+        "20ms",
+        r#"lease_ttl = "2s""#,
+        r#"heartbeat = "500ms""#,
+    );
+    let running = cmd(&p, &db, "run").spawn();
+    until_written(&mut db, 200, Duration::from_secs(60));
+    let mut locker = db.connect();
+    let mut tx = locker.transaction().expect("begin");
+    tx.batch_execute("LOCK TABLE stagewise.items IN EXCLUSIVE MODE")
+        .expect("lock");
+    std::thread::sleep(Duration::from_secs(3));
+    tx.commit().expect("commit");
+    let out = running.wait();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("fenced"), "{out}");
+    assert_eq!(written(&mut db), (1500, 0));
 }
 
 #[test]

@@ -97,7 +97,7 @@ pub(crate) fn link_error(path: &Path) -> io::Error {
     )
 }
 
-/// Replace the file at `path` with `bytes`: written to `<name><suffix>` beside it (made new, mode
+/// Replace the file at `path` with `bytes`: written to `<name><suffix>.<pid>` beside it (made new, mode
 /// `0600`: whatever was at that name, a link or a FIFO, is removed first, never written through),
 /// then renamed over `path` (which replaces a link there rather than following it). The folder
 /// is made as [`create_dir`] does.
@@ -105,8 +105,10 @@ pub(crate) fn replace(path: &Path, suffix: &str, bytes: &[u8]) -> io::Result<()>
     use std::io::Write;
     let folder = path.parent().unwrap_or_else(|| Path::new(""));
     create_dir(folder)?;
+    // This process's own: two runners sharing a folder each write their own, and the last
+    // rename wins whole.
     let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(suffix);
+    name.push(format!("{suffix}.{}", std::process::id()));
     let temporary = path.with_file_name(name);
     let _ = std::fs::remove_file(&temporary);
     let written = open(&temporary, options().write(true).create_new(true))
@@ -183,7 +185,8 @@ mod tests {
 
         // A link at the temporary name is removed, not written through; one at the path is
         // replaced.
-        std::os::unix::fs::symlink(&victim, dir.path().join("out.json.tmp")).expect("symlink");
+        let temporary = format!("out.json.tmp.{}", std::process::id());
+        std::os::unix::fs::symlink(&victim, dir.path().join(temporary)).expect("symlink");
         std::os::unix::fs::symlink(&victim, dir.path().join("out.json")).expect("symlink");
         replace(&dir.path().join("out.json"), ".tmp", b"mine").expect("replace");
         assert_eq!(std::fs::read(&victim).expect("read"), b"someone else's");

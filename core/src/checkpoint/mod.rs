@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use postgres::PgStore;
+pub(crate) use postgres::RECONNECTING;
 pub use sqlite::SqliteStore;
 
 use crate::spec::StoreLocation;
@@ -187,6 +188,10 @@ pub enum StoreError {
     /// A database error.
     #[error("checkpoint store: {0}")]
     Db(String),
+    /// The store's session ended, or none could be opened (a restart, a killed session, a
+    /// network cut): what was not committed is not, and the call may be tried again.
+    #[error("checkpoint store: {0}")]
+    Lost(String),
 }
 
 /// The state of an item.

@@ -639,12 +639,15 @@ async fn execute(
     ));
 
     let shared_run = store.lost().is_some();
+    // Watched while items run: once they ended, the totals become the store's (see
+    // `settle_shared`), which the watch would count twice.
+    let fed = CancellationToken::new();
     if shared.run_failed.is_some() {
         tokio::spawn(watch_the_budget(
             shared.clone(),
             store.clone(),
             run.id,
-            done.clone(),
+            fed.clone(),
         ));
     }
     let tracker = TaskTracker::new();
@@ -653,6 +656,7 @@ async fn execute(
     }
     tracker.close();
     tracker.wait().await;
+    fed.cancel();
 
     // With other runners, where the run stands is in the store: their items too.
     let mut remaining = shared.totals.remaining();
@@ -753,7 +757,11 @@ async fn watch_the_budget(
         // moment, never not at all.
         let committed = shared.checkpoint.failed_committed();
         let store = store.clone();
-        match off_the_runtime(&soft, move || store.failed_items(run)).await {
+        let read = off_the_runtime(&soft, move || store.failed_items(run)).await;
+        if ended.is_cancelled() {
+            return;
+        }
+        match read {
             None => return,
             Some(Err(e)) => tracing::debug!(run, error = %e, "cannot read the run's failed items"),
             Some(Ok(failed)) => {
@@ -899,13 +907,14 @@ async fn settle_shared(shared: &Shared, store: &dyn CheckpointStore, run: i64) -
             return shared.totals.remaining();
         }
     };
+    // The store's, whether higher (the others' items) or lower (`retry-failed` put some back).
     let totals = &shared.totals;
     for (counter, state) in [
         (&totals.done, "done"),
         (&totals.failed, "failed"),
         (&totals.skipped, "skipped"),
     ] {
-        counter.add(counts[state].saturating_sub(counter.get()));
+        counter.set(counts[state]);
     }
     counts["pending"] + counts["in_flight"]
 }

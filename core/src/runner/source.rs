@@ -57,6 +57,9 @@ pub(crate) async fn take(
     let retry = &stage.policy.retry;
     let timeout = stage.policy.timeout;
     let mut attempt = 0;
+    // While the store's sessions end (a restart, a killed session), the batch is taken again,
+    // for as long as a store call is retried ([`crate::checkpoint::RECONNECTING`]).
+    let mut lost_since: Option<Instant> = None;
     loop {
         attempt += 1;
         let deadline = Instant::now() + timeout;
@@ -129,6 +132,24 @@ pub(crate) async fn take(
             Err(TakeError::Cancelled) => return Ok(Ok(Took::Stopped)),
             Err(TakeError::Store(StoreError::Moved)) => return Ok(Ok(Took::Moved)),
             Err(TakeError::Store(e @ StoreError::RunInProgress { .. })) => return Err(e),
+            Err(TakeError::Store(StoreError::Lost(why)))
+                if lost_since.get_or_insert_with(Instant::now).elapsed()
+                    < crate::checkpoint::RECONNECTING =>
+            {
+                // Not an attempt of the source's: nothing of this take counts.
+                attempt -= 1;
+                tracing::warn!(
+                    stage = %stage.name,
+                    error = %why,
+                    "the checkpoint store's session ended while taking the batch; taking it again"
+                );
+                tokio::select! {
+                    biased;
+                    () = control.soft.cancelled() => return Ok(Ok(Took::Stopped)),
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
             Err(TakeError::Store(e)) => return Ok(Err(AbortReason::Checkpoint(e.to_string()))),
             Err(TakeError::Stage(e)) => e,
         };

@@ -342,7 +342,14 @@ pub(crate) fn summarize(
     let reason = control
         .abort_reason()
         .map(|r| r.at_the_end(failed).to_string())
-        .or_else(|| control.interrupt_reason().map(|r| r.to_string()))
+        // A runner fenced after its last commit went through ended as that commit says.
+        .or_else(|| {
+            let interrupted = exit == Exit::Interrupted;
+            control
+                .interrupt_reason()
+                .filter(|_| interrupted)
+                .map(|r| r.to_string())
+        })
         .or_else(|| {
             let totals = totals.filter(|_| exit == Exit::NoProgress)?;
             Some(no_progress(stages, totals))

@@ -193,19 +193,14 @@ impl Pipeline {
     }
 }
 
-/// A [`Pipeline::stage_list`] for a person: `src (generate) > nap (sleep)`; text that is not
-/// such a list is shown as it is, escaped.
+/// A [`Pipeline::stage_list`] for a person: `"src" (generate) > "nap" (sleep)`, each name
+/// quoted (so that no two lists read the same); text that is not such a list is shown as it
+/// is, escaped.
 pub fn show_stage_list(list: &str) -> String {
     match serde_json::from_str::<Vec<[String; 2]>>(list) {
         Ok(pairs) => pairs
             .iter()
-            .map(|[name, kind]| {
-                format!(
-                    "{} ({})",
-                    crate::text::printable(name),
-                    crate::text::printable(kind)
-                )
-            })
+            .map(|[name, kind]| format!("{name:?} ({})", crate::text::printable(kind)))
             .collect::<Vec<_>>()
             .join(" > "),
         Err(_) => crate::text::printable(list).into_owned(),

@@ -91,7 +91,11 @@ pub(super) fn describe(e: &postgres::Error) -> String {
 
 /// A client error as a store error.
 pub(super) fn db(e: postgres::Error) -> StoreError {
-    StoreError::Db(describe(&e))
+    if session_ended(&e) {
+        StoreError::Lost(describe(&e))
+    } else {
+        StoreError::Db(describe(&e))
+    }
 }
 
 /// The connection settings of every session of the store, TLS included (`sslmode`,
@@ -135,13 +139,25 @@ pub(super) fn connect(config: &PgTarget, shown: &str) -> Result<Conn, StoreError
     // The client's messages never carry the password; the URL is shown redacted. A certificate
     // refused or a server without TLS is said in words (the client's are terse).
     let failed = |e: postgres::Error| {
-        let why = config.tls_failure(&e).unwrap_or_else(|| describe(&e));
-        StoreError::Db(format!("cannot connect to {shown}: {why}"))
+        if let Some(why) = config.tls_failure(&e) {
+            return StoreError::Db(format!("cannot connect to {shown}: {why}"));
+        }
+        let why = format!("cannot connect to {shown}: {}", describe(&e));
+        // Refused, reset, or the server shutting down or starting up: an outage, which may
+        // end; a password refused or a database missing is not.
+        let outage = e
+            .as_db_error()
+            .is_none_or(|d| d.code().code().starts_with("57"));
+        if outage {
+            StoreError::Lost(why)
+        } else {
+            StoreError::Db(why)
+        }
     };
     let client = match bounded(config) {
         Some(connected) => connected.map_err(failed)?,
         None => {
-            return Err(StoreError::Db(format!(
+            return Err(StoreError::Lost(format!(
                 "cannot connect to {shown}: the server did not answer within {}",
                 crate::text::duration(CONNECT_TIMEOUT)
             )))
@@ -166,7 +182,7 @@ pub(super) fn begin(client: &mut Client) -> Result<postgres::Transaction<'_>, po
 
 /// How long a call keeps reconnecting to a server that ended its session (a restart, a
 /// failover, a pooler's restart) before it fails.
-const RECONNECTING: Duration = Duration::from_secs(10);
+pub(crate) const RECONNECTING: Duration = Duration::from_secs(10);
 
 /// What a call on a session of the store came to, when not its result.
 pub(super) enum Failed {

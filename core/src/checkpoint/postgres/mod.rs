@@ -39,6 +39,7 @@ use postgres::{Row, Transaction};
 use crate::stage::SharedCache;
 
 use self::cache::PgCache;
+pub(crate) use self::conn::RECONNECTING;
 use self::conn::{begin, config, connect, db, in_transaction, off_runtime, Conn};
 use self::lease::Membership;
 use self::writers::{PgManifest, PgUpdates};

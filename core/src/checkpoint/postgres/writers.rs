@@ -113,10 +113,12 @@ const UPDATE_ITEMS: &str = "UPDATE stagewise.items AS i SET
           AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
      WHERE i.run_id = $1 AND i.seq = u.seq AND i.owner IS NOT DISTINCT FROM $11";
 
-/// Whether the runner `$1` holds a live lease, checked in the transaction that writes for it.
+/// Whether the runner `$1` holds a live lease, checked in the transaction that writes for it,
+/// first and again just before it commits: a write that waited on a lock past the lease is
+/// rolled back. (Not `FOR SHARE`: a write held by a lock would hold the lease's renewals too.
+/// The items it updates are locked by the update itself: no runner claims them meanwhile.)
 const LIVE_ME: &str = "SELECT 1 FROM stagewise.runners
-     WHERE id = $1 AND state = 'active' AND expires_at > clock_timestamp()
-     FOR SHARE";
+     WHERE id = $1 AND state = 'active' AND expires_at > clock_timestamp()";
 
 /// Bound the transaction's next statement by the deadline's cut, if there is one: its lock
 /// waits and its whole run. Costs a round trip, so only once a deadline is set.
@@ -210,6 +212,13 @@ impl UpdateRows for PgUpdates {
                     "UPDATE stagewise.runs SET status = $2, updated_at = $3 WHERE id = $1 AND status <> 'finished'",
                     &[&run, &status.as_str(), &now()],
                 )?;
+            }
+            if let Some(me) = me {
+                if tx.query_opt(LIVE_ME, &[&me])?.is_none() {
+                    return Ok(Err(
+                        "its lease expired while it was saving its progress (the store kept it waiting)".to_owned(),
+                    ));
+                }
             }
             tx.commit()?;
             Ok(Ok(()))
