@@ -875,3 +875,40 @@ fn run_durations_are_bounded() {
         out.assert_stderr_contains(message);
     }
 }
+
+/// A value of the wrong type is said in the file's words, with an example: no Rust type names.
+#[test]
+fn wrong_types_are_said_without_rust_type_names() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "words"
+        batch_size = -3
+        max_run_time = 5
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = "many"
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1x"
+        jitter = true
+        "#,
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    for rust in ["u64", "usize", "u32", "u8", "i64", "f64", "nonzero"] {
+        assert!(!out.stderr.contains(rust), "`{rust}` in\n{out}");
+    }
+    out.assert_stderr_contains(
+        ":3:14: invalid value: integer `-3`, expected a whole number of at least 1, such as 10",
+    );
+    out.assert_stderr_contains(
+        r#":4:16: invalid type: integer `5`, expected a duration such as "20s", "1m30s" or "500ms""#,
+    );
+    out.assert_stderr_contains("expected a whole number, 0 or more, such as 10");
+    out.assert_stderr_contains(r#"invalid value: string "1x", expected a duration such as "20s""#);
+}

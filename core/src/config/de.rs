@@ -68,12 +68,46 @@ pub(crate) fn deserialize_all<T: DeserializeOwned>(
 /// must be at least 1 is a `NonZero*` field, whose zero serde calls "invalid value: integer `0`,
 /// expected a nonzero usize". Other problems of such a field (a string, a float, a number too
 /// large) keep serde's words, which name what was found.
+///
+/// And serde names Rust's types (`expected u64`, `expected a nonzero usize`): those are said as
+/// what the file can write, with an example, and so is a duration.
 fn plain_message(message: String) -> String {
     if message.starts_with("invalid value: integer `0`, expected a nonzero") {
-        "must be at least 1".to_owned()
-    } else {
-        message
+        return "must be at least 1".to_owned();
     }
+    const AT_LEAST_1: &str = "expected a whole number of at least 1, such as 10";
+    const NATURAL: &str = "expected a whole number, 0 or more, such as 10";
+    const INTEGER: &str = "expected a whole number, such as 10";
+    const WORDS: [(&str, &str); 16] = [
+        ("expected a nonzero u64", AT_LEAST_1),
+        ("expected a nonzero usize", AT_LEAST_1),
+        ("expected a nonzero u32", AT_LEAST_1),
+        ("expected u64", NATURAL),
+        ("expected usize", NATURAL),
+        ("expected u32", NATURAL),
+        ("expected u16", NATURAL),
+        ("expected u8", NATURAL),
+        ("expected i64", INTEGER),
+        ("expected i32", INTEGER),
+        ("expected f64", "expected a number, such as 0.5"),
+        ("expected f32", "expected a number, such as 0.5"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a string in quotes"),
+        (
+            "expected a duration",
+            "expected a duration such as \"20s\", \"1m30s\" or \"500ms\"",
+        ),
+        (
+            "expected a map",
+            "expected a table, such as { key = \"value\" }",
+        ),
+    ];
+    for (rust, words) in WORDS {
+        if let Some(head) = message.strip_suffix(rust) {
+            return format!("{head}{words}");
+        }
+    }
+    message
 }
 
 /// serde's message for `deny_unknown_fields`: "unknown field `x`, expected one of `a`, `b`"
