@@ -742,3 +742,26 @@ fn after_kill_9_only_the_calls_in_flight_are_asked_again() {
         "{asked_again} questions asked again; only {open_at_kills} were in flight at the kills"
     );
 }
+
+/// An endpoint nothing listens on: the item's error names the URL and says the connection was
+/// refused (it used to read "reading the body failed").
+#[test]
+fn an_unreachable_endpoint_is_named_in_the_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p = pipeline(
+        "unreachable",
+        1,
+        &format!(
+            "provider = \"openai\"\nmodel = \"test-model\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nretry = {{ attempts = 1 }}"
+        ),
+    );
+    let out = p.run();
+    out.assert_code(1);
+    out.assert_stderr_contains(&format!(
+        "http://127.0.0.1:{port}/v1/chat/completions: connection refused"
+    ));
+    assert!(!out.stderr.contains("reading the body"), "{out}");
+}

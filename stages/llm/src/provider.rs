@@ -226,9 +226,19 @@ impl Client {
             .timeout_global(Some(remaining))
             .build()
             .send(body.as_bytes())
-            .map_err(|e| Failure {
-                maybe_billed: sent(&e),
-                error: classify(&e),
+            .map_err(|e| {
+                // Said with where it went: an endpoint that cannot be reached is often a
+                // `base_url` mistyped.
+                let mut error = classify(&e);
+                error.message = format!(
+                    "{}: {}",
+                    stagewise_core::text::redact_url(&self.endpoint),
+                    error.message
+                );
+                Failure {
+                    maybe_billed: sent(&e),
+                    error,
+                }
             })?;
         let status = response.status().as_u16();
         let hint = retry_hint(response.headers());

@@ -30,7 +30,18 @@ pub fn classify(e: &ureq::Error) -> StageError {
             ureq::Timeout::Global => "timed out at the attempt's deadline (`timeout`)".to_owned(),
             other => format!("timed out ({other})"),
         }),
-        E::Io(io) => read_error(io),
+        E::Io(io) => match io.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+            Some(inner) => classify(inner),
+            // Before a response: the connection, not a body.
+            None => StageError::transient(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    "the connection was reset".to_owned()
+                }
+                std::io::ErrorKind::TimedOut => format!("timed out: {io}"),
+                _ => format!("the connection failed: {io}"),
+            }),
+        },
         E::HostNotFound => StageError::transient("host not found"),
         E::ConnectionFailed => StageError::transient("connection failed"),
         E::BadUri(uri) => StageError::permanent(format!("invalid URL: {uri}")),
