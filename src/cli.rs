@@ -38,7 +38,11 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
         ColorChoice::Always => telemetry::Color::Always,
         ColorChoice::Never => telemetry::Color::Never,
     });
-    let log_format = cli.log_format;
+    let log_format = match log_format(cli.log_format) {
+        Ok(format) => format,
+        Err(code) => return code,
+    };
+    telemetry::set_json(matches!(log_format, Format::Json));
     match cli.command {
         Command::Run { pipeline, fresh } => run(
             &pipeline,
@@ -127,11 +131,39 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
     }
 }
 
-/// `validate`: load and check the file, its plugin libraries included; with JSON logs, its
-/// problems are log events.
+/// The log format: the flag's, else `STAGEWISE_LOG_FORMAT`'s (any case; empty is unset), else
+/// pretty. `Err` is the exit code of a variable that names no format (said).
+fn log_format(flag: Option<Format>) -> Result<Format, ExitCode> {
+    if let Some(format) = flag {
+        return Ok(format);
+    }
+    let Some(value) = std::env::var_os("STAGEWISE_LOG_FORMAT") else {
+        return Ok(Format::Pretty);
+    };
+    let value = value.to_string_lossy();
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "pretty" => Ok(Format::Pretty),
+        "json" => Ok(Format::Json),
+        _ => {
+            say!(
+                "error: `STAGEWISE_LOG_FORMAT` is `{value}`: write `pretty` or `json` (or unset it)"
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// `validate`: load and check the file, its plugin libraries included, and the log filter the
+/// run would use; with JSON logs, its problems are log events.
 fn validate(pipeline: &std::path::Path, registry: &Registry, format: Format) -> ExitCode {
     let report = match format {
-        Format::Pretty => Report::Plain,
+        Format::Pretty => match telemetry::filter() {
+            Ok(_) => Report::Plain,
+            Err(e) => {
+                say!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
         Format::Json => match start_logging(format) {
             Ok(()) => Report::Logged,
             Err(code) => return code,
@@ -212,15 +244,10 @@ Environment:
 )]
 struct Cli {
     /// Log line format: `pretty`, for people, or `json`, one object per line for log
-    /// collectors (`run`, `retry-failed`, and `validate`'s problems).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "pretty",
-        env = "STAGEWISE_LOG_FORMAT"
-    )]
-    log_format: Format,
+    /// collectors (`run`, `retry-failed`, and `validate`'s problems); else
+    /// `STAGEWISE_LOG_FORMAT`, else `pretty`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<Format>,
     /// Colour the log's levels and the `error:` of messages: `auto` on a terminal unless
     /// `NO_COLOR` is set, `always`, or `never`. JSON lines are never coloured.
     #[arg(long, global = true, value_enum, default_value = "auto")]

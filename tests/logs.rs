@@ -108,7 +108,11 @@ fn the_log_format_comes_from_the_environment_too() {
 #[test]
 fn the_filter_comes_from_stagewise_log_then_rust_log_and_a_bad_one_is_an_error() {
     let p = pipeline();
-    let info = |out: &util::Output| out.stderr_lines().any(|l| l.contains(" INFO "));
+    // The summary shows whatever the filter: the other info lines.
+    let info = |out: &util::Output| {
+        out.stderr_lines()
+            .any(|l| l.contains(" INFO ") && !l.contains(" INFO summary"))
+    };
     let out = p.cmd("run").env("RUST_LOG", "warn").output();
     out.assert_code(0);
     assert!(!info(&out), "RUST_LOG=warn let info lines through\n{out}");
@@ -210,5 +214,177 @@ fn colour_on_a_terminal_unless_no_color_or_never() {
     assert!(
         always.contains(&format!("{esc}[32m INFO{esc}[0m")),
         "{always:?}"
+    );
+}
+
+/// Run the binary with `args` in `p`'s folder and these variables (as bytes: some are not
+/// UTF-8), the tests' own overrides removed; `(exit code, raw stderr)`.
+fn raw_run(p: &Pipeline, args: &[&str], env: &[(&str, &[u8])]) -> (Option<i32>, String) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut command = std::process::Command::new(util::bin());
+    command
+        .current_dir(p.dir.path())
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("STAGEWISE_LOG")
+        .env_remove("STAGEWISE_LOG_FORMAT")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        command.env(k, std::ffi::OsStr::from_bytes(v));
+    }
+    let out = command.output().expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_variable_that_is_not_utf8_is_no_crash() {
+    let p = pipeline();
+    for command in [
+        &["validate", "pipeline.toml"][..],
+        &["plan", "pipeline.toml"],
+        &["run", "pipeline.toml"],
+    ] {
+        let (code, stderr) = raw_run(&p, command, &[("LC_SOMETHING", b"caf\xe9")]);
+        assert_eq!(code, Some(0), "{command:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_filter_that_would_silence_the_run_is_refused_and_the_summary_always_shows() {
+    let p = pipeline();
+    for filter in ["warning", "debgu", "info,notice"] {
+        for command in ["run", "validate"] {
+            let (code, stderr) = raw_run(
+                &p,
+                &[command, "pipeline.toml"],
+                &[("STAGEWISE_LOG", filter.as_bytes())],
+            );
+            assert_eq!(code, Some(2), "{command} with {filter}: {stderr}");
+            assert!(stderr.contains("is not a level"), "{stderr}");
+        }
+    }
+    // Spaces around a level are no target name.
+    let (code, stderr) = raw_run(
+        &p,
+        &["run", "pipeline.toml"],
+        &[("STAGEWISE_LOG", b" info ")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(" INFO "), "{stderr}");
+    // Everything off but the summary.
+    let (code, stderr) = raw_run(
+        &p,
+        &["run", "--fresh", "pipeline.toml"],
+        &[("STAGEWISE_LOG", b"off")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("INFO summary"), "{stderr}");
+}
+
+#[test]
+fn in_json_every_line_is_json_even_the_messages() {
+    let p = pipeline();
+    let parses = |stderr: &str| {
+        for line in stderr.lines() {
+            let event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            assert!(event["message"].is_string(), "{line}");
+        }
+    };
+    let (code, stderr) = raw_run(
+        &p,
+        &[
+            "validate",
+            "pipeline.toml",
+            "--log-format",
+            "json",
+            "--color",
+            "always",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    parses(&stderr);
+    assert!(stderr.contains("is valid"), "{stderr}");
+    let (code, stderr) = raw_run(
+        &p,
+        &["run", "pipeline.toml", "--color", "always"],
+        &[
+            ("STAGEWISE_LOG_FORMAT", b"JSON"),
+            ("STAGEWISE_LOG", b"info,[{"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    parses(&stderr);
+    assert!(stderr.contains("\"level\":\"ERROR\""), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    // Empty is unset; a word that is no format is an error.
+    let (code, stderr) = raw_run(
+        &p,
+        &["run", "pipeline.toml"],
+        &[("STAGEWISE_LOG_FORMAT", b"")],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(" INFO summary"), "{stderr}");
+    let (code, stderr) = raw_run(&p, &["schema"], &[("STAGEWISE_LOG_FORMAT", b"xml")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`STAGEWISE_LOG_FORMAT` is `xml`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_panic_event_keeps_its_name_and_says_the_panic_apart() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "panics"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+
+        [[stage]]
+        name = "boom"
+        kind = "fault"
+        panic_rate = 1.0
+        "#,
+    );
+    let (code, stderr) = raw_run(&p, &["run", "pipeline.toml", "--log-format", "json"], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("injected panic") && l.contains("\"level\":\"ERROR\""))
+        .unwrap_or_else(|| panic!("no panic event: {stderr}"));
+    assert_eq!(line.matches("\"message\"").count(), 1, "{line}");
+    let event: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(event["message"], "panic", "{line}");
+    assert_eq!(event["error"], "injected panic", "{line}");
+}
+
+#[test]
+fn a_message_is_coloured_by_its_word_not_by_what_a_file_name_holds() {
+    let p = pipeline();
+    std::fs::copy(p.dir.join("pipeline.toml"), p.dir.join("2024 ERROR.toml")).expect("copy");
+    let (code, stderr) = raw_run(
+        &p,
+        &["validate", "2024 ERROR.toml", "--color", "always"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    let (code, stderr) = raw_run(&p, &["validate", "missing.toml", "--color", "always"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("\u{1b}[1;31merror:\u{1b}[0m"),
+        "{stderr:?}"
     );
 }

@@ -912,3 +912,64 @@ fn wrong_types_are_said_without_rust_type_names() {
     out.assert_stderr_contains("expected a whole number, 0 or more, such as 10");
     out.assert_stderr_contains(r#"invalid value: string "1x", expected a duration such as "20s""#);
 }
+
+/// Stage timeouts longer than `shutdown_grace` are said once, naming the stages, and not at all
+/// once the pipeline says that is intended.
+#[test]
+fn timeouts_longer_than_the_grace_are_one_warning_and_can_be_intended() {
+    let toml = |intended: &str| {
+        format!(
+            r#"
+            [pipeline]
+            name = "grace"
+            shutdown_grace = "10s"
+            {intended}
+
+            [defaults]
+            timeout = "30s"
+
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 1
+
+            [[stage]]
+            name = "a"
+            kind = "sleep"
+            duration = "1ms"
+
+            [[stage]]
+            name = "b"
+            kind = "sleep"
+            duration = "1ms"
+            timeout = "5s"
+
+            [[stage]]
+            name = "c"
+            kind = "sleep"
+            duration = "1ms"
+            "#
+        )
+    };
+    let out = Pipeline::new(&toml("")).validate();
+    out.assert_code(0);
+    let warnings: Vec<&str> = out
+        .stderr_lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains(":3:1: `shutdown_grace` (10s) is shorter than the `timeout` of stage(s) `a` (30s), `c` (30s)"),
+        "{out}"
+    );
+    assert!(
+        warnings[0].contains("timeouts_outlast_grace = true"),
+        "{out}"
+    );
+    let p = Pipeline::new(&toml("timeouts_outlast_grace = true"));
+    let out = p.validate();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("warning:"), "{out}");
+    let plan = p.cmd("plan").output();
+    assert!(plan.stdout.contains("timeouts_outlast_grace"), "{plan}");
+}

@@ -39,6 +39,32 @@ pub(crate) enum Took {
 /// Take a new batch; `seen` is the latest run the caller saw (see
 /// [`CheckpointStore::begin_run`]). A store that refuses to start it (runners still work on
 /// the unfinished run `seen`) is an error of the store.
+/// The heartbeat while the batch is read: how many records so far.
+fn said_how_far(stage: &StageRt, attempt: u32, read: u64, elapsed: Duration) {
+    let message = format!("{} (taking the batch)", crate::telemetry::events::HEARTBEAT);
+    if crate::telemetry::json() {
+        if tracing::enabled!(tracing::Level::INFO) {
+            let fields = serde_json::json!({
+                "stage": &*stage.name,
+                "attempt": attempt,
+                "records_read": read,
+                "elapsed_secs": elapsed.as_secs_f64(),
+            });
+            if let serde_json::Value::Object(fields) = fields {
+                crate::telemetry::json_event(false, &message, fields);
+            }
+        }
+        return;
+    }
+    tracing::info!(
+        stage = %stage.name,
+        attempt,
+        records_read = read,
+        elapsed = %text::duration(elapsed),
+        "{message}"
+    );
+}
+
 pub(crate) async fn take(
     control: &Arc<Control>,
     stage: &StageRt,
@@ -107,14 +133,7 @@ pub(crate) async fn take(
                         Err(TakeError::Stage(StageError::transient(format!("timed out after {}", text::duration(timeout)))))
                     }
                 },
-                _ = beat.tick() => tracing::info!(
-                    stage = %stage.name,
-                    attempt,
-                    records_read = read_so_far.load(Ordering::Relaxed),
-                    elapsed = %text::duration(began.elapsed()),
-                    "{} (taking the batch)",
-                    crate::telemetry::events::HEARTBEAT
-                ),
+                _ = beat.tick() => said_how_far(stage, attempt, read_so_far.load(Ordering::Relaxed), began.elapsed()),
             }
         };
         let error = match result {

@@ -173,6 +173,8 @@ pub struct Pipeline {
     pub watchdog: Duration,
     /// The exit code of an interrupted run (75 unless set).
     pub interrupted_exit_code: u8,
+    /// Stage timeouts longer than `shutdown_grace` are intended: not warned about.
+    pub timeouts_outlast_grace: bool,
     /// Checkpointing.
     pub checkpoint: CheckpointConfig,
     /// The stages in order; the first is the source.
@@ -225,10 +227,16 @@ pub struct Planned {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// The `STAGEWISE_…` variables of the process environment.
+/// The `STAGEWISE_…` variables of the process environment. Other variables are not read (one
+/// that is not UTF-8 is none of stagewise's business); one of these that is not UTF-8 is taken
+/// with `�` in place of what is not, and refused as any bad value is.
 fn env_overrides() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("STAGEWISE_"))
+    std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.to_str()?;
+            k.starts_with("STAGEWISE_")
+                .then(|| (k.to_owned(), v.to_string_lossy().into_owned()))
+        })
         .collect()
 }
 
@@ -640,6 +648,7 @@ impl Validator {
             interrupted_exit_code: pipeline
                 .interrupted_exit_code
                 .map_or(DEFAULT_INTERRUPTED_EXIT_CODE, |c| c.0),
+            timeouts_outlast_grace: pipeline.timeouts_outlast_grace.unwrap_or(false),
             checkpoint: CheckpointConfig {
                 store: store?,
                 commit_interval: checkpoint
@@ -991,21 +1000,28 @@ impl Validator {
                     );
                 }
             }
-            // The source's read happens before any item is in flight; the grace does not apply.
-            if stage.role != Role::Source && p.shutdown_grace < stage.policy.timeout {
-                let message = format!(
-                    "`shutdown_grace` ({}) is shorter than this stage's `timeout` ({}): attempts still running at shutdown are cut off and redone next run",
-                    crate::text::duration(p.shutdown_grace),
-                    crate::text::duration(stage.policy.timeout),
-                );
-                self.push(
-                    Severity::Warning,
-                    Some(&prefix),
-                    true,
-                    Some(&stage.name),
-                    message,
-                );
-            }
+        }
+        // The source's read happens before any item is in flight; the grace does not apply.
+        let outlast: Vec<String> = p
+            .stages
+            .iter()
+            .filter(|s| s.role != Role::Source && p.shutdown_grace < s.policy.timeout)
+            .map(|s| format!("`{}` ({})", s.name, crate::text::duration(s.policy.timeout)))
+            .collect();
+        if !outlast.is_empty() && !p.timeouts_outlast_grace {
+            let message = format!(
+                "`shutdown_grace` ({}) is shorter than the `timeout` of stage(s) {}: at a stop (SIGTERM, `max_run_time`), their attempts still running after the grace are cut off, given back without using an attempt, and redone by the next run. If that is intended (a platform's grace of 10s, a model that may take 30s), say so with `timeouts_outlast_grace = true` in `[pipeline]`",
+                crate::text::duration(p.shutdown_grace),
+                outlast.join(", "),
+            );
+            let grace = ["pipeline".to_owned(), "shutdown_grace".to_owned()];
+            let section = ["pipeline".to_owned()];
+            let path: &[String] = if self.origins.place(&grace, true).is_some() {
+                &grace
+            } else {
+                &section
+            };
+            self.push(Severity::Warning, Some(path), true, None, message);
         }
     }
 }

@@ -314,6 +314,11 @@ impl Plan {
                 "interrupted_exit_code",
                 Shown::plain(json!(p.interrupted_exit_code)),
             ),
+            r.section(
+                "pipeline",
+                "timeouts_outlast_grace",
+                Shown::plain(json!(p.timeouts_outlast_grace)),
+            ),
         ];
         let store = p.checkpoint.store.shown();
         let store_setting = r.section("checkpoint", "store", Shown::string(&store));

@@ -54,6 +54,11 @@ pub(crate) struct PipelineSpec {
     /// 0, or 4 to 125: 1, 2 and 3 mean other outcomes.
     #[schemars(extend("x-default" = "`75`"))]
     pub interrupted_exit_code: Option<InterruptedExitCode>,
+    /// Stages whose `timeout` is longer than `shutdown_grace` are intended (a platform's grace
+    /// of 10s, a model that may take 30s): no warning about it. Their attempts still running
+    /// at shutdown are cut off and redone by the next run, as without it.
+    #[schemars(extend("x-default" = "`false`"))]
+    pub timeouts_outlast_grace: Option<bool>,
 }
 
 /// `[checkpoint]`: where progress is saved.

@@ -78,27 +78,30 @@ pub fn set_color(color: Color) {
 /// `line` (one event or message, already made safe by [`defuse`]) with its level or its
 /// `error:`/`warning:` coloured, when colour is on. The escape codes are added after the line
 /// was made safe: they are ours, never the data's.
-fn coloured(line: &mut Vec<u8>) {
+fn coloured(line: &mut Vec<u8>, event: bool) {
     if !COLOR.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    const MARKS: [(&[u8], &str); 7] = [
+    const LEVELS: [(&[u8], &str); 5] = [
         (b"ERROR", "31"),
         (b" WARN", "33"),
         (b" INFO", "32"),
         (b"DEBUG", "34"),
         (b"TRACE", "35"),
-        (b"error:", "1;31"),
-        (b"warning:", "1;33"),
     ];
-    // A text event starts with its timestamp, then its level right-aligned in five places; a
+    const WORDS: [(&[u8], &str); 2] = [(b"error:", "1;31"), (b"warning:", "1;33")];
+    // An event starts with its timestamp, then its level right-aligned in five places; a
     // message with its word.
-    let at = match line.iter().position(|b| *b == b' ') {
-        Some(space) if line.first().is_some_and(u8::is_ascii_digit) => space + 1,
-        _ => 0,
+    let (at, marks): (usize, &[(&[u8], &str)]) = if event {
+        match line.iter().position(|b| *b == b' ') {
+            Some(space) => (space + 1, &LEVELS),
+            None => return,
+        }
+    } else {
+        (0, &WORDS)
     };
     let rest = &line[at..];
-    let Some((mark, code)) = MARKS.iter().find(|(m, _)| rest.starts_with(m)) else {
+    let Some((mark, code)) = marks.iter().find(|(m, _)| rest.starts_with(m)) else {
         return;
     };
     let painted = [
@@ -145,10 +148,25 @@ pub fn flush(within: Duration) -> bool {
 /// installed it goes through the log queue, behind the events before it and as important as a
 /// warning; before that, it is written directly. A closed stderr loses it, never more.
 pub fn say(args: std::fmt::Arguments<'_>) {
-    let mut line = crate::text::printable(&args.to_string()).into_owned();
-    line.push('\n');
-    let mut line = line.into_bytes();
-    coloured(&mut line);
+    let text = args.to_string();
+    let line = if json() {
+        // One JSON event like the others: `error: …` an error, `warning: …` a warning.
+        let (level, message) = match (text.strip_prefix("error: "), text.strip_prefix("warning: "))
+        {
+            (Some(m), _) => ("ERROR", m),
+            (_, Some(m)) => ("WARN", m),
+            _ => ("INFO", text.as_str()),
+        };
+        let mut line = event_line(level, message, serde_json::Map::new());
+        defuse(&mut line, true);
+        line
+    } else {
+        let mut line = crate::text::printable(&text).into_owned();
+        line.push('\n');
+        let mut line = line.into_bytes();
+        coloured(&mut line, false);
+        line
+    };
     match QUEUE.get() {
         Some(q) => q.push(queue::Rank::Important, line),
         None => {
@@ -163,6 +181,39 @@ pub fn json() -> bool {
     JSON.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Make the command's messages ([`say`]) JSON events from now on, before logging is installed
+/// (a filter that is not one is said as JSON too); [`init`] sets it as well.
+pub fn set_json(json: bool) {
+    JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One JSON event line: `timestamp`, `level` and `message` first, as the formatter writes
+/// them, then `fields`.
+fn event_line(
+    level: &str,
+    message: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Vec<u8> {
+    let head = serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+    });
+    let mut line = head.to_string();
+    line.pop();
+    line.push_str(&format!(
+        ",\"level\":{},\"message\":{}",
+        serde_json::Value::from(level),
+        serde_json::Value::from(message)
+    ));
+    for (key, value) in fields {
+        if matches!(key.as_str(), "timestamp" | "level" | "message") {
+            continue;
+        }
+        line.push_str(&format!(",{}:{value}", serde_json::Value::from(key)));
+    }
+    line.push_str("}\n");
+    line.into_bytes()
+}
+
 /// Log one event whose `fields` are typed (numbers as numbers, lists and objects nested), as a
 /// JSON line shaped as the others (`timestamp`, `level`, `message`, then the fields), as
 /// important as a warning if `important`. For JSON logs only ([`json`]); the caller checks that
@@ -172,18 +223,7 @@ pub fn json_event(
     message: &str,
     fields: serde_json::Map<String, serde_json::Value>,
 ) {
-    let mut event = serde_json::Map::new();
-    event.insert(
-        "timestamp".into(),
-        humantime::format_rfc3339_micros(std::time::SystemTime::now())
-            .to_string()
-            .into(),
-    );
-    event.insert("level".into(), "INFO".into());
-    event.insert("message".into(), message.into());
-    event.extend(fields);
-    let mut line = serde_json::Value::Object(event).to_string().into_bytes();
-    line.push(b'\n');
+    let line = event_line("INFO", message, fields);
     let writer = EventWriter {
         rank: if important {
             queue::Rank::Important
@@ -259,7 +299,7 @@ impl Drop for EventWriter {
             sink(&self.line);
         }
         if !json {
-            coloured(&mut self.line);
+            coloured(&mut self.line, true);
         }
         match QUEUE.get() {
             Some(q) => q.push(self.rank, std::mem::take(&mut self.line)),
@@ -325,14 +365,42 @@ pub fn filter() -> Result<EnvFilter, String> {
                 return Err(format!("`{var}` is not valid UTF-8"))
             }
         };
-        return EnvFilter::builder().parse(&value).map_err(|e| {
+        let value = value.trim();
+        let bad = |why: String| {
             format!(
-                "`{var}` is not a log filter ({}: {e}): write a level (`{var}=debug`) or targets with levels (`{var}=info,stagewise_core=debug`)",
-                crate::text::printable(&value)
+                "`{var}` is not a log filter ({}: {why}): write a level (`{var}=debug`) or targets with levels (`{var}=info,stagewise_core=debug`)",
+                crate::text::printable(value)
             )
-        });
+        };
+        // A word alone must be a level: `warning` or `debgu` would read as a target's name and
+        // turn every other line off, the errors and the summary included.
+        for directive in value.split(',').map(str::trim) {
+            if !directive.is_empty()
+                && !directive.contains('=')
+                && !directive.contains('[')
+                && directive
+                    .parse::<tracing_subscriber::filter::LevelFilter>()
+                    .is_err()
+            {
+                return Err(bad(format!(
+                    "`{directive}` is not a level: trace, debug, info, warn, error or off"
+                )));
+            }
+        }
+        let filter = EnvFilter::builder()
+            .parse(value)
+            .map_err(|e| bad(e.to_string()))?;
+        return Ok(with_summary(filter));
     }
-    Ok(EnvFilter::new(DEFAULT_FILTER))
+    Ok(with_summary(EnvFilter::new(DEFAULT_FILTER)))
+}
+
+/// `filter`, letting the summary through whatever it says: a run always ends with one.
+fn with_summary(filter: EnvFilter) -> EnvFilter {
+    match format!("{SUMMARY_TARGET}=info").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Install the global subscriber and a panic hook that reports through it, logging `format`
@@ -363,7 +431,7 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
         tracing::error!(
             thread = thread.name().unwrap_or("unnamed"),
             location = %location,
-            message = %message,
+            error = %message,
             "panic"
         );
     }));
