@@ -44,7 +44,11 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
     };
     telemetry::set_json(matches!(log_format, Format::Json));
     match cli.command {
-        Command::Run { pipeline, fresh } => run(
+        Command::Run {
+            pipeline,
+            fresh,
+            yes,
+        } => run(
             &pipeline,
             registry,
             log_format,
@@ -52,6 +56,8 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                 fresh,
                 retry_failed: false,
                 run: None,
+                // No one at a terminal to have asked: a scheduler's `--fresh` is meant.
+                leave_unfinished: yes || !std::io::IsTerminal::is_terminal(&std::io::stdin()),
             },
         ),
         Command::RetryFailed {
@@ -65,6 +71,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                 fresh: false,
                 retry_failed: true,
                 run: number,
+                leave_unfinished: false,
             },
         ),
         Command::Validate { pipeline } => {
@@ -276,9 +283,13 @@ enum Command {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]
         pipeline: PathBuf,
-        /// Start a new run even if the last one is unfinished.
+        /// Start a new run even if the last one is unfinished (its items not done yet are left
+        /// behind, which it says; at a terminal, only with `--yes`).
         #[arg(long)]
         fresh: bool,
+        /// With `--fresh`: yes, leave the unfinished run's items behind.
+        #[arg(long, requires = "fresh")]
+        yes: bool,
     },
     /// Check the pipeline file without running it.
     ///

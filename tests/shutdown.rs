@@ -496,3 +496,64 @@ fn a_locked_store_cannot_hold_the_shutdown_past_the_grace() {
     out.assert_code(0);
     assert_eq!(p.status().count("done"), 400, "{out}");
 }
+
+/// `run --fresh` on an unfinished run says how many items it leaves behind; at a terminal it
+/// asks for `--yes` first (exit 2, nothing taken).
+#[test]
+fn fresh_on_an_unfinished_run_says_what_it_leaves_and_asks_at_a_terminal() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "fresh"
+        max_run_time = "1s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 40
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "200ms"
+        concurrency = 2
+        "#,
+    );
+    p.run().assert_code(75);
+    let left = 40 - p.status().count("done");
+    assert!(left > 0);
+    // At a terminal (`script`, of util-linux), without `--yes`: refused, the run kept.
+    let at_a_terminal = |args: &str| {
+        std::process::Command::new("script")
+            .current_dir(p.dir.path())
+            .args([
+                "--quiet",
+                "--return",
+                "--command",
+                &format!("'{}' run --fresh {args} pipeline.toml", util::bin()),
+                "/dev/null",
+            ])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("script runs")
+    };
+    let asked = at_a_terminal("");
+    let text = String::from_utf8_lossy(&asked.stdout);
+    assert_eq!(asked.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("{left} of its items are not done yet")) && text.contains("--yes"),
+        "{text}"
+    );
+    assert_eq!(p.status().count("done"), 40 - left, "nothing changed");
+    // With `--yes`: a new batch, and said.
+    let agreed = at_a_terminal("--yes");
+    let text = String::from_utf8_lossy(&agreed.stdout);
+    assert_eq!(agreed.status.code(), Some(75), "{text}");
+    assert!(text.contains("are left behind"), "{text}");
+    let left = 40 - p.status().count("done");
+    // Not at a terminal (a scheduler): done, and said.
+    let out = p.cmd("run").arg("--fresh").output();
+    out.assert_code(75);
+    out.assert_stderr_contains(&format!("left={left}"));
+    out.assert_stderr_contains("items not done yet are left behind");
+}

@@ -92,6 +92,9 @@ pub struct RunOptions {
     pub retry_failed: bool,
     /// With `retry_failed`: that run (by number) rather than the latest.
     pub run: Option<i64>,
+    /// With `fresh`: leaving an unfinished run's items behind is agreed to (`--yes`, or no one
+    /// at a terminal to ask). Without it, a fresh run beside an unfinished one is refused.
+    pub leave_unfinished: bool,
 }
 
 /// A run that could not start: nothing was processed (exit 2).
@@ -117,6 +120,16 @@ pub enum RunError {
     /// `retry-failed` with no run to retry.
     #[error("no run of pipeline `{0}` yet: nothing to retry")]
     NoRun(String),
+    /// `run --fresh` at a terminal, without `--yes`, while the latest run is unfinished.
+    #[error("run {run} of pipeline `{pipeline}` is unfinished: {left} of its items are not done yet, and `--fresh` would leave them behind for good; run without `--fresh` to finish it, or add `--yes` to leave them")]
+    FreshWouldLeave {
+        /// The pipeline.
+        pipeline: String,
+        /// The unfinished run.
+        run: i64,
+        /// Its items not ended.
+        left: u64,
+    },
     /// `retry-failed --run N` with no such run.
     #[error(
         "pipeline `{pipeline}` has no run {run} with items (`stagewise status` shows the latest)"
@@ -815,6 +828,28 @@ async fn decide(
         );
         if reset > 0 {
             run.status = RunStatus::Interrupted;
+        }
+    }
+    if let Some(run) = latest
+        .as_ref()
+        .filter(|r| options.fresh && r.status != RunStatus::Finished)
+    {
+        // Said before a new batch hides it: `status` and `run` show the new one from then on.
+        let counts = store.counts(run.id)?;
+        let left = counts["pending"] + counts["in_flight"];
+        if left > 0 && !again {
+            if !options.leave_unfinished {
+                return Err(RunError::FreshWouldLeave {
+                    pipeline: pipeline.name.clone(),
+                    run: run.id,
+                    left,
+                });
+            }
+            tracing::warn!(
+                run = run.id,
+                left,
+                "`--fresh`: the unfinished run's items not done yet are left behind (`retry-failed --run N` does not take them; they stay in the store)"
+            );
         }
     }
     Ok(match latest {
