@@ -557,3 +557,66 @@ fn fresh_on_an_unfinished_run_says_what_it_leaves_and_asks_at_a_terminal() {
     out.assert_stderr_contains(&format!("left={left}"));
     out.assert_stderr_contains("items not done yet are left behind");
 }
+
+/// `status` says whether the latest run's process is alive, died, or exited (with its code,
+/// outcome and reason).
+#[test]
+fn status_says_whether_the_process_is_alive_died_or_exited() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "alive"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 30
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "200ms"
+        concurrency = 2
+
+        [[stage]]
+        name = "some-fail"
+        kind = "fault"
+        permanent_rate = 0.3
+        "#,
+    );
+    let running = p.cmd("run").spawn();
+    assert!(
+        util::wait_until(Duration::from_secs(30), || running
+            .stderr_so_far()
+            .contains("run started")),
+        "{}",
+        running.stderr_so_far()
+    );
+    let status = p.status();
+    assert_eq!(status.raw["run"]["process"], "alive", "{}", status.raw);
+    running.signal(libc::SIGKILL);
+    let _ = running.wait();
+    let status = p.status();
+    assert_eq!(status.raw["run"]["process"], "died", "{}", status.raw);
+    assert!(status.raw["run"]["exit_code"].is_null(), "{}", status.raw);
+    let text = p.cmd("status").output();
+    assert!(
+        text.stdout.contains("process: died without a summary"),
+        "{text}"
+    );
+    p.run().assert_code(1);
+    let status = p.status();
+    assert_eq!(status.raw["run"]["process"], "exited", "{}", status.raw);
+    assert_eq!(status.raw["run"]["exit_code"], 1, "{}", status.raw);
+    assert_eq!(
+        status.raw["run"]["outcome"], "finished_with_failures",
+        "{}",
+        status.raw
+    );
+    let text = p.cmd("status").output();
+    assert!(
+        text.stdout
+            .contains("process: exited 1 (finished_with_failures)"),
+        "{text}"
+    );
+}

@@ -513,7 +513,7 @@ fn a_storm_of_signals_always_ends_in_time() {
             .env("STAGEWISE_LOG", "debug")
             .timeout(Duration::from_secs(120))
             .spawn();
-        assert!(running.wait_for_stderr("run started", Duration::from_secs(20)));
+        assert!(running.wait_for_stderr("run started", Duration::from_secs(60)));
         thread::sleep(Duration::from_millis(100 + next() % 400));
         let mut first_stop = None;
         for _ in 0..(5 + next() % 30) {

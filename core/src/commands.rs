@@ -21,6 +21,37 @@ pub struct Status {
     pub previous_process: Option<ProcessRecord>,
     /// Why the flight record of the last process cannot be read, if it cannot.
     pub unreadable_record: Option<String>,
+    /// Whether a process runs the pipeline now (`alive`), the last one ended without a summary
+    /// (`died`: killed, out of memory), or it ended with one (`exited`); `None` with no run.
+    pub process: Option<&'static str>,
+    /// How the last process to end with a summary ended, when that summary is of the latest
+    /// run and no process runs it now: its exit code, outcome and reason.
+    pub last_exit: Option<LastExit>,
+}
+
+/// How a process ended, from its summary file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastExit {
+    /// Its exit code.
+    pub exit_code: i64,
+    /// `finished`, `aborted`, `interrupted`, …
+    pub outcome: String,
+    /// Why it stopped early, if it did.
+    pub reason: Option<String>,
+}
+
+/// The summary file's word on how the last process ended, if it is about `run`.
+fn last_exit(pipeline: &Pipeline, run: i64) -> Option<LastExit> {
+    let path = crate::runner::summary_path(pipeline);
+    let file = std::fs::File::open(path).ok()?;
+    // A summary is a few kilobytes; anything bigger is not one.
+    let summary: serde_json::Value =
+        serde_json::from_reader(std::io::Read::take(file, 16 << 20)).ok()?;
+    (summary["run"].as_i64() == Some(run)).then(|| LastExit {
+        exit_code: summary["exit_code"].as_i64().unwrap_or(-1),
+        outcome: summary["outcome"].as_str().unwrap_or("unknown").to_owned(),
+        reason: summary["reason"].as_str().map(str::to_owned),
+    })
 }
 
 /// The latest run's status, and the previous process's record when it died.
@@ -32,17 +63,36 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
             last_checked: None,
             previous_process: None,
             unreadable_record: crate::runner::unreadable_record(pipeline),
+            process: None,
+            last_exit: None,
         });
     };
     let report = match store.latest_run(&pipeline.name)? {
         Some(run) => Some(store.status(&run)?),
         None => None,
     };
+    let previous_process = crate::runner::previous_process(pipeline, &*store);
+    let alive = store.runner_active(&pipeline.name).unwrap_or(false);
+    let process = report.as_ref().map(|_| {
+        if alive {
+            "alive"
+        } else if previous_process.is_some() {
+            "died"
+        } else {
+            "exited"
+        }
+    });
+    let last_exit = match (&report, process) {
+        (Some(r), Some("exited")) => last_exit(pipeline, r.run.id),
+        _ => None,
+    };
     Ok(Status {
         report,
         last_checked: store.last_checked(&pipeline.name)?,
-        previous_process: crate::runner::previous_process(pipeline, &*store),
+        previous_process,
         unreadable_record: crate::runner::unreadable_record(pipeline),
+        process,
+        last_exit,
     })
 }
 
@@ -100,6 +150,31 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
         report.run.items,
         report.run.started_at
     );
+    match (status.process, &status.last_exit) {
+        (Some("alive"), _) => {
+            let _ = writeln!(out, "  process: alive (it runs now)");
+        }
+        (Some("died"), _) => {
+            let _ = writeln!(
+                out,
+                "  process: died without a summary (what it was doing is above); `run` resumes"
+            );
+        }
+        (Some(_), Some(e)) => {
+            let reason = e
+                .reason
+                .as_deref()
+                .map(|r| format!(": {}", printable(r)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  process: exited {} ({}){reason}",
+                e.exit_code,
+                printable(&e.outcome)
+            );
+        }
+        _ => {}
+    }
     if let Some(line) = nothing_new {
         let _ = writeln!(out, "{line}");
     }
@@ -178,6 +253,13 @@ pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
             v
         }
     };
+    if let (Some(process), true) = (status.process, v["run"].is_object()) {
+        v["run"]["process"] = process.into();
+        let e = status.last_exit.as_ref();
+        v["run"]["exit_code"] = e.map(|e| e.exit_code).into();
+        v["run"]["outcome"] = e.map(|e| e.outcome.clone()).into();
+        v["run"]["reason"] = e.and_then(|e| e.reason.clone()).into();
+    }
     if let Some(at) = &status.last_checked {
         v["last_checked"] = serde_json::Value::String(at.clone());
     }
