@@ -973,3 +973,30 @@ fn timeouts_longer_than_the_grace_are_one_warning_and_can_be_intended() {
     let plan = p.cmd("plan").output();
     assert!(plan.stdout.contains("timeouts_outlast_grace"), "{plan}");
 }
+
+/// `${VAR:-default}`: the default when the variable is unset or empty, the variable otherwise.
+#[test]
+fn a_variable_can_have_a_default() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "${NAME:-defaulted}"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 1
+        "#,
+    );
+    let out = p.validate();
+    out.assert_code(0);
+    out.assert_stderr_contains("pipeline `defaulted`");
+    let out = p.cmd("validate").env("NAME", "").output();
+    out.assert_stderr_contains("pipeline `defaulted`");
+    let out = p.cmd("validate").env("NAME", "given").output();
+    out.assert_stderr_contains("pipeline `given`");
+    let bare = Pipeline::new("[pipeline]\nname = \"${NAME}\"\n[[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = 1\n");
+    let out = bare.validate();
+    out.assert_code(2);
+    out.assert_stderr_contains("`${NAME:-default}` gives a default");
+}

@@ -176,7 +176,11 @@ fn expand(
             let end = after
                 .find('}')
                 .ok_or_else(|| "unclosed `${` in value (write `$${` for a literal)".to_owned())?;
-            let name = &after[..end];
+            // `${VAR:-default}`: the default when VAR is unset or empty, as a shell does.
+            let (name, default) = match after[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&after[..end], None),
+            };
             let valid = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -185,8 +189,16 @@ fn expand(
                     "invalid environment variable name `{name}` in `${{…}}`"
                 ));
             }
-            let value =
-                lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            let value = match (lookup(name), default) {
+                (Some(value), Some(default)) if value.is_empty() => default.to_owned(),
+                (Some(value), _) => value,
+                (None, Some(default)) => default.to_owned(),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set (`${{{name}:-default}}` gives a default)"
+                    ))
+                }
+            };
             vars.push(name.to_owned());
             out.push_str(&value);
             rest = &after[end + 1..];
@@ -312,11 +324,21 @@ mod tests {
 
     #[test]
     fn expands_variables() {
-        let lookup = |name: &str| (name == "HOST").then(|| "db.local".to_owned());
+        let lookup = |name: &str| match name {
+            "HOST" => Some("db.local".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
         let cases = [
             ("postgres://${HOST}/x", Ok("postgres://db.local/x")),
             ("cost $5", Ok("cost $5")),
             ("$${HOST}", Ok("${HOST}")),
+            ("${MISSING:-fallback}", Ok("fallback")),
+            ("${HOST:-fallback}", Ok("db.local")),
+            ("${EMPTY:-fallback}", Ok("fallback")),
+            ("${MISSING:-}", Ok("")),
+            ("${MISSING:-a:-b}", Ok("a:-b")),
+            ("${1X:-y}", Err("invalid")),
             ("${MISSING}", Err("`MISSING` is not set")),
             ("${HOST", Err("unclosed")),
             ("${1X}", Err("invalid")),
