@@ -114,13 +114,17 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
             out(&String::from_utf8_lossy(&page))
         }
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
-        Command::Status { pipeline, json } => {
+        Command::Status {
+            pipeline,
+            json,
+            limit,
+        } => {
             // The state is read without running plugin code: no plugin library is loaded.
             let loaded = match spec::load_without_plugins(&pipeline, registry) {
                 Ok(l) => l,
                 Err(e) => return invalid(&pipeline, &e, Report::ErrorsOnly),
             };
-            match commands::status(&loaded.pipeline) {
+            match commands::status(&loaded.pipeline, limit) {
                 // Keys and errors are untrusted: nothing in them may steer the terminal.
                 Ok(status) if json => out(&format!(
                     "{}\n",
@@ -324,6 +328,10 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// List at most this many failed items, and as many skipped ones (it says how many
+        /// more there are).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        limit: u64,
     },
     /// Put the latest run's failed items (or run N's, with `--run N`) back to pending and run
     /// them again.

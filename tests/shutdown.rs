@@ -620,3 +620,46 @@ fn status_says_whether_the_process_is_alive_died_or_exited() {
         "{text}"
     );
 }
+
+/// `status --limit N` lists at most N failed items and says how many more there are (the list
+/// used to stop at 1,000 without a word).
+#[test]
+fn status_lists_failures_up_to_its_limit_and_says_how_many_more() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "limit"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 12
+
+        [[stage]]
+        name = "broken"
+        kind = "fault"
+        permanent_rate = 1.0
+        "#,
+    );
+    p.run().assert_code(1);
+    let out = p.cmd("status").arg("--limit").arg("5").output();
+    out.assert_code(0);
+    let listed = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" at broken after "))
+        .count();
+    assert_eq!(listed, 5, "{out}");
+    assert!(out.stdout.contains("and 7 more failed item(s)"), "{out}");
+    let json = p
+        .cmd("status")
+        .arg("--json")
+        .arg("--limit")
+        .arg("3")
+        .output();
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(json["failed"].as_array().map(Vec::len), Some(3), "{json}");
+    assert_eq!(json["failed_more"], 9, "{json}");
+    let all = p.status();
+    assert_eq!(all.raw["failed_more"], 0, "{}", all.raw);
+}

@@ -55,7 +55,7 @@ fn last_exit(pipeline: &Pipeline, run: i64) -> Option<LastExit> {
 }
 
 /// The latest run's status, and the previous process's record when it died.
-pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
+pub fn status(pipeline: &Pipeline, limit: u64) -> Result<Status, StoreError> {
     let store = crate::checkpoint::open_existing(&pipeline.checkpoint.store)?;
     let Some(store) = store else {
         return Ok(Status {
@@ -68,7 +68,7 @@ pub fn status(pipeline: &Pipeline) -> Result<Status, StoreError> {
         });
     };
     let report = match store.latest_run(&pipeline.name)? {
-        Some(run) => Some(store.status(&run)?),
+        Some(run) => Some(store.status(&run, limit)?),
         None => None,
     };
     let previous_process = crate::runner::previous_process(pipeline, &*store);
@@ -219,6 +219,13 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
             );
         }
     }
+    if report.failed_more > 0 {
+        let _ = writeln!(
+            out,
+            "  and {} more failed item(s) (`status --limit N` lists more)",
+            report.failed_more
+        );
+    }
     if !report.skipped.is_empty() {
         let _ = writeln!(out, "skipped items:");
         for s in &report.skipped {
@@ -230,6 +237,13 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
                 printable(&s.reason)
             );
         }
+    }
+    if report.skipped_more > 0 {
+        let _ = writeln!(
+            out,
+            "  and {} more skipped item(s) (`status --limit N` lists more)",
+            report.skipped_more
+        );
     }
     out
 }

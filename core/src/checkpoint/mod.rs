@@ -374,10 +374,14 @@ pub struct StatusReport {
     /// Per stage: items per state that are at (pending, in flight) or ended in (skipped, failed)
     /// that stage.
     pub stages: BTreeMap<String, BTreeMap<&'static str, u64>>,
-    /// Failed items (the first 1,000).
+    /// Failed items (the first of them: `status --limit`, 1,000 unless given).
     pub failed: Vec<FailedItem>,
-    /// Skipped items (the first 1,000).
+    /// Failed items not listed.
+    pub failed_more: u64,
+    /// Skipped items (the first of them, as `failed`).
     pub skipped: Vec<SkippedItem>,
+    /// Skipped items not listed.
+    pub skipped_more: u64,
     /// The runners of the run and the live runners of its pipeline (a PostgreSQL store's;
     /// empty for SQLite, whose one runner holds the store's lock).
     pub runners: Vec<RunnerInfo>,
@@ -515,8 +519,8 @@ pub(crate) trait CheckpointStore: Send + Sync {
     fn lost_because(&self) -> Option<String>;
     /// Items per state.
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError>;
-    /// The status report of a run.
-    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError>;
+    /// The status report of a run, listing at most `limit` failed and `limit` skipped items.
+    fn status(&self, run: &RunInfo, limit: u64) -> Result<StatusReport, StoreError>;
     /// Put a run's failed items back to pending with their attempts reset; returns how many.
     fn reset_failed(&self, run: i64) -> Result<u64, StoreError>;
     /// The last error kept for `run`'s item `seq` (of its last failed attempt, or its death).

@@ -250,8 +250,8 @@ impl<T: Tables> CheckpointStore for T {
         Ok(status::counts(self.state_counts(run)?))
     }
 
-    fn status(&self, run: &RunInfo) -> Result<StatusReport, StoreError> {
-        let mut report = status::status(self, run)?;
+    fn status(&self, run: &RunInfo, limit: u64) -> Result<StatusReport, StoreError> {
+        let mut report = status::status(self, run, limit)?;
         report.runners = self.runners_of(run.id)?;
         Ok(report)
     }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use super::super::{FailedItem, ItemState, RunInfo, SkippedItem, StatusReport, StoreError};
 
 /// Failed and skipped items a status report lists by name, each.
-const REPORT_LIMIT: i64 = 1000;
 
 /// A failed or skipped item as its row holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +48,12 @@ pub(super) fn counts(rows: Vec<(String, i64)>) -> BTreeMap<&'static str, u64> {
 }
 
 /// The status report of `run` from what `rows` reads.
-pub(super) fn status(rows: &impl StatusRows, run: &RunInfo) -> Result<StatusReport, StoreError> {
+pub(super) fn status(
+    rows: &impl StatusRows,
+    run: &RunInfo,
+    limit: u64,
+) -> Result<StatusReport, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let counts = counts(rows.state_counts(run.id)?);
     let mut stages: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     for (stage, state, n) in rows.stage_counts(run.id)? {
@@ -61,8 +65,8 @@ pub(super) fn status(rows: &impl StatusRows, run: &RunInfo) -> Result<StatusRepo
                 .or_default() += count(n);
         }
     }
-    let failed = rows
-        .ended(run.id, ItemState::Failed, REPORT_LIMIT)?
+    let failed: Vec<FailedItem> = rows
+        .ended(run.id, ItemState::Failed, limit)?
         .into_iter()
         .map(|r| FailedItem {
             key: r.key,
@@ -71,8 +75,8 @@ pub(super) fn status(rows: &impl StatusRows, run: &RunInfo) -> Result<StatusRepo
             attempts: u32::try_from(r.attempts.max(0)).unwrap_or(u32::MAX),
         })
         .collect();
-    let skipped = rows
-        .ended(run.id, ItemState::Skipped, REPORT_LIMIT)?
+    let skipped: Vec<SkippedItem> = rows
+        .ended(run.id, ItemState::Skipped, limit)?
         .into_iter()
         .map(|r| SkippedItem {
             key: r.key,
@@ -80,8 +84,17 @@ pub(super) fn status(rows: &impl StatusRows, run: &RunInfo) -> Result<StatusRepo
             reason: r.error.unwrap_or_default(),
         })
         .collect();
+    let more = |state: ItemState, listed: usize| {
+        counts
+            .get(state.as_str())
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(listed as u64)
+    };
     Ok(StatusReport {
         run: run.clone(),
+        failed_more: more(ItemState::Failed, failed.len()),
+        skipped_more: more(ItemState::Skipped, skipped.len()),
         counts,
         stages,
         failed,

@@ -62,7 +62,7 @@ fn two_runners_claim_disjoint_items_and_wait_for_each_other() {
         assert!(a.claim(run.id, 0, 10).expect("nothing").is_empty());
         assert_eq!(a.held_by_others(run.id).expect("held"), 3, "c's three");
         assert_eq!(c.held_by_others(run.id).expect("held"), 3, "a's three");
-        let report = a.status(&run).expect("status");
+        let report = a.status(&run, 1000).expect("status");
         let held: Vec<u64> = report.runners.iter().map(|r| r.items_held).collect();
         assert_eq!(held, [3, 3], "{:?}", report.runners);
         assert!(report.runners.iter().all(|r| r.state == "active"));
@@ -180,7 +180,7 @@ fn an_orderly_stop_gives_its_items_back_without_counting_an_attempt() {
         let taken = second.claim(run.id, 0, 3).expect("claim");
         let got: Vec<(String, u32)> = taken.iter().map(|i| (i.key.clone(), i.attempts)).collect();
         assert_eq!(got, [(s("a"), 0), (s("b"), 0), (s("c"), 0)]);
-        let report = second.status(&run).expect("status");
+        let report = second.status(&run, 1000).expect("status");
         let states: Vec<&str> = report.runners.iter().map(|r| r.state.as_str()).collect();
         assert_eq!(states, ["active", "stopped"], "{:?}", report.runners);
     });

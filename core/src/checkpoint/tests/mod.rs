@@ -342,7 +342,7 @@ fn updates_fold_into_each_items_row(b: &dyn Backend) {
         pending[0].record, r#"{"x":1}"#,
         "the record survives a later update without one"
     );
-    let report = store.status(&latest(&*store, "p")).expect("status");
+    let report = store.status(&latest(&*store, "p"), 1000).expect("status");
     assert_eq!(report.run.status, RunStatus::Interrupted);
     assert_eq!(report.counts["done"], 1);
     assert_eq!(report.failed.len(), 1);
@@ -372,7 +372,7 @@ fn updates_fold_into_each_items_row(b: &dyn Backend) {
         ],
         None,
     );
-    let report = store.status(&run).expect("status");
+    let report = store.status(&run, 1000).expect("status");
     assert_eq!(
         report
             .failed
@@ -419,7 +419,7 @@ fn status_counts_items_per_state_and_stage(b: &dyn Backend) {
     .into_iter()
     .collect();
     assert_eq!(store.counts(run.id).expect("counts"), want);
-    let report = store.status(&run).expect("status");
+    let report = store.status(&run, 1000).expect("status");
     assert_eq!(report.counts, want);
     let stage = |pairs: &[(&'static str, u64)]| pairs.iter().copied().collect::<BTreeMap<_, _>>();
     let want_stages: BTreeMap<String, BTreeMap<&'static str, u64>> = [
@@ -435,7 +435,7 @@ fn status_counts_items_per_state_and_stage(b: &dyn Backend) {
 
     // A run without items still counts every state.
     let empty = take(&*store, "q", &[]);
-    let report = store.status(&empty).expect("status");
+    let report = store.status(&empty, 1000).expect("status");
     assert_eq!(report.counts.len(), ItemState::ALL.len());
     assert!(report.counts.values().all(|n| *n == 0));
     assert!(report.stages.is_empty());
@@ -464,7 +464,7 @@ fn failed_and_skipped_lists_are_in_manifest_order_and_capped(b: &dyn Backend) {
         .rev()
         .collect();
     apply(&*store, run.id, changes, None);
-    let report = store.status(&run).expect("status");
+    let report = store.status(&run, 1000).expect("status");
     assert_eq!(report.counts["failed"], 1002, "counts are not capped");
     assert_eq!(report.failed.len(), 1000, "the first 1,000 are listed");
     let want: Vec<&str> = (0..names.len())
@@ -562,7 +562,7 @@ fn a_take_that_found_nothing_hides_no_run(b: &dyn Backend) {
     let run = latest(&*store, "p");
     assert_eq!((run.id, run.items), (full.id, 2));
     assert_eq!(store.last_checked("p").expect("last checked"), checked);
-    assert_eq!(store.status(&run).expect("status").run.id, full.id);
+    assert_eq!(store.status(&run, 1000).expect("status").run.id, full.id);
     // Another pipeline's empty take is its own.
     take(&*store, "q", &[]);
     assert_eq!(store.last_checked("p").expect("last checked"), checked);
@@ -750,7 +750,7 @@ fn retry_failed_puts_failed_items_back_to_pending(b: &dyn Backend) {
         Some(RunStatus::Aborted),
     );
     assert_eq!(store.reset_failed(run.id).expect("reset"), 2);
-    let report = store.status(&latest(&*store, "p")).expect("status");
+    let report = store.status(&latest(&*store, "p"), 1000).expect("status");
     assert_eq!(report.run.status, RunStatus::Interrupted);
     assert!(report.failed.is_empty());
     assert_eq!(report.counts["pending"], 2);
