@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 
 use super::super::{FailedItem, ItemState, RunInfo, SkippedItem, StatusReport, StoreError};
 
-/// Failed and skipped items a status report lists by name, each.
-
 /// A failed or skipped item as its row holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub(in crate::checkpoint) struct EndedRow {
