@@ -663,3 +663,42 @@ fn status_lists_failures_up_to_its_limit_and_says_how_many_more() {
     let all = p.status();
     assert_eq!(all.raw["failed_more"], 0, "{}", all.raw);
 }
+
+/// `status` reports an exit only from the last process's own summary: not an older process's,
+/// and not from a FIFO put at the summary's path (which it does not wait on); names it prints
+/// are escaped.
+#[test]
+fn status_takes_an_exit_only_from_the_last_process_s_own_summary() {
+    let p = Pipeline::new(
+        "[pipeline]\nname = \"x\\u001b[31m\"\n\n[[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = 3\n\n[[stage]]\nname = \"n\\u001b]0;T\\u0007ap\"\nkind = \"sleep\"\nduration = \"1ms\"\n",
+    );
+    p.run().assert_code(0);
+    let text = p.cmd("status").output();
+    assert!(
+        text.stdout.contains("process: exited 0 (finished)"),
+        "{text}"
+    );
+    assert!(
+        !text.stdout.contains('\u{1b}') && !text.stdout.contains('\u{7}'),
+        "{text}"
+    );
+    // Another process of the same name ran since (as a process that stopped before its run
+    // would): its flight record is the last one; the summary is not its own.
+    let summary = p.dir.join(".stagewise/x\u{1b}[31m.summary.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("JSON");
+    value["pid"] = serde_json::json!(1);
+    std::fs::write(&summary, value.to_string()).expect("write");
+    let status = p.status();
+    assert_eq!(status.raw["run"]["process"], "exited", "{}", status.raw);
+    assert!(status.raw["run"]["exit_code"].is_null(), "{}", status.raw);
+    // A FIFO at the summary's path: `status` does not wait on it.
+    std::fs::remove_file(&summary).expect("rm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&summary)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let out = p.cmd("status").timeout(Duration::from_secs(20)).output();
+    out.assert_code(0);
+}

@@ -40,16 +40,26 @@ pub struct LastExit {
     pub reason: Option<String>,
 }
 
-/// The summary file's word on how the last process ended, if it is about `run`.
-fn last_exit(pipeline: &Pipeline, run: i64) -> Option<LastExit> {
+/// The summary file's word on how `last`, the last process (its flight record), ended, if that
+/// summary is its own and about `run`. Only a regular file is read (a FIFO at the path would
+/// hold `status`), at most 1 MiB of it: a summary is a few kilobytes.
+fn last_exit(pipeline: &Pipeline, run: i64, last: &ProcessRecord) -> Option<LastExit> {
     let path = crate::runner::summary_path(pipeline);
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
     let file = std::fs::File::open(path).ok()?;
-    // A summary is a few kilobytes; anything bigger is not one.
     let summary: serde_json::Value =
-        serde_json::from_reader(std::io::Read::take(file, 16 << 20)).ok()?;
-    (summary["run"].as_i64() == Some(run)).then(|| LastExit {
-        exit_code: summary["exit_code"].as_i64().unwrap_or(-1),
-        outcome: summary["outcome"].as_str().unwrap_or("unknown").to_owned(),
+        serde_json::from_reader(std::io::BufReader::new(std::io::Read::take(file, 1 << 20)))
+            .ok()?;
+    let own = summary["pid"].as_u64() == Some(u64::from(last.pid))
+        && summary["process_started_at"].as_str() == Some(last.started_at.as_str());
+    if !own || summary["run"].as_i64() != Some(run) {
+        return None;
+    }
+    Some(LastExit {
+        exit_code: summary["exit_code"].as_i64()?,
+        outcome: summary["outcome"].as_str()?.to_owned(),
         reason: summary["reason"].as_str().map(str::to_owned),
     })
 }
@@ -72,7 +82,17 @@ pub fn status(pipeline: &Pipeline, limit: u64) -> Result<Status, StoreError> {
         None => None,
     };
     let previous_process = crate::runner::previous_process(pipeline, &*store);
-    let alive = store.runner_active(&pipeline.name).unwrap_or(false);
+    // The last process of this pipeline on this machine, as its flight record says.
+    let last = crate::flight::Recorder::read(&crate::runner::flight_path(pipeline))
+        .ok()
+        .flatten()
+        .filter(|r| r.pipeline == pipeline.name);
+    let alive = store.runner_active(&pipeline.name).unwrap_or(false)
+        && match &pipeline.checkpoint.store {
+            // A SQLite store's lock may be another pipeline's on the same store.
+            crate::spec::StoreLocation::Sqlite(_) => last.as_ref().is_some_and(|r| !r.ended),
+            crate::spec::StoreLocation::Postgres(_) => true,
+        };
     let process = report.as_ref().map(|_| {
         if alive {
             "alive"
@@ -82,8 +102,8 @@ pub fn status(pipeline: &Pipeline, limit: u64) -> Result<Status, StoreError> {
             "exited"
         }
     });
-    let last_exit = match (&report, process) {
-        (Some(r), Some("exited")) => last_exit(pipeline, r.run.id),
+    let last_exit = match (&report, process, &last) {
+        (Some(r), Some("exited"), Some(last)) => last_exit(pipeline, r.run.id, last),
         _ => None,
     };
     Ok(Status {
@@ -135,7 +155,7 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
         .as_ref()
         .map(|at| format!("  last checked: {at}, nothing new"));
     let Some(report) = &status.report else {
-        let _ = writeln!(out, "pipeline {}: no run yet", pipeline.name);
+        let _ = writeln!(out, "pipeline {}: no run yet", printable(&pipeline.name));
         if let Some(line) = nothing_new {
             let _ = writeln!(out, "{line}");
         }
@@ -144,7 +164,7 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     let _ = writeln!(
         out,
         "pipeline {}: run {} ({}), {} items, started {}",
-        pipeline.name,
+        printable(&pipeline.name),
         report.run.id,
         report.run.status.as_str(),
         report.run.items,
@@ -155,9 +175,19 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
             let _ = writeln!(out, "  process: alive (it runs now)");
         }
         (Some("died"), _) => {
+            // It may have died taking a new batch, after this run ended.
+            let this_run = status
+                .previous_process
+                .as_ref()
+                .is_some_and(|p| p.run == Some(report.run.id));
             let _ = writeln!(
                 out,
-                "  process: died without a summary (what it was doing is above); `run` resumes"
+                "  process: {}",
+                if this_run {
+                    "died without a summary (what it was doing is above); `run` resumes"
+                } else {
+                    "the last one died without a summary while taking a new batch (what it was doing is above); `run` takes one again"
+                }
             );
         }
         (Some(_), Some(e)) => {
@@ -187,7 +217,12 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     for stage in &pipeline.stages {
         if let Some(c) = report.stages.get(&stage.name) {
             let counts: Vec<String> = c.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let _ = writeln!(out, "  stage {}: {}", stage.name, counts.join(", "));
+            let _ = writeln!(
+                out,
+                "  stage {}: {}",
+                printable(&stage.name),
+                counts.join(", ")
+            );
         }
     }
     if !report.runners.is_empty() {
@@ -213,7 +248,7 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
                 out,
                 "  {} at {} after {} attempt(s): {}",
                 printable(&f.key),
-                f.stage,
+                printable(&f.stage),
                 f.attempts,
                 printable(&f.error)
             );
@@ -233,7 +268,7 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
                 out,
                 "  {} at {}: {}",
                 printable(&s.key),
-                s.stage,
+                printable(&s.stage),
                 printable(&s.reason)
             );
         }

@@ -449,7 +449,12 @@ fn fmt_figure(value: f64) -> String {
 /// run's last log event.
 pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::flight::Recorder) {
     let path = super::summary_path(pipeline);
-    let json = serde_json::to_string_pretty(summary).expect("the summary always serializes");
+    // Which process wrote it, so that `status` reports it only as that process's end.
+    let mut value = serde_json::to_value(summary).expect("the summary always serializes");
+    let record = recorder.snapshot();
+    value["pid"] = record.pid.into();
+    value["process_started_at"] = record.started_at.into();
+    let json = serde_json::to_string_pretty(&value).expect("the summary always serializes");
     // A new private file, renamed into place: whatever was at the temporary name (a symlink, a
     // FIFO) is never written through or waited on.
     if let Err(e) = crate::state_file::replace(&path, ".tmp", json.as_bytes()) {

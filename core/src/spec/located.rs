@@ -181,6 +181,11 @@ fn expand(
                 Some((name, default)) => (name, Some(default)),
                 None => (&after[..end], None),
             };
+            if default.is_some_and(|d| d.contains("${")) {
+                return Err(format!(
+                    "the default of `${{{name}:-…}}` holds `${{`: a default is plain text (references in it are not read)"
+                ));
+            }
             let valid = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -339,6 +344,8 @@ mod tests {
             ("${MISSING:-}", Ok("")),
             ("${MISSING:-a:-b}", Ok("a:-b")),
             ("${1X:-y}", Err("invalid")),
+            ("${A:-${B:-x}}", Err("a default is plain text")),
+            ("${A:-$${B}}", Err("a default is plain text")),
             ("${MISSING}", Err("`MISSING` is not set")),
             ("${HOST", Err("unclosed")),
             ("${1X}", Err("invalid")),
