@@ -118,13 +118,14 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
             pipeline,
             json,
             limit,
+            run: number,
         } => {
             // The state is read without running plugin code: no plugin library is loaded.
             let loaded = match spec::load_without_plugins(&pipeline, registry) {
                 Ok(l) => l,
                 Err(e) => return invalid(&pipeline, &e, Report::ErrorsOnly),
             };
-            match commands::status(&loaded.pipeline, limit) {
+            match commands::status(&loaded.pipeline, limit, number) {
                 // Keys and errors are untrusted: nothing in them may steer the terminal.
                 Ok(status) if json => out(&format!(
                     "{}\n",
@@ -332,6 +333,9 @@ enum Command {
         /// more there are).
         #[arg(long, value_name = "N", default_value_t = 1000)]
         limit: u64,
+        /// Show run N (its number, as `status` and the logs show it) rather than the latest.
+        #[arg(long, value_name = "N")]
+        run: Option<i64>,
     },
     /// Put the latest run's failed items (or run N's, with `--run N`) back to pending and run
     /// them again.

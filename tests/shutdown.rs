@@ -702,3 +702,37 @@ fn status_takes_an_exit_only_from_the_last_process_s_own_summary() {
     let out = p.cmd("status").timeout(Duration::from_secs(20)).output();
     out.assert_code(0);
 }
+
+/// `status --run N` shows that run, not the latest; a run that is not there is an error.
+#[test]
+fn status_shows_the_run_asked_for() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "runs"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "broken"
+        kind = "fault"
+        permanent_rate = 1.0
+        "#,
+    );
+    p.run().assert_code(1);
+    p.cmd("run").arg("--fresh").output().assert_code(1);
+    let latest = p.status();
+    assert_eq!(latest.raw["run"]["id"], 2, "{}", latest.raw);
+    let first = p.cmd("status").arg("--json").arg("--run").arg("1").output();
+    first.assert_code(0);
+    let first: serde_json::Value = serde_json::from_str(&first.stdout).expect("JSON");
+    assert_eq!(first["run"]["id"], 1, "{first}");
+    assert_eq!(first["counts"]["failed"], 4, "{first}");
+    assert!(first["run"].get("process").is_none(), "{first}");
+    let missing = p.cmd("status").arg("--run").arg("9").output();
+    missing.assert_code(2);
+    missing.assert_stderr_contains("has no run 9 with items");
+}

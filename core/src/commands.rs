@@ -64,8 +64,8 @@ fn last_exit(pipeline: &Pipeline, run: i64, last: &ProcessRecord) -> Option<Last
     })
 }
 
-/// The latest run's status, and the previous process's record when it died.
-pub fn status(pipeline: &Pipeline, limit: u64) -> Result<Status, StoreError> {
+/// The latest run's status (or run `run`'s), and the previous process's record when it died.
+pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Status, StoreError> {
     let store = crate::checkpoint::open_existing(&pipeline.checkpoint.store)?;
     let Some(store) = store else {
         return Ok(Status {
@@ -77,10 +77,22 @@ pub fn status(pipeline: &Pipeline, limit: u64) -> Result<Status, StoreError> {
             last_exit: None,
         });
     };
-    let report = match store.latest_run(&pipeline.name)? {
-        Some(run) => Some(store.status(&run, limit)?),
+    let latest = store.latest_run(&pipeline.name)?;
+    let asked = match run {
+        Some(n) => Some(store.run_numbered(&pipeline.name, n)?.ok_or_else(|| {
+            StoreError::Db(format!(
+                "pipeline `{}` has no run {n} with items (`stagewise status` shows the latest)",
+                printable(&pipeline.name)
+            ))
+        })?),
+        None => latest.clone(),
+    };
+    let report = match &asked {
+        Some(run) => Some(store.status(run, limit)?),
         None => None,
     };
+    // What runs the pipeline now, and how the last process ended, is news of the latest run.
+    let is_latest = asked.as_ref().map(|r| r.id) == latest.as_ref().map(|r| r.id);
     let previous_process = crate::runner::previous_process(pipeline, &*store);
     // The last process of this pipeline on this machine, as its flight record says.
     let last = crate::flight::Recorder::read(&crate::runner::flight_path(pipeline))
@@ -93,7 +105,7 @@ pub fn status(pipeline: &Pipeline, limit: u64) -> Result<Status, StoreError> {
             crate::spec::StoreLocation::Sqlite(_) => last.as_ref().is_some_and(|r| !r.ended),
             crate::spec::StoreLocation::Postgres(_) => true,
         };
-    let process = report.as_ref().map(|_| {
+    let process = report.as_ref().filter(|_| is_latest).map(|_| {
         if alive {
             "alive"
         } else if previous_process.is_some() {
