@@ -186,21 +186,10 @@ fn colour_on_a_terminal_unless_no_color_or_never() {
         "{never:?}"
     );
     // Not a terminal: no colour unless asked for (read raw: the tests' `Output` strips it).
-    let raw = |args: &[&str], env: &[(&str, &str)]| {
-        let p = pipeline();
-        let mut command = std::process::Command::new(util::bin());
-        command
-            .current_dir(p.dir.path())
-            .args(args)
-            .env_remove("NO_COLOR")
-            .env_remove("STAGEWISE_LOG")
-            .env_remove("RUST_LOG");
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let out = command.output().expect("runs");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+    let raw = |args: &[&str], env: &[(&str, &[u8])]| {
+        let (code, stderr) = raw_run(&pipeline(), args, env);
+        assert_eq!(code, Some(0), "{stderr}");
+        stderr
     };
     let piped = raw(&["run", "pipeline.toml"], &[]);
     assert!(
@@ -209,7 +198,7 @@ fn colour_on_a_terminal_unless_no_color_or_never() {
     );
     let always = raw(
         &["run", "pipeline.toml", "--color", "always"],
-        &[("NO_COLOR", "1")],
+        &[("NO_COLOR", b"1")],
     );
     assert!(
         always.contains(&format!("{esc}[32m INFO{esc}[0m")),
