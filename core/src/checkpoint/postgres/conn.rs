@@ -192,6 +192,15 @@ pub(super) enum Failed {
     Session(StoreError),
 }
 
+impl From<Failed> for StoreError {
+    fn from(failed: Failed) -> Self {
+        match failed {
+            Failed::Statement(e) => db(e),
+            Failed::Session(e) => e,
+        }
+    }
+}
+
 /// Run `f` on `conn`'s client, off the runtime. A session the server ended (a restart,
 /// `pg_terminate_backend`, an idle timeout, a pooler's restart) is opened again — before `f`,
 /// or after `f` failed on it — and `f` run again, with pauses from 100 ms to 2 s, for at most
@@ -244,10 +253,7 @@ pub(super) fn in_transaction<R: Send>(
         tx.commit()?;
         Ok(r)
     })
-    .map_err(|failed| match failed {
-        Failed::Statement(e) => db(e),
-        Failed::Session(e) => e,
-    })
+    .map_err(StoreError::from)
 }
 
 /// Whether `e` says the session is gone, its transaction rolled back: closed, cut off (an

@@ -9,9 +9,12 @@
 //! way there (its take-up mark still set), that attempt counts as used, as any death does.
 //!
 //! Fencing: every write of a runner to the run's items is conditional on its lease being live
-//! and on its still owning each item written, and is rolled back whole otherwise. A runner
-//! whose renewal finds its lease expired, or whose write is refused, is *lost*: it stops at
-//! once and saves nothing more (the run goes on in the other runners, or in the next one).
+//! and on its still owning each item written, and is rolled back whole otherwise. The lease is
+//! checked by the last statement before each COMMIT ([`live_to_commit`]), which also has the
+//! server end the session should the COMMIT come too late: a runner stopped or cut off between
+//! the check and its COMMIT cannot land a write after its lease ran out. A runner whose renewal
+//! finds its lease expired, or whose write is refused, is *lost*: it stops at once and saves
+//! nothing more (the run goes on in the other runners, or in the next one).
 //! Nothing here needs a session of its own on the server, so it works through a pooler in
 //! transaction mode.
 
@@ -22,12 +25,44 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::model::{died_during, ItemRow};
 use super::super::{unpoisoned, LeaseTerms, RunnerInfo, StoreError};
-use super::conn::{begin, connect, db, describe, off_runtime, Conn};
+use postgres::Transaction;
+
+use super::conn::{begin, connect, db, describe, off_runtime, on_session, Conn};
 use super::PgStore;
 
 /// The live runners, as a condition on `stagewise.runners r`. `clock_timestamp()`, not `now()`:
 /// a transaction's `now()` is when it began.
 const LIVE: &str = "r.state = 'active' AND r.expires_at > clock_timestamp()";
+
+/// The lease of runner `$1` as the last statement of a transaction that writes for it: a row
+/// if the lease has more than `$2` milliseconds (the margin, [`commit_margin`]) and 100 more
+/// left, and then the server ends the session, rolling the transaction back, should it sit idle
+/// for longer than the time left less the margin: its COMMIT lands before the lease ends, or
+/// not at all. (The margin covers the server's own moment between the check and waiting for
+/// the COMMIT.)
+const FENCE: &str =
+    "SELECT set_config('idle_in_transaction_session_timeout', (l.left_ms - $2::bigint)::text, true)
+     FROM (SELECT (extract(epoch FROM r.expires_at - clock_timestamp()) * 1000)::bigint AS left_ms
+           FROM stagewise.runners r WHERE r.id = $1 AND r.state = 'active') l
+     WHERE l.left_ms >= $2::bigint + 100";
+
+/// How long before its lease ends a runner's COMMIT must come at the latest (see [`FENCE`]):
+/// a tenth of the lease, at most a second.
+fn commit_margin(ttl: Duration) -> i64 {
+    i64::try_from((ttl / 10).min(Duration::from_secs(1)).as_millis()).unwrap_or(1000)
+}
+
+/// Whether `tx`, which writes for runner `id` under a lease of `ttl`, may commit: its lease
+/// still live, checked as the last statement before the COMMIT, which must follow at once. The
+/// COMMIT then lands only if it reaches the server before the lease ends (see [`FENCE`]);
+/// later, it fails with its session, the transaction rolled back.
+pub(in crate::checkpoint) fn live_to_commit(
+    tx: &mut Transaction<'_>,
+    id: i64,
+    ttl: Duration,
+) -> Result<bool, postgres::Error> {
+    Ok(tx.query_opt(FENCE, &[&id, &commit_margin(ttl)])?.is_some())
+}
 
 /// The first half of the advisory lock under which runners of a pipeline register ("stgj"; the
 /// second half is the pipeline's [`super::lock_key`]).
@@ -85,6 +120,11 @@ impl Membership {
     /// What to watch for the runner being lost.
     pub(super) fn lost(&self) -> CancellationToken {
         self.lost.clone()
+    }
+
+    /// Its lease's length.
+    pub(super) fn ttl(&self) -> Duration {
+        self.terms.ttl
     }
 }
 
@@ -224,14 +264,13 @@ impl PgStore {
         // more and leaving those behind.
         let claim = me.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let tried = std::sync::atomic::AtomicBool::new(false);
-        let claimed = self.with_conn(|tx| {
+        let mut conn = unpoisoned(&self.conn);
+        let claimed = on_session(&mut conn, (&self.config, &self.shown), None, |client| {
+            let mut tx = begin(client)?;
             // Only a try after the first can find what an earlier one committed: the first
             // does not look (the look reads the run's unfinished items).
-            if !tried.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                return claim_new(tx, (run, id, claim, limit), &me.taken_from);
-            }
-            let again: Vec<ItemRow> = tx
-                .query(
+            let again: Vec<ItemRow> = if tried.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tx.query(
                     "SELECT seq, key, stage, record, attempts FROM stagewise.items
                      WHERE run_id = $1 AND owner = $2 AND claim = $3 AND state IN ('pending', 'in_flight')
                      ORDER BY seq",
@@ -239,12 +278,25 @@ impl PgStore {
                 )?
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-                .collect();
-            if !again.is_empty() {
-                return Ok(Some((again, Vec::new())));
+                .collect()
+            } else {
+                Vec::new()
+            };
+            let claimed = if again.is_empty() {
+                claim_new(&mut tx, (run, id, claim, limit), &me.taken_from)?
+            } else {
+                Some((again, Vec::new()))
+            };
+            match claimed {
+                Some(claimed) if live_to_commit(&mut tx, id, me.ttl())? => {
+                    tx.commit()?;
+                    Ok(Some(claimed))
+                }
+                _ => Ok(None),
             }
-            claim_new(tx, (run, id, claim, limit), &me.taken_from)
-        })?;
+        })
+        .map_err(StoreError::from)?;
+        drop(conn);
         let Some((items, from)) = claimed else {
             let why = "its lease had expired when it asked for more items".to_owned();
             me.fence(why.clone());
@@ -510,13 +562,16 @@ fn renew_until_stopped(
                     "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
                     renew_ms, renew_ms
                 ))?;
+                // Fenced as every write is (see `FENCE`), against the lease it renews: the
+                // renewal is the last statement, and lands before that lease ends or not at all.
                 let n = tx.execute(
-                    &format!(
-                        "UPDATE stagewise.runners r SET renewed_at = clock_timestamp(),
-                             expires_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
-                         WHERE r.id = $1 AND {LIVE}"
-                    ),
-                    &[&me.id, &ttl_ms],
+                    "UPDATE stagewise.runners r SET renewed_at = clock_timestamp(),
+                         expires_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
+                     FROM (SELECT id, (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint AS left_ms
+                           FROM stagewise.runners WHERE id = $1 AND state = 'active') old
+                     WHERE r.id = old.id AND old.left_ms >= $3::bigint + 100
+                     RETURNING set_config('idle_in_transaction_session_timeout', (old.left_ms - $3::bigint)::text, true)",
+                    &[&me.id, &ttl_ms, &commit_margin(me.terms.ttl)],
                 )?;
                 tx.commit()?;
                 Ok(n)

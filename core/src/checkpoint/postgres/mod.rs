@@ -41,6 +41,8 @@ use crate::stage::SharedCache;
 use self::cache::PgCache;
 pub(crate) use self::conn::RECONNECTING;
 use self::conn::{begin, config, connect, db, in_transaction, off_runtime, Conn};
+#[cfg(test)]
+pub(in crate::checkpoint) use self::lease::live_to_commit;
 use self::lease::Membership;
 use self::writers::{PgManifest, PgUpdates};
 use super::model::{now, ItemRow, RunRow, Tables, PROCESS_LOCK_WAIT};

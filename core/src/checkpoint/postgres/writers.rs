@@ -10,7 +10,7 @@ use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
 use super::super::{RunStatus, StoreError};
 use super::conn::{begin, db, describe, off_runtime, on_session, Conn, Failed};
-use super::lease::Membership;
+use super::lease::{live_to_commit, Membership};
 
 /// Writes a new run's manifest.
 pub(in crate::checkpoint) struct PgManifest {
@@ -113,10 +113,11 @@ const UPDATE_ITEMS: &str = "UPDATE stagewise.items AS i SET
           AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
      WHERE i.run_id = $1 AND i.seq = u.seq AND i.owner IS NOT DISTINCT FROM $11";
 
-/// Whether the runner `$1` holds a live lease, checked in the transaction that writes for it,
-/// first and again just before it commits: a write that waited on a lock past the lease is
-/// rolled back. (Not `FOR SHARE`: a write held by a lock would hold the lease's renewals too.
-/// The items it updates are locked by the update itself: no runner claims them meanwhile.)
+/// Whether the runner `$1` holds a live lease, checked as the transaction that writes for it
+/// begins; checked again, and its COMMIT bounded, last ([`live_to_commit`]): a write that
+/// waited on a lock past the lease is rolled back. (Not `FOR SHARE`: a write held by a lock
+/// would hold the lease's renewals too. The items it updates are locked by the update itself:
+/// no runner claims them meanwhile.)
 const LIVE_ME: &str = "SELECT 1 FROM stagewise.runners
      WHERE id = $1 AND state = 'active' AND expires_at > clock_timestamp()";
 
@@ -170,10 +171,10 @@ impl UpdateRows for PgUpdates {
             taken.push(row.taken);
         }
         let run = self.run;
-        let me = self.me.as_ref().map(|m| m.id);
+        let me = self.me.as_ref().map(|m| (m.id, m.ttl()));
         let write = |client: &mut postgres::Client| -> Result<Result<(), String>, postgres::Error> {
             let mut tx = begin(client)?;
-            if let Some(me) = me {
+            if let Some((me, _)) = me {
                 if tx.query_opt(LIVE_ME, &[&me])?.is_none() {
                     return Ok(Err(
                         "its lease had expired when it came to save its progress".to_owned(),
@@ -193,7 +194,7 @@ impl UpdateRows for PgUpdates {
                     &set_error,
                     &errors,
                     &taken,
-                    &me,
+                    &me.map(|(me, _)| me),
                 ];
                 let n = tx.execute(UPDATE_ITEMS, &params)?;
                 if usize::try_from(n).ok() != Some(seqs.len()) {
@@ -213,15 +214,15 @@ impl UpdateRows for PgUpdates {
                     &[&run, &status.as_str(), &now()],
                 )?;
             }
-            if let Some(me) = me {
-                if tx.query_opt(LIVE_ME, &[&me])?.is_none() {
-                    return Ok(Err(
-                        "its lease expired while it was saving its progress (the store kept it waiting)".to_owned(),
-                    ));
-                }
+            let Some((me, ttl)) = me else {
+                return tx.commit().map(Ok);
+            };
+            if !live_to_commit(&mut tx, me, ttl)? {
+                return Ok(Err(
+                    "its lease expired, or nearly, while it was saving its progress (the store kept it waiting)".to_owned(),
+                ));
             }
-            tx.commit()?;
-            Ok(Ok(()))
+            tx.commit().map(Ok)
         };
         // A session the server ended is opened again (see `on_session`): writing a batch
         // again sets the same. Not past the shutdown deadline, once it is set.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::backends::on_postgres;
 use super::{apply, keys, s, seen, take, Backend};
+use crate::checkpoint::postgres::live_to_commit;
 use crate::checkpoint::{Change, CheckpointStore, LeaseTerms, PgStore, StoreError};
 use crate::spec::StoreLocation;
 
@@ -259,5 +260,85 @@ fn failed_items_put_back_while_runners_hold_them_can_be_claimed() {
         // `a` is live and holds `y`; `x`, put back, is nobody's: another runner takes it.
         let (c, _gc) = runner(b, minute());
         assert_eq!(keys(&c.claim(run.id, 0, 5).expect("claim")), ["x"]);
+    });
+}
+
+/// A session of `b`'s database, behind the store's back.
+fn session(b: &dyn Backend) -> postgres::Client {
+    let StoreLocation::Postgres(url) = b.location() else {
+        panic!("a PostgreSQL place")
+    };
+    url.parse::<postgres::Config>()
+        .expect("url")
+        .connect(postgres::NoTls)
+        .expect("connect")
+}
+
+/// A runner stopped (or cut off) after its last lease check and before its COMMIT lands
+/// nothing once its lease has ended: the server ends the session first. One that commits at
+/// once lands its write; one whose lease is (nearly) over is told not to commit.
+#[test]
+fn a_commit_that_comes_after_the_lease_ended_does_not_land() {
+    on_postgres(|b| {
+        let (store, _g) = runner(b, minute());
+        drop(store);
+        let mut c = session(b);
+        // A runner row of its own, not renewed: its lease ends 1.5 s from now.
+        let lease = |c: &mut postgres::Client, ms: i64| -> i64 {
+            c.query_one(
+                "INSERT INTO stagewise.runners (pipeline, host, pid, pidns, expires_at, state, stages)
+                 VALUES ('p', 'h', 1, '', clock_timestamp() + $1::bigint * interval '1 millisecond', 'active', '')
+                 RETURNING id",
+                &[&ms],
+            )
+            .expect("insert")
+            .get(0)
+        };
+        let ttl = Duration::from_millis(1500);
+        let write = |tx: &mut postgres::Transaction<'_>, id: i64| {
+            tx.execute(
+                "UPDATE stagewise.runners SET host = 'written' WHERE id = $1",
+                &[&id],
+            )
+            .expect("write");
+        };
+        let written = |c: &mut postgres::Client, id: i64| -> bool {
+            c.query_one(
+                "SELECT host = 'written' FROM stagewise.runners WHERE id = $1",
+                &[&id],
+            )
+            .expect("read")
+            .get(0)
+        };
+
+        let on_time = lease(&mut c, 1500);
+        let mut tx = c.transaction().expect("begin");
+        write(&mut tx, on_time);
+        assert!(live_to_commit(&mut tx, on_time, ttl).expect("check"));
+        tx.commit().expect("a COMMIT at once lands");
+        assert!(written(&mut c, on_time));
+
+        let late = lease(&mut c, 1500);
+        let mut tx = c.transaction().expect("begin");
+        write(&mut tx, late);
+        assert!(live_to_commit(&mut tx, late, ttl).expect("check"));
+        // Stopped here past the lease's end, as by SIGSTOP.
+        std::thread::sleep(Duration::from_millis(2000));
+        let Err(e) = tx.commit() else {
+            panic!("a COMMIT after the lease ended landed")
+        };
+        drop(c);
+        let mut c = session(b);
+        assert!(
+            !written(&mut c, late),
+            "the late COMMIT was refused ({e}) and wrote nothing"
+        );
+
+        let nearly_over = lease(&mut c, 120);
+        let mut tx = c.transaction().expect("begin");
+        assert!(
+            !live_to_commit(&mut tx, nearly_over, ttl).expect("check"),
+            "less left than the margin and 100 ms"
+        );
     });
 }
