@@ -181,17 +181,18 @@ fn validate(pipeline: &std::path::Path, registry: &Registry, format: Format) -> 
             Err(code) => return code,
         },
     };
-    match load(pipeline, registry, report) {
-        Ok(loaded) => {
+    match spec::lint(pipeline, registry) {
+        Ok(linted) => {
+            print_diagnostics(&linted.warnings, report);
             say!(
                 "{} is valid: pipeline `{}`, {} stage(s)",
                 pipeline.display(),
-                loaded.pipeline.name,
-                loaded.pipeline.stages.len()
+                stagewise_core::text::printable(&linted.name),
+                linted.stages
             );
             ExitCode::SUCCESS
         }
-        Err(code) => code,
+        Err(e) => invalid(pipeline, &e, report),
     }
 }
 

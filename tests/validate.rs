@@ -422,17 +422,24 @@ fn environment_variables_fill_placeholders_and_a_missing_one_is_named() {
     "#;
 
     let missing = Pipeline::new(toml);
-    for command in ["validate", "run"] {
-        let out = missing
-            .cmd(command)
-            .env_remove("SW_TEST_SINK_PATH")
-            .output();
-        out.assert_code(2);
-        assert!(
-            out.errors().iter().any(|l| l.contains("SW_TEST_SINK_PATH")),
-            "`{command}`: the error should name the missing variable\n{out}"
-        );
-    }
+    let out = missing.cmd("run").env_remove("SW_TEST_SINK_PATH").output();
+    out.assert_code(2);
+    assert!(
+        out.errors().iter().any(|l| l.contains("SW_TEST_SINK_PATH")),
+        "`run`: the error should name the missing variable\n{out}"
+    );
+    // `validate` needs no secrets: the variable is named in a warning.
+    let out = missing
+        .cmd("validate")
+        .env_remove("SW_TEST_SINK_PATH")
+        .output();
+    out.assert_code(0);
+    assert!(
+        out.warnings()
+            .iter()
+            .any(|l| l.contains("SW_TEST_SINK_PATH") && l.contains(":12:")),
+        "`validate`: a warning at the value should name the missing variable\n{out}"
+    );
 
     let set = Pipeline::new(toml);
     set.cmd("run")
@@ -996,7 +1003,87 @@ fn a_variable_can_have_a_default() {
     let out = p.cmd("validate").env("NAME", "given").output();
     out.assert_stderr_contains("pipeline `given`");
     let bare = Pipeline::new("[pipeline]\nname = \"${NAME}\"\n[[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = 1\n");
-    let out = bare.validate();
+    let out = bare.cmd("plan").output();
     out.assert_code(2);
     out.assert_stderr_contains("`${NAME:-default}` gives a default");
+    let out = bare.validate();
+    out.assert_code(0);
+    out.assert_stderr_contains("or a default, `${NAME:-default}`");
+}
+
+/// CI can check a pipeline without its secrets: unset `${VAR}`s are warnings for `validate`
+/// (the values they go into unchecked), errors for `run`; every other problem of the file is
+/// still an error, an unknown key holding a variable among them.
+#[test]
+fn validate_needs_no_secrets_but_still_finds_every_other_error() {
+    let secrets = ["SW_TEST_STORE_URL", "SW_TEST_LLM_URL", "SW_TEST_LLM_KEY"];
+    let file = |extra: &str| {
+        format!(
+            r#"
+            [pipeline]
+            name = "secrets"
+
+            [checkpoint]
+            store = "${{SW_TEST_STORE_URL}}"
+
+            [[stage]]
+            name = "src"
+            kind = "generate"
+            count = 3
+
+            [[stage]]
+            name = "ask"
+            kind = "llm"
+            provider = "openai"
+            base_url = "${{SW_TEST_LLM_URL}}"
+            api_key_env = "${{SW_TEST_LLM_KEY:-OPENAI_API_KEY}}"
+            model = "m"
+            prompt = "Facts of: {{{{text}}}}"
+            {extra}
+        "#
+        )
+    };
+    let without = |p: &Pipeline, command: &str| {
+        let mut cmd = p.cmd(command);
+        for var in secrets {
+            cmd = cmd.env_remove(var);
+        }
+        cmd.output()
+    };
+    let p = Pipeline::new(&file(""));
+    let out = without(&p, "validate");
+    out.assert_code(0);
+    out.assert_stderr_contains("is valid");
+    for var in ["SW_TEST_STORE_URL", "SW_TEST_LLM_URL"] {
+        assert!(
+            out.warnings()
+                .iter()
+                .any(|l| l.contains(var) && l.contains("not checked")),
+            "{var} named in a warning\n{out}"
+        );
+    }
+    assert!(
+        !out.stderr.contains("SW_TEST_LLM_KEY"),
+        "a variable with a default is no warning\n{out}"
+    );
+    let run = without(&p, "run");
+    run.assert_code(2);
+    assert_eq!(
+        run.errors().len(),
+        3,
+        "two unset variables, and the summary line\n{run}"
+    );
+
+    for (extra, wanted) in [
+        (r#"temperature = "hot""#, "temperature"),
+        (r#"headerz = "${SW_TEST_LLM_KEY}""#, "unknown key `headerz`"),
+    ] {
+        let p = Pipeline::new(&file(extra));
+        let out = without(&p, "validate");
+        out.assert_code(2);
+        assert!(
+            out.errors().iter().any(|l| l.contains(wanted)),
+            "`{extra}`: an error naming {wanted}\n{out}"
+        );
+    }
 }

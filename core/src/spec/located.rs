@@ -119,38 +119,52 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 /// The values taken from `${VAR}`: each string's path and the variables it names.
 pub(crate) type Substitutions = Vec<(KeyPath, Vec<String>)>;
 
+/// What [`substitute_env`] found: the strings that named variables, the references that could
+/// not be resolved (a path and a message each), and, when unset variables are allowed, the
+/// strings that named one (a path and the variables each).
+#[derive(Default)]
+pub(crate) struct Found {
+    pub(crate) used: Substitutions,
+    pub(crate) problems: Vec<(KeyPath, String)>,
+    /// `None`: an unset variable is a problem.
+    pub(crate) unset: Option<Substitutions>,
+}
+
 /// Replace `${VAR}` in every string value from `lookup`; `$${` stands for a literal `${`.
-/// Records the strings that named variables in `used`, and returns in `problems` the paths
-/// and messages of the references that could not be resolved.
+/// An unset variable without a default is a problem, or, where `found.unset` is kept, expands
+/// to nothing and is recorded there.
 pub(crate) fn substitute_env(
     value: &mut toml::Value,
     path: &mut KeyPath,
     lookup: &dyn Fn(&str) -> Option<String>,
-    used: &mut Substitutions,
-    problems: &mut Vec<(KeyPath, String)>,
+    found: &mut Found,
 ) {
     match value {
         toml::Value::String(s) if s.contains('$') => {
             let mut vars = Vec::new();
-            match expand(s, lookup, &mut vars) {
+            let mut unset = found.unset.as_ref().map(|_| Vec::new());
+            match expand(s, lookup, &mut vars, unset.as_mut()) {
                 Ok(expanded) => *s = expanded,
-                Err(message) => problems.push((path.clone(), message)),
+                Err(message) => found.problems.push((path.clone(), message)),
             }
             if !vars.is_empty() {
-                used.push((path.clone(), vars));
+                found.used.push((path.clone(), vars));
+            }
+            if let (Some(unset), Some(all)) = (unset.filter(|u| !u.is_empty()), &mut found.unset) {
+                all.push((path.clone(), unset));
             }
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 path.push(i.to_string());
-                substitute_env(item, path, lookup, used, problems);
+                substitute_env(item, path, lookup, found);
                 path.pop();
             }
         }
         toml::Value::Table(table) => {
             for (key, item) in table.iter_mut() {
                 path.push(key.clone());
-                substitute_env(item, path, lookup, used, problems);
+                substitute_env(item, path, lookup, found);
                 path.pop();
             }
         }
@@ -158,11 +172,13 @@ pub(crate) fn substitute_env(
     }
 }
 
-/// `s` with its `${VAR}`s replaced; the names of the variables it read go to `vars`.
+/// `s` with its `${VAR}`s replaced; the names of the variables it read go to `vars`. An unset
+/// variable without a default is an error, or, given `unset`, expands to nothing and goes there.
 fn expand(
     s: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     vars: &mut Vec<String>,
+    mut unset: Option<&mut Vec<String>>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -194,11 +210,15 @@ fn expand(
                     "invalid environment variable name `{name}` in `${{…}}`"
                 ));
             }
-            let value = match (lookup(name), default) {
-                (Some(value), Some(default)) if value.is_empty() => default.to_owned(),
-                (Some(value), _) => value,
-                (None, Some(default)) => default.to_owned(),
-                (None, None) => {
+            let value = match (lookup(name), default, unset.as_deref_mut()) {
+                (Some(value), Some(default), _) if value.is_empty() => default.to_owned(),
+                (Some(value), _, _) => value,
+                (None, Some(default), _) => default.to_owned(),
+                (None, None, Some(unset)) => {
+                    unset.push(name.to_owned());
+                    String::new()
+                }
+                (None, None, None) => {
                     return Err(format!(
                         "environment variable `{name}` is not set (`${{{name}:-default}}` gives a default)"
                     ))
@@ -351,7 +371,7 @@ mod tests {
             ("${1X}", Err("invalid")),
         ];
         for (input, want) in cases {
-            match (expand(input, &lookup, &mut Vec::new()), want) {
+            match (expand(input, &lookup, &mut Vec::new(), None), want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
                 (Err(got), Err(want)) => assert!(got.contains(want), "{input}: {got}"),
                 (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
@@ -418,14 +438,9 @@ mod tests {
                 .expect("toml"),
         );
         let lookup = |_: &str| Some("v".to_owned());
-        let (mut used, mut problems) = (Vec::new(), Vec::new());
-        substitute_env(
-            &mut value,
-            &mut Vec::new(),
-            &lookup,
-            &mut used,
-            &mut problems,
-        );
+        let mut found = Found::default();
+        substitute_env(&mut value, &mut Vec::new(), &lookup, &mut found);
+        let Found { used, problems, .. } = found;
         assert!(problems.is_empty(), "{problems:?}");
         let path = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect::<KeyPath>();
         assert_eq!(

@@ -332,6 +332,70 @@ fn validated(
     overrides: &[(String, String)],
     plugins: Plugins,
 ) -> Result<(Loaded, Validator), ConfigError> {
+    let (result, warnings, v) = checked(path, registry, (lookup, overrides), plugins, false)?;
+    match result {
+        Some(pipeline) => Ok((Loaded { pipeline, warnings }, v)),
+        None => Err(ConfigError {
+            diagnostics: warnings,
+        }),
+    }
+}
+
+/// What `validate` says of a pipeline file it found no error in.
+#[derive(Debug)]
+pub struct Linted {
+    /// The pipeline's name, as written (or as an override set it).
+    pub name: String,
+    /// How many stages it has.
+    pub stages: usize,
+    /// Warnings: an unset `${VAR}` among them.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Check a pipeline file as [`load`] does, but with the secrets left out: an unset `${VAR}`
+/// (without a default) is a warning, not an error, and the value it goes into is not checked
+/// (it is not the value a run would see). For `stagewise validate`, so that CI can check a
+/// pipeline without its secrets.
+pub fn lint(path: &Path, registry: &Registry) -> Result<Linted, ConfigError> {
+    let (_, warnings, v) = checked(
+        path,
+        registry,
+        (&|name| std::env::var(name).ok(), &env_overrides()),
+        Plugins::Load,
+        true,
+    )?;
+    let name = v
+        .doc
+        .get("pipeline")
+        .and_then(|p| p.get("name"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let stages = v
+        .doc
+        .get("stage")
+        .and_then(toml::Value::as_array)
+        .map_or(0, Vec::len);
+    Ok(Linted {
+        name,
+        stages,
+        warnings,
+    })
+}
+
+/// Where `${VAR}`s are read from, and the `STAGEWISE_…` overrides.
+type Environment<'a> = (&'a dyn Fn(&str) -> Option<String>, &'a [(String, String)]);
+
+/// The one check behind [`validated`] and [`lint`]: the pipeline if it could be built, the
+/// warnings, and the validator; `Err` with every diagnostic if there is an error. With
+/// `unset_allowed`, an unset `${VAR}` is a warning and the values it goes into go unchecked.
+fn checked(
+    path: &Path,
+    registry: &Registry,
+    (lookup, overrides): Environment<'_>,
+    plugins: Plugins,
+    unset_allowed: bool,
+) -> Result<(Option<Pipeline>, Vec<Diagnostic>, Validator), ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         diagnostics: vec![Diagnostic {
@@ -343,6 +407,9 @@ fn validated(
         }],
     })?;
     let mut v = Validator::new(file, &text)?;
+    if unset_allowed {
+        v.unset = Some(Substitutions::new());
+    }
     let result = v.validate(
         registry,
         lookup,
@@ -351,6 +418,7 @@ fn validated(
         base_dir_of(path),
         plugins,
     );
+    v.warn_unset();
     // In file order; problems from the environment and without a place come last.
     v.diagnostics.sort_by_key(|d| match &d.place {
         Some(Place::File { line, col }) => (0, *line, *col),
@@ -360,12 +428,12 @@ fn validated(
     let (errors, warnings): (Vec<_>, Vec<_>) = std::mem::take(&mut v.diagnostics)
         .into_iter()
         .partition(|d| d.severity == Severity::Error);
-    match result {
-        Some(pipeline) if errors.is_empty() => Ok((Loaded { pipeline, warnings }, v)),
-        _ => Err(ConfigError {
+    if !errors.is_empty() {
+        return Err(ConfigError {
             diagnostics: errors.into_iter().chain(warnings).collect(),
-        }),
+        });
     }
+    Ok((result, warnings, v))
 }
 
 /// The pipeline file's folder: relative paths in it are relative to this.
@@ -383,11 +451,25 @@ struct Validator {
     doc: toml::Table,
     /// The strings that took a `${VAR}`.
     substitutions: Substitutions,
+    /// Where unset variables are allowed (see [`lint`]), the strings that named one: a value
+    /// they went into is not checked.
+    unset: Option<Substitutions>,
+    /// The values no error is said of: an unset variable went into them.
+    unchecked: Vec<KeyPath>,
     /// The layer of each policy value, per stage, in order (for `plan`).
     layers: Vec<Layers>,
     /// The `path` of each plugin stage, as written (see [`plugin_libraries`]).
     libraries: Vec<String>,
     diagnostics: Vec<Diagnostic>,
+}
+
+/// A key's path as a message names it: dotted, a stage's keys without the stage (the message
+/// names the stage).
+fn show_path(path: &[String]) -> String {
+    match path {
+        [stage, _, rest @ ..] if stage == "stage" && !rest.is_empty() => rest.join("."),
+        _ => path.join("."),
+    }
 }
 
 fn path_of(parts: &[&str]) -> KeyPath {
@@ -417,6 +499,8 @@ impl Validator {
             origins,
             doc,
             substitutions: Substitutions::new(),
+            unset: None,
+            unchecked: Vec::new(),
             layers: Vec::new(),
             libraries: Vec::new(),
             diagnostics: Vec::new(),
@@ -431,6 +515,13 @@ impl Validator {
         stage: Option<&str>,
         message: String,
     ) {
+        // A value that took an unset variable is not checked (see `unchecked`). Its key is: an
+        // unknown key is said at the key.
+        if let (Severity::Error, Some(p), false) = (severity, path, at_key) {
+            if self.unchecked.iter().any(|u| p.starts_with(u)) {
+                return;
+            }
+        }
         let place = path.and_then(|p| self.origins.place(p, at_key));
         self.diagnostics.push(Diagnostic {
             severity,
@@ -439,6 +530,49 @@ impl Validator {
             stage: stage.map(str::to_owned),
             message,
         });
+    }
+
+    /// One warning per unset variable (see [`lint`]), where it is first named.
+    fn warn_unset(&mut self) {
+        let Some(unset) = self.unset.take() else {
+            return;
+        };
+        let mut vars: Vec<(&str, Vec<&KeyPath>)> = Vec::new();
+        for (path, names) in &unset {
+            for name in names {
+                match vars.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, paths)) => paths.push(path),
+                    None => vars.push((name, vec![path])),
+                }
+            }
+        }
+        let warnings: Vec<(KeyPath, Option<String>, String)> = vars
+            .into_iter()
+            .map(|(name, paths)| {
+                let keys: Vec<String> = paths.iter().map(|p| format!("`{}`", show_path(p))).collect();
+                (
+                    paths[0].clone(),
+                    self.stage_name_of(paths[0]),
+                    format!(
+                        "environment variable `{name}` is not set: `run` needs it (or a default, `${{{name}:-default}}`); {} not checked",
+                        match keys.as_slice() {
+                            [one] => format!("{one} is"),
+                            many => format!("{} are", many.join(", ")),
+                        }
+                    ),
+                )
+            })
+            .collect();
+        for (path, stage, message) in warnings {
+            self.push(
+                Severity::Warning,
+                Some(&path),
+                false,
+                stage.as_deref(),
+                message,
+            );
+        }
+        self.unset = Some(unset);
     }
 
     fn error(&mut self, path: &[String], at_key: bool, stage: Option<&str>, message: String) {
@@ -546,21 +680,26 @@ impl Validator {
             &mut override_problems,
         );
         let mut doc_value = toml::Value::Table(std::mem::take(&mut self.doc));
-        let mut missing = Vec::new();
-        located::substitute_env(
-            &mut doc_value,
-            &mut Vec::new(),
-            lookup,
-            &mut self.substitutions,
-            &mut missing,
-        );
+        let mut found = located::Found {
+            unset: self.unset.take(),
+            ..located::Found::default()
+        };
+        located::substitute_env(&mut doc_value, &mut Vec::new(), lookup, &mut found);
         let toml::Value::Table(doc) = doc_value else {
             unreachable!("a table stays a table")
         };
         self.doc = doc;
-        for (p, message) in missing {
-            let stage = self.stage_name_of(&p);
-            self.error(&p, false, stage.as_deref(), message);
+        self.substitutions = found.used;
+        self.unset = found.unset;
+        for (p, message) in &found.problems {
+            let stage = self.stage_name_of(p);
+            self.error(p, false, stage.as_deref(), message.clone());
+        }
+        // A value whose variable could not be read is not checked further: what it holds is
+        // not a value the user wrote (the problem is said above, or is a warning for `lint`).
+        self.unchecked = found.problems.into_iter().map(|(p, _)| p).collect();
+        if let Some(unset) = &self.unset {
+            self.unchecked.extend(unset.iter().map(|(p, _)| p.clone()));
         }
         for (_, message) in override_problems {
             self.push(Severity::Error, None, false, None, message);
