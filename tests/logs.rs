@@ -377,3 +377,81 @@ fn a_message_is_coloured_by_its_word_not_by_what_a_file_name_holds() {
         "{stderr:?}"
     );
 }
+
+/// In JSON, every event of an item carries the item's `run`, `key`, `stage` and `attempt` as
+/// top-level fields (typed), whichever part of the code emitted it; durations are seconds.
+#[test]
+fn every_json_event_of_an_item_names_its_run_key_stage_and_attempt() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "items"
+        heartbeat = "100ms"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 4
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "400ms"
+        timeout = "600ms"
+
+        [[stage]]
+        name = "boom"
+        kind = "fault"
+        error_rate = 1.0
+        retry = { attempts = 2, initial = "10ms" }
+        "#,
+    );
+    let out = util::Cmd::bare(p.dir.path(), "--log-format")
+        .arg("json")
+        .arg("run")
+        .arg("pipeline.toml")
+        .env("STAGEWISE_LOG", "debug")
+        .output();
+    out.assert_code(1);
+    let events = json_lines(&out);
+    let of_items: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e.get("key").is_some()).collect();
+    for e in &of_items {
+        assert!(e["run"].is_i64(), "`run` as a number: {e}");
+        assert!(e["key"].is_string(), "{e}");
+        assert!(e["stage"].is_string(), "{e}");
+        assert!(e["attempt"].is_u64(), "`attempt` as a number: {e}");
+    }
+    let retried: Vec<_> = of_items
+        .iter()
+        .filter(|e| e["message"] == "retrying")
+        .collect();
+    assert_eq!(retried.len(), 4, "one retry per item\n{out}");
+    for e in retried {
+        assert_eq!(
+            (&e["stage"], &e["attempt"]),
+            (&"boom".into(), &1.into()),
+            "{e}"
+        );
+        assert!(e["delay_secs"].as_f64().is_some_and(|s| s < 1.0), "{e}");
+    }
+    let failed: Vec<_> = of_items
+        .iter()
+        .filter(|e| e["message"] == "item failed")
+        .collect();
+    assert_eq!(failed.len(), 4, "{out}");
+    assert!(failed.iter().all(|e| e["attempt"] == 2), "{out}");
+    let slow: Vec<_> = of_items
+        .iter()
+        .filter(|e| e["message"] == "slow attempt")
+        .collect();
+    assert!(!slow.is_empty(), "the naps pass half their timeout\n{out}");
+    for e in slow {
+        assert_eq!(
+            (&e["stage"], &e["attempt"]),
+            (&"nap".into(), &1.into()),
+            "{e}"
+        );
+        assert!(e["timeout_secs"].as_f64() == Some(0.6), "{e}");
+    }
+}

@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+/// A duration in seconds, to the microsecond: how log events give durations (`delay_secs`).
+pub fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e6
+}
+
 /// A duration as people write it: "0s", "350µs", "500ms", "2.017s", "4m31.5s", "1h2m".
 /// Shown to the millisecond from one second up; components that are zero are left out.
 pub fn duration(d: Duration) -> String {

@@ -72,7 +72,7 @@ pub(crate) async fn call(
         deadline,
         CancelFlag::new(),
     );
-    let _tracked = stage.stats.begin(key.clone(), timeout, began);
+    let _tracked = stage.stats.begin((key.clone(), attempt), timeout, began);
     let _recorded = shared.recorder.begin_at(key, &stage.name, attempt, began);
     match &stage.imp {
         StageImpl::Async(s) => {
@@ -146,8 +146,11 @@ async fn blocking<T: Send + 'static>(
         },
     };
     let thread_cx = cx.clone();
+    // The stage's events on its thread are the item's too.
+    let span = tracing::Span::current();
     let mut handle = tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let _in = span.enter();
         std::panic::catch_unwind(AssertUnwindSafe(|| work(&thread_cx)))
     });
     let unfinished = tokio::select! {
@@ -201,7 +204,7 @@ async fn blocking<T: Send + 'static>(
     let watched = shared.clone();
     let index = stage.index;
     let (answer, late) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let joined = handle.await;
         let stage = &watched.stages[index];
         stage.stats.returned(id);
@@ -210,7 +213,7 @@ async fn blocking<T: Send + 'static>(
             // Taken only if the item still waits for its next attempt.
             let _ = answer.send(outcome);
         }
-    });
+    }));
     Err(match unfinished {
         CallError::Timeout(timed_out) => CallError::Abandoned { timed_out, late },
         other => other,

@@ -385,7 +385,7 @@ impl Control {
             if !*settled {
                 tracing::warn!(
                 reason = %why,
-                grace = %text::duration(self.grace),
+                grace_secs = text::secs(self.grace),
                 "stopping: no new items; in-flight items may finish within the grace period"
                 );
             }

@@ -31,6 +31,25 @@ pub(crate) struct WorkItem {
 /// Process one item through its remaining stages. `window` is the item's place among the
 /// items in flight (set aside while it only waits); it is released when the item leaves.
 pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
+    use tracing::Instrument;
+    // With JSON logs, every event of the item carries its run, key, stage and attempt (see
+    // `telemetry::json`); text lines name the item's key and stage themselves.
+    let span = if crate::telemetry::json() {
+        tracing::error_span!(
+            "item",
+            run = shared.run,
+            key = %item.key,
+            stage = tracing::field::Empty,
+            attempt = tracing::field::Empty
+        )
+    } else {
+        tracing::Span::none()
+    };
+    through_stages(shared, item, window).instrument(span).await;
+}
+
+/// [`run_item`], in the item's span.
+async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
     let WorkItem {
         seq,
         key,
@@ -44,6 +63,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlig
     let mut started = false;
     while index < shared.stages.len() {
         let stage = &shared.stages[index];
+        tracing::Span::current().record("stage", &*stage.name);
         // Attempts used here before: stored with the item (its first stage only), or kept as
         // deaths of earlier processes (at any stage: the item's move here may not have been
         // committed before the process died).
@@ -54,6 +74,7 @@ pub(crate) async fn run_item(shared: Arc<Shared>, item: WorkItem, window: InFlig
             }
         }
         let allowed = stage.policy.retry.attempts;
+        tracing::Span::current().record("attempt", used.saturating_add(1).min(allowed.max(1)));
         if used >= allowed {
             // Its attempts were used up in earlier processes: it ends here, failed, saying so.
             let last = last_error.unwrap_or_else(|| "no error was kept".to_owned());
@@ -535,7 +556,7 @@ impl RetryEvents for MarkLog<'_> {
             key = %self.key,
             attempt,
             error = %error.message,
-            delay = %text::duration(delay),
+            delay_secs = text::secs(delay),
             "retrying the mark"
         );
     }
@@ -628,7 +649,7 @@ impl RetryEvents for RetryLog<'_> {
             key = %self.key,
             attempt,
             error = %error.message,
-            delay = %text::duration(delay),
+            delay_secs = text::secs(delay),
             "retrying"
         );
     }
@@ -676,6 +697,7 @@ async fn attempts(
     let first = std::sync::Mutex::new(Some(first));
     let first = &first;
     retrying(retry, stop, &events, used, |attempt| async move {
+        tracing::Span::current().record("attempt", attempt);
         backing_off.end();
         let held = first
             .lock()

@@ -185,6 +185,8 @@ impl Totals {
 
 /// What every task of a run shares.
 pub(crate) struct Shared {
+    /// The run's id in the checkpoint store.
+    pub run: i64,
     pub stages: Vec<StageRt>,
     pub control: Arc<Control>,
     pub checkpoint: Checkpointer,
@@ -594,6 +596,7 @@ async fn execute(
         .sum::<usize>()
         .max(1);
     let shared = Arc::new(Shared {
+        run: run.id,
         stages,
         control: control.clone(),
         checkpoint,

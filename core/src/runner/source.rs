@@ -60,7 +60,7 @@ fn said_how_far(stage: &StageRt, attempt: u32, read: u64, elapsed: Duration) {
         stage = %stage.name,
         attempt,
         records_read = read,
-        elapsed = %text::duration(elapsed),
+        elapsed_secs = text::secs(elapsed),
         "{message}"
     );
 }
@@ -179,7 +179,7 @@ pub(crate) async fn take(
             }));
         }
         let delay = retry.delay(attempt, error.retry_after, &mut rand::rng());
-        tracing::warn!(stage = %stage.name, attempt, error = %error.message, delay = %text::duration(delay), "reading the batch failed; retrying");
+        tracing::warn!(stage = %stage.name, attempt, error = %error.message, delay_secs = text::secs(delay), "reading the batch failed; retrying");
         tokio::select! {
             biased;
             () = control.soft.cancelled() => return Ok(Ok(Took::Stopped)),

@@ -17,6 +17,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) struct InFlight {
     pub key: Arc<str>,
+    pub attempt: u32,
     pub started: Instant,
     pub timeout: Duration,
     pub warned: bool,
@@ -106,7 +107,7 @@ impl StageStats {
     /// An attempt began at `started`.
     pub(crate) fn begin(
         &self,
-        key: Arc<str>,
+        (key, attempt): (Arc<str>, u32),
         timeout: Duration,
         started: Instant,
     ) -> AttemptGuard<'_> {
@@ -115,6 +116,7 @@ impl StageStats {
             id,
             InFlight {
                 key,
+                attempt,
                 started,
                 timeout,
                 warned: false,
@@ -165,14 +167,15 @@ impl StageStats {
             .collect()
     }
 
-    /// Attempts past half their timeout that were not reported yet; marks them reported.
-    pub(crate) fn newly_slow(&self) -> Vec<(Arc<str>, Duration, Duration)> {
+    /// Attempts past half their timeout that were not reported yet (key and attempt, age,
+    /// timeout); marks them reported.
+    pub(crate) fn newly_slow(&self) -> Vec<((Arc<str>, u32), Duration, Duration)> {
         let mut out = Vec::new();
         for a in lock(&self.in_flight).values_mut() {
             let age = a.started.elapsed();
             if !a.warned && age > a.timeout / 2 {
                 a.warned = true;
-                out.push((a.key.clone(), age, a.timeout));
+                out.push(((a.key.clone(), a.attempt), age, a.timeout));
             }
         }
         out
@@ -228,13 +231,18 @@ mod tests {
     fn tracks_in_flight_and_abandoned() {
         let s = StageStats::default();
         {
-            let _a = s.begin("a".into(), Duration::from_secs(10), Instant::now());
-            let _b = s.begin("b".into(), Duration::ZERO, Instant::now());
+            let _a = s.begin(("a".into(), 1), Duration::from_secs(10), Instant::now());
+            let _b = s.begin(("b".into(), 2), Duration::ZERO, Instant::now());
             assert_eq!(s.in_flight_count(), 2);
             assert_eq!(s.oldest().map(|(k, _)| k.to_string()).as_deref(), Some("a"));
             std::thread::sleep(Duration::from_millis(2));
             let slow = s.newly_slow();
             assert_eq!(slow.len(), 1, "only `b` is past half its timeout");
+            assert_eq!(
+                (&*slow[0].0 .0, slow[0].0 .1),
+                ("b", 2),
+                "its key and attempt"
+            );
             assert!(s.newly_slow().is_empty(), "reported once");
         }
         assert_eq!(s.in_flight_count(), 0);

@@ -243,12 +243,14 @@ fn abort_frozen(shared: &Shared, liveness: Duration) {
 
 fn warn_slow(shared: &Shared) {
     for s in &shared.stages {
-        for (key, age, timeout) in s.stats.newly_slow() {
+        for ((key, attempt), age, timeout) in s.stats.newly_slow() {
             tracing::warn!(
+                run = shared.run,
                 stage = %s.name,
                 key = %key,
-                elapsed = %text::duration(age),
-                timeout = %text::duration(timeout),
+                attempt,
+                elapsed_secs = text::secs(age),
+                timeout_secs = text::secs(timeout),
                 "{}",
                 events::SLOW_ATTEMPT
             );

@@ -4,6 +4,7 @@
 //! lines, and both are counted (`log_events_dropped` in the summary). Each event is also handed
 //! to the flight recorder as it is emitted, so the recorder is current even when stderr is not.
 
+mod json;
 mod queue;
 
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -419,7 +420,10 @@ pub fn init(format: LogFormat, filter: EnvFilter) {
     );
     let _ = match format {
         LogFormat::Pretty => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json::JsonLine)
+            .try_init(),
     };
     std::panic::set_hook(Box::new(|info| {
         let message = crate::text::panic_message(info.payload());
