@@ -43,6 +43,13 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
         Err(code) => return code,
     };
     telemetry::set_json(matches!(log_format, Format::Json));
+    telemetry::set_quiet(cli.quiet);
+    // A terminal that gets text lines shows a run's live progress and its summary as a table.
+    telemetry::set_terminal(
+        matches!(log_format, Format::Pretty)
+            && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        !cli.quiet,
+    );
     match cli.command {
         Command::Run {
             pipeline,
@@ -265,6 +272,10 @@ struct Cli {
     /// `NO_COLOR` is set, `always`, or `never`. JSON lines are never coloured.
     #[arg(long, global = true, value_enum, default_value = "auto")]
     color: ColorChoice,
+    /// No live progress on a terminal, and only warnings, errors and the summary in the log
+    /// (unless `STAGEWISE_LOG` or `RUST_LOG` sets a filter).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }

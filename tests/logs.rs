@@ -455,3 +455,75 @@ fn every_json_event_of_an_item_names_its_run_key_stage_and_attempt() {
         assert!(e["timeout_secs"].as_f64() == Some(0.6), "{e}");
     }
 }
+
+/// On a terminal, a run shows its live progress (a line per stage, and the run's) redrawn in
+/// place instead of heartbeat lines, and ends with the summary as a table; `--quiet` shows
+/// neither the progress nor the info lines, and still the table.
+#[test]
+fn a_terminal_shows_live_progress_and_a_summary_table() {
+    let p = pipeline();
+    let shown = run_on_a_terminal(&p, &["run", "pipeline.toml"], &[]);
+    let esc = '\u{1b}';
+    assert!(
+        shown.contains("  nap  done") && shown.contains("items ended") && shown.contains("ETA"),
+        "progress lines: {shown:?}"
+    );
+    assert!(
+        shown.contains(&format!("{esc}[2K")),
+        "redrawn in place (lines cleared): {shown:?}"
+    );
+    assert!(
+        !shown.contains("heartbeat"),
+        "no heartbeat lines: {shown:?}"
+    );
+    let table: Vec<&str> = shown
+        .lines()
+        .map(|l| {
+            let l = l.rsplit('\r').next().unwrap_or(l);
+            l.trim_start_matches("\u{1b}[2K")
+        })
+        .skip_while(|l| !l.starts_with("run 1 finished (exit 0)"))
+        .collect();
+    assert!(table.len() >= 4, "the summary table: {shown:?}");
+    assert!(
+        table[1].split_whitespace().eq([
+            "stage", "kind", "done", "failed", "skipped", "retries", "timeouts", "p50", "p95"
+        ]),
+        "{table:?}"
+    );
+    assert!(
+        table[2]
+            .split_whitespace()
+            .take(3)
+            .eq(["nap", "sleep", "12"]),
+        "{table:?}"
+    );
+    assert!(
+        table[3]
+            .split_whitespace()
+            .take(3)
+            .eq(["out", "jsonl", "12"]),
+        "{table:?}"
+    );
+
+    let p = pipeline();
+    let quiet = run_on_a_terminal(&p, &["run", "--quiet", "pipeline.toml"], &[]);
+    assert!(
+        !quiet.contains("items ended"),
+        "no progress with --quiet: {quiet:?}"
+    );
+    assert!(
+        !quiet.contains("INFO"),
+        "no info lines with --quiet: {quiet:?}"
+    );
+    assert!(quiet.contains("run 1 finished (exit 0)"), "{quiet:?}");
+
+    // No escape codes with NO_COLOR: heartbeat lines instead of the progress, and the table.
+    let p = pipeline();
+    let plain = run_on_a_terminal(&p, &["run", "pipeline.toml"], &[("NO_COLOR", "1")]);
+    assert!(!plain.contains(esc), "{plain:?}");
+    assert!(
+        plain.contains("heartbeat") && plain.contains("run 1 finished (exit 0)"),
+        "{plain:?}"
+    );
+}

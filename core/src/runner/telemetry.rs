@@ -33,11 +33,20 @@ pub(crate) async fn heartbeat(
     beat.tick().await;
     let mut watch = tokio::time::interval(every.min(Duration::from_secs(1)));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // On a terminal, the live progress stands for the heartbeat lines.
+    let live = crate::telemetry::live_progress();
+    let mut redraw = tokio::time::interval(PROGRESS_EVERY);
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = done.cancelled() => return,
+            _ = redraw.tick(), if live => {
+                crate::telemetry::progress(Some(progress_lines(&shared, began)));
+            }
             _ = beat.tick() => {
-                log_heartbeat(&shared, began);
+                if !live {
+                    log_heartbeat(&shared, began);
+                }
                 if let Some(store) = &store {
                     copier.copy(store, &pipeline, &shared.recorder);
                 }
@@ -51,17 +60,68 @@ pub(crate) async fn heartbeat(
     }
 }
 
-fn log_heartbeat(shared: &Shared, began: Instant) {
+/// How often the live progress is drawn again.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// The live progress: a line per stage after the source (done, failed, in flight, rate) and
+/// the run's (items ended of all, rate, ETA), as the heartbeat counts them.
+fn progress_lines(shared: &Shared, began: Instant) -> Vec<String> {
+    let elapsed = began.elapsed().as_secs_f64().max(1e-3);
+    let stages = &shared.stages[1.min(shared.stages.len())..];
+    let width = stages
+        .iter()
+        .map(|s| text::printable(&s.name).chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut lines: Vec<String> = stages
+        .iter()
+        .map(|s| {
+            let st = &s.stats;
+            format!(
+                "  {:<width$}  done {:>6}  failed {:>5}  in flight {:>4}  {:>7.1}/s",
+                text::printable(&s.name),
+                st.done.get(),
+                st.failed.get(),
+                st.in_flight_count(),
+                st.done.get() as f64 / elapsed,
+            )
+        })
+        .collect();
     let t = &shared.totals;
-    // Items that ended in this process: through the last stage, or failed or skipped anywhere.
-    let ended_here: u64 = shared.stages.last().map_or(0, |s| s.stats.done.get())
+    let (rate, remaining) = (ended_here(shared) as f64 / elapsed, t.remaining());
+    let eta = if remaining == 0 {
+        "-".to_owned()
+    } else if rate > 0.0 {
+        text::duration(Duration::from_secs(
+            (remaining as f64 / rate).ceil().min(1e9) as u64,
+        ))
+    } else {
+        "unknown".to_owned()
+    };
+    lines.push(format!(
+        "  {} of {} items ended ({} failed, {} skipped)  {rate:.1} items/s  ETA {eta}",
+        t.items.saturating_sub(remaining),
+        t.items,
+        t.failed.get(),
+        t.skipped.get(),
+    ));
+    lines
+}
+
+/// Items that ended in this process: through the last stage, or failed or skipped anywhere.
+fn ended_here(shared: &Shared) -> u64 {
+    shared.stages.last().map_or(0, |s| s.stats.done.get())
         + shared
             .stages
             .iter()
             .map(|s| s.stats.failed.get() + s.stats.skipped.get())
-            .sum::<u64>();
+            .sum::<u64>()
+}
+
+fn log_heartbeat(shared: &Shared, began: Instant) {
+    let t = &shared.totals;
     let elapsed = began.elapsed().as_secs_f64().max(1e-3);
-    let rate = ended_here as f64 / elapsed;
+    let rate = ended_here(shared) as f64 / elapsed;
     let remaining = t.remaining();
     let eta = if rate > 0.0 {
         text::duration(Duration::from_secs_f64(remaining as f64 / rate))
@@ -464,6 +524,11 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::f
     }
     // Ended with a summary from here on: a kill after this line is not a death without one.
     recorder.mark_ended();
+    if crate::telemetry::terminal() {
+        crate::telemetry::progress(None);
+        crate::telemetry::block(&summary_table(summary, &path));
+        return;
+    }
     if crate::telemetry::json() {
         if tracing::enabled!(target: crate::telemetry::SUMMARY_TARGET, tracing::Level::INFO) {
             let mut fields = match serde_json::to_value(summary) {
@@ -520,4 +585,94 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::f
         "{}",
         events::SUMMARY
     );
+}
+
+/// The summary for a terminal: what the run came to, a row per stage, and where the summary
+/// file is.
+fn summary_table(summary: &Summary, path: &std::path::Path) -> Vec<String> {
+    let ms = |v: f64| text::duration(Duration::from_secs_f64(v.max(0.0) / 1000.0));
+    let run = summary
+        .run
+        .map_or_else(String::new, |r| format!("run {r} "));
+    let mut out = vec![format!(
+        "{run}{} (exit {}) after {}: {} items, {} done, {} failed, {} skipped, {} remaining",
+        summary.outcome.replace('_', " "),
+        summary.exit_code,
+        text::duration(Duration::from_secs_f64(summary.elapsed_secs)),
+        summary.items,
+        summary.done,
+        summary.failed,
+        summary.skipped,
+        summary.remaining,
+    )];
+    if let Some(reason) = &summary.reason {
+        out.push(format!("reason: {reason}"));
+    }
+    let header = [
+        "stage", "kind", "done", "failed", "skipped", "retries", "timeouts", "p50", "p95",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for s in summary.stages.iter().skip(1) {
+        let (p50, p95) = s.latency.map_or(("-".to_owned(), "-".to_owned()), |l| {
+            (ms(l.p50_ms), ms(l.p95_ms))
+        });
+        rows.push(vec![
+            text::printable(&s.name).into_owned(),
+            text::printable(&s.kind).into_owned(),
+            s.done.to_string(),
+            s.failed.to_string(),
+            s.skipped.to_string(),
+            s.retries.to_string(),
+            s.timeouts.to_string(),
+            p50,
+            p95,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| {
+                // Names left, figures right.
+                if c < 2 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        out.push(format!("  {}", cells.join("  ").trim_end()));
+    }
+    for s in summary.stages.iter().skip(1) {
+        let mut figures: Vec<String> = s
+            .figures
+            .iter()
+            .map(|(name, value)| format!("{name}={}", fmt_figure(*value)))
+            .collect();
+        if s.abandoned > 0 {
+            figures.push(format!("abandoned={}", s.abandoned));
+        }
+        if let Some(lowest) = s.lowest_concurrency {
+            figures.push(format!("lowest_concurrency={lowest}"));
+        }
+        if !figures.is_empty() {
+            out.push(format!(
+                "  {}: {}",
+                text::printable(&s.name),
+                figures.join(" ")
+            ));
+        }
+    }
+    if summary.log_events_dropped > 0 {
+        out.push(format!(
+            "log events dropped: {}",
+            summary.log_events_dropped
+        ));
+    }
+    out.push(format!("summary: {}", path.display()));
+    out
 }

@@ -5,6 +5,7 @@
 //! to the flight recorder as it is emitted, so the recorder is current even when stderr is not.
 
 mod json;
+mod progress;
 mod queue;
 
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -177,6 +178,68 @@ pub fn say(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Whether a run shows its live progress on standard error, a terminal (see
+/// [`set_terminal`]).
+static PROGRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Whether standard error is a terminal that gets text lines: the summary is a table there.
+static TERMINAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `--quiet`: warnings, errors and the summary only, unless a filter says otherwise.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say, before [`init`] and after [`set_color`], that standard error is a terminal that gets
+/// text lines (the summary is then a table), and whether a run may show its live progress
+/// there (not with `--quiet`). The progress is redrawn with escape codes, so it is shown only
+/// where colour is on: not with `NO_COLOR`, `--color never` or `TERM=dumb`.
+pub fn set_terminal(terminal: bool, progress: bool) {
+    let colour = COLOR.load(std::sync::atomic::Ordering::Relaxed);
+    TERMINAL.store(terminal, std::sync::atomic::Ordering::Relaxed);
+    PROGRESS.store(
+        terminal && progress && colour,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// `--quiet` (before [`filter`]): the default filter lets warnings, errors and the summary
+/// through, nothing else.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the run shows its live progress ([`progress`]) instead of heartbeat lines.
+pub fn live_progress() -> bool {
+    PROGRESS.load(std::sync::atomic::Ordering::Relaxed) && QUEUE.get().is_some()
+}
+
+/// Whether the summary is a table for a terminal ([`block`]).
+pub fn terminal() -> bool {
+    TERMINAL.load(std::sync::atomic::Ordering::Relaxed) && !json()
+}
+
+/// Show `lines` as the run's live progress, in place of what was shown (see
+/// [`live_progress`]); `None` clears it for good, before the summary.
+pub fn progress(lines: Option<Vec<String>>) {
+    if let Some(q) = QUEUE.get() {
+        q.progress(lines);
+    }
+}
+
+/// Lines for the user (a table), as one block behind the events before it, as important as a
+/// warning; each line made printable.
+pub fn block(lines: &[String]) {
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(&crate::text::printable(line));
+        text.push('\n');
+    }
+    match QUEUE.get() {
+        Some(q) => q.push(queue::Rank::Important, text.into_bytes()),
+        None => {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        }
+    }
+}
+
 /// Whether log events are JSON lines (`--log-format json`).
 pub fn json() -> bool {
     JSON.load(std::sync::atomic::Ordering::Relaxed)
@@ -345,16 +408,24 @@ fn start_queue() {
     }
     let q = Arc::new(queue::LogQueue::new());
     let writer = q.clone();
+    let live = PROGRESS.load(std::sync::atomic::Ordering::Relaxed);
     let started = std::thread::Builder::new()
         .name("stagewise-log".into())
-        .spawn(move || writer.drain_forever(&mut std::io::stderr().lock()));
+        .spawn(move || {
+            let mut screen: Box<dyn queue::Screen> = if live {
+                Box::new(progress::Bars::new())
+            } else {
+                Box::new(queue::Plain)
+            };
+            writer.drain_forever(&mut std::io::stderr().lock(), &mut *screen)
+        });
     if started.is_ok() {
         let _ = QUEUE.set(q);
     }
 }
 
 /// The log filter: `STAGEWISE_LOG` (e.g. `debug`, `stagewise_core=debug,info`), else
-/// `RUST_LOG`, else [`DEFAULT_FILTER`]; an empty variable is unset. One that is not a filter is
+/// `RUST_LOG`, else [`DEFAULT_FILTER`] (`warn` with `--quiet`); an empty variable is unset. One that is not a filter is
 /// an error, naming it.
 pub fn filter() -> Result<EnvFilter, String> {
     for var in ["STAGEWISE_LOG", "RUST_LOG"] {
@@ -392,6 +463,9 @@ pub fn filter() -> Result<EnvFilter, String> {
             .parse(value)
             .map_err(|e| bad(e.to_string()))?;
         return Ok(with_summary(filter));
+    }
+    if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(with_summary(EnvFilter::new("warn")));
     }
     Ok(with_summary(EnvFilter::new(DEFAULT_FILTER)))
 }

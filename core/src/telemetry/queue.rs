@@ -38,6 +38,9 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
+    /// The live progress to show next (`Some(None)`: clear it for good), taken by the writer
+    /// before the events: only the latest counts.
+    progress: Option<Option<Vec<String>>>,
     events: VecDeque<Entry>,
     bytes: usize,
     /// Events waiting, by rank.
@@ -119,6 +122,13 @@ impl LogQueue {
         self.arrived.notify_one();
     }
 
+    /// Show `lines` as the live progress (see [`Screen`]), replacing what was not shown yet;
+    /// `None` clears it for good. Never waits for the writer.
+    pub(crate) fn progress(&self, lines: Option<Vec<String>>) {
+        self.state().progress = Some(lines);
+        self.arrived.notify_one();
+    }
+
     /// Events dropped so far: refused or evicted by a full queue, or not written (the reader
     /// gone, or standard error closed).
     pub(crate) fn dropped(&self) -> u64 {
@@ -150,12 +160,20 @@ impl LogQueue {
         true
     }
 
-    /// The writer thread's loop: write each event to `out` with one `write_all`, in order.
-    pub(crate) fn drain_forever(&self, out: &mut dyn Write) -> ! {
+    /// The writer thread's loop: write each event to `out` with one `write_all`, in order,
+    /// through `screen`, which also shows the live progress.
+    pub(crate) fn drain_forever(&self, out: &mut dyn Write, screen: &mut dyn Screen) -> ! {
         loop {
             let entry = {
                 let mut s = self.state();
                 loop {
+                    if let Some(progress) = s.progress.take() {
+                        s.writing = true;
+                        drop(s);
+                        screen.progress(progress);
+                        s = self.state();
+                        continue;
+                    }
                     if let Some(e) = s.events.pop_front() {
                         s.bytes -= e.line.len();
                         s.ranked[e.rank as usize] -= 1;
@@ -169,11 +187,31 @@ impl LogQueue {
             };
             // A short or failed write loses the event; it is never retried (the reader may be
             // gone for good), and never ends the process.
-            if out.write_all(&entry.line).is_err() {
+            if screen.write(out, &entry.line).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Where the writer thread's lines go: straight to standard error, or around the live
+/// progress shown on a terminal.
+pub(crate) trait Screen {
+    /// Write one whole event.
+    fn write(&mut self, out: &mut dyn Write, line: &[u8]) -> std::io::Result<()>;
+    /// Show `lines` as the live progress, or clear it for good (`None`).
+    fn progress(&mut self, lines: Option<Vec<String>>);
+}
+
+/// Lines only, no progress.
+pub(crate) struct Plain;
+
+impl Screen for Plain {
+    fn write(&mut self, out: &mut dyn Write, line: &[u8]) -> std::io::Result<()> {
+        out.write_all(line)
+    }
+
+    fn progress(&mut self, _: Option<Vec<String>>) {}
 }
 
 #[cfg(test)]
@@ -257,7 +295,7 @@ mod tests {
             q.push(Rank::Info, line(n));
         }
         let writer = q.clone();
-        std::thread::spawn(move || writer.drain_forever(&mut Gone));
+        std::thread::spawn(move || writer.drain_forever(&mut Gone, &mut Plain));
         assert!(q.flush(Duration::from_secs(10)));
         assert_eq!(q.dropped(), 10);
     }
@@ -279,7 +317,7 @@ mod tests {
     fn a_stuck_reader_never_blocks_the_producers_and_flush_gives_up_in_time() {
         let q = std::sync::Arc::new(LogQueue::new());
         let writer = q.clone();
-        std::thread::spawn(move || writer.drain_forever(&mut Stuck));
+        std::thread::spawn(move || writer.drain_forever(&mut Stuck, &mut Plain));
         let began = Instant::now();
         for n in 0..(3 * MAX_EVENTS) {
             q.push(Rank::Detail, line(n));
