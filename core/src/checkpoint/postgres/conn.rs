@@ -174,10 +174,50 @@ pub(super) fn connect(config: &PgTarget, shown: &str) -> Result<Conn, StoreError
 /// Every statement of the store runs in one: under a transaction-mode pooler, a statement the
 /// client prepares and then runs is only sure to find its server session within a transaction,
 /// and only `SET LOCAL` reaches the statements it is meant for. (Call it off the runtime.)
-pub(super) fn begin(client: &mut Client) -> Result<postgres::Transaction<'_>, postgres::Error> {
+pub(in crate::checkpoint) fn begin(
+    client: &mut Client,
+) -> Result<postgres::Transaction<'_>, postgres::Error> {
     let mut tx = client.transaction()?;
-    tx.batch_execute(STATEMENT_TIMEOUT)?;
+    let idle = IDLE_IN_TRANSACTION_MS.load(std::sync::atomic::Ordering::Relaxed);
+    tx.batch_execute(&format!(
+        "{STATEMENT_TIMEOUT}; SET LOCAL idle_in_transaction_session_timeout = {idle}"
+    ))?;
     Ok(tx)
+}
+
+/// How long a transaction of the store may sit idle, waiting for its client's next statement,
+/// before the server ends its session (rolling it back): its statements follow one another at
+/// once, so only a client stopped (SIGSTOP, a frozen VM) or cut off sits there, holding the
+/// rows it locked — items other runners must take over once its lease ends. Half the lease of
+/// this process's runner ([`set_idle_limit`]); a minute before it registers.
+static IDLE_IN_TRANSACTION_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(60_000);
+
+/// Bound every transaction's idle wait by half of `ttl`, this process's runner's lease (see
+/// [`begin`]).
+pub(in crate::checkpoint) fn set_idle_limit(ttl: Duration) {
+    let ms = u64::try_from((ttl / 2).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(100);
+    IDLE_IN_TRANSACTION_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// [`connect`], trying again for [`RECONNECTING`] while the server is out of reach (restarting,
+/// failing over): for the sessions a run opens once it has begun, when the store is known to be
+/// there.
+pub(super) fn connect_again(config: &PgTarget, shown: &str) -> Result<Conn, StoreError> {
+    let until = Instant::now() + RECONNECTING;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match connect(config, shown) {
+            Err(StoreError::Lost(why)) if Instant::now() + pause < until => {
+                tracing::debug!(store = %shown, error = %why, "cannot connect to the checkpoint store; trying again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How long a call keeps reconnecting to a server that ended its session (a restart, a

@@ -27,7 +27,7 @@ use super::super::model::{died_during, ItemRow};
 use super::super::{unpoisoned, LeaseTerms, RunnerInfo, StoreError};
 use postgres::Transaction;
 
-use super::conn::{begin, connect, db, describe, off_runtime, on_session, Conn};
+use super::conn::{begin, connect, db, describe, off_runtime, on_session, set_idle_limit, Conn};
 use super::PgStore;
 
 /// The live runners, as a condition on `stagewise.runners r`. `clock_timestamp()`, not `now()`:
@@ -166,6 +166,7 @@ impl PgStore {
         terms: LeaseTerms,
     ) -> Result<PgRunner, StoreError> {
         let ttl_ms = i64::try_from(terms.ttl.as_millis()).unwrap_or(i64::MAX);
+        set_idle_limit(terms.ttl);
         let (host, pidns) = (crate::flight::hostname(), pid_namespace());
         let pid = i64::from(std::process::id());
         let sent = Instant::now();
@@ -547,9 +548,12 @@ fn renew_until_stopped(
     let renew_ms = me.terms.renew_every.as_millis().max(1000);
     let mut conn: Option<Conn> = None;
     let mut warned = false;
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        stop.recv_timeout(me.terms.renew_every)
-    {
+    // After a renewal that did not get through, the next is tried sooner: from 100 ms, doubling,
+    // never later than the next renewal was due (a session ended twice within a renewal's
+    // interval must not cost two renewals).
+    let mut wait = me.terms.renew_every;
+    let mut retry = Duration::from_millis(100);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
         if me.lost.is_cancelled() {
             continue;
         }
@@ -580,6 +584,7 @@ fn renew_until_stopped(
         });
         match renewed {
             Ok(1) => {
+                (wait, retry) = (me.terms.renew_every, Duration::from_millis(100));
                 *unpoisoned(&me.valid_until) = sent + me.terms.ttl;
                 if warned {
                     tracing::info!(store = %shown, "the runner's lease is renewed again");
@@ -592,6 +597,8 @@ fn renew_until_stopped(
             )),
             Err(e) => {
                 conn = None;
+                wait = retry.min(me.terms.renew_every);
+                retry = (retry * 2).min(me.terms.renew_every);
                 if me.refused().is_none() && !warned {
                     tracing::warn!(store = %shown, error = %e, "cannot renew the runner's lease; trying again at the next renewal");
                     warned = true;

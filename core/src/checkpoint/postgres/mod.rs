@@ -25,7 +25,7 @@
 //! mean lives in [`model`](super::model).
 
 mod cache;
-mod conn;
+pub(in crate::checkpoint) mod conn;
 mod lease;
 mod schema;
 mod status;
@@ -40,7 +40,7 @@ use crate::stage::SharedCache;
 
 use self::cache::PgCache;
 pub(crate) use self::conn::RECONNECTING;
-use self::conn::{begin, config, connect, db, in_transaction, off_runtime, Conn};
+use self::conn::{begin, config, connect, connect_again, db, in_transaction, off_runtime, Conn};
 #[cfg(test)]
 pub(in crate::checkpoint) use self::lease::live_to_commit;
 use self::lease::Membership;
@@ -207,7 +207,7 @@ impl Tables for PgStore {
         if me.is_some() {
             self.end_dead_neighbours(pipeline)?;
         }
-        let mut conn = connect(&self.config, &self.shown)?;
+        let mut conn = connect_again(&self.config, &self.shown)?;
         let key = lock_key(pipeline);
         let run = off_runtime(|| {
             let mut tx = begin(conn.client())?;
@@ -368,7 +368,7 @@ impl Tables for PgStore {
 
     fn updates(&self, run: i64) -> Result<PgUpdates, StoreError> {
         Ok(PgUpdates {
-            conn: connect(&self.config, &self.shown)?,
+            conn: connect_again(&self.config, &self.shown)?,
             config: self.config.clone(),
             run,
             shown: self.shown.clone(),
@@ -377,7 +377,7 @@ impl Tables for PgStore {
     }
 
     fn cache(&self) -> Result<SharedCache, StoreError> {
-        let conn = connect(&self.config, &self.shown)?;
+        let conn = connect_again(&self.config, &self.shown)?;
         Ok(std::sync::Arc::new(PgCache::new(
             conn,
             self.config.clone(),

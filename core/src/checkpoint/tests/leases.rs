@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::backends::on_postgres;
 use super::{apply, keys, s, seen, take, Backend};
+use crate::checkpoint::postgres::conn::{begin, set_idle_limit};
 use crate::checkpoint::postgres::live_to_commit;
 use crate::checkpoint::{Change, CheckpointStore, LeaseTerms, PgStore, StoreError};
 use crate::spec::StoreLocation;
@@ -340,5 +341,42 @@ fn a_commit_that_comes_after_the_lease_ended_does_not_land() {
             !live_to_commit(&mut tx, nearly_over, ttl).expect("check"),
             "less left than the margin and 100 ms"
         );
+    });
+}
+
+/// A client stopped in the middle of a transaction of the store (before its last lease check:
+/// its rows locked, no COMMIT coming) has its session ended by the server within half a lease,
+/// so that the items it locked can be taken over once its lease ends.
+#[test]
+fn a_transaction_left_idle_is_ended_by_the_server() {
+    on_postgres(|b| {
+        let (store, _g) = runner(b, minute());
+        drop(store);
+        set_idle_limit(Duration::from_secs(1));
+        let mut c = session(b);
+        let mut tx = begin(&mut c).expect("begin");
+        let limit: String = tx
+            .query_one("SHOW idle_in_transaction_session_timeout", &[])
+            .expect("show")
+            .get(0);
+        let ms: u64 = match limit.strip_suffix("ms") {
+            Some(ms) => ms.parse().expect("ms"),
+            None => limit.trim_end_matches('s').parse::<u64>().expect("s") * 1000,
+        };
+        assert!(ms > 0 && ms <= 30_000, "bounded: {limit}");
+        tx.execute("UPDATE stagewise.runners SET host = 'held'", &[])
+            .expect("lock the rows");
+        // Stopped here, as by SIGSTOP.
+        std::thread::sleep(Duration::from_millis(ms + 700));
+        assert!(tx.commit().is_err(), "the session outlived {limit} idle");
+        drop(c);
+        let held: i64 = session(b)
+            .query_one(
+                "SELECT count(*) FROM stagewise.runners WHERE host = 'held'",
+                &[],
+            )
+            .expect("read")
+            .get(0);
+        assert_eq!(held, 0, "rolled back, its locks gone");
     });
 }
