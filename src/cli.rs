@@ -121,6 +121,29 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
             out(&String::from_utf8_lossy(&page))
         }
         Command::Plugin(PluginCommand::Inspect { path }) => inspect(&path),
+        Command::Runs {
+            pipeline,
+            json,
+            limit,
+        } => {
+            let loaded = match spec::load_without_plugins(&pipeline, registry) {
+                Ok(l) => l,
+                Err(e) => return invalid(&pipeline, &e, Report::ErrorsOnly),
+            };
+            match commands::runs(&loaded.pipeline, limit) {
+                Ok(history) if json => out(&format!(
+                    "{}\n",
+                    stagewise_core::text::json_printable(
+                        &serde_json::to_string(&history.ends).unwrap_or_else(|_| "[]".into())
+                    )
+                )),
+                Ok(history) => out(&commands::render_runs(&loaded.pipeline, &history)),
+                Err(e) => {
+                    say!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Status {
             pipeline,
             json,
@@ -348,6 +371,23 @@ enum Command {
         /// Show run N (its number, as `status` and the logs show it) rather than the latest.
         #[arg(long, value_name = "N")]
         run: Option<i64>,
+    },
+    /// List the pipeline's past runs, newest first: one row per process that ran a batch's
+    /// items (with several runners, one per runner), as the checkpoint store keeps them, and
+    /// when a check last found nothing new.
+    ///
+    /// No plugin library is loaded.
+    Runs {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Print a JSON list of objects (`id`, `started`, `ended`, `outcome`, `exit_code`,
+        /// `items`, `done`, `failed`, `skipped`, `reason`, `pid`, `host`).
+        #[arg(long)]
+        json: bool,
+        /// List at most this many.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: u64,
     },
     /// Put the latest run's failed items (or run N's, with `--run N`) back to pending and run
     /// them again.

@@ -650,3 +650,75 @@ fn failing_further_on_is_progress() {
     let out = p.run();
     assert!(out.stderr.contains("outcome=\"no_progress\""), "{out}");
 }
+
+/// `runs` lists every run's process, newest first, with its outcome, exit code and counts (in
+/// JSON a list of objects), kept in the checkpoint store; a check that found nothing new is
+/// counted and shown as "last checked", not listed.
+#[test]
+fn runs_lists_each_run_and_counts_the_checks_that_found_nothing() {
+    let p = half_failing("history");
+    let lines = |ids: std::ops::RangeInclusive<i32>| -> String {
+        ids.map(|i| format!("{{\"id\": {i}}}\n")).collect()
+    };
+    let run = |rate: &str| {
+        p.cmd("run")
+            .env("STAGEWISE_STAGE__BREAKER__PERMANENT_RATE", rate)
+            .output()
+    };
+    p.dir.write("in.jsonl", lines(1..=20));
+    run("0.5").assert_code(1);
+    p.dir.write("in.jsonl", lines(21..=30));
+    run("0.0").assert_code(0);
+    p.dir.write("in.jsonl", "");
+    run("0.0").assert_code(0);
+    p.dir.write("in.jsonl", lines(31..=35));
+    run("0.0").assert_code(0);
+
+    let out = p.cmd("runs").arg("--json").output();
+    out.assert_code(0);
+    let runs: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let runs = runs.as_array().expect("a list");
+    assert_eq!(runs.len(), 3, "the check is not a run\n{out}");
+    let field = |name: &str| runs.iter().map(|r| r[name].clone()).collect::<Vec<_>>();
+    let ids: Vec<i64> = field("id")
+        .iter()
+        .map(|v| v.as_i64().expect("id"))
+        .collect();
+    assert!(ids[0] > ids[1] && ids[1] > ids[2], "newest first: {ids:?}");
+    assert_eq!(field("exit_code"), [0, 0, 1]);
+    assert_eq!(
+        field("outcome"),
+        ["finished", "finished", "finished_with_failures"]
+    );
+    assert_eq!(field("items"), [5, 10, 20]);
+    let (done, failed) = (field("done"), field("failed"));
+    assert_eq!(
+        (&done[..2], &failed[..2]),
+        (&[5.into(), 10.into()][..], &[0.into(), 0.into()][..])
+    );
+    let first_failed = failed[2].as_i64().expect("failed");
+    assert!(
+        first_failed > 0 && done[2].as_i64() == Some(20 - first_failed),
+        "{}",
+        runs[2]
+    );
+    for r in runs {
+        for name in ["started", "ended", "host"] {
+            assert!(
+                r[name].as_str().is_some_and(|s| !s.is_empty()),
+                "{name}: {r}"
+            );
+        }
+        assert!(r["pid"].as_i64().is_some_and(|p| p > 0), "{r}");
+        assert!(r.get("reason").is_some(), "{r}");
+    }
+
+    let text = p.cmd("runs").output();
+    text.assert_code(0);
+    assert!(text.stdout.contains("finished_with_failures"), "{text}");
+    assert!(
+        text.stdout.contains("last checked: ")
+            && text.stdout.contains("(1 check(s) found nothing new)"),
+        "{text}"
+    );
+}

@@ -128,6 +128,69 @@ pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Statu
     })
 }
 
+/// `runs`: the pipeline's history in its checkpoint store, the last `limit` process ends first
+/// (an empty history for a store not made yet).
+pub fn runs(pipeline: &Pipeline, limit: u64) -> Result<crate::checkpoint::History, StoreError> {
+    match crate::checkpoint::open_existing(&pipeline.checkpoint.store)? {
+        Some(store) => store.history(&pipeline.name, i64::try_from(limit).unwrap_or(i64::MAX)),
+        None => Ok(crate::checkpoint::History::default()),
+    }
+}
+
+/// `runs` as text for a terminal: a row per process end, newest first, and the checks.
+pub fn render_runs(pipeline: &Pipeline, history: &crate::checkpoint::History) -> String {
+    let mut out = String::new();
+    if history.ends.is_empty() {
+        out.push_str(&format!(
+            "pipeline {}: no run with items has ended yet\n",
+            printable(&pipeline.name)
+        ));
+    } else {
+        let header = [
+            "run", "started", "ended", "outcome", "exit", "items", "done", "failed", "skipped",
+            "reason",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+        for e in &history.ends {
+            rows.push(vec![
+                e.id.to_string(),
+                printable(&e.started).into_owned(),
+                printable(&e.ended).into_owned(),
+                printable(&e.outcome).into_owned(),
+                e.exit_code.to_string(),
+                e.items.to_string(),
+                e.done.to_string(),
+                e.failed.to_string(),
+                e.skipped.to_string(),
+                e.reason
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |r| printable(r).into_owned()),
+            ]);
+        }
+        let widths: Vec<usize> = (0..header.len() - 1)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in rows {
+            let mut line: Vec<String> = row[..header.len() - 1]
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            line.push(row[header.len() - 1].clone());
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+    }
+    if let Some(at) = &history.last_checked {
+        out.push_str(&format!(
+            "last checked: {} ({} check(s) found nothing new)\n",
+            printable(at),
+            history.checks
+        ));
+    }
+    out
+}
+
 /// `status` as text for a terminal.
 pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     use std::fmt::Write;

@@ -342,6 +342,44 @@ pub struct SkippedItem {
     pub reason: String,
 }
 
+/// One process's end, kept in the store's history (`stagewise runs`): one entry per process
+/// that ran a batch's items (with several runners, one per runner).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessEnd {
+    /// The run it worked on.
+    pub id: i64,
+    /// When the process started (RFC 3339).
+    pub started: String,
+    /// When it ended (RFC 3339).
+    pub ended: String,
+    /// How it ended: `finished`, `finished_with_failures`, `no_progress`, `aborted`,
+    /// `interrupted`.
+    pub outcome: String,
+    /// Its exit code.
+    pub exit_code: i64,
+    /// The run's items, and where they stood at its end.
+    pub items: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    /// Why it stopped early, if it did.
+    pub reason: Option<String>,
+    /// The process: its id and its machine.
+    pub pid: i64,
+    pub host: String,
+}
+
+/// A pipeline's history in the store: the ends of its processes, newest first, and the
+/// checks that found nothing new (counted, not listed).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct History {
+    pub ends: Vec<ProcessEnd>,
+    /// How many checks found nothing new.
+    pub checks: u64,
+    /// When the last one was (RFC 3339).
+    pub last_checked: Option<String>,
+}
+
 /// A runner of a run on a PostgreSQL store, for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunnerInfo {
@@ -561,4 +599,10 @@ pub(crate) trait CheckpointStore: Send + Sync {
     /// Whether some process holds `pipeline`'s runner lock right now (SQLite: the store's,
     /// whatever the pipeline). Never waits; a SQLite store's lock is tried and let go at once.
     fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError>;
+    /// Keep `end` in `pipeline`'s history; `None`: count a check that found nothing new.
+    /// As [`CheckpointStore::save_process`]: a connection of its own, a lock waited for at
+    /// most 2 s.
+    fn record_end(&self, pipeline: &str, end: Option<&ProcessEnd>) -> Result<(), StoreError>;
+    /// `pipeline`'s history: the last `limit` process ends, newest first, and its checks.
+    fn history(&self, pipeline: &str, limit: i64) -> Result<History, StoreError>;
 }

@@ -742,7 +742,47 @@ async fn execute(
         began,
     );
     telemetry::finish(pipeline, &summary, &recorder);
+    // A take that found nothing is a check, counted; a run's process is an entry.
+    record_end(
+        &*store,
+        pipeline,
+        &summary,
+        &recorder,
+        run.items > 0 || resumed,
+    );
     Ok(summary)
+}
+
+/// Keep this process's end in the store's history (`stagewise runs`), or, where it found
+/// nothing to do (`ran` false), count the check. A store that does not take it is said, and
+/// changes nothing else: the summary file has it.
+fn record_end(
+    store: &dyn CheckpointStore,
+    pipeline: &Pipeline,
+    summary: &telemetry::Summary,
+    recorder: &crate::flight::Recorder,
+    ran: bool,
+) {
+    let end = summary.run.filter(|_| ran).map(|id| {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        crate::checkpoint::ProcessEnd {
+            id,
+            started: recorder.snapshot().started_at,
+            ended: String::new(),
+            outcome: summary.outcome.to_owned(),
+            exit_code: i64::from(summary.exit_code),
+            items: count(summary.items),
+            done: count(summary.done),
+            failed: count(summary.failed),
+            skipped: count(summary.skipped),
+            reason: summary.reason.clone(),
+            pid: i64::from(std::process::id()),
+            host: crate::flight::hostname(),
+        }
+    });
+    if let Err(e) = store.record_end(&pipeline.name, end.as_ref()) {
+        tracing::warn!(error = %e, "cannot keep this process's end in the checkpoint store's history (the summary file has it)");
+    }
 }
 
 /// How often a runner sharing a run reads its lease's clock.

@@ -114,6 +114,18 @@ pub(super) trait Tables: StatusRows + Send + Sync {
     /// statement, on a connection that neither the store's reads nor the update writer wait
     /// for, waiting for a lock at most [`PROCESS_LOCK_WAIT`].
     fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError>;
+    /// Add `end` to `pipeline`'s history (`None`: count a check), at `at`; as
+    /// [`Tables::put_process`].
+    fn put_end(
+        &self,
+        pipeline: &str,
+        end: Option<&super::ProcessEnd>,
+        at: &str,
+    ) -> Result<(), StoreError>;
+    /// `pipeline`'s last `limit` process ends, newest first.
+    fn ends(&self, pipeline: &str, limit: i64) -> Result<Vec<super::ProcessEnd>, StoreError>;
+    /// `pipeline`'s checks that found nothing new: how many, and the last one's time.
+    fn checks(&self, pipeline: &str) -> Result<Option<(i64, String)>, StoreError>;
     /// `pipeline`'s process record, if one was saved.
     fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError>;
     /// Whether some process holds the runner lock that `pipeline`'s run takes, now; without
@@ -326,5 +338,24 @@ impl<T: Tables> CheckpointStore for T {
 
     fn runner_active(&self, pipeline: &str) -> Result<bool, StoreError> {
         self.runner_lock_held(pipeline)
+    }
+
+    fn record_end(
+        &self,
+        pipeline: &str,
+        end: Option<&super::ProcessEnd>,
+    ) -> Result<(), StoreError> {
+        self.put_end(pipeline, end, &now())
+    }
+
+    fn history(&self, pipeline: &str, limit: i64) -> Result<super::History, StoreError> {
+        let checks = self.checks(pipeline)?;
+        Ok(super::History {
+            ends: self.ends(pipeline, limit)?,
+            checks: checks
+                .as_ref()
+                .map_or(0, |(n, _)| u64::try_from(*n).unwrap_or(0)),
+            last_checked: checks.map(|(_, at)| at),
+        })
     }
 }

@@ -422,6 +422,83 @@ impl Tables for PgStore {
         saved.map_err(db)
     }
 
+    /// As [`Tables::put_process`], on its session.
+    fn put_end(
+        &self,
+        pipeline: &str,
+        end: Option<&crate::checkpoint::ProcessEnd>,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let mut slot = unpoisoned(&self.process);
+        let conn = match &mut *slot {
+            Some(conn) if !conn.is_closed() => conn,
+            _ => {
+                let mut config = self.config.clone();
+                config.connect_timeout(PROCESS_LOCK_WAIT);
+                slot.insert(connect(&config, &self.shown)?)
+            }
+        };
+        let client = conn.client();
+        let ms = PROCESS_LOCK_WAIT.as_millis();
+        let saved = off_runtime(|| {
+            let mut tx = begin(client)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
+            ))?;
+            match end {
+                Some(e) => tx.execute(
+                    "INSERT INTO stagewise.history (pipeline, run_id, pid, host, started_at, ended_at, outcome, exit_code, reason, items, done, failed, skipped)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    &[&pipeline, &e.id, &e.pid, &e.host, &e.started, &at, &e.outcome, &e.exit_code, &e.reason, &e.items, &e.done, &e.failed, &e.skipped],
+                )?,
+                None => tx.execute(
+                    "INSERT INTO stagewise.checks (pipeline, count, last_at) VALUES ($1, 1, $2)
+                     ON CONFLICT (pipeline) DO UPDATE SET count = stagewise.checks.count + 1, last_at = EXCLUDED.last_at",
+                    &[&pipeline, &at],
+                )?,
+            };
+            tx.commit()
+        });
+        if saved.is_err() {
+            *slot = None;
+        }
+        saved.map_err(db)
+    }
+
+    fn ends(
+        &self,
+        pipeline: &str,
+        limit: i64,
+    ) -> Result<Vec<crate::checkpoint::ProcessEnd>, StoreError> {
+        self.rows(
+            "SELECT run_id, started_at, ended_at, outcome, exit_code, items, done, failed, skipped, reason, pid, host
+             FROM stagewise.history WHERE pipeline = $1 ORDER BY id DESC LIMIT $2",
+            &[&pipeline, &limit],
+            |r| crate::checkpoint::ProcessEnd {
+                id: r.get(0),
+                started: r.get(1),
+                ended: r.get(2),
+                outcome: r.get(3),
+                exit_code: r.get(4),
+                items: r.get(5),
+                done: r.get(6),
+                failed: r.get(7),
+                skipped: r.get(8),
+                reason: r.get(9),
+                pid: r.get(10),
+                host: r.get(11),
+            },
+        )
+    }
+
+    fn checks(&self, pipeline: &str) -> Result<Option<(i64, String)>, StoreError> {
+        self.row(
+            "SELECT count, last_at FROM stagewise.checks WHERE pipeline = $1",
+            &[&pipeline],
+            |r| (r.get(0), r.get(1)),
+        )
+    }
+
     /// The record of `pipeline`'s last runner that is not live, not this process: the
     /// process that `status` and the next run report on.
     fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {

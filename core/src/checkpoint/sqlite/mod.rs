@@ -452,6 +452,78 @@ impl Tables for SqliteStore {
         .map_err(db)
     }
 
+    /// On the process record's connection (see [`Tables::put_process`]).
+    fn put_end(
+        &self,
+        pipeline: &str,
+        end: Option<&crate::checkpoint::ProcessEnd>,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let mut slot = unpoisoned(&self.process);
+        let conn = match &mut *slot {
+            Some(conn) => conn,
+            None => slot.insert(connect_waiting(&self.path, PROCESS_LOCK_WAIT)?),
+        };
+        match end {
+            Some(e) => conn.execute(
+                "INSERT INTO history (pipeline, run_id, pid, host, started_at, ended_at, outcome, exit_code, reason, items, done, failed, skipped)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![pipeline, e.id, e.pid, e.host, e.started, at, e.outcome, e.exit_code, e.reason, e.items, e.done, e.failed, e.skipped],
+            ),
+            None => conn.execute(
+                "INSERT INTO checks (pipeline, count, last_at) VALUES (?1, 1, ?2)
+                 ON CONFLICT (pipeline) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+                params![pipeline, at],
+            ),
+        }
+        .map(drop)
+        .map_err(db)
+    }
+
+    fn ends(
+        &self,
+        pipeline: &str,
+        limit: i64,
+    ) -> Result<Vec<crate::checkpoint::ProcessEnd>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT run_id, started_at, ended_at, outcome, exit_code, items, done, failed, skipped, reason, pid, host
+                 FROM history WHERE pipeline = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![pipeline, limit], |r| {
+                Ok(crate::checkpoint::ProcessEnd {
+                    id: r.get(0)?,
+                    started: r.get(1)?,
+                    ended: r.get(2)?,
+                    outcome: r.get(3)?,
+                    exit_code: r.get(4)?,
+                    items: r.get(5)?,
+                    done: r.get(6)?,
+                    failed: r.get(7)?,
+                    skipped: r.get(8)?,
+                    reason: r.get(9)?,
+                    pid: r.get(10)?,
+                    host: r.get(11)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn checks(&self, pipeline: &str) -> Result<Option<(i64, String)>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT count, last_at FROM checks WHERE pipeline = ?1",
+                [pipeline],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)
+    }
+
     fn process(&self, pipeline: &str) -> Result<Option<String>, StoreError> {
         self.conn()
             .query_row(

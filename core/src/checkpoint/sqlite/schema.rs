@@ -3,7 +3,8 @@
 //! The version lives in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction of its own (version 2 added the
 //! response cache, version 3 the process records, version 4 the attempts processes died in,
-//! version 5 the mark of items taken up);
+//! version 5 the mark of items taken up, version 8 the history of processes and checks;
+//! versions 6 and 7 are the PostgreSQL store's runners, which this store has no use for);
 //! a newer schema, or a database holding tables
 //! of something else, is refused before anything is written.
 
@@ -12,7 +13,7 @@ use rusqlite::Connection;
 use super::super::StoreError;
 
 /// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// Version 1: runs and their items.
 const SCHEMA_V1: &str = "
@@ -78,6 +79,33 @@ const SCHEMA_V5: &str = "
 ALTER TABLE items ADD COLUMN taken INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 8: each process's end (`history`, for `stagewise runs`), and the checks that found
+/// nothing new, counted rather than listed (`checks`).
+const SCHEMA_V8: &str = "
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    exit_code INTEGER NOT NULL,
+    reason TEXT,
+    items INTEGER NOT NULL,
+    done INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    skipped INTEGER NOT NULL
+);
+CREATE INDEX history_by_pipeline ON history (pipeline, id);
+CREATE TABLE checks (
+    pipeline TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_at TEXT NOT NULL
+);
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
@@ -116,12 +144,13 @@ pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> 
         (3, SCHEMA_V3),
         (4, SCHEMA_V4),
         (5, SCHEMA_V5),
+        (8, SCHEMA_V8),
     ] {
         if version < to {
             step(conn, to, sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(6, SCHEMA_V6)`.
+    // Later versions add their steps here: `(9, SCHEMA_V9)`.
     Ok(())
 }
 

@@ -51,9 +51,14 @@ impl Backend for SqliteFile {
             2 => "ALTER TABLE items DROP COLUMN taken; DROP TABLE deaths; DROP TABLE processes;",
             3 => "ALTER TABLE items DROP COLUMN taken; DROP TABLE deaths;",
             4 => "ALTER TABLE items DROP COLUMN taken;",
+            5 => "",
             _ => panic!("no schema version {version} to go back to"),
         };
-        self.execute(&format!("{drop} PRAGMA user_version = {version};"));
+        // Version 8's history.
+        let history = "DROP TABLE history; DROP TABLE checks;";
+        self.execute(&format!(
+            "{history} {drop} PRAGMA user_version = {version};"
+        ));
     }
 
     fn plant_foreign_table(&self) {
@@ -221,8 +226,10 @@ impl Backend for PgDatabase {
         // Versions 6 and 7's runners and leases, which only this store has.
         let leases = "DROP TABLE stagewise.runners; DROP INDEX stagewise.items_unfinished; DROP INDEX stagewise.items_failed;
             ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim; ALTER TABLE stagewise.runs DROP COLUMN taker;";
+        // Version 8's history.
+        let history = "DROP TABLE stagewise.history; DROP TABLE stagewise.checks;";
         self.execute(&format!(
-            "{leases} {drop} UPDATE stagewise.meta SET version = {version};"
+            "{history} {leases} {drop} UPDATE stagewise.meta SET version = {version};"
         ));
     }
 

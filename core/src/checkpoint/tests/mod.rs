@@ -88,6 +88,7 @@ scenarios![
     a_newer_schema_is_refused,
     a_foreign_database_is_refused,
     an_older_schema_is_upgraded_in_place,
+    the_history_keeps_each_end_and_counts_the_checks,
     one_runner_at_a_time,
     open_existing_finds_no_store_where_none_was_made,
     a_deadline_bounds_a_commit_behind_a_lock,
@@ -833,7 +834,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 5 | 7,
+                supported: 8,
                 ..
             }
         ),
@@ -859,7 +860,7 @@ fn a_foreign_database_is_refused(b: &dyn Backend) {
 /// A store of an older schema version is upgraded when opened, its runs and items kept, and
 /// the tables of each later version there.
 fn an_older_schema_is_upgraded_in_place(b: &dyn Backend) {
-    for version in [1, 2, 3, 4] {
+    for version in [1, 2, 3, 4, 5] {
         let store = open(b);
         let pipeline = format!("v{version}");
         let run = take(&*store, &pipeline, &["a", "b", "c"]);
@@ -1124,4 +1125,51 @@ fn runner_active_follows_the_runner_lock(b: &dyn Backend) {
     let again =
         open_for_run(&b.location(), ("p", "a:x"), terms()).expect("asking left the lock free");
     drop(again);
+}
+
+/// Each process's end is kept, newest first, per pipeline; checks are counted, not listed.
+fn the_history_keeps_each_end_and_counts_the_checks(b: &dyn Backend) {
+    let store = open(b);
+    let end = |id: i64, exit_code: i64| crate::checkpoint::ProcessEnd {
+        id,
+        started: "2026-01-01T00:00:00Z".into(),
+        ended: String::new(),
+        outcome: if exit_code == 0 {
+            "finished"
+        } else {
+            "aborted"
+        }
+        .into(),
+        exit_code,
+        items: 10,
+        done: 10 - exit_code,
+        failed: exit_code,
+        skipped: 0,
+        reason: (exit_code != 0).then(|| "max_failures crossed".to_owned()),
+        pid: 42,
+        host: "h".into(),
+    };
+    assert_eq!(store.history("p", 10).expect("empty").ends, []);
+    store.record_end("p", Some(&end(1, 3))).expect("first");
+    store.record_end("p", None).expect("a check");
+    store.record_end("p", Some(&end(2, 0))).expect("second");
+    store.record_end("p", None).expect("another check");
+    store
+        .record_end("q", Some(&end(9, 0)))
+        .expect("another pipeline's");
+    let history = store.history("p", 10).expect("history");
+    let got: Vec<(i64, i64, Option<&str>)> = history
+        .ends
+        .iter()
+        .map(|e| (e.id, e.exit_code, e.reason.as_deref()))
+        .collect();
+    assert_eq!(got, [(2, 0, None), (1, 3, Some("max_failures crossed"))]);
+    assert!(history
+        .ends
+        .iter()
+        .all(|e| !e.ended.is_empty() && e.host == "h" && e.pid == 42));
+    assert_eq!(history.checks, 2);
+    assert!(history.last_checked.is_some());
+    assert_eq!(store.history("p", 1).expect("limited").ends.len(), 1);
+    assert_eq!(store.history("q", 10).expect("q").checks, 0);
 }
