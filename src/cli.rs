@@ -474,6 +474,7 @@ enum Report {
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic], report: Report) {
+    let mut sources = std::collections::HashMap::new();
     for d in diagnostics {
         match (report, d.severity) {
             (Report::ErrorsOnly, Severity::Warning) => {}
@@ -481,10 +482,127 @@ fn print_diagnostics(diagnostics: &[Diagnostic], report: Report) {
                 tracing::error!(problem = %d, "invalid pipeline file")
             }
             (Report::Logged, Severity::Warning) => tracing::warn!(problem = %d, "pipeline file"),
-            (_, Severity::Error) => say!("error: {d}"),
-            (_, Severity::Warning) => say!("warning: {d}"),
+            (_, severity) => {
+                let word = match severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                };
+                say!("{word}: {d}");
+                let source = sources
+                    .entry(d.file.clone())
+                    .or_insert_with(|| source_text(&d.file));
+                if let Some(lines) = snippet(d, source.as_deref()) {
+                    telemetry::block(&lines);
+                }
+            }
         }
     }
+}
+
+/// The text of the pipeline file `file`, if it is a regular file (not `/dev/stdin`, say,
+/// which cannot be read twice) of at most 1 MiB.
+fn source_text(file: &str) -> Option<String> {
+    let meta = std::fs::metadata(file).ok()?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return None;
+    }
+    std::fs::read_to_string(file).ok()
+}
+
+/// The line of `source` that `d` is about, with a caret under the key or value it names, as
+/// cargo prints it (the `file:line:col` line stays first, said before). The file may hold
+/// secrets: every quoted value on the line is shown as `"…"`, but the one under the caret when
+/// the message quotes it already.
+fn snippet(d: &Diagnostic, source: Option<&str>) -> Option<Vec<String>> {
+    let spec::Place::File { line, col } = d.place.as_ref()? else {
+        return None;
+    };
+    let text = source?.lines().nth(line.checked_sub(1)?)?;
+    if text.chars().count() > 300 {
+        return None;
+    }
+    let at = text
+        .char_indices()
+        .nth(col.checked_sub(1)?)
+        .map(|(i, _)| i)?;
+    let (shown, start, end) = masked(text, at, &d.message);
+    let rendered = annotate_snippets::Renderer::plain()
+        .render(
+            annotate_snippets::Level::Error.title("").snippet(
+                annotate_snippets::Snippet::source(&shown)
+                    .line_start(*line)
+                    .annotation(annotate_snippets::Level::Error.span(start..end)),
+            ),
+        )
+        .to_string();
+    // The title line is ours, said above; the rest is the snippet.
+    Some(rendered.lines().skip(1).map(str::to_owned).collect())
+}
+
+/// `text` with its quoted values masked (see [`snippet`]), and the byte range there of the
+/// token at byte `at` of `text`: a quoted string, or a bare key or value.
+fn masked(text: &str, at: usize, message: &str) -> (String, usize, usize) {
+    let mut out = String::with_capacity(text.len());
+    let (mut start, mut end) = (None, None);
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if i == at {
+            start = Some(out.len());
+        }
+        if c != '"' && c != '\'' {
+            out.push(c);
+            if start.is_some() && end.is_none() && i >= at {
+                let bare = c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '+');
+                let next_bare = chars.peek().is_some_and(|(_, n)| {
+                    n.is_alphanumeric() || matches!(n, '_' | '-' | '.' | '+')
+                });
+                if !bare || !next_bare {
+                    end = Some(out.len());
+                }
+            }
+            continue;
+        }
+        // A quoted value, to its closing quote (a backslash escapes in "…").
+        let mut inner = String::new();
+        let mut closed = false;
+        let mut escaped = false;
+        for (_, q) in chars.by_ref() {
+            if escaped {
+                inner.push(q);
+                escaped = false;
+            } else if q == '\\' && c == '"' {
+                inner.push(q);
+                escaped = true;
+            } else if q == c {
+                closed = true;
+                break;
+            } else {
+                inner.push(q);
+            }
+        }
+        let under_caret = i == at;
+        let quoted = under_caret && !inner.is_empty() && message.contains(inner.as_str());
+        out.push(c);
+        out.push_str(if quoted { &inner } else { "…" });
+        if closed {
+            out.push(c);
+        }
+        if under_caret {
+            end = Some(out.len());
+        }
+    }
+    let start = start.unwrap_or(out.len());
+    let end = end.unwrap_or(out.len()).max(start);
+    // An empty span still gets one caret.
+    let end = if end == start {
+        out[start..]
+            .chars()
+            .next()
+            .map_or(start, |c| start + c.len_utf8())
+    } else {
+        end
+    };
+    (out, start, end)
 }
 
 /// Load and validate, reporting problems; `Err` is the exit code.

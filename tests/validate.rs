@@ -1087,3 +1087,47 @@ fn validate_needs_no_secrets_but_still_finds_every_other_error() {
         );
     }
 }
+
+/// Under its `file:line:col` line, an error shows the line of the file with a caret under the
+/// key or value, as cargo does; quoted values the message does not quote are masked (a file
+/// may hold secrets).
+#[test]
+fn an_error_shows_its_line_with_a_caret_and_other_values_masked() {
+    let p = Pipeline::new(
+        "[pipeline]\nname = \"caret\"\n\n[[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = \"three\"\n\n[[stage]]\nname = \"out\"\nkind = \"jsonl\"\npath = \"out.jsonl\"\nheaderz = \"x\"\n",
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with("error: ") && l.contains(needle))
+            .unwrap_or_else(|| panic!("an error naming {needle}\n{out}"))
+    };
+    let count = at("pipeline.toml:7:9:");
+    assert_eq!(lines[count + 2], "7 | count = \"three\"", "{out}");
+    assert_eq!(lines[count + 3], "  |         ^^^^^^^", "{out}");
+    let key = at("pipeline.toml:13:1:");
+    assert_eq!(
+        lines[key + 2],
+        "13 | headerz = \"…\"",
+        "values masked: {out}"
+    );
+    assert_eq!(lines[key + 3], "   | ^^^^^^^", "{out}");
+
+    let secret = Pipeline::new(
+        "[pipeline]\nname = \"secret\"\n\n[checkpoint]\nstore = \"postgres://u:Secr3t@127.0.0.1:1/db\"\ncommit_interval = \"soon\"\n\n[[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = 1\npasword = \"Secr3t\"\n",
+    );
+    let out = secret.validate();
+    out.assert_code(2);
+    assert!(!out.stderr.contains("Secr3t"), "{out}");
+    assert!(
+        out.stderr.contains("6 | commit_interval = \"soon\""),
+        "the value the message quotes\n{out}"
+    );
+    assert!(
+        out.stderr.contains("12 | pasword = \"…\""),
+        "any other value masked\n{out}"
+    );
+}

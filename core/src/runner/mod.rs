@@ -671,7 +671,18 @@ async fn execute(
         control.abort(AbortReason::Checkpoint(e.to_string()));
     }
     tracker.close();
-    tracker.wait().await;
+    let store_shown = pipeline.checkpoint.store.shown();
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = control.soft.cancelled() => {
+            // Stopping: the items still here hand their last updates to the store's writer,
+            // which a store that does not answer holds up (the watchdog names it).
+            control.waiting_on(Some(format!(
+                "the checkpoint store {store_shown} to take the last updates"
+            )));
+            tracker.wait().await;
+        }
+    }
     fed.cancel();
 
     // With other runners, where the run stands is in the store: their items too.
@@ -694,8 +705,7 @@ async fn execute(
     };
     let mut exit = exit;
     control.waiting_on(Some(format!(
-        "the checkpoint store {} to take the last updates",
-        pipeline.checkpoint.store.shown()
+        "the checkpoint store {store_shown} to take the last updates"
     )));
     // A fenced runner saves nothing more, not even its status.
     let flushed = if control.fenced() {
