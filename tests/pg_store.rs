@@ -87,7 +87,7 @@ fn runs_finish_report_and_take_new_batches() {
     assert_eq!(first.raw["run"]["id"], 1);
     assert_eq!(first.raw["run"]["status"], "finished");
     assert_eq!(first.count("done"), 50);
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 7);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 8);
     assert!(
         !p.dir.exists(".stagewise/pg-batches.db"),
         "no SQLite store beside a PostgreSQL one"
@@ -315,7 +315,9 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let p = pipeline("pg-upgrade", 10, 10, "");
     cmd(&p, &db, "run").output().assert_code(0);
     db.execute(
-        "DROP TABLE stagewise.runners;
+        "DROP TABLE stagewise.history;
+         DROP TABLE stagewise.checks;
+         DROP TABLE stagewise.runners;
          DROP INDEX stagewise.items_unfinished;
          DROP INDEX stagewise.items_failed;
          ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim;
@@ -331,8 +333,13 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let out = cmd(&p, &db, "run").output();
     out.assert_code(0);
     out.assert_stderr_contains("resumed=true");
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 7);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 8);
     assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM stagewise.history"),
+        1,
+        "the resuming process's end"
+    );
     // The resumed run's own record, marked ended.
     assert_eq!(
         db.query_i64(

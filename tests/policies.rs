@@ -722,3 +722,33 @@ fn runs_lists_each_run_and_counts_the_checks_that_found_nothing() {
         "{text}"
     );
 }
+
+/// `status` and `runs` read the state of a pipeline whose stages are of kinds this binary does
+/// not know (a custom runner's): they need the stages' names, not their kinds. `validate`
+/// still refuses such a kind.
+#[test]
+fn status_and_runs_read_a_custom_runners_pipeline() {
+    let p = half_failing("custom");
+    p.dir.write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n");
+    p.cmd("run")
+        .env("STAGEWISE_STAGE__BREAKER__PERMANENT_RATE", "0.0")
+        .output()
+        .assert_code(0);
+    // The same pipeline as a custom runner's file names it: `breaker` of a kind of its own.
+    let text = String::from_utf8(p.dir.read("pipeline.toml"))
+        .expect("UTF-8")
+        .replace(
+            "kind = \"fault\"\npermanent_rate = 0.5\nseed = 3",
+            "kind = \"word-count\"\nfield = \"text\"",
+        );
+    assert!(text.contains("word-count"), "{text}");
+    p.dir.write("pipeline.toml", text);
+    let status = p.status();
+    assert_eq!(status.count("done"), 2, "{}", status.raw);
+    let runs = p.cmd("runs").arg("--json").output();
+    runs.assert_code(0);
+    assert!(runs.stdout.contains("\"done\":2"), "{runs}");
+    let out = p.validate();
+    out.assert_code(2);
+    out.assert_stderr_contains("unknown kind `word-count`");
+}

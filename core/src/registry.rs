@@ -40,8 +40,64 @@ pub(crate) enum Plugins {
     /// `run`).
     Load,
     /// Leave them alone: their stages' own keys are kept as written, unchecked, and cannot be
-    /// built (`plan`, `status`).
+    /// built (`plan`).
     Skip,
+    /// As [`Plugins::Skip`], and take a stage of a kind this binary does not know (a custom
+    /// runner's) as one too: for reading a pipeline's state (`status`, `runs`), which needs
+    /// its stages' names, not their kinds.
+    State,
+}
+
+impl Plugins {
+    /// Whether plugin libraries are left alone.
+    pub(crate) fn skipped(self) -> bool {
+        self != Plugins::Load
+    }
+}
+
+/// A stage of a kind this binary does not know, read for its state only (see
+/// [`Plugins::State`]): any keys, any role, never built.
+pub(crate) struct UnknownKind;
+
+/// What an [`UnknownKind`] stage's keys are checked into: nothing.
+struct Unread;
+
+impl DynKind for UnknownKind {
+    fn roles(&self) -> &'static [Role] {
+        &[Role::Source, Role::Transform, Role::Sink]
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn schema(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+
+    fn defaults(&self) -> KindDefaults {
+        KindDefaults::default()
+    }
+
+    fn loads_library(&self) -> bool {
+        true
+    }
+
+    fn check(
+        &self,
+        _options: &toml::Table,
+        _role: Role,
+        _base_dir: &Path,
+        _plugins: Plugins,
+    ) -> Result<Checked, Vec<KeyProblem>> {
+        Ok(Checked::new(Unread))
+    }
+
+    fn build(&self, _config: &Checked, _cx: &BuildContext) -> Result<StageImpl, StageError> {
+        Err(StageError::fatal(
+            "a stage of a kind this binary does not know cannot run: run it with the runner that has its kind",
+        ))
+    }
 }
 
 /// Object-safe face of a [`StageKind`], so kinds with different config types share a registry.

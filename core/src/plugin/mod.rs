@@ -203,7 +203,7 @@ impl DynKind for PluginKind {
         base_dir: &Path,
         plugins: Plugins,
     ) -> Result<Checked, Vec<KeyProblem>> {
-        if plugins == Plugins::Skip {
+        if plugins.skipped() {
             host_keys(options)?;
             return Ok(Checked::new(Unloaded));
         }

@@ -714,6 +714,7 @@ async fn execute(
         shared.checkpoint.flush(Some(status)).await
     };
     control.waiting_on(None);
+    let store_answered = flushed.is_ok();
     if let Err(e) = flushed {
         control.abort(AbortReason::Checkpoint(e.0));
         exit = if control.fenced() {
@@ -752,14 +753,17 @@ async fn execute(
         began,
     );
     telemetry::finish(pipeline, &summary, &recorder);
-    // A take that found nothing is a check, counted; a run's process is an entry.
-    record_end(
-        &*store,
-        pipeline,
-        &summary,
-        &recorder,
-        run.items > 0 || resumed,
-    );
+    // A take that found nothing is a check, counted; a run's process is an entry. Not to a
+    // store that did not take the last updates: the summary file has it.
+    if store_answered {
+        record_end(
+            &store,
+            pipeline,
+            &summary,
+            &recorder,
+            run.items > 0 || resumed,
+        );
+    }
     Ok(summary)
 }
 
@@ -767,7 +771,7 @@ async fn execute(
 /// nothing to do (`ran` false), count the check. A store that does not take it is said, and
 /// changes nothing else: the summary file has it.
 fn record_end(
-    store: &dyn CheckpointStore,
+    store: &Arc<dyn CheckpointStore>,
     pipeline: &Pipeline,
     summary: &telemetry::Summary,
     recorder: &crate::flight::Recorder,
@@ -790,10 +794,29 @@ fn record_end(
             host: crate::flight::hostname(),
         }
     });
-    if let Err(e) = store.record_end(&pipeline.name, end.as_ref()) {
-        tracing::warn!(error = %e, "cannot keep this process's end in the checkpoint store's history (the summary file has it)");
-    }
+    // On a thread of its own, waited for briefly: a store that stopped answering since the
+    // last commit does not hold the exit.
+    let (store, name) = (store.clone(), pipeline.name.clone());
+    let (sent, kept) = std::sync::mpsc::channel();
+    let started = std::thread::Builder::new()
+        .name("stagewise-history".into())
+        .spawn(move || {
+            let _ = sent.send(store.record_end(&name, end.as_ref()));
+        });
+    let why = match started.map(|_| kept.recv_timeout(HISTORY_WAIT)) {
+        Ok(Ok(Ok(()))) => return,
+        Ok(Ok(Err(e))) => e.to_string(),
+        Ok(Err(_)) => format!(
+            "the store did not answer within {}",
+            crate::text::duration(HISTORY_WAIT)
+        ),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(error = %why, "cannot keep this process's end in the checkpoint store's history (the summary file has it)");
 }
+
+/// How long the end of a run waits for its entry in the store's history.
+const HISTORY_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a runner sharing a run reads its lease's clock.
 const LEASE_CHECK: Duration = Duration::from_millis(250);

@@ -263,7 +263,8 @@ pub fn load_with(
 }
 
 /// [`load`] without loading any plugin library, for reading a pipeline's state (`stagewise
-/// status`): a plugin stage's own keys go unchecked, and the pipeline cannot be run (its plugin
+/// status`, `runs`): a plugin stage's own keys go unchecked, a stage of a kind this binary does
+/// not know (a custom runner's) is taken as it is, and the pipeline cannot be run (those
 /// stages do not build).
 pub fn load_without_plugins(path: &Path, registry: &Registry) -> Result<Loaded, ConfigError> {
     validated(
@@ -271,7 +272,7 @@ pub fn load_without_plugins(path: &Path, registry: &Registry) -> Result<Loaded, 
         registry,
         &|name| std::env::var(name).ok(),
         &env_overrides(),
-        Plugins::Skip,
+        Plugins::State,
     )
     .map(|(loaded, _)| loaded)
 }
@@ -1018,7 +1019,12 @@ impl Validator {
                     continue;
                 }
             };
-            let Some(kind) = registry.get(&kind_name) else {
+            let unknown: std::sync::Arc<dyn crate::registry::DynKind> =
+                std::sync::Arc::new(crate::registry::UnknownKind);
+            let found = registry
+                .get(&kind_name)
+                .or_else(|| (plugins == Plugins::State).then_some(&unknown));
+            let Some(kind) = found else {
                 let known: Vec<String> = registry.kinds().map(str::to_owned).collect();
                 self.error(
                     &[prefix.clone(), vec!["kind".into()]].concat(),
@@ -1110,7 +1116,7 @@ impl Validator {
                 policy,
                 options: table,
                 config,
-                unchecked: plugins == Plugins::Skip && kind.loads_library(),
+                unchecked: plugins.skipped() && kind.loads_library(),
             });
         }
         ok.then_some(out)

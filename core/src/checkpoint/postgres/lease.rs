@@ -374,7 +374,8 @@ impl PgStore {
         })
     }
 
-    /// The runners that worked on `run`, newest first (at most 100).
+    /// The runners that worked on `run`, and the live ones of its pipeline that have not
+    /// claimed yet, newest first (at most 100).
     pub(super) fn runner_rows(&self, run: i64) -> Result<Vec<RunnerInfo>, StoreError> {
         self.rows(
                 &format!(
@@ -386,6 +387,9 @@ impl PgStore {
                          WHERE i.run_id = r.run_id AND i.owner = r.id AND i.state IN ('pending', 'in_flight'))
                      FROM stagewise.runners r
                      WHERE r.run_id = $1
+                        -- A live runner of the pipeline that has not claimed yet is the run's too.
+                        OR (r.run_id IS NULL AND {LIVE}
+                            AND r.pipeline = (SELECT pipeline FROM stagewise.runs WHERE id = $1))
                      ORDER BY r.id DESC LIMIT 100"
                 ),
             &[&run],

@@ -380,3 +380,33 @@ fn a_transaction_left_idle_is_ended_by_the_server() {
         assert_eq!(held, 0, "rolled back, its locks gone");
     });
 }
+
+/// `status` lists a live runner of the pipeline that has not claimed any item yet beside the
+/// ones that have; a runner of another pipeline is not the run's.
+#[test]
+fn status_lists_a_runner_that_has_not_claimed_yet() {
+    on_postgres(|b| {
+        let (a, _ga) = runner(b, minute());
+        let run = take(&a, "p", &["k1", "k2"]);
+        a.claim(run.id, 0, 2).expect("claim");
+        let (_waiting, _gw) = runner(b, minute());
+        let StoreLocation::Postgres(url) = b.location() else {
+            panic!("a PostgreSQL place")
+        };
+        let other = PgStore::open(&url).expect("open");
+        let _go = other
+            .register(
+                "q",
+                "a:x",
+                LeaseTerms::new(minute(), Duration::from_secs(10)),
+            )
+            .expect("register");
+        let report = a.status(&run, 1000).expect("status");
+        let held: Vec<(u64, &str)> = report
+            .runners
+            .iter()
+            .map(|r| (r.items_held, r.state.as_str()))
+            .collect();
+        assert_eq!(held, [(0, "active"), (2, "active")], "{:?}", report.runners);
+    });
+}
