@@ -79,6 +79,7 @@ pub mod stage;
 mod state_file;
 pub mod telemetry;
 pub mod text;
+mod timings;
 
 pub use checkpoint::{
     FailedItem, ItemState, RunInfo, RunStatus, SkippedItem, StatusReport, StoreError,

@@ -40,6 +40,8 @@ pub(crate) struct Checkpointer {
     deadline: Arc<Deadline>,
     /// Items whose failure (`Change::Failed`) this writer committed.
     failed_committed: Arc<std::sync::atomic::AtomicU64>,
+    /// How long each commit that wrote something took.
+    commits: Arc<crate::timings::Timings>,
 }
 
 /// The writer stopped; the message says why.
@@ -60,12 +62,13 @@ impl Checkpointer {
         let (tx, rx) = mpsc::channel(max_items.max(1));
         let failure = Arc::new(OnceLock::new());
         let failed_committed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let commits = Arc::new(crate::timings::Timings::default());
         let task = tokio::spawn(write_loop(
             writer,
             rx,
             (interval, max_items.max(1)),
             failure.clone(),
-            failed_committed.clone(),
+            (failed_committed.clone(), commits.clone()),
         ));
         Ok((
             Checkpointer {
@@ -73,6 +76,7 @@ impl Checkpointer {
                 failure,
                 deadline,
                 failed_committed,
+                commits,
             },
             task,
         ))
@@ -82,6 +86,11 @@ impl Checkpointer {
     pub(crate) fn failed_committed(&self) -> u64 {
         self.failed_committed
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How long the commits that wrote something took, so far (failed ones too).
+    pub(crate) fn commit_latencies(&self) -> crate::timings::TimingsSnapshot {
+        self.commits.snapshot()
     }
 
     /// From now on, every commit — the one in progress included — waits for the store at most
@@ -254,7 +263,10 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     (interval, max_items): (Duration, usize),
     failure: Arc<OnceLock<String>>,
-    failed_committed: Arc<std::sync::atomic::AtomicU64>,
+    (failed_committed, commits): (
+        Arc<std::sync::atomic::AtomicU64>,
+        Arc<crate::timings::Timings>,
+    ),
 ) {
     let mut idle = Some(writer);
     let mut committing: Option<Committing> = None;
@@ -336,11 +348,15 @@ async fn write_loop(
         let updates = batch.take();
         let Some(mut w) = idle.take() else { return };
         let counted = failed_committed.clone();
+        let timed = commits.clone();
         committing = Some(tokio::task::spawn_blocking(move || {
             let result = if updates.is_empty() && status.is_none() {
                 Ok(())
             } else {
-                w.apply(&updates, status)
+                let began = std::time::Instant::now();
+                let result = w.apply(&updates, status);
+                timed.record(began.elapsed());
+                result
             };
             if result.is_ok() {
                 let failed = updates

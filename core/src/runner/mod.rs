@@ -13,6 +13,7 @@ mod blackbox;
 mod call;
 pub(crate) mod control;
 mod item;
+mod metrics;
 mod source;
 mod stats;
 mod telemetry;
@@ -117,6 +118,14 @@ pub enum RunError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// `[telemetry] listen` cannot be served (the address is taken, or not this machine's).
+    #[error("cannot serve metrics on `[telemetry] listen` = {listen}: {error}")]
+    Telemetry {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
     /// `retry-failed` with no run to retry.
     #[error("no run of pipeline `{0}` yet: nothing to retry")]
     NoRun(String),
@@ -414,6 +423,8 @@ pub fn run(
     for path in [summary_path(pipeline), flight_path(pipeline)] {
         crate::state_file::refuse_link(&path).map_err(RunError::StateFile)?;
     }
+    // Bound before anything is opened: an address that cannot be served changes nothing.
+    let (exposed, _server) = metrics::start(pipeline)?;
     // The store first: a store that cannot be used must stop the run before any stage opens
     // (and perhaps creates) its files. Its lock makes this the pipeline's only runner, so the
     // flight recorder's file is this process's to read and to overwrite.
@@ -423,7 +434,13 @@ pub fn run(
         pipeline.checkpoint.lease(pipeline.heartbeat),
     )?;
     let (recorder, _slot) = blackbox::open(pipeline, &*store).map_err(RunError::Runtime)?;
-    let result = run_recorded(pipeline, registry, options, store.clone(), &recorder);
+    let result = run_recorded(
+        pipeline,
+        registry,
+        options,
+        (store.clone(), &recorder),
+        &exposed,
+    );
     // Ended with a summary, or with a logged reason why nothing ran.
     blackbox::ended(pipeline, &store, &recorder);
     result
@@ -433,8 +450,8 @@ fn run_recorded(
     pipeline: &Pipeline,
     registry: &Registry,
     options: RunOptions,
-    store: Arc<dyn CheckpointStore>,
-    recorder: &Arc<Recorder>,
+    (store, recorder): (Arc<dyn CheckpointStore>, &Arc<Recorder>),
+    exposed: &metrics::Exposed,
 ) -> Result<Summary, RunError> {
     let stages = build_stages(pipeline, registry, &store.response_cache()?)?;
     let pools: usize = stages
@@ -453,6 +470,7 @@ fn run_recorded(
         runtime.handle().clone(),
         store.lost(),
     ));
+    exposed.controlled_by(&control);
     let watchdog = watchdog::start(
         control.clone(),
         pipeline.watchdog,
@@ -483,8 +501,8 @@ fn run_recorded(
         stages,
         store,
         options,
-        control,
-        recorder.clone(),
+        (control, recorder.clone()),
+        exposed,
     ));
     ticking.cancel();
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
@@ -497,8 +515,8 @@ async fn execute(
     stages: Vec<StageRt>,
     store: Arc<dyn CheckpointStore>,
     options: RunOptions,
-    control: Arc<Control>,
-    recorder: Arc<Recorder>,
+    (control, recorder): (Arc<Control>, Arc<Recorder>),
+    exposed: &metrics::Exposed,
 ) -> Result<Summary, RunError> {
     let began = Instant::now();
     let done = CancellationToken::new();
@@ -548,6 +566,7 @@ async fn execute(
         done.cancel();
         control.settle();
         let summary = telemetry::summarize(pipeline, None, &stages, None, exit, &control, began);
+        tokio::task::block_in_place(|| exposed.end(pipeline, &summary, &control));
         telemetry::finish(pipeline, &summary, &recorder);
         return Ok(summary);
     };
@@ -625,6 +644,7 @@ async fn execute(
             .then(|| RunFailures::new(counts["failed"])),
     });
     recorder.set_run(run.id);
+    exposed.running(&shared, began);
     if blackbox::copied(pipeline) {
         // The store's copy names the run from the start: should this process die before its
         // first heartbeat with its disk, the next one counts the take-ups of the right run.
@@ -752,6 +772,8 @@ async fn execute(
         &control,
         began,
     );
+    // Pushed before the summary is written and logged: the summary stays the last event.
+    tokio::task::block_in_place(|| exposed.end(pipeline, &summary, &control));
     telemetry::finish(pipeline, &summary, &recorder);
     // A take that found nothing is a check, counted; a run's process is an entry. Not to a
     // store that did not take the last updates: the summary file has it.

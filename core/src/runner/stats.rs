@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::timings::{Timings, TimingsSnapshot};
 
 static NEXT_ATTEMPT: AtomicU64 = AtomicU64::new(1);
 
@@ -45,6 +46,8 @@ impl Counter {
 }
 
 pub(crate) struct StageStats {
+    /// Attempts begun.
+    pub attempts: Counter,
     pub done: Counter,
     pub failed: Counter,
     pub skipped: Counter,
@@ -54,7 +57,7 @@ pub(crate) struct StageStats {
     pub abandoned_total: Counter,
     /// Items waiting between attempts (backoff or a retry-after hint).
     pub backing_off: Counter,
-    latency_us: Mutex<Histogram<u64>>,
+    latency: Timings,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     abandoned: Mutex<HashMap<u64, (Arc<str>, Instant)>>,
 }
@@ -62,6 +65,7 @@ pub(crate) struct StageStats {
 impl Default for StageStats {
     fn default() -> Self {
         StageStats {
+            attempts: Counter::default(),
             done: Counter::default(),
             failed: Counter::default(),
             skipped: Counter::default(),
@@ -70,10 +74,7 @@ impl Default for StageStats {
             panics: Counter::default(),
             abandoned_total: Counter::default(),
             backing_off: Counter::default(),
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 24 * 3600 * 1_000_000, 2)
-                    .expect("static histogram bounds are valid"),
-            ),
+            latency: Timings::default(),
             in_flight: Mutex::new(HashMap::new()),
             abandoned: Mutex::new(HashMap::new()),
         }
@@ -112,6 +113,7 @@ impl StageStats {
         started: Instant,
     ) -> AttemptGuard<'_> {
         let id = NEXT_ATTEMPT.fetch_add(1, Ordering::Relaxed);
+        self.attempts.incr();
         lock(&self.in_flight).insert(
             id,
             InFlight {
@@ -126,21 +128,21 @@ impl StageStats {
     }
 
     pub(crate) fn record_latency(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-        let _ = lock(&self.latency_us).record(us.min(24 * 3600 * 1_000_000));
+        self.latency.record(d);
     }
 
     pub(crate) fn latency(&self) -> Option<Latency> {
-        let h = lock(&self.latency_us);
-        if h.is_empty() {
-            return None;
-        }
-        let ms = |us: u64| us as f64 / 1000.0;
+        let h = self.latency.snapshot();
         Some(Latency {
-            p50_ms: ms(h.value_at_quantile(0.5)),
-            p95_ms: ms(h.value_at_quantile(0.95)),
-            max_ms: ms(h.max()),
+            p50_ms: h.quantile_ms(0.5)?,
+            p95_ms: h.quantile_ms(0.95)?,
+            max_ms: h.max_ms()?,
         })
+    }
+
+    /// Every attempt's latency so far (those cut short by a stop are not counted).
+    pub(crate) fn latencies(&self) -> TimingsSnapshot {
+        self.latency.snapshot()
     }
 
     pub(crate) fn in_flight_count(&self) -> usize {

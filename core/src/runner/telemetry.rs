@@ -119,6 +119,12 @@ fn ended_here(shared: &Shared) -> u64 {
 }
 
 fn log_heartbeat(shared: &Shared, began: Instant) {
+    if crate::telemetry::json() {
+        if tracing::enabled!(tracing::Level::INFO) {
+            crate::telemetry::json_event(false, events::HEARTBEAT, heartbeat_fields(shared, began));
+        }
+        return;
+    }
     let t = &shared.totals;
     let elapsed = began.elapsed().as_secs_f64().max(1e-3);
     let rate = ended_here(shared) as f64 / elapsed;
@@ -140,35 +146,6 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
         .max_by_key(|(_, age, _)| *age)
         .map(|(key, age, stage)| format!("{key} in {stage} for {}", text::duration(age)))
         .unwrap_or_else(|| "none".to_owned());
-    if crate::telemetry::json() {
-        if tracing::enabled!(tracing::Level::INFO) {
-            let eta_secs = (rate > 0.0).then(|| remaining as f64 / rate);
-            let oldest = shared
-                .stages
-                .iter()
-                .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
-                .max_by_key(|(_, age, _)| *age)
-                .map(|(key, age, stage)| {
-                    serde_json::json!({ "key": &*key, "stage": &*stage, "age_secs": age.as_secs_f64() })
-                });
-            let fields = serde_json::json!({
-                "done": t.done.get(),
-                "failed": t.failed.get(),
-                "skipped": t.skipped.get(),
-                "remaining": remaining,
-                "in_flight": in_flight,
-                "items_per_sec": rate,
-                "eta_secs": eta_secs,
-                "elapsed_secs": elapsed,
-                "oldest": oldest,
-                "stages": shared.stages.iter().skip(1).map(stage_fields).collect::<Vec<_>>(),
-            });
-            if let serde_json::Value::Object(fields) = fields {
-                crate::telemetry::json_event(false, events::HEARTBEAT, fields);
-            }
-        }
-        return;
-    }
     let stages: Vec<String> = shared.stages.iter().skip(1).map(stage_line).collect();
     tracing::info!(
         done = t.done.get(),
@@ -183,6 +160,48 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
         "{}",
         events::HEARTBEAT
     );
+}
+
+/// The heartbeat's figures, every one a number (or null): the JSON heartbeat's fields and
+/// `/progress`.
+pub(crate) fn heartbeat_fields(
+    shared: &Shared,
+    began: Instant,
+) -> serde_json::Map<String, serde_json::Value> {
+    let t = &shared.totals;
+    let elapsed = began.elapsed().as_secs_f64().max(1e-3);
+    let rate = ended_here(shared) as f64 / elapsed;
+    let remaining = t.remaining();
+    let eta_secs = (rate > 0.0).then(|| remaining as f64 / rate);
+    let in_flight: usize = shared
+        .stages
+        .iter()
+        .map(|s| s.stats.in_flight_count())
+        .sum();
+    let oldest = shared
+        .stages
+        .iter()
+        .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
+        .max_by_key(|(_, age, _)| *age)
+        .map(|(key, age, stage)| {
+            serde_json::json!({ "key": &*key, "stage": &*stage, "age_secs": age.as_secs_f64() })
+        });
+    let fields = serde_json::json!({
+        "done": t.done.get(),
+        "failed": t.failed.get(),
+        "skipped": t.skipped.get(),
+        "remaining": remaining,
+        "in_flight": in_flight,
+        "items_per_sec": rate,
+        "eta_secs": eta_secs,
+        "elapsed_secs": elapsed,
+        "oldest": oldest,
+        "stages": shared.stages.iter().skip(1).map(stage_fields).collect::<Vec<_>>(),
+    });
+    match fields {
+        serde_json::Value::Object(fields) => fields,
+        _ => unreachable!("built as an object"),
+    }
 }
 
 /// Most attempts a status dump names per stage.

@@ -1,7 +1,7 @@
 //! The keys each configuration table accepts, read from the types' `Deserialize` impls, so
 //! that documentation and tooling can be checked against the code instead of a copied list.
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec};
+use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, TelemetrySpec};
 use crate::config::struct_fields;
 
 /// Every key of the tables outside `[[stage]]`, and the policy keys every stage has, as
@@ -24,6 +24,7 @@ pub fn section_keys() -> Vec<(&'static str, Vec<String>)> {
     vec![
         ("pipeline", plain(struct_fields::<PipelineSpec>())),
         ("checkpoint", plain(struct_fields::<CheckpointSpec>())),
+        ("telemetry", plain(struct_fields::<TelemetrySpec>())),
         ("defaults", policy),
     ]
 }
@@ -47,7 +48,7 @@ mod tests {
         );
         assert!(struct_fields::<u32>().is_empty());
         let sections = section_keys();
-        assert!(sections[2].1.contains(&"retry.jitter".to_owned()));
+        assert!(sections[3].1.contains(&"retry.jitter".to_owned()));
         assert!(sections[0].1.contains(&"max_run_time".to_owned()));
     }
 }

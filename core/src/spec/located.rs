@@ -237,7 +237,7 @@ fn expand(
 }
 
 /// The sections an override may address: `STAGEWISE_<SECTION>__…`.
-const SECTIONS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
+const SECTIONS: &[&str] = &["pipeline", "checkpoint", "telemetry", "defaults", "stage"];
 
 /// The name of a stage as it appears in an environment variable.
 pub(crate) fn env_stage_name(name: &str) -> String {

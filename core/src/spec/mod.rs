@@ -22,14 +22,14 @@ pub use plan::{Origin, Plan, Setting, StagePlan};
 pub use reference::{key_tables, KeyTable};
 pub use schema::json_schema;
 pub use types::MaxFailures;
-use types::{CheckpointSpec, PipelineSpec, PolicySpec, POLICY_KEYS};
+use types::{CheckpointSpec, PipelineSpec, PolicySpec, TelemetrySpec, POLICY_KEYS};
 
 use crate::config::{deserialize_all, KeyProblem, KeyProblemKind};
 use crate::policy::{Layers, Policy};
 use crate::registry::{Plugins, Registry};
 use crate::stage::Role;
 
-const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "defaults", "stage"];
+const TOP_KEYS: &[&str] = &["pipeline", "checkpoint", "telemetry", "defaults", "stage"];
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 const DEFAULT_WATCHDOG: Duration = Duration::from_secs(60);
@@ -38,6 +38,9 @@ const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const DEFAULT_INTERRUPTED_EXIT_CODE: u8 = 75;
 const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `[telemetry] push_timeout`: a push must not hold a job's end for long.
+const MAX_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most items in one commit: a bound the writer's queue can hold.
 const MAX_COMMIT_ITEMS: usize = 1_000_000;
 
@@ -130,6 +133,18 @@ impl CheckpointConfig {
     }
 }
 
+/// The resolved `[telemetry]`.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// Where `/metrics`, `/healthz` and `/progress` are served, if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The Pushgateway the final metrics are pushed to, without a trailing `/`. It may hold a
+    /// password: show it only through [`crate::text::redact_url`].
+    pub push: Option<String>,
+    /// The longest the push may take.
+    pub push_timeout: Duration,
+}
+
 /// One resolved stage.
 #[derive(Debug, Clone)]
 pub struct StageConfig {
@@ -177,6 +192,8 @@ pub struct Pipeline {
     pub timeouts_outlast_grace: bool,
     /// Checkpointing.
     pub checkpoint: CheckpointConfig,
+    /// Metrics served and pushed.
+    pub telemetry: TelemetryConfig,
     /// The stages in order; the first is the source.
     pub stages: Vec<StageConfig>,
 }
@@ -720,6 +737,9 @@ impl Validator {
         if let Some(c) = &checkpoint {
             self.check_checkpoint(c);
         }
+        let telemetry = self
+            .section::<TelemetrySpec>("telemetry", false)
+            .and_then(|t| self.telemetry(&t));
         let defaults = self
             .section::<PolicySpec>("defaults", false)
             .unwrap_or_default();
@@ -727,6 +747,7 @@ impl Validator {
 
         let pipeline = pipeline?;
         let checkpoint = checkpoint?;
+        let telemetry = telemetry?;
         let stages = stages?;
         self.check_pipeline(&pipeline);
         let store = match checkpoint.store.as_deref() {
@@ -799,6 +820,7 @@ impl Validator {
                     .map_or(DEFAULT_COMMIT_MAX_ITEMS, NonZeroUsize::get),
                 lease_ttl: checkpoint.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
             },
+            telemetry,
             stages,
         };
         self.check_lease(&pipeline);
@@ -818,6 +840,65 @@ impl Validator {
             .get("name")?
             .as_str()
             .map(str::to_owned)
+    }
+
+    /// `[telemetry]` resolved; `None` (said) when a key is wrong.
+    fn telemetry(&mut self, t: &TelemetrySpec) -> Option<TelemetryConfig> {
+        let mut ok = true;
+        let listen = match t.listen.as_deref().map(str::trim) {
+            None => None,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.error(
+                        &path_of(&["telemetry", "listen"]),
+                        false,
+                        None,
+                        format!("`listen` must be an IP address and a port, such as \"127.0.0.1:9464\" or \"0.0.0.0:9464\" (not {:?})", crate::text::printable(text)),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let push = match t.push.as_deref().map(str::trim) {
+            None => None,
+            Some(url) => {
+                if push_url_is_usable(url) {
+                    Some(url.trim_end_matches('/').to_owned())
+                } else {
+                    self.error(
+                        &path_of(&["telemetry", "push"]),
+                        false,
+                        None,
+                        format!(
+                            "`push` must be the http:// or https:// URL of a Pushgateway, such as \"http://pushgateway:9091\" (not `{}`)",
+                            crate::text::redact_url(url)
+                        ),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        };
+        let push_timeout = t.push_timeout.unwrap_or(DEFAULT_PUSH_TIMEOUT);
+        if push_timeout.is_zero() || push_timeout > MAX_PUSH_TIMEOUT {
+            self.error(
+                &path_of(&["telemetry", "push_timeout"]),
+                false,
+                None,
+                format!(
+                    "`push_timeout` must be greater than 0 and at most {}",
+                    crate::text::duration(MAX_PUSH_TIMEOUT)
+                ),
+            );
+            ok = false;
+        }
+        ok.then_some(TelemetryConfig {
+            listen,
+            push,
+            push_timeout,
+        })
     }
 
     fn check_checkpoint(&mut self, c: &CheckpointSpec) {
@@ -1169,6 +1250,18 @@ impl Validator {
             self.push(Severity::Warning, Some(path), true, None, message);
         }
     }
+}
+
+/// Whether `url` can name a Pushgateway: `http://` or `https://`, a host, and no query or
+/// fragment (the push adds its own path after it).
+fn push_url_is_usable(url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri.query().is_none()
+        && !url.contains('#')
 }
 
 /// `[pipeline]` is required, but `section` needs a `Default` type.

@@ -131,6 +131,8 @@ pub struct Plan {
     pub pipeline: Vec<Setting>,
     /// `[checkpoint]`.
     pub checkpoint: Vec<Setting>,
+    /// `[telemetry]`.
+    pub telemetry: Vec<Setting>,
     /// The stages in order.
     pub stages: Vec<StagePlan>,
 }
@@ -352,6 +354,24 @@ impl Plan {
         .into_iter()
         .flatten()
         .collect();
+        let t = &p.telemetry;
+        let telemetry = vec![
+            r.section(
+                "telemetry",
+                "listen",
+                t.listen
+                    .map_or_else(|| Shown::unset("none"), |a| Shown::string(&a.to_string())),
+            ),
+            r.section(
+                "telemetry",
+                "push",
+                t.push.as_deref().map_or_else(
+                    || Shown::unset("none"),
+                    |url| Shown::string(&crate::text::redact_url(url)),
+                ),
+            ),
+            r.section("telemetry", "push_timeout", Shown::duration(t.push_timeout)),
+        ];
         let stages = p
             .stages
             .iter()
@@ -434,6 +454,7 @@ impl Plan {
             file: v.file.clone(),
             pipeline,
             checkpoint,
+            telemetry,
             stages,
         }
     }
@@ -444,6 +465,7 @@ impl Plan {
             self.pipeline
                 .iter()
                 .chain(&self.checkpoint)
+                .chain(&self.telemetry)
                 .chain(self.stages.iter().flat_map(|s| &s.settings))
         };
         let key_width = all().map(|s| s.key.chars().count()).max().unwrap_or(0);
@@ -471,6 +493,7 @@ impl Plan {
         };
         block(&mut out, "[pipeline]", &self.pipeline);
         block(&mut out, "[checkpoint]", &self.checkpoint);
+        block(&mut out, "[telemetry]", &self.telemetry);
         for (i, stage) in self.stages.iter().enumerate() {
             let title = format!(
                 "[[stage]] {} of {}: {}",
@@ -486,7 +509,7 @@ impl Plan {
         out
     }
 
-    /// The plan as JSON: `{"file", "pipeline": {key: {"value", "origin"}}, "checkpoint",
+    /// The plan as JSON: `{"file", "pipeline": {key: {"value", "origin"}}, "checkpoint", "telemetry",
     /// "stages": [{"name", "kind", "settings": {key: …}}]}`; a plugin stage has a `"note"` saying
     /// that its own keys are unchecked.
     pub fn to_json(&self) -> Value {
@@ -502,6 +525,7 @@ impl Plan {
             "file": self.file,
             "pipeline": table(&self.pipeline),
             "checkpoint": table(&self.checkpoint),
+            "telemetry": table(&self.telemetry),
             "stages": self.stages.iter().map(|s| {
                 let mut stage = json!({
                     "name": s.name,

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, StageKeys};
+use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, StageKeys, TelemetrySpec};
 use crate::config::{default_text, schema_of, struct_fields};
 use crate::registry::Registry;
 
@@ -50,6 +50,14 @@ pub fn key_tables(registry: &Registry) -> Vec<KeyTable> {
             rows(
                 &schema_of::<CheckpointSpec>(),
                 struct_fields::<CheckpointSpec>(),
+                "",
+            ),
+        ),
+        table(
+            "[telemetry]",
+            rows(
+                &schema_of::<TelemetrySpec>(),
+                struct_fields::<TelemetrySpec>(),
                 "",
             ),
         ),

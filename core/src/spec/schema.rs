@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, StageKeys};
+use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, StageKeys, TelemetrySpec};
 use crate::config::{default_text, schema_of};
 use crate::registry::Registry;
 use crate::stage::Role;
@@ -50,6 +50,8 @@ pub fn json_schema(registry: &Registry) -> Value {
     describe(&mut pipeline);
     let mut checkpoint = schema_of::<CheckpointSpec>();
     describe(&mut checkpoint);
+    let mut telemetry = schema_of::<TelemetrySpec>();
+    describe(&mut telemetry);
 
     let kinds: Vec<&str> = registry.kinds().collect();
     let mut header = schema_of::<StageKeys>();
@@ -115,6 +117,7 @@ pub fn json_schema(registry: &Registry) -> Value {
         "properties": {
             "pipeline": with_description(pipeline, "the run as a whole"),
             "checkpoint": with_description(checkpoint, "where progress is saved"),
+            "telemetry": with_description(telemetry, "metrics for Prometheus, served and pushed"),
             "defaults": {
                 "$ref": "#/$defs/policy",
                 "description": "policy keys every stage inherits unless it sets its own",

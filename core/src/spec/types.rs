@@ -93,6 +93,30 @@ pub(crate) struct CheckpointSpec {
     pub lease_ttl: Option<Duration>,
 }
 
+/// `[telemetry]`: metrics for Prometheus, served while the run goes on and pushed at its end.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelemetrySpec {
+    /// Serve `/metrics` (Prometheus text format), `/healthz` (200 while the runtime answers,
+    /// 503 once it has not for 2s or `[pipeline] watchdog`, whichever is shorter) and
+    /// `/progress` (the heartbeat's figures as JSON) on this address and port, from a thread
+    /// beside the runtime, for as long as the run goes on: `"127.0.0.1:9464"`, or
+    /// `"0.0.0.0:9464"` for every interface (as in a container). An address that cannot be
+    /// bound stops the run before it starts (exit 2).
+    #[schemars(extend("x-default" = "none (no server)"))]
+    pub listen: Option<String>,
+    /// A Prometheus Pushgateway (`http://HOST:9091`) that the run's final metrics are pushed to
+    /// as it ends (`PUT {push}/metrics/job/stagewise/pipeline/<name>`), for jobs that end
+    /// before a scrape (cron). A push that fails is a warning: it never changes the exit code.
+    #[schemars(extend("x-default" = "none (no push)"))]
+    pub push: Option<String>,
+    /// The longest the push at the end may take, connecting included. At most 5m.
+    #[schemars(extend("x-default" = "`\"5s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub push_timeout: Option<Duration>,
+}
+
 /// The keys that make a table of `[[stage]]` a stage, besides the policy keys and its kind's
 /// own. Read by hand in `spec/mod.rs` (the kind decides how the rest is read); this type is
 /// their documentation, for the schema and the reference.

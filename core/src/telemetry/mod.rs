@@ -33,6 +33,13 @@ pub mod events {
     /// `rejects`): the item ends anyway, the failed mark noted in its error or reason.
     pub const MARK_FAILED: &str =
         "could not mark the item; it ends unmarked, and its source may take it again";
+    /// `[telemetry] listen`: the address `/metrics`, `/healthz` and `/progress` are served on.
+    pub const METRICS_SERVED: &str = "serving /metrics, /healthz and /progress";
+    /// `[telemetry] push`: the final metrics reached the Pushgateway.
+    pub const METRICS_PUSHED: &str = "final metrics pushed";
+    /// `[telemetry] push`: the final metrics could not be pushed; the exit code is unchanged.
+    pub const METRICS_NOT_PUSHED: &str =
+        "could not push the final metrics; the exit code is unchanged";
 }
 
 /// Log line format.
