@@ -150,6 +150,39 @@ impl PgStore {
         self.with_conn(|tx| Ok(tx.query_opt(sql, params)?.as_ref().map(&map)))
     }
 
+    /// Run `f` in one short transaction on the process record's session, so that neither the
+    /// store's reads nor the update writer wait for it; connecting, its lock waits and its
+    /// statements each take at most [`PROCESS_LOCK_WAIT`]. A failed session is dropped, and the
+    /// next call connects again.
+    fn on_process_session(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<(), postgres::Error> + Send,
+    ) -> Result<(), StoreError> {
+        let mut slot = unpoisoned(&self.process);
+        let conn = match &mut *slot {
+            Some(conn) if !conn.is_closed() => conn,
+            _ => {
+                let mut config = self.config.clone();
+                config.connect_timeout(PROCESS_LOCK_WAIT);
+                slot.insert(connect(&config, &self.shown)?)
+            }
+        };
+        let client = conn.client();
+        let ms = PROCESS_LOCK_WAIT.as_millis();
+        let saved = off_runtime(|| {
+            let mut tx = begin(client)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
+            ))?;
+            f(&mut tx)?;
+            tx.commit()
+        });
+        if saved.is_err() {
+            *slot = None;
+        }
+        saved.map_err(db)
+    }
+
     /// Run `f` in a transaction of its own on the store's own session (see
     /// [`conn::in_transaction`]). What it returns must hold no row (see [`PgStore::rows`]).
     fn with_conn<R: Send>(
@@ -394,32 +427,13 @@ impl Tables for PgStore {
         let Some(me) = self.me().map(|m| m.id) else {
             return Ok(());
         };
-        let mut slot = unpoisoned(&self.process);
-        let conn = match &mut *slot {
-            Some(conn) if !conn.is_closed() => conn,
-            _ => {
-                let mut config = self.config.clone();
-                config.connect_timeout(PROCESS_LOCK_WAIT);
-                slot.insert(connect(&config, &self.shown)?)
-            }
-        };
-        let client = conn.client();
-        let ms = PROCESS_LOCK_WAIT.as_millis();
-        let saved = off_runtime(|| {
-            let mut tx = begin(client)?;
-            tx.batch_execute(&format!(
-                "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
-            ))?;
+        self.on_process_session(|tx| {
             tx.execute(
                 "UPDATE stagewise.runners SET record = $2 WHERE id = $1",
                 &[&me, &record],
-            )?;
-            tx.commit()
-        });
-        if saved.is_err() {
-            *slot = None;
-        }
-        saved.map_err(db)
+            )
+            .map(drop)
+        })
     }
 
     /// As [`Tables::put_process`], on its session.
@@ -429,40 +443,21 @@ impl Tables for PgStore {
         end: Option<&crate::checkpoint::ProcessEnd>,
         at: &str,
     ) -> Result<(), StoreError> {
-        let mut slot = unpoisoned(&self.process);
-        let conn = match &mut *slot {
-            Some(conn) if !conn.is_closed() => conn,
-            _ => {
-                let mut config = self.config.clone();
-                config.connect_timeout(PROCESS_LOCK_WAIT);
-                slot.insert(connect(&config, &self.shown)?)
-            }
-        };
-        let client = conn.client();
-        let ms = PROCESS_LOCK_WAIT.as_millis();
-        let saved = off_runtime(|| {
-            let mut tx = begin(client)?;
-            tx.batch_execute(&format!(
-                "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
-            ))?;
+        self.on_process_session(|tx| {
             match end {
                 Some(e) => tx.execute(
                     "INSERT INTO stagewise.history (pipeline, run_id, pid, host, started_at, ended_at, outcome, exit_code, reason, items, done, failed, skipped)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                     &[&pipeline, &e.id, &e.pid, &e.host, &e.started, &at, &e.outcome, &e.exit_code, &e.reason, &e.items, &e.done, &e.failed, &e.skipped],
-                )?,
+                ),
                 None => tx.execute(
                     "INSERT INTO stagewise.checks (pipeline, count, last_at) VALUES ($1, 1, $2)
                      ON CONFLICT (pipeline) DO UPDATE SET count = stagewise.checks.count + 1, last_at = EXCLUDED.last_at",
                     &[&pipeline, &at],
-                )?,
-            };
-            tx.commit()
-        });
-        if saved.is_err() {
-            *slot = None;
-        }
-        saved.map_err(db)
+                ),
+            }
+            .map(drop)
+        })
     }
 
     fn ends(

@@ -57,6 +57,18 @@ fn db(e: rusqlite::Error) -> StoreError {
 }
 
 impl SqliteStore {
+    /// The process record's connection (see [`Tables::put_process`]), connected if it is not:
+    /// waiting for the write lock at most [`PROCESS_LOCK_WAIT`].
+    fn process_connection(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Connection>>, StoreError> {
+        let mut slot = unpoisoned(&self.process);
+        if slot.is_none() {
+            *slot = Some(connect_waiting(&self.path, PROCESS_LOCK_WAIT)?);
+        }
+        Ok(slot)
+    }
+
     /// Open (creating it and its folder if missing) and migrate the store at `path`.
     ///
     /// The store's files (the database, SQLite's `-wal` and `-shm` beside it, the lock) are made
@@ -438,11 +450,8 @@ impl Tables for SqliteStore {
     /// nor the update writer wait for it, and it waits for the write lock at most
     /// [`PROCESS_LOCK_WAIT`].
     fn put_process(&self, pipeline: &str, record: &str, updated: &str) -> Result<(), StoreError> {
-        let mut slot = unpoisoned(&self.process);
-        let conn = match &mut *slot {
-            Some(conn) => conn,
-            None => slot.insert(connect_waiting(&self.path, PROCESS_LOCK_WAIT)?),
-        };
+        let mut slot = self.process_connection()?;
+        let conn = slot.as_mut().expect("just connected");
         conn.execute(
             "INSERT INTO processes (pipeline, record, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (pipeline) DO UPDATE SET record = excluded.record, updated_at = excluded.updated_at",
@@ -459,11 +468,8 @@ impl Tables for SqliteStore {
         end: Option<&crate::checkpoint::ProcessEnd>,
         at: &str,
     ) -> Result<(), StoreError> {
-        let mut slot = unpoisoned(&self.process);
-        let conn = match &mut *slot {
-            Some(conn) => conn,
-            None => slot.insert(connect_waiting(&self.path, PROCESS_LOCK_WAIT)?),
-        };
+        let mut slot = self.process_connection()?;
+        let conn = slot.as_mut().expect("just connected");
         match end {
             Some(e) => conn.execute(
                 "INSERT INTO history (pipeline, run_id, pid, host, started_at, ended_at, outcome, exit_code, reason, items, done, failed, skipped)
