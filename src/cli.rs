@@ -83,7 +83,14 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
         ),
         Command::Validate { pipeline } => {
             // Said before any is loaded: loading one runs its code, which may never return.
-            let libraries = spec::plugin_libraries(&pipeline, registry);
+            // (A file that cannot be read twice — a pipe, `/dev/stdin` — is read once, by the
+            // check itself.)
+            let regular = std::fs::metadata(&pipeline).is_ok_and(|m| m.is_file());
+            let libraries = if regular {
+                spec::plugin_libraries(&pipeline, registry)
+            } else {
+                Vec::new()
+            };
             if !libraries.is_empty() {
                 let named: Vec<String> = libraries
                     .iter()
@@ -386,7 +393,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// List at most this many.
-        #[arg(long, value_name = "N", default_value_t = 20)]
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
     },
     /// Put the latest run's failed items (or run N's, with `--run N`) back to pending and run
@@ -539,57 +546,100 @@ fn snippet(d: &Diagnostic, source: Option<&str>) -> Option<Vec<String>> {
     Some(rendered.lines().skip(1).map(str::to_owned).collect())
 }
 
-/// `text` with its quoted values masked (see [`snippet`]), and the byte range there of the
-/// token at byte `at` of `text`: a quoted string, or a bare key or value.
+/// `text` with its values masked (see [`snippet`]), and the byte range there of the token at
+/// byte `at` of `text`. Keys (a bare word before `=`, a table's header) are shown; every value,
+/// quoted or not, and every comment is shown as `…` — but the token under the caret when the
+/// message quotes it already. A line inside a multi-line string has no key: all of it is
+/// masked.
 fn masked(text: &str, at: usize, message: &str) -> (String, usize, usize) {
+    let header = text.trim_start().starts_with('[');
     let mut out = String::with_capacity(text.len());
     let (mut start, mut end) = (None, None);
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if i == at {
-            start = Some(out.len());
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        let c = rest.chars().next().unwrap_or(' ');
+        let under_caret = |from: usize, to: usize| at >= from && at < to.max(from + 1);
+        let shown = |token: &str, from: usize, to: usize| {
+            under_caret(from, to) && !token.is_empty() && message.contains(token)
+        };
+        if c == '#' {
+            // A comment: masked to the end of the line.
+            if under_caret(i, text.len()) {
+                start = Some(out.len());
+            }
+            out.push_str("# …");
+            if start.is_some() && end.is_none() {
+                end = Some(out.len());
+            }
+            break;
         }
-        if c != '"' && c != '\'' {
-            out.push(c);
-            if start.is_some() && end.is_none() && i >= at {
-                let bare = c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '+');
-                let next_bare = chars.peek().is_some_and(|(_, n)| {
-                    n.is_alphanumeric() || matches!(n, '_' | '-' | '.' | '+')
-                });
-                if !bare || !next_bare {
-                    end = Some(out.len());
+        if c == '"' || c == '\'' {
+            // A quoted value, to its closing quote (a backslash escapes in "…").
+            let mut len = c.len_utf8();
+            let mut escaped = false;
+            let mut closed = false;
+            for q in rest[len..].chars() {
+                len += q.len_utf8();
+                if escaped {
+                    escaped = false;
+                } else if q == '\\' && c == '"' {
+                    escaped = true;
+                } else if q == c {
+                    closed = true;
+                    break;
                 }
             }
+            let inner_end = if closed { len - c.len_utf8() } else { len };
+            let inner = &rest[c.len_utf8()..inner_end];
+            let caret = under_caret(i, i + len);
+            if caret {
+                start = Some(out.len());
+            }
+            out.push(c);
+            out.push_str(if shown(inner, i, i + len) {
+                inner
+            } else {
+                "…"
+            });
+            if closed {
+                out.push(c);
+            }
+            if caret {
+                end = Some(out.len());
+            }
+            i += len;
             continue;
         }
-        // A quoted value, to its closing quote (a backslash escapes in "…").
-        let mut inner = String::new();
-        let mut closed = false;
-        let mut escaped = false;
-        for (_, q) in chars.by_ref() {
-            if escaped {
-                inner.push(q);
-                escaped = false;
-            } else if q == '\\' && c == '"' {
-                inner.push(q);
-                escaped = true;
-            } else if q == c {
-                closed = true;
-                break;
+        let structural = |ch: char| ch.is_whitespace() || "[]{},=#\"'".contains(ch);
+        if structural(c) {
+            if i == at {
+                start = Some(out.len());
+                out.push(c);
+                end = Some(out.len());
             } else {
-                inner.push(q);
+                out.push(c);
             }
+            i += c.len_utf8();
+            continue;
         }
-        let under_caret = i == at;
-        let quoted = under_caret && !inner.is_empty() && message.contains(inner.as_str());
-        out.push(c);
-        out.push_str(if quoted { &inner } else { "…" });
-        if closed {
-            out.push(c);
+        // A bare word: a key if `=` follows it (or in a table's header), else a value.
+        let len = rest.find(structural).unwrap_or(rest.len());
+        let token = &rest[..len];
+        let key = header || rest[len..].trim_start().starts_with('=');
+        let caret = under_caret(i, i + len);
+        if caret {
+            start = Some(out.len());
         }
-        if under_caret {
+        out.push_str(if key || shown(token, i, i + len) {
+            token
+        } else {
+            "…"
+        });
+        if caret {
             end = Some(out.len());
         }
+        i += len;
     }
     let start = start.unwrap_or(out.len());
     let end = end.unwrap_or(out.len()).max(start);

@@ -1077,6 +1077,11 @@ fn validate_needs_no_secrets_but_still_finds_every_other_error() {
     for (extra, wanted) in [
         (r#"temperature = "hot""#, "temperature"),
         (r#"headerz = "${SW_TEST_LLM_KEY}""#, "unknown key `headerz`"),
+        // A string where a number is wanted is wrong whatever the variable holds.
+        (
+            r#"concurrency = "${SW_TEST_LLM_KEY}""#,
+            "invalid type: string",
+        ),
     ] {
         let p = Pipeline::new(&file(extra));
         let out = without(&p, "validate");
@@ -1130,4 +1135,20 @@ fn an_error_shows_its_line_with_a_caret_and_other_values_masked() {
         out.stderr.contains("12 | pasword = \"…\""),
         "any other value masked\n{out}"
     );
+
+    // Inside a multi-line string, a bare value, a quote inside a value, a comment: masked.
+    for text in [
+        "[pipeline]\nname = \"m\"\n[checkpoint]\nstore = \"\"\"\npostgres://u:Secr3t@db/x\\q\n\"\"\"\n",
+        "[pipeline]\nname = \"m\"\n[checkpoint]\nstore = postgres://u:Secr3t@db/x\n",
+        "[pipeline]\nname = \"m\"\n[telemetry]\npush = \"http://u:Sec\"r3t@gw:9091\"\n",
+        "[pipeline]\nname = \"m\"\n[[stage]]\nname = \"src\"\nkind = \"generate\"\ncount = \"x\" # Secr3t\n",
+    ] {
+        let out = Pipeline::new(text).validate();
+        out.assert_code(2);
+        assert!(out.stderr.contains(" | "), "a snippet: {out}");
+        assert!(
+            !out.stderr.contains("Secr3t") && !out.stderr.contains("r3t"),
+            "{out}"
+        );
+    }
 }

@@ -255,7 +255,12 @@ fn userinfo_secret(s: &str, rest: usize, scheme: String) -> Option<std::ops::Ran
             .then(|| rest + colon + 1..rest + authority_end);
     };
     let last_at = tail.rfind('@')?;
-    let colon = tail[..first_at].find(':')?;
+    let Some(colon) = tail[..first_at].find(':') else {
+        // A user and no password: a PostgreSQL user's name; elsewhere (`https://TOKEN@…`)
+        // a token, which clients send as the password.
+        let authority_end = tail.find(['/', '?', '#']).unwrap_or(tail.len());
+        return (!postgres && first_at < authority_end).then(|| rest..rest + first_at);
+    };
     if !postgres {
         // As URL parsers read it, the authority ends at the first `/`, `?` or `#`: an `@`
         // after that is userinfo only if the `:` before it is no port's.
@@ -382,7 +387,7 @@ fn conninfo_secrets(s: &str) -> Vec<std::ops::Range<usize>> {
         }
         let value_start = skip_ws(i + 1);
         let value_end = conninfo_value_end(s, value_start);
-        let secret = keyword.to_ascii_lowercase().ends_with("password");
+        let secret = secret_parameter(keyword) || keyword.to_ascii_lowercase().contains("pass");
         match value_end {
             Some(end) if secret => {
                 let end = where_the_next_keyword_starts(s, end);
@@ -610,6 +615,14 @@ mod tests {
                 "postgres://app:***@db:5432/x",
             ),
             ("postgres://app@db/x", "postgres://app@db/x"),
+            // Elsewhere a user alone is a token, sent as the password.
+            (
+                "http://ghp_S3CRETtoken@127.0.0.1:1/x",
+                "http://***@127.0.0.1:1/x",
+            ),
+            ("http://host/a@b", "http://host/a@b"),
+            // A connection string's keyword that names a password, spelled as it may be.
+            ("host=h user=u passwd=S3CRETpw", "host=h user=u passwd=***"),
             ("postgresql://:pw@db/x", "postgresql://:***@db/x"),
             // No `@`: a port that is not one is hidden (a forgotten `@`), a real one is not.
             (
@@ -642,7 +655,7 @@ mod tests {
             ),
             (
                 "postgress://u@h/db?sslpassword=s&PASSWORD=t",
-                "postgress://u@h/db?sslpassword=***&PASSWORD=***",
+                "postgress://***@h/db?sslpassword=***&PASSWORD=***",
             ),
             (
                 "postgres://u@h/db?pass%77ord=x",

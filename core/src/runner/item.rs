@@ -379,7 +379,14 @@ pub(crate) async fn fail_unresumable(
     error: String,
     (why, _window): (&'static str, InFlight),
 ) {
-    tracing::warn!(stage = %stage, key = %record.key, error = %error, "{why}");
+    tracing::warn!(
+        run = shared.run,
+        key = %record.key,
+        stage = %stage,
+        attempt = 0u32,
+        error = %error,
+        "{why}"
+    );
     let ending_at = Ending {
         kind: EndingKind::Failed,
         stage: stage.clone(),

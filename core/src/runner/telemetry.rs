@@ -60,6 +60,9 @@ pub(crate) async fn heartbeat(
     }
 }
 
+/// The longest stage name the live progress shows whole.
+const PROGRESS_NAME: usize = 20;
+
 /// How often the live progress is drawn again.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
@@ -68,9 +71,19 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 fn progress_lines(shared: &Shared, began: Instant) -> Vec<String> {
     let elapsed = began.elapsed().as_secs_f64().max(1e-3);
     let stages = &shared.stages[1.min(shared.stages.len())..];
+    // Names as shown: a long one shortened, so that the figures fit a terminal's line.
+    let name = |s: &StageRt| {
+        let shown = text::printable(&s.name).into_owned();
+        if shown.chars().count() > PROGRESS_NAME {
+            let cut: String = shown.chars().take(PROGRESS_NAME - 1).collect();
+            format!("{cut}…")
+        } else {
+            shown
+        }
+    };
     let width = stages
         .iter()
-        .map(|s| text::printable(&s.name).chars().count())
+        .map(|s| name(s).chars().count())
         .max()
         .unwrap_or(0);
     let mut lines: Vec<String> = stages
@@ -79,7 +92,7 @@ fn progress_lines(shared: &Shared, began: Instant) -> Vec<String> {
             let st = &s.stats;
             format!(
                 "  {:<width$}  done {:>6}  failed {:>5}  in flight {:>4}  {:>7.1}/s",
-                text::printable(&s.name),
+                name(s),
                 st.done.get(),
                 st.failed.get(),
                 st.in_flight_count(),

@@ -535,8 +535,10 @@ impl Validator {
     ) {
         // A value that took an unset variable is not checked (see `unchecked`). Its key is: an
         // unknown key is said at the key.
+        // But a string where another type is wanted is wrong whatever the variable holds.
         if let (Severity::Error, Some(p), false) = (severity, path, at_key) {
-            if self.unchecked.iter().any(|u| p.starts_with(u)) {
+            let any_string_is_wrong = message.contains("invalid type: string");
+            if !any_string_is_wrong && self.unchecked.iter().any(|u| p.starts_with(u)) {
                 return;
             }
         }

@@ -46,7 +46,9 @@ impl Screen for Bars {
             let _ = self.multi.clear();
             return;
         };
-        let style = ProgressStyle::with_template("{wide_msg}")
+        // Not padded to the terminal's width: a line that fills it exactly leaves the cursor
+        // where a key typed meanwhile (or the `^C` of an interrupt) breaks the redraw.
+        let style = ProgressStyle::with_template("{msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         while self.lines.len() < lines.len() {
             let line = self.multi.add(ProgressBar::new_spinner());

@@ -345,7 +345,9 @@ impl<T: Tables> CheckpointStore for T {
         pipeline: &str,
         end: Option<&super::ProcessEnd>,
     ) -> Result<(), StoreError> {
-        self.put_end(pipeline, end, &now())
+        // To the millisecond, as the process's start is.
+        let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        self.put_end(pipeline, end, &at)
     }
 
     fn history(&self, pipeline: &str, limit: i64) -> Result<super::History, StoreError> {
