@@ -69,7 +69,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// The live progress: a line per stage after the source (done, failed, in flight, rate) and
 /// the run's (items ended of all, rate, ETA), as the heartbeat counts them.
 fn progress_lines(shared: &Shared, began: Instant) -> Vec<String> {
-    let elapsed = began.elapsed().as_secs_f64().max(1e-3);
+    let pace = Pace::of(shared, began);
     let stages = &shared.stages[1.min(shared.stages.len())..];
     // Names as shown: a long one shortened, so that the figures fit a terminal's line.
     let name = |s: &StageRt| {
@@ -96,39 +96,72 @@ fn progress_lines(shared: &Shared, began: Instant) -> Vec<String> {
                 st.done.get(),
                 st.failed.get(),
                 st.in_flight_count(),
-                st.done.get() as f64 / elapsed,
+                st.done.get() as f64 / pace.elapsed,
             )
         })
         .collect();
     let t = &shared.totals;
-    let (rate, remaining) = (ended_here(shared) as f64 / elapsed, t.remaining());
-    let eta = if remaining == 0 {
-        "-".to_owned()
-    } else if rate > 0.0 {
-        text::duration(Duration::from_secs(
-            (remaining as f64 / rate).ceil().min(1e9) as u64,
-        ))
-    } else {
-        "unknown".to_owned()
+    let eta = match pace.eta_secs() {
+        _ if pace.remaining == 0 => "-".to_owned(),
+        Some(secs) => text::duration(Duration::from_secs(secs.ceil().min(1e9) as u64)),
+        None => "unknown".to_owned(),
     };
     lines.push(format!(
-        "  {} of {} items ended ({} failed, {} skipped)  {rate:.1} items/s  ETA {eta}",
-        t.items.saturating_sub(remaining),
+        "  {} of {} items ended ({} failed, {} skipped)  {:.1} items/s  ETA {eta}",
+        t.items.saturating_sub(pace.remaining),
         t.items,
         t.failed.get(),
         t.skipped.get(),
+        pace.rate,
     ));
     lines
 }
 
-/// Items that ended in this process: through the last stage, or failed or skipped anywhere.
-fn ended_here(shared: &Shared) -> u64 {
-    shared.stages.last().map_or(0, |s| s.stats.done.get())
-        + shared
-            .stages
-            .iter()
-            .map(|s| s.stats.failed.get() + s.stats.skipped.get())
-            .sum::<u64>()
+/// Where the run stands, as the heartbeat, `/progress` and the live progress count it.
+struct Pace {
+    /// Seconds this process has run.
+    elapsed: f64,
+    /// Items that ended in this process per second: through the last stage, or failed or
+    /// skipped anywhere.
+    rate: f64,
+    /// Items of the run not ended yet.
+    remaining: u64,
+    /// Attempts in flight, every stage.
+    in_flight: usize,
+    /// The oldest attempt in flight: its key, age and stage.
+    oldest: Option<(Arc<str>, Duration, Arc<str>)>,
+}
+
+impl Pace {
+    fn of(shared: &Shared, began: Instant) -> Self {
+        let elapsed = began.elapsed().as_secs_f64().max(1e-3);
+        let ended: u64 = shared.stages.last().map_or(0, |s| s.stats.done.get())
+            + shared
+                .stages
+                .iter()
+                .map(|s| s.stats.failed.get() + s.stats.skipped.get())
+                .sum::<u64>();
+        Pace {
+            elapsed,
+            rate: ended as f64 / elapsed,
+            remaining: shared.totals.remaining(),
+            in_flight: shared
+                .stages
+                .iter()
+                .map(|s| s.stats.in_flight_count())
+                .sum(),
+            oldest: shared
+                .stages
+                .iter()
+                .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
+                .max_by_key(|(_, age, _)| *age),
+        }
+    }
+
+    /// Seconds until the remaining items end at this rate, if it is one.
+    fn eta_secs(&self) -> Option<f64> {
+        (self.rate > 0.0).then(|| self.remaining as f64 / self.rate)
+    }
 }
 
 fn log_heartbeat(shared: &Shared, began: Instant) {
@@ -139,34 +172,23 @@ fn log_heartbeat(shared: &Shared, began: Instant) {
         return;
     }
     let t = &shared.totals;
-    let elapsed = began.elapsed().as_secs_f64().max(1e-3);
-    let rate = ended_here(shared) as f64 / elapsed;
-    let remaining = t.remaining();
-    let eta = if rate > 0.0 {
-        text::duration(Duration::from_secs_f64(remaining as f64 / rate))
-    } else {
-        "unknown".to_owned()
-    };
-    let in_flight: usize = shared
-        .stages
-        .iter()
-        .map(|s| s.stats.in_flight_count())
-        .sum();
-    let oldest = shared
-        .stages
-        .iter()
-        .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
-        .max_by_key(|(_, age, _)| *age)
-        .map(|(key, age, stage)| format!("{key} in {stage} for {}", text::duration(age)))
-        .unwrap_or_else(|| "none".to_owned());
+    let pace = Pace::of(shared, began);
+    let eta = pace.eta_secs().map_or_else(
+        || "unknown".to_owned(),
+        |secs| text::duration(Duration::from_secs_f64(secs)),
+    );
+    let oldest = pace.oldest.as_ref().map_or_else(
+        || "none".to_owned(),
+        |(key, age, stage)| format!("{key} in {stage} for {}", text::duration(*age)),
+    );
     let stages: Vec<String> = shared.stages.iter().skip(1).map(stage_line).collect();
     tracing::info!(
         done = t.done.get(),
         failed = t.failed.get(),
         skipped = t.skipped.get(),
-        remaining,
-        in_flight,
-        items_per_sec = format!("{rate:.1}"),
+        remaining = pace.remaining,
+        in_flight = pace.in_flight,
+        items_per_sec = format!("{:.1}", pace.rate),
         eta = %eta,
         oldest = %oldest,
         stages = %stages.join(" | "),
@@ -182,32 +204,19 @@ pub(crate) fn heartbeat_fields(
     began: Instant,
 ) -> serde_json::Map<String, serde_json::Value> {
     let t = &shared.totals;
-    let elapsed = began.elapsed().as_secs_f64().max(1e-3);
-    let rate = ended_here(shared) as f64 / elapsed;
-    let remaining = t.remaining();
-    let eta_secs = (rate > 0.0).then(|| remaining as f64 / rate);
-    let in_flight: usize = shared
-        .stages
-        .iter()
-        .map(|s| s.stats.in_flight_count())
-        .sum();
-    let oldest = shared
-        .stages
-        .iter()
-        .filter_map(|s| s.stats.oldest().map(|(k, age)| (k, age, s.name.clone())))
-        .max_by_key(|(_, age, _)| *age)
-        .map(|(key, age, stage)| {
-            serde_json::json!({ "key": &*key, "stage": &*stage, "age_secs": age.as_secs_f64() })
-        });
+    let pace = Pace::of(shared, began);
+    let oldest = pace.oldest.as_ref().map(|(key, age, stage)| {
+        serde_json::json!({ "key": &**key, "stage": &**stage, "age_secs": age.as_secs_f64() })
+    });
     let fields = serde_json::json!({
         "done": t.done.get(),
         "failed": t.failed.get(),
         "skipped": t.skipped.get(),
-        "remaining": remaining,
-        "in_flight": in_flight,
-        "items_per_sec": rate,
-        "eta_secs": eta_secs,
-        "elapsed_secs": elapsed,
+        "remaining": pace.remaining,
+        "in_flight": pace.in_flight,
+        "items_per_sec": pace.rate,
+        "eta_secs": pace.eta_secs(),
+        "elapsed_secs": pace.elapsed,
         "oldest": oldest,
         "stages": shared.stages.iter().skip(1).map(stage_fields).collect::<Vec<_>>(),
     });
