@@ -81,7 +81,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                 leave_unfinished: false,
             },
         ),
-        Command::Validate { pipeline } => {
+        Command::Validate { pipeline, connect } => {
             // Said before any is loaded: loading one runs its code, which may never return.
             // (A file that cannot be read twice — a pipe, `/dev/stdin` — is read once, by the
             // check itself.)
@@ -101,7 +101,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> ExitCode {
                     named.join(", ")
                 );
             }
-            validate(&pipeline, registry, log_format)
+            validate(&pipeline, registry, log_format, connect)
         }
         Command::Plan { pipeline, json } => match spec::plan(&pipeline, registry) {
             Ok(planned) => {
@@ -203,8 +203,14 @@ fn log_format(flag: Option<Format>) -> Result<Format, ExitCode> {
 }
 
 /// `validate`: load and check the file, its plugin libraries included, and the log filter the
-/// run would use; with JSON logs, its problems are log events.
-fn validate(pipeline: &std::path::Path, registry: &Registry, format: Format) -> ExitCode {
+/// run would use (with `connect`, against the world too); with JSON logs, its problems are log
+/// events.
+fn validate(
+    pipeline: &std::path::Path,
+    registry: &Registry,
+    format: Format,
+    connect: bool,
+) -> ExitCode {
     let report = match format {
         Format::Pretty => match telemetry::filter() {
             Ok(_) => Report::Plain,
@@ -218,6 +224,9 @@ fn validate(pipeline: &std::path::Path, registry: &Registry, format: Format) -> 
             Err(code) => return code,
         },
     };
+    if connect {
+        return validate_connected(pipeline, registry, report);
+    }
     match spec::lint(pipeline, registry) {
         Ok(linted) => {
             print_diagnostics(&linted.warnings, report);
@@ -231,6 +240,75 @@ fn validate(pipeline: &std::path::Path, registry: &Registry, format: Format) -> 
         }
         Err(e) => invalid(pipeline, &e, report),
     }
+}
+
+/// `validate --connect`: the file as `run` loads it (secrets needed), then checked against the
+/// world, the checkpoint store included; what passed is said too.
+fn validate_connected(pipeline: &std::path::Path, registry: &Registry, report: Report) -> ExitCode {
+    let loaded = match load(pipeline, registry, report) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let probed = spec::probe(&loaded.pipeline, registry, spec::Scope::Everything);
+    if probed.errors() > 0 {
+        return invalid(
+            pipeline,
+            &ConfigError {
+                diagnostics: probed.diagnostics,
+            },
+            report,
+        );
+    }
+    print_diagnostics(&probed.diagnostics, report);
+    for line in &probed.checked {
+        if report == Report::Logged {
+            tracing::info!(check = %line, "checked");
+        } else {
+            say!("checked: {line}");
+        }
+    }
+    let warnings = probed.diagnostics.len();
+    say!(
+        "{} is valid and its connections check out: pipeline `{}`, {} stage(s), {} check(s) passed{}",
+        pipeline.display(),
+        stagewise_core::text::printable(&loaded.pipeline.name),
+        loaded.pipeline.stages.len(),
+        probed.checked.len(),
+        match warnings {
+            0 => String::new(),
+            n => format!(", {n} warning(s)"),
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// Check a loaded pipeline against the world before its run takes a batch: a fault of the
+/// configuration stops it here (exit 2, nothing run); an outage is said and left to the
+/// stages' retries.
+fn probe_before_run(
+    path: &std::path::Path,
+    loaded: &Loaded,
+    registry: &Registry,
+    report: Report,
+) -> Result<(), ExitCode> {
+    let started = std::time::Instant::now();
+    let probed = spec::probe(&loaded.pipeline, registry, spec::Scope::Stages);
+    if probed.errors() > 0 {
+        return Err(invalid(
+            path,
+            &ConfigError {
+                diagnostics: probed.diagnostics,
+            },
+            report,
+        ));
+    }
+    print_diagnostics(&probed.diagnostics, report);
+    tracing::debug!(
+        checks = probed.checked.len(),
+        elapsed_secs = started.elapsed().as_secs_f64(),
+        "the stages' connections, statements and fields check out"
+    );
+    Ok(())
 }
 
 /// Exit code of a usage or configuration error (nothing was run).
@@ -346,6 +424,15 @@ enum Command {
         /// The pipeline file.
         #[arg(default_value = "pipeline.toml")]
         pipeline: PathBuf,
+        /// Check it against the world too, as `run` does before it takes a batch: connect to
+        /// every database and the checkpoint store, prepare every SQL statement, see that the
+        /// files are there, that the fields the prompts and statements name are ones the
+        /// records will have, and that each LLM endpoint answers (its model list: no tokens
+        /// spent). It needs the secrets: an unset `${VAR}` is an error. Nothing is created or
+        /// written. A server out of reach is a warning; a fault of the file (a statement that
+        /// does not prepare, a password refused) an error, exit 2.
+        #[arg(long)]
+        connect: bool,
     },
     /// Show every setting after resolution and where it came from; runs and opens nothing.
     ///
@@ -574,6 +661,18 @@ fn masked(text: &str, at: usize, message: &str) -> (String, usize, usize) {
             }
             break;
         }
+        if rest.starts_with("\"\"\"") || rest.starts_with("'''") {
+            // A multi-line string's opening: it and the rest of the line are masked.
+            if under_caret(i, text.len()) {
+                start = Some(out.len());
+            }
+            out.push_str(&rest[..3]);
+            out.push('…');
+            if start.is_some() && end.is_none() {
+                end = Some(out.len());
+            }
+            break;
+        }
         if c == '"' || c == '\'' {
             // A quoted value, to its closing quote (a backslash escapes in "…").
             let mut len = c.len_utf8();
@@ -720,6 +819,9 @@ fn run(
         Ok(l) => l,
         Err(code) => return code,
     };
+    if let Err(code) = probe_before_run(path, &loaded, registry, report) {
+        return code;
+    }
     // Stage panics are caught per item; this catches a fault in the runner itself, so that it
     // too ends with a logged reason and a documented code instead of an unexplained crash.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -503,6 +503,7 @@ fn run_everything_without_printing(p: &Pipeline, env: &[(&str, &str)], secret: &
             .env("STAGEWISE_LOG", "debug")
             .output(),
         with_env(p.cmd("validate")).output(),
+        with_env(p.cmd("validate").arg("--connect")).output(),
         with_env(p.cmd("status")).output(),
         with_env(p.cmd("status").arg("--json")).output(),
     ] {
@@ -533,11 +534,23 @@ fn a_wrong_password_for_the_source_is_fatal_and_never_printed() {
         "",
     );
     let out = run_everything_without_printing(&p, &[], SECRET);
-    out.assert_code(3);
-    out.assert_stderr_contains("source `fetch` failed");
+    // Found before the batch is taken: the configuration's fault, nothing run.
+    out.assert_code(2);
+    out.assert_stderr_contains("stage `fetch`: cannot connect to");
     out.assert_stderr_contains("authentication failed");
-    // Fatal: not retried (every attempt would fail alike).
-    out.assert_stderr_contains("after 1 attempt(s)");
+    out.assert_stderr_contains("nothing was run");
+    assert_nothing_ran(&p, &[]);
+}
+
+/// `status` of a pipeline whose run stopped before it took a batch: no run.
+fn assert_nothing_ran(p: &Pipeline, env: &[(&str, &str)]) {
+    let mut cmd = p.cmd("status");
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    let out = cmd.output();
+    out.assert_code(0);
+    assert!(out.stdout.contains("no run yet"), "{out}");
 }
 
 #[test]
@@ -553,18 +566,11 @@ fn a_wrong_password_for_the_sink_aborts_the_run_and_is_never_printed() {
     p.dir
         .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
     let out = run_everything_without_printing(&p, &[("DATABASE_URL", &wrong)], SECRET);
-    out.assert_code(3);
+    // Found before the batch is taken: no item is failed, nothing was run.
+    out.assert_code(2);
+    out.assert_stderr_contains("stage `save`: cannot connect to");
     out.assert_stderr_contains("authentication failed");
-    // The error is the run's, not the items': none is failed, all wait for the next run.
-    let out = p
-        .cmd("status")
-        .arg("--json")
-        .env("DATABASE_URL", &wrong)
-        .output();
-    out.assert_code(0);
-    let status = util::Status::parse(&out);
-    assert_eq!(status.count("failed"), 0, "{:?}", status.counts);
-    assert_eq!(status.count("pending"), 3, "{:?}", status.counts);
+    assert_nothing_ran(&p, &[("DATABASE_URL", &wrong)]);
 }
 
 #[test]
@@ -667,11 +673,11 @@ fn a_missing_table_in_the_query_aborts_with_the_servers_message() {
         "",
     );
     let out = p.run();
-    out.assert_code(3);
-    out.assert_stderr_contains("source `fetch` failed");
+    // The query is prepared before the batch is taken: exit 2 at the query, nothing run.
+    out.assert_code(2);
+    out.assert_stderr_contains("stage `fetch`: `query` does not prepare");
     out.assert_stderr_contains(r#"relation "no_such_articles" does not exist"#);
-    // Permanent: not retried.
-    out.assert_stderr_contains("after 1 attempt(s)");
+    assert_nothing_ran(&p, &[]);
 }
 
 #[test]
@@ -685,13 +691,13 @@ fn an_unsupported_column_type_is_named_with_its_column() {
         "",
     );
     let out = p.run();
-    out.assert_code(3);
-    out.assert_stderr_contains("source `fetch` failed");
+    out.assert_code(2);
     assert!(
         out.stderr_lines()
-            .any(|l| l.contains("`price`") && l.contains("numeric")),
+            .any(|l| l.contains("stage `fetch`") && l.contains("`price`") && l.contains("numeric")),
         "the error should name the column `price` and its type numeric\n{out}"
     );
+    assert_nothing_ran(&p, &[]);
 }
 
 /// Articles 1..=20 and a `facts` table the bad-input sink tests write to.
@@ -814,7 +820,7 @@ fn a_failing_second_statement_rolls_back_the_first() {
 }
 
 #[test]
-fn a_statement_into_a_missing_table_fails_the_items_with_the_servers_message() {
+fn a_statement_into_a_missing_table_stops_the_run_before_any_item() {
     let Some(db) = Db::new() else { return };
     let p = persist_only(
         "missing-sink-table",
@@ -825,6 +831,53 @@ fn a_statement_into_a_missing_table_fails_the_items_with_the_servers_message() {
     p.dir
         .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
     let out = p.run();
+    // Prepared before the batch is taken: every item would have failed alike.
+    out.assert_code(2);
+    out.assert_stderr_contains("stage `save`: `statement` does not prepare");
+    out.assert_stderr_contains(r#"relation "no_such_results" does not exist"#);
+    assert_nothing_ran(&p, &[]);
+}
+
+/// A table dropped after the run's checks passed still fails the items one by one, with the
+/// server's message: the checks are a first line, not the only one.
+#[test]
+fn a_table_gone_during_the_run_fails_the_items_with_the_servers_message() {
+    let Some(mut db) = Db::new() else { return };
+    db.execute("CREATE TABLE results (id int PRIMARY KEY)");
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "gone-sink-table"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1500ms"
+
+        [[stage]]
+        name = "save"
+        kind = "persist"
+        url = "{}"
+        statement = "INSERT INTO results (id) VALUES (:key)"
+        "#,
+        db.url()
+    ));
+    p.dir
+        .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
+    let mut run = p.cmd("run").spawn();
+    assert!(
+        run.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        run.stderr_so_far()
+    );
+    db.execute("DROP TABLE results");
+    let out = run.wait();
     out.assert_code(1);
     let status = p.status();
     assert_eq!(status.count("failed"), 3, "{:?}\n{out}", status.counts);
@@ -832,8 +885,7 @@ fn a_statement_into_a_missing_table_fails_the_items_with_the_servers_message() {
         assert_eq!(f.stage, "save", "{f:?}");
         assert_eq!(f.attempts, 1, "a missing table is permanent: {f:?}");
         assert!(
-            f.error
-                .contains(r#"relation "no_such_results" does not exist"#),
+            f.error.contains(r#"relation "results" does not exist"#),
             "{f:?}"
         );
     }

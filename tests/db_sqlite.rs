@@ -335,14 +335,15 @@ fn a_missing_table_in_the_query_aborts_the_run() {
     ));
     seed(&p, 3);
     let out = p.run();
-    out.assert_code(3);
-    out.assert_stderr_contains("source `fetch` failed");
+    // Prepared before the batch is taken: the file's fault, nothing run.
+    out.assert_code(2);
+    out.assert_stderr_contains("stage `fetch`: `query` does not prepare");
     out.assert_stderr_contains("no such table: no_such_articles");
-    out.assert_stderr_contains("after 1 attempt(s)");
+    out.assert_stderr_contains("nothing was run");
 }
 
 #[test]
-fn a_statement_into_a_missing_table_fails_the_items() {
+fn a_statement_into_a_missing_table_stops_the_run_and_one_gone_later_fails_the_items() {
     let p = persist_only(
         "missing-sink-table",
         "INSERT INTO no_such_results (id) VALUES (:key)",
@@ -352,13 +353,59 @@ fn a_statement_into_a_missing_table_fails_the_items() {
     p.dir
         .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
     let out = p.run();
+    out.assert_code(2);
+    out.assert_stderr_contains("stage `save`: `statement` does not prepare");
+    out.assert_stderr_contains("nothing was run");
+}
+
+/// A table dropped after the run's checks passed still fails the items one by one, with
+/// SQLite's message: the checks are a first line, not the only one.
+#[test]
+fn a_table_gone_after_the_checks_fails_the_items() {
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "gone-sink-table"
+
+        [[stage]]
+        name = "src"
+        kind = "jsonl"
+        path = "in.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "nap"
+        kind = "sleep"
+        duration = "1500ms"
+
+        [[stage]]
+        name = "save"
+        kind = "persist"
+        url = "sqlite:{DB_FILE}"
+        statement = "INSERT INTO results_gone (id) VALUES (:key)"
+        "#
+    ));
+    seed(&p, 3);
+    let conn = rusqlite::Connection::open(p.dir.join(DB_FILE)).expect("open");
+    conn.execute_batch("CREATE TABLE results_gone (id INTEGER PRIMARY KEY)")
+        .expect("create");
+    p.dir
+        .write("in.jsonl", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n");
+    let mut run = p.cmd("run").spawn();
+    assert!(
+        run.wait_for_stderr("run started", std::time::Duration::from_secs(30)),
+        "{}",
+        run.stderr_so_far()
+    );
+    conn.execute_batch("DROP TABLE results_gone").expect("drop");
+    let out = run.wait();
     out.assert_code(1);
     let status = p.status();
     assert_eq!(status.count("failed"), 3, "{:?}\n{out}", status.counts);
     for f in &status.failed {
         assert_eq!(f.stage, "save", "{f:?}");
         assert_eq!(f.attempts, 1, "a missing table is permanent: {f:?}");
-        assert!(f.error.contains("no such table: no_such_results"), "{f:?}");
+        assert!(f.error.contains("no such table: results_gone"), "{f:?}");
     }
 }
 

@@ -357,7 +357,40 @@ const LONG_KEY: &str = "sk-proj-Q7f3a9cZ1x8LmN2pR5tV0wY4bD6eH9jK";
 
 #[test]
 fn no_piece_of_the_key_reaches_the_log_the_status_or_the_store() {
+    // The checks before the run: the model list's refusal quotes the key.
     let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-echo-checked",
+        4,
+        &openai(
+            &server,
+            Scenario::UnauthorizedEcho,
+            "api_key_env = \"MY_LLM_KEY\"",
+        ),
+    );
+    for command in ["run", "validate"] {
+        let mut cmd = p.cmd(command).env("MY_LLM_KEY", LONG_KEY);
+        if command == "validate" {
+            cmd = cmd.arg("--connect");
+        }
+        let out = cmd.output();
+        out.assert_code(2)
+            .assert_stderr_contains("Incorrect API key provided: ***");
+        let text = out.stderr.to_ascii_lowercase();
+        for piece in LONG_KEY.to_ascii_lowercase().as_bytes().windows(8) {
+            let piece = std::str::from_utf8(piece).expect("an ASCII key");
+            assert!(
+                !text.contains(piece),
+                "{piece:?} of the key in `{command}`\n{out}"
+            );
+        }
+    }
+
+    // The calls: a key refused only by them (revoked after the checks).
+    let server = LlmServer::start(LlmConfig {
+        lists_models_for_any_key: true,
+        ..LlmConfig::default()
+    });
     let p = pipeline(
         "llm-echo",
         4,
@@ -407,7 +440,29 @@ fn no_piece_of_the_key_reaches_the_log_the_status_or_the_store() {
 
 #[test]
 fn a_refused_key_stops_the_run_and_names_the_variable_not_the_key() {
+    // Refused when the run checks the endpoint: nothing runs, no call is made.
     let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-401-checked",
+        40,
+        &openai(
+            &server,
+            Scenario::Unauthorized,
+            "api_key_env = \"MY_LLM_KEY\"",
+        ),
+    );
+    let out = p.cmd("run").env("MY_LLM_KEY", KEY).output();
+    out.assert_code(2)
+        .assert_stderr_contains("refused the key in `MY_LLM_KEY`")
+        .assert_stderr_contains("nothing was run");
+    assert!(!out.stderr.contains(KEY), "the key leaked\n{out}");
+    assert_eq!(server.calls(), 0);
+
+    // Refused only by the calls (a key revoked after the checks): the run stops at once.
+    let server = LlmServer::start(LlmConfig {
+        lists_models_for_any_key: true,
+        ..LlmConfig::default()
+    });
     let p = pipeline(
         "llm-401",
         40,

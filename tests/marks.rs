@@ -376,7 +376,8 @@ fn an_item_whose_mark_fails_still_ends_and_says_so() {
     p.dir.write(
         "pipeline.toml",
         format!(
-            "{}on_failure = \"UPDATE articles SET no_such_column = 1 WHERE id = :key\"\n",
+            // Prepares, and fails when it runs.
+            "{}on_failure = \"UPDATE articles SET attempts = abs(-9223372036854775808) WHERE id = :key\"\n",
             p.toml()
         ),
     );
@@ -391,7 +392,7 @@ fn an_item_whose_mark_fails_still_ends_and_says_so() {
         assert!(
             error.contains("CHECK constraint failed")
                 && error.contains("(and marking it at `save` failed:")
-                && error.contains("no_such_column"),
+                && error.contains("integer overflow"),
             "{error}"
         );
     }
@@ -560,6 +561,11 @@ fn the_no_progress_advice_knows_what_the_pipeline_marks() {
             .map(|i| format!("{{\"id\": {i}, \"html\": \"plain text {i}\"}}\n"))
             .collect();
         p.dir.write("in.jsonl", rows);
+        rusqlite::Connection::open(p.dir.join("out.db"))
+            .and_then(|c| {
+                c.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, failed INTEGER)")
+            })
+            .expect("the sink's database");
         p.run();
         let out = p.run();
         out.assert_code(1);
@@ -592,7 +598,7 @@ fn the_no_progress_advice_knows_what_the_pipeline_marks() {
         "name = \"breaker\"\nkind = \"fault\"\npermanent_rate = 1.0",
         "name = \"save\"\nkind = \"persist\"\nurl = \"sqlite:out.db\"\n\
          statement = \"INSERT INTO t (id) VALUES (:key)\"\n\
-         on_failure = \"UPDATE no_such_table SET failed = 1 WHERE id = :key\"",
+         on_failure = \"INSERT INTO t (id, failed) VALUES (:key, abs(-9223372036854775808))\"",
     );
     assert!(
         out.stderr.contains("3 of its items could not be marked")

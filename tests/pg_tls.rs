@@ -245,13 +245,15 @@ fn run_all(p: &Pipeline, url: &str) -> Output {
     )
 }
 
-/// `run` ended before any stage ran (exit 2), on one error line naming each of `needles`.
+/// `run` ended before any stage ran (exit 2, "nothing was run"), on an error line naming each
+/// of `needles`.
 fn assert_refused(out: &Output, needles: &[&str]) {
     out.assert_code(2);
+    out.assert_stderr_contains("nothing was run");
     assert!(
-        out.stderr_lines().any(|l| l.contains("ERROR")
-            && l.contains("nothing was run")
-            && needles.iter().all(|n| l.contains(n))),
+        out.stderr_lines()
+            .any(|l| (l.contains("ERROR") || l.starts_with("error:"))
+                && needles.iter().all(|n| l.contains(n))),
         "expected an error line with {needles:?}\n{out}"
     );
 }
@@ -276,7 +278,14 @@ fn require_encrypts_the_store_and_both_stages_where_the_server_takes_tls_only() 
 
     // `sslmode=disable`: the server's refusal, with its reason, for the store and for a stage.
     let disable = server.url("127.0.0.1", "sslmode=disable");
-    let out = run_all(&job("tls-disable-store", true), &disable);
+    let out = run(
+        &job("tls-disable-store", true),
+        &Urls {
+            store: Some(&disable),
+            fetch: &require,
+            save: &require,
+        },
+    );
     assert_refused(
         &out,
         &["checkpoint store", "no pg_hba.conf entry", "no encryption"],
@@ -289,9 +298,11 @@ fn require_encrypts_the_store_and_both_stages_where_the_server_takes_tls_only() 
             save: &require,
         },
     );
-    out.assert_code(3);
-    out.assert_stderr_contains("no pg_hba.conf entry");
-    out.assert_stderr_contains("no encryption");
+    // Refused when the run checks the stage's connection, before it takes a batch.
+    assert_refused(
+        &out,
+        &["stage `fetch`", "no pg_hba.conf entry", "no encryption"],
+    );
 
     // The default, `prefer`, takes the TLS the server offers.
     let prefer = Pipeline::new(
@@ -377,7 +388,14 @@ fn verify_full_checks_the_ca_and_the_host_name() {
     // Another CA: not trusted, wherever the URL is; nothing runs.
     let wrong = verify("localhost", &other);
     let other_shown = other.display().to_string();
-    let out = run_all(&job("tls-wrong-ca-store", true), &wrong);
+    let out = run(
+        &job("tls-wrong-ca-store", true),
+        &Urls {
+            store: Some(&wrong),
+            fetch: &by_name,
+            save: &by_name,
+        },
+    );
     assert_refused(
         &out,
         &["checkpoint store", "certificate not trusted", &other_shown],
@@ -394,6 +412,39 @@ fn verify_full_checks_the_ca_and_the_host_name() {
         &out,
         &["stage `fetch`", "certificate not trusted", &other_shown],
     );
+    // `validate --connect` finds it too, at the key (here an environment variable's value),
+    // and the store's.
+    let p = job("tls-wrong-ca-validate", true);
+    for (store, fetch, needle) in [
+        (&by_name, &wrong, "stage `fetch`"),
+        (&wrong, &by_name, "checkpoint store"),
+    ] {
+        let out = p
+            .cmd("validate")
+            .arg("--connect")
+            .env("STORE_URL", store)
+            .env("FETCH_URL", fetch)
+            .env("SAVE_URL", &by_name)
+            .output();
+        out.assert_code(2);
+        assert!(
+            out.stderr_lines().any(|l| l.starts_with("error: ")
+                && l.contains(needle)
+                && l.contains("certificate not trusted")),
+            "{needle}\n{out}"
+        );
+        assert!(!out.stderr.contains(SECRET), "{out}");
+    }
+    let out = p
+        .cmd("validate")
+        .arg("--connect")
+        .env("STORE_URL", &by_name)
+        .env("FETCH_URL", &by_address)
+        .env("SAVE_URL", &by_name)
+        .output();
+    out.assert_code(0);
+    out.assert_stderr_contains("checked: stage `fetch`: connected to");
+    out.assert_stderr_contains("checked: checkpoint store:");
     // `require` with `sslrootcert` checks the chain too, as libpq does.
     let require_other = server.url(
         "127.0.0.1",
@@ -435,7 +486,7 @@ fn a_certificate_for_another_host_fails_verify_full_and_passes_verify_ca() {
     let mismatch =
         "host name mismatch: the certificate is not valid for 127.0.0.1 (it is for db.example)";
     let out = run_all(&job("tls-mismatch-store", true), &full);
-    assert_refused(&out, &["checkpoint store", mismatch]);
+    assert_refused(&out, &["stage `fetch`", mismatch]);
     let out = run(
         &job("tls-mismatch-save", false),
         &Urls {
@@ -506,7 +557,7 @@ fn a_mode_that_requires_tls_says_when_the_server_has_none() {
         );
         let said = format!("the server does not support TLS (sslmode={mode})");
         let out = run_all(&job(&format!("tls-none-store-{mode}"), true), &url);
-        assert_refused(&out, &["checkpoint store", &said]);
+        assert_refused(&out, &["stage `fetch`", &said]);
         let out = run(
             &job(&format!("tls-none-fetch-{mode}"), false),
             &Urls {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{KeyProblem, KeyProblemKind};
-use crate::stage::{BuildContext, KindDefaults, Role, StageError, StageImpl, StageKind};
+use crate::stage::{
+    BuildContext, KindDefaults, Probe, ProbeContext, Role, StageError, StageImpl, StageKind,
+};
 
 /// A stage's own keys as its kind read and checked them at validation, kept for the build: a
 /// stage table is deserialized once.
@@ -125,6 +127,11 @@ pub(crate) trait DynKind: Send + Sync {
     ) -> Result<Checked, Vec<KeyProblem>>;
     /// Build from what [`check`](Self::check) returned.
     fn build(&self, config: &Checked, cx: &BuildContext) -> Result<StageImpl, StageError>;
+    /// Check against the world (see [`StageKind::probe`]); by default, nothing, and the fields
+    /// after the stage are unknown.
+    fn probe(&self, _config: &Checked, _cx: &ProbeContext<'_>) -> Probe {
+        Probe::default()
+    }
 }
 
 impl<K: StageKind> DynKind for K {
@@ -174,6 +181,17 @@ impl<K: StageKind> DynKind for K {
     fn build(&self, config: &Checked, cx: &BuildContext) -> Result<StageImpl, StageError> {
         let config = config.get::<K::Config>()?.clone();
         StageKind::build(self, config, cx)
+    }
+
+    fn probe(&self, config: &Checked, cx: &ProbeContext<'_>) -> Probe {
+        match config.get::<K::Config>() {
+            Ok(config) => StageKind::probe(self, config, cx),
+            Err(e) => {
+                let mut probe = Probe::default();
+                probe.config("", e.message);
+                probe
+            }
+        }
     }
 }
 

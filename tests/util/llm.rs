@@ -19,6 +19,7 @@
 //! |---|---|
 //! | `POST /s/<scenario>/v1/chat/completions` | OpenAI chat completions |
 //! | `POST /s/<scenario>/v1/messages` | Anthropic messages |
+//! | `GET /s/<scenario>/v1/models` | both APIs' model list: [`LlmConfig::models`], or 401 without a key and in the `unauthorized` scenarios (`unauthorized-echo` quoting the key); counted apart ([`LlmServer::model_lists`]), not in [`LlmServer::requests`] |
 //! | anything else | 404 |
 //!
 //! A request to either route goes through, in order:
@@ -61,7 +62,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -105,6 +106,11 @@ pub struct LlmConfig {
     pub answer: Value,
     /// Input and output tokens reported by every 200.
     pub usage: (u64, u64),
+    /// The models `GET …/models` lists (none: a list that names none).
+    pub models: Vec<String>,
+    /// `GET …/models` answers 200 to any key, in any scenario: a key refused only by the
+    /// calls (revoked after the run's checks, say).
+    pub lists_models_for_any_key: bool,
 }
 
 impl Default for LlmConfig {
@@ -114,6 +120,8 @@ impl Default for LlmConfig {
             max_in_flight: None,
             answer: default_answer(),
             usage: (1000, 200),
+            models: Vec::new(),
+            lists_models_for_any_key: false,
         }
     }
 }
@@ -245,6 +253,8 @@ struct State {
     connections: AtomicU64,
     /// Numbers the ids of the responses.
     answered: AtomicU64,
+    /// `GET …/models` requests so far.
+    model_lists: AtomicUsize,
     /// A clone of every open connection's socket, shut down on drop to wake its handler.
     /// A handler removes its own when its connection ends: ureq keeps only a few idle
     /// connections per host, so a benchmark opens hundreds, and their descriptors must not
@@ -337,6 +347,7 @@ impl LlmServer {
             seen: Mutex::default(),
             in_flight: Mutex::default(),
             connections: AtomicU64::new(0),
+            model_lists: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
             sockets: Mutex::default(),
             handlers: Mutex::default(),
@@ -370,6 +381,11 @@ impl LlmServer {
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.state.requests).clone()
+    }
+
+    /// How many model lists were asked for (`GET …/models`).
+    pub fn model_lists(&self) -> usize {
+        self.state.model_lists.load(Ordering::SeqCst)
     }
 
     /// How many requests arrived, whatever they got (unanswered `silent` ones included).
@@ -553,6 +569,16 @@ fn parse(head: &[u8], connection: u64) -> Request {
     }
 }
 
+/// `GET /s/<scenario>/v1/models`.
+fn models_route(method: &str, path: &str) -> Option<Scenario> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["s", scenario, "v1", "models"]) => Scenario::from_name(scenario),
+        _ => None,
+    }
+}
+
 /// `POST /s/<scenario>/v1/chat/completions` or `POST /s/<scenario>/v1/messages`.
 fn route(method: &str, path: &str) -> Option<(Scenario, Api)> {
     if method != "POST" {
@@ -603,6 +629,41 @@ fn handle(
     raw: &[u8],
     state: &State,
 ) -> io::Result<bool> {
+    if let Some(scenario) = models_route(&request.method, &request.path) {
+        state.model_lists.fetch_add(1, Ordering::SeqCst);
+        let close = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let unauthorized = !state.config.lists_models_for_any_key
+            && (matches!(
+                scenario,
+                Scenario::Unauthorized | Scenario::UnauthorizedEcho
+            ) || request
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .or(request.header("x-api-key"))
+                .is_none_or(|key| key.trim().is_empty()));
+        let answer = if unauthorized && scenario == Scenario::UnauthorizedEcho {
+            let key = request
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let message = format!("Incorrect API key provided: {key}.");
+            error(Api::OpenAi, 401, &message)
+        } else if unauthorized {
+            error(Api::OpenAi, 401, "invalid API key")
+        } else {
+            let data: Vec<Value> = state
+                .config
+                .models
+                .iter()
+                .map(|id| json!({"id": id, "object": "model"}))
+                .collect();
+            Reply::json(200, &json!({"object": "list", "data": data}))
+        };
+        write(stream, &answer, close)?;
+        return Ok(!close);
+    }
     let route = route(&request.method, &request.path);
     request.scenario = route.map(|(scenario, _)| scenario);
     request.api = route.map(|(_, api)| api);

@@ -98,6 +98,43 @@ pub(crate) fn open_existing(
     })
 }
 
+/// Check the store at `location` for `validate --connect`: connect to it (or open its file)
+/// and read its schema version, as `status` does. What was found, in words; or whose fault the
+/// trouble is (a server out of reach is an outage; a password or certificate refused, a file
+/// that is not a store, a schema too new, the configuration's) and what it is.
+pub(crate) fn check(location: &StoreLocation) -> Result<String, (crate::stage::Fault, String)> {
+    use crate::stage::Fault;
+    let shown = location.shown();
+    match open_existing(location) {
+        Ok(Some(_)) => Ok(format!("{shown}: opened")),
+        Ok(None) => match location {
+            StoreLocation::Sqlite(path) => {
+                // The first run creates the file and its folders: the nearest folder that is
+                // there must be one.
+                let mut dir = path.parent();
+                while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+                    if d.exists() {
+                        if !d.is_dir() {
+                            return Err((
+                                Fault::Config,
+                                format!("{shown}: {} is not a folder, so the store cannot be made in it", d.display()),
+                            ));
+                        }
+                        break;
+                    }
+                    dir = d.parent();
+                }
+                Ok(format!("{shown}: not there yet; the first run creates it"))
+            }
+            StoreLocation::Postgres(_) => Ok(format!(
+                "{shown}: connected; no stagewise schema yet, the first run creates it"
+            )),
+        },
+        Err(StoreError::Lost(why)) => Err((Fault::Outage, why)),
+        Err(e) => Err((Fault::Config, e.to_string())),
+    }
+}
+
 /// The value behind `m`, even if a thread panicked while holding it: a connection stays usable,
 /// since the open transaction of a panicking thread is rolled back when its handle drops.
 fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -13,7 +13,7 @@ fn join(path: &[String]) -> String {
 }
 
 /// Spans of every key and value of the file, and the keys set from the environment.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Origins {
     text: String,
     spans: HashMap<String, (Range<usize>, Range<usize>)>,

@@ -5,6 +5,7 @@
 mod keys;
 mod located;
 mod plan;
+mod probe;
 mod reference;
 mod schema;
 pub(crate) mod types;
@@ -19,6 +20,7 @@ pub use keys::section_keys;
 pub use located::Place;
 use located::{KeyPath, Origins, Substitutions};
 pub use plan::{Origin, Plan, Setting, StagePlan};
+pub use probe::{probe, Probed, Scope};
 pub use reference::{key_tables, KeyTable};
 pub use schema::json_schema;
 pub use types::MaxFailures;
@@ -196,6 +198,8 @@ pub struct Pipeline {
     pub telemetry: TelemetryConfig,
     /// The stages in order; the first is the source.
     pub stages: Vec<StageConfig>,
+    /// Where each value of the file is, for what is found after validation (`probe`).
+    pub(crate) origins: std::sync::Arc<Origins>,
 }
 
 impl Pipeline {
@@ -352,7 +356,10 @@ fn validated(
 ) -> Result<(Loaded, Validator), ConfigError> {
     let (result, warnings, v) = checked(path, registry, (lookup, overrides), plugins, false)?;
     match result {
-        Some(pipeline) => Ok((Loaded { pipeline, warnings }, v)),
+        Some(mut pipeline) => {
+            pipeline.origins = std::sync::Arc::new(v.origins.clone());
+            Ok((Loaded { pipeline, warnings }, v))
+        }
         None => Err(ConfigError {
             diagnostics: warnings,
         }),
@@ -824,6 +831,7 @@ impl Validator {
             },
             telemetry,
             stages,
+            origins: std::sync::Arc::default(),
         };
         self.check_lease(&pipeline);
         self.timing_budget(&pipeline);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
+use super::probe::{Probe, ProbeContext};
 use super::services::{Meter, SharedCache};
 use super::{StageError, StageImpl};
 
@@ -122,6 +123,18 @@ pub trait StageKind: Send + Sync + 'static {
     /// path inside the stage table (`"headers.accept"`), or `""` for the table as a whole.
     fn check(&self, _config: &Self::Config, _role: Role) -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// Check the stage against the world before any item runs (`validate --connect`, and `run`
+    /// before it takes a batch): connect, prepare statements, reach endpoints, see that files
+    /// are there, without changing anything or spending anything; and say which fields its
+    /// records gain and which it reads (see [`Probe`]). Every wait is bounded (by
+    /// [`ProbeContext::timeout`] or the stage's own connect timeout).
+    ///
+    /// The default checks nothing and leaves the fields after the stage unknown, so that
+    /// nothing read after it is checked.
+    fn probe(&self, _config: &Self::Config, _cx: &ProbeContext<'_>) -> Probe {
+        Probe::default()
     }
 
     /// Open files, pools and connections, from the configuration `check` passed (read once,

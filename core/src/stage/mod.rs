@@ -54,11 +54,13 @@ pub use async_trait::async_trait;
 
 mod keys;
 mod kind;
+mod probe;
 mod record;
 mod services;
 
 pub use keys::{DurationText, SizeText};
 pub use kind::{BuildContext, KindDefaults, Role, StageKind};
+pub use probe::{Fault, FieldsOut, Finding, Probe, ProbeContext, Read, Reading, Shared};
 
 pub use record::{Fields, Record};
 pub use services::{CacheError, Meter, ResponseCache, SharedCache};

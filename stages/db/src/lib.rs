@@ -21,13 +21,16 @@
 mod config;
 mod params;
 mod postgres;
+mod probe;
 mod session;
 mod sqlite;
 mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{
+    BuildContext, Probe, ProbeContext, Role, StageError, StageImpl, StageKind,
+};
 use stagewise_core::Registry;
 
 pub use config::{FetchConfig, PersistConfig};
@@ -105,7 +108,17 @@ impl StageKind for DbFetchKind {
         if config.key.trim().is_empty() {
             problems.push(("key".into(), "`key` must name a column".into()));
         }
+        if config.init_script.is_some() && config::is_postgres(&config.url) {
+            problems.push((
+                "init_script".into(),
+                "`init_script` is for `sqlite:` databases only: create a PostgreSQL database with its own tools (`psql -f`)".into(),
+            ));
+        }
         problems
+    }
+
+    fn probe(&self, config: &FetchConfig, cx: &ProbeContext<'_>) -> Probe {
+        probe::fetch(config, cx)
     }
 
     fn build(&self, config: FetchConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
@@ -169,6 +182,10 @@ impl StageKind for PersistKind {
             }
         }
         problems
+    }
+
+    fn probe(&self, config: &PersistConfig, cx: &ProbeContext<'_>) -> Probe {
+        probe::persist(config, cx)
     }
 
     fn build(&self, config: PersistConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {

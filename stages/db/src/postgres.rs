@@ -524,6 +524,20 @@ impl PgConn {
         Ok(())
     }
 
+    /// Prepare `sql` (nothing runs) and describe its columns: each one's name, its type's, and
+    /// whether `db-fetch` reads that type.
+    pub(crate) fn describe(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<(String, String, bool)>, StageError> {
+        let shape = self.shapes(&[sql])?.remove(0);
+        Ok(shape
+            .columns
+            .iter()
+            .map(|(name, ty)| (name.clone(), ty.to_string(), readable(ty)))
+            .collect())
+    }
+
     /// Run a `db-fetch` query, streaming each row to `emit` as fields (see
     /// [`crate::stage::Row`]).
     pub(crate) fn fetch(

@@ -16,7 +16,9 @@ mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{
+    BuildContext, FieldsOut, Probe, ProbeContext, Role, StageError, StageImpl, StageKind,
+};
 use stagewise_core::Registry;
 
 pub use config::ExtractConfig;
@@ -55,6 +57,13 @@ impl StageKind for ExtractKind {
             problems.push(("output".into(), "`output` must differ from `input`".into()));
         }
         problems
+    }
+
+    /// Reads `input`; adds `output` and the article's metadata fields.
+    fn probe(&self, config: &ExtractConfig, _cx: &ProbeContext<'_>) -> Probe {
+        let mut probe = Probe::giving(FieldsOut::adding(&config.output, &stage::METADATA));
+        probe.reads("input", config.input.clone());
+        probe
     }
 
     fn build(&self, config: ExtractConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {

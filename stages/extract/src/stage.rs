@@ -18,6 +18,9 @@ pub(crate) const BINARY: &str = "not HTML: binary content";
 const BINARY_SHARE: f64 = 0.1;
 
 /// `extract`.
+/// The fields a record gains besides `output`, each null when the page does not say.
+pub(crate) const METADATA: [&str; 5] = ["title", "author", "published", "language", "site_name"];
+
 pub(crate) struct Extract {
     input: String,
     output: String,
@@ -79,13 +82,13 @@ impl BlockingStage for Extract {
         }
         let fields = &mut record.fields;
         fields.insert(self.output.clone(), text.into());
-        let metadata = [
-            ("title", article.title),
-            ("author", article.author),
-            ("published", article.published),
-            ("language", article.language),
-            ("site_name", article.site_name),
-        ];
+        let metadata = METADATA.into_iter().zip([
+            article.title,
+            article.author,
+            article.published,
+            article.language,
+            article.site_name,
+        ]);
         // Every field is set, null when the page has none, so later stages (a `persist`
         // statement naming `:author`, say) see the same shape for every page.
         for (name, value) in metadata {

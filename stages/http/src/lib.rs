@@ -20,7 +20,9 @@ mod stage;
 
 use std::sync::Arc;
 
-use stagewise_core::stage::{BuildContext, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{
+    BuildContext, FieldsOut, Probe, ProbeContext, Role, StageError, StageImpl, StageKind,
+};
 use stagewise_core::Registry;
 
 pub use config::DownloadConfig;
@@ -63,6 +65,36 @@ impl StageKind for DownloadKind {
             }
         }
         problems
+    }
+
+    /// Reads `input`; adds `output`, `status`, `final_url`, `content_type` and `fetched_at`;
+    /// the folders `base_url` and `files_root` name are there. (Its URLs come from the data: no
+    /// request is made.)
+    fn probe(&self, config: &DownloadConfig, cx: &ProbeContext<'_>) -> Probe {
+        let mut probe = Probe::giving(FieldsOut::adding(&config.output, &stage::METADATA));
+        probe.reads("input", config.input.clone());
+        let folders = [
+            (
+                "base_url",
+                config.base_url.as_deref().filter(|b| !b.contains("://")),
+            ),
+            (
+                "files_root",
+                config.files_root.as_deref().and_then(|p| p.to_str()),
+            ),
+        ];
+        for (key, folder) in folders {
+            let Some(folder) = folder else { continue };
+            let path = cx.resolve(std::path::Path::new(folder));
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => {
+                    probe.passed(format!("`{key}`: {} is a folder", path.display()))
+                }
+                Ok(_) => probe.config(key, format!("`{key}`: {} is not a folder", path.display())),
+                Err(e) => probe.config(key, format!("`{key}`: cannot use {}: {e}", path.display())),
+            }
+        }
+        probe
     }
 
     fn build(&self, config: DownloadConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {

@@ -20,6 +20,9 @@ struct Page {
 }
 
 /// `http-download`.
+/// The fields a page's record gains besides `output`, as [`Download`] sets them.
+pub(crate) const METADATA: [&str; 4] = ["status", "final_url", "content_type", "fetched_at"];
+
 pub(crate) struct Download {
     pub input: String,
     pub output: String,

@@ -23,7 +23,10 @@ mod template;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stagewise_core::stage::{BuildContext, KindDefaults, Role, StageError, StageImpl, StageKind};
+use stagewise_core::stage::{
+    BuildContext, ErrorClass, FieldsOut, KindDefaults, Probe, ProbeContext, Role, StageError,
+    StageImpl, StageKind,
+};
 use stagewise_core::Registry;
 
 pub use config::{default_schema, LlmConfig, Provider};
@@ -35,6 +38,164 @@ use template::Template;
 /// Register `llm`.
 pub fn register(registry: &mut Registry) {
     registry.register(LlmKind);
+}
+
+/// The answer's schema: `schema`, the JSON of `schema_file` (resolved with `resolve`), or the
+/// default.
+fn answer_schema(
+    config: &LlmConfig,
+    resolve: &dyn Fn(&std::path::Path) -> std::path::PathBuf,
+) -> Result<serde_json::Value, StageError> {
+    Ok(match (&config.schema, &config.schema_file) {
+        (Some(schema), _) => schema.clone(),
+        (None, Some(file)) => {
+            let path = resolve(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                StageError::fatal(format!(
+                    "`schema_file`: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            serde_json::from_str(&text).map_err(|e| {
+                StageError::fatal(format!(
+                    "`schema_file`: {} is not JSON: {e}",
+                    path.display()
+                ))
+            })?
+        }
+        (None, None) => default_schema(),
+    })
+}
+
+/// The client of an API provider, its key read from the environment.
+fn client(
+    config: &LlmConfig,
+    provider: Provider,
+    schema: &serde_json::Value,
+    concurrency: usize,
+) -> Result<Client, StageError> {
+    let key_env = config
+        .api_key_env
+        .clone()
+        .unwrap_or_else(|| provider.default_key_env().to_owned());
+    let key = std::env::var(&key_env)
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty());
+    if key.is_none() && provider == Provider::Anthropic {
+        return Err(StageError::fatal(format!(
+            "the API key variable `{key_env}` is not set (set it, or `api_key_env` to the variable that holds the key)"
+        )));
+    }
+    if provider == Provider::Anthropic
+        && schema.get("type").and_then(|t| t.as_str()) != Some("object")
+        && config.structured_output
+    {
+        return Err(StageError::fatal(
+            "with provider `anthropic` and `structured_output`, the schema's root must be of type object (it is sent as a tool's input schema)",
+        ));
+    }
+    let mut client = Client::new(
+        provider,
+        config
+            .base_url
+            .as_deref()
+            .unwrap_or(provider.default_base_url()),
+        config.model.clone().unwrap_or_default(),
+        key,
+        key_env,
+        provider::Connection {
+            connect_timeout: config.connect_timeout,
+            read_timeout: config.read_timeout,
+            concurrency,
+        },
+    );
+    client.max_tokens = config.max_tokens;
+    client.temperature = config.temperature;
+    client.schema = config.structured_output.then(|| schema.clone());
+    Ok(client)
+}
+
+/// The longest the probe waits for an endpoint's model list.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+/// The probe of `llm`: the fields the prompts name (or the extractive provider's `input`)
+/// arrive; the answer's schema reads; the endpoint answers its model list (no tokens spent),
+/// takes the key, and lists the model.
+fn probe(config: &LlmConfig, cx: &ProbeContext<'_>) -> Probe {
+    let mut probe = Probe::giving(FieldsOut::Adds(vec![config.output.clone()]));
+    if config.provider == Provider::Extractive {
+        probe.reads("input", config.input.clone());
+    } else {
+        for (key, source) in [
+            ("prompt", Some(&config.prompt)),
+            ("system", config.system.as_ref()),
+        ] {
+            if let Some(Ok(template)) = source.map(|s| Template::parse(s)) {
+                for field in template.fields() {
+                    probe.reads(key, field.to_owned());
+                }
+            }
+        }
+    }
+    let schema = match answer_schema(config, &|p| cx.resolve(p)) {
+        Ok(schema) => schema,
+        Err(e) => {
+            probe.failed("schema_file", &e);
+            return probe;
+        }
+    };
+    if let Err(e) = jsonschema::validator_for(&schema) {
+        probe.config(
+            "schema_file",
+            format!("the answer's schema is not a valid JSON Schema: {e}"),
+        );
+    }
+    let provider = config.provider;
+    if provider == Provider::Extractive {
+        return probe;
+    }
+    let client = match client(config, provider, &schema, 1) {
+        Ok(client) => client,
+        Err(e) => {
+            probe.failed("api_key_env", &e);
+            return probe;
+        }
+    };
+    let shown = stagewise_core::text::redact_url(&client.endpoint);
+    match client.models(cx.timeout.min(PROBE_WAIT)) {
+        Ok(None) => probe.passed(format!(
+            "{shown}: the server has no model list, so the endpoint is checked by the first call"
+        )),
+        Ok(Some(models)) if models.is_empty() || models.contains(&client.model) => {
+            probe.passed(format!("{shown}: the endpoint answered and takes the key"))
+        }
+        Ok(Some(models)) => {
+            let mut listed: Vec<&str> = models.iter().map(String::as_str).take(10).collect();
+            if models.len() > 10 {
+                listed.push("…");
+            }
+            probe.doubt(
+                "model",
+                format!(
+                    "the endpoint does not list the model `{}` (it lists {}): the calls may be refused",
+                    stagewise_core::text::printable(&client.model),
+                    stagewise_core::text::printable(&listed.join(", "))
+                ),
+            );
+        }
+        // A refused key is the configuration's; a server out of reach or failing, an outage;
+        // anything else it answers (a 400 to a list it does not keep) only a doubt.
+        Err(e) => match e.class {
+            ErrorClass::Fatal => probe.config("api_key_env", e.message),
+            ErrorClass::Transient => probe.outage("base_url", e.message),
+            ErrorClass::Permanent => probe.doubt(
+                "base_url",
+                format!("the endpoint's model list could not be read: {}", e.message),
+            ),
+        },
+    }
+    probe
 }
 
 /// The `llm` kind.
@@ -150,26 +311,12 @@ impl StageKind for LlmKind {
         problems
     }
 
+    fn probe(&self, config: &LlmConfig, cx: &ProbeContext<'_>) -> Probe {
+        probe(config, cx)
+    }
+
     fn build(&self, config: LlmConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {
-        let schema = match (&config.schema, &config.schema_file) {
-            (Some(schema), _) => schema.clone(),
-            (None, Some(file)) => {
-                let path = cx.resolve(file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    StageError::fatal(format!(
-                        "`schema_file`: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                serde_json::from_str(&text).map_err(|e| {
-                    StageError::fatal(format!(
-                        "`schema_file`: {} is not JSON: {e}",
-                        path.display()
-                    ))
-                })?
-            }
-            (None, None) => default_schema(),
-        };
+        let schema = answer_schema(&config, &|p| cx.resolve(p))?;
         let validator = jsonschema::validator_for(&schema).map_err(|e| {
             StageError::fatal(format!(
                 "the answer's schema is not a valid JSON Schema: {e}"
@@ -184,48 +331,7 @@ impl StageKind for LlmKind {
                 shape: extractive::Shape::of(&schema).map_err(StageError::fatal)?,
                 max_sentences: config.max_sentences,
             },
-            provider => {
-                let key_env = config
-                    .api_key_env
-                    .clone()
-                    .unwrap_or_else(|| provider.default_key_env().to_owned());
-                let key = std::env::var(&key_env)
-                    .ok()
-                    .map(|k| k.trim().to_owned())
-                    .filter(|k| !k.is_empty());
-                if key.is_none() && provider == Provider::Anthropic {
-                    return Err(StageError::fatal(format!(
-                        "the API key variable `{key_env}` is not set (set it, or `api_key_env` to the variable that holds the key)"
-                    )));
-                }
-                if provider == Provider::Anthropic
-                    && schema.get("type").and_then(|t| t.as_str()) != Some("object")
-                    && config.structured_output
-                {
-                    return Err(StageError::fatal(
-                        "with provider `anthropic` and `structured_output`, the schema's root must be of type object (it is sent as a tool's input schema)",
-                    ));
-                }
-                let mut client = Client::new(
-                    provider,
-                    config
-                        .base_url
-                        .as_deref()
-                        .unwrap_or(provider.default_base_url()),
-                    config.model.clone().unwrap_or_default(),
-                    key,
-                    key_env,
-                    provider::Connection {
-                        connect_timeout: config.connect_timeout,
-                        read_timeout: config.read_timeout,
-                        concurrency: cx.concurrency,
-                    },
-                );
-                client.max_tokens = config.max_tokens;
-                client.temperature = config.temperature;
-                client.schema = config.structured_output.then(|| schema.clone());
-                Answerer::Api(client)
-            }
+            provider => Answerer::Api(client(&config, provider, &schema, cx.concurrency)?),
         };
         let prices = match (config.price_per_mtok_in, config.price_per_mtok_out) {
             (Some(input), Some(output)) => Some(Prices { input, output }),

@@ -199,22 +199,11 @@ impl Client {
     /// name's resolution and the connection included.
     pub fn call(&self, body: &Value, deadline: Instant) -> Result<Reply, Failure> {
         let body = body.to_string();
-        let mut request = self
-            .agent
-            .post(self.endpoint.as_str())
-            .header("content-type", "application/json");
-        match (self.provider, &self.key) {
-            (Provider::Anthropic, Some(key)) => {
-                request = request
-                    .header("x-api-key", key.as_str())
-                    .header("anthropic-version", ANTHROPIC_VERSION);
-            }
-            (Provider::Anthropic, None) => {
-                request = request.header("anthropic-version", ANTHROPIC_VERSION);
-            }
-            (_, Some(key)) => request = request.header("authorization", format!("Bearer {key}")),
-            (_, None) => {}
-        }
+        let request = self.authorized(
+            self.agent
+                .post(self.endpoint.as_str())
+                .header("content-type", "application/json"),
+        );
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(Failure::refused(StageError::transient(
@@ -288,6 +277,80 @@ impl Client {
         })
     }
 
+    /// `request` with the key and the headers the provider wants.
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match (self.provider, &self.key) {
+            (Provider::Anthropic, Some(key)) => request
+                .header("x-api-key", key.as_str())
+                .header("anthropic-version", ANTHROPIC_VERSION),
+            (Provider::Anthropic, None) => request.header("anthropic-version", ANTHROPIC_VERSION),
+            (_, Some(key)) => request.header("authorization", format!("Bearer {key}")),
+            (_, None) => request,
+        }
+    }
+
+    /// The endpoint's list of models (`GET …/models`, which both APIs have and which costs no
+    /// tokens), within `budget`: the names it lists, or `None` when it has no such list (404,
+    /// 405: a server that copies only the chat API). A refused key is a fatal error; the
+    /// server out of reach or failing, a transient one.
+    pub fn models(&self, budget: Duration) -> Result<Option<Vec<String>>, StageError> {
+        let base = self
+            .endpoint
+            .strip_suffix("chat/completions")
+            .or_else(|| self.endpoint.strip_suffix("messages"))
+            .unwrap_or(&self.endpoint);
+        let url = format!("{base}models");
+        let response = self
+            .authorized(self.agent.get(url.as_str()))
+            .config()
+            .timeout_global(Some(budget))
+            .build()
+            .call()
+            .map_err(|e| {
+                let error = classify(&e);
+                self.scrub(StageError {
+                    message: format!(
+                        "{}: {}",
+                        stagewise_core::text::redact_url(&url),
+                        error.message
+                    ),
+                    ..error
+                })
+            })?;
+        let status = response.status().as_u16();
+        let mut bytes = Vec::new();
+        let _ = response
+            .into_body()
+            .into_reader()
+            .take(MAX_ERROR_BODY)
+            .read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        match status {
+            200 => {}
+            404 | 405 => return Ok(None),
+            _ => {
+                let mut error = self.status_error(status, &text, None);
+                error.message = error.message.replace(
+                    &stagewise_core::text::redact_url(&self.endpoint),
+                    &stagewise_core::text::redact_url(&url),
+                );
+                return Err(self.scrub(error));
+            }
+        }
+        let listed: Vec<String> = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("data")?.as_array().map(|models| {
+                    models
+                        .iter()
+                        .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        Ok(Some(listed))
+    }
+
     /// An error with every piece of the key taken out of its message, should a server or proxy
     /// echo it back (see `secret.rs`): every error the stage's call makes goes through it once,
     /// in `Llm::process`. (An answer's body is scrubbed as it is read, in [`Client::call`].)
@@ -300,7 +363,10 @@ impl Client {
 
     fn status_error(&self, status: u16, body: &str, hint: Option<Duration>) -> StageError {
         let detail = api_message(body);
-        let message = format!("HTTP {status} from {}: {detail}", self.endpoint);
+        let message = format!(
+            "HTTP {status} from {}: {detail}",
+            stagewise_core::text::redact_url(&self.endpoint)
+        );
         match status {
             401 | 403 => StageError::fatal(format!(
                 "{message} — the API refused the key in `{}`{}; fix it and run again",

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
-    AsyncStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl, StageKind,
+    AsyncStage, BuildContext, Context, Outcome, Probe, ProbeContext, Record, Role, StageError,
+    StageImpl, StageKind,
 };
 
 /// Configuration of a `blackhole` stage: it has no keys of its own.
@@ -28,6 +29,11 @@ impl StageKind for BlackholeKind {
 
     fn roles(&self) -> &'static [Role] {
         &[Role::Sink]
+    }
+
+    /// Its records keep their fields.
+    fn probe(&self, _config: &BlackholeConfig, _cx: &ProbeContext<'_>) -> Probe {
+        Probe::same()
     }
 
     fn build(&self, _config: BlackholeConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {

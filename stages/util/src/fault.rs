@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
-    AsyncStage, BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl,
-    StageKind,
+    AsyncStage, BlockingStage, BuildContext, Context, Outcome, Probe, ProbeContext, Record, Role,
+    StageError, StageImpl, StageKind,
 };
 
 /// How far above 1 the rates may add up before it counts as a mistake: `0.1 + 0.2 + 0.7` is
@@ -151,6 +151,11 @@ impl StageKind for FaultKind {
             ));
         }
         problems
+    }
+
+    /// Its records keep their fields.
+    fn probe(&self, _config: &FaultConfig, _cx: &ProbeContext<'_>) -> Probe {
+        Probe::same()
     }
 
     fn build(&self, config: FaultConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
-    BuildContext, Context, Emitted, Fields, Record, Role, Source, StageError, StageImpl, StageKind,
-    Stop,
+    BuildContext, Context, Emitted, Fields, FieldsOut, Probe, ProbeContext, Record, Role, Source,
+    StageError, StageImpl, StageKind, Stop,
 };
 
 /// How often (in records) a long read looks at the cancellation flag.
@@ -35,6 +35,14 @@ impl StageKind for GenerateKind {
 
     fn roles(&self) -> &'static [Role] {
         &[Role::Source]
+    }
+
+    /// Its records have the one field `n`.
+    fn probe(&self, _config: &GenerateConfig, _cx: &ProbeContext<'_>) -> Probe {
+        Probe::giving(FieldsOut::Exactly {
+            fields: vec!["n".to_owned()],
+            complete: true,
+        })
     }
 
     fn build(&self, config: GenerateConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {

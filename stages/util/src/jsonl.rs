@@ -22,12 +22,93 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, BuildContext, Context, Emitted, Ending, EndingKind, Fields, Marks, Outcome,
-    Record, Role, Source, StageError, StageImpl, StageKind, Stop,
+    BlockingStage, BuildContext, Context, Emitted, Ending, EndingKind, Fields, FieldsOut, Marks,
+    Outcome, Probe, ProbeContext, Record, Role, Source, StageError, StageImpl, StageKind, Stop,
 };
 
 /// How often (in lines) a long read looks at the cancellation flag.
 const CANCEL_CHECK_EVERY: u64 = 1024;
+
+/// Most lines, and bytes, of a source file its probe reads for the records' fields.
+const PROBE_LINES: usize = 10_000;
+/// See [`PROBE_LINES`].
+const PROBE_BYTES: u64 = 8 << 20;
+
+/// The probe of a `jsonl` source: the file is there and readable, and the fields of its first
+/// lines.
+fn probe_source(config: &JsonlConfig, cx: &ProbeContext<'_>) -> Probe {
+    use std::io::{BufRead, Read};
+    let mut probe = Probe::default();
+    let path = cx.resolve(&config.path);
+    let shown = path.display();
+    let file = match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => std::fs::File::open(&path),
+        Ok(_) => {
+            probe.config("path", format!("{shown} is not a file"));
+            return probe;
+        }
+        Err(e) => Err(e),
+    };
+    let file = match file {
+        Ok(file) => file,
+        Err(e) => {
+            probe.config("path", format!("cannot read {shown}: {e}"));
+            return probe;
+        }
+    };
+    let mut reader = std::io::BufReader::new(file.take(PROBE_BYTES));
+    let mut fields: Vec<String> = Vec::new();
+    let (mut lines, mut records, mut complete) = (0usize, 0usize, false);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => {
+                // The end of the file, unless the byte budget ended the read.
+                complete = reader.into_inner().limit() > 0;
+                break;
+            }
+            Ok(_) if !line.ends_with(b"\n") && reader.get_ref().limit() == 0 => break,
+            Ok(_) => {}
+            Err(e) => {
+                probe.config("path", format!("cannot read {shown}: {e}"));
+                return probe;
+            }
+        }
+        lines += 1;
+        if let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(&line) {
+            records += 1;
+            for name in object.keys() {
+                if !fields.contains(name) {
+                    fields.push(name.clone());
+                }
+            }
+        }
+        if lines >= PROBE_LINES {
+            break;
+        }
+    }
+    if complete && records > 0 && !fields.contains(&config.key) {
+        probe.config(
+            "key",
+            format!(
+                "no record of {shown} has the key field `{}` (their fields: {})",
+                config.key,
+                fields.join(", ")
+            ),
+        );
+    }
+    probe.passed(format!(
+        "{shown}: {records} record(s) read{}",
+        if complete {
+            ""
+        } else {
+            " (the first of the file)"
+        }
+    ));
+    probe.fields = FieldsOut::Exactly { fields, complete };
+    probe
+}
 
 /// Configuration of a `jsonl` stage.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -105,6 +186,16 @@ impl StageKind for JsonlKind {
             _ => Vec::new(),
         });
         problems
+    }
+
+    /// As the source: the file is there, and its fields are those of its first lines (all of
+    /// them for a file of up to [`PROBE_LINES`] lines and [`PROBE_BYTES`] bytes). As the sink:
+    /// its records keep their fields.
+    fn probe(&self, config: &JsonlConfig, cx: &ProbeContext<'_>) -> Probe {
+        match cx.role {
+            Role::Source => probe_source(config, cx),
+            Role::Sink | Role::Transform => Probe::same(),
+        }
     }
 
     fn build(&self, config: JsonlConfig, cx: &BuildContext) -> Result<StageImpl, StageError> {

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagewise_core::stage::{
-    AsyncStage, BlockingStage, BuildContext, Context, Outcome, Record, Role, StageError, StageImpl,
-    StageKind,
+    AsyncStage, BlockingStage, BuildContext, Context, Outcome, Probe, ProbeContext, Record, Role,
+    StageError, StageImpl, StageKind,
 };
 
 /// The longest a blocking sleep goes without looking at its cancellation flag.
@@ -53,6 +53,11 @@ impl StageKind for SleepKind {
 
     fn roles(&self) -> &'static [Role] {
         &[Role::Transform]
+    }
+
+    /// Its records keep their fields.
+    fn probe(&self, _config: &SleepConfig, _cx: &ProbeContext<'_>) -> Probe {
+        Probe::same()
     }
 
     fn build(&self, config: SleepConfig, _cx: &BuildContext) -> Result<StageImpl, StageError> {
