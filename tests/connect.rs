@@ -534,3 +534,135 @@ fn an_init_script_for_a_postgres_url_is_refused_without_connecting() {
         );
     }
 }
+
+#[test]
+fn an_init_script_reaches_no_other_file_and_its_sink_is_not_blamed() {
+    for (name, script) in [
+        (
+            "attach",
+            "CREATE TABLE articles (id integer PRIMARY KEY, url text, title text);\n\
+             CREATE TABLE results (id integer PRIMARY KEY, title text);\n\
+             ATTACH DATABASE 'outside.db' AS o;\n\
+             CREATE TABLE o.written (x);\n",
+        ),
+        (
+            "vacuum-into",
+            "CREATE TABLE articles (id integer PRIMARY KEY, url text, title text);\n\
+             CREATE TABLE results (id integer PRIMARY KEY, title text);\n\
+             COMMIT;\nVACUUM INTO 'outside.db';\nBEGIN;\n",
+        ),
+    ] {
+        let p = sqlite_job(GOOD_QUERY, GOOD_STATEMENT, "");
+        p.dir.write("schema.sql", script);
+        let out = p.cmd("validate").arg("--connect").output();
+        assert!(
+            !p.dir.exists("outside.db"),
+            "{name}: the check wrote a file\n{out}"
+        );
+        assert!(!p.dir.exists("data.db"), "{name}\n{out}");
+        // The script could not be tried: said, and the sink on its file is not blamed for it.
+        assert!(
+            out.errors().iter().all(|l| !l.contains("stage `save`")),
+            "{name}\n{out}"
+        );
+        assert!(
+            out.stderr.contains("`init_script`"),
+            "{name}: the script is named\n{out}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_source_file_is_nothing_new_not_a_fault() {
+    let p = Pipeline::through(
+        "empty-source",
+        1,
+        r#"
+        [[stage]]
+        name = "facts"
+        kind = "llm"
+        provider = "extractive"
+        input = "text"
+        "#,
+        "",
+    );
+    let p = Pipeline::new(&p.toml().replace(
+        "kind = \"generate\"\ncount = 1",
+        "kind = \"jsonl\"\npath = \"in.jsonl\"",
+    ));
+    for content in ["", "\n\n"] {
+        p.dir.write("in.jsonl", content);
+        p.cmd("validate").arg("--connect").output().assert_code(0);
+        let out = p.run();
+        out.assert_code(0);
+        out.assert_stderr_contains("nothing new");
+    }
+}
+
+#[test]
+fn a_model_list_that_echoes_the_key_does_not_print_it() {
+    let key = "sk-echoed-in-the-list-1234567890";
+    let server = LlmServer::start(LlmConfig {
+        models: vec![format!("other-{key}")],
+        ..LlmConfig::default()
+    });
+    let p = llm_job(&server, Scenario::Ok, "Facts: {{text}}");
+    let out = p
+        .cmd("validate")
+        .arg("--connect")
+        .env("OPENAI_API_KEY", key)
+        .output();
+    out.assert_code(0);
+    assert!(
+        out.warnings()
+            .iter()
+            .any(|l| l.contains("does not list the model `test-model`")),
+        "{out}"
+    );
+    assert!(!out.stderr.contains(key), "the key was printed\n{out}");
+}
+
+#[test]
+fn a_locked_database_holds_the_checks_no_longer_than_the_stage_timeout() {
+    let p = sqlite_job(GOOD_QUERY, GOOD_STATEMENT, "");
+    let p = Pipeline::new(
+        &p.toml()
+            .replace(
+                "kind = \"persist\"",
+                "kind = \"persist\"\ntimeout = \"1s\"\n\
+                 on_failure = \"UPDATE articles SET title = :error WHERE id = :key\"\n\
+                 on_skip = \"UPDATE articles SET title = :error WHERE id = :key\"",
+            )
+            .replace(
+                "kind = \"db-fetch\"",
+                "kind = \"db-fetch\"\ntimeout = \"1s\"",
+            ),
+    );
+    p.dir.write(
+        "schema.sql",
+        "CREATE TABLE articles (id integer PRIMARY KEY, url text, title text);\n\
+         CREATE TABLE results (id integer PRIMARY KEY, title text);\n",
+    );
+    let holder = rusqlite::Connection::open(p.dir.join("data.db")).expect("open");
+    holder
+        .execute_batch(
+            "CREATE TABLE articles (id integer PRIMARY KEY, url text, title text);
+             CREATE TABLE results (id integer PRIMARY KEY, title text);
+             BEGIN EXCLUSIVE;",
+        )
+        .expect("lock");
+    let started = Instant::now();
+    let out = p.cmd("validate").arg("--connect").output();
+    let took = started.elapsed();
+    out.assert_code(0);
+    assert!(
+        out.warnings().iter().any(|l| l.contains("not checked")),
+        "{out}"
+    );
+    // Each stage's checks end by its timeout (1 s): the source's, then the sink's.
+    assert!(
+        took < Duration::from_secs(6),
+        "the checks took {took:?}\n{out}"
+    );
+    drop(holder);
+}

@@ -820,3 +820,63 @@ fn an_unreachable_endpoint_is_named_in_the_error() {
     ));
     assert!(!out.stderr.contains("reading the body"), "{out}");
 }
+
+/// `retry.never` and `retry.on` decide by the error's kind: a 500 is `http_5xx`.
+#[test]
+fn retry_never_and_on_decide_by_the_errors_kind() {
+    let run = |name: &str, retry: &str| {
+        // `error-once`: 500 the first time each body is seen, then an answer.
+        let server = LlmServer::start(LlmConfig::default());
+        let p = pipeline(name, 3, &openai(&server, Scenario::ErrorOnce, retry));
+        let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+        (p, out, server.calls())
+    };
+    // The stage's own classification: a 500 is transient, retried; every item done.
+    let (_, out, calls) = run("llm-kind-default", "");
+    out.assert_code(0);
+    assert_eq!(calls, 6, "two calls per item");
+    // `never` wins over the class: each item fails after its one attempt.
+    for (name, retry) in [
+        ("llm-kind-never", r#"retry = { never = ["http_5xx"] }"#),
+        ("llm-kind-on", r#"retry = { on = ["timeout", "connect"] }"#),
+        (
+            "llm-kind-both",
+            r#"retry = { on = ["http_5xx"], never = ["http_5xx"] }"#,
+        ),
+    ] {
+        let (p, out, calls) = run(name, retry);
+        out.assert_code(1);
+        assert_eq!(calls, 3, "{name}: one call per item\n{out}");
+        let status = p.status();
+        let mut failed: Vec<&str> = status.failed.iter().map(|f| f.key.as_str()).collect();
+        failed.sort_unstable();
+        assert_eq!(failed, ["a0", "a1", "a2"], "{name}");
+        for f in &status.failed {
+            assert_eq!(
+                (f.stage.as_str(), f.attempts),
+                ("facts", 1),
+                "{name}: {f:?}"
+            );
+            assert!(f.error.contains("HTTP 500"), "{name}: {f:?}");
+        }
+    }
+    // `on` naming the kind retries it.
+    let (_, out, calls) = run("llm-kind-on-5xx", r#"retry = { on = ["http_5xx"] }"#);
+    out.assert_code(0);
+    assert_eq!(calls, 6);
+    // A name that is not a kind is refused, with the kinds listed.
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-kind-typo",
+        1,
+        &openai(&server, Scenario::Ok, r#"retry = { never = ["http_500"] }"#),
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    assert!(
+        out.errors()
+            .iter()
+            .any(|l| l.contains("`http_500` is not an error kind") && l.contains("http_5xx")),
+        "{out}"
+    );
+}

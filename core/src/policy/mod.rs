@@ -171,6 +171,8 @@ impl Policy {
                 None,
                 builtin::MAX_RETRY_AFTER,
             ),
+            on: pick(l, "retry.on", sr.on.map(Some), dr.on.map(Some), None, None),
+            never: pick(l, "retry.never", sr.never, dr.never, None, Vec::new()),
         };
         let concurrency = if is_source {
             l.push(("concurrency", Layer::Source));

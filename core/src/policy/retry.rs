@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::stage::{ErrorClass, StageError};
+use crate::stage::{ErrorClass, ErrorKind, StageError};
 
 /// Exponential backoff with optional full jitter.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,9 +26,26 @@ pub struct Retry {
     pub jitter: bool,
     /// The longest wait a retry-after hint imposes.
     pub max_retry_after: Duration,
+    /// Retry the errors of these kinds only (`None`: the stage's transient ones).
+    pub on: Option<Vec<ErrorKind>>,
+    /// Never retry the errors of these kinds (wins over `on`).
+    pub never: Vec<ErrorKind>,
 }
 
 impl Retry {
+    /// Whether an attempt that failed with `error` is tried again (attempts allowing): never a
+    /// fatal one, nor one of a kind in `never`; with `on`, one of a kind in it; else a
+    /// transient one.
+    pub fn retries(&self, error: &StageError) -> bool {
+        if error.class == ErrorClass::Fatal || self.never.contains(&error.kind) {
+            return false;
+        }
+        match &self.on {
+            Some(on) => on.contains(&error.kind),
+            None => error.class == ErrorClass::Transient,
+        }
+    }
+
     /// The ceiling of the wait after failed attempt `attempt` (1-based): `initial ×
     /// multiplier^(attempt-1)`, capped at `max`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
@@ -141,7 +158,7 @@ where
             Attempt::Failed(error) => (error, None),
             Attempt::TimedOut { error, late } => (error, Some(late)),
         };
-        if error.class != ErrorClass::Transient || n >= retry.attempts {
+        if !retry.retries(&error) || n >= retry.attempts {
             return Err(Ended::Failed { error, attempts: n });
         }
         let delay = retry.delay(n, error.retry_after, &mut rand::rng());
@@ -178,7 +195,56 @@ pub(crate) mod tests {
             multiplier: 2.0,
             jitter,
             max_retry_after: Duration::from_secs(60),
+            on: None,
+            never: Vec::new(),
         }
+    }
+
+    #[test]
+    fn error_kinds_decide_what_is_retried() {
+        let error = |class, kind| StageError {
+            class,
+            kind,
+            message: String::new(),
+            retry_after: None,
+        };
+        let (t, p, f) = (
+            ErrorClass::Transient,
+            ErrorClass::Permanent,
+            ErrorClass::Fatal,
+        );
+        let mut r = retry(false);
+        // The stage's own classification by default.
+        assert!(r.retries(&error(t, ErrorKind::Http5xx)));
+        assert!(!r.retries(&error(p, ErrorKind::Http4xx)));
+        assert!(!r.retries(&error(f, ErrorKind::Database)));
+        // `never` wins, whatever the class.
+        r.never = vec![ErrorKind::Http5xx];
+        assert!(!r.retries(&error(t, ErrorKind::Http5xx)));
+        assert!(r.retries(&error(t, ErrorKind::Timeout)));
+        // `on`: those kinds only, a permanent one too; never a fatal one; `never` still wins.
+        r.on = Some(vec![
+            ErrorKind::Timeout,
+            ErrorKind::Http4xx,
+            ErrorKind::Http5xx,
+        ]);
+        assert!(r.retries(&error(t, ErrorKind::Timeout)));
+        assert!(r.retries(&error(p, ErrorKind::Http4xx)));
+        assert!(!r.retries(&error(t, ErrorKind::Connect)));
+        assert!(!r.retries(&error(t, ErrorKind::Http5xx)));
+        assert!(!r.retries(&error(f, ErrorKind::Timeout)));
+    }
+
+    #[test]
+    fn every_error_kind_has_one_name_that_reads_back() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+        }
+        assert_eq!(ErrorKind::of_status(429), Some(ErrorKind::Http429));
+        assert_eq!(ErrorKind::of_status(404), Some(ErrorKind::Http4xx));
+        assert_eq!(ErrorKind::of_status(503), Some(ErrorKind::Http5xx));
+        assert_eq!(ErrorKind::of_status(200), None);
+        assert!("http_3xx".parse::<ErrorKind>().is_err());
     }
 
     #[test]

@@ -74,6 +74,15 @@ pub(crate) struct RetrySpec {
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub max_retry_after: Option<Duration>,
+    /// Retry the errors of these kinds (and only those), whatever the stage calls them — e.g.
+    /// `["timeout", "http_5xx", "http_429", "connect"]`; the kinds are listed in
+    /// docs/pipeline.md ("Error kinds"). A fatal error is never retried.
+    #[schemars(extend("x-default" = "the stage's own: its transient errors"))]
+    pub on: Option<Vec<crate::stage::ErrorKind>>,
+    /// Never retry the errors of these kinds, e.g. `["http_4xx", "invalid_output"]`; wins over
+    /// `retry.on`.
+    #[schemars(extend("x-default" = "`[]`"))]
+    pub never: Option<Vec<crate::stage::ErrorKind>>,
 }
 
 /// `rate_limit = "N/s" | "N/min" | "N/h"`.

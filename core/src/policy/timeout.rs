@@ -23,6 +23,7 @@ pub(crate) struct TimedOut {
 impl From<TimedOut> for StageError {
     fn from(t: TimedOut) -> Self {
         StageError::transient(format!("timed out after {}", text::duration(t.after)))
+            .with_kind(crate::stage::ErrorKind::Timeout)
     }
 }
 

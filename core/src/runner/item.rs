@@ -764,6 +764,7 @@ async fn attempts(
             Err(CallError::Panic(message)) => {
                 stage.stats.panics.incr();
                 StageError::permanent(format!("panicked: {message}"))
+                    .with_kind(crate::stage::ErrorKind::Panic)
             }
             Err(CallError::Stage(e)) => e,
         };
@@ -827,7 +828,7 @@ async fn used_up(
     attempt: u32,
     error: &StageError,
 ) -> bool {
-    if error.class != ErrorClass::Transient {
+    if !stage.policy.retry.retries(error) {
         return false;
     }
     let change = Change::Attempted {

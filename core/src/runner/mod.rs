@@ -44,7 +44,7 @@ use item::WorkItem;
 pub use stats::Latency;
 use stats::{Counter, StageStats};
 pub use telemetry::{StageSummary, Summary};
-pub use watchdog::hold_signals;
+pub use watchdog::{hold_signals, stop_requested_early};
 
 /// Items read from the store per page when feeding, with one runner.
 const PAGE: usize = 512;

@@ -12,7 +12,7 @@ use super::call::panic_message;
 use super::control::{AbortReason, Control};
 use super::StageRt;
 use crate::checkpoint::{CheckpointStore, Duplicates, RunInfo, StoreError};
-use crate::stage::{CancelFlag, Context, Emitted, ErrorClass, StageError, StageImpl, Stop};
+use crate::stage::{CancelFlag, Context, Emitted, StageError, StageImpl, Stop};
 use crate::text;
 
 enum TakeError {
@@ -172,7 +172,7 @@ pub(crate) async fn take(
             Err(TakeError::Store(e)) => return Ok(Err(AbortReason::Checkpoint(e.to_string()))),
             Err(TakeError::Stage(e)) => e,
         };
-        if error.class != ErrorClass::Transient || attempt >= retry.attempts {
+        if !retry.retries(&error) || attempt >= retry.attempts {
             return Ok(Err(AbortReason::Source {
                 stage: stage.name.to_string(),
                 error: format!("{} (after {attempt} attempt(s))", error.message),

@@ -103,6 +103,15 @@ pub fn hold_signals() {
         });
 }
 
+/// Whether a stop signal came while the run was starting (see [`hold_signals`]): what is still
+/// to do before the batch (the checks of the pipeline) is cut short.
+pub fn stop_requested_early() -> bool {
+    EARLY_STOP
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_some()
+}
+
 /// The running watchdog; dropping it stops the thread (and the signal handling with it).
 pub(crate) struct Watchdog {
     done: Arc<AtomicBool>,

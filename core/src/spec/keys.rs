@@ -43,7 +43,9 @@ mod tests {
                 "max",
                 "multiplier",
                 "jitter",
-                "max_retry_after"
+                "max_retry_after",
+                "on",
+                "never"
             ]
         );
         assert!(struct_fields::<u32>().is_empty());

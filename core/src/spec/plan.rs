@@ -256,6 +256,15 @@ impl Shown {
     }
 }
 
+/// A list of error kinds, as `["timeout", "http_5xx"]`.
+fn kinds_shown(kinds: &[crate::stage::ErrorKind]) -> Shown {
+    let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    Shown {
+        json: json!(names),
+        text: format!("{names:?}"),
+    }
+}
+
 fn policy_value(policy: &Policy, key: &str) -> Shown {
     match key {
         "timeout" => Shown::duration(policy.timeout),
@@ -268,6 +277,11 @@ fn policy_value(policy: &Policy, key: &str) -> Shown {
         },
         "retry.jitter" => Shown::plain(json!(policy.retry.jitter)),
         "retry.max_retry_after" => Shown::duration(policy.retry.max_retry_after),
+        "retry.on" => match &policy.retry.on {
+            Some(kinds) => kinds_shown(kinds),
+            None => Shown::unset("the stage's transient errors"),
+        },
+        "retry.never" => kinds_shown(&policy.retry.never),
         "concurrency" => Shown::plain(json!(policy.concurrency)),
         "rate_limit" => match policy.rate_limit {
             Some(rate) => Shown::string(&rate.to_string()),

@@ -55,6 +55,9 @@ impl Probed {
 /// inside them is bounded by the stage's own time limits.
 pub fn probe(pipeline: &Pipeline, registry: &Registry, scope: Scope) -> Probed {
     let shared = Shared::default();
+    // Raised when a stop signal comes meanwhile: the checks left are cut short.
+    let cancel = crate::stage::CancelFlag::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
     let probe_one = |i: usize| -> Probe {
         let stage = &pipeline.stages[i];
         let Some(kind) = registry.get(&stage.kind) else {
@@ -63,11 +66,14 @@ pub fn probe(pipeline: &Pipeline, registry: &Registry, scope: Scope) -> Probed {
         if stage.unchecked {
             return Probe::default();
         }
+        let timeout = stage.policy.timeout.min(scope.wait());
         let cx = ProbeContext {
             stage: &stage.name,
             role: stage.role,
             base_dir: &pipeline.base_dir,
-            timeout: stage.policy.timeout.min(scope.wait()),
+            timeout,
+            deadline: std::time::Instant::now() + timeout,
+            cancel: cancel.clone(),
             shared: &shared,
         };
         // A kind's probe that panics is the kind's fault, said as such; the run goes on to the
@@ -83,11 +89,20 @@ pub fn probe(pipeline: &Pipeline, registry: &Registry, scope: Scope) -> Probed {
             })
     };
     let mut probes: Vec<Probe> = Vec::with_capacity(pipeline.stages.len());
-    if !pipeline.stages.is_empty() {
-        probes.push(probe_one(0));
-    }
     let mut store = None;
     std::thread::scope(|scope_| {
+        scope_.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if crate::runner::stop_requested_early() {
+                    cancel.cancel();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        if !pipeline.stages.is_empty() {
+            probes.push(probe_one(0));
+        }
         let others: Vec<_> = (1..pipeline.stages.len())
             .map(|i| scope_.spawn(move || probe_one(i)))
             .collect();
@@ -97,6 +112,7 @@ pub fn probe(pipeline: &Pipeline, registry: &Registry, scope: Scope) -> Probed {
         for handle in others {
             probes.push(handle.join().unwrap_or_default());
         }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 
     let mut found = Probed::default();

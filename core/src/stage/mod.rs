@@ -98,12 +98,132 @@ impl fmt::Display for ErrorClass {
     }
 }
 
+/// What failed, beside how the runner treats it ([`ErrorClass`]): the kinds `retry.on` and
+/// `retry.never` name. No error has two: a 429 is [`ErrorKind::Http429`], never
+/// [`ErrorKind::Http4xx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ErrorKind {
+    /// The attempt ran out of time: the stage's `timeout`, or a time limit of its own (a read
+    /// or statement timeout, a connect timeout).
+    Timeout,
+    /// No connection could be made: refused, unreachable, a name that does not resolve.
+    Connect,
+    /// A connection that broke or misbehaved during the exchange: reset, closed early, a
+    /// response that is not valid HTTP.
+    Network,
+    /// An HTTP 429 (too many requests).
+    Http429,
+    /// An HTTP 5xx.
+    Http5xx,
+    /// An HTTP 4xx other than 429.
+    Http4xx,
+    /// An answer that is not what was asked for: not JSON, off the schema, cut short.
+    InvalidOutput,
+    /// The item's own data: a field missing or of the wrong type, a page that is not an
+    /// article, a value the database refuses.
+    InvalidInput,
+    /// A database's own error: SQL, a lock or serialization failure, a server shutting down,
+    /// a login refused.
+    Database,
+    /// The stage panicked.
+    Panic,
+    /// Anything else (a plugin's errors).
+    #[default]
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Timeout,
+        ErrorKind::Connect,
+        ErrorKind::Network,
+        ErrorKind::Http429,
+        ErrorKind::Http5xx,
+        ErrorKind::Http4xx,
+        ErrorKind::InvalidOutput,
+        ErrorKind::InvalidInput,
+        ErrorKind::Database,
+        ErrorKind::Panic,
+        ErrorKind::Other,
+    ];
+
+    /// The name `pipeline.toml` gives it: `timeout`, `http_429`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Network => "network",
+            ErrorKind::Http429 => "http_429",
+            ErrorKind::Http5xx => "http_5xx",
+            ErrorKind::Http4xx => "http_4xx",
+            ErrorKind::InvalidOutput => "invalid_output",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Database => "database",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// The kind of an HTTP status that is an error: 429, 5xx, other 4xx (`None` otherwise).
+    pub fn of_status(status: u16) -> Option<ErrorKind> {
+        match status {
+            429 => Some(ErrorKind::Http429),
+            400..=499 => Some(ErrorKind::Http4xx),
+            500..=599 => Some(ErrorKind::Http5xx),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for ErrorKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ErrorKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        schemars::json_schema!({ "type": "string", "enum": names })
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ErrorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "`{s}` is not an error kind: use one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 /// A classified stage error. The stage says *what kind* of failure this is; backoff, jitter,
 /// caps and attempt counting are the runner's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageError {
     /// How the runner treats it.
     pub class: ErrorClass,
+    /// What failed (what `retry.on` and `retry.never` match).
+    pub kind: ErrorKind,
     /// What went wrong, lowercase, without a trailing period.
     pub message: String,
     /// Wait at least this long before the next attempt (e.g. from a `Retry-After` header).
@@ -129,9 +249,17 @@ impl StageError {
     fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         Self {
             class,
+            kind: ErrorKind::Other,
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// Say what failed (see [`ErrorKind`]).
+    #[must_use]
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// Ask the runner to wait `delay` before the next attempt instead of its own backoff.

@@ -10,9 +10,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{ErrorClass, Role, StageError};
+use super::{CancelFlag, ErrorClass, Role, StageError};
 
 /// What a probe is told.
 pub struct ProbeContext<'a> {
@@ -22,14 +22,29 @@ pub struct ProbeContext<'a> {
     pub role: Role,
     /// The folder of the pipeline file: relative paths are relative to it.
     pub base_dir: &'a Path,
-    /// The stage's resolved per-attempt timeout: no check of it waits longer.
+    /// The stage's resolved per-attempt timeout: no single check of it waits longer.
     pub timeout: Duration,
+    /// When all of the stage's checks must have ended: what is left then is not checked (an
+    /// outage, said as such).
+    pub deadline: Instant,
+    /// Raised when the process is asked to stop: what is left is not checked.
+    pub cancel: CancelFlag,
     /// What the probes of one pipeline share: the source's probe runs first, the others after
     /// it, at once.
     pub shared: &'a Shared,
 }
 
 impl ProbeContext<'_> {
+    /// Whether the checks must end now: the deadline passed, or the process is stopping.
+    pub fn out_of_time(&self) -> bool {
+        self.cancel.is_cancelled() || Instant::now() >= self.deadline
+    }
+
+    /// The time left before [`ProbeContext::deadline`].
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
     /// Resolve a path from the pipeline file against the file's folder.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {

@@ -29,7 +29,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Row, Statement};
 use serde_json::Value;
 use stagewise_core::pg::{PgTarget, Tls};
-use stagewise_core::stage::{CancelFlag, Context, Fields, StageError};
+use stagewise_core::stage::{CancelFlag, Context, ErrorKind, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;
@@ -201,7 +201,8 @@ impl PgPool {
         if budget.is_zero() {
             return Err(StageError::transient(
                 "no time left to connect before the attempt's deadline",
-            ));
+            )
+            .with_kind(ErrorKind::Timeout));
         }
         probe(&self.config, budget)?;
         // What the probe left of the attempt's time, for the session's own connect.
@@ -209,7 +210,8 @@ impl PgPool {
         if budget.is_zero() {
             return Err(StageError::transient(
                 "no time left to connect before the attempt's deadline",
-            ));
+            )
+            .with_kind(ErrorKind::Timeout));
         }
         config.connect_timeout(budget);
         let runtime = session::runtime().map_err(|e| {
@@ -294,6 +296,7 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let unreachable = |e: std::io::Error| {
         StageError::transient(format!("could not connect to {host}:{port}: {e}"))
+            .with_kind(ErrorKind::Connect)
     };
     // With `hostaddr`, the client connects there and keeps `host` for TLS: so does the probe.
     let addrs: Vec<std::net::SocketAddr> = match config.get_hostaddrs().first() {
@@ -304,13 +307,16 @@ fn probe(config: &postgres::Config, budget: Duration) -> Result<(), StageError> 
             .collect(),
     };
     if addrs.is_empty() {
-        return Err(StageError::transient(format!("`{host}` has no address")));
+        return Err(
+            StageError::transient(format!("`{host}` has no address")).with_kind(ErrorKind::Connect)
+        );
     }
     let silent = || {
         StageError::transient(format!(
             "{host}:{port} accepted the connection but did not answer within {} (`connect_timeout`)",
             stagewise_core::text::duration(budget)
         ))
+        .with_kind(ErrorKind::Timeout)
     };
     // Like the client, try each address; the first that answers will do.
     let mut last = None;
@@ -611,10 +617,10 @@ impl PgConn {
                 let mut one = Vec::with_capacity(part.args.len());
                 for (&arg, ty) in part.args.iter().zip(&shape.params) {
                     let name = &script.names[arg];
-                    one.push(
-                        bind(&values[arg], ty)
-                            .map_err(|e| StageError::permanent(format!("`:{name}`: {e}")))?,
-                    );
+                    one.push(bind(&values[arg], ty).map_err(|e| {
+                        StageError::permanent(format!("`:{name}`: {e}"))
+                            .with_kind(ErrorKind::InvalidInput)
+                    })?);
                 }
                 bound.push(one);
             }
@@ -691,7 +697,8 @@ pub(crate) fn with_conn<T>(
         pool.put(conn, false);
         return Err(StageError::transient(
             "no time left for the query before the attempt's deadline (connecting took it)",
-        ));
+        )
+        .with_kind(ErrorKind::Timeout));
     }
     let watched = pool.watch(&conn, cx);
     let result = f(&mut conn);
@@ -703,7 +710,8 @@ pub(crate) fn with_conn<T>(
         Err(e) if fired => Err(StageError::transient(format!(
             "the query was cancelled on the server at the attempt's deadline ({})",
             e.message
-        ))),
+        ))
+        .with_kind(ErrorKind::Timeout)),
         other => other,
     }
 }
@@ -909,21 +917,25 @@ fn connect_error(e: &postgres::Error, budget: Duration) -> StageError {
             "could not connect within {}: {message}",
             stagewise_core::text::duration(budget)
         ))
+        .with_kind(ErrorKind::Timeout)
     } else {
-        StageError::transient(format!("could not connect: {message}"))
+        StageError::transient(format!("could not connect: {message}")).with_kind(ErrorKind::Connect)
     }
 }
 
 /// Transient: the connection or the server's state; permanent: the statement or the data;
-/// fatal: the credentials (every item would fail alike).
+/// fatal: the credentials (every item would fail alike). Kinds: `timeout` (cancelled at the
+/// deadline), `network` (the connection), `invalid_input` (a value the server or the client
+/// refuses), `database` (the rest).
 pub(crate) fn classify(e: &postgres::Error) -> StageError {
     match e.as_db_error() {
         Some(db) => classify_db(db.code(), db.message()),
-        None if e.is_closed() => StageError::transient(format!("connection lost: {}", describe(e))),
+        None if e.is_closed() => StageError::transient(format!("connection lost: {}", describe(e)))
+            .with_kind(ErrorKind::Network),
         // I/O trouble is the connection's; anything else the client library refuses (a value it
         // cannot encode, a wrong number of parameters) will not change on a retry.
-        None if has_io_cause(e) => StageError::transient(describe(e)),
-        None => StageError::permanent(describe(e)),
+        None if has_io_cause(e) => StageError::transient(describe(e)).with_kind(ErrorKind::Network),
+        None => StageError::permanent(describe(e)).with_kind(ErrorKind::InvalidInput),
     }
 }
 
@@ -932,17 +944,24 @@ fn classify_db(code: &SqlState, message: &str) -> StageError {
     let class = &code.code()[..2];
     if *code == SqlState::QUERY_CANCELED {
         StageError::transient(format!("statement cancelled or timed out: {text}"))
+            .with_kind(ErrorKind::Timeout)
     } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
         || *code == SqlState::T_R_DEADLOCK_DETECTED
     {
-        StageError::transient(text)
-    } else if matches!(class, "08" | "53" | "57" | "58") {
-        // Connection exceptions, insufficient resources, operator intervention, system errors.
-        StageError::transient(text)
+        StageError::transient(text).with_kind(ErrorKind::Database)
+    } else if class == "08" {
+        // Connection exceptions.
+        StageError::transient(text).with_kind(ErrorKind::Network)
+    } else if matches!(class, "53" | "57" | "58") {
+        // Insufficient resources, operator intervention, system errors.
+        StageError::transient(text).with_kind(ErrorKind::Database)
     } else if class == "28" {
-        StageError::fatal(format!("authentication failed: {text}"))
+        StageError::fatal(format!("authentication failed: {text}")).with_kind(ErrorKind::Database)
+    } else if matches!(class, "22" | "23") {
+        // Data exceptions, integrity constraints: the record's values.
+        StageError::permanent(text).with_kind(ErrorKind::InvalidInput)
     } else {
-        StageError::permanent(text)
+        StageError::permanent(text).with_kind(ErrorKind::Database)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use stagewise_core::stage::{BuildContext, CancelFlag, Context, Probe, ProbeContext, StageError};
+use stagewise_core::stage::{BuildContext, Context, Probe, ProbeContext, StageError};
 use stagewise_core::text::redact_url;
 
 use crate::config::{FetchConfig, Limits, PersistConfig, Target};
@@ -29,14 +29,40 @@ enum Opened {
     Scratch(String),
 }
 
-/// The name a SQLite file's scratch database is shared under.
+/// The name a SQLite file's scratch database is shared under: the same for every spelling of
+/// the same place (`data.db`, `sub/../data.db`), as far as its folder exists.
 fn scratch_name(path: &Path) -> String {
-    format!(
-        "sqlite:{}",
-        std::path::absolute(path)
-            .unwrap_or_else(|_| path.to_path_buf())
-            .display()
-    )
+    let folder = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let place = match (folder.canonicalize(), path.file_name()) {
+        (Ok(folder), Some(name)) => folder.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    };
+    format!("sqlite:{}", place.display())
+}
+
+/// Bound a SQLite connection of the checks: a busy database waits at most until the stage's
+/// checks must end, and a statement (an `init_script`'s) is interrupted then, or when the
+/// process is asked to stop.
+fn bounded(conn: &Connection, cx: &ProbeContext<'_>) -> rusqlite::Result<()> {
+    conn.busy_timeout(cx.remaining().max(Duration::from_millis(1)))?;
+    let (deadline, cancel) = (cx.deadline, cx.cancel.clone());
+    conn.progress_handler(
+        1000,
+        Some(move || cancel.is_cancelled() || Instant::now() >= deadline),
+    );
+    Ok(())
+}
+
+/// A database in memory for an `init_script`, which can reach no file: no other database can
+/// be attached (`ATTACH`, `VACUUM INTO`), and no extension loaded.
+fn scratch(cx: &ProbeContext<'_>) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_in_memory()?;
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    bounded(&conn, cx)?;
+    Ok(conn)
 }
 
 fn build_context(cx: &ProbeContext<'_>) -> BuildContext {
@@ -58,8 +84,8 @@ fn context(cx: &ProbeContext<'_>, limits: Limits) -> Context {
         "",
         cx.stage,
         1,
-        Instant::now() + limits.connect_timeout + limits.statement_timeout,
-        CancelFlag::new(),
+        (Instant::now() + limits.connect_timeout + limits.statement_timeout).min(cx.deadline),
+        cx.cancel.clone(),
     )
 }
 
@@ -125,7 +151,13 @@ fn open_sqlite(
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
             .and_then(|c| {
-                c.busy_timeout(limits.connect_timeout.max(Duration::from_millis(100)))?;
+                bounded(&c, cx)?;
+                c.busy_timeout(
+                    limits
+                        .connect_timeout
+                        .min(cx.remaining())
+                        .max(Duration::from_millis(1)),
+                )?;
                 Ok(c)
             });
             match opened {
@@ -154,6 +186,9 @@ fn open_sqlite(
         }
         Err(_) => match (cx.role, init_script) {
             (stagewise_core::stage::Role::Source, Some(script)) => {
+                // Until the script is tried and works, a sink on the same file has nothing to
+                // be checked against.
+                cx.shared.put(name.clone(), NotMade);
                 let script_path = cx.resolve(script);
                 let sql = match std::fs::read_to_string(&script_path) {
                     Ok(sql) => sql,
@@ -168,7 +203,7 @@ fn open_sqlite(
                         return None;
                     }
                 };
-                let made = Connection::open_in_memory().and_then(|c| {
+                let made = scratch(cx).and_then(|c| {
                     c.execute_batch(&format!("BEGIN;\n{sql}\nCOMMIT;"))
                         .map(|()| c)
                 });
@@ -180,6 +215,28 @@ fn open_sqlite(
                         ));
                         cx.shared.put(name.clone(), conn);
                         Some(Opened::Scratch(name))
+                    }
+                    // A script that reaches another database (`ATTACH`): the checks, which
+                    // reach none, cannot run it.
+                    Err(e) if e.to_string().contains("too many attached databases") => {
+                        probe.doubt(
+                            "init_script",
+                            format!(
+                                "the `init_script` {} attaches another database, which the checks do not: the statements are checked by the first run",
+                                script_path.display()
+                            ),
+                        );
+                        None
+                    }
+                    Err(e) if cx.out_of_time() => {
+                        probe.outage(
+                            "init_script",
+                            format!(
+                                "the `init_script` {} did not finish within the checks' time ({e})",
+                                script_path.display()
+                            ),
+                        );
+                        None
                     }
                     Err(e) => {
                         probe.config(
@@ -200,8 +257,14 @@ fn open_sqlite(
             // A sink creates the file: its statements meet the database the source made, or
             // an empty one.
             _ => {
+                if cx.shared.with(&name, |_: &mut NotMade| ()).is_some() {
+                    probe.passed(format!(
+                        "{shown} does not exist yet, and the source's `init_script` that makes it could not be tried: not checked"
+                    ));
+                    return None;
+                }
                 if cx.shared.with(&name, |_: &mut Connection| ()).is_none() {
-                    match Connection::open_in_memory() {
+                    match scratch(cx) {
                         Ok(conn) => cx.shared.put(name.clone(), conn),
                         Err(e) => {
                             probe.outage("url", format!("cannot open a database in memory: {e}"));
@@ -217,6 +280,10 @@ fn open_sqlite(
         },
     }
 }
+
+/// What the source leaves in [`stagewise_core::stage::Shared`] for a file its `init_script`
+/// would make but that could not be made in memory.
+struct NotMade;
 
 /// How a statement prepared: its columns (name, type, readable by `db-fetch`).
 type Described = Result<Vec<(String, String, bool)>, StageError>;
@@ -238,7 +305,14 @@ impl Opened {
 }
 
 fn describe_sqlite(conn: &Connection, sql: &str) -> Described {
-    let stmt = conn.prepare(sql).map_err(|e| sqlite::classify(&e))?;
+    let stmt = conn.prepare(sql).map_err(|e| match e.sqlite_error_code() {
+        // A journal left by a crash, or a WAL file to recover: a read-only connection cannot,
+        // the run's own does.
+        Some(rusqlite::ErrorCode::ReadOnly) => StageError::transient(format!(
+            "the database needs a recovery (a journal left by a crash?) that a read-only check cannot make; the run makes it: {e}"
+        )),
+        _ => sqlite::classify(&e),
+    })?;
     Ok(stmt
         .column_names()
         .iter()
@@ -262,6 +336,13 @@ pub(crate) fn fetch(config: &FetchConfig, cx: &ProbeContext<'_>) -> Probe {
     };
     let style = style_of(&db);
     let (sql, _) = params::rewrite_limit(&config.query, style);
+    if cx.out_of_time() {
+        probe.outage(
+            "query",
+            "not prepared: the checks ran out of time or were stopped",
+        );
+        return probe;
+    }
     match db.describe(&sql, cx) {
         Ok(columns) => {
             for (name, ty, readable) in &columns {
@@ -326,6 +407,13 @@ pub(crate) fn persist(config: &PersistConfig, cx: &ProbeContext<'_>) -> Probe {
         let script = params::script(sql, style);
         let mut prepared = 0;
         for part in &script.parts {
+            if cx.out_of_time() {
+                probe.outage(
+                    key,
+                    "not prepared: the checks ran out of time or were stopped",
+                );
+                break;
+            }
             match db.describe(&part.sql, cx) {
                 Ok(_) => prepared += 1,
                 Err(e) => {
@@ -358,16 +446,29 @@ fn style_of(db: &Opened) -> Style {
     }
 }
 
-/// Whether a statement changes the schema (`CREATE`, `ALTER`, `DROP`).
+/// Whether a statement changes what the next ones see: the schema (`CREATE`, `ALTER`, `DROP`)
+/// or the session (`SET search_path`, `PRAGMA`, `ATTACH`, …).
 fn makes_schema(sql: &str) -> bool {
-    let first = sql
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("--"))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_default()
+    let mut rest = sql.trim_start();
+    // Leading comments, of both forms.
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    let first = rest
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect::<String>()
         .to_ascii_uppercase();
-    matches!(first.as_str(), "CREATE" | "ALTER" | "DROP")
+    matches!(
+        first.as_str(),
+        "CREATE" | "ALTER" | "DROP" | "SET" | "PRAGMA" | "ATTACH" | "DETACH" | "RESET"
+    )
 }
 
 /// A statement that did not prepare, said with the key it came from.
@@ -388,5 +489,10 @@ mod tests {
         assert!(makes_schema("-- make it\n  ALTER TABLE t ADD y int"));
         assert!(!makes_schema("INSERT INTO t VALUES (1)"));
         assert!(!makes_schema("-- CREATE\nUPDATE t SET x = 1"));
+        assert!(makes_schema(
+            "/* make it */ CREATE TABLE IF NOT EXISTS n(x)"
+        ));
+        assert!(makes_schema("SET search_path TO other"));
+        assert!(!makes_schema("/* SET */ INSERT INTO t VALUES (1)"));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::types::{Value as Sql, ValueRef};
 use rusqlite::{Connection, ErrorCode};
 use serde_json::Value;
-use stagewise_core::stage::{Context, Fields, StageError};
+use stagewise_core::stage::{Context, ErrorKind, Fields, StageError};
 
 use crate::config::Limits;
 use crate::params::Script;
@@ -181,15 +181,19 @@ fn to_sql(value: &Value) -> Sql {
 pub(crate) fn classify(e: &rusqlite::Error) -> StageError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StageError::transient(format!("database busy: {e}"))
+            StageError::transient(format!("database busy: {e}")).with_kind(ErrorKind::Database)
         }
         Some(ErrorCode::OperationInterrupted) => StageError::transient(format!(
             "statement interrupted at the attempt's deadline: {e}"
-        )),
+        ))
+        .with_kind(ErrorKind::Timeout),
         Some(ErrorCode::CannotOpen | ErrorCode::SystemIoFailure) => {
-            StageError::transient(e.to_string())
+            StageError::transient(e.to_string()).with_kind(ErrorKind::Database)
         }
-        _ => StageError::permanent(e.to_string()),
+        Some(ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch) => {
+            StageError::permanent(e.to_string()).with_kind(ErrorKind::InvalidInput)
+        }
+        _ => StageError::permanent(e.to_string()).with_kind(ErrorKind::Database),
     }
 }
 /// Create the database at `path` from the SQL script `script`, if the file does not exist yet.

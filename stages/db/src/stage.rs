@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stagewise_core::stage::{
-    BlockingStage, Context, Emitted, Ending, EndingKind, Fields, Marks, Outcome, Record, Source,
-    StageError, Stop,
+    BlockingStage, Context, Emitted, Ending, EndingKind, ErrorKind, Fields, Marks, Outcome, Record,
+    Source, StageError, Stop,
 };
 
 use crate::params::Script;
@@ -31,14 +31,27 @@ pub(crate) struct DbFetch {
     pub key: String,
 }
 
+/// An error of no kind yet is the database's.
+fn database(e: StageError) -> StageError {
+    match e.kind {
+        ErrorKind::Other => e.with_kind(ErrorKind::Database),
+        _ => e,
+    }
+}
+
+/// An error of a record's own values.
+fn invalid(message: String) -> StageError {
+    StageError::permanent(message).with_kind(ErrorKind::InvalidInput)
+}
+
 fn key_of(fields: &Fields, column: &str, row: u64) -> Result<String, StageError> {
     match fields.get(column) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        Some(Value::Null) => Err(StageError::permanent(format!(
+        Some(Value::Null) => Err(invalid(format!(
             "row {row}: the key column `{column}` is null"
         ))),
-        Some(other) => Err(StageError::permanent(format!(
+        Some(other) => Err(invalid(format!(
             "row {row}: the key column `{column}` holds {other}, neither text nor an integer"
         ))),
         None => {
@@ -101,8 +114,9 @@ impl Source for DbFetch {
             Backend::Sqlite(pool) => {
                 pool.with_conn(cx, |c| sqlite::fetch(c, &self.sql, bound, &mut on_row))
             }
-        }?;
-        failure.map_or(Ok(()), Err)
+        }
+        .map_err(database)?;
+        failure.map_or(Ok(()), |e| Err(database(e)))
     }
 }
 
@@ -134,7 +148,7 @@ impl Persist {
                 }
                 record.fields.get(name).cloned().ok_or_else(|| {
                     let fields: Vec<&str> = record.fields.keys().map(String::as_str).collect();
-                    StageError::permanent(format!(
+                    invalid(format!(
                         "the statement names `:{name}`, but the record has no field `{name}` (its fields: {})",
                         fields.join(", ")
                     ))
@@ -183,9 +197,10 @@ impl BlockingStage for Persist {
         // Every parameter is resolved before anything is written: no partial writes.
         let values = self.values(&record)?;
         match &self.batcher {
-            None => self.write(cx, &[&values])?,
-            Some(b) => b.submit(values, cx, |batch| self.write(cx, batch))?,
+            None => self.write(cx, &[&values]),
+            Some(b) => b.submit(values, cx, |batch| self.write(cx, batch)),
         }
+        .map_err(database)?;
         Ok(Outcome::Continue(record))
     }
 

@@ -40,7 +40,22 @@ impl Extract {
 }
 
 impl BlockingStage for Extract {
-    fn process(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
+    /// Errors are the page's (`invalid_input`), or the deadline's (`timeout`).
+    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        self.extract(record, cx).map_err(|e| {
+            let kind = match e.class {
+                stagewise_core::stage::ErrorClass::Transient => {
+                    stagewise_core::stage::ErrorKind::Timeout
+                }
+                _ => stagewise_core::stage::ErrorKind::InvalidInput,
+            };
+            e.with_kind(kind)
+        })
+    }
+}
+
+impl Extract {
+    fn extract(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
         let html = record.get_str(&self.input).ok_or_else(|| {
             StageError::permanent(format!(
                 "the record has no text field `{}` with the page's HTML",

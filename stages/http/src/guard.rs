@@ -397,8 +397,10 @@ pub(crate) fn stage_error(e: &ureq::Error) -> Option<StageError> {
     let guard = io.get_ref()?.downcast_ref::<GuardError>()?;
     Some(if guard.permanent {
         StageError::permanent(guard.message.clone())
+            .with_kind(stagewise_core::stage::ErrorKind::InvalidInput)
     } else {
         StageError::transient(guard.message.clone())
+            .with_kind(stagewise_core::stage::ErrorKind::Connect)
     })
 }
 

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::SystemTime;
 
-use stagewise_core::stage::{BlockingStage, Context, Lane, Outcome, Record, StageError};
+use stagewise_core::stage::{BlockingStage, Context, ErrorKind, Lane, Outcome, Record, StageError};
 use stagewise_stages_net::{classify, parse_retry_after, read_error};
 use url::Url;
 
@@ -52,7 +52,18 @@ impl BlockingStage for Download {
         })
     }
 
-    fn process(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
+    /// Every error says its kind: what is not the server's (`timeout`, `connect`, `network`,
+    /// `http_*`) is the item's own URL or page (`invalid_input`).
+    fn process(&self, record: Record, cx: &Context) -> Result<Outcome, StageError> {
+        self.download(record, cx).map_err(|e| match e.kind {
+            ErrorKind::Other => e.with_kind(ErrorKind::InvalidInput),
+            _ => e,
+        })
+    }
+}
+
+impl Download {
+    fn download(&self, mut record: Record, cx: &Context) -> Result<Outcome, StageError> {
         let url = self.url(&record)?;
         let page = match url.scheme() {
             "http" | "https" => self.fetch(url, cx)?,
@@ -115,9 +126,10 @@ impl Download {
             }
             let remaining = cx.remaining();
             if remaining.is_zero() {
-                return Err(StageError::transient(
-                    "no time left before the attempt's deadline",
-                ));
+                return Err(
+                    StageError::transient("no time left before the attempt's deadline")
+                        .with_kind(ErrorKind::Timeout),
+                );
             }
             let mut request = self.agent.get(url.as_str());
             // The configured headers (credentials, often) are for the item's own origin: a
@@ -147,13 +159,15 @@ impl Download {
                 let Some(location) = header("location") else {
                     return Err(StageError::permanent(format!(
                         "HTTP {status} without a Location to follow"
-                    )));
+                    ))
+                    .with_kind(ErrorKind::Network));
                 };
                 {
                     let next = url.join(&location).map_err(|e| {
                         StageError::permanent(format!(
                             "HTTP {status} to an invalid location {location:?}: {e}"
                         ))
+                        .with_kind(ErrorKind::Network)
                     })?;
                     let looped = chain.contains(&next.to_string());
                     chain.push(next.to_string());
@@ -161,15 +175,18 @@ impl Download {
                         return Err(StageError::permanent(format!(
                             "redirect loop: {}",
                             chain.join(" → ")
-                        )));
+                        ))
+                        .with_kind(ErrorKind::Network));
                     }
                     url = next;
                     continue;
                 }
             }
             let reason = response.status().canonical_reason().unwrap_or("");
+            let kind = ErrorKind::of_status(status).unwrap_or(ErrorKind::Network);
             if status == 429 || status == 503 {
-                let error = StageError::transient(format!("HTTP {status} {reason}"));
+                let error =
+                    StageError::transient(format!("HTTP {status} {reason}")).with_kind(kind);
                 return Err(
                     match header("retry-after").and_then(|v| parse_retry_after(&v)) {
                         Some(wait) => error.with_retry_after(wait),
@@ -178,10 +195,14 @@ impl Download {
                 );
             }
             if status == 408 || status >= 500 {
-                return Err(StageError::transient(format!("HTTP {status} {reason}")));
+                return Err(
+                    StageError::transient(format!("HTTP {status} {reason}")).with_kind(kind)
+                );
             }
             if status >= 400 {
-                return Err(StageError::permanent(format!("HTTP {status} {reason}")));
+                return Err(
+                    StageError::permanent(format!("HTTP {status} {reason}")).with_kind(kind)
+                );
             }
             if let Some(length) =
                 header("content-length").and_then(|v| v.trim().parse::<u64>().ok())

@@ -31,7 +31,7 @@ use stagewise_core::Registry;
 
 pub use config::{default_schema, LlmConfig, Provider};
 pub use extractive::split_sentences;
-use provider::Client;
+use provider::{Client, Listed};
 use stage::{Answerer, Budget, Llm, Prices};
 use template::Template;
 
@@ -163,14 +163,18 @@ fn probe(config: &LlmConfig, cx: &ProbeContext<'_>) -> Probe {
         }
     };
     let shown = stagewise_core::text::redact_url(&client.endpoint);
-    match client.models(cx.timeout.min(PROBE_WAIT)) {
-        Ok(None) => probe.passed(format!(
+    match client.models(cx.remaining().min(PROBE_WAIT)) {
+        Ok(Listed::NoList) => probe.passed(format!(
             "{shown}: the server has no model list, so the endpoint is checked by the first call"
         )),
-        Ok(Some(models)) if models.is_empty() || models.contains(&client.model) => {
+        Ok(Listed::Unreadable(why)) => probe.doubt(
+            "base_url",
+            format!("the endpoint's model list could not be read ({why}): the model and the key are checked by the first call"),
+        ),
+        Ok(Listed::Models(models)) if models.is_empty() || models.contains(&client.model) => {
             probe.passed(format!("{shown}: the endpoint answered and takes the key"))
         }
-        Ok(Some(models)) => {
+        Ok(Listed::Models(models)) => {
             let mut listed: Vec<&str> = models.iter().map(String::as_str).take(10).collect();
             if models.len() > 10 {
                 listed.push("…");

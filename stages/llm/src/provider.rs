@@ -7,7 +7,7 @@ use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
-use stagewise_core::stage::StageError;
+use stagewise_core::stage::{ErrorKind, StageError};
 use stagewise_stages_net::{classify, parse_retry_after, read_error};
 
 use crate::config::Provider;
@@ -17,6 +17,20 @@ use crate::secret::Scrubber;
 const ERROR_BODY_CHARS: usize = 300;
 /// Largest response body read.
 const MAX_BODY: u64 = 16 * 1024 * 1024;
+/// Largest model list read (`GET …/models`).
+const MAX_MODEL_LIST: u64 = 4 * 1024 * 1024;
+
+/// What an endpoint's model list said.
+#[derive(Debug)]
+pub enum Listed {
+    /// The models it lists.
+    Models(Vec<String>),
+    /// It has no list (404, 405: a server that copies only the chat API).
+    NoList,
+    /// It answered 200 with something that is not a list, cut short or too long.
+    Unreadable(String),
+}
+
 /// Largest error body read (for its message).
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// The Messages API version sent to Anthropic.
@@ -206,9 +220,10 @@ impl Client {
         );
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(Failure::refused(StageError::transient(
-                "no time left before the attempt's deadline",
-            )));
+            return Err(Failure::refused(
+                StageError::transient("no time left before the attempt's deadline")
+                    .with_kind(ErrorKind::Timeout),
+            ));
         }
         let response = request
             .config()
@@ -255,7 +270,7 @@ impl Client {
             None => String::from_utf8_lossy(&bytes),
         };
         let garbled = |what: String| Failure {
-            error: StageError::transient(what),
+            error: StageError::transient(what).with_kind(ErrorKind::InvalidOutput),
             maybe_billed: true,
         };
         let value: Value = serde_json::from_str(&text).map_err(|e| {
@@ -290,10 +305,9 @@ impl Client {
     }
 
     /// The endpoint's list of models (`GET …/models`, which both APIs have and which costs no
-    /// tokens), within `budget`: the names it lists, or `None` when it has no such list (404,
-    /// 405: a server that copies only the chat API). A refused key is a fatal error; the
-    /// server out of reach or failing, a transient one.
-    pub fn models(&self, budget: Duration) -> Result<Option<Vec<String>>, StageError> {
+    /// tokens), within `budget` (see [`Listed`]). A refused key is a fatal error; the server
+    /// out of reach or failing, a transient one.
+    pub fn models(&self, budget: Duration) -> Result<Listed, StageError> {
         let base = self
             .endpoint
             .strip_suffix("chat/completions")
@@ -319,15 +333,25 @@ impl Client {
             })?;
         let status = response.status().as_u16();
         let mut bytes = Vec::new();
-        let _ = response
+        let cap = if status == 200 {
+            MAX_MODEL_LIST
+        } else {
+            MAX_ERROR_BODY
+        };
+        let read = response
             .into_body()
             .into_reader()
-            .take(MAX_ERROR_BODY)
+            .take(cap + 1)
             .read_to_end(&mut bytes);
-        let text = String::from_utf8_lossy(&bytes);
+        // What the server sends back must not carry the key into a message (a list that
+        // echoes it, say).
+        let text = match &self.scrubber {
+            Some(scrubber) => scrubber.scrub(&String::from_utf8_lossy(&bytes)),
+            None => String::from_utf8_lossy(&bytes).into_owned(),
+        };
         match status {
             200 => {}
-            404 | 405 => return Ok(None),
+            404 | 405 => return Ok(Listed::NoList),
             _ => {
                 let mut error = self.status_error(status, &text, None);
                 error.message = error.message.replace(
@@ -337,18 +361,30 @@ impl Client {
                 return Err(self.scrub(error));
             }
         }
-        let listed: Vec<String> = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| {
-                v.get("data")?.as_array().map(|models| {
-                    models
-                        .iter()
-                        .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
-                        .collect()
-                })
+        if let Err(e) = read {
+            return Ok(Listed::Unreadable(format!("the list broke off: {e}")));
+        }
+        if bytes.len() as u64 > MAX_MODEL_LIST {
+            return Ok(Listed::Unreadable(format!(
+                "the list is longer than {} MiB",
+                MAX_MODEL_LIST >> 20
+            )));
+        }
+        let listed: Option<Vec<String>> = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+            v.get("data")?.as_array().map(|models| {
+                models
+                    .iter()
+                    .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
+                    .collect()
             })
-            .unwrap_or_default();
-        Ok(Some(listed))
+        });
+        Ok(match listed {
+            Some(models) => Listed::Models(models),
+            None => Listed::Unreadable(format!(
+                "the answer is not a model list: {}",
+                excerpt(&text, ERROR_BODY_CHARS)
+            )),
+        })
     }
 
     /// An error with every piece of the key taken out of its message, should a server or proxy
@@ -362,6 +398,12 @@ impl Client {
     }
 
     fn status_error(&self, status: u16, body: &str, hint: Option<Duration>) -> StageError {
+        let kind = ErrorKind::of_status(status).unwrap_or(ErrorKind::Network);
+        self.status_error_unkinded(status, body, hint)
+            .with_kind(kind)
+    }
+
+    fn status_error_unkinded(&self, status: u16, body: &str, hint: Option<Duration>) -> StageError {
         let detail = api_message(body);
         let message = format!(
             "HTTP {status} from {}: {detail}",

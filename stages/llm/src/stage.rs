@@ -304,8 +304,10 @@ impl Llm {
             let count = *count;
             invalid.remove(cx.key());
             StageError::permanent(format!("{message} (invalid answer {count} of {count} allowed by `invalid_output_attempts`)"))
+                .with_kind(stagewise_core::stage::ErrorKind::InvalidOutput)
         } else {
             StageError::transient(message)
+                .with_kind(stagewise_core::stage::ErrorKind::InvalidOutput)
         }
     }
 }
@@ -349,6 +351,7 @@ impl BlockingStage for Llm {
                     StageError::permanent(format!(
                         "the extractive answer does not fit the schema: {problems}"
                     ))
+                    .with_kind(stagewise_core::stage::ErrorKind::InvalidOutput)
                 })?;
                 self.meter.add("answers", 1.0);
                 value

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use stagewise_core::stage::StageError;
+use stagewise_core::stage::{ErrorKind, StageError};
 
 /// A failure while reading a body, classified (ureq's own failures as [`classify`] does).
 pub fn read_error(e: &std::io::Error) -> StageError {
@@ -15,12 +15,16 @@ pub fn read_error(e: &std::io::Error) -> StageError {
     match e.kind() {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
             StageError::transient(format!("reading the body timed out: {e}"))
+                .with_kind(ErrorKind::Timeout)
         }
-        _ => StageError::transient(format!("reading the body failed: {e}")),
+        _ => StageError::transient(format!("reading the body failed: {e}"))
+            .with_kind(ErrorKind::Network),
     }
 }
 
 /// Connection trouble and timeouts are transient; a malformed URL or response is permanent.
+/// Each is of its kind: `timeout`, `connect` (no connection made), `network` (one that broke
+/// or misbehaved), or `invalid_input` (the URL itself).
 pub fn classify(e: &ureq::Error) -> StageError {
     use ureq::Error as E;
     match e {
@@ -29,27 +33,40 @@ pub fn classify(e: &ureq::Error) -> StageError {
             ureq::Timeout::PerRead => "the server sent nothing for `read_timeout`".to_owned(),
             ureq::Timeout::Global => "timed out at the attempt's deadline (`timeout`)".to_owned(),
             other => format!("timed out ({other})"),
-        }),
+        })
+        .with_kind(ErrorKind::Timeout),
         E::Io(io) => match io.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
             Some(inner) => classify(inner),
             // Before a response: the connection, not a body.
-            None => StageError::transient(match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
-                    "the connection was reset".to_owned()
+            None => match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    StageError::transient("connection refused").with_kind(ErrorKind::Connect)
                 }
-                std::io::ErrorKind::TimedOut => format!("timed out: {io}"),
-                _ => format!("the connection failed: {io}"),
-            }),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    StageError::transient("the connection was reset").with_kind(ErrorKind::Network)
+                }
+                std::io::ErrorKind::TimedOut => {
+                    StageError::transient(format!("timed out: {io}")).with_kind(ErrorKind::Timeout)
+                }
+                _ => StageError::transient(format!("the connection failed: {io}"))
+                    .with_kind(ErrorKind::Network),
+            },
         },
-        E::HostNotFound => StageError::transient("host not found"),
-        E::ConnectionFailed => StageError::transient("connection failed"),
-        E::BadUri(uri) => StageError::permanent(format!("invalid URL: {uri}")),
-        E::TooManyRedirects | E::RedirectFailed => StageError::permanent(e.to_string()),
+        E::HostNotFound => StageError::transient("host not found").with_kind(ErrorKind::Connect),
+        E::ConnectionFailed => {
+            StageError::transient("connection failed").with_kind(ErrorKind::Connect)
+        }
+        E::BadUri(uri) => {
+            StageError::permanent(format!("invalid URL: {uri}")).with_kind(ErrorKind::InvalidInput)
+        }
+        E::TooManyRedirects | E::RedirectFailed => {
+            StageError::permanent(e.to_string()).with_kind(ErrorKind::Network)
+        }
         E::Protocol(_) => {
             StageError::permanent(format!("the server's response is not valid HTTP: {e}"))
+                .with_kind(ErrorKind::Network)
         }
-        other => StageError::transient(other.to_string()),
+        other => StageError::transient(other.to_string()).with_kind(ErrorKind::Network),
     }
 }
 

@@ -89,6 +89,10 @@ fn probe_source(config: &JsonlConfig, cx: &ProbeContext<'_>) -> Probe {
         }
     }
     if complete && records > 0 && !fields.contains(&config.key) {
+        let fields: Vec<String> = fields
+            .iter()
+            .map(|f| stagewise_core::text::printable(f).into_owned())
+            .collect();
         probe.config(
             "key",
             format!(
@@ -106,7 +110,12 @@ fn probe_source(config: &JsonlConfig, cx: &ProbeContext<'_>) -> Probe {
             " (the first of the file)"
         }
     ));
-    probe.fields = FieldsOut::Exactly { fields, complete };
+    // A file without records (empty, or none read) says nothing of their fields.
+    probe.fields = if records == 0 {
+        FieldsOut::Unknown
+    } else {
+        FieldsOut::Exactly { fields, complete }
+    };
     probe
 }
 
