@@ -308,6 +308,11 @@ fn probe_before_run(
         elapsed_secs = started.elapsed().as_secs_f64(),
         "the stages' connections, statements and fields check out"
     );
+    // A stop asked for meanwhile: nothing is built (an `init_script` would run) or taken.
+    if stagewise_core::stop_requested_early() {
+        tracing::warn!("stopped before the batch was taken, as asked: nothing was run");
+        return Err(ExitCode::from(loaded.pipeline.interrupted_exit_code));
+    }
     Ok(())
 }
 

@@ -87,5 +87,6 @@ pub use checkpoint::{
 pub use policy::{Policy, RateLimit, Retry};
 pub use registry::Registry;
 pub use runner::{
-    hold_signals, run, summary_path, Exit, Latency, RunError, RunOptions, StageSummary, Summary,
+    hold_signals, run, stop_requested_early, summary_path, Exit, Latency, RunError, RunOptions,
+    StageSummary, Summary,
 };

@@ -22,8 +22,8 @@ const MARK_NAMES: [&str; 4] = ["key", "stage", "error", "attempts"];
 /// A database opened for checking.
 enum Opened {
     Postgres(Box<PgPool>, Limits),
-    /// A file there.
-    Sqlite(Connection),
+    /// A file there, and the longest its busy waits may be (`connect_timeout`).
+    Sqlite(Connection, Duration),
     /// A file not there yet: checked in the memory database under this name in
     /// [`stagewise_core::stage::Shared`].
     Scratch(String),
@@ -38,9 +38,60 @@ fn scratch_name(path: &Path) -> String {
         .unwrap_or(Path::new("."));
     let place = match (folder.canonicalize(), path.file_name()) {
         (Ok(folder), Some(name)) => folder.join(name),
-        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        // A folder not there yet: its spelling, with `.` and `..` worked out.
+        _ => lexical(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())),
     };
     format!("sqlite:{}", place.display())
+}
+
+/// `path` with its `.` and `..` parts worked out by the text alone.
+fn lexical(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(part);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Open a SQLite file for reading only. A database in WAL mode without its `-wal` file (closed
+/// cleanly, so no writer is at work) is opened immutable, so that the check leaves no `-wal` and
+/// `-shm` behind; any other is opened as any reader does.
+fn read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // Bytes 18 and 19 of the header are 2 in WAL mode; in the other modes readers leave no
+    // files, and must see a writer's locks.
+    let mut header = [0u8; 20];
+    let in_wal_mode = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        .is_ok()
+        && header[18] == 2
+        && header[19] == 2;
+    if !in_wal_mode || std::path::Path::new(&wal).exists() {
+        return Connection::open_with_flags(path, flags);
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut uri = String::from("file:");
+    for c in absolute.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
 }
 
 /// Bound a SQLite connection of the checks: a busy database waits at most until the stage's
@@ -146,11 +197,7 @@ fn open_sqlite(
     let name = scratch_name(path);
     match std::fs::metadata(path) {
         Ok(meta) if meta.is_file() => {
-            let opened = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .and_then(|c| {
+            let opened = read_only(path).and_then(|c| {
                 bounded(&c, cx)?;
                 c.busy_timeout(
                     limits
@@ -163,7 +210,7 @@ fn open_sqlite(
             match opened {
                 Ok(conn) => {
                     probe.passed(format!("opened {shown}"));
-                    Some(Opened::Sqlite(conn))
+                    Some(Opened::Sqlite(conn, limits.connect_timeout))
                 }
                 Err(e) => {
                     probe.failed(
@@ -295,7 +342,14 @@ impl Opened {
             Opened::Postgres(pool, limits) => {
                 pg::with_conn(pool, &context(cx, *limits), |conn| conn.describe(sql))
             }
-            Opened::Sqlite(conn) => describe_sqlite(conn, sql),
+            Opened::Sqlite(conn, wait) => {
+                // Each statement waits for a busy database at most what is left of the checks'
+                // time.
+                let wait = (*wait).min(cx.remaining()).max(Duration::from_millis(1));
+                conn.busy_timeout(wait)
+                    .map_err(|e| sqlite::classify(&e))
+                    .and_then(|()| describe_sqlite(conn, sql))
+            }
             Opened::Scratch(name) => cx
                 .shared
                 .with(name, |conn: &mut Connection| describe_sqlite(conn, sql))
@@ -442,7 +496,7 @@ pub(crate) fn persist(config: &PersistConfig, cx: &ProbeContext<'_>) -> Probe {
 fn style_of(db: &Opened) -> Style {
     match db {
         Opened::Postgres(..) => Style::Dollar,
-        Opened::Sqlite(_) | Opened::Scratch(_) => Style::Question,
+        Opened::Sqlite(..) | Opened::Scratch(_) => Style::Question,
     }
 }
 

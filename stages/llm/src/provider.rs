@@ -370,11 +370,16 @@ impl Client {
                 MAX_MODEL_LIST >> 20
             )));
         }
+        // Scrubbed again once decoded: a key spelled with JSON escapes is the key.
+        let scrub = |name: &str| match &self.scrubber {
+            Some(scrubber) => scrubber.scrub(name),
+            None => name.to_owned(),
+        };
         let listed: Option<Vec<String>> = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
             v.get("data")?.as_array().map(|models| {
                 models
                     .iter()
-                    .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
+                    .filter_map(|m| m.get("id")?.as_str().map(scrub))
                     .collect()
             })
         });
