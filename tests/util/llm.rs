@@ -111,6 +111,9 @@ pub struct LlmConfig {
     /// `GET …/models` answers 200 to any key, in any scenario: a key refused only by the
     /// calls (revoked after the run's checks, say).
     pub lists_models_for_any_key: bool,
+    /// An outage: every call that arrives this long after the server started is answered 503
+    /// (no `Retry-After`), in any scenario; then the scenario answers again.
+    pub down_for: Duration,
 }
 
 impl Default for LlmConfig {
@@ -122,6 +125,7 @@ impl Default for LlmConfig {
             usage: (1000, 200),
             models: Vec::new(),
             lists_models_for_any_key: false,
+            down_for: Duration::ZERO,
         }
     }
 }
@@ -255,6 +259,8 @@ struct State {
     answered: AtomicU64,
     /// `GET …/models` requests so far.
     model_lists: AtomicUsize,
+    /// When the server started (for [`LlmConfig::down_for`]).
+    started: Instant,
     /// A clone of every open connection's socket, shut down on drop to wake its handler.
     /// A handler removes its own when its connection ends: ureq keeps only a few idle
     /// connections per host, so a benchmark opens hundreds, and their descriptors must not
@@ -348,6 +354,7 @@ impl LlmServer {
             in_flight: Mutex::default(),
             connections: AtomicU64::new(0),
             model_lists: AtomicUsize::new(0),
+            started: Instant::now(),
             answered: AtomicU64::new(0),
             sockets: Mutex::default(),
             handlers: Mutex::default(),
@@ -682,6 +689,10 @@ fn handle(
             close,
         );
     };
+    if state.started.elapsed() < state.config.down_for {
+        let down = error(api, 503, "the service is down for maintenance");
+        return reply(stream, state, index, &down, close);
+    }
     let Some(_slot) = state.admit() else {
         let reply_429 = error(api, 429, "too many requests in flight; retry after 1 s")
             .header("retry-after", "1");

@@ -9,11 +9,12 @@
 //! 2. [`lanes`] — for a stage with lanes (`http-download`: one per host), the item's lane's
 //!    places, as many as its width, narrowed by that lane's overload signals;
 //! 3. concurrency — the stage's `concurrency` slots (a semaphore, in the runner);
-//! 4. [`adaptive`] — fewer attempts at once while the service says it is overloaded;
-//! 5. [`rate`] — attempts started no faster than `rate_limit`;
-//! 6. [`timeout`] — each attempt's deadline (for a blocking stage, with the abandonment of a
+//! 4. [`breaker`] — no attempt at all while the service is down (`breaker`), then one probe;
+//! 5. [`adaptive`] — fewer attempts at once while the service says it is overloaded;
+//! 6. [`rate`] — attempts started no faster than `rate_limit`;
+//! 7. [`timeout`] — each attempt's deadline (for a blocking stage, with the abandonment of a
 //!    call that ignores it, in the runner's `call`);
-//! 7. the stage's call.
+//! 8. the stage's call.
 //!
 //! So a wait for a lane, a slot, a rate-limit slot or an adaptive place does not count against
 //! the attempt's timeout, and a retry waits its backoff holding no place of any kind: an item a
@@ -26,15 +27,17 @@ use std::time::Duration;
 use crate::stage::KindDefaults;
 
 pub(crate) mod adaptive;
+pub(crate) mod breaker;
 pub(crate) mod lanes;
 pub(crate) mod rate;
 pub(crate) mod retry;
 mod spec;
 pub(crate) mod timeout;
 
+pub use breaker::{BreakerPolicy, OnOpen};
 pub use retry::Retry;
 pub use spec::RateLimit;
-pub(crate) use spec::{PolicySpec, RetrySpec, POLICY_KEYS};
+pub(crate) use spec::{BreakerSpec, PolicySpec, RetrySpec, POLICY_KEYS};
 
 /// The largest `concurrency`: a blocking stage gets that many threads.
 pub(crate) const MAX_CONCURRENCY: usize = 10_000;
@@ -52,6 +55,9 @@ pub(crate) mod builtin {
     pub const MULTIPLIER: f64 = 2.0;
     pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
     pub const CONCURRENCY: usize = 4;
+    pub const BREAKER_FAILURES: u32 = 10;
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(30);
+    pub const BREAKER_COOL_DOWN: Duration = Duration::from_secs(20);
 }
 
 /// The resolved policy of one stage.
@@ -67,6 +73,8 @@ pub struct Policy {
     pub rate_limit: Option<RateLimit>,
     /// Abandoned blocking calls after which the stage is wedged.
     pub max_abandoned: usize,
+    /// The circuit breaker, if the stage has one.
+    pub breaker: Option<BreakerPolicy>,
 }
 
 /// The layer a resolved policy value came from, in order of precedence.
@@ -206,12 +214,38 @@ impl Policy {
             concurrency,
         )
         .min(concurrency);
+        // A source reads its batch once per run, under its retries only.
+        let breaker = if is_source {
+            l.push(("breaker", Layer::Source));
+            None
+        } else {
+            pick(
+                l,
+                "breaker",
+                stage.breaker.clone().map(Some),
+                defaults.breaker.clone().map(Some),
+                None,
+                None,
+            )
+        }
+        .map(|b: BreakerSpec| BreakerPolicy {
+            failures: b
+                .failures
+                .map_or(builtin::BREAKER_FAILURES, NonZeroU32::get),
+            window: b.window.unwrap_or(builtin::BREAKER_WINDOW),
+            cool_down: b.cool_down.unwrap_or(builtin::BREAKER_COOL_DOWN),
+            on_open: match b.on_open {
+                Some(spec::OnOpenSpec::Abort) => OnOpen::Abort,
+                _ => OnOpen::Wait,
+            },
+        });
         let policy = Policy {
             timeout,
             retry,
             concurrency,
             rate_limit,
             max_abandoned,
+            breaker,
         };
         (policy, layers)
     }
@@ -277,6 +311,20 @@ impl Policy {
                 "retry.initial",
                 "`retry.initial` must not exceed `retry.max`".to_owned(),
             ));
+        }
+        if let Some(b) = &self.breaker {
+            if b.window.is_zero() {
+                problems.push((
+                    "breaker.window",
+                    "`breaker.window` must be greater than 0 (e.g. \"30s\")".to_owned(),
+                ));
+            }
+            if b.cool_down.is_zero() {
+                problems.push((
+                    "breaker.cool_down",
+                    "`breaker.cool_down` must be greater than 0 (e.g. \"20s\")".to_owned(),
+                ));
+            }
         }
         problems
     }
@@ -346,6 +394,7 @@ mod tests {
             concurrency: 1,
             rate_limit: None,
             max_abandoned: 1,
+            breaker: None,
         };
         let began = std::time::Instant::now();
         let worst = p.worst_case();
@@ -365,6 +414,7 @@ mod tests {
             concurrency: 1,
             rate_limit: None,
             max_abandoned: 1,
+            breaker: None,
         };
         // 5 × 10 s + (100 + 200 + 400 + 800) ms
         assert_eq!(p.worst_case(), Duration::from_millis(51_500));

@@ -33,6 +33,44 @@ pub(crate) struct PolicySpec {
     /// wedged and the run exits 3.
     #[schemars(extend("x-default" = "the stage's `concurrency` (never more)"))]
     pub max_abandoned: Option<NonZeroUsize>,
+    /// A circuit breaker: the `breaker.*` keys below (`breaker = {}` for their defaults). Off
+    /// unless set; a stage's own table replaces `[defaults]`' whole.
+    #[schemars(extend("x-default" = "none: off"))]
+    pub breaker: Option<BreakerSpec>,
+}
+
+/// `breaker = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BreakerSpec {
+    /// Transient failures (timeouts, 5xx, connections refused…) within `breaker.window` that
+    /// open the breaker: the stage then starts no attempt, and its items wait without using
+    /// attempts.
+    #[schemars(extend("x-default" = "`10`"))]
+    pub failures: Option<NonZeroU32>,
+    /// The window the failures are counted in.
+    #[schemars(extend("x-default" = "`\"30s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// How long the breaker stays open; then one attempt, the probe, goes through: it closes
+    /// the breaker if it succeeds, opens it for another `cool_down` if it fails.
+    #[schemars(extend("x-default" = "`\"20s\"`"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub cool_down: Option<Duration>,
+    /// `"wait"`: items wait for the service to come back; `"abort"`: the breaker's opening ends
+    /// the run (exit 3), its progress saved.
+    #[schemars(extend("x-default" = "`\"wait\"`"))]
+    pub on_open: Option<OnOpenSpec>,
+}
+
+/// `breaker.on_open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OnOpenSpec {
+    Wait,
+    Abort,
 }
 
 /// The keys of [`PolicySpec`], which every stage table may hold besides its kind's own.
@@ -42,6 +80,7 @@ pub(crate) const POLICY_KEYS: &[&str] = &[
     "concurrency",
     "rate_limit",
     "max_abandoned",
+    "breaker",
 ];
 
 /// `retry = { … }`.

@@ -49,6 +49,13 @@ pub(crate) enum AbortReason {
         stage: String,
         error: String,
     },
+    /// A stage's circuit breaker opened, with `breaker.on_open = "abort"`.
+    Breaker {
+        stage: String,
+        failures: u32,
+        window: Duration,
+        error: String,
+    },
 }
 
 impl std::fmt::Display for AbortReason {
@@ -121,6 +128,16 @@ impl std::fmt::Display for AbortReason {
             }
             AbortReason::Checkpoint(message) => write!(f, "checkpoint store failed: {message}"),
             AbortReason::Source { stage, error } => write!(f, "source `{stage}` failed: {error}"),
+            AbortReason::Breaker {
+                stage,
+                failures,
+                window,
+                error,
+            } => write!(
+                f,
+                "the circuit breaker of stage `{stage}` opened after {failures} transient failures within {} (`breaker.on_open = \"abort\"`); the last: {error}",
+                text::duration(*window)
+            ),
         }
     }
 }

@@ -723,7 +723,18 @@ async fn attempts(
                 }
             }
         };
+        // An open breaker holds the attempt back (using none of the item's attempts).
+        let admission = match &stage.breaker {
+            Some(breaker) => match breaker.admit(stop).await {
+                Some(admission) => Some((breaker, admission)),
+                None => return Attempt::Interrupted,
+            },
+            None => None,
+        };
         let Some(place) = stage.adaptive.enter(stop).await else {
+            if let Some((breaker, admission)) = admission {
+                breaker.released(admission);
+            }
             return Attempt::Interrupted;
         };
         if let Some(rate) = &stage.rate {
@@ -737,6 +748,9 @@ async fn attempts(
         drop(places);
         if !matches!(result, Err(CallError::Cancelled)) {
             stage.stats.record_latency(began.elapsed());
+        }
+        if let Some((breaker, admission)) = admission {
+            breaker_saw(shared, stage, breaker, admission, &result);
         }
         let error = match result {
             Ok(outcome) => {
@@ -783,6 +797,62 @@ async fn attempts(
         Attempt::Failed(error)
     })
     .await
+}
+
+/// Tell the stage's breaker how an attempt it let through ended, and say what that changed: it
+/// opened (logged once, with the last error; with `on_open = "abort"` the run ends), or it
+/// closed again.
+fn breaker_saw<T>(
+    shared: &Shared,
+    stage: &StageRt,
+    breaker: &crate::policy::breaker::Breaker,
+    admission: crate::policy::breaker::Admission,
+    result: &Result<T, CallError<T>>,
+) {
+    use crate::policy::breaker::Change;
+    let (change, error) = match result {
+        Ok(_) => (breaker.succeeded(admission), None),
+        Err(CallError::Cancelled) => {
+            breaker.released(admission);
+            return;
+        }
+        Err(CallError::Timeout(t) | CallError::Abandoned { timed_out: t, .. }) => (
+            breaker.failed(admission, true),
+            Some(StageError::from(*t).message),
+        ),
+        Err(CallError::Panic(message)) => (breaker.failed(admission, false), Some(message.clone())),
+        Err(CallError::Stage(e)) => (
+            breaker.failed(admission, e.class == ErrorClass::Transient),
+            Some(e.message.clone()),
+        ),
+    };
+    let policy = &breaker.policy;
+    let last = text::bounded(error.unwrap_or_default());
+    match change {
+        Change::Opened if policy.on_open == crate::policy::OnOpen::Abort => {
+            shared.control.abort(AbortReason::Breaker {
+                stage: stage.name.to_string(),
+                failures: policy.failures,
+                window: policy.window,
+                error: last,
+            });
+        }
+        Change::Opened => tracing::warn!(
+            stage = %stage.name,
+            failures = policy.failures,
+            window_secs = policy.window.as_secs_f64(),
+            cool_down_secs = policy.cool_down.as_secs_f64(),
+            last_error = %last,
+            "circuit breaker opened: the stage starts no attempt until a probe succeeds; its items wait without using attempts"
+        ),
+        Change::Reopened => {
+            tracing::debug!(stage = %stage.name, error = %last, "circuit breaker: the probe failed; open again")
+        }
+        Change::Closed => {
+            tracing::info!(stage = %stage.name, "circuit breaker closed: a probe attempt succeeded")
+        }
+        Change::None => {}
+    }
 }
 
 /// The flight recorder's slot of an item's failed attempt, held while it backs off; released

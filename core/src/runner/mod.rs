@@ -168,6 +168,8 @@ pub(crate) struct StageRt {
     pub meter: crate::stage::Meter,
     /// How many attempts may be under way, adapted to the service's overload signals.
     pub adaptive: Adaptive,
+    /// The circuit breaker (`breaker`), if the stage has one.
+    pub breaker: Option<crate::policy::breaker::Breaker>,
     /// The gates of the stage's lanes (see [`crate::stage::Lane`]).
     pub lanes: crate::policy::lanes::Lanes,
     /// Whether the stage has been told to slow down yet (logged once).
@@ -313,6 +315,11 @@ fn build_stages(
             stats: StageStats::default(),
             meter: cx.meter,
             adaptive: Adaptive::new(stage.policy.concurrency),
+            breaker: stage
+                .policy
+                .breaker
+                .clone()
+                .map(crate::policy::breaker::Breaker::new),
             lanes: crate::policy::lanes::Lanes::default(),
             slowed: std::sync::atomic::AtomicBool::new(false),
         });

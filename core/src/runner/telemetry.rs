@@ -274,7 +274,15 @@ fn stage_fields(s: &StageRt) -> serde_json::Value {
         "slowed_lanes": slowed.len(),
         "abandoned": st.abandoned_now(),
         "abandoned_total": st.abandoned_total.get(),
+        "breaker": breaker_state(s),
     })
+}
+
+/// `"open"` (or half-open: held back either way), `"closed"`, or null without a breaker.
+fn breaker_state(s: &StageRt) -> Option<&'static str> {
+    s.breaker
+        .as_ref()
+        .map(|b| if b.is_open() { "open" } else { "closed" })
 }
 
 fn stage_line(s: &StageRt) -> String {
@@ -294,6 +302,9 @@ fn stage_line(s: &StageRt) -> String {
     }
     if st.backing_off.get() > 0 {
         line.push_str(&format!(" backing_off={}", st.backing_off.get()));
+    }
+    if breaker_state(s) == Some("open") {
+        line.push_str(" breaker=open");
     }
     let limit = s.adaptive.limit();
     if limit < s.adaptive.max() {

@@ -1,7 +1,9 @@
 //! The keys each configuration table accepts, read from the types' `Deserialize` impls, so
 //! that documentation and tooling can be checked against the code instead of a copied list.
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, TelemetrySpec};
+use super::types::{
+    BreakerSpec, CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, TelemetrySpec,
+};
 use crate::config::struct_fields;
 
 /// Every key of the tables outside `[[stage]]`, and the policy keys every stage has, as
@@ -15,6 +17,14 @@ pub fn section_keys() -> Vec<(&'static str, Vec<String>)> {
                 struct_fields::<RetrySpec>()
                     .iter()
                     .map(|r| format!("retry.{r}"))
+                    .collect()
+            } else if *f == "breaker" {
+                std::iter::once("breaker".to_owned())
+                    .chain(
+                        struct_fields::<BreakerSpec>()
+                            .iter()
+                            .map(|r| format!("breaker.{r}")),
+                    )
                     .collect()
             } else {
                 vec![(*f).to_owned()]

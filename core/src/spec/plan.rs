@@ -288,6 +288,31 @@ fn policy_value(policy: &Policy, key: &str) -> Shown {
             None => Shown::unset("none"),
         },
         "max_abandoned" => Shown::plain(json!(policy.max_abandoned)),
+        "breaker" => match &policy.breaker {
+            Some(b) => {
+                let on_open = match b.on_open {
+                    crate::policy::OnOpen::Wait => "wait",
+                    crate::policy::OnOpen::Abort => "abort",
+                };
+                let (window, cool_down) = (
+                    crate::text::duration(b.window),
+                    crate::text::duration(b.cool_down),
+                );
+                Shown {
+                    json: json!({
+                        "failures": b.failures,
+                        "window": window,
+                        "cool_down": cool_down,
+                        "on_open": on_open,
+                    }),
+                    text: format!(
+                        "{{ failures = {}, window = \"{window}\", cool_down = \"{cool_down}\", on_open = \"{on_open}\" }}",
+                        b.failures
+                    ),
+                }
+            }
+            None => Shown::unset("none: off"),
+        },
         other => unreachable!("`Policy::resolve` names no key `{other}`"),
     }
 }

@@ -5,7 +5,9 @@
 
 use serde_json::Value;
 
-use super::types::{CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, StageKeys, TelemetrySpec};
+use super::types::{
+    BreakerSpec, CheckpointSpec, PipelineSpec, PolicySpec, RetrySpec, StageKeys, TelemetrySpec,
+};
 use crate::config::{default_text, schema_of, struct_fields};
 use crate::registry::Registry;
 
@@ -35,6 +37,17 @@ pub fn key_tables(registry: &Registry) -> Vec<KeyTable> {
             "retry.",
         );
         policy.splice(at..=at, retry);
+    }
+    // And so is `breaker`.
+    let breaker_at = policy.iter().position(|r| r.starts_with("| `breaker` |"));
+    if let Some(at) = breaker_at {
+        let mut breaker = vec![policy[at].clone()];
+        breaker.extend(rows(
+            &schema_of::<BreakerSpec>(),
+            struct_fields::<BreakerSpec>(),
+            "breaker.",
+        ));
+        policy.splice(at..=at, breaker);
     }
     let mut tables = vec![
         table(

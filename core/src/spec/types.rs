@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-pub(crate) use crate::policy::{PolicySpec, RetrySpec, POLICY_KEYS};
+pub(crate) use crate::policy::{BreakerSpec, PolicySpec, RetrySpec, POLICY_KEYS};
 
 /// `[pipeline]`: the run as a whole.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -15,8 +15,8 @@
 //! # One attempt
 //!
 //! The runner calls a stage once per attempt, wrapped in the policies in this order:
-//! retry → lane ([`Lane`]) → concurrency → adaptive concurrency → rate limit → timeout (per
-//! attempt) → call (see `docs/running.md`, "Policies"). Between attempts an item holds no
+//! retry → lane ([`Lane`]) → concurrency → circuit breaker → adaptive concurrency → rate limit →
+//! timeout (per attempt) → call (see `docs/running.md`, "Policies"). Between attempts an item holds no
 //! place: its backoff holds back no other item. Each call gets a [`Context`]
 //! with the item key, the attempt number (1-based), the attempt's deadline and a cancellation
 //! flag.

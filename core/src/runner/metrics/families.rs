@@ -28,6 +28,8 @@ pub(crate) const ABANDONED_NOW: &str = "stagewise_abandoned_calls";
 pub(crate) const IN_FLIGHT: &str = "stagewise_in_flight";
 /// Items waiting between attempts.
 pub(crate) const BACKING_OFF: &str = "stagewise_backing_off";
+/// Whether a stage's circuit breaker holds its attempts back (1) or not (0).
+pub(crate) const BREAKER_OPEN: &str = "stagewise_breaker_open";
 /// Attempts a stage allows at once now (lowered when its service asks it to slow down).
 pub(crate) const CONCURRENCY: &str = "stagewise_concurrency";
 /// Attempt latency.
@@ -156,7 +158,7 @@ fn stages(stages: &[StageRt], out: &mut Vec<MetricFamily>) {
             .collect(),
     ));
     use MetricType::{COUNTER, GAUGE};
-    let rows: [PerStage<'_>; 9] = [
+    let rows: [PerStage<'_>; 10] = [
         (ATTEMPTS, "Attempts begun at the stage.", COUNTER, &|s| s.stats.attempts.get() as f64),
         (RETRIES, "Attempts after an item's first at the stage.", COUNTER, &|s| s.stats.retries.get() as f64),
         (TIMEOUTS, "Attempts that timed out.", COUNTER, &|s| s.stats.timeouts.get() as f64),
@@ -166,6 +168,7 @@ fn stages(stages: &[StageRt], out: &mut Vec<MetricFamily>) {
         (IN_FLIGHT, "Attempts under way.", GAUGE, &|s| s.stats.in_flight_count() as f64),
         (BACKING_OFF, "Items waiting between attempts (a backoff or a retry-after hint).", GAUGE, &|s| s.stats.backing_off.get() as f64),
         (CONCURRENCY, "Attempts the stage allows at once now: its `concurrency`, lower while its service asks it to slow down.", GAUGE, &|s| s.adaptive.limit() as f64),
+        (BREAKER_OPEN, "1 while the stage's circuit breaker holds its attempts back (open or half-open), else 0.", GAUGE, &|s| f64::from(u8::from(s.breaker.as_ref().is_some_and(|b| b.is_open())))),
     ];
     for (name, help, kind, value) in rows {
         out.push(per_stage(name, help, kind, value));
