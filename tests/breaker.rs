@@ -137,8 +137,8 @@ fn with_on_open_abort_the_run_ends_at_once_and_keeps_its_items() {
     let plan = p.cmd("plan").output();
     plan.assert_code(0);
     assert!(
-        plan.stdout.contains(r#"{ failures = 4, window = "2s"#)
-            || plan.stdout.contains(r#"on_open = "abort""#),
+        plan.stdout
+            .contains(r#"{ failures = 4, window = "30s", cool_down = "2s", on_open = "abort" }"#),
         "{plan}"
     );
 }

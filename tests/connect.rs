@@ -261,8 +261,6 @@ fn a_prompt_naming_a_field_no_record_has_stops_before_any_call() {
 fn an_endpoint_that_refuses_the_key_is_an_error_and_one_down_a_warning() {
     let server = LlmServer::start(LlmConfig::default());
     let p = llm_job(&server, Scenario::Unauthorized, "Facts: {{text}}");
-    let place = value_place(&p, "prompt");
-    let _ = place;
     let out = p
         .cmd("validate")
         .arg("--connect")
@@ -489,7 +487,7 @@ fn a_database_that_is_down_is_a_warning_and_the_run_goes_on() {
     );
     // The run says so too, and leaves it to the stage's retries: its items fail as an outage's.
     let out = p.run();
-    assert!(out.code == Some(1) || out.code == Some(3), "{out}");
+    out.assert_code(1);
     assert!(
         out.warnings()
             .iter()
@@ -665,4 +663,33 @@ fn a_locked_database_holds_the_checks_no_longer_than_the_stage_timeout() {
         "the checks took {took:?}\n{out}"
     );
     drop(holder);
+}
+
+#[test]
+fn a_stop_during_the_checks_ends_the_run_before_anything_is_built() {
+    // An `init_script` that never ends: the check is cut off at the stage's timeout, and the
+    // build would run the script for real, unbounded.
+    let p = sqlite_job(GOOD_QUERY, GOOD_STATEMENT, "");
+    let p = Pipeline::new(&p.toml().replace(
+        "kind = \"db-fetch\"",
+        "kind = \"db-fetch\"\ntimeout = \"3s\"",
+    ));
+    p.dir.write(
+        "schema.sql",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;\n",
+    );
+    let running = p.cmd("run").spawn();
+    std::thread::sleep(Duration::from_millis(800));
+    running.signal(libc::SIGTERM);
+    let out = running.wait();
+    out.assert_code(75);
+    out.assert_stderr_contains("stopped before the batch was taken, as asked: nothing was run");
+    assert!(
+        out.elapsed < Duration::from_secs(30),
+        "the stop ended it\n{out}"
+    );
+    assert!(
+        !p.dir.exists("data.db") && !p.dir.exists("data.db.init"),
+        "nothing was built\n{out}"
+    );
 }

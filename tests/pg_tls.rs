@@ -428,9 +428,10 @@ fn verify_full_checks_the_ca_and_the_host_name() {
             .output();
         out.assert_code(2);
         assert!(
-            out.stderr_lines().any(|l| l.starts_with("error: ")
-                && l.contains(needle)
-                && l.contains("certificate not trusted")),
+            out.stderr_lines()
+                .any(|l| l.starts_with("error: pipeline.toml:")
+                    && l.contains(needle)
+                    && l.contains("certificate not trusted")),
             "{needle}\n{out}"
         );
         assert!(!out.stderr.contains(SECRET), "{out}");
