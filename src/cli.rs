@@ -249,17 +249,10 @@ fn validate_connected(pipeline: &std::path::Path, registry: &Registry, report: R
         Ok(l) => l,
         Err(code) => return code,
     };
-    let probed = spec::probe(&loaded.pipeline, registry, spec::Scope::Everything);
-    if probed.errors() > 0 {
-        return invalid(
-            pipeline,
-            &ConfigError {
-                diagnostics: probed.diagnostics,
-            },
-            report,
-        );
-    }
-    print_diagnostics(&probed.diagnostics, report);
+    let probed = match probe(pipeline, &loaded, registry, spec::Scope::Everything, report) {
+        Ok(probed) => probed,
+        Err(code) => return code,
+    };
     for line in &probed.checked {
         if report == Report::Logged {
             tracing::info!(check = %line, "checked");
@@ -282,17 +275,16 @@ fn validate_connected(pipeline: &std::path::Path, registry: &Registry, report: R
     ExitCode::SUCCESS
 }
 
-/// Check a loaded pipeline against the world before its run takes a batch: a fault of the
-/// configuration stops it here (exit 2, nothing run); an outage is said and left to the
-/// stages' retries.
-fn probe_before_run(
+/// Check `loaded` against the world (`scope`): its faults of the configuration are reported as
+/// the file's errors (`Err` is the exit code, 2); its warnings are said.
+fn probe(
     path: &std::path::Path,
     loaded: &Loaded,
     registry: &Registry,
+    scope: spec::Scope,
     report: Report,
-) -> Result<(), ExitCode> {
-    let started = std::time::Instant::now();
-    let probed = spec::probe(&loaded.pipeline, registry, spec::Scope::Stages);
+) -> Result<spec::Probed, ExitCode> {
+    let probed = spec::probe(&loaded.pipeline, registry, scope);
     if probed.errors() > 0 {
         return Err(invalid(
             path,
@@ -303,6 +295,20 @@ fn probe_before_run(
         ));
     }
     print_diagnostics(&probed.diagnostics, report);
+    Ok(probed)
+}
+
+/// Check a loaded pipeline against the world before its run takes a batch: a fault of the
+/// configuration stops it here (exit 2, nothing run); an outage is said and left to the
+/// stages' retries.
+fn probe_before_run(
+    path: &std::path::Path,
+    loaded: &Loaded,
+    registry: &Registry,
+    report: Report,
+) -> Result<(), ExitCode> {
+    let started = std::time::Instant::now();
+    let probed = probe(path, loaded, registry, spec::Scope::Stages, report)?;
     tracing::debug!(
         checks = probed.checked.len(),
         elapsed_secs = started.elapsed().as_secs_f64(),
