@@ -70,8 +70,28 @@ fn an_open_breaker_spares_a_service_that_is_down_and_loses_no_item() {
         &server,
         r#"breaker = { failures = 4, window = "30s", cool_down = "2s" }"#,
     );
-    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    let run = p.cmd("run").env("OPENAI_API_KEY", KEY).spawn();
+    // While it runs, `status` says which breaker holds its attempts back.
+    let began = std::time::Instant::now();
+    let mut said = None;
+    while said.is_none() && began.elapsed() < DOWN {
+        let status = p.cmd("status").output();
+        if status.stdout.contains("circuit breakers open: `facts`") {
+            let json = p.cmd("status").arg("--json").output();
+            said = Some((status, json));
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let out = run.wait();
+    let (status, json) =
+        said.unwrap_or_else(|| panic!("`status` never named the open breaker\n{out}"));
+    assert!(status.stdout.contains("process: alive"), "{status}");
+    let json: serde_json::Value = serde_json::from_str(json.stdout.trim()).expect("status --json");
+    assert_eq!(json["run"]["breakers_open"], "`facts`", "{json:#}");
     out.assert_code(0);
+    let after = p.cmd("status").output();
+    assert!(!after.stdout.contains("circuit breakers open"), "{after}");
     let during = server.calls_with_status(503);
     assert!(
         during <= 20,
@@ -141,4 +161,141 @@ fn with_on_open_abort_the_run_ends_at_once_and_keeps_its_items() {
             .contains(r#"{ failures = 4, window = "30s", cool_down = "2s", on_open = "abort" }"#),
         "{plan}"
     );
+}
+
+/// One site that refuses connections among three that answer, `http-download` with a breaker
+/// per host: the dead host's breaker opens and its items wait aside, and the live hosts' items
+/// finish within 1.2× the time they take with no dead host. With one breaker for the whole
+/// stage instead, the dead host's failures hold every host's items back.
+#[test]
+fn one_dead_host_holds_back_no_other_with_a_breaker_per_host() {
+    use std::time::Instant;
+    use util::http::{Server, SLOW_PAGE};
+
+    const PER_LIVE_HOST: usize = 20;
+    const DEAD_ITEMS: usize = 10;
+    let live = [
+        Server::start(),
+        Server::start_at("127.0.0.3:0").expect("bind 127.0.0.3:0"),
+        Server::start_at("127.0.0.4:0").expect("bind 127.0.0.4:0"),
+    ];
+    // A port nothing listens on: every connection is refused at once.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
+        listener.local_addr().expect("its address")
+    };
+    // Each run: its pipeline, and the time from the first to the last live request it sent.
+    let run = |name: &str, with_dead: bool, per_host: bool| -> (Pipeline, util::Output, Duration) {
+        let mut lines = String::new();
+        for i in 0..PER_LIVE_HOST {
+            for (h, server) in live.iter().enumerate() {
+                let url = server.url(&format!("/slow/{name}-{h}-{i}"));
+                lines.push_str(&format!(
+                    "{}\n",
+                    json!({"id": format!("live{h}-{i:02}"), "url": url})
+                ));
+            }
+            if with_dead && i < DEAD_ITEMS {
+                let url = format!("http://{dead}/page");
+                lines.push_str(&format!(
+                    "{}\n",
+                    json!({"id": format!("dead-{i:02}"), "url": url})
+                ));
+            }
+        }
+        let p = Pipeline::new(&format!(
+            r#"
+            [pipeline]
+            name = "{name}"
+            max_run_time = "3s"
+            shutdown_grace = "1s"
+
+            [[stage]]
+            name = "urls"
+            kind = "jsonl"
+            path = "urls.jsonl"
+            key = "id"
+
+            [[stage]]
+            name = "fetch"
+            kind = "http-download"
+            allow_private_networks = true
+            concurrency = 8
+            per_host_concurrency = 2
+            timeout = "5s"
+            retry = {{ attempts = 2, initial = "100ms", max = "100ms" }}
+            breaker = {{ failures = 3, window = "10s", cool_down = "2s" }}
+            per_host_breaker = {per_host}
+
+            [[stage]]
+            name = "out"
+            kind = "blackhole"
+            "#
+        ));
+        p.dir.write("urls.jsonl", lines);
+        let started = Instant::now();
+        let out = p.run();
+        let at: Vec<Instant> = live
+            .iter()
+            .flat_map(|s| s.requests())
+            .filter(|r| r.at >= started && r.path.contains(&format!("/slow/{name}-")))
+            .map(|r| r.at)
+            .collect();
+        let first = at.iter().min().copied().unwrap_or(started);
+        let last = at.iter().max().copied().unwrap_or(started);
+        (p, out, last - first)
+    };
+    let live_done = |p: &Pipeline| -> usize {
+        let status = p.status();
+        let failed_live = status
+            .failed
+            .iter()
+            .filter(|f| f.key.starts_with("live"))
+            .count();
+        assert_eq!(failed_live, 0, "no live item fails: {:?}", status.failed);
+        status.count("done") as usize
+    };
+    let all_live = 3 * PER_LIVE_HOST;
+    let mut alone = Vec::new();
+    let mut beside_dead = Vec::new();
+    // Twice each, interleaved; the quicker of each pair is compared (the machine is shared).
+    for round in 0..2 {
+        let (p, out, took) = run(&format!("hosts-alone-{round}"), false, true);
+        out.assert_code(0);
+        assert_eq!(live_done(&p), all_live, "{out}");
+        alone.push(took);
+        let (p, out, took) = run(&format!("hosts-dead-{round}"), true, true);
+        assert_eq!(
+            live_done(&p),
+            all_live,
+            "every live page, beside the dead host\n{out}"
+        );
+        assert_eq!(
+            out.stderr
+                .matches("circuit breaker opened for one lane")
+                .count(),
+            1,
+            "the dead host's breaker, once\n{out}"
+        );
+        out.assert_stderr_contains("lane=127.0.0.2");
+        beside_dead.push(took);
+    }
+    let alone = alone.into_iter().min().expect("two runs");
+    let beside_dead = beside_dead.into_iter().min().expect("two runs");
+    eprintln!("the live hosts' pages took {alone:?} alone, {beside_dead:?} beside a dead host");
+    // Ten rounds of 100 ms per host at the least.
+    assert!(alone >= SLOW_PAGE * 9, "{alone:?}");
+    assert!(
+        beside_dead.as_secs_f64() <= alone.as_secs_f64() * 1.2,
+        "{beside_dead:?} beside a dead host, {alone:?} alone"
+    );
+
+    // One breaker for the stage: the dead host opens it for every host.
+    let (p, out, took) = run("hosts-dead-one-breaker", true, false);
+    let done = live_done(&p);
+    assert!(
+        done < all_live || took.as_secs_f64() >= alone.as_secs_f64() * 1.5,
+        "one breaker for all: {done} live pages in {took:?}\n{out}"
+    );
+    out.assert_stderr_contains("circuit breaker opened: the stage starts no attempt");
 }

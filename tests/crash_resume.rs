@@ -214,7 +214,7 @@ fn a_store_written_by_schema_version_1_is_upgraded_and_resumed() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("read the version");
-    assert_eq!(version, 8);
+    assert_eq!(version, 9);
     let ended: i64 = conn
         .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
         .expect("the history exists");

@@ -87,7 +87,7 @@ fn runs_finish_report_and_take_new_batches() {
     assert_eq!(first.raw["run"]["id"], 1);
     assert_eq!(first.raw["run"]["status"], "finished");
     assert_eq!(first.count("done"), 50);
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 8);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 9);
     assert!(
         !p.dir.exists(".stagewise/pg-batches.db"),
         "no SQLite store beside a PostgreSQL one"
@@ -322,7 +322,7 @@ fn a_version_1_store_is_upgraded_and_resumed() {
          DROP INDEX stagewise.items_failed;
          ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim;
          ALTER TABLE stagewise.runs DROP COLUMN taker;
-         ALTER TABLE stagewise.items DROP COLUMN taken;
+         ALTER TABLE stagewise.items DROP COLUMN taken, DROP COLUMN since;
          DROP TABLE stagewise.deaths;
          DROP TABLE stagewise.processes;
          DROP TABLE stagewise.responses;
@@ -333,7 +333,7 @@ fn a_version_1_store_is_upgraded_and_resumed() {
     let out = cmd(&p, &db, "run").output();
     out.assert_code(0);
     out.assert_stderr_contains("resumed=true");
-    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 8);
+    assert_eq!(db.query_i64("SELECT max(version) FROM stagewise.meta"), 9);
     assert_eq!(db.query_i64("SELECT count(*) FROM stagewise.responses"), 0);
     assert_eq!(
         db.query_i64("SELECT count(*) FROM stagewise.history"),

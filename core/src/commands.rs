@@ -27,6 +27,9 @@ pub struct Status {
     /// How the last process to end with a summary ended, when that summary is of the latest
     /// run and no process runs it now: its exit code, outcome and reason.
     pub last_exit: Option<LastExit>,
+    /// The circuit breakers that hold the running process's attempts back, as its flight
+    /// record says (`None`: none, or no process runs).
+    pub breakers: Option<String>,
 }
 
 /// How a process ended, from its summary file.
@@ -75,6 +78,7 @@ pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Statu
             unreadable_record: crate::runner::unreadable_record(pipeline),
             process: None,
             last_exit: None,
+            breakers: None,
         });
     };
     let latest = store.latest_run(&pipeline.name)?;
@@ -118,6 +122,9 @@ pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Statu
         (Some(r), Some("exited"), Some(last)) => last_exit(pipeline, r.run.id, last),
         _ => None,
     };
+    let breakers = last
+        .filter(|_| process == Some("alive"))
+        .and_then(|last| last.breakers);
     Ok(Status {
         report,
         last_checked: store.last_checked(&pipeline.name)?,
@@ -125,6 +132,7 @@ pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Statu
         unreadable_record: crate::runner::unreadable_record(pipeline),
         process,
         last_exit,
+        breakers,
     })
 }
 
@@ -248,6 +256,9 @@ pub fn render_status(pipeline: &Pipeline, status: &Status) -> String {
     match (status.process, &status.last_exit) {
         (Some("alive"), _) => {
             let _ = writeln!(out, "  process: alive (it runs now)");
+            if let Some(open) = &status.breakers {
+                let _ = writeln!(out, "  circuit breakers open: {}", printable(open));
+            }
         }
         (Some("died"), _) => {
             // It may have died taking a new batch, after this run ended.
@@ -383,6 +394,7 @@ pub fn status_json(pipeline: &Pipeline, status: &Status) -> serde_json::Value {
         v["run"]["exit_code"] = e.map(|e| e.exit_code).into();
         v["run"]["outcome"] = e.map(|e| e.outcome.clone()).into();
         v["run"]["reason"] = e.and_then(|e| e.reason.clone()).into();
+        v["run"]["breakers_open"] = status.breakers.clone().into();
     }
     if let Some(at) = &status.last_checked {
         v["last_checked"] = serde_json::Value::String(at.clone());

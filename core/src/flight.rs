@@ -71,6 +71,8 @@ const H_MORE: usize = 96;
 const H_HOST: (usize, usize) = (128, 248);
 const H_PIPELINE: (usize, usize) = (384, 248);
 const H_ENDING: (usize, usize) = (640, 1016);
+/// Added after version 2 in what was spare room: a reader of a file without it reads no text.
+const H_BREAKERS: (usize, usize) = (1664, 376);
 const H_PREVIOUS: (usize, usize) = (2048, 6136);
 
 // An event slot: `[u64 seq][u32 len][u32 checksum][text]`; seq 0 = empty or being written.
@@ -88,7 +90,8 @@ const KEY_MAX: usize = ATTEMPT_SLOT - A_KEY;
 /// The last millisecond RFC 3339 can write (year 9999): a damaged timestamp is clamped to it.
 const MAX_MS: u64 = 253_402_300_799_999;
 
-const _: () = assert!(H_ENDING.0 + 8 + H_ENDING.1 <= H_PREVIOUS.0);
+const _: () = assert!(H_ENDING.0 + 8 + H_ENDING.1 <= H_BREAKERS.0);
+const _: () = assert!(H_BREAKERS.0 + 8 + H_BREAKERS.1 <= H_PREVIOUS.0);
 const _: () = assert!(H_PREVIOUS.0 + 8 + H_PREVIOUS.1 <= HEADER_SIZE);
 const _: () = assert!(FILE_SIZE < 1 << 20);
 
@@ -115,6 +118,9 @@ pub struct ProcessRecord {
     /// Why the process ended abnormally, when it could say (e.g. the watchdog's message).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ending: Option<String>,
+    /// The circuit breakers holding attempts back, as the process last said (`None`: none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub breakers: Option<String>,
     /// What this process reported, when it started, about the process before it that had
     /// ended without a summary (kept apart from the log events, so no log filter or later
     /// line loses it).
@@ -227,6 +233,7 @@ const _: () = assert!(ATTEMPT_SLOT.is_multiple_of(8) && EVENT_SLOT.is_multiple_o
 const _: () = assert!(HEADER_SIZE.is_multiple_of(8) && RING_AT.is_multiple_of(8));
 const _: () = assert!(H_ENDING.0.is_multiple_of(8) && (H_ENDING.1 + 8).is_multiple_of(8));
 const _: () = assert!(H_PREVIOUS.0.is_multiple_of(8) && (H_PREVIOUS.1 + 8).is_multiple_of(8));
+const _: () = assert!(H_BREAKERS.0.is_multiple_of(8) && (H_BREAKERS.1 + 8).is_multiple_of(8));
 
 // SAFETY: `words` points into `_map`, which the recorder owns and never moves or unmaps before
 // it is dropped; the map is only ever accessed through atomic words, which any thread may use.
@@ -507,6 +514,12 @@ impl Recorder {
     pub fn set_ending(&self, why: &str) {
         self.set_text(H_ENDING, why);
         self.seen(now_ms());
+    }
+
+    /// The circuit breakers that hold attempts back now, said in a line (cut to 376 bytes on a
+    /// character boundary); empty: none.
+    pub fn set_breakers(&self, open: &str) {
+        self.set_text(H_BREAKERS, open);
     }
 
     /// What this process reported about the process before it (kept in `previous_report`,
@@ -838,6 +851,7 @@ fn decode(bytes: &[u8]) -> ProcessRecord {
         last_seen_at: rfc3339(last_seen),
         ended: get_u64(bytes, H_ENDED) != 0,
         ending: read_text(bytes, H_ENDING).filter(|s| !s.is_empty()),
+        breakers: read_text(bytes, H_BREAKERS).filter(|s| !s.is_empty()),
         previous_report: read_text(bytes, H_PREVIOUS).filter(|s| !s.is_empty()),
         in_flight: attempts.into_iter().map(|(_, a)| a).collect(),
         in_flight_more: get_u64(bytes, H_MORE),

@@ -340,6 +340,9 @@ pub struct StoredItem {
     /// short by its death (not those an orderly stop interrupted). Their last error is
     /// [`CheckpointStore::last_error`]'s.
     pub attempts: u32,
+    /// When its first attempt at `stage` began, as committed (`item_deadline` counts from it);
+    /// `None` if none did yet.
+    pub since: Option<std::time::SystemTime>,
 }
 
 /// An attempt a process died in, as kept.

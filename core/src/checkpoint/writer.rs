@@ -166,6 +166,9 @@ struct Slot {
     /// The latest update that counted attempts, when later updates of the item count none (an
     /// attempt failed, then the item was interrupted in its backoff: the attempt still counts).
     attempted: Option<Change>,
+    /// The first attempt's start at the item's stage, when later updates came after it: when
+    /// it began is kept (`item_deadline` counts from it).
+    started: Option<Change>,
     last: Change,
 }
 
@@ -179,6 +182,7 @@ impl Batch {
                     Slot {
                         advanced: None,
                         attempted: None,
+                        started: None,
                         last: u.change,
                     },
                 );
@@ -188,6 +192,7 @@ impl Batch {
                     Change::Advanced { .. } | Change::Done | Change::Skipped { .. } => {
                         slot.advanced = None;
                         slot.attempted = None;
+                        slot.started = None;
                     }
                     // These set the attempts themselves.
                     Change::Attempted { .. } | Change::Exhausted { .. } | Change::Failed { .. } => {
@@ -204,6 +209,16 @@ impl Batch {
                         _ => {}
                     },
                 }
+                let moved_on = matches!(
+                    u.change,
+                    Change::Advanced { .. } | Change::Done | Change::Skipped { .. }
+                );
+                if !moved_on
+                    && slot.started.is_none()
+                    && matches!(slot.last, Change::Started { .. } | Change::TakenUp { .. })
+                {
+                    slot.started = Some(slot.last.clone());
+                }
                 slot.last = u.change;
             }
         }
@@ -213,7 +228,10 @@ impl Batch {
         let mut out = Vec::with_capacity(self.order.len());
         for seq in self.order.drain(..) {
             if let Some(slot) = self.slots.remove(&seq) {
-                for change in [slot.advanced, slot.attempted].into_iter().flatten() {
+                for change in [slot.advanced, slot.started, slot.attempted]
+                    .into_iter()
+                    .flatten()
+                {
                     out.push(Update { seq, change });
                 }
                 out.push(Update {
@@ -413,10 +431,15 @@ mod tests {
         ] {
             b.push(Update { seq: 1, change });
         }
-        let rows = crate::checkpoint::model::fold(&b.take());
+        let rows = crate::checkpoint::model::fold(&b.take(), 7);
         assert_eq!(rows.len(), 1);
         let (_, row) = &rows[0];
         assert_eq!(row.attempts, Some(1), "the failed attempt still counts");
+        assert_eq!(
+            row.since,
+            crate::checkpoint::model::Since::Mark(7),
+            "and when the first began"
+        );
         assert_eq!(row.state, crate::checkpoint::ItemState::Pending);
         // A later change that counts attempts itself wins.
         for change in [

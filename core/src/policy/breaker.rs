@@ -12,7 +12,7 @@
 //! changes, or when the cool-down they wait for ends.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -28,7 +28,8 @@ pub enum OnOpen {
     Abort,
 }
 
-/// A stage's resolved `breaker`.
+/// A stage's resolved `breaker` (the default: the built-in settings, for the lanes of a stage
+/// that asks for a breaker per lane without setting `breaker`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerPolicy {
     /// Transient failures within `window` that open it.
@@ -39,6 +40,54 @@ pub struct BreakerPolicy {
     pub cool_down: Duration,
     /// What opening it does to the run.
     pub on_open: OnOpen,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> BreakerPolicy {
+        BreakerPolicy {
+            failures: super::builtin::BREAKER_FAILURES,
+            window: super::builtin::BREAKER_WINDOW,
+            cool_down: super::builtin::BREAKER_COOL_DOWN,
+            on_open: OnOpen::Wait,
+        }
+    }
+}
+
+/// An attempt a breaker let through, until it is settled: [`Admitted::succeeded`] or
+/// [`Admitted::failed`] tell the breaker how it ended; dropped unsettled (the run stopped it, or
+/// the item's deadline passed before its call), a probe's place goes to the next item.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    breaker: Arc<Breaker>,
+    admission: Admission,
+    settled: bool,
+}
+
+impl Admitted {
+    /// The breaker that let the attempt through.
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The attempt answered.
+    pub(crate) fn succeeded(mut self) -> Change {
+        self.settled = true;
+        self.breaker.succeeded(self.admission)
+    }
+
+    /// The attempt failed; `transient` whether its error counts.
+    pub(crate) fn failed(mut self, transient: bool) -> Change {
+        self.settled = true;
+        self.breaker.failed(self.admission, transient)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.breaker.released(self.admission);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -97,27 +146,57 @@ impl Breaker {
     }
 
     /// Wait until an attempt may start, or `None` if `stop` is cancelled first.
+    pub(crate) async fn admit_owned(
+        self: &Arc<Self>,
+        stop: &CancellationToken,
+    ) -> Option<Admitted> {
+        let admission = self.admit(stop).await?;
+        Some(self.admitted(admission))
+    }
+
+    /// An attempt may start now: let it through; `None` if it would have to wait.
+    pub(crate) fn try_admit_owned(self: &Arc<Self>) -> Option<Admitted> {
+        let admission = self.try_admit().ok()?;
+        Some(self.admitted(admission))
+    }
+
+    fn admitted(self: &Arc<Self>, admission: Admission) -> Admitted {
+        Admitted {
+            breaker: self.clone(),
+            admission,
+            settled: false,
+        }
+    }
+
+    /// Let an attempt through now, or say until when it must wait (`None`: until the probe
+    /// under way ends).
+    fn try_admit(&self) -> Result<Admission, Option<Instant>> {
+        let mut state = self.lock();
+        match &mut *state {
+            State::Closed(_) => Ok(Admission::Normal),
+            State::Open { until } if Instant::now() >= *until => {
+                *state = State::HalfOpen { probing: true };
+                Ok(Admission::Probe)
+            }
+            State::Open { until } => Err(Some(*until)),
+            State::HalfOpen { probing } if !*probing => {
+                *probing = true;
+                Ok(Admission::Probe)
+            }
+            State::HalfOpen { .. } => Err(None),
+        }
+    }
+
+    /// Wait until an attempt may start, or `None` if `stop` is cancelled first.
     pub(crate) async fn admit(&self, stop: &CancellationToken) -> Option<Admission> {
         loop {
             // Registered before the state is read: a change in between still wakes it.
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let until = {
-                let mut state = self.lock();
-                match &mut *state {
-                    State::Closed(_) => return Some(Admission::Normal),
-                    State::Open { until } if Instant::now() >= *until => {
-                        *state = State::HalfOpen { probing: true };
-                        return Some(Admission::Probe);
-                    }
-                    State::Open { until } => Some(*until),
-                    State::HalfOpen { probing } if !*probing => {
-                        *probing = true;
-                        return Some(Admission::Probe);
-                    }
-                    State::HalfOpen { .. } => None,
-                }
+            let until = match self.try_admit() {
+                Ok(admission) => return Some(admission),
+                Err(until) => until,
             };
             tokio::select! {
                 biased;
@@ -285,5 +364,32 @@ mod tests {
         };
         stop.cancel();
         assert_eq!(waiting.await.expect("joined"), None);
+    }
+
+    /// An attempt let through and dropped unsettled (its item's deadline passed before the
+    /// call, the run stopped it) gives a probe's place to the next; settled, it tells the
+    /// breaker. `try_admit_owned` never waits.
+    #[tokio::test(start_paused = true)]
+    async fn an_unsettled_admission_gives_the_probe_back() {
+        let b = std::sync::Arc::new(breaker());
+        let stop = CancellationToken::new();
+        assert!(b.try_admit_owned().is_some(), "closed: at once");
+        for _ in 0..3 {
+            b.try_admit_owned().expect("closed").failed(true);
+        }
+        assert!(b.is_open());
+        assert!(b.try_admit_owned().is_none(), "open: it would wait");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let probe = b
+            .try_admit_owned()
+            .expect("the cool-down is over: the probe");
+        assert!(b.try_admit_owned().is_none(), "one probe at a time");
+        drop(probe);
+        let probe = b
+            .admit_owned(&stop)
+            .await
+            .expect("the probe's place, again");
+        assert_eq!(probe.succeeded(), Change::Closed);
+        assert!(!b.is_open());
     }
 }

@@ -1,6 +1,7 @@
 //! Lanes: a stage's places per destination (see [`crate::stage::Lane`]). Each lane is an
 //! [`Adaptive`] gate of its own, as wide as the lane's `width`, narrowed by the overload
-//! signals of that lane's service only.
+//! signals of that lane's service only; a lane that asks for one (`Lane::breaker`) also has a
+//! circuit [`Breaker`] of its own, opened by that lane's failures only.
 //!
 //! The lane names come from data (a URL's host), so the table forgets a lane once nothing is
 //! under way in it and its limit is back to its width (or, when there are many, once nothing is
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::adaptive::Adaptive;
+use super::breaker::{Breaker, BreakerPolicy};
 use crate::stage::Lane;
 
 /// Lanes kept before the idle ones are forgotten.
@@ -28,6 +30,10 @@ struct Table {
     /// The size at which idle lanes are forgotten next: twice what the last pass kept, so the
     /// passes cost O(1) a lane however many stay.
     prune_at: usize,
+    /// The lanes' breakers, for the lanes that have one.
+    breakers: HashMap<String, Arc<Breaker>>,
+    /// As `prune_at`, for `breakers`.
+    breakers_prune_at: usize,
 }
 
 impl Lanes {
@@ -58,6 +64,39 @@ impl Lanes {
         gate
     }
 
+    /// The breaker of `lane`, made on first use with `policy`. Forgotten, like a gate, once
+    /// there are many and it is closed and unused (its next failures count from nothing).
+    pub(crate) fn breaker(&self, lane: &Lane, policy: &BreakerPolicy) -> Arc<Breaker> {
+        let mut table = self.lock();
+        if let Some(breaker) = table.breakers.get(&lane.name) {
+            return breaker.clone();
+        }
+        if table.breakers.len() >= table.breakers_prune_at.max(KEEP) {
+            // An open breaker stays while the table is small: data names the lanes.
+            let keep_open = table.breakers.len() < 4 * KEEP;
+            table.breakers.retain(|_, breaker| {
+                Arc::strong_count(breaker) > 1 || (keep_open && breaker.is_open())
+            });
+            table.breakers_prune_at = table.breakers.len() * 2;
+        }
+        let breaker = Arc::new(Breaker::new(policy.clone()));
+        table.breakers.insert(lane.name.clone(), breaker.clone());
+        breaker
+    }
+
+    /// The lanes whose breakers hold their attempts back (open or half-open), by name.
+    pub(crate) fn open_breakers(&self) -> Vec<String> {
+        let mut open: Vec<String> = self
+            .lock()
+            .breakers
+            .iter()
+            .filter(|(_, breaker)| breaker.is_open())
+            .map(|(name, _)| name.clone())
+            .collect();
+        open.sort_unstable();
+        open
+    }
+
     /// Lanes slowed down by their service: name, current limit and width, narrowest first.
     pub(crate) fn slowed(&self) -> Vec<(String, usize, usize)> {
         let mut slowed: Vec<_> = self
@@ -80,6 +119,7 @@ mod tests {
         Lane {
             name: name.to_owned(),
             width,
+            breaker: false,
         }
     }
 

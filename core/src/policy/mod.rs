@@ -16,6 +16,9 @@
 //!    call that ignores it, in the runner's `call`);
 //! 8. the stage's call.
 //!
+//! An item's `item_deadline` ([`retry::ItemDeadline`]) bounds them all: no attempt starts past
+//! it, every wait ends at it, and the attempt under way is cut short there.
+//!
 //! So a wait for a lane, a slot, a rate-limit slot or an adaptive place does not count against
 //! the attempt's timeout, and a retry waits its backoff holding no place of any kind: an item a
 //! server told to come back in a minute holds back no other item. A stage only classifies its
@@ -65,6 +68,8 @@ pub(crate) mod builtin {
 pub struct Policy {
     /// Time limit of one attempt.
     pub timeout: Duration,
+    /// The most time an item may spend in the stage, from its first attempt there.
+    pub item_deadline: Option<Duration>,
     /// Retry policy.
     pub retry: Retry,
     /// Items in the stage at once (threads, for a blocking stage).
@@ -137,6 +142,20 @@ impl Policy {
             kind.timeout,
             builtin::TIMEOUT,
         );
+        // A source reads its batch once per run: it has no items yet.
+        let item_deadline = if is_source {
+            l.push(("item_deadline", Layer::Source));
+            None
+        } else {
+            pick(
+                l,
+                "item_deadline",
+                stage.item_deadline.map(Some),
+                defaults.item_deadline.map(Some),
+                None,
+                None,
+            )
+        };
         let retry = Retry {
             attempts: pick(
                 l,
@@ -241,6 +260,7 @@ impl Policy {
         });
         let policy = Policy {
             timeout,
+            item_deadline,
             retry,
             concurrency,
             rate_limit,
@@ -272,9 +292,13 @@ impl Policy {
             backoff = backoff.saturating_add(wait);
             waits += 1;
         }
-        self.timeout
+        let worst = self
+            .timeout
             .saturating_mul(attempts)
-            .saturating_add(backoff)
+            .saturating_add(backoff);
+        // The deadline cuts the attempt under way short, and starts no other.
+        self.item_deadline
+            .map_or(worst, |deadline| worst.min(deadline))
     }
 
     /// Problems with the resolved values, as `(key, message)`.
@@ -288,6 +312,21 @@ impl Policy {
                 "timeout",
                 format!(
                     "`timeout` must be at most {} (a deadline further off is no deadline)",
+                    crate::text::duration(MAX_TIMEOUT)
+                ),
+            ));
+        }
+        if self.item_deadline.is_some_and(|d| d.is_zero()) {
+            problems.push((
+                "item_deadline",
+                "`item_deadline` must be greater than 0 (e.g. \"10m\")".to_owned(),
+            ));
+        }
+        if self.item_deadline.is_some_and(|d| d > MAX_TIMEOUT) {
+            problems.push((
+                "item_deadline",
+                format!(
+                    "`item_deadline` must be at most {}",
                     crate::text::duration(MAX_TIMEOUT)
                 ),
             ));
@@ -390,6 +429,7 @@ mod tests {
         r.max = Duration::from_secs(1);
         let p = Policy {
             timeout: Duration::from_secs(1),
+            item_deadline: None,
             retry: r,
             concurrency: 1,
             rate_limit: None,
@@ -410,6 +450,7 @@ mod tests {
     fn worst_case_adds_timeouts_and_backoff() {
         let p = Policy {
             timeout: Duration::from_secs(10),
+            item_deadline: None,
             retry: retry(false),
             concurrency: 1,
             rate_limit: None,

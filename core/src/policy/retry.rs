@@ -107,6 +107,36 @@ pub(crate) enum Attempt<T> {
     },
     /// The run cancelled the attempt; it counts for nothing.
     Interrupted,
+    /// The item's deadline passed before the attempt's call began (while it waited for a
+    /// place): it counts for nothing, and the item fails with the deadline's error.
+    Expired,
+}
+
+/// An item's deadline at a stage (`item_deadline`): no attempt starts after `at`, and the item
+/// fails once it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ItemDeadline {
+    /// When it passes.
+    pub at: tokio::time::Instant,
+    /// The setting, for messages.
+    pub limit: Duration,
+}
+
+impl ItemDeadline {
+    /// The error of an item whose deadline passed after `attempts` attempts here, the last
+    /// failing with `last`: permanent (no attempt may follow), of kind `timeout`.
+    pub(crate) fn passed(&self, attempts: u32, last: Option<&StageError>) -> StageError {
+        let what = format!(
+            "the item's deadline passed: `item_deadline` = {} since its first attempt in this stage, {attempts} attempt{} made",
+            crate::text::duration(self.limit),
+            if attempts == 1 { "" } else { "s" },
+        );
+        let message = match last {
+            Some(last) => format!("{what}; the last: {}", last.message),
+            None => what,
+        };
+        StageError::permanent(message).with_kind(ErrorKind::Timeout)
+    }
 }
 
 /// How an item's attempts at a stage ended without an answer.
@@ -143,25 +173,71 @@ pub(crate) async fn retrying<T, F, Fut>(
     stop: &CancellationToken,
     events: &impl RetryEvents,
     used: u32,
+    attempt: F,
+) -> Result<T, Ended>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T>>,
+{
+    retrying_by(retry, stop, events, (used, None), attempt).await
+}
+
+/// [`retrying`], for an item with a `deadline` at the stage: no attempt starts once it passed
+/// (nor one its backoff would start after it), and the item fails with
+/// [`ItemDeadline::passed`]'s error, whatever attempts are left. The attempts themselves must
+/// end by it (their time limit cut to it, their waits for a place ending in
+/// [`Attempt::Expired`]).
+pub(crate) async fn retrying_by<T, F, Fut>(
+    retry: &Retry,
+    stop: &CancellationToken,
+    events: &impl RetryEvents,
+    (used, deadline): (u32, Option<ItemDeadline>),
     mut attempt: F,
 ) -> Result<T, Ended>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Attempt<T>>,
 {
+    let passed = |attempts: u32, last: Option<&StageError>| {
+        deadline.map(|d| Ended::Failed {
+            error: d.passed(attempts, last),
+            attempts,
+        })
+    };
+    let past = |at: tokio::time::Instant| deadline.is_some_and(|d| at >= d.at);
     let mut n = used;
+    let mut last: Option<StageError> = None;
     loop {
+        if past(tokio::time::Instant::now()) {
+            return Err(passed(n, last.as_ref()).expect("a deadline passed"));
+        }
         n += 1;
         let (error, late) = match attempt(n).await {
             Attempt::Done(value) => return Ok(value),
             Attempt::Interrupted => return Err(Ended::Interrupted),
+            Attempt::Expired => {
+                return Err(passed(n - 1, last.as_ref()).expect("only a deadline expires"))
+            }
             Attempt::Failed(error) => (error, None),
             Attempt::TimedOut { error, late } => (error, Some(late)),
         };
-        if !retry.retries(&error) || n >= retry.attempts {
+        if !retry.retries(&error) {
+            return Err(Ended::Failed { error, attempts: n });
+        }
+        if past(tokio::time::Instant::now()) {
+            // The attempt ended at the deadline, most likely cut short by it.
+            return Err(passed(n, Some(&error)).expect("a deadline passed"));
+        }
+        if n >= retry.attempts {
             return Err(Ended::Failed { error, attempts: n });
         }
         let delay = retry.delay(n, error.retry_after, &mut rand::rng());
+        if past(tokio::time::Instant::now() + delay) {
+            // The next attempt could not begin in time: the item fails now, not at the end of
+            // a wait that changes nothing.
+            return Err(passed(n, Some(&error)).expect("a deadline passed"));
+        }
+        last = Some(error.clone());
         events.retrying(n, &error, delay);
         events.backing_off(true);
         let mut late = late;
@@ -329,6 +405,7 @@ pub(crate) mod tests {
                     Attempt::Done(v) => Attempt::Done(*v),
                     Attempt::Failed(e) => Attempt::Failed(e.clone()),
                     Attempt::Interrupted => Attempt::Interrupted,
+                    Attempt::Expired => Attempt::Expired,
                     Attempt::TimedOut { .. } => unreachable!("a late answer is given once"),
                 }
             };
@@ -341,6 +418,124 @@ pub(crate) mod tests {
 
     fn transient() -> Attempt<&'static str> {
         Attempt::Failed(StageError::transient("busy"))
+    }
+
+    /// An item's deadline: no attempt begins after it, nor one its backoff would begin after
+    /// it; an attempt that ends past it ends the item; one that never began (its wait for a
+    /// place expired) counts for nothing. The error says so, with the last attempt's error,
+    /// and is permanent.
+    #[tokio::test(start_paused = true)]
+    async fn an_item_deadline_ends_the_item_whatever_attempts_are_left() {
+        let began = Instant::now();
+        let limit = Duration::from_millis(250);
+        let deadline = ItemDeadline {
+            at: began + limit,
+            limit,
+        };
+        // Backoffs of 100, 200, 400 ms: attempt 3 would begin at 300 ms, past the deadline.
+        let starts = Mutex::new(Vec::new());
+        let result: Result<&str, Ended> = retrying_by(
+            &retry(false),
+            &CancellationToken::new(),
+            &Seen::default(),
+            (0, Some(deadline)),
+            |_| {
+                starts.lock().expect("lock").push(began.elapsed());
+                std::future::ready(transient())
+            },
+        )
+        .await;
+        let Err(Ended::Failed { error, attempts }) = result else {
+            panic!("the item fails: {result:?}");
+        };
+        assert_eq!(attempts, 2);
+        assert_eq!(error.class, ErrorClass::Permanent);
+        assert_eq!(error.kind, ErrorKind::Timeout);
+        assert_eq!(
+            error.message,
+            "the item's deadline passed: `item_deadline` = 250ms since its first attempt in this stage, 2 attempts made; the last: busy"
+        );
+        assert_eq!(
+            *starts.lock().expect("lock"),
+            [Duration::ZERO, Duration::from_millis(100)]
+        );
+        assert!(
+            began.elapsed() < Duration::from_millis(250),
+            "it fails as soon as it knows, not at the deadline"
+        );
+
+        // An attempt that runs past the deadline (cut short by it) ends the item.
+        let began = Instant::now();
+        let deadline = ItemDeadline {
+            at: began + limit,
+            limit,
+        };
+        let result: Result<&str, Ended> = retrying_by(
+            &retry(false),
+            &CancellationToken::new(),
+            &Seen::default(),
+            (0, Some(deadline)),
+            |_| async {
+                tokio::time::sleep_until(deadline.at).await;
+                Attempt::Failed(StageError::transient("timed out after 250ms"))
+            },
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(Ended::Failed { error, attempts: 1 }) if error.message.ends_with("1 attempt made; the last: timed out after 250ms")),
+            "{result:?}"
+        );
+
+        // A deadline that passed in an earlier process: no attempt at all.
+        let result: Result<&str, Ended> = retrying_by(
+            &retry(false),
+            &CancellationToken::new(),
+            &Seen::default(),
+            (
+                2,
+                Some(ItemDeadline {
+                    at: Instant::now(),
+                    limit,
+                }),
+            ),
+            |_| -> std::future::Ready<Attempt<&'static str>> { panic!("no attempt begins") },
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(Ended::Failed { attempts: 2, .. })),
+            "{result:?}"
+        );
+
+        // An attempt whose wait for a place expired counts for nothing.
+        let fresh = || ItemDeadline {
+            at: Instant::now() + limit,
+            limit,
+        };
+        let result: Result<&str, Ended> = retrying_by(
+            &retry(false),
+            &CancellationToken::new(),
+            &Seen::default(),
+            (0, Some(fresh())),
+            |_| std::future::ready(Attempt::Expired),
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(Ended::Failed { attempts: 0, error }) if error.class == ErrorClass::Permanent),
+            "{result:?}"
+        );
+        // A permanent error is the item's own, deadline or not.
+        let result: Result<&str, Ended> = retrying_by(
+            &retry(false),
+            &CancellationToken::new(),
+            &Seen::default(),
+            (0, Some(fresh())),
+            |_| std::future::ready(Attempt::Failed(StageError::permanent("404"))),
+        )
+        .await;
+        assert!(
+            matches!(&result, Err(Ended::Failed { attempts: 1, error }) if error.message == "404"),
+            "{result:?}"
+        );
     }
 
     /// Attempts an item used in earlier processes count: numbering goes on from them, and the

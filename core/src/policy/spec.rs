@@ -17,6 +17,13 @@ pub(crate) struct PolicySpec {
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// The most time an item may spend in the stage, across its attempts and the waits
+    /// between them, counted from its first attempt there (kept with the item across
+    /// processes): once it passes, the item fails with a deadline error, attempts left or not.
+    #[schemars(extend("x-default" = "none"))]
+    #[schemars(with = "Option<crate::stage::DurationText>")]
+    #[serde(default, with = "humantime_serde")]
+    pub item_deadline: Option<Duration>,
     /// Retry policy for transient errors and timeouts: the `retry.*` keys below; `[defaults]` and a
     /// stage's own are merged key by key.
     #[schemars(extend("x-default" = "each `retry.*` key's own"))]
@@ -76,6 +83,7 @@ pub(crate) enum OnOpenSpec {
 /// The keys of [`PolicySpec`], which every stage table may hold besides its kind's own.
 pub(crate) const POLICY_KEYS: &[&str] = &[
     "timeout",
+    "item_deadline",
     "retry",
     "concurrency",
     "rate_limit",

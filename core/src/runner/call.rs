@@ -50,20 +50,26 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     crate::text::panic_message(payload)
 }
 
-/// Run one attempt.
+/// Run one attempt, under the stage's `timeout`, cut to the item's deadline `cut` if that
+/// comes first.
 pub(crate) async fn call(
     shared: &Arc<Shared>,
     stage: &StageRt,
-    key: &Arc<str>,
-    record: Record,
-    attempt: u32,
+    (key, record, attempt): (&Arc<str>, Record, u32),
+    cut: Option<tokio::time::Instant>,
 ) -> Result<Outcome, CallError> {
     if shared.control.hard.is_cancelled() {
         return Err(CallError::Cancelled);
     }
-    let timeout = stage.policy.timeout;
     // One reading of the clock for the deadline, the stage's table and the flight recorder.
     let began = Instant::now();
+    let timeout = match cut {
+        Some(cut) => stage
+            .policy
+            .timeout
+            .min(cut.into_std().saturating_duration_since(began)),
+        None => stage.policy.timeout,
+    };
     let deadline = began + timeout;
     let cx = Context::new(
         key.clone(),
@@ -92,7 +98,10 @@ pub(crate) async fn call(
             let s = s.clone();
             // Boxed: the blocking path's state is large, and an async stage's call need not
             // carry it.
-            Box::pin(blocking(shared, stage, cx, move |cx| s.process(record, cx))).await
+            Box::pin(blocking(shared, stage, (cx, timeout), move |cx| {
+                s.process(record, cx)
+            }))
+            .await
         }
         StageImpl::Source(_) => Err(CallError::Stage(StageError::fatal(
             "a source can only be the first stage",
@@ -119,17 +128,18 @@ pub(crate) async fn mark(
         Instant::now() + stage.policy.timeout,
         CancelFlag::new(),
     );
-    blocking(shared, stage, cx, move |cx| s.mark(&ending, cx)).await
+    let timeout = stage.policy.timeout;
+    blocking(shared, stage, (cx, timeout), move |cx| s.mark(&ending, cx)).await
 }
 
-/// Run `work` on the stage's pool (see the module docs).
+/// Run `work` on the stage's pool (see the module docs), within `timeout`, which ends at
+/// `cx`'s deadline.
 async fn blocking<T: Send + 'static>(
     shared: &Arc<Shared>,
     stage: &StageRt,
-    cx: Context,
+    (cx, timeout): (Context, Duration),
     work: impl FnOnce(&Context) -> Result<T, StageError> + Send + 'static,
 ) -> Result<T, CallError<T>> {
-    let timeout = stage.policy.timeout;
     let deadline = tokio::time::Instant::from_std(cx.deadline());
     let pool = stage
         .pool

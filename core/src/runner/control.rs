@@ -52,6 +52,8 @@ pub(crate) enum AbortReason {
     /// A stage's circuit breaker opened, with `breaker.on_open = "abort"`.
     Breaker {
         stage: String,
+        /// The lane whose breaker it was (a host), for a breaker per lane.
+        lane: Option<String>,
         failures: u32,
         window: Duration,
         error: String,
@@ -130,14 +132,21 @@ impl std::fmt::Display for AbortReason {
             AbortReason::Source { stage, error } => write!(f, "source `{stage}` failed: {error}"),
             AbortReason::Breaker {
                 stage,
+                lane,
                 failures,
                 window,
                 error,
-            } => write!(
-                f,
-                "the circuit breaker of stage `{stage}` opened after {failures} transient failures within {} (`breaker.on_open = \"abort\"`); the last: {error}",
-                text::duration(*window)
-            ),
+            } => {
+                let of = match lane {
+                    Some(lane) => format!("stage `{stage}`'s lane `{}`", text::printable(lane)),
+                    None => format!("stage `{stage}`"),
+                };
+                write!(
+                    f,
+                    "the circuit breaker of {of} opened after {failures} transient failures within {} (`breaker.on_open = \"abort\"`); the last: {error}",
+                    text::duration(*window)
+                )
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! One item's way through the stages, with the policies in their documented order (see
-//! [`crate::policy`]): retry → lane → concurrency → adaptive gate → rate limit → timeout →
-//! call.
+//! [`crate::policy`]): retry → lane → concurrency → breaker → adaptive gate → rate limit →
+//! timeout → call, all within the item's deadline at the stage, if it has one.
 
 use std::sync::Arc;
 
@@ -12,7 +12,8 @@ use super::window::InFlight;
 use super::{Shared, StageRt};
 use crate::checkpoint::Change;
 use crate::policy::adaptive::{Adaptive, OwnedPlace};
-use crate::policy::retry::{retrying, Attempt, Ended, RetryEvents};
+use crate::policy::breaker::{Admitted, Breaker};
+use crate::policy::retry::{retrying, retrying_by, Attempt, Ended, ItemDeadline, RetryEvents};
 use crate::stage::{Ending, EndingKind, ErrorClass, Outcome, Record, StageError, StageImpl};
 use crate::text;
 
@@ -26,6 +27,9 @@ pub(crate) struct WorkItem {
     /// the process's death), and the last one's error.
     pub used: u32,
     pub last_error: Option<String>,
+    /// When its first attempt at `stage` began, in an earlier process (see
+    /// [`crate::checkpoint::StoredItem::since`]).
+    pub since: Option<std::time::SystemTime>,
 }
 
 /// Process one item through its remaining stages. `window` is the item's place among the
@@ -57,7 +61,11 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
         stage: mut index,
         mut used,
         mut last_error,
+        since,
     } = item;
+    // Its first attempt at the stage it resumes at, as kept; at every later stage, this
+    // process's.
+    let mut since = since;
     // Shared with the checkpoint writer, which serializes it only if it must.
     let mut record = Arc::new(record);
     let mut started = false;
@@ -91,14 +99,41 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
         }
         let lane = stage.imp.lane(&record).map(|lane| {
             let gate = stage.lanes.gate(&lane);
-            (lane.name, gate)
+            let breaker = lane.breaker.then(|| {
+                let policy = stage.policy.breaker.clone().unwrap_or_default();
+                stage.lanes.breaker(&lane, &policy)
+            });
+            (lane.name, gate, breaker)
         });
-        let lane = lane.as_ref().map(|(name, gate)| LaneGate { name, gate });
+        let lane = lane.as_ref().map(|(name, gate, breaker)| LaneGate {
+            name,
+            gate,
+            breaker: breaker.as_ref(),
+        });
         let Some(first) = places(&shared, stage, lane.as_ref(), (!started, &window)).await else {
             interrupted(&shared, seq, stage).await;
             return;
         };
-        // After the first stage, `Advanced` already recorded the item as in flight here.
+        // The item's deadline here counts from its first attempt: in an earlier process, or now.
+        let deadline = stage.policy.item_deadline.map(|limit| {
+            let ago = since
+                .take()
+                .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+                .unwrap_or_default();
+            ItemDeadline {
+                at: tokio::time::Instant::now() + limit.saturating_sub(ago),
+                limit,
+            }
+        });
+        since = None;
+        // After the first stage, `Advanced` already recorded the item as in flight here; with
+        // a deadline, the store keeps when its first attempt here began.
+        if started && deadline.is_some() {
+            let stage = stage.name.clone();
+            if !checkpoint(&shared, seq, Change::Started { stage }).await {
+                return;
+            }
+        }
         if !started {
             let stage = stage.name.clone();
             let recorded = if shared.take_ups {
@@ -126,7 +161,7 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
             (stage, lane.as_ref(), &window),
             first,
             (&key, &record, seq),
-            std::mem::take(&mut used),
+            (std::mem::take(&mut used), deadline),
         )
         .await;
         last_error = None;
@@ -188,16 +223,21 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
     shared.totals.done.incr();
 }
 
-/// An item's lane at a stage (see [`crate::stage::Lane`]): the lane's name and its gate.
+/// An item's lane at a stage (see [`crate::stage::Lane`]): the lane's name, its gate, and its
+/// breaker if it has one.
 struct LaneGate<'a> {
     name: &'a str,
     gate: &'a Arc<Adaptive>,
+    breaker: Option<&'a Arc<Breaker>>,
 }
 
 /// What an attempt holds while it is under way: a place in its lane (taken first, so that an
-/// item waiting for its lane holds no slot of the stage), then one of the stage's slots.
+/// item waiting for its lane holds no slot of the stage), its lane's breaker's leave to go,
+/// then one of the stage's slots.
 struct Places {
     _lane: Option<OwnedPlace>,
+    /// Taken by the attempt, which tells the breaker how it ended.
+    admitted: Option<Admitted>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -220,6 +260,7 @@ async fn places(
         if let Ok(slot) = stage.slots.clone().try_acquire_owned() {
             return Some(Places {
                 _lane: None,
+                admitted: None,
                 _slot: slot,
             });
         }
@@ -237,7 +278,7 @@ async fn wait_for_places(
 ) -> Option<Places> {
     let control = &shared.control;
     let waiting = async {
-        let lane = match lane {
+        let place = match lane {
             Some(lane) => match lane.gate.try_take_owned() {
                 Some(place) => Some(place),
                 None => {
@@ -252,6 +293,22 @@ async fn wait_for_places(
             },
             None => None,
         };
+        // The lane's own breaker, before a slot of the stage: the items of a lane that is down
+        // hold back no other lane's. They wait aside too.
+        let admitted = match lane.and_then(|lane| lane.breaker) {
+            Some(breaker) => match breaker.try_admit_owned() {
+                Some(admitted) => Some(admitted),
+                None => {
+                    window.step_aside();
+                    let admitted = breaker.admit_owned(&control.hard).await?;
+                    if !window.come_back(&control.hard).await {
+                        return None;
+                    }
+                    Some(admitted)
+                }
+            },
+            None => None,
+        };
         let slot = stage
             .slots
             .clone()
@@ -259,7 +316,8 @@ async fn wait_for_places(
             .await
             .expect("stage semaphores are never closed");
         Some(Places {
-            _lane: lane,
+            _lane: place,
+            admitted,
             _slot: slot,
         })
     };
@@ -682,16 +740,24 @@ impl RetryEvents for RetryLog<'_> {
     }
 }
 
+/// `wait`'s output, or `None` if the item's deadline passes first.
+async fn by<F: std::future::Future>(deadline: Option<ItemDeadline>, wait: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.at, wait).await.ok(),
+        None => Some(wait.await),
+    }
+}
+
 /// An item's attempts at one stage, through the policy layers in their documented order:
-/// retry → lane → concurrency → adaptive gate → rate limit → timeout (in [`call`]) → the
-/// stage. `first` holds the first attempt's places; later attempts wait for theirs, so an item
-/// waiting out a backoff holds none.
+/// retry → lane → concurrency → breaker → adaptive gate → rate limit → timeout (in [`call`]) →
+/// the stage. `first` holds the first attempt's places; later attempts wait for theirs, so an
+/// item waiting out a backoff holds none. With a `deadline`, every wait and call ends by it.
 async fn attempts(
     shared: &Arc<Shared>,
     (stage, lane, window): (&StageRt, Option<&LaneGate<'_>>, &InFlight),
     first: Places,
     (key, record, seq): (&Arc<str>, &Record, i64),
-    used: u32,
+    (used, deadline): (u32, Option<ItemDeadline>),
 ) -> Result<Outcome, Ended> {
     let stop = &shared.control.hard;
     let events = RetryLog { stage, key };
@@ -703,156 +769,198 @@ async fn attempts(
     let backing_off = &backing_off;
     let first = std::sync::Mutex::new(Some(first));
     let first = &first;
-    retrying(retry, stop, &events, used, |attempt| async move {
-        tracing::Span::current().record("attempt", attempt);
-        backing_off.end();
-        let held = first
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let places = match held {
-            Some(places) => places,
-            None => {
-                // Back in the window after the backoff, then the attempt's places.
-                if !window.come_back(stop).await {
-                    return Attempt::Interrupted;
+    retrying_by(
+        retry,
+        stop,
+        &events,
+        (used, deadline),
+        |attempt| async move {
+            tracing::Span::current().record("attempt", attempt);
+            backing_off.end();
+            let held = first
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            // Each wait ends at the item's deadline, if it has one: the attempt then never began.
+            let expired = || async {
+                // Its place among the items in flight back, for its ending.
+                if window.come_back(stop).await {
+                    Attempt::Expired
+                } else {
+                    Attempt::Interrupted
                 }
-                match places(shared, stage, lane, (false, window)).await {
-                    Some(places) => places,
-                    None => return Attempt::Interrupted,
+            };
+            let mut places = match held {
+                Some(places) => places,
+                None => {
+                    // Back in the window after the backoff, then the attempt's places.
+                    match by(deadline, window.come_back(stop)).await {
+                        Some(true) => {}
+                        Some(false) => return Attempt::Interrupted,
+                        None => return expired().await,
+                    }
+                    match by(deadline, places(shared, stage, lane, (false, window))).await {
+                        Some(Some(places)) => places,
+                        Some(None) => return Attempt::Interrupted,
+                        None => return expired().await,
+                    }
+                }
+            };
+            // An open breaker holds the attempt back (using none of the item's attempts): its
+            // lane's, taken with its places, or else the stage's. (Dropped unsettled, a probe's
+            // place goes to the next item.)
+            let admitted = match (places.admitted.take(), &stage.breaker) {
+                (Some(admitted), _) => Some(admitted),
+                (None, Some(breaker)) if lane.is_none_or(|lane| lane.breaker.is_none()) => {
+                    match by(deadline, breaker.admit_owned(stop)).await {
+                        Some(Some(admitted)) => Some(admitted),
+                        Some(None) => return Attempt::Interrupted,
+                        None => return Attempt::Expired,
+                    }
+                }
+                (None, _) => None,
+            };
+            let place = match by(deadline, stage.adaptive.enter(stop)).await {
+                Some(Some(place)) => place,
+                Some(None) => return Attempt::Interrupted,
+                None => return Attempt::Expired,
+            };
+            if let Some(rate) = &stage.rate {
+                match by(deadline, rate.ready(stop)).await {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => return Attempt::Interrupted,
+                    None => return Attempt::Expired,
                 }
             }
-        };
-        // An open breaker holds the attempt back (using none of the item's attempts).
-        let admission = match &stage.breaker {
-            Some(breaker) => match breaker.admit(stop).await {
-                Some(admission) => Some((breaker, admission)),
-                None => return Attempt::Interrupted,
-            },
-            None => None,
-        };
-        let Some(place) = stage.adaptive.enter(stop).await else {
-            if let Some((breaker, admission)) = admission {
-                breaker.released(admission);
+            let began = std::time::Instant::now();
+            let cut = deadline.map(|d| d.at);
+            let result = call(shared, stage, (key, record.clone(), attempt), cut).await;
+            drop(place);
+            drop(places);
+            if !matches!(result, Err(CallError::Cancelled)) {
+                stage.stats.record_latency(began.elapsed());
             }
-            return Attempt::Interrupted;
-        };
-        if let Some(rate) = &stage.rate {
-            if rate.ready(stop).await.is_err() {
-                return Attempt::Interrupted;
+            if let Some(admitted) = admitted {
+                breaker_saw(shared, (stage, lane), admitted, &result);
             }
-        }
-        let began = std::time::Instant::now();
-        let result = call(shared, stage, key, record.clone(), attempt).await;
-        drop(place);
-        drop(places);
-        if !matches!(result, Err(CallError::Cancelled)) {
-            stage.stats.record_latency(began.elapsed());
-        }
-        if let Some((breaker, admission)) = admission {
-            breaker_saw(shared, stage, breaker, admission, &result);
-        }
-        let error = match result {
-            Ok(outcome) => {
-                stage.adaptive.succeeded();
-                if let Some(lane) = lane {
-                    lane.gate.succeeded();
+            let error = match result {
+                Ok(outcome) => {
+                    stage.adaptive.succeeded();
+                    if let Some(lane) = lane {
+                        lane.gate.succeeded();
+                    }
+                    return Attempt::Done(outcome);
                 }
-                return Attempt::Done(outcome);
-            }
-            Err(CallError::Cancelled) => return Attempt::Interrupted,
-            Err(CallError::Timeout(timed_out)) => {
-                stage.stats.timeouts.incr();
-                StageError::from(timed_out)
-            }
-            Err(CallError::Abandoned { timed_out, late }) => {
-                stage.stats.timeouts.incr();
-                let error = StageError::from(timed_out);
-                if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
-                    backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
-                    window.step_aside();
+                Err(CallError::Cancelled) => return Attempt::Interrupted,
+                Err(CallError::Timeout(timed_out)) => {
+                    stage.stats.timeouts.incr();
+                    StageError::from(timed_out)
                 }
-                call::check_wedged(shared, stage);
-                return Attempt::TimedOut { error, late };
+                Err(CallError::Abandoned { timed_out, late }) => {
+                    stage.stats.timeouts.incr();
+                    let error = StageError::from(timed_out);
+                    if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
+                        backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
+                        window.step_aside();
+                    }
+                    call::check_wedged(shared, stage);
+                    return Attempt::TimedOut { error, late };
+                }
+                Err(CallError::Panic(message)) => {
+                    stage.stats.panics.incr();
+                    StageError::permanent(format!("panicked: {message}"))
+                        .with_kind(crate::stage::ErrorKind::Panic)
+                }
+                Err(CallError::Stage(e)) => e,
+            };
+            // A message that quotes data is kept at a bounded size.
+            let error = StageError {
+                message: text::bounded(error.message),
+                ..error
+            };
+            if error.class == ErrorClass::Transient && error.retry_after.is_some() {
+                slow_down(stage, lane, key, &error);
             }
-            Err(CallError::Panic(message)) => {
-                stage.stats.panics.incr();
-                StageError::permanent(format!("panicked: {message}"))
-                    .with_kind(crate::stage::ErrorKind::Panic)
+            if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
+                backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
+                window.step_aside();
             }
-            Err(CallError::Stage(e)) => e,
-        };
-        // A message that quotes data is kept at a bounded size.
-        let error = StageError {
-            message: text::bounded(error.message),
-            ..error
-        };
-        if error.class == ErrorClass::Transient && error.retry_after.is_some() {
-            slow_down(stage, lane, key, &error);
-        }
-        if Box::pin(used_up(shared, stage, seq, attempt, &error)).await {
-            backing_off.hold(shared.recorder.begin(key, &stage.name, attempt));
-            window.step_aside();
-        }
-        Attempt::Failed(error)
-    })
+            Attempt::Failed(error)
+        },
+    )
     .await
 }
 
-/// Tell the stage's breaker how an attempt it let through ended, and say what that changed: it
-/// opened (logged once, with the last error; with `on_open = "abort"` the run ends), or it
-/// closed again.
+/// Tell the breaker that let an attempt through (the stage's, or its lane's) how the attempt
+/// ended, and say what that changed: it opened (logged once, with the last error; with
+/// `on_open = "abort"` the run ends), or it closed again.
 fn breaker_saw<T>(
     shared: &Shared,
-    stage: &StageRt,
-    breaker: &crate::policy::breaker::Breaker,
-    admission: crate::policy::breaker::Admission,
+    (stage, lane): (&StageRt, Option<&LaneGate<'_>>),
+    admitted: Admitted,
     result: &Result<T, CallError<T>>,
 ) {
     use crate::policy::breaker::Change;
+    let policy = admitted.breaker().policy.clone();
     let (change, error) = match result {
-        Ok(_) => (breaker.succeeded(admission), None),
-        Err(CallError::Cancelled) => {
-            breaker.released(admission);
-            return;
+        Ok(_) => (admitted.succeeded(), None),
+        // Dropped unsettled: a probe's place goes to the next item.
+        Err(CallError::Cancelled) => return,
+        Err(CallError::Timeout(t) | CallError::Abandoned { timed_out: t, .. }) => {
+            (admitted.failed(true), Some(StageError::from(*t).message))
         }
-        Err(CallError::Timeout(t) | CallError::Abandoned { timed_out: t, .. }) => (
-            breaker.failed(admission, true),
-            Some(StageError::from(*t).message),
-        ),
-        Err(CallError::Panic(message)) => (breaker.failed(admission, false), Some(message.clone())),
+        Err(CallError::Panic(message)) => (admitted.failed(false), Some(message.clone())),
         Err(CallError::Stage(e)) => (
-            breaker.failed(admission, e.class == ErrorClass::Transient),
+            admitted.failed(e.class == ErrorClass::Transient),
             Some(e.message.clone()),
         ),
     };
-    let policy = &breaker.policy;
+    // A lane's breaker is named by its lane (a host, from data: printable).
+    let lane = lane
+        .filter(|lane| lane.breaker.is_some())
+        .map(|lane| text::printable(lane.name).into_owned());
     let last = text::bounded(error.unwrap_or_default());
     match change {
         Change::Opened if policy.on_open == crate::policy::OnOpen::Abort => {
             shared.control.abort(AbortReason::Breaker {
                 stage: stage.name.to_string(),
+                lane,
                 failures: policy.failures,
                 window: policy.window,
                 error: last,
             });
         }
-        Change::Opened => tracing::warn!(
-            stage = %stage.name,
-            failures = policy.failures,
-            window_secs = policy.window.as_secs_f64(),
-            cool_down_secs = policy.cool_down.as_secs_f64(),
-            last_error = %last,
-            "circuit breaker opened: the stage starts no attempt until a probe succeeds; its items wait without using attempts"
-        ),
+        Change::Opened => match lane {
+            Some(lane) => tracing::warn!(
+                stage = %stage.name,
+                lane = %lane,
+                failures = policy.failures,
+                window_secs = policy.window.as_secs_f64(),
+                cool_down_secs = policy.cool_down.as_secs_f64(),
+                last_error = %last,
+                "circuit breaker opened for one lane: the stage starts no attempt to it until a probe succeeds; its items wait without using attempts, the other lanes' go on"
+            ),
+            None => tracing::warn!(
+                stage = %stage.name,
+                failures = policy.failures,
+                window_secs = policy.window.as_secs_f64(),
+                cool_down_secs = policy.cool_down.as_secs_f64(),
+                last_error = %last,
+                "circuit breaker opened: the stage starts no attempt until a probe succeeds; its items wait without using attempts"
+            ),
+        },
         Change::Reopened => {
-            tracing::debug!(stage = %stage.name, error = %last, "circuit breaker: the probe failed; open again")
+            tracing::debug!(stage = %stage.name, lane = lane.as_deref().unwrap_or("-"), error = %last, "circuit breaker: the probe failed; open again")
         }
         Change::Closed => {
-            tracing::info!(stage = %stage.name, "circuit breaker closed: a probe attempt succeeded")
+            tracing::info!(stage = %stage.name, lane = lane.as_deref().unwrap_or("-"), "circuit breaker closed: a probe attempt succeeded")
         }
-        Change::None => {}
+        Change::None => return,
     }
+    // For `status` (through the flight record): what the breakers hold back now.
+    shared
+        .recorder
+        .set_breakers(&super::telemetry::open_breakers(&shared.stages));
 }
 
 /// The flight recorder's slot of an item's failed attempt, held while it backs off; released

@@ -169,7 +169,7 @@ pub(crate) struct StageRt {
     /// How many attempts may be under way, adapted to the service's overload signals.
     pub adaptive: Adaptive,
     /// The circuit breaker (`breaker`), if the stage has one.
-    pub breaker: Option<crate::policy::breaker::Breaker>,
+    pub breaker: Option<Arc<crate::policy::breaker::Breaker>>,
     /// The gates of the stage's lanes (see [`crate::stage::Lane`]).
     pub lanes: crate::policy::lanes::Lanes,
     /// Whether the stage has been told to slow down yet (logged once).
@@ -319,7 +319,7 @@ fn build_stages(
                 .policy
                 .breaker
                 .clone()
-                .map(crate::policy::breaker::Breaker::new),
+                .map(|policy| Arc::new(crate::policy::breaker::Breaker::new(policy))),
             lanes: crate::policy::lanes::Lanes::default(),
             slowed: std::sync::atomic::AtomicBool::new(false),
         });
@@ -1184,6 +1184,7 @@ async fn feed(
                         } else {
                             None
                         },
+                        since: stored.since,
                     };
                     tracker.spawn(item::run_item(shared.clone(), item, permit));
                 }

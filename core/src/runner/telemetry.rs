@@ -275,7 +275,36 @@ fn stage_fields(s: &StageRt) -> serde_json::Value {
         "abandoned": st.abandoned_now(),
         "abandoned_total": st.abandoned_total.get(),
         "breaker": breaker_state(s),
+        "lane_breakers_open": s.lanes.open_breakers().len(),
     })
+}
+
+/// The circuit breakers holding attempts back, in a line (empty: none): each stage whose
+/// breaker is open, and each stage's lanes whose breakers are (the first few by name).
+pub(crate) fn open_breakers(stages: &[StageRt]) -> String {
+    const NAMED: usize = 3;
+    let mut parts = Vec::new();
+    for s in stages {
+        if breaker_state(s) == Some("open") {
+            parts.push(format!("`{}`", s.name));
+        }
+        let lanes = s.lanes.open_breakers();
+        if !lanes.is_empty() {
+            let named: Vec<String> = lanes
+                .iter()
+                .take(NAMED)
+                .map(|l| crate::text::printable(l).into_owned())
+                .collect();
+            let more = lanes.len().saturating_sub(NAMED);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            parts.push(format!("`{}` for {}{more}", s.name, named.join(", ")));
+        }
+    }
+    parts.join("; ")
 }
 
 /// `"open"` (or half-open: held back either way), `"closed"`, or null without a breaker.
@@ -305,6 +334,15 @@ fn stage_line(s: &StageRt) -> String {
     }
     if breaker_state(s) == Some("open") {
         line.push_str(" breaker=open");
+    }
+    let open = s.lanes.open_breakers();
+    if let Some(first) = open.first() {
+        // By name: a lane's name is a host's.
+        line.push_str(&format!(
+            " lane_breakers_open={} (first: {})",
+            open.len(),
+            crate::text::printable(first)
+        ));
     }
     let limit = s.adaptive.limit();
     if limit < s.adaptive.max() {

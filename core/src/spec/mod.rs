@@ -1213,10 +1213,29 @@ impl Validator {
         ok.then_some(out)
     }
 
-    /// Warn where a stage's worst case cannot fit the run's time budget.
+    /// Warn where a stage's worst case cannot fit the run's time budget, and where its item
+    /// deadline leaves no room for one whole attempt.
     fn timing_budget(&mut self, p: &Pipeline) {
         for (i, stage) in p.stages.iter().enumerate() {
             let prefix = vec!["stage".to_owned(), i.to_string()];
+            if let Some(deadline) = stage.policy.item_deadline {
+                if deadline < stage.policy.timeout {
+                    let message = format!(
+                        "`item_deadline` ({}) is shorter than one attempt's `timeout` ({}): an attempt that takes its whole time is cut off by the deadline, and the item fails without a second try",
+                        crate::text::duration(deadline),
+                        crate::text::duration(stage.policy.timeout),
+                    );
+                    let mut key = prefix.clone();
+                    key.push("item_deadline".to_owned());
+                    self.push(
+                        Severity::Warning,
+                        Some(&key),
+                        true,
+                        Some(&stage.name),
+                        message,
+                    );
+                }
+            }
             let worst = stage.policy.worst_case();
             if let Some(budget) = p.max_run_time {
                 if worst > budget {

@@ -268,6 +268,10 @@ fn kinds_shown(kinds: &[crate::stage::ErrorKind]) -> Shown {
 fn policy_value(policy: &Policy, key: &str) -> Shown {
     match key {
         "timeout" => Shown::duration(policy.timeout),
+        "item_deadline" => match policy.item_deadline {
+            Some(deadline) => Shown::duration(deadline),
+            None => Shown::unset("none"),
+        },
         "retry.attempts" => Shown::plain(json!(policy.retry.attempts)),
         "retry.initial" => Shown::duration(policy.retry.initial),
         "retry.max" => Shown::duration(policy.retry.max),

@@ -428,6 +428,12 @@ pub struct Lane {
     pub name: String,
     /// Attempts of the lane under way at once (at least 1).
     pub width: usize,
+    /// Whether the lane has a circuit breaker of its own (`http-download`'s
+    /// `per_host_breaker`): opened by the lane's failures only, with the stage's `breaker`
+    /// settings (or their defaults when it sets none), it holds back that lane's items only,
+    /// which wait for it after their lane's place and before a slot of the stage. The stage's
+    /// own breaker, if it has one, then does not apply to the lane's items.
+    pub breaker: bool,
 }
 
 /// The endings a stage marks.

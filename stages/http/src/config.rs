@@ -59,6 +59,13 @@ pub struct DownloadConfig {
     #[schemars(extend("x-default" = "`2`"))]
     #[serde(default = "default_per_host")]
     pub per_host_concurrency: NonZeroUsize,
+    /// A circuit breaker per host instead of one for the stage: a host's transient failures
+    /// open its own breaker, which holds back that host's items only (they wait without using
+    /// attempts or a place of the stage), so one dead site does not stop the others. Each
+    /// host's breaker has the stage's `breaker.*` settings, or their defaults if it sets none.
+    #[schemars(extend("x-default" = "`false`"))]
+    #[serde(default)]
+    pub per_host_breaker: bool,
     /// Allow URLs resolving to loopback, private, link-local, cloud-metadata and other
     /// special-purpose addresses (refused by default, since the URLs come from data). Off, a
     /// name is resolved once per request and only its allowed addresses are connected to (none

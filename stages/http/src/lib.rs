@@ -171,6 +171,7 @@ impl StageKind for DownloadKind {
             base_url,
             agent,
             per_host_concurrency: config.per_host_concurrency.get(),
+            per_host_breaker: config.per_host_breaker,
         })))
     }
 }

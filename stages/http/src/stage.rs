@@ -38,17 +38,21 @@ pub(crate) struct Download {
     pub agent: ureq::Agent,
     /// Requests to one host at once: the width of the stage's lanes, one per host.
     pub per_host_concurrency: usize,
+    /// Each host's lane has a circuit breaker of its own.
+    pub per_host_breaker: bool,
 }
 
 impl BlockingStage for Download {
     /// One lane per host, `per_host_concurrency` wide: the runner holds an item back while its
     /// host has that many requests under way, before its attempt starts. (Redirect hops are part
-    /// of the item's request, under its first host's place.)
+    /// of the item's request, under its first host's place.) With `per_host_breaker`, each
+    /// host's lane has a circuit breaker of its own.
     fn lane(&self, record: &Record) -> Option<Lane> {
         let url = self.url(record).ok()?;
         Some(Lane {
             name: url.host_str()?.to_owned(),
             width: self.per_host_concurrency,
+            breaker: self.per_host_breaker,
         })
     }
 

@@ -27,14 +27,28 @@ use super::{
 pub(super) use self::manifest::{Chunk, ManifestRows};
 pub(super) use self::status::{EndedRow, StatusRows};
 #[cfg(test)]
-pub(super) use self::updates::fold;
+pub(super) use self::updates::{fold, Since};
 pub(super) use self::updates::{RowUpdate, UpdateRows};
 
 /// `(id, status, items, started_at)` of a run, as stored.
 pub(super) type RunRow = (i64, String, i64, String);
 
-/// `(seq, key, stage, record, attempts)` of an item, as stored.
-pub(super) type ItemRow = (i64, String, Option<String>, Option<String>, i64);
+/// `(seq, key, stage, record, attempts, since)` of an item, as stored (`since`: milliseconds
+/// since the Unix epoch).
+pub(super) type ItemRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+/// `at` as the store keeps an item's `since`: milliseconds since the Unix epoch.
+pub(super) fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// The message kept as an item's last error when its process died during an attempt.
 pub(super) fn died_during(attempt: u32, stage: &str) -> String {
@@ -172,13 +186,16 @@ pub(super) trait Tables: StatusRows + Send + Sync {
 /// Items as stored, from their rows.
 fn stored_items(rows: Vec<ItemRow>) -> Vec<StoredItem> {
     rows.into_iter()
-        .map(|(seq, key, stage, record, attempts)| StoredItem {
+        .map(|(seq, key, stage, record, attempts, since)| StoredItem {
             seq,
             key,
             stage,
             // A manifest row without a record: a record without fields.
             record: record.unwrap_or_else(|| "{}".into()),
             attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            since: since
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
         })
         .collect()
 }

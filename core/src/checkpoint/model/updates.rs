@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::super::deadline::{Deadline, Interrupt};
 use super::super::{Change, ItemState, RunStatus, StoreError, Update, UpdateWriter};
+use super::epoch_ms;
 
 /// What one batch sets in one item's row, every update of the item folded in order. `None`
 /// leaves a column as it is; `Some(None)` sets it to NULL.
@@ -28,6 +29,41 @@ pub(in crate::checkpoint) struct RowUpdate {
     pub error: Option<Option<String>>,
     /// Whether a process has the item taken up ([`Change::TakenUp`] until it leaves).
     pub taken: Option<bool>,
+    /// When the item's first attempt at its stage began (`item_deadline` counts from it).
+    pub since: Since,
+}
+
+/// What a batch sets in an item's `since` column: milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::checkpoint) enum Since {
+    /// Left as it is.
+    Keep,
+    /// Set to this (`None`: NULL, the item has not begun at its stage).
+    Set(Option<i64>),
+    /// Set to this unless already set: an attempt began, maybe not the first at this stage.
+    Mark(i64),
+}
+
+impl Since {
+    /// `(mode, value)` as the backends' SQL takes them: mode 0 keeps the column, 1 sets it to
+    /// the value, 2 sets it to the value where it is NULL.
+    pub(in crate::checkpoint) fn sql(self) -> (i16, Option<i64>) {
+        match self {
+            Since::Keep => (0, None),
+            Since::Set(at) => (1, at),
+            Since::Mark(at) => (2, Some(at)),
+        }
+    }
+
+    /// After an attempt began at `now`: a first attempt since the item came to its stage sets
+    /// it; a later one keeps what an earlier one set.
+    fn begun(self, now: i64) -> Since {
+        match self {
+            Since::Keep => Since::Mark(now),
+            Since::Set(None) => Since::Set(Some(now)),
+            set => set,
+        }
+    }
 }
 
 impl RowUpdate {
@@ -41,15 +77,21 @@ impl RowUpdate {
             attempts: None,
             error: None,
             taken: None,
+            since: Since::Keep,
         }
     }
 
-    /// Apply `change` after what this row already holds, exactly as a second `UPDATE` would.
-    fn fold(&mut self, change: &Change) {
+    /// Apply `change`, made at `now` (ms since the epoch), after what this row already holds,
+    /// exactly as a second `UPDATE` would.
+    fn fold(&mut self, change: &Change, now: i64) {
         let (state, stage) = match change {
-            Change::Started { stage } => (ItemState::InFlight, Some(stage)),
+            Change::Started { stage } => {
+                self.since = self.since.begun(now);
+                (ItemState::InFlight, Some(stage))
+            }
             Change::TakenUp { stage } => {
                 self.taken = Some(true);
+                self.since = self.since.begun(now);
                 (ItemState::InFlight, Some(stage))
             }
             Change::Interrupted { stage } => {
@@ -62,6 +104,7 @@ impl RowUpdate {
                 ));
                 self.attempts = Some(0);
                 self.error = Some(None);
+                self.since = Since::Set(None);
                 (ItemState::InFlight, Some(stage))
             }
             Change::Done => {
@@ -130,7 +173,7 @@ impl std::hash::Hasher for SeqHasher {
     }
 }
 
-pub(in crate::checkpoint) fn fold(updates: &[Update]) -> Vec<(i64, RowUpdate)> {
+pub(in crate::checkpoint) fn fold(updates: &[Update], now: i64) -> Vec<(i64, RowUpdate)> {
     let mut index: HashMap<i64, usize, BuildHasherDefault<SeqHasher>> =
         HashMap::with_capacity_and_hasher(updates.len(), BuildHasherDefault::default());
     let mut rows: Vec<(i64, RowUpdate)> = Vec::new();
@@ -139,7 +182,7 @@ pub(in crate::checkpoint) fn fold(updates: &[Update]) -> Vec<(i64, RowUpdate)> {
             rows.push((u.seq, RowUpdate::untouched()));
             rows.len() - 1
         });
-        rows[at].1.fold(&u.change);
+        rows[at].1.fold(&u.change, now);
     }
     rows
 }
@@ -179,7 +222,7 @@ impl<W: UpdateRows> Updates<W> {
 
 impl<W: UpdateRows> UpdateWriter for Updates<W> {
     fn apply(&mut self, updates: &[Update], status: Option<RunStatus>) -> Result<(), StoreError> {
-        let rows = fold(updates);
+        let rows = fold(updates, epoch_ms(std::time::SystemTime::now()));
         let _commit = self.deadline.begin();
         self.rows.write(&rows, status, &self.deadline)
     }
@@ -197,6 +240,8 @@ mod tests {
         T::from(x)
     }
 
+    const NOW: i64 = 1_800_000_000_000;
+
     #[test]
     fn folding_a_batch_is_applying_its_updates_in_order() {
         let record = std::sync::Arc::new(crate::stage::Record::with_fields(
@@ -206,6 +251,7 @@ mod tests {
                 .cloned()
                 .unwrap_or_default(),
         ));
+        let record2 = record.clone();
         let cases: Vec<(Vec<Change>, RowUpdate)> = vec![
             (
                 vec![
@@ -222,6 +268,7 @@ mod tests {
                     attempts: Some(0),
                     error: Some(None),
                     taken: Some(false),
+                    since: Since::Set(None),
                 },
             ),
             (
@@ -233,6 +280,7 @@ mod tests {
                     attempts: None,
                     error: None,
                     taken: Some(true),
+                    since: Since::Mark(NOW),
                 },
             ),
             (
@@ -251,6 +299,7 @@ mod tests {
                     attempts: Some(3),
                     taken: None,
                     error: Some(Some(s("boom"))),
+                    since: Since::Mark(NOW),
                 },
             ),
             (
@@ -269,6 +318,7 @@ mod tests {
                     attempts: Some(3),
                     taken: Some(false),
                     error: Some(Some(s("boom"))),
+                    since: Since::Mark(NOW),
                 },
             ),
             (
@@ -280,6 +330,7 @@ mod tests {
                     attempts: None,
                     taken: None,
                     error: Some(None),
+                    since: Since::Mark(NOW),
                 },
             ),
             (
@@ -294,6 +345,26 @@ mod tests {
                     attempts: None,
                     taken: None,
                     error: Some(Some(s("empty"))),
+                    since: Since::Keep,
+                },
+            ),
+            (
+                // Its first attempt at the next stage: counted from now, whatever was before.
+                vec![
+                    Change::Advanced {
+                        stage: s("two"),
+                        record: record2,
+                    },
+                    Change::Started { stage: s("two") },
+                ],
+                RowUpdate {
+                    state: ItemState::InFlight,
+                    stage: Some(s("two")),
+                    record: Some(Some(s(r#"{"x":1}"#))),
+                    attempts: Some(0),
+                    taken: None,
+                    error: Some(None),
+                    since: Since::Set(Some(NOW)),
                 },
             ),
         ];
@@ -302,7 +373,7 @@ mod tests {
                 .into_iter()
                 .map(|change| Update { seq: 7, change })
                 .collect();
-            assert_eq!(fold(&updates), vec![(7, want)]);
+            assert_eq!(fold(&updates, NOW), vec![(7, want)]);
         }
     }
 
@@ -322,7 +393,7 @@ mod tests {
                 change: Change::Interrupted { stage: s("one") },
             },
         ];
-        let rows = fold(&updates);
+        let rows = fold(&updates, NOW);
         assert_eq!(
             rows.iter()
                 .map(|(seq, r)| (*seq, r.state))

@@ -272,13 +272,13 @@ impl PgStore {
             // does not look (the look reads the run's unfinished items).
             let again: Vec<ItemRow> = if tried.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tx.query(
-                    "SELECT seq, key, stage, record, attempts FROM stagewise.items
+                    "SELECT seq, key, stage, record, attempts, since FROM stagewise.items
                      WHERE run_id = $1 AND owner = $2 AND claim = $3 AND state IN ('pending', 'in_flight')
                      ORDER BY seq",
                     &[&run, &id, &claim],
                 )?
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
                 .collect()
             } else {
                 Vec::new()
@@ -463,7 +463,7 @@ fn claim_new(
                  FOR UPDATE OF i SKIP LOCKED)
              UPDATE stagewise.items i SET owner = $2, taken = false, claim = $4 FROM c
              WHERE i.run_id = $1 AND i.seq = c.seq
-             RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken, c.owner"
+             RETURNING i.seq, i.key, i.stage, i.record, i.attempts, c.taken, c.owner, i.since"
         ),
         &[&run, &id, &limit, &claim],
     )?;
@@ -489,8 +489,8 @@ fn claim_new(
         .collect()
     };
     for r in &rows {
-        let (seq, key, stage, record, mut attempts): ItemRow =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let (seq, key, stage, record, mut attempts, since): ItemRow =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(7));
         let was_taken: bool = r.get(5);
         if let (true, Some(stage)) = (was_taken, stage.as_deref().filter(|s| !s.is_empty())) {
             // Its owner died during an attempt here: that attempt counts.
@@ -509,7 +509,7 @@ fn claim_new(
                 &[&run, &key, &stage, &attempts, &error],
             )?;
         }
-        out.push((seq, key, stage, record, attempts));
+        out.push((seq, key, stage, record, attempts, since));
     }
     out.sort_by_key(|row| row.0);
     Ok(Some((out, from)))

@@ -308,11 +308,11 @@ impl Tables for PgStore {
 
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
         self.rows(
-            "SELECT seq, key, stage, record, attempts FROM stagewise.items
+            "SELECT seq, key, stage, record, attempts, since FROM stagewise.items
                  WHERE run_id = $1 AND seq > $2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT $3",
             &[&run, &after_seq, &limit],
-            |r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)),
+            |r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)),
         )
     }
 
@@ -385,7 +385,7 @@ impl Tables for PgStore {
                 &[&run],
             )?;
             let n = tx.execute(
-                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL, taken = false, owner = NULL
+                "UPDATE stagewise.items SET state = 'pending', attempts = 0, error = NULL, taken = false, owner = NULL, since = NULL
                  WHERE run_id = $1 AND state = 'failed'",
                 &[&run],
             )?;

@@ -14,7 +14,7 @@ use super::LOCK_CLASS;
 
 /// The schema this build writes; the same numbering as the SQLite store's (versions 6 and 7,
 /// the runners' leases, exist only here: a SQLite store has one runner).
-const SCHEMA_VERSION: i32 = 8;
+const SCHEMA_VERSION: i32 = 9;
 /// The second half of the advisory lock that serializes schema upgrades.
 const MIGRATE_LOCK: i32 = 0;
 
@@ -141,6 +141,12 @@ CREATE TABLE stagewise.checks (
 );
 ";
 
+/// Version 9: when each item's first attempt at its stage began, in milliseconds since the
+/// Unix epoch (`item_deadline` counts from it; NULL until one began).
+const SCHEMA_V9: &str = "
+ALTER TABLE stagewise.items ADD COLUMN since bigint;
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: postgres::Error| StoreError::Corrupt {
@@ -220,12 +226,13 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
         (6, SCHEMA_V6),
         (7, SCHEMA_V7),
         (8, SCHEMA_V8),
+        (9, SCHEMA_V9),
     ] {
         if version < to {
             tx.batch_execute(sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(9, SCHEMA_V9)`.
+    // Later versions add their steps here: `(10, SCHEMA_V10)`.
     tx.execute("DELETE FROM stagewise.meta", &[])
         .map_err(corrupt)?;
     tx.execute(

@@ -108,9 +108,10 @@ const UPDATE_ITEMS: &str = "UPDATE stagewise.items AS i SET
         record = CASE WHEN u.set_record THEN u.record ELSE i.record END,
         attempts = COALESCE(u.attempts, i.attempts),
         error = CASE WHEN u.set_error THEN u.error ELSE i.error END,
-        taken = COALESCE(u.taken, i.taken)
-     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[])
-          AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken)
+        taken = COALESCE(u.taken, i.taken),
+        since = CASE u.since_mode WHEN 1 THEN u.since WHEN 2 THEN COALESCE(i.since, u.since) ELSE i.since END
+     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[], $12::smallint[], $13::bigint[])
+          AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken, since_mode, since)
      WHERE i.run_id = $1 AND i.seq = u.seq AND i.owner IS NOT DISTINCT FROM $11";
 
 /// Whether the runner `$1` holds a live lease, checked as the transaction that writes for it
@@ -159,6 +160,8 @@ impl UpdateRows for PgUpdates {
         let mut set_error = Vec::with_capacity(rows.len());
         let mut errors = Vec::with_capacity(rows.len());
         let mut taken = Vec::with_capacity(rows.len());
+        let mut since_modes = Vec::with_capacity(rows.len());
+        let mut sinces = Vec::with_capacity(rows.len());
         for (seq, row) in rows {
             seqs.push(*seq);
             states.push(row.state.as_str());
@@ -169,6 +172,9 @@ impl UpdateRows for PgUpdates {
             set_error.push(row.error.is_some());
             errors.push(row.error.as_ref().and_then(Option::as_deref));
             taken.push(row.taken);
+            let (mode, since) = row.since.sql();
+            since_modes.push(mode);
+            sinces.push(since);
         }
         let run = self.run;
         let me = self.me.as_ref().map(|m| (m.id, m.ttl()));
@@ -183,7 +189,7 @@ impl UpdateRows for PgUpdates {
             }
             if !seqs.is_empty() {
                 bound(&mut tx, deadline)?;
-                let params: [&(dyn postgres::types::ToSql + Sync); 11] = [
+                let params: [&(dyn postgres::types::ToSql + Sync); 13] = [
                     &run,
                     &seqs,
                     &states,
@@ -195,6 +201,8 @@ impl UpdateRows for PgUpdates {
                     &errors,
                     &taken,
                     &me.map(|(me, _)| me),
+                    &since_modes,
+                    &sinces,
                 ];
                 let n = tx.execute(UPDATE_ITEMS, &params)?;
                 if usize::try_from(n).ok() != Some(seqs.len()) {

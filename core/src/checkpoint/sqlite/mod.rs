@@ -320,14 +320,21 @@ impl Tables for SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, key, stage, record, attempts FROM items
+                "SELECT seq, key, stage, record, attempts, since FROM items
                  WHERE run_id = ?1 AND seq > ?2 AND state IN ('pending', 'in_flight')
                  ORDER BY seq LIMIT ?3",
             )
             .map_err(db)?;
         let rows = stmt
             .query_map(params![run, after_seq, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
@@ -419,7 +426,7 @@ impl Tables for SqliteStore {
         .map_err(db)?;
         let n = tx
             .execute(
-                "UPDATE items SET state = 'pending', attempts = 0, error = NULL, taken = 0 WHERE run_id = ?1 AND state = 'failed'",
+                "UPDATE items SET state = 'pending', attempts = 0, error = NULL, taken = 0, since = NULL WHERE run_id = ?1 AND state = 'failed'",
                 [run],
             )
             .map_err(db)?;

@@ -3,7 +3,8 @@
 //! The version lives in `PRAGMA user_version`. Opening a store upgrades an older schema in
 //! place, one version at a time, each step in a transaction of its own (version 2 added the
 //! response cache, version 3 the process records, version 4 the attempts processes died in,
-//! version 5 the mark of items taken up, version 8 the history of processes and checks;
+//! version 5 the mark of items taken up, version 8 the history of processes and checks, version 9 when an item's
+//! first attempt at its stage began;
 //! versions 6 and 7 are the PostgreSQL store's runners, which this store has no use for);
 //! a newer schema, or a database holding tables
 //! of something else, is refused before anything is written.
@@ -13,7 +14,7 @@ use rusqlite::Connection;
 use super::super::StoreError;
 
 /// The schema this build writes.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// Version 1: runs and their items.
 const SCHEMA_V1: &str = "
@@ -106,6 +107,12 @@ CREATE TABLE checks (
 );
 ";
 
+/// Version 9: when each item's first attempt at its stage began, in milliseconds since the
+/// Unix epoch (`item_deadline` counts from it; NULL until one began).
+const SCHEMA_V9: &str = "
+ALTER TABLE items ADD COLUMN since INTEGER;
+";
+
 /// Bring the schema of the store shown as `shown` to [`SCHEMA_VERSION`], or refuse it.
 pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| StoreError::Corrupt {
@@ -145,12 +152,13 @@ pub(super) fn migrate(conn: &Connection, shown: &str) -> Result<(), StoreError> 
         (4, SCHEMA_V4),
         (5, SCHEMA_V5),
         (8, SCHEMA_V8),
+        (9, SCHEMA_V9),
     ] {
         if version < to {
             step(conn, to, sql).map_err(corrupt)?;
         }
     }
-    // Later versions add their steps here: `(9, SCHEMA_V9)`.
+    // Later versions add their steps here: `(10, SCHEMA_V10)`.
     Ok(())
 }
 

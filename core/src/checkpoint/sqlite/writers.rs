@@ -133,6 +133,7 @@ impl UpdateRows for SqliteUpdates {
                         record = CASE WHEN ?5 THEN ?6 ELSE record END,
                         attempts = COALESCE(?7, attempts),
                         error = CASE WHEN ?8 THEN ?9 ELSE error END,
+                        since = CASE ?11 WHEN 1 THEN ?12 WHEN 2 THEN COALESCE(since, ?12) ELSE since END,
                         taken = ?10
                      WHERE run_id = ?1 AND seq = ?2"
                 } else {
@@ -141,7 +142,8 @@ impl UpdateRows for SqliteUpdates {
                         stage = ?4,
                         record = CASE WHEN ?5 THEN ?6 ELSE record END,
                         attempts = COALESCE(?7, attempts),
-                        error = CASE WHEN ?8 THEN ?9 ELSE error END
+                        error = CASE WHEN ?8 THEN ?9 ELSE error END,
+                        since = CASE ?11 WHEN 1 THEN ?12 WHEN 2 THEN COALESCE(since, ?12) ELSE since END
                      WHERE run_id = ?1 AND seq = ?2"
                 })
                 .map_err(db)?;
@@ -162,6 +164,9 @@ impl UpdateRows for SqliteUpdates {
                 if let Some(taken) = row.taken {
                     stmt.raw_bind_parameter(10, taken).map_err(db)?;
                 }
+                let (since_mode, since) = row.since.sql();
+                stmt.raw_bind_parameter(11, since_mode).map_err(db)?;
+                stmt.raw_bind_parameter(12, since).map_err(db)?;
                 stmt.raw_execute().map_err(db)?;
             }
         }

@@ -54,8 +54,8 @@ impl Backend for SqliteFile {
             5 => "",
             _ => panic!("no schema version {version} to go back to"),
         };
-        // Version 8's history.
-        let history = "DROP TABLE history; DROP TABLE checks;";
+        // Version 8's history, version 9's `since`.
+        let history = "ALTER TABLE items DROP COLUMN since; DROP TABLE history; DROP TABLE checks;";
         self.execute(&format!(
             "{history} {drop} PRAGMA user_version = {version};"
         ));
@@ -226,8 +226,8 @@ impl Backend for PgDatabase {
         // Versions 6 and 7's runners and leases, which only this store has.
         let leases = "DROP TABLE stagewise.runners; DROP INDEX stagewise.items_unfinished; DROP INDEX stagewise.items_failed;
             ALTER TABLE stagewise.items DROP COLUMN owner, DROP COLUMN claim; ALTER TABLE stagewise.runs DROP COLUMN taker;";
-        // Version 8's history.
-        let history = "DROP TABLE stagewise.history; DROP TABLE stagewise.checks;";
+        // Version 8's history, version 9's `since`.
+        let history = "ALTER TABLE stagewise.items DROP COLUMN since; DROP TABLE stagewise.history; DROP TABLE stagewise.checks;";
         self.execute(&format!(
             "{history} {leases} {drop} UPDATE stagewise.meta SET version = {version};"
         ));

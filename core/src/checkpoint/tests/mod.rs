@@ -81,6 +81,7 @@ scenarios![
     latest_run_is_the_newest_committed_run_of_its_pipeline,
     a_take_that_found_nothing_hides_no_run,
     attempts_used_stay_with_the_item,
+    the_first_attempts_time_stays_with_the_item_at_its_stage,
     a_durable_update_commits_what_was_queued_before_it,
     retry_failed_puts_failed_items_back_to_pending,
     pending_pages_through_unfinished_items_in_order,
@@ -576,6 +577,104 @@ fn a_take_that_found_nothing_hides_no_run(b: &dyn Backend) {
 
 /// Attempts an item used — failed ones, and those its process died in — stay with it in the
 /// store until it leaves the stage; a death only ever raises them to its attempt's number.
+/// When an item's first attempt at its stage began (`since`) is kept across batches and
+/// opens, not moved by later attempts, cleared when the item moves on (and set again by its
+/// first attempt there), and by `retry-failed`.
+fn the_first_attempts_time_stays_with_the_item_at_its_stage(b: &dyn Backend) {
+    let store = open(b);
+    let run = take(&*store, "p", &["a", "b", "c"]);
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, Change::TakenUp { stage: s("one") }),
+            (2, Change::Started { stage: s("one") }),
+            (
+                2,
+                Change::Failed {
+                    stage: s("one"),
+                    error: s("gone"),
+                    attempts: 1,
+                },
+            ),
+        ],
+        None,
+    );
+    let since = |store: &dyn CheckpointStore| -> Vec<(String, Option<std::time::SystemTime>)> {
+        store
+            .pending(run.id, 0, 10)
+            .expect("pending")
+            .into_iter()
+            .map(|i| (i.key, i.since))
+            .collect()
+    };
+    let first = since(&*store);
+    let a = first[0].1.expect("`a` began");
+    assert!(
+        a >= before && a <= std::time::SystemTime::now(),
+        "{first:?}"
+    );
+    assert_eq!(first[1], (s("c"), None), "`c` never began");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    apply(
+        &*store,
+        run.id,
+        vec![
+            (1, Change::Started { stage: s("one") }),
+            (
+                1,
+                Change::Attempted {
+                    stage: s("one"),
+                    attempts: 2,
+                    error: s("busy"),
+                },
+            ),
+            (1, Change::Interrupted { stage: s("one") }),
+        ],
+        Some(RunStatus::Interrupted),
+    );
+    drop(store);
+    let store = open(b);
+    assert_eq!(
+        since(&*store)[0],
+        (s("a"), Some(a)),
+        "a later attempt keeps it"
+    );
+    let record = std::sync::Arc::new(crate::stage::Record::with_fields("a", Default::default()));
+    apply(
+        &*store,
+        run.id,
+        vec![(
+            1,
+            Change::Advanced {
+                stage: s("two"),
+                record,
+            },
+        )],
+        None,
+    );
+    assert_eq!(
+        since(&*store)[0],
+        (s("a"), None),
+        "moved on: not begun there"
+    );
+    apply(
+        &*store,
+        run.id,
+        vec![(1, Change::Started { stage: s("two") })],
+        None,
+    );
+    assert!(since(&*store)[0].1.is_some_and(|t| t > a), "begun at `two`");
+    // `retry-failed`: `b` starts over.
+    assert_eq!(store.reset_failed(run.id).expect("reset"), 1);
+    let b_row = since(&*store)
+        .into_iter()
+        .find(|(k, _)| k == "b")
+        .expect("`b` pending again");
+    assert_eq!(b_row.1, None);
+}
+
 fn attempts_used_stay_with_the_item(b: &dyn Backend) {
     let store = open(b);
     let run = take(&*store, "p", &["a", "b", "c"]);
@@ -834,7 +933,7 @@ fn a_newer_schema_is_refused(b: &dyn Backend) {
             err,
             StoreError::TooNew {
                 found: 99,
-                supported: 8,
+                supported: 9,
                 ..
             }
         ),

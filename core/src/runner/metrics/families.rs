@@ -30,6 +30,8 @@ pub(crate) const IN_FLIGHT: &str = "stagewise_in_flight";
 pub(crate) const BACKING_OFF: &str = "stagewise_backing_off";
 /// Whether a stage's circuit breaker holds its attempts back (1) or not (0).
 pub(crate) const BREAKER_OPEN: &str = "stagewise_breaker_open";
+/// How many of a stage's lanes have an open circuit breaker.
+pub(crate) const LANE_BREAKERS_OPEN: &str = "stagewise_lane_breakers_open";
 /// Attempts a stage allows at once now (lowered when its service asks it to slow down).
 pub(crate) const CONCURRENCY: &str = "stagewise_concurrency";
 /// Attempt latency.
@@ -158,7 +160,7 @@ fn stages(stages: &[StageRt], out: &mut Vec<MetricFamily>) {
             .collect(),
     ));
     use MetricType::{COUNTER, GAUGE};
-    let rows: [PerStage<'_>; 10] = [
+    let rows: [PerStage<'_>; 11] = [
         (ATTEMPTS, "Attempts begun at the stage.", COUNTER, &|s| s.stats.attempts.get() as f64),
         (RETRIES, "Attempts after an item's first at the stage.", COUNTER, &|s| s.stats.retries.get() as f64),
         (TIMEOUTS, "Attempts that timed out.", COUNTER, &|s| s.stats.timeouts.get() as f64),
@@ -169,6 +171,7 @@ fn stages(stages: &[StageRt], out: &mut Vec<MetricFamily>) {
         (BACKING_OFF, "Items waiting between attempts (a backoff or a retry-after hint).", GAUGE, &|s| s.stats.backing_off.get() as f64),
         (CONCURRENCY, "Attempts the stage allows at once now: its `concurrency`, lower while its service asks it to slow down.", GAUGE, &|s| s.adaptive.limit() as f64),
         (BREAKER_OPEN, "1 while the stage's circuit breaker holds its attempts back (open or half-open), else 0.", GAUGE, &|s| f64::from(u8::from(s.breaker.as_ref().is_some_and(|b| b.is_open())))),
+        (LANE_BREAKERS_OPEN, "Lanes (hosts, for `http-download` with `per_host_breaker`) whose circuit breakers hold their attempts back.", GAUGE, &|s| s.lanes.open_breakers().len() as f64),
     ];
     for (name, help, kind, value) in rows {
         out.push(per_stage(name, help, kind, value));
