@@ -880,3 +880,180 @@ fn retry_never_and_on_decide_by_the_errors_kind() {
         "{out}"
     );
 }
+
+/// The `response_format` type of each request the server got, in order.
+fn formats(server: &LlmServer) -> Vec<String> {
+    server
+        .requests()
+        .iter()
+        .map(|r| {
+            let body = r.body.as_ref().expect("a JSON body");
+            body["response_format"]["type"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `structured_output = "auto"` (the default) against a server that refuses `json_schema`, as
+/// llama-cpp-python's does: the refused request goes again at once as `json_object` with the
+/// schema, using no attempt, and every later request of the process goes so; said once. The
+/// answers are cached under the request as `json_schema` would send it: the next process, which
+/// starts with `json_schema` again, finds them.
+#[test]
+fn structured_output_auto_falls_back_to_json_object_once_and_remembers_it() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline_at(
+        "llm-so-auto",
+        6,
+        1,
+        &openai(&server, Scenario::JsonObjectOnly, ""),
+    );
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(0);
+    assert_eq!(
+        formats(&server),
+        [
+            "json_schema",
+            "json_object",
+            "json_object",
+            "json_object",
+            "json_object",
+            "json_object",
+            "json_object"
+        ],
+        "one refusal, then json_object for every request\n{out}"
+    );
+    let json_object = &server.requests()[1];
+    let sent = &json_object.body.as_ref().expect("a body")["response_format"];
+    assert_eq!(
+        sent["schema"]["required"],
+        serde_json::json!(["facts", "summary"]),
+        "{sent}"
+    );
+    assert_eq!(
+        out.stderr
+            .matches("does not take `response_format` of type `json_schema`")
+            .count(),
+        1,
+        "said once\n{out}"
+    );
+    let summary = p.stage_summary("llm-so-auto", "facts");
+    assert_eq!(
+        summary["retries"].as_u64(),
+        Some(0),
+        "no attempt used: {summary}"
+    );
+    let status = p.status();
+    assert_eq!(status.count("done"), 6);
+    for record in p.sink("out.jsonl").records {
+        assert_eq!(record["facts"], default_answer(), "{record:?}");
+    }
+    // A new process, a new batch of the same items: every answer from the cache.
+    let out = p
+        .cmd("run")
+        .arg("--fresh")
+        .env("OPENAI_API_KEY", KEY)
+        .output();
+    out.assert_code(0);
+    assert_eq!(server.calls(), 7, "answers asked for again\n{out}");
+    // `true` is `"auto"`.
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline_at(
+        "llm-so-true",
+        2,
+        1,
+        &openai(
+            &server,
+            Scenario::JsonObjectOnly,
+            "structured_output = true",
+        ),
+    );
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(
+        formats(&server),
+        ["json_schema", "json_object", "json_object"]
+    );
+}
+
+/// `"json_object"` sends the schema that way from the first request; `"json_schema"` against a
+/// server that refuses it fails each item at once, permanent, the server's reason in the error;
+/// `"off"` sends none; a mode that is not one is refused by `validate`.
+#[test]
+fn structured_output_modes_send_what_they_say() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-so-object",
+        3,
+        &openai(
+            &server,
+            Scenario::JsonObjectOnly,
+            r#"structured_output = "json_object""#,
+        ),
+    );
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(formats(&server), ["json_object"; 3]);
+
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-so-schema",
+        3,
+        &openai(
+            &server,
+            Scenario::JsonObjectOnly,
+            r#"structured_output = "json_schema""#,
+        ),
+    );
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(1);
+    assert_eq!(formats(&server), ["json_schema"; 3], "not retried\n{out}");
+    let status = p.status();
+    assert_eq!(status.failed.len(), 3);
+    for f in &status.failed {
+        assert_eq!(f.attempts, 1, "{f:?}");
+        assert!(
+            f.error.contains("HTTP 500")
+                && f.error.contains("Input should be 'text' or 'json_object'")
+                && f.error
+                    .contains("set `structured_output` to \"json_object\""),
+            "{f:?}"
+        );
+    }
+
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline(
+        "llm-so-off",
+        2,
+        &openai(
+            &server,
+            Scenario::JsonObjectOnly,
+            r#"structured_output = "off""#,
+        ),
+    );
+    p.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(0);
+    assert_eq!(formats(&server), ["none"; 2]);
+
+    let p = pipeline(
+        "llm-so-typo",
+        1,
+        &openai(&server, Scenario::Ok, r#"structured_output = "json""#),
+    );
+    let out = p.validate();
+    out.assert_code(2);
+    assert!(
+        out.errors()
+            .iter()
+            .any(|l| l.contains("`json` is not a structured-output mode")),
+        "{out}"
+    );
+}

@@ -50,6 +50,7 @@
 //! | `answer-echo` | 200 as `ok`, the answer's facts echoing the key it got, as is and upper-cased | the same |
 //! | `not-found` | 404 `model_not_found` | 404 `not_found_error` |
 //! | `bad-request` | 400 `invalid_request_error` | the same |
+//! | `json-object-only` | as llama-cpp-python's server: a `response_format` of type `json_schema` gets its 500 (a validation error at `('body', 'response_format', 'type')`: "Input should be 'text' or 'json_object'"); otherwise `ok` | `ok` |
 //!
 //! Errors carry each API's own JSON: `{"error": {"message", "type", "param", "code"}}` for
 //! OpenAI, `{"type": "error", "error": {"type", "message"}}` for Anthropic.
@@ -146,10 +147,11 @@ pub enum Scenario {
     AnswerEcho,
     NotFound,
     BadRequest,
+    JsonObjectOnly,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Ok,
         Scenario::NotJson,
         Scenario::BadSchema,
@@ -163,6 +165,7 @@ impl Scenario {
         Scenario::AnswerEcho,
         Scenario::NotFound,
         Scenario::BadRequest,
+        Scenario::JsonObjectOnly,
     ];
 
     /// The path segment: `ok`, `not-json`, `rate-limited-once`, …
@@ -181,6 +184,7 @@ impl Scenario {
             Scenario::AnswerEcho => "answer-echo",
             Scenario::NotFound => "not-found",
             Scenario::BadRequest => "bad-request",
+            Scenario::JsonObjectOnly => "json-object-only",
         }
     }
 
@@ -854,6 +858,18 @@ fn scenario_reply(
             400,
             "this request is refused on purpose (scenario `bad-request`)",
         ),
+        Scenario::JsonObjectOnly
+            if api == Api::OpenAi
+                && request.body.as_ref().and_then(|b| b["response_format"]["type"].as_str())
+                    == Some("json_schema") =>
+        {
+            error(
+                api,
+                500,
+                "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}]",
+            )
+        }
+        Scenario::JsonObjectOnly => completion(state, api, request, answer),
     };
     Some(reply)
 }

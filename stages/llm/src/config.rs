@@ -7,6 +7,72 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// `structured_output`: how the answer's schema is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StructuredOutput {
+    /// `json_schema`, falling back to `json_object` for a server that refuses it.
+    #[default]
+    Auto,
+    /// `response_format` `{"type": "json_schema", "json_schema": {…}}`.
+    JsonSchema,
+    /// `response_format` `{"type": "json_object", "schema": …}`.
+    JsonObject,
+    /// No schema is sent.
+    Off,
+}
+
+impl StructuredOutput {
+    /// The name in `pipeline.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StructuredOutput::Auto => "auto",
+            StructuredOutput::JsonSchema => "json_schema",
+            StructuredOutput::JsonObject => "json_object",
+            StructuredOutput::Off => "off",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StructuredOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Flag(bool),
+            Name(String),
+        }
+        match Given::deserialize(deserializer)? {
+            Given::Flag(true) => Ok(StructuredOutput::Auto),
+            Given::Flag(false) => Ok(StructuredOutput::Off),
+            Given::Name(name) => match name.as_str() {
+                "auto" => Ok(StructuredOutput::Auto),
+                "json_schema" => Ok(StructuredOutput::JsonSchema),
+                "json_object" => Ok(StructuredOutput::JsonObject),
+                "off" => Ok(StructuredOutput::Off),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{}` is not a structured-output mode: use \"auto\", \"json_schema\", \"json_object\" or \"off\" (or true / false)",
+                    stagewise_core::text::printable(other)
+                ))),
+            },
+        }
+    }
+}
+
+impl JsonSchema for StructuredOutput {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StructuredOutput".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "oneOf": [
+                { "enum": ["auto", "json_schema", "json_object", "off"] },
+                { "type": "boolean" }
+            ]
+        })
+    }
+}
+
 /// Who answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -104,11 +170,17 @@ pub struct LlmConfig {
     /// Sampling temperature.
     #[schemars(extend("x-default" = "the provider's"))]
     pub temperature: Option<f64>,
-    /// Send the schema as the provider's structured-output option; turn it off for a server that
-    /// rejects it (the answer is still parsed and checked).
-    #[schemars(extend("x-default" = "`true`"))]
-    #[serde(default = "default_true")]
-    pub structured_output: bool,
+    /// How the answer's schema is sent to the server (the answer is parsed and checked against
+    /// it whatever this says). `"json_schema"`: as `response_format` `json_schema` (OpenAI, vLLM,
+    /// llama.cpp's `llama-server`, LM Studio, Ollama's `/v1`); `"json_object"`: as
+    /// `response_format` `json_object` with a `schema` (llama-cpp-python's server); `"auto"`:
+    /// `json_schema`, and once a server refuses it for the `response_format` (a 400, 422 or 500
+    /// saying so), that request again at once as `json_object`, and every later one of the
+    /// process, using no attempt; `"off"`: not sent. `true` and `false` mean `"auto"` and
+    /// `"off"`. Anthropic takes the schema as a tool whatever the mode but `"off"`.
+    #[schemars(extend("x-default" = "`\"auto\"`"))]
+    #[serde(default)]
+    pub structured_output: StructuredOutput,
     /// Keep answers in the checkpoint store and reuse them.
     #[schemars(extend("x-default" = "`true`"))]
     #[serde(default = "default_true")]

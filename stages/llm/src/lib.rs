@@ -29,7 +29,7 @@ use stagewise_core::stage::{
 };
 use stagewise_core::Registry;
 
-pub use config::{default_schema, LlmConfig, Provider};
+pub use config::{default_schema, LlmConfig, Provider, StructuredOutput};
 pub use extractive::split_sentences;
 use provider::{Client, Listed};
 use stage::{Answerer, Budget, Llm, Prices};
@@ -89,7 +89,7 @@ fn client(
     }
     if provider == Provider::Anthropic
         && schema.get("type").and_then(|t| t.as_str()) != Some("object")
-        && config.structured_output
+        && config.structured_output != StructuredOutput::Off
     {
         return Err(StageError::fatal(
             "with provider `anthropic` and `structured_output`, the schema's root must be of type object (it is sent as a tool's input schema)",
@@ -112,7 +112,8 @@ fn client(
     );
     client.max_tokens = config.max_tokens;
     client.temperature = config.temperature;
-    client.schema = config.structured_output.then(|| schema.clone());
+    client.schema = (config.structured_output != StructuredOutput::Off).then(|| schema.clone());
+    client.structured = provider::Structured::new(config.structured_output);
     Ok(client)
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use stagewise_core::stage::{ErrorKind, StageError};
 use stagewise_stages_net::{classify, parse_retry_after, read_error};
 
-use crate::config::Provider;
+use crate::config::{Provider, StructuredOutput};
 use crate::secret::Scrubber;
 
 /// Longest error body kept for a message.
@@ -45,6 +45,9 @@ pub struct Failure {
     /// Whether the provider may have billed it: the request went out and the answer was lost
     /// (a timeout or a broken connection while waiting), as opposed to refused (a status).
     pub maybe_billed: bool,
+    /// The server refused the request for its `response_format` (a 400, 422 or 500 whose body
+    /// names it): it takes another structured-output mode, or none.
+    pub format_refused: bool,
 }
 
 impl Failure {
@@ -52,7 +55,45 @@ impl Failure {
         Failure {
             error,
             maybe_billed: false,
+            format_refused: false,
         }
+    }
+}
+
+/// How a request carries the answer's schema (OpenAI-compatible servers; Anthropic takes it
+/// as a tool unless it is [`Format::Plain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Not at all.
+    Plain,
+    /// `response_format` `json_schema`.
+    JsonSchema,
+    /// `response_format` `json_object` with a `schema`.
+    JsonObject,
+}
+
+/// `structured_output`, and what this process learned the server takes (`auto`).
+#[derive(Debug, Default)]
+pub struct Structured {
+    pub setting: StructuredOutput,
+    /// `auto` found the server refusing `json_schema`: `json_object` from then on.
+    json_object: std::sync::atomic::AtomicBool,
+}
+
+impl Structured {
+    pub fn new(setting: StructuredOutput) -> Structured {
+        Structured {
+            setting,
+            json_object: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// `auto` learned that the server refuses `json_schema`: `true` the first time (to say so
+    /// once).
+    pub fn learn_json_object(&self) -> bool {
+        !self
+            .json_object
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -94,6 +135,8 @@ pub struct Client {
     pub temperature: Option<f64>,
     /// The schema to send as the structured-output option, if any.
     pub schema: Option<Value>,
+    /// How it is sent.
+    pub structured: Structured,
     pub agent: ureq::Agent,
     /// Hides the key in what the stage says; `None` without a key (or with one too short).
     scrubber: Option<Box<Scrubber>>,
@@ -146,12 +189,36 @@ impl Client {
             max_tokens: 1024,
             temperature: None,
             schema: None,
+            structured: Structured::default(),
             agent,
         }
     }
 
-    /// The request body.
-    pub fn body(&self, system: Option<&str>, prompt: &str) -> Value {
+    /// How the next request carries the schema: as `structured_output` says, and for `auto` as
+    /// the server was found to take it.
+    pub fn format(&self) -> Format {
+        if self.schema.is_none() {
+            return Format::Plain;
+        }
+        match self.structured.setting {
+            StructuredOutput::Off => Format::Plain,
+            StructuredOutput::JsonSchema => Format::JsonSchema,
+            StructuredOutput::JsonObject => Format::JsonObject,
+            StructuredOutput::Auto
+                if self
+                    .structured
+                    .json_object
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Format::JsonObject
+            }
+            StructuredOutput::Auto => Format::JsonSchema,
+        }
+    }
+
+    /// The request body, the schema carried as `format`.
+    pub fn body_as(&self, system: Option<&str>, prompt: &str, format: Format) -> Value {
+        let schema = self.schema.as_ref().filter(|_| format != Format::Plain);
         let mut body = match self.provider {
             Provider::Anthropic => {
                 let mut body = json!({
@@ -162,7 +229,7 @@ impl Client {
                 if let Some(system) = system {
                     body["system"] = json!(system);
                 }
-                if let Some(schema) = &self.schema {
+                if let Some(schema) = schema {
                     body["tools"] = json!([{
                         "name": ANSWER_TOOL,
                         "description": "Record the answer in the required structure.",
@@ -193,11 +260,20 @@ impl Client {
                     "max_tokens"
                 };
                 body[field] = json!(self.max_tokens);
-                if let Some(schema) = &self.schema {
-                    body["response_format"] = json!({
-                        "type": "json_schema",
-                        "json_schema": { "name": "answer", "schema": schema },
-                    });
+                match (schema, format) {
+                    (Some(schema), Format::JsonSchema) => {
+                        body["response_format"] = json!({
+                            "type": "json_schema",
+                            "json_schema": { "name": "answer", "schema": schema },
+                        });
+                    }
+                    (Some(schema), Format::JsonObject) => {
+                        body["response_format"] = json!({
+                            "type": "json_object",
+                            "schema": schema,
+                        });
+                    }
+                    _ => {}
                 }
                 body
             }
@@ -212,6 +288,7 @@ impl Client {
     /// the time left is measured just before the request goes out and bounds all of it, the
     /// name's resolution and the connection included.
     pub fn call(&self, body: &Value, deadline: Instant) -> Result<Reply, Failure> {
+        let had_format = body.get("response_format").is_some();
         let body = body.to_string();
         let request = self.authorized(
             self.agent
@@ -242,6 +319,7 @@ impl Client {
                 Failure {
                     maybe_billed: sent(&e),
                     error,
+                    format_refused: false,
                 }
             })?;
         let status = response.status().as_u16();
@@ -252,6 +330,20 @@ impl Client {
             // An error's body is only read for its message: a bounded, best-effort read.
             let _ = (&mut reader).take(MAX_ERROR_BODY).read_to_end(&mut bytes);
             let text = String::from_utf8_lossy(&bytes);
+            if format_refused(status, &text, had_format) {
+                // Not the server's trouble, nor the item's: the mode. Trying again changes
+                // nothing; `auto` sends it another way at once (see `Llm::ask`).
+                let error = self.status_error(status, &text, None);
+                let message = format!(
+                    "{} — the server does not take `response_format` as sent; set `structured_output` to \"json_object\" (llama-cpp-python's server), \"auto\" or \"off\"",
+                    error.message
+                );
+                return Err(Failure {
+                    error: StageError::permanent(message).with_kind(error.kind),
+                    maybe_billed: false,
+                    format_refused: true,
+                });
+            }
             return Err(Failure::refused(self.status_error(status, &text, hint)));
         }
         reader
@@ -260,6 +352,7 @@ impl Client {
             .map_err(|e| Failure {
                 error: read_error(&e),
                 maybe_billed: true,
+                format_refused: false,
             })?;
         // An answer that echoes the key (asked to by a prompt from data, say) must not carry it
         // into the records, the store or the response cache.
@@ -272,6 +365,7 @@ impl Client {
         let garbled = |what: String| Failure {
             error: StageError::transient(what).with_kind(ErrorKind::InvalidOutput),
             maybe_billed: true,
+            format_refused: false,
         };
         let value: Value = serde_json::from_str(&text).map_err(|e| {
             garbled(format!(
@@ -434,6 +528,19 @@ impl Client {
             _ => StageError::permanent(message),
         }
     }
+}
+
+/// Whether a request that carried a `response_format` was refused for it: a 400, 422 or 500
+/// whose body names `response_format` or one of its types (llama-cpp-python answers a 500:
+/// "Input should be 'text' or 'json_object'" at `('body', 'response_format', 'type')`).
+fn format_refused(status: u16, body: &str, had_format: bool) -> bool {
+    if !had_format || !matches!(status, 400 | 422 | 500) {
+        return false;
+    }
+    let body = body.to_ascii_lowercase();
+    ["response_format", "json_schema", "json_object"]
+        .iter()
+        .any(|name| body.contains(name))
 }
 
 /// Whether a failed request may have reached the provider and been answered (and billed)
@@ -690,9 +797,66 @@ mod tests {
             );
         }
         client.endpoint = "https://api.openai.com/v1/chat/completions".into();
-        let body = client.body(None, "hi");
+        let body = client.body_as(None, "hi", client.format());
         assert_eq!(body["max_completion_tokens"], 1024);
         assert!(body.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn the_schema_goes_as_each_mode_says_and_auto_learns_once() {
+        let mut client = Client::new(
+            Provider::Openai,
+            "http://127.0.0.1:9/v1",
+            "m".into(),
+            None,
+            "OPENAI_API_KEY".into(),
+            Connection {
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: None,
+                concurrency: 1,
+            },
+        );
+        assert_eq!(client.format(), Format::Plain, "no schema, nothing to send");
+        let schema = json!({"type": "object"});
+        client.schema = Some(schema.clone());
+        let sent = |client: &Client| {
+            client.body_as(None, "hi", client.format())["response_format"].clone()
+        };
+        for (setting, want) in [
+            (
+                StructuredOutput::JsonSchema,
+                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}),
+            ),
+            (
+                StructuredOutput::JsonObject,
+                json!({"type": "json_object", "schema": schema}),
+            ),
+            (StructuredOutput::Off, Value::Null),
+            (
+                StructuredOutput::Auto,
+                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}),
+            ),
+        ] {
+            client.structured = Structured::new(setting);
+            assert_eq!(sent(&client), want, "{setting:?}");
+        }
+        assert!(client.structured.learn_json_object(), "the first time");
+        assert!(!client.structured.learn_json_object(), "said once");
+        assert_eq!(sent(&client)["type"], "json_object");
+        // What counts as a refusal of the mode.
+        let llama = r#"{"error": {"message": "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\"}]"}}"#;
+        assert!(format_refused(500, llama, true));
+        assert!(format_refused(
+            400,
+            "response_format is not supported",
+            true
+        ));
+        assert!(!format_refused(500, llama, false), "no format was sent");
+        assert!(
+            !format_refused(503, llama, true),
+            "a 503 is the server's trouble"
+        );
+        assert!(!format_refused(500, "internal error", true));
     }
 
     #[test]

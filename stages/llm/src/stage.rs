@@ -10,8 +10,9 @@ use stagewise_core::stage::{
     BlockingStage, Context, ErrorClass, Meter, Outcome, Record, SharedCache, StageError,
 };
 
+use crate::config::StructuredOutput;
 use crate::extractive::{self, Shape};
-use crate::provider::{excerpt, Client, Content, Reply};
+use crate::provider::{excerpt, Client, Content, Failure, Format, Reply};
 use crate::template::{cut, Template};
 
 /// Characters of an invalid answer quoted in the item's error.
@@ -218,8 +219,20 @@ impl Llm {
 
     fn ask(&self, client: &Client, record: &Record, cx: &Context) -> Result<Value, StageError> {
         let (system, prompt) = self.render(record, cx);
-        let body = client.body(system.as_deref(), &prompt);
-        let key = self.cache.as_ref().map(|_| self.cache_key(client, &body));
+        let format = client.format();
+        let body = client.body_as(system.as_deref(), &prompt, format);
+        // Keyed by the request as `json_schema` would send it, however it is sent: an answer
+        // `auto` got as `json_object` is found again by the next process, which starts with
+        // `json_schema`.
+        let key = self.cache.as_ref().map(|_| {
+            let keyed = match format {
+                Format::JsonObject => {
+                    client.body_as(system.as_deref(), &prompt, Format::JsonSchema)
+                }
+                _ => body.clone(),
+            };
+            self.cache_key(client, &keyed)
+        });
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             match cache.get(key) {
                 Ok(Some(stored)) => match serde_json::from_str::<Value>(&stored) {
@@ -237,6 +250,39 @@ impl Llm {
                 }
             }
         }
+        let mut reply = self.send(client, &body, cx);
+        let refused = matches!(&reply, Err(f) if f.format_refused);
+        if refused
+            && format == Format::JsonSchema
+            && client.structured.setting == StructuredOutput::Auto
+        {
+            // The server takes another mode: this request again at once, as `json_object`
+            // (within the same attempt), and every later one of the process.
+            if client.structured.learn_json_object() {
+                let reason = reply.as_ref().err().map(|f| f.error.message.clone());
+                tracing::warn!(
+                    stage = %self.stage,
+                    reason = %client.scrub(StageError::permanent(reason.unwrap_or_default())).message,
+                    "the server does not take `response_format` of type `json_schema`: sending the schema as `json_object` from now on (`structured_output = \"auto\"`)"
+                );
+            }
+            let body = client.body_as(system.as_deref(), &prompt, Format::JsonObject);
+            reply = self.send(client, &body, cx);
+        }
+        let reply = reply.map_err(|failure| failure.error)?;
+        let value = self
+            .parse(&reply)
+            .map_err(|invalid| self.invalid(cx, invalid))?;
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            if let Err(e) = cache.put(key, &self.stage, &value.to_string()) {
+                tracing::warn!(stage = %self.stage, key = cx.key(), error = %e, "cannot keep the answer in the response cache");
+            }
+        }
+        Ok(value)
+    }
+
+    /// One call, within the budget, counted in the stage's figures.
+    fn send(&self, client: &Client, body: &Value, cx: &Context) -> Result<Reply, Failure> {
         let worst = self.prices.map_or(0.0, |p| {
             // About 4 characters a token; 3 errs on the dear side.
             p.cost(
@@ -245,9 +291,13 @@ impl Llm {
             )
         });
         if let Some(budget) = &self.budget {
-            budget.reserve(worst)?;
+            budget.reserve(worst).map_err(|error| Failure {
+                error,
+                maybe_billed: false,
+                format_refused: false,
+            })?;
         }
-        let reply = client.call(&body, cx.deadline());
+        let reply = client.call(body, cx.deadline());
         let actual = match &reply {
             Ok(r) => {
                 self.meter.add("tokens_in", r.tokens_in as f64);
@@ -271,16 +321,7 @@ impl Llm {
         if let Some(budget) = &self.budget {
             budget.settle(worst, actual);
         }
-        let reply = reply.map_err(|failure| failure.error)?;
-        let value = self
-            .parse(&reply)
-            .map_err(|invalid| self.invalid(cx, invalid))?;
-        if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            if let Err(e) = cache.put(key, &self.stage, &value.to_string()) {
-                tracing::warn!(stage = %self.stage, key = cx.key(), error = %e, "cannot keep the answer in the response cache");
-            }
-        }
-        Ok(value)
+        reply
     }
 
     /// An invalid answer: transient until the item has had `invalid_output_attempts` of them.
