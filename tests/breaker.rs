@@ -299,3 +299,121 @@ fn one_dead_host_holds_back_no_other_with_a_breaker_per_host() {
     );
     out.assert_stderr_contains("circuit breaker opened: the stage starts no attempt");
 }
+
+/// A host that refuses connections, its breaker open for a minute, `item_deadline = "2s"`:
+/// its items that never got to try (they wait at its breaker) fail at their deadline too,
+/// so they do not fill the process while the other hosts' items wait behind them.
+#[test]
+fn items_waiting_at_an_open_host_breaker_fail_at_their_deadline() {
+    use util::http::Server;
+
+    let live = Server::start();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
+        listener.local_addr().expect("its address")
+    };
+    let mut lines = String::new();
+    for i in 0..30 {
+        let url = format!("http://{dead}/page");
+        lines.push_str(&format!(
+            "{}\n",
+            json!({"id": format!("dead-{i:02}"), "url": url})
+        ));
+        if i % 3 == 0 {
+            let url = live.url("/page");
+            lines.push_str(&format!(
+                "{}\n",
+                json!({"id": format!("live-{i:02}"), "url": url})
+            ));
+        }
+    }
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "host-breaker-deadline"
+
+        [[stage]]
+        name = "urls"
+        kind = "jsonl"
+        path = "urls.jsonl"
+        key = "id"
+
+        [[stage]]
+        name = "fetch"
+        kind = "http-download"
+        allow_private_networks = true
+        concurrency = 2
+        per_host_concurrency = 2
+        timeout = "2s"
+        retry = { attempts = 5, initial = "100ms", max = "100ms" }
+        breaker = { failures = 2, window = "30s", cool_down = "60s" }
+        per_host_breaker = true
+        item_deadline = "2s"
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    p.dir.write("urls.jsonl", lines);
+    let out = p.run();
+    out.assert_code(1);
+    // A minute's cool-down would hold every dead item for a minute each, one probe at a time.
+    assert!(
+        out.elapsed < Duration::from_secs(30),
+        "{:?}\n{out}",
+        out.elapsed
+    );
+    let status = p.status();
+    assert_eq!(status.count("done"), 10, "every live page\n{out}");
+    assert_eq!(status.count("failed"), 30, "{:?}", status.counts);
+    let never_tried = status
+        .failed
+        .iter()
+        .filter(|f| {
+            f.error
+                .starts_with("the item's deadline passed: `item_deadline` = 2s in this stage")
+                && f.error.contains("0 attempts made")
+        })
+        .count();
+    assert!(
+        never_tried > 0,
+        "some waited at the breaker from the start: {:?}",
+        status.failed
+    );
+}
+
+/// A stop while items wait at an open breaker, nothing under way: they go back to pending at
+/// once, using no attempt, rather than holding the process through its grace.
+#[test]
+fn a_stop_while_the_breaker_is_open_ends_the_run_at_once() {
+    let server = server();
+    let p = job(
+        "breaker-stop",
+        &server,
+        r#"breaker = { failures = 4, window = "30s", cool_down = "60s" }"#,
+    );
+    let toml = p.toml().replace(
+        "heartbeat = \"1s\"",
+        "heartbeat = \"1s\"\nshutdown_grace = \"20s\"\ntimeouts_outlast_grace = true",
+    );
+    p.dir.write("pipeline.toml", &toml);
+    let mut run = p.cmd("run").env("OPENAI_API_KEY", KEY).spawn();
+    assert!(
+        run.wait_for_stderr("circuit breaker opened", Duration::from_secs(20)),
+        "{}",
+        run.stderr_so_far()
+    );
+    let stopped = std::time::Instant::now();
+    run.signal(libc::SIGTERM);
+    let out = run.wait();
+    out.assert_code(75);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "not through the 20 s grace: {:?}\n{out}",
+        stopped.elapsed()
+    );
+    let status = p.status();
+    assert_eq!(status.count("failed"), 0, "{:?}", status.failed);
+    assert_eq!(status.count("done"), 0);
+}

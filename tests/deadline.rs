@@ -91,9 +91,8 @@ fn a_deadline_shorter_than_the_retry_schedule_fails_the_item() {
     for f in &status.failed {
         assert_eq!(f.stage, "facts", "{f:?}");
         assert!(
-            f.error.starts_with(&format!(
-                "{DEADLINE_PASSED}1s since its first attempt in this stage"
-            )),
+            f.error
+                .starts_with(&format!("{DEADLINE_PASSED}1s in this stage")),
             "{f:?}"
         );
         assert!(
@@ -205,5 +204,38 @@ fn the_deadline_counts_from_the_first_attempt_across_processes() {
             "{f:?}"
         );
         assert!(f.attempts >= 2, "the first process's attempts kept: {f:?}");
+    }
+}
+
+/// A source reads its batch once: `item_deadline` and `breaker` there do nothing, and
+/// `validate` says so at the key.
+#[test]
+fn a_source_s_deadline_and_breaker_are_said_to_do_nothing() {
+    let p = Pipeline::new(
+        r#"
+        [pipeline]
+        name = "deadline-source"
+
+        [[stage]]
+        name = "numbers"
+        kind = "generate"
+        count = 3
+        item_deadline = "5s"
+        breaker = { failures = 2 }
+
+        [[stage]]
+        name = "out"
+        kind = "blackhole"
+        "#,
+    );
+    let out = p.validate();
+    out.assert_code(0);
+    for key in ["item_deadline", "breaker"] {
+        assert!(
+            out.warnings()
+                .iter()
+                .any(|w| w.contains(&format!("`{key}` does nothing on a source"))),
+            "{key}\n{out}"
+        );
     }
 }

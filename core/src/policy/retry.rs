@@ -127,7 +127,7 @@ impl ItemDeadline {
     /// failing with `last`: permanent (no attempt may follow), of kind `timeout`.
     pub(crate) fn passed(&self, attempts: u32, last: Option<&StageError>) -> StageError {
         let what = format!(
-            "the item's deadline passed: `item_deadline` = {} since its first attempt in this stage, {attempts} attempt{} made",
+            "the item's deadline passed: `item_deadline` = {} in this stage (counted from its first attempt, or its first wait at an open breaker), {attempts} attempt{} made",
             crate::text::duration(self.limit),
             if attempts == 1 { "" } else { "s" },
         );
@@ -453,7 +453,7 @@ pub(crate) mod tests {
         assert_eq!(error.kind, ErrorKind::Timeout);
         assert_eq!(
             error.message,
-            "the item's deadline passed: `item_deadline` = 250ms since its first attempt in this stage, 2 attempts made; the last: busy"
+            "the item's deadline passed: `item_deadline` = 250ms in this stage (counted from its first attempt, or its first wait at an open breaker), 2 attempts made; the last: busy"
         );
         assert_eq!(
             *starts.lock().expect("lock"),

@@ -110,22 +110,40 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
             gate,
             breaker: breaker.as_ref(),
         });
-        let Some(first) = places(&shared, stage, lane.as_ref(), (!started, &window)).await else {
-            interrupted(&shared, seq, stage).await;
-            return;
-        };
-        // The item's deadline here counts from its first attempt: in an earlier process, or now.
-        let deadline = stage.policy.item_deadline.map(|limit| {
-            let ago = since
-                .take()
-                .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+        // The item's deadline here, once its clock runs: from its first attempt (in an earlier
+        // process, as kept, or now), or from its first wait at an open breaker if sooner.
+        let due = std::sync::OnceLock::new();
+        if let (Some(limit), Some(at)) = (stage.policy.item_deadline, since.take()) {
+            // A time in the future (a clock set back) counts as now.
+            let ago = std::time::SystemTime::now()
+                .duration_since(at)
                 .unwrap_or_default();
-            ItemDeadline {
-                at: tokio::time::Instant::now() + limit.saturating_sub(ago),
-                limit,
-            }
-        });
+            let _ = due.set(tokio::time::Instant::now() + limit.saturating_sub(ago));
+        }
         since = None;
+        let clock = stage
+            .policy
+            .item_deadline
+            .map(|limit| Clock { limit, due: &due });
+        let first = match places(&shared, stage, lane.as_ref(), (!started, &window), clock).await {
+            Ok(first) => first,
+            Err(Missed::Stopped) => {
+                interrupted(&shared, seq, stage).await;
+                return;
+            }
+            Err(Missed::Expired(deadline)) => {
+                // Held back past its deadline before its first attempt here.
+                if !window.come_back(&shared.control.hard).await {
+                    interrupted(&shared, seq, stage).await;
+                    return;
+                }
+                let last = last_error.map(StageError::permanent);
+                let error = deadline.passed(used, last.as_ref());
+                Box::pin(fail(&shared, stage, seq, &record, error, used, true)).await;
+                return;
+            }
+        };
+        let deadline = clock.map(|clock| clock.start());
         // After the first stage, `Advanced` already recorded the item as in flight here; with
         // a deadline, the store keeps when its first attempt here began.
         if started && deadline.is_some() {
@@ -241,24 +259,54 @@ struct Places {
     _slot: OwnedSemaphorePermit,
 }
 
-/// Wait for an attempt's places, or `None` if the run stops first (the hard stop; the soft one
-/// too for an item that has not started, which then does not start).
+/// An item's deadline at a stage before its first attempt there: `due` is set (once) when its
+/// clock starts, at the first attempt or at its first wait at an open breaker.
+#[derive(Clone, Copy)]
+struct Clock<'a> {
+    limit: std::time::Duration,
+    due: &'a std::sync::OnceLock<tokio::time::Instant>,
+}
+
+impl Clock<'_> {
+    /// The deadline, its clock started now if it was not.
+    fn start(self) -> ItemDeadline {
+        ItemDeadline {
+            at: *self
+                .due
+                .get_or_init(|| tokio::time::Instant::now() + self.limit),
+            limit: self.limit,
+        }
+    }
+}
+
+/// Why an attempt got no places.
+enum Missed {
+    /// The run stops (the hard stop; the soft one too for an item that has not started, or one
+    /// waiting at an open breaker).
+    Stopped,
+    /// The item's deadline passed while it waited at its lane's open breaker.
+    Expired(ItemDeadline),
+}
+
+/// Wait for an attempt's places. With a `clock` (before the item's first attempt at a stage
+/// with `item_deadline`), a wait at the lane's open breaker starts it and ends by it.
 async fn places(
     shared: &Shared,
     stage: &StageRt,
     lane: Option<&LaneGate<'_>>,
     (not_started, window): (bool, &InFlight),
-) -> Option<Places> {
+    clock: Option<Clock<'_>>,
+) -> Result<Places, Missed> {
     let control = &shared.control;
     if control.hard.is_cancelled() || (not_started && control.soft.is_cancelled()) {
-        return None;
+        return Err(Missed::Stopped);
     }
     // A free slot and no lane, the common case: taken at once, with no future and no
     // cancellation waiter. (A slot is never free while others wait for one: no item jumps the
     // queue.)
     if lane.is_none() {
         if let Ok(slot) = stage.slots.clone().try_acquire_owned() {
-            return Some(Places {
+            return Ok(Places {
                 _lane: None,
                 admitted: None,
                 _slot: slot,
@@ -266,7 +314,14 @@ async fn places(
         }
     }
     // Boxed: the waits are large, and an item's future need not carry them.
-    Box::pin(wait_for_places(shared, stage, lane, (not_started, window))).await
+    Box::pin(wait_for_places(
+        shared,
+        stage,
+        lane,
+        (not_started, window),
+        clock,
+    ))
+    .await
 }
 
 /// See [`places`]: the waits.
@@ -275,7 +330,8 @@ async fn wait_for_places(
     stage: &StageRt,
     lane: Option<&LaneGate<'_>>,
     (not_started, window): (bool, &InFlight),
-) -> Option<Places> {
+    clock: Option<Clock<'_>>,
+) -> Result<Places, Missed> {
     let control = &shared.control;
     let waiting = async {
         let place = match lane {
@@ -286,7 +342,7 @@ async fn wait_for_places(
                     window.step_aside();
                     let place = lane.gate.wait_owned().await;
                     if !window.come_back(&control.hard).await {
-                        return None;
+                        return Err(Missed::Stopped);
                     }
                     Some(place)
                 }
@@ -300,9 +356,17 @@ async fn wait_for_places(
                 Some(admitted) => Some(admitted),
                 None => {
                     window.step_aside();
-                    let admitted = breaker.admit_owned(&control.hard).await?;
+                    // Held back by the service: the item's clock runs from now, if it has one.
+                    let deadline = clock.map(Clock::start);
+                    let admitted = match by(deadline, admit(breaker, shared)).await {
+                        Some(Some(admitted)) => admitted,
+                        Some(None) => return Err(Missed::Stopped),
+                        None => {
+                            return Err(Missed::Expired(deadline.expect("only a deadline expires")))
+                        }
+                    };
                     if !window.come_back(&control.hard).await {
-                        return None;
+                        return Err(Missed::Stopped);
                     }
                     Some(admitted)
                 }
@@ -315,7 +379,7 @@ async fn wait_for_places(
             .acquire_owned()
             .await
             .expect("stage semaphores are never closed");
-        Some(Places {
+        Ok(Places {
             _lane: place,
             admitted,
             _slot: slot,
@@ -324,8 +388,23 @@ async fn wait_for_places(
     tokio::select! {
         biased;
         places = waiting => places,
-        () = control.hard.cancelled() => None,
-        () = control.soft.cancelled(), if not_started => None,
+        () = control.hard.cancelled() => Err(Missed::Stopped),
+        () = control.soft.cancelled(), if not_started => Err(Missed::Stopped),
+    }
+}
+
+/// Wait at an open breaker for leave to start an attempt, or `None` once the run is told to
+/// stop: an item waiting there has nothing under way, so at a stop it goes back to pending at
+/// once, using no attempt, rather than holding the process through its grace.
+async fn admit(breaker: &Arc<Breaker>, shared: &Shared) -> Option<Admitted> {
+    if let Some(admitted) = breaker.try_admit_owned() {
+        return Some(admitted);
+    }
+    let control = &shared.control;
+    tokio::select! {
+        biased;
+        () = control.soft.cancelled() => None,
+        admitted = breaker.admit_owned(&control.hard) => admitted,
     }
 }
 
@@ -799,10 +878,10 @@ async fn attempts(
                         Some(false) => return Attempt::Interrupted,
                         None => return expired().await,
                     }
-                    match by(deadline, places(shared, stage, lane, (false, window))).await {
-                        Some(Some(places)) => places,
-                        Some(None) => return Attempt::Interrupted,
-                        None => return expired().await,
+                    match by(deadline, places(shared, stage, lane, (false, window), None)).await {
+                        Some(Ok(places)) => places,
+                        Some(Err(Missed::Stopped)) => return Attempt::Interrupted,
+                        Some(Err(Missed::Expired(_))) | None => return expired().await,
                     }
                 }
             };
@@ -812,7 +891,7 @@ async fn attempts(
             let admitted = match (places.admitted.take(), &stage.breaker) {
                 (Some(admitted), _) => Some(admitted),
                 (None, Some(breaker)) if lane.is_none_or(|lane| lane.breaker.is_none()) => {
-                    match by(deadline, breaker.admit_owned(stop)).await {
+                    match by(deadline, admit(breaker, shared)).await {
                         Some(Some(admitted)) => Some(admitted),
                         Some(None) => return Attempt::Interrupted,
                         None => return Attempt::Expired,

@@ -1192,6 +1192,24 @@ impl Validator {
             };
             let (policy, layers) =
                 Policy::resolve(&spec, defaults, &kind.defaults(), role == Role::Source);
+            if role == Role::Source {
+                // Accepted (a source may move in the pipeline), but said: it does nothing here.
+                let unused = [
+                    ("item_deadline", spec.item_deadline.is_some()),
+                    ("breaker", spec.breaker.is_some()),
+                ];
+                for (key, _) in unused.into_iter().filter(|(_, set)| *set) {
+                    let mut p = prefix.clone();
+                    p.push(key.to_owned());
+                    self.push(
+                        Severity::Warning,
+                        Some(&p),
+                        true,
+                        Some(&name),
+                        format!("`{key}` does nothing on a source: it reads its batch once, under its `retry` only"),
+                    );
+                }
+            }
             for (key, message) in policy.check() {
                 let mut p = prefix.clone();
                 p.extend(key.split('.').map(str::to_owned));

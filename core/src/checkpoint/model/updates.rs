@@ -40,7 +40,9 @@ pub(in crate::checkpoint) enum Since {
     Keep,
     /// Set to this (`None`: NULL, the item has not begun at its stage).
     Set(Option<i64>),
-    /// Set to this unless already set: an attempt began, maybe not the first at this stage.
+    /// Set to this unless already set to a time before it: an attempt began, maybe not the
+    /// first at this stage. (A time after it, written before the clock was set back, is
+    /// corrected, so that the deadline does not start over in every process.)
     Mark(i64),
 }
 

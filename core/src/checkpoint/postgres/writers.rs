@@ -109,7 +109,9 @@ const UPDATE_ITEMS: &str = "UPDATE stagewise.items AS i SET
         attempts = COALESCE(u.attempts, i.attempts),
         error = CASE WHEN u.set_error THEN u.error ELSE i.error END,
         taken = COALESCE(u.taken, i.taken),
-        since = CASE u.since_mode WHEN 1 THEN u.since WHEN 2 THEN COALESCE(i.since, u.since) ELSE i.since END
+        since = CASE u.since_mode WHEN 1 THEN u.since
+            WHEN 2 THEN (CASE WHEN i.since IS NULL OR i.since > u.since THEN u.since ELSE i.since END)
+            ELSE i.since END
      FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bigint[], $8::bool[], $9::text[], $10::bool[], $12::smallint[], $13::bigint[])
           AS u(seq, state, stage, set_record, record, attempts, set_error, error, taken, since_mode, since)
      WHERE i.run_id = $1 AND i.seq = u.seq AND i.owner IS NOT DISTINCT FROM $11";

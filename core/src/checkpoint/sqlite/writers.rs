@@ -133,7 +133,7 @@ impl UpdateRows for SqliteUpdates {
                         record = CASE WHEN ?5 THEN ?6 ELSE record END,
                         attempts = COALESCE(?7, attempts),
                         error = CASE WHEN ?8 THEN ?9 ELSE error END,
-                        since = CASE ?11 WHEN 1 THEN ?12 WHEN 2 THEN COALESCE(since, ?12) ELSE since END,
+                        since = CASE ?11 WHEN 1 THEN ?12 WHEN 2 THEN (CASE WHEN since IS NULL OR since > ?12 THEN ?12 ELSE since END) ELSE since END,
                         taken = ?10
                      WHERE run_id = ?1 AND seq = ?2"
                 } else {
@@ -143,7 +143,7 @@ impl UpdateRows for SqliteUpdates {
                         record = CASE WHEN ?5 THEN ?6 ELSE record END,
                         attempts = COALESCE(?7, attempts),
                         error = CASE WHEN ?8 THEN ?9 ELSE error END,
-                        since = CASE ?11 WHEN 1 THEN ?12 WHEN 2 THEN COALESCE(since, ?12) ELSE since END
+                        since = CASE ?11 WHEN 1 THEN ?12 WHEN 2 THEN (CASE WHEN since IS NULL OR since > ?12 THEN ?12 ELSE since END) ELSE since END
                      WHERE run_id = ?1 AND seq = ?2"
                 })
                 .map_err(db)?;

@@ -45,6 +45,10 @@ impl Backend for SqliteFile {
         self.execute(&format!("PRAGMA user_version = {version}"));
     }
 
+    fn set_since(&self, ms: i64) {
+        self.execute(&format!("UPDATE items SET since = {ms}"));
+    }
+
     fn downgrade_to(&self, version: i64) {
         let drop = match version {
             1 => "ALTER TABLE items DROP COLUMN taken; DROP TABLE deaths; DROP TABLE processes; DROP TABLE responses;",
@@ -212,6 +216,10 @@ impl Backend for PgDatabase {
 
     fn set_schema_version(&self, version: i64) {
         self.execute(&format!("UPDATE stagewise.meta SET version = {version}"));
+    }
+
+    fn set_since(&self, ms: i64) {
+        self.execute(&format!("UPDATE stagewise.items SET since = {ms}"));
     }
 
     fn downgrade_to(&self, version: i64) {

@@ -31,6 +31,9 @@ trait Backend {
     fn location(&self) -> StoreLocation;
     /// Overwrite the stored schema version, as another build of stagewise would have left it.
     fn set_schema_version(&self, version: i64);
+    /// Overwrite when every item's first attempt began (ms since the epoch), behind the
+    /// store's back: as a process whose clock was ahead left it.
+    fn set_since(&self, ms: i64);
     /// Turn a current store into what an older schema version wrote: 1 had no response cache,
     /// 2 no process records.
     fn downgrade_to(&self, version: i64);
@@ -616,6 +619,28 @@ fn the_first_attempts_time_stays_with_the_item_at_its_stage(b: &dyn Backend) {
         "{first:?}"
     );
     assert_eq!(first[1], (s("c"), None), "`c` never began");
+    // A time ahead of the clock (written by a process whose clock was set back since) is
+    // corrected at the next start, so that the deadline does not start over in every process.
+    drop(store);
+    let ahead = super::model::epoch_ms(std::time::SystemTime::now()) + 3_600_000;
+    b.set_since(ahead);
+    let store = open(b);
+    assert!(
+        since(&*store)[0].1 > Some(std::time::SystemTime::now()),
+        "ahead"
+    );
+    apply(
+        &*store,
+        run.id,
+        vec![(1, Change::Started { stage: s("one") })],
+        None,
+    );
+    let corrected = since(&*store)[0].1.expect("set");
+    assert!(
+        corrected <= std::time::SystemTime::now(),
+        "corrected to now"
+    );
+    let a = corrected;
     std::thread::sleep(std::time::Duration::from_millis(20));
     apply(
         &*store,
