@@ -20,11 +20,27 @@
 //! Every measurement is run 3 times and the medians are reported, with the peak RSS
 //! (`ru_maxrss` from `wait4`) and CPU time of the stagewise process.
 //!
-//! `cargo bench --bench llm` runs it; `--runs N` changes the number of runs, `--rate N` the
-//! rate limit of variant c (per second), `a`, `b`, `c` choose variants, and `--keep` keeps each
-//! run's directory (pipeline, log, summary, checkpoint) for inspection. Without cargo's
-//! `--bench` flag (`cargo test --benches` or `--all-targets`) it only smoke-tests itself on 50
-//! items with a 20 ms server, once.
+//! The outage scenario: requests sent during a 10 s outage with and without the circuit
+//! breaker, in one invocation. Each run starts a fresh server with `down_for` = 10 s (every
+//! call arriving within 10 s of the server's start is answered 503 at once; then it answers as
+//! for a, after 200 ms) and sends it 100 articles through `llm` at `concurrency = 4` with
+//! `retry = { attempts = 30, initial = "200ms", max = "2s" }`, enough attempts for an item to
+//! outlast the outage without a breaker. Variants, run interleaved (o, p, then again): (o) no
+//! breaker; (p) `breaker = { failures = 5, window = "10s", cool_down = "2s" }`. Measured per
+//! run: requests that arrived during the outage (those answered 503) and after it, items done
+//! and failed, wall time, and from the outage's end to the first request answered 200 and to
+//! the process's exit; reported as medians in a table of their own. The bench fails if an item
+//! failed, if a run sent no request during the outage, or if p's median of requests during the
+//! outage is not below o's.
+//!
+//! `cargo bench --bench llm` runs a, b and c (the outage pair would double its time);
+//! `cargo bench --bench llm -- outage` runs o and p. `--runs N` changes the number of runs,
+//! `--rate N` the rate limit of variant c (per second), `a`, `b`, `c`, `o`, `p` choose variants
+//! (`outage` is `o p`), and `--keep` keeps each run's directory (pipeline, log, summary,
+//! checkpoint) for inspection. Without cargo's `--bench` flag (`cargo test --benches` or
+//! `--all-targets`) it only smoke-tests itself, once, on every variant by default: a, b and c
+//! on 50 items with a 20 ms server, o and p on 20 items with a 2 s outage and a 500 ms
+//! cool-down, with the same checks.
 
 mod common;
 // The test server, shared with `tests/llm.rs`; this bench uses only part of it.
@@ -41,7 +57,7 @@ use llm_server::{LlmConfig, LlmServer, Scenario};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -55,6 +71,15 @@ const RATE_SHARE: f64 = 0.95;
 const DEFAULT_RUNS: usize = 3;
 /// The key the child sends; the server only checks that there is one.
 const KEY: &str = "sk-bench";
+/// The stage's `concurrency` in the outage variants (as in `tests/breaker.rs`).
+const OUTAGE_CONCURRENCY: usize = 4;
+/// The stage's retry policy in the outage variants: enough attempts for an item to outlast the
+/// outage without a breaker (full jitter: a wait is uniform up to 0.2, 0.4, 0.8, 1.6, then 2 s,
+/// so 10 s take about 13 attempts on average).
+const OUTAGE_RETRY: &str = r#"retry = { attempts = 30, initial = "200ms", max = "2s" }"#;
+/// Variant p's `breaker.failures` and `breaker.window`.
+const BREAKER_FAILURES: u32 = 5;
+const BREAKER_WINDOW: &str = "10s";
 
 /// What one invocation measures.
 struct Plan {
@@ -67,6 +92,16 @@ struct Plan {
     /// Keep each run's directory (pipeline, log, summary) instead of removing it.
     keep: bool,
     full: bool,
+    outage: Outage,
+}
+
+/// The outage variants' setup.
+struct Outage {
+    items: u64,
+    /// The server's `down_for`: every call arriving this long after its start is answered 503.
+    down: Duration,
+    /// Variant p's `breaker.cool_down`.
+    cool_down: Duration,
 }
 
 impl Plan {
@@ -85,6 +120,10 @@ enum Variant {
     B,
     /// `concurrency` over the limit, with the rate limit.
     C,
+    /// The outage, without a breaker.
+    O,
+    /// The outage, with the breaker.
+    P,
 }
 
 impl Variant {
@@ -92,7 +131,23 @@ impl Variant {
         match self {
             Variant::A => MAX_IN_FLIGHT,
             Variant::B | Variant::C => OVER_LIMIT,
+            Variant::O | Variant::P => OUTAGE_CONCURRENCY,
         }
+    }
+
+    /// Whether it is one of the outage variants (a table of its own).
+    fn is_outage(self) -> bool {
+        matches!(self, Variant::O | Variant::P)
+    }
+
+    /// Variant p's `breaker` key.
+    fn breaker(self, plan: &Plan) -> Option<String> {
+        (self == Variant::P).then(|| {
+            format!(
+                "breaker = {{ failures = {BREAKER_FAILURES}, window = \"{BREAKER_WINDOW}\", cool_down = \"{}ms\" }}",
+                plan.outage.cool_down.as_millis()
+            )
+        })
     }
 
     fn rate_limit(self, plan: &Plan) -> Option<u32> {
@@ -105,11 +160,23 @@ impl Variant {
             Variant::A => "a",
             Variant::B => "b",
             Variant::C => "c",
+            Variant::O => "o",
+            Variant::P => "p",
         }
     }
 
     fn name(self, plan: &Plan) -> String {
         let letter = self.letter();
+        match self {
+            Variant::O => return format!("{letter}: outage, no breaker"),
+            Variant::P => {
+                return format!(
+                    "{letter}: outage, breaker {BREAKER_FAILURES}/{BREAKER_WINDOW}, cool_down {:?}",
+                    plan.outage.cool_down
+                )
+            }
+            _ => {}
+        }
         match self.rate_limit(plan) {
             Some(rate) => format!(
                 "{letter}: concurrency {}, rate_limit {rate}/s",
@@ -133,7 +200,18 @@ fn main() -> ExitCode {
         variants: Vec::new(),
         keep: false,
         full,
+        outage: Outage {
+            items: if full { 100 } else { 20 },
+            down: Duration::from_secs(if full { 10 } else { 2 }),
+            cool_down: Duration::from_millis(if full { 2_000 } else { 500 }),
+        },
     };
+    // A variant named twice runs once.
+    fn add(variants: &mut Vec<Variant>, v: Variant) {
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+    }
     let read = args.read(plan.runs, |arg, rest| {
         match arg {
             "--rate" => match positive(rest.next()) {
@@ -141,9 +219,15 @@ fn main() -> ExitCode {
                 None => return false,
             },
             "--keep" => plan.keep = true,
-            "a" => plan.variants.push(Variant::A),
-            "b" => plan.variants.push(Variant::B),
-            "c" => plan.variants.push(Variant::C),
+            "a" => add(&mut plan.variants, Variant::A),
+            "b" => add(&mut plan.variants, Variant::B),
+            "c" => add(&mut plan.variants, Variant::C),
+            "o" => add(&mut plan.variants, Variant::O),
+            "p" => add(&mut plan.variants, Variant::P),
+            "outage" => {
+                add(&mut plan.variants, Variant::O);
+                add(&mut plan.variants, Variant::P);
+            }
             _ => return false,
         }
         true
@@ -151,24 +235,53 @@ fn main() -> ExitCode {
     let Ok(runs) = read else { return usage() };
     plan.runs = runs;
     if plan.variants.is_empty() {
-        plan.variants = vec![Variant::A, Variant::B, Variant::C];
+        // The outage pair takes over 10 s a run: a full run asks for it by name.
+        plan.variants = if plan.full {
+            vec![Variant::A, Variant::B, Variant::C]
+        } else {
+            vec![Variant::A, Variant::B, Variant::C, Variant::O, Variant::P]
+        };
     }
+    let throughput = plan.variants.iter().any(|v| !v.is_outage());
+    let outage = plan.variants.iter().any(|v| v.is_outage());
 
     let load_before = load_average();
-    progress(&format!(
-        "{} items; server: {} ms per answer, {MAX_IN_FLIGHT} requests at once, 429 beyond",
-        plan.items,
-        plan.latency.as_millis()
-    ));
+    if throughput {
+        progress(&format!(
+            "{} items; server: {} ms per answer, {MAX_IN_FLIGHT} requests at once, 429 beyond",
+            plan.items,
+            plan.latency.as_millis()
+        ));
+    }
+    if outage {
+        progress(&format!(
+            "outage: {} items at concurrency {OUTAGE_CONCURRENCY}; server: 503 to every call for {} s from its start, then {} ms per answer",
+            plan.outage.items,
+            plan.outage.down.as_secs_f64(),
+            plan.latency.as_millis()
+        ));
+    }
     let mut table = Table::new(header(), FOOTNOTE);
-    let result = bench(&plan, &mut table);
-    table.print();
+    let mut outage_table = Table::new(outage_header(), OUTAGE_FOOTNOTE);
+    let result = bench(&plan, &mut table, &mut outage_table);
+    if throughput {
+        table.print();
+    }
+    if outage {
+        if throughput {
+            println!();
+        }
+        outage_table.print();
+    }
     print_load_average(&load_before);
     if !plan.full {
         println!(
-            "\nsmoke run (no `--bench` flag): {} items, {} ms latency, once",
+            "\nsmoke run (no `--bench` flag): {} items, {} ms latency, once; outage: {} items, {} s down, cool_down {} ms",
             plan.items,
-            plan.latency.as_millis()
+            plan.latency.as_millis(),
+            plan.outage.items,
+            plan.outage.down.as_secs_f64(),
+            plan.outage.cool_down.as_millis()
         );
     }
     cli::exit(result)
@@ -176,26 +289,43 @@ fn main() -> ExitCode {
 
 /// Say how to call this bench.
 fn usage() -> ExitCode {
-    cli::usage("cargo bench --bench llm [-- [--runs N] [--rate N] [--keep] [a] [b] [c]]")
+    cli::usage(
+        "cargo bench --bench llm [-- [--runs N] [--rate N] [--keep] [a] [b] [c] [o] [p] [outage]]",
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // The measurement
 
-fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
+fn bench(plan: &Plan, table: &mut Table, outage_table: &mut Table) -> Result<(), String> {
     let work = stagewise::work_dir("llm")?;
     let articles = work.join("articles.jsonl");
-    let lines: String = (0..plan.items)
-        .map(|i| format!("{}\n", article(i)))
-        .collect();
-    stagewise::write(&articles, &lines)?;
-    progress(&format!(
-        "{} articles, {} bytes of JSON Lines",
-        plan.items,
-        thousands(lines.len() as f64)
-    ));
+    let outage_articles = work.join("outage.jsonl");
+    for (path, count, used) in [
+        (
+            &articles,
+            plan.items,
+            plan.variants.iter().any(|v| !v.is_outage()),
+        ),
+        (
+            &outage_articles,
+            plan.outage.items,
+            plan.variants.iter().any(|v| v.is_outage()),
+        ),
+    ] {
+        if !used {
+            continue;
+        }
+        let lines: String = (0..count).map(|i| format!("{}\n", article(i))).collect();
+        stagewise::write(path, &lines)?;
+        progress(&format!(
+            "{count} articles, {} bytes of JSON Lines",
+            thousands(lines.len() as f64)
+        ));
+    }
 
     let mut runs: Vec<Vec<Run>> = plan.variants.iter().map(|_| Vec::new()).collect();
+    let mut outages: Vec<Vec<OutageRun>> = plan.variants.iter().map(|_| Vec::new()).collect();
     for i in 0..plan.runs {
         for (v, variant) in plan.variants.iter().enumerate() {
             progress(&format!(
@@ -204,6 +334,20 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
                 plan.runs,
                 variant.name(plan)
             ));
+            if variant.is_outage() {
+                let run = run_outage(plan, *variant, &work, &outage_articles, i)?;
+                progress(&format!(
+                    "  {:.3} s, {} requests during the outage, {} after, {} done, {} failed; exit {} after the outage's end",
+                    run.wall.as_secs_f64(),
+                    run.during,
+                    run.after,
+                    run.done,
+                    run.failed,
+                    seconds(run.finished_after)
+                ));
+                outages[v].push(run);
+                continue;
+            }
             let run = run_stagewise(plan, *variant, &work, &articles, i)?;
             progress(&format!(
                 "  {:.3} s, {} 429s, {} calls, {} failed",
@@ -222,13 +366,28 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&work);
     }
 
+    let outage_medians: Vec<(Variant, OutageMedian)> = plan
+        .variants
+        .iter()
+        .copied()
+        .zip(outages)
+        .filter(|(v, _)| v.is_outage())
+        .map(|(v, runs)| (v, OutageMedian::of(runs)))
+        .collect();
+    report_outage(plan, &outage_medians, outage_table);
+
     let ideal = plan.ideal();
     let medians: Vec<(Variant, Median)> = plan
         .variants
         .iter()
         .copied()
-        .zip(runs.into_iter().map(Median::of))
+        .zip(runs)
+        .filter(|(v, _)| !v.is_outage())
+        .map(|(v, runs)| (v, Median::of(runs)))
         .collect();
+    if medians.is_empty() {
+        return check_outage(&outage_medians);
+    }
     for (variant, m) in &medians {
         table.line(row(&variant.name(plan), m, ideal));
     }
@@ -273,7 +432,7 @@ fn bench(plan: &Plan, table: &mut Table) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    check_outage(&outage_medians)
 }
 
 /// A short news article: a title and 1–2 KB of text that varies with `i`.
@@ -413,11 +572,129 @@ fn run_stagewise(
     })
 }
 
+/// One run of an outage variant.
+struct OutageRun {
+    /// Spawn to exit.
+    wall: Duration,
+    /// From the summary.
+    done: u64,
+    failed: u64,
+    /// Requests the server received (`GET …/models` not counted).
+    calls: usize,
+    /// Requests that arrived while the server was down: those it answered 503 (it answers 503
+    /// to a call that arrives within `down_for` of its start, and to nothing else here).
+    during: usize,
+    /// The others: requests that arrived after the outage.
+    after: usize,
+    /// Items (request bodies) that got at least one 503, and the most 503s one of them got.
+    items_503: usize,
+    max_503s_per_item: usize,
+    /// From the first request's arrival to the outage's end: how much of it the run saw.
+    seen: Option<Duration>,
+    /// From the outage's end to the first request answered 200.
+    first_ok_after: Option<Duration>,
+    /// From the outage's end to the process's exit (`None`: it exited during the outage).
+    finished_after: Option<Duration>,
+    /// `circuit breaker opened` and `circuit breaker closed` events in the log.
+    opened: usize,
+    closed: usize,
+    /// Stagewise's user + system CPU time.
+    cpu: Duration,
+}
+
+/// `stagewise run` on the pipeline of outage variant `variant`, against a fresh server that is
+/// down for the first `plan.outage.down`, in a fresh directory. Fails unless every item ended
+/// done or failed (exit 0 or 1).
+fn run_outage(
+    plan: &Plan,
+    variant: Variant,
+    work: &Path,
+    articles: &Path,
+    i: usize,
+) -> Result<OutageRun, String> {
+    let server = LlmServer::start(LlmConfig {
+        latency: plan.latency,
+        max_in_flight: Some(MAX_IN_FLIGHT),
+        down_for: plan.outage.down,
+        ..LlmConfig::default()
+    });
+    // The server starts its outage clock inside `start`: this is at most microseconds later.
+    let outage_end = Instant::now() + plan.outage.down;
+    let name = format!("stagewise-{}-{i}", variant.letter());
+    let dir = work.join(&name);
+    let mut cmd = stagewise::prepare(
+        &dir,
+        &pipeline(&server.base_url(Scenario::Ok), variant, plan),
+    )?;
+    std::fs::copy(articles, dir.join("articles.jsonl"))
+        .map_err(|e| format!("cannot copy the articles: {e}"))?;
+    cmd.env("OPENAI_API_KEY", KEY);
+    let log = dir.join(stagewise::LOG);
+    let m = measure(cmd, Some(&log), Stdout::Discard)
+        .map_err(|e| format!("{name}: cannot run stagewise: {e}"))?;
+    let exited = m.began + m.wall;
+
+    let summary = stagewise::summary(&dir);
+    let count = |field: &str| summary.as_ref().and_then(|s| s[field].as_u64());
+    let (done, failed) = (count("done"), count("failed"));
+    let ended = done.zip(failed).map(|(d, f)| d + f);
+    if !matches!(m.status.code(), Some(0 | 1)) || ended != Some(plan.outage.items) {
+        return Err(format!(
+            "{name}: stagewise exited with {}, {done:?} done and {failed:?} failed of {} items; see {}",
+            m.status,
+            plan.outage.items,
+            log.display()
+        ));
+    }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    if !plan.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    let requests = server.requests();
+    let mut per_item: HashMap<String, usize> = HashMap::new();
+    for r in requests.iter().filter(|r| r.status == Some(503)) {
+        let body = r.body.as_ref().map(|b| b["messages"].to_string());
+        *per_item.entry(body.unwrap_or_default()).or_default() += 1;
+    }
+    let during = per_item.values().sum();
+    let first = requests.iter().map(|r| r.at).min();
+    let first_ok = requests
+        .iter()
+        .filter(|r| r.status == Some(200))
+        .map(|r| r.at)
+        .min();
+    Ok(OutageRun {
+        wall: m.wall,
+        done: done.unwrap_or(0),
+        failed: failed.unwrap_or(0),
+        calls: requests.len(),
+        during,
+        after: requests.len() - during,
+        items_503: per_item.len(),
+        max_503s_per_item: per_item.values().copied().max().unwrap_or(0),
+        seen: first.map(|f| outage_end.saturating_duration_since(f)),
+        first_ok_after: first_ok.map(|f| f.saturating_duration_since(outage_end)),
+        finished_after: exited.checked_duration_since(outage_end),
+        opened: log_text.matches("circuit breaker opened").count(),
+        closed: log_text.matches("circuit breaker closed").count(),
+        cpu: m.cpu,
+    })
+}
+
 /// `jsonl` of the articles → `llm` with the policy keys of `variant` → `blackhole`.
 fn pipeline(base_url: &str, variant: Variant, plan: &Plan) -> String {
-    let rate_limit = variant
+    let mut policies = variant
         .rate_limit(plan)
         .map_or_else(String::new, |r| format!("rate_limit = \"{r}/s\"\n"));
+    if variant.is_outage() {
+        policies.push_str(OUTAGE_RETRY);
+        policies.push('\n');
+    }
+    if let Some(breaker) = variant.breaker(plan) {
+        policies.push_str(&breaker);
+        policies.push('\n');
+    }
     stagewise::pipeline(
         "",
         &stagewise::jsonl("articles.jsonl"),
@@ -430,7 +707,7 @@ model = "bench"
 base_url = "{base_url}"
 cache = false
 concurrency = {}
-{rate_limit}
+{policies}
 {SINK}"#,
             variant.concurrency()
         ),
@@ -548,4 +825,176 @@ fn row(name: &str, m: &Median, ideal: f64) -> String {
         m.base.peak_rss_bytes() / 1e6,
         m.base.cpu.as_secs_f64()
     )
+}
+
+/// The medians of the outage runs, each figure on its own, and the runs themselves.
+struct OutageMedian {
+    /// In the order they were measured.
+    runs: Vec<OutageRun>,
+    wall: Duration,
+    done: u64,
+    failed: u64,
+    calls: usize,
+    during: usize,
+    after: usize,
+    items_503: usize,
+    max_503s_per_item: usize,
+    first_ok_after: Option<Duration>,
+    finished_after: Option<Duration>,
+    cpu: Duration,
+}
+
+impl OutageMedian {
+    /// The medians of `runs`, which it keeps. Panics if there are none.
+    fn of(runs: Vec<OutageRun>) -> OutageMedian {
+        OutageMedian {
+            wall: median(runs.iter().map(|r| r.wall)).unwrap_or_default(),
+            done: median(runs.iter().map(|r| r.done)).unwrap_or(0),
+            failed: median(runs.iter().map(|r| r.failed)).unwrap_or(0),
+            calls: median(runs.iter().map(|r| r.calls)).unwrap_or(0),
+            during: median(runs.iter().map(|r| r.during)).unwrap_or(0),
+            after: median(runs.iter().map(|r| r.after)).unwrap_or(0),
+            items_503: median(runs.iter().map(|r| r.items_503)).unwrap_or(0),
+            max_503s_per_item: median(runs.iter().map(|r| r.max_503s_per_item)).unwrap_or(0),
+            first_ok_after: median(runs.iter().filter_map(|r| r.first_ok_after)),
+            finished_after: median(runs.iter().filter_map(|r| r.finished_after)),
+            cpu: median(runs.iter().map(|r| r.cpu)).unwrap_or_default(),
+            runs,
+        }
+    }
+
+    /// A figure of each run, in the order the runs were measured: "3 / 0 / 1".
+    fn per_run(&self, figure: impl Fn(&OutageRun) -> String) -> String {
+        let figures: Vec<String> = self.runs.iter().map(figure).collect();
+        figures.join(" / ")
+    }
+}
+
+/// What each column of the outage table holds.
+const OUTAGE_FOOTNOTE: &str = "(medians of the runs, each figure on its own; wall: stagewise's start to exit; done, failed: items, from the summary; \
+     calls: requests the server received; during: those that arrived while it was down (answered 503), after: the others; \
+     503 items: items that got a 503; max/item: the most 503s one item got; to 1st 200: from the outage's end to the first request answered 200; \
+     to exit: from the outage's end to stagewise's exit; CPU: stagewise's user+system)";
+
+/// The outage table's header line.
+fn outage_header() -> String {
+    format!(
+        "{:<40} {:>4} {:>8} {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8} {:>6}",
+        "variant",
+        "runs",
+        "wall",
+        "done",
+        "failed",
+        "calls",
+        "during",
+        "after",
+        "503 items",
+        "max/item",
+        "to 1st 200",
+        "to exit",
+        "CPU"
+    )
+}
+
+/// A duration in seconds with milliseconds, or "-".
+fn seconds(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".to_owned(), |d| format!("{:.3} s", d.as_secs_f64()))
+}
+
+/// The outage table: a row per variant, the figures of each run, and the two compared.
+fn report_outage(plan: &Plan, medians: &[(Variant, OutageMedian)], table: &mut Table) {
+    if medians.is_empty() {
+        return;
+    }
+    for (variant, m) in medians {
+        table.line(format!(
+            "{:<40} {:>4} {:>6.3} s {:>5} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>10} {:>8} {:>4.2} s",
+            variant.name(plan),
+            m.runs.len(),
+            m.wall.as_secs_f64(),
+            m.done,
+            m.failed,
+            m.calls,
+            m.during,
+            m.after,
+            m.items_503,
+            m.max_503s_per_item,
+            seconds(m.first_ok_after),
+            seconds(m.finished_after),
+            m.cpu.as_secs_f64()
+        ));
+    }
+    table.line(format!(
+        "outage: the server answers 503 to every call for {} s from its start; then {} ms per answer. {} items, concurrency {OUTAGE_CONCURRENCY}, {OUTAGE_RETRY}",
+        plan.outage.down.as_secs_f64(),
+        plan.latency.as_millis(),
+        plan.outage.items
+    ));
+    for (variant, m) in medians {
+        table.line(format!("{}:", variant.name(plan)));
+        table.line(format!(
+            "  per run: requests during the outage {}; after {}; done {}; failed {}; wall {}",
+            m.per_run(|r| r.during.to_string()),
+            m.per_run(|r| r.after.to_string()),
+            m.per_run(|r| r.done.to_string()),
+            m.per_run(|r| r.failed.to_string()),
+            m.per_run(|r| format!("{:.3} s", r.wall.as_secs_f64()))
+        ));
+        table.line(format!(
+            "  per run: the outage's end to the first 200 {}; to exit {}; first request to the outage's end (the outage the run saw) {}",
+            m.per_run(|r| seconds(r.first_ok_after)),
+            m.per_run(|r| seconds(r.finished_after)),
+            m.per_run(|r| seconds(r.seen))
+        ));
+        table.line(format!(
+            "  per run: items that got a 503 {}; the most 503s one item got {}; `circuit breaker opened` / `closed` in the log {}",
+            m.per_run(|r| r.items_503.to_string()),
+            m.per_run(|r| r.max_503s_per_item.to_string()),
+            m.per_run(|r| format!("{}/{}", r.opened, r.closed))
+        ));
+    }
+    let find = |v: Variant| medians.iter().find(|(w, _)| *w == v).map(|(_, m)| m);
+    if let (Some(o), Some(p)) = (find(Variant::O), find(Variant::P)) {
+        table.line(format!(
+            "with the breaker: {} requests during the outage against {} without ({}); exit {} after the outage's end against {}",
+            p.during,
+            o.during,
+            if p.during > 0 {
+                format!("{:.1}× fewer", o.during as f64 / p.during as f64)
+            } else {
+                "none".to_owned()
+            },
+            seconds(p.finished_after),
+            seconds(o.finished_after)
+        ));
+    }
+}
+
+/// What the outage variants must show: every item done (the retry policy outlasts the outage),
+/// every run saw the outage, and fewer requests during it with the breaker than without.
+fn check_outage(medians: &[(Variant, OutageMedian)]) -> Result<(), String> {
+    for (variant, m) in medians {
+        let letter = variant.letter();
+        let failed: u64 = m.runs.iter().map(|r| r.failed).sum();
+        if failed > 0 {
+            return Err(format!(
+                "{letter}: {failed} items failed over {} runs: the retry policy did not outlast the outage",
+                m.runs.len()
+            ));
+        }
+        if m.runs.iter().any(|r| r.during == 0) {
+            return Err(format!(
+                "{letter}: a run sent no request during the outage (it started too late to see it)"
+            ));
+        }
+    }
+    let during = |v: Variant| medians.iter().find(|(w, _)| *w == v).map(|(_, m)| m.during);
+    if let (Some(o), Some(p)) = (during(Variant::O), during(Variant::P)) {
+        if p >= o {
+            return Err(format!(
+                "with the breaker, {p} requests during the outage (median); without, {o}: the breaker should have spared the server"
+            ));
+        }
+    }
+    Ok(())
 }
