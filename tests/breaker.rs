@@ -307,13 +307,16 @@ fn one_dead_host_holds_back_no_other_with_a_breaker_per_host() {
 fn items_waiting_at_an_open_host_breaker_fail_at_their_deadline() {
     use util::http::Server;
 
+    // Two places for the dead host: without their clocks running while they wait, its items
+    // would go through two at a time, one deadline after another (30 s here).
+    const DEAD: usize = 30;
     let live = Server::start();
     let dead = {
         let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
         listener.local_addr().expect("its address")
     };
     let mut lines = String::new();
-    for i in 0..30 {
+    for i in 0..DEAD {
         let url = format!("http://{dead}/page");
         lines.push_str(&format!(
             "{}\n",
@@ -358,9 +361,10 @@ fn items_waiting_at_an_open_host_breaker_fail_at_their_deadline() {
     p.dir.write("urls.jsonl", lines);
     let out = p.run();
     out.assert_code(1);
-    // A minute's cool-down would hold every dead item for a minute each, one probe at a time.
+    // A minute's cool-down would hold every dead item for a minute each, one probe at a time;
+    // waiting with no clock, two at a time for their host's places, 2 s each: 30 s.
     assert!(
-        out.elapsed < Duration::from_secs(30),
+        out.elapsed < Duration::from_secs(12),
         "{:?}\n{out}",
         out.elapsed
     );
@@ -381,6 +385,17 @@ fn items_waiting_at_an_open_host_breaker_fail_at_their_deadline() {
         "some waited at the breaker from the start: {:?}",
         status.failed
     );
+    // When each began waiting is kept, for a process that resumes them.
+    let store = rusqlite::Connection::open(p.dir.join(".stagewise/host-breaker-deadline.db"))
+        .expect("open the store");
+    let unkept: i64 = store
+        .query_row(
+            "SELECT count(*) FROM items WHERE state = 'failed' AND since IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(unkept, 0, "every failed item's clock was kept");
 }
 
 /// A stop while items wait at an open breaker, nothing under way: they go back to pending at

@@ -366,7 +366,17 @@ fn kill_9_mid_run_then_rerun_persists_every_row_once_with_bounded_rewrites() {
     let mut finished = false;
     for _ in 0..3 {
         let mut running = p.cmd("run").spawn();
-        let delay = rng.range(300, 1000);
+        // Once this process writes rows (a loaded machine may take seconds to start), then at a
+        // random moment.
+        let before = db.query_i64("SELECT count(*) FROM results");
+        let began = std::time::Instant::now();
+        while db.query_i64("SELECT count(*) FROM results") == before
+            && !running.has_exited()
+            && began.elapsed() < Duration::from_secs(30)
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let delay = rng.range(0, 400);
         delays.push(delay);
         thread::sleep(Duration::from_millis(delay));
         if !running.has_exited() {
@@ -388,7 +398,7 @@ fn kill_9_mid_run_then_rerun_persists_every_row_once_with_bounded_rewrites() {
     }
     assert!(
         partial_kills >= 1,
-        "no kill landed while rows were being written (delays {delays:?} ms): the test proved nothing"
+        "no kill landed while rows were being written (delays {delays:?} ms after the first row): the test proved nothing"
     );
     if !finished {
         p.run().assert_code(0);

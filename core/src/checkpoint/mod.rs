@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub(crate) use model::epoch_ms;
 pub use postgres::PgStore;
 pub(crate) use postgres::RECONNECTING;
 pub use sqlite::SqliteStore;
@@ -514,6 +515,9 @@ pub(crate) enum Change {
     },
     /// Shutdown stopped the item at `stage`: it goes back to pending, no attempt used.
     Interrupted { stage: StageName },
+    /// The item's clock at `stage` (`item_deadline`) started at `at` (ms since the Unix epoch)
+    /// before its first attempt there: it began waiting at an open breaker.
+    Clock { stage: StageName, at: i64 },
 }
 
 /// An update of one item.

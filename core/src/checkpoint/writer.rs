@@ -215,7 +215,10 @@ impl Batch {
                 );
                 if !moved_on
                     && slot.started.is_none()
-                    && matches!(slot.last, Change::Started { .. } | Change::TakenUp { .. })
+                    && matches!(
+                        slot.last,
+                        Change::Started { .. } | Change::TakenUp { .. } | Change::Clock { .. }
+                    )
                 {
                     slot.started = Some(slot.last.clone());
                 }

@@ -121,10 +121,11 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
             let _ = due.set(tokio::time::Instant::now() + limit.saturating_sub(ago));
         }
         since = None;
-        let clock = stage
-            .policy
-            .item_deadline
-            .map(|limit| Clock { limit, due: &due });
+        let clock = stage.policy.item_deadline.map(|limit| Clock {
+            limit,
+            due: &due,
+            seq,
+        });
         let first = match places(&shared, stage, lane.as_ref(), (!started, &window), clock).await {
             Ok(first) => first,
             Err(Missed::Stopped) => {
@@ -265,6 +266,8 @@ struct Places {
 struct Clock<'a> {
     limit: std::time::Duration,
     due: &'a std::sync::OnceLock<tokio::time::Instant>,
+    /// The item, whose clock's start is recorded when a wait at a breaker starts it.
+    seq: i64,
 }
 
 impl Clock<'_> {
@@ -276,6 +279,28 @@ impl Clock<'_> {
                 .get_or_init(|| tokio::time::Instant::now() + self.limit),
             limit: self.limit,
         }
+    }
+
+    /// The deadline if the clock runs (kept from an earlier process, or started by a wait).
+    fn running(self) -> Option<ItemDeadline> {
+        self.due.get().map(|at| ItemDeadline {
+            at: *at,
+            limit: self.limit,
+        })
+    }
+
+    /// The item waits at an open breaker before its first attempt: its clock runs from now if
+    /// it did not, and the store keeps when it started (a process that stops or dies leaves the
+    /// next one the same deadline).
+    async fn held(self, shared: &Shared, stage: &StageRt) -> ItemDeadline {
+        if self.running().is_none() {
+            let change = Change::Clock {
+                stage: stage.name.clone(),
+                at: crate::checkpoint::epoch_ms(std::time::SystemTime::now()),
+            };
+            checkpoint(shared, self.seq, change).await;
+        }
+        self.start()
     }
 }
 
@@ -334,30 +359,18 @@ async fn wait_for_places(
 ) -> Result<Places, Missed> {
     let control = &shared.control;
     let waiting = async {
-        let place = match lane {
-            Some(lane) => match lane.gate.try_take_owned() {
-                Some(place) => Some(place),
-                None => {
-                    // A busy lane: wait aside, letting other items into the window.
-                    window.step_aside();
-                    let place = lane.gate.wait_owned().await;
-                    if !window.come_back(&control.hard).await {
-                        return Err(Missed::Stopped);
-                    }
-                    Some(place)
-                }
-            },
-            None => None,
-        };
-        // The lane's own breaker, before a slot of the stage: the items of a lane that is down
-        // hold back no other lane's. They wait aside too.
+        // The lane's own breaker first, before its places and a slot of the stage: the items
+        // of a lane that is down wait there, aside, holding back no other lane's, their clocks
+        // running (`item_deadline`).
         let admitted = match lane.and_then(|lane| lane.breaker) {
             Some(breaker) => match breaker.try_admit_owned() {
                 Some(admitted) => Some(admitted),
                 None => {
                     window.step_aside();
-                    // Held back by the service: the item's clock runs from now, if it has one.
-                    let deadline = clock.map(Clock::start);
+                    let deadline = match clock {
+                        Some(clock) => Some(clock.held(shared, stage).await),
+                        None => None,
+                    };
                     let admitted = match by(deadline, admit(breaker, shared)).await {
                         Some(Some(admitted)) => admitted,
                         Some(None) => return Err(Missed::Stopped),
@@ -373,12 +386,30 @@ async fn wait_for_places(
             },
             None => None,
         };
-        let slot = stage
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("stage semaphores are never closed");
+        // A clock that runs already ends the waits below.
+        let deadline = clock.and_then(Clock::running);
+        let expired = || Err(Missed::Expired(deadline.expect("only a deadline expires")));
+        let place = match lane {
+            Some(lane) => match lane.gate.try_take_owned() {
+                Some(place) => Some(place),
+                None => {
+                    // A busy lane: wait aside, letting other items into the window.
+                    window.step_aside();
+                    let Some(place) = by(deadline, lane.gate.wait_owned()).await else {
+                        return expired();
+                    };
+                    if !window.come_back(&control.hard).await {
+                        return Err(Missed::Stopped);
+                    }
+                    Some(place)
+                }
+            },
+            None => None,
+        };
+        let Some(slot) = by(deadline, stage.slots.clone().acquire_owned()).await else {
+            return expired();
+        };
+        let slot = slot.expect("stage semaphores are never closed");
         Ok(Places {
             _lane: place,
             admitted,

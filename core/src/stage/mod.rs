@@ -431,7 +431,7 @@ pub struct Lane {
     /// Whether the lane has a circuit breaker of its own (`http-download`'s
     /// `per_host_breaker`): opened by the lane's failures only, with the stage's `breaker`
     /// settings (or their defaults when it sets none), it holds back that lane's items only,
-    /// which wait for it after their lane's place and before a slot of the stage. The stage's
+    /// which wait for it before their lane's place and a slot of the stage. The stage's
     /// own breaker, if it has one, then does not apply to the lane's items.
     pub breaker: bool,
 }

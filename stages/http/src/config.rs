@@ -61,8 +61,9 @@ pub struct DownloadConfig {
     pub per_host_concurrency: NonZeroUsize,
     /// A circuit breaker per host instead of one for the stage: a host's transient failures
     /// open its own breaker, which holds back that host's items only (they wait without using
-    /// attempts or a place of the stage), so one dead site does not stop the others. Each
-    /// host's breaker has the stage's `breaker.*` settings, or their defaults if it sets none.
+    /// attempts, a place of the host or one of the stage), so the other sites' attempts go on.
+    /// Each host's breaker has the stage's `breaker.*` settings, or their defaults if it sets
+    /// none. Set `item_deadline` too: waiting items still count among the items in the process.
     #[schemars(extend("x-default" = "`false`"))]
     #[serde(default)]
     pub per_host_breaker: bool,

@@ -45,7 +45,7 @@ pub(super) type ItemRow = (
 );
 
 /// `at` as the store keeps an item's `since`: milliseconds since the Unix epoch.
-pub(super) fn epoch_ms(at: SystemTime) -> i64 {
+pub(crate) fn epoch_ms(at: SystemTime) -> i64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -96,6 +96,10 @@ impl RowUpdate {
                 self.since = self.since.begun(now);
                 (ItemState::InFlight, Some(stage))
             }
+            Change::Clock { stage, at } => {
+                self.since = self.since.begun(*at);
+                (ItemState::InFlight, Some(stage))
+            }
             Change::Interrupted { stage } => {
                 self.taken = Some(false);
                 (ItemState::Pending, Some(stage))
