@@ -407,6 +407,59 @@ impl BlockingStage for Llm {
 /// The JSON in an answer's text: the whole text, or inside a Markdown code fence, or from its
 /// first `{` to its last `}` (models like to add a sentence around it).
 fn parse_json_text(text: &str) -> Result<Value, String> {
+    match find_json(text) {
+        Ok(value) => Ok(value),
+        // A local server's grammar (llama-cpp-python's) lets raw control characters, a
+        // newline say, into a string, which JSON forbids: such an answer is read with them
+        // escaped, rather than paid for again.
+        Err(e) => match escape_controls_in_strings(text) {
+            Some(escaped) => find_json(&escaped).map_err(|_| e),
+            None => Err(e),
+        },
+    }
+}
+
+/// `text` with the control characters inside its JSON strings escaped, if it has any (one
+/// pass, whatever the text).
+fn escape_controls_in_strings(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped, mut changed) = (false, false, false);
+    for c in text.chars() {
+        if !in_string {
+            in_string = c == '"';
+            out.push(c);
+            continue;
+        }
+        match c {
+            _ if escaped => {
+                escaped = false;
+                out.push(c);
+            }
+            '\\' => {
+                escaped = true;
+                out.push(c);
+            }
+            '"' => {
+                in_string = false;
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => {
+                out.push(c);
+                continue;
+            }
+        }
+        changed |= u32::from(c) < 0x20;
+    }
+    changed.then_some(out)
+}
+
+/// The JSON value in an answer: all of it, in a code fence, or between its first `{` and last
+/// `}`.
+fn find_json(text: &str) -> Result<Value, String> {
     let trimmed = text.trim();
     let first = match serde_json::from_str(trimmed) {
         Ok(v) => return Ok(v),
@@ -445,6 +498,24 @@ mod tests {
         );
         let e = parse_json_text("Sure! Here are the facts.").expect_err("no JSON");
         assert!(e.contains("expected value"), "{e}");
+    }
+
+    #[test]
+    fn raw_control_characters_in_strings_are_read_escaped() {
+        // As llama-cpp-python's grammar lets a model write: a raw newline and tab in a string.
+        let answer = "{\"facts\": [\"one\nline\", \"tab\there\"], \"summary\": \"s\u{1}\"}";
+        assert_eq!(
+            parse_json_text(answer),
+            Ok(json!({"facts": ["one\nline", "tab\there"], "summary": "s\u{1}"}))
+        );
+        // Escapes already there are kept; between values, whitespace stays whitespace.
+        assert_eq!(
+            parse_json_text("{\n\"a\": \"x\\\"y\nz\"\n}"),
+            Ok(json!({"a": "x\"y\nz"}))
+        );
+        assert_eq!(escape_controls_in_strings("{\"a\": \"clean\"}"), None);
+        let e = parse_json_text("not json\n at all").expect_err("no JSON");
+        assert!(e.contains("expected"), "{e}");
     }
 
     #[test]
