@@ -179,11 +179,7 @@ fn one_dead_host_holds_back_no_other_with_a_breaker_per_host() {
         Server::start_at("127.0.0.3:0").expect("bind 127.0.0.3:0"),
         Server::start_at("127.0.0.4:0").expect("bind 127.0.0.4:0"),
     ];
-    // A port nothing listens on: every connection is refused at once.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
-        listener.local_addr().expect("its address")
-    };
+    let dead = refused_address();
     // Each run: its pipeline, and the time from the first to the last live request it sent.
     let run = |name: &str, with_dead: bool, per_host: bool| -> (Pipeline, util::Output, Duration) {
         let mut lines = String::new();
@@ -311,10 +307,7 @@ fn items_waiting_at_an_open_host_breaker_fail_at_their_deadline() {
     // would go through two at a time, one deadline after another (30 s here).
     const DEAD: usize = 30;
     let live = Server::start();
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
-        listener.local_addr().expect("its address")
-    };
+    let dead = refused_address();
     let mut lines = String::new();
     for i in 0..DEAD {
         let url = format!("http://{dead}/page");
@@ -431,4 +424,11 @@ fn a_stop_while_the_breaker_is_open_ends_the_run_at_once() {
     let status = p.status();
     assert_eq!(status.count("failed"), 0, "{:?}", status.failed);
     assert_eq!(status.count("done"), 0);
+}
+
+/// An address on 127.0.0.2 that nothing listens on (bound, then let go): every connection to
+/// it is refused at once, as a dead site's.
+fn refused_address() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2:0");
+    listener.local_addr().expect("its address")
 }
