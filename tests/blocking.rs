@@ -126,9 +126,9 @@ fn a_late_answer_before_the_item_is_settled_is_taken() {
         )
     };
 
-    // Returns 100 ms after the timeout (inside the 250 ms grace); then 700 ms after it, while
-    // the item backs off for 5 s. Each time: done, after one attempt, no retry made.
-    for hang_for in ["400ms", "1s"] {
+    // Returns 100 ms after the timeout (inside the 2 s grace); then 2.7 s after it, while the
+    // item backs off for 5 s. Each time: done, after one attempt, no retry made.
+    for hang_for in ["400ms", "3s"] {
         let p = pipeline(
             hang_for,
             r#"{ attempts = 3, initial = "5s", max = "5s", jitter = false }"#,
@@ -154,11 +154,41 @@ fn a_late_answer_before_the_item_is_settled_is_taken() {
 
     // No attempt left: the item failed when its only attempt was abandoned; the answer after
     // that is not taken.
-    let p = pipeline("1s", "{ attempts = 1 }");
+    let p = pipeline("3s", "{ attempts = 1 }");
     let out = p.run();
     out.assert_code(1);
     assert!(!out.stderr.contains("the answer is taken"), "{out}");
     assert_eq!(p.status().count("failed"), 2);
+}
+
+/// A call that keeps to its deadline by its own timer wakes a little late on a loaded machine;
+/// a second late is not a stuck thread. With one thread, taking it for one would wedge the
+/// stage and end the run (exit 3).
+#[test]
+fn a_call_back_a_second_after_its_deadline_does_not_wedge_a_stage_of_one_thread() {
+    let p = Pipeline::through(
+        "late-by-a-second",
+        3,
+        "[[stage]]\nname = \"slow\"\nkind = \"fault\"\nhang_rate = 1.0\n\
+         hang_for = \"1300ms\"\nblocking = true\nconcurrency = 1\n\
+         timeout = \"300ms\"\nretry = { attempts = 1 }",
+        "",
+    );
+    let out = p.run();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("ignored its timeout"), "{out}");
+    assert_eq!(
+        out.stderr.matches("the answer is taken").count(),
+        3,
+        "{out}"
+    );
+    assert_eq!(p.status().count("done"), 3);
+    let slow = p.stage_summary("late-by-a-second", "slow");
+    assert_eq!(
+        (slow["timeouts"].as_u64(), slow["abandoned"].as_u64()),
+        (Some(3), Some(0)),
+        "{slow}"
+    );
 }
 
 #[test]

@@ -20,9 +20,16 @@ use crate::runner::control::AbortReason;
 use crate::stage::Record;
 use crate::stage::{BlockingStage, CancelFlag, Context, Ending, Outcome, StageError, StageImpl};
 
-/// How long a timed-out or cancelled blocking call gets to notice its flag before it counts as
-/// abandoned.
-const ABANDON_GRACE: Duration = Duration::from_millis(250);
+/// How long a blocking call that reached its deadline gets to return before it counts as
+/// abandoned. A call that keeps to its deadline by its own I/O timer (an HTTP client's) wakes
+/// a little after it: the kernel's timer and the scheduler add tens of milliseconds on an idle
+/// machine, and more on a loaded one. Only a call that is still out after this is taken to be
+/// stuck, and with `concurrency = 1` one stuck call wedges the stage.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a blocking call cut off by a shutdown gets to notice its cancel flag before the
+/// process goes on without it.
+const CANCEL_GRACE: Duration = Duration::from_millis(250);
 
 /// Why an attempt produced no outcome (`T`: what the call answers, an [`Outcome`] but for
 /// marks).
@@ -172,7 +179,17 @@ async fn blocking<T: Send + 'static>(
         },
     };
     cx.cancel_flag().cancel();
-    if let Ok(joined) = tokio::time::timeout(ABANDON_GRACE, &mut handle).await {
+    let returned = match unfinished {
+        CallError::Timeout(_) => tokio::select! {
+            biased;
+            // A shutdown does not wait out a timed-out call's grace: it is cut off like the
+            // calls that had not timed out.
+            () = shared.control.hard.cancelled() => None,
+            r = tokio::time::timeout(TIMEOUT_GRACE, &mut handle) => r.ok(),
+        },
+        _ => tokio::time::timeout(CANCEL_GRACE, &mut handle).await.ok(),
+    };
+    if let Some(joined) = returned {
         // It returned within the grace. An answer is taken (a sink's write that landed is not
         // redone or called failed); an error only confirms that the attempt ended.
         return match finish(joined) {
@@ -192,15 +209,16 @@ async fn blocking<T: Send + 'static>(
             Err(_) => Err(unfinished),
         };
     }
-    if matches!(unfinished, CallError::Cancelled) {
-        // Shutting down: the call had not reached its timeout, so it is not stuck, just cut off.
-        // The process exits without waiting for its thread.
+    if matches!(unfinished, CallError::Cancelled) || shared.control.hard.is_cancelled() {
+        // Shutting down: the call is not known to be stuck (it had not reached its timeout, or
+        // its grace was cut short), just cut off. The process exits without waiting for its
+        // thread.
         tracing::info!(
             stage = %stage.name,
             key = %cx.key(),
             "a blocking call is still running at shutdown; its item goes back to pending"
         );
-        return Err(unfinished);
+        return Err(CallError::Cancelled);
     }
     let since = cx.deadline() - timeout;
     let id = stage.stats.abandon(Arc::from(cx.key()), since);
