@@ -211,6 +211,29 @@ fn invalid_answers_are_retried_then_fail_quoting_the_answer() {
     // Two invalid answers per item for the first pipeline, three for the second.
     assert_eq!(server.calls(), 2 * 2 + 3);
 
+    // An answer `max_tokens` cut before its JSON ended is said to be cut, not "not JSON".
+    let cut = pipeline(
+        "llm-cut",
+        1,
+        &openai(
+            &server,
+            Scenario::Cut,
+            &format!("{retry}\ninvalid_output_attempts = 2"),
+        ),
+    );
+    cut.cmd("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .assert_code(1);
+    let status = cut.status();
+    status.assert_failed(&["a0"], "facts", 2, "the answer was cut at `max_tokens`");
+    assert!(
+        status.failed[0].error.contains("Work starts in"),
+        "{:?}",
+        status.failed
+    );
+    assert_eq!(server.calls(), 2 * 2 + 3 + 2);
+
     let second = pipeline(
         "llm-second",
         2,

@@ -50,6 +50,7 @@
 //! | `answer-echo` | 200 as `ok`, the answer's facts echoing the key it got, as is and upper-cased | the same |
 //! | `not-found` | 404 `model_not_found` | 404 `not_found_error` |
 //! | `bad-request` | 400 `invalid_request_error` | the same |
+//! | `cut` | 200, `content` is [`CUT`], the start of a JSON answer, with `finish_reason` `length` | 200, a `text` block of [`CUT`], `stop_reason` `max_tokens` |
 //! | `json-object-only` | as llama-cpp-python's server: a `response_format` of type `json_schema` gets its 500 (a validation error at `('body', 'response_format', 'type')`: "Input should be 'text' or 'json_object'"); otherwise `ok` | `ok` |
 //!
 //! Errors carry each API's own JSON: `{"error": {"message", "type", "param", "code"}}` for
@@ -72,6 +73,9 @@ use serde_json::{json, Value};
 
 /// What `not-json` answers instead of JSON.
 pub const PROSE: &str = "Sure! Here are the facts you asked for: the council approved the budget.";
+
+/// What `cut` answers: the start of a JSON answer, stopped by `max_tokens`.
+pub const CUT: &str = "{\"facts\": [\"The council approved the budget\", \"Work starts in";
 
 /// Where `unauthorized-echo` puts the key in its message: 10 characters before the 300th.
 pub const ECHO_AT: usize = 290;
@@ -148,10 +152,11 @@ pub enum Scenario {
     NotFound,
     BadRequest,
     JsonObjectOnly,
+    Cut,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Ok,
         Scenario::NotJson,
         Scenario::BadSchema,
@@ -166,6 +171,7 @@ impl Scenario {
         Scenario::NotFound,
         Scenario::BadRequest,
         Scenario::JsonObjectOnly,
+        Scenario::Cut,
     ];
 
     /// The path segment: `ok`, `not-json`, `rate-limited-once`, …
@@ -185,6 +191,7 @@ impl Scenario {
             Scenario::NotFound => "not-found",
             Scenario::BadRequest => "bad-request",
             Scenario::JsonObjectOnly => "json-object-only",
+            Scenario::Cut => "cut",
         }
     }
 
@@ -870,6 +877,7 @@ fn scenario_reply(
             )
         }
         Scenario::JsonObjectOnly => completion(state, api, request, answer),
+        Scenario::Cut => completion(state, api, request, Content::Cut),
     };
     Some(reply)
 }
@@ -881,6 +889,8 @@ enum Content<'a> {
     Answer(&'a Value),
     /// [`PROSE`], always as text.
     Prose,
+    /// [`CUT`], as text, stopped for its length (`max_tokens`).
+    Cut,
 }
 
 /// A 200 in the request's API: the content, the request's model, the configured usage.
@@ -892,7 +902,9 @@ fn completion(state: &State, api: Api, request: &Request, content: Content<'_>) 
     let text = match content {
         Content::Answer(answer) => answer.to_string(),
         Content::Prose => PROSE.to_owned(),
+        Content::Cut => CUT.to_owned(),
     };
+    let cut = matches!(content, Content::Cut);
     let response = match api {
         Api::OpenAi => json!({
             "id": format!("chatcmpl-{n}"),
@@ -904,7 +916,7 @@ fn completion(state: &State, api: Api, request: &Request, content: Content<'_>) 
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
+                "finish_reason": if cut { "length" } else { "stop" },
             }],
             "usage": {
                 "prompt_tokens": input,
@@ -918,6 +930,7 @@ fn completion(state: &State, api: Api, request: &Request, content: Content<'_>) 
                     json!({"type": "tool_use", "id": "toolu_1", "name": name, "input": answer}),
                     "tool_use",
                 ),
+                _ if cut => (json!({"type": "text", "text": text}), "max_tokens"),
                 _ => (json!({"type": "text", "text": text}), "end_turn"),
             };
             json!({

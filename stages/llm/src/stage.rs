@@ -198,15 +198,22 @@ impl Llm {
             Content::Json(v) => excerpt(&v.to_string(), QUOTED_ANSWER).to_owned(),
             Content::Text(t) => excerpt(t, QUOTED_ANSWER).to_owned(),
         };
+        let cut = matches!(reply.stop.as_deref(), Some("length" | "max_tokens"));
         let value = match &reply.content {
             Content::Json(v) => v.clone(),
-            Content::Text(text) => parse_json_text(text).map_err(|parse| Invalid::NotJson {
-                parse,
-                answer: answer(),
+            Content::Text(text) => parse_json_text(text).map_err(|parse| {
+                if cut {
+                    Invalid::Cut { answer: answer() }
+                } else {
+                    Invalid::NotJson {
+                        parse,
+                        answer: answer(),
+                    }
+                }
             })?,
         };
         if let Err(problems) = self.check(&value) {
-            if matches!(reply.stop.as_deref(), Some("length" | "max_tokens")) {
+            if cut {
                 return Err(Invalid::Cut { answer: answer() });
             }
             return Err(Invalid::Schema {
