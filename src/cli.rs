@@ -438,8 +438,9 @@ enum Command {
         /// Check it against the world too, as `run` does before it takes a batch: connect to
         /// every database and the checkpoint store, prepare every SQL statement, see that the
         /// files are there, that the fields the prompts and statements name are ones the
-        /// records will have, and that each LLM endpoint answers (its model list: no tokens
-        /// spent). It needs the secrets: an unset `${VAR}` is an error. Nothing is created or
+        /// records will have, and that each LLM endpoint answers (its model list) and which
+        /// `structured_output` mode it takes (an answer of at most 16 tokens, or two: the only
+        /// tokens spent). It needs the secrets: an unset `${VAR}` is an error. Nothing is created or
         /// written. A server out of reach is a warning; a fault of the file (a statement that
         /// does not prepare, a password refused) an error, exit 2.
         #[arg(long)]

@@ -252,8 +252,10 @@ fn a_prompt_naming_a_field_no_record_has_stops_before_any_call() {
             &["the field `txet`", "the source gives `id`, `text`, `title`"],
         );
         assert!(!out.stderr.contains("field `title`"), "{out}");
+        // `validate --connect` asks once, for a few tokens, which structured-output mode the
+        // endpoint takes; the run sends no prompt.
+        assert_eq!(server.calls(), 1, "after {command}\n{out}");
     }
-    assert_eq!(server.calls(), 0, "no prompt may be sent");
     assert!(server.model_lists() >= 2, "the endpoint was reached");
 }
 
@@ -312,6 +314,76 @@ fn an_endpoint_that_refuses_the_key_is_an_error_and_one_down_a_warning() {
             && l.contains("not checked")),
         "{out}"
     );
+}
+
+/// `validate --connect` learns which structured-output mode an endpoint takes, from one request
+/// of a few tokens per mode tried; a mode set that the endpoint refuses is an error at its key.
+#[test]
+fn validate_connect_says_which_structured_output_mode_the_endpoint_takes() {
+    let server = LlmServer::start(LlmConfig::default());
+    let job = |scenario: Scenario, mode: &str| {
+        let p = llm_job(&server, scenario, "Facts: {{text}}");
+        let p = Pipeline::new(&p.toml().replace(
+            "prompt = \"Facts",
+            &format!("structured_output = \"{mode}\"\nprompt = \"Facts"),
+        ));
+        p.dir.write("in.jsonl", "{\"id\": 1, \"text\": \"one\"}\n");
+        p
+    };
+    let validate = |p: &Pipeline| {
+        p.cmd("validate")
+            .arg("--connect")
+            .env("OPENAI_API_KEY", "sk-test")
+            .output()
+    };
+
+    // A server that takes `json_schema`: one request, of at most 16 tokens.
+    let out = validate(&job(Scenario::Ok, "auto"));
+    out.assert_code(0);
+    out.assert_stderr_contains("takes the answer's schema as `response_format` `json_schema`");
+    assert_eq!(server.calls(), 1, "{out}");
+    let body = server.last_body().expect("the request's body");
+    assert_eq!(body["max_tokens"], 16, "{body}");
+    assert_eq!(body["response_format"]["type"], "json_schema", "{body}");
+
+    // llama-cpp-python's way: `json_schema` refused with a 500, `json_object` taken; `auto`
+    // will do with it.
+    let out = validate(&job(Scenario::JsonObjectOnly, "auto"));
+    out.assert_code(0);
+    out.assert_stderr_contains(
+        "refuses `response_format` `json_schema` and takes `json_object` with the schema",
+    );
+    assert_eq!(server.calls(), 3, "{out}");
+    let out = validate(&job(Scenario::JsonObjectOnly, "json_object"));
+    out.assert_code(0);
+    out.assert_stderr_contains("takes the answer's schema as `response_format` `json_object`");
+    assert_eq!(server.calls(), 4, "{out}");
+
+    // `json_schema` set against it: the configuration's error, at the key, with the reason.
+    let p = job(Scenario::JsonObjectOnly, "json_schema");
+    let out = validate(&p);
+    assert_error_at(
+        &out,
+        &value_place(&p, "structured_output"),
+        "facts",
+        &[
+            "HTTP 500",
+            "Input should be 'text' or 'json_object'",
+            "set `structured_output`",
+        ],
+    );
+    assert_eq!(server.calls(), 5, "{out}");
+
+    // No schema sent, nothing to learn: no request.
+    let out = validate(&job(Scenario::JsonObjectOnly, "off"));
+    out.assert_code(0);
+    assert_eq!(server.calls(), 5, "{out}");
+
+    // A run's checks cost nothing: no request before the items'.
+    let p = job(Scenario::Ok, "auto");
+    let out = p.cmd("run").env("OPENAI_API_KEY", "sk-test").output();
+    out.assert_code(0);
+    assert_eq!(server.calls(), 6, "one item, one call\n{out}");
 }
 
 /// A PostgreSQL source and sink on `url`: `articles` read, `results` written.

@@ -114,6 +114,9 @@ fn serve() -> Server {
     let port = free_port();
     let child = Command::new(workspace_root().join("scripts/local-model"))
         .args(["serve", &port.to_string()])
+        // One thread: llama.cpp's threads wait for each other spinning, so two of them beside
+        // the suite's other tests on 2 cores are many times slower than one.
+        .env("STAGEWISE_LOCAL_MODEL_THREADS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -157,9 +160,10 @@ fn digest(name: &str, server: &Server, mode: &str) -> Pipeline {
         max_tokens = 512
         invalid_output_attempts = 3
         concurrency = 1
-        # Six facts at most: the server's grammar then closes the list, which a 135M model left
-        # to itself may repeat until `max_tokens` cuts the answer.
-        schema = {{ type = "object", required = ["facts", "summary"], additionalProperties = false, properties = {{ facts = {{ type = "array", items = {{ type = "string" }}, maxItems = 6 }}, summary = {{ type = "string" }} }} }}
+        # The example's schema: six facts at most, strings of bounded length. The server's grammar
+        # then closes each string and the list, which a 135M model left to itself may write on
+        # until `max_tokens` cuts the answer.
+        schema = {{ type = "object", required = ["facts", "summary"], additionalProperties = false, properties = {{ facts = {{ type = "array", items = {{ type = "string", maxLength = 200 }}, maxItems = 6 }}, summary = {{ type = "string", maxLength = 400 }} }} }}
 
         [[stage]]
         name = "out"
@@ -176,8 +180,8 @@ fn digest(name: &str, server: &Server, mode: &str) -> Pipeline {
     p
 }
 
-/// Each record's `facts` answer: a list of strings and a summary, nothing else (the default
-/// schema).
+/// Each record's `facts` answer fits the schema: at most six facts of at most 200 characters,
+/// a summary of at most 400, nothing else.
 fn assert_answers_fit(p: &Pipeline, out: &util::Output) {
     let records = p.sink("out.jsonl").records;
     assert_eq!(records.len(), ARTICLES.len(), "{out}");
@@ -186,8 +190,16 @@ fn assert_answers_fit(p: &Pipeline, out: &util::Output) {
         let facts = answer["facts"]
             .as_array()
             .unwrap_or_else(|| panic!("`facts` is a list: {answer}"));
-        assert!(facts.iter().all(Value::is_string), "{answer}");
-        assert!(answer["summary"].is_string(), "{answer}");
+        assert!(facts.len() <= 6, "{answer}");
+        let chars = |v: &Value| v.as_str().map(|s| s.chars().count());
+        assert!(
+            facts.iter().all(|f| chars(f).is_some_and(|n| n <= 200)),
+            "{answer}"
+        );
+        assert!(
+            chars(&answer["summary"]).is_some_and(|n| n <= 400),
+            "{answer}"
+        );
         let keys: Vec<&String> = answer.as_object().expect("an object").keys().collect();
         assert_eq!(keys, ["facts", "summary"], "{answer}");
     }
@@ -200,8 +212,20 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
     }
     let server = serve();
 
-    // `auto`: `json_schema` refused once, then `json_object` for the rest of the process.
+    // `validate --connect` learns what the server takes (two requests of a few tokens).
     let p = digest("local-auto", &server, "auto");
+    let out = p
+        .cmd("validate")
+        .arg("--connect")
+        .env_remove("OPENAI_API_KEY")
+        .timeout(RUN)
+        .output();
+    out.assert_code(0);
+    out.assert_stderr_contains(
+        "refuses `response_format` `json_schema` and takes `json_object` with the schema",
+    );
+
+    // `auto`: `json_schema` refused once, then `json_object` for the rest of the process.
     let out = p
         .cmd("run")
         .env_remove("OPENAI_API_KEY")
@@ -217,11 +241,20 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
         "{out}"
     );
     assert_answers_fit(&p, &out);
+    // The fallback used no attempt and one request: every retry, and every request past one
+    // per item and the refused one, is an invalid answer's (the model answers at random).
     let summary = p.stage_summary("local-auto", "facts");
+    let figure = |name: &str| summary["figures"][name].as_f64().unwrap_or(0.0) as u64;
+    let invalid = figure("invalid_answers");
     assert_eq!(
         summary["retries"].as_u64(),
-        Some(0),
+        Some(invalid),
         "no attempt used: {summary}"
+    );
+    assert_eq!(
+        figure("calls"),
+        ARTICLES.len() as u64 + 1 + invalid,
+        "{summary}"
     );
 
     // `json_object` from the first request.
@@ -238,8 +271,22 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
     );
     assert_answers_fit(&p, &out);
 
-    // `json_schema`: refused by this server; each item fails at once with its reason.
+    // `json_schema`: refused by this server. `validate --connect` says so at the key; a run
+    // fails each item at once with the reason.
     let p = digest("local-schema", &server, "json_schema");
+    let out = p
+        .cmd("validate")
+        .arg("--connect")
+        .env_remove("OPENAI_API_KEY")
+        .timeout(RUN)
+        .output();
+    out.assert_code(2);
+    assert!(
+        out.errors().iter().any(|l| l.contains("stage `facts`")
+            && l.contains("HTTP 500")
+            && l.contains("set `structured_output`")),
+        "{out}"
+    );
     let out = p
         .cmd("run")
         .env_remove("OPENAI_API_KEY")

@@ -75,6 +75,7 @@ pub fn probe(pipeline: &Pipeline, registry: &Registry, scope: Scope) -> Probed {
             deadline: std::time::Instant::now() + timeout,
             cancel: cancel.clone(),
             shared: &shared,
+            asked: scope == Scope::Everything,
         };
         // A kind's probe that panics is the kind's fault, said as such; the run goes on to the
         // checks of the others.

@@ -32,6 +32,10 @@ pub struct ProbeContext<'a> {
     /// What the probes of one pipeline share: the source's probe runs first, the others after
     /// it, at once.
     pub shared: &'a Shared,
+    /// `validate --connect` asked for these checks, not a run about to start: a kind may make
+    /// one that costs a little (`llm` asks for an answer of a few tokens). A run's checks cost
+    /// nothing.
+    pub asked: bool,
 }
 
 impl ProbeContext<'_> {

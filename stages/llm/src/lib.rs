@@ -21,7 +21,7 @@ mod stage;
 mod template;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use stagewise_core::stage::{
     BuildContext, ErrorClass, FieldsOut, KindDefaults, Probe, ProbeContext, Role, StageError,
@@ -31,7 +31,7 @@ use stagewise_core::Registry;
 
 pub use config::{default_schema, LlmConfig, Provider, StructuredOutput};
 pub use extractive::split_sentences;
-use provider::{Client, Listed};
+use provider::{Client, Failure, Format, Listed};
 use stage::{Answerer, Budget, Llm, Prices};
 use template::Template;
 
@@ -164,16 +164,23 @@ fn probe(config: &LlmConfig, cx: &ProbeContext<'_>) -> Probe {
         }
     };
     let shown = stagewise_core::text::redact_url(&client.endpoint);
-    match client.models(cx.remaining().min(PROBE_WAIT)) {
-        Ok(Listed::NoList) => probe.passed(format!(
-            "{shown}: the server has no model list, so the endpoint is checked by the first call"
-        )),
-        Ok(Listed::Unreadable(why)) => probe.doubt(
-            "base_url",
-            format!("the endpoint's model list could not be read ({why}): the model and the key are checked by the first call"),
-        ),
+    let answered = match client.models(cx.remaining().min(PROBE_WAIT)) {
+        Ok(Listed::NoList) => {
+            probe.passed(format!(
+                "{shown}: the server has no model list, so the endpoint is checked by the first call"
+            ));
+            true
+        }
+        Ok(Listed::Unreadable(why)) => {
+            probe.doubt(
+                "base_url",
+                format!("the endpoint's model list could not be read ({why}): the model and the key are checked by the first call"),
+            );
+            true
+        }
         Ok(Listed::Models(models)) if models.is_empty() || models.contains(&client.model) => {
-            probe.passed(format!("{shown}: the endpoint answered and takes the key"))
+            probe.passed(format!("{shown}: the endpoint answered and takes the key"));
+            true
         }
         Ok(Listed::Models(models)) => {
             let mut listed: Vec<&str> = models.iter().map(String::as_str).take(10).collect();
@@ -188,19 +195,96 @@ fn probe(config: &LlmConfig, cx: &ProbeContext<'_>) -> Probe {
                     stagewise_core::text::printable(&listed.join(", "))
                 ),
             );
+            true
         }
         // A refused key is the configuration's; a server out of reach or failing, an outage;
         // anything else it answers (a 400 to a list it does not keep) only a doubt.
         Err(e) => match e.class {
-            ErrorClass::Fatal => probe.config("api_key_env", e.message),
-            ErrorClass::Transient => probe.outage("base_url", e.message),
-            ErrorClass::Permanent => probe.doubt(
-                "base_url",
-                format!("the endpoint's model list could not be read: {}", e.message),
-            ),
+            ErrorClass::Fatal => {
+                probe.config("api_key_env", e.message);
+                false
+            }
+            ErrorClass::Transient => {
+                probe.outage("base_url", e.message);
+                false
+            }
+            ErrorClass::Permanent => {
+                probe.doubt(
+                    "base_url",
+                    format!("the endpoint's model list could not be read: {}", e.message),
+                );
+                true
+            }
         },
+    };
+    if answered && cx.asked && !cx.out_of_time() {
+        structured_probe(&client, cx, &mut probe, &shown);
     }
     probe
+}
+
+/// `validate --connect` on an OpenAI-compatible endpoint that gets the schema: which
+/// `structured_output` mode it takes, learned from one request of a few tokens per mode tried.
+/// A mode set that it refuses is the configuration's error; `auto` says what it will send.
+fn structured_probe(client: &Client, cx: &ProbeContext<'_>, probe: &mut Probe, shown: &str) {
+    if client.provider != Provider::Openai {
+        return;
+    }
+    let first = client.format();
+    if first == Format::Plain {
+        return;
+    }
+    // All the time the stage's checks have left: a local model's first answer may be slow.
+    let deadline = Instant::now() + cx.remaining();
+    let outcome = |failure: Failure, probe: &mut Probe| {
+        let error = client.scrub(failure.error);
+        match error.class {
+            ErrorClass::Fatal => probe.config("api_key_env", error.message),
+            ErrorClass::Transient => probe.outage(
+                "structured_output",
+                format!(
+                    "which structured-output mode the endpoint takes was not learned: {}",
+                    error.message
+                ),
+            ),
+            ErrorClass::Permanent => probe.doubt(
+                "structured_output",
+                format!(
+                    "which structured-output mode the endpoint takes was not learned: {}",
+                    error.message
+                ),
+            ),
+        }
+    };
+    let name = |format: Format| match format {
+        Format::JsonObject => "`json_object` with the schema",
+        _ => "`json_schema`",
+    };
+    match client.takes(first, deadline) {
+        Ok(()) => probe.passed(format!(
+            "{shown}: takes the answer's schema as `response_format` {}",
+            name(first)
+        )),
+        Err(f) if f.format_refused && client.structured.setting == StructuredOutput::Auto => {
+            match client.takes(Format::JsonObject, deadline) {
+                Ok(()) => probe.passed(format!(
+                    "{shown}: refuses `response_format` `json_schema` and takes `json_object` with the schema, which `structured_output = \"auto\"` will send after its first request"
+                )),
+                Err(f) if f.format_refused => probe.config(
+                    "structured_output",
+                    format!(
+                        "the endpoint refuses the schema both as `json_schema` and as `json_object`: {}; set `structured_output = \"off\"` (the answer is then checked against the schema only once it came)",
+                        client.scrub(f.error).message
+                    ),
+                ),
+                Err(f) => outcome(f, probe),
+            }
+        }
+        Err(f) if f.format_refused => {
+            probe.config("structured_output", client.scrub(f.error).message)
+        }
+        Err(f) => outcome(f, probe),
+    }
 }
 
 /// The `llm` kind.

@@ -31,6 +31,10 @@ pub enum Listed {
     Unreadable(String),
 }
 
+/// The prompt of [`Client::takes`], and the most tokens its answer may have.
+const PROBE_PROMPT: &str = "Reply with the JSON object the schema describes, kept short.";
+const PROBE_TOKENS: u32 = 16;
+
 /// Largest error body read (for its message).
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// The Messages API version sent to Anthropic.
@@ -384,6 +388,23 @@ impl Client {
                 excerpt(&text, ERROR_BODY_CHARS)
             ))
         })
+    }
+
+    /// Whether the server takes the schema as `format`: one request whose answer may be a few
+    /// tokens long (`validate --connect`), ending by `deadline`. What it answers is not read.
+    pub fn takes(&self, format: Format, deadline: Instant) -> Result<(), Failure> {
+        let mut body = self.body_as(None, PROBE_PROMPT, format);
+        for field in ["max_tokens", "max_completion_tokens"] {
+            if body.get(field).is_some() {
+                body[field] = json!(PROBE_TOKENS);
+            }
+        }
+        match self.call(&body, deadline) {
+            Ok(_) => Ok(()),
+            // A 200 whose body is not the API's shape: still, the server took the request.
+            Err(f) if f.error.kind == ErrorKind::InvalidOutput => Ok(()),
+            Err(f) => Err(f),
+        }
     }
 
     /// `request` with the key and the headers the provider wants.
