@@ -11,6 +11,8 @@
 // Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+/// The fault campaigns' size and report (`STAGEWISE_CAMPAIGN_SCALE`, `…_REPORT`).
+pub mod campaign;
 /// A local HTTP server that misbehaves on purpose, for the `http-download` tests.
 pub mod http;
 /// A local stand-in for the OpenAI and Anthropic APIs, for the `llm` stage's tests.
