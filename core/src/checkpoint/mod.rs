@@ -178,6 +178,16 @@ pub enum StoreError {
         /// Who holds it, as far as known.
         holder: String,
     },
+    /// The file system holding a SQLite store is full or read-only: what failed, explained.
+    #[error("checkpoint store {path}: the file system holding it {problem} ({cause}); what was committed before is kept: make room or make it writable, then run again to resume")]
+    Disk {
+        /// The store's path.
+        path: String,
+        /// "is full (no space left)" or "is read-only".
+        problem: &'static str,
+        /// What the database said.
+        cause: String,
+    },
     /// The store did not answer a commit before the writer's shutdown deadline (see
     /// [`writer::Checkpointer::set_deadline`]); the commit was rolled back, and what was
     /// committed before is kept.

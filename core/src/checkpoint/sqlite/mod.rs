@@ -56,6 +56,62 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// `e`, said to be the disk's when the file system holding the store at `path` is full or
+/// read-only: SQLite's own words for that ("disk I/O error", "unable to open database file")
+/// do not say so, nor name the store.
+pub(super) fn on_disk(path: &Path, e: StoreError) -> StoreError {
+    let cause = match &e {
+        StoreError::Db(message) | StoreError::Corrupt { message, .. } => message.clone(),
+        _ => return e,
+    };
+    match disk_problem(path) {
+        Some(problem) => StoreError::Disk {
+            path: path.display().to_string(),
+            problem,
+            cause,
+        },
+        None => e,
+    }
+}
+
+/// What is wrong with the file system holding `path` (its nearest folder that is there), if
+/// it is full or read-only: found by writing a small file there and removing it. (`statvfs`
+/// does not always tell: ext4 turned read-only by an error still says it is writable.)
+fn disk_problem(path: &Path) -> Option<&'static str> {
+    use std::io::{ErrorKind, Write};
+    let said = |e: &std::io::Error| match e.kind() {
+        ErrorKind::ReadOnlyFilesystem => Some("is read-only"),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some("is full (no space left)"),
+        _ => None,
+    };
+    let mut folder = path.parent();
+    while let Some(dir) = folder {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if dir.is_dir() {
+            let probe = dir.join(format!(".stagewise-disk-check.{}", std::process::id()));
+            return match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Err(e) => said(&e),
+                Ok(mut file) => {
+                    let wrote = file.write_all(&[0; 4096]).and_then(|()| file.sync_all());
+                    drop(file);
+                    let _ = std::fs::remove_file(&probe);
+                    wrote.err().as_ref().and_then(said)
+                }
+            };
+        }
+        folder = dir.parent();
+    }
+    None
+}
+
 impl SqliteStore {
     /// The process record's connection (see [`Tables::put_process`]), connected if it is not:
     /// waiting for the write lock at most [`PROCESS_LOCK_WAIT`].
@@ -75,6 +131,10 @@ impl SqliteStore {
     /// mode `0600` and a folder made for them `0700`; a symbolic link at any of their paths is
     /// refused (see `state_file`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_unexplained(path).map_err(|e| on_disk(path, e))
+    }
+
+    fn open_unexplained(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let unusable = |e: std::io::Error| StoreError::Db(e.to_string());
         for file in [
@@ -112,6 +172,10 @@ impl SqliteStore {
     /// the returned guard drops (or the process dies: the OS releases it, so a `kill -9` leaves
     /// no stale lock).
     pub fn lock(&self) -> Result<RunnerLock, StoreError> {
+        self.lock_unexplained().map_err(|e| on_disk(&self.path, e))
+    }
+
+    fn lock_unexplained(&self) -> Result<RunnerLock, StoreError> {
         use std::io::Write;
         let path = self.lock_path();
         let shown = self.path.display().to_string();
@@ -172,6 +236,40 @@ impl SqliteStore {
     /// The store's own connection.
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         unpoisoned(&self.conn)
+    }
+
+    /// [`Tables::new_run`], its errors as the database said them.
+    fn new_run_unexplained(
+        &self,
+        pipeline: &str,
+        started: &str,
+    ) -> Result<(i64, SqliteManifest), StoreError> {
+        let conn = connect(&self.path)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        conn.execute(
+            "DELETE FROM items WHERE run_id IN (SELECT id FROM runs WHERE pipeline = ?1 AND status = 'taking')",
+            [pipeline],
+        )
+        .map_err(db)?;
+        conn.execute(
+            "DELETE FROM runs WHERE pipeline = ?1 AND (status = 'taking' OR items = 0)",
+            [pipeline],
+        )
+        .map_err(db)?;
+        conn.execute(
+            "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'taking', 0, ?2, ?2)",
+            params![pipeline, started],
+        )
+        .map_err(db)?;
+        let run = conn.last_insert_rowid();
+        conn.execute_batch("COMMIT").map_err(db)?;
+        Ok((
+            run,
+            SqliteManifest {
+                conn,
+                path: self.path.clone(),
+            },
+        ))
     }
 }
 
@@ -294,26 +392,16 @@ impl Tables for SqliteStore {
         started: &str,
         _seen: Option<i64>,
     ) -> Result<(i64, SqliteManifest), StoreError> {
-        let conn = connect(&self.path)?;
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-        conn.execute(
-            "DELETE FROM items WHERE run_id IN (SELECT id FROM runs WHERE pipeline = ?1 AND status = 'taking')",
-            [pipeline],
-        )
-        .map_err(db)?;
-        conn.execute(
-            "DELETE FROM runs WHERE pipeline = ?1 AND (status = 'taking' OR items = 0)",
-            [pipeline],
-        )
-        .map_err(db)?;
-        conn.execute(
-            "INSERT INTO runs (pipeline, status, items, started_at, updated_at) VALUES (?1, 'taking', 0, ?2, ?2)",
-            params![pipeline, started],
-        )
-        .map_err(db)?;
-        let run = conn.last_insert_rowid();
-        conn.execute_batch("COMMIT").map_err(db)?;
-        Ok((run, SqliteManifest { conn }))
+        self.new_run_unexplained(pipeline, started)
+            .map_err(|e| on_disk(&self.path, e))
+    }
+
+    fn updates(&self, run: i64) -> Result<SqliteUpdates, StoreError> {
+        Ok(SqliteUpdates {
+            conn: connect(&self.path).map_err(|e| on_disk(&self.path, e))?,
+            run,
+            path: self.path.clone(),
+        })
     }
 
     fn unfinished(&self, run: i64, after_seq: i64, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
@@ -439,14 +527,6 @@ impl Tables for SqliteStore {
         }
         tx.commit().map_err(db)?;
         Ok(n as u64)
-    }
-
-    fn updates(&self, run: i64) -> Result<SqliteUpdates, StoreError> {
-        Ok(SqliteUpdates {
-            conn: connect(&self.path)?,
-            run,
-            shown: self.shown(),
-        })
     }
 
     fn cache(&self) -> Result<SharedCache, StoreError> {

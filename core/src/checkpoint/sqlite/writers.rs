@@ -1,6 +1,7 @@
 //! The SQLite store's writers: a new run's manifest, chunk by chunk, and batches of item
 //! updates, each batch in one transaction.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, ErrorCode, Transaction, TransactionBehavior};
@@ -8,7 +9,7 @@ use rusqlite::{params, Connection, ErrorCode, Transaction, TransactionBehavior};
 use super::super::deadline::{Deadline, Interrupt};
 use super::super::model::{now, Chunk, ManifestRows, RowUpdate, UpdateRows};
 use super::super::{RunStatus, StoreError};
-use super::{db, BUSY_TIMEOUT};
+use super::{db, on_disk, BUSY_TIMEOUT};
 
 /// The longest single wait for the write lock: between two, the update writer reads its
 /// deadline again, so that a deadline set while it waits cuts the wait short.
@@ -18,12 +19,13 @@ const LOCK_WAIT_STEP: Duration = Duration::from_millis(100);
 pub(in crate::checkpoint) struct SqliteManifest {
     /// A connection of its own.
     pub(super) conn: Connection,
+    /// The store's file.
+    pub(super) path: PathBuf,
 }
 
-impl ManifestRows for SqliteManifest {
-    /// Row by row in one short transaction: `INSERT OR IGNORE` leaves a key already in the
-    /// manifest as it is, and only an inserted row takes the next seq.
-    fn insert(&mut self, chunk: Chunk<'_>) -> Result<Vec<usize>, StoreError> {
+impl SqliteManifest {
+    /// [`ManifestRows::insert`], its errors as the database said them.
+    fn insert_unexplained(&mut self, chunk: Chunk<'_>) -> Result<Vec<usize>, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -50,6 +52,15 @@ impl ManifestRows for SqliteManifest {
         tx.commit().map_err(db)?;
         Ok(existing)
     }
+}
+
+impl ManifestRows for SqliteManifest {
+    /// Row by row in one short transaction: `INSERT OR IGNORE` leaves a key already in the
+    /// manifest as it is, and only an inserted row takes the next seq.
+    fn insert(&mut self, chunk: Chunk<'_>) -> Result<Vec<usize>, StoreError> {
+        self.insert_unexplained(chunk)
+            .map_err(|e| on_disk(&self.path, e))
+    }
 
     fn publish(&mut self, run: i64, items: i64) -> Result<(), StoreError> {
         self.conn
@@ -58,7 +69,7 @@ impl ManifestRows for SqliteManifest {
                 params![run, items],
             )
             .map(drop)
-            .map_err(db)
+            .map_err(|e| on_disk(&self.path, db(e)))
     }
 
     fn discard(&mut self, run: i64) {
@@ -75,8 +86,8 @@ pub(in crate::checkpoint) struct SqliteUpdates {
     pub(super) conn: Connection,
     /// The run whose items it updates.
     pub(super) run: i64,
-    /// The store as messages name it.
-    pub(super) shown: String,
+    /// The store's file.
+    pub(super) path: PathBuf,
 }
 
 impl SqliteUpdates {
@@ -101,7 +112,7 @@ impl SqliteUpdates {
                     }
                     if cut.is_some() {
                         return Err(StoreError::Unanswered {
-                            path: self.shown.clone(),
+                            path: self.path.display().to_string(),
                             cause: e.to_string(),
                         });
                     }
@@ -116,6 +127,24 @@ impl SqliteUpdates {
 impl UpdateRows for SqliteUpdates {
     /// One `UPDATE` per item, each column set only where the row says so.
     fn write(
+        &mut self,
+        rows: &[(i64, RowUpdate)],
+        status: Option<RunStatus>,
+        deadline: &Deadline,
+    ) -> Result<(), StoreError> {
+        self.write_unexplained(rows, status, deadline)
+            .map_err(|e| on_disk(&self.path, e))
+    }
+
+    /// None needed: the lock is waited for in short steps, each reading the deadline again.
+    fn interrupt(&self) -> Option<Interrupt> {
+        None
+    }
+}
+
+impl SqliteUpdates {
+    /// [`UpdateRows::write`], its errors as the database said them.
+    fn write_unexplained(
         &mut self,
         rows: &[(i64, RowUpdate)],
         status: Option<RunStatus>,
@@ -178,10 +207,5 @@ impl UpdateRows for SqliteUpdates {
             .map_err(db)?;
         }
         tx.commit().map_err(db)
-    }
-
-    /// None needed: the lock is waited for in short steps, each reading the deadline again.
-    fn interrupt(&self) -> Option<Interrupt> {
-        None
     }
 }
