@@ -13,6 +13,7 @@
 
 /// The fault campaigns' size and report (`STAGEWISE_CAMPAIGN_SCALE`, `…_REPORT`).
 pub mod campaign;
+pub mod disk; // A small filesystem for the state folder, to fill up or make read-only.
 /// A local HTTP server that misbehaves on purpose, for the `http-download` tests.
 pub mod http;
 /// A local stand-in for the OpenAI and Anthropic APIs, for the `llm` stage's tests.
