@@ -42,7 +42,7 @@ pub(crate) fn open(
     };
     let (local, copy) = records(path.as_deref(), pipeline, store);
     let (previous, reported) = if copied(pipeline) {
-        dead_runners(pipeline, store, local)
+        dead_runners(pipeline, store, local.into_iter().collect())
     } else {
         (
             newest(local, copy)
@@ -214,13 +214,16 @@ impl Copier {
 fn dead_runners(
     pipeline: &Pipeline,
     store: &dyn CheckpointStore,
-    local: Option<ProcessRecord>,
+    locals: Vec<ProcessRecord>,
 ) -> (Vec<ProcessRecord>, Vec<i64>) {
     let dead = match store.dead_processes(&pipeline.name) {
         Ok(dead) => dead,
         Err(e) => {
             tracing::debug!(error = %e, "cannot read the records of the pipeline's dead runners");
-            return (local.filter(|r| !r.ended).into_iter().collect(), Vec::new());
+            return (
+                locals.into_iter().filter(|r| !r.ended).collect(),
+                Vec::new(),
+            );
         }
     };
     let mut ids = Vec::new();
@@ -232,7 +235,7 @@ fn dead_runners(
         let same = |r: &&ProcessRecord| {
             r.pid == copy.pid && r.host == copy.host && r.started_at == copy.started_at
         };
-        let record = match local.as_ref().filter(same) {
+        let record = match locals.iter().find(same) {
             Some(l) => newest(Some(l.clone()), Some(copy)),
             None => Some(copy),
         };
@@ -301,9 +304,13 @@ pub(crate) fn previous_process(
     store: &dyn CheckpointStore,
 ) -> Option<ProcessRecord> {
     if copied(pipeline) {
-        // The store says which runners are gone: their leases ran out.
-        let local = Recorder::read(&super::flight_path(pipeline)).ok().flatten();
-        return dead_runners(pipeline, store, local).0.into_iter().next();
+        // The store says which runners are gone: their leases ran out. Each runner here kept
+        // its record in a file of its slot, fresher than the store's copy.
+        let locals = super::flight_paths(pipeline)
+            .iter()
+            .filter_map(|path| Recorder::read(path).ok().flatten())
+            .collect();
+        return dead_runners(pipeline, store, locals).0.into_iter().next();
     }
     let record = last_record(pipeline, store).filter(|r| !r.ended)?;
     if !matches!(store.runner_active(&pipeline.name), Ok(false)) {

@@ -362,6 +362,27 @@ const FLIGHT_SLOTS: usize = 64;
 /// with a SQLite store, [`flight_path`] (the store's lock makes this the one runner); with a
 /// PostgreSQL store, whose runners may share a folder, the first of [`flight_path`],
 /// `….1.flight`, … whose lock file no live process holds. `None`: no slot is free.
+/// The flight record file of `slot` (see [`flight_slot`]) beside `base`, slot 0's.
+fn flight_slot_path(base: &std::path::Path, slot: usize) -> std::path::PathBuf {
+    match slot {
+        0 => base.to_path_buf(),
+        n => base.with_extension(format!("{n}.flight")),
+    }
+}
+
+/// The flight record files of this pipeline's runners on this machine that are there: slot
+/// 0's alone for a SQLite store (one runner), every slot's for a PostgreSQL store.
+pub(crate) fn flight_paths(pipeline: &Pipeline) -> Vec<std::path::PathBuf> {
+    let base = flight_path(pipeline);
+    if !matches!(pipeline.checkpoint.store, StoreLocation::Postgres(_)) {
+        return vec![base];
+    }
+    (0..FLIGHT_SLOTS)
+        .map(|slot| flight_slot_path(&base, slot))
+        .filter(|path| path.exists())
+        .collect()
+}
+
 pub(crate) fn flight_slot(
     pipeline: &Pipeline,
 ) -> std::io::Result<Option<(std::path::PathBuf, Option<std::fs::File>)>> {
@@ -373,10 +394,7 @@ pub(crate) fn flight_slot(
         crate::state_file::create_dir(parent)?;
     }
     for slot in 0..FLIGHT_SLOTS {
-        let path = match slot {
-            0 => base.clone(),
-            n => base.with_extension(format!("{n}.flight")),
-        };
+        let path = flight_slot_path(&base, slot);
         let mut lock = path.clone().into_os_string();
         lock.push(".lock");
         let file = crate::state_file::open(
