@@ -20,8 +20,10 @@ macro_rules! say {
 }
 
 /// How long the last log lines may take to reach standard error before the process exits
-/// anyway: a reader that stopped reading cannot hold it.
-const LAST_LINES: std::time::Duration = std::time::Duration::from_secs(1);
+/// anyway: a reader that stopped reading cannot hold it. After a stop's grace, the waits that
+/// follow (a blocking call's 250 ms, the summary's flush of 250 ms, the runtime's 500 ms for
+/// stuck threads, and this) must end within the 2 s the contract gives, with room to spare.
+const LAST_LINES: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// Run the command line of `std::env::args` with `registry`'s kinds: `run`, `validate`,
 /// `plan`, `schema`, `status`, `retry-failed`, `plugin inspect`, `completions`, `man`. Every
