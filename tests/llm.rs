@@ -378,6 +378,39 @@ fn an_answer_that_echoes_the_key_is_stored_without_it() {
 
 const LONG_KEY: &str = "sk-proj-Q7f3a9cZ1x8LmN2pR5tV0wY4bD6eH9jK";
 
+/// At the most verbose log level, the HTTP client's protocol layer would dump the request's
+/// bytes, the key's header among them: it is never let through.
+#[test]
+fn the_key_is_not_in_a_trace_level_log_nor_the_flight_record() {
+    let server = LlmServer::start(LlmConfig::default());
+    let p = pipeline("llm-trace", 2, &openai(&server, Scenario::Ok, ""));
+    let out = p
+        .cmd("run")
+        .env("OPENAI_API_KEY", LONG_KEY)
+        .env("STAGEWISE_LOG", "trace,ureq_proto=trace")
+        .arg("--log-format")
+        .arg("json")
+        .output();
+    out.assert_code(0);
+    assert!(out.stderr.contains("\"TRACE\""), "a trace-level log\n{out}");
+    assert!(!out.stderr.contains("ureq_proto"), "{out}");
+    // The dump cut the key across its lines: no 8 characters of it may be anywhere.
+    for at in 8..LONG_KEY.len() - 8 {
+        let piece = &LONG_KEY[at..at + 8];
+        assert!(!out.stderr.contains(piece), "{piece} in the log\n{out}");
+    }
+    for entry in std::fs::read_dir(p.dir.path().join(".stagewise")).expect("the state folder") {
+        let path = entry.expect("an entry").path();
+        let bytes = std::fs::read(&path).expect("read a state file");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&LONG_KEY[8..20]),
+            "the key in {}",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn no_piece_of_the_key_reaches_the_log_the_status_or_the_store() {
     // The checks before the run: the model list's refusal quotes the key.

@@ -477,12 +477,17 @@ pub fn filter() -> Result<EnvFilter, String> {
     Ok(with_summary(EnvFilter::new(DEFAULT_FILTER)))
 }
 
-/// `filter`, letting the summary through whatever it says: a run always ends with one.
+/// `filter`, letting the summary through whatever it says (a run always ends with one), and
+/// never the HTTP client's protocol layer, whatever it says: its trace lines dump the bytes
+/// sent, an API key's header among them.
 fn with_summary(filter: EnvFilter) -> EnvFilter {
-    match format!("{SUMMARY_TARGET}=info").parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    }
+    [
+        format!("{SUMMARY_TARGET}=info"),
+        "ureq_proto=off".to_owned(),
+    ]
+    .iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, EnvFilter::add_directive)
 }
 
 /// Install the global subscriber and a panic hook that reports through it, logging `format`

@@ -15,8 +15,9 @@ use crate::secret::Scrubber;
 
 /// Longest error body kept for a message.
 const ERROR_BODY_CHARS: usize = 300;
-/// Largest response body read.
-const MAX_BODY: u64 = 16 * 1024 * 1024;
+/// Largest response body read: an answer of `max_tokens` is far smaller, and the key's scrub
+/// of what is read takes time in proportion.
+const MAX_BODY: u64 = 4 * 1024 * 1024;
 /// Largest model list read (`GET …/models`).
 const MAX_MODEL_LIST: u64 = 4 * 1024 * 1024;
 
@@ -558,10 +559,9 @@ fn format_refused(status: u16, body: &str, had_format: bool) -> bool {
     if !had_format || !matches!(status, 400 | 422 | 500) {
         return false;
     }
-    let body = body.to_ascii_lowercase();
-    ["response_format", "json_schema", "json_object"]
-        .iter()
-        .any(|name| body.contains(name))
+    // The field's name, not only a mode's: a server's own trouble may mention `json_schema`
+    // (compiling its grammar, say) and is then not a refusal of the request's form.
+    body.to_ascii_lowercase().contains("response_format")
 }
 
 /// Whether a failed request may have reached the provider and been answered (and billed)
@@ -878,6 +878,14 @@ mod tests {
             "a 503 is the server's trouble"
         );
         assert!(!format_refused(500, "internal error", true));
+        assert!(
+            !format_refused(
+                500,
+                "CUDA out of memory while compiling the json_schema grammar; try again",
+                true
+            ),
+            "the server's trouble, though it names a mode"
+        );
     }
 
     #[test]
