@@ -180,6 +180,17 @@ fn digest(name: &str, server: &Server, mode: &str) -> Pipeline {
     p
 }
 
+/// `stagewise ARGS` on `p`, as a user of a local model runs it: no key, and the time a CPU
+/// needs.
+fn local(p: &Pipeline, args: &[&str]) -> util::Output {
+    args[1..]
+        .iter()
+        .fold(p.cmd(args[0]), |cmd, arg| cmd.arg(arg))
+        .env_remove("OPENAI_API_KEY")
+        .timeout(RUN)
+        .output()
+}
+
 /// Each record's `facts` answer fits the schema: at most six facts of at most 200 characters,
 /// a summary of at most 400, nothing else.
 fn assert_answers_fit(p: &Pipeline, out: &util::Output) {
@@ -214,23 +225,14 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
 
     // `validate --connect` learns what the server takes (two requests of a few tokens).
     let p = digest("local-auto", &server, "auto");
-    let out = p
-        .cmd("validate")
-        .arg("--connect")
-        .env_remove("OPENAI_API_KEY")
-        .timeout(RUN)
-        .output();
+    let out = local(&p, &["validate", "--connect"]);
     out.assert_code(0);
     out.assert_stderr_contains(
         "refuses `response_format` `json_schema` and takes `json_object` with the schema",
     );
 
     // `auto`: `json_schema` refused once, then `json_object` for the rest of the process.
-    let out = p
-        .cmd("run")
-        .env_remove("OPENAI_API_KEY")
-        .timeout(RUN)
-        .output();
+    let out = local(&p, &["run"]);
     out.assert_code(0);
     assert_eq!(p.status().count("done"), ARTICLES.len() as u64, "{out}");
     assert_eq!(
@@ -259,11 +261,7 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
 
     // `json_object` from the first request.
     let p = digest("local-object", &server, "json_object");
-    let out = p
-        .cmd("run")
-        .env_remove("OPENAI_API_KEY")
-        .timeout(RUN)
-        .output();
+    let out = local(&p, &["run"]);
     out.assert_code(0);
     assert!(
         !out.stderr.contains("does not take `response_format`"),
@@ -274,12 +272,7 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
     // `json_schema`: refused by this server. `validate --connect` says so at the key; a run
     // fails each item at once with the reason.
     let p = digest("local-schema", &server, "json_schema");
-    let out = p
-        .cmd("validate")
-        .arg("--connect")
-        .env_remove("OPENAI_API_KEY")
-        .timeout(RUN)
-        .output();
+    let out = local(&p, &["validate", "--connect"]);
     out.assert_code(2);
     assert!(
         out.errors().iter().any(|l| l.contains("stage `facts`")
@@ -287,12 +280,13 @@ fn the_digest_runs_on_a_real_local_model_in_each_structured_output_mode() {
             && l.contains("set `structured_output`")),
         "{out}"
     );
-    let out = p
-        .cmd("run")
-        .env_remove("OPENAI_API_KEY")
-        .timeout(RUN)
-        .output();
+    let out = local(&p, &["run"]);
     out.assert_code(1);
+    assert_eq!(
+        out.stderr.matches("class=permanent").count(),
+        ARTICLES.len(),
+        "each item failed as permanent\n{out}"
+    );
     let status = p.status();
     assert_eq!(status.failed.len(), ARTICLES.len(), "{out}");
     for f in &status.failed {
