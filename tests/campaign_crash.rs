@@ -8,8 +8,7 @@
 //! twice shows as extra writes, counted by the database itself. It is killed with SIGKILL at
 //! moments drawn from the campaign's seed, then run again until it finishes.
 //!
-//! After every kill: the checkpoint store is intact (SQLite: `PRAGMA integrity_check`;
-//! PostgreSQL: its tables read, with one run of every item), every item the store has done is in
+//! After every kill: the checkpoint store is intact (`PRAGMA integrity_check`), every item the store has done is in
 //! the sink, the writes the killed process made and will redo are within the bound, `status`
 //! works and names what the killed process had in flight (its flight record). At the end:
 //! every key is in the sink or failed with a reason, never neither; the extra writes are within
