@@ -677,3 +677,65 @@ fn validate_refuses_a_lease_shorter_than_three_heartbeats() {
     plan.assert_code(0);
     assert!(plan.stdout.contains("lease_ttl"), "{plan}");
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that holds every new connection `delay`
+/// before passing it on: a store whose sessions are slow to open, as on a loaded machine.
+/// Returns its port; it serves until the test process ends.
+fn slow_to_connect(upstream: u16, delay: Duration) -> u16 {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    })
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    return;
+                };
+                pipe(client, server);
+                pipe(s2, c2);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_runner_whose_store_sessions_are_slow_to_open_renews_its_first_lease_in_time() {
+    let Some(mut db) = db() else { return };
+    // Its first renewal is due a heartbeat (2 s) after the lease is granted, and must land
+    // before the lease's last 700 ms (6 s, its commit margin and 100 ms). A session that takes
+    // 3.5 s to open (and its password exchange, slow in a debug build, some more), if opened
+    // only then, renews after 5.5 s: too late, and the runner is fenced. Opened with the lease,
+    // it renews at once when open, with 1.8 s to spare.
+    let p = pipeline(
+        &db,
+        300,
+        "20ms",
+        r#"lease_ttl = "6s""#,
+        r#"heartbeat = "2s""#,
+    );
+    let real = util::pg::port_of(db.url());
+    let slow = slow_to_connect(real, Duration::from_millis(3500));
+    let url = db
+        .url()
+        .replacen(&format!(":{real}/"), &format!(":{slow}/"), 1);
+    assert_ne!(url, db.url(), "the store's URL goes through the proxy");
+    let out = p
+        .cmd("run")
+        .env("DATABASE_URL", &url)
+        .timeout(Duration::from_secs(120))
+        .output();
+    out.assert_code(0);
+    assert!(!out.stderr.contains("fenced"), "{out}");
+    assert_eq!(written(&mut db), (300, 0));
+}

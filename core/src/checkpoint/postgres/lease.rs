@@ -551,11 +551,20 @@ fn renew_until_stopped(
     let ttl_ms = i64::try_from(me.terms.ttl.as_millis()).unwrap_or(i64::MAX);
     let renew_ms = me.terms.renew_every.as_millis().max(1000);
     let mut conn: Option<Conn> = None;
+    // The session opened now, not at the first renewal: on a loaded machine connecting can take
+    // a good part of a short lease, which the first renewal cannot spare. (Failing here is not
+    // fatal: each renewal connects again if it must, and says so.)
+    let _ = session(&mut conn, config, shown);
     let mut warned = false;
     // After a renewal that did not get through, the next is tried sooner: from 100 ms, doubling,
     // never later than the next renewal was due (a session ended twice within a renewal's
     // interval must not cost two renewals).
-    let mut wait = me.terms.renew_every;
+    // The first renewal is due a renewal's interval after the lease was granted, however long
+    // this thread took to start and connect.
+    let granted = unpoisoned(&me.valid_until).checked_sub(me.terms.ttl);
+    let mut wait = granted.map_or(me.terms.renew_every, |at| {
+        me.terms.renew_every.saturating_sub(at.elapsed())
+    });
     let mut retry = Duration::from_millis(100);
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
         if me.lost.is_cancelled() {
