@@ -739,3 +739,119 @@ fn a_runner_whose_store_sessions_are_slow_to_open_renews_its_first_lease_in_time
     assert!(!out.stderr.contains("fenced"), "{out}");
     assert_eq!(written(&mut db), (300, 0));
 }
+
+/// The `fault` stage's draw for `key`'s attempt `attempt` under `seed`, in `[0, 1)`: as its
+/// module's documentation fixes it (FNV-1a over the seed, key and attempt, then SplitMix64).
+fn fault_draw(seed: u64, key: &str, attempt: u32) -> f64 {
+    let bytes = seed
+        .to_le_bytes()
+        .into_iter()
+        .chain(key.bytes())
+        .chain(attempt.to_le_bytes());
+    let hash = bytes.fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut z = hash;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[test]
+fn an_item_killed_after_its_last_allowed_attempt_succeeded_is_not_failed_by_the_death() {
+    let Some(mut db) = db() else { return };
+    // Item "0": its first two attempts at `flaky` fail (a transient error: 0.3 to 0.9), its
+    // third, the last allowed, hangs 1.5 s and then succeeds (under 0.3); it passes `hold`
+    // (at its first attempt, and at its second: a death counted there moves it on).
+    // Item "1" passes `flaky` (0.9 and over) and hangs at `hold` (under 0.5) till its timeout:
+    // the run goes on, its commits at their interval, after item "0" reached the sink. Its
+    // second attempt there passes.
+    let (flaky, hold) = (0..1_000_000u64)
+        .map(|s| (s, s.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40))
+        .find(|&(f, h)| {
+            let u = |seed, key, attempt| fault_draw(seed, key, attempt);
+            let error = 0.3..0.9;
+            error.contains(&u(f, "0", 1))
+                && error.contains(&u(f, "0", 2))
+                && u(f, "0", 3) < 0.3
+                && u(f, "1", 1) >= 0.9
+                && u(h, "0", 1) >= 0.5
+                && u(h, "0", 2) >= 0.5
+                && u(h, "1", 1) < 0.5
+                && u(h, "1", 2) >= 0.5
+        })
+        .expect("seeds");
+    let url = db.url().to_owned();
+    // The backoff (3.5 s) outlasts the commit interval (3 s): each failed attempt is saved
+    // before the next begins.
+    let p = Pipeline::new(&format!(
+        r#"
+        [pipeline]
+        name = "last"
+
+        [checkpoint]
+        store = "${{DATABASE_URL}}"
+        commit_interval = "3s"
+
+        [[stage]]
+        name = "src"
+        kind = "generate"
+        count = 2
+
+        [[stage]]
+        name = "flaky"
+        kind = "fault"
+        error_rate = 0.6
+        hang_rate = 0.3
+        blocking = true
+        hang_for = "1500ms"
+        seed = {flaky}
+        timeout = "20s"
+        retry = {{ attempts = 3, initial = "3500ms", max = "3500ms" }}
+
+        [[stage]]
+        name = "hold"
+        kind = "fault"
+        hang_rate = 0.5
+        seed = {hold}
+        timeout = "30s"
+        retry = {{ attempts = 2, initial = "10ms" }}
+
+        [[stage]]
+        name = "sink"
+        kind = "persist"
+        url = "{url}"
+        statement = """
+        INSERT INTO sink (key, writes) VALUES (:key, 1)
+            ON CONFLICT (key) DO UPDATE SET writes = sink.writes + 1
+        """
+        "#
+    ));
+    let first = cmd(&p, &db, "run")
+        .timeout(Duration::from_secs(120))
+        .spawn();
+    assert!(
+        util::wait_until(Duration::from_secs(60), || written(&mut db).0 == 1),
+        "item 0 never reached the sink"
+    );
+    first.signal(libc::SIGKILL);
+    let first = first.wait();
+    assert_eq!(first.code, None, "killed: {first}");
+    let state = |db: &mut Db| {
+        db.query_strings("SELECT key || ' ' || state FROM stagewise.items ORDER BY key")
+    };
+    assert_eq!(
+        state(&mut db),
+        vec!["0 in_flight", "1 in_flight"],
+        "item 0's end was not saved before the kill"
+    );
+    // The next runner takes the items over, counting a death for each where the store had
+    // it.
+    let out = cmd(&p, &db, "run")
+        .timeout(Duration::from_secs(120))
+        .output();
+    out.assert_code(0);
+    assert_eq!(state(&mut db), vec!["0 done", "1 done"], "{out}");
+    assert_eq!(written(&mut db), (2, 1), "item 0 written again once: {out}");
+}

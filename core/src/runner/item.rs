@@ -2,6 +2,7 @@
 //! [`crate::policy`]): retry → lane → concurrency → breaker → adaptive gate → rate limit →
 //! timeout → call, all within the item's deadline at the stage, if it has one.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -175,12 +176,13 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
             }
         }
         started = true;
+        let last_attempt = AtomicU32::new(0);
         let result = attempts(
             &shared,
             (stage, lane.as_ref(), &window),
             first,
             (&key, &record, seq),
-            (std::mem::take(&mut used), deadline),
+            (std::mem::take(&mut used), deadline, &last_attempt),
         )
         .await;
         last_error = None;
@@ -196,7 +198,19 @@ async fn through_stages(shared: Arc<Shared>, item: WorkItem, window: InFlight) {
                     },
                     None => Change::Done,
                 };
-                if !checkpoint(&shared, seq, change).await {
+                // With take-ups (a store of several runners), a runner that takes the item
+                // over from this one, dead, counts an attempt where the store last saw it. Had
+                // its last allowed attempt here just succeeded, that count would end the item
+                // failed though it went on: its move is saved before it goes on.
+                let last = last_attempt.load(Ordering::Relaxed) >= allowed;
+                let saved = if shared.take_ups && last {
+                    checkpoint_durable(&shared, seq, change)
+                        .await
+                        .unwrap_or(false)
+                } else {
+                    checkpoint(&shared, seq, change).await
+                };
+                if !saved {
                     return;
                 }
             }
@@ -867,7 +881,7 @@ async fn attempts(
     (stage, lane, window): (&StageRt, Option<&LaneGate<'_>>, &InFlight),
     first: Places,
     (key, record, seq): (&Arc<str>, &Record, i64),
-    (used, deadline): (u32, Option<ItemDeadline>),
+    (used, deadline, last): (u32, Option<ItemDeadline>, &AtomicU32),
 ) -> Result<Outcome, Ended> {
     let stop = &shared.control.hard;
     let events = RetryLog { stage, key };
@@ -886,6 +900,7 @@ async fn attempts(
         (used, deadline),
         |attempt| async move {
             tracing::Span::current().record("attempt", attempt);
+            last.store(attempt, Ordering::Relaxed);
             backing_off.end();
             let held = first
                 .lock()
