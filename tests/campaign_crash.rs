@@ -841,8 +841,10 @@ fn postgres_crash_campaign_with_two_runners_loses_nothing_and_redoes_within_the_
         tally.kills += 1;
         let kill = tally.kills;
 
-        // What it held and the sink at once, before its lease runs out and the other takes
-        // its items over.
+        // What it held, what the store has done and the sink, in one snapshot: the other
+        // runner goes on meanwhile, and may take the dead one's items over at once (it sees
+        // the process is gone).
+        db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         let run = pg_store_readable(&mut db, items, seed, kill);
         let held: BTreeSet<String> = db
             .query_strings(&format!(
@@ -860,6 +862,7 @@ fn postgres_crash_campaign_with_two_runners_loses_nothing_and_redoes_within_the_
         ));
         let sink = pg_sink(&mut db);
         let done = pg_keys(&mut db, run, "done");
+        db.execute("COMMIT");
         let missing: Vec<&String> = done.iter().filter(|k| !sink.contains_key(*k)).collect();
         assert!(
             missing.is_empty(),
