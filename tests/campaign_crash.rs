@@ -22,12 +22,15 @@
 //! Both use `2,000 × STAGEWISE_CAMPAIGN_SCALE` items.
 //!
 //! One open limitation is measured, not failed on (docs/reliability.md, "Open limitations"):
-//! on PostgreSQL, an item a killed runner had written to the sink, its progress not yet
-//! committed, is taken over with a death counted at the stage the store had; that death may
-//! use its last attempt there, so it can end failed although its result is in the sink. Such an
-//! item must have a death recorded in the store, and is reported as `failed_in_sink`; on
-//! SQLite, whose flight record says where the attempt was, there must be none. The PostgreSQL campaign waits for each
-//! dead runner's lease to run out before `status` can report it, so its sleep is longer (its
+//! on PostgreSQL, an item a killed runner had moved on, its move not yet committed, is taken
+//! over with a death counted at the stage the store had, as the attempt it had under way there.
+//! (Its last allowed attempt's success is committed before it moves on, so that count alone
+//! never fails it.) Its redo there is then a later attempt, which the `fault` stage draws anew:
+//! it may fail it, though its record is in the sink. Such an item must have a death recorded in
+//! the store, and is reported as `failed_in_sink`; on SQLite, whose flight record says where
+//! the attempt was, there must be none.
+//!
+//! The PostgreSQL campaign waits for each dead runner's lease to run out before `status` can report it, so its sleep is longer (its
 //! kills must land inside the one batch), and the runner started after its last kill sleeps
 //! less (an environment override), so that it ends in about the same time.
 //!
