@@ -193,6 +193,12 @@ fn assert_store_intact(p: &Pipeline) {
 /// After a disk fault (the disk back now): the checkpoint still holds the batch (all of it
 /// done, if the run the fault hit said it finished); the next run resumes that run and
 /// finishes (exit 0) with every key in the sink, `status` agreeing and the store intact. The
+/// The tmpfs of the state folder: 4 MiB a scale, for the store of the scale's items once
+/// space is back.
+fn fs_size() -> String {
+    format!("{}m", 4 * scale())
+}
+
 /// sink's duplicate lines.
 fn assert_resumes_and_finishes(p: &Pipeline, items: u64, said_finished: bool) -> usize {
     let before = p.status();
@@ -318,7 +324,7 @@ fn at_start(
     let mut d = Defects::default();
     let items = ITEMS * scale();
     let p = pipeline(name, items);
-    let Some(fs) = SmallFs::tmpfs(&p.dir.join(STATE), "4m") else {
+    let Some(fs) = SmallFs::tmpfs(&p.dir.join(STATE), &fs_size()) else {
         return;
     };
     let done_before = interrupted_run(&p, items);
@@ -439,7 +445,7 @@ fn a_state_folder_that_fills_up_mid_run_ends_the_run_with_exit_3_and_it_resumes(
     let (rounds, mut report, mut d) = mid_run(
         "full_mid_run",
         (0xD15C_0001, Fault::Full),
-        |p| SmallFs::tmpfs(&p.dir.join(STATE), "4m"),
+        |p| SmallFs::tmpfs(&p.dir.join(STATE), &fs_size()),
         |fs| {
             fs.fill();
         },
@@ -472,7 +478,7 @@ fn a_state_folder_that_turns_read_only_mid_run_ends_the_run_with_exit_3_and_it_r
     let (rounds, mut report, d) = mid_run(
         "read_only_mid_run",
         (0xD15C_0002, Fault::ReadOnly),
-        |p| SmallFs::ext4(&p.dir.join(STATE), 16),
+        |p| SmallFs::ext4(&p.dir.join(STATE), 16 * scale()),
         SmallFs::fail_read_only,
         SmallFs::repair,
     );
