@@ -20,8 +20,8 @@ use crate::stage::SharedCache;
 use self::manifest::Manifest;
 use self::updates::Updates;
 use super::{
-    CheckpointStore, ManifestWriter, RunInfo, RunStatus, StatusReport, StoreError, StoredItem,
-    UpdateWriter,
+    CheckpointStore, ItemState, ManifestWriter, RunInfo, RunStatus, StatusReport, StoreError,
+    StoredItem, UpdateWriter,
 };
 
 pub(super) use self::manifest::{Chunk, ManifestRows};
@@ -276,7 +276,16 @@ impl<T: Tables> CheckpointStore for T {
     }
 
     fn counts(&self, run: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
-        Ok(status::counts(self.state_counts(run)?))
+        let rows = self.state_counts(run)?;
+        // An item in a state this build does not know is never taken up and never ends: the
+        // run would stop "interrupted, run again" every time, forever.
+        if let Some((state, n)) = rows.iter().find(|(s, _)| ItemState::parse(s).is_none()) {
+            return Err(StoreError::Corrupt {
+                path: self.shown(),
+                message: format!("{n} item(s) of run {run} have an unknown state `{state}`"),
+            });
+        }
+        Ok(status::counts(rows))
     }
 
     fn status(&self, run: &RunInfo, limit: u64) -> Result<StatusReport, StoreError> {
