@@ -69,6 +69,22 @@ fn last_exit(pipeline: &Pipeline, run: i64, last: &ProcessRecord) -> Option<Last
 
 /// The latest run's status (or run `run`'s), and the previous process's record when it died.
 pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Status, StoreError> {
+    status_unnamed(pipeline, limit, run).map_err(|e| naming_store(pipeline, e))
+}
+
+/// `e`, naming the store when the database's own words do not: a row it cannot read (a
+/// damaged or hand-edited store) says only "Invalid column type Blob at index: 2".
+fn naming_store(pipeline: &Pipeline, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Db(message) => {
+            StoreError::Db(format!("{}: {message}", pipeline.checkpoint.store.shown()))
+        }
+        other => other,
+    }
+}
+
+/// [`status`], its database errors not yet naming the store.
+fn status_unnamed(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Status, StoreError> {
     let store = crate::checkpoint::open_existing(&pipeline.checkpoint.store)?;
     let Some(store) = store else {
         return Ok(Status {
@@ -139,10 +155,12 @@ pub fn status(pipeline: &Pipeline, limit: u64, run: Option<i64>) -> Result<Statu
 /// `runs`: the pipeline's history in its checkpoint store, the last `limit` process ends first
 /// (an empty history for a store not made yet).
 pub fn runs(pipeline: &Pipeline, limit: u64) -> Result<crate::checkpoint::History, StoreError> {
-    match crate::checkpoint::open_existing(&pipeline.checkpoint.store)? {
-        Some(store) => store.history(&pipeline.name, i64::try_from(limit).unwrap_or(i64::MAX)),
-        None => Ok(crate::checkpoint::History::default()),
+    match crate::checkpoint::open_existing(&pipeline.checkpoint.store) {
+        Ok(Some(store)) => store.history(&pipeline.name, i64::try_from(limit).unwrap_or(i64::MAX)),
+        Ok(None) => Ok(crate::checkpoint::History::default()),
+        Err(e) => Err(e),
     }
+    .map_err(|e| naming_store(pipeline, e))
 }
 
 /// `runs` as text for a terminal: a row per process end, newest first, and the checks.
