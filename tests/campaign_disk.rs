@@ -16,8 +16,9 @@
 //!   while SQLite holds the store open for writing, so that one is ext4 on a loop device going
 //!   read-only on an error of its own (`errors=remount-ro`), as a failing disk does.
 //!
-//! Scaled by `STAGEWISE_CAMPAIGN_SCALE` (items and rounds); the fault moments come from the
-//! campaign's seed.
+//! Scaled by `STAGEWISE_CAMPAIGN_SCALE`: the rounds mid-run (each a batch of 2,000 items),
+//! and the items of the runs at the start (on a file system as much larger); the fault moments
+//! come from the campaign's seed.
 
 mod util;
 
@@ -193,8 +194,8 @@ fn assert_store_intact(p: &Pipeline) {
 /// After a disk fault (the disk back now): the checkpoint still holds the batch (all of it
 /// done, if the run the fault hit said it finished); the next run resumes that run and
 /// finishes (exit 0) with every key in the sink, `status` agreeing and the store intact. The
-/// The tmpfs of the state folder: 4 MiB a scale, for the store of the scale's items once
-/// space is back.
+/// The tmpfs of the state folder at the start: 4 MiB a scale, for the store of the scale's
+/// items once space is back.
 fn fs_size() -> String {
     format!("{}m", 4 * scale())
 }
@@ -391,7 +392,8 @@ fn mid_run(
 ) -> (Vec<Round>, Report, Defects) {
     let mut report = Report::new("disk");
     let mut d = Defects::default();
-    let items = ITEMS * scale();
+    // The scale multiplies the rounds; each round's batch stays a second or so of work.
+    let items = ITEMS;
     let mut rng = Rng::new(seed(&format!("disk-{scenario}"), fixed_seed));
     let mut rounds = Vec::new();
     for round in 0..ROUNDS * scale() {
@@ -445,7 +447,7 @@ fn a_state_folder_that_fills_up_mid_run_ends_the_run_with_exit_3_and_it_resumes(
     let (rounds, mut report, mut d) = mid_run(
         "full_mid_run",
         (0xD15C_0001, Fault::Full),
-        |p| SmallFs::tmpfs(&p.dir.join(STATE), &fs_size()),
+        |p| SmallFs::tmpfs(&p.dir.join(STATE), "4m"),
         |fs| {
             fs.fill();
         },
@@ -478,7 +480,7 @@ fn a_state_folder_that_turns_read_only_mid_run_ends_the_run_with_exit_3_and_it_r
     let (rounds, mut report, d) = mid_run(
         "read_only_mid_run",
         (0xD15C_0002, Fault::ReadOnly),
-        |p| SmallFs::ext4(&p.dir.join(STATE), 16 * scale()),
+        |p| SmallFs::ext4(&p.dir.join(STATE), 16),
         SmallFs::fail_read_only,
         SmallFs::repair,
     );
