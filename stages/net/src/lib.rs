@@ -62,6 +62,18 @@ pub fn classify(e: &ureq::Error) -> StageError {
         E::TooManyRedirects | E::RedirectFailed => {
             StageError::permanent(e.to_string()).with_kind(ErrorKind::Network)
         }
+        // A body that does not decode as its `Content-Encoding` says (not gzip at all, a
+        // corrupt stream) decodes no better the next time; a connection that broke while it
+        // was read is the connection's.
+        E::Decompress(_, io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            StageError::permanent(format!("the server's body does not decode: {e}"))
+                .with_kind(ErrorKind::Network)
+        }
         E::Protocol(_) => {
             StageError::permanent(format!("the server's response is not valid HTTP: {e}"))
                 .with_kind(ErrorKind::Network)
@@ -87,6 +99,24 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_does_not_decode_fails_at_once_one_cut_short_is_retried() {
+        use stagewise_core::stage::ErrorClass;
+        let io = |kind, what| std::io::Error::new(kind, what);
+        let corrupt = ureq::Error::Decompress(
+            "gzip",
+            io(std::io::ErrorKind::InvalidInput, "invalid gzip header"),
+        );
+        let error = classify(&corrupt);
+        assert_eq!(
+            (error.class, error.kind),
+            (ErrorClass::Permanent, ErrorKind::Network)
+        );
+        assert!(error.message.contains("invalid gzip header"), "{error}");
+        let cut = ureq::Error::Decompress("gzip", io(std::io::ErrorKind::UnexpectedEof, "eof"));
+        assert_eq!(classify(&cut).class, ErrorClass::Transient);
+    }
 
     #[test]
     fn retry_after_values() {
