@@ -484,3 +484,235 @@ fn big_body(stream: &mut TcpStream, state: &State, path: &str, declared: bool) -
     }
     stream.flush()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fault campaign's routes (tests/campaign_fault.rs)
+//
+// [`Server::start_campaign`] serves every route above, plus these, each keyed by an item's
+// `ID` so that a test can tell its items' requests apart:
+//
+// | path | answer |
+// |---|---|
+// | `/article/ID` | 200 `text/html; charset=utf-8`, [`article`]`(ID)` |
+// | `/once-500/ID` | 500 the first time for each ID, then the article |
+// | `/once-429/ID` | 429 with `Retry-After: 1` the first time for each ID, then the article |
+// | `/always-503/ID` | 503 without `Retry-After`, every time |
+// | `/trickle/ID` | status line and headers at once, then a body byte every [`TRICKLE_EVERY`]: never a pause long enough for a read timeout, never the end |
+// | `/reset/ID` | the request is left unread and the connection closed: the client gets a reset |
+// | `/reset-body/ID` | status line, headers and part of the body, then a reset |
+// | `/enc/bad-utf8/ID` | the article, declared UTF-8, with invalid UTF-8 byte sequences in its text |
+// | `/enc/latin1-bare/ID` | the article in ISO-8859-1, with no charset in the header nor the page |
+// | `/enc/unknown-charset/ID` | the article, the header naming a charset that does not exist |
+// | `/enc/bad-gzip/ID` | `Content-Encoding: gzip` on a body that is not gzip |
+
+/// How often `/trickle/ID` sends its next byte.
+pub const TRICKLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The article the campaign's routes serve for item `id`: a page with a title, a byline and
+/// enough text for `extract` (well over its 200 characters), naming the item.
+pub fn article(id: &str) -> String {
+    article_with(id, "Caf\u{e9} owners")
+}
+
+fn article_with(id: &str, who: &str) -> String {
+    let paragraphs: String = (1..=4)
+        .map(|n| {
+            format!(
+                "<p>Paragraph {n} of item {id}: the council of the town approved a budget of {n}.2 \
+                 million euros on 3 March 2026, by 7 votes to 2. {who} and residents spoke before \
+                 the vote; work on the bridge starts in May and ends next year.</p>\n"
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html>\n<html><head><title>Budget vote {id}</title></head>\n<body><article>\
+         <h1>Budget vote {id}</h1>\n<p class=\"byline\">By A. Reporter</p>\n{paragraphs}\
+         </article></body></html>\n"
+    )
+}
+
+impl Server {
+    /// Starts listening on an ephemeral port of 127.0.0.1, serving the campaign's routes (see
+    /// the table above) besides every other.
+    pub fn start_campaign() -> Server {
+        Server::start_campaign_at("127.0.0.1:0")
+    }
+
+    /// As [`Server::start_campaign`], on `addr` (a loopback address and a port, 0 for any).
+    pub fn start_campaign_at(addr: &str) -> Server {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = listener.local_addr().expect("listener address");
+        let state = Arc::new(State::default());
+        let shared = Arc::clone(&state);
+        let acceptor = thread::Builder::new()
+            .name("http-test-accept".into())
+            .spawn(move || accept_campaign(&listener, &shared))
+            .expect("spawn the accept thread");
+        Server {
+            addr,
+            state,
+            acceptor: Some(acceptor),
+        }
+    }
+}
+
+fn accept_campaign(listener: &TcpListener, state: &Arc<State>) {
+    for stream in listener.incoming() {
+        if state.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let shared = Arc::clone(state);
+        let handler = thread::Builder::new()
+            .name("http-test-conn".into())
+            .spawn(move || {
+                let _ = serve_campaign(stream, &shared);
+            })
+            .expect("spawn a connection thread");
+        lock(&state.handlers).push(handler);
+    }
+}
+
+/// The request's first line, peeked (left unread): `None` if the client sent none in time.
+fn peek_first_line(stream: &TcpStream) -> io::Result<Option<String>> {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    loop {
+        let n = stream.peek(&mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(end) = buf[..n].windows(2).position(|w| w == b"\r\n") {
+            stream.set_read_timeout(None)?;
+            return Ok(Some(String::from_utf8_lossy(&buf[..end]).into_owned()));
+        }
+        if n == buf.len() || Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// One connection of [`Server::start_campaign`]: a campaign route, or any other as [`serve`]
+/// answers it.
+fn serve_campaign(mut stream: TcpStream, state: &State) -> io::Result<()> {
+    let Some(first) = peek_first_line(&stream)? else {
+        return Ok(());
+    };
+    let path = first.split(' ').nth(1).unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let resets = matches!(segments.as_slice(), ["reset" | "reset-body", _]);
+    if !resets {
+        // Registered so that dropping the server wakes a handler blocked on this socket.
+        if let Ok(clone) = stream.try_clone() {
+            lock(&state.sockets).push(clone);
+        }
+    }
+    let campaign = matches!(
+        segments.as_slice(),
+        [
+            "article" | "once-500" | "once-429" | "always-503" | "trickle" | "reset" | "reset-body",
+            _
+        ] | ["enc", _, _]
+    );
+    if !campaign {
+        return serve(stream, state);
+    }
+    let earlier = {
+        let mut requests = lock(&state.requests);
+        let earlier = requests.iter().filter(|r| r.path == path).count();
+        requests.push(Request {
+            method: first.split(' ').next().unwrap_or("").to_owned(),
+            path: path.clone(),
+            headers: Vec::new(),
+            at: Instant::now(),
+        });
+        earlier
+    };
+    if resets {
+        // The request stays unread: closing a socket with unread data sends a reset, not a FIN.
+        if segments[0] == "reset-body" {
+            stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n<html><body><p>the start of a page that",
+            )?;
+            stream.flush()?;
+            thread::sleep(Duration::from_millis(20));
+        }
+        drop(stream);
+        return Ok(());
+    }
+    // The head, consumed now that the route is known.
+    if read_head(&mut stream)?.is_none() {
+        return Ok(());
+    }
+    let html = "text/html; charset=utf-8";
+    match segments.as_slice() {
+        ["article", id] => respond(&mut stream, 200, html, &[], article(id).as_bytes()),
+        ["once-500", _] if earlier == 0 => {
+            respond(&mut stream, 500, "text/plain", &[], b"try again")
+        }
+        ["once-429", _] if earlier == 0 => respond(
+            &mut stream,
+            429,
+            "text/plain",
+            &[("Retry-After", "1")],
+            b"slow down",
+        ),
+        ["once-500" | "once-429", id] => {
+            respond(&mut stream, 200, html, &[], article(id).as_bytes())
+        }
+        ["always-503", _] => respond(&mut stream, 503, "text/plain", &[], b"down for now"),
+        ["trickle", _] => {
+            stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n",
+            )?;
+            loop {
+                for _ in 0..5 {
+                    if state.stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    thread::sleep(TRICKLE_EVERY / 5);
+                }
+                stream.write_all(b"<")?;
+                stream.flush()?;
+            }
+        }
+        ["enc", "bad-utf8", id] => {
+            // A lone continuation byte, a cut sequence and an overlong form amid valid UTF-8.
+            let page = article(id).replacen("residents", "resi\u{1}dents", 1);
+            let page = page.as_bytes();
+            let at = page
+                .iter()
+                .position(|&b| b == 1)
+                .expect("the marker is in the article");
+            let mut bytes = page[..at].to_vec();
+            bytes.extend_from_slice(b"\x80 \xc3 \xc0\xaf ");
+            bytes.extend_from_slice(&page[at + 1..]);
+            respond(&mut stream, 200, html, &[], &bytes)
+        }
+        ["enc", "latin1-bare", id] => {
+            let page: Vec<u8> =
+                article_with(id, "Caf\u{e9} M\u{fc}ller's cr\u{e8}me br\u{fb}l\u{e9}e")
+                    .chars()
+                    .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+                    .collect();
+            respond(&mut stream, 200, "text/html", &[], &page)
+        }
+        ["enc", "unknown-charset", id] => respond(
+            &mut stream,
+            200,
+            "text/html; charset=x-no-such-charset",
+            &[],
+            article(id).as_bytes(),
+        ),
+        ["enc", "bad-gzip", id] => respond(
+            &mut stream,
+            200,
+            html,
+            &[("Content-Encoding", "gzip")],
+            article(id).as_bytes(),
+        ),
+        _ => respond(&mut stream, 404, "text/plain", &[], b"no such page"),
+    }
+}

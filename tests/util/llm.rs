@@ -1074,3 +1074,439 @@ fn write(stream: &mut TcpStream, reply: &Reply, close: bool) -> io::Result<()> {
     stream.write_all(&bytes)?;
     stream.flush()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fault campaign's server (tests/campaign_fault.rs)
+//
+// [`FaultLlmServer`] speaks the OpenAI chat-completions API like [`LlmServer`], but each item
+// picks its own behaviour: the request's system prompt names it (`behaviour: NAME`, one of
+// [`LlmFault`]) and the item (`item KEY`), so a stage's `system` template such as
+// `"item {{key}}; behaviour: {{llm}}"` hands every record's choice to the server. On top of
+// that, [`Outage`]s answer every call within a window of time, whatever its item asks: a 503
+// outage, a 429 storm. Windows are counted from the first call the server gets, so that they
+// fall among the calls whatever the run's start-up took. Every call is logged with its item and
+// how it was answered ([`FaultCall`]).
+
+/// What the campaign's LLM server does with an item's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LlmFault {
+    /// A valid answer.
+    Ok,
+    /// Reads the call and never answers.
+    Silent,
+    /// 429 with `Retry-After: 1`, every time.
+    RateLimited,
+    /// 429 with `Retry-After: 1` the first time, then a valid answer.
+    RateLimitedOnce,
+    /// 503 without `Retry-After`, every time.
+    Unavailable,
+    /// 500 the first time, then a valid answer.
+    ErrorOnce,
+    /// 200, the answer prose instead of JSON.
+    NotJson,
+    /// 200, the answer JSON off the schema, with raw control characters in its strings (a
+    /// terminal escape, a carriage return): quoted by the error, they must not reach a log raw.
+    OffSchema,
+    /// An answer off the schema the first time, then a valid one.
+    InvalidOnce,
+    /// 200 whose body is not JSON at all (cut short), every time.
+    Garbled,
+    /// 200, the answer cut at `max_tokens`.
+    Cut,
+    /// 400, every time.
+    BadRequest,
+}
+
+impl LlmFault {
+    pub const ALL: [LlmFault; 12] = [
+        LlmFault::Ok,
+        LlmFault::Silent,
+        LlmFault::RateLimited,
+        LlmFault::RateLimitedOnce,
+        LlmFault::Unavailable,
+        LlmFault::ErrorOnce,
+        LlmFault::NotJson,
+        LlmFault::OffSchema,
+        LlmFault::InvalidOnce,
+        LlmFault::Garbled,
+        LlmFault::Cut,
+        LlmFault::BadRequest,
+    ];
+
+    /// The name a system prompt gives it: `ok`, `silent`, `rate-limited`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            LlmFault::Ok => "ok",
+            LlmFault::Silent => "silent",
+            LlmFault::RateLimited => "rate-limited",
+            LlmFault::RateLimitedOnce => "rate-limited-once",
+            LlmFault::Unavailable => "unavailable",
+            LlmFault::ErrorOnce => "error-once",
+            LlmFault::NotJson => "not-json",
+            LlmFault::OffSchema => "off-schema",
+            LlmFault::InvalidOnce => "invalid-once",
+            LlmFault::Garbled => "garbled",
+            LlmFault::Cut => "cut",
+            LlmFault::BadRequest => "bad-request",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<LlmFault> {
+        LlmFault::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// The answer [`LlmFault::OffSchema`] gives, as the model's text: JSON whose strings hold raw
+/// control characters (which the stage reads, as it must from some local servers).
+pub const HOSTILE_ANSWER: &str =
+    "{\"facts\": \"\u{1b}[31mnot a list\r\u{1b}]0;title\u{7}\", \"unexpected\": 1}";
+
+/// The message of an [`Outage`]'s errors, with raw control characters that the client must
+/// not let into a log raw.
+pub const OUTAGE_MESSAGE: &str = "the service is down \u{1b}[2J\r for a while";
+
+/// A window of time, counted from the first call the server gets, in which every call is
+/// answered `status` (503 or 429) whatever its item asks, with `Retry-After` if set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub from: Duration,
+    pub to: Duration,
+    pub status: u16,
+    /// Seconds.
+    pub retry_after: Option<u64>,
+}
+
+/// How one call was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// By its item's behaviour: the status (`None`: never, [`LlmFault::Silent`]) and whether
+    /// the answer was one the stage must take as valid.
+    Item { status: Option<u16>, valid: bool },
+    /// By the outage of this index.
+    Outage(usize),
+}
+
+/// One call the campaign's server got.
+#[derive(Debug, Clone)]
+pub struct FaultCall {
+    /// The item, from the system prompt (empty if it named none).
+    pub key: String,
+    /// Its behaviour (`None` if the prompt named none the server knows: answered 400).
+    pub fault: Option<LlmFault>,
+    /// When its head had been read.
+    pub at: Instant,
+    pub answered: Answered,
+}
+
+struct FaultState {
+    outages: Vec<Outage>,
+    /// The first call's arrival: the outages' zero.
+    first: Mutex<Option<Instant>>,
+    calls: Mutex<Vec<FaultCall>>,
+}
+
+/// The campaign's LLM server; stopped when dropped.
+pub struct FaultLlmServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    faults: Arc<FaultState>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl FaultLlmServer {
+    /// Starts listening on an ephemeral port of 127.0.0.1, with these outages.
+    pub fn start(outages: Vec<Outage>) -> FaultLlmServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("listener address");
+        let state = Arc::new(State {
+            config: LlmConfig::default(),
+            stop: Mutex::new(false),
+            stopped: Condvar::new(),
+            requests: Mutex::default(),
+            seen: Mutex::default(),
+            in_flight: Mutex::default(),
+            connections: AtomicU64::new(0),
+            model_lists: AtomicUsize::new(0),
+            started: Instant::now(),
+            answered: AtomicU64::new(0),
+            sockets: Mutex::default(),
+            handlers: Mutex::default(),
+        });
+        let faults = Arc::new(FaultState {
+            outages,
+            first: Mutex::new(None),
+            calls: Mutex::default(),
+        });
+        let (shared, shared_faults) = (Arc::clone(&state), Arc::clone(&faults));
+        let acceptor = thread::Builder::new()
+            .name("llm-test-accept".into())
+            .spawn(move || accept_faults(&listener, &shared, &shared_faults))
+            .expect("spawn the accept thread");
+        FaultLlmServer {
+            addr,
+            state,
+            faults,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The `base_url` for the stage: `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every call so far, in arrival order.
+    pub fn calls(&self) -> Vec<FaultCall> {
+        lock(&self.faults.calls).clone()
+    }
+
+    /// The outages it was started with.
+    pub fn outages(&self) -> &[Outage] {
+        &self.faults.outages
+    }
+
+    /// When the first call came (the outages' zero), if one did.
+    pub fn first_call(&self) -> Option<Instant> {
+        *lock(&self.faults.first)
+    }
+}
+
+impl Drop for FaultLlmServer {
+    fn drop(&mut self) {
+        *lock(&self.state.stop) = true;
+        self.state.stopped.notify_all();
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for (_, socket) in lock(&self.state.sockets).drain() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        let handlers: Vec<_> = lock(&self.state.handlers).drain(..).collect();
+        for handler in handlers {
+            let _ = handler.join();
+        }
+    }
+}
+
+fn accept_faults(listener: &TcpListener, state: &Arc<State>, faults: &Arc<FaultState>) {
+    for stream in listener.incoming() {
+        if state.stopping() {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let id = state.connections.fetch_add(1, Ordering::SeqCst);
+        let _ = stream.set_nodelay(true);
+        if let Ok(clone) = stream.try_clone() {
+            lock(&state.sockets).insert(id, clone);
+        }
+        let (shared, shared_faults) = (Arc::clone(state), Arc::clone(faults));
+        let handler = thread::Builder::new()
+            .name("llm-test-conn".into())
+            .spawn(move || {
+                let _ = serve_faults(stream, id, &shared, &shared_faults);
+                lock(&shared.sockets).remove(&id);
+            })
+            .expect("spawn a connection thread");
+        let mut handlers = lock(&state.handlers);
+        let (ended, live): (Vec<_>, Vec<_>) = handlers.drain(..).partition(|h| h.is_finished());
+        for h in ended {
+            let _ = h.join();
+        }
+        *handlers = live;
+        handlers.push(handler);
+    }
+}
+
+fn serve_faults(stream: TcpStream, id: u64, state: &State, faults: &FaultState) -> io::Result<()> {
+    let mut conn = Conn {
+        stream,
+        id,
+        buf: Vec::new(),
+    };
+    loop {
+        match conn.next()? {
+            Incoming::Closed => return Ok(()),
+            Incoming::Refused(_, status, message) => {
+                return write(&mut conn.stream, &Reply::text(status, message), true);
+            }
+            Incoming::Request(mut request, body) => {
+                request.body = serde_json::from_slice(&body).ok();
+                request.api = Some(Api::OpenAi);
+                let close = request
+                    .header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                let Some(reply) = fault_reply(state, faults, &request, &body) else {
+                    silent(&mut conn.stream);
+                    return Ok(());
+                };
+                write(&mut conn.stream, &reply, close)?;
+                if close {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The item and behaviour a system prompt names: `item KEY; behaviour: NAME`.
+fn item_of(body: &Value) -> (String, Option<LlmFault>) {
+    let system = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "system"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let key = system
+        .split("item ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let fault = system
+        .split("behaviour: ")
+        .nth(1)
+        .map(str::trim)
+        .and_then(LlmFault::from_name);
+    (key, fault)
+}
+
+/// A 200 whose answer is `text` as the model wrote it, stopped for `finish_reason`.
+fn text_completion(state: &State, request: &Request, text: &str, finish_reason: &str) -> Reply {
+    let n = state.answered.fetch_add(1, Ordering::SeqCst) + 1;
+    let model = request
+        .body
+        .as_ref()
+        .map_or(Value::Null, |b| b["model"].clone());
+    Reply::json(
+        200,
+        &json!({
+            "id": format!("chatcmpl-{n}"),
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+            }],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200},
+        }),
+    )
+}
+
+/// The answer to one call; `None`: none ever ([`LlmFault::Silent`]).
+fn fault_reply(state: &State, faults: &FaultState, request: &Request, raw: &[u8]) -> Option<Reply> {
+    if models_route(&request.method, &request.path).is_some()
+        || (request.method == "GET" && request.path.ends_with("/v1/models"))
+    {
+        return Some(Reply::json(200, &json!({"object": "list", "data": []})));
+    }
+    if request.method != "POST" || !request.path.ends_with("/v1/chat/completions") {
+        let message = format!("no route for {} {}", request.method, request.path);
+        return Some(Reply::json(404, &json!({"error": {"message": message}})));
+    }
+    let now = Instant::now();
+    let since = now.duration_since(*lock(&faults.first).get_or_insert(now));
+    let body = request.body.clone().unwrap_or(Value::Null);
+    let (key, fault) = item_of(&body);
+    let log = |answered: Answered| {
+        lock(&faults.calls).push(FaultCall {
+            key: key.clone(),
+            fault,
+            at: request.at,
+            answered,
+        });
+    };
+    if let Some(i) = faults
+        .outages
+        .iter()
+        .position(|o| o.from <= since && since < o.to)
+    {
+        log(Answered::Outage(i));
+        let outage = faults.outages[i];
+        let reply = error(Api::OpenAi, outage.status, OUTAGE_MESSAGE);
+        return Some(match outage.retry_after {
+            Some(secs) => reply.header("retry-after", &secs.to_string()),
+            None => reply,
+        });
+    }
+    if let Err(refusal) = check(Api::OpenAi, request) {
+        log(Answered::Item {
+            status: Some(refusal.status),
+            valid: false,
+        });
+        return Some(refusal);
+    }
+    let first_time = || state.first_time(&request.path, raw);
+    let answer = |state: &State| {
+        completion(
+            state,
+            Api::OpenAi,
+            request,
+            Content::Answer(&state.config.answer),
+        )
+    };
+    let (reply, valid) = match fault {
+        None | Some(LlmFault::BadRequest) => (
+            error(
+                Api::OpenAi,
+                400,
+                "this request is refused on purpose (`bad-request`)",
+            ),
+            false,
+        ),
+        Some(LlmFault::Ok) => (answer(state), true),
+        Some(LlmFault::Silent) => {
+            log(Answered::Item {
+                status: None,
+                valid: false,
+            });
+            return None;
+        }
+        Some(LlmFault::RateLimited) => (
+            error(Api::OpenAi, 429, "rate limit reached for requests").header("retry-after", "1"),
+            false,
+        ),
+        Some(LlmFault::RateLimitedOnce) if first_time() => (
+            error(Api::OpenAi, 429, "rate limit reached for requests").header("retry-after", "1"),
+            false,
+        ),
+        Some(LlmFault::Unavailable) => (
+            error(Api::OpenAi, 503, "the engine is currently overloaded"),
+            false,
+        ),
+        Some(LlmFault::ErrorOnce) if first_time() => {
+            (error(Api::OpenAi, 500, "the server had an error"), false)
+        }
+        Some(LlmFault::NotJson) => (text_completion(state, request, PROSE, "stop"), false),
+        Some(LlmFault::OffSchema) => (
+            text_completion(state, request, HOSTILE_ANSWER, "stop"),
+            false,
+        ),
+        Some(LlmFault::InvalidOnce) if first_time() => (
+            text_completion(state, request, HOSTILE_ANSWER, "stop"),
+            false,
+        ),
+        Some(LlmFault::Garbled) => (
+            Reply {
+                status: 200,
+                content_type: "application/json",
+                headers: Vec::new(),
+                body:
+                    b"{\"id\": \"chatcmpl-1\", \"choices\": [{\"message\": {\"content\": \"{\\\"fa"
+                        .to_vec(),
+            },
+            false,
+        ),
+        Some(LlmFault::Cut) => (text_completion(state, request, CUT, "length"), false),
+        Some(LlmFault::RateLimitedOnce | LlmFault::ErrorOnce | LlmFault::InvalidOnce) => {
+            (answer(state), true)
+        }
+    };
+    log(Answered::Item {
+        status: Some(reply.status),
+        valid,
+    });
+    Some(reply)
+}
