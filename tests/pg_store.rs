@@ -749,3 +749,59 @@ fn a_death_with_the_disk_lost_counts_one_attempt_per_item() {
         );
     }
 }
+
+/// The store's sessions ended while the server is full (`max_connections` reached): it
+/// connects again once a slot is free, within its 10 s, and the run goes on.
+#[test]
+fn a_store_cut_off_from_a_full_server_connects_again_when_a_slot_frees() {
+    let Some(cluster) = pg::PrivateCluster::new() else {
+        return;
+    };
+    cluster.psql("postgres", "ALTER SYSTEM SET max_connections = 12");
+    cluster.stop();
+    cluster.start();
+    let db = cluster.db();
+    const N: usize = 600;
+    let p = pipeline("pg-full", N, N, SLOW);
+    let mut running = cmd(&p, &db, "run").spawn();
+    assert!(
+        running.wait_for_stderr("run started", Duration::from_secs(30)),
+        "{}",
+        running.stderr_so_far()
+    );
+    // Every slot taken, then the store's sessions ended and their slots taken too: the store
+    // must connect again into a full server.
+    let mut held = Vec::new();
+    let fill = |held: &mut Vec<postgres::Client>| loop {
+        match pg::try_connect(cluster.url()) {
+            Ok(client) => held.push(client),
+            Err(e) => {
+                assert_eq!(
+                    e.code(),
+                    Some(&postgres::error::SqlState::TOO_MANY_CONNECTIONS),
+                    "{}",
+                    pg::DbErr(&e)
+                );
+                return;
+            }
+        }
+        assert!(held.len() <= 12, "the server takes more than it may");
+    };
+    fill(&mut held);
+    let ended: i64 = held[0]
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = 'stagewise/checkpoint'",
+            &[],
+        )
+        .expect("end the store's sessions")
+        .get(0);
+    assert!(ended > 0, "the store had no session to end");
+    fill(&mut held);
+    std::thread::sleep(Duration::from_secs(3));
+    drop(held);
+    let out = running.wait();
+    out.assert_code(0);
+    assert_eq!(status(&p, &db).count("done"), N as u64);
+    assert_eq!(p.sink("out.jsonl").unique_keys(), keys(N));
+}

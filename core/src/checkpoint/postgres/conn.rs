@@ -143,12 +143,7 @@ pub(super) fn connect(config: &PgTarget, shown: &str) -> Result<Conn, StoreError
             return StoreError::Db(format!("cannot connect to {shown}: {why}"));
         }
         let why = format!("cannot connect to {shown}: {}", describe(&e));
-        // Refused, reset, or the server shutting down or starting up: an outage, which may
-        // end; a password refused or a database missing is not.
-        let outage = e
-            .as_db_error()
-            .is_none_or(|d| d.code().code().starts_with("57"));
-        if outage {
+        if outage(e.as_db_error().map(|d| d.code().code())) {
             StoreError::Lost(why)
         } else {
             StoreError::Db(why)
@@ -200,6 +195,14 @@ pub(in crate::checkpoint) fn set_idle_limit(ttl: Duration) {
         .unwrap_or(u64::MAX)
         .max(100);
     IDLE_IN_TRANSACTION_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a connection refused with SQLSTATE `code` (`None`: no answer from a server at all:
+/// refused, reset) is an outage, which may end: the server shutting down or starting up
+/// (class 57), or out of a resource (class 53: its connection slots all taken, say). A password
+/// refused or a database missing is not.
+fn outage(code: Option<&str>) -> bool {
+    code.is_none_or(|code| code.starts_with("57") || code.starts_with("53"))
 }
 
 /// [`connect`], trying again for [`RECONNECTING`] while the server is out of reach (restarting,
@@ -318,5 +321,29 @@ impl Conn {
             *self = connect(config, shown)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outage;
+
+    #[test]
+    fn a_server_out_of_reach_or_of_slots_is_an_outage_a_refusal_is_not() {
+        // No server's answer (refused, reset); shutting down, starting up; too many clients,
+        // out of memory or disk.
+        for code in [
+            None,
+            Some("57P01"),
+            Some("57P03"),
+            Some("53300"),
+            Some("53200"),
+        ] {
+            assert!(outage(code), "{code:?}");
+        }
+        // A password refused, a database or role missing, a bad parameter.
+        for code in ["28P01", "3D000", "28000", "22023"] {
+            assert!(!outage(Some(code)), "{code}");
+        }
     }
 }
