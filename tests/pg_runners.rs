@@ -223,7 +223,8 @@ fn a_runner_whose_sessions_are_killed_does_no_work_twice() {
     // an operator does), and the second runner starts at once.
     let killed = db.query_i64(
         "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity
-         WHERE application_name = 'stagewise/checkpoint' AND pid <> pg_backend_pid()",
+         WHERE application_name = 'stagewise/checkpoint' AND pid <> pg_backend_pid()
+           AND datname = current_database()",
     );
     assert!(killed >= 2, "{killed} sessions");
     let second = cmd(&p, &db, "run").spawn();
@@ -567,7 +568,8 @@ fn a_session_killed_while_the_batch_is_taken_does_not_abort_the_run() {
     );
     let killed = db.query_i64(
         "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity
-         WHERE application_name = 'stagewise/checkpoint' AND pid <> pg_backend_pid()",
+         WHERE application_name = 'stagewise/checkpoint' AND pid <> pg_backend_pid()
+           AND datname = current_database()",
     );
     assert!(killed >= 1, "no session to kill");
     assert!(
