@@ -707,3 +707,37 @@ impl Drop for Bouncer {
         }
     }
 }
+
+impl PrivateCluster {
+    /// One for a test that needs PostgreSQL's programs but not the shared cluster: it runs when
+    /// `STAGEWISE_TEST_PG_BIN` (or `STAGEWISE_TEST_PG`, which `./scripts/test` sets with it) is
+    /// set. Otherwise it says loudly that it skipped and returns None; under `CI=true` it fails.
+    pub fn own() -> Option<PrivateCluster> {
+        let set = |var: &str| env::var(var).is_ok_and(|v| !v.trim().is_empty());
+        if !set(BIN_VAR) && !set(URL_VAR) {
+            let test = thread::current().name().unwrap_or("this test").to_owned();
+            if in_ci() {
+                panic!(
+                    "neither {BIN_VAR} nor {URL_VAR} is set, and CI=true: the PostgreSQL tests \
+                     must run in CI. Run them through ./scripts/test (or .ci/run), or set \
+                     {BIN_VAR}=$(./scripts/pg bin)."
+                );
+            }
+            eprintln!(
+                "\n\
+                 ************************************************************************\n\
+                 SKIPPED {test}: neither {BIN_VAR} nor {URL_VAR} is set;\n\
+                 run ./scripts/test, or set {BIN_VAR}=$(./scripts/pg bin), to run it for real.\n\
+                 ************************************************************************\n"
+            );
+            return None;
+        }
+        let mut cluster = PrivateCluster {
+            dir: env::temp_dir().join(unique_name("stagewise-pg")),
+            url: String::new(),
+            bin: pg_bin(),
+        };
+        cluster.url = cluster.pg(&["start"]);
+        Some(cluster)
+    }
+}
