@@ -1113,3 +1113,30 @@ fn structured_output_modes_send_what_they_say() {
         "{out}"
     );
 }
+
+/// A run ended by a fatal error names the item in its reason; the item's key comes from data,
+/// and the summary file keeps it with the characters that would steer a terminal escaped (a
+/// C1 CSI, a bidirectional override), its value unchanged.
+#[test]
+fn the_summary_file_escapes_what_would_steer_a_terminal_in_a_key() {
+    // A key revoked after the run's check: models listed, calls refused (fatal: exit 3).
+    let server = LlmServer::start(LlmConfig {
+        lists_models_for_any_key: true,
+        ..LlmConfig::default()
+    });
+    let p = pipeline("llm-steer", 0, &openai(&server, Scenario::Unauthorized, ""));
+    let key = "csi\u{9b}2J-rlo\u{202e}-end";
+    let line = json!({"id": key, "title": "t", "text": "The council met."});
+    p.dir.write("articles.jsonl", format!("{line}\n"));
+    let out = p.cmd("run").env("OPENAI_API_KEY", KEY).output();
+    out.assert_code(3);
+    let raw = String::from_utf8(p.dir.read(".stagewise/llm-steer.summary.json")).expect("UTF-8");
+    assert!(
+        !raw.chars()
+            .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+        "a raw control character in the summary file:\n{raw}"
+    );
+    let summary: Value = serde_json::from_str(&raw).expect("the summary is JSON");
+    let reason = summary["reason"].as_str().expect("a reason");
+    assert!(reason.contains(key), "{reason}");
+}

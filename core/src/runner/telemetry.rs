@@ -607,6 +607,11 @@ pub(crate) fn finish(pipeline: &Pipeline, summary: &Summary, recorder: &crate::f
     value["pid"] = record.pid.into();
     value["process_started_at"] = record.started_at.into();
     let json = serde_json::to_string_pretty(&value).expect("the summary always serializes");
+    // Keys and reasons come from data: a C1 code or a bidirectional override in them reaches
+    // whoever `cat`s the file raw unless escaped. Line by line: the only raw newlines of
+    // pretty JSON are between its values.
+    let json: Vec<_> = json.lines().map(crate::text::json_printable).collect();
+    let json = json.join("\n");
     // A new private file, renamed into place: whatever was at the temporary name (a symlink, a
     // FIFO) is never written through or waited on.
     if let Err(e) = crate::state_file::replace(&path, ".tmp", json.as_bytes()) {
