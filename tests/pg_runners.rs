@@ -857,3 +857,31 @@ fn an_item_killed_after_its_last_allowed_attempt_succeeded_is_not_failed_by_the_
     assert_eq!(state(&mut db), vec!["0 done", "1 done"], "{out}");
     assert_eq!(written(&mut db), (2, 1), "item 0 written again once: {out}");
 }
+
+#[test]
+fn a_stop_while_the_store_is_locked_ends_within_the_grace_and_two_seconds() {
+    let Some(mut db) = db() else { return };
+    // shutdown_grace = "3s" (the pipeline's).
+    let p = pipeline(&db, 2000, "1ms", "", "");
+    let mut running = cmd(&p, &db, "run")
+        .timeout(Duration::from_secs(120))
+        .spawn();
+    until_written(&mut db, 200, Duration::from_secs(60));
+    let mut locker = db.connect();
+    let mut tx = locker.transaction().expect("begin");
+    tx.batch_execute("LOCK TABLE stagewise.items IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    std::thread::sleep(Duration::from_secs(2));
+    running.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let out = running.wait();
+    let took = signalled.elapsed();
+    tx.rollback().expect("unlock");
+    // The store did not answer before the deadline: 3 (its progress since is not saved), or
+    // 75 had it answered in time; never past the bound, never killed.
+    assert!(matches!(out.code, Some(3 | 75)), "{out}");
+    assert!(
+        took < Duration::from_millis(5300),
+        "exited {took:?} after SIGTERM, past shutdown_grace + 2 s\n{out}"
+    );
+}

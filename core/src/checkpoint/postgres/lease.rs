@@ -143,8 +143,9 @@ impl std::fmt::Debug for PgRunner {
 }
 
 /// How long the release at exit may take: a store that does not answer leaves the items to
-/// expire with the lease.
-const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// expire with the lease. It comes after the summary, when a stop has little of its
+/// `shutdown_grace` + 2 s left (a release held by a lock once took the exit past it).
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
 
 impl Drop for PgRunner {
     fn drop(&mut self) {
@@ -627,7 +628,7 @@ fn renew_until_stopped(
     let released = session(&mut conn, config, shown).and_then(|c| {
         off_runtime(|| {
             let mut tx = begin(c.client())?;
-            tx.batch_execute("SET LOCAL statement_timeout = '2s'")?;
+            tx.batch_execute("SET LOCAL statement_timeout = '500ms'")?;
             tx.execute(
                 "UPDATE stagewise.items SET owner = NULL
                  WHERE owner = $1 AND state IN ('pending', 'in_flight')",
