@@ -863,7 +863,7 @@ fn a_stop_while_the_store_is_locked_ends_within_the_grace_and_two_seconds() {
     let Some(mut db) = db() else { return };
     // shutdown_grace = "3s" (the pipeline's).
     let p = pipeline(&db, 2000, "1ms", "", "");
-    let mut running = cmd(&p, &db, "run")
+    let running = cmd(&p, &db, "run")
         .timeout(Duration::from_secs(120))
         .spawn();
     until_written(&mut db, 200, Duration::from_secs(60));
