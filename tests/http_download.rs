@@ -836,3 +836,22 @@ fn a_host_answering_429s_and_a_busy_lane_cannot_wedge_the_window() {
     let good_done = done.iter().filter(|k| k.starts_with('a')).count();
     assert_eq!(good_done, 23, "every good page in the first run\n{out}");
 }
+
+#[test]
+fn a_body_in_an_encoding_not_asked_for_fails_at_once() {
+    let server = Server::start_campaign();
+    let codings = ["deflate", "br", "x-unknown"];
+    let items: Vec<(&str, String)> = codings
+        .iter()
+        .map(|c| (*c, server.url(&format!("/enc/{c}/1"))))
+        .collect();
+    let p = download("encodings", &items, "");
+    p.run().assert_code(1);
+    let status = p.status();
+    assert_counts(&status, 0, 0, 3);
+    for coding in codings {
+        let f = failed(&status, coding);
+        assert_eq!(f.attempts, 1, "{f:?}");
+        assert!(f.error.contains(&format!("encoding `{coding}`")), "{f:?}");
+    }
+}

@@ -504,6 +504,7 @@ fn big_body(stream: &mut TcpStream, state: &State, path: &str, declared: bool) -
 // | `/enc/latin1-bare/ID` | the article in ISO-8859-1, with no charset in the header nor the page |
 // | `/enc/unknown-charset/ID` | the article, the header naming a charset that does not exist |
 // | `/enc/bad-gzip/ID` | `Content-Encoding: gzip` on a body that is not gzip |
+// | `/enc/{deflate,br,x-unknown}/ID` | the article, the header naming an encoding it is not in |
 
 /// How often `/trickle/ID` sends its next byte.
 pub const TRICKLE_EVERY: Duration = Duration::from_millis(100);
@@ -704,6 +705,13 @@ fn serve_campaign(mut stream: TcpStream, state: &State) -> io::Result<()> {
             200,
             "text/html; charset=x-no-such-charset",
             &[],
+            article(id).as_bytes(),
+        ),
+        ["enc", coding @ ("deflate" | "br" | "x-unknown"), id] => respond(
+            &mut stream,
+            200,
+            html,
+            &[("Content-Encoding", coding)],
             article(id).as_bytes(),
         ),
         ["enc", "bad-gzip", id] => respond(

@@ -208,6 +208,19 @@ impl Download {
                     StageError::permanent(format!("HTTP {status} {reason}")).with_kind(kind)
                 );
             }
+            // Only gzip is asked for and decoded: a body in another encoding (deflate, br, …,
+            // sent unasked) would be kept as text, garbled, and the item done.
+            if let Some(encoding) = header("content-encoding") {
+                let name = encoding.trim().to_ascii_lowercase();
+                if !matches!(name.as_str(), "" | "identity" | "gzip") {
+                    return Err(StageError::permanent(format!(
+                        "the server sent its body in the encoding `{}`, which this stage does \
+                         not decode (it asks for gzip)",
+                        stagewise_core::text::printable(encoding.trim())
+                    ))
+                    .with_kind(ErrorKind::Network));
+                }
+            }
             if let Some(length) =
                 header("content-length").and_then(|v| v.trim().parse::<u64>().ok())
             {
