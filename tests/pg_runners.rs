@@ -675,6 +675,18 @@ fn validate_refuses_a_lease_shorter_than_three_heartbeats() {
     let out = cmd(&p, &db, "validate").output();
     out.assert_code(2);
     out.assert_stderr_contains("`lease_ttl` (20s) must be at least three heartbeats");
+    // Three heartbeats, but under a second: a renewal late by a few hundred milliseconds on a
+    // loaded machine would fence the runner.
+    let short = pipeline(
+        &db,
+        10,
+        "1ms",
+        r#"lease_ttl = "300ms""#,
+        r#"heartbeat = "100ms""#,
+    );
+    let out = cmd(&short, &db, "validate").output();
+    out.assert_code(2);
+    out.assert_stderr_contains("`lease_ttl` (300ms) must be at least 1s");
     let plan = cmd(&pipeline(&db, 10, "1ms", "", ""), &db, "plan").output();
     plan.assert_code(0);
     assert!(plan.stdout.contains("lease_ttl"), "{plan}");

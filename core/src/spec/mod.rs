@@ -40,6 +40,9 @@ const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 const DEFAULT_INTERRUPTED_EXIT_CODE: u8 = 75;
 const DEFAULT_COMMIT_MAX_ITEMS: usize = 1000;
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// The shortest `lease_ttl`: below it, on a loaded machine, a runner was fenced at its start
+/// (its first renewal late by a few hundred milliseconds).
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 const DEFAULT_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `[telemetry] push_timeout`: a push must not hold a job's end for long.
 const MAX_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -954,6 +957,17 @@ impl Validator {
                     crate::text::duration(ttl),
                     crate::text::duration(p.heartbeat),
                     crate::text::duration(p.heartbeat.saturating_mul(3)),
+                ),
+            );
+        } else if ttl < MIN_LEASE_TTL {
+            self.error(
+                &path_of(&["checkpoint", "lease_ttl"]),
+                false,
+                None,
+                format!(
+                    "`lease_ttl` ({}) must be at least {}: a renewal is a round trip to the server, and a shorter lease fences a live runner as soon as one is late",
+                    crate::text::duration(ttl),
+                    crate::text::duration(MIN_LEASE_TTL),
                 ),
             );
         } else if ttl > crate::policy::MAX_TIMEOUT {

@@ -86,7 +86,8 @@ pub(crate) struct CheckpointSpec {
     /// PostgreSQL store: how long a runner holds its items without renewing its lease (it
     /// renews at every `heartbeat`, from a thread of its own, whatever its attempts take). A
     /// runner that dies leaves its items to the others after this long; one paused or cut off
-    /// for this long is fenced: it saves nothing more and exits 75. At least three heartbeats.
+    /// for this long is fenced: it saves nothing more and exits 75. At least three heartbeats,
+    /// and at least 1s.
     #[schemars(extend("x-default" = "`\"60s\"`"))]
     #[schemars(with = "Option<crate::stage::DurationText>")]
     #[serde(default, with = "humantime_serde")]
