@@ -449,21 +449,26 @@ impl LlmServer {
 
 impl Drop for LlmServer {
     fn drop(&mut self) {
-        *lock(&self.state.stop) = true;
-        self.state.stopped.notify_all();
-        // Wake the blocking accept with a connection of our own; the loop sees `stop` and ends.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        // Wakes handlers blocked reading (idle keep-alive connections, `silent`).
-        for (_, socket) in lock(&self.state.sockets).drain() {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        let handlers: Vec<_> = lock(&self.state.handlers).drain(..).collect();
-        for handler in handlers {
-            let _ = handler.join();
-        }
+        shut_down(&self.state, self.addr, self.acceptor.take());
+    }
+}
+
+/// Stops a server listening on `addr`: its accept loop, then every handler.
+fn shut_down(state: &State, addr: SocketAddr, acceptor: Option<JoinHandle<()>>) {
+    *lock(&state.stop) = true;
+    state.stopped.notify_all();
+    // Wake the blocking accept with a connection of our own; the loop sees `stop` and ends.
+    let _ = TcpStream::connect(addr);
+    if let Some(acceptor) = acceptor {
+        let _ = acceptor.join();
+    }
+    // Wakes handlers blocked reading (idle keep-alive connections, `silent`).
+    for (_, socket) in lock(&state.sockets).drain() {
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+    let handlers: Vec<_> = lock(&state.handlers).drain(..).collect();
+    for handler in handlers {
+        let _ = handler.join();
     }
 }
 
@@ -1273,19 +1278,7 @@ impl FaultLlmServer {
 
 impl Drop for FaultLlmServer {
     fn drop(&mut self) {
-        *lock(&self.state.stop) = true;
-        self.state.stopped.notify_all();
-        let _ = TcpStream::connect(self.addr);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        for (_, socket) in lock(&self.state.sockets).drain() {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        let handlers: Vec<_> = lock(&self.state.handlers).drain(..).collect();
-        for handler in handlers {
-            let _ = handler.join();
-        }
+        shut_down(&self.state, self.addr, self.acceptor.take());
     }
 }
 
